@@ -1,0 +1,53 @@
+# TSOP — the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PKGS   := libs/events services/intake services/dispatch services/feedback services/incident services/archive
+PYPROJECTS := $(addsuffix /pyproject.toml,$(PKGS))
+
+.PHONY: install run test test-unit test-integration test-e2e lint catalogue bench kafka clean
+
+$(STAMP): $(PYPROJECTS) requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q $(addprefix -e ,$(PKGS)) -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the whole platform on the embedded default (Ctrl-C stops it).
+run: install
+	$(BIN)/python -m tsop_events.launchers.stack
+
+## Lint, type-check, then every test tier (unit, integration, e2e).
+test: install lint
+	$(BIN)/python -m tests
+
+test-unit: install
+	$(BIN)/python -m tests unit
+
+test-integration: install
+	$(BIN)/python -m tests integration
+
+test-e2e: install
+	$(BIN)/python -m tests e2e
+
+lint: install
+	$(BIN)/ruff check libs services tests bench
+	$(BIN)/mypy libs/events/src services/*/src
+	$(BIN)/python -m tsop_events.catalogue
+
+catalogue: install
+	$(BIN)/python -m tsop_events.catalogue --write
+
+## Complete lifecycles through the running embedded stack; JSON + plot in bench/results.
+bench: install
+	$(BIN)/python -m bench
+
+## A three-broker Apache Kafka (KRaft) cluster on loopback, jars from Maven Central.
+kafka: install
+	$(BIN)/python -m tsop_events.launchers.apache_kafka --brokers 3 --data-dir .tsop/kafka
+
+clean:
+	rm -rf $(VENV) .tsop .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,383 @@
+"""Exactly-once consumers: aiokafka groups with offsets kept beside the effect.
+
+A consumer's effect and the position it consumed are written in one PostgreSQL
+transaction, either as projection rows (``ProjectionSink``, asyncpg) or as new
+aggregate events with an eventsourcing tracking row (``EventStoreSink``). On
+assignment the consumer seeks to the stored position, so whatever Kafka
+redelivers is applied once. A record that cannot be processed goes to the
+dead-letter topic with the error and its position is recorded; transient
+failures (database or broker down, a write conflict) are retried instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+from uuid import UUID
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import InterfaceError, OperationalError
+from pydantic import ValidationError
+
+from tsop_events.envelope import Envelope, derived_id, header_map, header_value, unwrap, wrap
+from tsop_events.epoch import EpochWatcher
+from tsop_events.metrics import CONSUMED, CONSUMER_LAG, DEAD_LETTERED
+from tsop_events.schemas import DeadLettered, WireEvent
+from tsop_events.settings import ServiceSettings
+from tsop_events.store import EventStoreApp, IntegrityError, Tracking
+from tsop_events.topics import Topic
+
+log = logging.getLogger(__name__)
+
+OFFSETS_DDL = """
+CREATE TABLE IF NOT EXISTS tsop_consumer_offsets (
+    consumer text NOT NULL,
+    epoch text NOT NULL,
+    topic text NOT NULL,
+    partition int NOT NULL,
+    next_offset bigint NOT NULL,
+    PRIMARY KEY (consumer, epoch, topic, partition)
+)
+"""
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    KafkaError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    OperationalError,
+    InterfaceError,
+)
+
+
+class Retry(Exception):
+    """Not now: the effect depends on something not there yet, or lost a race."""
+
+
+RETRYABLE: tuple[type[BaseException], ...] = (*TRANSIENT, Retry)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    envelope: Envelope
+    event: WireEvent
+
+
+class Sink(ABC):
+    """Where a consumer's effects go; also keeps its positions."""
+
+    name: ClassVar[str]
+    topics: ClassVar[tuple[Topic, ...]] = (Topic.tickets,)
+    event_types: ClassVar[frozenset[str] | None] = None  # None = every type
+
+    async def setup(self) -> None:  # noqa: B027 - optional hook
+        """Create what the sink needs (tables); called once at start."""
+
+    @abstractmethod
+    async def position(self, epoch: str, topic: str, partition: int) -> int | None:
+        """The next offset to read in this epoch, or None for the beginning."""
+
+    @abstractmethod
+    async def process(
+        self, epoch: str, topic: str, partition: int, records: Sequence[Incoming], last_offset: int
+    ) -> None:
+        """Apply the records not yet applied and record ``last_offset`` as done, atomically."""
+
+
+class ProjectionSink(Sink):
+    """Effects are rows in the service's own schema, written with asyncpg."""
+
+    ddl: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def setup(self) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(OFFSETS_DDL)
+            for stmt in self.ddl:
+                await conn.execute(stmt)
+
+    @abstractmethod
+    async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
+        """Apply one record inside the batch's transaction."""
+
+    async def position(self, epoch: str, topic: str, partition: int) -> int | None:
+        value = await self.pool.fetchval(
+            "SELECT next_offset FROM tsop_consumer_offsets "
+            "WHERE consumer = $1 AND epoch = $2 AND topic = $3 AND partition = $4",
+            self.name,
+            epoch,
+            topic,
+            partition,
+        )
+        return None if value is None else int(value)
+
+    async def process(
+        self, epoch: str, topic: str, partition: int, records: Sequence[Incoming], last_offset: int
+    ) -> None:
+        key = (self.name, epoch, topic, partition)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO tsop_consumer_offsets VALUES ($1, $2, $3, $4, 0) ON CONFLICT DO NOTHING", *key
+            )
+            done = await conn.fetchval(
+                "SELECT next_offset FROM tsop_consumer_offsets "
+                "WHERE consumer = $1 AND epoch = $2 AND topic = $3 AND partition = $4 FOR UPDATE",
+                *key,
+            )
+            if done > last_offset:
+                return
+            for rec in records:
+                if rec.offset >= done:
+                    await self.apply(conn, rec)
+            await conn.execute(
+                "UPDATE tsop_consumer_offsets SET next_offset = $5 "
+                "WHERE consumer = $1 AND epoch = $2 AND topic = $3 AND partition = $4",
+                *key,
+                last_offset + 1,
+            )
+
+
+class UnitOfWork:
+    """The aggregates one batch touches, loaded once, saved together."""
+
+    def __init__(self, app: EventStoreApp) -> None:
+        self.app = app
+        self._aggregates: dict[UUID, Aggregate] = {}
+
+    def get(self, aggregate_id: UUID) -> Any:
+        """The aggregate, or None if it was never created."""
+        if aggregate_id in self._aggregates:
+            return self._aggregates[aggregate_id]
+        if not self.app.exists(aggregate_id):
+            return None
+        aggregate = self.app.load(aggregate_id)
+        self._aggregates[aggregate_id] = aggregate
+        return aggregate
+
+    def add(self, aggregate: Aggregate) -> None:
+        self._aggregates[aggregate.id] = aggregate
+
+    def aggregates(self) -> Iterable[Aggregate]:
+        return self._aggregates.values()
+
+
+class EventStoreSink(Sink):
+    """Effects are new aggregate events, saved with an eventsourcing tracking row."""
+
+    def __init__(self, app: EventStoreApp) -> None:
+        self.app = app
+
+    @abstractmethod
+    def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
+        """Decide what the record means for our aggregates (pure domain calls)."""
+
+    def after_commit(self, uow: UnitOfWork) -> None:
+        """Hook for work that follows a saved batch (e.g. waking a scheduler)."""
+
+    def _tracking_name(self, epoch: str, topic: str, partition: int) -> str:
+        return f"{self.name}|{epoch}|{topic}|{partition}"
+
+    async def position(self, epoch: str, topic: str, partition: int) -> int | None:
+        last = await asyncio.to_thread(self.app.tracked_position, self._tracking_name(epoch, topic, partition))
+        return None if last is None else last + 1
+
+    async def process(
+        self, epoch: str, topic: str, partition: int, records: Sequence[Incoming], last_offset: int
+    ) -> None:
+        await asyncio.to_thread(self._process, self._tracking_name(epoch, topic, partition), records, last_offset)
+
+    def _process(self, tracking_name: str, records: Sequence[Incoming], last_offset: int) -> None:
+        done = self.app.tracked_position(tracking_name)
+        if done is not None and done >= last_offset:
+            return
+        uow = UnitOfWork(self.app)
+        for rec in records:
+            if done is None or rec.offset > done:
+                self.react(uow, rec)
+        try:
+            self.app.save_tracked(uow.aggregates(), Tracking(tracking_name, last_offset))
+        except IntegrityError:
+            done = self.app.tracked_position(tracking_name)
+            if done is not None and done >= last_offset:
+                return  # another instance applied this batch first
+            raise Retry("write conflict; reloading") from None
+        self.after_commit(uow)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.runner.seek_stored(list(assigned))
+
+
+class ConsumerRunner:
+    def __init__(
+        self,
+        sink: Sink,
+        settings: ServiceSettings,
+        epoch: EpochWatcher,
+        producer: AIOKafkaProducer,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.settings = settings
+        self.epoch_watcher = epoch
+        self.producer = producer
+        self.consumer: AIOKafkaConsumer | None = None
+        self.running = False
+        self.epoch_watcher.subscribe(self._on_epoch)
+
+    async def _on_epoch(self, epoch: str) -> None:
+        if self.consumer is not None:
+            await self.seek_stored(list(self.consumer.assignment()))
+
+    async def seek_stored(self, partitions: list[TopicPartition]) -> None:
+        assert self.consumer is not None
+        epoch = await self.epoch_watcher.wait_known()
+        for tp in partitions:
+            pos = await self.sink.position(epoch, tp.topic, tp.partition)
+            if pos is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, pos)
+
+    async def run(self) -> None:
+        await self.sink.setup()
+        await self.epoch_watcher.wait_known()
+        prefix = self.settings.topic_prefix
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=f"{prefix}{self.sink.name}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.consumer_batch,
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=1000,
+        )
+        self.consumer.subscribe([t.qualified(prefix) for t in self.sink.topics], listener=_Rebalance(self))
+        await self.consumer.start()
+        self.running = True
+        try:
+            while True:
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=self.settings.consumer_batch)
+                for tp, records in batch.items():
+                    await self._handle(tp, records)
+        finally:
+            self.running = False
+            await self.consumer.stop()
+
+    def _decode(self, record: Any) -> Incoming:
+        env = unwrap(record.headers, record.value)
+        return Incoming(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key.decode() if record.key is not None else None,
+            envelope=env,
+            event=env.event(),
+        )
+
+    async def _handle(self, tp: TopicPartition, records: list[Any]) -> None:
+        assert self.consumer is not None
+        epoch = self.epoch_watcher.epoch
+        assert epoch is not None
+        wanted = self.sink.event_types
+        decoded: list[Incoming] = []
+        for r in records:
+            if wanted is not None and header_value(r.headers, "ce_type") not in wanted:
+                CONSUMED.labels(self.sink.name, "ignored").inc()
+                continue
+            try:
+                decoded.append(self._decode(r))
+            except (ValueError, ValidationError) as exc:
+                await self._dead_letter(r, exc)
+        last = records[-1].offset
+        try:
+            await self.sink.process(epoch, tp.topic, tp.partition, decoded, last)
+            CONSUMED.labels(self.sink.name, "applied").inc(len(decoded))
+        except RETRYABLE as exc:
+            await self._back_off(tp, records[0].offset, exc)
+            return
+        except Exception:  # noqa: BLE001 - one bad record must not block its partition
+            if not await self._one_by_one(epoch, tp, decoded, last):
+                return
+        highwater = self.consumer.highwater(tp)
+        if highwater is not None:
+            CONSUMER_LAG.labels(self.sink.name, tp.topic, str(tp.partition)).set(max(0, highwater - last - 1))
+
+    async def _one_by_one(self, epoch: str, tp: TopicPartition, decoded: list[Incoming], last: int) -> bool:
+        assert self.consumer is not None
+        for rec in decoded:
+            try:
+                await self.sink.process(epoch, tp.topic, tp.partition, [rec], rec.offset)
+            except RETRYABLE as exc:
+                await self._back_off(tp, rec.offset, exc)
+                return False
+            except Exception as exc:
+                log.exception("consumer %s: record %s:%s:%s failed", self.sink.name, tp.topic, tp.partition, rec.offset)
+                await self._dead_letter(rec, exc)
+                await self.sink.process(epoch, tp.topic, tp.partition, [], rec.offset)
+        await self.sink.process(epoch, tp.topic, tp.partition, [], last)
+        return True
+
+    async def _back_off(self, tp: TopicPartition, offset: int, exc: BaseException) -> None:
+        assert self.consumer is not None
+        log.warning("consumer %s: %s; retrying from %s:%s:%s", self.sink.name, exc, tp.topic, tp.partition, offset)
+        self.consumer.seek(tp, offset)
+        await asyncio.sleep(0.2)
+
+    async def _dead_letter(self, record: Any, exc: BaseException) -> None:
+        if isinstance(record, Incoming):
+            topic, partition, offset, key = record.topic, record.partition, record.offset, record.key
+            headers, value = record.envelope.headers(), record.envelope.data
+        else:
+            topic, partition, offset = record.topic, record.partition, record.offset
+            key = record.key.decode("utf-8", "replace") if record.key is not None else None
+            headers, value = record.headers, record.value or b""
+        h = header_map(headers)
+        letter = DeadLettered(
+            consumer=self.sink.name,
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
+            source_key=key,
+            source_headers=h,
+            source_value=bytes(value).decode("utf-8", "replace"),
+            error=f"{type(exc).__name__}: {exc}"[:4000],
+            failed_at=datetime.now(UTC),
+        )
+        env = wrap(
+            letter,
+            event_id=str(derived_id(self.sink.name, h.get("ce_id") or f"{topic}:{partition}:{offset}")),
+            source=self.settings.service_name,
+        )
+        await self.producer.send_and_wait(
+            Topic.deadletter.qualified(self.settings.topic_prefix),
+            value=env.data,
+            key=letter.key().encode(),
+            headers=env.headers(),
+        )
+        DEAD_LETTERED.labels(self.sink.name).inc()
+        log.error("consumer %s: dead-lettered %s:%s:%s: %s", self.sink.name, topic, partition, offset, exc)

@@ -1,0 +1,11 @@
+"""Prometheus metrics shared by every service (one process = one service)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RELAY_PUBLISHED = Counter("tsop_relay_published_total", "Events published by the outbox relay", ["relay"])
+RELAY_BACKLOG = Gauge("tsop_relay_backlog", "Notifications not yet published", ["relay"])
+CONSUMED = Counter("tsop_consumer_records_total", "Records consumed", ["consumer", "outcome"])
+CONSUMER_LAG = Gauge("tsop_consumer_lag", "Records behind the end of the partition", ["consumer", "topic", "partition"])
+DEAD_LETTERED = Counter("tsop_deadlettered_total", "Records sent to the dead-letter topic", ["consumer"])
+HTTP_REQUESTS = Counter("tsop_http_requests_total", "HTTP requests", ["method", "route", "status"])
+HTTP_LATENCY = Histogram("tsop_http_request_seconds", "HTTP request latency", ["method", "route"])

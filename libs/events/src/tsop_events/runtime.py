@@ -1,0 +1,128 @@
+"""A service process: its database, event store, relay, consumers and timers.
+
+Every service builds one ``Runtime`` and hands it to ``http.create_app``; the
+plumbing here is the same for all five.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from tsop_events.consumer import OFFSETS_DDL, ConsumerRunner, Sink
+from tsop_events.epoch import EpochWatcher
+from tsop_events.relay import RELAY_DDL, Mapper, Relay
+from tsop_events.settings import ServiceSettings
+from tsop_events.store import EventStoreApp, ensure_database
+
+log = logging.getLogger(__name__)
+
+Task = Callable[["Runtime"], Awaitable[None]]
+
+
+@dataclass
+class Runtime:
+    settings: ServiceSettings
+    app_factory: Callable[[ServiceSettings], EventStoreApp] | None = None
+    mapper: Mapper | None = None
+    sinks: list[Callable[[Runtime], Sink]] = field(default_factory=list)
+    tasks: list[Task] = field(default_factory=list)
+    ddl: list[str] = field(default_factory=list)
+
+    pool: asyncpg.Pool = field(init=False)
+    app: EventStoreApp = field(init=False)
+    producer: AIOKafkaProducer = field(init=False)
+    epoch: EpochWatcher = field(init=False)
+    relay: Relay | None = field(init=False, default=None)
+    runners: list[ConsumerRunner] = field(init=False, default_factory=list)
+    extras: dict[str, Any] = field(init=False, default_factory=dict)
+    _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
+
+    async def start(self) -> None:
+        s = self.settings
+        await _retry(lambda: ensure_database(s, [RELAY_DDL, OFFSETS_DDL, *self.ddl]), "PostgreSQL")
+        self.pool = await asyncpg.create_pool(s.pg_dsn(), min_size=1, max_size=s.pg_pool_size)
+        if self.app_factory is not None:
+            factory = self.app_factory
+            self.app = await asyncio.to_thread(factory, s)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=s.kafka_idempotence,
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+            request_timeout_ms=15000,
+        )
+        await _retry(self.producer.start, "Kafka")
+        self.epoch = EpochWatcher(s, self.producer)
+        self._spawn("epoch", lambda: self.epoch.run())
+        if self.app_factory is not None and self.mapper is not None:
+            relay = Relay(s.service_name, self.app, self.mapper, self.producer, self.pool, s, self.epoch)
+            self.relay = relay
+            loop = asyncio.get_running_loop()
+
+            def wake_relay() -> None:
+                loop.call_soon_threadsafe(relay.wake)
+
+            self.app.on_saved(wake_relay)
+            self._spawn("relay", relay.run)
+        for make_sink in self.sinks:
+            runner = ConsumerRunner(make_sink(self), s, self.epoch, self.producer)
+            self.runners.append(runner)
+            self._spawn(f"consumer {runner.sink.name}", runner.run)
+        for task in self.tasks:
+            self._spawn(getattr(task, "__name__", "task"), lambda t=task: t(self))  # type: ignore[misc]
+
+    def _spawn(self, name: str, make: Callable[[], Awaitable[None]]) -> None:
+        async def supervised() -> None:
+            while True:
+                try:
+                    await make()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s crashed; restarting in 1s", name)
+                    await asyncio.sleep(1.0)
+
+        self._tasks.append(asyncio.create_task(supervised(), name=name))
+
+    def readiness(self) -> dict[str, bool]:
+        checks = {"broker_epoch": self.epoch.epoch is not None}
+        if self.relay is not None:
+            checks["relay"] = self.relay.running
+        for r in self.runners:
+            checks[f"consumer:{r.sink.name}"] = r.running
+        return checks
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.epoch.close()
+        await self.producer.stop()
+        await self.pool.close()
+        if self.app_factory is not None:
+            self.app.close()
+
+
+async def _retry(start: Callable[[], Awaitable[None]], what: str, timeout: float = 120.0) -> None:
+    """Wait for a dependency at start-up instead of dying when it is a bit late."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await start()
+            return
+        except (OSError, KafkaError, asyncpg.PostgresError) as exc:
+            if loop.time() > deadline:
+                raise
+            log.warning("waiting for %s: %s", what, exc)
+            await asyncio.sleep(1.0)

@@ -1,0 +1,246 @@
+"""Wire schemas: the only contract between TSOP services.
+
+One pydantic model per domain event that crosses a service boundary. Each model
+names its CloudEvents type (``ce_type``), its schema version and the topic it
+travels on. Library-internal class paths never go on the wire. A change that
+would break a consumer must change the type name's version suffix; the
+committed catalogue (``libs/events/catalogue``) makes such changes visible.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tsop_events.topics import Topic
+
+
+class CustomerTier(StrEnum):
+    standard = "standard"
+    gold = "gold"
+    vip = "vip"
+    enterprise = "enterprise"
+
+
+class Channel(StrEnum):
+    web = "web"
+    app = "app"
+    hotline = "hotline"
+    onsite = "onsite"
+
+
+class WireEvent(BaseModel):
+    """Base of every event on the bus; subclasses set the class variables."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_type: ClassVar[str]
+    topic: ClassVar[Topic]
+    schema_version: ClassVar[int] = 1
+    doc: ClassVar[str] = ""
+
+    def key(self) -> str:
+        """Kafka record key: the id of the entity whose history this extends."""
+        raise NotImplementedError
+
+
+class TicketEvent(WireEvent):
+    """An event in a ticket's life; key = ticket id, on the ``tickets`` topic."""
+
+    topic: ClassVar[Topic] = Topic.tickets
+    ticket_id: str
+
+    def key(self) -> str:
+        return self.ticket_id
+
+
+NonEmpty = Annotated[str, Field(min_length=1, max_length=4000)]
+
+
+class TimeRequirement(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    deadline: datetime | None = None
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+
+
+class RequestSubmitted(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.request-submitted.v1"
+    doc: ClassVar[str] = "A channel submitted a service request (§2.1)."
+    channel: Channel
+    channel_request_ref: str | None = None
+    customer_id: str
+    customer_tier: CustomerTier
+    region: str
+    service_type: str
+    description: NonEmpty
+    time_requirement: TimeRequirement
+    special_needs: str | None = None
+    callback_url: str | None = None
+    submitted_at: datetime
+
+
+class RequestAccepted(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.request-accepted.v1"
+    doc: ClassVar[str] = "Review accepted the request; it may be assigned (§2.2)."
+    service_type: str
+    region: str
+    priority: Annotated[int, Field(ge=1, le=5)]
+    customer_tier: CustomerTier
+    resolve_by: datetime | None = None
+    accepted_at: datetime
+
+
+class RequestRejected(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.request-rejected.v1"
+    doc: ClassVar[str] = "Review rejected the request, with the reason (§2.2)."
+    reason_code: str
+    reason: str
+    rejected_at: datetime
+
+
+class AssignmentCandidate(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    technician_id: str
+    score: float
+    load: int
+    capacity: int
+
+
+class Assigned(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.assigned.v1"
+    doc: ClassVar[str] = "A qualified technician was assigned automatically (§2.2)."
+    work_order_id: str
+    technician_id: str
+    reason: str
+    candidates: list[AssignmentCandidate]
+    assigned_at: datetime
+
+
+class WorkLogged(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.work-logged.v1"
+    doc: ClassVar[str] = "A technician logged a step of the work (§2.3)."
+    work_order_id: str
+    technician_id: str
+    action: NonEmpty
+    mode: Literal["on_site", "remote"]
+    notes: str | None = None
+    logged_at: datetime
+
+
+class Resolved(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.resolved.v1"
+    doc: ClassVar[str] = "The technician resolved the work order (§2.3)."
+    work_order_id: str
+    technician_id: str
+    resolution_code: str
+    summary: NonEmpty
+    advice: str | None = None
+    resolved_at: datetime
+
+
+class FeedbackSent(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.feedback-sent.v1"
+    doc: ClassVar[str] = "The applicant was notified of the result (§2.3)."
+    channel: Literal["webhook", "none"]
+    attempts: int
+    status_code: int | None = None
+    rating_due_at: datetime
+    sent_at: datetime
+
+
+class Rated(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.rated.v1"
+    doc: ClassVar[str] = "The customer rated the service within the window (§2.3)."
+    score: Annotated[int, Field(ge=1, le=5)]
+    comment: str | None = None
+    rated_at: datetime
+
+
+class Closed(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.closed.v1"
+    doc: ClassVar[str] = "The ticket is closed: rated, or the rating window expired (§2.4)."
+    reason: Literal["rated", "rating_window_expired"]
+    closed_at: datetime
+
+
+class Archived(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.archived.v1"
+    doc: ClassVar[str] = "The ticket's dossier is sealed in the archive (§2.4, §7.2)."
+    dossier_hash: str
+    event_count: int
+    last_event_id: str
+    archived_at: datetime
+
+
+class TechnicianRegistered(WireEvent):
+    event_type: ClassVar[str] = "tsop.workforce.technician-registered.v1"
+    doc: ClassVar[str] = "A technician joined the workforce with qualifications (§3.3)."
+    topic: ClassVar[Topic] = Topic.workforce
+    technician_id: str
+    service_types: list[str]
+    regions: list[str]
+    capacity: Annotated[int, Field(ge=1)]
+    registered_at: datetime
+
+    def key(self) -> str:
+        return self.technician_id
+
+
+class DeadLettered(WireEvent):
+    """What the dead-letter topic carries: the original record and the error."""
+
+    event_type: ClassVar[str] = "tsop.deadletter.v1"
+    doc: ClassVar[str] = "A record a consumer could not process, with the error."
+    topic: ClassVar[Topic] = Topic.deadletter
+    consumer: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    source_key: str | None
+    source_headers: dict[str, str]
+    source_value: str
+    error: str
+    failed_at: datetime
+
+    def key(self) -> str:
+        return f"{self.source_topic}:{self.source_partition}:{self.source_offset}"
+
+
+EVENT_TYPES: dict[str, type[WireEvent]] = {
+    cls.event_type: cls
+    for cls in (
+        RequestSubmitted,
+        RequestAccepted,
+        RequestRejected,
+        Assigned,
+        WorkLogged,
+        Resolved,
+        FeedbackSent,
+        Rated,
+        Closed,
+        Archived,
+        TechnicianRegistered,
+        DeadLettered,
+    )
+}
+
+
+class UnknownEventType(ValueError):
+    pass
+
+
+def parse_event(event_type: str, data: bytes | str | dict[str, Any]) -> WireEvent:
+    """Validate a body against the model its ``ce_type`` names."""
+    try:
+        cls = EVENT_TYPES[event_type]
+    except KeyError:
+        raise UnknownEventType(event_type) from None
+    if isinstance(data, dict):
+        return cls.model_validate(data)
+    return cls.model_validate_json(data)

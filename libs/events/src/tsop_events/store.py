@@ -1,0 +1,118 @@
+"""The write side: an eventsourcing application on PostgreSQL, with tracking.
+
+Every service that emits domain events owns one ``EventStoreApp``. Its
+notification log is the service's outbox (see ``relay``). Events saved in
+reaction to a Kafka record are saved together with a tracking row naming that
+record, in one transaction, which is what makes the reaction happen once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from eventsourcing.application import Application, ProcessingEvent
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
+
+from tsop_events.settings import ServiceSettings
+
+__all__ = ["EventStoreApp", "IntegrityError", "Tracking", "ensure_database"]
+
+
+class EventStoreApp(Application[UUID]):
+    """An Application whose recorder also records tracking positions."""
+
+    def __init__(self, settings: ServiceSettings | None = None, env: dict[str, str] | None = None) -> None:
+        merged: dict[str, str] = settings.eventsourcing_env() if settings else {}
+        merged.update(env or {})
+        self._save_listeners: list[Callable[[], None]] = []
+        super().__init__(env=merged)
+
+    def on_saved(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (from the saving thread) after every save."""
+        self._save_listeners.append(listener)
+
+    def _notify(self, recordings: list[Any]) -> None:
+        super()._notify(recordings)
+        for listener in self._save_listeners:
+            listener()
+
+    def construct_recorder(self) -> ProcessRecorder:
+        return self.factory.process_recorder()
+
+    @property
+    def process_recorder(self) -> ProcessRecorder:
+        recorder = self.recorder
+        assert isinstance(recorder, ProcessRecorder)
+        return recorder
+
+    def save_tracked(self, aggregates: Iterable[Aggregate], tracking: Tracking | None) -> None:
+        """Save new events of ``aggregates`` and ``tracking`` in one transaction.
+
+        Raises IntegrityError on a version conflict (another writer got there
+        first) or when the tracking position was already recorded.
+        """
+        processing = ProcessingEvent[UUID](tracking=tracking)
+        processing.collect_events(*aggregates)
+        recordings = self._record(processing)
+        self._notify(recordings)
+
+    def tracked_position(self, name: str) -> int | None:
+        return self.process_recorder.max_tracking_id(name)
+
+    def exists(self, aggregate_id: UUID) -> bool:
+        return bool(self.recorder.select_events(aggregate_id, limit=1))
+
+    def load(self, aggregate_id: UUID) -> Any:
+        return self.repository.get(aggregate_id)
+
+
+async def ensure_database(settings: ServiceSettings, extra_sql: Sequence[str] = ()) -> None:
+    """Create the service's own database if missing, then run its DDL."""
+    admin = await asyncpg.connect(settings.pg_dsn("postgres"))
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", settings.database)
+        if not exists:
+            try:
+                await admin.execute(f'CREATE DATABASE "{settings.database}"')
+            except asyncpg.DuplicateDatabaseError:
+                pass
+    finally:
+        await admin.close()
+    if extra_sql:
+        conn = await asyncpg.connect(settings.pg_dsn())
+        try:
+            for stmt in extra_sql:
+                await conn.execute(stmt)
+        finally:
+            await conn.close()
+
+
+class LogFollower:
+    """An in-process view built by following the app's own notification log.
+
+    Every instance of a service converges on the same view, because it reads
+    the same log; ``refresh`` is cheap when nothing is new.
+    """
+
+    def __init__(self, app: EventStoreApp) -> None:
+        self.app = app
+        self.lock = threading.RLock()
+        self.position = 0
+
+    def apply(self, event: Any) -> None:
+        raise NotImplementedError
+
+    def refresh(self) -> None:
+        with self.lock:
+            while True:
+                batch = self.app.recorder.select_notifications(self.position + 1, 1000)
+                for n in batch:
+                    self.apply(self.app.mapper.to_domain_event(n))
+                if not batch:
+                    return
+                self.position = batch[-1].id

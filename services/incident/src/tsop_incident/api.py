@@ -1,0 +1,24 @@
+"""Incident's HTTP routes (the incident workflow itself is its own issue)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from tsop_events.runtime import Runtime
+
+router = APIRouter(prefix="/v1", tags=["incident"])
+
+
+@router.get("/open-tickets/summary")
+async def open_ticket_summary(request: Request, region: str | None = None) -> dict[str, Any]:
+    """Open (not yet resolved) tickets counted by region and service type."""
+    runtime: Runtime = request.app.state.runtime
+    rows = await runtime.pool.fetch(
+        """SELECT region, service_type, count(*) AS open FROM tickets
+           WHERE stage < 4 AND region IS NOT NULL AND ($1::text IS NULL OR region = $1)
+           GROUP BY region, service_type ORDER BY region, service_type""",
+        region,
+    )
+    return {"groups": [dict(r) for r in rows], "total": sum(r["open"] for r in rows)}

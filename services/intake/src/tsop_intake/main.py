@@ -1,0 +1,42 @@
+"""Wiring: settings → runtime → HTTP app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from tsop_events.http import create_app, serve
+from tsop_events.runtime import Runtime
+from tsop_events.settings import ServiceSettings
+from tsop_intake.api import router
+from tsop_intake.application import IntakeApp, to_wire
+from tsop_intake.domain import Catalogue
+from tsop_intake.projection import RequestStatusProjection
+
+
+class IntakeSettings(ServiceSettings):
+    service_name: str = "intake"
+    http_port: int = 8001
+    service_types_file: Path | None = None
+
+
+def build(settings: IntakeSettings | None = None) -> FastAPI:
+    s = settings or IntakeSettings()
+    catalogue = Catalogue.load(s.service_types_file)
+    runtime = Runtime(
+        s,
+        app_factory=lambda st: IntakeApp(st, catalogue=catalogue),
+        mapper=to_wire,
+        sinks=[lambda rt: RequestStatusProjection(rt.pool)],
+    )
+    return create_app(runtime, "TSOP intake", [router])
+
+
+def main() -> None:
+    s = IntakeSettings()
+    serve(build(s), s.http_host, s.http_port, s.log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Intake's read model: where each request stands, fed by the whole ticket stream."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import asyncpg
+
+from tsop_events import schemas as wire
+from tsop_events.consumer import Incoming, ProjectionSink
+
+# Native lifecycle statuses, in the order a ticket moves through them.
+STATUS_OF: dict[str, str] = {
+    wire.RequestSubmitted.event_type: "submitted",
+    wire.RequestAccepted.event_type: "accepted",
+    wire.RequestRejected.event_type: "rejected",
+    wire.Assigned.event_type: "assigned",
+    wire.WorkLogged.event_type: "in_progress",
+    wire.Resolved.event_type: "resolved",
+    wire.FeedbackSent.event_type: "feedback_sent",
+    wire.Rated.event_type: "rated",
+    wire.Closed.event_type: "closed",
+    wire.Archived.event_type: "archived",
+}
+RANK = {status: i for i, status in enumerate(dict.fromkeys(STATUS_OF.values()))}
+
+
+class RequestStatusProjection(ProjectionSink):
+    name: ClassVar[str] = "intake-status"
+    event_types: ClassVar[frozenset[str] | None] = frozenset(STATUS_OF)
+    ddl: ClassVar[tuple[str, ...]] = (
+        """CREATE TABLE IF NOT EXISTS request_status (
+            ticket_id uuid PRIMARY KEY, status text NOT NULL, rank int NOT NULL, updated_at timestamptz NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS request_history (
+            event_id text PRIMARY KEY, ticket_id uuid NOT NULL, event_type text NOT NULL,
+            status text NOT NULL, at timestamptz NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS request_history_ticket ON request_history (ticket_id, at)",
+    )
+
+    async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
+        status = STATUS_OF[incoming.envelope.type]
+        env = incoming.envelope
+        await conn.execute(
+            "INSERT INTO request_history VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            env.id, incoming.key, env.type, status, env.time,
+        )
+        # only ever forward: a re-delivered older event never moves a request back
+        await conn.execute(
+            """INSERT INTO request_status VALUES ($1, $2, $3, $4)
+               ON CONFLICT (ticket_id) DO UPDATE SET status = EXCLUDED.status, rank = EXCLUDED.rank,
+               updated_at = EXCLUDED.updated_at WHERE request_status.rank < EXCLUDED.rank""",
+            incoming.key, status, RANK[status], env.time,
+        )

@@ -1,0 +1,33 @@
+"""Run the test tiers and say which ran: ``python -m tests [unit|integration|e2e ...]``.
+
+With CI=true a tier that cannot run (no broker, no Java) fails instead of
+skipping; see ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def main() -> int:
+    tiers = [a for a in sys.argv[1:] if a in TIERS] or list(TIERS)
+    extra = [a for a in sys.argv[1:] if a not in TIERS]
+    results = {}
+    for tier in tiers:
+        print(f"\n===== tier: {tier} =====", flush=True)
+        results[tier] = subprocess.run(
+            [sys.executable, "-m", "pytest", f"tests/{tier}", "-p", "no:cacheprovider", "-q", "-rfEs", *extra],
+            check=False,
+        ).returncode
+    print("\n===== tiers =====")
+    for tier, code in results.items():
+        verdict = {0: "passed", 5: "no tests"}.get(int(code), f"FAILED (exit {int(code)})")
+        print(f"  {tier:<12} {verdict}")
+    return 0 if all(int(c) in (0, 5) for c in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
