@@ -273,6 +273,7 @@ class ConsumerRunner:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.settings.consumer_batch,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             session_timeout_ms=10000,
             heartbeat_interval_ms=1000,
         )
@@ -304,6 +305,12 @@ class ConsumerRunner:
         epoch = self.epoch_watcher.epoch
         assert epoch is not None
         wanted = self.sink.event_types
+        done = await self.sink.position(epoch, tp.topic, tp.partition)
+        if done is not None:
+            # a rebalance may seek back over records already applied: skip them (and their dead letters)
+            records = [r for r in records if r.offset >= done]
+            if not records:
+                return
         decoded: list[Incoming] = []
         for r in records:
             if wanted is not None and header_value(r.headers, "ce_type") not in wanted:

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -67,7 +67,7 @@ async def _problem(_: Request, exc: Exception) -> Response:
 
 
 class BodyLimit:
-    """Refuse bodies over ``limit`` bytes with 413, declared or streamed."""
+    """Refuse bodies over ``limit`` bytes with a problem 413, declared or streamed."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -76,39 +76,53 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await _too_large(self.limit)(scope, receive, send)
             return
         seen = 0
-        started = False
 
         async def counting_receive() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _TooLarge
+                # FastAPI lets HTTP exceptions raised while reading the body through to the handlers
+                raise HTTPException(413, "Request body too large")
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+        await self.app(scope, counting_receive, send)
+
+
+def _too_large(limit: int) -> Response:
+    return problem_response(413, "Request body too large", f"The request body exceeds {limit} bytes.")
+
+
+class Measure:
+    """Request counts and latencies per route template (a plain ASGI middleware: cheap)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        detail = f"The request body exceeds {self.limit} bytes."
-        await problem_response(413, "Request body too large", detail)(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
+            await self.app(scope, receive, send_status)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_LATENCY.labels(scope["method"], path).observe(time.perf_counter() - started)
+            HTTP_REQUESTS.labels(scope["method"], path, str(status)).inc()
 
 
 def create_app(runtime: Runtime, title: str, routers: Sequence[APIRouter], version: str = "1.0.0") -> FastAPI:
@@ -127,17 +141,8 @@ def create_app(runtime: Runtime, title: str, routers: Sequence[APIRouter], versi
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(Exception, _unexpected)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        HTTP_LATENCY.labels(request.method, path).observe(time.perf_counter() - started)
-        HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        return response
-
     app.add_middleware(BodyLimit, limit=runtime.settings.max_body_bytes)
+    app.add_middleware(Measure)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

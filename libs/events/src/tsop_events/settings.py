@@ -23,6 +23,7 @@ class ServiceSettings(BaseSettings):
     topic_partitions: int = 6
     topic_replication: int = 1
     consumer_batch: int = 500
+    fetch_max_wait_ms: int = 50
     epoch_check_seconds: float = 2.0
 
     pg_host: str = "127.0.0.1"
@@ -33,7 +34,8 @@ class ServiceSettings(BaseSettings):
     pg_pool_size: int = 8
 
     relay_batch: int = 500
-    relay_idle_seconds: float = 0.02
+    relay_idle_seconds: float = 0.05
+    aggregate_cache_size: int = 10000
     max_body_bytes: int = 64 * 1024
     log_level: str = "INFO"
 
@@ -60,4 +62,8 @@ class ServiceSettings(BaseSettings):
             "POSTGRES_POOL_SIZE": str(self.pg_pool_size),
             "POSTGRES_SCHEMA": "public",
             "CREATE_TABLE": "y",
+            # hot aggregates (technicians) stay in memory; each read still fetches newer events,
+            # so several instances of a service never act on a stale copy
+            "AGGREGATE_CACHE_MAXSIZE": str(self.aggregate_cache_size),
+            "AGGREGATE_CACHE_FASTFORWARD": "y",
         }

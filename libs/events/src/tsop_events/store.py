@@ -8,9 +8,11 @@ record, in one transaction, which is what makes the reaction happen once.
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -116,3 +118,31 @@ class LogFollower:
                 if not batch:
                     return
                 self.position = batch[-1].id
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def retry_on_conflict(attempts: int = 5) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Run a load-decide-save command again when another writer saved first.
+
+    The command must load what it changes inside itself, so each attempt
+    decides on fresh state (optimistic concurrency, not locks).
+    """
+
+    def decorate(command: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(command)
+        def attempt(*args: P.args, **kwargs: P.kwargs) -> R:
+            for i in range(attempts):
+                try:
+                    return command(*args, **kwargs)
+                except IntegrityError:
+                    if i == attempts - 1:
+                        raise
+                    time.sleep(0.002 * 2**i)
+            raise AssertionError("unreachable")
+
+        return attempt
+
+    return decorate

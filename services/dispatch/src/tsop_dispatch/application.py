@@ -26,7 +26,7 @@ from tsop_events.clock import Clock, SystemClock
 from tsop_events.envelope import derived_id, stable_event_id
 from tsop_events.relay import Outgoing
 from tsop_events.settings import ServiceSettings
-from tsop_events.store import EventStoreApp, IntegrityError, LogFollower
+from tsop_events.store import EventStoreApp, IntegrityError, LogFollower, retry_on_conflict
 
 
 def work_order_id(ticket_id: str) -> UUID:
@@ -65,6 +65,9 @@ class Board(LogFollower):
 
 
 class DispatchApp(EventStoreApp):
+    # a technician's history grows with every job: load it from a recent snapshot
+    snapshotting_intervals = {Technician: 100}
+
     def __init__(
         self, settings: ServiceSettings | None = None, env: dict[str, str] | None = None, clock: Clock | None = None
     ) -> None:
@@ -129,12 +132,14 @@ class DispatchApp(EventStoreApp):
                 self.board.refresh()
         return assigned
 
+    @retry_on_conflict()
     def log_work(self, wo_id: UUID, technician_id: str, action: str, mode: str, notes: str | None) -> WorkOrder:
         wo: WorkOrder = self.load(wo_id)
         wo.log_work(technician_id, action, mode, notes, self.clock.now())
         self.save(wo)
         return wo
 
+    @retry_on_conflict()
     def resolve(
         self, wo_id: UUID, technician_id: str, resolution_code: str, summary: str, advice: str | None
     ) -> WorkOrder:

@@ -15,7 +15,7 @@ from tsop_events.clock import Clock, SystemClock
 from tsop_events.envelope import derived_id, stable_event_id
 from tsop_events.relay import Outgoing
 from tsop_events.settings import ServiceSettings
-from tsop_events.store import EventStoreApp, LogFollower
+from tsop_events.store import EventStoreApp, LogFollower, retry_on_conflict
 from tsop_feedback.domain import (
     FeedbackCase,
     FeedbackCaseClosed,
@@ -64,12 +64,14 @@ class FeedbackApp(EventStoreApp):
         self.rating_window = rating_window
         self.follow_ups = FollowUps(self)
 
+    @retry_on_conflict()
     def rate(self, ticket_id: str, score: int, comment: str | None) -> FeedbackCase:
         case: FeedbackCase = self.load(case_id(ticket_id))
         case.rate(score, comment, self.clock.now())
         self.save(case)
         return case
 
+    @retry_on_conflict()
     def mark_notified(self, cid: UUID, channel: str, attempts: int, status_code: int | None) -> None:
         case: FeedbackCase = self.load(cid)
         case.mark_notified(channel, attempts, status_code, self.clock.now())

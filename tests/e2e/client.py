@@ -1,0 +1,165 @@
+"""A channel, technicians and customers, as the end-to-end tests and the benchmark drive them."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+
+SERVICE_TYPE = "broadband.fault_repair"
+
+
+def wait_for(fn: Callable[[], Any], timeout: float = 60.0, what: str = "condition", every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = fn()
+        except httpx.HTTPError:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+class Platform:
+    def __init__(self, urls: dict[str, str], timeout: float = 10.0) -> None:
+        self.urls = urls
+        self.http = httpx.Client(timeout=timeout)
+
+    def url(self, service: str, path: str) -> str:
+        return self.urls[service] + path
+
+    def register_technician(self, capacity: int = 50, region: str = "north") -> str:
+        r = self.http.post(
+            self.url("dispatch", "/v1/technicians"),
+            json={"name": "Tech", "service_types": [SERVICE_TYPE], "regions": [region], "capacity": capacity},
+        )
+        r.raise_for_status()
+        return str(r.json()["id"])
+
+    def submit(self, callback_url: str | None = None, key: str | None = None, region: str = "north") -> httpx.Response:
+        body = {
+            "channel": "app",
+            "customer": {"id": f"cust-{key or uuid.uuid4().hex[:8]}", "tier": "gold"},
+            "region": region,
+            "service_type": SERVICE_TYPE,
+            "description": "No internet since this morning",
+            "callback_url": callback_url,
+        }
+        headers = {"Idempotency-Key": key} if key else {}
+        return self.http.post(self.url("intake", "/v1/requests"), json=body, headers=headers)
+
+    def work_order(self, ticket: str) -> dict[str, Any] | None:
+        r = self.http.get(self.url("dispatch", f"/v1/tickets/{ticket}/work-order"))
+        return r.json() if r.status_code == 200 else None
+
+    def wait_assigned(self, ticket: str, timeout: float = 60.0) -> dict[str, Any]:
+        def assigned() -> dict[str, Any] | None:
+            wo = self.work_order(ticket)
+            return wo if wo and wo["technician_id"] else None
+
+        result: dict[str, Any] = wait_for(assigned, timeout, f"assignment of {ticket}")
+        return result
+
+    def work_and_resolve(self, wo: dict[str, Any]) -> None:
+        tech = wo["technician_id"]
+        if wo["status"] == "assigned":
+            r = self.http.post(
+                self.url("dispatch", f"/v1/work-orders/{wo['id']}/log"),
+                json={"technician_id": tech, "action": "replaced the ONT", "mode": "on_site"},
+            )
+            r.raise_for_status()
+        if wo["status"] != "resolved":
+            r = self.http.post(
+                self.url("dispatch", f"/v1/work-orders/{wo['id']}/resolve"),
+                json={"technician_id": tech, "resolution_code": "hw_replaced", "summary": "ONT replaced, line OK"},
+            )
+            r.raise_for_status()
+
+    def feedback(self, ticket: str) -> dict[str, Any] | None:
+        r = self.http.get(self.url("feedback", f"/v1/tickets/{ticket}/feedback"))
+        return r.json() if r.status_code == 200 else None
+
+    def wait_notified(self, ticket: str, timeout: float = 60.0) -> dict[str, Any]:
+        def notified() -> dict[str, Any] | None:
+            f = self.feedback(ticket)
+            return f if f and f["notified"] else None
+
+        result: dict[str, Any] = wait_for(notified, timeout, f"feedback for {ticket}")
+        return result
+
+    def rate(self, ticket: str, score: int = 5) -> httpx.Response:
+        return self.http.post(self.url("feedback", f"/v1/tickets/{ticket}/rating"), json={"score": score})
+
+    def dossier(self, ticket: str) -> dict[str, Any] | None:
+        r = self.http.get(self.url("archive", f"/v1/tickets/{ticket}/dossier"))
+        return r.json() if r.status_code == 200 else None
+
+    def wait_archived(self, ticket: str, timeout: float = 60.0) -> dict[str, Any]:
+        def archived() -> dict[str, Any] | None:
+            d = self.dossier(ticket)
+            if d and d["seal"] and any(e["type"] == "tsop.ticket.archived.v1" for e in d["events"]):
+                return d
+            return None
+
+        result: dict[str, Any] = wait_for(archived, timeout, f"archive of {ticket}", every=0.1)
+        return result
+
+    def complete(self, ticket: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Drive one accepted ticket to its sealed dossier."""
+        self.work_and_resolve(self.wait_assigned(ticket, timeout))
+        self.wait_notified(ticket, timeout)
+        r = self.rate(ticket)
+        assert r.status_code in (201, 409), r.text  # 409: rated already (a retry after a crash)
+        return self.wait_archived(ticket, timeout)
+
+
+class WebhookReceiver:
+    """The applicant's side of the callback: records what feedback delivers."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[dict[str, Any]] = []
+        received = self.deliveries
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                received.append(
+                    {
+                        "body": json.loads(body),
+                        "signature": self.headers.get("X-TSOP-Signature"),
+                        "delivery": self.headers.get("X-TSOP-Delivery"),
+                    }
+                )
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/callback"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def complete_despite_failures(platform: Platform, ticket: str, timeout: float = 180.0) -> dict[str, Any]:
+    """What a patient technician and customer do: retry every step until the dossier is sealed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return platform.complete(ticket, timeout=max(1.0, deadline - time.monotonic()))
+        except (httpx.HTTPError, AssertionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

@@ -1,0 +1,43 @@
+"""The five services as processes, on embedded PostgreSQL and the embedded broker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests import infra
+from tests.e2e.client import Platform, WebhookReceiver
+from tsop_events.launchers.stack import SERVICES, Stack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(
+        tmp_path_factory.mktemp("stack"),
+        pg_port=infra.free_port(),
+        broker_port=infra.free_port(),
+        ports={name: infra.free_port() for name in SERVICES},
+        env={"TSOP_TOPIC_PARTITIONS": "3", "TSOP_EPOCH_CHECK_SECONDS": "1", "TSOP_LOG_LEVEL": "WARNING"},
+    )
+    try:
+        s.start(timeout=180)
+    except Exception as exc:  # noqa: BLE001
+        s.stop()
+        infra.unavailable(f"the embedded stack did not start: {exc}")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def platform(stack: Stack) -> Platform:
+    p = Platform({name: stack.url(name) for name in SERVICES})
+    p.register_technician(capacity=100)
+    return p
+
+
+@pytest.fixture(scope="session")
+def webhook() -> Iterator[WebhookReceiver]:
+    w = WebhookReceiver()
+    yield w
+    w.close()

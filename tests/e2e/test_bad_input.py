@@ -1,0 +1,108 @@
+"""Bad input gets a 4xx problem+json naming the field; nothing accepted is lost."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.e2e.client import Platform
+
+VALID = {
+    "channel": "web",
+    "customer": {"id": "c1", "tier": "standard"},
+    "region": "north",
+    "service_type": "broadband.fault_repair",
+    "description": "No internet since this morning",
+}
+
+
+def post_raw(platform: Platform, content: bytes) -> tuple[int, dict[str, object], str]:
+    r = platform.http.post(
+        platform.url("intake", "/v1/requests"), content=content, headers={"content-type": "application/json"}
+    )
+    return r.status_code, r.json(), r.headers["content-type"]
+
+
+def test_malformed_json(platform: Platform) -> None:
+    status, body, ctype = post_raw(platform, b'{"channel": "web",')
+    assert status == 400 and ctype == "application/problem+json" and body["title"] == "Malformed JSON"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"channel": 7}, "channel"),
+        ({"customer": {"id": "c1", "tier": "platinum"}}, "customer.tier"),
+        ({"description": ""}, "description"),
+        ({"time_requirement": {"deadline": "tomorrow"}}, "time_requirement.deadline"),
+        ({"callback_url": "not a url"}, "callback_url"),
+        ({"surprise": True}, "surprise"),
+    ],
+)
+def test_wrong_types_and_unknown_fields_name_the_field(
+    platform: Platform, change: dict[str, object], field: str
+) -> None:
+    r = platform.http.post(platform.url("intake", "/v1/requests"), json={**VALID, **change})
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert field in [e["field"] for e in r.json()["errors"]]
+
+
+@pytest.mark.parametrize("missing", ["channel", "customer", "region", "service_type", "description"])
+def test_missing_fields(platform: Platform, missing: str) -> None:
+    body = {k: v for k, v in VALID.items() if k != missing}
+    r = platform.http.post(platform.url("intake", "/v1/requests"), json=body)
+    assert r.status_code == 422 and missing in [e["field"] for e in r.json()["errors"]]
+
+
+def test_unknown_service_type(platform: Platform) -> None:
+    r = platform.http.post(platform.url("intake", "/v1/requests"), json={**VALID, "service_type": "fax.repair"})
+    assert r.status_code == 422 and r.json()["title"] == "Unknown service type"
+    assert "broadband.fault_repair" in r.json()["known"]
+
+
+def test_oversized_body(platform: Platform) -> None:
+    r = platform.http.post(platform.url("intake", "/v1/requests"), json={**VALID, "description": "x" * 200_000})
+    assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json"
+
+
+def test_oversized_body_without_content_length(platform: Platform) -> None:
+    def chunks():
+        yield b'{"description": "'
+        for _ in range(100):
+            yield b"x" * 4096
+        yield b'"}'
+
+    r = platform.http.post(
+        platform.url("intake", "/v1/requests"), content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413, r.text
+
+
+def test_unknown_ids_and_invalid_ids(platform: Platform) -> None:
+    assert platform.http.get(platform.url("intake", f"/v1/requests/{uuid.uuid4()}")).status_code == 404
+    assert platform.http.get(platform.url("intake", "/v1/requests/not-a-uuid")).status_code == 422
+    assert platform.rate(str(uuid.uuid4())).status_code == 404
+    assert platform.http.get(platform.url("archive", f"/v1/tickets/{uuid.uuid4()}/dossier")).status_code == 404
+
+
+def test_out_of_range_rating_and_a_rating_before_resolution(platform: Platform) -> None:
+    ticket = platform.submit().json()["id"]
+    r = platform.http.post(platform.url("feedback", f"/v1/tickets/{ticket}/rating"), json={"score": 9})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "score"
+    platform.wait_assigned(ticket)
+    from tests.e2e.client import wait_for
+
+    wait_for(lambda: platform.feedback(ticket), what="feedback case")
+    r = platform.rate(ticket)
+    assert r.status_code == 409 and "not resolved" in r.json()["detail"]
+
+
+def test_only_the_assigned_technician_may_resolve(platform: Platform) -> None:
+    ticket = platform.submit().json()["id"]
+    wo = platform.wait_assigned(ticket)
+    r = platform.http.post(
+        platform.url("dispatch", f"/v1/work-orders/{wo['id']}/resolve"),
+        json={"technician_id": str(uuid.uuid4()), "resolution_code": "x", "summary": "y"},
+    )
+    assert r.status_code in (404, 409)
