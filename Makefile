@@ -35,7 +35,7 @@ test-e2e: install
 
 lint: install
 	$(BIN)/ruff check libs services tests bench
-	$(BIN)/mypy libs/events/src services/*/src
+	$(BIN)/mypy libs/events/src services/*/src bench
 	$(BIN)/python -m tsop_events.catalogue
 
 catalogue: install

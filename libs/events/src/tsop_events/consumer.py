@@ -188,6 +188,9 @@ class EventStoreSink(Sink):
     def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
         """Decide what the record means for our aggregates (pure domain calls)."""
 
+    def before_batch(self) -> None:
+        """Hook run once before a batch is decided (e.g. refreshing an in-memory view)."""
+
     def after_commit(self, uow: UnitOfWork) -> None:
         """Hook for work that follows a saved batch (e.g. waking a scheduler)."""
 
@@ -208,6 +211,7 @@ class EventStoreSink(Sink):
         if done is not None and done >= last_offset:
             return
         uow = UnitOfWork(self.app)
+        self.before_batch()
         for rec in records:
             if done is None or rec.offset > done:
                 self.react(uow, rec)

@@ -20,7 +20,7 @@ from tsop_events.consumer import OFFSETS_DDL, ConsumerRunner, Sink
 from tsop_events.epoch import EpochWatcher
 from tsop_events.relay import RELAY_DDL, Mapper, Relay
 from tsop_events.settings import ServiceSettings
-from tsop_events.store import EventStoreApp, ensure_database
+from tsop_events.store import EventStoreApp, GroupCommit, ensure_database
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class Runtime:
 
     pool: asyncpg.Pool = field(init=False)
     app: EventStoreApp = field(init=False)
+    committer: GroupCommit = field(init=False)
     producer: AIOKafkaProducer = field(init=False)
     epoch: EpochWatcher = field(init=False)
     relay: Relay | None = field(init=False, default=None)
@@ -52,6 +53,7 @@ class Runtime:
         if self.app_factory is not None:
             factory = self.app_factory
             self.app = await asyncio.to_thread(factory, s)
+            self.committer = GroupCommit(self.app)
         self.producer = AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap,
             acks="all",

@@ -8,6 +8,7 @@ record, in one transaction, which is what makes the reaction happen once.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 import time
@@ -146,3 +147,59 @@ def retry_on_conflict(attempts: int = 5) -> Callable[[Callable[P, R]], Callable[
         return attempt
 
     return decorate
+
+
+class GroupCommit:
+    """Concurrent commands share one transaction: many requests, one commit.
+
+    Each caller waits for the commit that carries its events. While one batch
+    is being written the next one gathers, so under load batches grow by
+    themselves and at rest a command is written at once. If a batch fails on
+    a conflict, its commands are written one by one so that only the
+    conflicting command sees the error.
+    """
+
+    def __init__(self, app: EventStoreApp, max_batch: int = 256) -> None:
+        self.app, self.max_batch = app, max_batch
+        self._pending: list[tuple[list[Any], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def save(self, *aggregates: Aggregate) -> None:
+        events = [e for a in aggregates for e in a.collect_events()]
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((events, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+                outcomes: list[BaseException | None]
+                try:
+                    await asyncio.to_thread(self.app.save, *[e for events, _ in batch for e in events])
+                    outcomes = [None] * len(batch)
+                except IntegrityError:
+                    outcomes = await asyncio.to_thread(self._one_by_one, [events for events, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - every waiter learns what happened
+                    outcomes = [exc] * len(batch)
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if outcome is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(outcome)
+        finally:
+            self._flusher = None
+
+    def _one_by_one(self, batches: list[list[Any]]) -> list[BaseException | None]:
+        outcomes: list[BaseException | None] = []
+        for events in batches:
+            try:
+                self.app.save(*events)
+                outcomes.append(None)
+            except Exception as exc:  # noqa: BLE001
+                outcomes.append(exc)
+        return outcomes

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 from uuid import UUID
 
 from tsop_archive.domain import ArchivedEvent, Dossier, DossierSealed, causal_order, chain_hash
 from tsop_archive.store import row_to_event
 from tsop_events import schemas as wire
 from tsop_events.clock import Clock, SystemClock
-from tsop_events.consumer import EventStoreSink, Incoming, Retry, UnitOfWork
 from tsop_events.envelope import derived_id
 from tsop_events.relay import Outgoing
 from tsop_events.settings import ServiceSettings
-from tsop_events.store import EventStoreApp
+from tsop_events.store import EventStoreApp, IntegrityError
 from tsop_events.topics import Topic
 
 
@@ -40,37 +39,51 @@ class ArchiveApp(EventStoreApp):
             ).fetchall()
         return causal_order([row_to_event(r) for r in rows])
 
+    def seal_pending(self, limit: int = 200) -> int:
+        """Seal the dossiers of tickets the store holds up to Closed; return how many.
 
-class SealDossiers(EventStoreSink):
-    """On Closed: once the store holds the ticket's events up to Closed, seal them."""
-
-    name: ClassVar[str] = "archive-sealer"
-    event_types: ClassVar[frozenset[str] | None] = frozenset({wire.Closed.event_type})
-
-    def __init__(self, app: ArchiveApp) -> None:
-        super().__init__(app)
-        self.archive = app
-
-    def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
-        ticket_id = incoming.key or ""
-        did = dossier_id(ticket_id)
-        if uow.get(did) is not None:
-            return  # sealed already
-        events = self.archive.ticket_events(ticket_id)
-        ids = [e.id for e in events]
-        if incoming.envelope.id not in ids:
-            raise Retry(f"the store has not yet archived Closed of ticket {ticket_id}")
-        sealed = events[: ids.index(incoming.envelope.id) + 1]
-        uow.add(
-            Dossier(
-                id=did,
-                ticket_id=ticket_id,
-                dossier_hash=chain_hash(sealed),
-                event_ids=[e.id for e in sealed],
-                sealed_at=self.archive.clock.now(),
-                causation_id=incoming.envelope.id,
+        Exactly once by construction: a dossier's id derives from its ticket, so
+        a second seal of the same ticket is refused by the event store.
+        """
+        datastore: Any = self.recorder.datastore  # type: ignore[attr-defined]
+        with datastore.get_connection() as conn:
+            pending = conn.execute(
+                "SELECT ticket_id, closed_event_id FROM archive_to_seal LIMIT %s", (limit,)
+            ).fetchall()
+        if not pending:
+            return 0
+        dossiers = []
+        for row in pending:
+            ticket_id, closed_id = row["ticket_id"], row["closed_event_id"]
+            if self.exists(dossier_id(ticket_id)):
+                continue
+            events = self.ticket_events(ticket_id)
+            ids = [e.id for e in events]
+            sealed = events[: ids.index(closed_id) + 1] if closed_id in ids else events
+            dossiers.append(
+                Dossier(
+                    id=dossier_id(ticket_id),
+                    ticket_id=ticket_id,
+                    dossier_hash=chain_hash(sealed),
+                    event_ids=[e.id for e in sealed],
+                    sealed_at=self.clock.now(),
+                    causation_id=closed_id,
+                )
             )
-        )
+        if dossiers:
+            try:
+                self.save(*dossiers)
+            except IntegrityError:  # another archive instance sealed some of them: seal the rest
+                for d in dossiers:
+                    try:
+                        self.save(d)
+                    except IntegrityError:
+                        pass
+        with datastore.get_connection() as conn:
+            conn.execute(
+                "DELETE FROM archive_to_seal WHERE ticket_id = ANY(%s)", ([r["ticket_id"] for r in pending],)
+            )
+        return len(dossiers)
 
 
 def to_wire(e: Any) -> Outgoing | None:

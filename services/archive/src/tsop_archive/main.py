@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import FastAPI
 
 from tsop_archive.api import router
-from tsop_archive.application import ArchiveApp, SealDossiers, to_wire
+from tsop_archive.application import ArchiveApp, to_wire
 from tsop_archive.store import DDL, ArchiveStore
 from tsop_events.http import create_app, serve
 from tsop_events.runtime import Runtime
@@ -17,18 +19,23 @@ class ArchiveSettings(ServiceSettings):
     http_port: int = 8005
 
 
+async def seal_dossiers(runtime: Runtime) -> None:
+    """Seal each closed ticket's dossier once the store holds it up to Closed."""
+    assert isinstance(runtime.app, ArchiveApp)
+    while True:
+        if not await asyncio.to_thread(runtime.app.seal_pending):
+            await asyncio.sleep(0.05)
+
+
 def build(settings: ArchiveSettings | None = None) -> FastAPI:
     s = settings or ArchiveSettings()
-
-    def sealer(rt: Runtime) -> SealDossiers:
-        assert isinstance(rt.app, ArchiveApp)
-        return SealDossiers(rt.app)
 
     runtime = Runtime(
         s,
         app_factory=ArchiveApp,
         mapper=to_wire,
-        sinks=[lambda rt: ArchiveStore(rt.pool), sealer],
+        sinks=[lambda rt: ArchiveStore(rt.pool)],
+        tasks=[seal_dossiers],
         ddl=list(DDL),
     )
     return create_app(runtime, "TSOP archive", [router])

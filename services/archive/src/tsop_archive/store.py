@@ -8,6 +8,7 @@ import asyncpg
 import orjson
 
 from tsop_archive.domain import ArchivedEvent
+from tsop_events import schemas as wire
 from tsop_events.consumer import Incoming, ProjectionSink
 from tsop_events.topics import DOMAIN_TOPICS, Topic
 
@@ -27,6 +28,8 @@ DDL = (
         data jsonb NOT NULL,
         stored_at timestamptz NOT NULL DEFAULT now())""",
     "CREATE INDEX IF NOT EXISTS archive_events_key ON archive_events (key, seq)",
+    # tickets whose Closed the store holds and whose dossier is not yet sealed
+    "CREATE TABLE IF NOT EXISTS archive_to_seal (ticket_id text PRIMARY KEY, closed_event_id text NOT NULL)",
     # append-only: the store refuses to change or remove what it holds
     """CREATE OR REPLACE FUNCTION archive_events_immutable() RETURNS trigger AS $$
        BEGIN RAISE EXCEPTION 'the archive is append-only'; END $$ LANGUAGE plpgsql""",
@@ -35,6 +38,8 @@ DDL = (
          FOR EACH ROW EXECUTE FUNCTION archive_events_immutable();
        EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
 )
+
+CLOSED = wire.Closed.event_type
 
 SELECT_TICKET = """SELECT seq, ce_id, ce_type, ce_source, ce_time, causation_id, data::text AS data
                    FROM archive_events WHERE key = $1 AND topic = $2 ORDER BY seq"""
@@ -68,3 +73,8 @@ class ArchiveStore(ProjectionSink):
             env.id, incoming.topic, incoming.partition, incoming.offset, incoming.key, env.type, env.source,
             env.time, env.correlation_id, env.causation_id, env.data.decode(),
         )
+        if env.type == CLOSED and incoming.topic.endswith(Topic.tickets.value):
+            # in the same transaction: everything before Closed in the partition is stored by now
+            await conn.execute(
+                "INSERT INTO archive_to_seal VALUES ($1, $2) ON CONFLICT DO NOTHING", incoming.key, env.id
+            )

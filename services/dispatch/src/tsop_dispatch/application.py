@@ -59,6 +59,18 @@ class Board(LogFollower):
         elif isinstance(e, WorkOrderAssigned):
             self.waiting.pop(e.originator_id, None)
 
+    def note_taken(self, view: TechnicianView, work_order_id: UUID) -> None:
+        """Count a job before its event is read back, so the next decision in a batch sees it."""
+        with self.lock:
+            view.tentative.add(str(work_order_id))
+
+    def refresh(self) -> None:
+        with self.lock:
+            super().refresh()
+            # what was decided is now either in the log (active) or was never saved
+            for view in self.technicians.values():
+                view.tentative.clear()
+
     def ranked(self, service_type: str, region: str) -> list[tuple[float, TechnicianView]]:
         with self.lock:
             return rank_candidates(list(self.technicians.values()), service_type, region)
@@ -93,7 +105,7 @@ class DispatchApp(EventStoreApp):
         """Assign ``wo`` to the best technician that still has room; False if none has."""
         ranked = self.board.ranked(wo.service_type, wo.region)
         candidates = [
-            {"technician_id": str(v.id), "score": score, "load": len(v.active), "capacity": v.capacity}
+            {"technician_id": str(v.id), "score": score, "load": v.load, "capacity": v.capacity}
             for score, v in ranked[:5]
         ]
         for score, view in ranked:
@@ -104,6 +116,7 @@ class DispatchApp(EventStoreApp):
                     f"(score {score}, load {len(tech.active)}/{tech.capacity}) among {len(ranked)} candidates"
                 )
                 wo.assign(tech, reason, candidates, self.clock.now())
+                self.board.note_taken(view, wo.id)
                 return True
             except OverCapacity:
                 continue

@@ -158,23 +158,28 @@ class TechnicianView:
     regions: frozenset[str]
     capacity: int
     active: set[str] = field(default_factory=set)
+    tentative: set[str] = field(default_factory=set)  # decided, not yet read back from the log
+
+    @property
+    def load(self) -> int:
+        return len(self.active | self.tentative)
 
     def fits(self, service_type: str, region: str) -> bool:
         return (
             service_type in self.service_types
             and (region in self.regions or "*" in self.regions)
-            and len(self.active) < self.capacity
+            and self.load < self.capacity
         )
 
 
 def rank_candidates(techs: list[TechnicianView], service_type: str, region: str) -> list[tuple[float, TechnicianView]]:
     """Hard filters, then a score: the least loaded qualified technician first."""
     scored = [
-        (round(100.0 * (t.capacity - len(t.active)) / t.capacity, 2), t)
+        (round(100.0 * (t.capacity - t.load) / t.capacity, 2), t)
         for t in techs
         if t.fits(service_type, region)
     ]
-    scored.sort(key=lambda st: (-st[0], len(st[1].active), str(st[1].id)))
+    scored.sort(key=lambda st: (-st[0], st[1].load, str(st[1].id)))
     return scored
 
 # The event classes the @event decorators made, named for the code that maps them (and for mypy).

@@ -20,6 +20,9 @@ class OpenWorkOrders(EventStoreSink):
         super().__init__(app)
         self.dispatch = app
 
+    def before_batch(self) -> None:
+        self.dispatch.board.refresh()
+
     def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
         ev = incoming.event
         assert isinstance(ev, wire.RequestAccepted)
@@ -37,5 +40,4 @@ class OpenWorkOrders(EventStoreSink):
             opened_at=self.dispatch.clock.now(),
         )
         uow.add(wo)
-        self.dispatch.board.refresh()
         self.dispatch.try_assign(wo, uow.get)

@@ -13,6 +13,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 from tsop_events.http import Problem
 from tsop_events.runtime import Runtime
 from tsop_events.schemas import Channel, CustomerTier
+from tsop_events.store import IntegrityError
 from tsop_intake.application import IdempotencyConflict, IntakeApp
 from tsop_intake.domain import ServiceRequest
 
@@ -101,12 +102,20 @@ async def submit(
         )
     fields = body.model_dump(mode="json", exclude={"customer"})
     fields["customer_id"], fields["customer_tier"] = body.customer.id, body.customer.tier.value
+    runtime: Runtime = request.app.state.runtime
+    created, new = app.new_request(fields, idempotency_key), True
     try:
-        created, new = await asyncio.to_thread(app.submit, fields, idempotency_key)
-    except IdempotencyConflict:
-        raise Problem(
-            422, "Idempotency-Key reused", "this Idempotency-Key was used for a different request"
-        ) from None
+        await runtime.committer.save(created)
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        new = False  # a retry: answer with what the first submission created
+        try:
+            created = await asyncio.to_thread(app.replay, created.id, fields)
+        except IdempotencyConflict:
+            raise Problem(
+                422, "Idempotency-Key reused", "this Idempotency-Key was used for a different request"
+            ) from None
     response.headers["Location"] = f"/v1/requests/{created.id}"
     if not new:
         response.status_code = 200

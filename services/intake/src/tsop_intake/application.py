@@ -38,11 +38,9 @@ class IntakeApp(EventStoreApp):
         self.catalogue = catalogue or Catalogue.load()
         self.clock = clock or SystemClock()
 
-    def submit(self, fields: dict[str, Any], idempotency_key: str | None = None) -> tuple[ServiceRequest, bool]:
-        """Submit and review a request; return it and whether it is new."""
+    def new_request(self, fields: dict[str, Any], idempotency_key: str | None = None) -> ServiceRequest:
+        """Build and review a request (no I/O); saving it is the caller's step."""
         ticket_id: UUID = derived_id("request", fields["channel"], idempotency_key) if idempotency_key else uuid4()
-        if idempotency_key and self.exists(ticket_id):
-            return self._replay(ticket_id, fields), False
         now = self.clock.now()
         request = ServiceRequest(id=ticket_id, submitted_at=now, **fields)
         tr = fields["time_requirement"]
@@ -57,15 +55,21 @@ class IntakeApp(EventStoreApp):
             now=now,
         )
         request.apply_decision(decision, now)
+        return request
+
+    def submit(self, fields: dict[str, Any], idempotency_key: str | None = None) -> tuple[ServiceRequest, bool]:
+        """Submit and review a request; return it and whether it is new."""
+        request = self.new_request(fields, idempotency_key)
         try:
             self.save(request)
         except IntegrityError:
             if not idempotency_key:
                 raise
-            return self._replay(ticket_id, fields), False  # a concurrent retry won
+            return self.replay(request.id, fields), False  # submitted before, with this key
         return request, True
 
-    def _replay(self, ticket_id: UUID, fields: dict[str, Any]) -> ServiceRequest:
+    def replay(self, ticket_id: UUID, fields: dict[str, Any]) -> ServiceRequest:
+        """The request an earlier submission with the same key created."""
         existing: ServiceRequest = self.load(ticket_id)
         if any(getattr(existing, k) != v for k, v in fields.items()):
             raise IdempotencyConflict(str(ticket_id))
