@@ -23,6 +23,7 @@ from uuid import UUID
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import InterfaceError, OperationalError
 from pydantic import ValidationError
@@ -165,9 +166,10 @@ class UnitOfWork:
         """The aggregate, or None if it was never created."""
         if aggregate_id in self._aggregates:
             return self._aggregates[aggregate_id]
-        if not self.app.exists(aggregate_id):
+        try:
+            aggregate = self.app.load(aggregate_id)
+        except AggregateNotFoundError:
             return None
-        aggregate = self.app.load(aggregate_id)
         self._aggregates[aggregate_id] = aggregate
         return aggregate
 

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tsop_events.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from tsop_events.runtime import Runtime
+from tsop_events.store import EventStoreApp
 
 PROBLEM = "application/problem+json"
 
@@ -123,6 +124,22 @@ class Measure:
             path = getattr(scope.get("route"), "path", "unmatched")
             HTTP_LATENCY.labels(scope["method"], path).observe(time.perf_counter() - started)
             HTTP_REQUESTS.labels(scope["method"], path, str(status)).inc()
+
+
+A = TypeVar("A", bound=EventStoreApp)
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def app_of(request: Request, cls: type[A]) -> A:
+    """The service's event-sourced application, typed, for a route."""
+    app = runtime_of(request).app
+    if not isinstance(app, cls):
+        raise TypeError(f"this service runs {type(app).__name__}, not {cls.__name__}")
+    return app
 
 
 def create_app(runtime: Runtime, title: str, routers: Sequence[APIRouter], version: str = "1.0.0") -> FastAPI:

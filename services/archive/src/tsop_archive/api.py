@@ -12,8 +12,7 @@ from fastapi import APIRouter, Request
 from tsop_archive.application import ArchiveApp, dossier_id
 from tsop_archive.domain import Dossier, causal_order, chain_hash
 from tsop_archive.store import SELECT_TICKET, row_to_event
-from tsop_events.http import Problem
-from tsop_events.runtime import Runtime
+from tsop_events.http import Problem, app_of, runtime_of
 from tsop_events.topics import Topic
 
 router = APIRouter(prefix="/v1/tickets", tags=["archive"])
@@ -21,9 +20,8 @@ router = APIRouter(prefix="/v1/tickets", tags=["archive"])
 
 @router.get("/{ticket_id}/dossier")
 async def dossier(ticket_id: UUID, request: Request) -> dict[str, Any]:
-    runtime: Runtime = request.app.state.runtime
-    app = runtime.app
-    assert isinstance(app, ArchiveApp)
+    runtime = runtime_of(request)
+    app = app_of(request, ArchiveApp)
     rows = await runtime.pool.fetch(SELECT_TICKET, str(ticket_id), runtime.settings.topic(Topic.tickets.value))
     if not rows:
         raise Problem(404, "Not found", f"the archive holds nothing of ticket {ticket_id}")

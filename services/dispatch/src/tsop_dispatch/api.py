@@ -12,8 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tsop_dispatch.application import DispatchApp, work_order_id
 from tsop_dispatch.domain import DispatchError, Technician, WorkOrder
-from tsop_events.http import Problem
-from tsop_events.runtime import Runtime
+from tsop_events.http import Problem, app_of
 from tsop_events.store import IntegrityError
 
 router = APIRouter(prefix="/v1", tags=["dispatch"])
@@ -48,9 +47,7 @@ class Resolve(BaseModel):
 
 
 def _app(request: Request) -> DispatchApp:
-    runtime: Runtime = request.app.state.runtime
-    assert isinstance(runtime.app, DispatchApp)
-    return runtime.app
+    return app_of(request, DispatchApp)
 
 
 def technician_view(t: Technician) -> dict[str, Any]:

@@ -10,8 +10,7 @@ from eventsourcing.application import AggregateNotFoundError
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from tsop_events.http import Problem
-from tsop_events.runtime import Runtime
+from tsop_events.http import Problem, app_of
 from tsop_events.store import IntegrityError
 from tsop_feedback.application import FeedbackApp, case_id
 from tsop_feedback.domain import AlreadyClosed, FeedbackCase, FeedbackError
@@ -26,9 +25,7 @@ class Rating(BaseModel):
 
 
 def _app(request: Request) -> FeedbackApp:
-    runtime: Runtime = request.app.state.runtime
-    assert isinstance(runtime.app, FeedbackApp)
-    return runtime.app
+    return app_of(request, FeedbackApp)
 
 
 def case_view(c: FeedbackCase) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from tsop_events.clock import Clock, SystemClock
 from tsop_events.envelope import derived_id, stable_event_id
 from tsop_events.relay import Outgoing
 from tsop_events.settings import ServiceSettings
-from tsop_events.store import EventStoreApp, LogFollower, retry_on_conflict
+from tsop_events.store import EventStoreApp, IntegrityError, LogFollower, retry_on_conflict
 from tsop_feedback.domain import (
     FeedbackCase,
     FeedbackCaseClosed,
@@ -71,11 +71,21 @@ class FeedbackApp(EventStoreApp):
         self.save(case)
         return case
 
-    @retry_on_conflict()
-    def mark_notified(self, cid: UUID, channel: str, attempts: int, status_code: int | None) -> None:
-        case: FeedbackCase = self.load(cid)
-        case.mark_notified(channel, attempts, status_code, self.clock.now())
-        self.save(case)
+    def mark_notified(self, deliveries: list[tuple[UUID, str, int, int | None]]) -> None:
+        """Record delivered notifications (case, channel, attempts, status), together when possible."""
+        try:
+            self._mark(deliveries)
+        except IntegrityError:  # a rating raced one of them: record each on its own, on fresh state
+            for delivery in deliveries:
+                retry_on_conflict()(self._mark)([delivery])
+
+    def _mark(self, deliveries: list[tuple[UUID, str, int, int | None]]) -> None:
+        cases = []
+        for cid, channel, attempts, status_code in deliveries:
+            case: FeedbackCase = self.load(cid)
+            case.mark_notified(channel, attempts, status_code, self.clock.now())
+            cases.append(case)
+        self.save(*cases)
 
     def expire_windows(self) -> int:
         """Close every case whose rating window has passed."""

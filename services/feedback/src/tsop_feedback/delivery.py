@@ -35,12 +35,19 @@ class Deliverer:
         if not todo:
             return 0
         results = await asyncio.gather(*(self._deliver(client, c) for c in todo[:200]))
-        return sum(results)
+        delivered = [r for r in results if r is not None]
+        if delivered:
+            await asyncio.to_thread(self.app.mark_notified, delivered)
+            for cid, *_ in delivered:
+                self.attempts.pop(cid, None)
+                self.next_try.pop(cid, None)
+        return len(delivered)
 
-    async def _deliver(self, client: httpx.AsyncClient, cid: UUID) -> int:
+    async def _deliver(self, client: httpx.AsyncClient, cid: UUID) -> tuple[UUID, str, int, int | None] | None:
+        """POST the webhook; what to record if it was delivered (or there is nowhere to deliver)."""
         case: FeedbackCase = await asyncio.to_thread(self.app.load, cid)
         if case.notified:
-            return 0
+            return None
         attempts = self.attempts.get(cid, 0) + 1
         self.attempts[cid] = attempts
         status: int | None = None
@@ -62,12 +69,8 @@ class Deliverer:
                 log.info("webhook for ticket %s failed (attempt %s): %s", case.ticket_id, attempts, exc)
             if status is None or not 200 <= status < 300:
                 self.next_try[cid] = time.monotonic() + min(self.max_backoff, 0.5 * 2 ** (attempts - 1))
-                return 0
-        channel = "webhook" if case.callback_url else "none"
-        await asyncio.to_thread(self.app.mark_notified, cid, channel, attempts, status)
-        self.attempts.pop(cid, None)
-        self.next_try.pop(cid, None)
-        return 1
+                return None
+        return cid, "webhook" if case.callback_url else "none", attempts, status
 
 
 async def deliver_feedback(runtime: Runtime) -> None:

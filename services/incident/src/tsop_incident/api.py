@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from tsop_events.runtime import Runtime
+from tsop_events.http import runtime_of
 
 router = APIRouter(prefix="/v1", tags=["incident"])
 
@@ -14,7 +14,7 @@ router = APIRouter(prefix="/v1", tags=["incident"])
 @router.get("/open-tickets/summary")
 async def open_ticket_summary(request: Request, region: str | None = None) -> dict[str, Any]:
     """Open (not yet resolved) tickets counted by region and service type."""
-    runtime: Runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     rows = await runtime.pool.fetch(
         """SELECT region, service_type, count(*) AS open FROM tickets
            WHERE stage < 4 AND region IS NOT NULL AND ($1::text IS NULL OR region = $1)

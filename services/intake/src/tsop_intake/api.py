@@ -10,8 +10,7 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Request, Response
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
-from tsop_events.http import Problem
-from tsop_events.runtime import Runtime
+from tsop_events.http import Problem, app_of, runtime_of
 from tsop_events.schemas import Channel, CustomerTier
 from tsop_events.store import IntegrityError
 from tsop_intake.application import IdempotencyConflict, IntakeApp
@@ -78,10 +77,7 @@ def request_view(r: ServiceRequest, history: list[dict[str, Any]] | None = None)
 
 
 def _app(request: Request) -> IntakeApp:
-    runtime: Runtime = request.app.state.runtime
-    app = runtime.app
-    assert isinstance(app, IntakeApp)
-    return app
+    return app_of(request, IntakeApp)
 
 
 @router.post("", status_code=201, responses={200: {"description": "Replay of an earlier submission"}})
@@ -102,7 +98,7 @@ async def submit(
         )
     fields = body.model_dump(mode="json", exclude={"customer"})
     fields["customer_id"], fields["customer_tier"] = body.customer.id, body.customer.tier.value
-    runtime: Runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     created, new = app.new_request(fields, idempotency_key), True
     try:
         await runtime.committer.save(created)
@@ -129,7 +125,7 @@ async def get_request(ticket_id: UUID, request: Request) -> dict[str, Any]:
     found = await asyncio.to_thread(app.get_request, ticket_id)
     if found is None:
         raise Problem(404, "Not found", f"no request {ticket_id}")
-    runtime: Runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     rows = await runtime.pool.fetch(
         "SELECT event_type, status, at FROM request_history WHERE ticket_id = $1 ORDER BY at", ticket_id
     )
