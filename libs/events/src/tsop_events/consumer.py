@@ -23,7 +23,6 @@ from uuid import UUID
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
-from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import InterfaceError, OperationalError
 from pydantic import ValidationError
@@ -166,9 +165,8 @@ class UnitOfWork:
         """The aggregate, or None if it was never created."""
         if aggregate_id in self._aggregates:
             return self._aggregates[aggregate_id]
-        try:
-            aggregate = self.app.load(aggregate_id)
-        except AggregateNotFoundError:
+        aggregate = self.app.find(aggregate_id)
+        if aggregate is None:
             return None
         self._aggregates[aggregate_id] = aggregate
         return aggregate
@@ -192,9 +190,6 @@ class EventStoreSink(Sink):
 
     def before_batch(self) -> None:
         """Hook run once before a batch is decided (e.g. refreshing an in-memory view)."""
-
-    def after_commit(self, uow: UnitOfWork) -> None:
-        """Hook for work that follows a saved batch (e.g. waking a scheduler)."""
 
     def _tracking_name(self, epoch: str, topic: str, partition: int) -> str:
         return f"{self.name}|{epoch}|{topic}|{partition}"
@@ -224,7 +219,6 @@ class EventStoreSink(Sink):
             if done is not None and done >= last_offset:
                 return  # another instance applied this batch first
             raise Retry("write conflict; reloading") from None
-        self.after_commit(uow)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
 import asyncpg
-from eventsourcing.application import Application, ProcessingEvent
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
 
@@ -72,6 +72,13 @@ class EventStoreApp(Application[UUID]):
 
     def load(self, aggregate_id: UUID) -> Any:
         return self.repository.get(aggregate_id)
+
+    def find(self, aggregate_id: UUID) -> Any:
+        """The aggregate, or None if it was never created (one query, not two)."""
+        try:
+            return self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
 
 
 async def ensure_database(settings: ServiceSettings, extra_sql: Sequence[str] = ()) -> None:

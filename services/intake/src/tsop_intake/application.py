@@ -76,7 +76,8 @@ class IntakeApp(EventStoreApp):
         return existing
 
     def get_request(self, ticket_id: UUID) -> ServiceRequest | None:
-        return self.load(ticket_id) if self.exists(ticket_id) else None
+        found: ServiceRequest | None = self.find(ticket_id)
+        return found
 
 
 def _dt(value: str | None) -> datetime | None:
