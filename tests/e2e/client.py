@@ -57,17 +57,35 @@ class Platform:
         headers = {"Idempotency-Key": key} if key else {}
         return self.http.post(self.url("intake", "/v1/requests"), json=body, headers=headers)
 
-    def work_order(self, ticket: str) -> dict[str, Any] | None:
-        r = self.http.get(self.url("dispatch", f"/v1/tickets/{ticket}/work-order"))
+    def found(self, service: str, path: str) -> dict[str, Any] | None:
+        """The resource, or None while it does not exist (yet)."""
+        r = self.http.get(self.url(service, path))
         return r.json() if r.status_code == 200 else None
 
-    def wait_assigned(self, ticket: str, timeout: float = 60.0) -> dict[str, Any]:
-        def assigned() -> dict[str, Any] | None:
-            wo = self.work_order(ticket)
-            return wo if wo and wo["technician_id"] else None
+    def wait_until(
+        self,
+        service: str,
+        path: str,
+        ready: Callable[[dict[str, Any]], bool],
+        what: str,
+        timeout: float,
+        every: float = 0.05,
+    ) -> dict[str, Any]:
+        def fetch() -> dict[str, Any] | None:
+            found = self.found(service, path)
+            return found if found and ready(found) else None
 
-        result: dict[str, Any] = wait_for(assigned, timeout, f"assignment of {ticket}")
+        result: dict[str, Any] = wait_for(fetch, timeout, what, every=every)
         return result
+
+    def work_order(self, ticket: str) -> dict[str, Any] | None:
+        return self.found("dispatch", f"/v1/tickets/{ticket}/work-order")
+
+    def wait_assigned(self, ticket: str, timeout: float = 60.0) -> dict[str, Any]:
+        path = f"/v1/tickets/{ticket}/work-order"
+        return self.wait_until(
+            "dispatch", path, lambda wo: bool(wo["technician_id"]), f"assignment of {ticket}", timeout
+        )
 
     def work_and_resolve(self, wo: dict[str, Any]) -> None:
         tech = wo["technician_id"]
@@ -85,33 +103,24 @@ class Platform:
             r.raise_for_status()
 
     def feedback(self, ticket: str) -> dict[str, Any] | None:
-        r = self.http.get(self.url("feedback", f"/v1/tickets/{ticket}/feedback"))
-        return r.json() if r.status_code == 200 else None
+        return self.found("feedback", f"/v1/tickets/{ticket}/feedback")
 
     def wait_notified(self, ticket: str, timeout: float = 60.0) -> dict[str, Any]:
-        def notified() -> dict[str, Any] | None:
-            f = self.feedback(ticket)
-            return f if f and f["notified"] else None
-
-        result: dict[str, Any] = wait_for(notified, timeout, f"feedback for {ticket}")
-        return result
+        path = f"/v1/tickets/{ticket}/feedback"
+        return self.wait_until("feedback", path, lambda f: bool(f["notified"]), f"feedback for {ticket}", timeout)
 
     def rate(self, ticket: str, score: int = 5) -> httpx.Response:
         return self.http.post(self.url("feedback", f"/v1/tickets/{ticket}/rating"), json={"score": score})
 
     def dossier(self, ticket: str) -> dict[str, Any] | None:
-        r = self.http.get(self.url("archive", f"/v1/tickets/{ticket}/dossier"))
-        return r.json() if r.status_code == 200 else None
+        return self.found("archive", f"/v1/tickets/{ticket}/dossier")
 
     def wait_archived(self, ticket: str, timeout: float = 60.0) -> dict[str, Any]:
-        def archived() -> dict[str, Any] | None:
-            d = self.dossier(ticket)
-            if d and d["seal"] and any(e["type"] == "tsop.ticket.archived.v1" for e in d["events"]):
-                return d
-            return None
+        def sealed(d: dict[str, Any]) -> bool:
+            return bool(d["seal"]) and any(e["type"] == "tsop.ticket.archived.v1" for e in d["events"])
 
-        result: dict[str, Any] = wait_for(archived, timeout, f"archive of {ticket}", every=0.1)
-        return result
+        path = f"/v1/tickets/{ticket}/dossier"
+        return self.wait_until("archive", path, sealed, f"archive of {ticket}", timeout, every=0.1)
 
     def complete(self, ticket: str, timeout: float = 60.0) -> dict[str, Any]:
         """Drive one accepted ticket to its sealed dossier."""
