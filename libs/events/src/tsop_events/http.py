@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tsop_events.auth import AuthError
 from tsop_events.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from tsop_events.runtime import Runtime
 from tsop_events.store import EventStoreApp
@@ -31,40 +32,66 @@ class Problem(Exception):
         self.status, self.title, self.detail, self.extra = status, title, detail, extra
 
 
-def problem_response(status: int, title: str, detail: str = "", **extra: Any) -> Response:
+def problem_response(
+    status: int, title: str, detail: str = "", headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
     if detail:
         body["detail"] = detail
     body.update(extra)
-    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM)
+    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM, headers=headers)
+
+
+class ErrorRenderer(Protocol):
+    """Renders an error in another format for a path prefix (e.g. TMF error bodies under /tmf-api)."""
+
+    def __call__(
+        self, status: int, title: str, detail: str, headers: dict[str, str] | None, extra: dict[str, Any]
+    ) -> Response: ...
+
+
+def _render(
+    request: Request, status: int, title: str, detail: str = "", headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
+    renderers: Sequence[tuple[str, ErrorRenderer]] = getattr(request.app.state, "error_renderers", ())
+    for prefix, render in renderers:
+        if request.url.path.startswith(prefix):
+            return render(status, title, detail, headers, extra)
+    return problem_response(status, title, detail, headers, **extra)
 
 
 def _field(loc: Sequence[Any]) -> str:
     return ".".join(str(p) for p in loc if p != "body") or "body"
 
 
-async def _validation(_: Request, exc: Exception) -> Response:
+async def _validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = [{"field": _field(e["loc"]), "reason": e["msg"], "type": e["type"]} for e in exc.errors()]
     if any(e["type"] == "json_invalid" for e in errors):
-        return problem_response(400, "Malformed JSON", "The request body is not valid JSON.", errors=errors)
+        return _render(request, 400, "Malformed JSON", "The request body is not valid JSON.", errors=errors)
     detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
-    return problem_response(422, "Invalid request", detail, errors=errors)
+    return _render(request, 422, "Invalid request", detail, errors=errors)
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    return problem_response(exc.status_code, str(exc.detail))
+    return _render(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
-async def _unexpected(_: Request, exc: Exception) -> Response:
+async def _unexpected(request: Request, exc: Exception) -> Response:
     logging.getLogger(__name__).exception("unhandled error", exc_info=exc)
-    return problem_response(500, "Internal error", "The request could not be completed; nothing was changed.")
+    return _render(request, 500, "Internal error", "The request could not be completed; nothing was changed.")
 
 
-async def _problem(_: Request, exc: Exception) -> Response:
+async def _problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Problem)
-    return problem_response(exc.status, exc.title, exc.detail, **exc.extra)
+    return _render(request, exc.status, exc.title, exc.detail, **exc.extra)
+
+
+async def _auth(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AuthError)
+    headers = {"WWW-Authenticate": 'Bearer realm="tsop"'} if exc.status == 401 else None
+    return _render(request, exc.status, exc.title, exc.detail, headers)
 
 
 class BodyLimit:
@@ -142,7 +169,13 @@ def app_of(request: Request, cls: type[A]) -> A:
     return app
 
 
-def create_app(runtime: Runtime, title: str, routers: Sequence[APIRouter], version: str = "1.0.0") -> FastAPI:
+def create_app(
+    runtime: Runtime,
+    title: str,
+    routers: Sequence[APIRouter],
+    version: str = "1.0.0",
+    error_renderers: Sequence[tuple[str, ErrorRenderer]] = (),
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
@@ -153,9 +186,11 @@ def create_app(runtime: Runtime, title: str, routers: Sequence[APIRouter], versi
 
     app = FastAPI(title=title, version=version, lifespan=lifespan)
     app.state.runtime = runtime
+    app.state.error_renderers = tuple(error_renderers)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Problem, _problem)
+    app.add_exception_handler(AuthError, _auth)
     app.add_exception_handler(Exception, _unexpected)
 
     app.add_middleware(BodyLimit, limit=runtime.settings.max_body_bytes)

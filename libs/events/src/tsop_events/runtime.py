@@ -16,6 +16,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from tsop_events.auth import Principal, TokenResolver, load_token_table
 from tsop_events.consumer import OFFSETS_DDL, ConsumerRunner, Sink
 from tsop_events.epoch import EpochWatcher
 from tsop_events.relay import RELAY_DDL, Mapper, Relay
@@ -35,6 +36,7 @@ class Runtime:
     sinks: list[Callable[[Runtime], Sink]] = field(default_factory=list)
     tasks: list[Task] = field(default_factory=list)
     ddl: list[str] = field(default_factory=list)
+    token_resolvers: list[Callable[[Runtime], TokenResolver]] = field(default_factory=list)
 
     pool: asyncpg.Pool = field(init=False)
     app: EventStoreApp = field(init=False)
@@ -45,6 +47,20 @@ class Runtime:
     runners: list[ConsumerRunner] = field(init=False, default_factory=list)
     extras: dict[str, Any] = field(init=False, default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
+    _resolvers: list[TokenResolver] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        # a malformed token table stops the service at start, not at the first request
+        self.staff = load_token_table(self.settings.auth_tokens, self.settings.auth_tokens_file)
+
+    async def authenticate(self, token_hash: str) -> Principal | None:
+        """The principal a token (by its SHA-256 hex) belongs to: configured staff, then the service's own."""
+        found = self.staff.get(token_hash)
+        for resolve in self._resolvers:
+            if found is not None:
+                break
+            found = await resolve(token_hash)
+        return found
 
     async def start(self) -> None:
         s = self.settings
@@ -75,6 +91,7 @@ class Runtime:
 
             self.app.on_saved(wake_relay)
             self._spawn("relay", relay.run)
+        self._resolvers = [make(self) for make in self.token_resolvers]
         for make_sink in self.sinks:
             runner = ConsumerRunner(make_sink(self), s, self.epoch, self.producer)
             self.runners.append(runner)

@@ -72,6 +72,7 @@ class RequestSubmitted(TicketEvent):
     event_type: ClassVar[str] = "tsop.ticket.request-submitted.v1"
     doc: ClassVar[str] = "A channel submitted a service request (§2.1)."
     channel: Channel
+    channel_id: str | None = Field(default=None, description="The registered channel system that submitted it.")
     channel_request_ref: str | None = None
     customer_id: str
     customer_tier: CustomerTier
@@ -92,6 +93,8 @@ class RequestAccepted(TicketEvent):
     priority: Annotated[int, Field(ge=1, le=5)]
     customer_tier: CustomerTier
     resolve_by: datetime | None = None
+    reason_code: str = "rules_passed"
+    decided_by: str = Field(default="rules", description="'rules', or the agent who decided.")
     accepted_at: datetime
 
 
@@ -100,7 +103,55 @@ class RequestRejected(TicketEvent):
     doc: ClassVar[str] = "Review rejected the request, with the reason (§2.2)."
     reason_code: str
     reason: str
+    decided_by: str = Field(default="rules", description="'rules', or the agent who decided.")
     rejected_at: datetime
+
+
+class MissingInformation(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    field: str
+    reason: str
+
+
+class RequestPendingInformation(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.request-pending-information.v1"
+    doc: ClassVar[str] = "The application lacks what its type requires; the channel completes it by a deadline (§2.1)."
+    missing: list[MissingInformation]
+    complete_by: datetime
+    pending_at: datetime
+
+
+class RequestUpdated(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.request-updated.v1"
+    doc: ClassVar[str] = "The channel or an agent changed attributes of the application (completion, correction)."
+    changes: dict[str, Any]
+    updated_by: str
+    updated_at: datetime
+
+
+class RequestQueuedForReview(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.request-queued-for-review.v1"
+    doc: ClassVar[str] = "The rules could not decide; an agent reviews the request (§2.2)."
+    reasons: list[str]
+    queued_at: datetime
+
+
+class RequestLinked(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.request-linked.v1"
+    doc: ClassVar[str] = "A duplicate of an open ticket (same customer, type, location): linked, not worked twice."
+    duplicate_of: str
+    reason: str
+    linked_at: datetime
+
+
+class RequestCancelled(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.request-cancelled.v1"
+    doc: ClassVar[str] = "The request was cancelled, with the reason (information deadline passed, channel, admin)."
+    reason_code: str
+    reason: str
+    cancelled_by: str
+    cancelled_at: datetime
 
 
 class AssignmentCandidate(BaseModel):
@@ -119,7 +170,38 @@ class Assigned(TicketEvent):
     technician_id: str
     reason: str
     candidates: list[AssignmentCandidate]
+    assigned_by: str = Field(default="auto", description="'auto', or the supervisor who reassigned.")
+    previous_technician_id: str | None = None
+    resources: list[str] = Field(default_factory=list, description="Equipment and venue slots reserved with it.")
+    accept_by: datetime | None = None
     assigned_at: datetime
+
+
+class AssignmentAccepted(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.assignment-accepted.v1"
+    doc: ClassVar[str] = "The assigned technician accepted the work order (§2.2, §3.2 time to respond)."
+    work_order_id: str
+    technician_id: str
+    accepted_at: datetime
+
+
+class AssignmentDeclined(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.assignment-declined.v1"
+    doc: ClassVar[str] = "The technician declined, or did not answer in time; the work order is reassigned (§2.2)."
+    work_order_id: str
+    technician_id: str
+    reason: str
+    timed_out: bool = False
+    declined_at: datetime
+
+
+class WorkStarted(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.work-started.v1"
+    doc: ClassVar[str] = "The technician started the work, on site or remotely (§2.3)."
+    work_order_id: str
+    technician_id: str
+    mode: Literal["on_site", "remote"]
+    started_at: datetime
 
 
 class WorkLogged(TicketEvent):
@@ -130,7 +212,27 @@ class WorkLogged(TicketEvent):
     action: NonEmpty
     mode: Literal["on_site", "remote"]
     notes: str | None = None
+    equipment: list[str] = Field(default_factory=list)
+    measurements: dict[str, float | str] = Field(default_factory=dict)
     logged_at: datetime
+
+
+class WorkPaused(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.work-paused.v1"
+    doc: ClassVar[str] = "Work paused: pending (waiting for the customer) or held (parts, incident); SLA clocks stop."
+    work_order_id: str
+    technician_id: str
+    kind: Literal["pending", "held"]
+    reason: str
+    paused_at: datetime
+
+
+class WorkResumed(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.work-resumed.v1"
+    doc: ClassVar[str] = "Paused work continues; SLA clocks run again."
+    work_order_id: str
+    technician_id: str
+    resumed_at: datetime
 
 
 class Resolved(TicketEvent):
@@ -142,6 +244,25 @@ class Resolved(TicketEvent):
     summary: NonEmpty
     advice: str | None = None
     resolved_at: datetime
+
+
+class SlaThresholdCrossed(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.sla-threshold-crossed.v1"
+    doc: ClassVar[str] = "A service-level clock reached 75 % (warning) or 100 % (breach) of its target (§3.2)."
+    target: Literal["respond", "resolve"]
+    level: Literal["warning", "breach"]
+    deadline: datetime
+    elapsed_seconds: float
+    target_seconds: float
+    crossed_at: datetime
+
+
+class Escalated(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.escalated.v1"
+    doc: ClassVar[str] = "The ticket was escalated to a supervisor, with the reason (§3.2)."
+    to_role: str
+    reason: str
+    escalated_at: datetime
 
 
 class FeedbackSent(TicketEvent):
@@ -178,6 +299,9 @@ class Archived(TicketEvent):
     archived_at: datetime
 
 
+# --- the workforce topic (key = technician id): who may do what, where and when (§3.3, §6) ---
+
+
 class TechnicianRegistered(WireEvent):
     event_type: ClassVar[str] = "tsop.workforce.technician-registered.v1"
     doc: ClassVar[str] = "A technician joined the workforce with qualifications (§3.3)."
@@ -212,23 +336,16 @@ class DeadLettered(WireEvent):
         return f"{self.source_topic}:{self.source_partition}:{self.source_offset}"
 
 
-EVENT_TYPES: dict[str, type[WireEvent]] = {
-    cls.event_type: cls
-    for cls in (
-        RequestSubmitted,
-        RequestAccepted,
-        RequestRejected,
-        Assigned,
-        WorkLogged,
-        Resolved,
-        FeedbackSent,
-        Rated,
-        Closed,
-        Archived,
-        TechnicianRegistered,
-        DeadLettered,
-    )
-}
+def _concrete(cls: type[WireEvent]) -> list[type[WireEvent]]:
+    found: list[type[WireEvent]] = []
+    for sub in cls.__subclasses__():
+        if "event_type" in sub.__dict__:
+            found.append(sub)
+        found.extend(_concrete(sub))
+    return found
+
+
+EVENT_TYPES: dict[str, type[WireEvent]] = {cls.event_type: cls for cls in _concrete(WireEvent)}
 
 
 class UnknownEventType(ValueError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -38,6 +40,10 @@ class ServiceSettings(BaseSettings):
     aggregate_cache_size: int = 10000
     max_body_bytes: int = 64 * 1024
     log_level: str = "INFO"
+    auth_tokens: str = Field(
+        default="", description="JSON: sha256-hex of a staff token → {subject, roles}; see tsop_events.auth."
+    )
+    auth_tokens_file: Path | None = None
 
     @property
     def database(self) -> str:

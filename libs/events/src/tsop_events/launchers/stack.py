@@ -9,7 +9,9 @@ tests and the benchmark, which need to kill and restart single processes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -19,10 +21,24 @@ from pathlib import Path
 
 import httpx
 
+from tsop_events.auth import Role, token_table_json
 from tsop_events.launchers.postgres import EmbeddedPostgres
 from tsop_events.launchers.tansu import EmbeddedBroker
 
 SERVICES = ("intake", "dispatch", "feedback", "incident", "archive")
+STAFF_ROLES = tuple(r for r in Role if r is not Role.channel)
+
+
+def dev_tokens(path: Path) -> dict[str, str]:
+    """One staff token per role for this data folder, created once (0600): the operator's keys to a dev stack."""
+    if path.exists():
+        tokens: dict[str, str] = json.loads(path.read_text())
+        return tokens
+    tokens = {role.value: f"tsop-{role.value}-{secrets.token_urlsafe(24)}" for role in STAFF_ROLES}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(tokens, indent=2) + "\n")
+    return tokens
 DEFAULT_PORTS = {name: 8001 + i for i, name in enumerate(SERVICES)}
 
 
@@ -43,6 +59,7 @@ class Stack:
         self.postgres = EmbeddedPostgres(self.data_dir / "postgres", port=self.pg_port)
         self.broker = EmbeddedBroker(self.broker_port, self.logs / "broker.log")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.tokens = dev_tokens(self.data_dir / "tokens.json")
 
     @property
     def bootstrap(self) -> str:
@@ -59,6 +76,9 @@ class Stack:
                 "TSOP_HTTP_PORT": str(self.ports[name]),
                 "TSOP_PG_PORT": str(self.pg_port),
                 "TSOP_KAFKA_BOOTSTRAP": self.bootstrap,
+                "TSOP_AUTH_TOKENS": token_table_json(
+                    (token, f"dev-{role}", [role]) for role, token in self.tokens.items()
+                ),
             }
         )
         env.update(self.env)
@@ -150,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         print("TSOP is up:", flush=True)
         for name in SERVICES:
             print(f"  {name:<9} {stack.url(name)}  (docs {stack.url(name)}/docs)", flush=True)
+        print(f"  staff tokens per role (dev only) in {stack.data_dir / 'tokens.json'}", flush=True)
         print(f"  data and logs in {stack.data_dir}; Ctrl-C stops everything", flush=True)
         while True:
             for name, proc in stack.procs.items():
