@@ -30,9 +30,14 @@ def wait_for(fn: Callable[[], Any], timeout: float = 60.0, what: str = "conditio
 
 
 class Platform:
-    def __init__(self, urls: dict[str, str], timeout: float = 10.0) -> None:
+    def __init__(self, urls: dict[str, str], tokens: dict[str, str] | None = None, timeout: float = 10.0) -> None:
         self.urls = urls
+        self.tokens = tokens or {}  # role → bearer token (the stack's dev staff tokens)
         self.http = httpx.Client(timeout=timeout)
+
+    def auth(self, role: str) -> dict[str, str]:
+        """The Authorization header of a caller holding ``role``."""
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
 
     def url(self, service: str, path: str) -> str:
         return self.urls[service] + path

@@ -34,7 +34,7 @@ def short_window(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sta
     except Exception as exc:  # noqa: BLE001
         s.stop()
         infra.unavailable(f"the embedded stack did not start: {exc}")
-    platform = Platform({name: s.url(name) for name in SERVICES})
+    platform = Platform({name: s.url(name) for name in SERVICES}, s.tokens)
     platform.register_technician(capacity=10)
     yield s, platform
     s.stop()
