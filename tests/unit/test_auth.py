@@ -86,3 +86,11 @@ def test_only_the_hash_is_configured() -> None:
 def test_a_bad_token_table_is_refused_with_the_reason(raw: str, complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):
         parse_token_table(raw)
+
+
+def test_issued_tokens_are_unique_and_only_their_hash_is_returned() -> None:
+    from tsop_events.auth import issue_token
+
+    (t1, h1), (t2, h2) = issue_token("ch"), issue_token("ch")
+    assert t1 != t2 and t1.startswith("ch_")
+    assert h1 == hash_token(t1) and h2 == hash_token(t2) and t1 not in h1

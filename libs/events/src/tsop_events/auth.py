@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -53,6 +54,12 @@ TokenResolver = Callable[[str], Awaitable[Principal | None]]
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_token(prefix: str) -> tuple[str, str]:
+    """A new credential and the hash to store: the token is shown once, only the hash is kept."""
+    token = f"{prefix}_{secrets.token_urlsafe(32)}"
+    return token, hash_token(token)
 
 
 def parse_token_table(raw: str) -> dict[str, Principal]:
