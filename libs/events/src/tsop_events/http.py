@@ -97,8 +97,8 @@ async def _auth(request: Request, exc: Exception) -> Response:
 class BodyLimit:
     """Refuse bodies over ``limit`` bytes with a problem 413, declared or streamed."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, renderers: Sequence[tuple[str, ErrorRenderer]] = ()) -> None:
+        self.app, self.limit, self.renderers = app, limit, renderers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,7 +106,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            await _too_large(self.limit)(scope, receive, send)
+            await self._too_large(scope["path"])(scope, receive, send)
             return
         seen = 0
 
@@ -121,9 +121,12 @@ class BodyLimit:
 
         await self.app(scope, counting_receive, send)
 
-
-def _too_large(limit: int) -> Response:
-    return problem_response(413, "Request body too large", f"The request body exceeds {limit} bytes.")
+    def _too_large(self, path: str) -> Response:
+        title, detail = "Request body too large", f"The request body exceeds {self.limit} bytes."
+        for prefix, render in self.renderers:
+            if path.startswith(prefix):
+                return render(413, title, detail, None, {})
+        return problem_response(413, title, detail)
 
 
 class Measure:
@@ -193,7 +196,7 @@ def create_app(
     app.add_exception_handler(AuthError, _auth)
     app.add_exception_handler(Exception, _unexpected)
 
-    app.add_middleware(BodyLimit, limit=runtime.settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=runtime.settings.max_body_bytes, renderers=tuple(error_renderers))
     app.add_middleware(Measure)
 
     @app.get("/healthz", tags=["operations"])

@@ -82,6 +82,11 @@ class RequestSubmitted(TicketEvent):
     time_requirement: TimeRequirement
     special_needs: str | None = None
     callback_url: str | None = None
+    attributes: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What a channel sent that the platform keeps but does not act on: a TMF ticket's name, "
+        "severity and notes.",
+    )
     submitted_at: datetime
 
 

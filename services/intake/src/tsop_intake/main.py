@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 from fastapi import FastAPI
 
 from tsop_events.http import create_app, serve
@@ -13,12 +14,26 @@ from tsop_intake.api import router
 from tsop_intake.application import IntakeApp, to_wire
 from tsop_intake.domain import Catalogue
 from tsop_intake.projection import RequestStatusProjection
+from tsop_intake.tmf import hub
+from tsop_intake.tmf.api import BASE as TMF_BASE
+from tsop_intake.tmf.api import router as tmf_router
+from tsop_intake.tmf.api import tmf_error
+from tsop_intake.tmf.projection import TmfTicketProjection
 
 
 class IntakeSettings(ServiceSettings):
     service_name: str = "intake"
     http_port: int = 8001
     service_types_file: Path | None = None
+    hub_delivery_timeout_seconds: float = 5.0
+
+
+async def deliver_notifications(runtime: Runtime) -> None:
+    """TMF621 hub listeners get their notifications, in order, retried until delivered."""
+    assert isinstance(runtime.settings, IntakeSettings)
+    timeout = runtime.settings.hub_delivery_timeout_seconds
+    async with httpx.AsyncClient(timeout=timeout) as http:
+        await hub.Deliverer(runtime.pool, http).run()
 
 
 def build(settings: IntakeSettings | None = None) -> FastAPI:
@@ -28,9 +43,11 @@ def build(settings: IntakeSettings | None = None) -> FastAPI:
         s,
         app_factory=lambda st: IntakeApp(st, catalogue=catalogue),
         mapper=to_wire,
-        sinks=[lambda rt: RequestStatusProjection(rt.pool)],
+        sinks=[lambda rt: RequestStatusProjection(rt.pool), lambda rt: TmfTicketProjection(rt.pool, hub.Outbox())],
+        tasks=[deliver_notifications],
+        ddl=list(hub.DDL),
     )
-    return create_app(runtime, "TSOP intake", [router])
+    return create_app(runtime, "TSOP intake", [router, tmf_router], error_renderers=[(TMF_BASE, tmf_error)])
 
 
 def main() -> None:

@@ -1,0 +1,329 @@
+"""The TMF621 Trouble Ticket API (v5) facade: the same tickets as ``/v1/requests``, in TM Forum's terms.
+
+Reads come from the TMF read model (projection.py), which follows the ticket's
+whole lifecycle across services; a ticket just created, not yet read back from
+the bus, is rendered from intake's own events so a client can read its write.
+Writes go through intake's commands (service.py), exactly like native ones.
+Errors are TMF ``Error`` bodies (see ``tmf_error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID, uuid4
+
+import orjson
+from fastapi import APIRouter, Body, Depends, Header, Request, Response
+from fastapi.responses import JSONResponse
+
+from tsop_events.auth import Principal, Role, requires
+from tsop_events.http import Problem, runtime_of
+from tsop_intake.tmf import hub, inbound, model
+
+BASE = "/tmf-api/troubleTicket/v5"
+TICKETS = f"{BASE}/troubleTicket"
+READERS = (Role.channel, Role.agent, Role.supervisor, Role.auditor)
+Caller = Annotated[Principal, Depends(requires(*READERS))]
+Writer = Annotated[Principal, Depends(requires(Role.channel, Role.agent))]
+Admin = Annotated[Principal, Depends(requires(Role.admin))]
+MERGE_PATCH = ("application/merge-patch+json", "application/json")
+
+router = APIRouter(prefix=BASE, tags=["TMF621 trouble ticket"])
+
+
+def tmf_error(
+    status: int, title: str, detail: str, headers: dict[str, str] | None, extra: dict[str, Any]
+) -> Response:
+    """A TMF ``Error`` body; a validation failure is a 400 with every field and reason in the message."""
+    status = 400 if status == 422 else status
+    errors = extra.get("errors") or []
+    message = detail or title
+    if errors and not detail:
+        message = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
+    body: dict[str, Any] = {
+        "@type": "Error",
+        "code": f"ERR{status}",
+        "reason": title,
+        "message": message,
+        "status": str(status),
+    }
+    if field := extra.get("field"):
+        body["referenceError"] = f"#/{field}"
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def bad(exc: inbound.BadAttribute | model.InvalidQuery | hub.InvalidSubscription) -> Problem:
+    field = getattr(exc, "field", None) or getattr(exc, "parameter", "")
+    return Problem(getattr(exc, "status", 400), "Invalid request", f"{field}: {exc.reason}", field=field)
+
+
+def _sees(caller: Principal, ticket: dict[str, Any]) -> bool:
+    return caller.channel_id is None or caller.channel_id == ticket["channel_id"]
+
+
+async def _stored(request: Request, ticket_id: UUID) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The ticket as the read model has it; else as intake's own events say (just created)."""
+    pool = runtime_of(request).pool
+    row = await pool.fetchrow("SELECT * FROM tmf_ticket WHERE ticket_id = $1", ticket_id)
+    if row is not None:
+        history = await pool.fetch(
+            "SELECT status, reason, at FROM tmf_status_change WHERE ticket_id = $1 ORDER BY seq", ticket_id
+        )
+        state = dict(row)
+        state["doc"] = json.loads(state["doc"])
+        return state, [dict(h) for h in history]
+    events = await asyncio.to_thread(_own_events, request, ticket_id)
+    folded, folded_history = model.fold(events)
+    return (folded, folded_history) if folded is not None else None
+
+
+def _own_events(request: Request, ticket_id: UUID) -> list[tuple[Any, datetime]]:
+    from tsop_intake.application import to_wire  # the one mapping from domain to wire events
+
+    app = runtime_of(request).app
+    found = []
+    for domain_event in app.repository.event_store.get(ticket_id):
+        outgoing = to_wire(domain_event)
+        if outgoing is not None:
+            found.append((outgoing.event, domain_event.timestamp))  # type: ignore[attr-defined]
+    return found
+
+
+async def _ticket(request: Request, ticket_id: str, caller: Principal) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    try:
+        tid = UUID(ticket_id)
+    except ValueError:
+        raise Problem(404, "Not found", f"no trouble ticket {ticket_id!r}") from None
+    found = await _stored(request, tid)
+    if found is None or found[0]["deleted"]:
+        raise Problem(404, "Not found", f"no trouble ticket {ticket_id}")
+    if not _sees(caller, found[0]):
+        raise Problem(403, "Forbidden", f"trouble ticket {ticket_id} belongs to another channel")
+    return found
+
+
+def _fields(value: str | None) -> frozenset[str] | None:
+    return frozenset(f.strip() for f in value.split(",") if f.strip()) if value else None
+
+
+@router.get("/troubleTicket", summary="List or find TroubleTicket objects")
+async def list_tickets(request: Request, caller: Caller) -> Response:
+    try:
+        query = model.parse_list_query(request.query_params.multi_items())
+    except model.InvalidQuery as exc:
+        raise bad(exc) from None
+    where = list(query.where)
+    if caller.channel_id is not None:
+        where.append(("channel_id", "IN", [caller.channel_id]))
+    clauses, args = ["NOT deleted"], []
+    for column, op, value in where:
+        args.append(value)
+        clauses.append(f"{column} = ANY(${len(args)})" if op == "IN" else f"{column} {op} ${len(args)}")
+    order = ", ".join(f"{c} {'DESC' if desc else 'ASC'} NULLS LAST" for c, desc in query.order)
+    condition = " AND ".join(clauses)
+    pool = runtime_of(request).pool
+    async with pool.acquire() as conn:
+        total = await conn.fetchval(f"SELECT count(*) FROM tmf_ticket WHERE {condition}", *args)
+        rows = await conn.fetch(
+            f"SELECT * FROM tmf_ticket WHERE {condition} ORDER BY {order}, ticket_id "
+            f"OFFSET {query.offset} LIMIT {query.limit}",
+            *args,
+        )
+        wants_history = query.fields is None or "statusChangeHistory" in query.fields
+        histories: dict[UUID, list[dict[str, Any]]] = {r["ticket_id"]: [] for r in rows}
+        if wants_history and rows:
+            for h in await conn.fetch(
+                "SELECT ticket_id, status, reason, at FROM tmf_status_change WHERE ticket_id = ANY($1) "
+                "ORDER BY ticket_id, seq",
+                list(histories),
+            ):
+                histories[h["ticket_id"]].append(dict(h))
+    items = []
+    for r in rows:
+        state = dict(r)
+        state["doc"] = json.loads(state["doc"])
+        items.append(model.select(model.render(state, histories[r["ticket_id"]], TICKETS), query.fields))
+    return JSONResponse(
+        items, status_code=200, headers={"X-Total-Count": str(total), "X-Result-Count": str(len(items))}
+    )
+
+
+@router.get("/troubleTicket/{id}", summary="Retrieve a TroubleTicket by ID")
+async def get_ticket(id: str, request: Request, caller: Caller, fields: str | None = None) -> dict[str, Any]:  # noqa: A002
+    state, history = await _ticket(request, id, caller)
+    return model.select(model.render(state, history, TICKETS), _fields(fields))
+
+
+@router.post("/troubleTicket", status_code=201, summary="Create a TroubleTicket")
+async def create_ticket(
+    request: Request,
+    response: Response,
+    caller: Annotated[Principal, Depends(requires(Role.channel))],
+    body: Annotated[dict[str, Any], Body()],
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    fields: str | None = None,
+) -> dict[str, Any]:
+    from tsop_intake import service
+
+    if caller.channel_id is None:
+        raise Problem(403, "Forbidden", "trouble tickets are created by registered channel systems")
+    app = runtime_of(request).app
+    try:
+        native = inbound.parse_create(
+            body,
+            service_types=app.catalogue.types.keys(),  # type: ignore[attr-defined]
+            channel_id=caller.channel_id,
+            author=caller.subject,
+            now=datetime.now(UTC),
+        )
+    except inbound.BadAttribute as exc:
+        raise bad(exc) from None
+    created, new = await service.submit(runtime_of(request), native, caller, idempotency_key)
+    state, history = await _ticket(request, str(created.id), caller)
+    response.headers["Location"] = f"{TICKETS}/{created.id}"
+    if not new:
+        response.status_code = 200
+    return model.select(model.render(state, history, TICKETS), _fields(fields))
+
+
+@router.patch(
+    "/troubleTicket/{id}",
+    summary="Update a TroubleTicket with a JSON merge patch",
+    openapi_extra={"requestBody": {"content": {t: {"schema": {"type": "object"}} for t in MERGE_PATCH}}},
+)
+async def patch_ticket(id: str, request: Request, caller: Writer, fields: str | None = None) -> dict[str, Any]:  # noqa: A002
+    from tsop_intake import service
+
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in MERGE_PATCH:
+        raise Problem(415, "Unsupported media type", "PATCH takes application/merge-patch+json")
+    state, _ = await _ticket(request, id, caller)
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise Problem(400, "Malformed JSON", "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise Problem(400, "Invalid request", "body: a merge patch is a JSON object", field="body")
+    try:
+        changes, status = inbound.parse_patch(body, author=caller.subject, now=datetime.now(UTC))
+    except inbound.BadAttribute as exc:
+        raise bad(exc) from None
+    current = state["status"]
+    if current in model.TERMINAL:
+        raise Problem(409, "Conflict", f"the ticket is {current}; it can no longer be changed", field="status")
+    if status is not None and status != current:
+        if status != "cancelled":
+            raise Problem(
+                409, "Invalid status transition",
+                f"status: {current} → {status} is not a client's to make; a client may only cancel "
+                "(the platform moves the ticket through its lifecycle)",
+                field="status",
+            )
+        if not model.can_move(current, "cancelled"):
+            raise Problem(409, "Invalid status transition", f"status: {current} → cancelled", field="status")
+    runtime = runtime_of(request)
+    tid = UUID(id)
+    if changes:
+        await service.update(runtime, tid, changes, caller)
+    if status == "cancelled" and status != current:
+        reason = body.get("statusChangeReason") or "cancelled by the channel"
+        await service.cancel(runtime, tid, "cancelled_by_channel", str(reason)[:500], caller)
+    state, history = await _wait_applied(request, tid, caller, state["last_update"])
+    return model.select(model.render(state, history, TICKETS), _fields(fields))
+
+
+async def _wait_applied(
+    request: Request, tid: UUID, caller: Principal, before: datetime, timeout: float = 5.0
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Read-your-write: the ticket once the read model has the change (or as it stands after ``timeout``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        state, history = await _ticket(request, str(tid), caller)
+        if state["last_update"] > before or loop.time() > deadline:
+            return state, history
+        await asyncio.sleep(0.02)
+
+
+@router.delete("/troubleTicket/{id}", status_code=204, summary="Delete a TroubleTicket (admin)")
+async def delete_ticket(id: str, request: Request, caller: Admin) -> Response:  # noqa: A002
+    from tsop_intake import service
+
+    state, _ = await _ticket(request, id, caller)
+    if state["status"] in model.TERMINAL or state["status"] in ("resolved",):
+        raise Problem(
+            409, "Conflict",
+            f"the ticket is {state['status']}; its record is kept (§7.2) and only open tickets can be deleted",
+        )
+    await service.cancel(runtime_of(request), UUID(id), model.DELETED, "deleted by an administrator", caller)
+    return Response(status_code=204)
+
+
+# --- /hub: notification listeners ------------------------------------------------------------------
+
+URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
+Subscriber = Annotated[Principal, Depends(requires(Role.channel, Role.supervisor, Role.auditor))]
+
+
+def hub_view(row: Any) -> dict[str, Any]:
+    out = {"@type": "Hub", "id": str(row["id"]), "href": f"{BASE}/hub/{row['id']}", "callback": row["callback"]}
+    if row["query"]:
+        out["query"] = row["query"]
+    return out
+
+
+@router.post("/hub", status_code=201, summary="Register a listener")
+async def register_hub(
+    request: Request, response: Response, caller: Subscriber, body: Annotated[dict[str, Any], Body()]
+) -> dict[str, Any]:
+    unknown = sorted(set(body) - {"callback", "query", "@type", "@baseType", "@schemaLocation"})
+    if unknown:
+        raise Problem(400, "Invalid request", f"{unknown[0]}: is not a Hub attribute", field=unknown[0])
+    callback = body.get("callback")
+    if not isinstance(callback, str) or not URL.match(callback) or len(callback) > 2000:
+        raise Problem(400, "Invalid request", "callback: must be an absolute http(s) URL", field="callback")
+    query = body.get("query")
+    if query is not None and not isinstance(query, str):
+        raise Problem(400, "Invalid request", "query: must be a string", field="query")
+    try:
+        event_types = hub.parse_query(query)
+    except hub.InvalidSubscription as exc:
+        raise bad(exc) from None
+    pool = runtime_of(request).pool
+    row = await pool.fetchrow(
+        "INSERT INTO tmf_hub VALUES ($1, $2, $3, $4, $5, $6, now()) RETURNING *",
+        uuid4(), callback, query, event_types, caller.subject, caller.channel_id,
+    )
+    response.headers["Location"] = f"{BASE}/hub/{row['id']}"
+    return hub_view(row)
+
+
+async def _hub(request: Request, hub_id: str, caller: Principal) -> Any:
+    try:
+        hid = UUID(hub_id)
+    except ValueError:
+        raise Problem(404, "Not found", f"no listener {hub_id!r}") from None
+    row = await runtime_of(request).pool.fetchrow("SELECT * FROM tmf_hub WHERE id = $1", hid)
+    if row is None:
+        raise Problem(404, "Not found", f"no listener {hub_id}")
+    if row["owner"] != caller.subject and not caller.has(Role.admin):
+        raise Problem(403, "Forbidden", f"listener {hub_id} was registered by someone else")
+    return row
+
+
+@router.get("/hub/{id}", summary="Retrieve a listener")
+async def get_hub(id: str, request: Request, caller: Subscriber) -> dict[str, Any]:  # noqa: A002
+    return hub_view(await _hub(request, id, caller))
+
+
+@router.delete("/hub/{id}", status_code=204, summary="Unregister a listener")
+async def delete_hub(id: str, request: Request, caller: Subscriber) -> Response:  # noqa: A002
+    row = await _hub(request, id, caller)
+    async with runtime_of(request).pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM tmf_hub_delivery WHERE hub_id = $1 AND delivered_at IS NULL", row["id"])
+        await conn.execute("DELETE FROM tmf_hub WHERE id = $1", row["id"])
+    return Response(status_code=204)

@@ -1,0 +1,215 @@
+"""What a TMF621 client sends, checked and turned into intake's own terms. No I/O.
+
+Every refusal names the attribute and the reason (``BadAttribute``), so the API
+can answer with a TMF error body a client developer can act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any
+from uuid import uuid4
+
+from tsop_intake.tmf import model
+
+KNOWN = frozenset(
+    {
+        "@type", "@baseType", "@schemaLocation", "name", "description", "severity", "ticketType", "channel",
+        "requestedResolutionDate", "externalIdentifier", "note", "relatedParty", "troubleTicketCharacteristic",
+        "status", "statusChangeReason",
+    }
+) | model.SERVER_OWNED | model.UNSUPPORTED
+TIERS = ("standard", "gold", "vip", "enterprise")
+FIXED_AFTER_CREATION = frozenset({"ticketType", "relatedParty", "channel", "@type"})
+
+
+class BadAttribute(ValueError):
+    def __init__(self, field: str, reason: str, status: int = 400) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason, self.status = field, reason, status
+
+
+def _text(body: dict[str, Any], name: str, *, max_length: int = 4000, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise BadAttribute(name, "is mandatory")
+        return None
+    if not isinstance(value, str):
+        raise BadAttribute(name, f"must be a string, not {type(value).__name__}")
+    if required and not value.strip():
+        raise BadAttribute(name, "must not be empty")
+    if len(value) > max_length:
+        raise BadAttribute(name, f"is longer than {max_length} characters")
+    return value
+
+
+def _date(body: dict[str, Any], name: str) -> str | None:
+    value = _text(body, name, max_length=64)
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadAttribute(name, f"{value!r} is not an ISO 8601 date-time") from None
+    if when.tzinfo is None:
+        raise BadAttribute(name, "needs a time zone offset")
+    return when.isoformat()
+
+
+def _severity(body: dict[str, Any], required: bool) -> str | None:
+    value = _text(body, "severity", max_length=32, required=required)
+    if value is None:
+        return None
+    if value.lower() not in model.SEVERITIES:
+        raise BadAttribute("severity", f"{value!r} is not one of {', '.join(model.SEVERITIES)}")
+    return value.lower()
+
+
+def _objects(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    value = body.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise BadAttribute(name, "must be an array of objects")
+    return value
+
+
+def _characteristics(body: dict[str, Any]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for i, item in enumerate(_objects(body, "troubleTicketCharacteristic")):
+        where = f"troubleTicketCharacteristic[{i}]"
+        name, value = item.get("name"), item.get("value")
+        if name not in model.CHARACTERISTICS:
+            raise BadAttribute(f"{where}.name", f"{name!r} is not one of {', '.join(model.CHARACTERISTICS)}")
+        if not isinstance(value, str) or not value.strip() or len(value) > 1000:
+            raise BadAttribute(f"{where}.value", "must be a non-empty string of at most 1000 characters")
+        if name == "customerTier" and value not in TIERS:
+            raise BadAttribute(f"{where}.value", f"customerTier {value!r} is not one of {', '.join(TIERS)}")
+        found[str(name)] = value
+    return found
+
+
+def _notes(body: dict[str, Any], author: str, now: datetime) -> list[dict[str, Any]]:
+    notes = []
+    for i, item in enumerate(_objects(body, "note")):
+        text = item.get("text")
+        if not isinstance(text, str) or not text.strip() or len(text) > 4000:
+            raise BadAttribute(f"note[{i}].text", "must be a non-empty string of at most 4000 characters")
+        notes.append({"@type": "Note", "id": str(uuid4()), "author": author, "date": model.iso(now), "text": text})
+    return notes
+
+
+def _external_ref(body: dict[str, Any]) -> str | None:
+    ids = _objects(body, "externalIdentifier")
+    if not ids:
+        return None
+    ref = ids[0].get("id")
+    if not isinstance(ref, str) or not ref or len(ref) > 128:
+        raise BadAttribute("externalIdentifier[0].id", "must be a non-empty string of at most 128 characters")
+    return ref
+
+
+def _refuse(body: dict[str, Any], names: Collection[str], reason: str) -> None:
+    for name in sorted(names):
+        if name in body:
+            raise BadAttribute(name, reason)
+
+
+def _common(body: dict[str, Any]) -> None:
+    unknown = sorted(set(body) - KNOWN)
+    if unknown:
+        raise BadAttribute(unknown[0], "is not a TroubleTicket attribute")
+    _refuse(body, model.SERVER_OWNED, "is set by the server")
+    _refuse(body, model.UNSUPPORTED, "is not supported by this API; put the information in description or note")
+
+
+def parse_create(
+    body: dict[str, Any], *, service_types: Collection[str], channel_id: str | None, author: str, now: datetime
+) -> dict[str, Any]:
+    """A ``TroubleTicket_FVO`` → the fields of a native submission (``attributes`` carries the TMF-only ones)."""
+    _common(body)
+    if body.get("@type") != "TroubleTicket":
+        raise BadAttribute("@type", "is mandatory and must be 'TroubleTicket'")
+    _refuse(body, {"status", "statusChangeReason"}, "is set by the server's lifecycle")
+    description = _text(body, "description", required=True)
+    severity = _severity(body, required=True)
+    ticket_type = _text(body, "ticketType", max_length=64, required=True)
+    if ticket_type not in service_types:
+        raise BadAttribute("ticketType", f"{ticket_type!r} is not offered; one of {', '.join(sorted(service_types))}")
+    channel = body.get("channel")
+    if channel is not None and (not isinstance(channel, dict) or channel.get("id") != channel_id):
+        raise BadAttribute("channel", "must be omitted or name the channel these credentials belong to")
+    customers = [
+        p for p in _objects(body, "relatedParty") if str(p.get("role", "")).lower() == "customer"
+    ]
+    party = customers[0].get("partyOrPartyRole") if len(customers) == 1 else None
+    customer_id = party.get("id") if isinstance(party, dict) else None
+    if not isinstance(customer_id, str) or not customer_id or len(customer_id) > 128:
+        raise BadAttribute("relatedParty", "exactly one party with role 'customer' and a partyOrPartyRole.id is needed")
+    chars = _characteristics(body)
+    if "region" not in chars:
+        raise BadAttribute("troubleTicketCharacteristic", "a characteristic named 'region' is mandatory")
+    deadline = _date(body, "requestedResolutionDate")
+    attributes: dict[str, Any] = {"severity": severity}
+    if (name := _text(body, "name", max_length=200)) is not None:
+        attributes["name"] = name
+    if notes := _notes(body, author, now):
+        attributes["note"] = notes
+    for poly in ("@baseType", "@schemaLocation"):
+        if (value := _text(body, poly, max_length=500)) is not None:
+            attributes[poly] = value
+    fields: dict[str, Any] = {
+        "channel_request_ref": _external_ref(body),
+        "customer_id": customer_id,
+        "customer_tier": chars.get("customerTier", "standard"),
+        "region": chars["region"],
+        "service_type": ticket_type,
+        "description": description,
+        "time_requirement": {"deadline": deadline, "window_start": None, "window_end": None},
+        "special_needs": chars.get("specialNeeds"),
+        "attributes": attributes,
+    }
+    if "location" in chars:
+        fields["location"] = chars["location"]
+    return fields
+
+
+def parse_patch(body: dict[str, Any], *, author: str, now: datetime) -> tuple[dict[str, Any], str | None]:
+    """A merge patch → (native changes, requested status); refuses what a client may not change."""
+    _common(body)
+    _refuse(body, FIXED_AFTER_CREATION, "cannot be changed after the ticket is created")
+    if not body:
+        raise BadAttribute("body", "the patch changes nothing")
+    changes: dict[str, Any] = {}
+    attributes: dict[str, Any] = {}
+    if "description" in body:
+        changes["description"] = _text(body, "description", required=True)
+    if "severity" in body:
+        attributes["severity"] = _severity(body, required=True)
+    if "name" in body:
+        attributes["name"] = _text(body, "name", max_length=200)
+    if "note" in body:
+        if not (notes := _notes(body, author, now)):
+            raise BadAttribute("note", "notes are kept; a patch may only add some")
+        attributes["note"] = notes
+    if "requestedResolutionDate" in body:
+        changes["time_requirement"] = {
+            "deadline": _date(body, "requestedResolutionDate"), "window_start": None, "window_end": None
+        }
+    if "externalIdentifier" in body:
+        changes["channel_request_ref"] = _external_ref(body)
+    for name, value in _characteristics(body).items():
+        native = {"region": "region", "location": "location", "customerTier": "customer_tier"}.get(name)
+        changes[native or "special_needs"] = value
+    if attributes:
+        changes["attributes"] = attributes
+    status = None
+    if "status" in body:
+        status = body["status"]
+        if status not in model.STATUSES:
+            raise BadAttribute("status", f"{status!r} is not one of {', '.join(model.STATUSES)}")
+    if "statusChangeReason" in body and status is None:
+        raise BadAttribute("statusChangeReason", "only goes with a status change")
+    return changes, status

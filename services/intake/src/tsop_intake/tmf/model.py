@@ -1,0 +1,375 @@
+"""The TMF621 view of a ticket, decided from the platform's own events. No I/O.
+
+A TMF621 trouble ticket and a native request are the same ticket: intake
+keeps the request; this module says which TMF status each lifecycle event
+means, which status changes are valid, and how a stored ticket renders as a
+``TroubleTicket`` resource (with ``fields`` selection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tsop_events import schemas as wire
+
+STATUSES = ("acknowledged", "rejected", "pending", "held", "inProgress", "cancelled", "closed", "resolved")
+TERMINAL = frozenset({"rejected", "closed", "cancelled"})
+
+# The TMF656 lifecycle, plus what intake's review adds before a ticket is acknowledged:
+# a new ticket is acknowledged, rejected or pending (information required); an agent's
+# review of an acknowledged-but-queued ticket may still reject it.
+TRANSITIONS: dict[str | None, frozenset[str]] = {
+    None: frozenset({"acknowledged", "rejected", "pending", "cancelled"}),
+    "pending": frozenset({"acknowledged", "rejected", "cancelled", "inProgress", "held"}),
+    "acknowledged": frozenset({"inProgress", "pending", "held", "resolved", "cancelled", "rejected"}),
+    "inProgress": frozenset({"pending", "held", "resolved", "cancelled"}),
+    "held": frozenset({"inProgress", "pending", "resolved", "cancelled"}),
+    "resolved": frozenset({"closed", "acknowledged"}),
+}
+
+SEVERITIES = ("critical", "major", "minor")
+PRIORITY_NAMES = {1: "Critical", 2: "High", 3: "Medium", 4: "Low", 5: "Planning"}
+
+# Attributes the server owns: a client may not set them on POST nor PATCH them.
+SERVER_OWNED = frozenset(
+    {
+        "id", "href", "creationDate", "lastUpdate", "statusChangeDate", "statusChangeHistory",
+        "expectedResolutionDate", "resolutionDate", "priority", "troubleTicketRelationship",
+    }
+)
+# Attributes the facade does not carry (yet): refused with a clear reason rather than dropped.
+UNSUPPORTED = frozenset({"attachment", "relatedEntity", "troubleTicketSpecification"})
+# Characteristics that carry the native request's own fields.
+CHARACTERISTICS = ("region", "location", "customerTier", "specialNeeds")
+ALWAYS = ("id", "href", "@type")
+
+
+def can_move(current: str | None, new: str) -> bool:
+    return new in TRANSITIONS.get(current, frozenset())
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    status: str
+    reason: str
+    at: datetime
+
+
+def status_change(event: wire.WireEvent, current: str | None) -> StatusChange | None:
+    """The TMF status an event moves a ticket to, with the reason; None when it moves nothing."""
+    new: tuple[str, str, datetime] | None = None
+    match event:
+        case wire.RequestAccepted():
+            new = ("acknowledged", f"accepted ({event.reason_code}) by {event.decided_by}", event.accepted_at)
+        case wire.RequestRejected():
+            new = ("rejected", f"{event.reason_code}: {event.reason}", event.rejected_at)
+        case wire.RequestPendingInformation():
+            fields = ", ".join(m.field for m in event.missing)
+            new = ("pending", f"information required: {fields}", event.pending_at)
+        case wire.RequestQueuedForReview():
+            new = ("acknowledged", "queued for agent review: " + "; ".join(event.reasons), event.queued_at)
+        case wire.RequestLinked():
+            new = ("cancelled", f"duplicate of open ticket {event.duplicate_of}", event.linked_at)
+        case wire.RequestCancelled():
+            new = ("cancelled", f"{event.reason_code}: {event.reason}", event.cancelled_at)
+        case wire.AssignmentAccepted():
+            new = ("inProgress", f"accepted by technician {event.technician_id}", event.accepted_at)
+        case wire.WorkStarted():
+            new = ("inProgress", f"work started {event.mode.replace('_', ' ')}", event.started_at)
+        case wire.WorkLogged() if current in (None, "acknowledged"):
+            new = ("inProgress", f"work logged: {event.action}", event.logged_at)
+        case wire.WorkResumed():
+            new = ("inProgress", "work resumed", event.resumed_at)
+        case wire.WorkPaused():
+            new = (event.kind, event.reason, event.paused_at)
+        case wire.Resolved():
+            new = ("resolved", f"{event.resolution_code}: {event.summary}", event.resolved_at)
+        case wire.Closed():
+            new = ("closed", event.reason.replace("_", " "), event.closed_at)
+    if new is None or new[0] == current or not can_move(current, new[0]):
+        return None
+    return StatusChange(*new)
+
+
+# --- the read model's evolution: a ticket's TMF state after each event ------------------------------
+
+# Native request fields → where the TMF view keeps them.
+DOC_OF_FIELD = {
+    "description": "description",
+    "region": "region",
+    "location": "location",
+    "customer_tier": "customerTier",
+    "special_needs": "specialNeeds",
+}
+
+
+@dataclass
+class Evolution:
+    state: dict[str, Any] | None  # the row: indexed columns plus ``doc``; None when the event shows nothing
+    change: StatusChange | None
+    notices: list[str]  # TMF notification event names the event causes
+
+
+def created(ev: wire.RequestSubmitted) -> dict[str, Any]:
+    attrs = dict(ev.attributes)
+    tr = ev.time_requirement
+    doc: dict[str, Any] = {
+        "name": attrs.get("name"),
+        "description": ev.description,
+        "channelKind": ev.channel.value,
+        "region": ev.region,
+        "location": getattr(ev, "location", None),
+        "customerTier": ev.customer_tier.value,
+        "specialNeeds": ev.special_needs,
+        "requestedResolutionDate": iso(tr.deadline or tr.window_end),
+        "note": attrs.get("note"),
+        "@baseType": attrs.get("@baseType"),
+        "@schemaLocation": attrs.get("@schemaLocation"),
+    }
+    return {
+        "ticket_id": ev.ticket_id,
+        "status": None,
+        "status_change_date": None,
+        "status_change_reason": None,
+        "severity": attrs.get("severity"),
+        "ticket_type": ev.service_type,
+        "priority_name": None,
+        "channel_id": ev.channel_id,
+        "customer_id": ev.customer_id,
+        "external_id": ev.channel_request_ref,
+        "creation_date": ev.submitted_at,
+        "last_update": ev.submitted_at,
+        "deleted": False,
+        "doc": {k: v for k, v in doc.items() if v is not None},
+    }
+
+
+def evolve(state: dict[str, Any] | None, ev: wire.TicketEvent, at: datetime) -> Evolution:
+    """The ticket's next TMF state; pure, so the projection and a freshly created ticket agree."""
+    if isinstance(ev, wire.RequestSubmitted):
+        if state is not None:
+            return Evolution(None, None, [])
+        return Evolution(created(ev), None, ["TroubleTicketCreateEvent"])
+    if state is None:
+        return Evolution(None, None, [])  # never seen submitted (another deployment's ticket): nothing to show
+    new = {**state, "doc": dict(state["doc"])}
+    doc = new["doc"]
+    notices: list[str] = []
+    match ev:
+        case wire.RequestAccepted():
+            new["priority_name"] = PRIORITY_NAMES.get(ev.priority, str(ev.priority))
+            if ev.resolve_by is not None:
+                doc["expectedResolutionDate"] = iso(ev.resolve_by)
+        case wire.RequestPendingInformation():
+            notices.append("TroubleTicketInformationRequiredEvent")
+        case wire.RequestUpdated():
+            _apply_changes(new, ev.changes)
+            notices.append("TroubleTicketAttributeValueChangeEvent")
+        case wire.RequestCancelled() if ev.reason_code == DELETED:
+            new["deleted"] = True
+            notices.append("TroubleTicketDeleteEvent")
+        case wire.Resolved():
+            doc["resolutionDate"] = iso(ev.resolved_at)
+            notices.append("TroubleTicketResolvedEvent")
+    change = status_change(ev, state["status"])
+    if change is not None:
+        new.update(status=change.status, status_change_date=change.at, status_change_reason=change.reason)
+        notices.insert(0, "TroubleTicketStatusChangeEvent")
+    if change is None and not notices and new == state:
+        return Evolution(None, None, [])
+    new["last_update"] = at
+    return Evolution(new, change, notices)
+
+
+def fold(events: Iterable[tuple[wire.TicketEvent, datetime]]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """A ticket's TMF state and status history from its events, as the projection would build them."""
+    state: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = []
+    for ev, at in events:
+        evolution = evolve(state, ev, at)
+        if evolution.state is not None:
+            state = evolution.state
+        if evolution.change is not None:
+            c = evolution.change
+            history.append({"status": c.status, "reason": c.reason, "at": c.at})
+    return state, history
+
+
+DELETED = "deleted"  # the reason code of an admin's DELETE: cancelled and gone from the TMF collection
+
+
+def _apply_changes(state: dict[str, Any], changes: dict[str, Any]) -> None:
+    doc = state["doc"]
+    for name, value in changes.items():
+        if name in DOC_OF_FIELD:
+            doc[DOC_OF_FIELD[name]] = value
+        elif name == "time_requirement" and isinstance(value, dict):
+            doc["requestedResolutionDate"] = value.get("deadline") or value.get("window_end")
+        elif name == "channel_request_ref":
+            state["external_id"] = value
+        elif name == "attributes" and isinstance(value, dict):
+            for attr, attr_value in value.items():
+                if attr == "severity":
+                    state["severity"] = attr_value
+                elif attr == "note" and isinstance(attr_value, list):
+                    doc["note"] = [*doc.get("note", []), *attr_value]
+                elif attr_value is None:
+                    doc.pop(attr, None)
+                else:
+                    doc[attr] = attr_value
+
+
+class InvalidQuery(ValueError):
+    """A list query the facade cannot answer, with the parameter and the reason."""
+
+    def __init__(self, parameter: str, reason: str) -> None:
+        super().__init__(f"{parameter}: {reason}")
+        self.parameter, self.reason = parameter, reason
+
+
+# List queries: attribute → column; every filterable attribute is indexed.
+FILTERS = {
+    "status": "status",
+    "severity": "severity",
+    "ticketType": "ticket_type",
+    "priority": "priority_name",
+    "channel.id": "channel_id",
+    "externalIdentifier.id": "external_id",
+    "relatedParty.id": "customer_id",
+}
+DATE_FILTERS = {"creationDate": "creation_date", "lastUpdate": "last_update"}
+SORTS = {"creationDate": "creation_date", "lastUpdate": "last_update", "status": "status", "severity": "severity"}
+OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+RESERVED = frozenset({"fields", "offset", "limit", "sort"})
+MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    where: tuple[tuple[str, str, Any], ...]  # (column, operator, value)
+    order: tuple[tuple[str, bool], ...]  # (column, descending)
+    offset: int
+    limit: int
+    fields: frozenset[str] | None
+
+
+def parse_list_query(params: Iterable[tuple[str, str]]) -> ListQuery:
+    """``?status=acknowledged,pending&creationDate.gte=…&sort=-creationDate&fields=status&limit=50``."""
+    where: list[tuple[str, str, Any]] = []
+    order: list[tuple[str, bool]] = []
+    offset, limit, fields = 0, 100, None
+    for name, value in params:
+        if name == "offset":
+            offset = _int(name, value, 0, None)
+        elif name == "limit":
+            limit = _int(name, value, 1, MAX_LIMIT)
+        elif name == "fields":
+            fields = frozenset(f.strip() for f in value.split(",") if f.strip())
+        elif name == "sort":
+            for part in (p.strip() for p in value.split(",") if p.strip()):
+                attr = part.lstrip("-+")
+                if attr not in SORTS:
+                    raise InvalidQuery("sort", f"cannot sort by {attr!r}; sortable: {', '.join(sorted(SORTS))}")
+                order.append((SORTS[attr], part.startswith("-")))
+        elif name in FILTERS:
+            values = [v for v in value.split(",") if v]
+            if not values:
+                raise InvalidQuery(name, "an empty filter value")
+            if name == "status" and (bad := [v for v in values if v not in STATUSES]):
+                raise InvalidQuery(name, f"unknown status {bad[0]!r}; one of {', '.join(STATUSES)}")
+            where.append((FILTERS[name], "IN", values))
+        elif "." in name and name.split(".", 1)[0] in DATE_FILTERS:
+            attr, op = name.split(".", 1)
+            if op not in OPERATORS:
+                raise InvalidQuery(name, f"unknown operator {op!r}; one of {', '.join(OPERATORS)}")
+            try:
+                when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                raise InvalidQuery(name, f"{value!r} is not an ISO 8601 date-time") from None
+            if when.tzinfo is None:
+                raise InvalidQuery(name, "the date-time needs a time zone offset")
+            where.append((DATE_FILTERS[attr], OPERATORS[op], when))
+        else:
+            known = ", ".join([*sorted(FILTERS), *(f"{d}.gt|gte|lt|lte" for d in DATE_FILTERS)])
+            raise InvalidQuery(name, f"not a filter this API supports; filters: {known}")
+    if not order:
+        order.append(("creation_date", True))
+    return ListQuery(tuple(where), tuple(order), offset, limit, fields)
+
+
+def _int(name: str, value: str, low: int, high: int | None) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidQuery(name, f"{value!r} is not an integer") from None
+    if number < low or (high is not None and number > high):
+        raise InvalidQuery(name, f"must be between {low} and {high}" if high else f"must be at least {low}")
+    return number
+
+
+def select(resource: dict[str, Any], fields: frozenset[str] | None) -> dict[str, Any]:
+    """TMF attribute selection: the named top-level attributes plus id, href and @type."""
+    if not fields:
+        return resource
+    return {k: v for k, v in resource.items() if k in fields or k in ALWAYS}
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def render(ticket: dict[str, Any], history: list[dict[str, Any]], base: str) -> dict[str, Any]:
+    """A stored ticket (see projection.py) as a TMF621 ``TroubleTicket``; absent values are omitted."""
+    doc: dict[str, Any] = ticket["doc"]
+    out: dict[str, Any] = {
+        "@type": "TroubleTicket",
+        "id": str(ticket["ticket_id"]),
+        "href": f"{base}/{ticket['ticket_id']}",
+        "name": doc.get("name"),
+        "description": doc.get("description"),
+        "severity": ticket["severity"],
+        "ticketType": ticket["ticket_type"],
+        "priority": ticket["priority_name"],
+        "status": ticket["status"],
+        "statusChangeDate": iso(ticket["status_change_date"]),
+        "statusChangeReason": ticket["status_change_reason"],
+        "creationDate": iso(ticket["creation_date"]),
+        "lastUpdate": iso(ticket["last_update"]),
+        "requestedResolutionDate": doc.get("requestedResolutionDate"),
+        "expectedResolutionDate": doc.get("expectedResolutionDate"),
+        "resolutionDate": doc.get("resolutionDate"),
+        "channel": {"@type": "ChannelRef", "id": ticket["channel_id"] or doc.get("channelKind", ""),
+                    "name": doc.get("channelKind")},
+        "relatedParty": [
+            {
+                "@type": "RelatedPartyRefOrPartyRoleRef",
+                "role": "customer",
+                "partyOrPartyRole": {"@type": "PartyRef", "id": ticket["customer_id"]},
+            }
+        ],
+        "statusChangeHistory": [
+            {"@type": "StatusChange", "status": h["status"], "statusChangeReason": h["reason"],
+             "statusChangeDate": iso(h["at"])}
+            for h in history
+        ],
+        "note": doc.get("note") or None,
+        "@baseType": doc.get("@baseType"),
+        "@schemaLocation": doc.get("@schemaLocation"),
+        "externalIdentifier": (
+            [{"@type": "ExternalIdentifier", "id": ticket["external_id"], "owner": ticket["channel_id"] or ""}]
+            if ticket["external_id"]
+            else None
+        ),
+        "troubleTicketCharacteristic": [
+            {"@type": "StringCharacteristic", "name": name, "valueType": "string", "value": str(value)}
+            for name in CHARACTERISTICS
+            if (value := doc.get(name)) is not None
+        ]
+        or None,
+    }
+    if ticket["status"] is None:
+        out.pop("status")
+    return {k: v for k, v in out.items() if v is not None}

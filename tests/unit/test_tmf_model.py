@@ -1,0 +1,192 @@
+"""The TMF621 view: statuses from lifecycle events, valid transitions, queries, inbound checks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tsop_events import schemas as wire
+from tsop_intake.tmf import inbound, model
+
+T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+TICKET = "7d5c1b52-3f0c-4d55-9a8f-0f3ad1f0b6a1"
+
+
+def submitted(**attrs: Any) -> wire.RequestSubmitted:
+    return wire.RequestSubmitted(
+        ticket_id=TICKET, channel=wire.Channel.app, channel_id="ch-1", channel_request_ref="ext-9",
+        customer_id="c-1", customer_tier=wire.CustomerTier.gold, region="north",
+        service_type="broadband.fault_repair", description="No internet since this morning",
+        time_requirement=wire.TimeRequirement(deadline=T0 + timedelta(hours=8)),
+        attributes={"severity": "major", "name": "No internet", **attrs}, submitted_at=T0,
+    )
+
+
+def lifecycle() -> list[wire.TicketEvent]:
+    at = T0
+    return [
+        submitted(),
+        wire.RequestAccepted(ticket_id=TICKET, service_type="broadband.fault_repair", region="north", priority=2,
+                             customer_tier=wire.CustomerTier.gold, resolve_by=at + timedelta(hours=8), accepted_at=at),
+        wire.Assigned(ticket_id=TICKET, work_order_id="wo", technician_id="t-1", reason="r", candidates=[],
+                      assigned_at=at),
+        wire.AssignmentAccepted(ticket_id=TICKET, work_order_id="wo", technician_id="t-1", accepted_at=at),
+        wire.WorkPaused(ticket_id=TICKET, work_order_id="wo", technician_id="t-1", kind="held",
+                        reason="waiting for an ONT", paused_at=at),
+        wire.WorkResumed(ticket_id=TICKET, work_order_id="wo", technician_id="t-1", resumed_at=at),
+        wire.Resolved(ticket_id=TICKET, work_order_id="wo", technician_id="t-1", resolution_code="hw_replaced",
+                      summary="ONT replaced", resolved_at=at),
+        wire.Closed(ticket_id=TICKET, reason="rated", closed_at=at),
+    ]
+
+
+def test_the_lifecycle_reads_as_tmf_statuses_with_reasons() -> None:
+    state, history = model.fold((e, T0) for e in lifecycle())
+    assert state is not None
+    assert [h["status"] for h in history] == [
+        "acknowledged", "inProgress", "held", "inProgress", "resolved", "closed"
+    ]
+    assert history[2]["reason"] == "waiting for an ONT"
+    resource = model.render(state, history, "/tt")
+    assert resource["status"] == "closed"
+    assert resource["priority"] == "High"
+    assert resource["severity"] == "major"
+    assert resource["ticketType"] == "broadband.fault_repair"
+    assert resource["relatedParty"][0]["partyOrPartyRole"]["id"] == "c-1"
+    assert resource["externalIdentifier"][0]["id"] == "ext-9"
+    assert resource["resolutionDate"].endswith("Z")
+
+
+def test_an_out_of_lifecycle_event_moves_nothing() -> None:
+    state, _ = model.fold((e, T0) for e in lifecycle())
+    assert state is not None
+    late = wire.WorkResumed(ticket_id=TICKET, work_order_id="wo", technician_id="t-1", resumed_at=T0)
+    assert model.evolve(state, late, T0).change is None  # closed is terminal
+
+
+def test_a_redelivered_submission_changes_nothing() -> None:
+    state, _ = model.fold([(submitted(), T0)])
+    assert model.evolve(state, submitted(), T0).state is None
+
+
+@given(st.lists(st.sampled_from(lifecycle()[1:]), max_size=12))
+def test_any_order_of_events_only_takes_valid_transitions(events: list[wire.TicketEvent]) -> None:
+    state, history = model.fold([(submitted(), T0), *((e, T0) for e in events)])
+    previous = None
+    for h in history:
+        assert model.can_move(previous, h["status"]), (previous, h["status"])
+        previous = h["status"]
+    assert state is not None and state["status"] == previous
+
+
+def test_list_query_parsing() -> None:
+    q = model.parse_list_query(
+        [("status", "acknowledged,pending"), ("creationDate.gte", "2026-11-01T00:00:00Z"), ("sort", "-lastUpdate"),
+         ("limit", "50"), ("offset", "100"), ("fields", "status,severity")]
+    )
+    assert q.where[0] == ("status", "IN", ["acknowledged", "pending"])
+    assert q.where[1][0:2] == ("creation_date", ">=")
+    assert q.order == (("last_update", True),)
+    assert (q.limit, q.offset, q.fields) == (50, 100, frozenset({"status", "severity"}))
+
+
+@pytest.mark.parametrize(
+    "params, parameter",
+    [
+        ([("limit", "0")], "limit"),
+        ([("limit", "abc")], "limit"),
+        ([("status", "open")], "status"),
+        ([("colour", "red")], "colour"),
+        ([("sort", "description")], "sort"),
+        ([("creationDate.gte", "yesterday")], "creationDate.gte"),
+        ([("creationDate.after", "2026-11-01T00:00:00Z")], "creationDate.after"),
+    ],
+)
+def test_a_bad_list_query_names_the_parameter(params: list[tuple[str, str]], parameter: str) -> None:
+    with pytest.raises(model.InvalidQuery) as caught:
+        model.parse_list_query(params)
+    assert caught.value.parameter == parameter
+
+
+def test_fields_selection_keeps_identity() -> None:
+    assert model.select({"id": "1", "href": "/1", "@type": "TroubleTicket", "status": "x", "name": "n"},
+                        frozenset({"status"})) == {"id": "1", "href": "/1", "@type": "TroubleTicket", "status": "x"}
+
+
+def fvo(**over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "@type": "TroubleTicket",
+        "description": "No dial tone on the fixed line",
+        "severity": "Major",
+        "ticketType": "fixed.fault_repair",
+        "relatedParty": [{"@type": "RelatedPartyRefOrPartyRoleRef", "role": "customer",
+                          "partyOrPartyRole": {"@type": "PartyRef", "id": "c-7"}}],
+        "troubleTicketCharacteristic": [{"@type": "StringCharacteristic", "name": "region", "value": "north"}],
+    }
+    body.update(over)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def create(body: dict[str, Any]) -> dict[str, Any]:
+    return inbound.parse_create(
+        body, service_types={"fixed.fault_repair"}, channel_id="ch-1", author="portal", now=T0
+    )
+
+
+def test_a_valid_create_maps_to_native_fields() -> None:
+    fields = create(fvo(name="Line dead", note=[{"@type": "Note", "text": "call after 6pm"}],
+                        externalIdentifier=[{"@type": "ExternalIdentifier", "id": "crm-42"}]))
+    assert fields["service_type"] == "fixed.fault_repair"
+    assert fields["customer_id"] == "c-7" and fields["region"] == "north"
+    assert fields["channel_request_ref"] == "crm-42"
+    assert fields["attributes"]["severity"] == "major"
+    assert fields["attributes"]["note"][0]["author"] == "portal"
+
+
+@pytest.mark.parametrize(
+    "over, field",
+    [
+        ({"description": None}, "description"),
+        ({"severity": None}, "severity"),
+        ({"severity": "apocalyptic"}, "severity"),
+        ({"ticketType": "teleportation"}, "ticketType"),
+        ({"@type": None}, "@type"),
+        ({"status": "resolved"}, "status"),
+        ({"priority": "High"}, "priority"),
+        ({"id": "mine"}, "id"),
+        ({"attachment": []}, "attachment"),
+        ({"colour": "red"}, "colour"),
+        ({"description": 42}, "description"),
+        ({"relatedParty": []}, "relatedParty"),
+        ({"troubleTicketCharacteristic": []}, "troubleTicketCharacteristic"),
+        ({"requestedResolutionDate": "2026-12-01T10:00:00"}, "requestedResolutionDate"),
+        ({"channel": {"id": "someone-else"}}, "channel"),
+    ],
+)
+def test_a_bad_create_names_the_attribute(over: dict[str, Any], field: str) -> None:
+    body = fvo()
+    for k, v in over.items():
+        if v is None:
+            body.pop(k, None)
+        else:
+            body[k] = v
+    with pytest.raises(inbound.BadAttribute) as caught:
+        create(body)
+    assert caught.value.field == field
+
+
+def test_a_patch_maps_changes_and_refuses_server_owned_attributes() -> None:
+    changes, status = inbound.parse_patch(
+        {"description": "Still no dial tone", "severity": "critical", "status": "cancelled"}, author="a", now=T0
+    )
+    assert changes == {"description": "Still no dial tone", "attributes": {"severity": "critical"}}
+    assert status == "cancelled"
+    for body, field in (({"statusChangeHistory": []}, "statusChangeHistory"), ({"ticketType": "x"}, "ticketType"),
+                        ({"status": "done"}, "status"), ({}, "body")):
+        with pytest.raises(inbound.BadAttribute) as caught:
+            inbound.parse_patch(body, author="a", now=T0)
+        assert caught.value.field == field
