@@ -13,6 +13,8 @@ import asyncio
 import json
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
+from importlib import resources
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
@@ -33,6 +35,17 @@ Admin = Annotated[Principal, Depends(requires(Role.admin))]
 MERGE_PATCH = ("application/merge-patch+json", "application/json")
 
 router = APIRouter(prefix=BASE, tags=["TMF621 trouble ticket"])
+
+
+@lru_cache(maxsize=1)
+def facade_document() -> bytes:
+    """The facade's own OpenAPI document: TMF621 v5.0.1 trimmed to what is implemented (see its info)."""
+    return resources.files("tsop_intake").joinpath("tmf/openapi/tmf621-facade.json").read_bytes()
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi_document() -> Response:
+    return Response(facade_document(), media_type="application/json")
 
 
 def tmf_error(
