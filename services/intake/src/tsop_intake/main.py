@@ -11,8 +11,9 @@ from tsop_events.runtime import Runtime
 from tsop_events.settings import ServiceSettings
 from tsop_intake.api import router
 from tsop_intake.application import IntakeApp, to_wire
-from tsop_intake.domain import Catalogue
+from tsop_intake.catalogue import Catalogue
 from tsop_intake.projection import RequestStatusProjection
+from tsop_intake.timers import channel_tokens, completion_deadlines, follow_log
 
 
 class IntakeSettings(ServiceSettings):
@@ -23,12 +24,14 @@ class IntakeSettings(ServiceSettings):
 
 def build(settings: IntakeSettings | None = None) -> FastAPI:
     s = settings or IntakeSettings()
-    catalogue = Catalogue.load(s.service_types_file)
+    catalogue = Catalogue.load(s.service_types_file)  # a bad file stops the start with the reason
     runtime = Runtime(
         s,
         app_factory=lambda st: IntakeApp(st, catalogue=catalogue),
         mapper=to_wire,
         sinks=[lambda rt: RequestStatusProjection(rt.pool)],
+        tasks=[follow_log, completion_deadlines],
+        token_resolvers=[channel_tokens],
     )
     return create_app(runtime, "TSOP intake", [router])
 
