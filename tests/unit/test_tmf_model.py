@@ -139,7 +139,10 @@ def create(body: dict[str, Any]) -> dict[str, Any]:
 
 def test_a_valid_create_maps_to_native_fields() -> None:
     fields = create(fvo(name="Line dead", note=[{"@type": "Note", "text": "call after 6pm"}],
-                        externalIdentifier=[{"@type": "ExternalIdentifier", "id": "crm-42"}]))
+                        externalIdentifier=[{"@type": "ExternalIdentifier", "id": "crm-42"}],
+                        troubleTicketCharacteristic=[{"name": "region", "value": "north"},
+                                                     {"name": "siteId", "value": "S-9"}]))
+    assert fields["location"] == {"site_id": "S-9"}
     assert fields["service_type"] == "fixed.fault_repair"
     assert fields["customer_id"] == "c-7" and fields["region"] == "north"
     assert fields["channel_request_ref"] == "crm-42"
@@ -180,13 +183,22 @@ def test_a_bad_create_names_the_attribute(over: dict[str, Any], field: str) -> N
 
 
 def test_a_patch_maps_changes_and_refuses_server_owned_attributes() -> None:
+    kept = {"severity": "major", "name": "Line dead", "note": [{"@type": "Note", "text": "first"}]}
     changes, status = inbound.parse_patch(
-        {"description": "Still no dial tone", "severity": "critical", "status": "cancelled"}, author="a", now=T0
+        {"description": "Still no dial tone", "severity": "critical", "status": "cancelled",
+         "note": [{"text": "second"}],
+         "troubleTicketCharacteristic": [{"name": "address", "value": "1 Main St"},
+                                         {"name": "detail.floor", "value": "3"}]},
+        kept=kept, author="a", now=T0,
     )
-    assert changes == {"description": "Still no dial tone", "attributes": {"severity": "critical"}}
+    assert changes["description"] == "Still no dial tone"
+    assert changes["location"] == {"address": "1 Main St"} and changes["details"] == {"floor": "3"}
+    attributes = changes["attributes"]
+    assert attributes["severity"] == "critical" and attributes["name"] == "Line dead"
+    assert [n["text"] for n in attributes["note"]] == ["first", "second"]  # notes are appended, never replaced
     assert status == "cancelled"
     for body, field in (({"statusChangeHistory": []}, "statusChangeHistory"), ({"ticketType": "x"}, "ticketType"),
                         ({"status": "done"}, "status"), ({}, "body")):
         with pytest.raises(inbound.BadAttribute) as caught:
-            inbound.parse_patch(body, author="a", now=T0)
+            inbound.parse_patch(body, kept={}, author="a", now=T0)
         assert caught.value.field == field

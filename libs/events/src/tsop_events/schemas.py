@@ -68,6 +68,14 @@ class TimeRequirement(BaseModel):
     window_end: datetime | None = None
 
 
+class Location(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str | None = None
+    postcode: str | None = None
+    site_id: str | None = Field(default=None, description="The operator's own id of the site, when known.")
+
+
 class RequestSubmitted(TicketEvent):
     event_type: ClassVar[str] = "tsop.ticket.request-submitted.v1"
     doc: ClassVar[str] = "A channel submitted a service request (§2.1)."
@@ -82,6 +90,8 @@ class RequestSubmitted(TicketEvent):
     time_requirement: TimeRequirement
     special_needs: str | None = None
     callback_url: str | None = None
+    location: Location | None = Field(default=None, description="Where the service is needed.")
+    details: dict[str, Any] = Field(default_factory=dict, description="Type-specific details the catalogue asks for.")
     attributes: dict[str, Any] = Field(
         default_factory=dict,
         description="What a channel sent that the platform keeps but does not act on: a TMF ticket's name, "

@@ -1,22 +1,29 @@
-"""Intake's HTTP routes: thin, parse → command → answer."""
+"""Intake's native HTTP routes (``/v1``): thin, parse → command (``service``) → answer."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Request, Response
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
-from tsop_events.http import Problem, app_of, runtime_of
+from tsop_events.auth import Principal, Role, requires
+from tsop_events.http import runtime_of
 from tsop_events.schemas import Channel, CustomerTier
-from tsop_events.store import IntegrityError
-from tsop_intake.application import IdempotencyConflict, IntakeApp
-from tsop_intake.domain import ServiceRequest
+from tsop_intake import service
+from tsop_intake.domain import CHANNEL_KINDS, ChannelSystem, ServiceRequest
+from tsop_intake.service import ChangesIn, Details, LocationIn, TimeRequirementIn
 
-router = APIRouter(prefix="/v1/requests", tags=["requests"])
+router = APIRouter(prefix="/v1", tags=["intake"])
+
+ChannelCaller = Annotated[Principal, Depends(requires(Role.channel))]
+Reader = Annotated[Principal, Depends(requires(Role.channel, Role.agent, Role.supervisor, Role.auditor))]
+Agent = Annotated[Principal, Depends(requires(Role.agent))]
+Admin = Annotated[Principal, Depends(requires(Role.admin))]
+Overseer = Annotated[Principal, Depends(requires(Role.supervisor, Role.auditor))]
+Anyone = Annotated[Principal, Depends(requires())]
 
 
 class Customer(BaseModel):
@@ -25,28 +32,9 @@ class Customer(BaseModel):
     tier: CustomerTier = CustomerTier.standard
 
 
-class TimeRequirementIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    deadline: datetime | None = None
-    window_start: datetime | None = None
-    window_end: datetime | None = None
-
-    @model_validator(mode="after")
-    def _window(self) -> TimeRequirementIn:
-        for name in ("deadline", "window_start", "window_end"):
-            value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
-                raise ValueError(f"{name} needs a time zone offset")
-        if (self.window_start is None) != (self.window_end is None):
-            raise ValueError("an appointment window needs both window_start and window_end")
-        if self.window_start and self.window_end and self.window_end <= self.window_start:
-            raise ValueError("window_end must be after window_start")
-        return self
-
-
 class SubmitRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    channel: Channel
+    channel: Channel | None = Field(default=None, description="Optional: the registered channel's kind is used.")
     channel_request_ref: Annotated[str, Field(max_length=128)] | None = None
     customer: Customer
     region: Annotated[str, Field(min_length=1, max_length=64)]
@@ -55,12 +43,44 @@ class SubmitRequest(BaseModel):
     time_requirement: TimeRequirementIn = TimeRequirementIn()
     special_needs: Annotated[str, Field(max_length=1000)] | None = None
     callback_url: AnyHttpUrl | None = None
+    location: LocationIn | None = None
+    details: Details = Field(default_factory=dict)
+
+
+class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason_code: Annotated[str, Field(min_length=1, max_length=64)]
+    reason: Annotated[str, Field(max_length=1000)] = ""
+
+
+class ReviewDecision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    decision: Literal["accept", "reject"]
+    reason_code: Annotated[str, Field(min_length=1, max_length=64)]
+    reason: Annotated[str, Field(max_length=1000)] | None = None
+
+
+class RegisterChannel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    kind: Channel = Field(description="web = self-service web, app = self-service app, hotline, onsite = on-site")
+    callback_url: AnyHttpUrl | None = Field(default=None, description="Default callback URL of its requests.")
+    rate_limit_per_minute: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+
+
+class ChangeChannel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    callback_url: AnyHttpUrl | None = None
+    rate_limit_per_minute: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
 
 def request_view(r: ServiceRequest, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    downstream = history[-1]["status"] if history else None
+    status = downstream if downstream and downstream not in _INTAKE_STATES else r.status
     return {
         "id": str(r.id),
         "channel": r.channel,
+        "channel_id": r.channel_id,
         "channel_request_ref": r.channel_request_ref,
         "customer": {"id": r.customer_id, "tier": r.customer_tier},
         "region": r.region,
@@ -69,65 +89,196 @@ def request_view(r: ServiceRequest, history: list[dict[str, Any]] | None = None)
         "time_requirement": r.time_requirement,
         "special_needs": r.special_needs,
         "callback_url": r.callback_url,
+        "location": r.location,
+        "details": r.details,
         "submitted_at": r.submitted_at.isoformat(),
         "review": r.decision,
-        "status": history[-1]["status"] if history else r.status,
+        "pending_information": r.pending,
+        "duplicate_of": r.duplicate_of,
+        "cancellation": r.cancellation,
+        "status": status,
         "status_history": history or [],
     }
 
 
-def _app(request: Request) -> IntakeApp:
-    return app_of(request, IntakeApp)
+_INTAKE_STATES = frozenset(
+    {"submitted", "pending_information", "queued_for_review", "accepted", "rejected", "linked", "cancelled"}
+)
 
 
-@router.post("", status_code=201, responses={200: {"description": "Replay of an earlier submission"}})
+def channel_view(c: ChannelSystem, token: str | None = None, credential_id: str | None = None) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": str(c.id),
+        "name": c.name,
+        "kind": c.kind,
+        "kind_label": CHANNEL_KINDS[c.kind],
+        "self_service": c.self_service,
+        "callback_url": c.callback_url,
+        "rate_limit_per_minute": c.rate_limit_per_minute,
+        "registered_at": c.registered_at.isoformat(),
+        "credentials": [
+            {"id": cr.id, "issued_at": cr.issued_at.isoformat(),
+             "revoked_at": cr.revoked_at.isoformat() if cr.revoked_at else None}
+            for cr in c.credentials.values()
+        ],
+    }
+    if token is not None:
+        view["credential"] = {"id": credential_id, "token": token, "note": "shown once; only its hash is kept"}
+    return view
+
+
+def _answer(response: Response, request: ServiceRequest, new: bool = True) -> dict[str, Any]:
+    response.headers["Location"] = f"/v1/requests/{request.id}"
+    if not new:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return request_view(request)
+
+
+# ---------------------------------------------------------------- requests
+
+
+@router.post("/requests", status_code=201, tags=["requests"],
+             responses={200: {"description": "Replay of an earlier submission with the same Idempotency-Key"}})
 async def submit(
     body: SubmitRequest,
     request: Request,
     response: Response,
+    caller: ChannelCaller,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
-    app = _app(request)
-    if app.catalogue.get(body.service_type) is None:
-        raise Problem(
-            422,
-            "Unknown service type",
-            f"service_type {body.service_type!r} is not in the catalogue",
-            errors=[{"field": "service_type", "reason": "unknown service type"}],
-            known=sorted(app.catalogue.types),
-        )
-    fields = body.model_dump(mode="json", exclude={"customer"})
-    fields["customer_id"], fields["customer_tier"] = body.customer.id, body.customer.tier.value
-    runtime = runtime_of(request)
-    created, new = app.new_request(fields, idempotency_key), True
-    try:
-        await runtime.committer.save(created)
-    except IntegrityError:
-        if not idempotency_key:
-            raise
-        new = False  # a retry: answer with what the first submission created
-        try:
-            created = await asyncio.to_thread(app.replay, created.id, fields)
-        except IdempotencyConflict:
-            raise Problem(
-                422, "Idempotency-Key reused", "this Idempotency-Key was used for a different request"
-            ) from None
-    response.headers["Location"] = f"/v1/requests/{created.id}"
-    if not new:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
-    return request_view(created)
+    fields = body.model_dump(exclude={"customer"}, exclude_unset=False)
+    fields["customer_id"], fields["customer_tier"] = body.customer.id, body.customer.tier
+    created, new = await service.submit(runtime_of(request), fields, caller, idempotency_key)
+    return _answer(response, created, new)
 
 
-@router.get("/{ticket_id}")
-async def get_request(ticket_id: UUID, request: Request) -> dict[str, Any]:
-    app = _app(request)
-    found = await asyncio.to_thread(app.get_request, ticket_id)
-    if found is None:
-        raise Problem(404, "Not found", f"no request {ticket_id}")
+@router.get("/requests/{ticket_id}", tags=["requests"])
+async def get_request(ticket_id: UUID, request: Request, caller: Reader) -> dict[str, Any]:
     runtime = runtime_of(request)
+    found = await service.get(runtime, ticket_id, caller)
     rows = await runtime.pool.fetch(
         "SELECT event_type, status, at FROM request_history WHERE ticket_id = $1 ORDER BY at", ticket_id
     )
     history = [{"status": r["status"], "event_type": r["event_type"], "at": r["at"].isoformat()} for r in rows]
     return request_view(found, history)
+
+
+@router.patch("/requests/{ticket_id}", tags=["requests"])
+async def update_request(
+    ticket_id: UUID, body: ChangesIn, request: Request, caller: Annotated[Principal, Depends(
+        requires(Role.channel, Role.agent))]
+) -> dict[str, Any]:
+    """Complete pending information or correct attributes (JSON merge: only the keys sent change)."""
+    changes = body.model_dump(exclude_unset=True)
+    updated = await service.update(runtime_of(request), ticket_id, changes, caller)
+    return request_view(updated)
+
+
+@router.post("/requests/{ticket_id}/cancel", tags=["requests"])
+async def cancel_request(
+    ticket_id: UUID, body: CancelRequest, request: Request,
+    caller: Annotated[Principal, Depends(requires(Role.channel, Role.agent))],
+) -> dict[str, Any]:
+    cancelled = await service.cancel(runtime_of(request), ticket_id, body.reason_code, body.reason, caller)
+    return request_view(cancelled)
+
+
+# ---------------------------------------------------------------- review queue
+
+
+@router.get("/review-queue", tags=["review"])
+async def review_queue(
+    request: Request, caller: Agent, limit: Annotated[int, Query(ge=1, le=500)] = 100
+) -> dict[str, Any]:
+    index = service.intake(runtime_of(request)).index
+    await asyncio.to_thread(index.refresh)
+    with index.lock:
+        queued = sorted(index.queued.items(), key=lambda kv: (kv[1].since or kv[1].since, str(kv[0])))
+        items = [
+            {"id": str(tid), "service_type": q.service_type, "region": q.region, "customer_tier": q.customer_tier,
+             "queued_at": q.since.isoformat() if q.since else None, "reasons": q.reasons}
+            for tid, q in queued[:limit]
+        ]
+        total = len(queued)
+    return {"total": total, "items": items}
+
+
+@router.post("/requests/{ticket_id}/review", tags=["review"])
+async def decide(ticket_id: UUID, body: ReviewDecision, request: Request, caller: Agent) -> dict[str, Any]:
+    decided = await service.decide(
+        runtime_of(request), ticket_id, body.decision == "accept", body.reason_code, body.reason, caller
+    )
+    return request_view(decided)
+
+
+@router.get("/reason-codes", tags=["review"])
+async def reason_codes(request: Request, caller: Anyone) -> dict[str, Any]:
+    return service.intake(runtime_of(request)).catalogue.reason_codes.model_dump()
+
+
+@router.get("/service-types", tags=["requests"])
+async def service_types(request: Request, caller: Anyone) -> dict[str, Any]:
+    cat = service.intake(runtime_of(request)).catalogue
+    return {
+        "types": {name: t.model_dump(exclude={"name"}) for name, t in sorted(cat.types.items())},
+        "completion_hours": cat.completion_hours,
+    }
+
+
+@router.get("/stats/channels", tags=["stats"])
+async def channel_stats(request: Request, caller: Overseer) -> dict[str, Any]:
+    """Submissions by channel kind: the self-service against manual share (the standard expects ~70/30)."""
+    index = service.intake(runtime_of(request)).index
+    await asyncio.to_thread(index.refresh)
+    return {**index.shares(), "expected_self_service_share": 0.7}
+
+
+# ---------------------------------------------------------------- channel registry
+
+
+@router.post("/channels", status_code=201, tags=["channels"])
+async def register_channel(body: RegisterChannel, request: Request, response: Response, caller: Admin) -> dict[
+        str, Any]:
+    ch, cred, token = await service.register_channel(
+        runtime_of(request), body.name, body.kind.value, str(body.callback_url) if body.callback_url else None,
+        body.rate_limit_per_minute, caller,
+    )
+    response.headers["Location"] = f"/v1/channels/{ch.id}"
+    return channel_view(ch, token, cred)
+
+
+@router.get("/channels", tags=["channels"])
+async def list_channels(request: Request, caller: Admin) -> dict[str, Any]:
+    index = service.intake(runtime_of(request)).index
+    await asyncio.to_thread(index.refresh)
+    with index.lock:
+        items = [
+            {"id": c.id, "name": c.name, "kind": c.kind, "kind_label": CHANNEL_KINDS[c.kind],
+             "callback_url": c.callback_url, "rate_limit_per_minute": c.rate_limit_per_minute,
+             "live_credentials": sorted(c.credentials)}
+            for c in index.channels.values()
+        ]
+    return {"total": len(items), "items": sorted(items, key=lambda c: c["name"])}
+
+
+@router.get("/channels/{channel_id}", tags=["channels"])
+async def get_channel(channel_id: UUID, request: Request, caller: Admin) -> dict[str, Any]:
+    return channel_view(await service.get_channel(runtime_of(request), channel_id))
+
+
+@router.patch("/channels/{channel_id}", tags=["channels"])
+async def change_channel(channel_id: UUID, body: ChangeChannel, request: Request, caller: Admin) -> dict[str, Any]:
+    changes = body.model_dump(mode="json", exclude_unset=True)
+    return channel_view(await service.change_channel(runtime_of(request), channel_id, changes, caller))
+
+
+@router.post("/channels/{channel_id}/credentials", status_code=201, tags=["channels"])
+async def issue_credential(channel_id: UUID, request: Request, caller: Admin) -> dict[str, Any]:
+    ch, cred, token = await service.issue_credential(runtime_of(request), channel_id, caller)
+    return channel_view(ch, token, cred)
+
+
+@router.delete("/channels/{channel_id}/credentials/{credential_id}", tags=["channels"])
+async def revoke_credential(channel_id: UUID, credential_id: str, request: Request, caller: Admin) -> dict[str, Any]:
+    return channel_view(await service.revoke_credential(runtime_of(request), channel_id, credential_id, caller))

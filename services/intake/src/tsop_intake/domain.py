@@ -1,105 +1,230 @@
-"""Service requests as submitted and their automatic review (§2.1, §2.2). No I/O."""
+"""Channel systems, service requests and their automatic review (§2.1, §2.2). No I/O.
+
+The review is a pure function of the application, the catalogue and *facts*
+the caller looked up (an open duplicate, recent submission counts); every
+outcome becomes an event carrying its reason.
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from importlib import resources
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-TIER_BOOST = {"standard": 0, "gold": 1, "vip": 2, "enterprise": 2}
+from tsop_intake.catalogue import Catalogue, ServiceType
+
 MIN_DESCRIPTION = 10
+SELF_SERVICE = frozenset({"web", "app"})
+CHANNEL_KINDS = {"web": "self-service web", "app": "self-service app", "hotline": "hotline", "onsite": "on-site"}
+
+# what may change, and when (the rest is fixed once submitted: customer, channel)
+REVIEWABLE = frozenset(
+    {"region", "service_type", "customer_tier", "description", "time_requirement", "special_needs",
+     "callback_url", "location", "details", "channel_request_ref", "attributes"}
+)
+CORRECTABLE_AFTER_ACCEPT = frozenset(
+    {"description", "special_needs", "callback_url", "channel_request_ref", "attributes"}
+)
+OPEN = frozenset({"submitted", "pending_information", "queued_for_review", "accepted"})
+
+
+class RequestError(ValueError):
+    """A command the request's state refuses."""
+
+
+class InvalidState(RequestError):
+    def __init__(self, status: str, action: str) -> None:
+        super().__init__(f"cannot {action} a request that is {status}")
+        self.status, self.action = status, action
+
+
+class InvalidChange(RequestError):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+# ---------------------------------------------------------------- the review
 
 
 @dataclass(frozen=True)
-class ServiceType:
-    name: str
-    default_priority: int
-    resolve_hours: int
-    regions: tuple[str, ...]
+class Facts:
+    """What the review needs to know that is not in the application (looked up by the caller)."""
 
-    def offered_in(self, region: str) -> bool:
-        return "*" in self.regions or region in self.regions
+    now: datetime
+    open_duplicate: UUID | None = None
+    channel_recent: int = 0  # this channel's submissions in the last minute, this one excluded
+    channel_limit: int | None = None  # the channel's own limit; None = the catalogue's
+    customer_recent: int = 0  # this customer's submissions in the last day, this one excluded
 
 
-class Catalogue:
-    """Which service types exist and their rules; data, not code."""
-
-    def __init__(self, types: dict[str, ServiceType]) -> None:
-        self.types = types
-
-    @classmethod
-    def load(cls, path: Path | None = None) -> Catalogue:
-        raw = (
-            path.read_text()
-            if path
-            else resources.files("tsop_intake").joinpath("service_types.json").read_text()
-        )
-        data: dict[str, dict[str, Any]] = json.loads(raw)
-        return cls(
-            {
-                name: ServiceType(name, int(v["default_priority"]), int(v["resolve_hours"]), tuple(v["regions"]))
-                for name, v in data.items()
-            }
-        )
-
-    def get(self, name: str) -> ServiceType | None:
-        return self.types.get(name)
+Outcome = Literal["accept", "reject", "pending", "queue", "link"]
 
 
 @dataclass(frozen=True)
 class Decision:
-    accepted: bool
+    outcome: Outcome
     reason_code: str
     reason: str
     priority: int = 0
     resolve_by: datetime | None = None
+    missing: tuple[tuple[str, str], ...] = ()
+    complete_by: datetime | None = None
+    reasons: tuple[str, ...] = ()
+    duplicate_of: UUID | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome == "accept"
 
 
-def review(
-    catalogue: Catalogue,
-    *,
-    service_type: str,
-    region: str,
-    customer_tier: str,
-    description: str,
-    deadline: datetime | None,
-    window_end: datetime | None,
-    now: datetime,
+def _dt(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def missing_information(st: ServiceType, app: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Each field the type requires that the application lacks, with why."""
+    missing: list[tuple[str, str]] = []
+    if len(str(app.get("description") or "").strip()) < MIN_DESCRIPTION:
+        missing.append(("description", f"too short: describe the need in at least {MIN_DESCRIPTION} characters"))
+    tr = app.get("time_requirement") or {}
+    location = app.get("location") or {}
+    details = app.get("details") or {}
+    for path in st.required:
+        head, _, tail = path.partition(".")
+        if path == "time_requirement.window":
+            ok = _present(tr.get("window_start")) and _present(tr.get("window_end"))
+            why = f"{st.name} needs an appointment window (window_start and window_end)"
+        elif path == "time_requirement":
+            ok = any(_present(tr.get(k)) for k in ("deadline", "window_start"))
+            why = f"{st.name} needs a deadline or an appointment window"
+        elif head == "time_requirement":
+            ok = _present(tr.get(tail))
+            why = f"required for {st.name}"
+        elif head == "location":
+            ok = bool(location) if not tail else _present(location.get(tail))
+            why = f"required for {st.name}"
+        elif head == "details":
+            ok = _present(details.get(tail))
+            why = f"required for {st.name}"
+        else:
+            ok = _present(app.get(path))
+            why = f"required for {st.name}"
+        if not ok:
+            missing.append((path, why))
+    return missing
+
+
+def location_key(location: Mapping[str, Any] | None) -> str:
+    """Where, normalised, for duplicate detection: the site id when known, else the address."""
+    if not location:
+        return ""
+    if location.get("site_id"):
+        return "site:" + str(location["site_id"]).strip().lower()
+    return "addr:" + " ".join(str(location.get("address") or "").lower().replace(",", " ").split())
+
+
+def priority_of(cat: Catalogue, st: ServiceType, tier: str, latest: datetime | None, now: datetime) -> int:
+    """Customer tier x urgency x type: the type's default, raised by the tier and a near deadline."""
+    urgent = latest is not None and latest - now <= timedelta(hours=cat.priority.urgent_within_hours)
+    boost = cat.priority.tiers.get(tier, 0) + (cat.priority.urgency_boost if urgent else 0)
+    return max(1, min(5, st.default_priority - boost))
+
+
+def latest_time(app: Mapping[str, Any]) -> datetime | None:
+    tr = app.get("time_requirement") or {}
+    times = [t for t in (_dt(tr.get("deadline")), _dt(tr.get("window_end"))) if t is not None]
+    return min(times, default=None)
+
+
+def accept_decision(
+    cat: Catalogue, st: ServiceType, app: Mapping[str, Any], now: datetime, code: str, reason: str
 ) -> Decision:
-    """The automatic review: accept with a priority, or reject with a reason."""
-    st = catalogue.get(service_type)
-    if st is None:
-        return Decision(False, "unknown_service_type", f"service type {service_type!r} is not offered")
-    if not st.offered_in(region):
-        return Decision(False, "not_offered_in_region", f"{service_type} is not offered in region {region!r}")
-    if len(description.strip()) < MIN_DESCRIPTION:
-        return Decision(
-            False, "insufficient_description", f"the description needs at least {MIN_DESCRIPTION} characters"
-        )
-    latest = min((t for t in (deadline, window_end) if t is not None), default=None)
-    if latest is not None and latest <= now:
-        return Decision(False, "infeasible_time", "the time requirement is already in the past")
-    urgent = 1 if latest is not None and latest - now <= timedelta(hours=4) else 0
-    priority = max(1, min(5, st.default_priority - TIER_BOOST.get(customer_tier, 0) - urgent))
+    latest = latest_time(app)
     resolve_by = now + timedelta(hours=st.resolve_hours)
-    if latest is not None:
+    if latest is not None and latest > now:
         resolve_by = min(resolve_by, latest)
-    return Decision(True, "rules_passed", "all review rules passed", priority, resolve_by)
+    priority = priority_of(cat, st, str(app.get("customer_tier")), latest, now)
+    return Decision("accept", code, reason, priority=priority, resolve_by=resolve_by)
+
+
+def review(cat: Catalogue, app: Mapping[str, Any], facts: Facts) -> Decision:
+    """The automatic review of an application (the fields of a ServiceRequest) against the rules."""
+    now = facts.now
+    name = str(app.get("service_type"))
+    st = cat.get(name)
+    if st is None:
+        return Decision("reject", "not_offered_in_region", f"service type {name!r} is not offered")
+    region = str(app.get("region"))
+    if not st.offered_in(region):
+        return Decision("reject", "not_offered_in_region", f"{name} is not offered in region {region!r}")
+    channel_limit = facts.channel_limit or cat.limits.channel_per_minute
+    if facts.channel_recent >= channel_limit:
+        return Decision(
+            "reject", "abuse_channel_limit", f"the channel submitted {facts.channel_recent} requests in the last "
+            f"minute; its limit is {channel_limit}"
+        )
+    latest = latest_time(app)
+    if latest is not None and latest <= now:
+        return Decision("reject", "infeasible_time", "the time requirement is already in the past")
+    tr = app.get("time_requirement") or {}
+    start = _dt(tr.get("window_start")) or latest
+    if start is not None and start - now > timedelta(days=st.review.max_horizon_days):
+        return Decision(
+            "reject", "infeasible_time", f"{name} is planned at most {st.review.max_horizon_days:g} days ahead"
+        )
+    if facts.open_duplicate is not None:
+        return Decision(
+            "link", "duplicate", f"the same customer, type and location is already open as {facts.open_duplicate}",
+            duplicate_of=facts.open_duplicate,
+        )
+    missing = missing_information(st, app)
+    if missing:
+        complete_by = now + timedelta(hours=cat.completion_hours_of(st))
+        fields = ", ".join(f for f, _ in missing)
+        return Decision("pending", "missing_information", f"missing: {fields}", missing=tuple(missing),
+                        complete_by=complete_by)
+    if facts.customer_recent >= cat.limits.customer_per_day:
+        why = (f"the customer submitted {facts.customer_recent} requests in the last day; "
+               f"the limit is {cat.limits.customer_per_day}")
+        if cat.limits.customer_limit_action == "reject":
+            return Decision("reject", "abuse_customer_limit", why)
+        return Decision("queue", "abuse_customer_limit", why, reasons=(f"abuse_customer_limit: {why}",))
+    reasons: list[str] = []
+    if st.review.manual:
+        reasons.append(f"manual_type: every {name} application is reviewed by an agent")
+    tier = str(app.get("customer_tier"))
+    if tier in st.review.manual_tiers:
+        reasons.append(f"manual_tier: {tier} customers' {name} applications are reviewed by an agent")
+    if start is not None and st.review.min_lead_hours and start - now < timedelta(hours=st.review.min_lead_hours):
+        reasons.append(f"time_tight: {name} needs {st.review.min_lead_hours:g} h of lead time")
+    if reasons:
+        return Decision("queue", "needs_agent", "; ".join(reasons), reasons=tuple(reasons))
+    return accept_decision(cat, st, app, now, "rules_passed", "every automatic review rule passed")
+
+
+# ---------------------------------------------------------------- service requests
 
 
 class ServiceRequest(Aggregate):
+    """One application, from submission through review to an accepted, rejected, linked or cancelled request."""
 
     @event("Submitted")
     def __init__(
         self,
         id: UUID,  # noqa: A002 - the ticket id, chosen by the application
         channel: str,
+        channel_id: str | None,
         channel_request_ref: str | None,
         customer_id: str,
         customer_tier: str,
@@ -109,9 +234,15 @@ class ServiceRequest(Aggregate):
         time_requirement: dict[str, str | None],
         special_needs: str | None,
         callback_url: str | None,
+        location: dict[str, str | None] | None,
+        details: dict[str, Any],
         submitted_at: datetime,
+        fingerprint: str = "",
+        attributes: dict[str, Any] | None = None,
     ) -> None:
+        self.fingerprint = fingerprint  # of the submitted fields: an Idempotency-Key replay must match it
         self.channel = channel
+        self.channel_id = channel_id
         self.channel_request_ref = channel_request_ref
         self.customer_id = customer_id
         self.customer_tier = customer_tier
@@ -121,45 +252,246 @@ class ServiceRequest(Aggregate):
         self.time_requirement = time_requirement
         self.special_needs = special_needs
         self.callback_url = callback_url
+        self.location = location
+        self.details = details
+        self.attributes = attributes or {}  # kept, not acted on: a TMF ticket's name, severity, notes
         self.submitted_at = submitted_at
         self.status = "submitted"
         self.decision: dict[str, Any] | None = None
+        self.pending: dict[str, Any] | None = None
+        self.queued_reasons: list[str] = []
+        self.duplicate_of: str | None = None
+        self.cancellation: dict[str, str] | None = None
 
-    def apply_decision(self, decision: Decision, at: datetime) -> None:
-        if self.decision is not None:
-            raise ValueError("the request was already reviewed")
-        if decision.accepted:
-            assert decision.resolve_by is not None
-            self._accept(
-                priority=decision.priority,
-                resolve_by=decision.resolve_by,
-                accepted_at=at,
-                service_type=self.service_type,
-                region=self.region,
-                customer_tier=self.customer_tier,
+    def fields(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in (*sorted(REVIEWABLE), "customer_id", "channel", "channel_id")}
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN
+
+    def apply_decision(self, decision: Decision, at: datetime, decided_by: str = "rules") -> None:
+        if self.status not in ("submitted", "pending_information"):
+            raise InvalidState(self.status, "review")
+        if decision.outcome == "accept":
+            self._accept_with(decision, at, decided_by)
+        elif decision.outcome == "reject":
+            self._reject(reason_code=decision.reason_code, reason=decision.reason, decided_by=decided_by,
+                         rejected_at=at)
+        elif decision.outcome == "pending":
+            assert decision.complete_by is not None
+            self._pending(
+                missing=[{"field": f, "reason": r} for f, r in decision.missing],
+                complete_by=decision.complete_by,
+                pending_at=at,
             )
+        elif decision.outcome == "queue":
+            self._queued(reasons=list(decision.reasons), queued_at=at)
         else:
-            self._reject(reason_code=decision.reason_code, reason=decision.reason, rejected_at=at)
+            assert decision.duplicate_of is not None
+            self._linked(duplicate_of=str(decision.duplicate_of), reason=decision.reason, linked_at=at)
+
+    def agent_decision(self, decision: Decision, at: datetime, agent: str) -> None:
+        if self.status != "queued_for_review":
+            raise InvalidState(self.status, "decide on")
+        if decision.outcome == "accept":
+            self._accept_with(decision, at, agent)
+        elif decision.outcome == "reject":
+            self._reject(reason_code=decision.reason_code, reason=decision.reason, decided_by=agent, rejected_at=at)
+        else:
+            raise InvalidState(self.status, f"{decision.outcome} (agents accept or reject)")
+
+    def _accept_with(self, decision: Decision, at: datetime, decided_by: str) -> None:
+        assert decision.resolve_by is not None
+        self._accept(
+            priority=decision.priority,
+            resolve_by=decision.resolve_by,
+            reason_code=decision.reason_code,
+            decided_by=decided_by,
+            accepted_at=at,
+            service_type=self.service_type,
+            region=self.region,
+            customer_tier=self.customer_tier,
+        )
 
     @event("Accepted")
     def _accept(
         self,
         priority: int,
         resolve_by: datetime,
+        reason_code: str,
+        decided_by: str,
         accepted_at: datetime,
         service_type: str,
         region: str,
         customer_tier: str,
     ) -> None:
         self.status = "accepted"
-        self.decision = {"decision": "accepted", "priority": priority, "resolve_by": resolve_by.isoformat()}
+        self.pending = None
+        self.decision = {
+            "decision": "accepted", "priority": priority, "resolve_by": resolve_by.isoformat(),
+            "reason_code": reason_code, "decided_by": decided_by,
+        }
 
     @event("Rejected")
-    def _reject(self, reason_code: str, reason: str, rejected_at: datetime) -> None:
+    def _reject(self, reason_code: str, reason: str, decided_by: str, rejected_at: datetime) -> None:
         self.status = "rejected"
-        self.decision = {"decision": "rejected", "reason_code": reason_code, "reason": reason}
+        self.pending = None
+        self.decision = {"decision": "rejected", "reason_code": reason_code, "reason": reason,
+                         "decided_by": decided_by}
+
+    @event("PendingInformation")
+    def _pending(self, missing: list[dict[str, str]], complete_by: datetime, pending_at: datetime) -> None:
+        self.status = "pending_information"
+        self.pending = {"missing": missing, "complete_by": complete_by.isoformat()}
+        self.decision = {"decision": "pending_information", "missing": missing,
+                         "complete_by": complete_by.isoformat()}
+
+    @event("Queued")
+    def _queued(self, reasons: list[str], queued_at: datetime) -> None:
+        self.status = "queued_for_review"
+        self.pending = None
+        self.queued_reasons = reasons
+        self.decision = {"decision": "queued_for_review", "reasons": reasons}
+
+    @event("Linked")
+    def _linked(self, duplicate_of: str, reason: str, linked_at: datetime) -> None:
+        self.status = "linked"
+        self.duplicate_of = duplicate_of
+        self.decision = {"decision": "linked", "duplicate_of": duplicate_of, "reason": reason}
+
+    def update(self, changes: Mapping[str, Any], by: str, at: datetime) -> bool:
+        """Complete or correct the application; True when it must be reviewed again."""
+        if not changes:
+            raise InvalidChange("body", "no changes")
+        for name in changes:
+            if name not in REVIEWABLE:
+                raise InvalidChange(name, "cannot be changed once submitted" if name in (
+                    "customer_id", "channel", "channel_id") else "not a field of an application")
+        if self.status == "accepted":
+            fixed = sorted(set(changes) - CORRECTABLE_AFTER_ACCEPT)
+            if fixed:
+                raise InvalidChange(fixed[0], "cannot be changed once the request is accepted")
+        elif self.status not in ("pending_information", "queued_for_review"):
+            raise InvalidState(self.status, "update")
+        real = {k: v for k, v in changes.items() if getattr(self, k) != v}
+        if real:
+            self._updated(changes=dict(real), updated_by=by, updated_at=at)
+        return self.status == "pending_information"
+
+    @event("Updated")
+    def _updated(self, changes: dict[str, Any], updated_by: str, updated_at: datetime) -> None:
+        for name, value in changes.items():
+            setattr(self, name, value)
+
+    def cancel(self, reason_code: str, reason: str, by: str, at: datetime) -> None:
+        if not self.is_open:
+            raise InvalidState(self.status, "cancel")
+        self._cancelled(reason_code=reason_code, reason=reason, cancelled_by=by, cancelled_at=at)
+
+    def expire(self, now: datetime) -> bool:
+        """Cancel once the completion deadline has passed without the missing information; True if it did."""
+        if self.status != "pending_information" or self.pending is None:
+            return False
+        if now <= datetime.fromisoformat(self.pending["complete_by"]):
+            return False
+        missing = ", ".join(m["field"] for m in self.pending["missing"])
+        self._cancelled(
+            reason_code="information_deadline_passed",
+            reason=f"still missing at {self.pending['complete_by']}: {missing}",
+            cancelled_by="rules",
+            cancelled_at=now,
+        )
+        return True
+
+    @event("Cancelled")
+    def _cancelled(self, reason_code: str, reason: str, cancelled_by: str, cancelled_at: datetime) -> None:
+        self.status = "cancelled"
+        self.pending = None
+        self.cancellation = {"reason_code": reason_code, "reason": reason, "cancelled_by": cancelled_by}
+
+
+# ---------------------------------------------------------------- channel systems
+
+
+@dataclass
+class Credential:
+    id: str
+    token_hash: str
+    issued_at: datetime
+    revoked_at: datetime | None = None
+
+
+class ChannelError(ValueError):
+    pass
+
+
+class ChannelSystem(Aggregate):
+    """A registered channel system: who it is, how to call it back, its revocable credentials."""
+
+    @event("Registered")
+    def __init__(
+        self,
+        id: UUID,  # noqa: A002
+        name: str,
+        kind: str,
+        callback_url: str | None,
+        rate_limit_per_minute: int | None,
+        registered_by: str,
+        registered_at: datetime,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.callback_url = callback_url
+        self.rate_limit_per_minute = rate_limit_per_minute
+        self.registered_at = registered_at
+        self.credentials: dict[str, Credential] = {}
+
+    @property
+    def self_service(self) -> bool:
+        return self.kind in SELF_SERVICE
+
+    def issue_credential(self, credential_id: str, token_hash: str, by: str, at: datetime) -> None:
+        self._credential_issued(credential_id=credential_id, token_hash=token_hash, issued_by=by, issued_at=at)
+
+    @event("CredentialIssued")
+    def _credential_issued(self, credential_id: str, token_hash: str, issued_by: str, issued_at: datetime) -> None:
+        self.credentials[credential_id] = Credential(credential_id, token_hash, issued_at)
+
+    def revoke_credential(self, credential_id: str, by: str, at: datetime) -> None:
+        cred = self.credentials.get(credential_id)
+        if cred is None:
+            raise ChannelError(f"channel {self.id} has no credential {credential_id}")
+        if cred.revoked_at is not None:
+            raise ChannelError(f"credential {credential_id} was already revoked at {cred.revoked_at.isoformat()}")
+        self._credential_revoked(credential_id=credential_id, token_hash=cred.token_hash, revoked_by=by,
+                                 revoked_at=at)
+
+    @event("CredentialRevoked")
+    def _credential_revoked(self, credential_id: str, token_hash: str, revoked_by: str, revoked_at: datetime) -> None:
+        self.credentials[credential_id].revoked_at = revoked_at
+
+    def change_settings(self, changes: Mapping[str, Any], by: str, at: datetime) -> None:
+        real = {k: v for k, v in changes.items() if getattr(self, k) != v}
+        if real:
+            self._settings_changed(changes=real, changed_by=by, changed_at=at)
+
+    @event("SettingsChanged")
+    def _settings_changed(self, changes: dict[str, Any], changed_by: str, changed_at: datetime) -> None:
+        for name, value in changes.items():
+            setattr(self, name, value)
+
 
 # The event classes the @event decorators made, named for the code that maps them (and for mypy).
 ServiceRequestSubmitted: type[Any] = ServiceRequest.__dict__["Submitted"]
 ServiceRequestAccepted: type[Any] = ServiceRequest.__dict__["Accepted"]
 ServiceRequestRejected: type[Any] = ServiceRequest.__dict__["Rejected"]
+ServiceRequestPending: type[Any] = ServiceRequest.__dict__["PendingInformation"]
+ServiceRequestQueued: type[Any] = ServiceRequest.__dict__["Queued"]
+ServiceRequestLinked: type[Any] = ServiceRequest.__dict__["Linked"]
+ServiceRequestUpdated: type[Any] = ServiceRequest.__dict__["Updated"]
+ServiceRequestCancelled: type[Any] = ServiceRequest.__dict__["Cancelled"]
+ChannelRegistered: type[Any] = ChannelSystem.__dict__["Registered"]
+ChannelCredentialIssued: type[Any] = ChannelSystem.__dict__["CredentialIssued"]
+ChannelCredentialRevoked: type[Any] = ChannelSystem.__dict__["CredentialRevoked"]
+ChannelSettingsChanged: type[Any] = ChannelSystem.__dict__["SettingsChanged"]

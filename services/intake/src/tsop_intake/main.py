@@ -12,8 +12,9 @@ from tsop_events.runtime import Runtime
 from tsop_events.settings import ServiceSettings
 from tsop_intake.api import router
 from tsop_intake.application import IntakeApp, to_wire
-from tsop_intake.domain import Catalogue
+from tsop_intake.catalogue import Catalogue
 from tsop_intake.projection import RequestStatusProjection
+from tsop_intake.timers import channel_tokens, completion_deadlines, follow_log
 from tsop_intake.tmf import hub
 from tsop_intake.tmf.api import BASE as TMF_BASE
 from tsop_intake.tmf.api import router as tmf_router
@@ -38,13 +39,14 @@ async def deliver_notifications(runtime: Runtime) -> None:
 
 def build(settings: IntakeSettings | None = None) -> FastAPI:
     s = settings or IntakeSettings()
-    catalogue = Catalogue.load(s.service_types_file)
+    catalogue = Catalogue.load(s.service_types_file)  # a bad file stops the start with the reason
     runtime = Runtime(
         s,
         app_factory=lambda st: IntakeApp(st, catalogue=catalogue),
         mapper=to_wire,
         sinks=[lambda rt: RequestStatusProjection(rt.pool), lambda rt: TmfTicketProjection(rt.pool, hub.Outbox())],
-        tasks=[deliver_notifications],
+        tasks=[follow_log, completion_deadlines, deliver_notifications],
+        token_resolvers=[channel_tokens],
         ddl=list(hub.DDL),
     )
     return create_app(runtime, "TSOP intake", [router, tmf_router], error_renderers=[(TMF_BASE, tmf_error)])

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 
 from tsop_events.auth import Principal, Role, requires
 from tsop_events.http import Problem, runtime_of
+from tsop_intake import service
 from tsop_intake.tmf import hub, inbound, model
 
 BASE = "/tmf-api/troubleTicket/v5"
@@ -180,8 +181,6 @@ async def create_ticket(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     fields: str | None = None,
 ) -> dict[str, Any]:
-    from tsop_intake import service
-
     if caller.channel_id is None:
         raise Problem(403, "Forbidden", "trouble tickets are created by registered channel systems")
     app = runtime_of(request).app
@@ -209,8 +208,6 @@ async def create_ticket(
     openapi_extra={"requestBody": {"content": {t: {"schema": {"type": "object"}} for t in MERGE_PATCH}}},
 )
 async def patch_ticket(id: str, request: Request, caller: Writer, fields: str | None = None) -> dict[str, Any]:  # noqa: A002
-    from tsop_intake import service
-
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in MERGE_PATCH:
         raise Problem(415, "Unsupported media type", "PATCH takes application/merge-patch+json")
@@ -221,8 +218,11 @@ async def patch_ticket(id: str, request: Request, caller: Writer, fields: str | 
         raise Problem(400, "Malformed JSON", "The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise Problem(400, "Invalid request", "body: a merge patch is a JSON object", field="body")
+    runtime = runtime_of(request)
+    tid = UUID(id)
+    kept = (await service.get(runtime, tid, caller)).attributes
     try:
-        changes, status = inbound.parse_patch(body, author=caller.subject, now=datetime.now(UTC))
+        changes, status = inbound.parse_patch(body, kept=kept, author=caller.subject, now=datetime.now(UTC))
     except inbound.BadAttribute as exc:
         raise bad(exc) from None
     current = state["status"]
@@ -238,13 +238,11 @@ async def patch_ticket(id: str, request: Request, caller: Writer, fields: str | 
             )
         if not model.can_move(current, "cancelled"):
             raise Problem(409, "Invalid status transition", f"status: {current} → cancelled", field="status")
-    runtime = runtime_of(request)
-    tid = UUID(id)
     if changes:
         await service.update(runtime, tid, changes, caller)
     if status == "cancelled" and status != current:
         reason = body.get("statusChangeReason") or "cancelled by the channel"
-        await service.cancel(runtime, tid, "cancelled_by_channel", str(reason)[:500], caller)
+        await service.cancel(runtime, tid, "withdrawn_by_channel", str(reason)[:500], caller)
     state, history = await _wait_applied(request, tid, caller, state["last_update"])
     return model.select(model.render(state, history, TICKETS), _fields(fields))
 
@@ -264,8 +262,6 @@ async def _wait_applied(
 
 @router.delete("/troubleTicket/{id}", status_code=204, summary="Delete a TroubleTicket (admin)")
 async def delete_ticket(id: str, request: Request, caller: Admin) -> Response:  # noqa: A002
-    from tsop_intake import service
-
     state, _ = await _ticket(request, id, caller)
     if state["status"] in model.TERMINAL or state["status"] in ("resolved",):
         raise Problem(

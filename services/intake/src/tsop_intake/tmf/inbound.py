@@ -6,6 +6,7 @@ can answer with a TMF error body a client developer can act on.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,7 @@ KNOWN = frozenset(
     }
 ) | model.SERVER_OWNED | model.UNSUPPORTED
 TIERS = ("standard", "gold", "vip", "enterprise")
+DETAIL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 FIXED_AFTER_CREATION = frozenset({"ticketType", "relatedParty", "channel", "@type"})
 
 
@@ -81,8 +83,10 @@ def _characteristics(body: dict[str, Any]) -> dict[str, str]:
     for i, item in enumerate(_objects(body, "troubleTicketCharacteristic")):
         where = f"troubleTicketCharacteristic[{i}]"
         name, value = item.get("name"), item.get("value")
-        if name not in model.CHARACTERISTICS:
-            raise BadAttribute(f"{where}.name", f"{name!r} is not one of {', '.join(model.CHARACTERISTICS)}")
+        detail = isinstance(name, str) and name.startswith(model.DETAIL) and DETAIL_NAME.match(name[len(model.DETAIL):])
+        if name not in model.CHARACTERISTICS and not detail:
+            known = ", ".join([*model.CHARACTERISTICS, model.DETAIL + "<name>"])
+            raise BadAttribute(f"{where}.name", f"{name!r} is not one of {known}")
         if not isinstance(value, str) or not value.strip() or len(value) > 1000:
             raise BadAttribute(f"{where}.value", "must be a non-empty string of at most 1000 characters")
         if name == "customerTier" and value not in TIERS:
@@ -164,20 +168,40 @@ def parse_create(
         "channel_request_ref": _external_ref(body),
         "customer_id": customer_id,
         "customer_tier": chars.get("customerTier", "standard"),
-        "region": chars["region"],
         "service_type": ticket_type,
         "description": description,
         "time_requirement": {"deadline": deadline, "window_start": None, "window_end": None},
         "special_needs": chars.get("specialNeeds"),
         "attributes": attributes,
+        **_native_characteristics(chars),
     }
-    if "location" in chars:
-        fields["location"] = chars["location"]
     return fields
 
 
-def parse_patch(body: dict[str, Any], *, author: str, now: datetime) -> tuple[dict[str, Any], str | None]:
-    """A merge patch → (native changes, requested status); refuses what a client may not change."""
+def _native_characteristics(chars: dict[str, str]) -> dict[str, Any]:
+    native: dict[str, Any] = {}
+    if "region" in chars:
+        native["region"] = chars["region"]
+    if "customerTier" in chars:
+        native["customer_tier"] = chars["customerTier"]
+    if "specialNeeds" in chars:
+        native["special_needs"] = chars["specialNeeds"]
+    location = {part: chars[name] for name, part in model.LOCATION_PARTS.items() if name in chars}
+    if location:
+        native["location"] = location
+    details = {k[len(model.DETAIL):]: v for k, v in chars.items() if k.startswith(model.DETAIL)}
+    if details:
+        native["details"] = details
+    return native
+
+
+def parse_patch(
+    body: dict[str, Any], *, kept: dict[str, Any], author: str, now: datetime
+) -> tuple[dict[str, Any], str | None]:
+    """A merge patch → (native changes, requested status); refuses what a client may not change.
+
+    ``kept`` is the request's current ``attributes``: the change carries the whole new set (notes appended).
+    """
     _common(body)
     _refuse(body, FIXED_AFTER_CREATION, "cannot be changed after the ticket is created")
     if not body:
@@ -193,18 +217,16 @@ def parse_patch(body: dict[str, Any], *, author: str, now: datetime) -> tuple[di
     if "note" in body:
         if not (notes := _notes(body, author, now)):
             raise BadAttribute("note", "notes are kept; a patch may only add some")
-        attributes["note"] = notes
+        attributes["note"] = [*kept.get("note", []), *notes]
     if "requestedResolutionDate" in body:
         changes["time_requirement"] = {
             "deadline": _date(body, "requestedResolutionDate"), "window_start": None, "window_end": None
         }
     if "externalIdentifier" in body:
         changes["channel_request_ref"] = _external_ref(body)
-    for name, value in _characteristics(body).items():
-        native = {"region": "region", "location": "location", "customerTier": "customer_tier"}.get(name)
-        changes[native or "special_needs"] = value
+    changes.update(_native_characteristics(_characteristics(body)))
     if attributes:
-        changes["attributes"] = attributes
+        changes["attributes"] = {k: v for k, v in {**kept, **attributes}.items() if v is not None}
     status = None
     if "status" in body:
         status = body["status"]

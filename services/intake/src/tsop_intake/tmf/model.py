@@ -42,8 +42,12 @@ SERVER_OWNED = frozenset(
 )
 # Attributes the facade does not carry (yet): refused with a clear reason rather than dropped.
 UNSUPPORTED = frozenset({"attachment", "relatedEntity", "troubleTicketSpecification"})
-# Characteristics that carry the native request's own fields.
-CHARACTERISTICS = ("region", "location", "customerTier", "specialNeeds")
+# Characteristics that carry the native request's own fields; ``detail.<name>`` carries a type-specific detail.
+LOCATION_PARTS = {"address": "address", "postcode": "postcode", "siteId": "site_id"}
+CHARACTERISTICS = ("region", *LOCATION_PARTS, "customerTier", "specialNeeds")
+DETAIL = "detail."
+# TMF-only attributes a ticket keeps (in the request's ``attributes``); severity is also a column.
+KEPT = ("name", "note", "@baseType", "@schemaLocation")
 ALWAYS = ("id", "href", "@type")
 
 
@@ -96,14 +100,22 @@ def status_change(event: wire.WireEvent, current: str | None) -> StatusChange | 
 
 # --- the read model's evolution: a ticket's TMF state after each event ------------------------------
 
-# Native request fields → where the TMF view keeps them.
-DOC_OF_FIELD = {
-    "description": "description",
-    "region": "region",
-    "location": "location",
-    "customer_tier": "customerTier",
-    "special_needs": "specialNeeds",
-}
+def characteristics(native: dict[str, Any]) -> dict[str, str]:
+    """The characteristics native fields show as (only those present in ``native``)."""
+    chars: dict[str, str] = {}
+    if native.get("region"):
+        chars["region"] = native["region"]
+    if "location" in native:
+        for tmf_name, part in LOCATION_PARTS.items():
+            if (value := (native["location"] or {}).get(part)) is not None:
+                chars[tmf_name] = str(value)
+    if native.get("customer_tier"):
+        chars["customerTier"] = str(native["customer_tier"])
+    if native.get("special_needs"):
+        chars["specialNeeds"] = native["special_needs"]
+    for name, value in (native.get("details") or {}).items():
+        chars[DETAIL + name] = str(value)
+    return chars
 
 
 @dataclass
@@ -116,18 +128,13 @@ class Evolution:
 def created(ev: wire.RequestSubmitted) -> dict[str, Any]:
     attrs = dict(ev.attributes)
     tr = ev.time_requirement
+    native = ev.model_dump(mode="json", include={"region", "location", "customer_tier", "special_needs", "details"})
     doc: dict[str, Any] = {
-        "name": attrs.get("name"),
         "description": ev.description,
         "channelKind": ev.channel.value,
-        "region": ev.region,
-        "location": getattr(ev, "location", None),
-        "customerTier": ev.customer_tier.value,
-        "specialNeeds": ev.special_needs,
+        "characteristic": characteristics(native),
         "requestedResolutionDate": iso(tr.deadline or tr.window_end),
-        "note": attrs.get("note"),
-        "@baseType": attrs.get("@baseType"),
-        "@schemaLocation": attrs.get("@schemaLocation"),
+        **{k: attrs[k] for k in KEPT if attrs.get(k) is not None},
     }
     return {
         "ticket_id": ev.ticket_id,
@@ -203,23 +210,31 @@ DELETED = "deleted"  # the reason code of an admin's DELETE: cancelled and gone 
 
 def _apply_changes(state: dict[str, Any], changes: dict[str, Any]) -> None:
     doc = state["doc"]
+    chars: dict[str, str] = dict(doc.get("characteristic", {}))
+    if "location" in changes:
+        chars = {k: v for k, v in chars.items() if k not in LOCATION_PARTS}
+    if "details" in changes:
+        chars = {k: v for k, v in chars.items() if not k.startswith(DETAIL)}
+    if "special_needs" in changes:
+        chars.pop("specialNeeds", None)
+    chars.update(characteristics(changes))
+    doc["characteristic"] = chars
     for name, value in changes.items():
-        if name in DOC_OF_FIELD:
-            doc[DOC_OF_FIELD[name]] = value
+        if name == "description":
+            doc["description"] = value
         elif name == "time_requirement" and isinstance(value, dict):
             doc["requestedResolutionDate"] = value.get("deadline") or value.get("window_end")
         elif name == "channel_request_ref":
             state["external_id"] = value
-        elif name == "attributes" and isinstance(value, dict):
-            for attr, attr_value in value.items():
-                if attr == "severity":
-                    state["severity"] = attr_value
-                elif attr == "note" and isinstance(attr_value, list):
-                    doc["note"] = [*doc.get("note", []), *attr_value]
-                elif attr_value is None:
-                    doc.pop(attr, None)
+        elif name == "service_type":
+            state["ticket_type"] = value
+        elif name == "attributes" and isinstance(value, dict):  # the whole set, as the request now keeps it
+            state["severity"] = value.get("severity")
+            for kept in KEPT:
+                if value.get(kept) is None:
+                    doc.pop(kept, None)
                 else:
-                    doc[attr] = attr_value
+                    doc[kept] = value[kept]
 
 
 class InvalidQuery(ValueError):
@@ -364,9 +379,8 @@ def render(ticket: dict[str, Any], history: list[dict[str, Any]], base: str) -> 
             else None
         ),
         "troubleTicketCharacteristic": [
-            {"@type": "StringCharacteristic", "name": name, "valueType": "string", "value": str(value)}
-            for name in CHARACTERISTICS
-            if (value := doc.get(name)) is not None
+            {"@type": "StringCharacteristic", "name": name, "valueType": "string", "value": value}
+            for name, value in doc.get("characteristic", {}).items()
         ]
         or None,
     }

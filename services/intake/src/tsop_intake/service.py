@@ -1,0 +1,535 @@
+"""Intake's commands, shared by the native ``/v1`` routes and the TMF621 facade.
+
+Every function takes the service's ``Runtime`` and the calling ``Principal``;
+I/O (lookups, saves) happens here, decisions in ``domain``.
+
+``fields`` (``submit``) — a flat dict; unknown keys are refused:
+
+* ``customer_id`` (str, required), ``customer_tier`` (standard | gold | vip | enterprise; default standard)
+* ``region`` (str, required), ``service_type`` (a catalogue name, required), ``description`` (str, required)
+* ``channel`` (web | app | hotline | onsite): optional for a registered channel (its kind is used, and a
+  different value is refused); required when staff submit without a channel credential
+* ``channel_request_ref`` (str), ``special_needs`` (str), ``callback_url`` (http(s) URL; default: the
+  channel's registered callback URL)
+* ``time_requirement``: ``{deadline, window_start, window_end}`` (ISO 8601 with offset; a window needs both ends)
+* ``location``: ``{address, postcode, site_id}`` (strings); duplicate detection uses the site id, else the address
+* ``details``: type-specific values (str/int/float/bool, ≤ 32 keys) the catalogue may require (``details.<name>``)
+
+``changes`` (``update``) — the same keys except ``customer_id`` and ``channel`` (fixed once submitted).
+While *pending information* or *queued for review* every such key may change (a pending application is
+reviewed again at once); once *accepted* only ``description``, ``special_needs``, ``callback_url`` and
+``channel_request_ref``; otherwise the request is closed to changes (409).
+
+Errors are ``IntakeError`` subclasses carrying ``status``, ``title`` and ``errors`` (``[{field, reason}]``):
+``InvalidInput`` / ``UnknownServiceType`` / ``IdempotencyConflict`` / ``InvalidChange`` /
+``UnknownReasonCode`` (422), ``NotFound`` (404), ``NotYours`` (403), ``InvalidTransition`` (409).
+The channel identity comes from ``caller.channel_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID, uuid4
+
+import orjson
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tsop_events.auth import Principal, Role, issue_token
+from tsop_events.envelope import derived_id
+from tsop_events.http import Problem
+from tsop_events.runtime import Runtime
+from tsop_events.schemas import Channel, CustomerTier
+from tsop_events.store import IntegrityError, retry_on_conflict
+from tsop_intake import domain
+from tsop_intake.application import IntakeApp
+from tsop_intake.domain import ChannelSystem, Facts, ServiceRequest, review
+
+STAFF = (Role.agent, Role.supervisor, Role.auditor, Role.admin)
+CLOSED_DOWNSTREAM = frozenset({"resolved", "feedback_sent", "rated", "closed", "archived", "cancelled"})
+
+
+# ---------------------------------------------------------------- errors
+
+
+class IntakeError(Problem):
+    """A refused command; a ``Problem`` (problem+json natively, TMF error bodies under /tmf-api)."""
+
+    status_code = 422
+    title_text = "Invalid request"
+
+    def __init__(self, field: str, reason: str, **extra: Any) -> None:
+        self.field, self.reason = field, reason
+        self.errors: list[dict[str, str]] = [{"field": field, "reason": reason}]
+        super().__init__(self.status_code, self.title_text, f"{field}: {reason}", errors=self.errors, **extra)
+
+
+class InvalidInput(IntakeError):
+    @classmethod
+    def from_validation(cls, exc: ValidationError, prefix: str = "") -> InvalidInput:
+        errors = [
+            {"field": prefix + (".".join(str(p) for p in e["loc"]) or "body"), "reason": e["msg"]}
+            for e in exc.errors()
+        ]
+        err = cls(errors[0]["field"], errors[0]["reason"])
+        err.errors[:] = errors
+        err.detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
+        return err
+
+
+class UnknownServiceType(IntakeError):
+    title_text = "Unknown service type"
+
+
+class IdempotencyConflict(IntakeError):
+    title_text = "Idempotency-Key reused"
+
+
+class InvalidChange(IntakeError):
+    title_text = "Invalid change"
+
+
+class UnknownReasonCode(IntakeError):
+    title_text = "Unknown reason code"
+
+
+class NotFound(IntakeError):
+    status_code = 404
+    title_text = "Not found"
+
+
+class NotYours(IntakeError):
+    status_code = 403
+    title_text = "Forbidden"
+
+
+class InvalidTransition(IntakeError):
+    status_code = 409
+    title_text = "Not allowed in this state"
+
+
+# ---------------------------------------------------------------- input models
+
+
+class TimeRequirementIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    deadline: datetime | None = None
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> TimeRequirementIn:
+        for name in ("deadline", "window_start", "window_end"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise ValueError(f"{name} needs a time zone offset")
+        if (self.window_start is None) != (self.window_end is None):
+            raise ValueError("an appointment window needs both window_start and window_end")
+        if self.window_start and self.window_end and self.window_end <= self.window_start:
+            raise ValueError("window_end must be after window_start")
+        return self
+
+
+Short = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class LocationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    address: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+    postcode: Annotated[str, Field(min_length=1, max_length=20)] | None = None
+    site_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
+Details = Annotated[
+    dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")], str | int | float | bool],
+    Field(max_length=32),
+]
+
+
+class ChangesIn(BaseModel):
+    """What may change after submission (all optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    channel_request_ref: Annotated[str, Field(max_length=128)] | None = None
+    customer_tier: CustomerTier | None = None
+    region: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    service_type: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    description: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
+    time_requirement: TimeRequirementIn | None = None
+    special_needs: Annotated[str, Field(max_length=1000)] | None = None
+    callback_url: AnyHttpUrl | None = None
+    location: LocationIn | None = None
+    details: Details | None = None
+    attributes: dict[str, Any] | None = None
+
+
+class FieldsIn(BaseModel):
+    """An application as ``submit`` takes it."""
+
+    model_config = ConfigDict(extra="forbid")
+    channel: Channel | None = None
+    channel_request_ref: Annotated[str, Field(max_length=128)] | None = None
+    customer_id: Annotated[str, Field(min_length=1, max_length=128)]
+    customer_tier: CustomerTier = CustomerTier.standard
+    region: Annotated[str, Field(min_length=1, max_length=64)]
+    service_type: Annotated[str, Field(min_length=1, max_length=64)]
+    description: Annotated[str, Field(min_length=1, max_length=4000)]
+    time_requirement: TimeRequirementIn = TimeRequirementIn()
+    special_needs: Annotated[str, Field(max_length=1000)] | None = None
+    callback_url: AnyHttpUrl | None = None
+    location: LocationIn | None = None
+    details: Details = Field(default_factory=dict)
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, description="Kept, not acted on: what the TMF facade carries (name, severity, notes)."
+    )
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def intake(runtime: Runtime) -> IntakeApp:
+    app = runtime.app
+    assert isinstance(app, IntakeApp)
+    return app
+
+
+def _normalise_location(loc: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not loc:
+        return None
+    return {k: loc.get(k) for k in ("address", "postcode", "site_id")}
+
+
+def _fingerprint(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _is_staff(caller: Principal) -> bool:
+    return caller.channel_id is None and caller.has(*STAFF)
+
+
+def _check_owner(request: ServiceRequest, caller: Principal) -> None:
+    if caller.channel_id is not None:
+        if request.channel_id != caller.channel_id:
+            raise NotYours("ticket_id", "this request was submitted by another channel")
+    elif not caller.has(*STAFF):
+        raise NotYours("ticket_id", f"{caller.subject} may not act on requests")
+
+
+async def _load(runtime: Runtime, ticket_id: UUID, caller: Principal) -> ServiceRequest:
+    found = await asyncio.to_thread(intake(runtime).get_request, ticket_id)
+    if found is None:
+        raise NotFound("ticket_id", f"no request {ticket_id}")
+    _check_owner(found, caller)
+    return found
+
+
+async def _closed_downstream(runtime: Runtime, ticket: UUID) -> bool:
+    status = await runtime.pool.fetchval("SELECT status FROM request_status WHERE ticket_id = $1", ticket)
+    return status in CLOSED_DOWNSTREAM
+
+
+async def _facts(runtime: Runtime, request: ServiceRequest, now: datetime) -> Facts:
+    """Look up what the review needs; returns without awaiting after the last lookup (so no other
+    submission can slip in between these facts and the caller noting its own request)."""
+    app = intake(runtime)
+    checked: set[UUID] = set()
+    while True:
+        dup = app.index.open_duplicate(request.customer_id, request.service_type, request.location)
+        if dup == request.id:
+            dup = None
+        if dup is None or dup in checked:
+            break
+        if await _closed_downstream(runtime, dup):
+            app.index.drop_closed(dup)
+        checked.add(dup)
+    channel_key = request.channel_id or request.channel
+    per_channel, per_customer = app.index.recent(channel_key, request.customer_id, now)
+    limit = None
+    if request.channel_id is not None:
+        info = app.index.channel(request.channel_id)
+        limit = info.rate_limit_per_minute if info else None
+    return Facts(now=now, open_duplicate=dup, channel_recent=per_channel, channel_limit=limit,
+                 customer_recent=per_customer)
+
+
+# ---------------------------------------------------------------- requests
+
+
+async def submit(
+    runtime: Runtime, fields: dict[str, Any], caller: Principal, idempotency_key: str | None
+) -> tuple[ServiceRequest, bool]:
+    """Submit an application; it is reviewed at once. Returns the request and whether it is new."""
+    app = intake(runtime)
+    try:
+        parsed = FieldsIn.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidInput.from_validation(exc) from None
+    if app.catalogue.get(parsed.service_type) is None:
+        raise UnknownServiceType(
+            "service_type", f"{parsed.service_type!r} is not in the catalogue", known=sorted(app.catalogue.types)
+        )
+    data = parsed.model_dump(mode="json")
+    data["location"] = _normalise_location(data["location"])
+    if caller.channel_id is not None:
+        info = app.index.channel(caller.channel_id)
+        if info is None:
+            await asyncio.to_thread(app.index.refresh)
+            info = app.index.channel(caller.channel_id)
+        if info is None:
+            raise NotYours("channel", "the calling channel is not registered")
+        if data["channel"] is not None and data["channel"] != info.kind:
+            raise InvalidInput("channel", f"this credential belongs to a {info.kind} channel, not {data['channel']}")
+        data["channel"] = info.kind
+        if data["callback_url"] is None:
+            data["callback_url"] = info.callback_url
+        owner = caller.channel_id
+    elif data["channel"] is None:
+        raise InvalidInput("channel", "staff submitting without a channel credential must name the channel")
+    else:
+        owner = f"staff:{caller.subject}"
+    fingerprint = _fingerprint(data)
+    ticket_id = derived_id("request", owner, idempotency_key) if idempotency_key else uuid4()
+    if idempotency_key and ticket_id in app.index.versions:
+        return await _replay(runtime, ticket_id, fingerprint), False
+
+    now = app.clock.now()
+    request = ServiceRequest(
+        id=ticket_id,
+        channel=data["channel"],
+        channel_id=caller.channel_id,
+        channel_request_ref=data["channel_request_ref"],
+        customer_id=data["customer_id"],
+        customer_tier=data["customer_tier"],
+        region=data["region"],
+        service_type=data["service_type"],
+        description=data["description"],
+        time_requirement=data["time_requirement"],
+        special_needs=data["special_needs"],
+        callback_url=data["callback_url"],
+        location=data["location"],
+        details=data["details"],
+        submitted_at=now,
+        fingerprint=fingerprint,
+        attributes=data["attributes"],
+    )
+    facts = await _facts(runtime, request, now)
+    request.apply_decision(review(app.catalogue, request.fields(), facts), now)
+    # noted before the save, with no await in between: a concurrent twin sees it as open
+    app.index.observe(request.pending_events)
+    try:
+        await runtime.committer.save(request)
+    except IntegrityError:
+        app.index.forget(ticket_id)
+        if not idempotency_key:
+            raise
+        await asyncio.to_thread(app.index.refresh)
+        return await _replay(runtime, ticket_id, fingerprint), False
+    except BaseException:
+        app.index.forget(ticket_id)
+        raise
+    return request, True
+
+
+async def _replay(runtime: Runtime, ticket_id: UUID, fingerprint: str) -> ServiceRequest:
+    existing = await asyncio.to_thread(intake(runtime).get_request, ticket_id)
+    if existing is None:
+        raise IntegrityError(f"request {ticket_id} vanished")  # pragma: no cover - never deleted
+    if getattr(existing, "fingerprint", None) != fingerprint:
+        raise IdempotencyConflict("Idempotency-Key", "this key was already used for a different request")
+    return existing
+
+
+async def get(runtime: Runtime, ticket_id: UUID, caller: Principal) -> ServiceRequest:
+    return await _load(runtime, ticket_id, caller)
+
+
+def _domain_errors(exc: domain.RequestError) -> IntakeError:
+    if isinstance(exc, domain.InvalidChange):
+        return InvalidChange(exc.field, exc.reason)
+    if isinstance(exc, domain.InvalidState):
+        return InvalidTransition("status", str(exc), current_status=exc.status)
+    return InvalidTransition("status", str(exc))
+
+
+async def update(runtime: Runtime, ticket_id: UUID, changes: dict[str, Any], caller: Principal) -> ServiceRequest:
+    """Complete pending information or correct attributes; a pending application is reviewed again."""
+    app = intake(runtime)
+    for fixed in ("customer_id", "channel", "channel_id", "customer"):
+        if fixed in changes:
+            raise InvalidChange(fixed, "cannot be changed once submitted")
+    try:
+        parsed = ChangesIn.model_validate(changes)
+    except ValidationError as exc:
+        raise InvalidInput.from_validation(exc) from None
+    normalised = parsed.model_dump(mode="json", include=set(changes))
+    if "location" in normalised:
+        normalised["location"] = _normalise_location(normalised["location"])
+    if "service_type" in normalised and app.catalogue.get(normalised["service_type"]) is None:
+        raise UnknownServiceType("service_type", f"{normalised['service_type']!r} is not in the catalogue",
+                                 known=sorted(app.catalogue.types))
+    by = caller.subject
+
+    for attempt in range(5):
+        request = await _load(runtime, ticket_id, caller)
+        now = app.clock.now()
+        try:
+            again = request.update(normalised, by, now)
+        except domain.RequestError as exc:
+            raise _domain_errors(exc) from None
+        if again:
+            facts = await _facts(runtime, request, now)
+            request.apply_decision(review(app.catalogue, request.fields(), facts), now)
+        events = list(request.pending_events)
+        try:
+            await runtime.committer.save(request)
+        except IntegrityError:
+            if attempt == 4:
+                raise
+            continue
+        app.index.observe(events)
+        return request
+    raise AssertionError("unreachable")
+
+
+def _reason_code(app: IntakeApp, kind: str, code: str) -> str:
+    codes: dict[str, str] = getattr(app.catalogue.reason_codes, kind)
+    if code not in codes:
+        raise UnknownReasonCode("reason_code", f"{code!r} is not a {kind} reason code", known=sorted(codes))
+    return codes[code]
+
+
+async def cancel(
+    runtime: Runtime, ticket_id: UUID, reason_code: str, reason: str, caller: Principal
+) -> ServiceRequest:
+    """Withdraw an open request (pending, queued or accepted) with a catalogued reason code."""
+    app = intake(runtime)
+    meaning = _reason_code(app, "cancel", reason_code)
+    for attempt in range(5):
+        request = await _load(runtime, ticket_id, caller)
+        if request.status == "accepted" and await _closed_downstream(runtime, ticket_id):
+            raise InvalidTransition("status", "the request is already resolved or closed")
+        try:
+            request.cancel(reason_code, reason or meaning, caller.subject, app.clock.now())
+        except domain.RequestError as exc:
+            raise _domain_errors(exc) from None
+        events = list(request.pending_events)
+        try:
+            await runtime.committer.save(request)
+        except IntegrityError:
+            if attempt == 4:
+                raise
+            continue
+        app.index.observe(events)
+        return request
+    raise AssertionError("unreachable")
+
+
+async def decide(
+    runtime: Runtime, ticket_id: UUID, accept: bool, reason_code: str, reason: str | None, caller: Principal
+) -> ServiceRequest:
+    """An agent's decision on a request in the review queue, with a catalogued reason code."""
+    app = intake(runtime)
+    kind = "accept" if accept else "reject"
+    meaning = _reason_code(app, kind, reason_code)
+    for attempt in range(5):
+        request = await _load(runtime, ticket_id, caller)
+        now = app.clock.now()
+        st = app.catalogue.get(request.service_type)
+        if accept and st is not None:
+            decision = domain.accept_decision(app.catalogue, st, request.fields(), now, reason_code,
+                                              reason or meaning)
+        else:
+            decision = domain.Decision("reject", reason_code, reason or meaning)
+        try:
+            request.agent_decision(decision, now, caller.subject)
+        except domain.RequestError as exc:
+            raise _domain_errors(exc) from None
+        events = list(request.pending_events)
+        try:
+            await runtime.committer.save(request)
+        except IntegrityError:
+            if attempt == 4:
+                raise
+            continue
+        app.index.observe(events)
+        return request
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------- channels
+
+
+@retry_on_conflict()
+def _save_channel(app: IntakeApp, channel_id: UUID, change: Any) -> ChannelSystem:
+    ch = app.find(channel_id)
+    if not isinstance(ch, ChannelSystem):
+        raise NotFound("channel_id", f"no channel {channel_id}")
+    change(ch)
+    app.save(ch)
+    return ch
+
+
+async def register_channel(
+    runtime: Runtime, name: str, kind: str, callback_url: str | None, rate_limit_per_minute: int | None,
+    caller: Principal,
+) -> tuple[ChannelSystem, str, str]:
+    """Register a channel system and issue its first credential: (channel, credential id, token shown once)."""
+    app = intake(runtime)
+    now = app.clock.now()
+    ch = ChannelSystem(id=uuid4(), name=name, kind=kind, callback_url=callback_url,
+                       rate_limit_per_minute=rate_limit_per_minute, registered_by=caller.subject, registered_at=now)
+    token, digest = issue_token("tsop_ch")
+    credential_id = uuid4().hex[:12]
+    ch.issue_credential(credential_id, digest, caller.subject, now)
+    events = list(ch.pending_events)
+    await asyncio.to_thread(app.save, ch)
+    app.index.observe(events)
+    return ch, credential_id, token
+
+
+async def issue_credential(runtime: Runtime, channel_id: UUID, caller: Principal) -> tuple[ChannelSystem, str, str]:
+    app = intake(runtime)
+    token, digest = issue_token("tsop_ch")
+    credential_id = uuid4().hex[:12]
+    ch = await asyncio.to_thread(
+        _save_channel, app, channel_id,
+        lambda c: c.issue_credential(credential_id, digest, caller.subject, app.clock.now()),
+    )
+    await asyncio.to_thread(app.index.refresh)
+    return ch, credential_id, token
+
+
+async def revoke_credential(runtime: Runtime, channel_id: UUID, credential_id: str, caller: Principal) -> ChannelSystem:
+    app = intake(runtime)
+
+    def revoke(c: ChannelSystem) -> None:
+        try:
+            c.revoke_credential(credential_id, caller.subject, app.clock.now())
+        except domain.ChannelError as exc:
+            if credential_id not in c.credentials:
+                raise NotFound("credential_id", str(exc)) from None
+            raise InvalidTransition("credential_id", str(exc)) from None
+
+    ch = await asyncio.to_thread(_save_channel, app, channel_id, revoke)
+    await asyncio.to_thread(app.index.refresh)
+    return ch
+
+
+async def change_channel(
+    runtime: Runtime, channel_id: UUID, changes: dict[str, Any], caller: Principal
+) -> ChannelSystem:
+    app = intake(runtime)
+    ch = await asyncio.to_thread(
+        _save_channel, app, channel_id, lambda c: c.change_settings(changes, caller.subject, app.clock.now())
+    )
+    await asyncio.to_thread(app.index.refresh)
+    return ch
+
+
+async def get_channel(runtime: Runtime, channel_id: UUID) -> ChannelSystem:
+    ch = await asyncio.to_thread(intake(runtime).find, channel_id)
+    if not isinstance(ch, ChannelSystem):
+        raise NotFound("channel_id", f"no channel {channel_id}")
+    return ch

@@ -1,0 +1,48 @@
+"""Intake's background work: following its own log, the completion-deadline timer, channel tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tsop_events.auth import Principal, TokenResolver
+from tsop_events.runtime import Runtime
+from tsop_intake.application import IntakeApp
+
+REFRESH_SECONDS = 0.5
+
+
+def _intake(runtime: Runtime) -> IntakeApp:
+    app = runtime.app
+    assert isinstance(app, IntakeApp)
+    return app
+
+
+async def follow_log(runtime: Runtime) -> None:
+    """Keep the index current with what other instances wrote (revocations included)."""
+    app = _intake(runtime)
+    while True:
+        await asyncio.to_thread(app.index.refresh)
+        await asyncio.sleep(REFRESH_SECONDS)
+
+
+async def completion_deadlines(runtime: Runtime) -> None:
+    """The durable timer: pending applications past their completion deadline are cancelled with the reason."""
+    app = _intake(runtime)
+    while True:
+        await asyncio.to_thread(app.expire_pending)
+        await asyncio.sleep(1.0)
+
+
+def channel_tokens(runtime: Runtime) -> TokenResolver:
+    """Registered channel systems' credentials (only their hashes are stored; revocable)."""
+    app = _intake(runtime)
+
+    async def resolve(token_hash: str) -> Principal | None:
+        found = app.index.principal(token_hash)
+        if found is None and time.monotonic() - app.index.refreshed_at > 0.1:
+            await asyncio.to_thread(app.index.refresh)  # a credential another instance just issued
+            found = app.index.principal(token_hash)
+        return found
+
+    return resolve
