@@ -152,7 +152,7 @@ class Deliverer:
             now = datetime.now(UTC)
             await conn.executemany(
                 """UPDATE tmf_hub_delivery SET attempts = attempts + 1, last_status = $2, last_error = $3,
-                   delivered_at = CASE WHEN $4 THEN $5 END, next_at = $6 WHERE seq = $1""",
+                   delivered_at = CASE WHEN $4::boolean THEN $5::timestamptz END, next_at = $6 WHERE seq = $1""",
                 [
                     (r["seq"], status, error, ok, now, now + backoff(r["attempts"]))
                     for r, (ok, status, error) in zip(rows, results, strict=True)

@@ -1,0 +1,275 @@
+"""The TMF621 facade over the running platform: same tickets, real lifecycle, listeners, TMF errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.client import Platform, complete_despite_failures, wait_for
+from tsop_events.launchers.stack import Stack
+from tsop_intake.tmf import model
+
+TT = "/tmf-api/troubleTicket/v5/troubleTicket"
+HUB = "/tmf-api/troubleTicket/v5/hub"
+
+
+class Listener:
+    """A TMF621 notification listener that can be down for its first ``fail_first`` deliveries."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.received: list[tuple[str, dict[str, Any]]] = []
+        self.refused = 0
+        lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with lock:
+                    if owner.refused < fail_first:
+                        owner.refused += 1
+                        self.send_response(503)
+                        self.end_headers()
+                        return
+                    owner.received.append((self.path, json.loads(body)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/tmf"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def for_ticket(self, ticket_id: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(p, b) for p, b in list(self.received) if b["event"]["troubleTicket"]["id"] == ticket_id]
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    lst = Listener()
+    yield lst
+    lst.close()
+
+
+def channel(platform: Platform, name: str) -> tuple[str, dict[str, str]]:
+    """A channel system of its own (a CRM speaking TMF621), registered by an admin."""
+    r = platform.http.post(platform.url("intake", "/v1/channels"), json={"name": name, "kind": "web"},
+                           headers=platform.auth("admin"))
+    assert r.status_code == 201, r.text
+    c = r.json()
+    return str(c["id"]), {"Authorization": f"Bearer {c['credential']['token']}"}
+
+
+def ticket_body(customer: str | None = None, **over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "@type": "TroubleTicket",
+        "name": "No broadband",
+        "description": "The broadband line has been down since this morning",
+        "severity": "Major",
+        "ticketType": "broadband.fault_repair",
+        "relatedParty": [
+            {
+                "@type": "RelatedPartyRefOrPartyRoleRef",
+                "role": "customer",
+                "partyOrPartyRole": {"@type": "PartyRef", "id": customer or f"c-{uuid.uuid4().hex[:8]}"},
+            }
+        ],
+        "troubleTicketCharacteristic": [
+            {"@type": "StringCharacteristic", "name": "region", "value": "north"},
+            {"@type": "StringCharacteristic", "name": "address", "value": f"{uuid.uuid4().hex[:6]} Main Street"},
+        ],
+        "externalIdentifier": [{"@type": "ExternalIdentifier", "id": f"crm-{uuid.uuid4().hex[:8]}"}],
+        "note": [{"@type": "Note", "text": "Customer is home after 6 pm"}],
+    }
+    body.update(over)
+    return body
+
+
+def create(platform: Platform, headers: dict[str, str], **over: Any) -> dict[str, Any]:
+    r = platform.http.post(platform.url("intake", TT), json=ticket_body(**over), headers=headers)
+    assert r.status_code == 201, r.text
+    assert r.headers["location"] == f"{TT}/{r.json()['id']}"
+    created: dict[str, Any] = r.json()
+    return created
+
+
+def tmf(platform: Platform, headers: dict[str, str], ticket_id: str) -> dict[str, Any]:
+    r = platform.http.get(platform.url("intake", f"{TT}/{ticket_id}"), headers=headers)
+    assert r.status_code == 200, r.text
+    found: dict[str, Any] = r.json()
+    return found
+
+
+def test_a_tmf_ticket_and_a_native_request_are_the_same_ticket(platform: Platform) -> None:
+    _, headers = channel(platform, "crm-a")
+    t = create(platform, headers)
+    assert t["status"] == "acknowledged" and t["severity"] == "major" and t["priority"] == "High"
+    assert t["statusChangeHistory"][0]["status"] == "acknowledged"
+    native = platform.http.get(platform.url("intake", f"/v1/requests/{t['id']}"), headers=headers)
+    assert native.status_code == 200, native.text
+    assert native.json()["description"] == t["description"]
+    # the read model catches up and lists it, with attribute selection and paging headers
+    wait_for(lambda: tmf(platform, headers, t["id"]).get("lastUpdate"), what="read model")
+    listed = wait_for(
+        lambda: (r := platform.http.get(
+            platform.url("intake", TT),
+            params={"externalIdentifier.id": t["externalIdentifier"][0]["id"], "fields": "status,severity"},
+            headers=headers,
+        )).status_code == 200 and r.json() and r,
+        what="the ticket in the list",
+    )
+    assert listed.headers["X-Total-Count"] == "1" and listed.headers["X-Result-Count"] == "1"
+    assert listed.json() == [{"@type": "TroubleTicket", "id": t["id"], "href": t["href"], "status": "acknowledged",
+                              "severity": "major"}]
+
+
+def test_a_channel_sees_only_its_own_tickets(platform: Platform) -> None:
+    _, mine = channel(platform, "crm-mine")
+    _, theirs = channel(platform, "crm-theirs")
+    t = create(platform, mine)
+    r = platform.http.get(platform.url("intake", f"{TT}/{t['id']}"), headers=theirs)
+    assert r.status_code == 403 and r.json()["@type"] == "Error" and r.json()["code"] == "ERR403"
+    r = platform.http.patch(platform.url("intake", f"{TT}/{t['id']}"), json={"description": "mine now, thanks"},
+                            headers={**theirs, "Content-Type": "application/merge-patch+json"})
+    assert r.status_code == 403
+    ext = t["externalIdentifier"][0]["id"]
+    r = platform.http.get(platform.url("intake", TT), params={"externalIdentifier.id": ext}, headers=theirs)
+    assert r.status_code == 200 and r.json() == [] and r.headers["X-Total-Count"] == "0"
+
+
+def test_status_follows_the_real_lifecycle_and_listeners_hear_it(platform: Platform, listener: Listener) -> None:
+    _, headers = channel(platform, "crm-lifecycle")
+    r = platform.http.post(platform.url("intake", HUB), json={"@type": "Hub", "callback": listener.url},
+                           headers=headers)
+    assert r.status_code == 201, r.text
+    hub = r.json()
+    assert platform.http.get(platform.url("intake", f"{HUB}/{hub['id']}"), headers=headers).json() == hub
+    t = create(platform, headers)
+    complete_despite_failures(platform, t["id"])
+    closed = wait_for(lambda: (x := tmf(platform, headers, t["id"]))["status"] == "closed" and x, what="closed")
+    statuses = [h["status"] for h in closed["statusChangeHistory"]]
+    assert statuses[0] == "acknowledged" and statuses[-2:] == ["resolved", "closed"]
+    assert "inProgress" in statuses
+    previous = None
+    for s in statuses:
+        assert model.can_move(previous, s), statuses
+        previous = s
+    assert closed["resolutionDate"]
+
+    def heard() -> list[tuple[str, dict[str, Any]]] | None:
+        got = listener.for_ticket(t["id"])
+        return got if any(b["event"]["troubleTicket"].get("status") == "closed" for _, b in got) else None
+
+    got = wait_for(heard, what="notifications up to closed")
+    paths = [p for p, _ in got]
+    assert paths[0] == "/tmf/listener/troubleTicketCreateEvent"
+    assert "/tmf/listener/troubleTicketResolvedEvent" in paths
+    changes = [b["event"]["troubleTicket"]["status"] for p, b in got if p.endswith("StatusChangeEvent")]
+    assert changes == statuses  # every status change, in order
+    assert len({b["eventId"] for _, b in got}) == len(got)
+    assert platform.http.delete(platform.url("intake", f"{HUB}/{hub['id']}"), headers=headers).status_code == 204
+
+
+def test_notifications_survive_a_listener_outage_and_an_intake_crash(platform: Platform, stack: Stack) -> None:
+    flaky = Listener(fail_first=4)
+    try:
+        _, headers = channel(platform, "crm-flaky")
+        r = platform.http.post(platform.url("intake", HUB), json={"callback": flaky.url,
+                               "query": "eventType=TroubleTicketCreateEvent,TroubleTicketStatusChangeEvent"},
+                               headers=headers)
+        assert r.status_code == 201, r.text
+        t = create(platform, headers)
+        wait_for(lambda: flaky.refused >= 1, what="a refused delivery")
+        stack.kill("intake")
+        stack.start_service("intake")
+        stack.wait_ready(services=("intake",))
+        got = wait_for(lambda: len(flaky.for_ticket(t["id"])) >= 2 and flaky.for_ticket(t["id"]), timeout=90,
+                       what="deliveries after the outage")
+        assert [p.rsplit("/", 1)[1] for p, _ in got[:2]] == ["troubleTicketCreateEvent",
+                                                             "troubleTicketStatusChangeEvent"]
+        assert flaky.refused == 4
+    finally:
+        flaky.close()
+
+
+def patch(platform: Platform, headers: dict[str, str], ticket_id: str, body: Any,
+          content_type: str = "application/merge-patch+json") -> httpx.Response:
+    return platform.http.patch(platform.url("intake", f"{TT}/{ticket_id}"), content=json.dumps(body),
+                               headers={**headers, "Content-Type": content_type})
+
+
+def test_merge_patch_changes_what_a_client_owns_and_refuses_the_rest(platform: Platform) -> None:
+    _, headers = channel(platform, "crm-patch")
+    t = create(platform, headers)
+    r = patch(platform, headers, t["id"], {"description": "Down again after a short recovery",
+                                           "note": [{"@type": "Note", "text": "second call"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["description"] == "Down again after a short recovery"
+    assert [n["text"] for n in r.json()["note"]] == ["Customer is home after 6 pm", "second call"]
+    for body, field in (({"lastUpdate": "2026-01-01T00:00:00Z"}, "lastUpdate"), ({"ticketType": "x"}, "ticketType"),
+                        ({"severity": "meh"}, "severity"), ({"colour": "red"}, "colour")):
+        r = patch(platform, headers, t["id"], body)
+        assert r.status_code == 400, r.text
+        assert r.json()["code"] == "ERR400" and field in r.json()["message"]
+    r = patch(platform, headers, t["id"], {"status": "resolved"})
+    assert r.status_code == 409 and "resolved" in r.json()["message"]
+    assert patch(platform, headers, t["id"], {"description": "x" * 20}, "text/plain").status_code == 415
+    r = patch(platform, headers, t["id"], {"status": "cancelled", "statusChangeReason": "fixed itself"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled"
+    assert r.json()["statusChangeHistory"][-1]["statusChangeReason"].endswith("fixed itself")
+    assert patch(platform, headers, t["id"], {"description": "too late for this"}).status_code == 409
+
+
+def test_delete_is_for_admins(platform: Platform) -> None:
+    _, headers = channel(platform, "crm-delete")
+    t = create(platform, headers)
+    url = platform.url("intake", f"{TT}/{t['id']}")
+    r = platform.http.delete(url, headers=headers)
+    assert r.status_code == 403 and r.json()["@type"] == "Error"
+    assert platform.http.delete(url, headers=platform.auth("admin")).status_code == 204
+    wait_for(lambda: platform.http.get(url, headers=headers).status_code == 404, what="deleted")
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["no token", "bad token", "malformed", "missing severity", "unknown type", "oversized", "bad filter"],
+)
+def test_mistakes_get_tmf_error_bodies_naming_the_field(platform: Platform, case: str) -> None:
+    _, headers = channel(platform, f"crm-errors-{case}")
+    url = platform.url("intake", TT)
+    body = ticket_body()
+    expected, mentions = 400, ""
+    if case == "no token":
+        r, expected, mentions = platform.http.post(url, json=body), 401, "Authorization"
+    elif case == "bad token":
+        r, expected = platform.http.post(url, json=body, headers={"Authorization": "Bearer forged"}), 401
+    elif case == "malformed":
+        r = platform.http.post(url, content=b'{"@type": "TroubleTicket",', headers={**headers,
+                               "Content-Type": "application/json"})
+    elif case == "missing severity":
+        body.pop("severity")
+        r, mentions = platform.http.post(url, json=body, headers=headers), "severity"
+    elif case == "unknown type":
+        r, mentions = platform.http.post(url, json={**body, "ticketType": "teleport"}, headers=headers), "ticketType"
+    elif case == "oversized":
+        big = {**body, "description": "x" * 100_000}
+        r, expected = platform.http.post(url, json=big, headers=headers), 413
+    else:
+        r, mentions = platform.http.get(url, params={"colour": "red"}, headers=headers), "colour"
+    assert r.status_code == expected, r.text
+    err = r.json()
+    assert err["@type"] == "Error" and err["code"] == f"ERR{expected}" and err["reason"]
+    assert mentions in err["message"]
