@@ -11,6 +11,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -215,7 +216,55 @@ def create_app(
 
     for router in routers:
         app.include_router(router)
+    foreign = tuple(prefix for prefix, _ in error_renderers)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_problems(
+                get_openapi(title=app.title, version=app.version, routes=app.routes), foreign
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem details; ``errors`` names each field and the reason.",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "reason": {"type": "string"}},
+                "required": ["field", "reason"],
+            },
+        },
+    },
+}
+
+
+def document_problems(schema: dict[str, Any], foreign: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Say what the routes really answer when they refuse: problem+json for any 4xx (not FastAPI's 422 body)."""
+    schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    refused = {
+        "description": "Refused: the problem names the field and the reason",
+        "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    for path, operations in schema.get("paths", {}).items():
+        if foreign and path.startswith(foreign):
+            continue
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            responses["4XX"] = refused
+    return schema
 
 
 def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:

@@ -209,6 +209,8 @@ async def create_ticket(
 )
 async def patch_ticket(id: str, request: Request, caller: Writer, fields: str | None = None) -> dict[str, Any]:  # noqa: A002
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not content_type and not await request.body():
+        raise Problem(400, "Invalid request", "body: a merge patch (application/merge-patch+json) is required")
     if content_type not in MERGE_PATCH:
         raise Problem(415, "Unsupported media type", "PATCH takes application/merge-patch+json")
     state, _ = await _ticket(request, id, caller)
