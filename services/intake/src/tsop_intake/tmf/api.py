@@ -130,20 +130,19 @@ async def list_tickets(request: Request, caller: Caller) -> Response:
         query = model.parse_list_query(request.query_params.multi_items())
     except model.InvalidQuery as exc:
         raise bad(exc) from None
-    where = list(query.where)
-    if caller.channel_id is not None:
-        where.append(("channel_id", "IN", [caller.channel_id]))
-    clauses, args = ["NOT deleted"], []
-    for column, op, value in where:
-        args.append(value)
-        clauses.append(f"{column} = ANY(${len(args)})" if op == "IN" else f"{column} {op} ${len(args)}")
-    order = ", ".join(f"{c} {'DESC' if desc else 'ASC'} NULLS LAST" for c, desc in query.order)
-    condition = " AND ".join(clauses)
+    scope = (("channel_id", "IN", [caller.channel_id]),) if caller.channel_id is not None else ()
+    condition, order, args, countable = query.sql(scope)
     pool = runtime_of(request).pool
     async with pool.acquire() as conn:
-        total = await conn.fetchval(f"SELECT count(*) FROM tmf_ticket WHERE {condition}", *args)
+        if countable:  # categorical filters only: the per-combination counts answer at once
+            count_where = condition.replace("NOT deleted AND ", "").replace("NOT deleted", "true")
+            total = await conn.fetchval(
+                f"SELECT coalesce(sum(n), 0) FROM tmf_ticket_count WHERE {count_where}", *args
+            )
+        else:
+            total = await conn.fetchval(f"SELECT count(*) FROM tmf_ticket WHERE {condition}", *args)
         rows = await conn.fetch(
-            f"SELECT * FROM tmf_ticket WHERE {condition} ORDER BY {order}, ticket_id "
+            f"SELECT * FROM tmf_ticket WHERE {condition} ORDER BY {order} "
             f"OFFSET {query.offset} LIMIT {query.limit}",
             *args,
         )

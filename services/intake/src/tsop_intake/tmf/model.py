@@ -257,6 +257,9 @@ FILTERS = {
 }
 DATE_FILTERS = {"creationDate": "creation_date", "lastUpdate": "last_update"}
 SORTS = {"creationDate": "creation_date", "lastUpdate": "last_update", "status": "status", "severity": "severity"}
+NOT_NULL = frozenset({"creation_date", "last_update"})
+# filters the per-combination counts answer (see projection.tmf_ticket_count)
+COUNTED = frozenset({"status", "severity", "ticket_type", "priority_name", "channel_id"})
 OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 RESERVED = frozenset({"fields", "offset", "limit", "sort"})
 MAX_LIMIT = 1000
@@ -269,6 +272,21 @@ class ListQuery:
     offset: int
     limit: int
     fields: frozenset[str] | None
+
+    def sql(self, extra: tuple[tuple[str, str, Any], ...] = ()) -> tuple[str, str, list[Any], bool]:
+        """(filter condition, ORDER BY, arguments, whether the counts table can answer the total)."""
+        clauses, args = ["true"], []
+        where = (*self.where, *extra)
+        for column, op, value in where:
+            if op == "IN" and len(value) == 1:
+                op, value = "=", value[0]  # a plain equality lets the planner walk the index in order
+            args.append(value)
+            clauses.append(f"{column} = ANY(${len(args)})" if op == "IN" else f"{column} {op} ${len(args)}")
+        order = ", ".join(
+            f"{c} {'DESC' if desc else 'ASC'}" + ("" if c in NOT_NULL else " NULLS LAST") for c, desc in self.order
+        )
+        countable = all(column in COUNTED and op == "IN" for column, op, _ in where)
+        return " AND ".join(clauses), f"{order}, ticket_id", args, countable
 
 
 def parse_list_query(params: Iterable[tuple[str, str]]) -> ListQuery:

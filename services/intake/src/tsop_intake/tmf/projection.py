@@ -42,7 +42,19 @@ DDL: tuple[str, ...] = (
         ticket_id uuid NOT NULL, seq int NOT NULL, status text NOT NULL, reason text NOT NULL,
         at timestamptz NOT NULL, PRIMARY KEY (ticket_id, seq))""",
     "CREATE TABLE IF NOT EXISTS tmf_applied (event_id text PRIMARY KEY)",
+    # tickets per combination of the categorical filters: X-Total-Count without counting a million rows
+    """CREATE TABLE IF NOT EXISTS tmf_ticket_count (
+        channel_id text NOT NULL, status text NOT NULL, severity text NOT NULL, ticket_type text NOT NULL,
+        priority_name text NOT NULL, n bigint NOT NULL,
+        PRIMARY KEY (channel_id, status, severity, ticket_type, priority_name))""",
 )
+COUNTED = ("channel_id", "status", "severity", "ticket_type", "priority_name")
+
+
+def count_key(state: dict[str, Any] | None) -> tuple[str, ...] | None:
+    if state is None or state["deleted"]:
+        return None
+    return tuple(str(state[c] or "") for c in COUNTED)
 
 COLUMNS = (
     "ticket_id", "status", "status_change_date", "status_change_reason", "severity", "ticket_type",
@@ -83,6 +95,15 @@ class TmfTicketProjection(ProjectionSink):
         if evolution.state is None:
             return
         state = evolution.state
+        old, new = count_key(row_state(row) if row else None), count_key(state)
+        if old != new:
+            deltas = sorted((key, n) for key, n in ((old, -1), (new, 1)) if key is not None)  # one lock order
+            await conn.executemany(
+                """INSERT INTO tmf_ticket_count VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (channel_id, status, severity, ticket_type, priority_name)
+                   DO UPDATE SET n = tmf_ticket_count.n + EXCLUDED.n""",
+                [(*key, n) for key, n in deltas],
+            )
         await conn.execute(
             UPSERT, ticket_id, *(json.dumps(state[c]) if c == "doc" else state[c] for c in COLUMNS[1:])
         )
