@@ -273,3 +273,24 @@ def test_mistakes_get_tmf_error_bodies_naming_the_field(platform: Platform, case
     err = r.json()
     assert err["@type"] == "Error" and err["code"] == f"ERR{expected}" and err["reason"]
     assert mentions in err["message"]
+
+
+def test_missing_information_is_asked_for_and_completed_by_patch(platform: Platform, listener: Listener) -> None:
+    _, headers = channel(platform, "crm-pending")
+    r = platform.http.post(platform.url("intake", HUB), json={"callback": listener.url}, headers=headers)
+    assert r.status_code == 201, r.text
+    no_address = [{"@type": "StringCharacteristic", "name": "region", "value": "north"}]
+    t = create(platform, headers, troubleTicketCharacteristic=no_address)  # the type requires location.address
+    assert t["status"] == "pending", t
+    assert "location.address" in t["statusChangeReason"]
+    asked = wait_for(lambda: [b for p, b in listener.for_ticket(t["id"])
+                              if p.endswith("troubleTicketInformationRequiredEvent")], what="information required")
+    assert asked[0]["event"]["troubleTicket"]["status"] == "pending"
+    r = patch(platform, headers, t["id"], {"troubleTicketCharacteristic": [
+        {"@type": "StringCharacteristic", "name": "address", "value": "7 Harbour Road"}]})
+    assert r.status_code == 200, r.text
+    done = wait_for(lambda: (x := tmf(platform, headers, t["id"]))["status"] == "acknowledged" and x,
+                    what="acknowledged once complete")
+    assert [h["status"] for h in done["statusChangeHistory"]] == ["pending", "acknowledged"]
+    assert {"name": "address", "value": "7 Harbour Road"}.items() <= next(
+        c for c in done["troubleTicketCharacteristic"] if c["name"] == "address").items()

@@ -202,3 +202,15 @@ def test_a_patch_maps_changes_and_refuses_server_owned_attributes() -> None:
         with pytest.raises(inbound.BadAttribute) as caught:
             inbound.parse_patch(body, kept={}, author="a", now=T0)
         assert caught.value.field == field
+
+
+def test_list_sql_uses_equality_for_one_value_and_counts_only_categorical_filters() -> None:
+    q = model.parse_list_query([("status", "inProgress"), ("severity", "major,critical")])
+    condition, order, args, countable = q.sql((("channel_id", "IN", ["ch-1"]),))
+    assert condition == "true AND status = $1 AND severity = ANY($2) AND channel_id = $3"
+    assert args == ["inProgress", ["major", "critical"], "ch-1"]
+    assert order == "creation_date DESC, ticket_id" and countable
+    dated = model.parse_list_query([("status", "held"), ("creationDate.gte", "2026-11-01T00:00:00+00:00")])
+    assert dated.sql()[3] is False  # a date range is counted on the tickets themselves
+    by_severity = model.parse_list_query([("sort", "severity,-lastUpdate")])
+    assert by_severity.sql()[1] == "severity ASC NULLS LAST, last_update DESC, ticket_id"
