@@ -70,7 +70,7 @@ class InvalidInput(IntakeError):
     @classmethod
     def from_validation(cls, exc: ValidationError, prefix: str = "") -> InvalidInput:
         errors = [
-            {"field": prefix + (".".join(str(p) for p in e["loc"]) or "body"), "reason": e["msg"]}
+            {"field": prefix + (".".join(str(p) for p in e["loc"] if p != "[key]") or "body"), "reason": e["msg"]}
             for e in exc.errors()
         ]
         err = cls(errors[0]["field"], errors[0]["reason"])
