@@ -68,7 +68,7 @@ def test_channels_get_hashed_revocable_credentials_resolved_to_a_channel_princip
         assert all(c.token_hash != token for c in ch.credentials.values())  # only the hash is kept
         p = env.app.index.principal(hash_token(token))
         assert p is not None and p.roles == {Role.channel} and p.channel_id == str(ch.id)
-        _, cred2, token2 = await service.issue_credential(env.runtime, ch.id, ADMIN)
+        _, _, token2 = await service.issue_credential(env.runtime, ch.id, ADMIN)
         await service.revoke_credential(env.runtime, ch.id, cred, ADMIN)
         assert env.app.index.principal(hash_token(token)) is None
         assert env.app.index.principal(hash_token(token2)) is not None
@@ -224,8 +224,8 @@ def test_abuse_limits_count_per_channel_and_per_customer() -> None:
         loud = await env.channel("app", "a")
         statuses = []
         for i in range(11):
-            r, _ = await service.submit(env.runtime, fields(customer_id="loud", location={"address": f"{i} Loud Lane"}), loud,
-                                        None)
+            f = fields(customer_id="loud", location={"address": f"{i} Loud Lane"})
+            r, _ = await service.submit(env.runtime, f, loud, None)
             statuses.append(r.status)
         assert statuses == ["accepted"] * 10 + ["queued_for_review"]
 

@@ -8,7 +8,6 @@ outcome becomes an event carrying its reason.
 from __future__ import annotations
 
 import re
-
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
