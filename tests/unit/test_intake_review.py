@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from hypothesis import given
@@ -121,10 +121,10 @@ def test_what_the_rules_cannot_decide_goes_to_an_agent_with_reasons() -> None:
     assert tight.outcome == "queue" and tight.reasons[0].startswith("time_tight")
 
 
-def request(**kw: Any) -> ServiceRequest:
+def request(ticket: UUID | None = None, **kw: Any) -> ServiceRequest:
     a = app(**kw)
     return ServiceRequest(
-        id=uuid4(), channel="web", channel_id="ch1", channel_request_ref=None, customer_id=a["customer_id"],
+        id=ticket or uuid4(), channel="web", channel_id="ch1", channel_request_ref=None, customer_id=a["customer_id"],
         customer_tier=a["customer_tier"], region=a["region"], service_type=a["service_type"],
         description=a["description"], time_requirement=a["time_requirement"], special_needs=None,
         callback_url=None, location=a["location"], details=a["details"], submitted_at=NOW,

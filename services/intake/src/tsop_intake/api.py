@@ -14,7 +14,7 @@ from tsop_events.http import runtime_of
 from tsop_events.schemas import Channel, CustomerTier
 from tsop_intake import service
 from tsop_intake.domain import CHANNEL_KINDS, ChannelSystem, ServiceRequest
-from tsop_intake.service import ChangesIn, Details, LocationIn, TimeRequirementIn
+from tsop_intake.service import ChangesIn, Details, FieldsIn, LocationIn, TimeRequirementIn
 
 router = APIRouter(prefix="/v1", tags=["intake"])
 
@@ -147,9 +147,10 @@ async def submit(
     caller: ChannelCaller,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
-    fields = body.model_dump(exclude={"customer"}, exclude_unset=False)
-    fields["customer_id"], fields["customer_tier"] = body.customer.id, body.customer.tier
-    created, new = await service.submit(runtime_of(request), fields, caller, idempotency_key)
+    fields = {name: getattr(body, name) for name in SubmitRequest.model_fields if name != "customer"}
+    # validated once, by this body model, whose parts are FieldsIn's own
+    parsed = FieldsIn.model_construct(customer_id=body.customer.id, customer_tier=body.customer.tier, **fields)
+    created, new = await service.submit(runtime_of(request), parsed, caller, idempotency_key)
     return _answer(response, created, new)
 
 

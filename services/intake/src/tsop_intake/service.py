@@ -254,14 +254,20 @@ async def _facts(runtime: Runtime, request: ServiceRequest, now: datetime) -> Fa
 
 
 async def submit(
-    runtime: Runtime, fields: dict[str, Any], caller: Principal, idempotency_key: str | None
+    runtime: Runtime, fields: dict[str, Any] | FieldsIn, caller: Principal, idempotency_key: str | None
 ) -> tuple[ServiceRequest, bool]:
-    """Submit an application; it is reviewed at once. Returns the request and whether it is new."""
+    """Submit an application; it is reviewed at once. Returns the request and whether it is new.
+
+    ``fields`` is a dict (validated here), or a ``FieldsIn`` a route has validated already.
+    """
     app = intake(runtime)
-    try:
-        parsed = FieldsIn.model_validate(fields)
-    except ValidationError as exc:
-        raise InvalidInput.from_validation(exc) from None
+    if isinstance(fields, FieldsIn):
+        parsed = fields
+    else:
+        try:
+            parsed = FieldsIn.model_validate(fields)
+        except ValidationError as exc:
+            raise InvalidInput.from_validation(exc) from None
     if app.catalogue.get(parsed.service_type) is None:
         raise UnknownServiceType(
             "service_type", f"{parsed.service_type!r} is not in the catalogue", known=sorted(app.catalogue.types)
