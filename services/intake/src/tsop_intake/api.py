@@ -195,7 +195,7 @@ async def review_queue(
     index = service.intake(runtime_of(request)).index
     await asyncio.to_thread(index.refresh)
     with index.lock:
-        queued = sorted(index.queued.items(), key=lambda kv: (kv[1].since or kv[1].since, str(kv[0])))
+        queued = sorted(index.queued.items(), key=lambda kv: (str(kv[1].since), str(kv[0])))
         items = [
             {"id": str(tid), "service_type": q.service_type, "region": q.region, "customer_tier": q.customer_tier,
              "queued_at": q.since.isoformat() if q.since else None, "reasons": q.reasons}

@@ -191,6 +191,12 @@ def intake(runtime: Runtime) -> IntakeApp:
     return app
 
 
+async def _caught_up(app: IntakeApp) -> None:
+    """After a start, decide nothing before the index has read the whole log (duplicates, counts)."""
+    if not app.index.refreshed_at:
+        await asyncio.to_thread(app.index.refresh)
+
+
 def _normalise_location(loc: dict[str, Any] | None) -> dict[str, Any] | None:
     if not loc:
         return None
@@ -272,6 +278,7 @@ async def submit(
         raise UnknownServiceType(
             "service_type", f"{parsed.service_type!r} is not in the catalogue", known=sorted(app.catalogue.types)
         )
+    await _caught_up(app)
     data = parsed.model_dump(mode="json")
     data["location"] = _normalise_location(data["location"])
     if caller.channel_id is not None:
@@ -371,7 +378,7 @@ async def update(runtime: Runtime, ticket_id: UUID, changes: dict[str, Any], cal
         raise UnknownServiceType("service_type", f"{normalised['service_type']!r} is not in the catalogue",
                                  known=sorted(app.catalogue.types))
     by = caller.subject
-
+    await _caught_up(app)
     for attempt in range(5):
         request = await _load(runtime, ticket_id, caller)
         now = app.clock.now()
