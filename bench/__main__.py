@@ -84,6 +84,7 @@ class Driver:
         self.rss_peak: dict[str, int] = {}
         self.early: dict[str, list[tuple[str, float, bytes]]] = {}
         self._bg: set[asyncio.Task[None]] = set()
+        self.channel_auth: dict[str, str] = {}
 
     def url(self, service: str, path: str) -> str:
         return self.stack.url(service) + path
@@ -96,6 +97,16 @@ class Driver:
             )
             r.raise_for_status()
 
+    async def register_channel(self) -> None:
+        """Submissions come from a registered channel system, with its own credential."""
+        r = await self.http.post(
+            self.url("intake", "/v1/channels"),
+            json={"name": "bench portal", "kind": "app", "rate_limit_per_minute": 1_000_000},
+            headers={"Authorization": f"Bearer {self.stack.tokens['admin']}"},
+        )
+        r.raise_for_status()
+        self.channel_auth = {"Authorization": f"Bearer {r.json()['credential']['token']}"}
+
     async def submit(self) -> Lifecycle:
         lc = Lifecycle(time.time())
         started = time.perf_counter()
@@ -107,8 +118,9 @@ class Driver:
                 "region": "north",
                 "service_type": SERVICE_TYPE,
                 "description": "No internet since this morning",
+                "location": {"address": f"{uuid.uuid4().hex[:8]} Bench Street"},
             },
-            headers={"Idempotency-Key": uuid.uuid4().hex},
+            headers={"Idempotency-Key": uuid.uuid4().hex, **self.channel_auth},
         )
         lc.submit_latency = time.perf_counter() - started
         if r.status_code != 201:
@@ -324,6 +336,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     follow = asyncio.create_task(driver.follow())
     rss = asyncio.create_task(driver.sample_rss())
     try:
+        await driver.register_channel()
         await driver.register_technicians(args.technicians, args.capacity)
         await asyncio.sleep(2.0)  # the follower joins before the first submission
         warm = await driver.throughput(min(200, args.lifecycles), args.in_flight, args.timeout)

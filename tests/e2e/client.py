@@ -34,10 +34,23 @@ class Platform:
         self.urls = urls
         self.tokens = tokens or {}  # role → bearer token (the stack's dev staff tokens)
         self.http = httpx.Client(timeout=timeout)
+        self.channel_token = ""  # a registered channel system's credential (register_channel)
 
     def auth(self, role: str) -> dict[str, str]:
         """The Authorization header of a caller holding ``role``."""
         return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+    def register_channel(self, name: str = "e2e portal", kind: str = "app", **settings: Any) -> dict[str, Any]:
+        """Register a channel system as admin; the first one's token becomes ``channel_token``."""
+        body = {"name": name, "kind": kind, **settings}
+        r = self.http.post(self.url("intake", "/v1/channels"), json=body, headers=self.auth("admin"))
+        r.raise_for_status()
+        channel: dict[str, Any] = r.json()
+        self.channel_token = self.channel_token or channel["credential"]["token"]
+        return channel
+
+    def as_channel(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.channel_token}"}
 
     def url(self, service: str, path: str) -> str:
         return self.urls[service] + path
@@ -57,10 +70,11 @@ class Platform:
             "region": region,
             "service_type": SERVICE_TYPE,
             "description": "No internet since this morning",
+            "location": {"address": f"{key or uuid.uuid4().hex[:8]} Main Street"},
             "callback_url": callback_url,
         }
         headers = {"Idempotency-Key": key} if key else {}
-        return self.http.post(self.url("intake", "/v1/requests"), json=body, headers=headers)
+        return self.http.post(self.url("intake", "/v1/requests"), json=body, headers={**headers, **self.as_channel()})
 
     def found(self, service: str, path: str) -> dict[str, Any] | None:
         """The resource, or None while it does not exist (yet)."""

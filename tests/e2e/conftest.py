@@ -32,6 +32,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def platform(stack: Stack) -> Platform:
     p = Platform({name: stack.url(name) for name in SERVICES}, stack.tokens)
+    p.register_channel()
     p.register_technician(capacity=100)
     return p
 

@@ -14,12 +14,15 @@ VALID = {
     "region": "north",
     "service_type": "broadband.fault_repair",
     "description": "No internet since this morning",
+    "location": {"address": "1 Bad Input Road"},
 }
 
 
 def post_raw(platform: Platform, content: bytes) -> tuple[int, dict[str, object], str]:
     r = platform.http.post(
-        platform.url("intake", "/v1/requests"), content=content, headers={"content-type": "application/json"}
+        platform.url("intake", "/v1/requests"),
+        content=content,
+        headers={"content-type": "application/json", **platform.as_channel()},
     )
     return r.status_code, r.json(), r.headers["content-type"]
 
@@ -43,26 +46,34 @@ def test_malformed_json(platform: Platform) -> None:
 def test_wrong_types_and_unknown_fields_name_the_field(
     platform: Platform, change: dict[str, object], field: str
 ) -> None:
-    r = platform.http.post(platform.url("intake", "/v1/requests"), json={**VALID, **change})
+    r = platform.http.post(
+        platform.url("intake", "/v1/requests"), json={**VALID, **change}, headers=platform.as_channel()
+    )
     assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
     assert field in [e["field"] for e in r.json()["errors"]]
 
 
-@pytest.mark.parametrize("missing", ["channel", "customer", "region", "service_type", "description"])
+@pytest.mark.parametrize("missing", ["customer", "region", "service_type", "description"])
 def test_missing_fields(platform: Platform, missing: str) -> None:
     body = {k: v for k, v in VALID.items() if k != missing}
-    r = platform.http.post(platform.url("intake", "/v1/requests"), json=body)
+    r = platform.http.post(platform.url("intake", "/v1/requests"), json=body, headers=platform.as_channel())
     assert r.status_code == 422 and missing in [e["field"] for e in r.json()["errors"]]
 
 
 def test_unknown_service_type(platform: Platform) -> None:
-    r = platform.http.post(platform.url("intake", "/v1/requests"), json={**VALID, "service_type": "fax.repair"})
+    r = platform.http.post(
+        platform.url("intake", "/v1/requests"), json={**VALID, "service_type": "fax.repair"},
+        headers=platform.as_channel(),
+    )
     assert r.status_code == 422 and r.json()["title"] == "Unknown service type"
     assert "broadband.fault_repair" in r.json()["known"]
 
 
 def test_oversized_body(platform: Platform) -> None:
-    r = platform.http.post(platform.url("intake", "/v1/requests"), json={**VALID, "description": "x" * 200_000})
+    r = platform.http.post(
+        platform.url("intake", "/v1/requests"), json={**VALID, "description": "x" * 200_000},
+        headers=platform.as_channel(),
+    )
     assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json"
 
 
@@ -74,14 +85,16 @@ def test_oversized_body_without_content_length(platform: Platform) -> None:
         yield b'"}'
 
     r = platform.http.post(
-        platform.url("intake", "/v1/requests"), content=chunks(), headers={"content-type": "application/json"}
+        platform.url("intake", "/v1/requests"), content=chunks(),
+        headers={"content-type": "application/json", **platform.as_channel()},
     )
     assert r.status_code == 413, r.text
 
 
 def test_unknown_ids_and_invalid_ids(platform: Platform) -> None:
-    assert platform.http.get(platform.url("intake", f"/v1/requests/{uuid.uuid4()}")).status_code == 404
-    assert platform.http.get(platform.url("intake", "/v1/requests/not-a-uuid")).status_code == 422
+    me = platform.as_channel()
+    assert platform.http.get(platform.url("intake", f"/v1/requests/{uuid.uuid4()}"), headers=me).status_code == 404
+    assert platform.http.get(platform.url("intake", "/v1/requests/not-a-uuid"), headers=me).status_code == 422
     assert platform.rate(str(uuid.uuid4())).status_code == 404
     assert platform.http.get(platform.url("archive", f"/v1/tickets/{uuid.uuid4()}/dossier")).status_code == 404
 

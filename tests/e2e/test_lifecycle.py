@@ -41,8 +41,9 @@ def test_a_request_ends_as_a_sealed_dossier(platform: Platform, webhook: Webhook
     assert delivery["signature"].startswith("sha256=")
 
     history = wait_for(
-        lambda: [h["status"] for h in platform.http.get(platform.url("intake", f"/v1/requests/{ticket}")).json()[
-            "status_history"] if h["status"] == "archived"],
+        lambda: [h["status"] for h in platform.http.get(
+            platform.url("intake", f"/v1/requests/{ticket}"), headers=platform.as_channel()
+        ).json()["status_history"] if h["status"] == "archived"],
         what="intake status archived",
     )
     assert history == ["archived"]
@@ -82,7 +83,7 @@ def test_a_reused_idempotency_key_with_another_body_is_refused(platform: Platfor
     platform.submit(key="reuse-1")
     r = platform.http.post(
         platform.url("intake", "/v1/requests"),
-        headers={"Idempotency-Key": "reuse-1"},
+        headers={"Idempotency-Key": "reuse-1", **platform.as_channel()},
         json={
             "channel": "app",
             "customer": {"id": "someone-else"},

@@ -35,6 +35,7 @@ def short_window(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sta
         s.stop()
         infra.unavailable(f"the embedded stack did not start: {exc}")
     platform = Platform({name: s.url(name) for name in SERVICES}, s.tokens)
+    platform.register_channel()
     platform.register_technician(capacity=10)
     yield s, platform
     s.stop()

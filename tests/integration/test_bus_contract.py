@@ -19,16 +19,19 @@ from tests.integration.conftest import eventually
 from tsop_dispatch.application import DispatchApp
 from tsop_dispatch.application import to_wire as dispatch_wire
 from tsop_dispatch.policies import OpenWorkOrders
+from tsop_events.auth import Principal, Role
 from tsop_events.consumer import Incoming, ProjectionSink
 from tsop_events.envelope import stable_event_id, wrap
 from tsop_events.runtime import Runtime
 from tsop_events.schemas import DeadLettered, RequestAccepted, RequestRejected, parse_event
 from tsop_events.settings import ServiceSettings
 from tsop_events.topics import Topic
+from tsop_intake import service as intake_service
 from tsop_intake.application import IntakeApp
 from tsop_intake.application import to_wire as intake_wire
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
+STAFF = Principal("hotline-desk", frozenset({Role.agent}))  # staff submitting on a named channel
 
 
 def request_fields(i: int) -> dict[str, object]:
@@ -43,6 +46,7 @@ def request_fields(i: int) -> dict[str, object]:
         "time_requirement": {"deadline": None, "window_start": None, "window_end": None},
         "special_needs": None,
         "callback_url": None,
+        "location": {"address": f"{i} Main Street"},
     }
 
 
@@ -77,7 +81,7 @@ async def test_relay_publishes_every_event_in_order_with_stable_ids_and_resumes(
     try:
         app = runtime.app
         assert isinstance(app, IntakeApp)
-        ids = [(await asyncio.to_thread(app.submit, request_fields(i)))[0].id for i in range(30)]
+        ids = [(await intake_service.submit(runtime, request_fields(i), STAFF, None))[0].id for i in range(30)]
         records = await read_topic(settings, Topic.tickets, 60)
     finally:
         await runtime.stop()

@@ -1,15 +1,28 @@
 import asyncio
+from uuid import UUID, uuid4
 
-from tests.unit.test_intake_review import fields, memory_app
+from tests.unit.test_intake_review import CAT, NOW, request
+from tsop_events.clock import ManualClock
 from tsop_events.store import GroupCommit, IntegrityError
+from tsop_intake.application import IntakeApp
+from tsop_intake.domain import Facts, ServiceRequest, review
+
+
+def memory_app() -> IntakeApp:
+    return IntakeApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=ManualClock(NOW))
+
+
+def reviewed(ticket: UUID | None = None) -> ServiceRequest:
+    r = request(ticket=ticket or uuid4())
+    r.apply_decision(review(CAT, r.fields(), Facts(now=NOW)), NOW)
+    return r
 
 
 async def test_concurrent_commands_share_a_commit_and_only_the_conflicting_one_fails() -> None:
     app = memory_app()
     commit = GroupCommit(app)
-    first = app.new_request(fields(), "key-1")
-    other = app.new_request(fields(), None)
-    retry = app.new_request(fields(), "key-1")  # same key: same ticket id, version 1 again
+    key = uuid4()
+    first, other, retry = reviewed(key), reviewed(), reviewed(key)  # same id: version 1 again
     results = await asyncio.gather(commit.save(first), commit.save(other), commit.save(retry), return_exceptions=True)
     assert results[0] is None and results[1] is None
     assert isinstance(results[2], IntegrityError)
@@ -21,6 +34,6 @@ async def test_concurrent_commands_share_a_commit_and_only_the_conflicting_one_f
 async def test_a_quiet_commit_is_written_at_once() -> None:
     app = memory_app()
     commit = GroupCommit(app)
-    request = app.new_request(fields(), None)
-    await asyncio.wait_for(commit.save(request), 2)
-    assert app.exists(request.id)
+    one = reviewed()
+    await asyncio.wait_for(commit.save(one), 2)
+    assert app.exists(one.id)

@@ -14,7 +14,7 @@ from tsop_events.http import runtime_of
 from tsop_events.schemas import Channel, CustomerTier
 from tsop_intake import service
 from tsop_intake.domain import CHANNEL_KINDS, ChannelSystem, ServiceRequest
-from tsop_intake.service import ChangesIn, Details, LocationIn, TimeRequirementIn
+from tsop_intake.service import ChangesIn, Details, FieldsIn, LocationIn, TimeRequirementIn
 
 router = APIRouter(prefix="/v1", tags=["intake"])
 
@@ -147,9 +147,10 @@ async def submit(
     caller: ChannelCaller,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
-    fields = body.model_dump(exclude={"customer"}, exclude_unset=False)
-    fields["customer_id"], fields["customer_tier"] = body.customer.id, body.customer.tier
-    created, new = await service.submit(runtime_of(request), fields, caller, idempotency_key)
+    fields = {name: getattr(body, name) for name in SubmitRequest.model_fields if name != "customer"}
+    # validated once, by this body model, whose parts are FieldsIn's own
+    parsed = FieldsIn.model_construct(customer_id=body.customer.id, customer_tier=body.customer.tier, **fields)
+    created, new = await service.submit(runtime_of(request), parsed, caller, idempotency_key)
     return _answer(response, created, new)
 
 
@@ -194,7 +195,7 @@ async def review_queue(
     index = service.intake(runtime_of(request)).index
     await asyncio.to_thread(index.refresh)
     with index.lock:
-        queued = sorted(index.queued.items(), key=lambda kv: (kv[1].since or kv[1].since, str(kv[0])))
+        queued = sorted(index.queued.items(), key=lambda kv: (str(kv[1].since), str(kv[0])))
         items = [
             {"id": str(tid), "service_type": q.service_type, "region": q.region, "customer_tier": q.customer_tier,
              "queued_at": q.since.isoformat() if q.since else None, "reasons": q.reasons}

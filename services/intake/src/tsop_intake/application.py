@@ -122,10 +122,15 @@ class IntakeIndex(LogFollower):
                 batch = self.app.recorder.select_notifications(self.position + 1, 1000)
                 if not batch:
                     break
-                events = [self.app.mapper.to_domain_event(n) for n in batch]
+                # what this process saved was observed already: decode only what is new to it
+                events = [self.app.mapper.to_domain_event(n) for n in batch if self._unseen(n)]
                 self.observe(events)
                 self.position = batch[-1].id
             self.refreshed_at = time.monotonic()
+
+    def _unseen(self, n: Any) -> bool:
+        oid = n.originator_id if isinstance(n.originator_id, UUID) else UUID(str(n.originator_id))
+        return self.versions.get(oid, 0) < int(n.originator_version)
 
     def observe(self, events: Iterable[Any]) -> None:
         """Apply events (from the log, or about to be saved here); each is applied once."""

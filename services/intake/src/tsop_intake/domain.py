@@ -7,6 +7,7 @@ outcome becomes an event carrying its reason.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -131,7 +132,7 @@ def location_key(location: Mapping[str, Any] | None) -> str:
         return ""
     if location.get("site_id"):
         return "site:" + str(location["site_id"]).strip().lower()
-    return "addr:" + " ".join(str(location.get("address") or "").lower().replace(",", " ").split())
+    return "addr:" + " ".join(re.sub(r"[^\w]+", " ", str(location.get("address") or "").lower()).split())
 
 
 def priority_of(cat: Catalogue, st: ServiceType, tier: str, latest: datetime | None, now: datetime) -> int:

@@ -12,8 +12,11 @@ from tsop_events.consumer import Incoming, ProjectionSink
 # Native lifecycle statuses, in the order a ticket moves through them.
 STATUS_OF: dict[str, str] = {
     wire.RequestSubmitted.event_type: "submitted",
+    wire.RequestPendingInformation.event_type: "pending_information",
+    wire.RequestQueuedForReview.event_type: "queued_for_review",
     wire.RequestAccepted.event_type: "accepted",
     wire.RequestRejected.event_type: "rejected",
+    wire.RequestLinked.event_type: "linked",
     wire.Assigned.event_type: "assigned",
     wire.WorkLogged.event_type: "in_progress",
     wire.Resolved.event_type: "resolved",
@@ -21,6 +24,7 @@ STATUS_OF: dict[str, str] = {
     wire.Rated.event_type: "rated",
     wire.Closed.event_type: "closed",
     wire.Archived.event_type: "archived",
+    wire.RequestCancelled.event_type: "cancelled",
 }
 RANK = {status: i for i, status in enumerate(dict.fromkeys(STATUS_OF.values()))}
 

@@ -70,7 +70,7 @@ class InvalidInput(IntakeError):
     @classmethod
     def from_validation(cls, exc: ValidationError, prefix: str = "") -> InvalidInput:
         errors = [
-            {"field": prefix + (".".join(str(p) for p in e["loc"]) or "body"), "reason": e["msg"]}
+            {"field": prefix + (".".join(str(p) for p in e["loc"] if p != "[key]") or "body"), "reason": e["msg"]}
             for e in exc.errors()
         ]
         err = cls(errors[0]["field"], errors[0]["reason"])
@@ -195,6 +195,12 @@ def intake(runtime: Runtime) -> IntakeApp:
     return app
 
 
+async def _caught_up(app: IntakeApp) -> None:
+    """After a start, decide nothing before the index has read the whole log (duplicates, counts)."""
+    if not app.index.refreshed_at:
+        await asyncio.to_thread(app.index.refresh)
+
+
 def _normalise_location(loc: dict[str, Any] | None) -> dict[str, Any] | None:
     if not loc:
         return None
@@ -258,18 +264,25 @@ async def _facts(runtime: Runtime, request: ServiceRequest, now: datetime) -> Fa
 
 
 async def submit(
-    runtime: Runtime, fields: dict[str, Any], caller: Principal, idempotency_key: str | None
+    runtime: Runtime, fields: dict[str, Any] | FieldsIn, caller: Principal, idempotency_key: str | None
 ) -> tuple[ServiceRequest, bool]:
-    """Submit an application; it is reviewed at once. Returns the request and whether it is new."""
+    """Submit an application; it is reviewed at once. Returns the request and whether it is new.
+
+    ``fields`` is a dict (validated here), or a ``FieldsIn`` a route has validated already.
+    """
     app = intake(runtime)
-    try:
-        parsed = FieldsIn.model_validate(fields)
-    except ValidationError as exc:
-        raise InvalidInput.from_validation(exc) from None
+    if isinstance(fields, FieldsIn):
+        parsed = fields
+    else:
+        try:
+            parsed = FieldsIn.model_validate(fields)
+        except ValidationError as exc:
+            raise InvalidInput.from_validation(exc) from None
     if app.catalogue.get(parsed.service_type) is None:
         raise UnknownServiceType(
             "service_type", f"{parsed.service_type!r} is not in the catalogue", known=sorted(app.catalogue.types)
         )
+    await _caught_up(app)
     data = parsed.model_dump(mode="json")
     data["location"] = _normalise_location(data["location"])
     if caller.channel_id is not None:
@@ -370,7 +383,7 @@ async def update(runtime: Runtime, ticket_id: UUID, changes: dict[str, Any], cal
         raise UnknownServiceType("service_type", f"{normalised['service_type']!r} is not in the catalogue",
                                  known=sorted(app.catalogue.types))
     by = caller.subject
-
+    await _caught_up(app)
     for attempt in range(5):
         request = await _load(runtime, ticket_id, caller)
         now = app.clock.now()

@@ -1,0 +1,324 @@
+"""Intake's commands (service.py) on an in-memory event store: channels, review, queue, changes, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from tsop_events.auth import Principal, Role, hash_token
+from tsop_events.clock import ManualClock
+from tsop_events.schemas import parse_event
+from tsop_events.store import GroupCommit
+from tsop_intake import service
+from tsop_intake.application import IntakeApp, to_wire
+
+NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+ADMIN = Principal("ops", frozenset({Role.admin}))
+AGENT = Principal("alice", frozenset({Role.agent}))
+AUDITOR = Principal("audit", frozenset({Role.auditor}))
+
+
+class FakePool:
+    """The read model's downstream statuses (what the rest of the platform did with a ticket)."""
+
+    def __init__(self) -> None:
+        self.status: dict[UUID, str] = {}
+
+    async def fetchval(self, _sql: str, ticket: UUID) -> str | None:
+        return self.status.get(ticket)
+
+
+class Env:
+    def __init__(self) -> None:
+        self.clock = ManualClock(NOW)
+        self.app = IntakeApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=self.clock)
+        self.pool = FakePool()
+        self.runtime: Any = SimpleNamespace(app=self.app, committer=GroupCommit(self.app), pool=self.pool)
+
+    async def channel(self, kind: str = "web", name: str = "portal", **kw: Any) -> Principal:
+        _, _, token = await service.register_channel(self.runtime, name, kind, kw.get("callback_url"),
+                                                     kw.get("limit"), ADMIN)
+        found = self.app.index.principal(hash_token(token))
+        assert found is not None
+        return found
+
+
+def fields(**kw: Any) -> dict[str, Any]:
+    f: dict[str, Any] = dict(customer_id="c1", customer_tier="gold", region="north",
+                             service_type="broadband.fault_repair", description="No internet since the storm",
+                             location={"address": "1 Main Street"})
+    f.update(kw)
+    return f
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_channels_get_hashed_revocable_credentials_resolved_to_a_channel_principal() -> None:
+    async def go() -> None:
+        env = Env()
+        ch, cred, token = await service.register_channel(env.runtime, "shop", "onsite", None, None, ADMIN)
+        assert token.startswith("tsop_ch_")
+        assert all(c.token_hash != token for c in ch.credentials.values())  # only the hash is kept
+        p = env.app.index.principal(hash_token(token))
+        assert p is not None and p.roles == {Role.channel} and p.channel_id == str(ch.id)
+        _, _, token2 = await service.issue_credential(env.runtime, ch.id, ADMIN)
+        await service.revoke_credential(env.runtime, ch.id, cred, ADMIN)
+        assert env.app.index.principal(hash_token(token)) is None
+        assert env.app.index.principal(hash_token(token2)) is not None
+        with pytest.raises(service.InvalidTransition):
+            await service.revoke_credential(env.runtime, ch.id, cred, ADMIN)
+        with pytest.raises(service.NotFound):
+            await service.revoke_credential(env.runtime, ch.id, "nope", ADMIN)
+        with pytest.raises(service.NotFound):
+            await service.issue_credential(env.runtime, uuid4(), ADMIN)
+
+    run(go())
+
+
+def test_the_channel_identity_comes_from_the_credential() -> None:
+    async def go() -> None:
+        env = Env()
+        hotline = await env.channel("hotline", callback_url="https://desk.example/cb")
+        r, new = await service.submit(env.runtime, fields(), hotline, None)
+        assert new and r.channel == "hotline" and r.channel_id == hotline.channel_id
+        assert r.callback_url == "https://desk.example/cb"  # the channel's registered callback by default
+        with pytest.raises(service.InvalidInput) as err:
+            await service.submit(env.runtime, fields(channel="web"), hotline, None)
+        assert err.value.field == "channel"
+        with pytest.raises(service.InvalidInput) as staff:
+            await service.submit(env.runtime, fields(customer_id="c2"), ADMIN, None)
+        assert staff.value.field == "channel"
+        by_staff, _ = await service.submit(env.runtime, fields(customer_id="c2", channel="onsite"), ADMIN, None)
+        assert by_staff.channel == "onsite" and by_staff.channel_id is None
+
+    run(go())
+
+
+def test_bad_fields_name_the_field() -> None:
+    async def go() -> None:
+        env = Env()
+        web = await env.channel()
+        cases = [
+            (fields(bogus=1), "bogus"),
+            (fields(customer_tier="platinum"), "customer_tier"),
+            (fields(time_requirement={"deadline": "2026-06-02T10:00:00"}), "time_requirement"),
+            (fields(details={"Bad Key": 1}), "details.Bad Key"),
+            (fields(location={"address": "x", "floor": 3}), "location.floor"),
+            ({k: v for k, v in fields().items() if k != "region"}, "region"),
+        ]
+        for f, field in cases:
+            with pytest.raises(service.InvalidInput) as err:
+                await service.submit(env.runtime, f, web, None)
+            assert field in [e["field"] for e in err.value.errors], (field, err.value.errors)
+            assert err.value.status == 422
+        with pytest.raises(service.UnknownServiceType) as unknown:
+            await service.submit(env.runtime, fields(service_type="fax.repair"), web, None)
+        assert unknown.value.field == "service_type" and "broadband.fault_repair" in unknown.value.extra["known"]
+
+    run(go())
+
+
+def test_idempotency_keys_are_per_channel_and_bound_to_the_body() -> None:
+    async def go() -> None:
+        env = Env()
+        web, app_ch = await env.channel("web", "w"), await env.channel("app", "a")
+        first, new1 = await service.submit(env.runtime, fields(), web, "k1")
+        again, new2 = await service.submit(env.runtime, fields(), web, "k1")
+        assert new1 and not new2 and again.id == first.id
+        other, new3 = await service.submit(env.runtime, fields(customer_id="c9"), app_ch, "k1")
+        assert new3 and other.id != first.id
+        with pytest.raises(service.IdempotencyConflict):
+            await service.submit(env.runtime, fields(description="Something else entirely"), web, "k1")
+        # a restarted process (empty index) still answers the replay from the store
+        env.app.index = type(env.app.index)(env.app)
+        replay, new4 = await service.submit(env.runtime, fields(), web, "k1")
+        assert not new4 and replay.id == first.id
+
+    run(go())
+
+
+def test_pending_information_is_completed_by_its_channel_and_reviewed_again() -> None:
+    async def go() -> None:
+        env = Env()
+        web, other = await env.channel("web", "w"), await env.channel("app", "a")
+        r, _ = await service.submit(env.runtime, fields(location=None), web, None)
+        assert r.status == "pending_information" and r.pending is not None
+        assert r.pending["missing"] == [{"field": "location.address", "reason": "required for broadband.fault_repair"}]
+        with pytest.raises(service.NotYours):
+            await service.update(env.runtime, r.id, {"location": {"address": "2 High St"}}, other)
+        with pytest.raises(service.InvalidChange) as fixed:
+            await service.update(env.runtime, r.id, {"customer_id": "x"}, web)
+        assert fixed.value.field == "customer_id"
+        with pytest.raises(service.NotFound):
+            await service.update(env.runtime, uuid4(), {"description": "whatever it is"}, web)
+        done = await service.update(env.runtime, r.id, {"location": {"address": "2 High St"}}, web)
+        assert done.status == "accepted" and done.decision is not None and done.decision["priority"] == 1
+        with pytest.raises(service.InvalidChange):
+            await service.update(env.runtime, r.id, {"region": "south"}, web)
+
+    run(go())
+
+
+def test_the_completion_deadline_cancels_with_the_reason() -> None:
+    async def go() -> None:
+        env = Env()
+        web = await env.channel()
+        r, _ = await service.submit(env.runtime, fields(location=None), web, None)
+        assert env.app.expire_pending() == 0
+        env.clock.advance(timedelta(hours=72, seconds=1))
+        assert env.app.expire_pending() == 1
+        after = env.app.get_request(r.id)
+        assert after is not None and after.status == "cancelled"
+        assert after.cancellation == {"reason_code": "information_deadline_passed",
+                                      "reason": f"still missing at {(NOW + timedelta(hours=72)).isoformat()}: "
+                                                "location.address", "cancelled_by": "rules"}
+        assert env.app.expire_pending() == 0
+
+    run(go())
+
+
+def test_duplicates_are_linked_until_the_first_is_closed_downstream() -> None:
+    async def go() -> None:
+        env = Env()
+        web = await env.channel()
+        first, _ = await service.submit(env.runtime, fields(location={"address": "1 Main St."}), web, None)
+        twin, _ = await service.submit(env.runtime, fields(location={"address": "1  MAIN st"}), web, None)
+        assert twin.status == "linked" and twin.duplicate_of == str(first.id)
+        elsewhere, _ = await service.submit(env.runtime, fields(location={"address": "9 Other Rd"}), web, None)
+        assert elsewhere.status == "accepted"
+        env.pool.status[first.id] = "closed"
+        later, _ = await service.submit(env.runtime, fields(location={"address": "1 Main St"}), web, None)
+        assert later.status == "accepted"
+
+    run(go())
+
+
+def test_concurrent_twins_one_accepted_one_linked() -> None:
+    async def go() -> None:
+        env = Env()
+        web = await env.channel()
+        results = await asyncio.gather(*(service.submit(env.runtime, fields(), web, None) for _ in range(5)))
+        statuses = sorted(r.status for r, _ in results)
+        assert statuses == ["accepted", "linked", "linked", "linked", "linked"]
+
+    run(go())
+
+
+def test_abuse_limits_count_per_channel_and_per_customer() -> None:
+    async def go() -> None:
+        env = Env()
+        web = await env.channel(limit=3)
+        outcomes = []
+        for i in range(4):
+            r, _ = await service.submit(env.runtime, fields(customer_id=f"c{i}"), web, None)
+            outcomes.append(r.decision["reason_code"] if r.decision else None)
+        assert outcomes == ["rules_passed"] * 3 + ["abuse_channel_limit"]
+        env.clock.advance(timedelta(minutes=2))
+        loud = await env.channel("app", "a")
+        statuses = []
+        for i in range(11):
+            f = fields(customer_id="loud", location={"address": f"{i} Loud Lane"})
+            r, _ = await service.submit(env.runtime, f, loud, None)
+            statuses.append(r.status)
+        assert statuses == ["accepted"] * 10 + ["queued_for_review"]
+
+    run(go())
+
+
+def test_agents_decide_the_queue_with_catalogued_reason_codes() -> None:
+    async def go() -> None:
+        env = Env()
+        web = await env.channel()
+        q, _ = await service.submit(env.runtime, fields(service_type="mobile.cancellation"), web, None)
+        assert q.status == "queued_for_review" and q.id in env.app.index.queued
+        with pytest.raises(service.UnknownReasonCode) as bad:
+            await service.decide(env.runtime, q.id, True, "because", None, AGENT)
+        assert "agent_verified" in bad.value.extra["known"]
+        with pytest.raises(service.UnknownReasonCode):
+            await service.decide(env.runtime, q.id, False, "retention_done", None, AGENT)  # an accept code
+        done = await service.decide(env.runtime, q.id, False, "not_eligible", "contract runs until 2027", AGENT)
+        assert done.status == "rejected" and done.decision == {
+            "decision": "rejected", "reason_code": "not_eligible", "reason": "contract runs until 2027",
+            "decided_by": "alice"}
+        assert q.id not in env.app.index.queued
+        with pytest.raises(service.InvalidTransition):
+            await service.decide(env.runtime, q.id, True, "agent_verified", None, AGENT)
+
+    run(go())
+
+
+def test_cancellation_needs_a_catalogued_code_and_an_open_request() -> None:
+    async def go() -> None:
+        env = Env()
+        web, other = await env.channel("web", "w"), await env.channel("app", "a")
+        r, _ = await service.submit(env.runtime, fields(), web, None)
+        with pytest.raises(service.UnknownReasonCode):
+            await service.cancel(env.runtime, r.id, "meh", "", web)
+        with pytest.raises(service.NotYours):
+            await service.cancel(env.runtime, r.id, "withdrawn_by_channel", "", other)
+        env.pool.status[r.id] = "resolved"
+        with pytest.raises(service.InvalidTransition):
+            await service.cancel(env.runtime, r.id, "withdrawn_by_channel", "", web)
+        env.pool.status.pop(r.id)
+        c = await service.cancel(env.runtime, r.id, "withdrawn_by_customer", "", web)
+        assert c.cancellation == {"reason_code": "withdrawn_by_customer",
+                                  "reason": "the customer withdrew the application", "cancelled_by": "channel:w"}
+        with pytest.raises(service.InvalidTransition):
+            await service.cancel(env.runtime, r.id, "withdrawn_by_customer", "", web)
+        assert (await service.get(env.runtime, r.id, AUDITOR)).status == "cancelled"
+
+    run(go())
+
+
+def test_shares_of_self_service_and_manual_channels() -> None:
+    async def go() -> None:
+        env = Env()
+        web, app_ch, hotline = await env.channel("web", "w"), await env.channel("app", "a"), await env.channel(
+            "hotline", "h")
+        for i, ch in enumerate([web, web, app_ch, app_ch, app_ch, web, app_ch, hotline, hotline, hotline]):
+            await service.submit(env.runtime, fields(customer_id=f"c{i}"), ch, None)
+        s = env.app.index.shares()
+        assert s["submitted"] == 10 and s["self_service_share"] == 0.7 and s["manual_share"] == 0.3
+        assert s["by_channel_kind"] == {"web": 3, "app": 4, "hotline": 3}
+        assert s["review_outcomes"] == {"accepted_by_rules": 10}
+
+    run(go())
+
+
+def test_every_request_event_maps_to_a_valid_wire_event_with_its_reason() -> None:
+    async def go() -> None:
+        env = Env()
+        web = await env.channel()
+        p, _ = await service.submit(env.runtime, fields(location=None, details={"note": "gate code 12"}), web, "x")
+        await service.update(env.runtime, p.id, {"location": {"address": "2 High St"}}, web)
+        q, _ = await service.submit(env.runtime, fields(service_type="mobile.cancellation"), web, None)
+        await service.decide(env.runtime, q.id, True, "retention_done", None, AGENT)
+        await service.submit(env.runtime, fields(location={"address": "2 High St"}), web, None)
+        c, _ = await service.submit(env.runtime, fields(customer_id="z"), web, None)
+        await service.cancel(env.runtime, c.id, "entered_in_error", "typo", web)
+        events = [env.app.mapper.to_domain_event(n) for n in env.app.recorder.select_notifications(1, 100)]
+        outs = [o for o in map(to_wire, events) if o is not None]
+        for o in outs:  # what the relay publishes parses as what consumers expect
+            assert parse_event(o.event.event_type, o.event.model_dump(mode="json")) == o.event
+        types = [o.event.event_type.split(".")[2] for o in outs]
+        assert types == [
+            "request-submitted", "request-pending-information", "request-updated", "request-accepted",
+            "request-submitted", "request-queued-for-review", "request-accepted",
+            "request-submitted", "request-linked",
+            "request-submitted", "request-accepted", "request-cancelled",
+        ]
+        by_type = {o.event.event_type.split(".")[2]: o.event for o in outs}
+        assert by_type["request-cancelled"].model_dump()["reason_code"] == "entered_in_error"
+        submitted = outs[0].event.model_dump()
+        assert submitted["channel_id"] == web.channel_id and submitted["details"] == {"note": "gate code 12"}
+        agent_accept = [o.event.model_dump() for o in outs if o.event.event_type.endswith("accepted.v1")][1]
+        assert agent_accept["decided_by"] == "alice" and agent_accept["reason_code"] == "retention_done"
+
+    run(go())
