@@ -241,6 +241,9 @@ def test_delete_is_for_admins(platform: Platform) -> None:
     assert r.status_code == 403 and r.json()["@type"] == "Error"
     assert platform.http.delete(url, headers=platform.auth("admin")).status_code == 204
     wait_for(lambda: platform.http.get(url, headers=headers).status_code == 404, what="deleted")
+    # its record is complete: the archive seals it as it does a closed ticket's
+    dossier = platform.wait_archived(t["id"])
+    assert "tsop.ticket.request-cancelled.v1" in [e["type"] for e in dossier["events"]]
 
 
 @pytest.mark.parametrize(

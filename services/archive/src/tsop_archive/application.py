@@ -40,7 +40,7 @@ class ArchiveApp(EventStoreApp):
         return causal_order([row_to_event(r) for r in rows])
 
     def seal_pending(self, limit: int = 200) -> int:
-        """Seal the dossiers of tickets the store holds up to Closed; return how many.
+        """Seal the dossiers of tickets the store holds up to their final event; return how many.
 
         Exactly once by construction: a dossier's id derives from its ticket, so
         a second seal of the same ticket is refused by the event store.

@@ -20,7 +20,7 @@ class ArchiveSettings(ServiceSettings):
 
 
 async def seal_dossiers(runtime: Runtime) -> None:
-    """Seal each closed ticket's dossier once the store holds it up to Closed."""
+    """Seal each finished ticket's dossier once the store holds it up to its final event."""
     assert isinstance(runtime.app, ArchiveApp)
     while True:
         if not await asyncio.to_thread(runtime.app.seal_pending):

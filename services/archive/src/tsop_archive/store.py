@@ -28,7 +28,7 @@ DDL = (
         data jsonb NOT NULL,
         stored_at timestamptz NOT NULL DEFAULT now())""",
     "CREATE INDEX IF NOT EXISTS archive_events_key ON archive_events (key, seq)",
-    # tickets whose Closed the store holds and whose dossier is not yet sealed
+    # tickets whose final event (closed, or ended at review) the store holds; dossier not yet sealed
     "CREATE TABLE IF NOT EXISTS archive_to_seal (ticket_id text PRIMARY KEY, closed_event_id text NOT NULL)",
     # append-only: the store refuses to change or remove what it holds
     """CREATE OR REPLACE FUNCTION archive_events_immutable() RETURNS trigger AS $$
@@ -39,7 +39,11 @@ DDL = (
        EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
 )
 
-CLOSED = wire.Closed.event_type
+# a ticket's record is complete at its final event: closed after service, or ended at review
+FINAL = frozenset(
+    {wire.Closed.event_type, wire.RequestRejected.event_type, wire.RequestCancelled.event_type,
+     wire.RequestLinked.event_type}
+)
 
 SELECT_TICKET = """SELECT seq, ce_id, ce_type, ce_source, ce_time, causation_id, data::text AS data
                    FROM archive_events WHERE key = $1 AND topic = $2 ORDER BY seq"""
@@ -73,8 +77,8 @@ class ArchiveStore(ProjectionSink):
             env.id, incoming.topic, incoming.partition, incoming.offset, incoming.key, env.type, env.source,
             env.time, env.correlation_id, env.causation_id, env.data.decode(),
         )
-        if env.type == CLOSED and incoming.topic.endswith(Topic.tickets.value):
-            # in the same transaction: everything before Closed in the partition is stored by now
+        if env.type in FINAL and incoming.topic.endswith(Topic.tickets.value):
+            # in the same transaction: everything before the final event in the partition is stored by now
             await conn.execute(
                 "INSERT INTO archive_to_seal VALUES ($1, $2) ON CONFLICT DO NOTHING", incoming.key, env.id
             )

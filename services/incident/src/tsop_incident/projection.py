@@ -15,6 +15,7 @@ STAGE = {
     wire.WorkLogged.event_type: (3, "in_progress"),
     wire.Resolved.event_type: (4, "resolved"),
     wire.Closed.event_type: (5, "closed"),
+    wire.RequestCancelled.event_type: (5, "cancelled"),  # an accepted request withdrawn is no longer open
 }
 
 
