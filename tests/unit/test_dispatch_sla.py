@@ -8,7 +8,12 @@ from hypothesis import strategies as st
 from tsop_dispatch.sla import Calendar, Fact, Policy, Targets, clocks, due_thresholds, explain, next_due
 
 BUSINESS = Calendar(
-    "business", always=False, days=frozenset(range(5)), start=time(8), end=time(18), holidays=frozenset({date(2026, 6, 3)})
+    "business",
+    always=False,
+    days=frozenset(range(5)),
+    start=time(8),
+    end=time(18),
+    holidays=frozenset({date(2026, 6, 3)}),
 )
 H = 3600.0
 

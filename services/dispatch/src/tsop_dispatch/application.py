@@ -326,10 +326,12 @@ class DispatchApp(EventStoreApp):
             peak = PeakMode(id=PEAK_MODE_ID)
         peak.change(on, by, reason, len(self.board.waiting), self.clock.now())
         self.save(peak)
+        self.board.refresh()
         return peak
 
     def auto_peak(self) -> bool | None:
         """Peak mode follows the backlog: on above the threshold, off below half of it (hysteresis)."""
+        self.board.refresh()
         backlog = len(self.board.waiting)
         if not self.board.peak and backlog >= self.peak_backlog:
             self.set_peak(True, "auto", f"backlog {backlog} ≥ threshold {self.peak_backlog}")
@@ -486,6 +488,7 @@ class DispatchApp(EventStoreApp):
 
     def expire_acceptances(self) -> int:
         """Assignments not accepted in time are declined (timed out) and go to someone else."""
+        self.board.refresh()
         now = self.clock.now()
         with self.board.lock:
             due = [(oid, by) for oid, by in self.board.awaiting_answer.items() if by <= now]
