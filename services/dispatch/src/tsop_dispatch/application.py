@@ -202,11 +202,11 @@ class Board(LogFollower):
                     view.tentative.clear()
             self.tentative_resources.clear()
 
-    def decide(self, job: Job, now: datetime) -> Decision:
+    def decide(self, job: Job, now: datetime, salt: int = 0) -> Decision:
         with self.lock:
             ids = self.by_type.get(job.service_type, set())
             pool = [self.technicians[i] for i in ids]
-            return rank_candidates(pool, job, now, considered=len(self.technicians))
+            return rank_candidates(pool, job, now, considered=len(self.technicians), salt=salt)
 
     def free_resource(self, kind: str, region: str) -> list[UUID]:
         with self.lock:
@@ -240,12 +240,17 @@ class DispatchApp(EventStoreApp):
         policy: Policy | None = None,
         accept_within: timedelta = timedelta(minutes=15),
         peak_backlog: int = 1000,
+        shard: tuple[int, int] = (0, 1),
+        shard_grace: timedelta = timedelta(seconds=5),
     ) -> None:
         super().__init__(settings, env)
         self.clock = clock or SystemClock()
         self.policy = policy or Policy.load()
         self.accept_within = accept_within
         self.peak_backlog = peak_backlog
+        # with several instances, each drains its share of the queue first; any takes what waited past the grace
+        self.shard, self.shard_grace = shard, shard_grace
+        self.salt = (shard[0] * 0x9E3779B97F4A7C15) & ((1 << 128) - 1)
         self.board = Board(self)
 
     # --- workforce and resources ------------------------------------------------------------------
@@ -370,7 +375,11 @@ class DispatchApp(EventStoreApp):
 
     def decide(self, wo: WorkOrder) -> Decision:
         job = Job(wo.service_type, wo.region, wo.priority, frozenset(wo.excluded), frozenset(wo.previous))
-        return self.board.decide(job, self.clock.now())
+        return self.board.decide(job, self.clock.now(), self.salt)
+
+    def mine(self, wo_id: UUID, opened_at: datetime, now: datetime) -> bool:
+        index, count = self.shard
+        return count == 1 or wo_id.int % count == index or now - opened_at > self.shard_grace
 
     def try_assign(self, wo: WorkOrder, load: Callable[[UUID], Any], assigned_by: str = "auto") -> bool:
         """Assign ``wo`` to the best technician that still has room; False if none has (it waits)."""
@@ -425,7 +434,7 @@ class DispatchApp(EventStoreApp):
             if len(decided) >= limit:
                 break
             key = (w.service_type, w.region)
-            if key in full:
+            if key in full or not self.mine(wo_id, w.opened_at, now):
                 continue
             if not w.excluded and not self.board.decide(Job(w.service_type, w.region, w.priority), now).ranked:
                 full.add(key)

@@ -610,12 +610,13 @@ class Decision:
 
 
 def rank_candidates(
-    techs: Iterable[TechnicianView], job: Job, now: datetime, considered: int | None = None
+    techs: Iterable[TechnicianView], job: Job, now: datetime, considered: int | None = None, salt: int = 0
 ) -> Decision:
     """Hard filters in order (counting whom each excludes), then the score, best first.
 
     ``techs`` may be pre-selected by an index (those holding the qualification at all);
     ``considered`` is then the whole workforce, and the difference counts as excluded by qualification.
+    ``salt`` only reorders technicians whose score and load are equal.
     """
     excluded = dict.fromkeys(FILTERS, 0)
     pool = list(techs)
@@ -637,7 +638,8 @@ def rank_candidates(
         else:
             parts = score(t, job, level)
             ranked.append((round(sum(parts.values()), 3), parts, t))
-    ranked.sort(key=lambda r: (-r[0], r[2].load, str(r[2].id)))
+    # equal scores: the lighter load, then an order of ids each instance salts differently (fewer write conflicts)
+    ranked.sort(key=lambda r: (-r[0], r[2].load, r[2].id.int ^ salt))
     return Decision(ranked, excluded, total)
 
 

@@ -28,6 +28,8 @@ class DispatchSettings(ServiceSettings):
     accept_within_seconds: float = 15 * 60
     peak_backlog: int = 1000
     sla_policy_file: Path | None = None
+    shard_index: int = 0  # this instance's share of the queue (with shard_count instances)
+    shard_count: int = 1
 
 
 async def timers(runtime: Runtime) -> None:
@@ -64,7 +66,11 @@ def build(settings: DispatchSettings | None = None) -> FastAPI:
 
     def make_app(st: ServiceSettings) -> DispatchApp:
         return DispatchApp(
-            st, policy=policy, accept_within=timedelta(seconds=s.accept_within_seconds), peak_backlog=s.peak_backlog
+            st,
+            policy=policy,
+            accept_within=timedelta(seconds=s.accept_within_seconds),
+            peak_backlog=s.peak_backlog,
+            shard=(s.shard_index, max(1, s.shard_count)),
         )
 
     def sink(rt: Runtime) -> OpenWorkOrders:
