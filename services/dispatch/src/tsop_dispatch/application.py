@@ -9,6 +9,10 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresAggregateRecorder
+from psycopg.sql import SQL, Identifier
+
 from tsop_dispatch import domain as d
 from tsop_dispatch.domain import (
     Decision,
@@ -74,6 +78,7 @@ class Board(LogFollower):
         super().__init__(app)
         self.technicians: dict[UUID, TechnicianView] = {}
         self.by_type: dict[str, set[UUID]] = {}
+        self.by_type_region: dict[tuple[str, str], set[UUID]] = {}
         self.credentials: dict[str, UUID] = {}
         self.waiting: dict[UUID, Waiting] = {}
         self.awaiting_answer: dict[UUID, datetime] = {}  # assigned, not yet accepted: accept_by
@@ -83,6 +88,8 @@ class Board(LogFollower):
         self.tentative_resources: set[UUID] = set()
         self.peak = False
         self.queued: Counter[tuple[str, str]] = Counter()
+        self._sorted: list[UUID] | None = None
+        self._retargets = self._sorted_priorities = 0
         self._parked: dict[UUID, Waiting] = {}  # assigned work orders' queue entries, to re-queue them
 
     def apply(self, e: Any) -> None:
@@ -121,6 +128,8 @@ class Board(LogFollower):
     def _qualify(self, view: TechnicianView, q: dict[str, Any]) -> None:
         view.qualifications[q["service_type"]] = (int(q["level"]), q["valid_from"], q["valid_until"])
         self.by_type.setdefault(q["service_type"], set()).add(view.id)
+        for region in view.regions:
+            self.by_type_region.setdefault((q["service_type"], region), set()).add(view.id)
 
     def _apply_work_order(self, oid: UUID, e: Any) -> None:
         if isinstance(e, d.WorkOrderOpened):
@@ -151,6 +160,7 @@ class Board(LogFollower):
                     w.previous.add(e.technician_id)
                 self._enqueue(oid, w)
         elif isinstance(e, d.WorkOrderRetargeted):
+            self._retargets += 1
             for holder in (self.waiting, self._parked):
                 if oid in holder:
                     holder[oid].priority = e.priority
@@ -174,6 +184,7 @@ class Board(LogFollower):
         if oid not in self.waiting:
             self.queued[(w.service_type, w.region)] += 1
         self.waiting[oid] = w
+        self._sorted = None
 
     def waiting_ahead(self, wo: WorkOrder) -> bool:
         """Whether work of the same kind already waits (then the queue, in order, decides, not the newcomer)."""
@@ -183,9 +194,12 @@ class Board(LogFollower):
     def queue(self, limit: int | None = None) -> list[tuple[UUID, Waiting]]:
         """Waiting work orders in the order they are served: priority, then deadline, then age."""
         with self.lock:
-            items = list(self.waiting.items())
-        items.sort(key=lambda kv: (kv[1].order(), str(kv[0])))
-        return items[:limit] if limit is not None else items
+            if self._sorted is None or self._sorted_priorities != self._retargets:
+                # sorted again only when something joined the queue or changed priority; leavers are skipped
+                self._sorted = sorted(self.waiting, key=lambda i: (self.waiting[i].order(), i.int))
+                self._sorted_priorities = self._retargets
+            out = [(i, w) for i in self._sorted if (w := self.waiting.get(i)) is not None]
+        return out[:limit] if limit is not None else out
 
     def note_taken(self, view: TechnicianView, work_order_id: UUID, resources: list[UUID]) -> None:
         """Count a job before its event is read back, so the next decision in a batch sees it."""
@@ -204,9 +218,14 @@ class Board(LogFollower):
 
     def decide(self, job: Job, now: datetime, salt: int = 0) -> Decision:
         with self.lock:
-            ids = self.by_type.get(job.service_type, set())
+            qualified = len(self.by_type.get(job.service_type, ()))
+            ids = self.by_type_region.get((job.service_type, job.region), set()) | self.by_type_region.get(
+                (job.service_type, "*"), set()
+            )
             pool = [self.technicians[i] for i in ids]
-            return rank_candidates(pool, job, now, considered=len(self.technicians), salt=salt)
+            # the indexes did the first two filters: count whom they left out
+            pre = {"qualification": len(self.technicians) - qualified, "region": qualified - len(pool)}
+            return rank_candidates(pool, job, now, considered=len(self.technicians), salt=salt, pre_excluded=pre)
 
     def free_resource(self, kind: str, region: str) -> list[UUID]:
         with self.lock:
@@ -420,7 +439,26 @@ class DispatchApp(EventStoreApp):
         """
         self.board.refresh()
         queue = self.board.queue()
-        touched: dict[UUID, Any] = {}
+        now = self.clock.now()
+        # first the work orders someone can take now (by the board), then load them in one query
+        picked: list[UUID] = []
+        full: set[tuple[str, str]] = set()  # kinds of work nobody can take this round
+        spare: dict[tuple[str, str], int] = {}
+        for wo_id, w in queue:
+            if len(picked) >= limit:
+                break
+            key = (w.service_type, w.region)
+            if key in full or not self.mine(wo_id, w.opened_at, now):
+                continue
+            if key not in spare:
+                ranked = self.board.decide(Job(w.service_type, w.region, w.priority), now).ranked
+                spare[key] = sum(t.capacity - t.load for _, _, t in ranked)
+            if spare[key] <= 0:
+                full.add(key)
+                continue
+            spare[key] -= 1
+            picked.append(wo_id)
+        touched: dict[UUID, Any] = self.load_work_orders(picked)
 
         def load(aid: UUID) -> Any:
             if aid not in touched:
@@ -428,17 +466,7 @@ class DispatchApp(EventStoreApp):
             return touched[aid]
 
         decided: list[WorkOrder] = []
-        full: set[tuple[str, str]] = set()  # kinds of work nobody can take this round
-        now = self.clock.now()
-        for wo_id, w in queue:
-            if len(decided) >= limit:
-                break
-            key = (w.service_type, w.region)
-            if key in full or not self.mine(wo_id, w.opened_at, now):
-                continue
-            if not w.excluded and not self.board.decide(Job(w.service_type, w.region, w.priority), now).ranked:
-                full.add(key)
-                continue
+        for wo_id in picked:
             wo: WorkOrder = load(wo_id)
             if wo.status == "waiting" and self.try_assign(wo, load):
                 decided.append(wo)
@@ -453,6 +481,24 @@ class DispatchApp(EventStoreApp):
                     assigned += self._assign_one(wo.id)
         self.board.refresh()
         return assigned
+
+    def load_work_orders(self, ids: list[UUID]) -> dict[UUID, Any]:
+        """Work orders by id, in one query on PostgreSQL (their histories are short; no snapshots)."""
+        recorder = self.recorder
+        if not ids or not isinstance(recorder, PostgresAggregateRecorder):
+            return {i: self.load(i) for i in ids}
+        statement = SQL(
+            "SELECT * FROM {schema}.{table} WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
+        ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
+        with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, [ids])
+            rows = curs.fetchall()
+        out: dict[UUID, Any] = {}
+        for row in rows:
+            stored = StoredEvent(row["originator_id"], row["originator_version"], row["topic"], bytes(row["state"]))
+            e = self.mapper.to_domain_event(stored)
+            out[e.originator_id] = e.mutate(out.get(e.originator_id))  # type: ignore[attr-defined]
+        return out
 
     def _assign_one(self, wo_id: UUID) -> int:
         self.board.refresh()

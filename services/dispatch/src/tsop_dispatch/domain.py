@@ -610,18 +610,27 @@ class Decision:
 
 
 def rank_candidates(
-    techs: Iterable[TechnicianView], job: Job, now: datetime, considered: int | None = None, salt: int = 0
+    techs: Iterable[TechnicianView],
+    job: Job,
+    now: datetime,
+    considered: int | None = None,
+    salt: int = 0,
+    pre_excluded: dict[str, int] | None = None,
 ) -> Decision:
     """Hard filters in order (counting whom each excludes), then the score, best first.
 
     ``techs`` may be pre-selected by an index (those holding the qualification at all);
     ``considered`` is then the whole workforce, and the difference counts as excluded by qualification.
+    ``pre_excluded`` gives those counts when an index did filters already (by type and region).
     ``salt`` only reorders technicians whose score and load are equal.
     """
     excluded = dict.fromkeys(FILTERS, 0)
     pool = list(techs)
     total = len(pool) if considered is None else considered
-    excluded["qualification"] = total - len(pool)
+    if pre_excluded is not None:
+        excluded.update(pre_excluded)
+    else:
+        excluded["qualification"] = total - len(pool)
     ranked: list[tuple[float, dict[str, float], TechnicianView]] = []
     for t in pool:
         level = t.qualified(job.service_type, now)
