@@ -189,7 +189,8 @@ def assigned_count(app: DispatchApp) -> tuple[int, int]:
             break
         for n in batch:
             if n.topic.endswith("Technician.Registered"):
-                capacity[n.originator_id] = app.mapper.to_domain_event(n).capacity
+                registered: Any = app.mapper.to_domain_event(n)
+                capacity[registered.originator_id] = registered.capacity
             elif n.topic.endswith("Technician.Took"):
                 e = app.mapper.to_domain_event(n)
                 assert isinstance(e, TechnicianTook)

@@ -270,6 +270,12 @@ class WorkOrder(Aggregate):
         self.resources = list(resources or [])
         self.facts.append(Fact(assigned_at, "assigned", {"technician_id": technician_id}))
 
+    def _let_go(self, technician: Technician, resources: Iterable[Resource]) -> None:
+        """The technician and the reserved resources are free of this work order."""
+        technician.release(self.id)
+        for r in resources:
+            r.release(self.id)
+
     def _check_worker(self, technician_id: str, *allowed: str) -> None:
         if technician_id != self.technician_id:
             raise NotYours(f"technician {technician_id} is not assigned to work order {self.id}")
@@ -296,9 +302,7 @@ class WorkOrder(Aggregate):
     ) -> None:
         """The technician says no, or did not answer in time: back to the queue, without them."""
         self._check_worker(str(technician.id), "assigned")
-        technician.release(self.id)
-        for r in resources:
-            r.release(self.id)
+        self._let_go(technician, resources)
         self._declined(
             ticket_id=self.ticket_id,
             technician_id=str(technician.id),
@@ -326,9 +330,7 @@ class WorkOrder(Aggregate):
             raise DispatchError(f"work order {self.id} is {self.status}; only active work can be reassigned")
         if str(technician.id) != self.technician_id:
             raise DispatchError(f"technician {technician.id} does not hold work order {self.id}")
-        technician.release(self.id)
-        for r in resources:
-            r.release(self.id)
+        self._let_go(technician, resources)
         self._unassigned(ticket_id=self.ticket_id, technician_id=str(technician.id), reason=reason, by=by, at=at)
 
     @event("Unassigned")
@@ -427,9 +429,7 @@ class WorkOrder(Aggregate):
         resources: Iterable[Resource] = (),
     ) -> None:
         self._check_worker(str(technician.id), "in_progress")
-        technician.release(self.id)
-        for r in resources:
-            r.release(self.id)
+        self._let_go(technician, resources)
         self._resolved(
             ticket_id=self.ticket_id,
             technician_id=str(technician.id),
