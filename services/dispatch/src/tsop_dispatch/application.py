@@ -216,7 +216,7 @@ class Board(LogFollower):
                     view.tentative.clear()
             self.tentative_resources.clear()
 
-    def decide(self, job: Job, now: datetime, salt: int = 0) -> Decision:
+    def decide(self, job: Job, now: datetime, salt: int = 0, shard: tuple[int, int] = (0, 1)) -> Decision:
         with self.lock:
             qualified = len(self.by_type.get(job.service_type, ()))
             ids = self.by_type_region.get((job.service_type, job.region), set()) | self.by_type_region.get(
@@ -225,7 +225,18 @@ class Board(LogFollower):
             pool = [self.technicians[i] for i in ids]
             # the indexes did the first two filters: count whom they left out
             pre = {"qualification": len(self.technicians) - qualified, "region": qualified - len(pool)}
-            return rank_candidates(pool, job, now, considered=len(self.technicians), salt=salt, pre_excluded=pre)
+            total = len(self.technicians)
+            index, count = shard
+            if count > 1:
+                # several instances: each looks first among its own share of the technicians, so that two
+                # instances rarely pick the same person at once (a conflict costs the whole round)
+                own = [t for t in pool if t.id.int % count == index]
+                first = rank_candidates(
+                    own, job, now, total, salt, {**pre, "other_instances_share": len(pool) - len(own)}
+                )
+                if first.ranked:
+                    return first
+            return rank_candidates(pool, job, now, considered=total, salt=salt, pre_excluded=pre)
 
     def free_resource(self, kind: str, region: str) -> list[UUID]:
         with self.lock:
@@ -394,7 +405,7 @@ class DispatchApp(EventStoreApp):
 
     def decide(self, wo: WorkOrder) -> Decision:
         job = Job(wo.service_type, wo.region, wo.priority, frozenset(wo.excluded), frozenset(wo.previous))
-        return self.board.decide(job, self.clock.now(), self.salt)
+        return self.board.decide(job, self.clock.now(), self.salt, self.shard)
 
     def mine(self, wo_id: UUID, opened_at: datetime, now: datetime) -> bool:
         index, count = self.shard
@@ -434,8 +445,9 @@ class DispatchApp(EventStoreApp):
     def drain_queue(self, limit: int = 500) -> int:
         """Assign waiting work orders, highest priority then earliest deadline first.
 
-        Decisions are saved together (one transaction per round); if another
-        instance saved first, the round is retried one work order at a time.
+        Decisions are saved together (one transaction per round, so a technician's
+        Took and the work order's Assigned never part); if another instance saved
+        first, nothing of the round is written and the next round decides again.
         """
         self.board.refresh()
         queue = self.board.queue()
@@ -476,9 +488,7 @@ class DispatchApp(EventStoreApp):
                 self.save(*touched.values())
                 assigned = len(decided)
             except IntegrityError:
-                assigned = 0  # another instance moved first: decide again on fresh state, one by one
-                for wo in decided:
-                    assigned += self._assign_one(wo.id)
+                pass  # another instance moved first: the next round decides again on fresh state
         self.board.refresh()
         return assigned
 

@@ -555,6 +555,8 @@ class TechnicianView:
 
     def on_shift(self, now: datetime) -> bool:
         """No shifts scheduled means on call around the clock; leave always wins."""
+        if not self.shifts and not self.leave:
+            return True
         if any(s <= now < e for s, e in self.leave):
             return False
         return not self.shifts or any(s <= now < e for s, e in self.shifts)
@@ -581,7 +583,7 @@ def score(t: TechnicianView, job: Job, level: int) -> dict[str, float]:
     return {
         "load": round(WEIGHTS["load"] * (t.capacity - t.load) / t.capacity, 3),
         "level": round(WEIGHTS["level"] * urgency * min(level, 5) / 5, 3),
-        "continuity": WEIGHTS["continuity"] if str(t.id) in job.previous else 0.0,
+        "continuity": WEIGHTS["continuity"] if job.previous and str(t.id) in job.previous else 0.0,
         "affinity": WEIGHTS["affinity"] if job.region in t.regions else 0.0,
     }
 
@@ -638,7 +640,7 @@ def rank_candidates(
             excluded["qualification"] += 1
         elif not t.serves(job.region):
             excluded["region"] += 1
-        elif str(t.id) in job.excluded:
+        elif job.excluded and str(t.id) in job.excluded:
             excluded["declined"] += 1
         elif not t.on_shift(now):
             excluded["on_shift"] += 1
