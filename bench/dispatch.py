@@ -174,7 +174,8 @@ def drain_worker(
     while time.perf_counter() - t0 < seconds:
         assigned += app.drain_queue(limit=250)
         rounds += 1
-    out.put({"shard": shard, "rounds": rounds, "assigned": assigned, "elapsed": time.perf_counter() - t0})
+    elapsed = time.perf_counter() - t0
+    out.put({"shard": shard, "rounds": rounds, "conflicts": app.conflicts, "assigned": assigned, "elapsed": elapsed})
     app.close()
 
 
@@ -245,6 +246,7 @@ def throughput_phase(pg: EmbeddedPostgres, techs: int, orders: int, seconds: flo
             "seconds": round(elapsed, 2),
             "assignments_per_second": round((assigned - before) / elapsed, 1),
             "rounds": [r["rounds"] for r in reports],
+            "rounds_lost_to_conflicts": [r["conflicts"] for r in reports],
             "max_over_capacity": worst,
         }
         before = assigned

@@ -281,6 +281,7 @@ class DispatchApp(EventStoreApp):
         # with several instances, each drains its share of the queue first; any takes what waited past the grace
         self.shard, self.shard_grace = shard, shard_grace
         self.salt = (shard[0] * 0x9E3779B97F4A7C15) & ((1 << 128) - 1)
+        self.conflicts = 0  # drain rounds dropped because another instance saved first
         self.board = Board(self)
 
     # --- workforce and resources ------------------------------------------------------------------
@@ -411,7 +412,9 @@ class DispatchApp(EventStoreApp):
         index, count = self.shard
         return count == 1 or wo_id.int % count == index or now - opened_at > self.shard_grace
 
-    def try_assign(self, wo: WorkOrder, load: Callable[[UUID], Any], assigned_by: str = "auto") -> bool:
+    def try_assign(
+        self, wo: WorkOrder, load: Callable[[UUID], Any], assigned_by: str = "auto", decision: Decision | None = None
+    ) -> bool:
         """Assign ``wo`` to the best technician that still has room; False if none has (it waits)."""
         reserved: list[Resource] = []
         for kind in wo.needs:
@@ -422,7 +425,8 @@ class DispatchApp(EventStoreApp):
                     break
             else:
                 return False
-        decision = self.decide(wo)
+        if decision is None or wo.needs:
+            decision = self.decide(wo)
         now = self.clock.now()
         for _, _, view in decision.ranked:
             tech: Technician = load(view.id)
@@ -470,7 +474,17 @@ class DispatchApp(EventStoreApp):
                 continue
             spare[key] -= 1
             picked.append(wo_id)
-        touched: dict[UUID, Any] = self.load_work_orders(picked)
+        # decide on the board (each decision counts the ones before it), then load what they touch at once
+        decisions: dict[UUID, Decision] = {}
+        for wo_id in picked:
+            w = self.board.waiting[wo_id]
+            job = Job(w.service_type, w.region, w.priority, frozenset(w.excluded), frozenset(w.previous))
+            decision = self.board.decide(job, now, self.salt, self.shard)
+            if decision.ranked:
+                decisions[wo_id] = decision
+                self.board.note_taken(decision.ranked[0][2], wo_id, [])
+        chosen = {d.ranked[0][2].id for d in decisions.values()}
+        touched: dict[UUID, Any] = self.load_many([*decisions, *chosen])
 
         def load(aid: UUID) -> Any:
             if aid not in touched:
@@ -478,9 +492,9 @@ class DispatchApp(EventStoreApp):
             return touched[aid]
 
         decided: list[WorkOrder] = []
-        for wo_id in picked:
+        for wo_id, decision in decisions.items():
             wo: WorkOrder = load(wo_id)
-            if wo.status == "waiting" and self.try_assign(wo, load):
+            if wo.status == "waiting" and self.try_assign(wo, load, decision=decision):
                 decided.append(wo)
         assigned = 0
         if decided:
@@ -488,26 +502,38 @@ class DispatchApp(EventStoreApp):
                 self.save(*touched.values())
                 assigned = len(decided)
             except IntegrityError:
-                pass  # another instance moved first: the next round decides again on fresh state
+                self.conflicts += 1  # another instance moved first: the next round decides again on fresh state
         self.board.refresh()
         return assigned
 
-    def load_work_orders(self, ids: list[UUID]) -> dict[UUID, Any]:
-        """Work orders by id, in one query on PostgreSQL (their histories are short; no snapshots)."""
+    def load_many(self, ids: list[UUID]) -> dict[UUID, Any]:
+        """Aggregates by id in two queries on PostgreSQL (latest snapshots, then the events after them)."""
         recorder = self.recorder
         if not ids or not isinstance(recorder, PostgresAggregateRecorder):
             return {i: self.load(i) for i in ids}
-        statement = SQL(
-            "SELECT * FROM {schema}.{table} WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
-        ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
-        with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(statement, [ids])
-            rows = curs.fetchall()
         out: dict[UUID, Any] = {}
-        for row in rows:
-            stored = StoredEvent(row["originator_id"], row["originator_version"], row["topic"], bytes(row["state"]))
-            e = self.mapper.to_domain_event(stored)
-            out[e.originator_id] = e.mutate(out.get(e.originator_id))  # type: ignore[attr-defined]
+        after: dict[UUID, int] = dict.fromkeys(ids, 0)
+        snapshots = self.snapshots
+        if snapshots is not None and isinstance(snapshots.recorder, PostgresAggregateRecorder):
+            rows = _select(
+                snapshots.recorder,
+                "SELECT DISTINCT ON (originator_id) * FROM {schema}.{table} WHERE originator_id = ANY(%s) "
+                "ORDER BY originator_id, originator_version DESC",
+                [ids],
+            )
+            for stored in rows:
+                snap: Any = snapshots.mapper.to_domain_event(stored)
+                out[snap.originator_id] = snap.mutate(None)
+                after[snap.originator_id] = snap.originator_version
+        rows = _select(
+            recorder,
+            "SELECT e.* FROM {schema}.{table} e JOIN unnest(%s::uuid[], %s::bigint[]) AS s(id, v) "
+            "ON e.originator_id = s.id AND e.originator_version > s.v ORDER BY e.originator_id, e.originator_version",
+            [list(after), list(after.values())],
+        )
+        for stored in rows:
+            e: Any = self.mapper.to_domain_event(stored)
+            out[e.originator_id] = e.mutate(out.get(e.originator_id))
         return out
 
     def _assign_one(self, wo_id: UUID) -> int:
@@ -689,6 +715,18 @@ class DispatchApp(EventStoreApp):
         out = {"assigned": self.drain_queue(), "expired": self.expire_acceptances(), "crossed": self.check_clocks()}
         self.auto_peak()
         return out
+
+
+def _select(recorder: PostgresAggregateRecorder, sql: str, params: list[Any]) -> list[StoredEvent]:
+    statement = SQL(sql).format(
+        schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name)
+    )
+    with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+        curs.execute(statement, params)
+        return [
+            StoredEvent(r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
+            for r in curs.fetchall()
+        ]
 
 
 def _prev(e: Any) -> str:
