@@ -85,6 +85,7 @@ class Driver:
         self.early: dict[str, list[tuple[str, float, bytes]]] = {}
         self._bg: set[asyncio.Task[None]] = set()
         self.channel_auth: dict[str, str] = {}
+        self.technician_tokens: dict[str, str] = {}  # technician id → the credential dispatch issued
 
     def url(self, service: str, path: str) -> str:
         return self.stack.url(service) + path
@@ -94,8 +95,10 @@ class Driver:
             r = await self.http.post(
                 self.url("dispatch", "/v1/technicians"),
                 json={"name": "Bench", "service_types": [SERVICE_TYPE], "regions": ["north"], "capacity": capacity},
+                headers={"Authorization": f"Bearer {self.stack.tokens['supervisor']}"},
             )
             r.raise_for_status()
+            self.technician_tokens[r.json()["id"]] = r.json()["token"]
 
     async def register_channel(self) -> None:
         """Submissions come from a registered channel system, with its own credential."""
@@ -139,17 +142,19 @@ class Driver:
         task.add_done_callback(self._bg.discard)
 
     async def _work(self, work_order_id: str, technician_id: str) -> None:
+        as_technician = {"Authorization": f"Bearer {self.technician_tokens[technician_id]}"}
+        steps: list[tuple[str, dict[str, Any] | None]] = [
+            ("accept", None),
+            ("start", {"mode": "on_site"}),
+            ("log", {"action": "replaced the ONT", "mode": "on_site"}),
+            ("resolve", {"resolution_code": "hw_replaced", "summary": "line OK"}),
+        ]
         try:
-            r = await self.http.post(
-                self.url("dispatch", f"/v1/work-orders/{work_order_id}/log"),
-                json={"technician_id": technician_id, "action": "replaced the ONT", "mode": "on_site"},
-            )
-            r.raise_for_status()
-            r = await self.http.post(
-                self.url("dispatch", f"/v1/work-orders/{work_order_id}/resolve"),
-                json={"technician_id": technician_id, "resolution_code": "hw_replaced", "summary": "line OK"},
-            )
-            r.raise_for_status()
+            for step, body in steps:
+                r = await self.http.post(
+                    self.url("dispatch", f"/v1/work-orders/{work_order_id}/{step}"), json=body, headers=as_technician
+                )
+                r.raise_for_status()
         except httpx.HTTPError as exc:
             self.errors.append(f"work: {exc}")
 

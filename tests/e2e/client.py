@@ -33,6 +33,7 @@ class Platform:
     def __init__(self, urls: dict[str, str], tokens: dict[str, str] | None = None, timeout: float = 10.0) -> None:
         self.urls = urls
         self.tokens = tokens or {}  # role → bearer token (the stack's dev staff tokens)
+        self.technician_tokens: dict[str, str] = {}  # technician id → the credential dispatch issued
         self.http = httpx.Client(timeout=timeout)
         self.channel_token = ""  # a registered channel system's credential (register_channel)
 
@@ -55,12 +56,18 @@ class Platform:
     def url(self, service: str, path: str) -> str:
         return self.urls[service] + path
 
+    def tech_auth(self, technician_id: str) -> dict[str, str]:
+        """The Authorization header of a technician (their own credential, issued at registration)."""
+        return {"Authorization": f"Bearer {self.technician_tokens[technician_id]}"}
+
     def register_technician(self, capacity: int = 50, region: str = "north") -> str:
         r = self.http.post(
             self.url("dispatch", "/v1/technicians"),
             json={"name": "Tech", "service_types": [SERVICE_TYPE], "regions": [region], "capacity": capacity},
+            headers=self.auth("supervisor"),
         )
         r.raise_for_status()
+        self.technician_tokens[r.json()["id"]] = r.json()["token"]
         return str(r.json()["id"])
 
     def submit(self, callback_url: str | None = None, key: str | None = None, region: str = "north") -> httpx.Response:
@@ -76,9 +83,9 @@ class Platform:
         headers = {"Idempotency-Key": key} if key else {}
         return self.http.post(self.url("intake", "/v1/requests"), json=body, headers={**headers, **self.as_channel()})
 
-    def found(self, service: str, path: str) -> dict[str, Any] | None:
+    def found(self, service: str, path: str, headers: dict[str, str] | None = None) -> dict[str, Any] | None:
         """The resource, or None while it does not exist (yet)."""
-        r = self.http.get(self.url(service, path))
+        r = self.http.get(self.url(service, path), headers=headers)
         return r.json() if r.status_code == 200 else None
 
     def wait_until(
@@ -89,37 +96,50 @@ class Platform:
         what: str,
         timeout: float,
         every: float = 0.05,
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         def fetch() -> dict[str, Any] | None:
-            found = self.found(service, path)
+            found = self.found(service, path, headers)
             return found if found and ready(found) else None
 
         result: dict[str, Any] = wait_for(fetch, timeout, what, every=every)
         return result
 
     def work_order(self, ticket: str) -> dict[str, Any] | None:
-        return self.found("dispatch", f"/v1/tickets/{ticket}/work-order")
+        return self.found("dispatch", f"/v1/tickets/{ticket}/work-order", self.auth("supervisor"))
 
     def wait_assigned(self, ticket: str, timeout: float = 60.0) -> dict[str, Any]:
         path = f"/v1/tickets/{ticket}/work-order"
         return self.wait_until(
-            "dispatch", path, lambda wo: bool(wo["technician_id"]), f"assignment of {ticket}", timeout
+            "dispatch",
+            path,
+            lambda wo: bool(wo["technician_id"]),
+            f"assignment of {ticket}",
+            timeout,
+            headers=self.auth("supervisor"),
+        )
+
+    def work(self, wo: dict[str, Any], step: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        """One step of the assigned technician's work (accept, start, log, pause, resume, resolve), as them."""
+        return self.http.post(
+            self.url("dispatch", f"/v1/work-orders/{wo['id']}/{step}"),
+            json=body,
+            headers=self.tech_auth(wo["technician_id"]),
         )
 
     def work_and_resolve(self, wo: dict[str, Any]) -> None:
-        tech = wo["technician_id"]
+        """Accept, start, log and resolve, from whatever step the work order is at (a retry resumes)."""
         if wo["status"] == "assigned":
-            r = self.http.post(
-                self.url("dispatch", f"/v1/work-orders/{wo['id']}/log"),
-                json={"technician_id": tech, "action": "replaced the ONT", "mode": "on_site"},
-            )
-            r.raise_for_status()
+            self.work(wo, "accept").raise_for_status()
+            wo = {**wo, "status": "accepted"}
+        if wo["status"] == "accepted":
+            self.work(wo, "start", {"mode": "on_site"}).raise_for_status()
+            wo = {**wo, "status": "in_progress"}
+        if wo["status"] == "in_progress" and not wo["operation_log"]:
+            self.work(wo, "log", {"action": "replaced the ONT", "mode": "on_site"}).raise_for_status()
         if wo["status"] != "resolved":
-            r = self.http.post(
-                self.url("dispatch", f"/v1/work-orders/{wo['id']}/resolve"),
-                json={"technician_id": tech, "resolution_code": "hw_replaced", "summary": "ONT replaced, line OK"},
-            )
-            r.raise_for_status()
+            body = {"resolution_code": "hw_replaced", "summary": "ONT replaced, line OK"}
+            self.work(wo, "resolve", body).raise_for_status()
 
     def feedback(self, ticket: str) -> dict[str, Any] | None:
         return self.found("feedback", f"/v1/tickets/{ticket}/feedback")

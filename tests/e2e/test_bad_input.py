@@ -111,11 +111,17 @@ def test_out_of_range_rating_and_a_rating_before_resolution(platform: Platform) 
     assert r.status_code == 409 and "not resolved" in r.json()["detail"]
 
 
-def test_only_the_assigned_technician_may_resolve(platform: Platform) -> None:
+def test_only_the_assigned_technician_may_work_it(platform: Platform) -> None:
     ticket = platform.submit().json()["id"]
     wo = platform.wait_assigned(ticket)
-    r = platform.http.post(
-        platform.url("dispatch", f"/v1/work-orders/{wo['id']}/resolve"),
-        json={"technician_id": str(uuid.uuid4()), "resolution_code": "x", "summary": "y"},
-    )
-    assert r.status_code in (404, 409)
+    resolve = platform.url("dispatch", f"/v1/work-orders/{wo['id']}/resolve")
+    body = {"resolution_code": "x", "summary": "y"}
+    assert platform.http.post(resolve, json=body).status_code == 401
+    # staff holding the technician role are not this work order's technician
+    assert platform.http.post(resolve, json=body, headers=platform.auth("technician")).status_code == 403
+    # a field that is not part of the step is named
+    r = platform.work(wo, "resolve", {**body, "technician_id": str(uuid.uuid4())})
+    assert r.status_code == 422 and "technician_id" in [e["field"] for e in r.json()["errors"]]
+    r = platform.work(wo, "pause", {"kind": "later", "reason": "x"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "kind"
+    platform.work_and_resolve(wo)

@@ -317,18 +317,99 @@ class Archived(TicketEvent):
 # --- the workforce topic (key = technician id): who may do what, where and when (§3.3, §6) ---
 
 
-class TechnicianRegistered(WireEvent):
-    event_type: ClassVar[str] = "tsop.workforce.technician-registered.v1"
-    doc: ClassVar[str] = "A technician joined the workforce with qualifications (§3.3)."
+class WorkforceEvent(WireEvent):
+    """An event about a technician; key = technician id, on the ``workforce`` topic."""
+
     topic: ClassVar[Topic] = Topic.workforce
     technician_id: str
-    service_types: list[str]
-    regions: list[str]
-    capacity: Annotated[int, Field(ge=1)]
-    registered_at: datetime
 
     def key(self) -> str:
         return self.technician_id
+
+
+class Qualification(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    service_type: str
+    certificate: str
+    level: Annotated[int, Field(ge=1, le=5)] = 1
+    valid_from: datetime
+    valid_until: datetime | None = None
+
+
+class TechnicianRegistered(WorkforceEvent):
+    event_type: ClassVar[str] = "tsop.workforce.technician-registered.v1"
+    doc: ClassVar[str] = "A technician joined the workforce with qualifications (§3.3)."
+    service_types: list[str]
+    regions: list[str]
+    capacity: Annotated[int, Field(ge=1)]
+    name: str | None = None
+    qualifications: list[Qualification] = Field(default_factory=list)
+    registered_at: datetime
+
+
+class QualificationGranted(WorkforceEvent):
+    event_type: ClassVar[str] = "tsop.workforce.qualification-granted.v1"
+    doc: ClassVar[str] = (
+        "A training record granted or renewed a qualification (§3.3, §6.1-6.3); "
+        "once valid_until passes, no work of that type is assigned to the technician."
+    )
+    qualification: Qualification
+    renewal: bool
+    source: str = Field(description="'registration', 'training', or who granted it.")
+    granted_at: datetime
+
+
+class ShiftScheduled(WorkforceEvent):
+    event_type: ClassVar[str] = "tsop.workforce.shift-scheduled.v1"
+    doc: ClassVar[str] = "A shift: the technician is assignable between start and end (none scheduled: on call)."
+    start: datetime
+    end: datetime
+
+
+class LeaveScheduled(WorkforceEvent):
+    event_type: ClassVar[str] = "tsop.workforce.leave-scheduled.v1"
+    doc: ClassVar[str] = "Leave: the technician is not assignable between start and end, whatever the shifts."
+    start: datetime
+    end: datetime
+    reason: str
+
+
+class CapacityChanged(WorkforceEvent):
+    event_type: ClassVar[str] = "tsop.workforce.capacity-changed.v1"
+    doc: ClassVar[str] = "How many work orders the technician may hold at once."
+    capacity: Annotated[int, Field(ge=1)]
+
+
+class ResourceRegistered(WireEvent):
+    event_type: ClassVar[str] = "tsop.workforce.resource-registered.v1"
+    doc: ClassVar[str] = "Equipment (an ONT, a test set) or a venue slot that work orders reserve (§2.2, §3.4)."
+    topic: ClassVar[Topic] = Topic.workforce
+    resource_id: str
+    kind: str
+    name: str
+    region: str
+    registered_at: datetime
+
+    def key(self) -> str:
+        return self.resource_id
+
+
+class PeakModeChanged(WireEvent):
+    event_type: ClassVar[str] = "tsop.workforce.peak-mode-changed.v1"
+    doc: ClassVar[str] = (
+        "Peak mode on or off (§2.2: 24-hour norm, 48 hours at peak), declared by a supervisor "
+        "or automatic when the backlog crosses its threshold."
+    )
+    topic: ClassVar[Topic] = Topic.workforce
+    on: bool
+    changed_by: str = Field(description="'auto', or the supervisor who declared it.")
+    reason: str
+    backlog: int
+    changed_at: datetime
+
+    def key(self) -> str:
+        return "peak-mode"
 
 
 class DeadLettered(WireEvent):

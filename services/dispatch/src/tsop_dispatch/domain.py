@@ -1,13 +1,16 @@
-"""Technicians, work orders and the assignment decision (§2.2, §2.3, §3.3). No I/O."""
+"""Technicians, resources, work orders and the assignment decision (§2.2, §2.3, §3.2, §3.3). No I/O."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
+
+from tsop_dispatch.sla import Fact, clocks, due_thresholds
 
 
 class DispatchError(ValueError):
@@ -18,22 +21,101 @@ class OverCapacity(DispatchError):
     pass
 
 
+class NotYours(DispatchError):
+    """A technician acting on a work order that is not theirs."""
+
+
 class Technician(Aggregate):
     @event("Registered")
     def __init__(
         self,
         id: UUID,  # noqa: A002
         name: str,
-        service_types: list[str],
         regions: list[str],
         capacity: int,
+        qualifications: list[dict[str, Any]],
+        credential_hash: str | None,
         registered_at: datetime,
     ) -> None:
         self.name = name
-        self.service_types = service_types
         self.regions = regions
         self.capacity = capacity
+        self.qualifications: dict[str, dict[str, Any]] = {q["service_type"]: q for q in qualifications}
+        self.credential_hash = credential_hash
+        self.shifts: list[tuple[datetime, datetime]] = []
+        self.leave: list[tuple[datetime, datetime, str]] = []
         self.active: list[str] = []
+
+    def grant(
+        self,
+        service_type: str,
+        certificate: str,
+        level: int,
+        valid_from: datetime,
+        valid_until: datetime | None,
+        source: str,
+        at: datetime,
+    ) -> None:
+        if valid_until is not None and valid_until <= valid_from:
+            raise DispatchError("valid_until must be after valid_from")
+        self._granted(
+            service_type=service_type,
+            certificate=certificate,
+            level=level,
+            valid_from=valid_from,
+            valid_until=valid_until,
+            renewal=service_type in self.qualifications,
+            source=source,
+            granted_at=at,
+        )
+
+    @event("QualificationGranted")
+    def _granted(
+        self,
+        service_type: str,
+        certificate: str,
+        level: int,
+        valid_from: datetime,
+        valid_until: datetime | None,
+        renewal: bool,
+        source: str,
+        granted_at: datetime,
+    ) -> None:
+        self.qualifications[service_type] = {
+            "service_type": service_type,
+            "certificate": certificate,
+            "level": level,
+            "valid_from": valid_from,
+            "valid_until": valid_until,
+        }
+
+    def schedule_shift(self, start: datetime, end: datetime) -> None:
+        if end <= start:
+            raise DispatchError("a shift ends after it starts")
+        self._shift(start=start, end=end)
+
+    @event("ShiftScheduled")
+    def _shift(self, start: datetime, end: datetime) -> None:
+        self.shifts.append((start, end))
+
+    def schedule_leave(self, start: datetime, end: datetime, reason: str) -> None:
+        if end <= start:
+            raise DispatchError("leave ends after it starts")
+        self._leave(start=start, end=end, reason=reason)
+
+    @event("LeaveScheduled")
+    def _leave(self, start: datetime, end: datetime, reason: str) -> None:
+        self.leave.append((start, end, reason))
+
+    def change_capacity(self, capacity: int) -> None:
+        if capacity < 1:
+            raise DispatchError("capacity must be at least 1")
+        if capacity != self.capacity:
+            self._capacity(capacity=capacity)
+
+    @event("CapacityChanged")
+    def _capacity(self, capacity: int) -> None:
+        self.capacity = capacity
 
     def take(self, work_order_id: UUID) -> None:
         if str(work_order_id) in self.active:
@@ -55,6 +137,55 @@ class Technician(Aggregate):
         self.active.remove(work_order_id)
 
 
+class Resource(Aggregate):
+    """Equipment (an ONT, a test set) or a venue slot, reserved with a work order (§2.2)."""
+
+    @event("Registered")
+    def __init__(self, id: UUID, kind: str, name: str, region: str, registered_at: datetime) -> None:  # noqa: A002
+        self.kind, self.name, self.region = kind, name, region
+        self.reserved_by: str | None = None
+
+    def reserve(self, work_order_id: UUID) -> None:
+        if self.reserved_by == str(work_order_id):
+            return
+        if self.reserved_by is not None:
+            raise OverCapacity(f"resource {self.id} is reserved by work order {self.reserved_by}")
+        self._reserved(work_order_id=str(work_order_id))
+
+    @event("Reserved")
+    def _reserved(self, work_order_id: str) -> None:
+        self.reserved_by = work_order_id
+
+    def release(self, work_order_id: UUID) -> None:
+        if self.reserved_by == str(work_order_id):
+            self._freed(work_order_id=str(work_order_id))
+
+    @event("Freed")
+    def _freed(self, work_order_id: str) -> None:
+        self.reserved_by = None
+
+
+class PeakMode(Aggregate):
+    """The one switch between the 24-hour norm and the 48-hour peak norm (§2.2), with who turned it."""
+
+    @event("Created")
+    def __init__(self, id: UUID) -> None:  # noqa: A002
+        self.on = False
+
+    def change(self, on: bool, by: str, reason: str, backlog: int, at: datetime) -> bool:
+        if on == self.on:
+            return False
+        self._changed(on=on, by=by, reason=reason, backlog=backlog, changed_at=at)
+        return True
+
+    @event("Changed")
+    def _changed(self, on: bool, by: str, reason: str, backlog: int, changed_at: datetime) -> None:
+        self.on = on
+
+
+ACTIVE = ("assigned", "accepted", "in_progress", "paused")
+
+
 class WorkOrder(Aggregate):
     @event("Opened")
     def __init__(
@@ -67,6 +198,8 @@ class WorkOrder(Aggregate):
         resolve_by: datetime | None,
         causation_id: str,
         opened_at: datetime,
+        targets: dict[str, Any] | None = None,
+        needs: list[str] | None = None,
     ) -> None:
         self.ticket_id = ticket_id
         self.service_type = service_type
@@ -75,14 +208,35 @@ class WorkOrder(Aggregate):
         self.resolve_by = resolve_by
         self.opened_at = opened_at
         self.causation_id = causation_id
+        self.needs = list(needs or [])
         self.status = "waiting"
         self.technician_id: str | None = None
+        self.accept_by: datetime | None = None
+        self.resources: list[str] = []
+        self.excluded: list[str] = []  # technicians who declined or let it time out
+        self.previous: list[str] = []  # technicians who worked it before (continuity)
         self.log: list[dict[str, Any]] = []
+        self.crossed: set[tuple[str, str]] = set()
+        self.facts: list[Fact] = [Fact(opened_at, "opened", {"targets": targets})] if targets else []
 
-    def assign(self, technician: Technician, reason: str, candidates: list[dict[str, Any]], at: datetime) -> None:
+    # --- assignment -------------------------------------------------------------------------------
+
+    def assign(
+        self,
+        technician: Technician,
+        reason: str,
+        candidates: list[dict[str, Any]],
+        at: datetime,
+        accept_by: datetime | None = None,
+        resources: Iterable[Resource] = (),
+        assigned_by: str = "auto",
+    ) -> None:
         if self.status != "waiting":
             raise DispatchError(f"work order {self.id} is {self.status}, not waiting")
         technician.take(self.id)
+        reserved = list(resources)
+        for r in reserved:
+            r.reserve(self.id)
         self._assigned(
             ticket_id=self.ticket_id,
             technician_id=str(technician.id),
@@ -90,6 +244,10 @@ class WorkOrder(Aggregate):
             candidates=candidates,
             assigned_at=at,
             causation_id=self.causation_id,
+            accept_by=accept_by,
+            resources=[str(r.id) for r in reserved],
+            assigned_by=assigned_by,
+            previous_technician_id=self.previous[-1] if self.previous else None,
         )
 
     @event("Assigned")
@@ -101,34 +259,177 @@ class WorkOrder(Aggregate):
         candidates: list[dict[str, Any]],
         assigned_at: datetime,
         causation_id: str,
+        accept_by: datetime | None = None,
+        resources: list[str] | None = None,
+        assigned_by: str = "auto",
+        previous_technician_id: str | None = None,
     ) -> None:
         self.status = "assigned"
         self.technician_id = technician_id
+        self.accept_by = accept_by
+        self.resources = list(resources or [])
+        self.facts.append(Fact(assigned_at, "assigned", {"technician_id": technician_id}))
 
-    def _check_worker(self, technician_id: str) -> None:
-        if self.status not in ("assigned", "in_progress"):
-            raise DispatchError(f"work order {self.id} is {self.status}")
+    def _let_go(self, technician: Technician, resources: Iterable[Resource]) -> None:
+        """The technician and the reserved resources are free of this work order."""
+        technician.release(self.id)
+        for r in resources:
+            r.release(self.id)
+
+    def _check_worker(self, technician_id: str, *allowed: str) -> None:
         if technician_id != self.technician_id:
-            raise DispatchError(f"technician {technician_id} is not assigned to work order {self.id}")
+            raise NotYours(f"technician {technician_id} is not assigned to work order {self.id}")
+        if self.status not in allowed:
+            raise DispatchError(f"work order {self.id} is {self.status}; this needs {' or '.join(allowed)}")
 
-    def log_work(self, technician_id: str, action: str, mode: str, notes: str | None, at: datetime) -> None:
-        self._check_worker(technician_id)
+    def accept(self, technician_id: str, at: datetime) -> None:
+        self._check_worker(technician_id, "assigned")
+        self._accepted(ticket_id=self.ticket_id, technician_id=technician_id, accepted_at=at)
+
+    @event("Accepted")
+    def _accepted(self, ticket_id: str, technician_id: str, accepted_at: datetime) -> None:
+        self.status = "accepted"
+        self.accept_by = None
+        self.facts.append(Fact(accepted_at, "accepted"))
+
+    def decline(
+        self,
+        technician: Technician,
+        reason: str,
+        at: datetime,
+        resources: Iterable[Resource] = (),
+        timed_out: bool = False,
+    ) -> None:
+        """The technician says no, or did not answer in time: back to the queue, without them."""
+        self._check_worker(str(technician.id), "assigned")
+        self._let_go(technician, resources)
+        self._declined(
+            ticket_id=self.ticket_id,
+            technician_id=str(technician.id),
+            reason=reason,
+            timed_out=timed_out,
+            declined_at=at,
+        )
+
+    @event("Declined")
+    def _declined(
+        self, ticket_id: str, technician_id: str, reason: str, timed_out: bool, declined_at: datetime
+    ) -> None:
+        self.status = "waiting"
+        self.excluded.append(technician_id)
+        self.technician_id = None
+        self.accept_by = None
+        self.resources = []
+        self.facts.append(Fact(declined_at, "declined", {"technician_id": technician_id}))
+
+    def unassign(
+        self, technician: Technician, reason: str, by: str, at: datetime, resources: Iterable[Resource] = ()
+    ) -> None:
+        """A supervisor takes the work order from its technician (to reassign it, with a reason)."""
+        if self.status not in ACTIVE:
+            raise DispatchError(f"work order {self.id} is {self.status}; only active work can be reassigned")
+        if str(technician.id) != self.technician_id:
+            raise DispatchError(f"technician {technician.id} does not hold work order {self.id}")
+        self._let_go(technician, resources)
+        self._unassigned(ticket_id=self.ticket_id, technician_id=str(technician.id), reason=reason, by=by, at=at)
+
+    @event("Unassigned")
+    def _unassigned(self, ticket_id: str, technician_id: str, reason: str, by: str, at: datetime) -> None:
+        if self.status == "paused":  # the pause ends with the hand-over; the new technician resumes or pauses again
+            self.facts.append(Fact(at, "resumed"))
+        self.status = "waiting"
+        self.previous.append(technician_id)
+        self.technician_id = None
+        self.accept_by = None
+        self.resources = []
+
+    # --- work -------------------------------------------------------------------------------------
+
+    def start(self, technician_id: str, mode: str, at: datetime) -> None:
+        self._check_worker(technician_id, "accepted")
+        self._started(ticket_id=self.ticket_id, technician_id=technician_id, mode=mode, started_at=at)
+
+    @event("Started")
+    def _started(self, ticket_id: str, technician_id: str, mode: str, started_at: datetime) -> None:
+        self.status = "in_progress"
+
+    def log_work(
+        self,
+        technician_id: str,
+        action: str,
+        mode: str,
+        notes: str | None,
+        at: datetime,
+        equipment: list[str] | None = None,
+        measurements: dict[str, float | str] | None = None,
+    ) -> None:
+        self._check_worker(technician_id, "in_progress", "paused")
         self._logged(
-            ticket_id=self.ticket_id, technician_id=technician_id, action=action, mode=mode, notes=notes, logged_at=at
+            ticket_id=self.ticket_id,
+            technician_id=technician_id,
+            action=action,
+            mode=mode,
+            notes=notes,
+            logged_at=at,
+            equipment=list(equipment or []),
+            measurements=dict(measurements or {}),
         )
 
     @event("WorkLogged")
     def _logged(
-        self, ticket_id: str, technician_id: str, action: str, mode: str, notes: str | None, logged_at: datetime
+        self,
+        ticket_id: str,
+        technician_id: str,
+        action: str,
+        mode: str,
+        notes: str | None,
+        logged_at: datetime,
+        equipment: list[str] | None = None,
+        measurements: dict[str, float | str] | None = None,
     ) -> None:
+        self.log.append(
+            {
+                "technician_id": technician_id,
+                "action": action,
+                "mode": mode,
+                "notes": notes,
+                "equipment": equipment or [],
+                "measurements": measurements or {},
+                "at": logged_at.isoformat(),
+            }
+        )
+
+    def pause(self, technician_id: str, kind: str, reason: str, at: datetime) -> None:
+        if kind not in ("pending", "held"):
+            raise DispatchError("kind is pending (waiting for the customer) or held (parts, incident)")
+        self._check_worker(technician_id, "in_progress")
+        self._paused(ticket_id=self.ticket_id, technician_id=technician_id, kind=kind, reason=reason, paused_at=at)
+
+    @event("Paused")
+    def _paused(self, ticket_id: str, technician_id: str, kind: str, reason: str, paused_at: datetime) -> None:
+        self.status = "paused"
+        self.facts.append(Fact(paused_at, "paused", {"kind": kind, "reason": reason}))
+
+    def resume(self, technician_id: str, at: datetime) -> None:
+        self._check_worker(technician_id, "paused")
+        self._resumed(ticket_id=self.ticket_id, technician_id=technician_id, resumed_at=at)
+
+    @event("Resumed")
+    def _resumed(self, ticket_id: str, technician_id: str, resumed_at: datetime) -> None:
         self.status = "in_progress"
-        self.log.append({"action": action, "mode": mode, "notes": notes, "at": logged_at.isoformat()})
+        self.facts.append(Fact(resumed_at, "resumed"))
 
     def resolve(
-        self, technician: Technician, resolution_code: str, summary: str, advice: str | None, at: datetime
+        self,
+        technician: Technician,
+        resolution_code: str,
+        summary: str,
+        advice: str | None,
+        at: datetime,
+        resources: Iterable[Resource] = (),
     ) -> None:
-        self._check_worker(str(technician.id))
-        technician.release(self.id)
+        self._check_worker(str(technician.id), "in_progress")
+        self._let_go(technician, resources)
         self._resolved(
             ticket_id=self.ticket_id,
             technician_id=str(technician.id),
@@ -149,44 +450,232 @@ class WorkOrder(Aggregate):
         resolved_at: datetime,
     ) -> None:
         self.status = "resolved"
+        self.facts.append(Fact(resolved_at, "resolved"))
+
+    # --- service levels ---------------------------------------------------------------------------
+
+    def retarget(self, targets: dict[str, Any], priority: int, why: str, at: datetime) -> None:
+        """New targets (a priority or policy change): elapsed time stays, the deadlines move."""
+        if self.status == "resolved":
+            raise DispatchError(f"work order {self.id} is resolved")
+        self._retargeted(ticket_id=self.ticket_id, targets=targets, priority=priority, why=why, at=at)
+
+    @event("Retargeted")
+    def _retargeted(self, ticket_id: str, targets: dict[str, Any], priority: int, why: str, at: datetime) -> None:
+        self.priority = priority
+        self.facts.append(Fact(at, "retargeted", {"targets": targets, "why": why}))
+
+    def check_clocks(self, now: datetime) -> int:
+        """Record every threshold reached by ``now`` once (warning 75 %, breach 100 %, escalation)."""
+        crossed = 0
+        state = clocks(self.facts)
+        for name, level, elapsed in due_thresholds(self.facts, self.crossed, now):
+            c = state[name]
+            self._crossed(
+                ticket_id=self.ticket_id,
+                target=name,
+                level=level,
+                deadline=c.at_fraction(1.0, now) or now,
+                elapsed_seconds=round(elapsed, 3),
+                target_seconds=c.target_seconds,
+                crossed_at=now,
+            )
+            crossed += 1
+            if level == "breach":
+                self._escalated(
+                    ticket_id=self.ticket_id,
+                    to_role="supervisor",
+                    reason=f"{name} target of {c.target_seconds / 3600:g} h breached ({elapsed / 3600:.2f} h elapsed)",
+                    escalated_at=now,
+                )
+        return crossed
+
+    @event("ThresholdCrossed")
+    def _crossed(
+        self,
+        ticket_id: str,
+        target: str,
+        level: str,
+        deadline: datetime,
+        elapsed_seconds: float,
+        target_seconds: float,
+        crossed_at: datetime,
+    ) -> None:
+        self.crossed.add((target, level))
+
+    @event("Escalated")
+    def _escalated(self, ticket_id: str, to_role: str, reason: str, escalated_at: datetime) -> None:
+        pass
+
+
+def clock_fact(e: Any, paused: bool) -> Fact | None:
+    """The clock fact a work-order event adds (for views that follow the log, as the aggregate does)."""
+    if isinstance(e, WorkOrder.__dict__["Accepted"]):
+        return Fact(e.accepted_at, "accepted")
+    if isinstance(e, WorkOrder.__dict__["Paused"]):
+        return Fact(e.paused_at, "paused", {"kind": e.kind, "reason": e.reason})
+    if isinstance(e, WorkOrder.__dict__["Resumed"]):
+        return Fact(e.resumed_at, "resumed")
+    if isinstance(e, WorkOrder.__dict__["Unassigned"]) and paused:
+        return Fact(e.at, "resumed")
+    if isinstance(e, WorkOrder.__dict__["Retargeted"]):
+        return Fact(e.at, "retargeted", {"targets": e.targets, "why": e.why})
+    return None
+
+
+# --- the assignment decision --------------------------------------------------------------------
 
 
 @dataclass
 class TechnicianView:
     id: UUID
-    service_types: frozenset[str]
     regions: frozenset[str]
     capacity: int
+    qualifications: dict[str, tuple[int, datetime, datetime | None]] = field(default_factory=dict)
+    shifts: list[tuple[datetime, datetime]] = field(default_factory=list)
+    leave: list[tuple[datetime, datetime]] = field(default_factory=list)
     active: set[str] = field(default_factory=set)
     tentative: set[str] = field(default_factory=set)  # decided, not yet read back from the log
+    name: str = ""
 
     @property
     def load(self) -> int:
-        return len(self.active | self.tentative)
+        return len(self.active | self.tentative) if self.tentative else len(self.active)
 
-    def fits(self, service_type: str, region: str) -> bool:
-        return (
-            service_type in self.service_types
-            and (region in self.regions or "*" in self.regions)
-            and self.load < self.capacity
-        )
+    def qualified(self, service_type: str, now: datetime) -> int | None:
+        """The level of a valid qualification for ``service_type`` at ``now``, or None."""
+        q = self.qualifications.get(service_type)
+        if q is None:
+            return None
+        level, since, until = q
+        return level if since <= now and (until is None or now < until) else None
+
+    def serves(self, region: str) -> bool:
+        return region in self.regions or "*" in self.regions
+
+    def on_shift(self, now: datetime) -> bool:
+        """No shifts scheduled means on call around the clock; leave always wins."""
+        if not self.shifts and not self.leave:
+            return True
+        if any(s <= now < e for s, e in self.leave):
+            return False
+        return not self.shifts or any(s <= now < e for s, e in self.shifts)
 
 
-def rank_candidates(techs: list[TechnicianView], service_type: str, region: str) -> list[tuple[float, TechnicianView]]:
-    """Hard filters, then a score: the least loaded qualified technician first."""
-    scored = [
-        (round(100.0 * (t.capacity - t.load) / t.capacity, 2), t)
-        for t in techs
-        if t.fits(service_type, region)
-    ]
-    scored.sort(key=lambda st: (-st[0], st[1].load, str(st[1].id)))
-    return scored
+@dataclass(frozen=True)
+class Job:
+    """What the decision needs to know of a work order."""
+
+    service_type: str
+    region: str
+    priority: int
+    excluded: frozenset[str] = frozenset()
+    previous: frozenset[str] = frozenset()
+
+
+FILTERS = ("qualification", "region", "declined", "on_shift", "capacity")
+WEIGHTS = {"load": 40.0, "level": 20.0, "continuity": 15.0, "affinity": 10.0}
+
+
+def score(t: TechnicianView, job: Job, level: int) -> dict[str, float]:
+    """The score's components (higher is better); their sum decides among those who passed the filters."""
+    urgency = (6 - max(1, min(5, job.priority))) / 5  # priority 1 → 1.0, priority 5 → 0.2
+    return {
+        "load": round(WEIGHTS["load"] * (t.capacity - t.load) / t.capacity, 3),
+        "level": round(WEIGHTS["level"] * urgency * min(level, 5) / 5, 3),
+        "continuity": WEIGHTS["continuity"] if job.previous and str(t.id) in job.previous else 0.0,
+        "affinity": WEIGHTS["affinity"] if job.region in t.regions else 0.0,
+    }
+
+
+@dataclass
+class Decision:
+    ranked: list[tuple[float, dict[str, float], TechnicianView]]
+    excluded: dict[str, int]
+    considered: int
+
+    def explain(self, winner: TechnicianView | None = None) -> str:
+        kept = len(self.ranked)
+        filt = ", ".join(f"{k} -{v}" for k, v in self.excluded.items() if v)
+        head = f"{self.considered} technicians considered; filters {filt or 'excluded none'}; {kept} eligible"
+        for total, parts, t in self.ranked:
+            if winner is None or t.id == winner.id:
+                comps = ", ".join(f"{k} {v:g}" for k, v in parts.items())
+                return f"{head}; chose {t.id} with score {total:g} ({comps}; load {t.load}/{t.capacity})"
+        return head
+
+    def candidates(self, limit: int = 5) -> list[dict[str, Any]]:
+        return [
+            {"technician_id": str(t.id), "score": total, "load": t.load, "capacity": t.capacity}
+            for total, _, t in self.ranked[:limit]
+        ]
+
+
+def rank_candidates(
+    techs: Iterable[TechnicianView],
+    job: Job,
+    now: datetime,
+    considered: int | None = None,
+    salt: int = 0,
+    pre_excluded: dict[str, int] | None = None,
+) -> Decision:
+    """Hard filters in order (counting whom each excludes), then the score, best first.
+
+    ``techs`` may be pre-selected by an index (those holding the qualification at all);
+    ``considered`` is then the whole workforce, and the difference counts as excluded by qualification.
+    ``pre_excluded`` gives those counts when an index did filters already (by type and region).
+    ``salt`` only reorders technicians whose score and load are equal.
+    """
+    excluded = dict.fromkeys(FILTERS, 0)
+    pool = list(techs)
+    total = len(pool) if considered is None else considered
+    if pre_excluded is not None:
+        excluded.update(pre_excluded)
+    else:
+        excluded["qualification"] = total - len(pool)
+    ranked: list[tuple[float, dict[str, float], TechnicianView]] = []
+    for t in pool:
+        level = t.qualified(job.service_type, now)
+        if level is None:
+            excluded["qualification"] += 1
+        elif not t.serves(job.region):
+            excluded["region"] += 1
+        elif job.excluded and str(t.id) in job.excluded:
+            excluded["declined"] += 1
+        elif not t.on_shift(now):
+            excluded["on_shift"] += 1
+        elif t.load >= t.capacity:
+            excluded["capacity"] += 1
+        else:
+            parts = score(t, job, level)
+            ranked.append((round(sum(parts.values()), 3), parts, t))
+    # equal scores: the lighter load, then an order of ids each instance salts differently (fewer write conflicts)
+    ranked.sort(key=lambda r: (-r[0], r[2].load, r[2].id.int ^ salt))
+    return Decision(ranked, excluded, total)
+
 
 # The event classes the @event decorators made, named for the code that maps them (and for mypy).
 TechnicianRegistered: type[Any] = Technician.__dict__["Registered"]
+TechnicianQualificationGranted: type[Any] = Technician.__dict__["QualificationGranted"]
+TechnicianShiftScheduled: type[Any] = Technician.__dict__["ShiftScheduled"]
+TechnicianLeaveScheduled: type[Any] = Technician.__dict__["LeaveScheduled"]
+TechnicianCapacityChanged: type[Any] = Technician.__dict__["CapacityChanged"]
 TechnicianTook: type[Any] = Technician.__dict__["Took"]
 TechnicianReleased: type[Any] = Technician.__dict__["Released"]
+ResourceRegistered: type[Any] = Resource.__dict__["Registered"]
+ResourceReserved: type[Any] = Resource.__dict__["Reserved"]
+ResourceFreed: type[Any] = Resource.__dict__["Freed"]
+PeakModeChanged: type[Any] = PeakMode.__dict__["Changed"]
 WorkOrderOpened: type[Any] = WorkOrder.__dict__["Opened"]
 WorkOrderAssigned: type[Any] = WorkOrder.__dict__["Assigned"]
+WorkOrderAccepted: type[Any] = WorkOrder.__dict__["Accepted"]
+WorkOrderDeclined: type[Any] = WorkOrder.__dict__["Declined"]
+WorkOrderUnassigned: type[Any] = WorkOrder.__dict__["Unassigned"]
+WorkOrderStarted: type[Any] = WorkOrder.__dict__["Started"]
 WorkOrderWorkLogged: type[Any] = WorkOrder.__dict__["WorkLogged"]
+WorkOrderPaused: type[Any] = WorkOrder.__dict__["Paused"]
+WorkOrderResumed: type[Any] = WorkOrder.__dict__["Resumed"]
 WorkOrderResolved: type[Any] = WorkOrder.__dict__["Resolved"]
+WorkOrderRetargeted: type[Any] = WorkOrder.__dict__["Retargeted"]
+WorkOrderThresholdCrossed: type[Any] = WorkOrder.__dict__["ThresholdCrossed"]
+WorkOrderEscalated: type[Any] = WorkOrder.__dict__["Escalated"]

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 from tsop_dispatch.application import DispatchApp, work_order_id
-from tsop_dispatch.domain import WorkOrder
 from tsop_events import schemas as wire
 from tsop_events.consumer import EventStoreSink, Incoming, UnitOfWork
 
 
 class OpenWorkOrders(EventStoreSink):
-    """On RequestAccepted: open a work order and assign it if anyone has room."""
+    """On RequestAccepted: open a work order (with its SLA targets) and assign it if anyone has room."""
 
     name: ClassVar[str] = "dispatch-work-orders"
     event_types: ClassVar[frozenset[str] | None] = frozenset({wire.RequestAccepted.event_type})
@@ -29,15 +28,9 @@ class OpenWorkOrders(EventStoreSink):
         wo_id = work_order_id(ev.ticket_id)
         if uow.get(wo_id) is not None:
             return  # already opened: a redelivery
-        wo = WorkOrder(
-            id=wo_id,
-            ticket_id=ev.ticket_id,
-            service_type=ev.service_type,
-            region=ev.region,
-            priority=ev.priority,
-            resolve_by=ev.resolve_by,
-            causation_id=incoming.envelope.id,
-            opened_at=self.dispatch.clock.now(),
+        wo = self.dispatch.open_work_order(
+            wo_id, ev.ticket_id, ev.service_type, ev.region, ev.priority, ev.resolve_by, incoming.envelope.id
         )
         uow.add(wo)
-        self.dispatch.try_assign(wo, uow.get)
+        if not self.dispatch.board.waiting_ahead(wo):
+            self.dispatch.try_assign(wo, uow.get)

@@ -1,0 +1,197 @@
+"""Two dispatch instances on one PostgreSQL never over-assign a technician nor assign a work order twice.
+
+Optimistic concurrency on the event store is the only guard: each instance decides
+on its own board and saves; a conflicting save is retried on fresh state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tests.integration.conftest import eventually
+from tests.integration.test_bus_contract import publish
+from tsop_dispatch.application import DispatchApp, to_wire, work_order_id
+from tsop_dispatch.domain import (
+    DispatchError,
+    TechnicianReleased,
+    TechnicianTook,
+    WorkOrderAssigned,
+    WorkOrderDeclined,
+    WorkOrderResolved,
+)
+from tsop_dispatch.policies import OpenWorkOrders
+from tsop_events.envelope import stable_event_id
+from tsop_events.runtime import Runtime
+from tsop_events.schemas import RequestAccepted
+from tsop_events.settings import ServiceSettings
+from tsop_events.store import IntegrityError
+
+FAULT = "broadband.fault_repair"
+
+
+def pg_settings(pg: tuple[str, int]) -> ServiceSettings:
+    return ServiceSettings(service_name=f"it_dispatch_{uuid.uuid4().hex[:8]}", pg_host=pg[0], pg_port=pg[1])
+
+
+def check_log(app: DispatchApp, capacities: dict[uuid.UUID, int]) -> Counter[str]:
+    """Replay the whole log in commit order: at no point is anyone over capacity or a work order held twice."""
+    load: Counter[uuid.UUID] = Counter()
+    holder: dict[uuid.UUID, str | None] = {}
+    kinds: Counter[str] = Counter()
+    for n in app.recorder.select_notifications(1, 1_000_000):
+        e = app.mapper.to_domain_event(n)
+        kinds[type(e).__qualname__] += 1
+        if isinstance(e, TechnicianTook):
+            load[e.originator_id] += 1
+            assert load[e.originator_id] <= capacities[e.originator_id], f"{e.originator_id} over capacity"
+        elif isinstance(e, TechnicianReleased):
+            load[e.originator_id] -= 1
+        elif isinstance(e, WorkOrderAssigned):
+            assert holder.get(e.originator_id) is None, f"work order {e.originator_id} assigned twice"
+            holder[e.originator_id] = e.technician_id
+        elif isinstance(e, WorkOrderDeclined | WorkOrderResolved):
+            holder[e.originator_id] = None
+    return kinds
+
+
+def test_two_instances_draining_one_queue_never_over_assign(pg: tuple[str, int]) -> None:
+    settings = pg_settings(pg)
+    asyncio.run(ensure_db(settings))
+    one = DispatchApp(settings, accept_within=timedelta(minutes=5))
+    two = DispatchApp(settings, accept_within=timedelta(minutes=5))
+    try:
+        capacities = {}
+        for i in range(6):
+            tech, _ = one.register_technician(uuid.uuid4(), f"T{i}", [FAULT], ["north"], 1 + i % 3)
+            capacities[tech.id] = tech.capacity
+        orders = 60
+        for i in range(orders):
+            ticket = str(uuid.uuid4())
+            wo = one.open_work_order(work_order_id(ticket), ticket, FAULT, "north", 1 + i % 5, None, f"c{i}")
+            (one if i % 2 else two).save(wo)
+        total = sum(capacities.values())
+        errors: list[BaseException] = []
+        start = threading.Barrier(2)
+
+        def instance(app: DispatchApp, churn: bool) -> None:
+            try:
+                start.wait()
+                for _ in range(40):
+                    app.drain_queue(limit=7)
+                    if churn:  # free places while the other instance assigns: decline and reassign
+                        app.board.refresh()
+                        for tid, view in list(app.board.technicians.items()):
+                            for wo_id in list(view.active)[:1]:
+                                try:
+                                    app.decline(uuid.UUID(wo_id), str(tid), "busy elsewhere")
+                                except (DispatchError, IntegrityError):  # the other instance moved it meanwhile
+                                    pass
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=instance, args=(a, c)) for a, c in ((one, False), (two, True))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert not errors, errors
+        one.drain_queue()
+        kinds = check_log(one, capacities)
+        assert kinds["WorkOrder.Assigned"] >= total  # both instances assigned, and reassigned after declines
+        assert kinds["WorkOrder.Declined"] > 0
+        one.board.refresh()
+        held = sum(len(v.active) for v in one.board.technicians.values())
+        assert held <= total and held + len(one.board.waiting) >= min(orders, total)
+    finally:
+        one.close()
+        two.close()
+
+
+async def ensure_db(settings: ServiceSettings) -> None:
+    from tsop_events.store import ensure_database
+
+    await ensure_database(settings)
+
+
+async def test_two_running_instances_share_the_consumer_and_never_over_assign(settings: ServiceSettings) -> None:
+    """Two dispatch runtimes (one consumer group, one database) take a flood of RequestAccepted from the bus."""
+    tickets = [str(uuid.uuid4()) for _ in range(40)]
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    accepted: list[tuple[str, Any]] = [
+        (
+            stable_event_id(t, 2),
+            RequestAccepted(
+                ticket_id=t,
+                service_type=FAULT,
+                region="north",
+                priority=1 + i % 5,
+                customer_tier="standard",
+                resolve_by=now + timedelta(hours=i),
+                accepted_at=now,
+            ),
+        )
+        for i, t in enumerate(tickets)
+    ]
+
+    def sink(rt: Runtime) -> OpenWorkOrders:
+        assert isinstance(rt.app, DispatchApp)
+        return OpenWorkOrders(rt.app)
+
+    async def timers(rt: Runtime) -> None:
+        assert isinstance(rt.app, DispatchApp)
+        while True:
+            await asyncio.to_thread(rt.app.tick)
+            await asyncio.sleep(0.1)
+
+    runtimes = [
+        Runtime(settings, app_factory=lambda s: DispatchApp(s), mapper=to_wire, sinks=[sink], tasks=[timers])
+        for _ in range(2)
+    ]
+    for rt in runtimes:
+        await rt.start()
+    try:
+        app = runtimes[0].app
+        assert isinstance(app, DispatchApp)
+        capacities = {}
+        for i in range(5):
+            tech, _ = await asyncio.to_thread(app.register_technician, uuid.uuid4(), f"T{i}", [FAULT], ["north"], 3)
+            capacities[tech.id] = 3
+        await publish(settings, accepted)
+        await publish(settings, accepted[:10])  # a relay republishing part of it
+
+        async def all_opened_and_full() -> bool:
+            await asyncio.to_thread(app.board.refresh)
+            held = sum(len(t.active) for t in app.board.technicians.values())
+            return held == 15 and len(app.board.waiting) == 25
+
+        await eventually(all_opened_and_full, what="15 assigned, 25 waiting")
+        # every technician resolves one job at a time; both instances' timers drain the queue meanwhile
+        for _ in range(25):
+            await asyncio.to_thread(app.board.refresh)
+            tid, view = next((i, v) for i, v in app.board.technicians.items() if v.active)
+            wo_id = uuid.UUID(sorted(view.active)[0])
+            await asyncio.to_thread(app.accept, wo_id, str(tid))
+            await asyncio.to_thread(app.start, wo_id, str(tid), "remote")
+            await asyncio.to_thread(app.resolve, wo_id, str(tid), "fixed", "done", None)
+
+            async def refilled() -> bool:
+                await asyncio.to_thread(app.board.refresh)
+                return (
+                    sum(len(t.active) for t in app.board.technicians.values()) == min(15, 15 + len(app.board.waiting))
+                    or not app.board.waiting
+                )
+
+            await eventually(refilled, what="the freed place taken from the queue")
+        await eventually(lambda: asyncio.sleep(0, result=not app.board.waiting), what="queue drained")
+        kinds = await asyncio.to_thread(check_log, app, capacities)
+    finally:
+        for rt in runtimes:
+            await rt.stop()
+    assert kinds["WorkOrder.Opened"] == 40
+    assert kinds["WorkOrder.Assigned"] == 40
+    assert kinds["WorkOrder.Resolved"] == 25
