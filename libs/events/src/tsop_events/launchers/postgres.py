@@ -61,7 +61,8 @@ class EmbeddedPostgres:
         entry = _ensure_user()
         return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 180.0) -> None:
+        """Start and wait until it answers queries (crash recovery on a loaded machine takes a while)."""
         bin_dir = _bin_dir()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         run_as = self._run_as()
