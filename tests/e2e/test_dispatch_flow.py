@@ -17,8 +17,9 @@ def submit(platform: Platform, region: str, tier: str) -> str:
             "region": region,
             "service_type": SERVICE_TYPE,
             "description": "No internet since this morning",
+            "location": {"address": f"{uuid.uuid4().hex[:8]} Main Street"},
         },
-        headers={"Idempotency-Key": uuid.uuid4().hex},
+        headers={"Idempotency-Key": uuid.uuid4().hex, **platform.as_channel()},
     )
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
