@@ -160,7 +160,11 @@ class Driver:
 
     async def _rate(self, ticket: str) -> None:
         try:
-            r = await self.http.post(self.url("feedback", f"/v1/tickets/{ticket}/rating"), json={"score": 5})
+            r = await self.http.post(
+                self.url("feedback", f"/v1/tickets/{ticket}/rating"),
+                json={"score": 5},
+                headers={"Authorization": f"Bearer {self.stack.tokens['agent']}"},
+            )
             if r.status_code != 201:
                 self.errors.append(f"rate {r.status_code}: {r.text[:200]}")
         except httpx.HTTPError as exc:

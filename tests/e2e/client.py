@@ -142,24 +142,32 @@ class Platform:
             self.work(wo, "resolve", body).raise_for_status()
 
     def feedback(self, ticket: str) -> dict[str, Any] | None:
-        return self.found("feedback", f"/v1/tickets/{ticket}/feedback")
+        return self.found("feedback", f"/v1/tickets/{ticket}/feedback", self.auth("supervisor"))
 
     def wait_notified(self, ticket: str, timeout: float = 60.0) -> dict[str, Any]:
         path = f"/v1/tickets/{ticket}/feedback"
-        return self.wait_until("feedback", path, lambda f: bool(f["notified"]), f"feedback for {ticket}", timeout)
+        return self.wait_until(
+            "feedback", path, lambda f: bool(f["notified"]), f"feedback for {ticket}", timeout,
+            headers=self.auth("supervisor"),
+        )
 
     def rate(self, ticket: str, score: int = 5) -> httpx.Response:
-        return self.http.post(self.url("feedback", f"/v1/tickets/{ticket}/rating"), json={"score": score})
+        """The customer's rating, as a hotline agent records it (any channel's ticket)."""
+        return self.http.post(
+            self.url("feedback", f"/v1/tickets/{ticket}/rating"), json={"score": score}, headers=self.auth("agent")
+        )
 
     def dossier(self, ticket: str) -> dict[str, Any] | None:
-        return self.found("archive", f"/v1/tickets/{ticket}/dossier")
+        return self.found("archive", f"/v1/tickets/{ticket}/dossier", self.auth("auditor"))
 
     def wait_archived(self, ticket: str, timeout: float = 60.0) -> dict[str, Any]:
         def sealed(d: dict[str, Any]) -> bool:
             return bool(d["seal"]) and any(e["type"] == "tsop.ticket.archived.v1" for e in d["events"])
 
         path = f"/v1/tickets/{ticket}/dossier"
-        return self.wait_until("archive", path, sealed, f"archive of {ticket}", timeout, every=0.1)
+        return self.wait_until(
+            "archive", path, sealed, f"archive of {ticket}", timeout, every=0.1, headers=self.auth("auditor")
+        )
 
     def complete(self, ticket: str, timeout: float = 60.0) -> dict[str, Any]:
         """Drive one accepted ticket to its sealed dossier."""

@@ -96,12 +96,16 @@ def test_unknown_ids_and_invalid_ids(platform: Platform) -> None:
     assert platform.http.get(platform.url("intake", f"/v1/requests/{uuid.uuid4()}"), headers=me).status_code == 404
     assert platform.http.get(platform.url("intake", "/v1/requests/not-a-uuid"), headers=me).status_code == 422
     assert platform.rate(str(uuid.uuid4())).status_code == 404
-    assert platform.http.get(platform.url("archive", f"/v1/tickets/{uuid.uuid4()}/dossier")).status_code == 404
+    assert platform.http.get(
+        platform.url("archive", f"/v1/tickets/{uuid.uuid4()}/dossier"), headers=platform.auth("auditor")
+    ).status_code == 404
 
 
 def test_out_of_range_rating_and_a_rating_before_resolution(platform: Platform) -> None:
     ticket = platform.submit().json()["id"]
-    r = platform.http.post(platform.url("feedback", f"/v1/tickets/{ticket}/rating"), json={"score": 9})
+    r = platform.http.post(
+        platform.url("feedback", f"/v1/tickets/{ticket}/rating"), json={"score": 9}, headers=platform.auth("agent")
+    )
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "score"
     platform.wait_assigned(ticket)
     from tests.e2e.client import wait_for

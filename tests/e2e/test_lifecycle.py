@@ -68,7 +68,9 @@ def test_open_tickets_are_projected_by_region_and_service_type(platform: Platfor
     assert ticket
 
     def counted() -> bool:
-        s = platform.http.get(platform.url("incident", "/v1/open-tickets/summary?region=south")).json()
+        s = platform.http.get(
+            platform.url("incident", "/v1/open-tickets/summary?region=south"), headers=platform.auth("supervisor")
+        ).json()
         return bool(s["total"] >= 1 and s["groups"][0]["service_type"] == "broadband.fault_repair")
 
     wait_for(counted, what="south ticket in the incident projection")

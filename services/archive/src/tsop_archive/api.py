@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from tsop_archive.application import ArchiveApp, dossier_id
 from tsop_archive.domain import Dossier, causal_order, chain_hash
 from tsop_archive.store import SELECT_TICKET, row_to_event
+from tsop_events.auth import Principal, Role, requires
 from tsop_events.http import Problem, app_of, runtime_of
 from tsop_events.topics import Topic
 
 router = APIRouter(prefix="/v1/tickets", tags=["archive"])
 
 
+Reader = Annotated[Principal, Depends(requires(Role.auditor, Role.supervisor))]
+
+
 @router.get("/{ticket_id}/dossier")
-async def dossier(ticket_id: UUID, request: Request) -> dict[str, Any]:
+async def dossier(ticket_id: UUID, request: Request, caller: Reader) -> dict[str, Any]:
     runtime = runtime_of(request)
     app = app_of(request, ArchiveApp)
     rows = await runtime.pool.fetch(SELECT_TICKET, str(ticket_id), runtime.settings.topic(Topic.tickets.value))

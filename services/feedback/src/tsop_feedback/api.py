@@ -7,15 +7,19 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from tsop_events.auth import Principal, Role, requires
 from tsop_events.http import Problem, app_of
 from tsop_events.store import IntegrityError
 from tsop_feedback.application import FeedbackApp, case_id
 from tsop_feedback.domain import AlreadyClosed, FeedbackCase, FeedbackError
 
 router = APIRouter(prefix="/v1/tickets", tags=["feedback"])
+# service-desk staff record the customer's rating (hotline, survey); channel credentials live in intake
+Rater = Annotated[Principal, Depends(requires(Role.agent))]
+Reader = Annotated[Principal, Depends(requires(Role.agent, Role.supervisor, Role.auditor))]
 
 
 class Rating(BaseModel):
@@ -41,7 +45,7 @@ def case_view(c: FeedbackCase) -> dict[str, Any]:
 
 
 @router.post("/{ticket_id}/rating", status_code=201)
-async def rate(ticket_id: UUID, body: Rating, request: Request) -> dict[str, Any]:
+async def rate(ticket_id: UUID, body: Rating, request: Request, caller: Rater) -> dict[str, Any]:
     app = _app(request)
     try:
         case = await asyncio.to_thread(app.rate, str(ticket_id), body.score, body.comment)
@@ -57,7 +61,7 @@ async def rate(ticket_id: UUID, body: Rating, request: Request) -> dict[str, Any
 
 
 @router.get("/{ticket_id}/feedback")
-async def get_feedback(ticket_id: UUID, request: Request) -> dict[str, Any]:
+async def get_feedback(ticket_id: UUID, request: Request, caller: Reader) -> dict[str, Any]:
     app = _app(request)
     try:
         case = await asyncio.to_thread(app.load, case_id(str(ticket_id)))

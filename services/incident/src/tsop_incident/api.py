@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
+from tsop_events.auth import Principal, Role, requires
 from tsop_events.http import runtime_of
 
 router = APIRouter(prefix="/v1", tags=["incident"])
 
 
 @router.get("/open-tickets/summary")
-async def open_ticket_summary(request: Request, region: str | None = None) -> dict[str, Any]:
+async def open_ticket_summary(
+    request: Request,
+    caller: Annotated[Principal, Depends(requires(Role.incident_manager, Role.supervisor))],
+    region: str | None = None,
+) -> dict[str, Any]:
     """Open (not yet resolved) tickets counted by region and service type."""
     runtime = runtime_of(request)
     rows = await runtime.pool.fetch(
