@@ -41,9 +41,13 @@ lint: install
 catalogue: install
 	$(BIN)/python -m tsop_events.catalogue --write
 
-## Complete lifecycles through the running embedded stack; JSON + plot in bench/results.
+## Every benchmark, each on a fresh embedded stack; JSON (and plots) in bench/results:
+## complete lifecycles, intake alone, dispatch at scale, TMF621 lists over a million tickets.
 bench: install
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.intake
+	$(BIN)/python -m bench.dispatch
+	$(BIN)/python -m bench.tmf_list
 
 ## A three-broker Apache Kafka (KRaft) cluster on loopback, jars from Maven Central.
 kafka: install
