@@ -182,11 +182,11 @@ async def create_ticket(
 ) -> dict[str, Any]:
     if caller.channel_id is None:
         raise Problem(403, "Forbidden", "trouble tickets are created by registered channel systems")
-    app = runtime_of(request).app
+    catalogue = service.intake(runtime_of(request)).catalogue
     try:
         native = inbound.parse_create(
             body,
-            service_types=app.catalogue.types.keys(),  # type: ignore[attr-defined]
+            service_types=catalogue.types.keys(),
             channel_id=caller.channel_id,
             author=caller.subject,
             now=datetime.now(UTC),
