@@ -220,7 +220,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         "when": datetime.now(UTC).isoformat(),
         "machine": {"cpus": psutil.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
         "throughput": await driver.throughput(args.connections, args.seconds),
-        "latency": await driver.latency(args.rate, args.latency_seconds, args.connections),
+        "latency": await driver.latency(args.rate, args.latency_seconds, args.latency_connections),
         "intake_rss_mb": round(driver.processes()["intake"].memory_info().rss / 2**20, 1),
         "errors": driver.errors,
     }
@@ -233,6 +233,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="throughput phase")
     parser.add_argument("--rate", type=float, default=500.0, help="latency phase, submissions per second")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--latency-connections", type=int, default=128, help="enough that none is waited for")
     args = parser.parse_args()
     stack = Stack(
         Path(tempfile.mkdtemp(prefix="tsop-bench-intake-")),

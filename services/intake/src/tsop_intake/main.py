@@ -20,6 +20,7 @@ class IntakeSettings(ServiceSettings):
     service_name: str = "intake"
     http_port: int = 8001
     service_types_file: Path | None = None
+    commit_writers: int = 2  # one batch of submissions is encoded while the previous one is in PostgreSQL
 
 
 def build(settings: IntakeSettings | None = None) -> FastAPI:
@@ -32,6 +33,7 @@ def build(settings: IntakeSettings | None = None) -> FastAPI:
         sinks=[lambda rt: RequestStatusProjection(rt.pool)],
         tasks=[follow_log, completion_deadlines],
         token_resolvers=[channel_tokens],
+        commit_writers=s.commit_writers,
     )
     return create_app(runtime, "TSOP intake", [router])
 
