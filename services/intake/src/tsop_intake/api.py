@@ -14,7 +14,7 @@ from tsop_events.http import runtime_of
 from tsop_events.schemas import Channel, CustomerTier
 from tsop_intake import service
 from tsop_intake.domain import CHANNEL_KINDS, ChannelSystem, ServiceRequest
-from tsop_intake.service import ChangesIn, Details, FieldsIn, LocationIn, TimeRequirementIn
+from tsop_intake.service import ApplicationBase, ChangesIn, FieldsIn
 
 router = APIRouter(prefix="/v1", tags=["intake"])
 
@@ -32,19 +32,8 @@ class Customer(BaseModel):
     tier: CustomerTier = CustomerTier.standard
 
 
-class SubmitRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    channel: Channel | None = Field(default=None, description="Optional: the registered channel's kind is used.")
-    channel_request_ref: Annotated[str, Field(max_length=128)] | None = None
+class SubmitRequest(ApplicationBase):
     customer: Customer
-    region: Annotated[str, Field(min_length=1, max_length=64)]
-    service_type: Annotated[str, Field(min_length=1, max_length=64)]
-    description: Annotated[str, Field(min_length=1, max_length=4000)]
-    time_requirement: TimeRequirementIn = TimeRequirementIn()
-    special_needs: Annotated[str, Field(max_length=1000)] | None = None
-    callback_url: AnyHttpUrl | None = None
-    location: LocationIn | None = None
-    details: Details = Field(default_factory=dict)
 
 
 class CancelRequest(BaseModel):
@@ -147,7 +136,7 @@ async def submit(
     caller: ChannelCaller,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
-    fields = {name: getattr(body, name) for name in SubmitRequest.model_fields if name != "customer"}
+    fields = {name: getattr(body, name) for name in ApplicationBase.model_fields}
     # validated once, by this body model, whose parts are FieldsIn's own
     parsed = FieldsIn.model_construct(customer_id=body.customer.id, customer_tier=body.customer.tier, **fields)
     created, new = await service.submit(runtime_of(request), parsed, caller, idempotency_key)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID, uuid4
@@ -164,14 +165,12 @@ class ChangesIn(BaseModel):
     details: Details | None = None
 
 
-class FieldsIn(BaseModel):
-    """An application as ``submit`` takes it."""
+class ApplicationBase(BaseModel):
+    """What an application states besides the customer (the native body nests the customer, TMF maps it)."""
 
     model_config = ConfigDict(extra="forbid")
-    channel: Channel | None = None
+    channel: Channel | None = Field(default=None, description="Optional: the registered channel's kind is used.")
     channel_request_ref: Annotated[str, Field(max_length=128)] | None = None
-    customer_id: Annotated[str, Field(min_length=1, max_length=128)]
-    customer_tier: CustomerTier = CustomerTier.standard
     region: Annotated[str, Field(min_length=1, max_length=64)]
     service_type: Annotated[str, Field(min_length=1, max_length=64)]
     description: Annotated[str, Field(min_length=1, max_length=4000)]
@@ -180,6 +179,13 @@ class FieldsIn(BaseModel):
     callback_url: AnyHttpUrl | None = None
     location: LocationIn | None = None
     details: Details = Field(default_factory=dict)
+
+
+class FieldsIn(ApplicationBase):
+    """An application as ``submit`` takes it."""
+
+    customer_id: Annotated[str, Field(min_length=1, max_length=128)]
+    customer_tier: CustomerTier = CustomerTier.standard
 
 
 # ---------------------------------------------------------------- helpers
@@ -361,6 +367,32 @@ def _domain_errors(exc: domain.RequestError) -> IntakeError:
     return InvalidTransition("status", str(exc))
 
 
+async def _change(
+    runtime: Runtime,
+    ticket_id: UUID,
+    caller: Principal,
+    change: Callable[[ServiceRequest, datetime], Awaitable[None]],
+) -> ServiceRequest:
+    """Load, decide, save; when another writer saved first, decide again on fresh state."""
+    app = intake(runtime)
+    for attempt in range(5):
+        request = await _load(runtime, ticket_id, caller)
+        try:
+            await change(request, app.clock.now())
+        except domain.RequestError as exc:
+            raise _domain_errors(exc) from None
+        events = list(request.pending_events)
+        try:
+            await runtime.committer.save(request)
+        except IntegrityError:
+            if attempt == 4:
+                raise
+            continue
+        app.index.observe(events)
+        return request
+    raise AssertionError("unreachable")
+
+
 async def update(runtime: Runtime, ticket_id: UUID, changes: dict[str, Any], caller: Principal) -> ServiceRequest:
     """Complete pending information or correct attributes; a pending application is reviewed again."""
     app = intake(runtime)
@@ -377,28 +409,14 @@ async def update(runtime: Runtime, ticket_id: UUID, changes: dict[str, Any], cal
     if "service_type" in normalised and app.catalogue.get(normalised["service_type"]) is None:
         raise UnknownServiceType("service_type", f"{normalised['service_type']!r} is not in the catalogue",
                                  known=sorted(app.catalogue.types))
-    by = caller.subject
     await _caught_up(app)
-    for attempt in range(5):
-        request = await _load(runtime, ticket_id, caller)
-        now = app.clock.now()
-        try:
-            again = request.update(normalised, by, now)
-        except domain.RequestError as exc:
-            raise _domain_errors(exc) from None
-        if again:
+
+    async def complete(request: ServiceRequest, now: datetime) -> None:
+        if request.update(normalised, caller.subject, now):
             facts = await _facts(runtime, request, now)
             request.apply_decision(review(app.catalogue, request.fields(), facts), now)
-        events = list(request.pending_events)
-        try:
-            await runtime.committer.save(request)
-        except IntegrityError:
-            if attempt == 4:
-                raise
-            continue
-        app.index.observe(events)
-        return request
-    raise AssertionError("unreachable")
+
+    return await _change(runtime, ticket_id, caller, complete)
 
 
 def _reason_code(app: IntakeApp, kind: str, code: str) -> str:
@@ -412,26 +430,14 @@ async def cancel(
     runtime: Runtime, ticket_id: UUID, reason_code: str, reason: str, caller: Principal
 ) -> ServiceRequest:
     """Withdraw an open request (pending, queued or accepted) with a catalogued reason code."""
-    app = intake(runtime)
-    meaning = _reason_code(app, "cancel", reason_code)
-    for attempt in range(5):
-        request = await _load(runtime, ticket_id, caller)
+    meaning = _reason_code(intake(runtime), "cancel", reason_code)
+
+    async def withdraw(request: ServiceRequest, now: datetime) -> None:
         if request.status == "accepted" and await _closed_downstream(runtime, ticket_id):
             raise InvalidTransition("status", "the request is already resolved or closed")
-        try:
-            request.cancel(reason_code, reason or meaning, caller.subject, app.clock.now())
-        except domain.RequestError as exc:
-            raise _domain_errors(exc) from None
-        events = list(request.pending_events)
-        try:
-            await runtime.committer.save(request)
-        except IntegrityError:
-            if attempt == 4:
-                raise
-            continue
-        app.index.observe(events)
-        return request
-    raise AssertionError("unreachable")
+        request.cancel(reason_code, reason or meaning, caller.subject, now)
+
+    return await _change(runtime, ticket_id, caller, withdraw)
 
 
 async def decide(
@@ -439,31 +445,18 @@ async def decide(
 ) -> ServiceRequest:
     """An agent's decision on a request in the review queue, with a catalogued reason code."""
     app = intake(runtime)
-    kind = "accept" if accept else "reject"
-    meaning = _reason_code(app, kind, reason_code)
-    for attempt in range(5):
-        request = await _load(runtime, ticket_id, caller)
-        now = app.clock.now()
+    meaning = _reason_code(app, "accept" if accept else "reject", reason_code)
+
+    async def judge(request: ServiceRequest, now: datetime) -> None:
         st = app.catalogue.get(request.service_type)
         if accept and st is not None:
             decision = domain.accept_decision(app.catalogue, st, request.fields(), now, reason_code,
                                               reason or meaning)
         else:
             decision = domain.Decision("reject", reason_code, reason or meaning)
-        try:
-            request.agent_decision(decision, now, caller.subject)
-        except domain.RequestError as exc:
-            raise _domain_errors(exc) from None
-        events = list(request.pending_events)
-        try:
-            await runtime.committer.save(request)
-        except IntegrityError:
-            if attempt == 4:
-                raise
-            continue
-        app.index.observe(events)
-        return request
-    raise AssertionError("unreachable")
+        request.agent_decision(decision, now, caller.subject)
+
+    return await _change(runtime, ticket_id, caller, judge)
 
 
 # ---------------------------------------------------------------- channels
