@@ -338,7 +338,8 @@ async def submit(
         app.index.forget(ticket_id)
         if not idempotency_key:
             raise
-        await asyncio.to_thread(app.index.refresh)
+        # the first submission with this key: a refresh may have skipped it while ours was noted
+        await asyncio.to_thread(app.index.reobserve, ticket_id)
         return await _replay(runtime, ticket_id, fingerprint), False
     except BaseException:
         app.index.forget(ticket_id)
