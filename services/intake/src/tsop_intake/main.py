@@ -12,8 +12,7 @@ from tsop_events.settings import ServiceSettings
 from tsop_intake.api import router
 from tsop_intake.application import IntakeApp, to_wire
 from tsop_intake.catalogue import Catalogue
-from tsop_intake.projection import RequestStatusProjection
-from tsop_intake.timers import channel_tokens, completion_deadlines, follow_log
+from tsop_intake.timers import channel_tokens, completion_deadlines, follow_log, status_projection
 
 
 class IntakeSettings(ServiceSettings):
@@ -30,7 +29,7 @@ def build(settings: IntakeSettings | None = None) -> FastAPI:
         s,
         app_factory=lambda st: IntakeApp(st, catalogue=catalogue),
         mapper=to_wire,
-        sinks=[lambda rt: RequestStatusProjection(rt.pool)],
+        sinks=[status_projection],
         tasks=[follow_log, completion_deadlines],
         token_resolvers=[channel_tokens],
         commit_writers=s.commit_writers,

@@ -47,9 +47,9 @@ from tsop_events.store import IntegrityError, retry_on_conflict
 from tsop_intake import domain
 from tsop_intake.application import IntakeApp
 from tsop_intake.domain import ChannelSystem, Facts, ServiceRequest, review
+from tsop_intake.projection import FINISHED
 
 STAFF = (Role.agent, Role.supervisor, Role.auditor, Role.admin)
-CLOSED_DOWNSTREAM = frozenset({"resolved", "feedback_sent", "rated", "closed", "archived", "cancelled"})
 
 
 # ---------------------------------------------------------------- errors
@@ -235,7 +235,7 @@ async def _load(runtime: Runtime, ticket_id: UUID, caller: Principal) -> Service
 
 async def _closed_downstream(runtime: Runtime, ticket: UUID) -> bool:
     status = await runtime.pool.fetchval("SELECT status FROM request_status WHERE ticket_id = $1", ticket)
-    return status in CLOSED_DOWNSTREAM
+    return status in FINISHED
 
 
 async def _facts(runtime: Runtime, request: ServiceRequest, now: datetime) -> Facts:
