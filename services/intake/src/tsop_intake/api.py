@@ -16,7 +16,39 @@ from tsop_intake import service
 from tsop_intake.domain import CHANNEL_KINDS, ChannelSystem, ServiceRequest
 from tsop_intake.service import ApplicationBase, ChangesIn, FieldsIn
 
-router = APIRouter(prefix="/v1", tags=["intake"])
+_PROBLEM: dict[str, Any] = {
+    "application/problem+json": {
+        "schema": {
+            "type": "object",
+            "required": ["type", "title", "status"],
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "errors": {
+                    "type": "array",
+                    "items": {"type": "object", "properties": {"field": {"type": "string"},
+                                                               "reason": {"type": "string"}}},
+                },
+            },
+        }
+    }
+}
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    status: {"description": why, "content": _PROBLEM}
+    for status, why in (
+        (400, "Malformed JSON"),
+        (401, "No or unknown credentials"),
+        (403, "The wrong role, or another channel's request"),
+        (404, "Not found"),
+        (409, "Not allowed in the request's state"),
+        (413, "Body too large"),
+        (422, "Invalid input: each field with its reason"),
+    )
+}
+
+router = APIRouter(prefix="/v1", tags=["intake"], responses=PROBLEMS)
 
 ChannelCaller = Annotated[Principal, Depends(requires(Role.channel))]
 Reader = Annotated[Principal, Depends(requires(Role.channel, Role.agent, Role.supervisor, Role.auditor))]

@@ -209,7 +209,17 @@ def _normalise_location(loc: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: loc.get(k) for k in ("address", "postcode", "site_id")}
 
 
+def _storable(values: dict[str, Any]) -> None:
+    """Refuse what JSON parsing lets through but no event can carry (lone surrogates, huge integers)."""
+    for name, value in values.items():
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError as exc:
+            raise InvalidInput(name, f"cannot be stored: {exc}") from None
+
+
 def _fingerprint(fields: dict[str, Any]) -> str:
+    _storable(fields)
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -405,6 +415,7 @@ async def update(runtime: Runtime, ticket_id: UUID, changes: dict[str, Any], cal
     except ValidationError as exc:
         raise InvalidInput.from_validation(exc) from None
     normalised = parsed.model_dump(mode="json", include=set(changes))
+    _storable(normalised)
     if "location" in normalised:
         normalised["location"] = _normalise_location(normalised["location"])
     if "service_type" in normalised and app.catalogue.get(normalised["service_type"]) is None:
@@ -432,6 +443,7 @@ async def cancel(
 ) -> ServiceRequest:
     """Withdraw an open request (pending, queued or accepted) with a catalogued reason code."""
     meaning = _reason_code(intake(runtime), "cancel", reason_code)
+    _storable({"reason": reason})
 
     async def withdraw(request: ServiceRequest, now: datetime) -> None:
         if request.status == "accepted" and await _closed_downstream(runtime, ticket_id):
@@ -447,9 +459,12 @@ async def decide(
     """An agent's decision on a request in the review queue, with a catalogued reason code."""
     app = intake(runtime)
     meaning = _reason_code(app, "accept" if accept else "reject", reason_code)
+    _storable({"reason": reason})
 
     async def judge(request: ServiceRequest, now: datetime) -> None:
         st = app.catalogue.get(request.service_type)
+        if accept and st is None:
+            raise InvalidTransition("service_type", f"{request.service_type!r} is no longer in the catalogue")
         if accept and st is not None:
             decision = domain.accept_decision(app.catalogue, st, request.fields(), now, reason_code,
                                               reason or meaning)
@@ -479,6 +494,7 @@ async def register_channel(
 ) -> tuple[ChannelSystem, str, str]:
     """Register a channel system and issue its first credential: (channel, credential id, token shown once)."""
     app = intake(runtime)
+    _storable({"name": name, "callback_url": callback_url})
     now = app.clock.now()
     ch = ChannelSystem(id=uuid4(), name=name, kind=kind, callback_url=callback_url,
                        rate_limit_per_minute=rate_limit_per_minute, registered_by=caller.subject, registered_at=now)
@@ -523,6 +539,7 @@ async def change_channel(
     runtime: Runtime, channel_id: UUID, changes: dict[str, Any], caller: Principal
 ) -> ChannelSystem:
     app = intake(runtime)
+    _storable(changes)
     ch = await asyncio.to_thread(
         _save_channel, app, channel_id, lambda c: c.change_settings(changes, caller.subject, app.clock.now())
     )
