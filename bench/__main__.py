@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,28 @@ def summary(values: list[float]) -> dict[str, Any]:
         "p99_ms": pct(values, 99),
         "mean_ms": round(statistics.fmean(values) * 1000, 2) if values else None,
     }
+
+
+def processes(stack: Stack) -> dict[str, psutil.Process]:
+    """The stack's processes and this driver, by name."""
+    procs = {name: psutil.Process(p.pid) for name, p in stack.procs.items()}
+    for name, p in (("postgres", stack.postgres.proc), ("broker", stack.broker.proc)):
+        if p is not None:
+            procs[name] = psutil.Process(p.pid)
+    procs["bench-driver"] = psutil.Process()
+    return procs
+
+
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU time per process (PostgreSQL with its backends): where the machine's two cores go."""
+    out = {}
+    for name, proc in processes(stack).items():
+        try:
+            members = [proc, *proc.children(recursive=True)] if name == "postgres" else [proc]
+            out[name] = sum(m.cpu_times().user + m.cpu_times().system for m in members)
+        except psutil.Error:
+            pass
+    return out
 
 
 class Lifecycle:
@@ -198,23 +221,10 @@ class Driver:
             await consumer.stop()
 
     def processes(self) -> dict[str, psutil.Process]:
-        procs = {name: psutil.Process(p.pid) for name, p in self.stack.procs.items()}
-        for name, p in (("postgres", self.stack.postgres.proc), ("broker", self.stack.broker.proc)):
-            if p is not None:
-                procs[name] = psutil.Process(p.pid)
-        procs["bench-driver"] = psutil.Process()
-        return procs
+        return processes(self.stack)
 
     def cpu_seconds(self) -> dict[str, float]:
-        """CPU time per process (PostgreSQL with its backends): where the machine's two cores go."""
-        out = {}
-        for name, proc in self.processes().items():
-            try:
-                members = [proc, *proc.children(recursive=True)] if name == "postgres" else [proc]
-                out[name] = sum(m.cpu_times().user + m.cpu_times().system for m in members)
-            except psutil.Error:
-                pass
-        return out
+        return cpu_seconds(self.stack)
 
     def _on_event(self, ticket: str, lc: Lifecycle, kind: str, at: float, value: bytes) -> None:
         if kind == "tsop.ticket.assigned.v1" and lc.assigned_at is None:
@@ -310,6 +320,20 @@ class Driver:
         }
 
 
+def on_stack(stack: Stack, work: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
+    """Start the stack, run ``work`` on it, and stop it whatever happens (SIGTERM included)."""
+
+    def terminated(*_: object) -> None:
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        stack.start(180)
+        return asyncio.run(work())
+    finally:
+        stack.stop()
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -384,15 +408,7 @@ def main() -> None:
         env={"TSOP_LOG_LEVEL": "WARNING"},
     )
 
-    def terminated(*_: object) -> None:
-        raise SystemExit(143)
-
-    signal.signal(signal.SIGTERM, terminated)
-    try:
-        stack.start(180)
-        result = asyncio.run(run(args, stack))
-    finally:
-        stack.stop()
+    result = on_stack(stack, lambda: run(args, stack))
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     png = RESULTS / f"bench-{stamp}.png"

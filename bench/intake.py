@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import re
-import signal
 import tempfile
 import time
 import uuid
@@ -32,7 +31,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.__main__ import free_port, summary
+from bench.__main__ import cpu_seconds, free_port, on_stack, processes, summary
 from tsop_events.launchers.stack import Stack
 
 RESULTS = Path(__file__).parent / "results"
@@ -115,24 +114,6 @@ class Driver:
             self.errors.append(f"{status}: {payload[:200]!r}")
         return time.perf_counter() - started
 
-    def processes(self) -> dict[str, psutil.Process]:
-        procs = {name: psutil.Process(p.pid) for name, p in self.stack.procs.items()}
-        for name, p in (("postgres", self.stack.postgres.proc), ("broker", self.stack.broker.proc)):
-            if p is not None:
-                procs[name] = psutil.Process(p.pid)
-        procs["bench-driver"] = psutil.Process()
-        return procs
-
-    def cpu_seconds(self) -> dict[str, float]:
-        out = {}
-        for name, proc in self.processes().items():
-            try:
-                members = [proc, *proc.children(recursive=True)] if name == "postgres" else [proc]
-                out[name] = sum(m.cpu_times().user + m.cpu_times().system for m in members)
-            except psutil.Error:
-                pass
-        return out
-
     async def published(self) -> float:
         async with httpx.AsyncClient() as http:
             text = (await http.get(self.stack.url("intake") + "/metrics")).text
@@ -141,7 +122,7 @@ class Driver:
 
     async def throughput(self, connections: int, seconds: float) -> dict[str, Any]:
         conns = [await Connection.open(self.host, self.port) for _ in range(connections)]
-        before, cpu_before, published_before = self.sent, self.cpu_seconds(), await self.published()
+        before, cpu_before, published_before = self.sent, cpu_seconds(self.stack), await self.published()
         self.statuses.clear()
         stop = time.perf_counter() + seconds
         latencies: list[float] = []
@@ -154,7 +135,8 @@ class Driver:
         await asyncio.gather(*(loop(c) for c in conns))
         elapsed = time.perf_counter() - started
         done = self.sent - before
-        cpu = {k: round((v - cpu_before.get(k, 0.0)) / max(1, done) * 1000, 3) for k, v in self.cpu_seconds().items()}
+        cpu_after = cpu_seconds(self.stack)
+        cpu = {k: round((v - cpu_before.get(k, 0.0)) / max(1, done) * 1000, 3) for k, v in cpu_after.items()}
         accepted = self.statuses.get("accepted", 0)
         expected = published_before + 2 * done  # RequestSubmitted + RequestAccepted per submission
         relay_started = time.perf_counter()
@@ -220,8 +202,8 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         "when": datetime.now(UTC).isoformat(),
         "machine": {"cpus": psutil.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
         "throughput": await driver.throughput(args.connections, args.seconds),
-        "latency": await driver.latency(args.rate, args.latency_seconds, args.connections),
-        "intake_rss_mb": round(driver.processes()["intake"].memory_info().rss / 2**20, 1),
+        "latency": await driver.latency(args.rate, args.latency_seconds, args.latency_connections),
+        "intake_rss_mb": round(processes(stack)["intake"].memory_info().rss / 2**20, 1),
         "errors": driver.errors,
     }
     return result
@@ -233,6 +215,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="throughput phase")
     parser.add_argument("--rate", type=float, default=500.0, help="latency phase, submissions per second")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--latency-connections", type=int, default=128, help="enough that none is waited for")
     args = parser.parse_args()
     stack = Stack(
         Path(tempfile.mkdtemp(prefix="tsop-bench-intake-")),
@@ -243,15 +226,7 @@ def main() -> None:
         services=("intake",),
     )
 
-    def terminated(*_: object) -> None:
-        raise SystemExit(143)
-
-    signal.signal(signal.SIGTERM, terminated)
-    try:
-        stack.start(180)
-        result = asyncio.run(run(args, stack))
-    finally:
-        stack.stop()
+    result = on_stack(stack, lambda: run(args, stack))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"intake-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=2))

@@ -148,3 +148,13 @@ def test_the_self_service_share_is_visible_to_supervisors(platform: Platform) ->
     assert 0 < s["self_service_share"] < 1 and s["self_service_share"] + s["manual_share"] == 1
     assert platform.http.get(platform.url("intake", "/v1/stats/channels"), headers=platform.as_channel()) \
         .status_code == 403
+
+
+def test_a_request_finished_downstream_is_no_longer_a_duplicate(platform: Platform) -> None:
+    first = body(description="No dial tone since yesterday")
+    ticket = post(platform, "/v1/requests", first, platform.as_channel()).json()["id"]
+    assert post(platform, "/v1/requests", first, platform.as_channel()).json()["status"] == "linked"
+    platform.complete(ticket)  # assigned, worked, resolved, rated, closed, archived
+    wait_for(lambda: "closed" in statuses(platform, ticket), what="closed in intake's status history")
+    again = post(platform, "/v1/requests", first, platform.as_channel()).json()
+    assert again["status"] == "accepted" and again["id"] != ticket

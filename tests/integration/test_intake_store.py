@@ -126,3 +126,32 @@ async def test_a_duplicate_closed_downstream_no_longer_links(db: tuple[ServiceSe
     second, _ = await service.submit(inst.runtime, fields(customer_id="c7"), ch, None)
     assert second.status == "accepted"
     inst.close()
+
+
+async def test_a_replay_another_instance_saved_first_leaves_the_index_right(
+    db: tuple[ServiceSettings, asyncpg.Pool],
+) -> None:
+    settings, pool = db
+    a = await Instance(settings, pool, NOW).start()
+    b = await Instance(settings, pool, NOW).start()
+    _, _, token = await service.register_channel(a.runtime, "app", "app", None, None, ADMIN)
+    ch = a.app.index.principal(hash_token(token))
+    assert ch is not None
+    await asyncio.to_thread(b.app.index.refresh)  # b knows the channel, not what a does next
+    first, _ = await service.submit(a.runtime, fields(customer_id="c8"), ch, "retry-1")
+    # b's refresh runs past a's save while b's own attempt with the same key is noted: that
+    # save fails, and b's index must still hold the original
+    saving = b.runtime.committer.save
+
+    async def refresh_then_save(*aggregates: Any) -> None:
+        await asyncio.to_thread(b.app.index.refresh)
+        await saving(*aggregates)
+
+    b.runtime.committer.save = refresh_then_save
+    again, new = await service.submit(b.runtime, fields(customer_id="c8"), ch, "retry-1")
+    assert not new and again.id == first.id
+    b.runtime.committer.save = saving
+    twin, _ = await service.submit(b.runtime, fields(customer_id="c8"), ch, None)
+    assert twin.status == "linked" and twin.duplicate_of == str(first.id)
+    a.close()
+    b.close()

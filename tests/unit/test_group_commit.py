@@ -37,3 +37,17 @@ async def test_a_quiet_commit_is_written_at_once() -> None:
     one = reviewed()
     await asyncio.wait_for(commit.save(one), 2)
     assert app.exists(one.id)
+
+
+async def test_two_writers_save_everything_once_and_refuse_only_the_conflict() -> None:
+    app = memory_app()
+    commit = GroupCommit(app, writers=2)
+    key = uuid4()
+    requests = [reviewed(key), *(reviewed() for _ in range(50)), reviewed(key)]
+    results = await asyncio.gather(*(commit.save(r) for r in requests), return_exceptions=True)
+    assert all(r is None for r in results[:-1]) and isinstance(results[-1], IntegrityError)
+    assert len(app.recorder.select_notifications(1, 1000)) == 2 * 51
+    assert not commit._flushers  # every writer finished, so the next save starts one
+    late = reviewed()
+    await asyncio.wait_for(commit.save(late), 2)
+    assert app.exists(late.id)

@@ -322,3 +322,25 @@ def test_every_request_event_maps_to_a_valid_wire_event_with_its_reason() -> Non
         assert agent_accept["decided_by"] == "alice" and agent_accept["reason_code"] == "retention_done"
 
     run(go())
+
+
+def test_what_no_event_can_carry_is_refused_naming_the_field() -> None:
+    async def go() -> None:
+        env = Env()
+        web = await env.channel()
+        with pytest.raises(service.InvalidInput) as text:
+            await service.submit(env.runtime, fields(description="broken \ud800 line, no signal"), web, None)
+        assert text.value.field == "description"
+        with pytest.raises(service.InvalidInput) as number:
+            await service.submit(env.runtime, fields(details={"n": 2**70}), web, None)
+        assert number.value.field == "details"
+        r, _ = await service.submit(env.runtime, fields(location=None), web, None)
+        with pytest.raises(service.InvalidInput) as change:
+            await service.update(env.runtime, r.id, {"special_needs": "\udfff"}, web)
+        assert change.value.field == "special_needs"
+        with pytest.raises(service.InvalidInput):
+            await service.cancel(env.runtime, r.id, "entered_in_error", "\ud800", web)
+        with pytest.raises(service.InvalidInput):
+            await service.register_channel(env.runtime, "bad \ud800", "web", None, None, ADMIN)
+
+    run(go())

@@ -37,6 +37,7 @@ class Runtime:
     tasks: list[Task] = field(default_factory=list)
     ddl: list[str] = field(default_factory=list)
     token_resolvers: list[Callable[[Runtime], TokenResolver]] = field(default_factory=list)
+    commit_writers: int = 1  # group-commit batches written at once (see store.GroupCommit)
 
     pool: asyncpg.Pool = field(init=False)
     app: EventStoreApp = field(init=False)
@@ -69,7 +70,7 @@ class Runtime:
         if self.app_factory is not None:
             factory = self.app_factory
             self.app = await asyncio.to_thread(factory, s)
-            self.committer = GroupCommit(self.app)
+            self.committer = GroupCommit(self.app, writers=self.commit_writers)
         self.producer = AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap,
             acks="all",

@@ -166,40 +166,46 @@ class GroupCommit:
     conflicting command sees the error.
     """
 
-    def __init__(self, app: EventStoreApp, max_batch: int = 256) -> None:
-        self.app, self.max_batch = app, max_batch
+    def __init__(self, app: EventStoreApp, max_batch: int = 256, writers: int = 1) -> None:
+        self.app, self.max_batch, self.writers = app, max_batch, writers
         self._pending: list[tuple[list[Any], asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
 
     async def save(self, *aggregates: Aggregate) -> None:
         events = [e for a in aggregates for e in a.collect_events()]
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((events, future))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
+        if len(self._flushers) < self.writers:
+            # with writers > 1 one batch is encoded while another waits for the database
+            self._flushers.add(asyncio.create_task(self._flush()))
         await future
 
     async def _flush(self) -> None:
         try:
-            while self._pending:
-                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-                outcomes: list[BaseException | None]
-                try:
-                    await asyncio.to_thread(self.app.save, *[e for events, _ in batch for e in events])
-                    outcomes = [None] * len(batch)
-                except IntegrityError:
-                    outcomes = await asyncio.to_thread(self._one_by_one, [events for events, _ in batch])
-                except Exception as exc:  # noqa: BLE001 - every waiter learns what happened
-                    outcomes = [exc] * len(batch)
-                for (_, future), outcome in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if outcome is None:
-                        future.set_result(None)
-                    else:
-                        future.set_exception(outcome)
-        finally:
-            self._flusher = None
+            await self._drain()
+        finally:  # at once, not in a later callback: a save arriving next must find a free writer
+            task = asyncio.current_task()
+            if task is not None:
+                self._flushers.discard(task)
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            outcomes: list[BaseException | None]
+            try:
+                await asyncio.to_thread(self.app.save, *[e for events, _ in batch for e in events])
+                outcomes = [None] * len(batch)
+            except IntegrityError:
+                outcomes = await asyncio.to_thread(self._one_by_one, [events for events, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - every waiter learns what happened
+                outcomes = [exc] * len(batch)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if outcome is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(outcome)
 
     def _one_by_one(self, batches: list[list[Any]]) -> list[BaseException | None]:
         outcomes: list[BaseException | None] = []

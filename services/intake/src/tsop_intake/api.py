@@ -10,13 +10,27 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from tsop_events.auth import Principal, Role, requires
-from tsop_events.http import runtime_of
+from tsop_events.http import PROBLEM, PROBLEM_SCHEMA, runtime_of
 from tsop_events.schemas import Channel, CustomerTier
 from tsop_intake import service
 from tsop_intake.domain import CHANNEL_KINDS, ChannelSystem, ServiceRequest
-from tsop_intake.service import ChangesIn, Details, FieldsIn, LocationIn, TimeRequirementIn
+from tsop_intake.service import ApplicationBase, ChangesIn, FieldsIn
 
-router = APIRouter(prefix="/v1", tags=["intake"])
+_PROBLEM: dict[str, Any] = {PROBLEM: {"schema": PROBLEM_SCHEMA}}
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    status: {"description": why, "content": _PROBLEM}
+    for status, why in (
+        (400, "Malformed JSON"),
+        (401, "No or unknown credentials"),
+        (403, "The wrong role, or another channel's request"),
+        (404, "Not found"),
+        (409, "Not allowed in the request's state"),
+        (413, "Body too large"),
+        (422, "Invalid input: each field with its reason"),
+    )
+}
+
+router = APIRouter(prefix="/v1", tags=["intake"], responses=PROBLEMS)
 
 ChannelCaller = Annotated[Principal, Depends(requires(Role.channel))]
 Reader = Annotated[Principal, Depends(requires(Role.channel, Role.agent, Role.supervisor, Role.auditor))]
@@ -32,19 +46,8 @@ class Customer(BaseModel):
     tier: CustomerTier = CustomerTier.standard
 
 
-class SubmitRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    channel: Channel | None = Field(default=None, description="Optional: the registered channel's kind is used.")
-    channel_request_ref: Annotated[str, Field(max_length=128)] | None = None
+class SubmitRequest(ApplicationBase):
     customer: Customer
-    region: Annotated[str, Field(min_length=1, max_length=64)]
-    service_type: Annotated[str, Field(min_length=1, max_length=64)]
-    description: Annotated[str, Field(min_length=1, max_length=4000)]
-    time_requirement: TimeRequirementIn = TimeRequirementIn()
-    special_needs: Annotated[str, Field(max_length=1000)] | None = None
-    callback_url: AnyHttpUrl | None = None
-    location: LocationIn | None = None
-    details: Details = Field(default_factory=dict)
 
 
 class CancelRequest(BaseModel):
@@ -147,7 +150,7 @@ async def submit(
     caller: ChannelCaller,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
-    fields = {name: getattr(body, name) for name in SubmitRequest.model_fields if name != "customer"}
+    fields = {name: getattr(body, name) for name in ApplicationBase.model_fields}
     # validated once, by this body model, whose parts are FieldsIn's own
     parsed = FieldsIn.model_construct(customer_id=body.customer.id, customer_tier=body.customer.tier, **fields)
     created, new = await service.submit(runtime_of(request), parsed, caller, idempotency_key)

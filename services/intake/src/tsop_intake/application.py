@@ -142,6 +142,11 @@ class IntakeIndex(LogFollower):
                 self.versions[e.originator_id] = e.originator_version
                 self.apply(e)
 
+    def reobserve(self, ticket: UUID) -> None:
+        """Apply a request's stored events again: after ``forget``, what a concurrent refresh skipped."""
+        stored = self.app.recorder.select_events(ticket)
+        self.observe([self.app.mapper.to_domain_event(se) for se in stored])
+
     def forget(self, ticket: UUID) -> None:
         """Undo what ``observe`` noted for a request whose save failed."""
         with self.lock:

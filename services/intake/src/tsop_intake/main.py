@@ -13,8 +13,7 @@ from tsop_events.settings import ServiceSettings
 from tsop_intake.api import router
 from tsop_intake.application import IntakeApp, to_wire
 from tsop_intake.catalogue import Catalogue
-from tsop_intake.projection import RequestStatusProjection
-from tsop_intake.timers import channel_tokens, completion_deadlines, follow_log
+from tsop_intake.timers import channel_tokens, completion_deadlines, follow_log, status_projection
 from tsop_intake.tmf import hub
 from tsop_intake.tmf.api import BASE as TMF_BASE
 from tsop_intake.tmf.api import router as tmf_router
@@ -26,6 +25,7 @@ class IntakeSettings(ServiceSettings):
     service_name: str = "intake"
     http_port: int = 8001
     service_types_file: Path | None = None
+    commit_writers: int = 2  # one batch of submissions is encoded while the previous one is in PostgreSQL
     hub_delivery_timeout_seconds: float = 5.0
 
 
@@ -44,9 +44,10 @@ def build(settings: IntakeSettings | None = None) -> FastAPI:
         s,
         app_factory=lambda st: IntakeApp(st, catalogue=catalogue),
         mapper=to_wire,
-        sinks=[lambda rt: RequestStatusProjection(rt.pool), lambda rt: TmfTicketProjection(rt.pool, hub.Outbox())],
+        sinks=[status_projection, lambda rt: TmfTicketProjection(rt.pool, hub.Outbox())],
         tasks=[follow_log, completion_deadlines, deliver_notifications],
         token_resolvers=[channel_tokens],
+        commit_writers=s.commit_writers,
         ddl=list(hub.DDL),
     )
     return create_app(runtime, "TSOP intake", [router, tmf_router], error_renderers=[(TMF_BASE, tmf_error)])

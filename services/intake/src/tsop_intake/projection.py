@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
+from uuid import UUID
 
 import asyncpg
 
@@ -27,6 +29,8 @@ STATUS_OF: dict[str, str] = {
     wire.RequestCancelled.event_type: "cancelled",
 }
 RANK = {status: i for i, status in enumerate(dict.fromkeys(STATUS_OF.values()))}
+# no longer open: a new application for the same customer, type and location is not its duplicate
+FINISHED = frozenset({"resolved", "feedback_sent", "rated", "closed", "archived", "cancelled"})
 
 
 class RequestStatusProjection(ProjectionSink):
@@ -40,6 +44,10 @@ class RequestStatusProjection(ProjectionSink):
             status text NOT NULL, at timestamptz NOT NULL)""",
         "CREATE INDEX IF NOT EXISTS request_history_ticket ON request_history (ticket_id, at)",
     )
+
+    def __init__(self, pool: asyncpg.Pool, on_finished: Callable[[UUID], None] | None = None) -> None:
+        super().__init__(pool)
+        self.on_finished = on_finished  # e.g. drop the ticket from the open-request index
 
     async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
         status = STATUS_OF[incoming.envelope.type]
@@ -55,3 +63,5 @@ class RequestStatusProjection(ProjectionSink):
                updated_at = EXCLUDED.updated_at WHERE request_status.rank < EXCLUDED.rank""",
             incoming.key, status, RANK[status], env.time,
         )
+        if status in FINISHED and self.on_finished is not None and incoming.key:
+            self.on_finished(UUID(incoming.key))

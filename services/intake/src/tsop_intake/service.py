@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID, uuid4
@@ -46,9 +47,9 @@ from tsop_events.store import IntegrityError, retry_on_conflict
 from tsop_intake import domain
 from tsop_intake.application import IntakeApp
 from tsop_intake.domain import ChannelSystem, Facts, ServiceRequest, review
+from tsop_intake.projection import FINISHED
 
 STAFF = (Role.agent, Role.supervisor, Role.auditor, Role.admin)
-CLOSED_DOWNSTREAM = frozenset({"resolved", "feedback_sent", "rated", "closed", "archived", "cancelled"})
 
 
 # ---------------------------------------------------------------- errors
@@ -165,14 +166,12 @@ class ChangesIn(BaseModel):
     attributes: dict[str, Any] | None = None
 
 
-class FieldsIn(BaseModel):
-    """An application as ``submit`` takes it."""
+class ApplicationBase(BaseModel):
+    """What an application states besides the customer (the native body nests the customer, TMF maps it)."""
 
     model_config = ConfigDict(extra="forbid")
-    channel: Channel | None = None
+    channel: Channel | None = Field(default=None, description="Optional: the registered channel's kind is used.")
     channel_request_ref: Annotated[str, Field(max_length=128)] | None = None
-    customer_id: Annotated[str, Field(min_length=1, max_length=128)]
-    customer_tier: CustomerTier = CustomerTier.standard
     region: Annotated[str, Field(min_length=1, max_length=64)]
     service_type: Annotated[str, Field(min_length=1, max_length=64)]
     description: Annotated[str, Field(min_length=1, max_length=4000)]
@@ -184,6 +183,13 @@ class FieldsIn(BaseModel):
     attributes: dict[str, Any] = Field(
         default_factory=dict, description="Kept, not acted on: what the TMF facade carries (name, severity, notes)."
     )
+
+
+class FieldsIn(ApplicationBase):
+    """An application as ``submit`` takes it."""
+
+    customer_id: Annotated[str, Field(min_length=1, max_length=128)]
+    customer_tier: CustomerTier = CustomerTier.standard
 
 
 # ---------------------------------------------------------------- helpers
@@ -207,7 +213,17 @@ def _normalise_location(loc: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: loc.get(k) for k in ("address", "postcode", "site_id")}
 
 
+def _storable(values: dict[str, Any]) -> None:
+    """Refuse what JSON parsing lets through but no event can carry (lone surrogates, huge integers)."""
+    for name, value in values.items():
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError as exc:
+            raise InvalidInput(name, f"cannot be stored: {exc}") from None
+
+
 def _fingerprint(fields: dict[str, Any]) -> str:
+    _storable(fields)
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -233,7 +249,7 @@ async def _load(runtime: Runtime, ticket_id: UUID, caller: Principal) -> Service
 
 async def _closed_downstream(runtime: Runtime, ticket: UUID) -> bool:
     status = await runtime.pool.fetchval("SELECT status FROM request_status WHERE ticket_id = $1", ticket)
-    return status in CLOSED_DOWNSTREAM
+    return status in FINISHED
 
 
 async def _facts(runtime: Runtime, request: ServiceRequest, now: datetime) -> Facts:
@@ -337,7 +353,8 @@ async def submit(
         app.index.forget(ticket_id)
         if not idempotency_key:
             raise
-        await asyncio.to_thread(app.index.refresh)
+        # the first submission with this key: a refresh may have skipped it while ours was noted
+        await asyncio.to_thread(app.index.reobserve, ticket_id)
         return await _replay(runtime, ticket_id, fingerprint), False
     except BaseException:
         app.index.forget(ticket_id)
@@ -366,6 +383,32 @@ def _domain_errors(exc: domain.RequestError) -> IntakeError:
     return InvalidTransition("status", str(exc))
 
 
+async def _change(
+    runtime: Runtime,
+    ticket_id: UUID,
+    caller: Principal,
+    change: Callable[[ServiceRequest, datetime], Awaitable[None]],
+) -> ServiceRequest:
+    """Load, decide, save; when another writer saved first, decide again on fresh state."""
+    app = intake(runtime)
+    for attempt in range(5):
+        request = await _load(runtime, ticket_id, caller)
+        try:
+            await change(request, app.clock.now())
+        except domain.RequestError as exc:
+            raise _domain_errors(exc) from None
+        events = list(request.pending_events)
+        try:
+            await runtime.committer.save(request)
+        except IntegrityError:
+            if attempt == 4:
+                raise
+            continue
+        app.index.observe(events)
+        return request
+    raise AssertionError("unreachable")
+
+
 async def update(runtime: Runtime, ticket_id: UUID, changes: dict[str, Any], caller: Principal) -> ServiceRequest:
     """Complete pending information or correct attributes; a pending application is reviewed again."""
     app = intake(runtime)
@@ -377,33 +420,20 @@ async def update(runtime: Runtime, ticket_id: UUID, changes: dict[str, Any], cal
     except ValidationError as exc:
         raise InvalidInput.from_validation(exc) from None
     normalised = parsed.model_dump(mode="json", include=set(changes))
+    _storable(normalised)
     if "location" in normalised:
         normalised["location"] = _normalise_location(normalised["location"])
     if "service_type" in normalised and app.catalogue.get(normalised["service_type"]) is None:
         raise UnknownServiceType("service_type", f"{normalised['service_type']!r} is not in the catalogue",
                                  known=sorted(app.catalogue.types))
-    by = caller.subject
     await _caught_up(app)
-    for attempt in range(5):
-        request = await _load(runtime, ticket_id, caller)
-        now = app.clock.now()
-        try:
-            again = request.update(normalised, by, now)
-        except domain.RequestError as exc:
-            raise _domain_errors(exc) from None
-        if again:
+
+    async def complete(request: ServiceRequest, now: datetime) -> None:
+        if request.update(normalised, caller.subject, now):
             facts = await _facts(runtime, request, now)
             request.apply_decision(review(app.catalogue, request.fields(), facts), now)
-        events = list(request.pending_events)
-        try:
-            await runtime.committer.save(request)
-        except IntegrityError:
-            if attempt == 4:
-                raise
-            continue
-        app.index.observe(events)
-        return request
-    raise AssertionError("unreachable")
+
+    return await _change(runtime, ticket_id, caller, complete)
 
 
 def _reason_code(app: IntakeApp, kind: str, code: str) -> str:
@@ -417,26 +447,15 @@ async def cancel(
     runtime: Runtime, ticket_id: UUID, reason_code: str, reason: str, caller: Principal
 ) -> ServiceRequest:
     """Withdraw an open request (pending, queued or accepted) with a catalogued reason code."""
-    app = intake(runtime)
-    meaning = _reason_code(app, "cancel", reason_code)
-    for attempt in range(5):
-        request = await _load(runtime, ticket_id, caller)
+    meaning = _reason_code(intake(runtime), "cancel", reason_code)
+    _storable({"reason": reason})
+
+    async def withdraw(request: ServiceRequest, now: datetime) -> None:
         if request.status == "accepted" and await _closed_downstream(runtime, ticket_id):
             raise InvalidTransition("status", "the request is already resolved or closed")
-        try:
-            request.cancel(reason_code, reason or meaning, caller.subject, app.clock.now())
-        except domain.RequestError as exc:
-            raise _domain_errors(exc) from None
-        events = list(request.pending_events)
-        try:
-            await runtime.committer.save(request)
-        except IntegrityError:
-            if attempt == 4:
-                raise
-            continue
-        app.index.observe(events)
-        return request
-    raise AssertionError("unreachable")
+        request.cancel(reason_code, reason or meaning, caller.subject, now)
+
+    return await _change(runtime, ticket_id, caller, withdraw)
 
 
 async def decide(
@@ -444,31 +463,21 @@ async def decide(
 ) -> ServiceRequest:
     """An agent's decision on a request in the review queue, with a catalogued reason code."""
     app = intake(runtime)
-    kind = "accept" if accept else "reject"
-    meaning = _reason_code(app, kind, reason_code)
-    for attempt in range(5):
-        request = await _load(runtime, ticket_id, caller)
-        now = app.clock.now()
+    meaning = _reason_code(app, "accept" if accept else "reject", reason_code)
+    _storable({"reason": reason})
+
+    async def judge(request: ServiceRequest, now: datetime) -> None:
         st = app.catalogue.get(request.service_type)
+        if accept and st is None:
+            raise InvalidTransition("service_type", f"{request.service_type!r} is no longer in the catalogue")
         if accept and st is not None:
             decision = domain.accept_decision(app.catalogue, st, request.fields(), now, reason_code,
                                               reason or meaning)
         else:
             decision = domain.Decision("reject", reason_code, reason or meaning)
-        try:
-            request.agent_decision(decision, now, caller.subject)
-        except domain.RequestError as exc:
-            raise _domain_errors(exc) from None
-        events = list(request.pending_events)
-        try:
-            await runtime.committer.save(request)
-        except IntegrityError:
-            if attempt == 4:
-                raise
-            continue
-        app.index.observe(events)
-        return request
-    raise AssertionError("unreachable")
+        request.agent_decision(decision, now, caller.subject)
+
+    return await _change(runtime, ticket_id, caller, judge)
 
 
 # ---------------------------------------------------------------- channels
@@ -490,6 +499,7 @@ async def register_channel(
 ) -> tuple[ChannelSystem, str, str]:
     """Register a channel system and issue its first credential: (channel, credential id, token shown once)."""
     app = intake(runtime)
+    _storable({"name": name, "callback_url": callback_url})
     now = app.clock.now()
     ch = ChannelSystem(id=uuid4(), name=name, kind=kind, callback_url=callback_url,
                        rate_limit_per_minute=rate_limit_per_minute, registered_by=caller.subject, registered_at=now)
@@ -534,6 +544,7 @@ async def change_channel(
     runtime: Runtime, channel_id: UUID, changes: dict[str, Any], caller: Principal
 ) -> ChannelSystem:
     app = intake(runtime)
+    _storable(changes)
     ch = await asyncio.to_thread(
         _save_channel, app, channel_id, lambda c: c.change_settings(changes, caller.subject, app.clock.now())
     )

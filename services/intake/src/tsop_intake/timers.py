@@ -8,6 +8,7 @@ import time
 from tsop_events.auth import Principal, TokenResolver
 from tsop_events.runtime import Runtime
 from tsop_intake.application import IntakeApp
+from tsop_intake.projection import RequestStatusProjection
 
 REFRESH_SECONDS = 0.5
 
@@ -46,3 +47,8 @@ def channel_tokens(runtime: Runtime) -> TokenResolver:
         return found
 
     return resolve
+
+
+def status_projection(runtime: Runtime) -> RequestStatusProjection:
+    """Where each request stands; a request finished downstream leaves the open-request index."""
+    return RequestStatusProjection(runtime.pool, on_finished=_intake(runtime).index.drop_closed)
