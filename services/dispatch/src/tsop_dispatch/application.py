@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from bisect import insort
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any
 from uuid import UUID
 
@@ -88,8 +90,7 @@ class Board(LogFollower):
         self.tentative_resources: set[UUID] = set()
         self.peak = False
         self.queued: Counter[tuple[str, str]] = Counter()
-        self._sorted: list[UUID] | None = None
-        self._retargets = self._sorted_priorities = 0
+        self._sorted: list[tuple[tuple[int, datetime, datetime, int], UUID]] = []
         self._parked: dict[UUID, Waiting] = {}  # assigned work orders' queue entries, to re-queue them
 
     def apply(self, e: Any) -> None:
@@ -160,10 +161,11 @@ class Board(LogFollower):
                     w.previous.add(e.technician_id)
                 self._enqueue(oid, w)
         elif isinstance(e, d.WorkOrderRetargeted):
-            self._retargets += 1
             for holder in (self.waiting, self._parked):
                 if oid in holder:
                     holder[oid].priority = e.priority
+            if oid in self.waiting:
+                self._queue_insert(oid, self.waiting[oid])
         elif isinstance(e, d.WorkOrderResolved):
             self._parked.pop(oid, None)
             self.clocks.pop(oid, None)
@@ -184,7 +186,15 @@ class Board(LogFollower):
         if oid not in self.waiting:
             self.queued[(w.service_type, w.region)] += 1
         self.waiting[oid] = w
-        self._sorted = None
+        self._queue_insert(oid, w)
+
+    def _queue_insert(self, oid: UUID, w: Waiting) -> None:
+        entry = ((*w.order(), oid.int), oid)
+        if not self._sorted or entry >= self._sorted[-1]:
+            self._sorted.append(entry)
+        else:
+            self._sorted = self._sorted.copy()  # an iteration in progress keeps its own list
+            insort(self._sorted, entry)
 
     def waiting_ahead(self, wo: WorkOrder) -> bool:
         """Whether work of the same kind already waits (then the queue, in order, decides, not the newcomer)."""
@@ -193,13 +203,28 @@ class Board(LogFollower):
 
     def queue(self, limit: int | None = None) -> list[tuple[UUID, Waiting]]:
         """Waiting work orders in the order they are served: priority, then deadline, then age."""
+        return list(islice(self.queue_iter(), limit))
+
+    def queue_iter(self) -> Iterator[tuple[UUID, Waiting]]:
+        """The queue, lazily: a drain round reads only its head.
+
+        ``_sorted`` holds (order, id) entries, inserted in order as work orders join; entries of
+        work orders that left, or whose order changed since, are skipped, and swept out now and then.
+        """
         with self.lock:
-            if self._sorted is None or self._sorted_priorities != self._retargets:
-                # sorted again only when something joined the queue or changed priority; leavers are skipped
-                self._sorted = sorted(self.waiting, key=lambda i: (self.waiting[i].order(), i.int))
-                self._sorted_priorities = self._retargets
-            out = [(i, w) for i in self._sorted if (w := self.waiting.get(i)) is not None]
-        return out[:limit] if limit is not None else out
+            if len(self._sorted) > 2 * len(self.waiting) + 1000:
+                self._sorted = [(k, i) for k, i in self._sorted if self._current(k, i)]
+            entries = self._sorted  # replaced, never mutated in place, while anyone may iterate it
+        seen: set[UUID] = set()
+        for k, i in entries:
+            w = self.waiting.get(i)
+            if w is not None and (k[0], k[1], k[2]) == w.order() and i not in seen:
+                seen.add(i)
+                yield i, w
+
+    def _current(self, k: tuple[int, datetime, datetime, int], i: UUID) -> bool:
+        w = self.waiting.get(i)
+        return w is not None and (k[0], k[1], k[2]) == w.order()
 
     def note_taken(self, view: TechnicianView, work_order_id: UUID, resources: list[UUID]) -> None:
         """Count a job before its event is read back, so the next decision in a batch sees it."""
@@ -454,7 +479,7 @@ class DispatchApp(EventStoreApp):
         first, nothing of the round is written and the next round decides again.
         """
         self.board.refresh()
-        queue = self.board.queue()
+        queue = self.board.queue_iter()
         now = self.clock.now()
         # first the work orders someone can take now (by the board), then load them in one query
         picked: list[UUID] = []
@@ -469,6 +494,8 @@ class DispatchApp(EventStoreApp):
             if key not in spare:
                 ranked = self.board.decide(Job(w.service_type, w.region, w.priority), now).ranked
                 spare[key] = sum(t.capacity - t.load for _, _, t in ranked)
+                for kind in w.needs:  # and as many of each resource it reserves
+                    spare[key] = min(spare[key], len(self.board.free_resource(kind, w.region)))
             if spare[key] <= 0:
                 full.add(key)
                 continue
