@@ -189,12 +189,7 @@ class Board(LogFollower):
         self._queue_insert(oid, w)
 
     def _queue_insert(self, oid: UUID, w: Waiting) -> None:
-        entry = ((*w.order(), oid.int), oid)
-        if not self._sorted or entry >= self._sorted[-1]:
-            self._sorted.append(entry)
-        else:
-            self._sorted = self._sorted.copy()  # an iteration in progress keeps its own list
-            insort(self._sorted, entry)
+        insort(self._sorted, ((*w.order(), oid.int), oid))
 
     def waiting_ahead(self, wo: WorkOrder) -> bool:
         """Whether work of the same kind already waits (then the queue, in order, decides, not the newcomer)."""
@@ -214,7 +209,7 @@ class Board(LogFollower):
         with self.lock:
             if len(self._sorted) > 2 * len(self.waiting) + 1000:
                 self._sorted = [(k, i) for k, i in self._sorted if self._current(k, i)]
-            entries = self._sorted  # replaced, never mutated in place, while anyone may iterate it
+            entries = list(self._sorted)  # a copy of references: joiners may be inserted meanwhile
         seen: set[UUID] = set()
         for k, i in entries:
             w = self.waiting.get(i)
