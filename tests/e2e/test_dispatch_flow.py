@@ -128,3 +128,16 @@ def test_decline_reassigns_pause_stops_the_clock_and_the_sla_is_explained(platfo
         "work-started",
         "work-paused",
     ]
+
+
+def test_the_sla_policy_is_data_only_an_admin_changes_it_and_a_bad_one_is_named(platform: Platform) -> None:
+    url = platform.url("dispatch", "/v1/sla-policy")
+    policy = platform.http.get(url, headers=platform.auth("agent"))
+    assert policy.status_code == 200
+    assert policy.json()["calendars"]["business"]["always"] is False
+    assert policy.json()["type_calendars"]["*.installation"] == "business"
+    assert platform.http.put(url, json=policy.json(), headers=platform.auth("supervisor")).status_code == 403
+    r = platform.http.put(url, json={"version": "broken"}, headers=platform.auth("admin"))
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["errors"][0]["field"] == "calendars"
+    assert platform.http.get(url, headers=platform.auth("agent")).json()["version"] == policy.json()["version"]

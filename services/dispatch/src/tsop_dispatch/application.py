@@ -23,6 +23,7 @@ from tsop_dispatch.domain import (
     OverCapacity,
     PeakMode,
     Resource,
+    SlaPolicy,
     Technician,
     TechnicianView,
     WorkOrder,
@@ -39,6 +40,7 @@ from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp, IntegrityError, LogFollower, retry_on_conflict
 
 PEAK_MODE_ID = derived_id("dispatch", "peak-mode")
+SLA_POLICY_ID = derived_id("dispatch", "sla-policy")
 
 
 def work_order_id(ticket_id: str) -> UUID:
@@ -89,6 +91,7 @@ class Board(LogFollower):
         self.free: dict[tuple[str, str], set[UUID]] = {}
         self.tentative_resources: set[UUID] = set()
         self.peak = False
+        self.policy: Policy | None = None  # the adopted SLA policy, once one was adopted
         self.queued: Counter[tuple[str, str]] = Counter()
         self._sorted: list[tuple[tuple[int, datetime, datetime, int], UUID]] = []
         self._parked: dict[UUID, Waiting] = {}  # assigned work orders' queue entries, to re-queue them
@@ -123,6 +126,8 @@ class Board(LogFollower):
             self.free.setdefault(self.resources[oid], set()).add(oid)
         elif isinstance(e, d.PeakModeChanged):
             self.peak = e.on
+        elif isinstance(e, d.SlaPolicyAdopted):
+            self.policy = Policy.from_dict(e.policy)
         else:
             self._apply_work_order(oid, e)
 
@@ -295,7 +300,7 @@ class DispatchApp(EventStoreApp):
     ) -> None:
         super().__init__(settings, env)
         self.clock = clock or SystemClock()
-        self.policy = policy or Policy.load()
+        self.default_policy = policy or Policy.load()
         self.accept_within = accept_within
         self.peak_backlog = peak_backlog
         # with several instances, each drains its share of the queue first; any takes what waited past the grace
@@ -303,6 +308,45 @@ class DispatchApp(EventStoreApp):
         self.salt = (shard[0] * 0x9E3779B97F4A7C15) & ((1 << 128) - 1)
         self.conflicts = 0  # drain rounds dropped because another instance saved first
         self.board = Board(self)
+
+    @property
+    def policy(self) -> Policy:
+        """The SLA policy in force: the last adopted (every instance reads it from the log), else the file."""
+        return self.board.policy or self.default_policy
+
+    @retry_on_conflict()
+    def _adopt(self, raw: dict[str, Any], by: str) -> None:
+        record: SlaPolicy | None = self.find(SLA_POLICY_ID)
+        if record is None:
+            record = SlaPolicy(id=SLA_POLICY_ID)
+        record.adopt(raw, by, self.clock.now())
+        self.save(record)
+
+    def adopt_policy(self, raw: dict[str, Any], by: str) -> int:
+        """Adopt a new SLA policy (validated first) and recalculate the targets of every open work order.
+
+        Elapsed time stays; the deadlines move. Returns how many work orders got new targets.
+        """
+        new = Policy.from_dict(raw)  # raises ValueError/KeyError/TypeError naming what is wrong
+        old = self.policy
+        self._adopt(raw, by)
+        self.board.refresh()
+        why = f"policy v{old.version} → v{new.version} adopted by {by}"
+        with self.board.lock:
+            open_ids = list(self.board.clocks)
+        return sum(self._retarget_to_policy(oid, new, why) for oid in open_ids)
+
+    @retry_on_conflict()
+    def _retarget_to_policy(self, wo_id: UUID, policy: Policy, why: str) -> int:
+        wo: WorkOrder = self.load(wo_id)
+        if wo.status == "resolved" or wo.targets is None:
+            return 0
+        spec = policy.targets_for(wo.service_type, wo.priority, bool(wo.targets.get("peak"))).spec()
+        if {k: v for k, v in spec.items() if k != "rule"} == {k: v for k, v in wo.targets.items() if k != "rule"}:
+            return 0
+        wo.retarget(spec, wo.priority, why, self.clock.now())
+        self.save(wo)
+        return 1
 
     # --- workforce and resources ------------------------------------------------------------------
 
@@ -705,7 +749,8 @@ class DispatchApp(EventStoreApp):
     @retry_on_conflict()
     def change_priority(self, wo_id: UUID, priority: int, by: str, reason: str) -> WorkOrder:
         wo: WorkOrder = self.load(wo_id)
-        targets = self.policy.targets_for(wo.service_type, priority, self.board.peak)
+        peak = bool(wo.targets.get("peak")) if wo.targets else self.board.peak
+        targets = self.policy.targets_for(wo.service_type, priority, peak)
         wo.retarget(
             targets.spec(), priority, f"priority {wo.priority} → {priority} by {by}: {reason}", self.clock.now()
         )

@@ -183,6 +183,21 @@ class PeakMode(Aggregate):
         self.on = on
 
 
+class SlaPolicy(Aggregate):
+    """The service-level policy in force (targets, calendars, peak norm): data, adopted with a record of who."""
+
+    @event("Created")
+    def __init__(self, id: UUID) -> None:  # noqa: A002
+        self.policy: dict[str, Any] | None = None
+
+    def adopt(self, policy: dict[str, Any], by: str, at: datetime) -> None:
+        self._adopted(policy=policy, version=str(policy.get("version", "")), by=by, adopted_at=at)
+
+    @event("Adopted")
+    def _adopted(self, policy: dict[str, Any], version: str, by: str, adopted_at: datetime) -> None:
+        self.policy = policy
+
+
 ACTIVE = ("assigned", "accepted", "in_progress", "paused")
 
 
@@ -217,6 +232,7 @@ class WorkOrder(Aggregate):
         self.previous: list[str] = []  # technicians who worked it before (continuity)
         self.log: list[dict[str, Any]] = []
         self.crossed: set[tuple[str, str]] = set()
+        self.targets = targets
         self.facts: list[Fact] = [Fact(opened_at, "opened", {"targets": targets})] if targets else []
 
     # --- assignment -------------------------------------------------------------------------------
@@ -463,6 +479,7 @@ class WorkOrder(Aggregate):
     @event("Retargeted")
     def _retargeted(self, ticket_id: str, targets: dict[str, Any], priority: int, why: str, at: datetime) -> None:
         self.priority = priority
+        self.targets = targets
         self.facts.append(Fact(at, "retargeted", {"targets": targets, "why": why}))
 
     def check_clocks(self, now: datetime) -> int:
@@ -673,6 +690,7 @@ ResourceRegistered: type[Any] = Resource.__dict__["Registered"]
 ResourceReserved: type[Any] = Resource.__dict__["Reserved"]
 ResourceFreed: type[Any] = Resource.__dict__["Freed"]
 PeakModeChanged: type[Any] = PeakMode.__dict__["Changed"]
+SlaPolicyAdopted: type[Any] = SlaPolicy.__dict__["Adopted"]
 WorkOrderOpened: type[Any] = WorkOrder.__dict__["Opened"]
 WorkOrderAssigned: type[Any] = WorkOrder.__dict__["Assigned"]
 WorkOrderAccepted: type[Any] = WorkOrder.__dict__["Accepted"]
