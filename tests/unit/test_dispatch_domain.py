@@ -24,6 +24,7 @@ from tsop_dispatch.domain import (
     score,
 )
 from tsop_events import schemas as wire
+from tsop_events.auth import hash_token
 from tsop_events.clock import ManualClock
 
 NOW = datetime(2026, 6, 1, 9, tzinfo=UTC)  # a Monday
@@ -408,3 +409,15 @@ def test_an_adopted_policy_recalculates_open_work_and_applies_to_new_work() -> N
     fresh = open_order(app, "t2", priority=2)
     assert app.explain_clocks(app.load(fresh))["resolve"]["rule"].startswith("v2 ")
     assert app.adopt_policy(raw, "admin-1") == 0  # nothing changed: nothing recalculated
+
+
+def test_a_rotated_credential_revokes_the_old_one() -> None:
+    app, _ = new_app()
+    tech, old = app.register_technician(uuid4(), "A", [FAULT], ["north"], 1)
+    app.board.refresh()
+    assert app.board.technician_of(hash_token(old)) == tech.id
+    _, new = app.rotate_credential(tech.id)
+    assert app.board.technician_of(hash_token(old)) is None
+    assert app.board.technician_of(hash_token(new)) == tech.id
+    on_the_wire = " ".join(e.model_dump_json() for e in wire_events(app))
+    assert hash_token(old) not in on_the_wire and hash_token(new) not in on_the_wire  # hashes stay home

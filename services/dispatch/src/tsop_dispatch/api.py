@@ -273,6 +273,16 @@ async def schedule_leave(
     return technician_view(await _command(app.schedule, technician_id, "leave", body.start, body.end, body.reason))
 
 
+@router.post("/technicians/{technician_id}/credential", status_code=201)
+async def rotate_credential(
+    technician_id: UUID, request: Request, who: Annotated[Principal, Depends(MANAGERS)]
+) -> dict[str, Any]:
+    """A new credential for the technician, shown this once; the previous one stops working."""
+    await _load(_app(request), technician_id, Technician, "technician")
+    tech, token = await _command(_app(request).rotate_credential, technician_id)
+    return {**technician_view(tech), "token": token}
+
+
 @router.put("/technicians/{technician_id}/capacity")
 async def change_capacity(
     technician_id: UUID, body: Capacity, request: Request, who: Annotated[Principal, Depends(MANAGERS)]

@@ -113,6 +113,10 @@ class Board(LogFollower):
             self.technicians[oid].leave.append((e.start, e.end))
         elif isinstance(e, d.TechnicianCapacityChanged):
             self.technicians[oid].capacity = e.capacity
+        elif isinstance(e, d.TechnicianCredentialIssued):
+            for digest in [h for h, tid in self.credentials.items() if tid == oid]:
+                del self.credentials[digest]
+            self.credentials[e.credential_hash] = oid
         elif isinstance(e, d.TechnicianTook):
             self.technicians[oid].active.add(e.work_order_id)
         elif isinstance(e, d.TechnicianReleased):
@@ -406,6 +410,16 @@ class DispatchApp(EventStoreApp):
             tech.schedule_leave(start, end, reason)
         self.save(tech)
         return tech
+
+    @retry_on_conflict()
+    def rotate_credential(self, technician_id: UUID) -> tuple[Technician, str]:
+        """A new credential for a technician (shown once); the previous one is revoked."""
+        tech: Technician = self.load(technician_id)
+        token, digest = issue_token("tech")
+        tech.rotate_credential(digest)
+        self.save(tech)
+        self.board.refresh()
+        return tech, token
 
     @retry_on_conflict()
     def change_capacity(self, technician_id: UUID, capacity: int) -> Technician:

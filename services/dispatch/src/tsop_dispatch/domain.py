@@ -107,6 +107,14 @@ class Technician(Aggregate):
     def _leave(self, start: datetime, end: datetime, reason: str) -> None:
         self.leave.append((start, end, reason))
 
+    def rotate_credential(self, credential_hash: str) -> None:
+        """A new credential; the old one stops working (only hashes are ever recorded)."""
+        self._credential(credential_hash=credential_hash)
+
+    @event("CredentialIssued")
+    def _credential(self, credential_hash: str) -> None:
+        self.credential_hash = credential_hash
+
     def change_capacity(self, capacity: int) -> None:
         if capacity < 1:
             raise DispatchError("capacity must be at least 1")
@@ -684,6 +692,7 @@ TechnicianQualificationGranted: type[Any] = Technician.__dict__["QualificationGr
 TechnicianShiftScheduled: type[Any] = Technician.__dict__["ShiftScheduled"]
 TechnicianLeaveScheduled: type[Any] = Technician.__dict__["LeaveScheduled"]
 TechnicianCapacityChanged: type[Any] = Technician.__dict__["CapacityChanged"]
+TechnicianCredentialIssued: type[Any] = Technician.__dict__["CredentialIssued"]
 TechnicianTook: type[Any] = Technician.__dict__["Took"]
 TechnicianReleased: type[Any] = Technician.__dict__["Released"]
 ResourceRegistered: type[Any] = Resource.__dict__["Registered"]
