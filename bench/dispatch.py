@@ -165,7 +165,8 @@ def explain_sample(app: DispatchApp, wo_ids: list[uuid.UUID], samples: int) -> d
 def drain_worker(
     settings: dict[str, Any], shard: tuple[int, int], seconds: float, ready: Any, go: Any, out: Any
 ) -> None:
-    app = DispatchApp(ServiceSettings(**settings), shard=shard, shard_grace=timedelta(hours=1))
+    # the work orders were opened at NOW: on the same clock, the shard grace (work anyone may take) never elapses
+    app = DispatchApp(ServiceSettings(**settings), clock=ManualClock(NOW), shard=shard, shard_grace=timedelta(hours=1))
     app.board.refresh()
     ready.put(shard)
     go.wait()

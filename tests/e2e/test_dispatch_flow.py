@@ -129,3 +129,36 @@ def test_decline_reassigns_pause_stops_the_clock_and_the_sla_is_explained(platfo
         "work-started",
         "work-paused",
     ]
+
+
+def test_the_sla_policy_is_data_only_an_admin_changes_it_and_a_bad_one_is_named(platform: Platform) -> None:
+    url = platform.url("dispatch", "/v1/sla-policy")
+    policy = platform.http.get(url, headers=platform.auth("agent"))
+    assert policy.status_code == 200
+    assert policy.json()["calendars"]["business"]["always"] is False
+    assert policy.json()["type_calendars"]["*.installation"] == "business"
+    assert platform.http.put(url, json=policy.json(), headers=platform.auth("supervisor")).status_code == 403
+    r = platform.http.put(url, json={"version": "broken"}, headers=platform.auth("admin"))
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["errors"][0]["field"] == "calendars"
+    assert platform.http.get(url, headers=platform.auth("agent")).json()["version"] == policy.json()["version"]
+
+
+def test_a_technician_credential_is_shown_once_and_a_rotated_one_revokes_the_old(platform: Platform) -> None:
+    tid = platform.register_technician(capacity=1, region=f"cred{uuid.uuid4().hex[:6]}")
+    me = platform.url("dispatch", f"/v1/technicians/{tid}")
+    old = platform.tech_auth(tid)
+    assert platform.http.get(me, headers=old).status_code == 200
+    assert platform.http.get(me).status_code == 401
+    assert (
+        platform.http.post(platform.url("dispatch", f"/v1/technicians/{tid}/credential"), headers=old).status_code
+        == 403
+    )
+    r = platform.http.post(
+        platform.url("dispatch", f"/v1/technicians/{tid}/credential"), headers=platform.auth("supervisor")
+    )
+    assert r.status_code == 201 and r.json()["token"] != platform.technician_tokens[tid]
+    platform.technician_tokens[tid] = r.json()["token"]
+    assert platform.http.get(me, headers=old).status_code == 401
+    assert platform.http.get(me, headers=platform.tech_auth(tid)).status_code == 200
+    assert "token" not in platform.http.get(me, headers=platform.auth("supervisor")).json()

@@ -25,6 +25,7 @@ from tsop_dispatch.domain import (
     WorkOrderResolved,
 )
 from tsop_dispatch.policies import OpenWorkOrders
+from tsop_events.clock import ManualClock
 from tsop_events.envelope import stable_event_id
 from tsop_events.runtime import Runtime
 from tsop_events.schemas import RequestAccepted
@@ -195,3 +196,48 @@ async def test_two_running_instances_share_the_consumer_and_never_over_assign(se
     assert kinds["WorkOrder.Opened"] == 40
     assert kinds["WorkOrder.Assigned"] == 40
     assert kinds["WorkOrder.Resolved"] == 25
+
+
+def test_sla_timers_survive_a_restart_and_two_instances_record_each_threshold_once(pg: tuple[str, int]) -> None:
+    settings = pg_settings(pg)
+    asyncio.run(ensure_db(settings))
+    clock = ManualClock(datetime(2026, 6, 1, 9, tzinfo=UTC))
+    first = DispatchApp(settings, clock=clock)
+    tech, _ = first.register_technician(uuid.uuid4(), "A", [FAULT], ["north"], 2)
+    ticket = str(uuid.uuid4())
+    wo = first.open_work_order(work_order_id(ticket), ticket, FAULT, "north", 2, None, "c")  # 24 h, around the clock
+    first.save(wo)
+    first.drain_queue()
+    first.accept(wo.id, str(tech.id))
+    first.start(wo.id, str(tech.id), "remote")
+    clock.advance(timedelta(hours=19))  # past the warning; the process dies before its timer runs
+    first.close()
+
+    restarted = [DispatchApp(settings, clock=clock) for _ in range(2)]
+    try:
+
+        def tick_all() -> None:
+            barrier = threading.Barrier(len(restarted))
+
+            def run(app: DispatchApp) -> None:
+                barrier.wait()
+                for _ in range(5):
+                    app.check_clocks()
+
+            threads = [threading.Thread(target=run, args=(a,)) for a in restarted]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+
+        tick_all()
+        clock.advance(timedelta(hours=6))  # past the breach
+        tick_all()
+        kinds = check_log(restarted[0], {tech.id: 2})
+        sla = restarted[1].explain_clocks(restarted[1].load(wo.id))["resolve"]
+    finally:
+        for app in restarted:
+            app.close()
+    assert kinds["WorkOrder.ThresholdCrossed"] == 2  # warning and breach, once each
+    assert kinds["WorkOrder.Escalated"] == 1
+    assert sla["overrun_seconds"] == 3600.0

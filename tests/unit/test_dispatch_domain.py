@@ -1,12 +1,15 @@
 """Dispatch: filters, score, queue, accept/decline/time-out, the work steps, SLA timers (in memory)."""
 
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tsop_dispatch import sla
 from tsop_dispatch.application import DispatchApp, to_wire, work_order_id
 from tsop_dispatch.domain import (
     FILTERS,
@@ -21,6 +24,7 @@ from tsop_dispatch.domain import (
     score,
 )
 from tsop_events import schemas as wire
+from tsop_events.auth import hash_token
 from tsop_events.clock import ManualClock
 
 NOW = datetime(2026, 6, 1, 9, tzinfo=UTC)  # a Monday
@@ -386,3 +390,34 @@ def test_peak_mode_turns_on_with_the_backlog_and_stretches_the_norm() -> None:
     app.register_technician(uuid4(), "A", [FAULT], ["north"], 10)
     app.drain_queue()
     assert app.auto_peak() is False
+
+
+def test_an_adopted_policy_recalculates_open_work_and_applies_to_new_work() -> None:
+    app, clock = new_app()
+    open_wo = open_order(app, "t1", priority=2)  # v1: 24 h
+    clock.advance(timedelta(hours=3))
+    raw = json.loads(Path(sla.__file__).with_name("sla_policy.json").read_text())
+    raw["version"] = "2"
+    raw["targets"]["*.fault_repair"]["2"]["resolve_hours"] = 12
+    with pytest.raises(KeyError):
+        app.adopt_policy({"version": "bad"}, "admin-1")  # nothing adopted from an invalid policy
+    assert app.adopt_policy(raw, "admin-1") == 1
+    resolve = app.explain_clocks(app.load(open_wo))["resolve"]
+    assert resolve["target_seconds"] == 12 * 3600 and resolve["elapsed_seconds"] == 3 * 3600
+    assert "policy v1 → v2 adopted by admin-1" in resolve["rule"]
+    assert resolve["deadline"] == (NOW + timedelta(hours=12)).isoformat()
+    fresh = open_order(app, "t2", priority=2)
+    assert app.explain_clocks(app.load(fresh))["resolve"]["rule"].startswith("v2 ")
+    assert app.adopt_policy(raw, "admin-1") == 0  # nothing changed: nothing recalculated
+
+
+def test_a_rotated_credential_revokes_the_old_one() -> None:
+    app, _ = new_app()
+    tech, old = app.register_technician(uuid4(), "A", [FAULT], ["north"], 1)
+    app.board.refresh()
+    assert app.board.technician_of(hash_token(old)) == tech.id
+    _, new = app.rotate_credential(tech.id)
+    assert app.board.technician_of(hash_token(old)) is None
+    assert app.board.technician_of(hash_token(new)) == tech.id
+    on_the_wire = " ".join(e.model_dump_json() for e in wire_events(app))
+    assert hash_token(old) not in on_the_wire and hash_token(new) not in on_the_wire  # hashes stay home

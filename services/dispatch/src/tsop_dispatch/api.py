@@ -273,6 +273,16 @@ async def schedule_leave(
     return technician_view(await _command(app.schedule, technician_id, "leave", body.start, body.end, body.reason))
 
 
+@router.post("/technicians/{technician_id}/credential", status_code=201)
+async def rotate_credential(
+    technician_id: UUID, request: Request, who: Annotated[Principal, Depends(MANAGERS)]
+) -> dict[str, Any]:
+    """A new credential for the technician, shown this once; the previous one stops working."""
+    await _load(_app(request), technician_id, Technician, "technician")
+    tech, token = await _command(_app(request).rotate_credential, technician_id)
+    return {**technician_view(tech), "token": token}
+
+
 @router.put("/technicians/{technician_id}/capacity")
 async def change_capacity(
     technician_id: UUID, body: Capacity, request: Request, who: Annotated[Principal, Depends(MANAGERS)]
@@ -310,6 +320,41 @@ async def set_peak_mode(
     await _command(app.set_peak, body.on, who.subject, body.reason)
     await asyncio.to_thread(app.board.refresh)
     return {"on": app.board.peak, "backlog": len(app.board.waiting), "auto_threshold": app.peak_backlog}
+
+
+@router.get("/sla-policy")
+async def get_sla_policy(request: Request, who: Annotated[Principal, Depends(READERS)]) -> dict[str, Any]:
+    """The service-level policy in force: targets per service type and priority, calendars, peak norm."""
+    app = _app(request)
+    await asyncio.to_thread(app.board.refresh)
+    p = app.policy
+    return {
+        "version": p.version,
+        "norm_resolve_hours": p.norm_resolve_hours,
+        "peak_resolve_hours": p.peak_resolve_hours,
+        "calendars": {name: c.spec() for name, c in p.calendars.items()},
+        "type_calendars": dict(p.type_calendars),
+        "targets": {
+            pattern: {str(pr): {"respond_hours": r, "resolve_hours": h} for pr, (r, h) in rows.items()}
+            for pattern, rows in p.targets
+        },
+        "resources": p.resources,
+    }
+
+
+@router.put("/sla-policy")
+async def adopt_sla_policy(
+    body: dict[str, Any], request: Request, who: Annotated[Principal, Depends(requires(Role.admin))]
+) -> dict[str, Any]:
+    """Adopt a new policy (same shape as GET): recorded, and every open work order's targets are recalculated."""
+    app = _app(request)
+    try:
+        changed = await _command(app.adopt_policy, body, who.subject)
+    except (KeyError, ValueError, TypeError) as exc:
+        field = exc.args[0] if isinstance(exc, KeyError) else "body"
+        reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise Problem(422, "Invalid policy", reason, errors=[{"field": str(field), "reason": reason}]) from None
+    return {"version": app.policy.version, "work_orders_recalculated": changed}
 
 
 def _waiting_view(wo_id: UUID, w: Waiting) -> dict[str, Any]:

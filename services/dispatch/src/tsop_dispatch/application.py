@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from bisect import insort
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any
 from uuid import UUID
 
@@ -21,6 +23,7 @@ from tsop_dispatch.domain import (
     OverCapacity,
     PeakMode,
     Resource,
+    SlaPolicy,
     Technician,
     TechnicianView,
     WorkOrder,
@@ -37,6 +40,7 @@ from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp, IntegrityError, LogFollower, retry_on_conflict
 
 PEAK_MODE_ID = derived_id("dispatch", "peak-mode")
+SLA_POLICY_ID = derived_id("dispatch", "sla-policy")
 
 
 def work_order_id(ticket_id: str) -> UUID:
@@ -87,9 +91,9 @@ class Board(LogFollower):
         self.free: dict[tuple[str, str], set[UUID]] = {}
         self.tentative_resources: set[UUID] = set()
         self.peak = False
+        self.policy: Policy | None = None  # the adopted SLA policy, once one was adopted
         self.queued: Counter[tuple[str, str]] = Counter()
-        self._sorted: list[UUID] | None = None
-        self._retargets = self._sorted_priorities = 0
+        self._sorted: list[tuple[tuple[int, datetime, datetime, int], UUID]] = []
         self._parked: dict[UUID, Waiting] = {}  # assigned work orders' queue entries, to re-queue them
 
     def apply(self, e: Any) -> None:
@@ -109,6 +113,10 @@ class Board(LogFollower):
             self.technicians[oid].leave.append((e.start, e.end))
         elif isinstance(e, d.TechnicianCapacityChanged):
             self.technicians[oid].capacity = e.capacity
+        elif isinstance(e, d.TechnicianCredentialIssued):
+            for digest in [h for h, tid in self.credentials.items() if tid == oid]:
+                del self.credentials[digest]
+            self.credentials[e.credential_hash] = oid
         elif isinstance(e, d.TechnicianTook):
             self.technicians[oid].active.add(e.work_order_id)
         elif isinstance(e, d.TechnicianReleased):
@@ -122,6 +130,8 @@ class Board(LogFollower):
             self.free.setdefault(self.resources[oid], set()).add(oid)
         elif isinstance(e, d.PeakModeChanged):
             self.peak = e.on
+        elif isinstance(e, d.SlaPolicyAdopted):
+            self.policy = Policy.from_dict(e.policy)
         else:
             self._apply_work_order(oid, e)
 
@@ -160,10 +170,11 @@ class Board(LogFollower):
                     w.previous.add(e.technician_id)
                 self._enqueue(oid, w)
         elif isinstance(e, d.WorkOrderRetargeted):
-            self._retargets += 1
             for holder in (self.waiting, self._parked):
                 if oid in holder:
                     holder[oid].priority = e.priority
+            if oid in self.waiting:
+                self._queue_insert(oid, self.waiting[oid])
         elif isinstance(e, d.WorkOrderResolved):
             self._parked.pop(oid, None)
             self.clocks.pop(oid, None)
@@ -184,7 +195,10 @@ class Board(LogFollower):
         if oid not in self.waiting:
             self.queued[(w.service_type, w.region)] += 1
         self.waiting[oid] = w
-        self._sorted = None
+        self._queue_insert(oid, w)
+
+    def _queue_insert(self, oid: UUID, w: Waiting) -> None:
+        insort(self._sorted, ((*w.order(), oid.int), oid))
 
     def waiting_ahead(self, wo: WorkOrder) -> bool:
         """Whether work of the same kind already waits (then the queue, in order, decides, not the newcomer)."""
@@ -193,13 +207,28 @@ class Board(LogFollower):
 
     def queue(self, limit: int | None = None) -> list[tuple[UUID, Waiting]]:
         """Waiting work orders in the order they are served: priority, then deadline, then age."""
+        return list(islice(self.queue_iter(), limit))
+
+    def queue_iter(self) -> Iterator[tuple[UUID, Waiting]]:
+        """The queue, lazily: a drain round reads only its head.
+
+        ``_sorted`` holds (order, id) entries, inserted in order as work orders join; entries of
+        work orders that left, or whose order changed since, are skipped, and swept out now and then.
+        """
         with self.lock:
-            if self._sorted is None or self._sorted_priorities != self._retargets:
-                # sorted again only when something joined the queue or changed priority; leavers are skipped
-                self._sorted = sorted(self.waiting, key=lambda i: (self.waiting[i].order(), i.int))
-                self._sorted_priorities = self._retargets
-            out = [(i, w) for i in self._sorted if (w := self.waiting.get(i)) is not None]
-        return out[:limit] if limit is not None else out
+            if len(self._sorted) > 2 * len(self.waiting) + 1000:
+                self._sorted = [(k, i) for k, i in self._sorted if self._current(k, i)]
+            entries = list(self._sorted)  # a copy of references: joiners may be inserted meanwhile
+        seen: set[UUID] = set()
+        for k, i in entries:
+            w = self.waiting.get(i)
+            if w is not None and (k[0], k[1], k[2]) == w.order() and i not in seen:
+                seen.add(i)
+                yield i, w
+
+    def _current(self, k: tuple[int, datetime, datetime, int], i: UUID) -> bool:
+        w = self.waiting.get(i)
+        return w is not None and (k[0], k[1], k[2]) == w.order()
 
     def note_taken(self, view: TechnicianView, work_order_id: UUID, resources: list[UUID]) -> None:
         """Count a job before its event is read back, so the next decision in a batch sees it."""
@@ -275,7 +304,7 @@ class DispatchApp(EventStoreApp):
     ) -> None:
         super().__init__(settings, env)
         self.clock = clock or SystemClock()
-        self.policy = policy or Policy.load()
+        self.default_policy = policy or Policy.load()
         self.accept_within = accept_within
         self.peak_backlog = peak_backlog
         # with several instances, each drains its share of the queue first; any takes what waited past the grace
@@ -283,6 +312,45 @@ class DispatchApp(EventStoreApp):
         self.salt = (shard[0] * 0x9E3779B97F4A7C15) & ((1 << 128) - 1)
         self.conflicts = 0  # drain rounds dropped because another instance saved first
         self.board = Board(self)
+
+    @property
+    def policy(self) -> Policy:
+        """The SLA policy in force: the last adopted (every instance reads it from the log), else the file."""
+        return self.board.policy or self.default_policy
+
+    @retry_on_conflict()
+    def _adopt(self, raw: dict[str, Any], by: str) -> None:
+        record: SlaPolicy | None = self.find(SLA_POLICY_ID)
+        if record is None:
+            record = SlaPolicy(id=SLA_POLICY_ID)
+        record.adopt(raw, by, self.clock.now())
+        self.save(record)
+
+    def adopt_policy(self, raw: dict[str, Any], by: str) -> int:
+        """Adopt a new SLA policy (validated first) and recalculate the targets of every open work order.
+
+        Elapsed time stays; the deadlines move. Returns how many work orders got new targets.
+        """
+        new = Policy.from_dict(raw)  # raises ValueError/KeyError/TypeError naming what is wrong
+        old = self.policy
+        self._adopt(raw, by)
+        self.board.refresh()
+        why = f"policy v{old.version} → v{new.version} adopted by {by}"
+        with self.board.lock:
+            open_ids = list(self.board.clocks)
+        return sum(self._retarget_to_policy(oid, new, why) for oid in open_ids)
+
+    @retry_on_conflict()
+    def _retarget_to_policy(self, wo_id: UUID, policy: Policy, why: str) -> int:
+        wo: WorkOrder = self.load(wo_id)
+        if wo.status == "resolved" or wo.targets is None:
+            return 0
+        spec = policy.targets_for(wo.service_type, wo.priority, bool(wo.targets.get("peak"))).spec()
+        if {k: v for k, v in spec.items() if k != "rule"} == {k: v for k, v in wo.targets.items() if k != "rule"}:
+            return 0
+        wo.retarget(spec, wo.priority, why, self.clock.now())
+        self.save(wo)
+        return 1
 
     # --- workforce and resources ------------------------------------------------------------------
 
@@ -342,6 +410,16 @@ class DispatchApp(EventStoreApp):
             tech.schedule_leave(start, end, reason)
         self.save(tech)
         return tech
+
+    @retry_on_conflict()
+    def rotate_credential(self, technician_id: UUID) -> tuple[Technician, str]:
+        """A new credential for a technician (shown once); the previous one is revoked."""
+        tech: Technician = self.load(technician_id)
+        token, digest = issue_token("tech")
+        tech.rotate_credential(digest)
+        self.save(tech)
+        self.board.refresh()
+        return tech, token
 
     @retry_on_conflict()
     def change_capacity(self, technician_id: UUID, capacity: int) -> Technician:
@@ -454,7 +532,7 @@ class DispatchApp(EventStoreApp):
         first, nothing of the round is written and the next round decides again.
         """
         self.board.refresh()
-        queue = self.board.queue()
+        queue = self.board.queue_iter()
         now = self.clock.now()
         # first the work orders someone can take now (by the board), then load them in one query
         picked: list[UUID] = []
@@ -469,6 +547,8 @@ class DispatchApp(EventStoreApp):
             if key not in spare:
                 ranked = self.board.decide(Job(w.service_type, w.region, w.priority), now).ranked
                 spare[key] = sum(t.capacity - t.load for _, _, t in ranked)
+                for kind in w.needs:  # and as many of each resource it reserves
+                    spare[key] = min(spare[key], len(self.board.free_resource(kind, w.region)))
             if spare[key] <= 0:
                 full.add(key)
                 continue
@@ -683,7 +763,8 @@ class DispatchApp(EventStoreApp):
     @retry_on_conflict()
     def change_priority(self, wo_id: UUID, priority: int, by: str, reason: str) -> WorkOrder:
         wo: WorkOrder = self.load(wo_id)
-        targets = self.policy.targets_for(wo.service_type, priority, self.board.peak)
+        peak = bool(wo.targets.get("peak")) if wo.targets else self.board.peak
+        targets = self.policy.targets_for(wo.service_type, priority, peak)
         wo.retarget(
             targets.spec(), priority, f"priority {wo.priority} → {priority} by {by}: {reason}", self.clock.now()
         )

@@ -107,6 +107,14 @@ class Technician(Aggregate):
     def _leave(self, start: datetime, end: datetime, reason: str) -> None:
         self.leave.append((start, end, reason))
 
+    def rotate_credential(self, credential_hash: str) -> None:
+        """A new credential; the old one stops working (only hashes are ever recorded)."""
+        self._credential(credential_hash=credential_hash)
+
+    @event("CredentialIssued")
+    def _credential(self, credential_hash: str) -> None:
+        self.credential_hash = credential_hash
+
     def change_capacity(self, capacity: int) -> None:
         if capacity < 1:
             raise DispatchError("capacity must be at least 1")
@@ -183,6 +191,21 @@ class PeakMode(Aggregate):
         self.on = on
 
 
+class SlaPolicy(Aggregate):
+    """The service-level policy in force (targets, calendars, peak norm): data, adopted with a record of who."""
+
+    @event("Created")
+    def __init__(self, id: UUID) -> None:  # noqa: A002
+        self.policy: dict[str, Any] | None = None
+
+    def adopt(self, policy: dict[str, Any], by: str, at: datetime) -> None:
+        self._adopted(policy=policy, version=str(policy.get("version", "")), by=by, adopted_at=at)
+
+    @event("Adopted")
+    def _adopted(self, policy: dict[str, Any], version: str, by: str, adopted_at: datetime) -> None:
+        self.policy = policy
+
+
 ACTIVE = ("assigned", "accepted", "in_progress", "paused")
 
 
@@ -217,6 +240,7 @@ class WorkOrder(Aggregate):
         self.previous: list[str] = []  # technicians who worked it before (continuity)
         self.log: list[dict[str, Any]] = []
         self.crossed: set[tuple[str, str]] = set()
+        self.targets = targets
         self.facts: list[Fact] = [Fact(opened_at, "opened", {"targets": targets})] if targets else []
 
     # --- assignment -------------------------------------------------------------------------------
@@ -463,6 +487,7 @@ class WorkOrder(Aggregate):
     @event("Retargeted")
     def _retargeted(self, ticket_id: str, targets: dict[str, Any], priority: int, why: str, at: datetime) -> None:
         self.priority = priority
+        self.targets = targets
         self.facts.append(Fact(at, "retargeted", {"targets": targets, "why": why}))
 
     def check_clocks(self, now: datetime) -> int:
@@ -577,20 +602,26 @@ FILTERS = ("qualification", "region", "declined", "on_shift", "capacity")
 WEIGHTS = {"load": 40.0, "level": 20.0, "continuity": 15.0, "affinity": 10.0}
 
 
-def score(t: TechnicianView, job: Job, level: int) -> dict[str, float]:
-    """The score's components (higher is better); their sum decides among those who passed the filters."""
+def components(t: TechnicianView, job: Job, level: int, load: int | None = None) -> tuple[float, float, float, float]:
+    """The score's components, in the order of WEIGHTS: load, level, continuity, affinity (higher is better)."""
+    load = t.load if load is None else load
     urgency = (6 - max(1, min(5, job.priority))) / 5  # priority 1 → 1.0, priority 5 → 0.2
-    return {
-        "load": round(WEIGHTS["load"] * (t.capacity - t.load) / t.capacity, 3),
-        "level": round(WEIGHTS["level"] * urgency * min(level, 5) / 5, 3),
-        "continuity": WEIGHTS["continuity"] if job.previous and str(t.id) in job.previous else 0.0,
-        "affinity": WEIGHTS["affinity"] if job.region in t.regions else 0.0,
-    }
+    return (
+        WEIGHTS["load"] * (t.capacity - load) / t.capacity,
+        WEIGHTS["level"] * urgency * min(level, 5) / 5,
+        WEIGHTS["continuity"] if job.previous and str(t.id) in job.previous else 0.0,
+        WEIGHTS["affinity"] if job.region in t.regions else 0.0,
+    )
+
+
+def score(t: TechnicianView, job: Job, level: int) -> dict[str, float]:
+    """The score's components by name; their sum decides among those who passed the filters."""
+    return {name: round(v, 3) for name, v in zip(WEIGHTS, components(t, job, level), strict=True)}
 
 
 @dataclass
 class Decision:
-    ranked: list[tuple[float, dict[str, float], TechnicianView]]
+    ranked: list[tuple[float, tuple[float, ...], TechnicianView]]  # (score, components, technician), best first
     excluded: dict[str, int]
     considered: int
 
@@ -600,7 +631,7 @@ class Decision:
         head = f"{self.considered} technicians considered; filters {filt or 'excluded none'}; {kept} eligible"
         for total, parts, t in self.ranked:
             if winner is None or t.id == winner.id:
-                comps = ", ".join(f"{k} {v:g}" for k, v in parts.items())
+                comps = ", ".join(f"{k} {round(v, 3):g}" for k, v in zip(WEIGHTS, parts, strict=True))
                 return f"{head}; chose {t.id} with score {total:g} ({comps}; load {t.load}/{t.capacity})"
         return head
 
@@ -628,12 +659,12 @@ def rank_candidates(
     """
     excluded = dict.fromkeys(FILTERS, 0)
     pool = list(techs)
-    total = len(pool) if considered is None else considered
+    total_considered = len(pool) if considered is None else considered
     if pre_excluded is not None:
         excluded.update(pre_excluded)
     else:
-        excluded["qualification"] = total - len(pool)
-    ranked: list[tuple[float, dict[str, float], TechnicianView]] = []
+        excluded["qualification"] = total_considered - len(pool)
+    entries: list[tuple[float, int, int, float, tuple[float, ...], TechnicianView]] = []
     for t in pool:
         level = t.qualified(job.service_type, now)
         if level is None:
@@ -644,14 +675,15 @@ def rank_candidates(
             excluded["declined"] += 1
         elif not t.on_shift(now):
             excluded["on_shift"] += 1
-        elif t.load >= t.capacity:
+        elif (load := t.load) >= t.capacity:
             excluded["capacity"] += 1
         else:
-            parts = score(t, job, level)
-            ranked.append((round(sum(parts.values()), 3), parts, t))
-    # equal scores: the lighter load, then an order of ids each instance salts differently (fewer write conflicts)
-    ranked.sort(key=lambda r: (-r[0], r[2].load, r[2].id.int ^ salt))
-    return Decision(ranked, excluded, total)
+            parts = components(t, job, level, load)
+            total = round(sum(parts), 3)
+            # equal scores: the lighter load, then an order of ids each instance salts differently
+            entries.append((-total, load, t.id.int ^ salt, total, parts, t))
+    entries.sort()
+    return Decision([(total, parts, t) for _, _, _, total, parts, t in entries], excluded, total_considered)
 
 
 # The event classes the @event decorators made, named for the code that maps them (and for mypy).
@@ -660,12 +692,14 @@ TechnicianQualificationGranted: type[Any] = Technician.__dict__["QualificationGr
 TechnicianShiftScheduled: type[Any] = Technician.__dict__["ShiftScheduled"]
 TechnicianLeaveScheduled: type[Any] = Technician.__dict__["LeaveScheduled"]
 TechnicianCapacityChanged: type[Any] = Technician.__dict__["CapacityChanged"]
+TechnicianCredentialIssued: type[Any] = Technician.__dict__["CredentialIssued"]
 TechnicianTook: type[Any] = Technician.__dict__["Took"]
 TechnicianReleased: type[Any] = Technician.__dict__["Released"]
 ResourceRegistered: type[Any] = Resource.__dict__["Registered"]
 ResourceReserved: type[Any] = Resource.__dict__["Reserved"]
 ResourceFreed: type[Any] = Resource.__dict__["Freed"]
 PeakModeChanged: type[Any] = PeakMode.__dict__["Changed"]
+SlaPolicyAdopted: type[Any] = SlaPolicy.__dict__["Adopted"]
 WorkOrderOpened: type[Any] = WorkOrder.__dict__["Opened"]
 WorkOrderAssigned: type[Any] = WorkOrder.__dict__["Assigned"]
 WorkOrderAccepted: type[Any] = WorkOrder.__dict__["Accepted"]

@@ -106,6 +106,7 @@ class Targets:
     resolve_seconds: float
     calendar: Calendar
     rule: str  # which policy row gave them (the explanation names it)
+    peak: bool = False  # the peak norm applied
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -113,6 +114,7 @@ class Targets:
             "resolve_seconds": self.resolve_seconds,
             "calendar": self.calendar.spec(),
             "rule": self.rule,
+            "peak": self.peak,
         }
 
     @classmethod
@@ -122,6 +124,7 @@ class Targets:
             float(spec["resolve_seconds"]),
             Calendar.from_spec(spec["calendar"]),
             str(spec.get("rule", "")),
+            bool(spec.get("peak", False)),
         )
 
 
@@ -178,7 +181,7 @@ class Policy:
                     # at peak the standard's norm stretches (24 h → 48 h); tighter targets stay
                     resolve_h = resolve_h * self.peak_resolve_hours / self.norm_resolve_hours
                     rule += " (peak)"
-                return Targets(respond_h * 3600, resolve_h * 3600, calendar, rule)
+                return Targets(respond_h * 3600, resolve_h * 3600, calendar, rule, peak)
         raise ValueError(f"no SLA target for service type {service_type}")
 
 
