@@ -162,3 +162,26 @@ def test_a_technician_credential_is_shown_once_and_a_rotated_one_revokes_the_old
     assert platform.http.get(me, headers=old).status_code == 401
     assert platform.http.get(me, headers=platform.tech_auth(tid)).status_code == 200
     assert "token" not in platform.http.get(me, headers=platform.auth("supervisor")).json()
+
+
+def test_a_request_cancelled_after_assignment_frees_its_technician(platform: Platform) -> None:
+    region = f"cancel-{uuid.uuid4().hex[:6]}"
+    tid = platform.register_technician(capacity=1, region=region)
+    r = platform.submit(region=region)
+    assert r.status_code == 201, r.text
+    ticket = r.json()["id"]
+    wo = platform.wait_assigned(ticket)
+    assert wo["technician_id"] == tid and technician(platform, tid)["active_work_orders"] == [wo["id"]]
+    r = platform.http.post(
+        platform.url("intake", f"/v1/requests/{ticket}/cancel"),
+        json={"reason_code": "withdrawn_by_customer", "reason": "fixed itself"},
+        headers=platform.as_channel(),
+    )
+    assert r.status_code == 200, r.text
+    withdrawn = wait_for(lambda: (w := work_order(platform, wo["id"]))["status"] == "withdrawn" and w,
+                         what="the work order withdrawn")
+    assert withdrawn["technician_id"] is None
+    assert technician(platform, tid)["active_work_orders"] == []
+    assert platform.work(wo, "accept").status_code == 403  # no longer theirs to accept
+    dossier = platform.wait_archived(ticket)  # the cancelled ticket's record is sealed
+    assert "tsop.ticket.request-cancelled.v1" in [e["type"] for e in dossier["events"]]

@@ -421,3 +421,24 @@ def test_a_rotated_credential_revokes_the_old_one() -> None:
     assert app.board.technician_of(hash_token(new)) == tech.id
     on_the_wire = " ".join(e.model_dump_json() for e in wire_events(app))
     assert hash_token(old) not in on_the_wire and hash_token(new) not in on_the_wire  # hashes stay home
+
+
+def test_a_cancelled_request_withdraws_its_work_order_and_frees_the_technician() -> None:
+    app, _ = new_app()
+    a, _ = app.register_technician(uuid4(), "A", [FAULT], ["north"], 1)
+    held, waiting = open_order(app, "t1"), open_order(app, "t2")
+    app.drain_queue()
+    wo = app.load(held)
+    assert wo.technician_id == str(a.id) and app.load(waiting).status == "waiting"
+    tech_now = app.load(a.id)
+    assert wo.withdraw("request cancelled", NOW + timedelta(hours=1), tech_now)
+    app.save(wo, tech_now)
+    assert app.load(a.id).active == []
+    assert sla.explain(app.load(held).facts, NOW + timedelta(hours=5))["resolve"]["stopped_by"] == "withdrawn"
+    assert not app.load(held).withdraw("again", NOW)  # nothing left to withdraw
+    waiting_wo = app.load(waiting)
+    assert waiting_wo.withdraw("request cancelled", NOW)  # a waiting one needs nobody to let go
+    app.save(waiting_wo)
+    app.board.refresh()
+    assert waiting not in dict(app.board.queue())
+    assert app.drain_queue() == 0  # nothing else to assign: the freed technician is not given withdrawn work

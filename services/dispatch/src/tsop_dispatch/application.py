@@ -175,10 +175,13 @@ class Board(LogFollower):
                     holder[oid].priority = e.priority
             if oid in self.waiting:
                 self._queue_insert(oid, self.waiting[oid])
-        elif isinstance(e, d.WorkOrderResolved):
+        elif isinstance(e, d.WorkOrderResolved | d.WorkOrderWithdrawn):
             self._parked.pop(oid, None)
             self.clocks.pop(oid, None)
             self.awaiting_answer.pop(oid, None)
+            w = self.waiting.pop(oid, None)  # its queue entry is skipped from now on, and swept later
+            if w is not None:
+                self.queued[(w.service_type, w.region)] -= 1
             return
         c = self.clocks.get(oid)
         if c is None:
@@ -343,7 +346,7 @@ class DispatchApp(EventStoreApp):
     @retry_on_conflict()
     def _retarget_to_policy(self, wo_id: UUID, policy: Policy, why: str) -> int:
         wo: WorkOrder = self.load(wo_id)
-        if wo.status == "resolved" or wo.targets is None:
+        if wo.status in ("resolved", "withdrawn") or wo.targets is None:
             return 0
         spec = policy.targets_for(wo.service_type, wo.priority, bool(wo.targets.get("peak"))).spec()
         if {k: v for k, v in spec.items() if k != "rule"} == {k: v for k, v in wo.targets.items() if k != "rule"}:

@@ -476,12 +476,40 @@ class WorkOrder(Aggregate):
         self.status = "resolved"
         self.facts.append(Fact(resolved_at, "resolved"))
 
+    # --- withdrawal ---------------------------------------------------------------------------------
+
+    def withdraw(
+        self, reason: str, at: datetime, technician: Technician | None = None, resources: Iterable[Resource] = ()
+    ) -> bool:
+        """The request was cancelled upstream: the work order closes and whoever held it is free.
+
+        False when there is nothing to withdraw (already resolved or withdrawn).
+        """
+        if self.status in ("resolved", "withdrawn"):
+            return False
+        if self.technician_id is not None:
+            if technician is None or str(technician.id) != self.technician_id:
+                raise DispatchError(f"withdrawing work order {self.id} needs its technician {self.technician_id}")
+            self._let_go(technician, resources)
+        self._withdrawn(ticket_id=self.ticket_id, technician_id=self.technician_id, reason=reason, withdrawn_at=at)
+        return True
+
+    @event("Withdrawn")
+    def _withdrawn(self, ticket_id: str, technician_id: str | None, reason: str, withdrawn_at: datetime) -> None:
+        self.status = "withdrawn"
+        self.facts.append(Fact(withdrawn_at, "withdrawn", {"reason": reason}))
+        if technician_id is not None:
+            self.previous.append(technician_id)
+        self.technician_id = None
+        self.accept_by = None
+        self.resources = []
+
     # --- service levels ---------------------------------------------------------------------------
 
     def retarget(self, targets: dict[str, Any], priority: int, why: str, at: datetime) -> None:
         """New targets (a priority or policy change): elapsed time stays, the deadlines move."""
-        if self.status == "resolved":
-            raise DispatchError(f"work order {self.id} is resolved")
+        if self.status in ("resolved", "withdrawn"):
+            raise DispatchError(f"work order {self.id} is {self.status}")
         self._retargeted(ticket_id=self.ticket_id, targets=targets, priority=priority, why=why, at=at)
 
     @event("Retargeted")
@@ -710,6 +738,7 @@ WorkOrderWorkLogged: type[Any] = WorkOrder.__dict__["WorkLogged"]
 WorkOrderPaused: type[Any] = WorkOrder.__dict__["Paused"]
 WorkOrderResumed: type[Any] = WorkOrder.__dict__["Resumed"]
 WorkOrderResolved: type[Any] = WorkOrder.__dict__["Resolved"]
+WorkOrderWithdrawn: type[Any] = WorkOrder.__dict__["Withdrawn"]
 WorkOrderRetargeted: type[Any] = WorkOrder.__dict__["Retargeted"]
 WorkOrderThresholdCrossed: type[Any] = WorkOrder.__dict__["ThresholdCrossed"]
 WorkOrderEscalated: type[Any] = WorkOrder.__dict__["Escalated"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import ClassVar
+from uuid import UUID
 
 from tsop_dispatch.application import DispatchApp, work_order_id
 from tsop_events import schemas as wire
@@ -10,10 +11,15 @@ from tsop_events.consumer import EventStoreSink, Incoming, UnitOfWork
 
 
 class OpenWorkOrders(EventStoreSink):
-    """On RequestAccepted: open a work order (with its SLA targets) and assign it if anyone has room."""
+    """On RequestAccepted: open a work order (with its SLA targets) and assign it if anyone has room.
+
+    On RequestCancelled: withdraw the request's open work order; its technician and resources are free.
+    """
 
     name: ClassVar[str] = "dispatch-work-orders"
-    event_types: ClassVar[frozenset[str] | None] = frozenset({wire.RequestAccepted.event_type})
+    event_types: ClassVar[frozenset[str] | None] = frozenset(
+        {wire.RequestAccepted.event_type, wire.RequestCancelled.event_type}
+    )
 
     def __init__(self, app: DispatchApp) -> None:
         super().__init__(app)
@@ -24,6 +30,9 @@ class OpenWorkOrders(EventStoreSink):
 
     def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
         ev = incoming.event
+        if isinstance(ev, wire.RequestCancelled):
+            self.withdraw(uow, ev)
+            return
         assert isinstance(ev, wire.RequestAccepted)
         wo_id = work_order_id(ev.ticket_id)
         if uow.get(wo_id) is not None:
@@ -34,3 +43,11 @@ class OpenWorkOrders(EventStoreSink):
         uow.add(wo)
         if not self.dispatch.board.waiting_ahead(wo):
             self.dispatch.try_assign(wo, uow.get)
+
+    def withdraw(self, uow: UnitOfWork, ev: wire.RequestCancelled) -> None:
+        wo = uow.get(work_order_id(ev.ticket_id))
+        if wo is None:
+            return  # cancelled before it was accepted: dispatch never had it
+        holder = uow.get(UUID(wo.technician_id)) if wo.technician_id else None
+        resources = [uow.get(UUID(r)) for r in wo.resources]
+        wo.withdraw(f"request cancelled ({ev.reason_code}): {ev.reason}", ev.cancelled_at, holder, resources)

@@ -299,7 +299,7 @@ def clocks(facts: list[Fact]) -> dict[str, ClockState]:
                 last.end = f.at
                 why = f"{f.data.get('kind', '')}: {f.data.get('reason', '')}" if f.kind == "paused" else "resumed"
                 c.segments.append(Segment(f.at, None, wanted, why))
-        elif f.kind in ("accepted", "resolved"):
+        elif f.kind in ("accepted", "resolved", "withdrawn"):
             names = ("respond",) if f.kind == "accepted" else ("respond", "resolve")
             for name in names:
                 stopping = out.get(name)
