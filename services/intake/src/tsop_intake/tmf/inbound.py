@@ -52,12 +52,9 @@ def _date(body: dict[str, Any], name: str) -> str | None:
     if value is None:
         return None
     try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadAttribute(name, f"{value!r} is not an ISO 8601 date-time") from None
-    if when.tzinfo is None:
-        raise BadAttribute(name, "needs a time zone offset")
-    return when.isoformat()
+        return model.parse_datetime(value).isoformat()
+    except ValueError as exc:
+        raise BadAttribute(name, str(exc)) from None
 
 
 def _severity(body: dict[str, Any], required: bool) -> str | None:

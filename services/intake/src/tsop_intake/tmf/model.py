@@ -319,11 +319,9 @@ def parse_list_query(params: Iterable[tuple[str, str]]) -> ListQuery:
             if op not in OPERATORS:
                 raise InvalidQuery(name, f"unknown operator {op!r}; one of {', '.join(OPERATORS)}")
             try:
-                when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                raise InvalidQuery(name, f"{value!r} is not an ISO 8601 date-time") from None
-            if when.tzinfo is None:
-                raise InvalidQuery(name, "the date-time needs a time zone offset")
+                when = parse_datetime(value)
+            except ValueError as exc:
+                raise InvalidQuery(name, str(exc)) from None
             where.append((DATE_FILTERS[attr], OPERATORS[op], when))
         else:
             known = ", ".join([*sorted(FILTERS), *(f"{d}.gt|gte|lt|lte" for d in DATE_FILTERS)])
@@ -331,6 +329,17 @@ def parse_list_query(params: Iterable[tuple[str, str]]) -> ListQuery:
     if not order:
         order.append(("creation_date", True))
     return ListQuery(tuple(where), tuple(order), offset, limit, fields)
+
+
+def parse_datetime(value: str) -> datetime:
+    """An ISO 8601 date-time with its offset (``Z`` allowed); ValueError says what is wrong."""
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO 8601 date-time") from None
+    if when.tzinfo is None:
+        raise ValueError(f"{value!r} needs a time zone offset")
+    return when
 
 
 def _int(name: str, value: str, low: int, high: int | None) -> int:
