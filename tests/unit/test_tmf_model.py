@@ -214,3 +214,19 @@ def test_list_sql_uses_equality_for_one_value_and_counts_only_categorical_filter
     assert dated.sql()[3] is False  # a date range is counted on the tickets themselves
     by_severity = model.parse_list_query([("sort", "severity,-lastUpdate")])
     assert by_severity.sql()[1] == "severity ASC NULLS LAST, last_update DESC, ticket_id"
+
+
+def test_the_events_the_read_model_skips_never_change_the_view() -> None:
+    state, _ = model.fold([(submitted(), T0), (lifecycle()[1], T0)])
+    skipped = [
+        wire.Assigned(ticket_id=TICKET, work_order_id="wo", technician_id="t", reason="r", candidates=[],
+                      assigned_at=T0),
+        wire.AssignmentDeclined(ticket_id=TICKET, work_order_id="wo", technician_id="t", reason="r", declined_at=T0),
+        wire.Escalated(ticket_id=TICKET, to_role="supervisor", reason="breach", escalated_at=T0),
+        wire.Rated(ticket_id=TICKET, score=5, rated_at=T0),
+        wire.Archived(ticket_id=TICKET, dossier_hash="h", event_count=3, last_event_id="e", archived_at=T0),
+    ]
+    for ev in skipped:
+        assert ev.event_type not in model.RELEVANT
+        assert model.evolve(state, ev, T0).state is None, ev.event_type
+    assert all(e.event_type in model.RELEVANT for e in lifecycle() if not isinstance(e, wire.Assigned))

@@ -62,6 +62,18 @@ class StatusChange:
     at: datetime
 
 
+# The ticket events that can change the TMF view; the read model does not even decode the others.
+RELEVANT: frozenset[str] = frozenset(
+    cls.event_type
+    for cls in (
+        wire.RequestSubmitted, wire.RequestAccepted, wire.RequestRejected, wire.RequestPendingInformation,
+        wire.RequestUpdated, wire.RequestQueuedForReview, wire.RequestLinked, wire.RequestCancelled,
+        wire.AssignmentAccepted, wire.WorkStarted, wire.WorkLogged, wire.WorkPaused, wire.WorkResumed,
+        wire.Resolved, wire.Closed,
+    )
+)
+
+
 def status_change(event: wire.WireEvent, current: str | None) -> StatusChange | None:
     """The TMF status an event moves a ticket to, with the reason; None when it moves nothing."""
     new: tuple[str, str, datetime] | None = None

@@ -74,7 +74,7 @@ def row_state(row: asyncpg.Record) -> dict[str, Any]:
 
 class TmfTicketProjection(ProjectionSink):
     name: ClassVar[str] = "intake-tmf-tickets"
-    event_types: ClassVar[frozenset[str] | None] = None  # every ticket event may change the view
+    event_types: ClassVar[frozenset[str] | None] = model.RELEVANT
     ddl: ClassVar[tuple[str, ...]] = DDL
 
     def __init__(self, pool: asyncpg.Pool, outbox: Outbox | None = None) -> None:
