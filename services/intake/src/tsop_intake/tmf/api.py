@@ -133,7 +133,8 @@ async def list_tickets(request: Request, caller: Caller) -> Response:
     scope = (("channel_id", "IN", [caller.channel_id]),) if caller.channel_id is not None else ()
     condition, order, args, countable = query.sql(scope)
     pool = runtime_of(request).pool
-    async with pool.acquire() as conn:
+    # one snapshot: the total, the page and the histories agree even while the read model moves
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         if countable:  # categorical filters only: the per-combination counts answer at once
             count_where = condition.replace("NOT deleted AND ", "").replace("NOT deleted", "true")
             total = await conn.fetchval(
