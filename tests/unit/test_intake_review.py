@@ -137,6 +137,7 @@ def test_changes_are_allowed_by_state() -> None:
     assert r.status == "pending_information"
     with pytest.raises(InvalidChange, match="customer_id"):
         r.update({"customer_id": "someone"}, "ch", NOW)
+    assert r.update({"region": r.region}, "ch", NOW) is False  # nothing changed: no new review, no new deadline
     assert r.update({"location": {"address": "3 Elm"}}, "ch", NOW) is True
     r.apply_decision(review(CAT, r.fields(), Facts(now=NOW)), NOW)
     assert r.status == "accepted"

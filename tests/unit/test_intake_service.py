@@ -344,3 +344,14 @@ def test_what_no_event_can_carry_is_refused_naming_the_field() -> None:
             await service.register_channel(env.runtime, "bad \ud800", "web", None, None, ADMIN)
 
     run(go())
+
+
+def test_concurrent_retries_with_one_key_give_one_request() -> None:
+    async def go() -> None:
+        env = Env()
+        web = await env.channel()
+        results = await asyncio.gather(*(service.submit(env.runtime, fields(), web, "same-key") for _ in range(5)))
+        assert len({r.id for r, _ in results}) == 1
+        assert sorted(new for _, new in results) == [False, False, False, False, True]
+
+    run(go())

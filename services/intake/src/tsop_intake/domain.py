@@ -378,7 +378,8 @@ class ServiceRequest(Aggregate):
         real = {k: v for k, v in changes.items() if getattr(self, k) != v}
         if real:
             self._updated(changes=dict(real), updated_by=by, updated_at=at)
-        return self.status == "pending_information"
+        # reviewed again only when something changed: a no-op PATCH must not push the deadline back
+        return bool(real) and self.status == "pending_information"
 
     @event("Updated")
     def _updated(self, changes: dict[str, Any], updated_by: str, updated_at: datetime) -> None:

@@ -362,10 +362,14 @@ async def submit(
     return request, True
 
 
-async def _replay(runtime: Runtime, ticket_id: UUID, fingerprint: str) -> ServiceRequest:
-    existing = await asyncio.to_thread(intake(runtime).get_request, ticket_id)
-    if existing is None:
-        raise IntegrityError(f"request {ticket_id} vanished")  # pragma: no cover - never deleted
+async def _replay(runtime: Runtime, ticket_id: UUID, fingerprint: str, patience: float = 5.0) -> ServiceRequest:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    # the index notes a submission before its save commits: a twin arriving meanwhile waits for it
+    while (existing := await asyncio.to_thread(intake(runtime).get_request, ticket_id)) is None:
+        if loop.time() > deadline:
+            raise InvalidTransition("Idempotency-Key", "a submission with this key is still being saved; retry")
+        await asyncio.sleep(0.02)
     if getattr(existing, "fingerprint", None) != fingerprint:
         raise IdempotencyConflict("Idempotency-Key", "this key was already used for a different request")
     return existing

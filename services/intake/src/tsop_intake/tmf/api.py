@@ -135,15 +135,12 @@ async def list_tickets(request: Request, caller: Caller) -> Response:
     pool = runtime_of(request).pool
     # one snapshot: the total, the page and the histories agree even while the read model moves
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        if countable:  # categorical filters only: the per-combination counts answer at once
-            count_where = condition.replace("NOT deleted AND ", "").replace("NOT deleted", "true")
-            total = await conn.fetchval(
-                f"SELECT coalesce(sum(n), 0) FROM tmf_ticket_count WHERE {count_where}", *args
-            )
+        if countable:  # categorical filters only: the per-combination counts (of live tickets) answer at once
+            total = await conn.fetchval(f"SELECT coalesce(sum(n), 0) FROM tmf_ticket_count WHERE {condition}", *args)
         else:
-            total = await conn.fetchval(f"SELECT count(*) FROM tmf_ticket WHERE {condition}", *args)
+            total = await conn.fetchval(f"SELECT count(*) FROM tmf_ticket WHERE NOT deleted AND {condition}", *args)
         rows = await conn.fetch(
-            f"SELECT * FROM tmf_ticket WHERE {condition} ORDER BY {order} "
+            f"SELECT * FROM tmf_ticket WHERE NOT deleted AND {condition} ORDER BY {order} "
             f"OFFSET {query.offset} LIMIT {query.limit}",
             *args,
         )
@@ -222,7 +219,8 @@ async def patch_ticket(id: str, request: Request, caller: Writer, fields: str | 
         raise Problem(400, "Invalid request", "body: a merge patch is a JSON object", field="body")
     runtime = runtime_of(request)
     tid = UUID(id)
-    kept = (await service.get(runtime, tid, caller)).attributes
+    before = await service.get(runtime, tid, caller)
+    kept, version = before.attributes, before.version
     try:
         changes, status = inbound.parse_patch(body, kept=kept, author=caller.subject, now=datetime.now(UTC))
     except inbound.BadAttribute as exc:
@@ -240,11 +238,14 @@ async def patch_ticket(id: str, request: Request, caller: Writer, fields: str | 
             )
         if not model.can_move(current, "cancelled"):
             raise Problem(409, "Invalid status transition", f"status: {current} → cancelled", field="status")
+    after = before
     if changes:
-        await service.update(runtime, tid, changes, caller)
+        after = await service.update(runtime, tid, changes, caller)
     if status == "cancelled" and status != current:
         reason = body.get("statusChangeReason") or "cancelled by the channel"
-        await service.cancel(runtime, tid, "withdrawn_by_channel", str(reason)[:500], caller)
+        after = await service.cancel(runtime, tid, "withdrawn_by_channel", str(reason)[:500], caller)
+    if after.version == version:  # the patch changed nothing: nothing to wait for
+        return model.select(model.render(*await _ticket(request, id, caller), TICKETS), _fields(fields))
     state, history = await _wait_applied(request, tid, caller, state["last_update"])
     return model.select(model.render(state, history, TICKETS), _fields(fields))
 
