@@ -94,3 +94,24 @@ def test_issued_tokens_are_unique_and_only_their_hash_is_returned() -> None:
     (t1, h1), (t2, h2) = issue_token("ch"), issue_token("ch")
     assert t1 != t2 and t1.startswith("ch_")
     assert h1 == hash_token(t1) and h2 == hash_token(t2) and t1 not in h1
+
+
+def test_a_followed_resolver_reads_newer_events_on_a_miss_but_never_floods() -> None:
+    import asyncio
+
+    from tsop_events.auth import followed_resolver
+
+    known: dict[str, Principal] = {}
+    reads: list[int] = []
+
+    def refresh() -> None:  # what following the log brings: a credential issued elsewhere
+        reads.append(1)
+        known["h-new"] = Principal("ch-2", frozenset({Role.channel}), channel_id="ch-2")
+
+    async def go() -> None:
+        resolve = followed_resolver(known.get, refresh, min_interval=60)
+        assert (await resolve("h-new")) is not None and len(reads) == 1  # a miss reads the log once
+        forged = await asyncio.gather(*(resolve(f"forged-{i}") for i in range(50)))
+        assert forged == [None] * 50 and len(reads) == 1  # made-up tokens do not reach the database
+
+    asyncio.run(go())

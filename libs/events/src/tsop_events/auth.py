@@ -15,9 +15,11 @@ Two sources resolve a token:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -50,6 +52,33 @@ class Principal:
 
 TokenResolver = Callable[[str], Awaitable[Principal | None]]
 """Given a token's SHA-256 hex, the principal it belongs to, or None."""
+
+
+def followed_resolver(
+    lookup: Callable[[str], Principal | None], refresh: Callable[[], None], min_interval: float = 0.1
+) -> TokenResolver:
+    """Resolve credentials from a view that follows the service's own log (issued and revoked as events).
+
+    A miss may be a credential another instance issued a moment ago, so it reads the newer events, but
+    at most once per ``min_interval`` and one read at a time: made-up tokens cannot flood the database.
+    """
+    gate = asyncio.Lock()
+    last = -min_interval
+
+    async def resolve(token_hash: str) -> Principal | None:
+        nonlocal last
+        found = lookup(token_hash)
+        if found is not None:
+            return found
+        async with gate:
+            found = lookup(token_hash)  # a read that finished while this one waited may have brought it
+            if found is None and time.monotonic() - last >= min_interval:
+                last = time.monotonic()
+                await asyncio.to_thread(refresh)
+                found = lookup(token_hash)
+        return found
+
+    return resolve
 
 
 def hash_token(token: str) -> str:

@@ -13,7 +13,7 @@ from tsop_dispatch.api import router
 from tsop_dispatch.application import DispatchApp, to_wire
 from tsop_dispatch.policies import OpenWorkOrders
 from tsop_dispatch.sla import Policy
-from tsop_events.auth import Principal, Role, TokenResolver
+from tsop_events.auth import Principal, Role, TokenResolver, followed_resolver
 from tsop_events.http import create_app, serve
 from tsop_events.runtime import Runtime
 from tsop_events.settings import ServiceSettings
@@ -50,14 +50,11 @@ def technician_credentials(runtime: Runtime) -> TokenResolver:
     app = runtime.app
     assert isinstance(app, DispatchApp)
 
-    async def resolve(token_hash: str) -> Principal | None:
+    def lookup(token_hash: str) -> Principal | None:
         tech = app.board.technician_of(token_hash)
-        if tech is None:  # registered a moment ago, perhaps by another instance
-            await asyncio.to_thread(app.board.refresh)
-            tech = app.board.technician_of(token_hash)
         return None if tech is None else Principal(str(tech), frozenset({Role.technician}))
 
-    return resolve
+    return followed_resolver(lookup, app.board.refresh)
 
 
 def build(settings: DispatchSettings | None = None) -> FastAPI:

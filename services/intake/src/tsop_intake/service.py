@@ -227,10 +227,6 @@ def _fingerprint(fields: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def _is_staff(caller: Principal) -> bool:
-    return caller.channel_id is None and caller.has(*STAFF)
-
-
 def _check_owner(request: ServiceRequest, caller: Principal) -> None:
     if caller.channel_id is not None:
         if request.channel_id != caller.channel_id:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
-from tsop_events.auth import Principal, TokenResolver
+from tsop_events.auth import TokenResolver, followed_resolver
 from tsop_events.runtime import Runtime
 from tsop_intake.application import IntakeApp
 from tsop_intake.projection import RequestStatusProjection
@@ -37,16 +36,8 @@ async def completion_deadlines(runtime: Runtime) -> None:
 
 def channel_tokens(runtime: Runtime) -> TokenResolver:
     """Registered channel systems' credentials (only their hashes are stored; revocable)."""
-    app = _intake(runtime)
-
-    async def resolve(token_hash: str) -> Principal | None:
-        found = app.index.principal(token_hash)
-        if found is None and time.monotonic() - app.index.refreshed_at > 0.1:
-            await asyncio.to_thread(app.index.refresh)  # a credential another instance just issued
-            found = app.index.principal(token_hash)
-        return found
-
-    return resolve
+    index = _intake(runtime).index
+    return followed_resolver(index.principal, index.refresh)
 
 
 def status_projection(runtime: Runtime) -> RequestStatusProjection:
