@@ -220,7 +220,7 @@ async def patch_ticket(id: str, request: Request, caller: Writer, fields: str | 
     runtime = runtime_of(request)
     tid = UUID(id)
     before = await service.get(runtime, tid, caller)
-    kept, version = before.attributes, before.version
+    kept = before.attributes
     try:
         changes, status = inbound.parse_patch(body, kept=kept, author=caller.subject, now=datetime.now(UTC))
     except inbound.BadAttribute as exc:
@@ -244,21 +244,24 @@ async def patch_ticket(id: str, request: Request, caller: Writer, fields: str | 
     if status == "cancelled" and status != current:
         reason = body.get("statusChangeReason") or "cancelled by the channel"
         after = await service.cancel(runtime, tid, "withdrawn_by_channel", str(reason)[:500], caller)
-    if after.version == version:  # the patch changed nothing: nothing to wait for
-        return model.select(model.render(*await _ticket(request, id, caller), TICKETS), _fields(fields))
-    state, history = await _wait_applied(request, tid, caller, state["last_update"])
+    # read-your-write: the view once the read model holds intake's last event of this ticket
+    state, history = await _wait_applied(request, tid, caller, after.modified_on)
     return model.select(model.render(state, history, TICKETS), _fields(fields))
 
 
 async def _wait_applied(
-    request: Request, tid: UUID, caller: Principal, before: datetime, timeout: float = 5.0
+    request: Request, tid: UUID, caller: Principal, until: datetime, timeout: float = 5.0
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Read-your-write: the ticket once the read model has the change (or as it stands after ``timeout``)."""
+    """The ticket once the read model has applied what happened up to ``until`` (or as it stands after ``timeout``).
+
+    The read model's ``last_update`` is the time of the last event it applied, and an event's time is its
+    domain timestamp, so ``until`` is intake's own ``modified_on`` of the request.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         state, history = await _ticket(request, str(tid), caller)
-        if state["last_update"] > before or loop.time() > deadline:
+        if state["last_update"] >= until or loop.time() > deadline:
             return state, history
         await asyncio.sleep(0.02)
 
