@@ -115,3 +115,19 @@ def test_a_followed_resolver_reads_newer_events_on_a_miss_but_never_floods() -> 
         assert forged == [None] * 50 and len(reads) == 1  # made-up tokens do not reach the database
 
     asyncio.run(go())
+
+
+def test_a_lost_write_race_is_a_409_to_retry_not_a_500() -> None:
+    from tsop_events.http import _conflict
+    from tsop_events.store import IntegrityError
+
+    app = FastAPI()
+    app.state.error_renderers = ()
+    app.add_exception_handler(IntegrityError, _conflict)
+
+    @app.post("/save")
+    async def save() -> None:
+        raise IntegrityError("version conflict")
+
+    r = TestClient(app).post("/save")
+    assert r.status_code == 409 and r.json()["title"] == "Concurrent change"

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tsop_events.auth import AuthError
 from tsop_events.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from tsop_events.runtime import Runtime
-from tsop_events.store import EventStoreApp
+from tsop_events.store import EventStoreApp, IntegrityError
 
 PROBLEM = "application/problem+json"
 
@@ -87,6 +87,11 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 async def _problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Problem)
     return _render(request, exc.status, exc.title, exc.detail, **exc.extra)
+
+
+async def _conflict(request: Request, exc: Exception) -> Response:
+    """A write lost an optimistic-concurrency race (after any retries): the caller may simply retry."""
+    return _render(request, 409, "Concurrent change", "it changed meanwhile; retry")
 
 
 async def _auth(request: Request, exc: Exception) -> Response:
@@ -195,6 +200,7 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(AuthError, _auth)
+    app.add_exception_handler(IntegrityError, _conflict)
     app.add_exception_handler(Exception, _unexpected)
 
     app.add_middleware(BodyLimit, limit=runtime.settings.max_body_bytes, renderers=tuple(error_renderers))

@@ -195,8 +195,6 @@ async def _command(fn: Callable[..., Any], *args: Any) -> Any:
         raise Problem(403, "Not your work order", str(exc)) from None
     except DispatchError as exc:
         raise Problem(409, "Not allowed now", str(exc)) from None
-    except IntegrityError:
-        raise Problem(409, "Concurrent change", "it changed meanwhile; retry") from None
 
 
 def _may_read(principal: Principal, wo: WorkOrder) -> None:

@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tsop_events.auth import Principal, Role, requires
 from tsop_events.http import Problem, app_of
-from tsop_events.store import IntegrityError
 from tsop_feedback.application import FeedbackApp, case_id
 from tsop_feedback.domain import AlreadyClosed, FeedbackCase, FeedbackError
 
@@ -55,8 +54,6 @@ async def rate(ticket_id: UUID, body: Rating, request: Request, caller: Rater) -
         raise Problem(409, "Ticket closed", str(exc)) from None
     except FeedbackError as exc:
         raise Problem(409, "Not allowed now", str(exc)) from None
-    except IntegrityError:
-        raise Problem(409, "Concurrent change", "the ticket changed meanwhile; retry") from None
     return case_view(case)
 
 
