@@ -8,10 +8,11 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, Strict
 
 from tsop_events.auth import Principal, Role, requires
 from tsop_events.http import Problem, app_of
+from tsop_events.inbound import Inbound, Int, TextCheck
 from tsop_feedback.application import FeedbackApp, case_id
 from tsop_feedback.domain import AlreadyClosed, FeedbackCase, FeedbackError
 
@@ -21,10 +22,9 @@ Rater = Annotated[Principal, Depends(requires(Role.agent))]
 Reader = Annotated[Principal, Depends(requires(Role.agent, Role.supervisor, Role.auditor))]
 
 
-class Rating(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    score: Annotated[int, Field(ge=1, le=5)]
-    comment: Annotated[str, Field(max_length=2000)] | None = None
+class Rating(Inbound):
+    score: Annotated[Int, Field(ge=1, le=5)]
+    comment: Annotated[str, Strict(), Field(max_length=2000), TextCheck] | None = None
 
 
 def _app(request: Request) -> FeedbackApp:

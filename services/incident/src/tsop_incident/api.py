@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from tsop_events.auth import Principal, Role, requires
 from tsop_events.http import runtime_of
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1", tags=["incident"])
 async def open_ticket_summary(
     request: Request,
     caller: Annotated[Principal, Depends(requires(Role.incident_manager, Role.supervisor))],
-    region: str | None = None,
+    region: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
 ) -> dict[str, Any]:
     """Open (not yet resolved) tickets counted by region and service type."""
     runtime = runtime_of(request)

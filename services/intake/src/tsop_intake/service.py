@@ -36,11 +36,22 @@ from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 import orjson
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AnyHttpUrl, BeforeValidator, Field, Strict, TypeAdapter, ValidationError, model_validator
 
 from tsop_events.auth import Principal, Role, issue_token
 from tsop_events.envelope import derived_id
 from tsop_events.http import Problem
+from tsop_events.inbound import (
+    INT64_MAX,
+    INT64_MIN,
+    Bool,
+    Inbound,
+    Int,
+    JsonObject,
+    Moment,
+    Number,
+    TextCheck,
+)
 from tsop_events.runtime import Runtime
 from tsop_events.schemas import Channel, CustomerTier
 from tsop_events.store import IntegrityError, retry_on_conflict
@@ -112,20 +123,19 @@ class InvalidTransition(IntakeError):
 
 
 # ---------------------------------------------------------------- input models
+#
+# Strict (tsop_events.inbound): text without control characters and in NFC, integers that are integers,
+# finite numbers, moments the calendar can hold in UTC, free-form objects bounded in depth and size. So what
+# a command accepts, the wire carries and every projection stores (tests/integration/test_edge_invariant.py).
 
 
-class TimeRequirementIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    deadline: datetime | None = None
-    window_start: datetime | None = None
-    window_end: datetime | None = None
+class TimeRequirementIn(Inbound):
+    deadline: Moment | None = None
+    window_start: Moment | None = None
+    window_end: Moment | None = None
 
     @model_validator(mode="after")
     def _window(self) -> TimeRequirementIn:
-        for name in ("deadline", "window_start", "window_end"):
-            value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
-                raise ValueError(f"{name} needs a time zone offset")
         if (self.window_start is None) != (self.window_end is None):
             raise ValueError("an appointment window needs both window_start and window_end")
         if self.window_start and self.window_end and self.window_end <= self.window_start:
@@ -133,54 +143,67 @@ class TimeRequirementIn(BaseModel):
         return self
 
 
-Short = Annotated[str, Field(min_length=1, max_length=200)]
+Short = Annotated[str, Strict(), Field(min_length=1, max_length=200), TextCheck]
+Region = Annotated[str, Strict(), Field(min_length=1, max_length=64), TextCheck]
+TypeName = Annotated[str, Strict(), Field(min_length=1, max_length=64), TextCheck]
+Description = Annotated[str, Strict(), Field(min_length=1, max_length=4000), TextCheck]
+Needs = Annotated[str, Strict(), Field(max_length=1000), TextCheck]
+Ref = Annotated[str, Strict(), Field(max_length=128), TextCheck]
+CustomerId = Annotated[str, Strict(), Field(min_length=1, max_length=128), TextCheck]
 
 
-class LocationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    address: Annotated[str, Field(min_length=1, max_length=500)] | None = None
-    postcode: Annotated[str, Field(min_length=1, max_length=20)] | None = None
-    site_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+class LocationIn(Inbound):
+    address: Annotated[str, Strict(), Field(min_length=1, max_length=500), TextCheck] | None = None
+    postcode: Annotated[str, Strict(), Field(min_length=1, max_length=20), TextCheck] | None = None
+    site_id: Annotated[str, Strict(), Field(min_length=1, max_length=64), TextCheck] | None = None
 
 
+def _int64(value: Any) -> Any:
+    """A detail's integer beyond 64 bits is refused, not silently turned into an approximate number."""
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError("is an integer beyond 64 bits")
+    return value
+
+
+DetailValue = Annotated[
+    Annotated[str, Strict(), Field(max_length=1000), TextCheck] | Int | Number | Bool, BeforeValidator(_int64)
+]
 Details = Annotated[
-    dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")], str | int | float | bool],
+    dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")], DetailValue],
     Field(max_length=32),
 ]
 
 
-class ChangesIn(BaseModel):
+class ChangesIn(Inbound):
     """What may change after submission (all optional)."""
 
-    model_config = ConfigDict(extra="forbid")
-    channel_request_ref: Annotated[str, Field(max_length=128)] | None = None
+    channel_request_ref: Ref | None = None
     customer_tier: CustomerTier | None = None
-    region: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    service_type: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    description: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
+    region: Region | None = None
+    service_type: TypeName | None = None
+    description: Description | None = None
     time_requirement: TimeRequirementIn | None = None
-    special_needs: Annotated[str, Field(max_length=1000)] | None = None
+    special_needs: Needs | None = None
     callback_url: AnyHttpUrl | None = None
     location: LocationIn | None = None
     details: Details | None = None
-    attributes: dict[str, Any] | None = None
+    attributes: JsonObject | None = None
 
 
-class ApplicationBase(BaseModel):
+class ApplicationBase(Inbound):
     """What an application states besides the customer (the native body nests the customer, TMF maps it)."""
 
-    model_config = ConfigDict(extra="forbid")
     channel: Channel | None = Field(default=None, description="Optional: the registered channel's kind is used.")
-    channel_request_ref: Annotated[str, Field(max_length=128)] | None = None
-    region: Annotated[str, Field(min_length=1, max_length=64)]
-    service_type: Annotated[str, Field(min_length=1, max_length=64)]
-    description: Annotated[str, Field(min_length=1, max_length=4000)]
+    channel_request_ref: Ref | None = None
+    region: Region
+    service_type: TypeName
+    description: Description
     time_requirement: TimeRequirementIn = TimeRequirementIn()
-    special_needs: Annotated[str, Field(max_length=1000)] | None = None
+    special_needs: Needs | None = None
     callback_url: AnyHttpUrl | None = None
     location: LocationIn | None = None
     details: Details = Field(default_factory=dict)
-    attributes: dict[str, Any] = Field(
+    attributes: JsonObject = Field(
         default_factory=dict, description="Kept, not acted on: what the TMF facade carries (name, severity, notes)."
     )
 
@@ -188,7 +211,7 @@ class ApplicationBase(BaseModel):
 class FieldsIn(ApplicationBase):
     """An application as ``submit`` takes it."""
 
-    customer_id: Annotated[str, Field(min_length=1, max_length=128)]
+    customer_id: CustomerId
     customer_tier: CustomerTier = CustomerTier.standard
 
 
@@ -213,17 +236,20 @@ def _normalise_location(loc: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: loc.get(k) for k in ("address", "postcode", "site_id")}
 
 
-def _storable(values: dict[str, Any]) -> None:
-    """Refuse what JSON parsing lets through but no event can carry (lone surrogates, huge integers)."""
-    for name, value in values.items():
-        try:
-            orjson.dumps(value)
-        except orjson.JSONEncodeError as exc:
-            raise InvalidInput(name, f"cannot be stored: {exc}") from None
+_REASON: TypeAdapter[str] = TypeAdapter(Annotated[str, Strict(), Field(max_length=1000), TextCheck])
+
+
+def _reason(name: str, value: str | None) -> str | None:
+    """A free-text argument a caller passes without a body model (the TMF facade): held to the same rule."""
+    if value is None:
+        return None
+    try:
+        return _REASON.validate_python(value)
+    except ValidationError as exc:
+        raise InvalidInput(name, exc.errors()[0]["msg"]) from None
 
 
 def _fingerprint(fields: dict[str, Any]) -> str:
-    _storable(fields)
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -420,7 +446,6 @@ async def update(runtime: Runtime, ticket_id: UUID, changes: dict[str, Any], cal
     except ValidationError as exc:
         raise InvalidInput.from_validation(exc) from None
     normalised = parsed.model_dump(mode="json", include=set(changes))
-    _storable(normalised)
     if "location" in normalised:
         normalised["location"] = _normalise_location(normalised["location"])
     if "service_type" in normalised and app.catalogue.get(normalised["service_type"]) is None:
@@ -448,7 +473,7 @@ async def cancel(
 ) -> ServiceRequest:
     """Withdraw an open request (pending, queued or accepted) with a catalogued reason code."""
     meaning = _reason_code(intake(runtime), "cancel", reason_code)
-    _storable({"reason": reason})
+    reason = _reason("reason", reason) or ""
 
     async def withdraw(request: ServiceRequest, now: datetime) -> None:
         if request.status == "accepted" and await _closed_downstream(runtime, ticket_id):
@@ -464,7 +489,7 @@ async def decide(
     """An agent's decision on a request in the review queue, with a catalogued reason code."""
     app = intake(runtime)
     meaning = _reason_code(app, "accept" if accept else "reject", reason_code)
-    _storable({"reason": reason})
+    reason = _reason("reason", reason)
 
     async def judge(request: ServiceRequest, now: datetime) -> None:
         st = app.catalogue.get(request.service_type)
@@ -499,7 +524,7 @@ async def register_channel(
 ) -> tuple[ChannelSystem, str, str]:
     """Register a channel system and issue its first credential: (channel, credential id, token shown once)."""
     app = intake(runtime)
-    _storable({"name": name, "callback_url": callback_url})
+    name = _reason("name", name) or ""
     now = app.clock.now()
     ch = ChannelSystem(id=uuid4(), name=name, kind=kind, callback_url=callback_url,
                        rate_limit_per_minute=rate_limit_per_minute, registered_by=caller.subject, registered_at=now)
@@ -544,7 +569,6 @@ async def change_channel(
     runtime: Runtime, channel_id: UUID, changes: dict[str, Any], caller: Principal
 ) -> ChannelSystem:
     app = intake(runtime)
-    _storable(changes)
     ch = await asyncio.to_thread(
         _save_channel, app, channel_id, lambda c: c.change_settings(changes, caller.subject, app.clock.now())
     )
