@@ -45,6 +45,21 @@ class ServiceSettings(BaseSettings):
     )
     auth_tokens_file: Path | None = None
 
+    # outbound calls (webhooks, TMF621 hub listeners): see tsop_events.outbound
+    outbound_allow: str = Field(
+        default="",
+        description="Comma-separated CIDRs, addresses or host names (each optionally :port) that callbacks may "
+        "reach although loopback/private/link-local; an entry with a port may also open a platform port.",
+    )
+    platform_endpoints: str = Field(
+        default="8001,8002,8003,8004,8005",
+        description="The platform's own endpoints no callback may reach: host:port, or a bare port (on this "
+        "machine). This service's HTTP port, PostgreSQL and the brokers are always added.",
+    )
+    outbound_max_attempts: int = Field(default=12, ge=1, description="Delivery attempts before a dead letter.")
+    outbound_backoff_base_seconds: float = Field(default=0.5, gt=0)
+    outbound_backoff_max_seconds: float = Field(default=600.0, gt=0)
+
     @property
     def database(self) -> str:
         return self.pg_database or f"tsop_{self.service_name}"
