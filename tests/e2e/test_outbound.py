@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -172,3 +173,68 @@ def test_a_webhook_that_keeps_failing_is_dead_lettered_after_the_bound(platform:
         assert platform.rate(ticket).status_code == 201
     finally:
         receiver.close()
+
+
+class Listener:
+    """A TMF621 listener answering ``status`` after ``delay`` seconds, noting when each POST arrived."""
+
+    def __init__(self, status: int = 204, delay: float = 0.0) -> None:
+        self.posts: list[tuple[float, str, dict[str, Any]]] = []
+        posts = self.posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                posts.append((time.monotonic(), self.path, json.loads(body)))
+                time.sleep(delay)
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/tmf"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def for_ticket(self, ticket_id: str) -> list[tuple[float, str, dict[str, Any]]]:
+        return [p for p in list(self.posts) if p[2]["event"]["troubleTicket"]["id"] == ticket_id]
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_hub_listeners_failing_or_slow_are_bounded_and_delay_no_one(platform: Platform) -> None:
+    failing, slow, healthy = Listener(status=503), Listener(delay=4.0), Listener()
+    ch = platform.register_channel("hub-fairness", "web")
+    headers = platform.as_channel(ch["credential"]["token"])
+    hubs = []
+    try:
+        for listener in (failing, slow, healthy):
+            r = platform.http.post(platform.url("intake", HUB), headers=headers,
+                                   json={"callback": listener.url, "query": "eventType=TroubleTicketCreateEvent"})
+            assert r.status_code == 201, r.text
+            hubs.append(r.json()["id"])
+        tickets = []
+        for _ in range(3):
+            r = platform.http.post(platform.url("intake", TT), json=ticket_body(), headers=headers)
+            assert r.status_code == 201, r.text
+            tickets.append((time.monotonic(), r.json()["id"]))
+        for created, ticket in tickets:
+            (at, _, _), *_ = wait_for(lambda t=ticket: healthy.for_ticket(t), timeout=20, what="healthy delivery")
+            assert at - created < 2.0, at - created  # not held up by the slow (4 s) or failing listener
+        for _, ticket in tickets:
+            wait_for(lambda t=ticket: len(failing.for_ticket(t)) >= OUTBOUND_ATTEMPTS, timeout=30,
+                     what="the failing listener's attempts")
+        time.sleep(2.0)  # the back-off is at most 1 s in this stack: any attempt past the bound would show
+        for _, ticket in tickets:
+            assert len(failing.for_ticket(ticket)) == OUTBOUND_ATTEMPTS
+            assert len(slow.for_ticket(ticket)) == 1
+        metrics = platform.http.get(platform.url("intake", "/metrics")).text
+        m = re.search(r'tsop_outbound_deadlettered_total\{purpose="tmf-hub"\} ([0-9.]+)', metrics)
+        assert m and float(m.group(1)) >= len(tickets), metrics[-2000:]
+    finally:
+        for hub_id in hubs:
+            platform.http.delete(platform.url("intake", f"{HUB}/{hub_id}"), headers=headers)
+        for listener in (failing, slow, healthy):
+            listener.close()
