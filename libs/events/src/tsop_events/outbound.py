@@ -37,14 +37,15 @@ topic, counts it and logs it once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import random
 import socket
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 import httpx
@@ -212,8 +213,15 @@ class Target:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+# name lookups get threads of their own: slow DNS (a client's choice of name) cannot take the threads every other
+# blocking call of the service runs on (asyncio.to_thread), only queue here
+_RESOLVER_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="outbound-dns")
+
+
 async def system_resolver(host: str, port: int) -> list[str]:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = await asyncio.get_running_loop().run_in_executor(
+        _RESOLVER_THREADS, functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    )
     return sorted({str(info[4][0]) for info in infos})
 
 
@@ -338,7 +346,7 @@ def client(timeout: float = 5.0, max_connections: int = 100) -> httpx.AsyncClien
     )
 
 
-@lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def _own_addresses() -> frozenset[IP]:
     """This machine's addresses as its host name resolves (best effort, no network beyond the resolver)."""
     found: set[IP] = set()
@@ -369,7 +377,7 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=8)
 def _cached(allow: str, platform: str, http_port: int, pg: str, kafka: str) -> OutboundGuard:
     s = ServiceSettings(outbound_allow=allow, platform_endpoints=platform, http_port=http_port,
                         pg_host=pg.rsplit(":", 1)[0], pg_port=int(pg.rsplit(":", 1)[1]), kafka_bootstrap=kafka)
