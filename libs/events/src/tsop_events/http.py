@@ -21,7 +21,7 @@ from tsop_events.auth import AuthError
 from tsop_events.inbound import EdgeError, check_json, check_query
 from tsop_events.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from tsop_events.runtime import Runtime
-from tsop_events.store import EventStoreApp, IntegrityError
+from tsop_events.store import EventStoreApp, IntegrityError, recorded_in_this_request, watch_recording
 
 PROBLEM = "application/problem+json"
 
@@ -81,8 +81,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    """A 500 says whether the request's change was recorded: the caller must know whether to repeat it."""
     logging.getLogger(__name__).exception("unhandled error", exc_info=exc)
-    return _render(request, 500, "Internal error", "The request could not be completed; nothing was changed.")
+    if recorded_in_this_request():
+        return _render(
+            request,
+            500,
+            "Recorded, but the answer failed",
+            "The change was recorded, but its answer could not be produced; read the resource to see it "
+            "and do not repeat the request (a repeat with the same Idempotency-Key is safe).",
+            recorded=True,
+        )
+    return _render(
+        request, 500, "Internal error", "The request could not be completed; nothing was changed.", recorded=False
+    )
 
 
 async def _problem(request: Request, exc: Exception) -> Response:
@@ -118,6 +130,7 @@ class Edge:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        watch_recording()
         path: str = scope["path"]
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length", b"")
