@@ -60,3 +60,29 @@ def test_an_error_before_any_save_says_nothing_changed() -> None:
     assert r.json()["recorded"] is False
     assert "nothing was changed" in r.json()["detail"]
     assert store.recorder.max_notification_id() == 1
+
+
+def test_domain_errors_are_mapped_once_to_problems() -> None:
+    from tsop_events.errors import DomainError, Forbidden, NotYet, TooMany
+    from tsop_events.http import _domain
+
+    app = FastAPI()
+    app.add_exception_handler(DomainError, _domain)
+    raised: list[DomainError] = [
+        Forbidden("this ticket belongs to another channel", "ticket_id"),
+        NotYet("the ticket is not resolved yet", retry_after=0.3),
+        TooMany("over 10 requests a minute", retry_after=12.5),
+    ]
+
+    @app.get("/{i}")
+    async def fail(i: int) -> None:
+        raise raised[i]
+
+    client = TestClient(app)
+    r = client.get("/0")
+    assert (r.status_code, r.headers["content-type"]) == (403, "application/problem+json")
+    assert r.json()["errors"] == [{"field": "ticket_id", "reason": "this ticket belongs to another channel"}]
+    r = client.get("/1")
+    assert (r.status_code, r.headers["retry-after"]) == (409, "1")
+    r = client.get("/2")
+    assert (r.status_code, r.headers["retry-after"]) == (429, "13")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -239,7 +239,6 @@ class ConsumerRunner:
         settings: ServiceSettings,
         epoch: EpochWatcher,
         producer: AIOKafkaProducer,
-        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.sink = sink
         self.settings = settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tsop_events.auth import AuthError
+from tsop_events.errors import DomainError
 from tsop_events.inbound import EdgeError, check_json, check_query
 from tsop_events.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from tsop_events.runtime import Runtime
@@ -100,6 +102,13 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 async def _problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Problem)
     return _render(request, exc.status, exc.title, exc.detail, **exc.extra)
+
+
+async def _domain(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))} if exc.retry_after is not None else None
+    detail = str(exc)
+    return _render(request, exc.status, exc.title, detail, headers, errors=exc.errors, **exc.extra)
 
 
 async def _conflict(request: Request, exc: Exception) -> Response:
@@ -281,6 +290,7 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(AuthError, _auth)
+    app.add_exception_handler(DomainError, _domain)
     app.add_exception_handler(IntegrityError, _conflict)
     app.add_exception_handler(Exception, _unexpected)
 
