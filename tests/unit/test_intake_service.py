@@ -12,6 +12,7 @@ import pytest
 
 from tsop_events.auth import Principal, Role, hash_token
 from tsop_events.clock import ManualClock
+from tsop_events.errors import TooMany
 from tsop_events.schemas import parse_event
 from tsop_events.store import GroupCommit
 from tsop_intake import service
@@ -220,11 +221,11 @@ def test_over_its_limit_a_channel_gets_429_with_retry_after_and_nothing_is_recor
             assert r.decision is not None and r.decision["reason_code"] == "rules_passed"
             env.clock.advance(timedelta(seconds=10))
         stored = env.app.recorder.max_notification_id()
-        with pytest.raises(service.TooManyRequests) as refused:
+        with pytest.raises(TooMany) as refused:
             await service.submit(env.runtime, fields(customer_id="c9"), web, "key-1")
-        assert refused.value.status == 429
+        assert refused.value.status == 429 and refused.value.field == "channel"
         # the first of the three was 30 s ago: the window frees a slot in 30 s
-        assert refused.value.extra["headers"] == {"Retry-After": "30"}
+        assert refused.value.retry_after == 30
         assert env.app.recorder.max_notification_id() == stored  # no event recorded
         # concurrent submissions at the limit: exactly the free slots pass
         env.clock.advance(timedelta(seconds=31))  # the first has left the window, two remain: one free slot
@@ -232,7 +233,7 @@ def test_over_its_limit_a_channel_gets_429_with_retry_after_and_nothing_is_recor
             *(service.submit(env.runtime, fields(customer_id=f"d{i}"), web, None) for i in range(4)),
             return_exceptions=True,
         )
-        assert sorted(type(r).__name__ for r in results) == ["TooManyRequests"] * 3 + ["tuple"]
+        assert sorted(type(r).__name__ for r in results) == ["TooMany"] * 3 + ["tuple"]
         # unlimited by default: the catalogue sets no channel limit, a channel without its own has none
         assert env.app.catalogue.limits.channel_per_minute is None
         free = await env.channel("app", "free")

@@ -23,7 +23,8 @@ reviewed again at once); once *accepted* only ``description``, ``special_needs``
 Errors are ``IntakeError`` subclasses carrying ``status``, ``title`` and ``errors`` (``[{field, reason}]``):
 ``InvalidInput`` / ``UnknownServiceType`` / ``IdempotencyConflict`` / ``InvalidChange`` /
 ``UnknownReasonCode`` (422), ``NotFound`` (404), ``NotYours`` (403), ``InvalidTransition`` (409),
-``TooManyRequests`` (429 with ``Retry-After``: the channel is over its per-minute limit; nothing was recorded).
+``tsop_events.errors.TooMany`` (429 with ``Retry-After``: the channel is over its per-minute limit;
+nothing was recorded).
 A ``callback_url`` that ``tsop_events.outbound`` refuses (loopback, private, the platform's own…) is 422.
 The channel identity comes from ``caller.channel_id``.
 """
@@ -44,6 +45,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, 
 from tsop_events import outbound
 from tsop_events.auth import Principal, Role, issue_token
 from tsop_events.envelope import derived_id
+from tsop_events.errors import TooMany
 from tsop_events.http import Problem
 from tsop_events.runtime import Runtime
 from tsop_events.schemas import Channel, CustomerTier
@@ -113,11 +115,6 @@ class NotYours(IntakeError):
 class InvalidTransition(IntakeError):
     status_code = 409
     title_text = "Not allowed in this state"
-
-
-class TooManyRequests(IntakeError):
-    status_code = 429
-    title_text = "Too many requests"
 
 
 # ---------------------------------------------------------------- input models
@@ -293,10 +290,8 @@ def _refuse_over_limit(app: IntakeApp, channel_key: str, channel_id: str | None,
     # the window has room again once all but limit-1 of these are older than a minute
     frees_at = times[len(times) - limit] + MINUTE
     wait = max(1, math.ceil((frees_at - now).total_seconds()))
-    raise TooManyRequests(
-        "channel", f"over the channel's limit of {limit} requests per minute; retry in {wait} s",
-        headers={"Retry-After": str(wait)}, limit=limit, retry_after=wait,
-    )
+    raise TooMany(f"over the channel's limit of {limit} requests per minute; retry in {wait} s", "channel",
+                  retry_after=wait, limit=limit)
 
 
 async def _facts(runtime: Runtime, request: ServiceRequest, now: datetime) -> Facts:
