@@ -53,6 +53,7 @@ from tsop_events.auth import Principal, Role, hash_token
 from tsop_events.clock import ManualClock
 from tsop_events.consumer import OFFSETS_DDL, Incoming, Sink
 from tsop_events.envelope import stable_event_id, unwrap, wrap
+from tsop_events.errors import DomainError
 from tsop_events.inbound import EdgeError, check_json
 from tsop_events.relay import Mapper
 from tsop_events.settings import ServiceSettings
@@ -414,10 +415,14 @@ class World:
 
 
 async def refused(call: Callable[[], Any]) -> Any | None:
-    """Run a command; a refusal must be a 4xx (an ``IntakeError``/``Problem`` under 500), anything else fails."""
+    """Run a command; a refusal must be a 4xx (``IntakeError``, ``DomainError`` under 500); anything else fails."""
     try:
         return await call()
     except service.IntakeError as exc:
+        assert exc.status < 500, exc
+        REFUSED[f"command {exc.field}"] += 1
+        return None
+    except DomainError as exc:  # e.g. 429 over a channel's limit
         assert exc.status < 500, exc
         REFUSED[f"command {exc.field}"] += 1
         return None
