@@ -273,7 +273,12 @@ def test_a_work_log_note_with_a_nul_or_a_nan_measurement_is_refused(platform: Pl
         r = platform.http.post(log, content=raw.encode(),
                                headers={"content-type": "application/json", **platform.tech_auth(wo["technician_id"])})
         assert r.status_code == status, (raw, r.text)
-    assert platform.work_order(ticket)["operation_log"] == []  # type: ignore[index]
+    resolve = platform.url("dispatch", f"/v1/work-orders/{wo['id']}/resolve")
+    r = platform.http.post(resolve, content=b'{"resolution_code": "fixed", "summary": "ONT \\u0000 replaced"}',
+                           headers={"content-type": "application/json", **platform.tech_auth(wo["technician_id"])})
+    assert r.status_code == 422, r.text
+    now = platform.work_order(ticket)
+    assert now is not None and now["operation_log"] == [] and now["status"] == "in_progress"  # nothing recorded
     platform.work_and_resolve({**wo, "status": "in_progress", "operation_log": []})
 
 
