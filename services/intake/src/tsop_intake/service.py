@@ -40,7 +40,16 @@ from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 import orjson
-from pydantic import AnyHttpUrl, BeforeValidator, Field, Strict, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    PlainValidator,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 from tsop_events import outbound
 from tsop_events.auth import Principal, Role, issue_token
@@ -48,9 +57,6 @@ from tsop_events.envelope import derived_id
 from tsop_events.errors import TooMany
 from tsop_events.http import Problem
 from tsop_events.inbound import (
-    INT64_MAX,
-    INT64_MIN,
-    Bool,
     Inbound,
     Int,
     JsonObject,
@@ -164,15 +170,35 @@ class LocationIn(Inbound):
     site_id: Annotated[str, Strict(), Field(min_length=1, max_length=64), TextCheck] | None = None
 
 
-def _int64(value: Any) -> Any:
-    """A detail's integer beyond 64 bits is refused, not silently turned into an approximate number."""
-    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
-        raise ValueError("is an integer beyond 64 bits")
-    return value
+_DETAIL_TEXT: TypeAdapter[str] = TypeAdapter(Annotated[str, Strict(), Field(max_length=1000), TextCheck])
+_DETAIL_INT: TypeAdapter[int] = TypeAdapter(Int)
+_DETAIL_NUMBER: TypeAdapter[float] = TypeAdapter(Number)
+_DETAIL_KINDS = "text (at most 1000 characters), an integer, a finite number, true or false"
+
+
+def _detail(value: Any) -> str | int | float | bool:
+    """One detail: judged by what it is, so a refusal gives one reason (a union would list four)."""
+    if isinstance(value, bool):
+        return value
+    adapter: TypeAdapter[Any] | None = (
+        _DETAIL_INT if isinstance(value, int) else _DETAIL_NUMBER if isinstance(value, float)
+        else _DETAIL_TEXT if isinstance(value, str) else None
+    )
+    if adapter is None:
+        raise ValueError(f"must be {_DETAIL_KINDS}")
+    try:
+        detail: str | int | float = adapter.validate_python(value)
+    except ValidationError as exc:
+        raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    return detail
 
 
 DetailValue = Annotated[
-    Annotated[str, Strict(), Field(max_length=1000), TextCheck] | Int | Number | Bool, BeforeValidator(_int64)
+    str | int | float | bool,
+    PlainValidator(_detail),
+    WithJsonSchema({"anyOf": [
+        _DETAIL_TEXT.json_schema(), _DETAIL_INT.json_schema(), _DETAIL_NUMBER.json_schema(), {"type": "boolean"},
+    ]}),
 ]
 Details = Annotated[
     dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")], DetailValue],
