@@ -203,6 +203,9 @@ def test_changes_and_cancellations_no_event_can_carry_are_refused(platform: Plat
         ('{"details": {"floor": NaN}}', 400),
         ('{"details": {"floor": true, "rooms": "5", "size": 1e300}}', 422),
         ('{"attributes": ' + '{"a":' * 300 + "1" + "}" * 300 + "}", 422),
+        ('{"customer_tier": null}', 422),  # once saved, the next review's RequestAccepted could not be published
+        ('{"region": null, "description": null}', 422),
+        ('{"time_requirement": null}', 422),
     ]
     for raw, status in bad:
         r = platform.http.patch(path, content=raw.encode(),
@@ -216,6 +219,8 @@ def test_changes_and_cancellations_no_event_can_carry_are_refused(platform: Plat
         assert r.status_code == 422, (raw, r.text)
     after = platform.http.get(path, headers=platform.as_channel()).json()
     assert after["description"] == before["description"] and after["details"] == before["details"]
+    assert after["customer"] == before["customer"] and after["region"] == before["region"]
+    assert after["time_requirement"] == before["time_requirement"]
     assert after["cancellation"] is None and after["special_needs"] == before["special_needs"]
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import asyncpg
 import pytest
 from eventsourcing.application import AggregateNotFoundError
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
@@ -77,7 +77,7 @@ pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 EPOCH = "invariant"
-EXAMPLES = 60
+EXAMPLES = 100
 ADMIN = Principal("ops", frozenset({Role.admin}))
 AGENT = Principal("alice", frozenset({Role.agent}))
 
@@ -146,9 +146,14 @@ URLS = st.one_of(
     st.from_regex(r"https://[a-z]{1,12}\.example/[a-z0-9/]{0,20}", fullmatch=True),
 )
 
+# numbers at the edges of what JSON, jsonb (numeric: 1e308 comes back as a 309-digit integer) and 64-bit clients hold
+EDGE_NUMBERS = [1e19, 9.3e18, 2.0**63, -(2.0**63), 9.2e18, 1e308, -1e300, 1.7976931348623157e308, 5e-324, -0.0, 0.1,
+                2**63 - 1, -(2**63), 2**53 + 1]
+numbers = st.one_of(
+    st.floats(-1e15, 1e15), st.sampled_from(EDGE_NUMBERS), st.floats(allow_nan=False, allow_infinity=False)
+)
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(-1e15, 1e15),
-    text(max_size=40),
+    st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), numbers, text(max_size=40),
 )
 json_values = st.recursive(
     json_scalars,
@@ -181,7 +186,7 @@ def from_schema(schema: dict[str, Any], defs: dict[str, Any], overrides: dict[st
         lo, hi = schema.get("minimum", -(2**63)), schema.get("maximum", 2**63 - 1)
         return st.one_of(st.integers(lo, hi), st.sampled_from([lo, hi]))
     if kind == "number":
-        return st.one_of(st.floats(-1e15, 1e15), st.floats(allow_nan=False, allow_infinity=False))
+        return numbers
     if kind == "string":
         if schema.get("format") == "date-time":
             return moments()
@@ -399,6 +404,9 @@ class World:
         first = json.loads(stored[0]["data"])
         assert first["description"] == submitted.description
         assert same(first["attributes"], submitted.attributes) and same(first["details"], submitted.details)
+        # what the seal will compute, on what the store gives back (jsonb's own rendering of numbers): now, for
+        # every ticket, not only for those this test happens to finish
+        assert chain_hash(await asyncio.to_thread(self.archive.ticket_events, ticket))
 
     async def check_sealed(self, ticket: str) -> None:
         """A finished ticket's dossier holds every event of it, and verifies."""
@@ -435,17 +443,18 @@ def reason_codes(kind: str) -> st.SearchStrategy[str]:
 
 
 TYPES = st.sampled_from([
-    "mobile.fault_repair", "broadband.fault_repair", "mobile.fault_repair", "fixed.cancellation", "cloud.fault_repair",
+    "mobile.fault_repair", "broadband.fault_repair", "fixed.cancellation", "cloud.fault_repair",
     "broadband.relocation", "broadband.installation", "fax.repair",
 ])
 # more applications complete enough to be accepted (so rated, closed and sealed), beside the schema's own
 DESCRIBED = st.tuples(text(0, 40), text(0, 300)).map(lambda t: f"{t[0]} no signal since {t[1]}")
 SOONER = st.integers(3 * 60, 7 * 24 * 60).map(lambda m: {"deadline": (NOW + timedelta(minutes=m)).isoformat()})
+# (hypothesis draws the first branch of a one_of most: the complete one comes first)
 COMPLETE: dict[str, Any] = {
-    "service_type": TYPES,
-    "description": lambda schema: st.one_of(schema, DESCRIBED, DESCRIBED),
-    "location": lambda schema: st.one_of(schema, *[st.fixed_dictionaries({"address": text(1, 500)})] * 2),
-    "time_requirement": lambda schema: st.one_of(schema, st.just({}), SOONER),
+    "service_type": st.one_of(st.sampled_from(["mobile.fault_repair", "broadband.fault_repair"]), TYPES),
+    "description": lambda schema: st.one_of(DESCRIBED, schema),
+    "location": lambda schema: st.one_of(st.fixed_dictionaries({"address": text(1, 500)}), schema),
+    "time_requirement": lambda schema: st.one_of(st.just({}), SOONER, schema),
 }
 Story = dict[str, Any]
 # a customer of its own for most lives (else most applications are duplicates of an earlier one)
@@ -478,6 +487,8 @@ async def live(world: World, story: Story, seen: Counter[str]) -> None:
     request, _ = created
     ticket = str(request.id)
     seen[f"submitted → {request.status}"] += 1
+    for m in (request.pending or {}).get("missing", []):
+        seen[f"missing {m['field']}"] += 1
     await world.publish_all()
     await world.check_stored(ticket, parsed)
 
@@ -530,7 +541,8 @@ def test_whatever_an_edge_accepts_every_projection_stores(pg: tuple[str, int]) -
     loop.run_until_complete(world.start())
     seen: Counter[str] = Counter()
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+    # no shrinking: a life is long, and a failure names its story as generated
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
     @given(story=stories)
     def one(story: Story) -> None:

@@ -139,3 +139,16 @@ def test_reasons_and_codes_are_text(model: type[BaseModel]) -> None:
     assert refused(model, f'{{{decision}"reason_code": "ok", "reason": "\\u001b"}}') == "reason"
     assert refused(model, f'{{{decision}"reason_code": 5}}') == "reason_code"
     assert isinstance(cross(model, f'{{{decision}"reason_code": "ok", "reason": "ça va"}}'), model)
+
+
+@pytest.mark.parametrize(
+    "name", ["customer_tier", "region", "service_type", "description", "time_requirement", "details", "attributes"]
+)
+def test_a_change_may_not_remove_what_every_request_keeps(name: str) -> None:
+    # found by the edge invariant: {"customer_tier": null} was saved, then the RequestAccepted of the review
+    # that followed could not be mapped to its wire form (CustomerTier(None)), stopping intake's relay
+    assert refused(ChangesIn, f'{{"{name}": null}}') == name
+    assert "null" not in json.dumps(ChangesIn.model_json_schema()["properties"][name])
+    removable = ("special_needs", "location", "callback_url", "channel_request_ref")
+    ok = cross(ChangesIn, json.dumps(dict.fromkeys(removable)))
+    assert isinstance(ok, ChangesIn) and ok.model_dump(exclude_unset=True) == dict.fromkeys(removable)

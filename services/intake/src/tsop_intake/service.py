@@ -42,12 +42,14 @@ from uuid import UUID, uuid4
 import orjson
 from pydantic import (
     AnyHttpUrl,
+    ConfigDict,
     Field,
     PlainValidator,
     Strict,
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -206,10 +208,25 @@ Details = Annotated[
 ]
 
 
+REQUIRED_ONCE_SENT = (
+    "customer_tier", "region", "service_type", "description", "time_requirement", "details", "attributes"
+)
+
+
+def _documented_without_null(schema: dict[str, Any]) -> None:
+    """Absent means unchanged; null (removal) is refused for these, so the documented schema does not offer it."""
+    for name in REQUIRED_ONCE_SENT:
+        prop = schema["properties"][name]
+        kinds = [k for k in prop.pop("anyOf", [prop]) if k.get("type") != "null"]
+        prop.update(kinds[0])
+        prop.pop("default", None)  # absent is "unchanged", not null
+
+
 class ChangesIn(Inbound):
     """What may change after submission (all optional)."""
 
     channel_request_ref: Ref | None = None
+    model_config = ConfigDict(json_schema_extra=_documented_without_null)
     customer_tier: CustomerTier | None = None
     region: Region | None = None
     service_type: TypeName | None = None
@@ -220,6 +237,14 @@ class ChangesIn(Inbound):
     location: LocationIn | None = None
     details: Details | None = None
     attributes: JsonObject | None = None
+
+    @field_validator(*REQUIRED_ONCE_SENT, mode="before")
+    @classmethod
+    def _not_removed(cls, value: Any) -> Any:
+        # a merge patch's null removes a value: these every request keeps (the wire events carry them)
+        if value is None:
+            raise ValueError("cannot be removed (null): send the new value")
+        return value
 
 
 class ApplicationBase(Inbound):
