@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -77,7 +78,7 @@ pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 EPOCH = "invariant"
-EXAMPLES = 100
+EXAMPLES = int(os.environ.get("TSOP_INVARIANT_EXAMPLES", "100"))  # more for a longer hunt
 ADMIN = Principal("ops", frozenset({Role.admin}))
 AGENT = Principal("alice", frozenset({Role.agent}))
 
