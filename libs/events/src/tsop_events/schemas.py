@@ -312,6 +312,15 @@ class Archived(TicketEvent):
     event_count: int
     last_event_id: str
     archived_at: datetime
+    complete: bool = Field(
+        default=True,
+        description="False when an auditor or supervisor sealed the dossier although events were known missing.",
+    )
+    missing_event_ids: list[str] = Field(
+        default_factory=list, description="The dead-lettered events the dossier was sealed without."
+    )
+    decided_by: str | None = Field(default=None, description="Who decided to seal an incomplete dossier.")
+    reason: str | None = Field(default=None, description="Why an incomplete dossier was sealed.")
 
 
 # --- the workforce topic (key = technician id): who may do what, where and when (§3.3, §6) ---
