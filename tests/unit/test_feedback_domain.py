@@ -68,3 +68,60 @@ def test_webhook_signature_is_hmac_sha256():
     body = b"{}"
     assert sign("s", body).startswith("sha256=") and len(sign("s", body)) == 7 + 64
     assert sign("s", b"{}") != sign("t", b"{}")
+
+
+def wire_types(app: FeedbackApp, ticket: str) -> list[str]:
+    """What the relay publishes for the case, in order."""
+    from tsop_feedback.application import to_wire
+
+    out = [to_wire(e) for e in app.repository.event_store.get(case_id(ticket))]
+    return [o.event.event_type.removeprefix("tsop.ticket.").removesuffix(".v1") for o in out if o is not None]
+
+
+def test_a_rating_before_the_notification_without_callback_settles_it_first() -> None:
+    app, _ = make_app()
+    t = str(uuid4())
+    resolved_case(app, t)  # no callback: nowhere to deliver
+    case = app.rate(t, 5, None)
+    assert case.notified and case.closed_reason == "rated"
+    assert wire_types(app, t) == ["feedback-sent", "rated", "closed"]
+    app.mark_notified([(case_id(t), "none", 1, None)])  # the deliverer, a moment late
+    assert wire_types(app, t) == ["feedback-sent", "rated", "closed"]
+    assert app.load(case_id(t)).version == case.version
+
+
+def test_a_delivery_that_ends_after_the_rating_is_kept_but_never_follows_closed_on_the_bus() -> None:
+    app, clock = make_app()
+    t = str(uuid4())
+    case = FeedbackCase(id=case_id(t), ticket_id=t, callback_url="https://example.test/cb", opened_at=NOW)
+    case.note_resolution("fixed", "done", None, NOW, DAY, "resolved-event")
+    app.save(case)
+    app.follow_ups.refresh()
+    assert case_id(t) in app.follow_ups.to_notify
+    app.rate(t, 4, None)  # the webhook is still on its way
+    assert wire_types(app, t) == ["rated", "closed"]
+    clock.advance(timedelta(seconds=3))
+    app.mark_notified([(case_id(t), "webhook", 2, 204)])
+    done: FeedbackCase = app.load(case_id(t))
+    assert done.notified and done.notified_after_closure and done.closed_reason == "rated"
+    assert wire_types(app, t) == ["rated", "closed"]  # nothing after Closed: the dossier's chain holds it all
+    app.follow_ups.refresh()
+    assert case_id(t) not in app.follow_ups.to_notify  # and the webhook is not tried again
+
+
+def test_a_window_expiring_without_callback_notifies_before_it_closes() -> None:
+    app, clock = make_app()
+    t = str(uuid4())
+    resolved_case(app, t)
+    clock.advance(DAY + timedelta(seconds=1))
+    assert app.expire_windows() == 1
+    assert wire_types(app, t) == ["feedback-sent", "closed"]
+
+
+def test_a_delivery_before_the_rating_is_published_in_order() -> None:
+    app, _ = make_app()
+    t = str(uuid4())
+    resolved_case(app, t)
+    app.mark_notified([(case_id(t), "none", 1, None)])
+    app.rate(t, 3, None)
+    assert wire_types(app, t) == ["feedback-sent", "rated", "closed"]

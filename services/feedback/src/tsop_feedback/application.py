@@ -20,6 +20,7 @@ from tsop_feedback.domain import (
     FeedbackCase,
     FeedbackCaseClosed,
     FeedbackCaseNotified,
+    FeedbackCaseNotifiedAfterClosure,
     FeedbackCaseRated,
     FeedbackCaseResolutionNoted,
 )
@@ -41,7 +42,7 @@ class FollowUps(LogFollower):
         if isinstance(e, FeedbackCaseResolutionNoted):
             self.to_notify.add(e.originator_id)
             self.windows[e.originator_id] = e.rating_due_at
-        elif isinstance(e, FeedbackCaseNotified):
+        elif isinstance(e, FeedbackCaseNotified | FeedbackCaseNotifiedAfterClosure):
             self.to_notify.discard(e.originator_id)
         elif isinstance(e, FeedbackCaseClosed):
             self.windows.pop(e.originator_id, None)
@@ -119,6 +120,7 @@ def sign(secret: str, body: bytes) -> str:
 
 
 def to_wire(e: Any) -> Outgoing | None:
+    """Feedback's events on the bus; a delivery that ended after the closure stays in feedback's store."""
     previous = stable_event_id(e.originator_id, e.originator_version - 1)
     if isinstance(e, FeedbackCaseNotified):
         return Outgoing(

@@ -34,6 +34,7 @@ class FeedbackCase(Aggregate):
         self.notified = False
         self.score: int | None = None
         self.closed_reason: str | None = None
+        self.notified_after_closure = False
 
     def note_resolution(
         self,
@@ -74,9 +75,18 @@ class FeedbackCase(Aggregate):
         return self.resolution is not None and not self.notified
 
     def mark_notified(self, channel: str, attempts: int, status_code: int | None, at: datetime) -> None:
+        """Record the delivery of the result.
+
+        Once the ticket is closed its history on the bus is over: a delivery that
+        ends after the rating is kept here (the webhook stops being retried) but
+        never becomes a FeedbackSent after Closed.
+        """
         if self.notified:
             return
         assert self.rating_due_at is not None and self.resolved_event_id is not None
+        if self.closed_reason is not None:
+            self._notified_after_closure(channel=channel, attempts=attempts, status_code=status_code, sent_at=at)
+            return
         self._notified(
             ticket_id=self.ticket_id,
             channel=channel,
@@ -100,6 +110,17 @@ class FeedbackCase(Aggregate):
     ) -> None:
         self.notified = True
 
+    @event("NotifiedAfterClosure")
+    def _notified_after_closure(self, channel: str, attempts: int, status_code: int | None, sent_at: datetime) -> None:
+        self.notified = True
+        self.notified_after_closure = True
+
+    def _settle_notification(self, at: datetime) -> None:
+        """Before the ticket closes: with no callback there is nowhere to deliver, so the
+        notification is settled now, in the ticket's history before Rated and Closed."""
+        if not self.notified and not self.callback_url:
+            self.mark_notified("none", 0, None, at)
+
     def rate(self, score: int, comment: str | None, at: datetime) -> None:
         if self.closed_reason is not None:
             raise AlreadyClosed(f"ticket {self.ticket_id} is closed ({self.closed_reason})")
@@ -109,6 +130,7 @@ class FeedbackCase(Aggregate):
             raise AlreadyClosed(f"the rating window of ticket {self.ticket_id} ended at {self.rating_due_at}")
         if not 1 <= score <= 5:
             raise FeedbackError("score must be between 1 and 5")
+        self._settle_notification(at)
         self._rated(ticket_id=self.ticket_id, score=score, comment=comment, rated_at=at)
         self._closed(ticket_id=self.ticket_id, reason="rated", closed_at=at)
 
@@ -120,6 +142,7 @@ class FeedbackCase(Aggregate):
         """Close unrated once the window has passed; True if it did."""
         if self.closed_reason is not None or self.rating_due_at is None or now <= self.rating_due_at:
             return False
+        self._settle_notification(now)
         self._closed(ticket_id=self.ticket_id, reason="rating_window_expired", closed_at=now)
         return True
 
@@ -131,5 +154,6 @@ class FeedbackCase(Aggregate):
 FeedbackCaseOpened: type[Any] = FeedbackCase.__dict__["Opened"]
 FeedbackCaseResolutionNoted: type[Any] = FeedbackCase.__dict__["ResolutionNoted"]
 FeedbackCaseNotified: type[Any] = FeedbackCase.__dict__["Notified"]
+FeedbackCaseNotifiedAfterClosure: type[Any] = FeedbackCase.__dict__["NotifiedAfterClosure"]
 FeedbackCaseRated: type[Any] = FeedbackCase.__dict__["Rated"]
 FeedbackCaseClosed: type[Any] = FeedbackCase.__dict__["Closed"]
