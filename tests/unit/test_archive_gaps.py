@@ -62,6 +62,13 @@ def test_a_relays_letter_names_the_ticket_in_its_key_whatever_its_source_topic()
                    source_key="t9", source_headers={"ce_id": "e-resolved"})
     facts = letter_facts(relay, TICKETS, DEADLETTER)
     assert facts is not None and (facts.ticket_id, facts.event_id, facts.event_type) == ("t9", "e-resolved", None)
+    # what the relay writes: the stable id, and the stored class when no wire type could be made
+    stored = letter(consumer="relay:dispatch", source_topic="tsop.outbox.dispatch", source_partition=-1,
+                    source_offset=42, source_key="t9",
+                    source_headers={"ce_id": "e-resolved", "stored_topic": "tsop_dispatch.domain:WorkOrder.Resolved"})
+    facts = letter_facts(stored, TICKETS, DEADLETTER)
+    assert facts is not None and facts.event_type == "tsop_dispatch.domain:WorkOrder.Resolved"
+    assert facts.source == "tsop.outbox.dispatch:-1:42"
 
 
 def test_a_letter_without_an_event_id_is_named_by_its_position() -> None:

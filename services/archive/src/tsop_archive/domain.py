@@ -115,7 +115,8 @@ def letter_facts(letter: DeadLettered, tickets_topic: str, deadletter_topic: str
     return LetterFacts(
         ticket_id=letter.source_key,
         event_id=letter.source_headers.get("ce_id") or source,
-        event_type=letter.source_headers.get("ce_type"),
+        # a relay's letter may not know the wire type (the event could not be mapped): its stored class then
+        event_type=letter.source_headers.get("ce_type") or letter.source_headers.get("stored_topic"),
         consumer=letter.consumer,
         error=letter.error,
         source=source,
