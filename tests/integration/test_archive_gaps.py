@@ -56,7 +56,7 @@ def lifecycle(ticket: str, description: str) -> list[Envelope]:
 def dead_letter(consumer: str, failed: Envelope, ticket: str, offset: int, topic: str) -> Envelope:
     letter = wire.DeadLettered(
         consumer=consumer, source_topic=topic,
-        source_partition=0, source_offset=offset, source_key=ticket,
+        source_partition=-1 if consumer.startswith("relay:") else 0, source_offset=offset, source_key=ticket,
         source_headers={k: v.decode() for k, v in failed.headers()}, source_value=failed.data.decode(),
         error="UntranslatableCharacterError: unsupported Unicode escape sequence", failed_at=NOW,
     )
@@ -69,8 +69,10 @@ class Bus:
         self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
 
     async def send(self, topic: Topic, env: Envelope, key: str) -> None:
+        """Every record to partition 0: a letter can name the position of the record that failed."""
         await self.producer.send_and_wait(
-            topic.qualified(self.settings.topic_prefix), env.data, key=key.encode(), headers=env.headers()
+            topic.qualified(self.settings.topic_prefix), env.data, key=key.encode(), headers=env.headers(),
+            partition=0,
         )
 
 
@@ -85,6 +87,11 @@ async def started(settings: ServiceSettings) -> tuple[Runtime, httpx.AsyncClient
     app = build(s)
     runtime: Runtime = app.state.runtime
     await runtime.start()
+
+    async def ready() -> bool:
+        return all(runtime.readiness().values())
+
+    await eventually(ready, what="the archive is ready")
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://archive")
     bus = Bus(settings)
     await bus.producer.start()
@@ -106,12 +113,13 @@ async def test_a_dead_lettered_event_blocks_the_seal_until_it_arrives(settings: 
     try:
         ticket = str(uuid.uuid4())
         submitted, accepted, logged, resolved, closed = lifecycle(ticket, "No internet\x00 since the storm")
-        # dispatch's relay could not publish WorkLogged: it sets it aside (a dead letter) and goes on;
-        # intake's projection could not store the NUL of RequestSubmitted
+        # intake's projection could not store the NUL of RequestSubmitted (tickets:0:0); the archive may read
+        # that letter before the record itself, which must not count as the event arriving again
+        await bus.send(Topic.deadletter, dead_letter("intake-tmf", submitted, ticket, 0, tickets_topic), ticket)
+        # dispatch's relay could not publish WorkLogged: it sets it aside (a dead letter) and goes on
         for env in (submitted, accepted):
             await bus.send(Topic.tickets, env, ticket)
         await bus.send(Topic.deadletter, dead_letter("relay:dispatch", logged, ticket, 7, tickets_topic), ticket)
-        await bus.send(Topic.deadletter, dead_letter("intake-tmf", submitted, ticket, 0, tickets_topic), ticket)
         for env in (resolved, closed):
             await bus.send(Topic.tickets, env, ticket)
 

@@ -8,13 +8,14 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from tsop_archive.application import AlreadySealed, ArchiveApp, dossier_id
 from tsop_archive.domain import Dossier, DossierError, causal_order, chain_hash, dossier_status, open_gaps
 from tsop_archive.store import FINAL, SELECT_GAPS, SELECT_TICKET, row_to_event, row_to_gap
 from tsop_events.auth import Principal, Role, requires
 from tsop_events.http import Problem, app_of, runtime_of
+from tsop_events.inbound import Inbound, Text
 from tsop_events.topics import Topic
 
 router = APIRouter(prefix="/v1/tickets", tags=["archive"])
@@ -24,9 +25,8 @@ Reader = Annotated[Principal, Depends(requires(Role.auditor, Role.supervisor))]
 Decider = Annotated[Principal, Depends(requires(Role.auditor, Role.supervisor))]
 
 
-class SealDecision(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: Annotated[str, Field(min_length=3, max_length=2000, pattern=r"^[^\x00]*$")]
+class SealDecision(Inbound):
+    reason: Annotated[Text, Field(min_length=3, max_length=2000)]
 
 
 async def dossier_view(request: Request, ticket_id: UUID) -> dict[str, Any]:

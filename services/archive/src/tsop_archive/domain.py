@@ -4,7 +4,8 @@ A dossier is sealed as complete only when nothing of its ticket is known to be
 missing. A dead letter anywhere on the platform (a consumer that could not
 process one of the ticket's events, or a relay that could not publish one) is a
 *gap*. A gap is closed when the archive receives the event after the failure was
-noted (a republish, or the event recovered from the archive's own dead letter).
+noted, from another record than the one that failed (a republish, or the event
+recovered from the archive's own dead letter).
 An auditor or supervisor may seal a dossier with open gaps, as incomplete, by an
 explicit decision with a reason.
 """
@@ -139,7 +140,8 @@ class Gap:
 
     @property
     def open(self) -> bool:
-        """Open until the archive receives the event after it noted the failure."""
+        """Open until the archive receives the event after it noted the failure (the store counts only a
+        record other than the one that failed: the archive may read that one after the letter)."""
         return self.delivered is None or self.delivered < self.noted
 
     def view(self) -> dict[str, Any]:

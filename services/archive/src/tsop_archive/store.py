@@ -9,6 +9,7 @@ event it carries, so the archive holds it even when it could not read it.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, ClassVar
 
@@ -99,8 +100,6 @@ def _loads(data: str | bytes | memoryview) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:  # unpaired surrogates: the standard parser keeps them
-        import json
-
         return json.loads(raw.decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else raw)
 
 
@@ -169,13 +168,17 @@ class ArchiveStore(ProjectionSink):
         )
         if topic != self.tickets_topic:
             return
-        # a delivery of a dead-lettered event closes its gaps (noted before it) and lets its dossier be sealed
+        # a delivery of a dead-lettered event closes its gaps (noted before it) and lets its dossier be sealed;
+        # not the very record a consumer failed on (the archive may read it after the letter), but a republish
+        # at another position, or the event taken back from the archive's own letter
+        position = None if recovered_from else f"{topic}:{partition}:{offset}"
         await conn.execute(
             """WITH delivered AS (
-                 UPDATE archive_gaps SET delivered = nextval('archive_arrival') WHERE event_id = $1 RETURNING ticket_id)
+                 UPDATE archive_gaps SET delivered = nextval('archive_arrival')
+                 WHERE event_id = $1 AND ($2::text IS NULL OR source <> $2) RETURNING ticket_id)
                UPDATE archive_to_seal SET blocked = false
                WHERE blocked AND ticket_id IN (SELECT ticket_id FROM delivered)""",
-            env.id,
+            env.id, position,
         )
         if env.type in FINAL and key is not None:
             # in the same transaction: everything before the final event in the partition is stored by now
