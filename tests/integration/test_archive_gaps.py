@@ -176,6 +176,11 @@ async def test_a_dead_lettered_event_blocks_the_seal_until_it_arrives(settings: 
             return len(d["events"]) == 4 and d["status"] == "incomplete"
 
         await eventually(blocked, what="the second ticket is blocked")
+        assert (await client.post(f"/v1/tickets/{lost}/dossier/seal", json={"reason": "lost"})).status_code == 401
+        for bad in ({}, {"reason": "lost", "by": "me"}, {"reason": 5}):
+            refused = await client.post(f"/v1/tickets/{lost}/dossier/seal", headers=AUDITOR, json=bad)
+            assert refused.status_code == 422, refused.text
+        assert (await dossier(client, lost))["seal"] is None
         r = await client.post(f"/v1/tickets/{lost}/dossier/seal", headers=AUDITOR, json={"reason": "lost for good"})
         assert r.status_code == 201, r.text
         assert r.json()["seal"]["complete"] is False and r.json()["seal"]["decided_by"] == "auditor-1"
