@@ -14,6 +14,7 @@ from tsop_events.http import PROBLEM, PROBLEM_SCHEMA, runtime_of
 from tsop_events.schemas import Channel, CustomerTier
 from tsop_intake import service
 from tsop_intake.domain import CHANNEL_KINDS, ChannelSystem, ServiceRequest
+from tsop_intake.projection import RANK
 from tsop_intake.service import ApplicationBase, ChangesIn, FieldsIn
 
 _PROBLEM: dict[str, Any] = {PROBLEM: {"schema": PROBLEM_SCHEMA}}
@@ -85,7 +86,9 @@ def request_view(
 ) -> dict[str, Any]:
     """The request as its reader sees it; which ticket it duplicates only when ``names_duplicate``
     (staff, or the channel that owns that ticket too: see ``service.sees_duplicate``)."""
-    downstream = history[-1]["status"] if history else None
+    # the furthest status reached (projection.RANK), never the last to arrive: a FeedbackSent recorded
+    # after Archived does not send the request back to feedback_sent
+    downstream = max((h["status"] for h in history or []), key=lambda st: RANK.get(st, -1), default=None)
     status = downstream if downstream and downstream not in _INTAKE_STATES else r.status
     review = r.decision
     if r.duplicate_of is not None and not names_duplicate and review is not None:
