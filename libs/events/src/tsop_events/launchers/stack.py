@@ -326,6 +326,7 @@ class Stack:
         """Clear what an earlier launcher left, check the ports, start everything and wait until ready."""
         self.reap_stale(say)
         self.check_ports()
+        say(f"starting PostgreSQL on 127.0.0.1:{self.pg_port} and the broker on {self.bootstrap} ...")
         self.start_infrastructure(say)
         for name in self.services:
             self.start_service(name)
@@ -414,7 +415,6 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(sig, interrupted)
     t0 = time.monotonic()
     try:
-        say(f"starting PostgreSQL on 127.0.0.1:{args.pg_port} and the broker on {stack.bootstrap} ...")
         stack.start(say=say)
         say(f"TSOP is up in {time.monotonic() - t0:.1f} s:")
         for name in SERVICES:
