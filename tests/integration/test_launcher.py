@@ -26,13 +26,28 @@ def bare(tmp: Path, port: int = 1) -> Stack:
     return Stack(tmp, ports={"intake": port}, kafka_bootstrap="127.0.0.1:1", pg_external=True, services=("intake",))
 
 
+def sleep() -> subprocess.Popen[bytes]:
+    """``sleep 60``, once the kernel shows its command line (it may lag the exec by a moment)."""
+    proc = subprocess.Popen(["sleep", "60"])
+    deadline = time.monotonic() + 5
+    while launcher.cmdline(proc.pid) != "sleep 60":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return proc
+
+
 @pytest.fixture
 def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(["sleep", "60"])
+    proc = sleep()
     yield proc
     if proc.poll() is None:
         proc.kill()
     proc.wait()
+
+
+def started(proc: subprocess.Popen[bytes]) -> str:
+    """The command line as the launcher records it (what it started)."""
+    return " ".join(str(a) for a in proc.args)  # type: ignore[union-attr]
 
 
 def record(s: Stack, launcher_entry: dict[str, object] | None, children: dict[str, dict[str, object]]) -> None:
@@ -59,10 +74,10 @@ def test_what_an_earlier_launcher_left_is_stopped_and_only_that(
     tmp_path: Path, sleeper: subprocess.Popen[bytes]
 ) -> None:
     s = bare(tmp_path)
-    innocent = subprocess.Popen(["sleep", "60"])
+    innocent = sleep()
     try:
         record(s, {"pid": 999_999_999, "cmdline": "gone"}, {
-            "intake": {"pid": sleeper.pid, "cmdline": launcher.cmdline(sleeper.pid)},
+            "intake": {"pid": sleeper.pid, "cmdline": started(sleeper)},
             # a pid reused by another program: its command line differs, so it is left alone
             "dispatch": {"pid": innocent.pid, "cmdline": "python -m tsop_dispatch.main"},
         })
@@ -81,7 +96,7 @@ def test_a_live_launcher_of_the_same_folder_is_not_disturbed(
     tmp_path: Path, sleeper: subprocess.Popen[bytes]
 ) -> None:
     s = bare(tmp_path)
-    record(s, {"pid": sleeper.pid, "cmdline": launcher.cmdline(sleeper.pid)}, {})
+    record(s, {"pid": sleeper.pid, "cmdline": started(sleeper)}, {})
     with pytest.raises(StackError, match=f"another launcher \\(pid {sleeper.pid}"):
         s.reap_stale()
     assert sleeper.poll() is None and s.pid_file.exists()

@@ -190,20 +190,20 @@ class Stack:
 
     # -- owning the processes
 
-    def _children(self) -> Iterator[tuple[str, int]]:
+    def _children(self) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         if not self.pg_external and self.postgres.proc is not None:
-            yield "postgres", self.postgres.proc.pid
+            yield "postgres", self.postgres.proc
         if self.kafka_bootstrap is None and self.broker.proc is not None:
-            yield "broker", self.broker.proc.pid
-        for name, proc in self.procs.items():
-            yield name, proc.pid
+            yield "broker", self.broker.proc
+        yield from self.procs.items()
 
     def record_pids(self) -> None:
         """Write ``pids.json``: this launcher and each live child with its command line."""
+        # the command line we started, not /proc's: right after a start the kernel may not have set it yet
         children = {
-            name: {"pid": pid, "cmdline": line}
-            for name, pid in self._children()
-            if (line := cmdline(pid)) is not None and not _gone(pid)
+            name: {"pid": proc.pid, "cmdline": " ".join(str(a) for a in proc.args)}  # type: ignore[union-attr]
+            for name, proc in self._children()
+            if proc.poll() is None
         }
         record = {"launcher": {"pid": os.getpid(), "cmdline": cmdline(os.getpid())}, "children": children}
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -385,7 +385,7 @@ class Stack:
         self.broker.stop()
         if not self.pg_external:
             self.postgres.stop()
-        if self.wrote_pids and all(_gone(pid) for _, pid in self._children()):
+        if self.wrote_pids and all(proc.poll() is not None for _, proc in self._children()):
             self.pid_file.unlink(missing_ok=True)  # only our own record: never another launcher's
 
 
