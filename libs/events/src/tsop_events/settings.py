@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -64,6 +66,21 @@ class ServiceSettings(BaseSettings):
     """JSON: SHA-256 hex of a staff token → `{subject, roles}` (see the README's roles)."""
     auth_tokens_file: Path | None = None
     """A file holding the same JSON as `TSOP_AUTH_TOKENS`."""
+
+    # outbound calls (webhooks, TMF621 hub listeners): see tsop_events.outbound and the README's "Outbound calls"
+    outbound_allow: str = ""
+    """Comma-separated CIDRs, addresses or host names, each optionally `:port` (`[::1]:9000` for IPv6), that
+    webhooks and hub listeners may reach although loopback, private or link-local. An entry without a port never
+    opens one of the platform's own endpoints; one with a port opens that port."""
+    platform_endpoints: str = "8001,8002,8003,8004,8005"
+    """The platform's own endpoints no callback may reach: `host:port`, or a bare port (on this machine). This
+    service's HTTP port, PostgreSQL and the Kafka bootstrap servers are always added; `make run` sets all its ports."""
+    outbound_max_attempts: Annotated[int, Field(ge=1)] = 12
+    """Delivery attempts of one webhook or hub notification before it is dead-lettered."""
+    outbound_backoff_base_seconds: Annotated[float, Field(gt=0)] = 0.5
+    """First back-off step between delivery attempts; the n-th wait is drawn from [d/2, d], d = min(max, base·2ⁿ⁻¹)."""
+    outbound_backoff_max_seconds: Annotated[float, Field(gt=0)] = 600.0
+    """Longest back-off step between delivery attempts (the defaults give up after at most ~17 min of waiting)."""
 
     @property
     def database(self) -> str:

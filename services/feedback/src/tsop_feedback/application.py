@@ -19,6 +19,7 @@ from tsop_events.store import EventStoreApp, IntegrityError, LogFollower, retry_
 from tsop_feedback.domain import (
     FeedbackCase,
     FeedbackCaseClosed,
+    FeedbackCaseNotificationAbandoned,
     FeedbackCaseNotified,
     FeedbackCaseNotifiedAfterClosure,
     FeedbackCaseRated,
@@ -42,7 +43,9 @@ class FollowUps(LogFollower):
         if isinstance(e, FeedbackCaseResolutionNoted):
             self.to_notify.add(e.originator_id)
             self.windows[e.originator_id] = e.rating_due_at
-        elif isinstance(e, FeedbackCaseNotified | FeedbackCaseNotifiedAfterClosure):
+        elif isinstance(
+            e, FeedbackCaseNotified | FeedbackCaseNotificationAbandoned | FeedbackCaseNotifiedAfterClosure
+        ):
             self.to_notify.discard(e.originator_id)
         elif isinstance(e, FeedbackCaseClosed):
             self.windows.pop(e.originator_id, None)
@@ -66,11 +69,13 @@ class FeedbackApp(EventStoreApp):
         self.follow_ups = FollowUps(self)
 
     @retry_on_conflict()
-    def rate(self, ticket_id: str, score: int, comment: str | None) -> FeedbackCase:
+    def rate(self, ticket_id: str, score: int, comment: str | None) -> tuple[FeedbackCase, bool]:
+        """Rate a ticket: (the case, True when recorded; False when kept until its resolution arrives)."""
         case: FeedbackCase = self.load(case_id(ticket_id))
-        case.rate(score, comment, self.clock.now())
-        self.save(case)
-        return case
+        recorded = case.rate(score, comment, self.clock.now())
+        if case.pending_events:
+            self.save(case)
+        return case, recorded
 
     def mark_notified(self, deliveries: list[tuple[UUID, str, int, int | None]]) -> None:
         """Record delivered notifications (case, channel, attempts, status), together when possible."""
@@ -87,6 +92,13 @@ class FeedbackApp(EventStoreApp):
             case.mark_notified(channel, attempts, status_code, self.clock.now())
             cases.append(case)
         self.save(*cases)
+
+    @retry_on_conflict()
+    def abandon_notification(self, cid: UUID, attempts: int, status_code: int | None, error: str) -> None:
+        """Record that the webhook was given up (the case leaves the board; an agent sees why)."""
+        case: FeedbackCase = self.load(cid)
+        case.abandon_notification(attempts, status_code, error, self.clock.now())
+        self.save(case)
 
     def expire_windows(self) -> int:
         """Close every case whose rating window has passed."""

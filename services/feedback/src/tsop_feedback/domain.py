@@ -21,6 +21,10 @@ class AlreadyClosed(FeedbackError):
     pass
 
 
+class AlreadyRated(FeedbackError):
+    pass
+
+
 class FeedbackCase(Aggregate):
     """One ticket's feedback loop: notify, collect the rating, close."""
 
@@ -32,8 +36,10 @@ class FeedbackCase(Aggregate):
         self.resolved_event_id: str | None = None
         self.rating_due_at: datetime | None = None
         self.notified = False
+        self.notification_failed: dict[str, Any] | None = None
         self.score: int | None = None
         self.closed_reason: str | None = None
+        self.early_rating: dict[str, Any] | None = None  # rated before this service heard of the resolution
         self.notified_after_closure = False
 
     def note_resolution(
@@ -55,6 +61,12 @@ class FeedbackCase(Aggregate):
             rating_due_at=resolved_at + window,
             resolved_event_id=resolved_event_id,
         )
+        if (early := self.early_rating) is not None and self.closed_reason is None:
+            # the customer rated before the resolution reached us: it counts now, when it was given
+            at = max(early["received_at"], resolved_at)
+            self._settle_notification(at)
+            self._rated(ticket_id=self.ticket_id, score=early["score"], comment=early["comment"], rated_at=at)
+            self._closed(ticket_id=self.ticket_id, reason="rated", closed_at=at)
 
     @event("ResolutionNoted")
     def _resolution_noted(
@@ -72,7 +84,23 @@ class FeedbackCase(Aggregate):
 
     @property
     def awaiting_notification(self) -> bool:
-        return self.resolution is not None and not self.notified
+        return self.resolution is not None and not self.notified and self.notification_failed is None
+
+    def abandon_notification(self, attempts: int, status_code: int | None, error: str, at: datetime) -> None:
+        """The webhook could not be delivered within its bounded attempts (or may not go where it points)."""
+        if self.notified or self.notification_failed is not None:
+            return
+        self._notification_abandoned(
+            ticket_id=self.ticket_id, attempts=attempts, status_code=status_code, error=error, abandoned_at=at
+        )
+
+    @event("NotificationAbandoned")
+    def _notification_abandoned(
+        self, ticket_id: str, attempts: int, status_code: int | None, error: str, abandoned_at: datetime
+    ) -> None:
+        self.notification_failed = {
+            "attempts": attempts, "status_code": status_code, "error": error, "at": abandoned_at.isoformat()
+        }
 
     def mark_notified(self, channel: str, attempts: int, status_code: int | None, at: datetime) -> None:
         """Record the delivery of the result.
@@ -121,18 +149,34 @@ class FeedbackCase(Aggregate):
         if not self.notified and not self.callback_url:
             self.mark_notified("none", 0, None, at)
 
-    def rate(self, score: int, comment: str | None, at: datetime) -> None:
+    def rate(self, score: int, comment: str | None, at: datetime) -> bool:
+        """Rate; True when recorded, False when kept until the resolution arrives.
+
+        A client that resolves and then rates must not be refused because the Resolved event has not
+        reached feedback yet: the rating is kept (RatingKept) and recorded when the resolution is noted.
+        """
         if self.closed_reason is not None:
             raise AlreadyClosed(f"ticket {self.ticket_id} is closed ({self.closed_reason})")
-        if self.rating_due_at is None:
-            raise NotYetResolved(f"ticket {self.ticket_id} is not resolved yet")
-        if at > self.rating_due_at:
-            raise AlreadyClosed(f"the rating window of ticket {self.ticket_id} ended at {self.rating_due_at}")
         if not 1 <= score <= 5:
             raise FeedbackError("score must be between 1 and 5")
+        if self.rating_due_at is None:
+            if self.early_rating is not None:
+                if (self.early_rating["score"], self.early_rating["comment"]) == (score, comment):
+                    return False  # the same rating again: a retry
+                raise AlreadyRated(f"ticket {self.ticket_id} was already rated; the rating is kept until it "
+                                   "is resolved")
+            self._rating_kept(ticket_id=self.ticket_id, score=score, comment=comment, received_at=at)
+            return False
+        if at > self.rating_due_at:
+            raise AlreadyClosed(f"the rating window of ticket {self.ticket_id} ended at {self.rating_due_at}")
         self._settle_notification(at)
         self._rated(ticket_id=self.ticket_id, score=score, comment=comment, rated_at=at)
         self._closed(ticket_id=self.ticket_id, reason="rated", closed_at=at)
+        return True
+
+    @event("RatingKept")
+    def _rating_kept(self, ticket_id: str, score: int, comment: str | None, received_at: datetime) -> None:
+        self.early_rating = {"score": score, "comment": comment, "received_at": received_at}
 
     @event("Rated")
     def _rated(self, ticket_id: str, score: int, comment: str | None, rated_at: datetime) -> None:
@@ -154,6 +198,8 @@ class FeedbackCase(Aggregate):
 FeedbackCaseOpened: type[Any] = FeedbackCase.__dict__["Opened"]
 FeedbackCaseResolutionNoted: type[Any] = FeedbackCase.__dict__["ResolutionNoted"]
 FeedbackCaseNotified: type[Any] = FeedbackCase.__dict__["Notified"]
+FeedbackCaseNotificationAbandoned: type[Any] = FeedbackCase.__dict__["NotificationAbandoned"]
 FeedbackCaseNotifiedAfterClosure: type[Any] = FeedbackCase.__dict__["NotifiedAfterClosure"]
 FeedbackCaseRated: type[Any] = FeedbackCase.__dict__["Rated"]
+FeedbackCaseRatingKept: type[Any] = FeedbackCase.__dict__["RatingKept"]
 FeedbackCaseClosed: type[Any] = FeedbackCase.__dict__["Closed"]

@@ -10,12 +10,17 @@ The file (``TSOP_SERVICE_TYPES_FILE``, JSON; the built-in default is
   ``completion_hours`` and ``review`` (``manual``, ``manual_tiers``,
   ``min_lead_hours``, ``max_horizon_days``);
 * ``completion_hours``: how long an application may stay *pending information*;
-* ``limits``: abuse limits (``channel_per_minute``, ``customer_per_day``,
+* ``limits``: abuse limits (``channel_per_minute``: absent or null = no limit, a channel's own limit
+  overrides it, over it a submission is answered 429 before anything is recorded; ``customer_per_day``,
   ``customer_limit_action``: ``review`` or ``reject``);
 * ``priority``: ``tiers`` (customer tier → boost), ``urgent_within_hours`` and
   ``urgency_boost``: priority = type default - tier boost - urgency boost, in 1…5;
 * ``reason_codes``: ``accept``, ``reject`` and ``cancel`` codes → their meaning;
-  agents must pick one of these.
+  agents must pick one of these;
+* ``ticket_types`` (optional): the operator's own TMF621 ``ticketType`` names →
+  catalogue service types (matched without regard to case), e.g.
+  ``{"Broadband Fault": "broadband.fault_repair"}``; a ticket keeps and shows
+  the name it was sent with.
 
 A malformed file stops the service at start with a message naming the entry.
 """
@@ -87,7 +92,9 @@ class ServiceType(_Strict):
 
 
 class Limits(_Strict):
-    channel_per_minute: Annotated[int, Field(ge=1)] = 6000
+    channel_per_minute: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Submissions per channel and minute; None = no limit (a channel's own wins)."
+    )
     customer_per_day: Annotated[int, Field(ge=1)] = 10
     customer_limit_action: Literal["review", "reject"] = "review"
 
@@ -127,6 +134,25 @@ class Catalogue(_Strict):
     limits: Limits = Limits()
     priority: PriorityRules = PriorityRules()
     reason_codes: ReasonCodes
+    ticket_types: dict[Annotated[str, Field(min_length=1, max_length=64)], str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _ticket_types_known(self) -> Catalogue:
+        seen: dict[str, str] = {}
+        for name, target in self.ticket_types.items():
+            if target not in self.types:
+                raise ValueError(f"ticket_types: {name!r} maps to {target!r}, which is not a service type")
+            if name.lower() in seen:
+                raise ValueError(f"ticket_types: {name!r} and {seen[name.lower()]!r} differ only in case")
+            seen[name.lower()] = name
+        return self
+
+    def service_type_for(self, ticket_type: str) -> str | None:
+        """The service type a TMF621 ``ticketType`` names: a catalogue name, or an operator's name for one."""
+        if ticket_type in self.types:
+            return ticket_type
+        wanted = ticket_type.lower()
+        return next((t for name, t in self.ticket_types.items() if name.lower() == wanted), None)
 
     @field_validator("types")
     @classmethod
