@@ -79,7 +79,10 @@ def set_aside_lines(caplog: pytest.LogCaptureFixture) -> int:
 
 
 async def test_a_poisoned_notification_is_set_aside_and_republished_after_a_fix(
-    settings: ServiceSettings, caplog: pytest.LogCaptureFixture
+    settings: ServiceSettings,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.INFO, logger="tsop_events.relay")
     name = settings.service_name
@@ -141,9 +144,18 @@ async def test_a_poisoned_notification_is_set_aside_and_republished_after_a_fix(
         assert set_aside_lines(caplog) == 2
         assert len(await set_aside_rows(settings)) == 2
 
-        # fixed: an operator asks for a republish; the running relay picks it up
+        # the operator's command line lists them (with the service's own settings) ...
+        monkeypatch.setenv("TSOP_PG_HOST", settings.pg_host)
+        monkeypatch.setenv("TSOP_PG_PORT", str(settings.pg_port))
+        capsys.readouterr()
+        assert await asyncio.to_thread(relay_module.main, ["list", "--service", name]) == 0
+        listed = capsys.readouterr().out
+        assert f"relay {name}: 2 notification(s) set aside" in listed and "MessageSizeTooLargeError" in listed
+
+        # ... and, once the mapper is fixed, asks for a republish, which the running relay picks up
         poison.clear()
-        assert await relay_module._request_republish(settings, name, wait=30) == 0
+        assert await asyncio.to_thread(relay_module.main, ["republish", "--service", name, "--wait", "30"]) == 0
+        assert capsys.readouterr().out.count(": republished") == 2
         rows = await set_aside_rows(settings)
         assert all(r["republished_at"] is not None for r in rows)
         final = await read_topic(settings, Topic.tickets, 38, timeout=30)
