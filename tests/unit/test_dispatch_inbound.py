@@ -347,13 +347,32 @@ def test_a_service_type_the_catalogue_does_not_offer_is_refused_naming_the_field
 def test_an_event_the_wire_cannot_carry_is_never_recorded() -> None:
     """The last line: a domain event the mapper refuses fails its command whole, so the relay never meets it."""
     app = new_app()
-    bad = {"service_type": FAULT, "certificate": "C", "level": 1, "valid_from": None, "valid_until": None}
+    bad = {"service_type": FAULT, "certificate": "C", "level": 9, "valid_from": NOW, "valid_until": None}
     tech = Technician(
         id=uuid4(), name="Q", regions=["r"], capacity=1, qualifications=[bad], credential_hash=None, registered_at=NOW
     )
     with pytest.raises(ValidationError):
         app.save(tech)
     assert app.recorder.max_notification_id() is None
+
+
+def test_a_registration_recorded_before_the_fix_maps_and_assigns_as_valid_from_registration() -> None:
+    """Stores written by the old code hold qualifications without valid_from; after the fix their relay
+    republishes them (set aside until then), the board assigns their holders and their view shows."""
+    app = new_app()
+    legacy = {"service_type": FAULT, "certificate": "C", "level": 1, "valid_from": None, "valid_until": None}
+    tech = Technician(
+        id=uuid4(), name="Q", regions=["north"], capacity=1, qualifications=[legacy], credential_hash=None,
+        registered_at=NOW - timedelta(days=1),
+    )
+    app.save(tech)
+    (registered,) = mapped(app)
+    assert isinstance(registered.event, wire.TechnicianRegistered)
+    assert registered.event.qualifications[0].valid_from == NOW - timedelta(days=1)
+    assert api.technician_view(app.load(tech.id))["qualifications"][0]["valid_from"]
+    wo = app.open_work_order(work_order_id("legacy"), "legacy", FAULT, "north", 2, None, "cause")
+    app.save(wo)
+    assert app.drain_queue() == 1 and app.load(wo.id).technician_id == str(tech.id)
 
 
 def test_a_policy_without_targets_for_an_offered_type_is_refused() -> None:

@@ -108,7 +108,7 @@ class Board(LogFollower):
             view = TechnicianView(oid, frozenset(e.regions), e.capacity, name=e.name)
             self.technicians[oid] = view
             for q in e.qualifications:
-                self._qualify(view, q)
+                self._qualify(view, d.registered(q, e.registered_at))
             if e.credential_hash:
                 self.credentials[e.credential_hash] = oid
         elif isinstance(e, d.TechnicianQualificationGranted):
@@ -892,7 +892,7 @@ def _prev(e: Any) -> str:
 def to_wire(e: Any) -> Outgoing | None:
     oid = str(e.originator_id)
     if isinstance(e, d.TechnicianRegistered):
-        quals = [wire.Qualification.model_validate(q) for q in e.qualifications]
+        quals = [wire.Qualification.model_validate(d.registered(q, e.registered_at)) for q in e.qualifications]
         return Outgoing(
             wire.TechnicianRegistered(
                 technician_id=oid,

@@ -33,6 +33,11 @@ class Invalid(DispatchError):
         self.field, self.reason = field, reason
 
 
+def registered(q: dict[str, Any], registered_at: datetime) -> dict[str, Any]:
+    """A qualification as registered; one recorded without ``valid_from`` (before it defaulted) is valid from then."""
+    return q if q.get("valid_from") is not None else {**q, "valid_from": registered_at}
+
+
 def qualification(
     service_type: str,
     certificate: str,
@@ -72,7 +77,9 @@ class Technician(Aggregate):
         self.name = name
         self.regions = regions
         self.capacity = capacity
-        self.qualifications: dict[str, dict[str, Any]] = {q["service_type"]: q for q in qualifications}
+        self.qualifications: dict[str, dict[str, Any]] = {
+            q["service_type"]: registered(q, registered_at) for q in qualifications
+        }
         self.credential_hash = credential_hash
         self.shifts: list[tuple[datetime, datetime]] = []
         self.leave: list[tuple[datetime, datetime, str]] = []
