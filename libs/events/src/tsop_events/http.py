@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -18,10 +19,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tsop_events.auth import AuthError
+from tsop_events.errors import DomainError
 from tsop_events.inbound import EdgeError, check_json, check_query
 from tsop_events.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from tsop_events.runtime import Runtime
-from tsop_events.store import EventStoreApp, IntegrityError
+from tsop_events.store import EventStoreApp, IntegrityError, recorded_in_this_request, watch_recording
 
 PROBLEM = "application/problem+json"
 
@@ -81,13 +83,32 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    """A 500 says whether the request's change was recorded: the caller must know whether to repeat it."""
     logging.getLogger(__name__).exception("unhandled error", exc_info=exc)
-    return _render(request, 500, "Internal error", "The request could not be completed; nothing was changed.")
+    if recorded_in_this_request():
+        return _render(
+            request,
+            500,
+            "Recorded, but the answer failed",
+            "The change was recorded, but its answer could not be produced; read the resource to see it "
+            "and do not repeat the request (a repeat with the same Idempotency-Key is safe).",
+            recorded=True,
+        )
+    return _render(
+        request, 500, "Internal error", "The request could not be completed; nothing was changed.", recorded=False
+    )
 
 
 async def _problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Problem)
     return _render(request, exc.status, exc.title, exc.detail, **exc.extra)
+
+
+async def _domain(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))} if exc.retry_after is not None else None
+    detail = str(exc)
+    return _render(request, exc.status, exc.title, detail, headers, errors=exc.errors, **exc.extra)
 
 
 async def _conflict(request: Request, exc: Exception) -> Response:
@@ -118,6 +139,7 @@ class Edge:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        watch_recording()
         path: str = scope["path"]
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length", b"")
@@ -268,6 +290,7 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(AuthError, _auth)
+    app.add_exception_handler(DomainError, _domain)
     app.add_exception_handler(IntegrityError, _conflict)
     app.add_exception_handler(Exception, _unexpected)
 

@@ -29,7 +29,9 @@ class DispatchSettings(ServiceSettings):
     accept_within_seconds: float = 15 * 60
     peak_backlog: int = 1000
     sla_policy_file: Path | None = None
-    service_types_file: Path | None = None  # the operator's service-type catalogue, the same file intake reads
+    service_types_file: Path | None = None
+    """The operator's service-type catalogue, the same file intake reads (default: the built-in one);
+    qualifications for a type it does not list are refused."""
     shard_index: int = 0  # this instance's share of the queue (with shard_count instances)
     shard_count: int = 1
 
