@@ -20,6 +20,7 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka.errors import KafkaConnectionError
+from eventsourcing.persistence import OperationalError
 from prometheus_client import REGISTRY
 
 from tests.integration.conftest import eventually
@@ -201,7 +202,10 @@ async def test_a_poisoned_notification_is_set_aside_and_republished_after_a_fix(
                for r in records)
 
 
-async def test_transient_broker_errors_are_retried_never_set_aside(settings: ServiceSettings) -> None:
+async def test_transient_broker_and_database_errors_are_retried_never_set_aside(
+    settings: ServiceSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
     runtime = Runtime(settings, app_factory=lambda s: IntakeApp(s), mapper=intake_wire)
     await runtime.start()
     try:
@@ -216,13 +220,28 @@ async def test_transient_broker_errors_are_retried_never_set_aside(settings: Ser
             return await real_send(topic, *args, **kwargs)
 
         producer.send = flaky_send  # type: ignore[method-assign]
+        recorder: Any = runtime.app.recorder
+        real_max = recorder.max_notification_id
+        db_failures = {"left": 2}
+
+        def flaky_max() -> int | None:  # the relay's PostgreSQL away for a moment
+            if db_failures["left"] > 0:
+                db_failures["left"] -= 1
+                raise OperationalError("connection to the database lost")
+            return real_max()  # type: ignore[no-any-return]
+
+        recorder.max_notification_id = flaky_max
         ids = [str((await intake_service.submit(runtime, request_fields(i), STAFF, None))[0].id) for i in range(3)]
         records = await read_topic(settings, Topic.tickets, 6)
         assert failures["left"] == 0
+        await eventually(lambda: _is(db_failures["left"], 0), 10, "the database failures met")
         assert {r.key.decode() for r in records} == set(ids)  # type: ignore[attr-defined]
         assert len({dict(r.headers)["ce_id"] for r in records}) == 6  # type: ignore[attr-defined]
         assert await set_aside_rows(settings) == []
         assert runtime.degraded() == {}
+        retried = [r.getMessage() for r in caplog.records if r.name == "tsop_events.relay"]
+        assert any("the broker is down" in m for m in retried) and any("database lost" in m for m in retried)
+        assert not any("crashed" in r.getMessage() for r in caplog.records)  # handled by the relay, not restarted
     finally:
         await runtime.stop()
 

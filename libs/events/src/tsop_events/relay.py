@@ -47,7 +47,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
     UnsupportedForMessageFormatError,
 )
-from eventsourcing.persistence import Notification
+from eventsourcing.persistence import InterfaceError, Notification, OperationalError
 
 from tsop_events.envelope import Envelope, stable_event_id, wrap
 from tsop_events.epoch import EpochWatcher
@@ -95,7 +95,16 @@ PERMANENT: tuple[type[BaseException], ...] = (
     InvalidTimestampError,
     UnsupportedForMessageFormatError,
 )
-TRANSIENT: tuple[type[BaseException], ...] = (KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# retried with back-off, never set aside: the broker or PostgreSQL (through asyncpg or the event store) is away
+TRANSIENT: tuple[type[BaseException], ...] = (
+    KafkaError,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OperationalError,
+    InterfaceError,
+)
 
 DEAD_LETTER_VALUE_LIMIT = 256 * 1024  # a dead letter carries at most this much of the stored form
 MAINTENANCE_SECONDS = 1.0  # how often the backlog, the set-aside count and republish requests are read
