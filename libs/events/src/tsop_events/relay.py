@@ -163,8 +163,8 @@ def stored_form(n: Notification) -> str:
     return _storable(json.dumps(form, ensure_ascii=False, default=str))
 
 
-def _subject(n: Notification, domain_event: Any) -> str:
-    """Whose history has the gap: the ticket when the event belongs to one, else its aggregate."""
+def _ticket_of(n: Notification, domain_event: Any) -> str | None:
+    """The ticket whose history the event belongs to, when it names one (``ticket_id``)."""
     ticket = getattr(domain_event, "ticket_id", None)
     if ticket is None:
         try:
@@ -172,7 +172,7 @@ def _subject(n: Notification, domain_event: Any) -> str:
             ticket = state.get("ticket_id") if isinstance(state, dict) else None
         except (UnicodeDecodeError, ValueError):
             ticket = None
-    return str(ticket) if ticket else str(n.originator_id)
+    return str(ticket) if ticket else None
 
 
 def _error_text(exc: BaseException) -> str:
@@ -266,7 +266,10 @@ class Relay:
             )
             return _Ready(n, topic, out.event.key().encode(), env)
         except Exception as exc:  # noqa: BLE001 - a mapper or wire-model failure is this record's, not transient
-            return _Refused(n, exc, topic, _subject(n, domain_event))
+            ticket = _ticket_of(n, domain_event)
+            if topic is None and ticket is not None:
+                topic = Topic.tickets.qualified(self.settings.topic_prefix)  # a ticket's events travel there
+            return _Refused(n, exc, topic, ticket or str(n.originator_id))
 
     async def _send(self, ready: _Ready) -> Any:
         return await self.producer.send(
