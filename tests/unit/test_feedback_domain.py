@@ -4,8 +4,8 @@ from uuid import uuid4
 import pytest
 
 from tsop_events.clock import ManualClock
-from tsop_feedback.application import FeedbackApp, case_id, sign
-from tsop_feedback.domain import AlreadyClosed, FeedbackCase, NotYetResolved
+from tsop_feedback.application import FeedbackApp, case_id, sign, to_wire
+from tsop_feedback.domain import AlreadyClosed, AlreadyRated, FeedbackCase
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 DAY = timedelta(hours=24)
@@ -28,8 +28,8 @@ def test_rating_within_the_window_rates_and_closes():
     t = str(uuid4())
     resolved_case(app, t)
     clock.advance(DAY - timedelta(seconds=1))
-    case = app.rate(t, 4, "quick")
-    assert case.score == 4 and case.closed_reason == "rated"
+    case, recorded = app.rate(t, 4, "quick")
+    assert recorded and case.score == 4 and case.closed_reason == "rated"
     with pytest.raises(AlreadyClosed):
         app.rate(t, 5, None)
 
@@ -48,12 +48,25 @@ def test_the_window_expires_on_the_durable_timer_and_late_ratings_are_refused():
     assert case.closed_reason == "rating_window_expired"
 
 
-def test_rating_before_resolution_is_refused():
-    app, _ = make_app()
+def test_a_rating_before_the_resolution_arrives_is_kept_and_recorded_with_it():
+    """Read-your-writes: resolve then rate at once, and feedback has not heard of Resolved yet."""
+    app, clock = make_app()
     t = str(uuid4())
     app.save(FeedbackCase(id=case_id(t), ticket_id=t, callback_url=None, opened_at=NOW))
-    with pytest.raises(NotYetResolved):
-        app.rate(t, 5, None)
+    case, recorded = app.rate(t, 5, "fast")
+    assert not recorded and case.score is None and case.closed_reason is None
+    assert app.rate(t, 5, "fast")[1] is False  # the same rating again: a retry, nothing new
+    with pytest.raises(AlreadyRated):
+        app.rate(t, 2, None)
+    clock.advance(timedelta(seconds=3))
+    case = app.load(case_id(t))
+    case.note_resolution("fixed", "done", None, NOW + timedelta(seconds=1), DAY, "resolved-event")
+    new = list(case.pending_events)
+    app.save(case)
+    assert case.score == 5 and case.closed_reason == "rated"
+    wire = [o.event for o in (to_wire(e) for e in new) if o is not None]
+    assert [type(w).__name__ for w in wire] == ["Rated", "Closed"]
+    assert wire[0].rated_at == NOW + timedelta(seconds=1)  # not before the resolution it rates
 
 
 def test_a_redelivered_resolution_changes_nothing():

@@ -220,7 +220,9 @@ class Edge:
         return self._render(path, 413, "Request body too large", f"The request body exceeds {self.limit} bytes.", {})
 
     def _refuse(self, path: str, exc: EdgeError) -> Response:
-        title = "Malformed JSON" if exc.status == 400 else "Invalid request"
+        title = "Invalid request"
+        if exc.status == 400:
+            title = "Malformed query" if exc.field == "query" else "Malformed JSON"
         errors = [{"field": exc.field, "reason": exc.reason}]
         return self._render(path, exc.status, title, f"{exc.field}: {exc.reason}", {"errors": errors})
 

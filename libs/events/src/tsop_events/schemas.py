@@ -82,9 +82,15 @@ class RequestSubmitted(TicketEvent):
     channel: Channel
     channel_id: str | None = Field(default=None, description="The registered channel system that submitted it.")
     channel_request_ref: str | None = None
-    customer_id: str
+    customer_id: str = Field(
+        description="Empty when the channel did not name the customer (a minimal TMF621 ticket): review then "
+        "asks for it, and a RequestUpdated with `customer_id` in its changes completes it."
+    )
     customer_tier: CustomerTier
-    region: str
+    region: str = Field(
+        description="Empty when the channel did not name it: review asks for it (RequestPendingInformation), "
+        "and RequestUpdated completes it. RequestAccepted always carries the region."
+    )
     service_type: str
     description: NonEmpty
     time_requirement: TimeRequirement

@@ -66,11 +66,13 @@ class FeedbackApp(EventStoreApp):
         self.follow_ups = FollowUps(self)
 
     @retry_on_conflict()
-    def rate(self, ticket_id: str, score: int, comment: str | None) -> FeedbackCase:
+    def rate(self, ticket_id: str, score: int, comment: str | None) -> tuple[FeedbackCase, bool]:
+        """Rate a ticket: (the case, True when recorded; False when kept until its resolution arrives)."""
         case: FeedbackCase = self.load(case_id(ticket_id))
-        case.rate(score, comment, self.clock.now())
-        self.save(case)
-        return case
+        recorded = case.rate(score, comment, self.clock.now())
+        if case.pending_events:
+            self.save(case)
+        return case, recorded
 
     def mark_notified(self, deliveries: list[tuple[UUID, str, int, int | None]]) -> None:
         """Record delivered notifications (case, channel, attempts, status), together when possible."""

@@ -21,6 +21,10 @@ class AlreadyClosed(FeedbackError):
     pass
 
 
+class AlreadyRated(FeedbackError):
+    pass
+
+
 class FeedbackCase(Aggregate):
     """One ticket's feedback loop: notify, collect the rating, close."""
 
@@ -35,6 +39,7 @@ class FeedbackCase(Aggregate):
         self.notification_failed: dict[str, Any] | None = None
         self.score: int | None = None
         self.closed_reason: str | None = None
+        self.early_rating: dict[str, Any] | None = None  # rated before this service heard of the resolution
 
     def note_resolution(
         self,
@@ -55,6 +60,11 @@ class FeedbackCase(Aggregate):
             rating_due_at=resolved_at + window,
             resolved_event_id=resolved_event_id,
         )
+        if (early := self.early_rating) is not None and self.closed_reason is None:
+            # the customer rated before the resolution reached us: it counts now, when it was given
+            at = max(early["received_at"], resolved_at)
+            self._rated(ticket_id=self.ticket_id, score=early["score"], comment=early["comment"], rated_at=at)
+            self._closed(ticket_id=self.ticket_id, reason="rated", closed_at=at)
 
     @event("ResolutionNoted")
     def _resolution_noted(
@@ -117,17 +127,33 @@ class FeedbackCase(Aggregate):
     ) -> None:
         self.notified = True
 
-    def rate(self, score: int, comment: str | None, at: datetime) -> None:
+    def rate(self, score: int, comment: str | None, at: datetime) -> bool:
+        """Rate; True when recorded, False when kept until the resolution arrives.
+
+        A client that resolves and then rates must not be refused because the Resolved event has not
+        reached feedback yet: the rating is kept (RatingKept) and recorded when the resolution is noted.
+        """
         if self.closed_reason is not None:
             raise AlreadyClosed(f"ticket {self.ticket_id} is closed ({self.closed_reason})")
-        if self.rating_due_at is None:
-            raise NotYetResolved(f"ticket {self.ticket_id} is not resolved yet")
-        if at > self.rating_due_at:
-            raise AlreadyClosed(f"the rating window of ticket {self.ticket_id} ended at {self.rating_due_at}")
         if not 1 <= score <= 5:
             raise FeedbackError("score must be between 1 and 5")
+        if self.rating_due_at is None:
+            if self.early_rating is not None:
+                if (self.early_rating["score"], self.early_rating["comment"]) == (score, comment):
+                    return False  # the same rating again: a retry
+                raise AlreadyRated(f"ticket {self.ticket_id} was already rated; the rating is kept until it "
+                                   "is resolved")
+            self._rating_kept(ticket_id=self.ticket_id, score=score, comment=comment, received_at=at)
+            return False
+        if at > self.rating_due_at:
+            raise AlreadyClosed(f"the rating window of ticket {self.ticket_id} ended at {self.rating_due_at}")
         self._rated(ticket_id=self.ticket_id, score=score, comment=comment, rated_at=at)
         self._closed(ticket_id=self.ticket_id, reason="rated", closed_at=at)
+        return True
+
+    @event("RatingKept")
+    def _rating_kept(self, ticket_id: str, score: int, comment: str | None, received_at: datetime) -> None:
+        self.early_rating = {"score": score, "comment": comment, "received_at": received_at}
 
     @event("Rated")
     def _rated(self, ticket_id: str, score: int, comment: str | None, rated_at: datetime) -> None:
@@ -150,4 +176,5 @@ FeedbackCaseResolutionNoted: type[Any] = FeedbackCase.__dict__["ResolutionNoted"
 FeedbackCaseNotified: type[Any] = FeedbackCase.__dict__["Notified"]
 FeedbackCaseNotificationAbandoned: type[Any] = FeedbackCase.__dict__["NotificationAbandoned"]
 FeedbackCaseRated: type[Any] = FeedbackCase.__dict__["Rated"]
+FeedbackCaseRatingKept: type[Any] = FeedbackCase.__dict__["RatingKept"]
 FeedbackCaseClosed: type[Any] = FeedbackCase.__dict__["Closed"]

@@ -35,7 +35,7 @@ import asyncio
 import hashlib
 import math
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
@@ -120,6 +120,14 @@ class InvalidTransition(IntakeError):
 # ---------------------------------------------------------------- input models
 
 
+def in_range(value: datetime, name: str) -> None:
+    """Refuse a date-time whose instant falls outside years 1 to 9999 in UTC (``0001-01-01T00:00+14:00``)."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{name} is out of range: the instant must fall within years 1 to 9999 in UTC") from None
+
+
 class TimeRequirementIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     deadline: datetime | None = None
@@ -132,6 +140,8 @@ class TimeRequirementIn(BaseModel):
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
                 raise ValueError(f"{name} needs a time zone offset")
+            if value is not None:
+                in_range(value, name)
         if (self.window_start is None) != (self.window_end is None):
             raise ValueError("an appointment window needs both window_start and window_end")
         if self.window_start and self.window_end and self.window_end <= self.window_start:
@@ -160,6 +170,9 @@ class ChangesIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     channel_request_ref: Annotated[str, Field(max_length=128)] | None = None
+    customer_id: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
+        default=None, description="Only to complete an application submitted without a customer."
+    )
     customer_tier: CustomerTier | None = None
     region: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     service_type: Annotated[str, Field(min_length=1, max_length=64)] | None = None
@@ -192,9 +205,14 @@ class ApplicationBase(BaseModel):
 
 
 class FieldsIn(ApplicationBase):
-    """An application as ``submit`` takes it."""
+    """An application as ``submit`` takes it.
 
-    customer_id: Annotated[str, Field(min_length=1, max_length=128)]
+    ``customer_id`` and ``region`` may be empty (a TMF621 ticket need not name them): review then asks for
+    them (pending information). The native body requires both.
+    """
+
+    region: Annotated[str, Field(max_length=64)] = ""
+    customer_id: Annotated[str, Field(max_length=128)] = ""
     customer_tier: CustomerTier = CustomerTier.standard
 
 
@@ -300,6 +318,9 @@ async def _facts(runtime: Runtime, request: ServiceRequest, now: datetime) -> Fa
     app = intake(runtime)
     checked: set[UUID] = set()
     while True:
+        if not request.customer_id.strip():
+            dup = None  # no customer yet: nothing to be a duplicate of (review asks for the customer)
+            break
         dup = app.index.open_duplicate(request.customer_id, request.service_type, request.location)
         if dup == request.id:
             dup = None
@@ -422,6 +443,14 @@ async def get(runtime: Runtime, ticket_id: UUID, caller: Principal) -> ServiceRe
     return await _load(runtime, ticket_id, caller)
 
 
+async def sees_duplicate(runtime: Runtime, request: ServiceRequest, caller: Principal) -> bool:
+    """Whether the caller may know which ticket ``request`` duplicates: staff always, a channel only its own."""
+    if request.duplicate_of is None or caller.channel_id is None:
+        return True
+    original = await asyncio.to_thread(intake(runtime).get_request, UUID(request.duplicate_of))
+    return original is not None and original.channel_id == caller.channel_id
+
+
 def _domain_errors(exc: domain.RequestError) -> IntakeError:
     if isinstance(exc, domain.InvalidChange):
         return InvalidChange(exc.field, exc.reason)
@@ -459,7 +488,7 @@ async def _change(
 async def update(runtime: Runtime, ticket_id: UUID, changes: dict[str, Any], caller: Principal) -> ServiceRequest:
     """Complete pending information or correct attributes; a pending application is reviewed again."""
     app = intake(runtime)
-    for fixed in ("customer_id", "channel", "channel_id", "customer"):
+    for fixed in ("channel", "channel_id", "customer"):  # customer_id: once, to complete (see domain)
         if fixed in changes:
             raise InvalidChange(fixed, "cannot be changed once submitted")
     try:
