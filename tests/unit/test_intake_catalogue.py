@@ -8,7 +8,7 @@ import pytest
 from tsop_intake.catalogue import Catalogue, CatalogueError
 from tsop_intake.main import IntakeSettings, build
 
-BUILT_IN = json.loads((Path(__file__).parents[2] / "services/intake/src/tsop_intake/service_types.json").read_text())
+BUILT_IN = json.loads((Path(__file__).parents[2] / "libs/events/src/tsop_events/service_types.json").read_text())
 
 
 def variant(**changes: object) -> str:

@@ -307,7 +307,10 @@ def create_app(
     async def readyz() -> Response:
         checks = runtime.readiness()
         ok = all(checks.values())
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+        body: dict[str, Any] = {"ready": ok, "checks": checks}
+        if degraded := runtime.degraded():  # ready, but an operator is needed (see Runtime.degraded)
+            body["degraded"] = degraded
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["operations"])
     async def metrics() -> Response:

@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 from tsop_events.auth import Principal, TokenResolver, load_token_table
 from tsop_events.consumer import OFFSETS_DDL, ConsumerRunner, Sink
 from tsop_events.epoch import EpochWatcher
-from tsop_events.relay import RELAY_DDL, Mapper, Relay
+from tsop_events.relay import RELAY_DDL, SET_ASIDE_DDL, Mapper, Relay
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp, GroupCommit, ensure_database
 
@@ -65,7 +65,7 @@ class Runtime:
 
     async def start(self) -> None:
         s = self.settings
-        await _retry(lambda: ensure_database(s, [RELAY_DDL, OFFSETS_DDL, *self.ddl]), "PostgreSQL")
+        await _retry(lambda: ensure_database(s, [RELAY_DDL, SET_ASIDE_DDL, OFFSETS_DDL, *self.ddl]), "PostgreSQL")
         self.pool = await asyncpg.create_pool(s.pg_dsn(), min_size=1, max_size=s.pg_pool_size)
         if self.app_factory is not None:
             factory = self.app_factory
@@ -121,6 +121,21 @@ class Runtime:
         for r in self.runners:
             checks[f"consumer:{r.sink.name}"] = r.running
         return checks
+
+    def degraded(self) -> dict[str, Any]:
+        """What works but needs an operator, without taking the instance out of service.
+
+        A notification the relay set aside is one bad record: every other event still flows, so
+        ``/readyz`` stays 200 (a 503 would take every instance out of the load balancer for it)
+        and names the count here; ``python -m tsop_events.relay list`` shows them.
+        """
+        out: dict[str, Any] = {}
+        if self.relay is not None and self.relay.set_aside:
+            out["relay_set_aside"] = {
+                "count": self.relay.set_aside,
+                "see": "python -m tsop_events.relay list; republish after a fix",
+            }
+        return out
 
     async def stop(self) -> None:
         for t in self._tasks:

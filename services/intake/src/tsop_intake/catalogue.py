@@ -1,7 +1,7 @@
 """The service-type catalogue: operator data, validated once at start.
 
 The file (``TSOP_SERVICE_TYPES_FILE``, JSON; the built-in default is
-``service_types.json`` next to this module) holds:
+``tsop_events/service_types.json``, shared with dispatch) holds:
 
 * ``types``: per service type ``default_priority`` (1 = most urgent … 5),
   ``resolve_hours``, ``regions`` (``"*"`` = everywhere), ``required`` (field
@@ -188,7 +188,7 @@ class Catalogue(_Strict):
     def load(cls, path: Path | None = None) -> Catalogue:
         """The operator's file, or the built-in default; CatalogueError names what is wrong."""
         if path is None:
-            return cls.parse(resources.files("tsop_intake").joinpath("service_types.json").read_text(), "built-in")
+            return cls.parse(resources.files("tsop_events").joinpath("service_types.json").read_text(), "built-in")
         try:
             raw = path.read_text()
         except OSError as exc:
