@@ -35,7 +35,7 @@ class Channel(StrEnum):
 class WireEvent(BaseModel):
     """Base of every event on the bus; subclasses set the class variables."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     event_type: ClassVar[str]
     topic: ClassVar[Topic]
@@ -61,7 +61,7 @@ NonEmpty = Annotated[str, Field(min_length=1, max_length=4000)]
 
 
 class TimeRequirement(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     deadline: datetime | None = None
     window_start: datetime | None = None
@@ -69,7 +69,7 @@ class TimeRequirement(BaseModel):
 
 
 class Location(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     address: str | None = None
     postcode: str | None = None
@@ -129,7 +129,7 @@ class RequestRejected(TicketEvent):
 
 
 class MissingInformation(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     field: str
     reason: str
@@ -176,7 +176,7 @@ class RequestCancelled(TicketEvent):
 
 
 class AssignmentCandidate(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     technician_id: str
     score: float
@@ -343,7 +343,7 @@ class WorkforceEvent(WireEvent):
 
 
 class Qualification(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     service_type: str
     certificate: str
