@@ -115,7 +115,8 @@ def check_query(query: str) -> None:
 # ---------------------------------------------------------------- field types for inbound models
 
 
-def _text(value: str) -> str:
+def clean_text(value: str) -> str:
+    """Text as a `Text` field takes it: no control characters (tab and newlines allowed), in NFC."""
     if _CONTROL.search(value):
         raise ValueError("contains a control character")
     return value if value.isascii() else unicodedata.normalize("NFC", value)
@@ -154,7 +155,7 @@ Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Bool = Annotated[bool, Strict()]
 """``true`` or ``false``; not ``1`` or ``"yes"``."""
 
-Text = Annotated[str, Strict(), AfterValidator(_text)]
+Text = Annotated[str, Strict(), AfterValidator(clean_text)]
 """Text without control characters (tab and newlines allowed), in NFC. Bound it with ``Field(max_length=…)``."""
 
 JsonObject = Annotated[dict[str, JsonValue], AfterValidator(_bounded)]

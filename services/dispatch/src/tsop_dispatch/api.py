@@ -22,7 +22,7 @@ from tsop_dispatch.application import DispatchApp, Waiting, work_order_id
 from tsop_dispatch.domain import DispatchError, Invalid, NotYours, Resource, Technician, WorkOrder
 from tsop_events.auth import Principal, Role, requires
 from tsop_events.http import Problem, app_of
-from tsop_events.inbound import INT64_MAX, INT64_MIN, Bool, Inbound, Int, Number, _text
+from tsop_events.inbound import INT64_MAX, INT64_MIN, Bool, Inbound, Int, Number, clean_text
 from tsop_events.inbound import Text as FreeText
 from tsop_events.store import IntegrityError
 
@@ -59,7 +59,7 @@ def _reading(value: object) -> float | str:
     if isinstance(value, str):
         if len(value) > 200:
             raise ValueError("must be a finite number or a text of at most 200 characters")
-        return _text(value)
+        return clean_text(value)
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("must be a finite number (not NaN or Infinity)")
     if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
