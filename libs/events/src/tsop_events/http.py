@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
@@ -22,7 +22,7 @@ from tsop_events.auth import AuthError
 from tsop_events.errors import DomainError
 from tsop_events.inbound import EdgeError, check_json, check_query
 from tsop_events.metrics import HTTP_LATENCY, HTTP_REQUESTS
-from tsop_events.runtime import Runtime
+from tsop_events.runtime import Runtime, Service
 from tsop_events.store import EventStoreApp, IntegrityError, recorded_in_this_request, watch_recording
 
 PROBLEM = "application/problem+json"
@@ -260,6 +260,18 @@ A = TypeVar("A", bound=EventStoreApp)
 def runtime_of(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+def service_dependency(cls: type[A]) -> Callable[[Request], Service[A]]:
+    """A route dependency giving the service typed by its application: ``Annotated[Service[X], Depends(…)]``."""
+
+    def dependency(request: Request) -> Service[A]:
+        svc: Service[Any] = request.app.state.runtime
+        if not isinstance(svc.app, cls):
+            raise TypeError(f"this service runs {type(svc.app).__name__}, not {cls.__name__}")
+        return svc  # type: ignore[return-value]  # checked just above
+
+    return dependency
 
 
 def app_of(request: Request, cls: type[A]) -> A:
