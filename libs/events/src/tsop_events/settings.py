@@ -24,6 +24,9 @@ class ServiceSettings(BaseSettings):
     topic_prefix: str = "tsop."
     topic_partitions: int = 6
     topic_replication: int = 1
+    topic_min_insync_replicas: int = Field(
+        default=0, description="min.insync.replicas of the topics created (0: the broker's default)."
+    )
     consumer_batch: int = 500
     fetch_max_wait_ms: int = 50
     epoch_check_seconds: float = 2.0
