@@ -592,12 +592,20 @@ async def topic_settings(bootstrap: str) -> dict[str, Any]:
         described = await admin.describe_topics([topic])
         replicas = sorted({len(p["replicas"]) for t in described for p in t["partitions"]})
         configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-        entries = {}
+        value, origin = None, None
         for resp in configs:
             for res in resp.resources:
                 for entry in res[4]:
-                    entries[entry[0]] = entry[1]
-        return {"topic": topic, "replicas": replicas, "min.insync.replicas": entries.get("min.insync.replicas")}
+                    if entry[0] == "min.insync.replicas":
+                        value, source = entry[1], entry[3]  # v0: is_default; v1+: config_source
+                        on_topic = (source is False) if isinstance(source, bool) else source == 1
+                        origin = "topic" if on_topic else "broker"
+        return {
+            "topic": topic,
+            "replicas": replicas,
+            "min.insync.replicas": value,
+            "min.insync.replicas_set_on": origin,
+        }
     finally:
         await admin.close()
 

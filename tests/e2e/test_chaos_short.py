@@ -37,6 +37,7 @@ def test_faults_on_a_real_cluster_lose_nothing_and_double_nothing(tmp_path: Path
     print(summary(report))
 
     assert report["topic"]["replicas"] == [3] and report["topic"]["min.insync.replicas"] == "2"
+    assert report["topic"]["min.insync.replicas_set_on"] == "topic"  # by TSOP_TOPIC_MIN_INSYNC_REPLICAS
     killed = {f["target"].rsplit("-", 1)[0] for f in report["faults"] if f["target"][0] != "k"}
     assert set(SERVICES) <= killed, report["faults"]
     assert any(f["target"].startswith("kafka broker") and f["recovered_after_s"] for f in report["faults"])
