@@ -19,9 +19,10 @@ sealed in its dossier. The report reads the ``tickets`` topic from the start and
 
 * ``completed``: lifecycles whose dossier is sealed, verified and holds the whole lifecycle;
 * ``lost``: accepted requests without such a dossier (must be 0);
-* ``duplicated``: tickets with a lifecycle event recorded twice (two ``ce_id`` of one type on
-  the topic, or a type twice in the dossier), plus technicians over capacity at any moment
-  (replaying Assigned/Resolved by their times) (must be 0);
+* ``duplicated``: tickets with a once-only lifecycle event recorded twice (two ``ce_id`` of one
+  type on the topic, or a type twice in the dossier), plus technicians over capacity at any
+  moment (replaying Assigned/Resolved by their times) (must be 0). WorkLogged is additive (a
+  technician may log many entries), so its repeats are counted apart;
 * ``longest_stall_s``: the longest interval in which no lifecycle event was recorded (the
   events' own ``ce_time``), between the first submission and the last Archived.
 
@@ -63,6 +64,7 @@ from tsop_events.launchers.postgres import EmbeddedPostgres
 from tsop_events.launchers.stack import SERVICES, dev_tokens
 
 RESULTS = Path(__file__).parent / "results"
+WORK_LOGGED = "tsop.ticket.work-logged.v1"
 SERVICE_TYPE = "broadband.fault_repair"
 PREFIX = "tsop."
 LIFECYCLE = (
@@ -259,6 +261,10 @@ class Cluster:
 # ------------------------------------------------------------------------------------ client
 
 
+class Unanswered(Exception):
+    """A request that is not safe to repeat was sent, and whether it took effect is unknown."""
+
+
 class Client:
     """Calls any live instance of a service: a refused connection, a timeout or a 5xx tries the next."""
 
@@ -277,7 +283,12 @@ class Client:
         headers: dict[str, str],
         body: dict[str, Any] | None = None,
         deadline: float,
+        retry_unanswered: bool = True,
     ) -> httpx.Response:
+        """The first answer below 500. A call that was sent but not answered (a timeout, a connection
+        closed by a killed process, a 5xx) is sent again only if ``retry_unanswered``: a request that
+        is not safe to repeat raises :class:`Unanswered`, and the caller reads the state before trying
+        again, as a careful client would."""
         urls = self.urls[service]
         while True:
             first = next(self.turn)
@@ -288,11 +299,15 @@ class Client:
                 except httpx.HTTPError as exc:
                     if self.tally is not None:
                         self.tally.error(f"{service}: {type(exc).__name__}")
+                    if not retry_unanswered and not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                        raise Unanswered(f"{method} {service}{path}: {type(exc).__name__}") from exc
                     continue
                 if r.status_code < 500:
                     return r
                 if self.tally is not None:
                     self.tally.error(f"{service}: {r.status_code}")
+                if not retry_unanswered:
+                    raise Unanswered(f"{method} {service}{path}: {r.status_code}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{method} {service}{path}: no instance answered")
             time.sleep(0.2)
@@ -406,8 +421,14 @@ def lifecycle(c: Client, actors: Actors, tally: Tally, key: str, dl: Deadline) -
             _pause(dl.at)
             continue
         tech = {"Authorization": f"Bearer {actors.tech_tokens[wo['technician_id']]}"}
-        r = c.call("dispatch", "POST", f"/v1/work-orders/{wo['id']}/{step}", headers=tech, body=step_body,
-                   deadline=dl.at)
+        # accept, start and resolve are transitions (a repeat answers 409); a work-log entry is not, so an
+        # unanswered log is not sent again before the work order shows whether it was recorded
+        try:
+            r = c.call("dispatch", "POST", f"/v1/work-orders/{wo['id']}/{step}", headers=tech, body=step_body,
+                       deadline=dl.at, retry_unanswered=step != "log")
+        except Unanswered:
+            _pause(dl.at)
+            continue
         if r.status_code >= 300:
             tally.error(f"{step} {r.status_code}")  # 409: done already (an answer lost to a crash), or stale view
             _pause(dl.at)
@@ -641,11 +662,14 @@ def analyse(
     capacity: dict[str, int],
 ) -> dict[str, Any]:
     completed, lost, duplicated = [], [], {}
+    repeats_logged = 0  # WorkLogged is additive: a technician may log any number of entries
     for ticket in tally.accepted:
         d = dossiers.get(ticket)
         kinds = Counter(e["type"] for e in d["events"]) if d else Counter()
         on_topic = Counter(e.type for e in {e.ce_id: e for e in records.get(ticket, [])}.values())
-        twice = {t: n for t, n in (on_topic | kinds).items() if n > 1}
+        both = on_topic | kinds
+        repeats_logged += max(0, both[WORK_LOGGED] - 1)
+        twice = {t: n for t, n in both.items() if n > 1 and t != WORK_LOGGED}
         if twice:
             duplicated[ticket] = twice
         if d and d.get("seal") and d["seal"].get("verified") and set(kinds) >= set(LIFECYCLE):
@@ -668,6 +692,7 @@ def analyse(
         "duplicated": len(duplicated) + len(capacity_violations),
         "duplicated_tickets": dict(list(duplicated.items())[:20]),
         "over_capacity": capacity_violations[:20],
+        "work_log_entries_repeated": repeats_logged,
         "longest_stall_s": round(stall, 2),
         "longest_stall_started_at": stall_at,
         "topic_records": sum(len(v) for v in records.values()),
@@ -791,7 +816,8 @@ def summary(report: dict[str, Any]) -> str:
         f"  lifecycles completed   {report['completed']} of {report['accepted']} accepted "
         f"({report['lifecycles_per_minute']}/min over {report['quiesced_after_s']}s)",
         f"  lost                   {report['lost']}",
-        f"  duplicated effects     {report['duplicated']} (over capacity: {len(report['over_capacity'])})",
+        f"  duplicated effects     {report['duplicated']} (over capacity: {len(report['over_capacity'])}); "
+        f"work-log entries repeated by a client retry: {report['work_log_entries_repeated']}",
         f"  longest stall          {report['longest_stall_s']}s"
         f" (from {report.get('longest_stall_started_at_s')}s)",
         f"  faults                 {report['service_kills']} service SIGKILLs, "

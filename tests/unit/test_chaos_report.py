@@ -71,3 +71,11 @@ def test_the_longest_stall_is_the_longest_gap_between_recorded_events() -> None:
     a, b = lifecycle("a", "tech-1", 0), lifecycle("b", "tech-2", 10 + 7.5)  # a ends at +10 s
     report = verdict({"a": a, "b": b}, {"a": dossier(a), "b": dossier(b)})
     assert report["longest_stall_s"] == 7.5
+
+
+def test_a_second_work_log_entry_is_counted_apart_not_as_a_duplicated_effect() -> None:
+    events = lifecycle("a", "tech-1", 0)
+    logged = next(e for e in events if e.type == "tsop.ticket.work-logged.v1")
+    twice = [*events, Recorded("a-log-2", logged.type, logged.time, logged.body)]
+    report = verdict({"a": twice}, {"a": dossier(twice)})
+    assert report["duplicated"] == 0 and report["work_log_entries_repeated"] == 1
