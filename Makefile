@@ -51,10 +51,11 @@ bench: install
 
 ## Faults on a real cluster: 3 Kafka brokers (replication 3, min.insync.replicas 2), two processes per
 ## service; 5 minutes of lifecycles while services, a broker and PostgreSQL are SIGKILLed and restarted.
-## Reports completed, lost, duplicated effects and the longest stall; JSON in bench/results/chaos.json.
+## Reports completed, lost, duplicated effects and the longest stall; JSON in bench/results/chaos.json,
+## data and every process's log in .tsop/chaos (emptied at each run).
 CHAOS_SECONDS ?= 300
 chaos: install
-	$(BIN)/python -m bench.chaos --duration $(CHAOS_SECONDS)
+	$(BIN)/python -m bench.chaos --duration $(CHAOS_SECONDS) --data-dir .tsop/chaos
 
 ## A three-broker Apache Kafka (KRaft) cluster on loopback, jars from Maven Central.
 kafka: install

@@ -38,6 +38,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -718,8 +719,10 @@ def fetch_dossiers(actors: Actors, tickets: list[str]) -> dict[str, dict[str, An
 
 @contextlib.contextmanager
 def _data_dir(path: Path | None) -> Iterator[Path]:
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
+    if path is not None:  # emptied first: every run starts a fresh cluster; its logs stay for reading
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="tsop-chaos-") as tmp:
@@ -840,7 +843,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker-down", type=float, default=d.broker_down)
     parser.add_argument("--quiesce-timeout", type=float, default=d.quiesce_timeout)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--data-dir", type=Path, default=None, help="keep data and logs here (default: a temp dir)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="data and logs here, emptied first (default: a temp dir)"
+    )
     parser.add_argument("--out", type=Path, default=d.out)
     args = parser.parse_args(argv)
     cfg = Config(
