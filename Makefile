@@ -37,9 +37,12 @@ lint: install
 	$(BIN)/ruff check libs services tests bench
 	$(BIN)/mypy libs/events/src services/*/src bench
 	$(BIN)/python -m tsop_events.catalogue
+	$(BIN)/python -m tsop_events.configref
 
+## The event catalogue and the configuration reference (docs/configuration.md), regenerated.
 catalogue: install
 	$(BIN)/python -m tsop_events.catalogue --write
+	$(BIN)/python -m tsop_events.configref --write
 
 ## Every benchmark, each on a fresh embedded stack; JSON (and plots) in bench/results:
 ## complete lifecycles, intake alone, dispatch at scale, TMF621 lists over a million tickets.

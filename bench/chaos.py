@@ -152,8 +152,11 @@ class Cluster:
     def env(self, name: str) -> dict[str, str]:
         svc, index = self.instances[name], int(name.rsplit("-", 1)[1])
         env = dict(os.environ)
+        own = [*self.ports.values(), self.pg.port]
+        own += [p for i in range(3) for p in (self.kafka.client_port(i), self.kafka.controller_port(i))]
         env.update(
             {
+                "TSOP_PLATFORM_ENDPOINTS": ",".join(str(p) for p in sorted(own)),  # no callback may reach them
                 "TSOP_SERVICE_NAME": svc,
                 "TSOP_HTTP_PORT": str(self.ports[name]),
                 "TSOP_PG_PORT": str(self.pg.port),

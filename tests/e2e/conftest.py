@@ -10,6 +10,8 @@ from tests import infra
 from tests.e2e.client import Platform, WebhookReceiver
 from tsop_events.launchers.stack import SERVICES, Stack
 
+OUTBOUND_ATTEMPTS = 6
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
@@ -18,7 +20,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pg_port=infra.free_port(),
         broker_port=infra.free_port(),
         ports={name: infra.free_port() for name in SERVICES},
-        env={"TSOP_TOPIC_PARTITIONS": "3", "TSOP_EPOCH_CHECK_SECONDS": "1", "TSOP_LOG_LEVEL": "WARNING"},
+        env={"TSOP_TOPIC_PARTITIONS": "3", "TSOP_EPOCH_CHECK_SECONDS": "1", "TSOP_LOG_LEVEL": "WARNING",
+             # the tests' webhook receivers and TMF listeners listen on 127.0.0.1; the stack's ports stay refused
+             "TSOP_OUTBOUND_ALLOW": "127.0.0.1",
+             # bounded retries, short enough to see a dead letter (6 attempts, ~3 s of back-off)
+             "TSOP_OUTBOUND_MAX_ATTEMPTS": str(OUTBOUND_ATTEMPTS), "TSOP_OUTBOUND_BACKOFF_BASE_SECONDS": "0.1",
+             "TSOP_OUTBOUND_BACKOFF_MAX_SECONDS": "1"},
     )
     try:
         s.start(timeout=180)

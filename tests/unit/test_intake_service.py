@@ -12,6 +12,7 @@ import pytest
 
 from tsop_events.auth import Principal, Role, hash_token
 from tsop_events.clock import ManualClock
+from tsop_events.errors import TooMany
 from tsop_events.schemas import parse_event
 from tsop_events.store import GroupCommit
 from tsop_intake import service
@@ -211,16 +212,41 @@ def test_concurrent_twins_one_accepted_one_linked() -> None:
     run(go())
 
 
-def test_abuse_limits_count_per_channel_and_per_customer() -> None:
+def test_over_its_limit_a_channel_gets_429_with_retry_after_and_nothing_is_recorded() -> None:
     async def go() -> None:
         env = Env()
         web = await env.channel(limit=3)
-        outcomes = []
-        for i in range(4):
+        for i in range(3):
             r, _ = await service.submit(env.runtime, fields(customer_id=f"c{i}"), web, None)
-            outcomes.append(r.decision["reason_code"] if r.decision else None)
-        assert outcomes == ["rules_passed"] * 3 + ["abuse_channel_limit"]
-        env.clock.advance(timedelta(minutes=2))
+            assert r.decision is not None and r.decision["reason_code"] == "rules_passed"
+            env.clock.advance(timedelta(seconds=10))
+        stored = env.app.recorder.max_notification_id()
+        with pytest.raises(TooMany) as refused:
+            await service.submit(env.runtime, fields(customer_id="c9"), web, "key-1")
+        assert refused.value.status == 429 and refused.value.field == "channel"
+        # the first of the three was 30 s ago: the window frees a slot in 30 s
+        assert refused.value.retry_after == 30
+        assert env.app.recorder.max_notification_id() == stored  # no event recorded
+        # concurrent submissions at the limit: exactly the free slots pass
+        env.clock.advance(timedelta(seconds=31))  # the first has left the window, two remain: one free slot
+        results = await asyncio.gather(
+            *(service.submit(env.runtime, fields(customer_id=f"d{i}"), web, None) for i in range(4)),
+            return_exceptions=True,
+        )
+        assert sorted(type(r).__name__ for r in results) == ["TooMany"] * 3 + ["tuple"]
+        # unlimited by default: the catalogue sets no channel limit, a channel without its own has none
+        assert env.app.catalogue.limits.channel_per_minute is None
+        free = await env.channel("app", "free")
+        for i in range(50):
+            await service.submit(env.runtime, fields(customer_id=f"f{i}", location={"address": f"{i} Lane"}), free,
+                                 None)
+
+    run(go())
+
+
+def test_abuse_limit_counts_per_customer() -> None:
+    async def go() -> None:
+        env = Env()
         loud = await env.channel("app", "a")
         statuses = []
         for i in range(11):
@@ -353,5 +379,31 @@ def test_concurrent_retries_with_one_key_give_one_request() -> None:
         results = await asyncio.gather(*(service.submit(env.runtime, fields(), web, "same-key") for _ in range(5)))
         assert len({r.id for r, _ in results}) == 1
         assert sorted(new for _, new in results) == [False, False, False, False, True]
+
+    run(go())
+
+
+def test_callbacks_to_internal_addresses_are_refused_naming_the_field_and_nothing_is_stored() -> None:
+    async def go() -> None:
+        env = Env()
+        for url in ("http://127.0.0.1:8001/x", "http://169.254.169.254/latest", "http://2130706433/",
+                    "http://10.0.0.1/cb", "http://[::ffff:192.168.0.1]/cb", "http://localhost./cb"):
+            before = env.app.recorder.max_notification_id()
+            with pytest.raises(service.InvalidInput) as bad:
+                await service.register_channel(env.runtime, "evil", "web", url, None, ADMIN)
+            assert bad.value.field == "callback_url" and bad.value.status == 422
+            web = await env.channel(name=f"ok-{url}")
+            before = env.app.recorder.max_notification_id()
+            with pytest.raises(service.InvalidInput) as bad:
+                await service.submit(env.runtime, fields(callback_url=url), web, None)
+            assert bad.value.field == "callback_url"
+            assert env.app.recorder.max_notification_id() == before
+        ch, _, _ = await service.register_channel(env.runtime, "ok", "web", None, None, ADMIN)
+        with pytest.raises(service.InvalidInput):
+            await service.change_channel(env.runtime, ch.id, {"callback_url": "http://[fe80::1]/"}, ADMIN)
+        web = await env.channel(name="upd")
+        r, _ = await service.submit(env.runtime, fields(), web, None)
+        with pytest.raises(service.InvalidInput):
+            await service.update(env.runtime, r.id, {"callback_url": "http://192.168.1.1/"}, web)
 
     run(go())

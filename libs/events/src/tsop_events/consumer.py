@@ -14,19 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
-from uuid import UUID
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
-from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import InterfaceError, OperationalError
 from pydantic import ValidationError
 
+from tsop_events.commands import UnitOfWork as UnitOfWork  # re-exported: sinks decide through it
 from tsop_events.envelope import Envelope, derived_id, header_map, header_value, unwrap, wrap
 from tsop_events.epoch import EpochWatcher
 from tsop_events.metrics import CONSUMED, CONSUMER_LAG, DEAD_LETTERED
@@ -154,30 +153,6 @@ class ProjectionSink(Sink):
             )
 
 
-class UnitOfWork:
-    """The aggregates one batch touches, loaded once, saved together."""
-
-    def __init__(self, app: EventStoreApp) -> None:
-        self.app = app
-        self._aggregates: dict[UUID, Aggregate] = {}
-
-    def get(self, aggregate_id: UUID) -> Any:
-        """The aggregate, or None if it was never created."""
-        if aggregate_id in self._aggregates:
-            return self._aggregates[aggregate_id]
-        aggregate = self.app.find(aggregate_id)
-        if aggregate is None:
-            return None
-        self._aggregates[aggregate_id] = aggregate
-        return aggregate
-
-    def add(self, aggregate: Aggregate) -> None:
-        self._aggregates[aggregate.id] = aggregate
-
-    def aggregates(self) -> Iterable[Aggregate]:
-        return self._aggregates.values()
-
-
 class EventStoreSink(Sink):
     """Effects are new aggregate events, saved with an eventsourcing tracking row."""
 
@@ -239,7 +214,6 @@ class ConsumerRunner:
         settings: ServiceSettings,
         epoch: EpochWatcher,
         producer: AIOKafkaProducer,
-        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.sink = sink
         self.settings = settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -18,9 +19,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tsop_events.auth import AuthError
+from tsop_events.errors import DomainError
+from tsop_events.inbound import EdgeError, check_json, check_query
 from tsop_events.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from tsop_events.runtime import Runtime
-from tsop_events.store import EventStoreApp, IntegrityError
+from tsop_events.store import EventStoreApp, IntegrityError, recorded_in_this_request, watch_recording
 
 PROBLEM = "application/problem+json"
 
@@ -80,13 +83,32 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    """A 500 says whether the request's change was recorded: the caller must know whether to repeat it."""
     logging.getLogger(__name__).exception("unhandled error", exc_info=exc)
-    return _render(request, 500, "Internal error", "The request could not be completed; nothing was changed.")
+    if recorded_in_this_request():
+        return _render(
+            request,
+            500,
+            "Recorded, but the answer failed",
+            "The change was recorded, but its answer could not be produced; read the resource to see it "
+            "and do not repeat the request (a repeat with the same Idempotency-Key is safe).",
+            recorded=True,
+        )
+    return _render(
+        request, 500, "Internal error", "The request could not be completed; nothing was changed.", recorded=False
+    )
 
 
 async def _problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Problem)
     return _render(request, exc.status, exc.title, exc.detail, **exc.extra)
+
+
+async def _domain(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))} if exc.retry_after is not None else None
+    detail = str(exc)
+    return _render(request, exc.status, exc.title, detail, headers, errors=exc.errors, **exc.extra)
 
 
 async def _conflict(request: Request, exc: Exception) -> Response:
@@ -100,8 +122,15 @@ async def _auth(request: Request, exc: Exception) -> Response:
     return _render(request, exc.status, exc.title, exc.detail, headers)
 
 
-class BodyLimit:
-    """Refuse bodies over ``limit`` bytes with a problem 413, declared or streamed."""
+class Edge:
+    """The edge every request crosses first: size, then what no event can carry.
+
+    Bodies over ``limit`` bytes get a problem 413, declared or streamed. A JSON
+    body (or a body without a content type, which FastAPI reads as JSON) and
+    the query string are checked by ``tsop_events.inbound`` before any route
+    runs, so no endpoint can accept a NUL, a NaN or a 300-level nesting that
+    a projection would later refuse.
+    """
 
     def __init__(self, app: ASGIApp, limit: int, renderers: Sequence[tuple[str, ErrorRenderer]] = ()) -> None:
         self.app, self.limit, self.renderers = app, limit, renderers
@@ -110,10 +139,64 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
+        watch_recording()
+        path: str = scope["path"]
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            await self._too_large(scope["path"])(scope, receive, send)
+            await self._too_large(path)(scope, receive, send)
             return
+        try:
+            if "\x00" in path:
+                raise EdgeError(422, "path", "contains a NUL character")
+            query = scope.get("query_string", b"")
+            if query:
+                check_query(query.decode("latin-1"))
+        except EdgeError as exc:
+            await self._refuse(path, exc)(scope, receive, send)
+            return
+        content_type = headers.get(b"content-type", b"").lower()
+        if scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS") or (content_type and b"json" not in content_type):
+            await self.app(scope, self._counting(receive), send)
+            return
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
+                await self._too_large(path)(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            replaced = check_json(body)
+        except EdgeError as exc:
+            await self._refuse(path, exc)(scope, receive, send)
+            return
+        if replaced is not None:
+            body = replaced
+            scope = dict(scope)
+            scope["headers"] = [
+                (k, str(len(body)).encode() if k == b"content-length" else v) for k, v in scope["headers"]
+            ]
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _counting(self, receive: Receive) -> Receive:
         seen = 0
 
         async def counting_receive() -> Message:
@@ -125,14 +208,21 @@ class BodyLimit:
                 raise HTTPException(413, "Request body too large")
             return message
 
-        await self.app(scope, counting_receive, send)
+        return counting_receive
 
-    def _too_large(self, path: str) -> Response:
-        title, detail = "Request body too large", f"The request body exceeds {self.limit} bytes."
+    def _render(self, path: str, status: int, title: str, detail: str, extra: dict[str, Any]) -> Response:
         for prefix, render in self.renderers:
             if path.startswith(prefix):
-                return render(413, title, detail, None, {})
-        return problem_response(413, title, detail)
+                return render(status, title, detail, None, extra)
+        return problem_response(status, title, detail, **extra)
+
+    def _too_large(self, path: str) -> Response:
+        return self._render(path, 413, "Request body too large", f"The request body exceeds {self.limit} bytes.", {})
+
+    def _refuse(self, path: str, exc: EdgeError) -> Response:
+        title = "Malformed JSON" if exc.status == 400 else "Invalid request"
+        errors = [{"field": exc.field, "reason": exc.reason}]
+        return self._render(path, exc.status, title, f"{exc.field}: {exc.reason}", {"errors": errors})
 
 
 class Measure:
@@ -200,10 +290,11 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(AuthError, _auth)
+    app.add_exception_handler(DomainError, _domain)
     app.add_exception_handler(IntegrityError, _conflict)
     app.add_exception_handler(Exception, _unexpected)
 
-    app.add_middleware(BodyLimit, limit=runtime.settings.max_body_bytes, renderers=tuple(error_renderers))
+    app.add_middleware(Edge, limit=runtime.settings.max_body_bytes, renderers=tuple(error_renderers))
     app.add_middleware(Measure)
 
     @app.get("/healthz", tags=["operations"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -11,42 +12,78 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServiceSettings(BaseSettings):
     """What every service reads. Variables are prefixed ``TSOP_``."""
 
-    model_config = SettingsConfigDict(env_prefix="TSOP_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="TSOP_", extra="ignore", use_attribute_docstrings=True)
 
     service_name: str = "tsop"
+    """Names the service in events (`ce_source`) and its database `tsop_<name>` unless `TSOP_PG_DATABASE` is set."""
     http_host: str = "127.0.0.1"
+    """Where the service listens."""
     http_port: int = 8000
+    """The service's HTTP port (8001 to 8005 by default, one per service)."""
 
     kafka_bootstrap: str = "127.0.0.1:9092"
-    kafka_idempotence: bool = Field(
-        default=False, description="On for Apache Kafka; the embedded broker lacks InitProducerId."
-    )
+    """Kafka bootstrap servers, comma-separated."""
+    kafka_idempotence: bool = False
+    """Idempotent producer: on for Apache Kafka; the embedded broker lacks InitProducerId. Correctness never
+    depends on it."""
     topic_prefix: str = "tsop."
+    """Prefix of every topic name."""
     topic_partitions: int = 6
+    """Partitions of each topic the platform creates."""
     topic_replication: int = 1
-    topic_min_insync_replicas: int = Field(
-        default=0, description="min.insync.replicas of the topics created (0: the broker's default)."
-    )
+    """Replication factor of each topic the platform creates."""
+    topic_min_insync_replicas: int = 0
+    """`min.insync.replicas` of each topic the platform creates (0: the broker's default); with `acks=all`
+    a write succeeds once that many replicas hold it."""
     consumer_batch: int = 500
+    """Most records a consumer applies in one transaction."""
     fetch_max_wait_ms: int = 50
+    """How long a consumer's fetch waits for records."""
     epoch_check_seconds: float = 2.0
+    """How often the broker epoch is checked (see the README's design section)."""
 
     pg_host: str = "127.0.0.1"
+    """PostgreSQL host."""
     pg_port: int = 5432
+    """PostgreSQL port."""
     pg_user: str = "postgres"
+    """PostgreSQL user."""
     pg_password: str = ""
-    pg_database: str = ""  # default: tsop_<service_name>
+    """PostgreSQL password."""
+    pg_database: str = ""
+    """The service's database; empty means `tsop_<service_name>`. Created if missing."""
     pg_pool_size: int = 8
+    """Connections per pool."""
 
     relay_batch: int = 500
+    """Most outbox notifications the relay publishes in one batch."""
     relay_idle_seconds: float = 0.05
+    """How often an idle relay polls its outbox (a local save wakes it at once)."""
     aggregate_cache_size: int = 10000
+    """Aggregates cached in memory (always brought up to date from the store on read)."""
     max_body_bytes: int = 64 * 1024
+    """Largest accepted request body; larger ones get 413."""
     log_level: str = "INFO"
-    auth_tokens: str = Field(
-        default="", description="JSON: sha256-hex of a staff token → {subject, roles}; see tsop_events.auth."
-    )
+    """Logging level."""
+    auth_tokens: str = ""
+    """JSON: SHA-256 hex of a staff token → `{subject, roles}` (see the README's roles)."""
     auth_tokens_file: Path | None = None
+    """A file holding the same JSON as `TSOP_AUTH_TOKENS`."""
+
+    # outbound calls (webhooks, TMF621 hub listeners): see tsop_events.outbound and the README's "Outbound calls"
+    outbound_allow: str = ""
+    """Comma-separated CIDRs, addresses or host names, each optionally `:port` (`[::1]:9000` for IPv6), that
+    webhooks and hub listeners may reach although loopback, private or link-local. An entry without a port never
+    opens one of the platform's own endpoints; one with a port opens that port."""
+    platform_endpoints: str = "8001,8002,8003,8004,8005"
+    """The platform's own endpoints no callback may reach: `host:port`, or a bare port (on this machine). This
+    service's HTTP port, PostgreSQL and the Kafka bootstrap servers are always added; `make run` sets all its ports."""
+    outbound_max_attempts: Annotated[int, Field(ge=1)] = 12
+    """Delivery attempts of one webhook or hub notification before it is dead-lettered."""
+    outbound_backoff_base_seconds: Annotated[float, Field(gt=0)] = 0.5
+    """First back-off step between delivery attempts; the n-th wait is drawn from [d/2, d], d = min(max, base·2ⁿ⁻¹)."""
+    outbound_backoff_max_seconds: Annotated[float, Field(gt=0)] = 600.0
+    """Longest back-off step between delivery attempts (the defaults give up after at most ~17 min of waiting)."""
 
     @property
     def database(self) -> str:

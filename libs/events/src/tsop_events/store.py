@@ -9,6 +9,7 @@ record, in one transaction, which is what makes the reaction happen once.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import threading
 import time
@@ -25,6 +26,27 @@ from tsop_events.settings import ServiceSettings
 
 __all__ = ["EventStoreApp", "IntegrityError", "Tracking", "ensure_database"]
 
+# Set per HTTP request by the edge: a save made while serving it marks it, so that an error
+# after a save is answered as "recorded" rather than "nothing was changed" (see http._unexpected).
+_RECORDED: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("tsop_recorded", default=None)
+
+
+def watch_recording() -> list[bool]:
+    """Start watching the current request for saves; the list is non-empty once one happened."""
+    marks: list[bool] = []
+    _RECORDED.set(marks)
+    return marks
+
+
+def note_recorded() -> None:
+    marks = _RECORDED.get()
+    if marks is not None and not marks:
+        marks.append(True)
+
+
+def recorded_in_this_request() -> bool:
+    return bool(_RECORDED.get())
+
 
 class EventStoreApp(Application[UUID]):
     """An Application whose recorder also records tracking positions."""
@@ -40,6 +62,7 @@ class EventStoreApp(Application[UUID]):
         self._save_listeners.append(listener)
 
     def _notify(self, recordings: list[Any]) -> None:
+        note_recorded()
         super()._notify(recordings)
         for listener in self._save_listeners:
             listener()
@@ -176,9 +199,11 @@ class GroupCommit:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((events, future))
         if len(self._flushers) < self.writers:
-            # with writers > 1 one batch is encoded while another waits for the database
-            self._flushers.add(asyncio.create_task(self._flush()))
+            # with writers > 1 one batch is encoded while another waits for the database; a fresh
+            # context, so that the batch's saves are noted by each waiter below, not by this caller
+            self._flushers.add(asyncio.create_task(self._flush(), context=contextvars.Context()))
         await future
+        note_recorded()
 
     async def _flush(self) -> None:
         try:

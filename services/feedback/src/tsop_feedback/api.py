@@ -36,6 +36,7 @@ def case_view(c: FeedbackCase) -> dict[str, Any]:
         "ticket_id": c.ticket_id,
         "resolution": c.resolution,
         "notified": c.notified,
+        "notification_failed": getattr(c, "notification_failed", None),
         "rating_due_at": c.rating_due_at.isoformat() if c.rating_due_at else None,
         "score": c.score,
         "closed": c.closed_reason is not None,

@@ -19,6 +19,7 @@ from tsop_events.store import EventStoreApp, IntegrityError, LogFollower, retry_
 from tsop_feedback.domain import (
     FeedbackCase,
     FeedbackCaseClosed,
+    FeedbackCaseNotificationAbandoned,
     FeedbackCaseNotified,
     FeedbackCaseRated,
     FeedbackCaseResolutionNoted,
@@ -41,7 +42,7 @@ class FollowUps(LogFollower):
         if isinstance(e, FeedbackCaseResolutionNoted):
             self.to_notify.add(e.originator_id)
             self.windows[e.originator_id] = e.rating_due_at
-        elif isinstance(e, FeedbackCaseNotified):
+        elif isinstance(e, (FeedbackCaseNotified, FeedbackCaseNotificationAbandoned)):
             self.to_notify.discard(e.originator_id)
         elif isinstance(e, FeedbackCaseClosed):
             self.windows.pop(e.originator_id, None)
@@ -86,6 +87,13 @@ class FeedbackApp(EventStoreApp):
             case.mark_notified(channel, attempts, status_code, self.clock.now())
             cases.append(case)
         self.save(*cases)
+
+    @retry_on_conflict()
+    def abandon_notification(self, cid: UUID, attempts: int, status_code: int | None, error: str) -> None:
+        """Record that the webhook was given up (the case leaves the board; an agent sees why)."""
+        case: FeedbackCase = self.load(cid)
+        case.abandon_notification(attempts, status_code, error, self.clock.now())
+        self.save(case)
 
     def expire_windows(self) -> int:
         """Close every case whose rating window has passed."""

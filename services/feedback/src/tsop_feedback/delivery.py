@@ -2,7 +2,20 @@
 
 Delivery is at-least-once: a case stays on the board until its Notified event
 is saved, so a crash between the POST and the save repeats the POST (receivers
-de-duplicate on ``X-TSOP-Delivery``). Failed attempts back off exponentially.
+de-duplicate on ``X-TSOP-Delivery``).
+
+Every delivery goes through ``tsop_events.outbound``: the callback URL is
+resolved and checked again (the platform never posts to loopback, private,
+link-local or its own endpoints unless ``TSOP_OUTBOUND_ALLOW`` says so) and the
+connection goes to the checked address. Failed attempts back off exponentially
+with jitter, at most ``TSOP_OUTBOUND_MAX_ATTEMPTS`` in all (counted per process:
+a restart begins the count again); then, or at once when the guard refuses the
+destination, the case records ``NotificationAbandoned`` (shown in the case view
+as ``notification_failed``), a ``deadletter`` record is published and
+``tsop_outbound_deadlettered_total{purpose="webhook"}`` counts it.
+
+Each delivery is its own task, at most ``per_host`` at once per receiving host
+and ``capacity`` in all, so a slow or failing receiver never delays the others.
 """
 
 from __future__ import annotations
@@ -10,78 +23,186 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 import httpx
 
+from tsop_events import outbound
 from tsop_events.runtime import Runtime
 from tsop_feedback.application import FeedbackApp, sign, webhook_body
 from tsop_feedback.domain import FeedbackCase
 
 log = logging.getLogger(__name__)
 
+Delivered = tuple[UUID, str, int, int | None]  # case, channel, attempts, status
+DeadLetter = Callable[[FeedbackCase, int, str], Awaitable[None]]
+
 
 class Deliverer:
-    def __init__(self, app: FeedbackApp, secret: str, timeout: float = 5.0, max_backoff: float = 300.0) -> None:
-        self.app, self.secret, self.timeout, self.max_backoff = app, secret, timeout, max_backoff
+    def __init__(
+        self,
+        app: FeedbackApp,
+        secret: str,
+        guard: outbound.OutboundGuard | None = None,
+        policy: outbound.RetryPolicy | None = None,
+        *,
+        timeout: float = 5.0,
+        capacity: int = 200,
+        per_host: int = 8,
+        dead: DeadLetter | None = None,
+    ) -> None:
+        self.app, self.secret, self.timeout = app, secret, timeout
+        self.guard = guard or outbound.guard_for(None)
+        self.policy = policy or outbound.RetryPolicy()
+        self.capacity, self.per_host, self.dead = capacity, per_host, dead
         self.attempts: dict[UUID, int] = {}
         self.next_try: dict[UUID, float] = {}
+        self.inflight: dict[UUID, asyncio.Task[None]] = {}
+        self.hosts: Counter[str] = Counter()
+        self.delivered: list[Delivered] = []
 
     async def run_once(self, client: httpx.AsyncClient) -> int:
+        """Record what was delivered, start the due deliveries there is room for; how much happened."""
+        recorded = await self._record()
         await asyncio.to_thread(self.app.follow_ups.refresh)
         now = time.monotonic()
+        waiting = {d[0] for d in self.delivered}
         with self.app.follow_ups.lock:
-            todo = [c for c in self.app.follow_ups.to_notify if self.next_try.get(c, 0.0) <= now]
-        if not todo:
-            return 0
-        results = await asyncio.gather(*(self._deliver(client, c) for c in todo[:200]))
-        delivered = [r for r in results if r is not None]
-        if delivered:
-            await asyncio.to_thread(self.app.mark_notified, delivered)
-            for cid, *_ in delivered:
-                self.attempts.pop(cid, None)
-                self.next_try.pop(cid, None)
-        return len(delivered)
+            todo = [
+                c for c in self.app.follow_ups.to_notify
+                if c not in self.inflight and c not in waiting and self.next_try.get(c, 0.0) <= now
+            ]
+        started = 0
+        for cid in todo[: max(0, self.capacity - len(self.inflight))]:
+            task = asyncio.create_task(self._deliver(client, cid))
+            self.inflight[cid] = task
+            task.add_done_callback(self._finished(cid))
+            started += 1
+        return recorded + started
 
-    async def _deliver(self, client: httpx.AsyncClient, cid: UUID) -> tuple[UUID, str, int, int | None] | None:
-        """POST the webhook; what to record if it was delivered (or there is nowhere to deliver)."""
-        case: FeedbackCase = await asyncio.to_thread(self.app.load, cid)
-        if case.notified:
-            return None
+    def _finished(self, cid: UUID) -> Callable[[asyncio.Task[None]], None]:
+        def done(_: asyncio.Task[None]) -> None:
+            self.inflight.pop(cid, None)
+
+        return done
+
+    async def drain(self, client: httpx.AsyncClient) -> int:
+        """Run until nothing is in flight and nothing is due (tests)."""
+        total = 0
+        while True:
+            total += await self.run_once(client)
+            if not self.inflight and not self.delivered:
+                return total
+            if self.inflight:
+                await asyncio.wait(list(self.inflight.values()), return_when=asyncio.FIRST_COMPLETED)
+
+    async def _record(self) -> int:
+        done, self.delivered = self.delivered, []
+        if not done:
+            return 0
+        await asyncio.to_thread(self.app.mark_notified, done)
+        for cid, *_ in done:
+            self.attempts.pop(cid, None)
+            self.next_try.pop(cid, None)
+        return len(done)
+
+    async def _deliver(self, client: httpx.AsyncClient, cid: UUID) -> None:
+        try:
+            case: FeedbackCase = await asyncio.to_thread(self.app.load, cid)
+            if not case.awaiting_notification:
+                return
+            if not case.callback_url:
+                self.delivered.append((cid, "none", self.attempts.get(cid, 0) + 1, None))
+                return
+            host = normal_host(case.callback_url)
+            if self.hosts[host] >= self.per_host:  # that receiver is busy: later, without counting an attempt
+                self.next_try[cid] = time.monotonic() + 0.2
+                return
+            self.hosts[host] += 1
+            try:
+                await self._attempt(client, cid, case)
+            finally:
+                self.hosts[host] -= 1
+                if self.hosts[host] <= 0:
+                    del self.hosts[host]
+        except Exception:  # never stop the deliverer; the case stays on the board and is tried again
+            log.exception("webhook delivery of case %s failed unexpectedly", cid)
+            self.next_try[cid] = time.monotonic() + 1.0
+
+    async def _attempt(self, client: httpx.AsyncClient, cid: UUID, case: FeedbackCase) -> None:
+        assert case.callback_url is not None
         attempts = self.attempts.get(cid, 0) + 1
         self.attempts[cid] = attempts
+        body = webhook_body(case)
         status: int | None = None
-        if case.callback_url:
-            body = webhook_body(case)
-            try:
-                resp = await client.post(
-                    case.callback_url,
-                    content=body,
-                    headers={
-                        "content-type": "application/json",
-                        "X-TSOP-Signature": sign(self.secret, body),
-                        "X-TSOP-Delivery": str(cid),
-                    },
-                    timeout=self.timeout,
-                )
-                status = resp.status_code
-            except httpx.HTTPError as exc:
-                log.info("webhook for ticket %s failed (attempt %s): %s", case.ticket_id, attempts, exc)
-            if status is None or not 200 <= status < 300:
-                self.next_try[cid] = time.monotonic() + min(self.max_backoff, 0.5 * 2 ** (attempts - 1))
-                return None
-        return cid, "webhook" if case.callback_url else "none", attempts, status
+        error: str | None = None
+        final = False
+        try:
+            resp = await self.guard.post(
+                client, case.callback_url, content=body,
+                headers={
+                    "content-type": "application/json",
+                    "X-TSOP-Signature": sign(self.secret, body),
+                    "X-TSOP-Delivery": str(cid),
+                },
+                timeout=self.timeout,
+            )
+            status = resp.status_code
+            if not 200 <= status < 300:
+                error = f"HTTP {status}: {resp.text[:300]}"
+        except outbound.Unresolved as exc:
+            error = exc.reason
+        except outbound.Refused as exc:  # where the URL leads now is not allowed: no retry helps
+            outbound.OUTBOUND_REFUSED.labels("webhook", "delivery").inc()
+            error, final = f"refused: {exc.reason}", True
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        if error is None:
+            outbound.OUTBOUND_ATTEMPTS.labels("webhook", "ok").inc()
+            self.delivered.append((cid, "webhook", attempts, status))
+            return
+        delay = None if final else self.policy.delay(attempts)
+        if delay is not None:
+            outbound.OUTBOUND_ATTEMPTS.labels("webhook", "retry").inc()
+            log.info("webhook for ticket %s failed (attempt %s of %s): %s", case.ticket_id, attempts,
+                     self.policy.max_attempts, error)
+            self.next_try[cid] = time.monotonic() + delay
+            return
+        outbound.OUTBOUND_ATTEMPTS.labels("webhook", "dead").inc()
+        await asyncio.to_thread(self.app.abandon_notification, cid, attempts, status, error[:1000])
+        self.attempts.pop(cid, None)
+        self.next_try.pop(cid, None)
+        if self.dead is not None:
+            await self.dead(case, attempts, error)
+
+
+def normal_host(url: str) -> str:
+    try:
+        return httpx.URL(url).host.lower()
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return url
 
 
 async def deliver_feedback(runtime: Runtime) -> None:
     app = runtime.app
     assert isinstance(app, FeedbackApp)
     secret = runtime.extras["webhook_secret"]
-    deliverer = Deliverer(app, secret)
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100)) as client:
+    settings = runtime.settings
+
+    async def dead(case: FeedbackCase, attempts: int, error: str) -> None:
+        assert case.callback_url is not None
+        await outbound.dead_letter(
+            runtime.producer, settings, purpose="webhook", key=str(case.id), url=case.callback_url,
+            payload=webhook_body(case), attempts=attempts, error=error, subject=case.ticket_id,
+        )
+
+    deliverer = Deliverer(app, secret, outbound.guard_for(settings), outbound.RetryPolicy.from_settings(settings),
+                          dead=dead)
+    async with outbound.client(deliverer.timeout) as client:
         while True:
-            sent = await deliverer.run_once(client)
-            if not sent:
+            if not await deliverer.run_once(client):
                 await asyncio.sleep(0.05)
 
 

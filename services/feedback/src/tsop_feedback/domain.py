@@ -32,6 +32,7 @@ class FeedbackCase(Aggregate):
         self.resolved_event_id: str | None = None
         self.rating_due_at: datetime | None = None
         self.notified = False
+        self.notification_failed: dict[str, Any] | None = None
         self.score: int | None = None
         self.closed_reason: str | None = None
 
@@ -71,7 +72,23 @@ class FeedbackCase(Aggregate):
 
     @property
     def awaiting_notification(self) -> bool:
-        return self.resolution is not None and not self.notified
+        return self.resolution is not None and not self.notified and self.notification_failed is None
+
+    def abandon_notification(self, attempts: int, status_code: int | None, error: str, at: datetime) -> None:
+        """The webhook could not be delivered within its bounded attempts (or may not go where it points)."""
+        if self.notified or self.notification_failed is not None:
+            return
+        self._notification_abandoned(
+            ticket_id=self.ticket_id, attempts=attempts, status_code=status_code, error=error, abandoned_at=at
+        )
+
+    @event("NotificationAbandoned")
+    def _notification_abandoned(
+        self, ticket_id: str, attempts: int, status_code: int | None, error: str, abandoned_at: datetime
+    ) -> None:
+        self.notification_failed = {
+            "attempts": attempts, "status_code": status_code, "error": error, "at": abandoned_at.isoformat()
+        }
 
     def mark_notified(self, channel: str, attempts: int, status_code: int | None, at: datetime) -> None:
         if self.notified:
@@ -131,5 +148,6 @@ class FeedbackCase(Aggregate):
 FeedbackCaseOpened: type[Any] = FeedbackCase.__dict__["Opened"]
 FeedbackCaseResolutionNoted: type[Any] = FeedbackCase.__dict__["ResolutionNoted"]
 FeedbackCaseNotified: type[Any] = FeedbackCase.__dict__["Notified"]
+FeedbackCaseNotificationAbandoned: type[Any] = FeedbackCase.__dict__["NotificationAbandoned"]
 FeedbackCaseRated: type[Any] = FeedbackCase.__dict__["Rated"]
 FeedbackCaseClosed: type[Any] = FeedbackCase.__dict__["Closed"]

@@ -27,6 +27,7 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
         (409, "Not allowed in the request's state"),
         (413, "Body too large"),
         (422, "Invalid input: each field with its reason"),
+        (429, "The channel is over its per-minute limit; Retry-After says when to retry (nothing was recorded)"),
     )
 }
 

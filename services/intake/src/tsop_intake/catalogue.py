@@ -10,7 +10,8 @@ The file (``TSOP_SERVICE_TYPES_FILE``, JSON; the built-in default is
   ``completion_hours`` and ``review`` (``manual``, ``manual_tiers``,
   ``min_lead_hours``, ``max_horizon_days``);
 * ``completion_hours``: how long an application may stay *pending information*;
-* ``limits``: abuse limits (``channel_per_minute``, ``customer_per_day``,
+* ``limits``: abuse limits (``channel_per_minute``: absent or null = no limit, a channel's own limit
+  overrides it, over it a submission is answered 429 before anything is recorded; ``customer_per_day``,
   ``customer_limit_action``: ``review`` or ``reject``);
 * ``priority``: ``tiers`` (customer tier → boost), ``urgent_within_hours`` and
   ``urgency_boost``: priority = type default - tier boost - urgency boost, in 1…5;
@@ -87,7 +88,9 @@ class ServiceType(_Strict):
 
 
 class Limits(_Strict):
-    channel_per_minute: Annotated[int, Field(ge=1)] = 6000
+    channel_per_minute: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Submissions per channel and minute; None = no limit (a channel's own wins)."
+    )
     customer_per_day: Annotated[int, Field(ge=1)] = 10
     customer_limit_action: Literal["review", "reject"] = "review"
 

@@ -58,8 +58,6 @@ class Facts:
 
     now: datetime
     open_duplicate: UUID | None = None
-    channel_recent: int = 0  # this channel's submissions in the last minute, this one excluded
-    channel_limit: int | None = None  # the channel's own limit; None = the catalogue's
     customer_recent: int = 0  # this customer's submissions in the last day, this one excluded
 
 
@@ -169,12 +167,6 @@ def review(cat: Catalogue, app: Mapping[str, Any], facts: Facts) -> Decision:
     region = str(app.get("region"))
     if not st.offered_in(region):
         return Decision("reject", "not_offered_in_region", f"{name} is not offered in region {region!r}")
-    channel_limit = facts.channel_limit or cat.limits.channel_per_minute
-    if facts.channel_recent >= channel_limit:
-        return Decision(
-            "reject", "abuse_channel_limit", f"the channel submitted {facts.channel_recent} requests in the last "
-            f"minute; its limit is {channel_limit}"
-        )
     latest = latest_time(app)
     if latest is not None and latest <= now:
         return Decision("reject", "infeasible_time", "the time requirement is already in the past")

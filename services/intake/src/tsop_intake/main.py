@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 from fastapi import FastAPI
 
 from tsop_events.http import create_app, serve
@@ -30,11 +29,9 @@ class IntakeSettings(ServiceSettings):
 
 
 async def deliver_notifications(runtime: Runtime) -> None:
-    """TMF621 hub listeners get their notifications, in order, retried until delivered."""
+    """TMF621 hub listeners get their notifications, in order, retried a bounded number of times."""
     assert isinstance(runtime.settings, IntakeSettings)
-    timeout = runtime.settings.hub_delivery_timeout_seconds
-    async with httpx.AsyncClient(timeout=timeout) as http:
-        await hub.Deliverer(runtime.pool, http).run()
+    await hub.deliver(runtime, runtime.settings.hub_delivery_timeout_seconds)
 
 
 def build(settings: IntakeSettings | None = None) -> FastAPI:

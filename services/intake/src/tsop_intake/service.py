@@ -22,7 +22,10 @@ reviewed again at once); once *accepted* only ``description``, ``special_needs``
 
 Errors are ``IntakeError`` subclasses carrying ``status``, ``title`` and ``errors`` (``[{field, reason}]``):
 ``InvalidInput`` / ``UnknownServiceType`` / ``IdempotencyConflict`` / ``InvalidChange`` /
-``UnknownReasonCode`` (422), ``NotFound`` (404), ``NotYours`` (403), ``InvalidTransition`` (409).
+``UnknownReasonCode`` (422), ``NotFound`` (404), ``NotYours`` (403), ``InvalidTransition`` (409),
+``tsop_events.errors.TooMany`` (429 with ``Retry-After``: the channel is over its per-minute limit;
+nothing was recorded).
+A ``callback_url`` that ``tsop_events.outbound`` refuses (loopback, private, the platform's own…) is 422.
 The channel identity comes from ``caller.channel_id``.
 """
 
@@ -30,16 +33,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 import orjson
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tsop_events import outbound
 from tsop_events.auth import Principal, Role, issue_token
 from tsop_events.envelope import derived_id
+from tsop_events.errors import TooMany
 from tsop_events.http import Problem
 from tsop_events.runtime import Runtime
 from tsop_events.schemas import Channel, CustomerTier
@@ -248,6 +254,46 @@ async def _closed_downstream(runtime: Runtime, ticket: UUID) -> bool:
     return status in FINISHED
 
 
+async def check_callback(runtime: Runtime, field: str, url: object) -> None:
+    """Refuse a callback URL the outbound guard would never deliver to (422 naming the field)."""
+    if url is None:
+        return
+    try:
+        await outbound.guard_for(getattr(runtime, "settings", None)).check(str(url))
+    except outbound.Refused as exc:
+        why = f"{exc.reason}: callbacks may not go there (operators: TSOP_OUTBOUND_ALLOW)"
+        raise InvalidInput(field, why) from None
+
+
+MINUTE = timedelta(minutes=1)
+
+
+def _channel_limit(app: IntakeApp, channel_id: str | None) -> int | None:
+    """A registered channel's own per-minute limit, else the catalogue's; None = no limit."""
+    info = app.index.channel(channel_id) if channel_id is not None else None
+    if info is not None and info.rate_limit_per_minute is not None:
+        return info.rate_limit_per_minute
+    return app.catalogue.limits.channel_per_minute
+
+
+def _refuse_over_limit(app: IntakeApp, channel_key: str, channel_id: str | None, now: datetime) -> None:
+    """429 with Retry-After when the channel's last minute is full (synchronous: no submission slips in)."""
+    limit = _channel_limit(app, channel_id)
+    if limit is None:
+        return
+    index = app.index
+    with index.lock:
+        window = index.per_channel.get(channel_key)
+        if window is None or window.count(now) < limit:
+            return
+        times = sorted(window.items.values())
+    # the window has room again once all but limit-1 of these are older than a minute
+    frees_at = times[len(times) - limit] + MINUTE
+    wait = max(1, math.ceil((frees_at - now).total_seconds()))
+    raise TooMany(f"over the channel's limit of {limit} requests per minute; retry in {wait} s", "channel",
+                  retry_after=wait, limit=limit)
+
+
 async def _facts(runtime: Runtime, request: ServiceRequest, now: datetime) -> Facts:
     """Look up what the review needs; returns without awaiting after the last lookup (so no other
     submission can slip in between these facts and the caller noting its own request)."""
@@ -262,14 +308,8 @@ async def _facts(runtime: Runtime, request: ServiceRequest, now: datetime) -> Fa
         if await _closed_downstream(runtime, dup):
             app.index.drop_closed(dup)
         checked.add(dup)
-    channel_key = request.channel_id or request.channel
-    per_channel, per_customer = app.index.recent(channel_key, request.customer_id, now)
-    limit = None
-    if request.channel_id is not None:
-        info = app.index.channel(request.channel_id)
-        limit = info.rate_limit_per_minute if info else None
-    return Facts(now=now, open_duplicate=dup, channel_recent=per_channel, channel_limit=limit,
-                 customer_recent=per_customer)
+    _, per_customer = app.index.recent(request.channel_id or request.channel, request.customer_id, now)
+    return Facts(now=now, open_duplicate=dup, customer_recent=per_customer)
 
 
 # ---------------------------------------------------------------- requests
@@ -308,18 +348,23 @@ async def submit(
             raise InvalidInput("channel", f"this credential belongs to a {info.kind} channel, not {data['channel']}")
         data["channel"] = info.kind
         if data["callback_url"] is None:
-            data["callback_url"] = info.callback_url
+            data["callback_url"] = info.callback_url  # checked when the channel registered it
+        elif parsed.callback_url is not None:
+            await check_callback(runtime, "callback_url", data["callback_url"])
         owner = caller.channel_id
     elif data["channel"] is None:
         raise InvalidInput("channel", "staff submitting without a channel credential must name the channel")
     else:
         owner = f"staff:{caller.subject}"
+        await check_callback(runtime, "callback_url", data["callback_url"])
     fingerprint = _fingerprint(data)
     ticket_id = derived_id("request", owner, idempotency_key) if idempotency_key else uuid4()
     if idempotency_key and ticket_id in app.index.versions:
         return await _replay(runtime, ticket_id, fingerprint), False
 
     now = app.clock.now()
+    channel_key = caller.channel_id or data["channel"]
+    _refuse_over_limit(app, channel_key, caller.channel_id, now)  # cheap, before any other work
     request = ServiceRequest(
         id=ticket_id,
         channel=data["channel"],
@@ -340,6 +385,8 @@ async def submit(
         attributes=data["attributes"],
     )
     facts = await _facts(runtime, request, now)
+    # again after the last await, so concurrent submissions cannot all pass the same last free slot
+    _refuse_over_limit(app, channel_key, caller.channel_id, now)
     request.apply_decision(review(app.catalogue, request.fields(), facts), now)
     # noted before the save, with no await in between: a concurrent twin sees it as open
     app.index.observe(request.pending_events)
@@ -421,6 +468,7 @@ async def update(runtime: Runtime, ticket_id: UUID, changes: dict[str, Any], cal
         raise InvalidInput.from_validation(exc) from None
     normalised = parsed.model_dump(mode="json", include=set(changes))
     _storable(normalised)
+    await check_callback(runtime, "callback_url", normalised.get("callback_url"))
     if "location" in normalised:
         normalised["location"] = _normalise_location(normalised["location"])
     if "service_type" in normalised and app.catalogue.get(normalised["service_type"]) is None:
@@ -500,6 +548,7 @@ async def register_channel(
     """Register a channel system and issue its first credential: (channel, credential id, token shown once)."""
     app = intake(runtime)
     _storable({"name": name, "callback_url": callback_url})
+    await check_callback(runtime, "callback_url", callback_url)
     now = app.clock.now()
     ch = ChannelSystem(id=uuid4(), name=name, kind=kind, callback_url=callback_url,
                        rate_limit_per_minute=rate_limit_per_minute, registered_by=caller.subject, registered_at=now)
@@ -545,6 +594,7 @@ async def change_channel(
 ) -> ChannelSystem:
     app = intake(runtime)
     _storable(changes)
+    await check_callback(runtime, "callback_url", changes.get("callback_url"))
     ch = await asyncio.to_thread(
         _save_channel, app, channel_id, lambda c: c.change_settings(changes, caller.subject, app.clock.now())
     )

@@ -4,6 +4,12 @@ Each service is its own process. Data lives in one folder (``.tsop`` by
 default); the broker keeps nothing, and the platform recovers from that on its
 own (relays republish, consumers de-duplicate). Also used by the end-to-end
 tests and the benchmark, which need to kill and restart single processes.
+
+Every service is told the stack's own endpoints (``TSOP_PLATFORM_ENDPOINTS``:
+the five HTTP ports, PostgreSQL, the broker), which no callback may reach.
+``make run`` allows callbacks to loopback (``TSOP_OUTBOUND_ALLOW``, default
+``127.0.0.1,::1``) so webhooks reach receivers on this machine; the services'
+own ports stay refused. Set ``TSOP_OUTBOUND_ALLOW=`` (empty) to refuse loopback too.
 """
 
 from __future__ import annotations
@@ -68,10 +74,19 @@ class Stack:
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.ports[service]}"
 
+    @property
+    def endpoints(self) -> str:
+        """The stack's own ports (services, PostgreSQL, the embedded broker): no callback may reach them."""
+        ports = [*self.ports.values(), self.pg_port]
+        if self.kafka_bootstrap is None:
+            ports.append(self.broker_port)
+        return ",".join(str(p) for p in sorted(set(ports)))
+
     def service_env(self, name: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
             {
+                "TSOP_PLATFORM_ENDPOINTS": self.endpoints,
                 "TSOP_SERVICE_NAME": name,
                 "TSOP_HTTP_PORT": str(self.ports[name]),
                 "TSOP_PG_PORT": str(self.pg_port),
@@ -158,7 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kafka-bootstrap", default=os.environ.get("TSOP_EXTERNAL_KAFKA"))
     args = parser.parse_args(argv)
     ports = {n: int(os.environ.get(f"TSOP_{n.upper()}_PORT", p)) for n, p in DEFAULT_PORTS.items()}
-    stack = Stack(Path(args.data_dir), args.pg_port, args.broker_port, ports, args.kafka_bootstrap)
+    # webhooks to receivers on this machine (a developer's own); the stack's own ports stay refused
+    allow = os.environ.get("TSOP_OUTBOUND_ALLOW", "127.0.0.1,::1")
+    stack = Stack(Path(args.data_dir), args.pg_port, args.broker_port, ports, args.kafka_bootstrap,
+                  env={"TSOP_OUTBOUND_ALLOW": allow})
 
     def interrupted(*_: object) -> None:
         raise KeyboardInterrupt
@@ -171,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in SERVICES:
             print(f"  {name:<9} {stack.url(name)}  (docs {stack.url(name)}/docs)", flush=True)
         print(f"  staff tokens per role (dev only) in {stack.data_dir / 'tokens.json'}", flush=True)
+        print(f"  callbacks may reach: public addresses and {allow or 'nothing else'} (TSOP_OUTBOUND_ALLOW), "
+              f"never the stack's own ports {stack.endpoints}", flush=True)
         print(f"  data and logs in {stack.data_dir}; Ctrl-C stops everything", flush=True)
         while True:
             for name, proc in stack.procs.items():

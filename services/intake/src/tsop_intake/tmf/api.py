@@ -22,6 +22,7 @@ import orjson
 from fastapi import APIRouter, Body, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 
+from tsop_events import outbound
 from tsop_events.auth import Principal, Role, requires
 from tsop_events.http import Problem, runtime_of
 from tsop_intake import service
@@ -301,6 +302,11 @@ async def register_hub(
     callback = body.get("callback")
     if not isinstance(callback, str) or not URL.match(callback) or len(callback) > 2000:
         raise Problem(400, "Invalid request", "callback: must be an absolute http(s) URL", field="callback")
+    try:  # checked again, resolved, at every delivery
+        await outbound.guard_for(runtime_of(request).settings).check(callback)
+    except outbound.Refused as exc:
+        raise Problem(422, "Invalid request", f"callback: {exc.reason}: listeners may not be there",
+                      field="callback") from None
     query = body.get("query")
     if query is not None and not isinstance(query, str):
         raise Problem(400, "Invalid request", "query: must be a string", field="query")

@@ -4,9 +4,20 @@ A registered listener gets ``POST {callback}/listener/{eventName}`` for each
 ticket event it may see (a channel: its own tickets; staff: all). The
 notification is written to the ``tmf_hub_delivery`` outbox in the same
 transaction as the read-model change that caused it, so none is lost across a
-crash; a delivery task sends them in order per listener and ticket, retrying
-with exponential back-off, and records each attempt. ``eventId`` is stable, so
-a listener can drop the rare repeat after a crash mid-delivery.
+crash; a delivery task sends them in order per listener and ticket, and records
+each attempt. ``eventId`` is stable, so a listener can drop the rare repeat
+after a crash mid-delivery.
+
+Deliveries go through ``tsop_events.outbound``: the callback is checked when
+the listener registers and again, resolved, at every delivery (and connected to
+the checked address). Retries are bounded (``TSOP_OUTBOUND_MAX_ATTEMPTS``,
+exponential back-off with jitter); after the last attempt, or at once when the
+guard refuses the destination, the row is marked ``dead_at`` (with its
+``last_error``), a ``deadletter`` record is published and
+``tsop_outbound_deadlettered_total{purpose="tmf-hub"}`` counts it; later
+notifications of the ticket go on. Each delivery runs on its own (a lease in
+``next_at`` keeps other instances off it), at most ``per_listener`` at once per
+listener, so a slow or failing listener never holds up the others.
 """
 
 from __future__ import annotations
@@ -14,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
@@ -22,8 +35,10 @@ from uuid import UUID
 import asyncpg
 import httpx
 
+from tsop_events import outbound
 from tsop_events.consumer import Incoming
 from tsop_events.envelope import derived_id
+from tsop_events.runtime import Runtime
 from tsop_intake.tmf import model
 
 log = logging.getLogger(__name__)
@@ -46,10 +61,16 @@ DDL: tuple[str, ...] = (
         seq bigserial PRIMARY KEY, event_id text NOT NULL, hub_id uuid NOT NULL, ticket_id uuid NOT NULL,
         event_name text NOT NULL, payload jsonb NOT NULL,
         attempts int NOT NULL DEFAULT 0, next_at timestamptz NOT NULL, delivered_at timestamptz,
-        last_status int, last_error text, UNIQUE (event_id, hub_id))""",
-    "CREATE INDEX IF NOT EXISTS tmf_hub_delivery_due ON tmf_hub_delivery (next_at) WHERE delivered_at IS NULL",
-    """CREATE INDEX IF NOT EXISTS tmf_hub_delivery_order ON tmf_hub_delivery (hub_id, ticket_id, seq)
-        WHERE delivered_at IS NULL""",
+        last_status int, last_error text, dead_at timestamptz, UNIQUE (event_id, hub_id))""",
+    "ALTER TABLE tmf_hub_delivery ADD COLUMN IF NOT EXISTS dead_at timestamptz",
+    "DROP INDEX IF EXISTS tmf_hub_delivery_due",
+    "DROP INDEX IF EXISTS tmf_hub_delivery_order",
+    """CREATE INDEX IF NOT EXISTS tmf_hub_delivery_pending ON tmf_hub_delivery (next_at)
+        WHERE delivered_at IS NULL AND dead_at IS NULL""",
+    """CREATE INDEX IF NOT EXISTS tmf_hub_delivery_pending_order ON tmf_hub_delivery (hub_id, ticket_id, seq)
+        WHERE delivered_at IS NULL AND dead_at IS NULL""",
+    """CREATE INDEX IF NOT EXISTS tmf_hub_delivery_dead ON tmf_hub_delivery (hub_id, dead_at)
+        WHERE dead_at IS NOT NULL""",
 )
 
 
@@ -76,10 +97,6 @@ def parse_query(query: str | None) -> list[str] | None:
 
 def listener_url(callback: str, event_name: str) -> str:
     return f"{callback.rstrip('/')}/listener/{event_name[0].lower()}{event_name[1:]}"
-
-
-def backoff(attempts: int) -> timedelta:
-    return timedelta(seconds=min(600.0, 0.5 * 2 ** min(attempts, 20)))
 
 
 async def ticket_resource(conn: asyncpg.Connection | asyncpg.Pool, ticket_id: UUID) -> dict[str, Any] | None:
@@ -124,48 +141,139 @@ class Outbox:
         )
 
 
-class Deliverer:
-    """Sends due notifications; runs as a service task (several instances may run: rows are locked)."""
+DeadLetter = Callable[[asyncpg.Record, int, str], Awaitable[None]]
 
-    def __init__(self, pool: asyncpg.Pool, http: httpx.AsyncClient, batch: int = 100) -> None:
-        self.pool, self.http, self.batch = pool, http, batch
+
+class Deliverer:
+    """Sends due notifications; runs as a service task (several instances may run: rows are leased)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        http: httpx.AsyncClient,
+        guard: outbound.OutboundGuard,
+        policy: outbound.RetryPolicy,
+        *,
+        timeout: float = 5.0,
+        capacity: int = 200,
+        per_listener: int = 8,
+        dead: DeadLetter | None = None,
+    ) -> None:
+        self.pool, self.http, self.guard, self.policy = pool, http, guard, policy
+        self.timeout, self.capacity, self.per_listener, self.dead = timeout, capacity, per_listener, dead
+        self.lease = timedelta(seconds=2 * timeout + guard.resolve_timeout + 10)
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.per_hub: Counter[UUID] = Counter()
 
     async def run(self, idle: float = 0.2) -> None:
         while True:
-            if await self.deliver_due() == 0:
-                await asyncio.sleep(idle)
+            if await self.claim() == 0:
+                await self.settle(idle)
 
-    async def deliver_due(self) -> int:
+    async def settle(self, timeout: float) -> None:
+        """Wait until a delivery finishes, or ``timeout``."""
+        if self.inflight:
+            await asyncio.wait(self.inflight, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await asyncio.sleep(timeout)
+
+    async def claim(self) -> int:
+        """Lease the due notifications there is room for and start each delivery; how many started."""
+        room = self.capacity - len(self.inflight)
+        if room <= 0:
+            return 0
+        busy = [h for h, n in self.per_hub.items() if n >= self.per_listener]
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                """SELECT d.seq, d.event_name, d.payload, d.attempts, h.callback FROM tmf_hub_delivery d
-                   JOIN tmf_hub h ON h.id = d.hub_id
-                   WHERE d.delivered_at IS NULL AND d.next_at <= now()
+                """SELECT d.seq, d.hub_id, d.ticket_id, d.event_id, d.event_name, d.payload, d.attempts, h.callback
+                   FROM tmf_hub_delivery d JOIN tmf_hub h ON h.id = d.hub_id
+                   WHERE d.delivered_at IS NULL AND d.dead_at IS NULL AND d.next_at <= now()
+                   AND NOT (d.hub_id = ANY ($2::uuid[]))
                    AND NOT EXISTS (SELECT 1 FROM tmf_hub_delivery e WHERE e.hub_id = d.hub_id
-                                   AND e.ticket_id = d.ticket_id AND e.delivered_at IS NULL AND e.seq < d.seq)
+                                   AND e.ticket_id = d.ticket_id AND e.delivered_at IS NULL AND e.dead_at IS NULL
+                                   AND e.seq < d.seq)
                    ORDER BY d.seq LIMIT $1 FOR UPDATE OF d SKIP LOCKED""",
-                self.batch,
+                room, busy,
             )
-            if not rows:
-                return 0
-            results = await asyncio.gather(*(self._send(r) for r in rows))
-            now = datetime.now(UTC)
-            await conn.executemany(
-                """UPDATE tmf_hub_delivery SET attempts = attempts + 1, last_status = $2, last_error = $3,
-                   delivered_at = CASE WHEN $4::boolean THEN $5::timestamptz END, next_at = $6 WHERE seq = $1""",
-                [
-                    (r["seq"], status, error, ok, now, now + backoff(r["attempts"]))
-                    for r, (ok, status, error) in zip(rows, results, strict=True)
-                ],
-            )
-            return sum(1 for ok, _, _ in results if ok)
+            taken: list[asyncpg.Record] = []
+            for r in rows:  # at most per_listener of one listener in flight
+                if self.per_hub[r["hub_id"]] < self.per_listener:
+                    self.per_hub[r["hub_id"]] += 1
+                    taken.append(r)
+            if taken:
+                await conn.execute("UPDATE tmf_hub_delivery SET next_at = now() + $2::interval WHERE seq = ANY ($1)",
+                                   [r["seq"] for r in taken], self.lease)
+        for r in taken:
+            task = asyncio.create_task(self._deliver(r))
+            self.inflight.add(task)
+            task.add_done_callback(self.inflight.discard)
+        return len(taken)
 
-    async def _send(self, row: asyncpg.Record) -> tuple[bool, int | None, str | None]:
+    async def deliver_due(self) -> int:
+        """Start what is due and wait for those deliveries (tests; ``run`` never waits for a batch)."""
+        started = await self.claim()
+        while self.inflight:
+            await asyncio.wait(self.inflight)
+        return started
+
+    async def _deliver(self, row: asyncpg.Record) -> None:
+        try:
+            ok, status, error, final = await self._send(row)
+            attempts = row["attempts"] + 1
+            delay = None if final else self.policy.delay(attempts)
+            now = datetime.now(UTC)
+            if ok:
+                await self.pool.execute(
+                    """UPDATE tmf_hub_delivery SET attempts = $2, last_status = $3, last_error = NULL,
+                       delivered_at = $4 WHERE seq = $1""", row["seq"], attempts, status, now)
+            elif delay is not None:
+                await self.pool.execute(
+                    """UPDATE tmf_hub_delivery SET attempts = $2, last_status = $3, last_error = $4, next_at = $5
+                       WHERE seq = $1""", row["seq"], attempts, status, error, now + timedelta(seconds=delay))
+            else:
+                await self.pool.execute(
+                    """UPDATE tmf_hub_delivery SET attempts = $2, last_status = $3, last_error = $4, dead_at = $5
+                       WHERE seq = $1""", row["seq"], attempts, status, error, now)
+                if self.dead is not None:
+                    await self.dead(row, attempts, error or f"HTTP {status}")
+            outbound.OUTBOUND_ATTEMPTS.labels("tmf-hub", "ok" if ok else "dead" if delay is None else "retry").inc()
+        except Exception:  # the lease runs out and the row is tried again; never stop the deliverer
+            log.exception("hub delivery %s failed to record its outcome", row["seq"])
+        finally:
+            self.per_hub[row["hub_id"]] -= 1
+            if self.per_hub[row["hub_id"]] <= 0:
+                del self.per_hub[row["hub_id"]]
+
+    async def _send(self, row: asyncpg.Record) -> tuple[bool, int | None, str | None, bool]:
+        """(delivered, status, error, give up now)."""
         url = listener_url(row["callback"], row["event_name"])
         try:
-            r = await self.http.post(url, content=row["payload"], headers={"Content-Type": "application/json"})
+            r = await self.guard.post(self.http, url, content=row["payload"],
+                                      headers={"Content-Type": "application/json"}, timeout=self.timeout)
+        except outbound.Unresolved as exc:
+            return False, None, exc.reason[:500], False
+        except outbound.Refused as exc:  # the name now leads somewhere listeners may not be: not retried
+            outbound.OUTBOUND_REFUSED.labels("tmf-hub", "delivery").inc()
+            return False, None, f"refused: {exc.reason}"[:500], True
         except httpx.HTTPError as exc:
-            return False, None, f"{type(exc).__name__}: {exc}"[:500]
+            return False, None, f"{type(exc).__name__}: {exc}"[:500], False
         if 200 <= r.status_code < 300:
-            return True, r.status_code, None
-        return False, r.status_code, r.text[:500]
+            return True, r.status_code, None, False
+        return False, r.status_code, r.text[:500], False
+
+
+async def deliver(runtime: Runtime, timeout: float) -> None:
+    """The delivery task of a service: guard, retry policy and dead letters from its settings."""
+    settings = runtime.settings
+
+    async def dead(row: asyncpg.Record, attempts: int, error: str) -> None:
+        await outbound.dead_letter(
+            runtime.producer, settings, purpose="tmf-hub", key=f"{row['hub_id']}:{row['event_id']}",
+            url=listener_url(row["callback"], row["event_name"]), payload=row["payload"], attempts=attempts,
+            error=error, subject=str(row["ticket_id"]),
+        )
+
+    async with outbound.client(timeout) as http:
+        deliverer = Deliverer(runtime.pool, http, outbound.guard_for(settings),
+                              outbound.RetryPolicy.from_settings(settings), timeout=timeout, dead=dead)
+        await deliverer.run()

@@ -1,0 +1,104 @@
+"""Commands: every use case of every service runs as load → decide → save, through ``Commands.run``.
+
+``decide`` is plain synchronous domain code: it loads aggregates through a
+``UnitOfWork``, calls their methods (which may raise ``tsop_events.errors``)
+and returns its answer. ``run`` does the rest, the same in all five services:
+
+- the thread hop (the event store is synchronous; the event loop never blocks);
+- the group commit (concurrent commands share one transaction, see ``store.GroupCommit``);
+- the conflict retry (another writer saved first: decide again on fresh state);
+- telling the service's in-memory views what was saved, so a caller reads its own write.
+
+A command that changes nothing saves nothing; one that raises saves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from tsop_events.errors import NotFound
+from tsop_events.store import EventStoreApp, GroupCommit, IntegrityError
+
+T = TypeVar("T", bound=Aggregate)
+R = TypeVar("R")
+A = TypeVar("A", bound=EventStoreApp)
+
+Observer = Callable[[list[Any]], None]
+
+
+class UnitOfWork:
+    """The aggregates one command (or one consumed batch) touches, loaded once, saved together."""
+
+    def __init__(self, app: EventStoreApp) -> None:
+        self.app = app
+        self._aggregates: dict[UUID, Aggregate] = {}
+
+    def get(self, aggregate_id: UUID) -> Any:
+        """The aggregate, or None if it was never created."""
+        if aggregate_id in self._aggregates:
+            return self._aggregates[aggregate_id]
+        aggregate = self.app.find(aggregate_id)
+        if aggregate is None:
+            return None
+        self._aggregates[aggregate_id] = aggregate
+        return aggregate
+
+    def find(self, cls: type[T], aggregate_id: UUID) -> T | None:
+        """The aggregate of type ``cls``, or None if it was never created."""
+        found = self.get(aggregate_id)
+        if found is not None and not isinstance(found, cls):
+            raise TypeError(f"{aggregate_id} is a {type(found).__name__}, not a {cls.__name__}")
+        return found
+
+    def load(self, cls: type[T], aggregate_id: UUID, field: str = "id", what: str | None = None) -> T:
+        """The aggregate of type ``cls``; ``NotFound`` (a 404 naming ``field``) if it was never created."""
+        found = self.find(cls, aggregate_id)
+        if found is None:
+            raise NotFound(f"no {what or cls.__name__.lower()} {aggregate_id}", field)
+        return found
+
+    def add(self, aggregate: Aggregate) -> None:
+        self._aggregates[aggregate.id] = aggregate
+
+    def aggregates(self) -> Iterable[Aggregate]:
+        return self._aggregates.values()
+
+
+class Commands(Generic[A]):
+    """Runs a service's commands; one per service process, built at bootstrap."""
+
+    def __init__(self, app: A, committer: GroupCommit | None = None, attempts: int = 5) -> None:
+        self.app = app
+        self.committer = committer or GroupCommit(app)
+        self.attempts = attempts
+        self.observers: list[Observer] = []
+
+    def observe(self, observer: Observer) -> None:
+        """Call ``observer`` with the events of every command saved by this process (e.g. to update a view)."""
+        self.observers.append(observer)
+
+    async def run(self, decide: Callable[[UnitOfWork], R]) -> R:
+        """Load, decide and save; when another writer saved first, decide again on fresh state."""
+        for attempt in range(self.attempts):
+            uow = UnitOfWork(self.app)
+            result = await asyncio.to_thread(decide, uow)
+            changed = [a for a in uow.aggregates() if a.pending_events]
+            if not changed:
+                return result
+            events = [e for a in changed for e in a.pending_events]
+            try:
+                await self.committer.save(*changed)
+            except IntegrityError:
+                if attempt == self.attempts - 1:
+                    raise
+                await asyncio.sleep(0.002 * 2**attempt)
+                continue
+            for observer in self.observers:
+                observer(events)
+            return result
+        raise AssertionError("unreachable")

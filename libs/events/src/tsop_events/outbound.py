@@ -1,0 +1,451 @@
+"""Outbound HTTP calls the platform makes on a client's behalf (webhooks, TMF621 hub listeners).
+
+A client chooses where the platform sends its notifications, so that address is
+untrusted input. ``OutboundGuard`` refuses, unless the operator's allow-list
+(``TSOP_OUTBOUND_ALLOW``) says otherwise:
+
+* any scheme but http/https, credentials in the URL, a missing host;
+* loopback, link-local (incl. 169.254.169.254, fe80::/10), private (10/8,
+  172.16/12, 192.168/16, fc00::/7), shared address space (100.64/10),
+  unspecified, multicast, reserved and other not globally routable addresses,
+  in every spelling the resolver accepts (``2130706433``, ``0x7f.1``,
+  ``0177.0.0.1``, ``127.1``, IPv4-mapped/-compatible/6to4/NAT64 IPv6 forms) and
+  the ``localhost`` names (with or without a trailing dot);
+* the platform's own endpoints (``TSOP_PLATFORM_ENDPOINTS``; this service's HTTP
+  port, PostgreSQL and the brokers are always included).
+
+The allow-list is comma-separated: CIDRs (``10.1.0.0/16``), addresses, host
+names, each optionally with ``:port`` (``[::1]:9000`` for IPv6). An entry
+without a port lifts the address-class refusal for everything it matches but
+never opens one of the platform's own ports; an entry naming a port opens that
+port. So ``TSOP_OUTBOUND_ALLOW=127.0.0.1`` lets webhooks reach local receivers
+while intake, PostgreSQL and the broker on 127.0.0.1 stay out of reach.
+
+``check`` is used when a URL is registered (what can be known then: a name that
+does not resolve yet is accepted and judged at delivery); ``post`` resolves the
+name again at delivery, checks every address it resolves to and connects to the
+checked address itself (Host header and TLS SNI carry the name, certificates are
+verified against it), so a name cannot resolve to something else between the
+check and the connection. Redirects are not followed, proxies from the
+environment are not used.
+
+``RetryPolicy`` is the one bounded back-off of outbound deliveries (exponential,
+with jitter); ``dead_letter`` records a delivery given up on the ``deadletter``
+topic, counts it and logs it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import logging
+import random
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from prometheus_client import Counter
+
+from tsop_events.envelope import derived_id, wrap
+from tsop_events.schemas import DeadLettered
+from tsop_events.settings import ServiceSettings
+from tsop_events.topics import Topic
+
+log = logging.getLogger(__name__)
+
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+OUTBOUND_REFUSED = Counter("tsop_outbound_refused_total", "Outbound calls refused by the guard", ["purpose", "when"])
+OUTBOUND_ATTEMPTS = Counter("tsop_outbound_attempts_total", "Outbound delivery attempts", ["purpose", "outcome"])
+OUTBOUND_DEAD = Counter("tsop_outbound_deadlettered_total", "Outbound deliveries given up after the last attempt",
+                        ["purpose"])
+
+SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+
+
+class Refused(ValueError):
+    """An outbound destination the guard does not allow; ``reason`` says why."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url, self.reason = url, reason
+
+
+# ---------------------------------------------------------------- addresses
+
+
+def embedded_ipv4(ip: IP) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, compatible, 6to4, NAT64), if any."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in NAT64 or (ip in IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def address_class(ip: IP) -> str | None:
+    """Why a destination address is not one a client may send the platform to; None if it may."""
+    inner = embedded_ipv4(ip)
+    if inner is not None:
+        why = address_class(inner)
+        return f"{why} (as {ip})" if why else None
+    if ip.is_unspecified:
+        return "an unspecified address"
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_link_local:
+        return "a link-local address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if ip in SHARED_ADDRESS_SPACE:
+        return "a shared (carrier-grade NAT) address"
+    if ip.is_private:
+        return "a private address"
+    if ip.is_reserved or not ip.is_global:
+        return "a reserved, not globally routable address"
+    if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "a broadcast address"
+    return None
+
+
+def literal_ip(host: str) -> IP | None:
+    """The address a host spells, in any form the system resolver takes literally (decimal, octal, hex, short)."""
+    bare = host.strip("[]").split("%", 1)[0]
+    try:
+        return ipaddress.ip_address(bare)
+    except ValueError:
+        pass
+    if bare and all(c in "0123456789abcdefxABCDEFX." for c in bare) and bare[0].isdigit():
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(bare))
+        except OSError:
+            return None
+    return None
+
+
+def normal_host(host: str) -> str:
+    return host.strip("[]").rstrip(".").lower()
+
+
+def _split_host_port(entry: str) -> tuple[str, int | None]:
+    entry = entry.strip()
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else None
+    if entry.count(":") == 1:
+        host, port = entry.split(":")
+        return host, int(port)
+    return entry, None  # a bare IPv6 address or CIDR, or a name
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One allow-list or platform entry: a network or a host name, with or without a port."""
+
+    network: Network | None
+    name: str | None
+    port: int | None
+
+    @classmethod
+    def parse(cls, entry: str) -> Rule:
+        if entry.strip().isdigit():  # a bare port
+            return cls(None, None, int(entry))
+        host, port = _split_host_port(entry)
+        if host == "" or host == "*":
+            return cls(None, None, port)
+        try:
+            return cls(ipaddress.ip_network(host, strict=False), None, port)
+        except ValueError:
+            ip = literal_ip(host)
+            if ip is not None:
+                return cls(ipaddress.ip_network(ip), None, port)
+            return cls(None, normal_host(host), port)
+
+    def matches(self, name: str, ip: IP | None, port: int) -> bool:
+        if self.port is not None and self.port != port:
+            return False
+        if self.network is not None:
+            return ip is not None and ip.version == self.network.version and ip in self.network
+        if self.name is not None:
+            return self.name == name
+        return True  # a bare port
+
+
+def parse_rules(text: str | Iterable[str]) -> tuple[Rule, ...]:
+    entries = text.split(",") if isinstance(text, str) else list(text)
+    return tuple(Rule.parse(e) for e in entries if e.strip())
+
+
+# ---------------------------------------------------------------- the guard
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked destination: connect to ``ip``; ``host`` goes in the Host header and TLS SNI."""
+
+    url: httpx.URL
+    host: str
+    ip: str
+    port: int
+
+    @property
+    def pinned(self) -> httpx.URL:
+        return self.url.copy_with(host=self.ip)
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.url.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+# name lookups get threads of their own: slow DNS (a client's choice of name) cannot take the threads every other
+# blocking call of the service runs on (asyncio.to_thread), only queue here
+_RESOLVER_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="outbound-dns")
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().run_in_executor(
+        _RESOLVER_THREADS, functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    )
+    return sorted({str(info[4][0]) for info in infos})
+
+
+class OutboundGuard:
+    def __init__(
+        self,
+        allow: Iterable[Rule] = (),
+        platform: Iterable[Rule] = (),
+        resolver: Resolver = system_resolver,
+        resolve_timeout: float = 5.0,
+    ) -> None:
+        self.allow = tuple(allow)
+        self.platform = tuple(platform)
+        self.resolver, self.resolve_timeout = resolver, resolve_timeout
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings, resolver: Resolver = system_resolver) -> OutboundGuard:
+        return cls(parse_rules(settings.outbound_allow), platform_rules(settings), resolver)
+
+    # -- static checks (no resolution)
+
+    def parse(self, url: str) -> tuple[httpx.URL, str, int]:
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError, ValueError) as exc:
+            raise Refused(url, f"is not a URL ({exc})") from None
+        if parsed.scheme not in ("http", "https"):
+            raise Refused(url, "only http and https URLs are allowed")
+        if parsed.userinfo:
+            raise Refused(url, "a URL may not carry credentials")
+        host = normal_host(parsed.host)
+        if not host:
+            raise Refused(url, "the URL has no host")
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        return parsed, host, port
+
+    def judge(self, url: str, host: str, ip: IP | None, port: int) -> None:
+        """Refuse ``ip`` (or, with no address yet, the name) at ``port`` unless allowed."""
+        allowed = [r for r in self.allow if r.matches(host, ip, port)]
+        if any(r.port is not None for r in allowed):
+            return  # the operator named this port: allowed, even one of the platform's own
+        for rule in self.platform:
+            if rule.network is None and rule.name is None:  # a bare port: on this machine
+                hit = rule.port == port and self._local(host, ip)
+            else:
+                hit = rule.matches(host, ip, port)
+            if hit:
+                raise Refused(url, f"port {port} there is one of the platform's own endpoints")
+        if allowed:
+            return
+        if ip is None:
+            if host in LOCAL_NAMES or host.endswith(".localhost"):
+                raise Refused(url, f"{host!r} names this machine (loopback)")
+            return
+        why = address_class(ip)
+        if why:
+            raise Refused(url, f"{host} is {why}" if host != str(ip) else f"it is {why}")
+
+    @staticmethod
+    def _local(host: str, ip: IP | None) -> bool:
+        if ip is None:
+            return host in LOCAL_NAMES or host.endswith(".localhost")
+        inner = embedded_ipv4(ip) or ip
+        return inner.is_loopback or inner.is_unspecified or inner in _own_addresses()
+
+    def check_static(self, url: str) -> tuple[httpx.URL, str, int, IP | None]:
+        parsed, host, port = self.parse(url)
+        ip = literal_ip(host)
+        self.judge(url, host, ip, port)
+        return parsed, host, port, ip
+
+    # -- with resolution
+
+    async def resolve(self, url: str) -> Target:
+        """Resolve and check every address; the address to connect to. Raises ``Refused``."""
+        parsed, host, port, ip = self.check_static(url)
+        if ip is not None:
+            return Target(parsed, host, str(ip), port)
+        try:
+            found = await asyncio.wait_for(self.resolver(host, port), self.resolve_timeout)
+        except (OSError, TimeoutError) as exc:
+            raise Unresolved(url, f"{host} does not resolve ({exc})") from None
+        if not found:
+            raise Unresolved(url, f"{host} does not resolve")
+        for address in found:
+            resolved = ipaddress.ip_address(address.split("%", 1)[0])
+            self.judge(url, host, resolved, port)
+        return Target(parsed, host, found[0].split("%", 1)[0], port)
+
+    async def check(self, url: str) -> None:
+        """At registration: refuse what is known to be refused; a name that does not resolve yet passes."""
+        try:
+            await self.resolve(url)
+        except Unresolved:
+            pass
+
+    async def post(
+        self, client: httpx.AsyncClient, url: str, *, content: bytes | str, headers: dict[str, str],
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """POST to ``url`` after checking where it leads, connected to the checked address."""
+        target = await self.resolve(url)
+        extensions: dict[str, Any] = {}
+        if target.url.scheme == "https" and literal_ip(target.host) is None:
+            extensions["sni_hostname"] = target.host
+        return await client.post(
+            target.pinned, content=content, headers={**headers, "Host": target.host_header},
+            extensions=extensions, timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            follow_redirects=False,
+        )
+
+
+class Unresolved(Refused):
+    """The name does not resolve (now): a delivery fails and is retried; a registration passes."""
+
+
+def client(timeout: float = 5.0, max_connections: int = 100) -> httpx.AsyncClient:
+    """The HTTP client for outbound deliveries: no redirects, no proxies from the environment."""
+    return httpx.AsyncClient(
+        timeout=timeout, follow_redirects=False, trust_env=False,
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _own_addresses() -> frozenset[IP]:
+    """This machine's addresses as its host name resolves (best effort, no network beyond the resolver)."""
+    found: set[IP] = set()
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            found.add(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]))
+    except OSError:
+        pass
+    return frozenset(found)
+
+
+def platform_rules(settings: ServiceSettings) -> tuple[Rule, ...]:
+    """The platform's own endpoints: the setting, plus this service, its PostgreSQL and its brokers."""
+    entries = [e for e in settings.platform_endpoints.split(",") if e.strip()]
+    entries.append(str(settings.http_port))
+    entries.append(str(settings.pg_port))
+    if settings.pg_host not in ("", "127.0.0.1", "localhost", "::1"):
+        entries.append(_host_port(settings.pg_host, settings.pg_port))
+    for broker in settings.kafka_bootstrap.split(","):
+        host, port = _split_host_port(broker)
+        if port is not None:
+            entries.append(str(port))
+            entries.append(_host_port(host, port))
+    return parse_rules(entries)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(allow: str, platform: str, http_port: int, pg: str, kafka: str) -> OutboundGuard:
+    s = ServiceSettings(outbound_allow=allow, platform_endpoints=platform, http_port=http_port,
+                        pg_host=pg.rsplit(":", 1)[0], pg_port=int(pg.rsplit(":", 1)[1]), kafka_bootstrap=kafka)
+    return OutboundGuard.from_settings(s)
+
+
+def guard_for(settings: ServiceSettings | None) -> OutboundGuard:
+    """The guard of a service's settings (defaults when there are none, as in unit tests)."""
+    s = settings or ServiceSettings()
+    return _cached(s.outbound_allow, s.platform_endpoints, s.http_port, f"{s.pg_host}:{s.pg_port}",
+                   s.kafka_bootstrap)
+
+
+# ---------------------------------------------------------------- retries and dead letters
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential back-off with jitter: ``max_attempts`` in all, then the delivery is given up."""
+
+    max_attempts: int = 12
+    base_seconds: float = 0.5
+    max_seconds: float = 600.0
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings | None) -> RetryPolicy:
+        s = settings or ServiceSettings()
+        return cls(s.outbound_max_attempts, s.outbound_backoff_base_seconds, s.outbound_backoff_max_seconds)
+
+    def delay(self, attempts: int, rand: Callable[[], float] = random.random) -> float | None:
+        """Seconds to wait after ``attempts`` failed attempts; None once no attempt is left.
+
+        The n-th wait is drawn from [d/2, d] with d = min(max, base * 2^(n-1)), so receivers that failed
+        together do not all come back at once, and no wait is shorter than half its step.
+        """
+        if attempts >= self.max_attempts:
+            return None
+        step = min(self.max_seconds, self.base_seconds * 2.0 ** min(max(attempts - 1, 0), 60))
+        return step / 2 + rand() * step / 2
+
+    def worst_case_seconds(self) -> float:
+        """The longest a delivery can take from its first attempt to being given up (waits only)."""
+        return sum(min(self.max_seconds, self.base_seconds * 2.0 ** min(n, 60)) for n in range(self.max_attempts - 1))
+
+
+async def dead_letter(
+    producer: Any, settings: ServiceSettings, *, purpose: str, key: str, url: str, payload: str | bytes,
+    attempts: int, error: str, subject: str | None = None,
+) -> None:
+    """Record a delivery given up: a ``deadletter`` record (consumer ``outbound:<purpose>``), a metric, one log line.
+
+    The record's ``source_topic`` is ``outbound`` (no topic record was lost: the delivery was), its headers carry
+    the destination and the attempts; ``subject`` (a ticket id) lets a reader find it by ticket.
+    """
+    body = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload
+    headers = {"url": url, "attempts": str(attempts)}
+    if subject:
+        headers["ticket_id"] = subject
+    letter = DeadLettered(
+        consumer=f"outbound:{purpose}", source_topic="outbound", source_partition=0, source_offset=attempts,
+        source_key=key, source_headers=headers, source_value=body[:100_000], error=error[:4000],
+        failed_at=datetime.now(UTC),
+    )
+    env = wrap(letter, event_id=str(derived_id("outbound", purpose, key)), source=settings.service_name)
+    OUTBOUND_DEAD.labels(purpose).inc()
+    log.error("outbound %s %s to %s given up after %s attempts: %s", purpose, key, url, attempts, error)
+    try:
+        await producer.send_and_wait(Topic.deadletter.qualified(settings.topic_prefix), value=env.data,
+                                     key=key.encode(), headers=env.headers())
+    except Exception:  # the row/event and the metric already say it; the topic record is extra
+        log.exception("outbound %s %s: the dead-letter record could not be published", purpose, key)

@@ -1,0 +1,142 @@
+"""The one command helper and the table-driven wire map every service uses."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from uuid import UUID, uuid4
+
+import pytest
+from eventsourcing.domain import Aggregate, event
+
+from tsop_events import schemas as wire
+from tsop_events.commands import Commands, UnitOfWork
+from tsop_events.envelope import stable_event_id
+from tsop_events.errors import Conflict, NotFound
+from tsop_events.store import EventStoreApp
+from tsop_events.wiremap import WireMap, previous_event
+
+NOW = datetime.fromisoformat("2026-12-02T10:00:00+00:00")
+
+
+class Case(Aggregate):
+    class Opened(Aggregate.Created):
+        ticket_id: str
+
+    class Rated(Aggregate.Event):
+        ticket_id: str
+        score: int
+        comment: str | None
+        rated_at: datetime
+
+    @event(Opened)
+    def __init__(self, ticket_id: str) -> None:
+        self.ticket_id = ticket_id
+        self.score: int | None = None
+
+    def rate(self, score: int) -> None:
+        if self.score is not None:
+            raise Conflict("already rated", "score")
+        self._rated(ticket_id=self.ticket_id, score=score, comment=None, rated_at=NOW)
+
+    @event(Rated)
+    def _rated(self, ticket_id: str, score: int, comment: str | None, rated_at: datetime) -> None:
+        self.score = score
+
+
+def app() -> EventStoreApp:
+    return EventStoreApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+
+
+def test_a_command_loads_decides_and_saves_and_views_observe_it() -> None:
+    store = app()
+    case = Case("t1")
+    store.save(case)
+    commands = Commands(store)
+    seen: list[object] = []
+    commands.observe(seen.extend)
+
+    def rate(uow: UnitOfWork) -> int:
+        c = uow.load(Case, case.id)
+        c.rate(5)
+        return c.version
+
+    assert asyncio.run(commands.run(rate)) == 2
+    assert [type(e) for e in seen] == [Case.Rated]
+    assert store.repository.get(case.id).score == 5
+
+
+def test_a_refused_command_saves_nothing() -> None:
+    store = app()
+    case = Case("t1")
+    case.rate(3)
+    store.save(case)
+    commands = Commands(store)
+    with pytest.raises(Conflict):
+        asyncio.run(commands.run(lambda uow: uow.load(Case, case.id).rate(4)))
+    with pytest.raises(NotFound) as missing:
+        asyncio.run(commands.run(lambda uow: uow.load(Case, uuid4(), "ticket_id").rate(4)))
+    assert missing.value.field == "ticket_id"
+    assert store.recorder.max_notification_id() == 2
+
+
+def test_a_lost_race_is_decided_again_on_fresh_state() -> None:
+    store = app()
+    case = Case("t1")
+    store.save(case)
+    commands = Commands(store)
+    attempts: list[int] = []
+
+    def rate(uow: UnitOfWork) -> None:
+        c = uow.load(Case, case.id)
+        attempts.append(c.version)
+        if len(attempts) == 1:  # another writer saves first
+            rival = store.repository.get(case.id)
+            rival.rate(1)
+            store.save(rival)
+        c.rate(5)
+
+    with pytest.raises(Conflict):  # decided again on fresh state, which is already rated
+        asyncio.run(commands.run(rate))
+    assert attempts == [1, 2]
+    assert store.repository.get(case.id).score == 1
+
+
+def test_the_wire_map_copies_same_named_fields_and_writes_out_only_differences() -> None:
+    store = app()
+    case = Case("t1")
+    case.rate(4)
+    opened, rated = case.collect_events()
+    wire_map = WireMap().add(Case.Rated, wire.Rated, causation=previous_event)
+    out = wire_map(rated)
+    assert out is not None
+    assert out.event == wire.Rated(ticket_id="t1", score=4, comment=None, rated_at=NOW)
+    assert out.causation_id == stable_event_id(case.id, 1)
+    assert wire_map(opened) is None
+    renamed = WireMap().add(Case.Rated, wire.Rated, fields={"comment": lambda e: f"score {e.score}"})
+    built = renamed(rated)
+    assert built is not None and built.event.comment == "score 4"  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="no field"):
+        WireMap().add(Case.Rated, wire.Rated, fields={"nope": "score"})
+    store.close()
+
+
+def test_an_event_the_wire_cannot_carry_fails_in_the_map_not_later() -> None:
+    case = Case("t1")
+    case._rated(ticket_id="t1", score=4, comment=None, rated_at=None)  # type: ignore[arg-type]
+    _, rated = case.collect_events()
+    with pytest.raises(ValueError):
+        WireMap().add(Case.Rated, wire.Rated)(rated)
+
+
+def test_uow_refuses_the_wrong_aggregate_type() -> None:
+    store = app()
+    case = Case("t1")
+    store.save(case)
+
+    class Other(Aggregate):
+        pass
+
+    with pytest.raises(TypeError):
+        UnitOfWork(store).load(Other, case.id)
+    assert isinstance(case.id, UUID)
