@@ -115,7 +115,7 @@ def tmf(platform: Platform, headers: dict[str, str], ticket_id: str) -> dict[str
 def test_a_tmf_ticket_and_a_native_request_are_the_same_ticket(platform: Platform) -> None:
     _, headers = channel(platform, "crm-a")
     t = create(platform, headers)
-    assert t["status"] == "acknowledged" and t["severity"] == "major" and t["priority"] == "High"
+    assert t["status"] == "acknowledged" and t["severity"] == "Major" and t["priority"] == "High"  # as sent
     assert t["statusChangeHistory"][0]["status"] == "acknowledged"
     native = platform.http.get(platform.url("intake", f"/v1/requests/{t['id']}"), headers=headers)
     assert native.status_code == 200, native.text
@@ -132,7 +132,7 @@ def test_a_tmf_ticket_and_a_native_request_are_the_same_ticket(platform: Platfor
     )
     assert listed.headers["X-Total-Count"] == "1" and listed.headers["X-Result-Count"] == "1"
     assert listed.json() == [{"@type": "TroubleTicket", "id": t["id"], "href": t["href"], "status": "acknowledged",
-                              "severity": "major"}]
+                              "severity": "Major"}]
 
 
 def test_a_channel_sees_only_its_own_tickets(platform: Platform) -> None:
@@ -244,9 +244,12 @@ def test_delete_is_for_admins(platform: Platform) -> None:
     assert r.status_code == 403 and r.json()["@type"] == "Error"
     assert platform.http.delete(url, headers=platform.auth("admin")).status_code == 204
     wait_for(lambda: platform.http.get(url, headers=headers).status_code == 404, what="deleted")
+    # the list reads the read model only, which may still be applying the ticket's events (the single GET
+    # of a ticket the read model has not yet seen answers from intake's own events)
     for params in ({"externalIdentifier.id": t["externalIdentifier"][0]["id"]}, {"status": "cancelled"}):
-        r = platform.http.get(platform.url("intake", TT), params=params, headers=headers)
-        assert r.status_code == 200 and r.json() == [] and r.headers["X-Total-Count"] == "0", (params, r.text)
+        r = wait_for(lambda p=params: (r := platform.http.get(platform.url("intake", TT), params=p, headers=headers))
+                     .status_code == 200 and r.json() == [] and r, what=f"gone from the list ({params})")
+        assert r.headers["X-Total-Count"] == "0", (params, r.text)
     # its record is complete: the archive seals it as it does a closed ticket's
     dossier = platform.wait_archived(t["id"])
     assert "tsop.ticket.request-cancelled.v1" in [e["type"] for e in dossier["events"]]
@@ -291,7 +294,7 @@ def test_missing_information_is_asked_for_and_completed_by_patch(platform: Platf
     no_address = [{"@type": "StringCharacteristic", "name": "region", "value": "north"}]
     t = create(platform, headers, troubleTicketCharacteristic=no_address)  # the type requires location.address
     assert t["status"] == "pending", t
-    assert "location.address" in t["statusChangeReason"]
+    assert t["statusChangeReason"] == "information required: troubleTicketCharacteristic address"  # TMF terms
     asked = wait_for(lambda: [b for p, b in listener.for_ticket(t["id"])
                               if p.endswith("troubleTicketInformationRequiredEvent")], what="information required")
     assert asked[0]["event"]["troubleTicket"]["status"] == "pending"

@@ -399,7 +399,7 @@ def test_an_adopted_policy_recalculates_open_work_and_applies_to_new_work() -> N
     raw = json.loads(Path(sla.__file__).with_name("sla_policy.json").read_text())
     raw["version"] = "2"
     raw["targets"]["*.fault_repair"]["2"]["resolve_hours"] = 12
-    with pytest.raises(KeyError):
+    with pytest.raises(DispatchError):
         app.adopt_policy({"version": "bad"}, "admin-1")  # nothing adopted from an invalid policy
     assert app.adopt_policy(raw, "admin-1") == 1
     resolve = app.explain_clocks(app.load(open_wo))["resolve"]

@@ -4,8 +4,8 @@ from uuid import uuid4
 import pytest
 
 from tsop_events.clock import ManualClock
-from tsop_feedback.application import FeedbackApp, case_id, sign
-from tsop_feedback.domain import AlreadyClosed, FeedbackCase, NotYetResolved
+from tsop_feedback.application import FeedbackApp, case_id, sign, to_wire
+from tsop_feedback.domain import AlreadyClosed, AlreadyRated, FeedbackCase
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 DAY = timedelta(hours=24)
@@ -28,8 +28,8 @@ def test_rating_within_the_window_rates_and_closes():
     t = str(uuid4())
     resolved_case(app, t)
     clock.advance(DAY - timedelta(seconds=1))
-    case = app.rate(t, 4, "quick")
-    assert case.score == 4 and case.closed_reason == "rated"
+    case, recorded = app.rate(t, 4, "quick")
+    assert recorded and case.score == 4 and case.closed_reason == "rated"
     with pytest.raises(AlreadyClosed):
         app.rate(t, 5, None)
 
@@ -48,12 +48,27 @@ def test_the_window_expires_on_the_durable_timer_and_late_ratings_are_refused():
     assert case.closed_reason == "rating_window_expired"
 
 
-def test_rating_before_resolution_is_refused():
-    app, _ = make_app()
+def test_a_rating_before_the_resolution_arrives_is_kept_and_recorded_with_it():
+    """Read-your-writes: resolve then rate at once, and feedback has not heard of Resolved yet."""
+    app, clock = make_app()
     t = str(uuid4())
     app.save(FeedbackCase(id=case_id(t), ticket_id=t, callback_url=None, opened_at=NOW))
-    with pytest.raises(NotYetResolved):
-        app.rate(t, 5, None)
+    case, recorded = app.rate(t, 5, "fast")
+    assert not recorded and case.score is None and case.closed_reason is None
+    assert app.rate(t, 5, "fast")[1] is False  # the same rating again: a retry, nothing new
+    with pytest.raises(AlreadyRated):
+        app.rate(t, 2, None)
+    clock.advance(timedelta(seconds=3))
+    case = app.load(case_id(t))
+    case.note_resolution("fixed", "done", None, NOW + timedelta(seconds=1), DAY, "resolved-event")
+    new = list(case.pending_events)
+    app.save(case)
+    assert case.score == 5 and case.closed_reason == "rated"
+    wire = [o.event for o in (to_wire(e) for e in new) if o is not None]
+    # no callback: the notification is settled first, so FeedbackSent never follows Closed
+    assert [type(w).__name__ for w in wire] == ["FeedbackSent", "Rated", "Closed"]
+    assert wire[1].rated_at == NOW + timedelta(seconds=1)  # not before the resolution it rates
+    assert wire[0].sent_at == wire[1].rated_at and wire[0].channel == "none"
 
 
 def test_a_redelivered_resolution_changes_nothing():
@@ -68,3 +83,60 @@ def test_webhook_signature_is_hmac_sha256():
     body = b"{}"
     assert sign("s", body).startswith("sha256=") and len(sign("s", body)) == 7 + 64
     assert sign("s", b"{}") != sign("t", b"{}")
+
+
+def wire_types(app: FeedbackApp, ticket: str) -> list[str]:
+    """What the relay publishes for the case, in order."""
+    from tsop_feedback.application import to_wire
+
+    out = [to_wire(e) for e in app.repository.event_store.get(case_id(ticket))]
+    return [o.event.event_type.removeprefix("tsop.ticket.").removesuffix(".v1") for o in out if o is not None]
+
+
+def test_a_rating_before_the_notification_without_callback_settles_it_first() -> None:
+    app, _ = make_app()
+    t = str(uuid4())
+    resolved_case(app, t)  # no callback: nowhere to deliver
+    case, recorded = app.rate(t, 5, None)
+    assert recorded and case.notified and case.closed_reason == "rated"
+    assert wire_types(app, t) == ["feedback-sent", "rated", "closed"]
+    app.mark_notified([(case_id(t), "none", 1, None)])  # the deliverer, a moment late
+    assert wire_types(app, t) == ["feedback-sent", "rated", "closed"]
+    assert app.load(case_id(t)).version == case.version
+
+
+def test_a_delivery_that_ends_after_the_rating_is_kept_but_never_follows_closed_on_the_bus() -> None:
+    app, clock = make_app()
+    t = str(uuid4())
+    case = FeedbackCase(id=case_id(t), ticket_id=t, callback_url="https://example.test/cb", opened_at=NOW)
+    case.note_resolution("fixed", "done", None, NOW, DAY, "resolved-event")
+    app.save(case)
+    app.follow_ups.refresh()
+    assert case_id(t) in app.follow_ups.to_notify
+    app.rate(t, 4, None)  # the webhook is still on its way
+    assert wire_types(app, t) == ["rated", "closed"]
+    clock.advance(timedelta(seconds=3))
+    app.mark_notified([(case_id(t), "webhook", 2, 204)])
+    done: FeedbackCase = app.load(case_id(t))
+    assert done.notified and done.notified_after_closure and done.closed_reason == "rated"
+    assert wire_types(app, t) == ["rated", "closed"]  # nothing after Closed: the dossier's chain holds it all
+    app.follow_ups.refresh()
+    assert case_id(t) not in app.follow_ups.to_notify  # and the webhook is not tried again
+
+
+def test_a_window_expiring_without_callback_notifies_before_it_closes() -> None:
+    app, clock = make_app()
+    t = str(uuid4())
+    resolved_case(app, t)
+    clock.advance(DAY + timedelta(seconds=1))
+    assert app.expire_windows() == 1
+    assert wire_types(app, t) == ["feedback-sent", "closed"]
+
+
+def test_a_delivery_before_the_rating_is_published_in_order() -> None:
+    app, _ = make_app()
+    t = str(uuid4())
+    resolved_case(app, t)
+    app.mark_notified([(case_id(t), "none", 1, None)])
+    app.rate(t, 3, None)
+    assert wire_types(app, t) == ["feedback-sent", "rated", "closed"]

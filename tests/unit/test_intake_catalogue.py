@@ -8,7 +8,7 @@ import pytest
 from tsop_intake.catalogue import Catalogue, CatalogueError
 from tsop_intake.main import IntakeSettings, build
 
-BUILT_IN = json.loads((Path(__file__).parents[2] / "services/intake/src/tsop_intake/service_types.json").read_text())
+BUILT_IN = json.loads((Path(__file__).parents[2] / "libs/events/src/tsop_events/service_types.json").read_text())
 
 
 def variant(**changes: object) -> str:
@@ -57,7 +57,7 @@ def test_a_bad_catalogue_is_refused_naming_the_entry(raw: str, complaint: str) -
 def test_an_operator_file_replaces_the_built_in_one(tmp_path: Path) -> None:
     f = tmp_path / "types.json"
     f.write_text(variant(types={"fixed.repair": {"default_priority": 1, "resolve_hours": 4, "regions": ["x"],
-                                                 "required": ["details.contract_id"]}}))
+                                                 "required": ["details.contract_id"]}}, ticket_types=None))
     cat = Catalogue.load(f)
     assert list(cat.types) == ["fixed.repair"] and cat.types["fixed.repair"].required == ("details.contract_id",)
 

@@ -112,7 +112,8 @@ def test_bad_fields_name_the_field() -> None:
             (fields(time_requirement={"deadline": "2026-06-02T10:00:00"}), "time_requirement.deadline"),
             (fields(details={"Bad Key": 1}), "details.Bad Key"),
             (fields(location={"address": "x", "floor": 3}), "location.floor"),
-            ({k: v for k, v in fields().items() if k != "region"}, "region"),
+            (fields(region="r" * 65), "region"),
+            (fields(time_requirement={"deadline": "9999-12-31T23:59:59-14:00"}), "time_requirement.deadline"),
         ]
         for f, field in cases:
             with pytest.raises(service.InvalidInput) as err:

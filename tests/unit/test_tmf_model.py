@@ -146,7 +146,7 @@ def test_a_valid_create_maps_to_native_fields() -> None:
     assert fields["service_type"] == "fixed.fault_repair"
     assert fields["customer_id"] == "c-7" and fields["region"] == "north"
     assert fields["channel_request_ref"] == "crm-42"
-    assert fields["attributes"]["severity"] == "major"
+    assert fields["attributes"]["severity"] == "Major"  # kept as sent
     assert fields["attributes"]["note"][0]["author"] == "portal"
 
 
@@ -164,8 +164,11 @@ def test_a_valid_create_maps_to_native_fields() -> None:
         ({"attachment": []}, "attachment"),
         ({"colour": "red"}, "colour"),
         ({"description": 42}, "description"),
-        ({"relatedParty": []}, "relatedParty"),
-        ({"troubleTicketCharacteristic": []}, "troubleTicketCharacteristic"),
+        ({"relatedParty": [{"role": "customer", "partyOrPartyRole": {"id": "a"}},
+                           {"role": "customer", "partyOrPartyRole": {"id": "b"}}]}, "relatedParty"),
+        ({"relatedParty": [{"role": "customer", "partyOrPartyRole": {"id": " "}}]}, "relatedParty"),
+        ({"troubleTicketCharacteristic": [{"name": "colour", "value": "red"}]}, "troubleTicketCharacteristic[0].name"),
+        ({"requestedResolutionDate": "0001-01-01T00:00:00+14:00"}, "requestedResolutionDate"),
         ({"requestedResolutionDate": "2026-12-01T10:00:00"}, "requestedResolutionDate"),
         ({"channel": {"id": "someone-else"}}, "channel"),
     ],
@@ -230,3 +233,77 @@ def test_the_events_the_read_model_skips_never_change_the_view() -> None:
         assert ev.event_type not in model.RELEVANT
         assert model.evolve(state, ev, T0).state is None, ev.event_type
     assert all(e.event_type in model.RELEVANT for e in lifecycle() if not isinstance(e, wire.Assigned))
+
+
+def test_the_conformance_kit_minimum_is_taken_and_review_asks_for_the_rest() -> None:
+    minimal = {"@type": "TroubleTicket", "description": "No dial tone on the fixed line", "severity": "Critical",
+               "ticketType": "fixed.fault_repair"}
+    fields = create(minimal)
+    assert fields["customer_id"] == "" and fields["region"] == ""
+    assert fields["attributes"]["severity"] == "Critical"  # as sent
+
+
+def test_an_operator_ticket_type_maps_to_a_service_type_and_is_kept() -> None:
+    names = {"bill dispute": "fixed.fault_repair"}
+    fields = inbound.parse_create(
+        fvo(ticketType="Bill Dispute"), service_types={"fixed.fault_repair"}, channel_id="ch-1", author="p",
+        now=T0, service_type_for=lambda n: names.get(n.lower()),
+    )
+    assert fields["service_type"] == "fixed.fault_repair" and fields["attributes"]["ticketType"] == "Bill Dispute"
+    state = model.created(submitted(ticketType="Bill Dispute", severity="Critical"))
+    assert state["ticket_type"] == "Bill Dispute" and state["severity"] == "critical"
+    shown = model.render(state, [], "/tt")
+    assert shown["ticketType"] == "Bill Dispute" and shown["severity"] == "Critical"
+
+
+def test_a_customer_added_later_shows() -> None:
+    ev = submitted()
+    state = model.created(ev.model_copy(update={"customer_id": "", "region": ""}))
+    assert "relatedParty" not in model.render(state, [], "/tt")
+    upd = wire.RequestUpdated(ticket_id=TICKET, changes={"customer_id": "c-9", "region": "north"}, updated_by="p",
+                              updated_at=T0)
+    after = model.evolve(state, upd, T0).state
+    assert after is not None and after["customer_id"] == "c-9"
+    assert model.render(after, [], "/tt")["relatedParty"][0]["partyOrPartyRole"]["id"] == "c-9"
+    changes, _ = inbound.parse_patch(
+        {"relatedParty": [{"role": "customer", "partyOrPartyRole": {"id": "c-9"}}]}, kept={}, author="p", now=T0
+    )
+    assert changes == {"customer_id": "c-9"}
+
+
+def test_severity_filters_match_in_any_case() -> None:
+    q = model.parse_list_query([("severity", "Critical,MAJOR")])
+    assert q.where == (("severity", "IN", ["critical", "major"]),)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("offset", str(2**64)),
+        ("offset", "1_0"),
+        ("offset", "\u0665"),
+        ("limit", " 5"),
+        ("limit", "-1"),
+        ("creationDate.gte", "0001-01-01T00:00:00+14:00"),
+        ("lastUpdate.lt", "9999-12-31T23:59:59-14:00"),
+    ],
+)
+def test_out_of_range_list_parameters_are_refused(name: str, value: str) -> None:
+    with pytest.raises(model.InvalidQuery) as caught:
+        model.parse_list_query([(name, value)])
+    assert caught.value.parameter == name
+
+
+def test_a_duplicate_names_its_original_only_to_whoever_may_see_it() -> None:
+    state = model.created(submitted())
+    linked = wire.RequestLinked(ticket_id=TICKET, duplicate_of="0" * 8 + "-0000-0000-0000-" + "0" * 12,
+                                reason="r", linked_at=T0)
+    evolution = model.evolve(state, linked, T0)
+    assert evolution.state is not None and evolution.change is not None
+    assert "0000" not in evolution.change.reason
+    assert "troubleTicketRelationship" not in model.render(evolution.state, [], "/tt")
+    assert "troubleTicketRelationship" not in model.render(evolution.state, [], "/tt", lambda _: False)
+    rel = model.render(evolution.state, [], "/tt", lambda _: True)["troubleTicketRelationship"]
+    assert rel[0]["relationshipType"] == "isDuplicateOf"
+    old = {**evolution.state, "status_change_reason": "duplicate of open ticket " + linked.duplicate_of}
+    assert linked.duplicate_of not in model.render(old, [], "/tt")["statusChangeReason"]

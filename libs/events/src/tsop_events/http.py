@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
@@ -22,7 +22,7 @@ from tsop_events.auth import AuthError
 from tsop_events.errors import DomainError
 from tsop_events.inbound import EdgeError, check_json, check_query
 from tsop_events.metrics import HTTP_LATENCY, HTTP_REQUESTS
-from tsop_events.runtime import Runtime
+from tsop_events.runtime import Runtime, Service
 from tsop_events.store import EventStoreApp, IntegrityError, recorded_in_this_request, watch_recording
 
 PROBLEM = "application/problem+json"
@@ -220,7 +220,9 @@ class Edge:
         return self._render(path, 413, "Request body too large", f"The request body exceeds {self.limit} bytes.", {})
 
     def _refuse(self, path: str, exc: EdgeError) -> Response:
-        title = "Malformed JSON" if exc.status == 400 else "Invalid request"
+        title = "Invalid request"
+        if exc.status == 400:
+            title = "Malformed query" if exc.field == "query" else "Malformed JSON"
         errors = [{"field": exc.field, "reason": exc.reason}]
         return self._render(path, exc.status, title, f"{exc.field}: {exc.reason}", {"errors": errors})
 
@@ -258,6 +260,18 @@ A = TypeVar("A", bound=EventStoreApp)
 def runtime_of(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+def service_dependency(cls: type[A]) -> Callable[[Request], Service[A]]:
+    """A route dependency giving the service typed by its application: ``Annotated[Service[X], Depends(…)]``."""
+
+    def dependency(request: Request) -> Service[A]:
+        svc: Service[Any] = request.app.state.runtime
+        if not isinstance(svc.app, cls):
+            raise TypeError(f"this service runs {type(svc.app).__name__}, not {cls.__name__}")
+        return svc  # type: ignore[return-value]  # checked just above
+
+    return dependency
 
 
 def app_of(request: Request, cls: type[A]) -> A:
@@ -305,7 +319,10 @@ def create_app(
     async def readyz() -> Response:
         checks = runtime.readiness()
         ok = all(checks.values())
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+        body: dict[str, Any] = {"ready": ok, "checks": checks}
+        if degraded := runtime.degraded():  # ready, but an operator is needed (see Runtime.degraded)
+            body["degraded"] = degraded
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["operations"])
     async def metrics() -> Response:

@@ -27,7 +27,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, St
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # a number (written with a fraction or an exponent) beyond ±2⁶³: PostgreSQL's jsonb keeps 1e308 as numeric and gives it
-# back as a 309-digit integer, which no 64-bit JSON encoder (orjson: the archive's seal) nor consumer takes
+# back as a 309-digit integer, which no 64-bit JSON encoder (orjson) nor client decodes as the number it was
 MAX_NUMBER = 2.0**63
 MAX_DEPTH = 32  # any JSON body
 MAX_OBJECT_DEPTH = 8  # a free-form object inside a body (``JsonObject``)
@@ -121,7 +121,8 @@ def check_query(query: str) -> None:
 # ---------------------------------------------------------------- field types for inbound models
 
 
-def _text(value: str) -> str:
+def clean_text(value: str) -> str:
+    """Text as a `Text` field takes it: no control characters (tab and newlines allowed), in NFC."""
     if _CONTROL.search(value):
         raise ValueError("contains a control character")
     return value if value.isascii() else unicodedata.normalize("NFC", value)
@@ -162,10 +163,10 @@ Number = Annotated[float, Strict(), Field(allow_inf_nan=False, gt=-MAX_NUMBER, l
 Bool = Annotated[bool, Strict()]
 """``true`` or ``false``; not ``1`` or ``"yes"``."""
 
-Text = Annotated[str, Strict(), AfterValidator(_text)]
+Text = Annotated[str, Strict(), AfterValidator(clean_text)]
 """Text without control characters (tab and newlines allowed), in NFC. Bound it with ``Field(max_length=…)``."""
 
-TextCheck = AfterValidator(_text)
+TextCheck = AfterValidator(clean_text)
 """``Text``'s content check alone, for text bounded first: ``Annotated[str, Strict(), Field(max_length=…), TextCheck]``
 (a bound placed after the check would be reported as "items after validation")."""
 

@@ -35,7 +35,7 @@ class Channel(StrEnum):
 class WireEvent(BaseModel):
     """Base of every event on the bus; subclasses set the class variables."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     event_type: ClassVar[str]
     topic: ClassVar[Topic]
@@ -61,7 +61,7 @@ NonEmpty = Annotated[str, Field(min_length=1, max_length=4000)]
 
 
 class TimeRequirement(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     deadline: datetime | None = None
     window_start: datetime | None = None
@@ -69,7 +69,7 @@ class TimeRequirement(BaseModel):
 
 
 class Location(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     address: str | None = None
     postcode: str | None = None
@@ -82,9 +82,15 @@ class RequestSubmitted(TicketEvent):
     channel: Channel
     channel_id: str | None = Field(default=None, description="The registered channel system that submitted it.")
     channel_request_ref: str | None = None
-    customer_id: str
+    customer_id: str = Field(
+        description="Empty when the channel did not name the customer (a minimal TMF621 ticket): review then "
+        "asks for it, and a RequestUpdated with `customer_id` in its changes completes it."
+    )
     customer_tier: CustomerTier
-    region: str
+    region: str = Field(
+        description="Empty when the channel did not name it: review asks for it (RequestPendingInformation), "
+        "and RequestUpdated completes it. RequestAccepted always carries the region."
+    )
     service_type: str
     description: NonEmpty
     time_requirement: TimeRequirement
@@ -123,7 +129,7 @@ class RequestRejected(TicketEvent):
 
 
 class MissingInformation(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     field: str
     reason: str
@@ -170,7 +176,7 @@ class RequestCancelled(TicketEvent):
 
 
 class AssignmentCandidate(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     technician_id: str
     score: float
@@ -312,6 +318,15 @@ class Archived(TicketEvent):
     event_count: int
     last_event_id: str
     archived_at: datetime
+    complete: bool = Field(
+        default=True,
+        description="False when an auditor or supervisor sealed the dossier although events were known missing.",
+    )
+    missing_event_ids: list[str] = Field(
+        default_factory=list, description="The dead-lettered events the dossier was sealed without."
+    )
+    decided_by: str | None = Field(default=None, description="Who decided to seal an incomplete dossier.")
+    reason: str | None = Field(default=None, description="Why an incomplete dossier was sealed.")
 
 
 # --- the workforce topic (key = technician id): who may do what, where and when (§3.3, §6) ---
@@ -328,7 +343,7 @@ class WorkforceEvent(WireEvent):
 
 
 class Qualification(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     service_type: str
     certificate: str

@@ -1,9 +1,20 @@
-"""Dossiers: a ticket's events in causal order, sealed with a hash chain (§2.4, §7.2). No I/O."""
+"""Dossiers: a ticket's events in causal order, sealed with a hash chain (§2.4, §7.2). No I/O.
+
+A dossier is sealed as complete only when nothing of its ticket is known to be
+missing. A dead letter anywhere on the platform (a consumer that could not
+process one of the ticket's events, or a relay that could not publish one) is a
+*gap*. A gap is closed when the archive receives the event after the failure was
+noted, from another record than the one that failed (a republish, or the event
+recovered from the archive's own dead letter).
+An auditor or supervisor may seal a dossier with open gaps, as incomplete, by an
+explicit decision with a reason.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -11,6 +22,8 @@ from uuid import UUID
 
 import orjson
 from eventsourcing.domain import Aggregate, event
+
+from tsop_events.schemas import DeadLettered
 
 
 @dataclass(frozen=True)
@@ -22,12 +35,18 @@ class ArchivedEvent:
     time: datetime
     causation_id: str | None
     data: dict[str, Any]
+    recovered_from: str | None = None
 
     def canonical(self) -> bytes:
-        return orjson.dumps(
-            {"id": self.id, "type": self.type, "source": self.source, "time": self.time.isoformat(), "data": self.data},
-            option=orjson.OPT_SORT_KEYS,
-        )
+        doc = {
+            "id": self.id, "type": self.type, "source": self.source, "time": self.time.isoformat(), "data": self.data
+        }
+        try:
+            return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:  # what orjson cannot encode (a lone surrogate) still hashes, faithfully
+            return json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode(
+                "utf-8", "surrogatepass"
+            )
 
 
 def causal_order(events: Sequence[ArchivedEvent]) -> list[ArchivedEvent]:
@@ -57,6 +76,122 @@ def chain_hash(events: Sequence[ArchivedEvent]) -> str:
     return digest.hex()
 
 
+# --------------------------------------------------------------------------- gaps
+
+
+@dataclass(frozen=True)
+class LetterFacts:
+    """What a dead letter says is missing, and for which ticket."""
+
+    ticket_id: str
+    event_id: str
+    event_type: str | None
+    consumer: str
+    error: str
+    source: str  # topic:partition:offset of the record that failed (or the relay's own position)
+    failed_at: datetime
+
+
+def is_relay(consumer: str) -> bool:
+    return consumer.startswith("relay:")
+
+
+def letter_facts(letter: DeadLettered, tickets_topic: str, deadletter_topic: str) -> LetterFacts | None:
+    """The gap a dead letter reveals, or None when it concerns no ticket.
+
+    A consumer's letter names the record it failed on; a ticket's events are keyed
+    by the ticket id. A relay's letter (``consumer`` = ``relay:<service>``) names the
+    ticket in ``source_key``. A letter about a letter (a dead-letter consumer that
+    failed) is read for the letter inside it.
+    """
+    source = f"{letter.source_topic}:{letter.source_partition}:{letter.source_offset}"
+    if letter.source_topic == deadletter_topic and not is_relay(letter.consumer):
+        try:
+            inner = DeadLettered.model_validate_json(letter.source_value)
+        except ValueError:
+            return None
+        return letter_facts(inner, tickets_topic, deadletter_topic)
+    if not letter.source_key or not (letter.source_topic == tickets_topic or is_relay(letter.consumer)):
+        return None
+    return LetterFacts(
+        ticket_id=letter.source_key,
+        event_id=letter.source_headers.get("ce_id") or source,
+        # a relay's letter may not know the wire type (the event could not be mapped): its stored class then
+        event_type=letter.source_headers.get("ce_type") or letter.source_headers.get("stored_topic"),
+        consumer=letter.consumer,
+        error=letter.error,
+        source=source,
+        failed_at=letter.failed_at,
+    )
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A dead-lettered event of a ticket. ``noted`` and ``delivered`` are the archive's arrival marks."""
+
+    event_id: str
+    event_type: str | None
+    consumer: str
+    error: str
+    source: str
+    failed_at: datetime | None
+    noted: int
+    delivered: int | None = None
+
+    @property
+    def open(self) -> bool:
+        """Open until the archive receives the event after it noted the failure (the store counts only a
+        record other than the one that failed: the archive may read that one after the letter)."""
+        return self.delivered is None or self.delivered < self.noted
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "consumer": self.consumer,
+            "error": self.error,
+            "source": self.source,
+            "failed_at": self.failed_at.isoformat() if self.failed_at else None,
+            "open": self.open,
+        }
+
+
+def open_gaps(gaps: Iterable[Gap]) -> list[Gap]:
+    """The gaps still open, one per (event, consumer): the latest failure of each counts."""
+    latest: dict[tuple[str, str], Gap] = {}
+    for g in gaps:
+        k = (g.event_id, g.consumer)
+        if k not in latest or g.noted > latest[k].noted:
+            latest[k] = g
+    return sorted((g for g in latest.values() if g.open), key=lambda g: g.noted)
+
+
+def dossier_status(final_held: bool, gaps: Iterable[Gap], seal_complete: bool | None) -> str:
+    """Where a ticket's record stands.
+
+    ``seal_complete`` is None while unsealed. ``open``: the ticket has not ended;
+    ``awaiting_seal``: ended, nothing missing, the seal is due; ``incomplete``: ended
+    or not, something is missing and no seal covers it; ``sealed``: sealed complete
+    and nothing found missing since; ``sealed_incomplete``: sealed by a decision with
+    gaps, or a gap found after a complete seal.
+    """
+    missing = bool(open_gaps(gaps))
+    if seal_complete is not None:
+        return "sealed" if seal_complete and not missing else "sealed_incomplete"
+    if missing:
+        return "incomplete"
+    return "awaiting_seal" if final_held else "open"
+
+
+def may_seal_complete(gaps: Iterable[Gap]) -> bool:
+    """A dossier is sealed as complete only when no gap of its ticket is open."""
+    return not open_gaps(gaps)
+
+
+class DossierError(ValueError):
+    pass
+
+
 class Dossier(Aggregate):
     @event("Sealed")
     def __init__(
@@ -67,12 +202,52 @@ class Dossier(Aggregate):
         event_ids: list[str],
         sealed_at: datetime,
         causation_id: str,
+        complete: bool = True,
+        missing: list[dict[str, Any]] | None = None,
+        decided_by: str | None = None,
+        reason: str | None = None,
     ) -> None:
         self.ticket_id = ticket_id
         self.dossier_hash = dossier_hash
         self.event_ids = event_ids
         self.sealed_at = sealed_at
         self.causation_id = causation_id
+        self.complete = complete
+        self.missing = missing or []
+        self.decided_by = decided_by
+        self.reason = reason
+
+
+def seal(
+    id: UUID,  # noqa: A002
+    ticket_id: str,
+    events: Sequence[ArchivedEvent],
+    gaps: Iterable[Gap],
+    at: datetime,
+    causation_id: str,
+    decided_by: str | None = None,
+    reason: str | None = None,
+) -> Dossier:
+    """Seal the events held, in causal order: complete when nothing is missing, else only by a decision."""
+    missing = open_gaps(gaps)
+    if missing and (decided_by is None or not reason):
+        raise DossierError(f"ticket {ticket_id} has {len(missing)} missing event(s); only a decision seals it")
+    if not events:
+        raise DossierError(f"the archive holds no event of ticket {ticket_id}")
+    ordered = causal_order(events)
+    return Dossier(
+        id=id,
+        ticket_id=ticket_id,
+        dossier_hash=chain_hash(ordered),
+        event_ids=[e.id for e in ordered],
+        sealed_at=at,
+        causation_id=causation_id,
+        complete=not missing,
+        missing=[g.view() for g in missing],
+        decided_by=decided_by,
+        reason=reason,
+    )
+
 
 # The event classes the @event decorators made, named for the code that maps them (and for mypy).
 DossierSealed: type[Any] = Dossier.__dict__["Sealed"]

@@ -1,15 +1,25 @@
-"""The archive store: every event of every topic, appended once, never changed."""
+"""The archive store: every event of every topic, appended once, never changed.
+
+Whatever the wire carries is kept. A body PostgreSQL's jsonb refuses (a NUL
+character, an unpaired surrogate) is kept byte for byte in ``raw`` instead. A dead
+letter about one of a ticket's events is noted as a gap of that ticket (see
+``domain``); a dead letter of the archive's own consumer also gives back the
+event it carries, so the archive holds it even when it could not read it.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, ClassVar
 
 import asyncpg
 import orjson
 
-from tsop_archive.domain import ArchivedEvent
+from tsop_archive.domain import ArchivedEvent, Gap, LetterFacts, letter_facts
 from tsop_events import schemas as wire
 from tsop_events.consumer import Incoming, ProjectionSink
+from tsop_events.envelope import Envelope, unwrap
 from tsop_events.topics import DOMAIN_TOPICS, Topic
 
 DDL = (
@@ -28,8 +38,34 @@ DDL = (
         data jsonb NOT NULL,
         stored_at timestamptz NOT NULL DEFAULT now())""",
     "CREATE INDEX IF NOT EXISTS archive_events_key ON archive_events (key, seq)",
+    # a body jsonb cannot hold is kept as it came (data is then NULL)
+    "ALTER TABLE archive_events ADD COLUMN IF NOT EXISTS raw bytea",
+    "ALTER TABLE archive_events ALTER COLUMN data DROP NOT NULL",
+    # the archive's own dead letter an event was taken back from
+    "ALTER TABLE archive_events ADD COLUMN IF NOT EXISTS recovered_from text",
+    # arrival marks: what the archive received, in order, across topics
+    "CREATE SEQUENCE IF NOT EXISTS archive_arrival",
     # tickets whose final event (closed, or ended at review) the store holds; dossier not yet sealed
     "CREATE TABLE IF NOT EXISTS archive_to_seal (ticket_id text PRIMARY KEY, closed_event_id text NOT NULL)",
+    "ALTER TABLE archive_to_seal ADD COLUMN IF NOT EXISTS final_arrival bigint NOT NULL DEFAULT 0",
+    # something is missing: not tried again until the missing event arrives
+    "ALTER TABLE archive_to_seal ADD COLUMN IF NOT EXISTS blocked boolean NOT NULL DEFAULT false",
+    # dead-lettered events of tickets; one row per failure (a letter's id and time)
+    """CREATE TABLE IF NOT EXISTS archive_gaps (
+        letter_id text NOT NULL,
+        letter_time timestamptz NOT NULL,
+        ticket_id text NOT NULL,
+        event_id text NOT NULL,
+        event_type text,
+        consumer text NOT NULL,
+        error text NOT NULL,
+        source text NOT NULL,
+        failed_at timestamptz,
+        noted bigint NOT NULL,
+        delivered bigint,
+        PRIMARY KEY (letter_id, letter_time))""",
+    "CREATE INDEX IF NOT EXISTS archive_gaps_ticket ON archive_gaps (ticket_id)",
+    "CREATE INDEX IF NOT EXISTS archive_gaps_event ON archive_gaps (event_id)",
     # append-only: the store refuses to change or remove what it holds
     """CREATE OR REPLACE FUNCTION archive_events_immutable() RETURNS trigger AS $$
        BEGIN RAISE EXCEPTION 'the archive is append-only'; END $$ LANGUAGE plpgsql""",
@@ -45,13 +81,33 @@ FINAL = frozenset(
      wire.RequestLinked.event_type}
 )
 
-SELECT_TICKET = """SELECT seq, ce_id, ce_type, ce_source, ce_time, causation_id, data::text AS data
-                   FROM archive_events WHERE key = $1 AND topic = $2 ORDER BY seq"""
+COLUMNS = "seq, ce_id, ce_type, ce_source, ce_time, causation_id, data::text AS data, raw, recovered_from"
+SELECT_TICKET = f"SELECT {COLUMNS} FROM archive_events WHERE key = $1 AND topic = $2 ORDER BY seq"
+GAP_COLUMNS = "event_id, event_type, consumer, error, source, failed_at, noted, delivered"
+SELECT_GAPS = f"SELECT {GAP_COLUMNS} FROM archive_gaps WHERE ticket_id = $1 ORDER BY noted"
+
+# what jsonb refuses: \u0000, and \ud800-\udfff escapes (a valid pair never appears escaped in our JSON)
+_JSONB_REFUSES = re.compile(rb"\\u(0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def jsonb_safe(body: bytes) -> bool:
+    """Whether PostgreSQL's jsonb can hold this JSON text as it is."""
+    return _JSONB_REFUSES.search(body) is None
+
+
+def _loads(data: str | bytes | memoryview) -> Any:
+    raw = bytes(data) if isinstance(data, memoryview) else data
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:  # unpaired surrogates: the standard parser keeps them
+        return json.loads(raw.decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else raw)
 
 
 def row_to_event(row: Any) -> ArchivedEvent:
     """From an asyncpg record or a psycopg dict row."""
     data = row["data"]
+    if data is None:
+        data = row["raw"]
     return ArchivedEvent(
         seq=int(row["seq"]),
         id=str(row["ce_id"]),
@@ -59,7 +115,21 @@ def row_to_event(row: Any) -> ArchivedEvent:
         source=str(row["ce_source"]),
         time=row["ce_time"],
         causation_id=row["causation_id"],
-        data=orjson.loads(data) if isinstance(data, str | bytes) else data,
+        data=_loads(data) if isinstance(data, str | bytes | memoryview) else data,
+        recovered_from=row["recovered_from"],
+    )
+
+
+def row_to_gap(row: Any) -> Gap:
+    return Gap(
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        consumer=row["consumer"],
+        error=row["error"],
+        source=row["source"],
+        failed_at=row["failed_at"],
+        noted=int(row["noted"]),
+        delivered=None if row["delivered"] is None else int(row["delivered"]),
     )
 
 
@@ -68,17 +138,75 @@ class ArchiveStore(ProjectionSink):
     topics: ClassVar[tuple[Topic, ...]] = (*DOMAIN_TOPICS, Topic.deadletter)
     ddl: ClassVar[tuple[str, ...]] = DDL
 
+    def __init__(self, pool: asyncpg.Pool, prefix: str = "tsop.") -> None:
+        super().__init__(pool)
+        self.tickets_topic = Topic.tickets.qualified(prefix)
+        self.deadletter_topic = Topic.deadletter.qualified(prefix)
+
     async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
         env = incoming.envelope
+        await self._store(conn, env, incoming.topic, incoming.partition, incoming.offset, incoming.key, None)
+        if isinstance(incoming.event, wire.DeadLettered):
+            facts = letter_facts(incoming.event, self.tickets_topic, self.deadletter_topic)
+            if facts is not None:
+                await self._note_gap(conn, env, facts)
+                if incoming.event.consumer == self.name:
+                    await self._recover(conn, env, incoming.event)
+
+    async def _store(
+        self, conn: asyncpg.Connection, env: Envelope, topic: str, partition: int, offset: int, key: str | None,
+        recovered_from: str | None,
+    ) -> None:
+        body = bytes(env.data)
+        safe = jsonb_safe(body)
         await conn.execute(
             """INSERT INTO archive_events (ce_id, topic, kafka_partition, kafka_offset, key, ce_type, ce_source,
-                 ce_time, correlation_id, causation_id, data)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb) ON CONFLICT (ce_id) DO NOTHING""",
-            env.id, incoming.topic, incoming.partition, incoming.offset, incoming.key, env.type, env.source,
-            env.time, env.correlation_id, env.causation_id, env.data.decode(),
+                 ce_time, correlation_id, causation_id, data, raw, recovered_from)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13) ON CONFLICT (ce_id) DO NOTHING""",
+            env.id, topic, partition, offset, key, env.type, env.source, env.time, env.correlation_id,
+            env.causation_id, body.decode() if safe else None, None if safe else body, recovered_from,
         )
-        if env.type in FINAL and incoming.topic.endswith(Topic.tickets.value):
+        if topic != self.tickets_topic:
+            return
+        # a delivery of a dead-lettered event closes its gaps (noted before it) and lets its dossier be sealed;
+        # not the very record a consumer failed on (the archive may read it after the letter), but a republish
+        # at another position, or the event taken back from the archive's own letter
+        position = None if recovered_from else f"{topic}:{partition}:{offset}"
+        await conn.execute(
+            """WITH delivered AS (
+                 UPDATE archive_gaps SET delivered = nextval('archive_arrival')
+                 WHERE event_id = $1 AND ($2::text IS NULL OR source <> $2) RETURNING ticket_id)
+               UPDATE archive_to_seal SET blocked = false
+               WHERE blocked AND ticket_id IN (SELECT ticket_id FROM delivered)""",
+            env.id, position,
+        )
+        if env.type in FINAL and key is not None:
             # in the same transaction: everything before the final event in the partition is stored by now
             await conn.execute(
-                "INSERT INTO archive_to_seal VALUES ($1, $2) ON CONFLICT DO NOTHING", incoming.key, env.id
+                "INSERT INTO archive_to_seal (ticket_id, closed_event_id, final_arrival) "
+                "VALUES ($1, $2, nextval('archive_arrival')) ON CONFLICT DO NOTHING",
+                key, env.id,
             )
+
+    async def _note_gap(self, conn: asyncpg.Connection, letter: Envelope, facts: LetterFacts) -> None:
+        await conn.execute(
+            """INSERT INTO archive_gaps (letter_id, letter_time, ticket_id, event_id, event_type, consumer, error,
+                 source, failed_at, noted)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, nextval('archive_arrival')) ON CONFLICT DO NOTHING""",
+            letter.id, letter.time, facts.ticket_id, facts.event_id, facts.event_type, facts.consumer,
+            facts.error, facts.source, facts.failed_at,
+        )
+
+    async def _recover(self, conn: asyncpg.Connection, letter: Envelope, dead: wire.DeadLettered) -> None:
+        """The archive could not store a record: keep the event its own dead letter carries, as it came."""
+        if dead.source_topic == self.deadletter_topic:
+            return  # a letter about a letter: its gap is noted; never a chain of recoveries
+        body = dead.source_value.encode("utf-8", "surrogatepass")
+        try:
+            original = unwrap([(k, v.encode()) for k, v in dead.source_headers.items()], body)
+            _loads(body)
+        except ValueError:
+            return  # not an event (no envelope, no JSON): the letter itself is the evidence
+        await self._store(
+            conn, original, dead.source_topic, dead.source_partition, dead.source_offset, dead.source_key, letter.id
+        )

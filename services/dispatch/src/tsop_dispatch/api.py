@@ -8,42 +8,94 @@ registration, and acts only on their own work orders.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError
 from fastapi import APIRouter, Depends, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, PlainValidator, Strict, model_validator
 
 from tsop_dispatch.application import DispatchApp, Waiting, work_order_id
-from tsop_dispatch.domain import DispatchError, NotYours, Resource, Technician, WorkOrder
+from tsop_dispatch.domain import DispatchError, Invalid, NotYours, Resource, Technician, WorkOrder
 from tsop_events.auth import Principal, Role, requires
 from tsop_events.http import Problem, app_of
+from tsop_events.inbound import INT64_MAX, INT64_MIN, Bool, Inbound, Int, Number, clean_text
+from tsop_events.inbound import Text as FreeText
 from tsop_events.store import IntegrityError
 
 router = APIRouter(prefix="/v1", tags=["dispatch"])
 
-ServiceTypeName = Annotated[str, Field(pattern=r"^[a-z]+\.[a-z_]+$", max_length=64)]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-Text = Annotated[str, Field(min_length=1, max_length=4000)]
-Reason = Annotated[str, Field(min_length=1, max_length=1000)]
+# Inbound models accept only what the wire events can carry and every projection can store
+# (tsop_events.inbound): integers are integers, numbers are finite, text has no control characters,
+# sizes are bounded, moments carry their offset and stay within centuries a database can hold.
+EARLIEST_YEAR, LATEST_YEAR = 1900, 2999
+
+
+def _moment_text(value: object) -> object:
+    if isinstance(value, str | datetime):
+        return value
+    raise ValueError("must be an RFC 3339 date-time string with its offset")
+
+
+def _moment_range(value: datetime) -> datetime:
+    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+        raise ValueError(f"must be between the years {EARLIEST_YEAR} and {LATEST_YEAR}")
+    return value
+
+
+def _date_text(value: object) -> object:
+    if isinstance(value, str | date):
+        return value
+    raise ValueError("must be an ISO 8601 date string (YYYY-MM-DD)")
+
+
+def _reading(value: object) -> float | str:
+    """A measurement: a finite number or a short text (never a boolean, NaN or Infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("must be a finite number or a text of at most 200 characters")
+    if isinstance(value, str):
+        if len(value) > 200:
+            raise ValueError("must be a finite number or a text of at most 200 characters")
+        return clean_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number (not NaN or Infinity)")
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError("must fit in 64 bits")
+    return float(value)
+
+
+Moment = Annotated[AwareDatetime, BeforeValidator(_moment_text), AfterValidator(_moment_range)]
+Day = Annotated[date, BeforeValidator(_date_text), AfterValidator(_moment_range)]
+ServiceTypeName = Annotated[str, Strict(), Field(pattern=r"^[a-z]+\.[a-z_]+$", max_length=64)]
+TypePattern = Annotated[str, Strict(), Field(pattern=r"^[a-z*]+(\.[a-z_*]+)?$", max_length=64)]
+Kind = Annotated[str, Strict(), Field(pattern=r"^[a-z_]+$", max_length=64)]
+Label = Annotated[FreeText, Field(min_length=1, max_length=64)]
+Name = Annotated[FreeText, Field(min_length=1, max_length=200)]
+Text = Annotated[FreeText, Field(min_length=1, max_length=4000)]
+Reason = Annotated[FreeText, Field(min_length=1, max_length=1000)]
+Level = Annotated[Int, Field(ge=1, le=5)]
+Places = Annotated[Int, Field(ge=1, le=100)]
+Hours = Annotated[Number, Field(gt=0, le=100_000)]
+Reading = Annotated[float | str, PlainValidator(_reading, json_schema_input_type=float | str)]
 
 MANAGERS = requires(Role.supervisor)  # admin holds every role
 READERS = requires(Role.supervisor, Role.agent, Role.auditor, Role.technician)
 TECHNICIAN = requires(Role.technician)
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Body(Inbound):
+    """Unknown fields refused, numbers finite (see tsop_events.inbound)."""
 
 
-class QualificationIn(Strict):
-    service_type: ServiceTypeName
+class QualificationIn(Body):
+    service_type: ServiceTypeName = Field(description="A service type of the catalogue.")
     certificate: Name
-    level: Annotated[int, Field(ge=1, le=5)] = 1
-    valid_from: AwareDatetime | None = None
-    valid_until: AwareDatetime | None = None
+    level: Level = 1
+    valid_from: Moment | None = Field(default=None, description="Omitted: valid from the moment it is recorded.")
+    valid_until: Moment | None = Field(default=None, description="Omitted: no expiry.")
 
     @model_validator(mode="after")
     def _ordered(self) -> QualificationIn:
@@ -52,13 +104,15 @@ class QualificationIn(Strict):
         return self
 
 
-class RegisterTechnician(Strict):
+class RegisterTechnician(Body):
     id: UUID | None = None
     name: Name
-    service_types: list[ServiceTypeName] = Field(default_factory=list, description="Shorthand: level 1, no expiry.")
-    qualifications: list[QualificationIn] = Field(default_factory=list)
-    regions: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(min_length=1)]
-    capacity: Annotated[int, Field(ge=1, le=100)] = 5
+    service_types: Annotated[list[ServiceTypeName], Field(max_length=100)] = Field(
+        default_factory=list, description="Shorthand: level 1, valid from now, no expiry."
+    )
+    qualifications: Annotated[list[QualificationIn], Field(max_length=100)] = Field(default_factory=list)
+    regions: Annotated[list[Label], Field(min_length=1, max_length=100)]
+    capacity: Places = 5
 
     @model_validator(mode="after")
     def _qualified(self) -> RegisterTechnician:
@@ -67,10 +121,10 @@ class RegisterTechnician(Strict):
         return self
 
 
-class Period(Strict):
-    start: AwareDatetime
-    end: AwareDatetime
-    reason: Annotated[str, Field(max_length=1000)] = ""
+class Period(Body):
+    start: Moment
+    end: Moment
+    reason: Annotated[FreeText, Field(max_length=1000)] = ""
 
     @model_validator(mode="after")
     def _ordered(self) -> Period:
@@ -79,59 +133,90 @@ class Period(Strict):
         return self
 
 
-class Capacity(Strict):
-    capacity: Annotated[int, Field(ge=1, le=100)]
+class Capacity(Body):
+    capacity: Places
 
 
-class RegisterResource(Strict):
+class RegisterResource(Body):
     id: UUID | None = None
-    kind: Annotated[str, Field(pattern=r"^[a-z_]+$", max_length=64)]
+    kind: Kind
     name: Name
-    region: Annotated[str, Field(min_length=1, max_length=64)]
+    region: Label
 
 
-class PeakModeIn(Strict):
-    on: bool
+class PeakModeIn(Body):
+    on: Bool
     reason: Reason
 
 
-class Decline(Strict):
+class Decline(Body):
     reason: Reason
 
 
-class Start(Strict):
+class Start(Body):
     mode: Literal["on_site", "remote"]
 
 
-class LogWork(Strict):
+class LogWork(Body):
     action: Text
     mode: Literal["on_site", "remote"]
-    notes: Annotated[str, Field(max_length=4000)] | None = None
-    equipment: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=50)] = Field(
-        default_factory=list
+    notes: Annotated[FreeText, Field(max_length=4000)] | None = None
+    equipment: Annotated[list[Name], Field(max_length=50)] = Field(default_factory=list)
+    measurements: Annotated[dict[Label, Reading], Field(max_length=50)] = Field(
+        default_factory=dict, description="Readings by name: finite numbers or short texts."
     )
-    measurements: dict[Annotated[str, Field(min_length=1, max_length=64)], float | str] = Field(default_factory=dict)
 
 
-class Pause(Strict):
+class Pause(Body):
     kind: Literal["pending", "held"]
     reason: Reason
 
 
-class Resolve(Strict):
-    resolution_code: Annotated[str, Field(min_length=1, max_length=64)]
+class Resolve(Body):
+    resolution_code: Annotated[FreeText, Field(min_length=1, max_length=64)]
     summary: Text
-    advice: Annotated[str, Field(max_length=4000)] | None = None
+    advice: Annotated[FreeText, Field(max_length=4000)] | None = None
 
 
-class Reassign(Strict):
+class Reassign(Body):
     technician_id: UUID | None = Field(default=None, description="None: the best other eligible technician.")
     reason: Reason
 
 
-class Priority(Strict):
-    priority: Annotated[int, Field(ge=1, le=5)]
+class Priority(Body):
+    priority: Level
     reason: Reason
+
+
+class CalendarIn(Body):
+    name: Label | None = None
+    always: Bool = False
+    days: Annotated[list[Annotated[Int, Field(ge=0, le=6)]], Field(max_length=7)] = [0, 1, 2, 3, 4]
+    start: Annotated[str, Strict(), Field(pattern=r"^[0-2][0-9]:[0-5][0-9]$")] = "08:00"
+    end: Annotated[str, Strict(), Field(pattern=r"^[0-2][0-9]:[0-5][0-9]$")] = "18:00"
+    holidays: Annotated[list[Day], Field(max_length=1000)] = Field(default_factory=list)
+
+
+class TargetIn(Body):
+    respond_hours: Hours
+    resolve_hours: Hours
+
+
+class SlaPolicyIn(Body):
+    """An SLA policy, in the shape ``GET /v1/sla-policy`` shows."""
+
+    version: Label = "1"
+    norm_resolve_hours: Hours = 24.0
+    peak_resolve_hours: Hours = 48.0
+    calendars: Annotated[dict[Label, CalendarIn], Field(min_length=1, max_length=50)]
+    type_calendars: Annotated[dict[TypePattern, Label], Field(max_length=200)]
+    targets: Annotated[
+        dict[TypePattern, Annotated[dict[Annotated[str, Field(pattern=r"^[1-5]$")], TargetIn], Field(min_length=1)]],
+        Field(min_length=1, max_length=200),
+    ]
+    resources: Annotated[dict[ServiceTypeName, Annotated[list[Kind], Field(max_length=20)]], Field(max_length=200)] = (
+        Field(default_factory=dict)
+    )
 
 
 def _app(request: Request) -> DispatchApp:
@@ -193,6 +278,8 @@ async def _command(fn: Callable[..., Any], *args: Any) -> Any:
         raise Problem(404, "Not found", "no such work order, technician or resource") from None
     except NotYours as exc:
         raise Problem(403, "Not your work order", str(exc)) from None
+    except Invalid as exc:
+        raise Problem(422, "Invalid request", str(exc), errors=[{"field": exc.field, "reason": exc.reason}]) from None
     except DispatchError as exc:
         raise Problem(409, "Not allowed now", str(exc)) from None
 
@@ -215,7 +302,7 @@ async def register(
     """Register a technician; the answer carries their credential, shown this once."""
     quals = [q.model_dump() for q in body.qualifications]
     try:
-        tech, token = await asyncio.to_thread(
+        tech, token = await _command(
             _app(request).register_technician,
             body.id or uuid4(),
             body.name,
@@ -315,9 +402,8 @@ async def set_peak_mode(
 ) -> dict[str, Any]:
     """Declare peak (the 48-hour norm for work opened from now on) or end it."""
     app = _app(request)
-    await _command(app.set_peak, body.on, who.subject, body.reason)
-    await asyncio.to_thread(app.board.refresh)
-    return {"on": app.board.peak, "backlog": len(app.board.waiting), "auto_threshold": app.peak_backlog}
+    peak = await _command(app.set_peak, body.on, who.subject, body.reason)
+    return {"on": peak.on, "backlog": len(app.board.waiting), "auto_threshold": app.peak_backlog}
 
 
 @router.get("/sla-policy")
@@ -342,12 +428,12 @@ async def get_sla_policy(request: Request, who: Annotated[Principal, Depends(REA
 
 @router.put("/sla-policy")
 async def adopt_sla_policy(
-    body: dict[str, Any], request: Request, who: Annotated[Principal, Depends(requires(Role.admin))]
+    body: SlaPolicyIn, request: Request, who: Annotated[Principal, Depends(requires(Role.admin))]
 ) -> dict[str, Any]:
     """Adopt a new policy (same shape as GET): recorded, and every open work order's targets are recalculated."""
     app = _app(request)
     try:
-        changed = await _command(app.adopt_policy, body, who.subject)
+        changed = await _command(app.adopt_policy, body.model_dump(mode="json", exclude_none=True), who.subject)
     except (KeyError, ValueError, TypeError) as exc:
         field = exc.args[0] if isinstance(exc, KeyError) else "body"
         reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)

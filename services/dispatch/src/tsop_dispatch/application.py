@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from bisect import insort
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -11,7 +12,8 @@ from itertools import islice
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.application import ProcessingEvent
+from eventsourcing.persistence import Recording, StoredEvent
 from eventsourcing.postgres import PostgresAggregateRecorder
 from psycopg.sql import SQL, Identifier
 
@@ -19,6 +21,7 @@ from tsop_dispatch import domain as d
 from tsop_dispatch.domain import (
     Decision,
     DispatchError,
+    Invalid,
     Job,
     OverCapacity,
     PeakMode,
@@ -28,6 +31,7 @@ from tsop_dispatch.domain import (
     TechnicianView,
     WorkOrder,
     clock_fact,
+    qualification,
     rank_candidates,
 )
 from tsop_dispatch.sla import Fact, Policy, explain, next_due
@@ -38,6 +42,8 @@ from tsop_events.envelope import derived_id, stable_event_id
 from tsop_events.relay import Outgoing
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp, IntegrityError, LogFollower, retry_on_conflict
+
+log = logging.getLogger(__name__)
 
 PEAK_MODE_ID = derived_id("dispatch", "peak-mode")
 SLA_POLICY_ID = derived_id("dispatch", "sla-policy")
@@ -102,7 +108,7 @@ class Board(LogFollower):
             view = TechnicianView(oid, frozenset(e.regions), e.capacity, name=e.name)
             self.technicians[oid] = view
             for q in e.qualifications:
-                self._qualify(view, q)
+                self._qualify(view, d.registered(q, e.registered_at))
             if e.credential_hash:
                 self.credentials[e.credential_hash] = oid
         elif isinstance(e, d.TechnicianQualificationGranted):
@@ -304,8 +310,11 @@ class DispatchApp(EventStoreApp):
         peak_backlog: int = 1000,
         shard: tuple[int, int] = (0, 1),
         shard_grace: timedelta = timedelta(seconds=5),
+        service_types: frozenset[str] | None = None,
     ) -> None:
         super().__init__(settings, env)
+        # the operator's catalogue (tsop_events.service_types); None: any name is taken (tests of other rules)
+        self.service_types = service_types
         self.clock = clock or SystemClock()
         self.default_policy = policy or Policy.load()
         self.accept_within = accept_within
@@ -321,39 +330,83 @@ class DispatchApp(EventStoreApp):
         """The SLA policy in force: the last adopted (every instance reads it from the log), else the file."""
         return self.board.policy or self.default_policy
 
-    @retry_on_conflict()
-    def _adopt(self, raw: dict[str, Any], by: str) -> None:
-        record: SlaPolicy | None = self.find(SLA_POLICY_ID)
-        if record is None:
-            record = SlaPolicy(id=SLA_POLICY_ID)
-        record.adopt(raw, by, self.clock.now())
-        self.save(record)
+    # --- every save: all of it or nothing, and nothing after it that can fail ---------------------------
 
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        """Record only what the wire can carry: an event the mapper refuses fails the command whole, unsaved.
+
+        (Otherwise the relay would have to set it aside and the ticket's history on the bus would have a gap.)
+        """
+        for e in processing_event.events:
+            to_wire(e)
+        return super()._record(processing_event)
+
+    def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
+        # a snapshot only speeds up loading; once the events are saved, the command has succeeded
+        try:
+            super()._take_snapshots(processing_event)
+        except Exception:  # noqa: BLE001
+            log.warning("snapshot not taken (the events are saved; the next one will be)", exc_info=True)
+
+    def _after_save(self, what: str, step: Callable[[], object]) -> None:
+        """Work that follows a save only to be quicker (refresh a view, assign at once): it may not undo success."""
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - the timers and the next read do it anyway
+            log.warning("after %s: a follow-up step failed; the timers will catch up", what, exc_info=True)
+
+    def check_service_type(self, service_type: str, field: str) -> None:
+        """Refuse a service type the operator's catalogue does not offer (422 naming the field)."""
+        if self.service_types is not None and service_type not in self.service_types:
+            raise Invalid(field, f"{service_type!r} is not a service type of the catalogue")
+
+    def check_policy(self, new: Policy) -> None:
+        """A policy must give targets for every service type of the catalogue (else work of it could not open)."""
+        for st in sorted(self.service_types or ()):
+            try:
+                new.targets_for(st, 3, False)
+            except ValueError:
+                raise Invalid("targets", f"no target matches service type {st!r} of the catalogue") from None
+
+    @retry_on_conflict()
     def adopt_policy(self, raw: dict[str, Any], by: str) -> int:
         """Adopt a new SLA policy (validated first) and recalculate the targets of every open work order.
 
-        Elapsed time stays; the deadlines move. Returns how many work orders got new targets.
+        The adoption and every recalculation are saved in one transaction: all or nothing (a write race
+        with other commands decides again on fresh state). Elapsed time stays; the deadlines move.
+        Returns how many work orders got new targets.
         """
-        new = Policy.from_dict(raw)  # raises ValueError/KeyError/TypeError naming what is wrong
-        old = self.policy
-        self._adopt(raw, by)
+        try:
+            new = Policy.from_dict(raw)
+        except KeyError as exc:
+            raise Invalid(str(exc.args[0]), "missing") from None
+        except (ValueError, TypeError) as exc:
+            raise Invalid("body", str(exc)) from None
+        self.check_policy(new)
         self.board.refresh()
+        old = self.policy
+        record: SlaPolicy | None = self.find(SLA_POLICY_ID)
+        if record is None:
+            record = SlaPolicy(id=SLA_POLICY_ID)
+        now = self.clock.now()
+        record.adopt(raw, by, now)
         why = f"policy v{old.version} → v{new.version} adopted by {by}"
         with self.board.lock:
             open_ids = list(self.board.clocks)
-        return sum(self._retarget_to_policy(oid, new, why) for oid in open_ids)
+        retargeted = [wo for wo in self.load_many(open_ids).values() if self._retarget_to_policy(wo, new, why, now)]
+        self.save(record, *retargeted)
+        self._after_save("adopting a policy", self.board.refresh)
+        return len(retargeted)
 
-    @retry_on_conflict()
-    def _retarget_to_policy(self, wo_id: UUID, policy: Policy, why: str) -> int:
-        wo: WorkOrder = self.load(wo_id)
+    @staticmethod
+    def _retarget_to_policy(wo: WorkOrder, policy: Policy, why: str, now: datetime) -> bool:
         if wo.status in ("resolved", "withdrawn") or wo.targets is None:
-            return 0
+            return False
         spec = policy.targets_for(wo.service_type, wo.priority, bool(wo.targets.get("peak"))).spec()
         if {k: v for k, v in spec.items() if k != "rule"} == {k: v for k, v in wo.targets.items() if k != "rule"}:
-            return 0
-        wo.retarget(spec, wo.priority, why, self.clock.now())
-        self.save(wo)
-        return 1
+            return False
+        wo.retarget(spec, wo.priority, why, now)
+        return True
 
     # --- workforce and resources ------------------------------------------------------------------
 
@@ -366,14 +419,26 @@ class DispatchApp(EventStoreApp):
         capacity: int,
         qualifications: list[dict[str, Any]] | None = None,
     ) -> tuple[Technician, str]:
-        """A technician with their qualifications, and the credential they use (shown once, hash kept)."""
+        """A technician with their qualifications, and the credential they use (shown once, hash kept).
+
+        A qualification without ``valid_from`` is valid from now (the moment of registration).
+        """
         now = self.clock.now()
-        quals = {q["service_type"]: dict(q) for q in qualifications or []}
-        for st in service_types:
-            quals.setdefault(
-                st,
-                {"service_type": st, "certificate": "registration", "level": 1, "valid_from": now, "valid_until": None},
+        quals: dict[str, dict[str, Any]] = {}
+        for i, q in enumerate(qualifications or []):
+            self.check_service_type(q["service_type"], f"qualifications.{i}.service_type")
+            quals[q["service_type"]] = qualification(
+                q["service_type"],
+                q["certificate"],
+                q.get("level", 1),
+                q.get("valid_from"),
+                q.get("valid_until"),
+                now,
+                f"qualifications.{i}.",
             )
+        for i, st in enumerate(service_types):
+            self.check_service_type(st, f"service_types.{i}")
+            quals.setdefault(st, qualification(st, "registration", 1, now, None, now))
         token, digest = issue_token("tech")
         tech = Technician(
             id=technician_id,
@@ -398,6 +463,7 @@ class DispatchApp(EventStoreApp):
         valid_until: datetime | None,
         source: str,
     ) -> Technician:
+        self.check_service_type(service_type, "service_type")
         tech: Technician = self.load(technician_id)
         now = self.clock.now()
         tech.grant(service_type, certificate, level, valid_from or now, valid_until, source, now)
@@ -421,7 +487,7 @@ class DispatchApp(EventStoreApp):
         token, digest = issue_token("tech")
         tech.rotate_credential(digest)
         self.save(tech)
-        self.board.refresh()
+        self._after_save("a new credential", self.board.refresh)  # usable here at once (others read it on a miss)
         return tech, token
 
     @retry_on_conflict()
@@ -443,7 +509,7 @@ class DispatchApp(EventStoreApp):
             peak = PeakMode(id=PEAK_MODE_ID)
         peak.change(on, by, reason, len(self.board.waiting), self.clock.now())
         self.save(peak)
-        self.board.refresh()
+        self._after_save("a peak-mode change", self.board.refresh)
         return peak
 
     def auto_peak(self) -> bool | None:
@@ -657,8 +723,14 @@ class DispatchApp(EventStoreApp):
         assert tech is not None
         wo.decline(tech, reason, self.clock.now(), resources, timed_out=timed_out)
         self.save(wo, tech, *resources)
-        self._assign_one(wo_id)  # to someone else at once, if anyone has room
-        return self.load(wo_id)  # type: ignore[no-any-return]
+        after = [wo]
+
+        def reassign_now() -> None:  # to someone else at once, if anyone has room (else the queue drain does it)
+            self._assign_one(wo_id)
+            after[0] = self.load(wo_id)
+
+        self._after_save("a decline", reassign_now)
+        return after[0]
 
     def expire_acceptances(self) -> int:
         """Assignments not accepted in time are declined (timed out) and go to someone else."""
@@ -820,7 +892,7 @@ def _prev(e: Any) -> str:
 def to_wire(e: Any) -> Outgoing | None:
     oid = str(e.originator_id)
     if isinstance(e, d.TechnicianRegistered):
-        quals = [wire.Qualification.model_validate(q) for q in e.qualifications]
+        quals = [wire.Qualification.model_validate(d.registered(q, e.registered_at)) for q in e.qualifications]
         return Outgoing(
             wire.TechnicianRegistered(
                 technician_id=oid,

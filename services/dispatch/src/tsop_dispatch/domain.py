@@ -25,6 +25,43 @@ class NotYours(DispatchError):
     """A technician acting on a work order that is not theirs."""
 
 
+class Invalid(DispatchError):
+    """The input names something that does not exist or cannot be (answered 422, naming the field)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+def registered(q: dict[str, Any], registered_at: datetime) -> dict[str, Any]:
+    """A qualification as registered; one recorded without ``valid_from`` (before it defaulted) is valid from then."""
+    return q if q.get("valid_from") is not None else {**q, "valid_from": registered_at}
+
+
+def qualification(
+    service_type: str,
+    certificate: str,
+    level: int,
+    valid_from: datetime | None,
+    valid_until: datetime | None,
+    now: datetime,
+    field: str = "",
+) -> dict[str, Any]:
+    """A qualification as recorded: valid from ``now`` unless a start is given, and ending after it starts."""
+    since = valid_from or now
+    if valid_until is not None and valid_until <= since:
+        raise Invalid(f"{field}valid_until", f"must be after valid_from ({since.isoformat()})")
+    if not 1 <= level <= 5:
+        raise Invalid(f"{field}level", "must be between 1 and 5")
+    return {
+        "service_type": service_type,
+        "certificate": certificate,
+        "level": level,
+        "valid_from": since,
+        "valid_until": valid_until,
+    }
+
+
 class Technician(Aggregate):
     @event("Registered")
     def __init__(
@@ -40,7 +77,9 @@ class Technician(Aggregate):
         self.name = name
         self.regions = regions
         self.capacity = capacity
-        self.qualifications: dict[str, dict[str, Any]] = {q["service_type"]: q for q in qualifications}
+        self.qualifications: dict[str, dict[str, Any]] = {
+            q["service_type"]: registered(q, registered_at) for q in qualifications
+        }
         self.credential_hash = credential_hash
         self.shifts: list[tuple[datetime, datetime]] = []
         self.leave: list[tuple[datetime, datetime, str]] = []
@@ -56,8 +95,7 @@ class Technician(Aggregate):
         source: str,
         at: datetime,
     ) -> None:
-        if valid_until is not None and valid_until <= valid_from:
-            raise DispatchError("valid_until must be after valid_from")
+        qualification(service_type, certificate, level, valid_from, valid_until, at)  # refuses what cannot be
         self._granted(
             service_type=service_type,
             certificate=certificate,
@@ -652,6 +690,11 @@ class Decision:
     ranked: list[tuple[float, tuple[float, ...], TechnicianView]]  # (score, components, technician), best first
     excluded: dict[str, int]
     considered: int
+    loads: dict[UUID, int] = field(default_factory=dict)  # each eligible technician's load when it was decided
+
+    def load_of(self, t: TechnicianView) -> int:
+        """The load the decision saw (not the live view, which counts this very job once it is taken)."""
+        return self.loads.get(t.id, t.load)
 
     def explain(self, winner: TechnicianView | None = None) -> str:
         kept = len(self.ranked)
@@ -660,12 +703,12 @@ class Decision:
         for total, parts, t in self.ranked:
             if winner is None or t.id == winner.id:
                 comps = ", ".join(f"{k} {round(v, 3):g}" for k, v in zip(WEIGHTS, parts, strict=True))
-                return f"{head}; chose {t.id} with score {total:g} ({comps}; load {t.load}/{t.capacity})"
+                return f"{head}; chose {t.id} with score {total:g} ({comps}; load {self.load_of(t)}/{t.capacity})"
         return head
 
     def candidates(self, limit: int = 5) -> list[dict[str, Any]]:
         return [
-            {"technician_id": str(t.id), "score": total, "load": t.load, "capacity": t.capacity}
+            {"technician_id": str(t.id), "score": total, "load": self.load_of(t), "capacity": t.capacity}
             for total, _, t in self.ranked[:limit]
         ]
 
@@ -711,7 +754,12 @@ def rank_candidates(
             # equal scores: the lighter load, then an order of ids each instance salts differently
             entries.append((-total, load, t.id.int ^ salt, total, parts, t))
     entries.sort()
-    return Decision([(total, parts, t) for _, _, _, total, parts, t in entries], excluded, total_considered)
+    return Decision(
+        [(total, parts, t) for _, _, _, total, parts, t in entries],
+        excluded,
+        total_considered,
+        {t.id: load for _, load, _, _, _, t in entries},
+    )
 
 
 # The event classes the @event decorators made, named for the code that maps them (and for mypy).

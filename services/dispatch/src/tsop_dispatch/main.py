@@ -16,6 +16,7 @@ from tsop_dispatch.sla import Policy
 from tsop_events.auth import Principal, Role, TokenResolver, followed_resolver
 from tsop_events.http import create_app, serve
 from tsop_events.runtime import Runtime
+from tsop_events.service_types import service_type_names
 from tsop_events.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ class DispatchSettings(ServiceSettings):
     accept_within_seconds: float = 15 * 60
     peak_backlog: int = 1000
     sla_policy_file: Path | None = None
+    service_types_file: Path | None = None
+    """The operator's service-type catalogue, the same file intake reads (default: the built-in one);
+    qualifications for a type it does not list are refused."""
     shard_index: int = 0  # this instance's share of the queue (with shard_count instances)
     shard_count: int = 1
 
@@ -60,6 +64,9 @@ def technician_credentials(runtime: Runtime) -> TokenResolver:
 def build(settings: DispatchSettings | None = None) -> FastAPI:
     s = settings or DispatchSettings()
     policy = Policy.load(s.sla_policy_file)
+    service_types = service_type_names(s.service_types_file)  # a bad file stops the start with the reason
+    for name in sorted(service_types):
+        policy.targets_for(name, 3, False)  # a policy without targets for an offered type stops the start too
 
     def make_app(st: ServiceSettings) -> DispatchApp:
         return DispatchApp(
@@ -68,6 +75,7 @@ def build(settings: DispatchSettings | None = None) -> FastAPI:
             accept_within=timedelta(seconds=s.accept_within_seconds),
             peak_backlog=s.peak_backlog,
             shard=(s.shard_index, max(1, s.shard_count)),
+            service_types=service_types,
         )
 
     def sink(rt: Runtime) -> OpenWorkOrders:

@@ -246,13 +246,26 @@ class ClockState:
             acc += length
         return None
 
+    def held(self, fraction: float, now: datetime) -> datetime | None:
+        """When ``fraction`` of the target was (or is) due: for a stopped clock, the moment that held when it stopped.
+
+        A clock stopped short of the fraction would have reached it had it kept running from where it
+        stopped; a clock that reached it before stopping reached it then.
+        """
+        at = self.at_fraction(fraction, now)
+        if at is not None or self.stopped_at is None:
+            return at
+        return self.calendar.add(self.stopped_at, fraction * self.target_seconds - self.elapsed(self.stopped_at))
+
     def explain(self, now: datetime) -> dict[str, Any]:
         end = self.stopped_at or now
         elapsed = self.elapsed(end)
-        deadline = self.at_fraction(BREACH, now)
+        deadline = self.held(BREACH, now)
         remaining = self.target_seconds - elapsed
+        met: bool | None = None
         if self.stopped_at is not None:
-            state = "met" if remaining >= 0 else "breached"
+            met = remaining >= 0
+            state = "met" if met else "breached"
         else:
             state = self.segments[-1].state if self.segments else "not_started"
         return {
@@ -266,7 +279,8 @@ class ClockState:
             "overrun_seconds": round(max(-remaining, 0.0), 3),
             "percent": round(100.0 * elapsed / self.target_seconds, 2) if self.target_seconds else None,
             "deadline": deadline.isoformat() if deadline else None,
-            "warning_at": (w.isoformat() if (w := self.at_fraction(WARNING, now)) else None),
+            "warning_at": (w.isoformat() if (w := self.held(WARNING, now)) else None),
+            "met": met,
             "stopped_at": self.stopped_at.isoformat() if self.stopped_at else None,
             "stopped_by": self.stopped_by,
             "segments": [s.view() for s in self.segments],

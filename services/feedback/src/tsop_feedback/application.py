@@ -21,6 +21,7 @@ from tsop_feedback.domain import (
     FeedbackCaseClosed,
     FeedbackCaseNotificationAbandoned,
     FeedbackCaseNotified,
+    FeedbackCaseNotifiedAfterClosure,
     FeedbackCaseRated,
     FeedbackCaseResolutionNoted,
 )
@@ -42,7 +43,9 @@ class FollowUps(LogFollower):
         if isinstance(e, FeedbackCaseResolutionNoted):
             self.to_notify.add(e.originator_id)
             self.windows[e.originator_id] = e.rating_due_at
-        elif isinstance(e, (FeedbackCaseNotified, FeedbackCaseNotificationAbandoned)):
+        elif isinstance(
+            e, FeedbackCaseNotified | FeedbackCaseNotificationAbandoned | FeedbackCaseNotifiedAfterClosure
+        ):
             self.to_notify.discard(e.originator_id)
         elif isinstance(e, FeedbackCaseClosed):
             self.windows.pop(e.originator_id, None)
@@ -66,11 +69,13 @@ class FeedbackApp(EventStoreApp):
         self.follow_ups = FollowUps(self)
 
     @retry_on_conflict()
-    def rate(self, ticket_id: str, score: int, comment: str | None) -> FeedbackCase:
+    def rate(self, ticket_id: str, score: int, comment: str | None) -> tuple[FeedbackCase, bool]:
+        """Rate a ticket: (the case, True when recorded; False when kept until its resolution arrives)."""
         case: FeedbackCase = self.load(case_id(ticket_id))
-        case.rate(score, comment, self.clock.now())
-        self.save(case)
-        return case
+        recorded = case.rate(score, comment, self.clock.now())
+        if case.pending_events:
+            self.save(case)
+        return case, recorded
 
     def mark_notified(self, deliveries: list[tuple[UUID, str, int, int | None]]) -> None:
         """Record delivered notifications (case, channel, attempts, status), together when possible."""
@@ -127,6 +132,7 @@ def sign(secret: str, body: bytes) -> str:
 
 
 def to_wire(e: Any) -> Outgoing | None:
+    """Feedback's events on the bus; a delivery that ended after the closure stays in feedback's store."""
     previous = stable_event_id(e.originator_id, e.originator_version - 1)
     if isinstance(e, FeedbackCaseNotified):
         return Outgoing(

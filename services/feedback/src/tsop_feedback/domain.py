@@ -21,6 +21,10 @@ class AlreadyClosed(FeedbackError):
     pass
 
 
+class AlreadyRated(FeedbackError):
+    pass
+
+
 class FeedbackCase(Aggregate):
     """One ticket's feedback loop: notify, collect the rating, close."""
 
@@ -35,6 +39,8 @@ class FeedbackCase(Aggregate):
         self.notification_failed: dict[str, Any] | None = None
         self.score: int | None = None
         self.closed_reason: str | None = None
+        self.early_rating: dict[str, Any] | None = None  # rated before this service heard of the resolution
+        self.notified_after_closure = False
 
     def note_resolution(
         self,
@@ -55,6 +61,12 @@ class FeedbackCase(Aggregate):
             rating_due_at=resolved_at + window,
             resolved_event_id=resolved_event_id,
         )
+        if (early := self.early_rating) is not None and self.closed_reason is None:
+            # the customer rated before the resolution reached us: it counts now, when it was given
+            at = max(early["received_at"], resolved_at)
+            self._settle_notification(at)
+            self._rated(ticket_id=self.ticket_id, score=early["score"], comment=early["comment"], rated_at=at)
+            self._closed(ticket_id=self.ticket_id, reason="rated", closed_at=at)
 
     @event("ResolutionNoted")
     def _resolution_noted(
@@ -91,9 +103,18 @@ class FeedbackCase(Aggregate):
         }
 
     def mark_notified(self, channel: str, attempts: int, status_code: int | None, at: datetime) -> None:
+        """Record the delivery of the result.
+
+        Once the ticket is closed its history on the bus is over: a delivery that
+        ends after the rating is kept here (the webhook stops being retried) but
+        never becomes a FeedbackSent after Closed.
+        """
         if self.notified:
             return
         assert self.rating_due_at is not None and self.resolved_event_id is not None
+        if self.closed_reason is not None:
+            self._notified_after_closure(channel=channel, attempts=attempts, status_code=status_code, sent_at=at)
+            return
         self._notified(
             ticket_id=self.ticket_id,
             channel=channel,
@@ -117,17 +138,45 @@ class FeedbackCase(Aggregate):
     ) -> None:
         self.notified = True
 
-    def rate(self, score: int, comment: str | None, at: datetime) -> None:
+    @event("NotifiedAfterClosure")
+    def _notified_after_closure(self, channel: str, attempts: int, status_code: int | None, sent_at: datetime) -> None:
+        self.notified = True
+        self.notified_after_closure = True
+
+    def _settle_notification(self, at: datetime) -> None:
+        """Before the ticket closes: with no callback there is nowhere to deliver, so the
+        notification is settled now, in the ticket's history before Rated and Closed."""
+        if not self.notified and not self.callback_url:
+            self.mark_notified("none", 0, None, at)
+
+    def rate(self, score: int, comment: str | None, at: datetime) -> bool:
+        """Rate; True when recorded, False when kept until the resolution arrives.
+
+        A client that resolves and then rates must not be refused because the Resolved event has not
+        reached feedback yet: the rating is kept (RatingKept) and recorded when the resolution is noted.
+        """
         if self.closed_reason is not None:
             raise AlreadyClosed(f"ticket {self.ticket_id} is closed ({self.closed_reason})")
-        if self.rating_due_at is None:
-            raise NotYetResolved(f"ticket {self.ticket_id} is not resolved yet")
-        if at > self.rating_due_at:
-            raise AlreadyClosed(f"the rating window of ticket {self.ticket_id} ended at {self.rating_due_at}")
         if not 1 <= score <= 5:
             raise FeedbackError("score must be between 1 and 5")
+        if self.rating_due_at is None:
+            if self.early_rating is not None:
+                if (self.early_rating["score"], self.early_rating["comment"]) == (score, comment):
+                    return False  # the same rating again: a retry
+                raise AlreadyRated(f"ticket {self.ticket_id} was already rated; the rating is kept until it "
+                                   "is resolved")
+            self._rating_kept(ticket_id=self.ticket_id, score=score, comment=comment, received_at=at)
+            return False
+        if at > self.rating_due_at:
+            raise AlreadyClosed(f"the rating window of ticket {self.ticket_id} ended at {self.rating_due_at}")
+        self._settle_notification(at)
         self._rated(ticket_id=self.ticket_id, score=score, comment=comment, rated_at=at)
         self._closed(ticket_id=self.ticket_id, reason="rated", closed_at=at)
+        return True
+
+    @event("RatingKept")
+    def _rating_kept(self, ticket_id: str, score: int, comment: str | None, received_at: datetime) -> None:
+        self.early_rating = {"score": score, "comment": comment, "received_at": received_at}
 
     @event("Rated")
     def _rated(self, ticket_id: str, score: int, comment: str | None, rated_at: datetime) -> None:
@@ -137,6 +186,7 @@ class FeedbackCase(Aggregate):
         """Close unrated once the window has passed; True if it did."""
         if self.closed_reason is not None or self.rating_due_at is None or now <= self.rating_due_at:
             return False
+        self._settle_notification(now)
         self._closed(ticket_id=self.ticket_id, reason="rating_window_expired", closed_at=now)
         return True
 
@@ -149,5 +199,7 @@ FeedbackCaseOpened: type[Any] = FeedbackCase.__dict__["Opened"]
 FeedbackCaseResolutionNoted: type[Any] = FeedbackCase.__dict__["ResolutionNoted"]
 FeedbackCaseNotified: type[Any] = FeedbackCase.__dict__["Notified"]
 FeedbackCaseNotificationAbandoned: type[Any] = FeedbackCase.__dict__["NotificationAbandoned"]
+FeedbackCaseNotifiedAfterClosure: type[Any] = FeedbackCase.__dict__["NotifiedAfterClosure"]
 FeedbackCaseRated: type[Any] = FeedbackCase.__dict__["Rated"]
+FeedbackCaseRatingKept: type[Any] = FeedbackCase.__dict__["RatingKept"]
 FeedbackCaseClosed: type[Any] = FeedbackCase.__dict__["Closed"]

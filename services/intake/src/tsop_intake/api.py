@@ -15,6 +15,7 @@ from tsop_events.inbound import Inbound, Int, TextCheck
 from tsop_events.schemas import Channel, CustomerTier
 from tsop_intake import service
 from tsop_intake.domain import CHANNEL_KINDS, ChannelSystem, ServiceRequest
+from tsop_intake.projection import RANK
 from tsop_intake.service import ApplicationBase, ChangesIn, CustomerId, FieldsIn, Short
 
 _PROBLEM: dict[str, Any] = {PROBLEM: {"schema": PROBLEM_SCHEMA}}
@@ -79,9 +80,21 @@ class ChangeChannel(Inbound):
     rate_limit_per_minute: RateLimit | None = None
 
 
-def request_view(r: ServiceRequest, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    downstream = history[-1]["status"] if history else None
+LINKED_REASON = "the same customer, type and location is already open"
+
+
+def request_view(
+    r: ServiceRequest, history: list[dict[str, Any]] | None = None, *, names_duplicate: bool = False
+) -> dict[str, Any]:
+    """The request as its reader sees it; which ticket it duplicates only when ``names_duplicate``
+    (staff, or the channel that owns that ticket too: see ``service.sees_duplicate``)."""
+    # the furthest status reached (projection.RANK), never the last to arrive: a FeedbackSent recorded
+    # after Archived does not send the request back to feedback_sent
+    downstream = max((h["status"] for h in history or []), key=lambda st: RANK.get(st, -1), default=None)
     status = downstream if downstream and downstream not in _INTAKE_STATES else r.status
+    review = r.decision
+    if r.duplicate_of is not None and not names_duplicate and review is not None:
+        review = {**review, "duplicate_of": None, "reason": LINKED_REASON}
     return {
         "id": str(r.id),
         "channel": r.channel,
@@ -97,9 +110,9 @@ def request_view(r: ServiceRequest, history: list[dict[str, Any]] | None = None)
         "location": r.location,
         "details": r.details,
         "submitted_at": r.submitted_at.isoformat(),
-        "review": r.decision,
+        "review": review,
         "pending_information": r.pending,
-        "duplicate_of": r.duplicate_of,
+        "duplicate_of": r.duplicate_of if names_duplicate else None,
         "cancellation": r.cancellation,
         "status": status,
         "status_history": history or [],
@@ -132,12 +145,21 @@ def channel_view(c: ChannelSystem, token: str | None = None, credential_id: str 
     return view
 
 
-def _answer(response: Response, request: ServiceRequest, new: bool = True) -> dict[str, Any]:
-    response.headers["Location"] = f"/v1/requests/{request.id}"
+async def _view(
+    request: Request, r: ServiceRequest, caller: Principal, history: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    names = await service.sees_duplicate(runtime_of(request), r, caller)
+    return request_view(r, history, names_duplicate=names)
+
+
+async def _answer(
+    request: Request, response: Response, created: ServiceRequest, caller: Principal, new: bool = True
+) -> dict[str, Any]:
+    response.headers["Location"] = f"/v1/requests/{created.id}"
     if not new:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    return request_view(request)
+    return await _view(request, created, caller)
 
 
 # ---------------------------------------------------------------- requests
@@ -156,7 +178,7 @@ async def submit(
     # validated once, by this body model, whose parts are FieldsIn's own
     parsed = FieldsIn.model_construct(customer_id=body.customer.id, customer_tier=body.customer.tier, **fields)
     created, new = await service.submit(runtime_of(request), parsed, caller, idempotency_key)
-    return _answer(response, created, new)
+    return await _answer(request, response, created, caller, new)
 
 
 @router.get("/requests/{ticket_id}", tags=["requests"])
@@ -167,7 +189,7 @@ async def get_request(ticket_id: UUID, request: Request, caller: Reader) -> dict
         "SELECT event_type, status, at FROM request_history WHERE ticket_id = $1 ORDER BY at", ticket_id
     )
     history = [{"status": r["status"], "event_type": r["event_type"], "at": r["at"].isoformat()} for r in rows]
-    return request_view(found, history)
+    return await _view(request, found, caller, history)
 
 
 @router.patch("/requests/{ticket_id}", tags=["requests"])
@@ -178,7 +200,7 @@ async def update_request(
     """Complete pending information or correct attributes (JSON merge: only the keys sent change)."""
     changes = body.model_dump(exclude_unset=True)
     updated = await service.update(runtime_of(request), ticket_id, changes, caller)
-    return request_view(updated)
+    return await _view(request, updated, caller)
 
 
 @router.post("/requests/{ticket_id}/cancel", tags=["requests"])
@@ -187,7 +209,7 @@ async def cancel_request(
     caller: Annotated[Principal, Depends(requires(Role.channel, Role.agent))],
 ) -> dict[str, Any]:
     cancelled = await service.cancel(runtime_of(request), ticket_id, body.reason_code, body.reason, caller)
-    return request_view(cancelled)
+    return await _view(request, cancelled, caller)
 
 
 # ---------------------------------------------------------------- review queue
@@ -215,7 +237,7 @@ async def decide(ticket_id: UUID, body: ReviewDecision, request: Request, caller
     decided = await service.decide(
         runtime_of(request), ticket_id, body.decision == "accept", body.reason_code, body.reason, caller
     )
-    return request_view(decided)
+    return await _view(request, decided, caller)
 
 
 @router.get("/reason-codes", tags=["review"])

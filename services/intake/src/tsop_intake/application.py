@@ -165,7 +165,8 @@ class IntakeIndex(LogFollower):
             self.by_key.setdefault(req.key, tid)
             self.per_channel.setdefault(e.channel_id or e.channel, Window(timedelta(minutes=1))).add(
                 tid, e.submitted_at)
-            self.per_customer.setdefault(e.customer_id, Window(timedelta(days=1))).add(tid, e.submitted_at)
+            if e.customer_id:  # a ticket without its customer yet counts for nobody
+                self.per_customer.setdefault(e.customer_id, Window(timedelta(days=1))).add(tid, e.submitted_at)
             self.submitted_by_kind[e.channel] = self.submitted_by_kind.get(e.channel, 0) + 1
         elif isinstance(e, ServiceRequestUpdated):
             updated = self.open.get(tid)
@@ -173,7 +174,7 @@ class IntakeIndex(LogFollower):
                 req = updated
                 if self.by_key.get(req.key) == tid:
                     del self.by_key[req.key]
-                for name in ("service_type", "location", "customer_tier", "region"):
+                for name in ("customer_id", "service_type", "location", "customer_tier", "region"):
                     if name in e.changes:
                         setattr(req, name, e.changes[name])
                 self.by_key.setdefault(req.key, tid)

@@ -1,7 +1,7 @@
 """The service-type catalogue: operator data, validated once at start.
 
 The file (``TSOP_SERVICE_TYPES_FILE``, JSON; the built-in default is
-``service_types.json`` next to this module) holds:
+``tsop_events/service_types.json``, shared with dispatch) holds:
 
 * ``types``: per service type ``default_priority`` (1 = most urgent … 5),
   ``resolve_hours``, ``regions`` (``"*"`` = everywhere), ``required`` (field
@@ -16,7 +16,11 @@ The file (``TSOP_SERVICE_TYPES_FILE``, JSON; the built-in default is
 * ``priority``: ``tiers`` (customer tier → boost), ``urgent_within_hours`` and
   ``urgency_boost``: priority = type default - tier boost - urgency boost, in 1…5;
 * ``reason_codes``: ``accept``, ``reject`` and ``cancel`` codes → their meaning;
-  agents must pick one of these.
+  agents must pick one of these;
+* ``ticket_types`` (optional): the operator's own TMF621 ``ticketType`` names →
+  catalogue service types (matched without regard to case), e.g.
+  ``{"Broadband Fault": "broadband.fault_repair"}``; a ticket keeps and shows
+  the name it was sent with.
 
 A malformed file stops the service at start with a message naming the entry.
 """
@@ -130,6 +134,25 @@ class Catalogue(_Strict):
     limits: Limits = Limits()
     priority: PriorityRules = PriorityRules()
     reason_codes: ReasonCodes
+    ticket_types: dict[Annotated[str, Field(min_length=1, max_length=64)], str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _ticket_types_known(self) -> Catalogue:
+        seen: dict[str, str] = {}
+        for name, target in self.ticket_types.items():
+            if target not in self.types:
+                raise ValueError(f"ticket_types: {name!r} maps to {target!r}, which is not a service type")
+            if name.lower() in seen:
+                raise ValueError(f"ticket_types: {name!r} and {seen[name.lower()]!r} differ only in case")
+            seen[name.lower()] = name
+        return self
+
+    def service_type_for(self, ticket_type: str) -> str | None:
+        """The service type a TMF621 ``ticketType`` names: a catalogue name, or an operator's name for one."""
+        if ticket_type in self.types:
+            return ticket_type
+        wanted = ticket_type.lower()
+        return next((t for name, t in self.ticket_types.items() if name.lower() == wanted), None)
 
     @field_validator("types")
     @classmethod
@@ -165,7 +188,7 @@ class Catalogue(_Strict):
     def load(cls, path: Path | None = None) -> Catalogue:
         """The operator's file, or the built-in default; CatalogueError names what is wrong."""
         if path is None:
-            return cls.parse(resources.files("tsop_intake").joinpath("service_types.json").read_text(), "built-in")
+            return cls.parse(resources.files("tsop_events").joinpath("service_types.json").read_text(), "built-in")
         try:
             raw = path.read_text()
         except OSError as exc:

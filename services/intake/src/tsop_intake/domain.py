@@ -94,6 +94,11 @@ def _present(value: Any) -> bool:
 def missing_information(st: ServiceType, app: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Each field the type requires that the application lacks, with why."""
     missing: list[tuple[str, str]] = []
+    if not _present(app.get("customer_id")):
+        missing.append(("customer_id", "who the customer is: the work, the feedback and the rating are theirs"))
+    if not _present(app.get("region")):
+        missing.append(("region", f"where the service is needed: it decides whether {st.name} is offered "
+                                  "and who can do the work"))
     if len(str(app.get("description") or "").strip()) < MIN_DESCRIPTION:
         missing.append(("description", f"too short: describe the need in at least {MIN_DESCRIPTION} characters"))
     tr = app.get("time_requirement") or {}
@@ -164,8 +169,8 @@ def review(cat: Catalogue, app: Mapping[str, Any], facts: Facts) -> Decision:
     st = cat.get(name)
     if st is None:
         return Decision("reject", "not_offered_in_region", f"service type {name!r} is not offered")
-    region = str(app.get("region"))
-    if not st.offered_in(region):
+    region = str(app.get("region") or "")
+    if _present(region) and not st.offered_in(region):  # no region yet: asked for below (pending)
         return Decision("reject", "not_offered_in_region", f"{name} is not offered in region {region!r}")
     latest = latest_time(app)
     if latest is not None and latest <= now:
@@ -178,7 +183,8 @@ def review(cat: Catalogue, app: Mapping[str, Any], facts: Facts) -> Decision:
         )
     if facts.open_duplicate is not None:
         return Decision(
-            "link", "duplicate", f"the same customer, type and location is already open as {facts.open_duplicate}",
+            # the id is in ``duplicate_of`` only: views show it to those who may see that ticket
+            "link", "duplicate", "the same customer, type and location is already open",
             duplicate_of=facts.open_duplicate,
         )
     missing = missing_information(st, app)
@@ -358,6 +364,8 @@ class ServiceRequest(Aggregate):
         if not changes:
             raise InvalidChange("body", "no changes")
         for name in changes:
+            if name == "customer_id" and not _present(self.customer_id) and self.status == "pending_information":
+                continue  # completing an application submitted without its customer
             if name not in REVIEWABLE:
                 raise InvalidChange(name, "cannot be changed once submitted" if name in (
                     "customer_id", "channel", "channel_id") else "not a field of an application")

@@ -52,16 +52,20 @@ class RequestStatusProjection(ProjectionSink):
     async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
         status = STATUS_OF[incoming.envelope.type]
         env = incoming.envelope
+        # only ever forward: a late or re-delivered event never moves a request back. Its history entry
+        # records the status the request has after it (a FeedbackSent after Closed leaves it closed).
         await conn.execute(
-            "INSERT INTO request_history VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            env.id, incoming.key, env.type, status, env.time,
-        )
-        # only ever forward: a re-delivered older event never moves a request back
-        await conn.execute(
-            """INSERT INTO request_status VALUES ($1, $2, $3, $4)
-               ON CONFLICT (ticket_id) DO UPDATE SET status = EXCLUDED.status, rank = EXCLUDED.rank,
-               updated_at = EXCLUDED.updated_at WHERE request_status.rank < EXCLUDED.rank""",
-            incoming.key, status, RANK[status], env.time,
+            """WITH moved AS (
+                 INSERT INTO request_status VALUES ($2, $4, $6, $5)
+                 ON CONFLICT (ticket_id) DO UPDATE SET status = EXCLUDED.status, rank = EXCLUDED.rank,
+                 updated_at = EXCLUDED.updated_at WHERE request_status.rank < EXCLUDED.rank
+                 RETURNING status)
+               INSERT INTO request_history VALUES ($1, $2, $3,
+                 COALESCE((SELECT status FROM moved), (SELECT status FROM request_status WHERE ticket_id = $2), $4),
+                 $5)
+               ON CONFLICT DO NOTHING""",
+            env.id, incoming.key, env.type, status, env.time, RANK[status],
         )
         if status in FINISHED and self.on_finished is not None and incoming.key:
             self.on_finished(UUID(incoming.key))
+

@@ -209,7 +209,8 @@ Details = Annotated[
 
 
 REQUIRED_ONCE_SENT = (
-    "customer_tier", "region", "service_type", "description", "time_requirement", "details", "attributes"
+    "customer_id", "customer_tier", "region", "service_type", "description", "time_requirement", "details",
+    "attributes",
 )
 
 
@@ -225,8 +226,11 @@ def _documented_without_null(schema: dict[str, Any]) -> None:
 class ChangesIn(Inbound):
     """What may change after submission (all optional)."""
 
-    channel_request_ref: Ref | None = None
     model_config = ConfigDict(json_schema_extra=_documented_without_null)
+    channel_request_ref: Ref | None = None
+    customer_id: CustomerId | None = Field(
+        default=None, description="Only to complete an application submitted without a customer."
+    )
     customer_tier: CustomerTier | None = None
     region: Region | None = None
     service_type: TypeName | None = None
@@ -266,9 +270,14 @@ class ApplicationBase(Inbound):
 
 
 class FieldsIn(ApplicationBase):
-    """An application as ``submit`` takes it."""
+    """An application as ``submit`` takes it.
 
-    customer_id: CustomerId
+    ``customer_id`` and ``region`` may be empty (a TMF621 ticket need not name them): review then asks for
+    them (pending information). The native body requires both.
+    """
+
+    region: Annotated[str, Strict(), Field(max_length=64), TextCheck] = ""
+    customer_id: Annotated[str, Strict(), Field(max_length=128), TextCheck] = ""
     customer_tier: CustomerTier = CustomerTier.standard
 
 
@@ -377,6 +386,9 @@ async def _facts(runtime: Runtime, request: ServiceRequest, now: datetime) -> Fa
     app = intake(runtime)
     checked: set[UUID] = set()
     while True:
+        if not request.customer_id.strip():
+            dup = None  # no customer yet: nothing to be a duplicate of (review asks for the customer)
+            break
         dup = app.index.open_duplicate(request.customer_id, request.service_type, request.location)
         if dup == request.id:
             dup = None
@@ -499,6 +511,14 @@ async def get(runtime: Runtime, ticket_id: UUID, caller: Principal) -> ServiceRe
     return await _load(runtime, ticket_id, caller)
 
 
+async def sees_duplicate(runtime: Runtime, request: ServiceRequest, caller: Principal) -> bool:
+    """Whether the caller may know which ticket ``request`` duplicates: staff always, a channel only its own."""
+    if request.duplicate_of is None or caller.channel_id is None:
+        return True
+    original = await asyncio.to_thread(intake(runtime).get_request, UUID(request.duplicate_of))
+    return original is not None and original.channel_id == caller.channel_id
+
+
 def _domain_errors(exc: domain.RequestError) -> IntakeError:
     if isinstance(exc, domain.InvalidChange):
         return InvalidChange(exc.field, exc.reason)
@@ -536,7 +556,7 @@ async def _change(
 async def update(runtime: Runtime, ticket_id: UUID, changes: dict[str, Any], caller: Principal) -> ServiceRequest:
     """Complete pending information or correct attributes; a pending application is reviewed again."""
     app = intake(runtime)
-    for fixed in ("customer_id", "channel", "channel_id", "customer"):
+    for fixed in ("channel", "channel_id", "customer"):  # customer_id: once, to complete (see domain)
         if fixed in changes:
             raise InvalidChange(fixed, "cannot be changed once submitted")
     try:

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 SYSTEM_USER = "tsop-postgres"
@@ -50,6 +51,7 @@ class EmbeddedPostgres:
         self.data_dir = data_dir.resolve()
         self.port, self.host = port, host
         self.proc: subprocess.Popen[bytes] | None = None
+        self.preexec: Callable[[], None] | None = None  # run in the child before exec (stack.py: die with us)
 
     @property
     def user(self) -> str | None:
@@ -96,6 +98,7 @@ class EmbeddedPostgres:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=self.preexec,
             **run_as,  # type: ignore[call-overload]
         )
         deadline = time.monotonic() + timeout

@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tsop_events.launchers.postgres import port_open
@@ -18,6 +19,7 @@ class EmbeddedBroker:
     def __init__(self, port: int = 9092, log_path: Path | None = None, host: str = "127.0.0.1") -> None:
         self.port, self.host, self.log_path = port, host, log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self.preexec: Callable[[], None] | None = None  # run in the child before exec (stack.py: die with us)
 
     @property
     def bootstrap(self) -> str:
@@ -39,6 +41,7 @@ class EmbeddedBroker:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=self.preexec,
         )
         deadline = time.monotonic() + timeout
         while not port_open(self.host, self.port):

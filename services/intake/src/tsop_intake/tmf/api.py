@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import resources
@@ -78,6 +79,27 @@ def bad(exc: inbound.BadAttribute | model.InvalidQuery | hub.InvalidSubscription
 
 def _sees(caller: Principal, ticket: dict[str, Any]) -> bool:
     return caller.channel_id is None or caller.channel_id == ticket["channel_id"]
+
+
+async def _seer(db: Any, caller: Principal, docs: list[dict[str, Any]]) -> Callable[[str], bool]:
+    """Which other tickets named by these (a duplicate's original) the caller may know of: a channel its own."""
+    if caller.channel_id is None:
+        return lambda _: True
+    named = {UUID(d["duplicateOf"]) for d in docs if d.get("duplicateOf")}
+    if not named:
+        return lambda _: False
+    rows = await db.fetch(
+        "SELECT ticket_id FROM tmf_ticket WHERE ticket_id = ANY($1) AND channel_id = $2", list(named),
+        caller.channel_id,
+    )
+    own = {str(r["ticket_id"]) for r in rows}
+    return lambda ticket_id: ticket_id in own
+
+
+async def _view(request: Request, caller: Principal, state: dict[str, Any], history: list[dict[str, Any]],
+                fields: str | None) -> dict[str, Any]:
+    sees = await _seer(runtime_of(request).pool, caller, [state["doc"]])
+    return model.select(model.render(state, history, TICKETS, sees), _fields(fields))
 
 
 async def _stored(request: Request, ticket_id: UUID) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
@@ -154,11 +176,15 @@ async def list_tickets(request: Request, caller: Caller) -> Response:
                 list(histories),
             ):
                 histories[h["ticket_id"]].append(dict(h))
-    items = []
-    for r in rows:
-        state = dict(r)
-        state["doc"] = json.loads(state["doc"])
-        items.append(model.select(model.render(state, histories[r["ticket_id"]], TICKETS), query.fields))
+        states = []
+        for r in rows:
+            state = dict(r)
+            state["doc"] = json.loads(state["doc"])
+            states.append(state)
+        sees = await _seer(conn, caller, [st["doc"] for st in states])
+    items = [
+        model.select(model.render(st, histories[st["ticket_id"]], TICKETS, sees), query.fields) for st in states
+    ]
     return JSONResponse(
         items, status_code=200, headers={"X-Total-Count": str(total), "X-Result-Count": str(len(items))}
     )
@@ -167,7 +193,7 @@ async def list_tickets(request: Request, caller: Caller) -> Response:
 @router.get("/troubleTicket/{id}", summary="Retrieve a TroubleTicket by ID")
 async def get_ticket(id: str, request: Request, caller: Caller, fields: str | None = None) -> dict[str, Any]:  # noqa: A002
     state, history = await _ticket(request, id, caller)
-    return model.select(model.render(state, history, TICKETS), _fields(fields))
+    return await _view(request, caller, state, history, fields)
 
 
 @router.post("/troubleTicket", status_code=201, summary="Create a TroubleTicket")
@@ -186,6 +212,7 @@ async def create_ticket(
         native = inbound.parse_create(
             body,
             service_types=catalogue.types.keys(),
+            service_type_for=catalogue.service_type_for,
             channel_id=caller.channel_id,
             author=caller.subject,
             now=datetime.now(UTC),
@@ -197,7 +224,7 @@ async def create_ticket(
     response.headers["Location"] = f"{TICKETS}/{created.id}"
     if not new:
         response.status_code = 200
-    return model.select(model.render(state, history, TICKETS), _fields(fields))
+    return await _view(request, caller, state, history, fields)
 
 
 @router.patch(
@@ -247,7 +274,7 @@ async def patch_ticket(id: str, request: Request, caller: Writer, fields: str | 
         after = await service.cancel(runtime, tid, "withdrawn_by_channel", str(reason)[:500], caller)
     # read-your-write: the view once the read model holds intake's last event of this ticket
     state, history = await _wait_applied(request, tid, caller, after.modified_on)
-    return model.select(model.render(state, history, TICKETS), _fields(fields))
+    return await _view(request, caller, state, history, fields)
 
 
 async def _wait_applied(

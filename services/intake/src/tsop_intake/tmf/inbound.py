@@ -7,7 +7,7 @@ can answer with a TMF error body a client developer can act on.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 from uuid import uuid4
@@ -23,7 +23,8 @@ KNOWN = frozenset(
 ) | model.SERVER_OWNED | model.UNSUPPORTED
 TIERS = ("standard", "gold", "vip", "enterprise")
 DETAIL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-FIXED_AFTER_CREATION = frozenset({"ticketType", "relatedParty", "channel", "@type"})
+# relatedParty may be patched once, to complete a ticket created without a customer (review then refuses a change)
+FIXED_AFTER_CREATION = frozenset({"ticketType", "channel", "@type"})
 
 
 class BadAttribute(ValueError):
@@ -62,8 +63,9 @@ def _severity(body: dict[str, Any], required: bool) -> str | None:
     if value is None:
         return None
     if value.lower() not in model.SEVERITIES:
-        raise BadAttribute("severity", f"{value!r} is not one of {', '.join(model.SEVERITIES)}")
-    return value.lower()
+        names = ", ".join(s.capitalize() for s in model.SEVERITIES)
+        raise BadAttribute("severity", f"{value!r} is not one of {names} (in any case)")
+    return value  # kept and echoed as sent; lists match it without regard to case
 
 
 def _objects(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
@@ -126,10 +128,44 @@ def _common(body: dict[str, Any]) -> None:
     _refuse(body, model.UNSUPPORTED, "is not supported by this API; put the information in description or note")
 
 
+def customer_of(body: dict[str, Any]) -> str | None:
+    """The id of the one ``relatedParty`` with role customer; None when there is none (completed later)."""
+    customers = [
+        p for p in _objects(body, "relatedParty") if str(p.get("role", "")).lower() == "customer"
+    ]
+    if not customers:
+        return None
+    party = customers[0].get("partyOrPartyRole") if len(customers) == 1 else None
+    customer_id = party.get("id") if isinstance(party, dict) else None
+    if not isinstance(customer_id, str) or not customer_id.strip() or len(customer_id) > 128:
+        raise BadAttribute("relatedParty", "at most one party with role 'customer', with a partyOrPartyRole.id "
+                                           "of at most 128 characters")
+    return customer_id
+
+
+def service_type_of(ticket_type: str, service_type_for: Callable[[str], str | None], known: Collection[str]) -> str:
+    """The catalogue service type a ``ticketType`` names (itself, or the operator's name for one)."""
+    found = service_type_for(ticket_type)
+    if found is None:
+        raise BadAttribute("ticketType", f"{ticket_type!r} is not offered; one of {', '.join(sorted(known))}")
+    return found
+
+
 def parse_create(
-    body: dict[str, Any], *, service_types: Collection[str], channel_id: str | None, author: str, now: datetime
+    body: dict[str, Any],
+    *,
+    service_types: Collection[str],
+    channel_id: str | None,
+    author: str,
+    now: datetime,
+    service_type_for: Callable[[str], str | None] | None = None,
 ) -> dict[str, Any]:
-    """A ``TroubleTicket_FVO`` → the fields of a native submission (``attributes`` carries the TMF-only ones)."""
+    """A ``TroubleTicket_FVO`` → the fields of a native submission (``attributes`` carries the TMF-only ones).
+
+    Only what TMF621 makes mandatory is required (``@type``, ``description``, ``severity``, ``ticketType``):
+    a ticket without a customer or a region is taken, and review asks for them (pending information).
+    ``service_type_for`` resolves an operator's ``ticketType`` names (default: catalogue names only).
+    """
     _common(body)
     if body.get("@type") != "TroubleTicket":
         raise BadAttribute("@type", "is mandatory and must be 'TroubleTicket'")
@@ -137,23 +173,18 @@ def parse_create(
     description = _text(body, "description", required=True)
     severity = _severity(body, required=True)
     ticket_type = _text(body, "ticketType", max_length=64, required=True)
-    if ticket_type not in service_types:
-        raise BadAttribute("ticketType", f"{ticket_type!r} is not offered; one of {', '.join(sorted(service_types))}")
+    assert ticket_type is not None
+    resolve = service_type_for or (lambda name: name if name in service_types else None)
+    service_type = service_type_of(ticket_type, resolve, service_types)
     channel = body.get("channel")
     if channel is not None and (not isinstance(channel, dict) or channel.get("id") != channel_id):
         raise BadAttribute("channel", "must be omitted or name the channel these credentials belong to")
-    customers = [
-        p for p in _objects(body, "relatedParty") if str(p.get("role", "")).lower() == "customer"
-    ]
-    party = customers[0].get("partyOrPartyRole") if len(customers) == 1 else None
-    customer_id = party.get("id") if isinstance(party, dict) else None
-    if not isinstance(customer_id, str) or not customer_id or len(customer_id) > 128:
-        raise BadAttribute("relatedParty", "exactly one party with role 'customer' and a partyOrPartyRole.id is needed")
+    customer_id = customer_of(body) or ""
     chars = _characteristics(body)
-    if "region" not in chars:
-        raise BadAttribute("troubleTicketCharacteristic", "a characteristic named 'region' is mandatory")
     deadline = _date(body, "requestedResolutionDate")
     attributes: dict[str, Any] = {"severity": severity}
+    if ticket_type != service_type:
+        attributes["ticketType"] = ticket_type  # the operator's name, shown and filtered as sent
     if (name := _text(body, "name", max_length=200)) is not None:
         attributes["name"] = name
     if notes := _notes(body, author, now):
@@ -165,7 +196,8 @@ def parse_create(
         "channel_request_ref": _external_ref(body),
         "customer_id": customer_id,
         "customer_tier": chars.get("customerTier", "standard"),
-        "service_type": ticket_type,
+        "service_type": service_type,
+        "region": "",
         "description": description,
         "time_requirement": {"deadline": deadline, "window_start": None, "window_end": None},
         "special_needs": chars.get("specialNeeds"),
@@ -221,6 +253,10 @@ def parse_patch(
         }
     if "externalIdentifier" in body:
         changes["channel_request_ref"] = _external_ref(body)
+    if "relatedParty" in body:
+        if (customer := customer_of(body)) is None:
+            raise BadAttribute("relatedParty", "names no party with role 'customer'")
+        changes["customer_id"] = customer
     changes.update(_native_characteristics(_characteristics(body)))
     if attributes:
         changes["attributes"] = {k: v for k, v in {**kept, **attributes}.items() if v is not None}

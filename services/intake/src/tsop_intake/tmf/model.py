@@ -8,9 +8,10 @@ means, which status changes are valid, and how a stored ticket renders as a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from tsop_events import schemas as wire
@@ -51,6 +52,23 @@ KEPT = ("name", "note", "@baseType", "@schemaLocation")
 ALWAYS = ("id", "href", "@type")
 
 
+# what review asks for, in the names a TMF621 client sends
+TMF_NAMES = {
+    "customer_id": "relatedParty (role customer)",
+    "region": "troubleTicketCharacteristic region",
+    "description": "description",
+    "time_requirement.deadline": "requestedResolutionDate",
+    "time_requirement": "requestedResolutionDate",
+    "location.address": "troubleTicketCharacteristic address",
+    "location.postcode": "troubleTicketCharacteristic postcode",
+    "location.site_id": "troubleTicketCharacteristic siteId",
+    "special_needs": "troubleTicketCharacteristic specialNeeds",
+    "channel_request_ref": "externalIdentifier",
+}
+LINKED_REASON = "duplicate of an open ticket for the same customer, service type and location"
+_OLD_LINKED = re.compile(r"duplicate of open ticket [0-9a-fA-F-]{36}")  # rows written before the id left the reason
+
+
 def can_move(current: str | None, new: str) -> bool:
     return new in TRANSITIONS.get(current, frozenset())
 
@@ -83,12 +101,12 @@ def status_change(event: wire.WireEvent, current: str | None) -> StatusChange | 
         case wire.RequestRejected():
             new = ("rejected", f"{event.reason_code}: {event.reason}", event.rejected_at)
         case wire.RequestPendingInformation():
-            fields = ", ".join(m.field for m in event.missing)
+            fields = ", ".join(TMF_NAMES.get(m.field, m.field) for m in event.missing)
             new = ("pending", f"information required: {fields}", event.pending_at)
         case wire.RequestQueuedForReview():
             new = ("acknowledged", "queued for agent review: " + "; ".join(event.reasons), event.queued_at)
-        case wire.RequestLinked():
-            new = ("cancelled", f"duplicate of open ticket {event.duplicate_of}", event.linked_at)
+        case wire.RequestLinked():  # which ticket: troubleTicketRelationship, shown to whoever may see it
+            new = ("cancelled", LINKED_REASON, event.linked_at)
         case wire.RequestCancelled():
             new = ("cancelled", f"{event.reason_code}: {event.reason}", event.cancelled_at)
         case wire.AssignmentAccepted():
@@ -146,6 +164,7 @@ def created(ev: wire.RequestSubmitted) -> dict[str, Any]:
         "channelKind": ev.channel.value,
         "characteristic": characteristics(native),
         "requestedResolutionDate": iso(tr.deadline or tr.window_end),
+        "severity": attrs.get("severity"),  # as sent; the column holds it case-folded for filters
         **{k: attrs[k] for k in KEPT if attrs.get(k) is not None},
     }
     return {
@@ -153,8 +172,8 @@ def created(ev: wire.RequestSubmitted) -> dict[str, Any]:
         "status": None,
         "status_change_date": None,
         "status_change_reason": None,
-        "severity": attrs.get("severity"),
-        "ticket_type": ev.service_type,
+        "severity": _folded(attrs.get("severity")),
+        "ticket_type": attrs.get("ticketType") or ev.service_type,
         "priority_name": None,
         "channel_id": ev.channel_id,
         "customer_id": ev.customer_id,
@@ -184,6 +203,8 @@ def evolve(state: dict[str, Any] | None, ev: wire.TicketEvent, at: datetime) -> 
                 doc["expectedResolutionDate"] = iso(ev.resolve_by)
         case wire.RequestPendingInformation():
             notices.append("TroubleTicketInformationRequiredEvent")
+        case wire.RequestLinked():
+            doc["duplicateOf"] = ev.duplicate_of
         case wire.RequestUpdated():
             _apply_changes(new, ev.changes)
             notices.append("TroubleTicketAttributeValueChangeEvent")
@@ -238,10 +259,16 @@ def _apply_changes(state: dict[str, Any], changes: dict[str, Any]) -> None:
             doc["requestedResolutionDate"] = value.get("deadline") or value.get("window_end")
         elif name == "channel_request_ref":
             state["external_id"] = value
+        elif name == "customer_id" and isinstance(value, str):
+            state["customer_id"] = value
         elif name == "service_type":
             state["ticket_type"] = value
         elif name == "attributes" and isinstance(value, dict):  # the whole set, as the request now keeps it
-            state["severity"] = value.get("severity")
+            state["severity"] = _folded(value.get("severity"))
+            if value.get("severity") is None:
+                doc.pop("severity", None)
+            else:
+                doc["severity"] = value["severity"]
             for kept in KEPT:
                 if value.get(kept) is None:
                     doc.pop(kept, None)
@@ -275,6 +302,7 @@ COUNTED = frozenset({"status", "severity", "ticket_type", "priority_name", "chan
 OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 RESERVED = frozenset({"fields", "offset", "limit", "sort"})
 MAX_LIMIT = 1000
+MAX_OFFSET = 2**63 - 1  # PostgreSQL's OFFSET is a bigint
 
 
 @dataclass(frozen=True)
@@ -301,6 +329,11 @@ class ListQuery:
         return " AND ".join(clauses), f"{order}, ticket_id", args, countable
 
 
+def _folded(severity: Any) -> str | None:
+    """The severity as the column keeps it: ``Critical``, ``CRITICAL`` and ``critical`` are one value."""
+    return severity.lower() if isinstance(severity, str) else None
+
+
 def parse_list_query(params: Iterable[tuple[str, str]]) -> ListQuery:
     """``?status=acknowledged,pending&creationDate.gte=…&sort=-creationDate&fields=status&limit=50``."""
     where: list[tuple[str, str, Any]] = []
@@ -308,7 +341,7 @@ def parse_list_query(params: Iterable[tuple[str, str]]) -> ListQuery:
     offset, limit, fields = 0, 100, None
     for name, value in params:
         if name == "offset":
-            offset = _int(name, value, 0, None)
+            offset = _int(name, value, 0, MAX_OFFSET)
         elif name == "limit":
             limit = _int(name, value, 1, MAX_LIMIT)
         elif name == "fields":
@@ -325,6 +358,8 @@ def parse_list_query(params: Iterable[tuple[str, str]]) -> ListQuery:
                 raise InvalidQuery(name, "an empty filter value")
             if name == "status" and (bad := [v for v in values if v not in STATUSES]):
                 raise InvalidQuery(name, f"unknown status {bad[0]!r}; one of {', '.join(STATUSES)}")
+            if name == "severity":
+                values = [v.lower() for v in values]  # as a client sent it when creating: any case
             where.append((FILTERS[name], "IN", values))
         elif "." in name and name.split(".", 1)[0] in DATE_FILTERS:
             attr, op = name.split(".", 1)
@@ -351,16 +386,22 @@ def parse_datetime(value: str) -> datetime:
         raise ValueError(f"{value!r} is not an ISO 8601 date-time") from None
     if when.tzinfo is None:
         raise ValueError(f"{value!r} needs a time zone offset")
+    try:
+        when.astimezone(UTC)  # 0001-01-01T00:00+14:00 is in year 0 in UTC: no datetime can hold it
+    except OverflowError:
+        raise ValueError(f"{value!r} is out of range: the instant must fall within years 1 to 9999 in UTC") from None
     return when
 
 
-def _int(name: str, value: str, low: int, high: int | None) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise InvalidQuery(name, f"{value!r} is not an integer") from None
-    if number < low or (high is not None and number > high):
-        raise InvalidQuery(name, f"must be between {low} and {high}" if high else f"must be at least {low}")
+DIGITS = re.compile(r"^[0-9]{1,30}$")  # ASCII digits only: int() would take "1_0", " 5" and Arabic-Indic digits
+
+
+def _int(name: str, value: str, low: int, high: int) -> int:
+    if not DIGITS.match(value):
+        raise InvalidQuery(name, f"{value[:40]!r} is not a non-negative integer")
+    number = int(value)
+    if number < low or number > high:
+        raise InvalidQuery(name, f"must be between {low} and {high}")
     return number
 
 
@@ -375,21 +416,39 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def render(ticket: dict[str, Any], history: list[dict[str, Any]], base: str) -> dict[str, Any]:
-    """A stored ticket (see projection.py) as a TMF621 ``TroubleTicket``; absent values are omitted."""
+def _reason(text: str | None) -> str | None:
+    return _OLD_LINKED.sub(LINKED_REASON, text) if text else text
+
+
+def render(
+    ticket: dict[str, Any],
+    history: list[dict[str, Any]],
+    base: str,
+    sees: Callable[[str], bool] | None = None,
+) -> dict[str, Any]:
+    """A stored ticket (see projection.py) as a TMF621 ``TroubleTicket``; absent values are omitted.
+
+    ``sees(ticket_id)`` says whether the reader may know of another ticket (a duplicate's original):
+    a channel only of its own. Without it no other ticket is named.
+    """
     doc: dict[str, Any] = ticket["doc"]
+    duplicate_of = doc.get("duplicateOf")
+    related = None
+    if duplicate_of and sees is not None and sees(duplicate_of):
+        related = [{"@type": "TroubleTicketRelationship", "id": duplicate_of, "href": f"{base}/{duplicate_of}",
+                    "relationshipType": "isDuplicateOf"}]
     out: dict[str, Any] = {
         "@type": "TroubleTicket",
         "id": str(ticket["ticket_id"]),
         "href": f"{base}/{ticket['ticket_id']}",
         "name": doc.get("name"),
         "description": doc.get("description"),
-        "severity": ticket["severity"],
+        "severity": doc.get("severity") or ticket["severity"],
         "ticketType": ticket["ticket_type"],
         "priority": ticket["priority_name"],
         "status": ticket["status"],
         "statusChangeDate": iso(ticket["status_change_date"]),
-        "statusChangeReason": ticket["status_change_reason"],
+        "statusChangeReason": _reason(ticket["status_change_reason"]),
         "creationDate": iso(ticket["creation_date"]),
         "lastUpdate": iso(ticket["last_update"]),
         "requestedResolutionDate": doc.get("requestedResolutionDate"),
@@ -403,9 +462,12 @@ def render(ticket: dict[str, Any], history: list[dict[str, Any]], base: str) -> 
                 "role": "customer",
                 "partyOrPartyRole": {"@type": "PartyRef", "id": ticket["customer_id"]},
             }
-        ],
+        ]
+        if ticket["customer_id"]
+        else None,
+        "troubleTicketRelationship": related,
         "statusChangeHistory": [
-            {"@type": "StatusChange", "status": h["status"], "statusChangeReason": h["reason"],
+            {"@type": "StatusChange", "status": h["status"], "statusChangeReason": _reason(h["reason"]),
              "statusChangeDate": iso(h["at"])}
             for h in history
         ],

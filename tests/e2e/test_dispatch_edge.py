@@ -1,0 +1,97 @@
+"""Dispatch's edge over HTTP: what it accepts is recorded whole and flows on; what it refuses is a clear 4xx."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from tests.e2e.client import SERVICE_TYPE, Platform, wait_for
+
+
+def register(platform: Platform, body: dict[str, Any]) -> Any:
+    return platform.http.post(
+        platform.url("dispatch", "/v1/technicians"), json=body, headers=platform.auth("supervisor")
+    )
+
+
+def test_a_qualification_without_valid_from_is_registered_and_its_events_keep_flowing(platform: Platform) -> None:
+    """The issue's example answered 500 after saving and stopped dispatch's event stream for good."""
+    region = f"vf{uuid.uuid4().hex[:6]}"
+    r = register(
+        platform,
+        {"name": "Q", "qualifications": [{"service_type": SERVICE_TYPE, "certificate": "C"}], "regions": [region]},
+    )
+    assert r.status_code == 201, r.text
+    tech = r.json()
+    assert tech["token"] and tech["qualifications"][0]["valid_from"]  # valid from the moment of registration
+    platform.technician_tokens[tech["id"]] = tech["token"]
+    me = platform.http.get(
+        platform.url("dispatch", f"/v1/technicians/{tech['id']}"), headers=platform.tech_auth(tech["id"])
+    )
+    assert me.status_code == 200  # the credential shown once works
+    # the relay is not stuck behind it: a ticket in the region is assigned to this technician and worked
+    ticket = platform.submit(region=region).json()["id"]
+    wo = platform.wait_assigned(ticket)
+    assert wo["technician_id"] == tech["id"]
+    ready = platform.http.get(platform.url("dispatch", "/readyz"))
+    assert ready.status_code == 200 and "degraded" not in ready.json(), ready.text
+
+
+def test_what_no_event_can_carry_is_refused_with_a_named_field(platform: Platform) -> None:
+    base = {"name": "Strict", "service_types": [SERVICE_TYPE], "regions": ["north"]}
+    for capacity in ("5", True, 5.5):
+        r = register(platform, {**base, "capacity": capacity})
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "capacity", r.text
+    r = register(platform, {**base, "service_types": ["fax.repair"]})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "service_types.0", r.text
+    r = register(platform, {**base, "qualifications": [{"service_type": "fax.repair", "certificate": "C"}]})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "qualifications.0.service_type", r.text
+    tid = platform.register_technician(capacity=1, region=f"q{uuid.uuid4().hex[:6]}")
+    grant = platform.url("dispatch", f"/v1/technicians/{tid}/qualifications")
+    r = platform.http.post(
+        grant, json={"service_type": "fax.repair", "certificate": "C"}, headers=platform.auth("supervisor")
+    )
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "service_type", r.text
+    r = platform.http.post(
+        grant,
+        json={"service_type": SERVICE_TYPE, "certificate": "C", "level": "3"},
+        headers=platform.auth("supervisor"),
+    )
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "level", r.text
+    r = platform.http.put(
+        platform.url("dispatch", f"/v1/technicians/{tid}/capacity"),
+        json={"capacity": True},
+        headers=platform.auth("supervisor"),
+    )
+    assert r.status_code == 422, r.text
+
+
+def test_a_stopped_clock_still_shows_the_deadline_that_held(platform: Platform) -> None:
+    region = f"sla{uuid.uuid4().hex[:6]}"
+    platform.register_technician(capacity=1, region=region)
+    ticket = platform.submit(region=region).json()["id"]
+    wo = platform.wait_assigned(ticket)
+    assert platform.work(wo, "accept").status_code == 200
+    r = platform.work(wo, "start", {"mode": "remote"})
+    assert r.status_code == 200
+    r = platform.work(wo, "log", {"action": "measured", "mode": "remote", "measurements": {"snr": "NaN"}})
+    assert r.status_code == 201  # a text reading is fine; a NaN number is not (below)
+    bad = b'{"action": "measured", "mode": "remote", "measurements": {"snr": NaN}}'
+    r = platform.http.post(
+        platform.url("dispatch", f"/v1/work-orders/{wo['id']}/log"),
+        content=bad,
+        headers={**platform.tech_auth(wo["technician_id"]), "content-type": "application/json"},
+    )
+    assert 400 <= r.status_code < 500, r.text
+    sla = wait_for(
+        lambda: (
+            s := platform.http.get(
+                platform.url("dispatch", f"/v1/tickets/{ticket}/sla"), headers=platform.auth("supervisor")
+            ).json()
+        )["clocks"]["respond"]["stopped_at"]
+        and s,
+        what="the respond clock stopped",
+    )
+    respond = sla["clocks"]["respond"]
+    assert respond["state"] == "met" and respond["met"] is True
+    assert respond["deadline"] and respond["warning_at"] and respond["deadline"] > respond["stopped_at"]

@@ -1,0 +1,57 @@
+"""What the relay keeps of a notification it cannot publish (no I/O: the mapping step alone)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+from tsop_dispatch.application import DispatchApp, to_wire, work_order_id
+from tsop_dispatch.domain import WorkOrder
+from tsop_events.clock import ManualClock
+from tsop_events.relay import Outgoing, Relay, _Ready, _Refused, stored_form
+from tsop_events.settings import ServiceSettings
+
+NOW = datetime(2026, 6, 1, 9, tzinfo=UTC)
+
+
+def relay_over(app: DispatchApp, mapper: Any) -> Relay:
+    settings = ServiceSettings(service_name="dispatch", topic_prefix="p.")
+    return Relay("dispatch", app, mapper, producer=None, pool=None, settings=settings, epoch=None)  # type: ignore[arg-type]
+
+
+def test_a_ticket_event_the_mapper_refuses_is_kept_under_its_ticket_and_topic() -> None:
+    app = DispatchApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=ManualClock(NOW))
+    tech, _ = app.register_technician(uuid4(), "T", ["broadband.fault_repair"], ["north"], 1)
+    wo = app.open_work_order(work_order_id("T-1"), "T-1", "broadband.fault_repair", "north", 2, None, "cause")
+    app.save(wo)
+
+    def broken(e: Any) -> Outgoing | None:
+        if isinstance(e, WorkOrder.__dict__["Opened"]):
+            raise KeyError("a bug in the mapper")
+        return to_wire(e)
+
+    relay = relay_over(app, broken)
+    registered, opened = app.recorder.select_notifications(1, 10)
+    ready = relay._prepare(registered)
+    assert isinstance(ready, _Ready) and ready.topic == "p.workforce" and ready.key == str(tech.id).encode()
+    refused = relay._prepare(opened)
+    assert isinstance(refused, _Refused)
+    assert refused.subject == "T-1" and refused.topic == "p.tickets"  # the ticket whose history has the gap
+    assert isinstance(refused.error, KeyError)
+    form = json.loads(stored_form(opened))
+    assert form["notification_id"] == opened.id and form["originator_version"] == 1
+    assert form["state_encoding"] == "json" and form["state"]["ticket_id"] == "T-1"
+
+
+def test_an_event_without_a_ticket_is_kept_under_its_aggregate() -> None:
+    app = DispatchApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=ManualClock(NOW))
+    tech, _ = app.register_technician(uuid4(), "T", ["broadband.fault_repair"], ["north"], 1)
+
+    def broken(e: Any) -> Outgoing | None:
+        raise ValueError("nothing maps")
+
+    (n,) = app.recorder.select_notifications(1, 10)
+    refused = relay_over(app, broken)._prepare(n)
+    assert isinstance(refused, _Refused) and refused.subject == str(tech.id) and refused.topic is None
