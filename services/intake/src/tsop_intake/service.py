@@ -13,12 +13,18 @@ I/O (lookups, saves) happens here, decisions in ``domain``.
   channel's registered callback URL)
 * ``time_requirement``: ``{deadline, window_start, window_end}`` (ISO 8601 with offset; a window needs both ends)
 * ``location``: ``{address, postcode, site_id}`` (strings); duplicate detection uses the site id, else the address
-* ``details``: type-specific values (str/int/float/bool, ≤ 32 keys) the catalogue may require (``details.<name>``)
+* ``details``: type-specific values (text ≤ 1000 characters, 64-bit integer, finite number within ±2⁶³, or
+  boolean; ≤ 32 keys) the catalogue may require (``details.<name>``)
+* ``attributes``: a free-form object (``tsop_events.inbound.JsonObject``: ≤ 8 levels, ≤ 1000 values)
+
+Every text is refused with a control character (tab and newlines aside) and kept in Unicode NFC; a date-time
+needs an offset within ±18:00 and must fall within years 1 to 9999 in UTC.
 
 ``changes`` (``update``) — the same keys except ``customer_id`` and ``channel`` (fixed once submitted).
 While *pending information* or *queued for review* every such key may change (a pending application is
 reviewed again at once); once *accepted* only ``description``, ``special_needs``, ``callback_url`` and
-``channel_request_ref``; otherwise the request is closed to changes (409).
+``channel_request_ref``; otherwise the request is closed to changes (409). A null removes only what a request
+may lack (``special_needs``, ``callback_url``, ``location``, ``channel_request_ref``); for the rest it is 422.
 
 Errors are ``IntakeError`` subclasses carrying ``status``, ``title`` and ``errors`` (``[{field, reason}]``):
 ``InvalidInput`` / ``UnknownServiceType`` / ``IdempotencyConflict`` / ``InvalidChange`` /
