@@ -104,6 +104,8 @@ def sign(secret: str, body: bytes) -> str:
 
 
 class Deliverer:
+    """Posts the notifications the board says are awaited, each its own task; records them through commands."""
+
     def __init__(
         self,
         svc: Service[commands.FeedbackApp],
