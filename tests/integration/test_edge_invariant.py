@@ -36,7 +36,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from eventsourcing.application import AggregateNotFoundError
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
@@ -52,18 +51,20 @@ from tsop_dispatch.policies import OpenWorkOrders
 from tsop_events import schemas as wire
 from tsop_events.auth import Principal, Role, hash_token
 from tsop_events.clock import ManualClock
+from tsop_events.commands import Commands
 from tsop_events.consumer import OFFSETS_DDL, Incoming, Sink
 from tsop_events.envelope import stable_event_id, unwrap, wrap
 from tsop_events.errors import DomainError
 from tsop_events.inbound import EdgeError, check_json
 from tsop_events.relay import Mapper
+from tsop_events.runtime import Service
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp, GroupCommit, ensure_database
+from tsop_feedback import commands as feedback_commands
 from tsop_feedback.api import Rating
-from tsop_feedback.application import FeedbackApp
-from tsop_feedback.application import to_wire as feedback_wire
-from tsop_feedback.domain import FeedbackError
+from tsop_feedback.commands import FeedbackApp
 from tsop_feedback.policies import FollowTickets
+from tsop_feedback.wire import WIRE as feedback_wire
 from tsop_incident.projection import OpenTickets
 from tsop_intake import service
 from tsop_intake.api import CancelRequest, ReviewDecision, SubmitRequest
@@ -312,6 +313,8 @@ class World:
                       for name, s in self.settings.items()}
         self.intake = IntakeApp(self.settings["intake"], clock=self.clock)
         self.feedback = FeedbackApp(self.settings["feedback"], clock=self.clock)
+        self.feedback_svc: Service[FeedbackApp] = Service(self.settings["feedback"])
+        self.feedback_svc.app, self.feedback_svc.commands = self.feedback, Commands(self.feedback)
         self.dispatch = DispatchApp(self.settings["dispatch"], clock=self.clock)
         self.archive = ArchiveApp(self.settings["archive"], clock=self.clock)
         self.runtime: Any = SimpleNamespace(app=self.intake, committer=GroupCommit(self.intake),
@@ -523,8 +526,8 @@ async def live(world: World, story: Story, seen: Counter[str]) -> None:
         rating = across_the_edge(story["rating"], Rating)
         if rating is not None:
             try:
-                await asyncio.to_thread(world.feedback.rate, ticket, rating.score, rating.comment)
-            except (AggregateNotFoundError, FeedbackError):  # 404 / 409
+                await feedback_commands.rate(world.feedback_svc, ticket, rating.score, rating.comment, patience=0)
+            except DomainError:  # 404 / 409
                 pass
             else:
                 seen["rating accepted"] += 1
