@@ -38,6 +38,7 @@ import httpx
 from tsop_events import outbound
 from tsop_events.consumer import Incoming
 from tsop_events.envelope import derived_id
+from tsop_events.errors import Invalid
 from tsop_events.runtime import Runtime
 from tsop_intake.tmf import model
 
@@ -74,10 +75,12 @@ DDL: tuple[str, ...] = (
 )
 
 
-class InvalidSubscription(ValueError):
+class InvalidSubscription(Invalid):
+    """A listener's ``query`` the hub cannot follow."""
+
     def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
+        super().__init__(reason, field)
+        self.extra["field"] = field
 
 
 def parse_query(query: str | None) -> list[str] | None:
