@@ -336,8 +336,16 @@ def _check_owner(request: ServiceRequest, caller: Principal) -> None:
         raise Forbidden(f"{caller.subject} may not act on requests", "ticket_id")
 
 
+def _request(uow: UnitOfWork, ticket_id: UUID) -> ServiceRequest | None:
+    """The request with this id; None if there is none (or the id is a channel's)."""
+    found = uow.get(ticket_id)
+    return found if isinstance(found, ServiceRequest) else None
+
+
 def _load(uow: UnitOfWork, ticket_id: UUID, caller: Principal) -> ServiceRequest:
-    request = uow.load(ServiceRequest, ticket_id, "ticket_id", "request")
+    request = _request(uow, ticket_id)
+    if request is None:
+        raise NotFound(f"no request {ticket_id}", "ticket_id")
     _check_owner(request, caller)
     return request
 
@@ -504,7 +512,9 @@ async def submit(
             app.index.forget(ticket_id)
             noted = False
             app.index.reobserve(ticket_id)
-            stored = uow.load(ServiceRequest, ticket_id, "Idempotency-Key", "request")
+            stored = _request(uow, ticket_id)
+            if stored is None:
+                raise NotFound(f"no request {ticket_id}", "Idempotency-Key")
             return _same_submission(stored, fingerprint), False
         # again after the last await, so concurrent submissions cannot all pass the same last free slot
         _refuse_over_limit(app, channel_key, caller.channel_id, now)
@@ -553,7 +563,7 @@ async def _replay(svc: Intake, ticket_id: UUID, fingerprint: str, patience: floa
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience
     # the index notes a submission before its save commits: a twin arriving meanwhile waits for it
-    while (existing := await svc.commands.run(lambda uow: uow.find(ServiceRequest, ticket_id))) is None:
+    while (existing := await svc.commands.run(lambda uow: _request(uow, ticket_id))) is None:
         if loop.time() > deadline:
             raise Conflict("a submission with this key is still being saved; retry", "Idempotency-Key")
         await asyncio.sleep(0.02)
@@ -569,7 +579,7 @@ async def sees_duplicate(svc: Intake, request: ServiceRequest, caller: Principal
     if request.duplicate_of is None or caller.channel_id is None:
         return True
     original_id = UUID(request.duplicate_of)
-    original = await svc.commands.run(lambda uow: uow.find(ServiceRequest, original_id))
+    original = await svc.commands.run(lambda uow: _request(uow, original_id))
     return original is not None and original.channel_id == caller.channel_id
 
 
@@ -670,7 +680,10 @@ async def decide(
 
 
 def _channel(uow: UnitOfWork, channel_id: UUID) -> ChannelSystem:
-    return uow.load(ChannelSystem, channel_id, "channel_id", "channel")
+    found = uow.get(channel_id)
+    if not isinstance(found, ChannelSystem):
+        raise NotFound(f"no channel {channel_id}", "channel_id")
+    return found
 
 
 async def register_channel(

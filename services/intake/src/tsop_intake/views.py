@@ -309,8 +309,8 @@ async def expire_pending(svc: Service[IntakeApp]) -> int:
     for tid in app.index.due(app.clock.now()):
 
         def decide(uow: UnitOfWork, tid: UUID = tid) -> bool:
-            request = uow.find(ServiceRequest, tid)
-            return request is not None and request.expire(app.clock.now())
+            request = uow.get(tid)
+            return isinstance(request, ServiceRequest) and request.expire(app.clock.now())
 
         if await svc.commands.run(decide):
             cancelled += 1
