@@ -285,12 +285,7 @@ async def patch_ticket(
     if content_type not in MERGE_PATCH:
         raise Problem(415, "Unsupported media type", "PATCH takes application/merge-patch+json")
     state, _ = await _ticket(svc, id, caller)
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        raise Problem(400, "Malformed JSON", "The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise Problem(400, "Invalid request", "body: a merge patch is a JSON object", field="body")
+    body = inbound.merge_patch(await request.body())
     tid = UUID(id)
     before = await commands.get(svc, tid, caller)
     kept = before.attributes
@@ -368,18 +363,14 @@ async def register_hub(
 ) -> dict[str, Any]:
     unknown = sorted(set(body) - {"callback", "query", "@type", "@baseType", "@schemaLocation"})
     if unknown:
-        raise Problem(400, "Invalid request", f"{unknown[0]}: is not a Hub attribute", field=unknown[0])
+        raise hub.InvalidSubscription(unknown[0], "is not a Hub attribute")
     callback = body.get("callback")
     if not isinstance(callback, str) or not URL.match(callback) or len(callback) > 2000:
-        raise Problem(400, "Invalid request", "callback: must be an absolute http(s) URL", field="callback")
-    try:  # checked again, resolved, at every delivery
-        await outbound.guard_for(svc.settings).check(callback)
-    except outbound.Refused as exc:
-        raise Problem(422, "Invalid request", f"callback: {exc.reason}: listeners may not be there",
-                      field="callback") from None
+        raise hub.InvalidSubscription("callback", "must be an absolute http(s) URL")
+    await hub.check_callback(outbound.guard_for(svc.settings), callback)
     query = body.get("query")
     if query is not None and not isinstance(query, str):
-        raise Problem(400, "Invalid request", "query: must be a string", field="query")
+        raise hub.InvalidSubscription("query", "must be a string")
     event_types = hub.parse_query(query)
     pool = svc.pool
     row = await pool.fetchrow(

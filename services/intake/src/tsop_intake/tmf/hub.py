@@ -83,6 +83,14 @@ class InvalidSubscription(Invalid):
         self.extra["field"] = field
 
 
+async def check_callback(guard: outbound.OutboundGuard, callback: str) -> None:
+    """Refuse a listener the outbound guard would never deliver to (checked again, resolved, at every delivery)."""
+    try:
+        await guard.check(callback)
+    except outbound.Refused as exc:
+        raise InvalidSubscription("callback", f"{exc.reason}: listeners may not be there") from None
+
+
 def parse_query(query: str | None) -> list[str] | None:
     """The event types a listener asked for (``eventType=A,B``); None for all."""
     if not query:

@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
+import orjson
+
 from tsop_events.errors import Invalid
 from tsop_intake.tmf import model
 
@@ -225,6 +227,21 @@ def _native_characteristics(chars: dict[str, str]) -> dict[str, Any]:
     if details:
         native["details"] = details
     return native
+
+
+class MalformedJson(Invalid):
+    title = "Malformed JSON"
+
+
+def merge_patch(raw: bytes) -> dict[str, Any]:
+    """The body of a PATCH: a JSON object (a merge patch)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MalformedJson("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise BadAttribute("body", "a merge patch is a JSON object")
+    return body
 
 
 def parse_patch(
