@@ -2,13 +2,15 @@
 
 * the TMF621 facade's document (TM Forum's v5.0.1 OAS trimmed to what is implemented), called
   with a registered channel's credential;
-* intake's native document (``/openapi.json``, the ``/v1`` routes), called as an administrator;
+* intake's native document (``/openapi.json``, the ``/v1`` routes), called as an administrator, and its
+  request routes again as a registered channel (the role that submits), so their success bodies are met;
 * feedback's document, called as an agent; random ids find no case, so its success bodies (201, 202
   and the case view) are also checked on real tickets;
 * incident's document, called as a supervisor (its summary answers 200 to any valid query).
 
 For every generated request: no 5xx, a status code the document declares, a declared content type,
-and a body that matches the declared schema. Examples per operation: ``TSOP_SCHEMATHESIS_EXAMPLES``
+and a body that matches the declared schema, success bodies included: every native route declares its
+answer (``response_model``), which the first test holds true. Examples per operation: ``TSOP_SCHEMATHESIS_EXAMPLES``
 (default 25).
 """
 
@@ -68,6 +70,17 @@ fuzz = settings(
 )
 
 
+def test_every_native_route_declares_its_success_body(native_schema: Any) -> None:
+    undeclared = []
+    for path, operations in native_schema.raw_schema["paths"].items():
+        for method, operation in operations.items():
+            answers = {code: r for code, r in operation["responses"].items() if code.startswith("2") and code != "204"}
+            if not answers or not all(r.get("content", {}).get("application/json", {}).get("schema")
+                                      for r in answers.values()):
+                undeclared.append(f"{method.upper()} {path}")
+    assert not undeclared, f"no declared success body: {undeclared}"
+
+
 @tmf.parametrize()
 @fuzz
 def test_the_tmf621_facade_keeps_its_document(case: Any, stack: Stack, channel_headers: dict[str, str]) -> None:
@@ -78,6 +91,14 @@ def test_the_tmf621_facade_keeps_its_document(case: Any, stack: Stack, channel_h
 @fuzz
 def test_the_native_api_keeps_its_document(case: Any, stack: Stack, platform: Platform) -> None:
     case.call_and_validate(base_url=stack.url("intake"), headers=platform.auth("admin"), checks=CHECKS)
+
+
+@native.include(path_regex="^/v1/requests").parametrize()
+@fuzz
+def test_the_native_request_routes_keep_their_document_for_a_channel(
+    case: Any, stack: Stack, channel_headers: dict[str, str]
+) -> None:
+    case.call_and_validate(base_url=stack.url("intake"), headers=channel_headers, checks=CHECKS)
 
 
 def service_schema(stack: Stack, service: str) -> Any:

@@ -66,14 +66,13 @@ from tsop_feedback.commands import FeedbackApp
 from tsop_feedback.policies import FollowTickets
 from tsop_feedback.wire import WIRE as feedback_wire
 from tsop_incident.projection import OpenTickets
-from tsop_intake import service
+from tsop_intake import commands as service
 from tsop_intake.api import CancelRequest, ReviewDecision, SubmitRequest
-from tsop_intake.application import IntakeApp
-from tsop_intake.application import to_wire as intake_wire
+from tsop_intake.commands import ApplicationBase, ChangesIn, FieldsIn, IntakeApp
 from tsop_intake.projection import RequestStatusProjection
-from tsop_intake.service import ApplicationBase, ChangesIn, FieldsIn
 from tsop_intake.tmf import hub
 from tsop_intake.tmf.projection import TmfTicketProjection
+from tsop_intake.wire import WIRE as intake_wire
 
 pytestmark = pytest.mark.integration
 
@@ -317,8 +316,9 @@ class World:
         self.feedback_svc.app, self.feedback_svc.commands = self.feedback, Commands(self.feedback)
         self.dispatch = DispatchApp(self.settings["dispatch"], clock=self.clock)
         self.archive = ArchiveApp(self.settings["archive"], clock=self.clock)
-        self.runtime: Any = SimpleNamespace(app=self.intake, committer=GroupCommit(self.intake),
-                                            pool=self.pools["intake"])
+        committer = GroupCommit(self.intake)
+        self.runtime: Any = SimpleNamespace(app=self.intake, committer=committer, pool=self.pools["intake"],
+                                            commands=Commands(self.intake, committer), settings=None)
         self.sinks: list[Sink] = [
             RequestStatusProjection(self.pools["intake"], on_finished=self.intake.index.drop_closed),
             TmfTicketProjection(self.pools["intake"], hub.Outbox()),
@@ -427,14 +427,10 @@ class World:
 
 
 async def refused(call: Callable[[], Any]) -> Any | None:
-    """Run a command; a refusal must be a 4xx (``IntakeError``, ``DomainError`` under 500); anything else fails."""
+    """Run a command; a refusal must be a 4xx (a ``DomainError`` under 500); anything else fails."""
     try:
         return await call()
-    except service.IntakeError as exc:
-        assert exc.status < 500, exc
-        REFUSED[f"command {exc.field}"] += 1
-        return None
-    except DomainError as exc:  # e.g. 429 over a channel's limit
+    except DomainError as exc:  # e.g. 422 invalid, 429 over a channel's limit
         assert exc.status < 500, exc
         REFUSED[f"command {exc.field}"] += 1
         return None

@@ -19,11 +19,13 @@ import pytest
 
 from tsop_events.auth import Principal, Role, hash_token
 from tsop_events.clock import ManualClock
+from tsop_events.commands import Commands
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import GroupCommit, ensure_database
-from tsop_intake import service
-from tsop_intake.application import IntakeApp
+from tsop_intake import commands as service
+from tsop_intake.commands import IntakeApp
 from tsop_intake.projection import RequestStatusProjection
+from tsop_intake.views import expire_pending
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 ADMIN = Principal("ops", frozenset({Role.admin}))
@@ -46,7 +48,9 @@ class Instance:
     def __init__(self, settings: ServiceSettings, pool: asyncpg.Pool, now: datetime) -> None:
         self.clock = ManualClock(now)
         self.app = IntakeApp(settings, clock=self.clock)
-        self.runtime: Any = SimpleNamespace(app=self.app, committer=GroupCommit(self.app), pool=pool)
+        committer = GroupCommit(self.app)
+        self.runtime: Any = SimpleNamespace(app=self.app, committer=committer, commands=Commands(self.app, committer),
+                                            pool=pool, settings=None)
 
     async def start(self) -> Instance:
         await asyncio.to_thread(self.app.index.refresh)
@@ -87,9 +91,7 @@ async def test_a_restarted_instance_knows_channels_duplicates_deadlines_and_repl
 
     # two instances run the completion timer at once: the application is cancelled exactly once
     third = await Instance(settings, pool, later).start()
-    counts = await asyncio.gather(
-        asyncio.to_thread(second.app.expire_pending), asyncio.to_thread(third.app.expire_pending)
-    )
+    counts = await asyncio.gather(expire_pending(second.runtime), expire_pending(third.runtime))
     assert sum(counts) == 1
     gone = await asyncio.to_thread(third.app.get_request, pending.id)
     assert gone is not None and gone.status == "cancelled"

@@ -14,9 +14,9 @@ from tests.integration.test_bus_contract import STAFF, read_topic, request_field
 from tsop_events.runtime import Runtime
 from tsop_events.settings import ServiceSettings
 from tsop_events.topics import Topic
-from tsop_intake import service as intake_service
-from tsop_intake.application import IntakeApp
-from tsop_intake.application import to_wire as intake_wire
+from tsop_intake import commands as intake_service
+from tsop_intake.commands import IntakeApp
+from tsop_intake.wire import WIRE as intake_wire
 
 
 async def test_one_instance_publishes_and_a_standby_takes_over(settings: ServiceSettings) -> None:

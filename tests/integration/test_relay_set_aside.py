@@ -31,9 +31,9 @@ from tsop_events.relay import Outgoing
 from tsop_events.runtime import Runtime
 from tsop_events.settings import ServiceSettings
 from tsop_events.topics import Topic
-from tsop_intake import service as intake_service
-from tsop_intake.application import IntakeApp
-from tsop_intake.application import to_wire as intake_wire
+from tsop_intake import commands as intake_service
+from tsop_intake.commands import IntakeApp
+from tsop_intake.wire import WIRE as intake_wire
 
 SET_ASIDE_LINE = "set aside notification"
 

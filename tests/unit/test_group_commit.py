@@ -4,7 +4,7 @@ from uuid import UUID, uuid4
 from tests.unit.test_intake_review import CAT, NOW, request
 from tsop_events.clock import ManualClock
 from tsop_events.store import GroupCommit, IntegrityError
-from tsop_intake.application import IntakeApp
+from tsop_intake.commands import IntakeApp
 from tsop_intake.domain import Facts, ServiceRequest, review
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from tsop_events.inbound import EdgeError, check_json
 from tsop_feedback.api import Rating
 from tsop_intake.api import CancelRequest, ChangeChannel, RegisterChannel, ReviewDecision, SubmitRequest
-from tsop_intake.service import ChangesIn
+from tsop_intake.commands import ChangesIn
 
 VALID: dict[str, Any] = {
     "customer": {"id": "c1", "tier": "gold"},

@@ -1,4 +1,4 @@
-"""Intake's commands (service.py) on an in-memory event store: channels, review, queue, changes, cancellation."""
+"""Intake's commands (commands.py) on an in-memory event store: channels, review, queue, changes, cancellation."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ import pytest
 
 from tsop_events.auth import Principal, Role, hash_token
 from tsop_events.clock import ManualClock
+from tsop_events.commands import Commands
 from tsop_events.errors import TooMany
 from tsop_events.schemas import parse_event
 from tsop_events.store import GroupCommit
-from tsop_intake import service
-from tsop_intake.application import IntakeApp, to_wire
+from tsop_intake import commands as service
+from tsop_intake.commands import IntakeApp
+from tsop_intake.views import expire_pending
+from tsop_intake.wire import WIRE as to_wire
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 ADMIN = Principal("ops", frozenset({Role.admin}))
@@ -39,7 +42,9 @@ class Env:
         self.clock = ManualClock(NOW)
         self.app = IntakeApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=self.clock)
         self.pool = FakePool()
-        self.runtime: Any = SimpleNamespace(app=self.app, committer=GroupCommit(self.app), pool=self.pool)
+        committer = GroupCommit(self.app)
+        self.runtime: Any = SimpleNamespace(app=self.app, committer=committer, commands=Commands(self.app, committer),
+                                            pool=self.pool, settings=None)
 
     async def channel(self, kind: str = "web", name: str = "portal", **kw: Any) -> Principal:
         _, _, token = await service.register_channel(self.runtime, name, kind, kw.get("callback_url"),
@@ -73,7 +78,7 @@ def test_channels_get_hashed_revocable_credentials_resolved_to_a_channel_princip
         await service.revoke_credential(env.runtime, ch.id, cred, ADMIN)
         assert env.app.index.principal(hash_token(token)) is None
         assert env.app.index.principal(hash_token(token2)) is not None
-        with pytest.raises(service.InvalidTransition):
+        with pytest.raises(service.Conflict):
             await service.revoke_credential(env.runtime, ch.id, cred, ADMIN)
         with pytest.raises(service.NotFound):
             await service.revoke_credential(env.runtime, ch.id, "nope", ADMIN)
@@ -153,7 +158,7 @@ def test_pending_information_is_completed_by_its_channel_and_reviewed_again() ->
         r, _ = await service.submit(env.runtime, fields(location=None), web, None)
         assert r.status == "pending_information" and r.pending is not None
         assert r.pending["missing"] == [{"field": "location.address", "reason": "required for broadband.fault_repair"}]
-        with pytest.raises(service.NotYours):
+        with pytest.raises(service.Forbidden):
             await service.update(env.runtime, r.id, {"location": {"address": "2 High St"}}, other)
         with pytest.raises(service.InvalidChange) as fixed:
             await service.update(env.runtime, r.id, {"customer_id": "x"}, web)
@@ -173,15 +178,15 @@ def test_the_completion_deadline_cancels_with_the_reason() -> None:
         env = Env()
         web = await env.channel()
         r, _ = await service.submit(env.runtime, fields(location=None), web, None)
-        assert env.app.expire_pending() == 0
+        assert await expire_pending(env.runtime) == 0
         env.clock.advance(timedelta(hours=72, seconds=1))
-        assert env.app.expire_pending() == 1
+        assert await expire_pending(env.runtime) == 1
         after = env.app.get_request(r.id)
         assert after is not None and after.status == "cancelled"
         assert after.cancellation == {"reason_code": "information_deadline_passed",
                                       "reason": f"still missing at {(NOW + timedelta(hours=72)).isoformat()}: "
                                                 "location.address", "cancelled_by": "rules"}
-        assert env.app.expire_pending() == 0
+        assert await expire_pending(env.runtime) == 0
 
     run(go())
 
@@ -275,7 +280,7 @@ def test_agents_decide_the_queue_with_catalogued_reason_codes() -> None:
             "decision": "rejected", "reason_code": "not_eligible", "reason": "contract runs until 2027",
             "decided_by": "alice"}
         assert q.id not in env.app.index.queued
-        with pytest.raises(service.InvalidTransition):
+        with pytest.raises(service.Conflict):
             await service.decide(env.runtime, q.id, True, "agent_verified", None, AGENT)
 
     run(go())
@@ -288,16 +293,16 @@ def test_cancellation_needs_a_catalogued_code_and_an_open_request() -> None:
         r, _ = await service.submit(env.runtime, fields(), web, None)
         with pytest.raises(service.UnknownReasonCode):
             await service.cancel(env.runtime, r.id, "meh", "", web)
-        with pytest.raises(service.NotYours):
+        with pytest.raises(service.Forbidden):
             await service.cancel(env.runtime, r.id, "withdrawn_by_channel", "", other)
         env.pool.status[r.id] = "resolved"
-        with pytest.raises(service.InvalidTransition):
+        with pytest.raises(service.Conflict):
             await service.cancel(env.runtime, r.id, "withdrawn_by_channel", "", web)
         env.pool.status.pop(r.id)
         c = await service.cancel(env.runtime, r.id, "withdrawn_by_customer", "", web)
         assert c.cancellation == {"reason_code": "withdrawn_by_customer",
                                   "reason": "the customer withdrew the application", "cancelled_by": "channel:w"}
-        with pytest.raises(service.InvalidTransition):
+        with pytest.raises(service.Conflict):
             await service.cancel(env.runtime, r.id, "withdrawn_by_customer", "", web)
         assert (await service.get(env.runtime, r.id, AUDITOR)).status == "cancelled"
 

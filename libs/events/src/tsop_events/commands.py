@@ -123,11 +123,15 @@ class Commands(Generic[A]):
         """Call ``observer`` with the events of every command saved by this process (e.g. to update a view)."""
         self.observers.append(observer)
 
-    async def run(self, decide: Callable[[UnitOfWork], R]) -> R:
-        """Load, decide and save; when another writer saved first, decide again on fresh state."""
+    async def run(self, decide: Callable[[UnitOfWork], R], *, inline: bool = False) -> R:
+        """Load, decide and save; when another writer saved first, decide again on fresh state.
+
+        ``inline``: the first ``decide`` runs on the event loop, at once (no await before it), for a hot
+        command that reads only in-memory views and loads nothing; a retry after a conflict runs in a thread.
+        """
         for attempt in range(self.attempts):
             uow = UnitOfWork(self.app)
-            result = await asyncio.to_thread(decide, uow)
+            result = decide(uow) if inline and attempt == 0 else await asyncio.to_thread(decide, uow)
             changed = [a for a in uow.aggregates() if a.pending_events]
             if not changed:
                 return result

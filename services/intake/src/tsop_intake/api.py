@@ -1,4 +1,10 @@
-"""Intake's native HTTP routes (``/v1``): thin, parse → command (``service``) → answer."""
+"""Intake's native HTTP routes (``/v1``): thin, parse → command (``commands``) → answer.
+
+The inbound bodies are the edge (strict ``tsop_events.inbound`` models); the
+answers are declared (``response_model``), so the OpenAPI document shows them.
+Refusals are ``tsop_events.errors`` raised by the commands; ``create_app``
+renders them.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +12,19 @@ import asyncio
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import AnyHttpUrl, Field, Strict
+from fastapi import APIRouter, Depends, Header, Query, Response
+from pydantic import AnyHttpUrl, BaseModel, Field, Strict
 
 from tsop_events.auth import Principal, Role, requires
-from tsop_events.http import PROBLEM, PROBLEM_SCHEMA, runtime_of
+from tsop_events.http import PROBLEM, PROBLEM_SCHEMA, service_dependency
 from tsop_events.inbound import Inbound, Int, TextCheck
+from tsop_events.runtime import Service
 from tsop_events.schemas import Channel, CustomerTier
-from tsop_intake import service
+from tsop_intake import commands
+from tsop_intake.catalogue import ReasonCodes
+from tsop_intake.commands import ApplicationBase, ChangesIn, CustomerId, FieldsIn, IntakeApp, Short
 from tsop_intake.domain import CHANNEL_KINDS, ChannelSystem, ServiceRequest
 from tsop_intake.projection import RANK
-from tsop_intake.service import ApplicationBase, ChangesIn, CustomerId, FieldsIn, Short
 
 _PROBLEM: dict[str, Any] = {PROBLEM: {"schema": PROBLEM_SCHEMA}}
 PROBLEMS: dict[int | str, dict[str, Any]] = {
@@ -41,6 +49,8 @@ Agent = Annotated[Principal, Depends(requires(Role.agent))]
 Admin = Annotated[Principal, Depends(requires(Role.admin))]
 Overseer = Annotated[Principal, Depends(requires(Role.supervisor, Role.auditor))]
 Anyone = Annotated[Principal, Depends(requires())]
+Writer = Annotated[Principal, Depends(requires(Role.channel, Role.agent))]
+Svc = Annotated[Service[IntakeApp], Depends(service_dependency(IntakeApp))]
 
 
 Code = Annotated[str, Strict(), Field(min_length=1, max_length=64), TextCheck]
@@ -80,6 +90,126 @@ class ChangeChannel(Inbound):
     rate_limit_per_minute: RateLimit | None = None
 
 
+# ---------------------------------------------------------------- answers
+
+
+class Answer(BaseModel):
+    """An answer body (documented in the OpenAPI document; free-form parts are the stored values)."""
+
+
+class CustomerView(Answer):
+    id: str
+    tier: str
+
+
+class StatusEntry(Answer):
+    status: str
+    event_type: str
+    at: str
+
+
+class RequestView(Answer):
+    """A service request as its reader sees it: the application, the review, where it stands."""
+
+    id: str
+    channel: str
+    channel_id: str | None
+    channel_request_ref: str | None
+    customer: CustomerView
+    region: str
+    service_type: str
+    description: str
+    time_requirement: dict[str, Any]
+    special_needs: str | None
+    callback_url: str | None
+    location: dict[str, Any] | None
+    details: dict[str, Any]
+    submitted_at: str
+    review: dict[str, Any] | None = Field(description="The last decision: accepted, rejected, pending, queued, linked.")
+    pending_information: dict[str, Any] | None
+    duplicate_of: str | None = Field(description="Only for those who may see the original ticket.")
+    cancellation: dict[str, Any] | None
+    status: str = Field(description="The furthest status the request reached, downstream included.")
+    status_history: list[StatusEntry]
+
+
+class QueuedView(Answer):
+    id: str
+    service_type: str
+    region: str
+    customer_tier: str
+    queued_at: str | None
+    reasons: list[str]
+
+
+class ReviewQueue(Answer):
+    total: int
+    items: list[QueuedView]
+
+
+class ServiceTypes(Answer):
+    types: dict[str, dict[str, Any]]
+    completion_hours: int | float
+
+
+class ChannelShares(Answer):
+    """Submissions by channel kind and review outcomes, counted from intake's own log."""
+
+    submitted: int
+    by_channel_kind: dict[str, int]
+    self_service: int
+    manual: int
+    self_service_share: float | None
+    manual_share: float | None
+    review_outcomes: dict[str, int]
+    expected_self_service_share: float
+
+
+class CredentialView(Answer):
+    id: str
+    issued_at: str
+    revoked_at: str | None
+
+
+class ChannelView(Answer):
+    id: str
+    name: str
+    kind: str
+    kind_label: str
+    self_service: bool
+    callback_url: str | None
+    rate_limit_per_minute: int | None
+    registered_at: str
+    credentials: list[CredentialView]
+
+
+class IssuedCredential(Answer):
+    id: str
+    token: str
+    note: str
+
+
+class ChannelWithCredential(ChannelView):
+    """A channel with the credential just issued: its token is shown once, only its hash is kept."""
+
+    credential: IssuedCredential
+
+
+class ChannelEntry(Answer):
+    id: str
+    name: str
+    kind: str
+    kind_label: str
+    callback_url: str | None
+    rate_limit_per_minute: int | None
+    live_credentials: list[str]
+
+
+class ChannelList(Answer):
+    total: int
+    items: list[ChannelEntry]
+
+
 LINKED_REASON = "the same customer, type and location is already open"
 
 
@@ -87,7 +217,7 @@ def request_view(
     r: ServiceRequest, history: list[dict[str, Any]] | None = None, *, names_duplicate: bool = False
 ) -> dict[str, Any]:
     """The request as its reader sees it; which ticket it duplicates only when ``names_duplicate``
-    (staff, or the channel that owns that ticket too: see ``service.sees_duplicate``)."""
+    (staff, or the channel that owns that ticket too: see ``commands.sees_duplicate``)."""
     # the furthest status reached (projection.RANK), never the last to arrive: a FeedbackSent recorded
     # after Archived does not send the request back to feedback_sent
     downstream = max((h["status"] for h in history or []), key=lambda st: RANK.get(st, -1), default=None)
@@ -146,30 +276,31 @@ def channel_view(c: ChannelSystem, token: str | None = None, credential_id: str 
 
 
 async def _view(
-    request: Request, r: ServiceRequest, caller: Principal, history: list[dict[str, Any]] | None = None
+    svc: Service[IntakeApp], r: ServiceRequest, caller: Principal, history: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    names = await service.sees_duplicate(runtime_of(request), r, caller)
+    names = await commands.sees_duplicate(svc, r, caller)
     return request_view(r, history, names_duplicate=names)
 
 
 async def _answer(
-    request: Request, response: Response, created: ServiceRequest, caller: Principal, new: bool = True
+    svc: Service[IntakeApp], response: Response, created: ServiceRequest, caller: Principal, new: bool = True
 ) -> dict[str, Any]:
     response.headers["Location"] = f"/v1/requests/{created.id}"
     if not new:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    return await _view(request, created, caller)
+    return await _view(svc, created, caller)
 
 
 # ---------------------------------------------------------------- requests
 
 
-@router.post("/requests", status_code=201, tags=["requests"],
-             responses={200: {"description": "Replay of an earlier submission with the same Idempotency-Key"}})
+@router.post("/requests", status_code=201, tags=["requests"], response_model=RequestView,
+             responses={200: {"description": "Replay of an earlier submission with the same Idempotency-Key",
+                              "model": RequestView}})
 async def submit(
     body: SubmitRequest,
-    request: Request,
+    svc: Svc,
     response: Response,
     caller: ChannelCaller,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
@@ -177,49 +308,42 @@ async def submit(
     fields = {name: getattr(body, name) for name in ApplicationBase.model_fields}
     # validated once, by this body model, whose parts are FieldsIn's own
     parsed = FieldsIn.model_construct(customer_id=body.customer.id, customer_tier=body.customer.tier, **fields)
-    created, new = await service.submit(runtime_of(request), parsed, caller, idempotency_key)
-    return await _answer(request, response, created, caller, new)
+    created, new = await commands.submit(svc, parsed, caller, idempotency_key)
+    return await _answer(svc, response, created, caller, new)
 
 
-@router.get("/requests/{ticket_id}", tags=["requests"])
-async def get_request(ticket_id: UUID, request: Request, caller: Reader) -> dict[str, Any]:
-    runtime = runtime_of(request)
-    found = await service.get(runtime, ticket_id, caller)
-    rows = await runtime.pool.fetch(
+@router.get("/requests/{ticket_id}", tags=["requests"], response_model=RequestView)
+async def get_request(ticket_id: UUID, svc: Svc, caller: Reader) -> dict[str, Any]:
+    found = await commands.get(svc, ticket_id, caller)
+    rows = await svc.pool.fetch(
         "SELECT event_type, status, at FROM request_history WHERE ticket_id = $1 ORDER BY at", ticket_id
     )
     history = [{"status": r["status"], "event_type": r["event_type"], "at": r["at"].isoformat()} for r in rows]
-    return await _view(request, found, caller, history)
+    return await _view(svc, found, caller, history)
 
 
-@router.patch("/requests/{ticket_id}", tags=["requests"])
-async def update_request(
-    ticket_id: UUID, body: ChangesIn, request: Request, caller: Annotated[Principal, Depends(
-        requires(Role.channel, Role.agent))]
-) -> dict[str, Any]:
+@router.patch("/requests/{ticket_id}", tags=["requests"], response_model=RequestView)
+async def update_request(ticket_id: UUID, body: ChangesIn, svc: Svc, caller: Writer) -> dict[str, Any]:
     """Complete pending information or correct attributes (JSON merge: only the keys sent change)."""
     changes = body.model_dump(exclude_unset=True)
-    updated = await service.update(runtime_of(request), ticket_id, changes, caller)
-    return await _view(request, updated, caller)
+    updated = await commands.update(svc, ticket_id, changes, caller)
+    return await _view(svc, updated, caller)
 
 
-@router.post("/requests/{ticket_id}/cancel", tags=["requests"])
-async def cancel_request(
-    ticket_id: UUID, body: CancelRequest, request: Request,
-    caller: Annotated[Principal, Depends(requires(Role.channel, Role.agent))],
-) -> dict[str, Any]:
-    cancelled = await service.cancel(runtime_of(request), ticket_id, body.reason_code, body.reason, caller)
-    return await _view(request, cancelled, caller)
+@router.post("/requests/{ticket_id}/cancel", tags=["requests"], response_model=RequestView)
+async def cancel_request(ticket_id: UUID, body: CancelRequest, svc: Svc, caller: Writer) -> dict[str, Any]:
+    cancelled = await commands.cancel(svc, ticket_id, body.reason_code, body.reason, caller)
+    return await _view(svc, cancelled, caller)
 
 
 # ---------------------------------------------------------------- review queue
 
 
-@router.get("/review-queue", tags=["review"])
+@router.get("/review-queue", tags=["review"], response_model=ReviewQueue)
 async def review_queue(
-    request: Request, caller: Agent, limit: Annotated[int, Query(ge=1, le=500)] = 100
+    svc: Svc, caller: Agent, limit: Annotated[int, Query(ge=1, le=500)] = 100
 ) -> dict[str, Any]:
-    index = service.intake(runtime_of(request)).index
+    index = svc.app.index
     await asyncio.to_thread(index.refresh)
     with index.lock:
         queued = sorted(index.queued.items(), key=lambda kv: (str(kv[1].since), str(kv[0])))
@@ -232,32 +356,32 @@ async def review_queue(
     return {"total": total, "items": items}
 
 
-@router.post("/requests/{ticket_id}/review", tags=["review"])
-async def decide(ticket_id: UUID, body: ReviewDecision, request: Request, caller: Agent) -> dict[str, Any]:
-    decided = await service.decide(
-        runtime_of(request), ticket_id, body.decision == "accept", body.reason_code, body.reason, caller
+@router.post("/requests/{ticket_id}/review", tags=["review"], response_model=RequestView)
+async def decide(ticket_id: UUID, body: ReviewDecision, svc: Svc, caller: Agent) -> dict[str, Any]:
+    decided = await commands.decide(
+        svc, ticket_id, body.decision == "accept", body.reason_code, body.reason, caller
     )
-    return await _view(request, decided, caller)
+    return await _view(svc, decided, caller)
 
 
-@router.get("/reason-codes", tags=["review"])
-async def reason_codes(request: Request, caller: Anyone) -> dict[str, Any]:
-    return service.intake(runtime_of(request)).catalogue.reason_codes.model_dump()
+@router.get("/reason-codes", tags=["review"], response_model=ReasonCodes)
+async def reason_codes(svc: Svc, caller: Anyone) -> ReasonCodes:
+    return svc.app.catalogue.reason_codes
 
 
-@router.get("/service-types", tags=["requests"])
-async def service_types(request: Request, caller: Anyone) -> dict[str, Any]:
-    cat = service.intake(runtime_of(request)).catalogue
+@router.get("/service-types", tags=["requests"], response_model=ServiceTypes)
+async def service_types(svc: Svc, caller: Anyone) -> dict[str, Any]:
+    cat = svc.app.catalogue
     return {
         "types": {name: t.model_dump(exclude={"name"}) for name, t in sorted(cat.types.items())},
         "completion_hours": cat.completion_hours,
     }
 
 
-@router.get("/stats/channels", tags=["stats"])
-async def channel_stats(request: Request, caller: Overseer) -> dict[str, Any]:
+@router.get("/stats/channels", tags=["stats"], response_model=ChannelShares)
+async def channel_stats(svc: Svc, caller: Overseer) -> dict[str, Any]:
     """Submissions by channel kind: the self-service against manual share (the standard expects ~70/30)."""
-    index = service.intake(runtime_of(request)).index
+    index = svc.app.index
     await asyncio.to_thread(index.refresh)
     return {**index.shares(), "expected_self_service_share": 0.7}
 
@@ -265,20 +389,19 @@ async def channel_stats(request: Request, caller: Overseer) -> dict[str, Any]:
 # ---------------------------------------------------------------- channel registry
 
 
-@router.post("/channels", status_code=201, tags=["channels"])
-async def register_channel(body: RegisterChannel, request: Request, response: Response, caller: Admin) -> dict[
-        str, Any]:
-    ch, cred, token = await service.register_channel(
-        runtime_of(request), body.name, body.kind.value, str(body.callback_url) if body.callback_url else None,
+@router.post("/channels", status_code=201, tags=["channels"], response_model=ChannelWithCredential)
+async def register_channel(body: RegisterChannel, svc: Svc, response: Response, caller: Admin) -> dict[str, Any]:
+    ch, cred, token = await commands.register_channel(
+        svc, body.name, body.kind.value, str(body.callback_url) if body.callback_url else None,
         body.rate_limit_per_minute, caller,
     )
     response.headers["Location"] = f"/v1/channels/{ch.id}"
     return channel_view(ch, token, cred)
 
 
-@router.get("/channels", tags=["channels"])
-async def list_channels(request: Request, caller: Admin) -> dict[str, Any]:
-    index = service.intake(runtime_of(request)).index
+@router.get("/channels", tags=["channels"], response_model=ChannelList)
+async def list_channels(svc: Svc, caller: Admin) -> dict[str, Any]:
+    index = svc.app.index
     await asyncio.to_thread(index.refresh)
     with index.lock:
         items = [
@@ -290,23 +413,24 @@ async def list_channels(request: Request, caller: Admin) -> dict[str, Any]:
     return {"total": len(items), "items": sorted(items, key=lambda c: c["name"])}
 
 
-@router.get("/channels/{channel_id}", tags=["channels"])
-async def get_channel(channel_id: UUID, request: Request, caller: Admin) -> dict[str, Any]:
-    return channel_view(await service.get_channel(runtime_of(request), channel_id))
+@router.get("/channels/{channel_id}", tags=["channels"], response_model=ChannelView)
+async def get_channel(channel_id: UUID, svc: Svc, caller: Admin) -> dict[str, Any]:
+    return channel_view(await commands.get_channel(svc, channel_id))
 
 
-@router.patch("/channels/{channel_id}", tags=["channels"])
-async def change_channel(channel_id: UUID, body: ChangeChannel, request: Request, caller: Admin) -> dict[str, Any]:
+@router.patch("/channels/{channel_id}", tags=["channels"], response_model=ChannelView)
+async def change_channel(channel_id: UUID, body: ChangeChannel, svc: Svc, caller: Admin) -> dict[str, Any]:
     changes = body.model_dump(mode="json", exclude_unset=True)
-    return channel_view(await service.change_channel(runtime_of(request), channel_id, changes, caller))
+    return channel_view(await commands.change_channel(svc, channel_id, changes, caller))
 
 
-@router.post("/channels/{channel_id}/credentials", status_code=201, tags=["channels"])
-async def issue_credential(channel_id: UUID, request: Request, caller: Admin) -> dict[str, Any]:
-    ch, cred, token = await service.issue_credential(runtime_of(request), channel_id, caller)
+@router.post("/channels/{channel_id}/credentials", status_code=201, tags=["channels"],
+             response_model=ChannelWithCredential)
+async def issue_credential(channel_id: UUID, svc: Svc, caller: Admin) -> dict[str, Any]:
+    ch, cred, token = await commands.issue_credential(svc, channel_id, caller)
     return channel_view(ch, token, cred)
 
 
-@router.delete("/channels/{channel_id}/credentials/{credential_id}", tags=["channels"])
-async def revoke_credential(channel_id: UUID, credential_id: str, request: Request, caller: Admin) -> dict[str, Any]:
-    return channel_view(await service.revoke_credential(runtime_of(request), channel_id, credential_id, caller))
+@router.delete("/channels/{channel_id}/credentials/{credential_id}", tags=["channels"], response_model=ChannelView)
+async def revoke_credential(channel_id: UUID, credential_id: str, svc: Svc, caller: Admin) -> dict[str, Any]:
+    return channel_view(await commands.revoke_credential(svc, channel_id, credential_id, caller))

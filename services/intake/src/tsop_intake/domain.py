@@ -16,7 +16,11 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from tsop_events.errors import Conflict, Invalid, NotFound
 from tsop_intake.catalogue import Catalogue, ServiceType
+
+Json = str | int | float | bool | None | list["Json"] | dict[str, "Json"]
+DetailValue = str | int | float | bool
 
 MIN_DESCRIPTION = 10
 SELF_SERVICE = frozenset({"web", "app"})
@@ -33,20 +37,36 @@ CORRECTABLE_AFTER_ACCEPT = frozenset(
 OPEN = frozenset({"submitted", "pending_information", "queued_for_review", "accepted"})
 
 
-class RequestError(ValueError):
-    """A command the request's state refuses."""
+# ---------------------------------------------------------------- refusals (tsop_events.errors)
 
 
-class InvalidState(RequestError):
+class InvalidState(Conflict):
+    """The request's status refuses the command (409, naming ``current_status``)."""
+
     def __init__(self, status: str, action: str) -> None:
-        super().__init__(f"cannot {action} a request that is {status}")
-        self.status, self.action = status, action
+        super().__init__(f"cannot {action} a request that is {status}", "status", current_status=status)
+        self.current, self.action = status, action
 
 
-class InvalidChange(RequestError):
+class InvalidChange(Invalid):
+    """A change the request refuses: a fixed field, or one closed once accepted (422)."""
+
+    title = "Invalid change"
+
     def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
+        super().__init__(reason, field)
+
+
+class UnknownServiceType(Invalid):
+    title = "Unknown service type"
+
+
+class UnknownReasonCode(Invalid):
+    title = "Unknown reason code"
+
+
+class IdempotencyConflict(Invalid):
+    title = "Idempotency-Key reused"
 
 
 # ---------------------------------------------------------------- the review
@@ -218,7 +238,66 @@ def review(cat: Catalogue, app: Mapping[str, Any], facts: Facts) -> Decision:
 class ServiceRequest(Aggregate):
     """One application, from submission through review to an accepted, rejected, linked or cancelled request."""
 
-    @event("Submitted")
+    class Submitted(Aggregate.Created):
+        channel: str
+        channel_id: str | None
+        channel_request_ref: str | None
+        customer_id: str
+        customer_tier: str
+        region: str
+        service_type: str
+        description: str
+        time_requirement: dict[str, str | None]
+        special_needs: str | None
+        callback_url: str | None
+        location: dict[str, str | None] | None
+        details: dict[str, DetailValue]
+        submitted_at: datetime
+        fingerprint: str = ""
+        attributes: dict[str, Json] | None = None  # absent from the oldest stored submissions
+
+    class Accepted(Aggregate.Event):
+        priority: int
+        resolve_by: datetime
+        reason_code: str
+        decided_by: str
+        accepted_at: datetime
+        service_type: str
+        region: str
+        customer_tier: str
+
+    class Rejected(Aggregate.Event):
+        reason_code: str
+        reason: str
+        decided_by: str
+        rejected_at: datetime
+
+    class PendingInformation(Aggregate.Event):
+        missing: list[dict[str, str]]
+        complete_by: datetime
+        pending_at: datetime
+
+    class Queued(Aggregate.Event):
+        reasons: list[str]
+        queued_at: datetime
+
+    class Linked(Aggregate.Event):
+        duplicate_of: str
+        reason: str
+        linked_at: datetime
+
+    class Updated(Aggregate.Event):
+        changes: dict[str, Json]
+        updated_by: str
+        updated_at: datetime
+
+    class Cancelled(Aggregate.Event):
+        reason_code: str
+        reason: str
+        cancelled_by: str
+        cancelled_at: datetime
+
+    @event(Submitted)
     def __init__(
         self,
         id: UUID,  # noqa: A002 - the ticket id, chosen by the application
@@ -234,10 +313,10 @@ class ServiceRequest(Aggregate):
         special_needs: str | None,
         callback_url: str | None,
         location: dict[str, str | None] | None,
-        details: dict[str, Any],
+        details: dict[str, DetailValue],
         submitted_at: datetime,
         fingerprint: str = "",
-        attributes: dict[str, Any] | None = None,
+        attributes: dict[str, Json] | None = None,
     ) -> None:
         self.fingerprint = fingerprint  # of the submitted fields: an Idempotency-Key replay must match it
         self.channel = channel
@@ -313,7 +392,7 @@ class ServiceRequest(Aggregate):
             customer_tier=self.customer_tier,
         )
 
-    @event("Accepted")
+    @event(Accepted)
     def _accept(
         self,
         priority: int,
@@ -332,34 +411,34 @@ class ServiceRequest(Aggregate):
             "reason_code": reason_code, "decided_by": decided_by,
         }
 
-    @event("Rejected")
+    @event(Rejected)
     def _reject(self, reason_code: str, reason: str, decided_by: str, rejected_at: datetime) -> None:
         self.status = "rejected"
         self.pending = None
         self.decision = {"decision": "rejected", "reason_code": reason_code, "reason": reason,
                          "decided_by": decided_by}
 
-    @event("PendingInformation")
+    @event(PendingInformation)
     def _pending(self, missing: list[dict[str, str]], complete_by: datetime, pending_at: datetime) -> None:
         self.status = "pending_information"
         self.pending = {"missing": missing, "complete_by": complete_by.isoformat()}
         self.decision = {"decision": "pending_information", "missing": missing,
                          "complete_by": complete_by.isoformat()}
 
-    @event("Queued")
+    @event(Queued)
     def _queued(self, reasons: list[str], queued_at: datetime) -> None:
         self.status = "queued_for_review"
         self.pending = None
         self.queued_reasons = reasons
         self.decision = {"decision": "queued_for_review", "reasons": reasons}
 
-    @event("Linked")
+    @event(Linked)
     def _linked(self, duplicate_of: str, reason: str, linked_at: datetime) -> None:
         self.status = "linked"
         self.duplicate_of = duplicate_of
         self.decision = {"decision": "linked", "duplicate_of": duplicate_of, "reason": reason}
 
-    def update(self, changes: Mapping[str, Any], by: str, at: datetime) -> bool:
+    def update(self, changes: Mapping[str, Json], by: str, at: datetime) -> bool:
         """Complete or correct the application; True when it must be reviewed again."""
         if not changes:
             raise InvalidChange("body", "no changes")
@@ -381,8 +460,8 @@ class ServiceRequest(Aggregate):
         # reviewed again only when something changed: a no-op PATCH must not push the deadline back
         return bool(real) and self.status == "pending_information"
 
-    @event("Updated")
-    def _updated(self, changes: dict[str, Any], updated_by: str, updated_at: datetime) -> None:
+    @event(Updated)
+    def _updated(self, changes: dict[str, Json], updated_by: str, updated_at: datetime) -> None:
         for name, value in changes.items():
             setattr(self, name, value)
 
@@ -406,7 +485,7 @@ class ServiceRequest(Aggregate):
         )
         return True
 
-    @event("Cancelled")
+    @event(Cancelled)
     def _cancelled(self, reason_code: str, reason: str, cancelled_by: str, cancelled_at: datetime) -> None:
         self.status = "cancelled"
         self.pending = None
@@ -424,14 +503,35 @@ class Credential:
     revoked_at: datetime | None = None
 
 
-class ChannelError(ValueError):
-    pass
-
-
 class ChannelSystem(Aggregate):
     """A registered channel system: who it is, how to call it back, its revocable credentials."""
 
-    @event("Registered")
+    class Registered(Aggregate.Created):
+        name: str
+        kind: str
+        callback_url: str | None
+        rate_limit_per_minute: int | None
+        registered_by: str
+        registered_at: datetime
+
+    class CredentialIssued(Aggregate.Event):
+        credential_id: str
+        token_hash: str
+        issued_by: str
+        issued_at: datetime
+
+    class CredentialRevoked(Aggregate.Event):
+        credential_id: str
+        token_hash: str
+        revoked_by: str
+        revoked_at: datetime
+
+    class SettingsChanged(Aggregate.Event):
+        changes: dict[str, str | int | None]
+        changed_by: str
+        changed_at: datetime
+
+    @event(Registered)
     def __init__(
         self,
         id: UUID,  # noqa: A002
@@ -456,44 +556,31 @@ class ChannelSystem(Aggregate):
     def issue_credential(self, credential_id: str, token_hash: str, by: str, at: datetime) -> None:
         self._credential_issued(credential_id=credential_id, token_hash=token_hash, issued_by=by, issued_at=at)
 
-    @event("CredentialIssued")
+    @event(CredentialIssued)
     def _credential_issued(self, credential_id: str, token_hash: str, issued_by: str, issued_at: datetime) -> None:
         self.credentials[credential_id] = Credential(credential_id, token_hash, issued_at)
 
     def revoke_credential(self, credential_id: str, by: str, at: datetime) -> None:
         cred = self.credentials.get(credential_id)
         if cred is None:
-            raise ChannelError(f"channel {self.id} has no credential {credential_id}")
+            raise NotFound(f"channel {self.id} has no credential {credential_id}", "credential_id")
         if cred.revoked_at is not None:
-            raise ChannelError(f"credential {credential_id} was already revoked at {cred.revoked_at.isoformat()}")
+            raise Conflict(f"credential {credential_id} was already revoked at {cred.revoked_at.isoformat()}",
+                           "credential_id")
         self._credential_revoked(credential_id=credential_id, token_hash=cred.token_hash, revoked_by=by,
                                  revoked_at=at)
 
-    @event("CredentialRevoked")
+    @event(CredentialRevoked)
     def _credential_revoked(self, credential_id: str, token_hash: str, revoked_by: str, revoked_at: datetime) -> None:
         self.credentials[credential_id].revoked_at = revoked_at
 
-    def change_settings(self, changes: Mapping[str, Any], by: str, at: datetime) -> None:
+    def change_settings(self, changes: Mapping[str, str | int | None], by: str, at: datetime) -> None:
         real = {k: v for k, v in changes.items() if getattr(self, k) != v}
         if real:
             self._settings_changed(changes=real, changed_by=by, changed_at=at)
 
-    @event("SettingsChanged")
-    def _settings_changed(self, changes: dict[str, Any], changed_by: str, changed_at: datetime) -> None:
+    @event(SettingsChanged)
+    def _settings_changed(self, changes: dict[str, str | int | None], changed_by: str, changed_at: datetime) -> None:
         for name, value in changes.items():
             setattr(self, name, value)
 
-
-# The event classes the @event decorators made, named for the code that maps them (and for mypy).
-ServiceRequestSubmitted: type[Any] = ServiceRequest.__dict__["Submitted"]
-ServiceRequestAccepted: type[Any] = ServiceRequest.__dict__["Accepted"]
-ServiceRequestRejected: type[Any] = ServiceRequest.__dict__["Rejected"]
-ServiceRequestPending: type[Any] = ServiceRequest.__dict__["PendingInformation"]
-ServiceRequestQueued: type[Any] = ServiceRequest.__dict__["Queued"]
-ServiceRequestLinked: type[Any] = ServiceRequest.__dict__["Linked"]
-ServiceRequestUpdated: type[Any] = ServiceRequest.__dict__["Updated"]
-ServiceRequestCancelled: type[Any] = ServiceRequest.__dict__["Cancelled"]
-ChannelRegistered: type[Any] = ChannelSystem.__dict__["Registered"]
-ChannelCredentialIssued: type[Any] = ChannelSystem.__dict__["CredentialIssued"]
-ChannelCredentialRevoked: type[Any] = ChannelSystem.__dict__["CredentialRevoked"]
-ChannelSettingsChanged: type[Any] = ChannelSystem.__dict__["SettingsChanged"]

@@ -3,8 +3,9 @@
 Reads come from the TMF read model (projection.py), which follows the ticket's
 whole lifecycle across services; a ticket just created, not yet read back from
 the bus, is rendered from intake's own events so a client can read its write.
-Writes go through intake's commands (service.py), exactly like native ones.
-Errors are TMF ``Error`` bodies (see ``tmf_error``).
+Writes go through intake's commands (commands.py), exactly like native ones.
+Errors are TMF ``Error`` bodies (see ``tmf_error``; ``create_app`` renders every
+``tsop_events.errors`` refusal with it under this prefix).
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ from uuid import UUID, uuid4
 
 import orjson
 from fastapi import APIRouter, Body, Depends, Header, Request, Response
-from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from tsop_events import outbound
 from tsop_events.auth import Principal, Role, requires
-from tsop_events.http import Problem, runtime_of
-from tsop_intake import service
+from tsop_events.errors import Forbidden, NotFound
+from tsop_events.http import Problem, service_dependency
+from tsop_events.runtime import Service
+from tsop_intake import commands
+from tsop_intake.commands import IntakeApp
 from tsop_intake.tmf import hub, inbound, model
+from tsop_intake.wire import WIRE
 
 BASE = "/tmf-api/troubleTicket/v5"
 TICKETS = f"{BASE}/troubleTicket"
@@ -35,6 +40,7 @@ READERS = (Role.channel, Role.agent, Role.supervisor, Role.auditor)
 Caller = Annotated[Principal, Depends(requires(*READERS))]
 Writer = Annotated[Principal, Depends(requires(Role.channel, Role.agent))]
 Admin = Annotated[Principal, Depends(requires(Role.admin))]
+Svc = Annotated[Service[IntakeApp], Depends(service_dependency(IntakeApp))]
 MERGE_PATCH = ("application/merge-patch+json", "application/json")
 
 router = APIRouter(prefix=BASE, tags=["TMF621 trouble ticket"])
@@ -72,9 +78,44 @@ def tmf_error(
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-def bad(exc: inbound.BadAttribute | model.InvalidQuery | hub.InvalidSubscription) -> Problem:
-    field = getattr(exc, "field", None) or getattr(exc, "parameter", "")
-    return Problem(getattr(exc, "status", 400), "Invalid request", f"{field}: {exc.reason}", field=field)
+class TroubleTicket(BaseModel):
+    """A TMF621 ``TroubleTicket`` as the facade renders it (``fields=`` selects attributes: only those appear)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    type_: str | None = Field(default=None, alias="@type")
+    id: str | None = None
+    href: str | None = None
+    name: str | None = None
+    description: str | None = None
+    severity: str | None = None
+    ticketType: str | None = None
+    priority: str | None = None
+    status: str | None = None
+    statusChangeDate: str | None = None
+    statusChangeReason: str | None = None
+    creationDate: str | None = None
+    lastUpdate: str | None = None
+    requestedResolutionDate: str | None = None
+    expectedResolutionDate: str | None = None
+    resolutionDate: str | None = None
+    channel: dict[str, Any] | None = None
+    relatedParty: list[dict[str, Any]] | None = None
+    troubleTicketRelationship: list[dict[str, Any]] | None = None
+    statusChangeHistory: list[dict[str, Any]] | None = None
+    note: list[dict[str, Any]] | None = None
+    externalIdentifier: list[dict[str, Any]] | None = None
+    troubleTicketCharacteristic: list[dict[str, Any]] | None = None
+
+
+class Hub(BaseModel):
+    """A TMF621 notification listener."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    type_: str = Field(default="Hub", alias="@type")
+    id: str
+    href: str
+    callback: str
+    query: str | None = None
 
 
 def _sees(caller: Principal, ticket: dict[str, Any]) -> bool:
@@ -96,15 +137,15 @@ async def _seer(db: Any, caller: Principal, docs: list[dict[str, Any]]) -> Calla
     return lambda ticket_id: ticket_id in own
 
 
-async def _view(request: Request, caller: Principal, state: dict[str, Any], history: list[dict[str, Any]],
+async def _view(svc: Service[IntakeApp], caller: Principal, state: dict[str, Any], history: list[dict[str, Any]],
                 fields: str | None) -> dict[str, Any]:
-    sees = await _seer(runtime_of(request).pool, caller, [state["doc"]])
+    sees = await _seer(svc.pool, caller, [state["doc"]])
     return model.select(model.render(state, history, TICKETS, sees), _fields(fields))
 
 
-async def _stored(request: Request, ticket_id: UUID) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+async def _stored(svc: Service[IntakeApp], ticket_id: UUID) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
     """The ticket as the read model has it; else as intake's own events say (just created)."""
-    pool = runtime_of(request).pool
+    pool = svc.pool
     row = await pool.fetchrow("SELECT * FROM tmf_ticket WHERE ticket_id = $1", ticket_id)
     if row is not None:
         history = await pool.fetch(
@@ -113,33 +154,37 @@ async def _stored(request: Request, ticket_id: UUID) -> tuple[dict[str, Any], li
         state = dict(row)
         state["doc"] = json.loads(state["doc"])
         return state, [dict(h) for h in history]
-    events = await asyncio.to_thread(_own_events, request, ticket_id)
+    events = await asyncio.to_thread(_own_events, svc.app, ticket_id)
     folded, folded_history = model.fold(events)
     return (folded, folded_history) if folded is not None else None
 
 
-def _own_events(request: Request, ticket_id: UUID) -> list[tuple[Any, datetime]]:
-    from tsop_intake.application import to_wire  # the one mapping from domain to wire events
-
-    app = runtime_of(request).app
+def _own_events(app: IntakeApp, ticket_id: UUID) -> list[tuple[Any, datetime]]:
     found = []
     for domain_event in app.repository.event_store.get(ticket_id):
-        outgoing = to_wire(domain_event)
+        outgoing = WIRE(domain_event)  # the one mapping from domain to wire events
         if outgoing is not None:
             found.append((outgoing.event, domain_event.timestamp))  # type: ignore[attr-defined]
     return found
 
 
-async def _ticket(request: Request, ticket_id: str, caller: Principal) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _uuid(value: str) -> UUID | None:
     try:
-        tid = UUID(ticket_id)
+        return UUID(value)
     except ValueError:
-        raise Problem(404, "Not found", f"no trouble ticket {ticket_id!r}") from None
-    found = await _stored(request, tid)
+        return None
+
+
+async def _ticket(svc: Service[IntakeApp], ticket_id: str, caller: Principal
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    tid = _uuid(ticket_id)
+    if tid is None:
+        raise NotFound(f"no trouble ticket {ticket_id!r}")
+    found = await _stored(svc, tid)
     if found is None or found[0]["deleted"]:
-        raise Problem(404, "Not found", f"no trouble ticket {ticket_id}")
+        raise NotFound(f"no trouble ticket {ticket_id}")
     if not _sees(caller, found[0]):
-        raise Problem(403, "Forbidden", f"trouble ticket {ticket_id} belongs to another channel")
+        raise Forbidden(f"trouble ticket {ticket_id} belongs to another channel")
     return found
 
 
@@ -147,15 +192,13 @@ def _fields(value: str | None) -> frozenset[str] | None:
     return frozenset(f.strip() for f in value.split(",") if f.strip()) if value else None
 
 
-@router.get("/troubleTicket", summary="List or find TroubleTicket objects")
-async def list_tickets(request: Request, caller: Caller) -> Response:
-    try:
-        query = model.parse_list_query(request.query_params.multi_items())
-    except model.InvalidQuery as exc:
-        raise bad(exc) from None
+@router.get("/troubleTicket", summary="List or find TroubleTicket objects", response_model=list[TroubleTicket],
+            response_model_exclude_unset=True)
+async def list_tickets(request: Request, response: Response, svc: Svc, caller: Caller) -> list[dict[str, Any]]:
+    query = model.parse_list_query(request.query_params.multi_items())
     scope = (("channel_id", "IN", [caller.channel_id]),) if caller.channel_id is not None else ()
     condition, order, args, countable = query.sql(scope)
-    pool = runtime_of(request).pool
+    pool = svc.pool
     # one snapshot: the total, the page and the histories agree even while the read model moves
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         if countable:  # categorical filters only: the per-combination counts (of live tickets) answer at once
@@ -185,20 +228,22 @@ async def list_tickets(request: Request, caller: Caller) -> Response:
     items = [
         model.select(model.render(st, histories[st["ticket_id"]], TICKETS, sees), query.fields) for st in states
     ]
-    return JSONResponse(
-        items, status_code=200, headers={"X-Total-Count": str(total), "X-Result-Count": str(len(items))}
-    )
+    response.headers["X-Total-Count"] = str(total)
+    response.headers["X-Result-Count"] = str(len(items))
+    return items
 
 
-@router.get("/troubleTicket/{id}", summary="Retrieve a TroubleTicket by ID")
-async def get_ticket(id: str, request: Request, caller: Caller, fields: str | None = None) -> dict[str, Any]:  # noqa: A002
-    state, history = await _ticket(request, id, caller)
-    return await _view(request, caller, state, history, fields)
+@router.get("/troubleTicket/{id}", summary="Retrieve a TroubleTicket by ID", response_model=TroubleTicket,
+            response_model_exclude_unset=True)
+async def get_ticket(id: str, svc: Svc, caller: Caller, fields: str | None = None) -> dict[str, Any]:  # noqa: A002
+    state, history = await _ticket(svc, id, caller)
+    return await _view(svc, caller, state, history, fields)
 
 
-@router.post("/troubleTicket", status_code=201, summary="Create a TroubleTicket")
+@router.post("/troubleTicket", status_code=201, summary="Create a TroubleTicket", response_model=TroubleTicket,
+             response_model_exclude_unset=True)
 async def create_ticket(
-    request: Request,
+    svc: Svc,
     response: Response,
     caller: Annotated[Principal, Depends(requires(Role.channel))],
     body: Annotated[dict[str, Any], Body()],
@@ -206,53 +251,45 @@ async def create_ticket(
     fields: str | None = None,
 ) -> dict[str, Any]:
     if caller.channel_id is None:
-        raise Problem(403, "Forbidden", "trouble tickets are created by registered channel systems")
-    catalogue = service.intake(runtime_of(request)).catalogue
-    try:
-        native = inbound.parse_create(
-            body,
-            service_types=catalogue.types.keys(),
-            service_type_for=catalogue.service_type_for,
-            channel_id=caller.channel_id,
-            author=caller.subject,
-            now=datetime.now(UTC),
-        )
-    except inbound.BadAttribute as exc:
-        raise bad(exc) from None
-    created, new = await service.submit(runtime_of(request), native, caller, idempotency_key)
-    state, history = await _ticket(request, str(created.id), caller)
+        raise Forbidden("trouble tickets are created by registered channel systems")
+    catalogue = svc.app.catalogue
+    native = inbound.parse_create(
+        body,
+        service_types=catalogue.types.keys(),
+        service_type_for=catalogue.service_type_for,
+        channel_id=caller.channel_id,
+        author=caller.subject,
+        now=datetime.now(UTC),
+    )
+    created, new = await commands.submit(svc, native, caller, idempotency_key)
+    state, history = await _ticket(svc, str(created.id), caller)
     response.headers["Location"] = f"{TICKETS}/{created.id}"
     if not new:
         response.status_code = 200
-    return await _view(request, caller, state, history, fields)
+    return await _view(svc, caller, state, history, fields)
 
 
 @router.patch(
     "/troubleTicket/{id}",
     summary="Update a TroubleTicket with a JSON merge patch",
     openapi_extra={"requestBody": {"content": {t: {"schema": {"type": "object"}} for t in MERGE_PATCH}}},
+    response_model=TroubleTicket,
+    response_model_exclude_unset=True,
 )
-async def patch_ticket(id: str, request: Request, caller: Writer, fields: str | None = None) -> dict[str, Any]:  # noqa: A002
+async def patch_ticket(
+    id: str, request: Request, svc: Svc, caller: Writer, fields: str | None = None  # noqa: A002
+) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not content_type and not await request.body():
         raise Problem(400, "Invalid request", "body: a merge patch (application/merge-patch+json) is required")
     if content_type not in MERGE_PATCH:
         raise Problem(415, "Unsupported media type", "PATCH takes application/merge-patch+json")
-    state, _ = await _ticket(request, id, caller)
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        raise Problem(400, "Malformed JSON", "The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise Problem(400, "Invalid request", "body: a merge patch is a JSON object", field="body")
-    runtime = runtime_of(request)
+    state, _ = await _ticket(svc, id, caller)
+    body = inbound.merge_patch(await request.body())
     tid = UUID(id)
-    before = await service.get(runtime, tid, caller)
+    before = await commands.get(svc, tid, caller)
     kept = before.attributes
-    try:
-        changes, status = inbound.parse_patch(body, kept=kept, author=caller.subject, now=datetime.now(UTC))
-    except inbound.BadAttribute as exc:
-        raise bad(exc) from None
+    changes, status = inbound.parse_patch(body, kept=kept, author=caller.subject, now=datetime.now(UTC))
     current = state["status"]
     if current in model.TERMINAL:
         raise Problem(409, "Conflict", f"the ticket is {current}; it can no longer be changed", field="status")
@@ -268,17 +305,17 @@ async def patch_ticket(id: str, request: Request, caller: Writer, fields: str | 
             raise Problem(409, "Invalid status transition", f"status: {current} → cancelled", field="status")
     after = before
     if changes:
-        after = await service.update(runtime, tid, changes, caller)
+        after = await commands.update(svc, tid, changes, caller)
     if status == "cancelled" and status != current:
         reason = body.get("statusChangeReason") or "cancelled by the channel"
-        after = await service.cancel(runtime, tid, "withdrawn_by_channel", str(reason)[:500], caller)
+        after = await commands.cancel(svc, tid, "withdrawn_by_channel", str(reason)[:500], caller)
     # read-your-write: the view once the read model holds intake's last event of this ticket
-    state, history = await _wait_applied(request, tid, caller, after.modified_on)
-    return await _view(request, caller, state, history, fields)
+    state, history = await _wait_applied(svc, tid, caller, after.modified_on)
+    return await _view(svc, caller, state, history, fields)
 
 
 async def _wait_applied(
-    request: Request, tid: UUID, caller: Principal, until: datetime, timeout: float = 5.0
+    svc: Service[IntakeApp], tid: UUID, caller: Principal, until: datetime, timeout: float = 5.0
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ticket once the read model has applied what happened up to ``until`` (or as it stands after ``timeout``).
 
@@ -288,21 +325,21 @@ async def _wait_applied(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        state, history = await _ticket(request, str(tid), caller)
+        state, history = await _ticket(svc, str(tid), caller)
         if state["last_update"] >= until or loop.time() > deadline:
             return state, history
         await asyncio.sleep(0.02)
 
 
 @router.delete("/troubleTicket/{id}", status_code=204, summary="Delete a TroubleTicket (admin)")
-async def delete_ticket(id: str, request: Request, caller: Admin) -> Response:  # noqa: A002
-    state, _ = await _ticket(request, id, caller)
+async def delete_ticket(id: str, svc: Svc, caller: Admin) -> Response:  # noqa: A002
+    state, _ = await _ticket(svc, id, caller)
     if state["status"] in model.TERMINAL or state["status"] in ("resolved",):
         raise Problem(
             409, "Conflict",
             f"the ticket is {state['status']}; its record is kept (§7.2) and only open tickets can be deleted",
         )
-    await service.cancel(runtime_of(request), UUID(id), model.DELETED, "deleted by an administrator", caller)
+    await commands.cancel(svc, UUID(id), model.DELETED, "deleted by an administrator", caller)
     return Response(status_code=204)
 
 
@@ -319,29 +356,23 @@ def hub_view(row: Any) -> dict[str, Any]:
     return out
 
 
-@router.post("/hub", status_code=201, summary="Register a listener")
+@router.post("/hub", status_code=201, summary="Register a listener", response_model=Hub,
+             response_model_exclude_unset=True)
 async def register_hub(
-    request: Request, response: Response, caller: Subscriber, body: Annotated[dict[str, Any], Body()]
+    svc: Svc, response: Response, caller: Subscriber, body: Annotated[dict[str, Any], Body()]
 ) -> dict[str, Any]:
     unknown = sorted(set(body) - {"callback", "query", "@type", "@baseType", "@schemaLocation"})
     if unknown:
-        raise Problem(400, "Invalid request", f"{unknown[0]}: is not a Hub attribute", field=unknown[0])
+        raise hub.InvalidSubscription(unknown[0], "is not a Hub attribute")
     callback = body.get("callback")
     if not isinstance(callback, str) or not URL.match(callback) or len(callback) > 2000:
-        raise Problem(400, "Invalid request", "callback: must be an absolute http(s) URL", field="callback")
-    try:  # checked again, resolved, at every delivery
-        await outbound.guard_for(runtime_of(request).settings).check(callback)
-    except outbound.Refused as exc:
-        raise Problem(422, "Invalid request", f"callback: {exc.reason}: listeners may not be there",
-                      field="callback") from None
+        raise hub.InvalidSubscription("callback", "must be an absolute http(s) URL")
+    await hub.check_callback(outbound.guard_for(svc.settings), callback)
     query = body.get("query")
     if query is not None and not isinstance(query, str):
-        raise Problem(400, "Invalid request", "query: must be a string", field="query")
-    try:
-        event_types = hub.parse_query(query)
-    except hub.InvalidSubscription as exc:
-        raise bad(exc) from None
-    pool = runtime_of(request).pool
+        raise hub.InvalidSubscription("query", "must be a string")
+    event_types = hub.parse_query(query)
+    pool = svc.pool
     row = await pool.fetchrow(
         "INSERT INTO tmf_hub VALUES ($1, $2, $3, $4, $5, $6, now()) RETURNING *",
         uuid4(), callback, query, event_types, caller.subject, caller.channel_id,
@@ -350,28 +381,27 @@ async def register_hub(
     return hub_view(row)
 
 
-async def _hub(request: Request, hub_id: str, caller: Principal) -> Any:
-    try:
-        hid = UUID(hub_id)
-    except ValueError:
-        raise Problem(404, "Not found", f"no listener {hub_id!r}") from None
-    row = await runtime_of(request).pool.fetchrow("SELECT * FROM tmf_hub WHERE id = $1", hid)
+async def _hub(svc: Service[IntakeApp], hub_id: str, caller: Principal) -> Any:
+    hid = _uuid(hub_id)
+    if hid is None:
+        raise NotFound(f"no listener {hub_id!r}")
+    row = await svc.pool.fetchrow("SELECT * FROM tmf_hub WHERE id = $1", hid)
     if row is None:
-        raise Problem(404, "Not found", f"no listener {hub_id}")
+        raise NotFound(f"no listener {hub_id}")
     if row["owner"] != caller.subject and not caller.has(Role.admin):
-        raise Problem(403, "Forbidden", f"listener {hub_id} was registered by someone else")
+        raise Forbidden(f"listener {hub_id} was registered by someone else")
     return row
 
 
-@router.get("/hub/{id}", summary="Retrieve a listener")
-async def get_hub(id: str, request: Request, caller: Subscriber) -> dict[str, Any]:  # noqa: A002
-    return hub_view(await _hub(request, id, caller))
+@router.get("/hub/{id}", summary="Retrieve a listener", response_model=Hub, response_model_exclude_unset=True)
+async def get_hub(id: str, svc: Svc, caller: Subscriber) -> dict[str, Any]:  # noqa: A002
+    return hub_view(await _hub(svc, id, caller))
 
 
 @router.delete("/hub/{id}", status_code=204, summary="Unregister a listener")
-async def delete_hub(id: str, request: Request, caller: Subscriber) -> Response:  # noqa: A002
-    row = await _hub(request, id, caller)
-    async with runtime_of(request).pool.acquire() as conn, conn.transaction():
+async def delete_hub(id: str, svc: Svc, caller: Subscriber) -> Response:  # noqa: A002
+    row = await _hub(svc, id, caller)
+    async with svc.pool.acquire() as conn, conn.transaction():
         await conn.execute("DELETE FROM tmf_hub_delivery WHERE hub_id = $1 AND delivered_at IS NULL", row["id"])
         await conn.execute("DELETE FROM tmf_hub WHERE id = $1", row["id"])
     return Response(status_code=204)

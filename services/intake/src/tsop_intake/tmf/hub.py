@@ -38,6 +38,7 @@ import httpx
 from tsop_events import outbound
 from tsop_events.consumer import Incoming
 from tsop_events.envelope import derived_id
+from tsop_events.errors import Invalid
 from tsop_events.runtime import Runtime
 from tsop_intake.tmf import model
 
@@ -74,10 +75,20 @@ DDL: tuple[str, ...] = (
 )
 
 
-class InvalidSubscription(ValueError):
+class InvalidSubscription(Invalid):
+    """A listener's ``query`` the hub cannot follow."""
+
     def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
+        super().__init__(reason, field)
+        self.extra["field"] = field
+
+
+async def check_callback(guard: outbound.OutboundGuard, callback: str) -> None:
+    """Refuse a listener the outbound guard would never deliver to (checked again, resolved, at every delivery)."""
+    try:
+        await guard.check(callback)
+    except outbound.Refused as exc:
+        raise InvalidSubscription("callback", f"{exc.reason}: listeners may not be there") from None
 
 
 def parse_query(query: str | None) -> list[str] | None:

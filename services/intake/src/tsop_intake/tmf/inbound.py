@@ -12,6 +12,9 @@ from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
+import orjson
+
+from tsop_events.errors import Invalid
 from tsop_intake.tmf import model
 
 KNOWN = frozenset(
@@ -27,10 +30,12 @@ DETAIL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 FIXED_AFTER_CREATION = frozenset({"ticketType", "channel", "@type"})
 
 
-class BadAttribute(ValueError):
-    def __init__(self, field: str, reason: str, status: int = 400) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason, self.status = field, reason, status
+class BadAttribute(Invalid):
+    """An attribute of a TMF body the facade refuses (a TMF ``Error`` with ``referenceError``)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason, field)
+        self.extra["field"] = field
 
 
 def _text(body: dict[str, Any], name: str, *, max_length: int = 4000, required: bool = False) -> str | None:
@@ -222,6 +227,21 @@ def _native_characteristics(chars: dict[str, str]) -> dict[str, Any]:
     if details:
         native["details"] = details
     return native
+
+
+class MalformedJson(Invalid):
+    title = "Malformed JSON"
+
+
+def merge_patch(raw: bytes) -> dict[str, Any]:
+    """The body of a PATCH: a JSON object (a merge patch)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MalformedJson("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise BadAttribute("body", "a merge patch is a JSON object")
+    return body
 
 
 def parse_patch(

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tsop_events import schemas as wire
+from tsop_events.errors import Invalid
 
 STATUSES = ("acknowledged", "rejected", "pending", "held", "inProgress", "cancelled", "closed", "resolved")
 TERMINAL = frozenset({"rejected", "closed", "cancelled"})
@@ -276,12 +277,13 @@ def _apply_changes(state: dict[str, Any], changes: dict[str, Any]) -> None:
                     doc[kept] = value[kept]
 
 
-class InvalidQuery(ValueError):
+class InvalidQuery(Invalid):
     """A list query the facade cannot answer, with the parameter and the reason."""
 
     def __init__(self, parameter: str, reason: str) -> None:
-        super().__init__(f"{parameter}: {reason}")
-        self.parameter, self.reason = parameter, reason
+        super().__init__(reason, parameter)
+        self.parameter = parameter
+        self.extra["field"] = parameter
 
 
 # List queries: attribute → column; every filterable attribute is indexed.

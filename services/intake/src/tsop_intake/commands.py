@@ -1,7 +1,8 @@
 """Intake's commands, shared by the native ``/v1`` routes and the TMF621 facade.
 
-Every function takes the service's ``Runtime`` and the calling ``Principal``;
-I/O (lookups, saves) happens here, decisions in ``domain``.
+Every use case takes the service (``Service[IntakeApp]``) and the calling
+``Principal`` and runs through ``svc.commands.run(decide)``: ``decide`` loads,
+calls the domain, returns; ``run`` saves (group commit) and retries a conflict.
 
 ``fields`` (``submit``) — a flat dict; unknown keys are refused:
 
@@ -26,11 +27,11 @@ reviewed again at once); once *accepted* only ``description``, ``special_needs``
 ``channel_request_ref``; otherwise the request is closed to changes (409). A null removes only what a request
 may lack (``special_needs``, ``callback_url``, ``location``, ``channel_request_ref``); for the rest it is 422.
 
-Errors are ``IntakeError`` subclasses carrying ``status``, ``title`` and ``errors`` (``[{field, reason}]``):
-``InvalidInput`` / ``UnknownServiceType`` / ``IdempotencyConflict`` / ``InvalidChange`` /
-``UnknownReasonCode`` (422), ``NotFound`` (404), ``NotYours`` (403), ``InvalidTransition`` (409),
-``tsop_events.errors.TooMany`` (429 with ``Retry-After``: the channel is over its per-minute limit;
-nothing was recorded).
+Errors are ``tsop_events.errors`` (each names the field and the reason; ``create_app`` renders them):
+``Invalid`` and its kinds ``InvalidInput`` / ``UnknownServiceType`` / ``IdempotencyConflict`` /
+``InvalidChange`` / ``UnknownReasonCode`` (422), ``NotFound`` (404), ``Forbidden`` (403), ``Conflict``
+(409), ``TooMany`` (429 with ``Retry-After``: the channel is over its per-minute limit; nothing was
+recorded).
 A ``callback_url`` that ``tsop_events.outbound`` refuses (loopback, private, the platform's own…) is 422.
 The channel identity comes from ``caller.channel_id``.
 """
@@ -40,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID, uuid4
@@ -61,9 +62,10 @@ from pydantic import (
 
 from tsop_events import outbound
 from tsop_events.auth import Principal, Role, issue_token
+from tsop_events.clock import Clock, SystemClock
+from tsop_events.commands import UnitOfWork
 from tsop_events.envelope import derived_id
-from tsop_events.errors import TooMany
-from tsop_events.http import Problem
+from tsop_events.errors import Conflict, Forbidden, Invalid, NotFound, TooMany
 from tsop_events.inbound import (
     Inbound,
     Int,
@@ -72,33 +74,71 @@ from tsop_events.inbound import (
     Number,
     TextCheck,
 )
-from tsop_events.runtime import Runtime
+from tsop_events.runtime import Service
 from tsop_events.schemas import Channel, CustomerTier
-from tsop_events.store import IntegrityError, retry_on_conflict
+from tsop_events.settings import ServiceSettings
+from tsop_events.store import EventStoreApp, IntegrityError
 from tsop_intake import domain
-from tsop_intake.application import IntakeApp
-from tsop_intake.domain import ChannelSystem, Facts, ServiceRequest, review
+from tsop_intake.catalogue import Catalogue
+from tsop_intake.domain import (
+    ChannelSystem,
+    Facts,
+    IdempotencyConflict,
+    InvalidChange,
+    ServiceRequest,
+    UnknownReasonCode,
+    UnknownServiceType,
+    review,
+)
 from tsop_intake.projection import FINISHED
+from tsop_intake.views import IntakeIndex
+
+__all__ = [
+    "Conflict", "Forbidden", "IdempotencyConflict", "IntakeApp", "Invalid", "InvalidChange", "InvalidInput",
+    "NotFound", "TooMany", "UnknownReasonCode", "UnknownServiceType",
+]
 
 STAFF = (Role.agent, Role.supervisor, Role.auditor, Role.admin)
 
 
-# ---------------------------------------------------------------- errors
+# ---------------------------------------------------------------- the write model's handle
 
 
-class IntakeError(Problem):
-    """A refused command; a ``Problem`` (problem+json natively, TMF error bodies under /tmf-api)."""
+class IntakeApp(EventStoreApp):
+    """Intake's event store, with what its commands read: the catalogue, the clock and the index."""
 
-    status_code = 422
-    title_text = "Invalid request"
+    def __init__(
+        self,
+        settings: ServiceSettings | None = None,
+        env: dict[str, str] | None = None,
+        catalogue: Catalogue | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(settings, env)
+        self.catalogue = catalogue or Catalogue.load()
+        self.clock = clock or SystemClock()
+        self.index = IntakeIndex(self)
 
-    def __init__(self, field: str, reason: str, **extra: Any) -> None:
-        self.field, self.reason = field, reason
-        self.errors: list[dict[str, str]] = [{"field": field, "reason": reason}]
-        super().__init__(self.status_code, self.title_text, f"{field}: {reason}", errors=self.errors, **extra)
+    def get_request(self, ticket_id: UUID) -> ServiceRequest | None:
+        found = self.find(ticket_id)
+        return found if isinstance(found, ServiceRequest) else None
 
 
-class InvalidInput(IntakeError):
+Intake = Service[IntakeApp]
+"""What every command takes: the running service, typed by its application."""
+
+
+class InvalidInput(Invalid):
+    """The input breaks the inbound models' rules (every field with its reason)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason, field)
+        self._errors = [{"field": field, "reason": reason}]
+
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        return self._errors
+
     @classmethod
     def from_validation(cls, exc: ValidationError, prefix: str = "") -> InvalidInput:
         errors = [
@@ -106,40 +146,9 @@ class InvalidInput(IntakeError):
             for e in exc.errors()
         ]
         err = cls(errors[0]["field"], errors[0]["reason"])
-        err.errors[:] = errors
-        err.detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
+        err._errors = errors
+        err.args = ("; ".join(f"{e['field']}: {e['reason']}" for e in errors),)
         return err
-
-
-class UnknownServiceType(IntakeError):
-    title_text = "Unknown service type"
-
-
-class IdempotencyConflict(IntakeError):
-    title_text = "Idempotency-Key reused"
-
-
-class InvalidChange(IntakeError):
-    title_text = "Invalid change"
-
-
-class UnknownReasonCode(IntakeError):
-    title_text = "Unknown reason code"
-
-
-class NotFound(IntakeError):
-    status_code = 404
-    title_text = "Not found"
-
-
-class NotYours(IntakeError):
-    status_code = 403
-    title_text = "Forbidden"
-
-
-class InvalidTransition(IntakeError):
-    status_code = 409
-    title_text = "Not allowed in this state"
 
 
 # ---------------------------------------------------------------- input models
@@ -290,12 +299,6 @@ class FieldsIn(ApplicationBase):
 # ---------------------------------------------------------------- helpers
 
 
-def intake(runtime: Runtime) -> IntakeApp:
-    app = runtime.app
-    assert isinstance(app, IntakeApp)
-    return app
-
-
 async def _caught_up(app: IntakeApp) -> None:
     """After a start, decide nothing before the index has read the whole log (duplicates, counts)."""
     if not app.index.refreshed_at:
@@ -328,30 +331,36 @@ def _fingerprint(fields: dict[str, Any]) -> str:
 def _check_owner(request: ServiceRequest, caller: Principal) -> None:
     if caller.channel_id is not None:
         if request.channel_id != caller.channel_id:
-            raise NotYours("ticket_id", "this request was submitted by another channel")
+            raise Forbidden("this request was submitted by another channel", "ticket_id")
     elif not caller.has(*STAFF):
-        raise NotYours("ticket_id", f"{caller.subject} may not act on requests")
+        raise Forbidden(f"{caller.subject} may not act on requests", "ticket_id")
 
 
-async def _load(runtime: Runtime, ticket_id: UUID, caller: Principal) -> ServiceRequest:
-    found = await asyncio.to_thread(intake(runtime).get_request, ticket_id)
-    if found is None:
-        raise NotFound("ticket_id", f"no request {ticket_id}")
-    _check_owner(found, caller)
-    return found
+def _request(uow: UnitOfWork, ticket_id: UUID) -> ServiceRequest | None:
+    """The request with this id; None if there is none (or the id is a channel's)."""
+    found = uow.get(ticket_id)
+    return found if isinstance(found, ServiceRequest) else None
 
 
-async def _closed_downstream(runtime: Runtime, ticket: UUID) -> bool:
-    status = await runtime.pool.fetchval("SELECT status FROM request_status WHERE ticket_id = $1", ticket)
+def _load(uow: UnitOfWork, ticket_id: UUID, caller: Principal) -> ServiceRequest:
+    request = _request(uow, ticket_id)
+    if request is None:
+        raise NotFound(f"no request {ticket_id}", "ticket_id")
+    _check_owner(request, caller)
+    return request
+
+
+async def _closed_downstream(svc: Intake, ticket: UUID) -> bool:
+    status = await svc.pool.fetchval("SELECT status FROM request_status WHERE ticket_id = $1", ticket)
     return status in FINISHED
 
 
-async def check_callback(runtime: Runtime, field: str, url: object) -> None:
+async def check_callback(svc: Intake, field: str, url: object) -> None:
     """Refuse a callback URL the outbound guard would never deliver to (422 naming the field)."""
     if url is None:
         return
     try:
-        await outbound.guard_for(getattr(runtime, "settings", None)).check(str(url))
+        await outbound.guard_for(svc.settings).check(str(url))
     except outbound.Refused as exc:
         why = f"{exc.reason}: callbacks may not go there (operators: TSOP_OUTBOUND_ALLOW)"
         raise InvalidInput(field, why) from None
@@ -386,38 +395,68 @@ def _refuse_over_limit(app: IntakeApp, channel_key: str, channel_id: str | None,
                   retry_after=wait, limit=limit)
 
 
-async def _facts(runtime: Runtime, request: ServiceRequest, now: datetime) -> Facts:
+def _duplicate(app: IntakeApp, request_id: UUID, customer_id: str, service_type: str,
+               location: dict[str, Any] | None) -> UUID | None:
+    """The open request this one would duplicate, as the index has it (None without a customer yet)."""
+    if not customer_id.strip():
+        return None  # no customer yet: nothing to be a duplicate of (review asks for the customer)
+    dup = app.index.open_duplicate(customer_id, service_type, location)
+    return None if dup == request_id else dup
+
+
+async def _facts(svc: Intake, request_id: UUID, customer_id: str, service_type: str,
+                 location: dict[str, Any] | None, channel_key: str, now: datetime) -> Facts:
     """Look up what the review needs; returns without awaiting after the last lookup (so no other
     submission can slip in between these facts and the caller noting its own request)."""
-    app = intake(runtime)
+    app = svc.app
     checked: set[UUID] = set()
     while True:
-        if not request.customer_id.strip():
-            dup = None  # no customer yet: nothing to be a duplicate of (review asks for the customer)
-            break
-        dup = app.index.open_duplicate(request.customer_id, request.service_type, request.location)
-        if dup == request.id:
-            dup = None
+        dup = _duplicate(app, request_id, customer_id, service_type, location)
         if dup is None or dup in checked:
             break
-        if await _closed_downstream(runtime, dup):
+        if await _closed_downstream(svc, dup):
             app.index.drop_closed(dup)
         checked.add(dup)
-    _, per_customer = app.index.recent(request.channel_id or request.channel, request.customer_id, now)
+    _, per_customer = app.index.recent(channel_key, customer_id, now)
     return Facts(now=now, open_duplicate=dup, customer_recent=per_customer)
+
+
+class _CheckFirst(Exception):
+    """Raised by a ``decide`` that needs to know whether a duplicate's original finished downstream."""
+
+    def __init__(self, ticket: UUID) -> None:
+        self.ticket = ticket
+
+
+async def _run_checking(svc: Intake, decide: Callable[[UnitOfWork, dict[UUID, bool]], ServiceRequest]
+                        ) -> ServiceRequest:
+    """Run ``decide``, telling it which requests it asked about finished downstream (read outside ``decide``)."""
+    closed: dict[UUID, bool] = {}
+    while True:
+        try:
+            return await svc.commands.run(lambda uow: decide(uow, closed))
+        except _CheckFirst as ask:
+            closed[ask.ticket] = await _closed_downstream(svc, ask.ticket)
+            if closed[ask.ticket]:
+                svc.app.index.drop_closed(ask.ticket)
+
+
+def _saved(svc: Intake, request: ServiceRequest, events: list[object]) -> ServiceRequest:
+    svc.app.index.observe(events)  # read-your-write: this instance's index knows what it just saved
+    return request
 
 
 # ---------------------------------------------------------------- requests
 
 
 async def submit(
-    runtime: Runtime, fields: dict[str, Any] | FieldsIn, caller: Principal, idempotency_key: str | None
+    svc: Intake, fields: dict[str, Any] | FieldsIn, caller: Principal, idempotency_key: str | None
 ) -> tuple[ServiceRequest, bool]:
     """Submit an application; it is reviewed at once. Returns the request and whether it is new.
 
     ``fields`` is a dict (validated here), or a ``FieldsIn`` a route has validated already.
     """
-    app = intake(runtime)
+    app = svc.app
     if isinstance(fields, FieldsIn):
         parsed = fields
     else:
@@ -426,9 +465,8 @@ async def submit(
         except ValidationError as exc:
             raise InvalidInput.from_validation(exc) from None
     if app.catalogue.get(parsed.service_type) is None:
-        raise UnknownServiceType(
-            "service_type", f"{parsed.service_type!r} is not in the catalogue", known=sorted(app.catalogue.types)
-        )
+        raise UnknownServiceType(f"{parsed.service_type!r} is not in the catalogue", "service_type",
+                                 known=sorted(app.catalogue.types))
     await _caught_up(app)
     data = parsed.model_dump(mode="json")
     data["location"] = _normalise_location(data["location"])
@@ -438,130 +476,116 @@ async def submit(
             await asyncio.to_thread(app.index.refresh)
             info = app.index.channel(caller.channel_id)
         if info is None:
-            raise NotYours("channel", "the calling channel is not registered")
+            raise Forbidden("the calling channel is not registered", "channel")
         if data["channel"] is not None and data["channel"] != info.kind:
             raise InvalidInput("channel", f"this credential belongs to a {info.kind} channel, not {data['channel']}")
         data["channel"] = info.kind
         if data["callback_url"] is None:
             data["callback_url"] = info.callback_url  # checked when the channel registered it
         elif parsed.callback_url is not None:
-            await check_callback(runtime, "callback_url", data["callback_url"])
+            await check_callback(svc, "callback_url", data["callback_url"])
         owner = caller.channel_id
     elif data["channel"] is None:
         raise InvalidInput("channel", "staff submitting without a channel credential must name the channel")
     else:
         owner = f"staff:{caller.subject}"
-        await check_callback(runtime, "callback_url", data["callback_url"])
+        await check_callback(svc, "callback_url", data["callback_url"])
     fingerprint = _fingerprint(data)
     ticket_id = derived_id("request", owner, idempotency_key) if idempotency_key else uuid4()
     if idempotency_key and ticket_id in app.index.versions:
-        return await _replay(runtime, ticket_id, fingerprint), False
+        return await _replay(svc, ticket_id, fingerprint), False
 
     now = app.clock.now()
     channel_key = caller.channel_id or data["channel"]
     _refuse_over_limit(app, channel_key, caller.channel_id, now)  # cheap, before any other work
-    request = ServiceRequest(
-        id=ticket_id,
-        channel=data["channel"],
-        channel_id=caller.channel_id,
-        channel_request_ref=data["channel_request_ref"],
-        customer_id=data["customer_id"],
-        customer_tier=data["customer_tier"],
-        region=data["region"],
-        service_type=data["service_type"],
-        description=data["description"],
-        time_requirement=data["time_requirement"],
-        special_needs=data["special_needs"],
-        callback_url=data["callback_url"],
-        location=data["location"],
-        details=data["details"],
-        submitted_at=now,
-        fingerprint=fingerprint,
-        attributes=data["attributes"],
-    )
-    facts = await _facts(runtime, request, now)
-    # again after the last await, so concurrent submissions cannot all pass the same last free slot
-    _refuse_over_limit(app, channel_key, caller.channel_id, now)
-    request.apply_decision(review(app.catalogue, request.fields(), facts), now)
-    # noted before the save, with no await in between: a concurrent twin sees it as open
-    app.index.observe(request.pending_events)
+    facts = await _facts(svc, ticket_id, data["customer_id"], data["service_type"], data["location"], channel_key,
+                         now)
+    noted = False
+
+    def decide(uow: UnitOfWork) -> tuple[ServiceRequest, bool]:
+        nonlocal noted
+        if noted:
+            if not idempotency_key:
+                raise IntegrityError(f"request {ticket_id} was saved by another writer")
+            # a conflict: the first submission with this key was saved meanwhile (a refresh may have
+            # skipped it while ours was noted); the index learns the stored one, the caller gets it
+            app.index.forget(ticket_id)
+            noted = False
+            app.index.reobserve(ticket_id)
+            stored = _request(uow, ticket_id)
+            if stored is None:
+                raise NotFound(f"no request {ticket_id}", "Idempotency-Key")
+            return _same_submission(stored, fingerprint), False
+        # again after the last await, so concurrent submissions cannot all pass the same last free slot
+        _refuse_over_limit(app, channel_key, caller.channel_id, now)
+        request = ServiceRequest(
+            id=ticket_id,
+            channel=data["channel"],
+            channel_id=caller.channel_id,
+            channel_request_ref=data["channel_request_ref"],
+            customer_id=data["customer_id"],
+            customer_tier=data["customer_tier"],
+            region=data["region"],
+            service_type=data["service_type"],
+            description=data["description"],
+            time_requirement=data["time_requirement"],
+            special_needs=data["special_needs"],
+            callback_url=data["callback_url"],
+            location=data["location"],
+            details=data["details"],
+            submitted_at=now,
+            fingerprint=fingerprint,
+            attributes=data["attributes"],
+        )
+        request.apply_decision(review(app.catalogue, request.fields(), facts), now)
+        # noted before the save, with no await in between: a concurrent twin sees it as open
+        app.index.observe(request.pending_events)
+        noted = True
+        uow.add(request)
+        return request, True
+
     try:
-        await runtime.committer.save(request)
-    except IntegrityError:
-        app.index.forget(ticket_id)
-        if not idempotency_key:
-            raise
-        # the first submission with this key: a refresh may have skipped it while ours was noted
-        await asyncio.to_thread(app.index.reobserve, ticket_id)
-        return await _replay(runtime, ticket_id, fingerprint), False
+        # on the loop, at once: no await between the facts, the limit check and noting the request
+        return await svc.commands.run(decide, inline=True)
     except BaseException:
-        app.index.forget(ticket_id)
+        if noted:
+            app.index.forget(ticket_id)
         raise
-    return request, True
 
 
-async def _replay(runtime: Runtime, ticket_id: UUID, fingerprint: str, patience: float = 5.0) -> ServiceRequest:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + patience
-    # the index notes a submission before its save commits: a twin arriving meanwhile waits for it
-    while (existing := await asyncio.to_thread(intake(runtime).get_request, ticket_id)) is None:
-        if loop.time() > deadline:
-            raise InvalidTransition("Idempotency-Key", "a submission with this key is still being saved; retry")
-        await asyncio.sleep(0.02)
+def _same_submission(existing: ServiceRequest, fingerprint: str) -> ServiceRequest:
     if getattr(existing, "fingerprint", None) != fingerprint:
-        raise IdempotencyConflict("Idempotency-Key", "this key was already used for a different request")
+        raise IdempotencyConflict("this key was already used for a different request", "Idempotency-Key")
     return existing
 
 
-async def get(runtime: Runtime, ticket_id: UUID, caller: Principal) -> ServiceRequest:
-    return await _load(runtime, ticket_id, caller)
+async def _replay(svc: Intake, ticket_id: UUID, fingerprint: str, patience: float = 5.0) -> ServiceRequest:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    # the index notes a submission before its save commits: a twin arriving meanwhile waits for it
+    while (existing := await svc.commands.run(lambda uow: _request(uow, ticket_id))) is None:
+        if loop.time() > deadline:
+            raise Conflict("a submission with this key is still being saved; retry", "Idempotency-Key")
+        await asyncio.sleep(0.02)
+    return _same_submission(existing, fingerprint)
 
 
-async def sees_duplicate(runtime: Runtime, request: ServiceRequest, caller: Principal) -> bool:
+async def get(svc: Intake, ticket_id: UUID, caller: Principal) -> ServiceRequest:
+    return await svc.commands.run(lambda uow: _load(uow, ticket_id, caller))
+
+
+async def sees_duplicate(svc: Intake, request: ServiceRequest, caller: Principal) -> bool:
     """Whether the caller may know which ticket ``request`` duplicates: staff always, a channel only its own."""
     if request.duplicate_of is None or caller.channel_id is None:
         return True
-    original = await asyncio.to_thread(intake(runtime).get_request, UUID(request.duplicate_of))
+    original_id = UUID(request.duplicate_of)
+    original = await svc.commands.run(lambda uow: _request(uow, original_id))
     return original is not None and original.channel_id == caller.channel_id
 
 
-def _domain_errors(exc: domain.RequestError) -> IntakeError:
-    if isinstance(exc, domain.InvalidChange):
-        return InvalidChange(exc.field, exc.reason)
-    if isinstance(exc, domain.InvalidState):
-        return InvalidTransition("status", str(exc), current_status=exc.status)
-    return InvalidTransition("status", str(exc))
-
-
-async def _change(
-    runtime: Runtime,
-    ticket_id: UUID,
-    caller: Principal,
-    change: Callable[[ServiceRequest, datetime], Awaitable[None]],
-) -> ServiceRequest:
-    """Load, decide, save; when another writer saved first, decide again on fresh state."""
-    app = intake(runtime)
-    for attempt in range(5):
-        request = await _load(runtime, ticket_id, caller)
-        try:
-            await change(request, app.clock.now())
-        except domain.RequestError as exc:
-            raise _domain_errors(exc) from None
-        events = list(request.pending_events)
-        try:
-            await runtime.committer.save(request)
-        except IntegrityError:
-            if attempt == 4:
-                raise
-            continue
-        app.index.observe(events)
-        return request
-    raise AssertionError("unreachable")
-
-
-async def update(runtime: Runtime, ticket_id: UUID, changes: dict[str, Any], caller: Principal) -> ServiceRequest:
+async def update(svc: Intake, ticket_id: UUID, changes: dict[str, Any], caller: Principal) -> ServiceRequest:
     """Complete pending information or correct attributes; a pending application is reviewed again."""
-    app = intake(runtime)
+    app = svc.app
     for fixed in ("channel", "channel_id", "customer"):  # customer_id: once, to complete (see domain)
         if fixed in changes:
             raise InvalidChange(fixed, "cannot be changed once submitted")
@@ -570,141 +594,164 @@ async def update(runtime: Runtime, ticket_id: UUID, changes: dict[str, Any], cal
     except ValidationError as exc:
         raise InvalidInput.from_validation(exc) from None
     normalised = parsed.model_dump(mode="json", include=set(changes))
-    await check_callback(runtime, "callback_url", normalised.get("callback_url"))
+    await check_callback(svc, "callback_url", normalised.get("callback_url"))
     if "location" in normalised:
         normalised["location"] = _normalise_location(normalised["location"])
     if "service_type" in normalised and app.catalogue.get(normalised["service_type"]) is None:
-        raise UnknownServiceType("service_type", f"{normalised['service_type']!r} is not in the catalogue",
+        raise UnknownServiceType(f"{normalised['service_type']!r} is not in the catalogue", "service_type",
                                  known=sorted(app.catalogue.types))
     await _caught_up(app)
+    events: list[object] = []
 
-    async def complete(request: ServiceRequest, now: datetime) -> None:
+    def decide(uow: UnitOfWork, closed: dict[UUID, bool]) -> ServiceRequest:
+        request = _load(uow, ticket_id, caller)
+        now = app.clock.now()
         if request.update(normalised, caller.subject, now):
-            facts = await _facts(runtime, request, now)
+            dup = _duplicate(app, request.id, request.customer_id, request.service_type, request.location)
+            if dup is not None and dup not in closed:
+                raise _CheckFirst(dup)
+            _, per_customer = app.index.recent(request.channel_id or request.channel, request.customer_id, now)
+            facts = Facts(now=now, open_duplicate=dup, customer_recent=per_customer)
             request.apply_decision(review(app.catalogue, request.fields(), facts), now)
+        events[:] = request.pending_events
+        return request
 
-    return await _change(runtime, ticket_id, caller, complete)
+    return _saved(svc, await _run_checking(svc, decide), events)
 
 
 def _reason_code(app: IntakeApp, kind: str, code: str) -> str:
     codes: dict[str, str] = getattr(app.catalogue.reason_codes, kind)
     if code not in codes:
-        raise UnknownReasonCode("reason_code", f"{code!r} is not a {kind} reason code", known=sorted(codes))
+        raise UnknownReasonCode(f"{code!r} is not a {kind} reason code", "reason_code", known=sorted(codes))
     return codes[code]
 
 
 async def cancel(
-    runtime: Runtime, ticket_id: UUID, reason_code: str, reason: str, caller: Principal
+    svc: Intake, ticket_id: UUID, reason_code: str, reason: str, caller: Principal
 ) -> ServiceRequest:
     """Withdraw an open request (pending, queued or accepted) with a catalogued reason code."""
-    meaning = _reason_code(intake(runtime), "cancel", reason_code)
+    app = svc.app
+    meaning = _reason_code(app, "cancel", reason_code)
     reason = _reason("reason", reason) or ""
+    events: list[object] = []
 
-    async def withdraw(request: ServiceRequest, now: datetime) -> None:
-        if request.status == "accepted" and await _closed_downstream(runtime, ticket_id):
-            raise InvalidTransition("status", "the request is already resolved or closed")
-        request.cancel(reason_code, reason or meaning, caller.subject, now)
+    def decide(uow: UnitOfWork, closed: dict[UUID, bool]) -> ServiceRequest:
+        request = _load(uow, ticket_id, caller)
+        if request.status == "accepted":
+            if ticket_id not in closed:
+                raise _CheckFirst(ticket_id)
+            if closed[ticket_id]:
+                raise Conflict("the request is already resolved or closed", "status")
+        request.cancel(reason_code, reason or meaning, caller.subject, app.clock.now())
+        events[:] = request.pending_events
+        return request
 
-    return await _change(runtime, ticket_id, caller, withdraw)
+    return _saved(svc, await _run_checking(svc, decide), events)
 
 
 async def decide(
-    runtime: Runtime, ticket_id: UUID, accept: bool, reason_code: str, reason: str | None, caller: Principal
+    svc: Intake, ticket_id: UUID, accept: bool, reason_code: str, reason: str | None, caller: Principal
 ) -> ServiceRequest:
     """An agent's decision on a request in the review queue, with a catalogued reason code."""
-    app = intake(runtime)
+    app = svc.app
     meaning = _reason_code(app, "accept" if accept else "reject", reason_code)
     reason = _reason("reason", reason)
+    events: list[object] = []
 
-    async def judge(request: ServiceRequest, now: datetime) -> None:
+    def judge(uow: UnitOfWork) -> ServiceRequest:
+        request = _load(uow, ticket_id, caller)
+        now = app.clock.now()
         st = app.catalogue.get(request.service_type)
         if accept and st is None:
-            raise InvalidTransition("service_type", f"{request.service_type!r} is no longer in the catalogue")
+            raise Conflict(f"{request.service_type!r} is no longer in the catalogue", "service_type")
         if accept and st is not None:
             decision = domain.accept_decision(app.catalogue, st, request.fields(), now, reason_code,
                                               reason or meaning)
         else:
             decision = domain.Decision("reject", reason_code, reason or meaning)
         request.agent_decision(decision, now, caller.subject)
+        events[:] = request.pending_events
+        return request
 
-    return await _change(runtime, ticket_id, caller, judge)
+    return _saved(svc, await svc.commands.run(judge), events)
 
 
 # ---------------------------------------------------------------- channels
 
 
-@retry_on_conflict()
-def _save_channel(app: IntakeApp, channel_id: UUID, change: Any) -> ChannelSystem:
-    ch = app.find(channel_id)
-    if not isinstance(ch, ChannelSystem):
-        raise NotFound("channel_id", f"no channel {channel_id}")
-    change(ch)
-    app.save(ch)
-    return ch
+def _channel(uow: UnitOfWork, channel_id: UUID) -> ChannelSystem:
+    found = uow.get(channel_id)
+    if not isinstance(found, ChannelSystem):
+        raise NotFound(f"no channel {channel_id}", "channel_id")
+    return found
 
 
 async def register_channel(
-    runtime: Runtime, name: str, kind: str, callback_url: str | None, rate_limit_per_minute: int | None,
+    svc: Intake, name: str, kind: str, callback_url: str | None, rate_limit_per_minute: int | None,
     caller: Principal,
 ) -> tuple[ChannelSystem, str, str]:
     """Register a channel system and issue its first credential: (channel, credential id, token shown once)."""
-    app = intake(runtime)
+    app = svc.app
     name = _reason("name", name) or ""
-    await check_callback(runtime, "callback_url", callback_url)
-    now = app.clock.now()
-    ch = ChannelSystem(id=uuid4(), name=name, kind=kind, callback_url=callback_url,
-                       rate_limit_per_minute=rate_limit_per_minute, registered_by=caller.subject, registered_at=now)
+    await check_callback(svc, "callback_url", callback_url)
     token, digest = issue_token("tsop_ch")
     credential_id = uuid4().hex[:12]
-    ch.issue_credential(credential_id, digest, caller.subject, now)
-    events = list(ch.pending_events)
-    await asyncio.to_thread(app.save, ch)
+    events: list[object] = []
+
+    def register(uow: UnitOfWork) -> ChannelSystem:
+        now = app.clock.now()
+        ch = ChannelSystem(id=uuid4(), name=name, kind=kind, callback_url=callback_url,
+                           rate_limit_per_minute=rate_limit_per_minute, registered_by=caller.subject,
+                           registered_at=now)
+        ch.issue_credential(credential_id, digest, caller.subject, now)
+        events[:] = ch.pending_events
+        uow.add(ch)
+        return ch
+
+    ch = await svc.commands.run(register)
     app.index.observe(events)
     return ch, credential_id, token
 
 
-async def issue_credential(runtime: Runtime, channel_id: UUID, caller: Principal) -> tuple[ChannelSystem, str, str]:
-    app = intake(runtime)
+async def _change_channel(svc: Intake, channel_id: UUID, change: Callable[[ChannelSystem], None]
+                          ) -> ChannelSystem:
+    def decide(uow: UnitOfWork) -> ChannelSystem:
+        ch = _channel(uow, channel_id)
+        change(ch)
+        return ch
+
+    ch = await svc.commands.run(decide)
+    await asyncio.to_thread(svc.app.index.refresh)
+    return ch
+
+
+async def issue_credential(svc: Intake, channel_id: UUID, caller: Principal) -> tuple[ChannelSystem, str, str]:
+    app = svc.app
     token, digest = issue_token("tsop_ch")
     credential_id = uuid4().hex[:12]
-    ch = await asyncio.to_thread(
-        _save_channel, app, channel_id,
-        lambda c: c.issue_credential(credential_id, digest, caller.subject, app.clock.now()),
+    ch = await _change_channel(
+        svc, channel_id, lambda c: c.issue_credential(credential_id, digest, caller.subject, app.clock.now())
     )
-    await asyncio.to_thread(app.index.refresh)
     return ch, credential_id, token
 
 
-async def revoke_credential(runtime: Runtime, channel_id: UUID, credential_id: str, caller: Principal) -> ChannelSystem:
-    app = intake(runtime)
-
-    def revoke(c: ChannelSystem) -> None:
-        try:
-            c.revoke_credential(credential_id, caller.subject, app.clock.now())
-        except domain.ChannelError as exc:
-            if credential_id not in c.credentials:
-                raise NotFound("credential_id", str(exc)) from None
-            raise InvalidTransition("credential_id", str(exc)) from None
-
-    ch = await asyncio.to_thread(_save_channel, app, channel_id, revoke)
-    await asyncio.to_thread(app.index.refresh)
-    return ch
+async def revoke_credential(svc: Intake, channel_id: UUID, credential_id: str, caller: Principal
+                            ) -> ChannelSystem:
+    app = svc.app
+    return await _change_channel(
+        svc, channel_id, lambda c: c.revoke_credential(credential_id, caller.subject, app.clock.now())
+    )
 
 
 async def change_channel(
-    runtime: Runtime, channel_id: UUID, changes: dict[str, Any], caller: Principal
+    svc: Intake, channel_id: UUID, changes: dict[str, Any], caller: Principal
 ) -> ChannelSystem:
-    app = intake(runtime)
-    await check_callback(runtime, "callback_url", changes.get("callback_url"))
-    ch = await asyncio.to_thread(
-        _save_channel, app, channel_id, lambda c: c.change_settings(changes, caller.subject, app.clock.now())
+    app = svc.app
+    await check_callback(svc, "callback_url", changes.get("callback_url"))
+    return await _change_channel(
+        svc, channel_id, lambda c: c.change_settings(changes, caller.subject, app.clock.now())
     )
-    await asyncio.to_thread(app.index.refresh)
-    return ch
 
 
-async def get_channel(runtime: Runtime, channel_id: UUID) -> ChannelSystem:
-    ch = await asyncio.to_thread(intake(runtime).find, channel_id)
-    if not isinstance(ch, ChannelSystem):
-        raise NotFound("channel_id", f"no channel {channel_id}")
-    return ch
+async def get_channel(svc: Intake, channel_id: UUID) -> ChannelSystem:
+    return await svc.commands.run(lambda uow: _channel(uow, channel_id))

@@ -1,40 +1,35 @@
-"""Intake's event store, its in-process index, the completion timer, and the one wire mapping."""
+"""Intake's in-memory views, built by following its own log, and the timers that read them.
+
+``IntakeIndex`` is what commands look up (channels and their credentials, open
+requests by customer, type and location, pending deadlines, the review queue,
+submission counts); the timers follow the log, cancel pending applications past
+their completion deadline, and resolve channel credentials.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 from uuid import UUID
 
-from tsop_events import schemas as wire
-from tsop_events.auth import Principal, Role
-from tsop_events.clock import Clock, SystemClock
-from tsop_events.relay import Outgoing
-from tsop_events.settings import ServiceSettings
-from tsop_events.store import EventStoreApp, LogFollower, retry_on_conflict
-from tsop_intake.catalogue import Catalogue
-from tsop_intake.domain import (
-    SELF_SERVICE,
-    ChannelCredentialIssued,
-    ChannelCredentialRevoked,
-    ChannelRegistered,
-    ChannelSettingsChanged,
-    ServiceRequest,
-    ServiceRequestAccepted,
-    ServiceRequestCancelled,
-    ServiceRequestLinked,
-    ServiceRequestPending,
-    ServiceRequestQueued,
-    ServiceRequestRejected,
-    ServiceRequestSubmitted,
-    ServiceRequestUpdated,
-    location_key,
-)
+from eventsourcing.persistence import Notification
+
+from tsop_events.auth import Principal, Role, TokenResolver, followed_resolver
+from tsop_events.commands import UnitOfWork
+from tsop_events.runtime import Service
+from tsop_events.store import EventStoreApp, LogFollower
+from tsop_intake.domain import SELF_SERVICE, ChannelSystem, ServiceRequest, location_key
+
+if TYPE_CHECKING:
+    from tsop_intake.commands import IntakeApp
+
+REFRESH_SECONDS = 0.5
 
 DupKey = tuple[str, str, str]  # customer, service type, normalised location
 
@@ -53,7 +48,7 @@ class ChannelInfo:
 class OpenRequest:
     customer_id: str
     service_type: str
-    location: dict[str, Any] | None
+    location: dict[str, str | None] | None
     status: str
     channel_id: str | None
     customer_tier: str = "standard"
@@ -128,14 +123,16 @@ class IntakeIndex(LogFollower):
                 self.position = batch[-1].id
             self.refreshed_at = time.monotonic()
 
-    def _unseen(self, n: Any) -> bool:
+    def _unseen(self, n: Notification) -> bool:
         oid = n.originator_id if isinstance(n.originator_id, UUID) else UUID(str(n.originator_id))
         return self.versions.get(oid, 0) < int(n.originator_version)
 
-    def observe(self, events: Iterable[Any]) -> None:
+    def observe(self, events: Iterable[object]) -> None:
         """Apply events (from the log, or about to be saved here); each is applied once."""
         with self.lock:
             for e in events:
+                if not isinstance(e, ServiceRequest.Event | ChannelSystem.Event):
+                    continue
                 seen = self.versions.get(e.originator_id, 0)
                 if e.originator_version <= seen:
                     continue
@@ -156,9 +153,15 @@ class IntakeIndex(LogFollower):
             for w in (*self.per_channel.values(), *self.per_customer.values()):
                 w.discard(ticket)
 
-    def apply(self, e: Any) -> None:
+    def apply(self, e: object) -> None:
+        if isinstance(e, ServiceRequest.Event):
+            self._request(e)
+        elif isinstance(e, ChannelSystem.Event):
+            self._channel(e)
+
+    def _request(self, e: ServiceRequest.Event) -> None:
         tid = e.originator_id
-        if isinstance(e, ServiceRequestSubmitted):
+        if isinstance(e, ServiceRequest.Submitted):
             req = OpenRequest(e.customer_id, e.service_type, e.location, "submitted", e.channel_id,
                               e.customer_tier, e.region, e.submitted_at)
             self.open[tid] = req
@@ -168,7 +171,7 @@ class IntakeIndex(LogFollower):
             if e.customer_id:  # a ticket without its customer yet counts for nobody
                 self.per_customer.setdefault(e.customer_id, Window(timedelta(days=1))).add(tid, e.submitted_at)
             self.submitted_by_kind[e.channel] = self.submitted_by_kind.get(e.channel, 0) + 1
-        elif isinstance(e, ServiceRequestUpdated):
+        elif isinstance(e, ServiceRequest.Updated):
             updated = self.open.get(tid)
             if updated is not None:
                 req = updated
@@ -178,41 +181,44 @@ class IntakeIndex(LogFollower):
                     if name in e.changes:
                         setattr(req, name, e.changes[name])
                 self.by_key.setdefault(req.key, tid)
-        elif isinstance(e, ServiceRequestPending):
+        elif isinstance(e, ServiceRequest.PendingInformation):
             self.pending[tid] = e.complete_by
             self._status(tid, "pending_information")
             self.queued.pop(tid, None)
-        elif isinstance(e, ServiceRequestQueued):
+        elif isinstance(e, ServiceRequest.Queued):
             self.pending.pop(tid, None)
             queued = self._status(tid, "queued_for_review")
             if queued is not None:
                 queued.since, queued.reasons = e.queued_at, list(e.reasons)
                 self.queued[tid] = queued
             self._outcome("queued_for_review")
-        elif isinstance(e, ServiceRequestAccepted):
+        elif isinstance(e, ServiceRequest.Accepted):
             self.pending.pop(tid, None)
             self.queued.pop(tid, None)
             self._status(tid, "accepted")
             self._outcome("accepted_by_rules" if e.decided_by == "rules" else "accepted_by_agent")
-        elif isinstance(e, ServiceRequestRejected):
+        elif isinstance(e, ServiceRequest.Rejected):
             self._close(tid)
             self._outcome("rejected_by_rules" if e.decided_by == "rules" else "rejected_by_agent")
-        elif isinstance(e, ServiceRequestLinked):
+        elif isinstance(e, ServiceRequest.Linked):
             self._close(tid)
             self._outcome("linked_duplicate")
-        elif isinstance(e, ServiceRequestCancelled):
+        elif isinstance(e, ServiceRequest.Cancelled):
             self._close(tid)
             self._outcome(f"cancelled:{e.reason_code}")
-        elif isinstance(e, ChannelRegistered):
+
+    def _channel(self, e: ChannelSystem.Event) -> None:
+        tid = e.originator_id
+        if isinstance(e, ChannelSystem.Registered):
             self.channels[str(tid)] = ChannelInfo(str(tid), e.name, e.kind, e.callback_url, e.rate_limit_per_minute)
-        elif isinstance(e, ChannelCredentialIssued):
+        elif isinstance(e, ChannelSystem.CredentialIssued):
             ch = self.channels[str(tid)]
             ch.credentials[e.credential_id] = e.token_hash
             self.tokens[e.token_hash] = (str(tid), e.credential_id)
-        elif isinstance(e, ChannelCredentialRevoked):
+        elif isinstance(e, ChannelSystem.CredentialRevoked):
             self.channels[str(tid)].credentials.pop(e.credential_id, None)
             self.tokens.pop(e.token_hash, None)
-        elif isinstance(e, ChannelSettingsChanged):
+        elif isinstance(e, ChannelSystem.SettingsChanged):
             ch = self.channels[str(tid)]
             for name, value in e.changes.items():
                 setattr(ch, name, value)
@@ -247,7 +253,9 @@ class IntakeIndex(LogFollower):
     def channel(self, channel_id: str) -> ChannelInfo | None:
         return self.channels.get(channel_id)
 
-    def open_duplicate(self, customer_id: str, service_type: str, location: dict[str, Any] | None) -> UUID | None:
+    def open_duplicate(
+        self, customer_id: str, service_type: str, location: Mapping[str, str | None] | None
+    ) -> UUID | None:
         with self.lock:
             return self.by_key.get((customer_id, service_type, location_key(location)))
 
@@ -266,7 +274,7 @@ class IntakeIndex(LogFollower):
         with self.lock:
             return [tid for tid, at in self.pending.items() if at < now]
 
-    def shares(self) -> dict[str, Any]:
+    def shares(self) -> dict[str, int | float | dict[str, int] | None]:
         with self.lock:
             by_kind = dict(self.submitted_by_kind)
             outcomes = dict(self.outcomes)
@@ -283,117 +291,41 @@ class IntakeIndex(LogFollower):
         }
 
 
-class IntakeApp(EventStoreApp):
-    def __init__(
-        self,
-        settings: ServiceSettings | None = None,
-        env: dict[str, str] | None = None,
-        catalogue: Catalogue | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        super().__init__(settings, env)
-        self.catalogue = catalogue or Catalogue.load()
-        self.clock = clock or SystemClock()
-        self.index = IntakeIndex(self)
-
-    def get_request(self, ticket_id: UUID) -> ServiceRequest | None:
-        found = self.find(ticket_id)
-        return found if isinstance(found, ServiceRequest) else None
-
-    def expire_pending(self) -> int:
-        """The completion-deadline timer: cancel every pending application whose deadline passed."""
-        self.index.refresh()
-        cancelled = 0
-        for tid in self.index.due(self.clock.now()):
-            if self._expire(tid):
-                cancelled += 1
-        self.index.refresh()
-        return cancelled
-
-    @retry_on_conflict()
-    def _expire(self, tid: UUID) -> bool:
-        request = self.get_request(tid)
-        if request is None or not request.expire(self.clock.now()):
-            return False
-        self.save(request)
-        return True
+# ---------------------------------------------------------------- timers
 
 
-def to_wire(event: Any) -> Outgoing | None:
-    ticket = str(event.originator_id)
-    if isinstance(event, ServiceRequestSubmitted):
-        return Outgoing(
-            wire.RequestSubmitted(
-                ticket_id=ticket,
-                channel=wire.Channel(event.channel),
-                channel_id=event.channel_id,
-                channel_request_ref=event.channel_request_ref,
-                customer_id=event.customer_id,
-                customer_tier=wire.CustomerTier(event.customer_tier),
-                region=event.region,
-                service_type=event.service_type,
-                description=event.description,
-                time_requirement=wire.TimeRequirement.model_validate(event.time_requirement),
-                special_needs=event.special_needs,
-                callback_url=event.callback_url,
-                location=wire.Location.model_validate(event.location) if event.location else None,
-                details=event.details,
-                attributes=getattr(event, "attributes", None) or {},
-                submitted_at=event.submitted_at,
-            )
-        )
-    if isinstance(event, ServiceRequestAccepted):
-        return Outgoing(
-            wire.RequestAccepted(
-                ticket_id=ticket,
-                service_type=event.service_type,
-                region=event.region,
-                priority=event.priority,
-                customer_tier=wire.CustomerTier(event.customer_tier),
-                resolve_by=event.resolve_by,
-                reason_code=event.reason_code,
-                decided_by=event.decided_by,
-                accepted_at=event.accepted_at,
-            )
-        )
-    if isinstance(event, ServiceRequestRejected):
-        return Outgoing(
-            wire.RequestRejected(
-                ticket_id=ticket, reason_code=event.reason_code, reason=event.reason, decided_by=event.decided_by,
-                rejected_at=event.rejected_at,
-            )
-        )
-    if isinstance(event, ServiceRequestPending):
-        return Outgoing(
-            wire.RequestPendingInformation(
-                ticket_id=ticket,
-                missing=[wire.MissingInformation(**m) for m in event.missing],
-                complete_by=event.complete_by,
-                pending_at=event.pending_at,
-            )
-        )
-    if isinstance(event, ServiceRequestQueued):
-        return Outgoing(wire.RequestQueuedForReview(ticket_id=ticket, reasons=event.reasons, queued_at=event.queued_at))
-    if isinstance(event, ServiceRequestLinked):
-        return Outgoing(
-            wire.RequestLinked(
-                ticket_id=ticket, duplicate_of=event.duplicate_of, reason=event.reason, linked_at=event.linked_at
-            )
-        )
-    if isinstance(event, ServiceRequestUpdated):
-        return Outgoing(
-            wire.RequestUpdated(
-                ticket_id=ticket, changes=event.changes, updated_by=event.updated_by, updated_at=event.updated_at
-            )
-        )
-    if isinstance(event, ServiceRequestCancelled):
-        return Outgoing(
-            wire.RequestCancelled(
-                ticket_id=ticket,
-                reason_code=event.reason_code,
-                reason=event.reason,
-                cancelled_by=event.cancelled_by,
-                cancelled_at=event.cancelled_at,
-            )
-        )
-    return None  # channel registry events stay inside intake
+async def follow_log(svc: Service[IntakeApp]) -> None:
+    """Keep the index current with what other instances wrote (revocations included)."""
+    while True:
+        await asyncio.to_thread(svc.app.index.refresh)
+        await asyncio.sleep(REFRESH_SECONDS)
+
+
+async def expire_pending(svc: Service[IntakeApp]) -> int:
+    """Cancel every pending application whose completion deadline passed; how many it cancelled."""
+    app = svc.app
+    await asyncio.to_thread(app.index.refresh)
+    cancelled = 0
+    for tid in app.index.due(app.clock.now()):
+
+        def decide(uow: UnitOfWork, tid: UUID = tid) -> bool:
+            request = uow.get(tid)
+            return isinstance(request, ServiceRequest) and request.expire(app.clock.now())
+
+        if await svc.commands.run(decide):
+            cancelled += 1
+    await asyncio.to_thread(app.index.refresh)
+    return cancelled
+
+
+async def completion_deadlines(svc: Service[IntakeApp]) -> None:
+    """The durable timer: pending applications past their completion deadline are cancelled with the reason."""
+    while True:
+        await expire_pending(svc)
+        await asyncio.sleep(1.0)
+
+
+def channel_tokens(svc: Service[IntakeApp]) -> TokenResolver:
+    """Registered channel systems' credentials (only their hashes are stored; revocable)."""
+    index = svc.app.index
+    return followed_resolver(index.principal, index.refresh)
