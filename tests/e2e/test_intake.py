@@ -159,3 +159,21 @@ def test_a_request_finished_downstream_is_no_longer_a_duplicate(platform: Platfo
     wait_for(lambda: "closed" in statuses(platform, ticket), what="closed in intake's status history")
     again = post(platform, "/v1/requests", first, platform.as_channel()).json()
     assert again["status"] == "accepted" and again["id"] != ticket
+
+
+def test_a_registration_retried_with_its_idempotency_key_registers_one_channel(platform: Platform) -> None:
+    """A lost answer and a retry must not leave two channel systems (nor a second credential)."""
+    key = {"Idempotency-Key": f"reg-{uuid.uuid4().hex}", **platform.auth("admin")}
+    name = f"kiosk {uuid.uuid4().hex[:6]}"
+    first = post(platform, "/v1/channels", {"name": name, "kind": "onsite"}, key)
+    assert first.status_code == 201 and first.json()["credential"]["token"]
+    again = post(platform, "/v1/channels", {"name": name, "kind": "onsite"}, key)
+    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    assert again.json()["credential"]["id"] == first.json()["credential"]["id"]
+    assert again.json()["credential"]["token"] is None
+    other = post(platform, "/v1/channels", {"name": name + " 2", "kind": "onsite"}, key)
+    assert other.status_code == 422 and other.json()["errors"][0]["field"] == "Idempotency-Key"
+    listed = platform.http.get(platform.url("intake", "/v1/channels"), headers=platform.auth("admin")).json()
+    assert [c["name"] for c in listed["items"]].count(name) == 1
+    assert len(listed["items"][[c["name"] for c in listed["items"]].index(name)]["live_credentials"]) == 1

@@ -185,7 +185,7 @@ class ChannelView(Answer):
 
 class IssuedCredential(Answer):
     id: str
-    token: str
+    token: str | None = Field(description="Shown once; null when an Idempotency-Key replays the registration.")
     note: str
 
 
@@ -272,6 +272,13 @@ def channel_view(c: ChannelSystem, token: str | None = None, credential_id: str 
     }
     if token is not None:
         view["credential"] = {"id": credential_id, "token": token, "note": "shown once; only its hash is kept"}
+    elif credential_id is not None:
+        view["credential"] = {
+            "id": credential_id,
+            "token": None,
+            "note": "issued by the first answer to this Idempotency-Key and shown only there; "
+            "if that answer was lost, issue a new credential and revoke this one",
+        }
     return view
 
 
@@ -389,13 +396,24 @@ async def channel_stats(svc: Svc, caller: Overseer) -> dict[str, Any]:
 # ---------------------------------------------------------------- channel registry
 
 
-@router.post("/channels", status_code=201, tags=["channels"], response_model=ChannelWithCredential)
-async def register_channel(body: RegisterChannel, svc: Svc, response: Response, caller: Admin) -> dict[str, Any]:
+@router.post("/channels", status_code=201, tags=["channels"], response_model=ChannelWithCredential,
+             responses={200: {"description": "Replay of an earlier registration with the same Idempotency-Key",
+                              "model": ChannelWithCredential}})
+async def register_channel(
+    body: RegisterChannel,
+    svc: Svc,
+    response: Response,
+    caller: Admin,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> dict[str, Any]:
     ch, cred, token = await commands.register_channel(
         svc, body.name, body.kind.value, str(body.callback_url) if body.callback_url else None,
-        body.rate_limit_per_minute, caller,
+        body.rate_limit_per_minute, caller, idempotency_key,
     )
     response.headers["Location"] = f"/v1/channels/{ch.id}"
+    if token is None:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
     return channel_view(ch, token, cred)
 
 

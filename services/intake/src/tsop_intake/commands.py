@@ -63,7 +63,7 @@ from pydantic import (
 from tsop_events import outbound
 from tsop_events.auth import Principal, Role, issue_token
 from tsop_events.clock import Clock, SystemClock
-from tsop_events.commands import UnitOfWork
+from tsop_events.commands import Idempotency, UnitOfWork
 from tsop_events.envelope import derived_id
 from tsop_events.errors import Conflict, Forbidden, Invalid, NotFound, TooMany
 from tsop_events.inbound import (
@@ -688,17 +688,23 @@ def _channel(uow: UnitOfWork, channel_id: UUID) -> ChannelSystem:
 
 async def register_channel(
     svc: Intake, name: str, kind: str, callback_url: str | None, rate_limit_per_minute: int | None,
-    caller: Principal,
-) -> tuple[ChannelSystem, str, str]:
-    """Register a channel system and issue its first credential: (channel, credential id, token shown once)."""
+    caller: Principal, idempotency_key: str | None = None,
+) -> tuple[ChannelSystem, str, str | None]:
+    """Register a channel system and issue its first credential: (channel, credential id, token shown once).
+
+    With an ``Idempotency-Key``, a retry after a lost answer finds the channel registered the first
+    time (one channel, not two) and answers without a token: only its hash was kept.
+    """
     app = svc.app
     name = _reason("name", name) or ""
     await check_callback(svc, "callback_url", callback_url)
     token, digest = issue_token("tsop_ch")
     credential_id = uuid4().hex[:12]
     events: list[object] = []
+    body = {"name": name, "kind": kind, "callback_url": callback_url, "rate_limit_per_minute": rate_limit_per_minute}
+    key = Idempotency.of(f"register-channel:{caller.subject}", idempotency_key, body) if idempotency_key else None
 
-    def register(uow: UnitOfWork) -> ChannelSystem:
+    def register(uow: UnitOfWork) -> tuple[ChannelSystem, str]:
         now = app.clock.now()
         ch = ChannelSystem(id=uuid4(), name=name, kind=kind, callback_url=callback_url,
                            rate_limit_per_minute=rate_limit_per_minute, registered_by=caller.subject,
@@ -706,11 +712,17 @@ async def register_channel(
         ch.issue_credential(credential_id, digest, caller.subject, now)
         events[:] = ch.pending_events
         uow.add(ch)
-        return ch
+        return ch, credential_id
 
-    ch = await svc.commands.run(register)
+    def replay(uow: UnitOfWork, kept: str) -> tuple[ChannelSystem, str]:
+        channel, first_credential = kept.split(" ", 1)
+        return _channel(uow, UUID(channel)), first_credential
+
+    (ch, issued), replayed = await svc.commands.run_once(key, register, lambda r: f"{r[0].id} {r[1]}", replay)
+    if replayed:
+        return ch, issued, None
     app.index.observe(events)
-    return ch, credential_id, token
+    return ch, issued, token
 
 
 async def _change_channel(svc: Intake, channel_id: UUID, change: Callable[[ChannelSystem], None]
