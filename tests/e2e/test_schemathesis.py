@@ -1,8 +1,10 @@
-"""Property-based API tests with schemathesis, against both of intake's OpenAPI documents.
+"""Property-based API tests with schemathesis, against intake's two OpenAPI documents and the archive's.
 
 * the TMF621 facade's document (TM Forum's v5.0.1 OAS trimmed to what is implemented), called
   with a registered channel's credential;
-* intake's native document (``/openapi.json``, the ``/v1`` routes), called as an administrator.
+* intake's native document (``/openapi.json``, the ``/v1`` routes), called as an administrator;
+* the archive's document (its ``/v1`` routes), called as an auditor; random ids find no dossier, so
+  its success bodies are also checked on real tickets' dossiers, open and sealed.
 
 For every generated request: no 5xx, a status code the document declares, a declared content type,
 and a body that matches the declared schema. Examples per operation: ``TSOP_SCHEMATHESIS_EXAMPLES``
@@ -75,3 +77,38 @@ def test_the_tmf621_facade_keeps_its_document(case: Any, stack: Stack, channel_h
 @fuzz
 def test_the_native_api_keeps_its_document(case: Any, stack: Stack, platform: Platform) -> None:
     case.call_and_validate(base_url=stack.url("intake"), headers=platform.auth("admin"), checks=CHECKS)
+
+
+@pytest.fixture(scope="session")
+def archive_schema(stack: Stack) -> Any:
+    document = httpx.get(stack.url("archive") + "/openapi.json", timeout=10).json()
+    document["paths"] = {p: v for p, v in document["paths"].items() if p.startswith("/v1/")}
+    return schemathesis.openapi.from_dict(document)
+
+
+archive = schemathesis.pytest.from_fixture("archive_schema")
+
+
+@archive.parametrize()
+@fuzz
+def test_the_archive_api_keeps_its_document(case: Any, stack: Stack, platform: Platform) -> None:
+    case.call_and_validate(base_url=stack.url("archive"), headers=platform.auth("auditor"), checks=CHECKS)
+
+
+def test_the_archives_dossiers_match_its_document(archive_schema: Any, stack: Stack, platform: Platform) -> None:
+    """The success bodies of the archive, checked on a dossier still open and on a sealed one."""
+    dossier = archive_schema["/v1/tickets/{ticket_id}/dossier"]["GET"]
+    opened = platform.submit().json()["id"]
+    platform.wait_until("archive", f"/v1/tickets/{opened}/dossier", lambda d: bool(d["events"]),
+                        f"the archive holds {opened}", 60, headers=platform.auth("auditor"))
+    sealed = platform.submit().json()["id"]
+    platform.complete(sealed)
+    answers = {}
+    for ticket in (opened, sealed):
+        r = dossier.Case(path_parameters={"ticket_id": ticket}).call_and_validate(
+            base_url=stack.url("archive"), headers=platform.auth("auditor"), checks=CHECKS
+        )
+        assert r.status_code == 200, r.text
+        answers[ticket] = r.json()
+    assert answers[opened]["seal"] is None and answers[opened]["status"] in ("open", "awaiting_seal")
+    assert answers[sealed]["status"] == "sealed" and answers[sealed]["seal"]["verified"] is True
