@@ -23,7 +23,7 @@ from tsop_archive.domain import (
     seal_by_decision,
 )
 from tsop_archive.projection import jsonb_safe, row_to_event
-from tsop_archive.wire import WIRE as to_wire
+from tsop_archive.wire import WIRE
 from tsop_events.errors import Conflict
 from tsop_events.schemas import Archived, Closed, DeadLettered
 
@@ -133,7 +133,7 @@ def test_a_dossier_with_an_open_gap_is_sealed_only_by_a_decision_with_a_reason()
     d = seal(uuid4(), "t1", events, [gap(5)], T, "b", decided_by="auditor-1", reason="event lost for good")
     assert d.complete is False and d.decided_by == "auditor-1" and d.reason == "event lost for good"
     assert [m["event_id"] for m in d.missing] == ["e-logged"] and d.dossier_hash == chain_hash(events)
-    wire = to_wire(d.collect_events()[0])
+    wire = WIRE(d.collect_events()[0])
     assert wire is not None and isinstance(wire.event, Archived)
     assert wire.event.complete is False and wire.event.missing_event_ids == ["e-logged"]
     assert wire.event.decided_by == "auditor-1" and wire.event.reason == "event lost for good"
@@ -142,7 +142,7 @@ def test_a_dossier_with_an_open_gap_is_sealed_only_by_a_decision_with_a_reason()
 def test_a_complete_seal_says_so_on_the_wire() -> None:
     d = seal(uuid4(), "t1", [ev(1, "a")], [gap(5, 8)], T, "a")
     assert d.complete is True and d.missing == []
-    wire = to_wire(d.collect_events()[0])
+    wire = WIRE(d.collect_events()[0])
     assert wire is not None and isinstance(wire.event, Archived)
     assert wire.event.complete is True and wire.event.missing_event_ids == [] and wire.event.last_event_id == "a"
     with pytest.raises(DossierError):
@@ -183,14 +183,14 @@ def test_stored_seals_keep_their_topic_and_old_ones_map_as_before() -> None:
     """Seals stored before ``complete`` existed load and go on the wire as complete, as they always did."""
     assert Dossier.Sealed.__module__ == "tsop_archive.domain" and Dossier.Sealed.__qualname__ == "Dossier.Sealed"
     assert resolve_topic("tsop_archive.domain:Dossier.Sealed") is Dossier.Sealed
-    assert to_wire.mapped() == {Dossier.Sealed: Archived}
+    assert WIRE.mapped() == {Dossier.Sealed: Archived}
     d = seal(uuid4(), "t1", [ev(1, "a"), ev(2, "b", cause="a")], [], T, "b")
     state = dict(d.collect_events()[0].__dict__)
     for added_later in ("complete", "missing", "decided_by", "reason"):
         state.pop(added_later)
     old = object.__new__(Dossier.Sealed)
     object.__setattr__(old, "__dict__", state)
-    out = to_wire(old)
+    out = WIRE(old)
     assert out is not None and out.causation_id == "b"
     assert out.event == Archived(ticket_id="t1", dossier_hash=d.dossier_hash, event_count=2, last_event_id="b",
                                  archived_at=T, complete=True, missing_event_ids=[], decided_by=None, reason=None)
