@@ -1,4 +1,4 @@
-"""Property-based API tests with schemathesis, against intake's two OpenAPI documents, feedback's and incident's.
+"""Property-based API tests with schemathesis: intake's two OpenAPI documents, feedback's, incident's, archive's.
 
 * the TMF621 facade's document (TM Forum's v5.0.1 OAS trimmed to what is implemented), called
   with a registered channel's credential;
@@ -6,7 +6,9 @@
   request routes again as a registered channel (the role that submits), so their success bodies are met;
 * feedback's document, called as an agent; random ids find no case, so its success bodies (201, 202
   and the case view) are also checked on real tickets;
-* incident's document, called as a supervisor (its summary answers 200 to any valid query).
+* incident's document, called as a supervisor (its summary answers 200 to any valid query);
+* the archive's document, called as an auditor; random ids find no dossier, so its success bodies
+  are also checked on real tickets' dossiers, open and sealed.
 
 For every generated request: no 5xx, a status code the document declares, a declared content type,
 and a body that matches the declared schema, success bodies included: every native route declares its
@@ -171,3 +173,36 @@ def test_incidents_summary_matches_its_document(incident_schema: Any, stack: Sta
         base_url=stack.url("incident"), headers=platform.auth("supervisor"), checks=CHECKS
     )
     assert r.status_code == 200 and r.json()["groups"][0]["region"] == "schema-east", r.text
+
+
+@pytest.fixture(scope="session")
+def archive_schema(stack: Stack) -> Any:
+    return service_schema(stack, "archive")
+
+
+archive = schemathesis.pytest.from_fixture("archive_schema")
+
+
+@archive.parametrize()
+@fuzz
+def test_the_archive_api_keeps_its_document(case: Any, stack: Stack, platform: Platform) -> None:
+    case.call_and_validate(base_url=stack.url("archive"), headers=platform.auth("auditor"), checks=CHECKS)
+
+
+def test_the_archives_dossiers_match_its_document(archive_schema: Any, stack: Stack, platform: Platform) -> None:
+    """The success bodies of the archive, checked on a dossier still open and on a sealed one."""
+    dossier = archive_schema["/v1/tickets/{ticket_id}/dossier"]["GET"]
+    opened = platform.submit().json()["id"]
+    platform.wait_until("archive", f"/v1/tickets/{opened}/dossier", lambda d: bool(d["events"]),
+                        f"the archive holds {opened}", 60, headers=platform.auth("auditor"))
+    sealed = platform.submit().json()["id"]
+    platform.complete(sealed)
+    answers = {}
+    for ticket in (opened, sealed):
+        r = dossier.Case(path_parameters={"ticket_id": ticket}).call_and_validate(
+            base_url=stack.url("archive"), headers=platform.auth("auditor"), checks=CHECKS
+        )
+        assert r.status_code == 200, r.text
+        answers[ticket] = r.json()
+    assert answers[opened]["seal"] is None and answers[opened]["status"] in ("open", "awaiting_seal")
+    assert answers[sealed]["status"] == "sealed" and answers[sealed]["seal"]["verified"] is True

@@ -4,21 +4,28 @@ from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
+from eventsourcing.utils import resolve_topic
 
-from tsop_archive.application import to_wire
+from tsop_archive.api import DossierAnswer
 from tsop_archive.domain import (
+    AlreadySealed,
     ArchivedEvent,
+    Dossier,
     DossierError,
     Gap,
     chain_hash,
+    dossier_id,
     dossier_status,
     letter_facts,
     may_seal_complete,
     open_gaps,
     seal,
+    seal_by_decision,
 )
-from tsop_archive.store import jsonb_safe, row_to_event
-from tsop_events.schemas import Archived, DeadLettered
+from tsop_archive.projection import jsonb_safe, row_to_event
+from tsop_archive.wire import WIRE
+from tsop_events.errors import Conflict
+from tsop_events.schemas import Archived, Closed, DeadLettered
 
 T = datetime(2026, 6, 1, tzinfo=UTC)
 TICKETS, DEADLETTER = "tsop.tickets", "tsop.deadletter"
@@ -126,7 +133,7 @@ def test_a_dossier_with_an_open_gap_is_sealed_only_by_a_decision_with_a_reason()
     d = seal(uuid4(), "t1", events, [gap(5)], T, "b", decided_by="auditor-1", reason="event lost for good")
     assert d.complete is False and d.decided_by == "auditor-1" and d.reason == "event lost for good"
     assert [m["event_id"] for m in d.missing] == ["e-logged"] and d.dossier_hash == chain_hash(events)
-    wire = to_wire(d.collect_events()[0])
+    wire = WIRE(d.collect_events()[0])
     assert wire is not None and isinstance(wire.event, Archived)
     assert wire.event.complete is False and wire.event.missing_event_ids == ["e-logged"]
     assert wire.event.decided_by == "auditor-1" and wire.event.reason == "event lost for good"
@@ -135,7 +142,7 @@ def test_a_dossier_with_an_open_gap_is_sealed_only_by_a_decision_with_a_reason()
 def test_a_complete_seal_says_so_on_the_wire() -> None:
     d = seal(uuid4(), "t1", [ev(1, "a")], [gap(5, 8)], T, "a")
     assert d.complete is True and d.missing == []
-    wire = to_wire(d.collect_events()[0])
+    wire = WIRE(d.collect_events()[0])
     assert wire is not None and isinstance(wire.event, Archived)
     assert wire.event.complete is True and wire.event.missing_event_ids == [] and wire.event.last_event_id == "a"
     with pytest.raises(DossierError):
@@ -154,3 +161,61 @@ def test_what_jsonb_refuses_is_kept_raw_and_read_back_the_same() -> None:
     assert chain_hash([e]) != chain_hash([ArchivedEvent(1, "e", "t", "s", T, None, {**e.data, "description": "ab"})])
     lone = row_to_event({**row, "raw": b'{"x":"\\ud800"}'})
     assert lone.data == {"x": "\ud800"} and chain_hash([lone]) == chain_hash([lone])
+
+
+def test_a_decision_seals_only_what_is_missing_and_names_its_cause() -> None:
+    events = [ev(2, "b", cause="a"), ev(1, "a"), ev(3, "x", type_=Archived.event_type, cause="b")]
+    with pytest.raises(DossierError) as nothing:
+        seal_by_decision("t1", events, [gap(5, 8)], T, "auditor-1", "why")
+    assert isinstance(nothing.value, Conflict) and nothing.value.title == "Nothing to decide"
+    d = seal_by_decision("t1", events, [gap(5)], T, "auditor-1", "lost for good")
+    # the archive's own Archived is never sealed; the cause is the last event held in causal order
+    assert d.id == dossier_id("t1") and d.event_ids == ["a", "b"] and d.causation_id == "b"
+    assert d.complete is False and d.decided_by == "auditor-1"
+    only_gaps = seal_by_decision("t1", [ev(1, "a")], [gap(5), gap(7, event="e-late")], T, "auditor-1", "lost")
+    assert only_gaps.causation_id == "a"
+    with pytest.raises(DossierError):  # nothing held at all: nothing to seal
+        seal_by_decision("t1", [], [gap(5)], T, "auditor-1", "lost")
+    assert issubclass(AlreadySealed, DossierError) and AlreadySealed.title == "Already sealed"
+
+
+def test_stored_seals_keep_their_topic_and_old_ones_map_as_before() -> None:
+    """Seals stored before ``complete`` existed load and go on the wire as complete, as they always did."""
+    assert Dossier.Sealed.__module__ == "tsop_archive.domain" and Dossier.Sealed.__qualname__ == "Dossier.Sealed"
+    assert resolve_topic("tsop_archive.domain:Dossier.Sealed") is Dossier.Sealed
+    assert WIRE.mapped() == {Dossier.Sealed: Archived}
+    d = seal(uuid4(), "t1", [ev(1, "a"), ev(2, "b", cause="a")], [], T, "b")
+    state = dict(d.collect_events()[0].__dict__)
+    for added_later in ("complete", "missing", "decided_by", "reason"):
+        state.pop(added_later)
+    old = object.__new__(Dossier.Sealed)
+    object.__setattr__(old, "__dict__", state)
+    out = WIRE(old)
+    assert out is not None and out.causation_id == "b"
+    assert out.event == Archived(ticket_id="t1", dossier_hash=d.dossier_hash, event_count=2, last_event_id="b",
+                                 archived_at=T, complete=True, missing_event_ids=[], decided_by=None, reason=None)
+    rebuilt = old.mutate(None)
+    assert isinstance(rebuilt, Dossier) and rebuilt.complete is True and rebuilt.missing == []
+
+
+def test_the_dossier_answer_keeps_its_shape() -> None:
+    recovered = ArchivedEvent(2, "b", Closed.event_type, "s", T, "a", {"n": 2}, recovered_from="letter-1")
+    events = [ev(1, "a"), recovered]
+    d = seal(dossier_id("t1"), "t1", events, [gap(5, 8)], T, "b")
+    body = DossierAnswer.of("t1", events, [gap(5, 8)], d).model_dump(mode="json", exclude_unset=True)
+    g = {"event_id": "e-logged", "event_type": "tsop.ticket.work-logged.v1", "consumer": "intake-tmf",
+         "error": "boom", "source": f"{TICKETS}:2:17", "failed_at": T.isoformat(), "open": False}
+    assert body == {
+        "ticket_id": "t1", "status": "sealed", "complete": True, "missing": [], "gaps": [g],
+        "events": [
+            {"id": "a", "type": "t", "source": "s", "time": T.isoformat(), "causation_id": None, "data": {"n": 1}},
+            {"id": "b", "type": Closed.event_type, "source": "s", "time": T.isoformat(), "causation_id": "a",
+             "data": {"n": 2}, "recovered_from": "letter-1"},
+        ],
+        "seal": {"dossier_hash": chain_hash(events), "event_count": 2, "sealed_at": T.isoformat(), "verified": True,
+                 "complete": True, "missing": [], "decided_by": None, "reason": None},
+    }
+    changed = [ev(1, "a"), ArchivedEvent(2, "b", Closed.event_type, "s", T, "a", {"n": 3})]
+    assert DossierAnswer.of("t1", changed, [], d).seal.verified is False  # type: ignore[union-attr]
+    open_ = DossierAnswer.of("t1", events[:1], [gap(5)], None)
+    assert (open_.status, open_.complete, open_.seal) == ("incomplete", False, None)

@@ -89,9 +89,6 @@ class ServiceSettings(BaseSettings):
     def database(self) -> str:
         return self.pg_database or f"tsop_{self.service_name}"
 
-    def topic(self, name: str) -> str:
-        return f"{self.topic_prefix}{name}"
-
     def pg_dsn(self, database: str | None = None) -> str:
         auth = self.pg_user + (f":{self.pg_password}" if self.pg_password else "")
         return f"postgresql://{auth}@{self.pg_host}:{self.pg_port}/{database or self.database}"

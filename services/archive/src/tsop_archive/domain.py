@@ -17,13 +17,23 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import orjson
 from eventsourcing.domain import Aggregate, event
 
-from tsop_events.schemas import DeadLettered
+from tsop_events.envelope import derived_id
+from tsop_events.errors import Conflict
+from tsop_events.schemas import Archived, Closed, DeadLettered, RequestCancelled, RequestLinked, RequestRejected
+
+GapView = dict[str, str | bool | None]
+"""A gap as the dossier shows it and a seal records it (JSON: ``failed_at`` as ISO 8601)."""
+
+# a ticket's record is complete at its final event: closed after service, or ended at review
+FINAL = frozenset(
+    {Closed.event_type, RequestRejected.event_type, RequestCancelled.event_type, RequestLinked.event_type}
+)
 
 
 @dataclass(frozen=True)
@@ -144,7 +154,7 @@ class Gap:
         record other than the one that failed: the archive may read that one after the letter)."""
         return self.delivered is None or self.delivered < self.noted
 
-    def view(self) -> dict[str, Any]:
+    def view(self) -> GapView:
         return {
             "event_id": self.event_id,
             "event_type": self.event_type,
@@ -166,7 +176,10 @@ def open_gaps(gaps: Iterable[Gap]) -> list[Gap]:
     return sorted((g for g in latest.values() if g.open), key=lambda g: g.noted)
 
 
-def dossier_status(final_held: bool, gaps: Iterable[Gap], seal_complete: bool | None) -> str:
+DossierStatus = Literal["open", "awaiting_seal", "incomplete", "sealed", "sealed_incomplete"]
+
+
+def dossier_status(final_held: bool, gaps: Iterable[Gap], seal_complete: bool | None) -> DossierStatus:
     """Where a ticket's record stands.
 
     ``seal_complete`` is None while unsealed. ``open``: the ticket has not ended;
@@ -188,12 +201,37 @@ def may_seal_complete(gaps: Iterable[Gap]) -> bool:
     return not open_gaps(gaps)
 
 
-class DossierError(ValueError):
-    pass
+class DossierError(Conflict):
+    """The dossier's state refuses the seal (nothing is missing, nothing is held)."""
+
+    title = "Nothing to decide"
+
+
+class AlreadySealed(DossierError):
+    title = "Already sealed"
+
+
+def dossier_id(ticket_id: str) -> UUID:
+    """A dossier's id derives from its ticket: a second seal of the same ticket is refused by the event store."""
+    return derived_id("dossier", ticket_id)
 
 
 class Dossier(Aggregate):
-    @event("Sealed")
+    """A ticket's sealed record. Old stored ``Sealed`` events may lack the fields added since (``complete``
+    and after): their defaults here are what those seals meant."""
+
+    class Sealed(Aggregate.Created):
+        ticket_id: str
+        dossier_hash: str
+        event_ids: list[str]
+        sealed_at: datetime
+        causation_id: str
+        complete: bool = True
+        missing: list[GapView] | None = None
+        decided_by: str | None = None
+        reason: str | None = None
+
+    @event(Sealed)
     def __init__(
         self,
         id: UUID,  # noqa: A002
@@ -203,7 +241,7 @@ class Dossier(Aggregate):
         sealed_at: datetime,
         causation_id: str,
         complete: bool = True,
-        missing: list[dict[str, Any]] | None = None,
+        missing: list[GapView] | None = None,
         decided_by: str | None = None,
         reason: str | None = None,
     ) -> None:
@@ -213,9 +251,20 @@ class Dossier(Aggregate):
         self.sealed_at = sealed_at
         self.causation_id = causation_id
         self.complete = complete
-        self.missing = missing or []
+        self.missing: list[GapView] = missing or []
         self.decided_by = decided_by
         self.reason = reason
+
+    def verified(self, held: Sequence[ArchivedEvent]) -> bool:
+        """Whether the events held still hash to the seal: every sealed event present, none changed."""
+        by_id = {e.id: e for e in held}
+        sealed = [by_id[i] for i in self.event_ids if i in by_id]
+        return len(sealed) == len(self.event_ids) and chain_hash(sealed) == self.dossier_hash
+
+
+def sealable(events: Iterable[ArchivedEvent]) -> list[ArchivedEvent]:
+    """What a seal covers: Archived is the archive's own, published after the seal, never part of it."""
+    return [e for e in events if e.type != Archived.event_type]
 
 
 def seal(
@@ -232,9 +281,9 @@ def seal(
     missing = open_gaps(gaps)
     if missing and (decided_by is None or not reason):
         raise DossierError(f"ticket {ticket_id} has {len(missing)} missing event(s); only a decision seals it")
-    if not events:
+    ordered = causal_order(sealable(events))
+    if not ordered:
         raise DossierError(f"the archive holds no event of ticket {ticket_id}")
-    ordered = causal_order(events)
     return Dossier(
         id=id,
         ticket_id=ticket_id,
@@ -249,5 +298,20 @@ def seal(
     )
 
 
-# The event classes the @event decorators made, named for the code that maps them (and for mypy).
-DossierSealed: type[Any] = Dossier.__dict__["Sealed"]
+def seal_by_decision(
+    ticket_id: str, events: Sequence[ArchivedEvent], gaps: Sequence[Gap], at: datetime, decided_by: str, reason: str
+) -> Dossier:
+    """An explicit, recorded decision: seal what the archive holds although events are missing.
+
+    Refused when nothing is known to be missing (the dossier is then sealed when its
+    final event is stored). The seal's cause is the last event held, or else the
+    latest missing one.
+    """
+    if may_seal_complete(gaps):
+        raise DossierError(
+            f"nothing of ticket {ticket_id} is known to be missing; its dossier is sealed when its final "
+            "event is stored"
+        )
+    held = causal_order(sealable(events))
+    cause = held[-1].id if held else open_gaps(gaps)[-1].event_id
+    return seal(dossier_id(ticket_id), ticket_id, held, gaps, at, cause, decided_by=decided_by, reason=reason)

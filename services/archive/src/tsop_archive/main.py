@@ -1,86 +1,48 @@
-"""Wiring: settings → runtime → HTTP app."""
+"""Wiring: settings → service → HTTP app."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
-from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 
 from tsop_archive.api import router
-from tsop_archive.application import ArchiveApp, to_wire
-from tsop_archive.store import DDL, ArchiveStore
-from tsop_events.consumer import ConsumerRunner
+from tsop_archive.commands import ArchiveApp
+from tsop_archive.projection import DDL, ArchiveStore
+from tsop_archive.views import seal_dossiers
+from tsop_archive.wire import WIRE
 from tsop_events.http import create_app, serve
-from tsop_events.runtime import Runtime
+from tsop_events.runtime import Service
 from tsop_events.settings import ServiceSettings
-from tsop_events.topics import Topic
-
-log = logging.getLogger(__name__)
 
 
 class ArchiveSettings(ServiceSettings):
     service_name: str = "archive"
+    """The archive's name in events and its database (`tsop_archive`)."""
     http_port: int = 8005
+    """The archive's HTTP port."""
 
 
-async def dead_letters_read(runtime: Runtime, runner: ConsumerRunner) -> bool:
-    """Whether the archive has stored every dead letter published so far (in the current broker epoch)."""
-    consumer, epoch = runner.consumer, runtime.epoch.epoch
-    if consumer is None or not runner.running or epoch is None:
-        return False
-    topic = Topic.deadletter.qualified(runtime.settings.topic_prefix)
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        return False
-    ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
-    rows = await runtime.pool.fetch(
-        "SELECT partition, next_offset FROM tsop_consumer_offsets WHERE consumer = $1 AND epoch = $2 AND topic = $3",
-        runner.sink.name, epoch, topic,
-    )
-    done = {r["partition"]: r["next_offset"] for r in rows}
-    return all(done.get(tp.partition, 0) >= end for tp, end in ends.items())
+ArchiveService = Service[ArchiveApp, ArchiveSettings]
 
 
-async def seal_dossiers(runtime: Runtime) -> None:
-    """Seal each finished ticket's dossier once the store holds it up to its final event.
-
-    A ticket is judged only once every dead letter published after its final event
-    was stored has been read too: a failure noted before the final event (the
-    archive's own, or a relay's) then always blocks a complete seal.
-    """
-    app = runtime.app
-    assert isinstance(app, ArchiveApp)
-    runner = next(r for r in runtime.runners if isinstance(r.sink, ArchiveStore))
-    while True:
-        sealed = 0
-        if await runtime.pool.fetchval("SELECT EXISTS (SELECT 1 FROM archive_to_seal WHERE NOT blocked)"):
-            mark = await runtime.pool.fetchval("SELECT nextval('archive_arrival')")
-            try:
-                settled = await dead_letters_read(runtime, runner)
-            except KafkaError as exc:
-                log.warning("archive: dead-letter positions unknown (%s); sealing waits", exc)
-                settled = False
-            if settled:
-                sealed = await asyncio.to_thread(app.seal_pending, 200, mark)
-        if not sealed:
-            await asyncio.sleep(0.05)
+def archive_store(svc: Service[ArchiveApp]) -> ArchiveStore:
+    return ArchiveStore(svc.pool, svc.settings.topic_prefix)
 
 
-def build(settings: ArchiveSettings | None = None) -> FastAPI:
-    s = settings or ArchiveSettings()
-
-    runtime = Runtime(
-        s,
+def bootstrap(settings: ArchiveSettings) -> ArchiveService:
+    """The archive: every event of every topic stored (``projection``), dossiers sealed (``views``) and
+    announced as Archived (``wire``)."""
+    return ArchiveService(
+        settings,
         app_factory=ArchiveApp,
-        mapper=to_wire,
-        sinks=[lambda rt: ArchiveStore(rt.pool, rt.settings.topic_prefix)],
+        mapper=WIRE,
+        sinks=[archive_store],
         tasks=[seal_dossiers],
         ddl=list(DDL),
     )
-    return create_app(runtime, "TSOP archive", [router])
+
+
+def build(settings: ArchiveSettings | None = None) -> FastAPI:
+    return create_app(bootstrap(settings or ArchiveSettings()), "TSOP archive", [router])
 
 
 def main() -> None:

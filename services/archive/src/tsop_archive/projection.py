@@ -1,22 +1,26 @@
-"""The archive store: every event of every topic, appended once, never changed.
+"""The archive's SQL store: every event of every topic, appended once, never changed; and its queries.
 
 Whatever the wire carries is kept. A body PostgreSQL's jsonb refuses (a NUL
 character, an unpaired surrogate) is kept byte for byte in ``raw`` instead. A dead
 letter about one of a ticket's events is noted as a gap of that ticket (see
 ``domain``); a dead letter of the archive's own consumer also gives back the
 event it carries, so the archive holds it even when it could not read it.
+
+All of the archive's own SQL goes through asyncpg (the event store keeps its
+own driver for the sealed dossiers).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import asyncpg
 import orjson
 
-from tsop_archive.domain import ArchivedEvent, Gap, LetterFacts, letter_facts
+from tsop_archive.domain import FINAL, ArchivedEvent, Gap, LetterFacts, causal_order, letter_facts
 from tsop_events import schemas as wire
 from tsop_events.consumer import Incoming, ProjectionSink
 from tsop_events.envelope import Envelope, unwrap
@@ -75,16 +79,10 @@ DDL = (
        EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
 )
 
-# a ticket's record is complete at its final event: closed after service, or ended at review
-FINAL = frozenset(
-    {wire.Closed.event_type, wire.RequestRejected.event_type, wire.RequestCancelled.event_type,
-     wire.RequestLinked.event_type}
-)
-
-COLUMNS = "seq, ce_id, ce_type, ce_source, ce_time, causation_id, data::text AS data, raw, recovered_from"
-SELECT_TICKET = f"SELECT {COLUMNS} FROM archive_events WHERE key = $1 AND topic = $2 ORDER BY seq"
-GAP_COLUMNS = "event_id, event_type, consumer, error, source, failed_at, noted, delivered"
-SELECT_GAPS = f"SELECT {GAP_COLUMNS} FROM archive_gaps WHERE ticket_id = $1 ORDER BY noted"
+COLUMNS = "key, seq, ce_id, ce_type, ce_source, ce_time, causation_id, data::text AS data, raw, recovered_from"
+SELECT_EVENTS = f"SELECT {COLUMNS} FROM archive_events WHERE key = ANY($1::text[]) AND topic = $2 ORDER BY seq"
+GAP_COLUMNS = "ticket_id, event_id, event_type, consumer, error, source, failed_at, noted, delivered"
+SELECT_GAPS = f"SELECT {GAP_COLUMNS} FROM archive_gaps WHERE ticket_id = ANY($1::text[]) ORDER BY noted"
 
 # what jsonb refuses: \u0000, and \ud800-\udfff escapes (a valid pair never appears escaped in our JSON)
 _JSONB_REFUSES = re.compile(rb"\\u(0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
@@ -103,8 +101,8 @@ def _loads(data: str | bytes | memoryview) -> Any:
         return json.loads(raw.decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else raw)
 
 
-def row_to_event(row: Any) -> ArchivedEvent:
-    """From an asyncpg record or a psycopg dict row."""
+def row_to_event(row: Mapping[str, Any]) -> ArchivedEvent:
+    """From a row of ``COLUMNS``."""
     data = row["data"]
     if data is None:
         data = row["raw"]
@@ -120,7 +118,7 @@ def row_to_event(row: Any) -> ArchivedEvent:
     )
 
 
-def row_to_gap(row: Any) -> Gap:
+def row_to_gap(row: Mapping[str, Any]) -> Gap:
     return Gap(
         event_id=row["event_id"],
         event_type=row["event_type"],
@@ -131,6 +129,54 @@ def row_to_gap(row: Any) -> Gap:
         noted=int(row["noted"]),
         delivered=None if row["delivered"] is None else int(row["delivered"]),
     )
+
+
+Record = tuple[list[ArchivedEvent], list[Gap]]
+"""A ticket's stored events (causal order) and its gaps (in the order they were noted)."""
+
+
+async def ticket_records(pool: asyncpg.Pool, tickets_topic: str, ticket_ids: Sequence[str]) -> dict[str, Record]:
+    """The records of several tickets, in two queries; a ticket the archive holds nothing of is absent."""
+    ids = list(ticket_ids)
+    events: dict[str, list[ArchivedEvent]] = {}
+    gaps: dict[str, list[Gap]] = {}
+    for row in await pool.fetch(SELECT_EVENTS, ids, tickets_topic):
+        events.setdefault(row["key"], []).append(row_to_event(row))
+    for row in await pool.fetch(SELECT_GAPS, ids):
+        gaps.setdefault(row["ticket_id"], []).append(row_to_gap(row))
+    return {t: (causal_order(events.get(t, [])), gaps.get(t, [])) for t in ids if t in events or t in gaps}
+
+
+async def ticket_record(pool: asyncpg.Pool, tickets_topic: str, ticket_id: str) -> Record:
+    """One ticket's record; both lists empty when the archive holds nothing of it."""
+    return (await ticket_records(pool, tickets_topic, [ticket_id])).get(ticket_id, ([], []))
+
+
+async def any_due(pool: asyncpg.Pool) -> bool:
+    """Whether a ticket's dossier is due (its final event stored) and not blocked by a missing event."""
+    return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM archive_to_seal WHERE NOT blocked)"))
+
+
+async def arrival_mark(pool: asyncpg.Pool) -> int:
+    """An arrival mark: everything the archive stores from now on gets a higher one."""
+    return int(await pool.fetchval("SELECT nextval('archive_arrival')"))
+
+
+async def due(pool: asyncpg.Pool, limit: int, settled_before: int | None) -> list[tuple[str, str]]:
+    """(ticket, final event) of dossiers due whose final event arrived before ``settled_before``."""
+    rows = await pool.fetch(
+        "SELECT ticket_id, closed_event_id FROM archive_to_seal WHERE NOT blocked AND final_arrival < $1 LIMIT $2",
+        settled_before if settled_before is not None else 2**62, limit,
+    )
+    return [(r["ticket_id"], r["closed_event_id"]) for r in rows]
+
+
+async def settle(pool: asyncpg.Pool, done: Sequence[str], blocked: Sequence[str] = ()) -> None:
+    """Dossiers sealed are no longer due; blocked ones wait until a missing event arrives (``_store`` clears
+    the flag then)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM archive_to_seal WHERE ticket_id = ANY($1::text[])", list(done))
+        await conn.execute("UPDATE archive_to_seal SET blocked = true WHERE ticket_id = ANY($1::text[])", list(blocked))
 
 
 class ArchiveStore(ProjectionSink):

@@ -1,0 +1,32 @@
+"""The archive's events on the wire: a sealed dossier is announced as Archived."""
+
+from __future__ import annotations
+
+from tsop_archive.domain import Dossier
+from tsop_events import schemas as wire
+from tsop_events.wiremap import WireMap
+
+
+def _event_count(e: Dossier.Sealed) -> int:
+    return len(e.event_ids)
+
+
+def _last_event_id(e: Dossier.Sealed) -> str:
+    return e.event_ids[-1]
+
+
+def _missing_event_ids(e: Dossier.Sealed) -> list[str]:
+    return [str(m["event_id"]) for m in e.missing or []]
+
+
+# the cause is the ticket's final event (the seal's own ``causation_id``)
+WIRE = WireMap().add(
+    Dossier.Sealed,
+    wire.Archived,
+    fields={
+        "event_count": _event_count,
+        "last_event_id": _last_event_id,
+        "archived_at": "sealed_at",
+        "missing_event_ids": _missing_event_ids,
+    },
+)
