@@ -31,7 +31,7 @@ from typing import Any
 
 from tsop_dispatch import commands
 from tsop_dispatch.commands import DispatchApp, work_order_id
-from tsop_dispatch.domain import Technician, WorkOrder
+from tsop_dispatch.domain import QualificationRecord, Technician, WorkOrder
 from tsop_dispatch.views import drain_queue
 from tsop_events.clock import ManualClock
 from tsop_events.commands import Commands
@@ -71,13 +71,13 @@ def technicians(n: int, rng: random.Random) -> list[Technician]:
     out = []
     for i in range(n):
         quals = [
-            {
-                "service_type": st,
-                "certificate": "cert",
-                "level": rng.randint(1, 5),
-                "valid_from": NOW - timedelta(days=9),
-                "valid_until": None if rng.random() < 0.9 else NOW - timedelta(days=1),
-            }
+            QualificationRecord(
+                service_type=st,
+                certificate="cert",
+                level=rng.randint(1, 5),
+                valid_from=NOW - timedelta(days=9),
+                valid_until=None if rng.random() < 0.9 else NOW - timedelta(days=1),
+            )
             for st in rng.sample(TYPES, 2)
         ]
         out.append(

@@ -366,6 +366,10 @@ class SlaOut(Answer):
     clocks: dict[str, Any] = Field(description="Per clock: segments (running, paused and why), deadlines, remaining.")
 
 
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
 def technician_view(t: Technician) -> dict[str, Any]:
     return {
         "id": str(t.id),
@@ -374,8 +378,8 @@ def technician_view(t: Technician) -> dict[str, Any]:
         "qualifications": [
             {
                 **q,
-                "valid_from": q["valid_from"].isoformat(),
-                "valid_until": q["valid_until"] and q["valid_until"].isoformat(),
+                "valid_from": _iso(q["valid_from"]),  # always set (``domain.registered``)
+                "valid_until": _iso(q["valid_until"]),
             }
             for q in t.qualifications.values()
         ],

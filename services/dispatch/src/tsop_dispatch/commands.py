@@ -28,6 +28,7 @@ from tsop_dispatch.domain import (
     NotYours,
     OverCapacity,
     PeakMode,
+    QualificationRecord,
     Resource,
     SlaPolicy,
     Technician,
@@ -370,7 +371,7 @@ async def register_technician(
 
     def decide_(uow: UnitOfWork) -> Technician:
         now = app.clock.now()
-        quals: dict[str, dict[str, Any]] = {}
+        quals: dict[str, QualificationRecord] = {}
         for i, q in enumerate(qualifications or []):
             app.check_service_type(q["service_type"], f"qualifications.{i}.service_type")
             quals[q["service_type"]] = qualification(

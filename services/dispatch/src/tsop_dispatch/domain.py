@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TypedDict
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
+from pydantic import JsonValue
 
-from tsop_dispatch.sla import Fact, clocks, due_thresholds
+from tsop_dispatch.sla import Fact, TargetsSpec, clocks, due_thresholds
 from tsop_events.errors import Conflict, Forbidden, Invalid
 
 
@@ -30,9 +31,40 @@ class NotYours(Forbidden):
     title = "Not your work order"
 
 
-def registered(q: dict[str, Any], registered_at: datetime) -> dict[str, Any]:
+class QualificationRecord(TypedDict):
+    """A qualification as events record it."""
+
+    service_type: str
+    certificate: str
+    level: int
+    valid_from: datetime | None  # None only in registrations recorded before it defaulted (see ``registered``)
+    valid_until: datetime | None
+
+
+class CandidateRecord(TypedDict):
+    """One of the best candidates of an assignment, as the Assigned event records it."""
+
+    technician_id: str
+    score: float
+    load: int
+    capacity: int
+
+
+class LogEntry(TypedDict):
+    """A step of a work order's operation log (its view shows them)."""
+
+    technician_id: str
+    action: str
+    mode: str
+    notes: str | None
+    equipment: list[str]
+    measurements: dict[str, float | str]
+    at: str
+
+
+def registered(q: QualificationRecord, registered_at: datetime) -> QualificationRecord:
     """A qualification as registered; one recorded without ``valid_from`` (before it defaulted) is valid from then."""
-    return q if q.get("valid_from") is not None else {**q, "valid_from": registered_at}
+    return q if q.get("valid_from") is not None else QualificationRecord(**{**q, "valid_from": registered_at})
 
 
 def qualification(
@@ -43,7 +75,7 @@ def qualification(
     valid_until: datetime | None,
     now: datetime,
     field: str = "",
-) -> dict[str, Any]:
+) -> QualificationRecord:
     """A qualification as recorded: valid from ``now`` unless a start is given, and ending after it starts."""
     since = valid_from or now
     if valid_until is not None and valid_until <= since:
@@ -64,7 +96,7 @@ class Technician(Aggregate):
         name: str
         regions: list[str]
         capacity: int
-        qualifications: list[dict[str, Any]]
+        qualifications: list[QualificationRecord]
         credential_hash: str | None
         registered_at: datetime
 
@@ -106,14 +138,14 @@ class Technician(Aggregate):
         name: str,
         regions: list[str],
         capacity: int,
-        qualifications: list[dict[str, Any]],
+        qualifications: list[QualificationRecord],
         credential_hash: str | None,
         registered_at: datetime,
     ) -> None:
         self.name = name
         self.regions = regions
         self.capacity = capacity
-        self.qualifications: dict[str, dict[str, Any]] = {
+        self.qualifications: dict[str, QualificationRecord] = {
             q["service_type"]: registered(q, registered_at) for q in qualifications
         }
         self.credential_hash = credential_hash
@@ -294,20 +326,20 @@ class SlaPolicy(Aggregate):
         pass
 
     class Adopted(Aggregate.Event):
-        policy: dict[str, Any]
+        policy: dict[str, JsonValue]
         version: str
         by: str
         adopted_at: datetime
 
     @event(Created)
     def __init__(self, id: UUID) -> None:  # noqa: A002
-        self.policy: dict[str, Any] | None = None
+        self.policy: dict[str, JsonValue] | None = None
 
-    def adopt(self, policy: dict[str, Any], by: str, at: datetime) -> None:
+    def adopt(self, policy: dict[str, JsonValue], by: str, at: datetime) -> None:
         self._adopted(policy=policy, version=str(policy.get("version", "")), by=by, adopted_at=at)
 
     @event(Adopted)
-    def _adopted(self, policy: dict[str, Any], version: str, by: str, adopted_at: datetime) -> None:
+    def _adopted(self, policy: dict[str, JsonValue], version: str, by: str, adopted_at: datetime) -> None:
         self.policy = policy
 
 
@@ -323,14 +355,14 @@ class WorkOrder(Aggregate):
         resolve_by: datetime | None
         causation_id: str
         opened_at: datetime
-        targets: dict[str, Any] | None = None
+        targets: TargetsSpec | None = None
         needs: list[str] | None = None
 
     class Assigned(Aggregate.Event):
         ticket_id: str
         technician_id: str
         reason: str
-        candidates: list[dict[str, Any]]
+        candidates: list[CandidateRecord]
         assigned_at: datetime
         causation_id: str
         accept_by: datetime | None = None
@@ -401,7 +433,7 @@ class WorkOrder(Aggregate):
 
     class Retargeted(Aggregate.Event):
         ticket_id: str
-        targets: dict[str, Any]
+        targets: TargetsSpec
         priority: int
         why: str
         at: datetime
@@ -432,7 +464,7 @@ class WorkOrder(Aggregate):
         resolve_by: datetime | None,
         causation_id: str,
         opened_at: datetime,
-        targets: dict[str, Any] | None = None,
+        targets: TargetsSpec | None = None,
         needs: list[str] | None = None,
     ) -> None:
         self.ticket_id = ticket_id
@@ -449,7 +481,7 @@ class WorkOrder(Aggregate):
         self.resources: list[str] = []
         self.excluded: list[str] = []  # technicians who declined or let it time out
         self.previous: list[str] = []  # technicians who worked it before (continuity)
-        self.log: list[dict[str, Any]] = []
+        self.log: list[LogEntry] = []
         self.crossed: set[tuple[str, str]] = set()
         self.targets = targets
         self.facts: list[Fact] = [Fact(opened_at, "opened", {"targets": targets})] if targets else []
@@ -460,7 +492,7 @@ class WorkOrder(Aggregate):
         self,
         technician: Technician,
         reason: str,
-        candidates: list[dict[str, Any]],
+        candidates: list[CandidateRecord],
         at: datetime,
         accept_by: datetime | None = None,
         resources: Iterable[Resource] = (),
@@ -491,7 +523,7 @@ class WorkOrder(Aggregate):
         ticket_id: str,
         technician_id: str,
         reason: str,
-        candidates: list[dict[str, Any]],
+        candidates: list[CandidateRecord],
         assigned_at: datetime,
         causation_id: str,
         accept_by: datetime | None = None,
@@ -717,14 +749,14 @@ class WorkOrder(Aggregate):
 
     # --- service levels ---------------------------------------------------------------------------
 
-    def retarget(self, targets: dict[str, Any], priority: int, why: str, at: datetime) -> None:
+    def retarget(self, targets: TargetsSpec, priority: int, why: str, at: datetime) -> None:
         """New targets (a priority or policy change): elapsed time stays, the deadlines move."""
         if self.status in ("resolved", "withdrawn"):
             raise DispatchError(f"work order {self.id} is {self.status}")
         self._retargeted(ticket_id=self.ticket_id, targets=targets, priority=priority, why=why, at=at)
 
     @event(Retargeted)
-    def _retargeted(self, ticket_id: str, targets: dict[str, Any], priority: int, why: str, at: datetime) -> None:
+    def _retargeted(self, ticket_id: str, targets: TargetsSpec, priority: int, why: str, at: datetime) -> None:
         self.priority = priority
         self.targets = targets
         self.facts.append(Fact(at, "retargeted", {"targets": targets, "why": why}))
@@ -879,7 +911,7 @@ class Decision:
                 return f"{head}; chose {t.id} with score {total:g} ({comps}; load {self.load_of(t)}/{t.capacity})"
         return head
 
-    def candidates(self, limit: int = 5) -> list[dict[str, Any]]:
+    def candidates(self, limit: int = 5) -> list[CandidateRecord]:
         return [
             {"technician_id": str(t.id), "score": total, "load": self.load_of(t), "capacity": t.capacity}
             for total, _, t in self.ranked[:limit]

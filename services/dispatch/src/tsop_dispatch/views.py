@@ -32,7 +32,6 @@ from tsop_dispatch.domain import (
     WorkOrder,
     clock_fact,
     rank_candidates,
-    registered,
 )
 from tsop_dispatch.sla import Fact, Policy, next_due
 from tsop_events.commands import UnitOfWork
@@ -112,9 +111,9 @@ class Board(LogFollower):
         if isinstance(e, Technician.Registered):
             view = TechnicianView(oid, frozenset(e.regions), e.capacity, name=e.name)
             self.technicians[oid] = view
-            for q in e.qualifications:
-                q = registered(q, e.registered_at)
-                self._qualify(view, q["service_type"], int(q["level"]), q["valid_from"], q["valid_until"])
+            for q in e.qualifications:  # one recorded without valid_from is valid from registration
+                since = q.get("valid_from") or e.registered_at
+                self._qualify(view, q["service_type"], int(q["level"]), since, q["valid_until"])
             if e.credential_hash:
                 self.credentials[e.credential_hash] = oid
         elif isinstance(e, Technician.QualificationGranted):
