@@ -286,8 +286,16 @@ class Board(LogFollower):
             pool = self.free.get((kind, region), set()) | self.free.get((kind, "*"), set())
             return sorted(pool - self.tentative_resources, key=str)
 
-    def due_clocks(self, now: datetime) -> list[UUID]:
+    def unanswered(self, now: datetime) -> list[UUID]:
+        """Refreshed: the assigned work orders whose technician did not accept by ``now``."""
         with self.lock:
+            self.refresh()
+            return [oid for oid, by in self.awaiting_answer.items() if by <= now]
+
+    def due_clocks(self, now: datetime) -> list[UUID]:
+        """Refreshed: the open work orders with a threshold reached by ``now`` and not yet recorded."""
+        with self.lock:
+            self.refresh()
             out = []
             for oid, c in self.clocks.items():
                 if c.due is None:
@@ -332,10 +340,8 @@ async def drain_queue(svc: Service[DispatchApp], limit: int = 500) -> int:
 async def expire_acceptances(svc: Service[DispatchApp]) -> int:
     """Assignments not accepted in time are declined (timed out) and go to someone else."""
     app = svc.app
-    await asyncio.to_thread(app.board.refresh)
     now = app.clock.now()
-    with app.board.lock:
-        due = [oid for oid, by in app.board.awaiting_answer.items() if by <= now]
+    due = await asyncio.to_thread(app.board.unanswered, now)
     expired = 0
     for oid in due:
         try:
@@ -351,8 +357,8 @@ async def expire_acceptances(svc: Service[DispatchApp]) -> int:
 async def check_clocks(svc: Service[DispatchApp]) -> int:
     """The durable SLA timer: every threshold reached is recorded once, by whichever instance gets there."""
     app = svc.app
-    await asyncio.to_thread(app.board.refresh)
     now = app.clock.now()
+    due = await asyncio.to_thread(app.board.due_clocks, now)
 
     async def check(oid: UUID) -> bool:
         def decide(uow: UnitOfWork) -> bool:
@@ -364,7 +370,7 @@ async def check_clocks(svc: Service[DispatchApp]) -> int:
         except (IntegrityError, DispatchError):
             return False  # changed meanwhile (or another instance recorded it): the next tick decides again
 
-    crossed = sum(await asyncio.gather(*(check(oid) for oid in app.board.due_clocks(now))))
+    crossed = sum(await asyncio.gather(*(check(oid) for oid in due)))
     if crossed:
         await asyncio.to_thread(app.board.refresh)
     return crossed
