@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 PKGS   := libs/events services/intake services/dispatch services/feedback services/incident services/archive
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PKGS))
 
-.PHONY: install run test test-unit test-integration test-e2e lint catalogue bench kafka clean
+.PHONY: install run test test-unit test-integration test-e2e lint catalogue bench chaos kafka clean
 
 $(STAMP): $(PYPROJECTS) requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,14 @@ bench: install
 	$(BIN)/python -m bench.intake
 	$(BIN)/python -m bench.dispatch
 	$(BIN)/python -m bench.tmf_list
+
+## Faults on a real cluster: 3 Kafka brokers (replication 3, min.insync.replicas 2), two processes per
+## service; 5 minutes of lifecycles while services, a broker and PostgreSQL are SIGKILLed and restarted.
+## Reports completed, lost, duplicated effects and the longest stall; JSON in bench/results/chaos.json,
+## data and every process's log in .tsop/chaos (emptied at each run).
+CHAOS_SECONDS ?= 300
+chaos: install
+	$(BIN)/python -m bench.chaos --duration $(CHAOS_SECONDS) --data-dir .tsop/chaos
 
 ## A three-broker Apache Kafka (KRaft) cluster on loopback, jars from Maven Central.
 kafka: install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -132,3 +133,168 @@ def test_only_the_assigned_technician_may_work_it(platform: Platform) -> None:
     r = platform.work(wo, "pause", {"kind": "later", "reason": "x"})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "kind"
     platform.work_and_resolve(wo)
+
+
+# ---------------------------------------------------------------- what no event can carry (issue 8)
+#
+# Each is refused with a 4xx before anything is written: the same Idempotency-Key then creates a new request
+# (had the refused body been saved under it, the key's reuse with another body would be a 422 conflict).
+
+
+def _raw(body: dict[str, object], **raw_fields: str) -> bytes:
+    """``body`` as JSON, with each of ``raw_fields`` spliced in as raw JSON text (NaN, \\u0000, …)."""
+    text = json.dumps({**body, **{k: f"@{k}@" for k in raw_fields}})
+    for k, v in raw_fields.items():
+        text = text.replace(f'"@{k}@"', v)
+    return text.encode()
+
+
+def _recorded_nothing_under(platform: Platform, key: str) -> None:
+    r = platform.http.post(
+        platform.url("intake", "/v1/requests"),
+        json={**VALID, "channel": "app", "customer": {"id": f"c-{key}"}, "location": {"address": f"{key} Road"}},
+        headers={"Idempotency-Key": key, **platform.as_channel()},
+    )
+    assert r.status_code == 201, r.text  # new: nothing was saved under this key before
+
+
+@pytest.mark.parametrize(
+    ("raw_fields", "status", "field"),
+    [
+        ({"description": '"no signal \\u0000 since noon"'}, 422, "description"),
+        ({"description": '"no signal \\ud800 since noon"'}, 422, "description"),
+        ({"special_needs": '"\\u0000"'}, 422, "special_needs"),
+        ({"customer": '{"id": "c\\u0000"}'}, 422, "customer.id"),
+        ({"description": '"bell \\u0007 in the middle"'}, 422, "description"),
+        ({"details": '{"floor": NaN}'}, 400, "body"),
+        ({"details": '{"floor": Infinity}'}, 400, "body"),
+        ({"details": '{"floor": 1e400}'}, 422, "details.floor"),
+        ({"details": '{"floor": 1e308}'}, 422, "details.floor"),
+        ({"details": '{"floor": 123456789012345678901234567890}'}, 422, "body"),
+        ({"attributes": "[" * 300 + "]" * 300}, 422, "attributes"),
+        ({"attributes": '{"a":' * 300 + "1" + "}" * 300}, 422, "attributes"),
+        ({"attributes": '{"a":' * 9 + "1" + "}" * 9}, 422, "attributes"),
+        ({"attributes": '{"k\\u0000": 1}'}, 422, "attributes"),
+        ({"time_requirement": '{"deadline": "9999-12-31T23:00:00-14:00"}'}, 422, "time_requirement.deadline"),
+        ({"time_requirement": '{"deadline": "2026-06-02T10:00:00"}'}, 422, "time_requirement.deadline"),
+    ],
+)
+def test_a_submission_no_event_can_carry_is_refused_and_nothing_is_recorded(
+    platform: Platform, raw_fields: dict[str, str], status: int, field: str
+) -> None:
+    key = uuid.uuid4().hex
+    r = platform.http.post(
+        platform.url("intake", "/v1/requests"),
+        content=_raw({**VALID, "channel": "app", "customer": {"id": f"c-{key}"},
+                      "location": {"address": f"{key} Road"}}, **raw_fields),
+        headers={"content-type": "application/json", "Idempotency-Key": key, **platform.as_channel()},
+    )
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    fields = [e["field"] for e in r.json().get("errors", [])]
+    assert any(f == field or f.startswith(field + ".") for f in fields), (field, r.json())
+    _recorded_nothing_under(platform, key)
+
+
+def test_changes_and_cancellations_no_event_can_carry_are_refused(platform: Platform) -> None:
+    ticket = platform.submit().json()["id"]
+    path = platform.url("intake", f"/v1/requests/{ticket}")
+    before = platform.http.get(path, headers=platform.as_channel()).json()
+    bad = [
+        ('{"description": "a\\u0000b is broken"}', 422),
+        ('{"special_needs": "\\udfff"}', 422),
+        ('{"details": {"floor": NaN}}', 400),
+        ('{"details": {"floor": true, "rooms": "5", "size": 1e300}}', 422),
+        ('{"attributes": ' + '{"a":' * 300 + "1" + "}" * 300 + "}", 422),
+        ('{"customer_tier": null}', 422),  # once saved, the next review's RequestAccepted could not be published
+        ('{"region": null, "description": null}', 422),
+        ('{"time_requirement": null}', 422),
+    ]
+    for raw, status in bad:
+        r = platform.http.patch(path, content=raw.encode(),
+                                headers={"content-type": "application/json", **platform.as_channel()})
+        assert r.status_code == status, (raw, r.text)
+    cancel = platform.url("intake", f"/v1/requests/{ticket}/cancel")
+    for raw in ('{"reason_code": "withdrawn_by_customer", "reason": "x\\u0000"}',
+                '{"reason_code": "withdrawn\\u0000"}', '{"reason_code": 5}'):
+        r = platform.http.post(cancel, content=raw.encode(),
+                               headers={"content-type": "application/json", **platform.as_channel()})
+        assert r.status_code == 422, (raw, r.text)
+    after = platform.http.get(path, headers=platform.as_channel()).json()
+    assert after["description"] == before["description"] and after["details"] == before["details"]
+    assert after["customer"] == before["customer"] and after["region"] == before["region"]
+    assert after["time_requirement"] == before["time_requirement"]
+    assert after["cancellation"] is None and after["special_needs"] == before["special_needs"]
+
+
+@pytest.mark.parametrize("limit", ['"5"', "true", "5.0", "0", "18446744073709551616"])
+def test_a_rate_limit_is_an_integer(platform: Platform, limit: str) -> None:
+    name = f"strict {uuid.uuid4().hex[:8]}"
+    r = platform.http.post(
+        platform.url("intake", "/v1/channels"),
+        content=f'{{"name": "{name}", "kind": "web", "rate_limit_per_minute": {limit}}}'.encode(),
+        headers={"content-type": "application/json", **platform.auth("admin")},
+    )
+    assert r.status_code == 422, r.text
+    listed = platform.http.get(platform.url("intake", "/v1/channels"), headers=platform.auth("admin")).json()
+    assert name not in [c["name"] for c in listed["items"]]
+    channel = platform.register_channel(name=name, kind="web", rate_limit_per_minute=60)
+    r = platform.http.patch(
+        platform.url("intake", f"/v1/channels/{channel['id']}"),
+        content=f'{{"rate_limit_per_minute": {limit}}}'.encode(),
+        headers={"content-type": "application/json", **platform.auth("admin")},
+    )
+    assert r.status_code == 422, r.text
+    got = platform.http.get(platform.url("intake", f"/v1/channels/{channel['id']}"), headers=platform.auth("admin"))
+    assert got.json()["rate_limit_per_minute"] == 60
+
+
+def test_a_score_is_an_integer_and_a_comment_text(platform: Platform) -> None:
+    ticket = platform.submit().json()["id"]
+    platform.work_and_resolve(platform.wait_assigned(ticket))
+    platform.wait_notified(ticket)
+    rating = platform.url("feedback", f"/v1/tickets/{ticket}/rating")
+    for raw in ('{"score": "5"}', '{"score": true}', '{"score": 5.0}', '{"score": 9223372036854775808}',
+                '{"score": NaN}', '{"score": 4, "comment": "\\u0000"}', '{"score": 4, "comment": "\\ud800"}',
+                '{"score": 4, "comment": "esc \\u001b[2J"}', '{"score": 4, "extra": 1}'):
+        r = platform.http.post(rating, content=raw.encode(),
+                               headers={"content-type": "application/json", **platform.auth("agent")})
+        assert r.status_code in (400, 422), (raw, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+    case = platform.feedback(ticket)
+    assert case is not None and case["score"] is None and not case["closed"]  # nothing was recorded
+    r = platform.http.post(rating, json={"score": 4, "comment": "Cafe\u0301 \U0001f600"},
+                           headers=platform.auth("agent"))
+    assert r.status_code == 201, r.text
+    assert r.json()["score"] == 4
+
+
+def test_a_work_log_note_with_a_nul_or_a_nan_measurement_is_refused(platform: Platform) -> None:
+    ticket = platform.submit().json()["id"]
+    wo = platform.wait_assigned(ticket)
+    platform.work(wo, "accept").raise_for_status()
+    platform.work(wo, "start", {"mode": "on_site"}).raise_for_status()
+    log = platform.url("dispatch", f"/v1/work-orders/{wo['id']}/log")
+    for raw, status in (('{"action": "tested", "mode": "on_site", "notes": "line \\u0000 ok"}', 422),
+                        ('{"action": "tested", "mode": "on_site", "measurements": {"dbm": NaN}}', 400),
+                        ('{"action": "tested", "mode": "on_site", "measurements": {"dbm": -Infinity}}', 400)):
+        r = platform.http.post(log, content=raw.encode(),
+                               headers={"content-type": "application/json", **platform.tech_auth(wo["technician_id"])})
+        assert r.status_code == status, (raw, r.text)
+    resolve = platform.url("dispatch", f"/v1/work-orders/{wo['id']}/resolve")
+    r = platform.http.post(resolve, content=b'{"resolution_code": "fixed", "summary": "ONT \\u0000 replaced"}',
+                           headers={"content-type": "application/json", **platform.tech_auth(wo["technician_id"])})
+    assert r.status_code == 422, r.text
+    now = platform.work_order(ticket)
+    assert now is not None and now["operation_log"] == [] and now["status"] == "in_progress"  # nothing recorded
+    platform.work_and_resolve({**wo, "status": "in_progress", "operation_log": []})
+
+
+def test_query_strings_no_event_can_carry_are_refused(platform: Platform) -> None:
+    summary = platform.url("incident", "/v1/open-tickets/summary")
+    for query in ("region=north%00", "region=%ED%A0%80", "region=" + "x" * 65):
+        r = platform.http.get(f"{summary}?{query}", headers=platform.auth("supervisor"))
+        assert r.status_code in (400, 422), (query, r.text)
+    for query in ("limit=99999999999999999999", "limit=0", "limit=true", "limit=5e2"):
+        r = platform.http.get(platform.url("intake", f"/v1/review-queue?{query}"), headers=platform.auth("agent"))
+        assert r.status_code == 422, (query, r.text)

@@ -1,4 +1,5 @@
-"""Property-based API tests with schemathesis, against intake's two OpenAPI documents and dispatch's.
+"""Property-based API tests with schemathesis, against intake's two OpenAPI documents, dispatch's,
+feedback's and incident's.
 
 * the TMF621 facade's document (TM Forum's v5.0.1 OAS trimmed to what is implemented), called
   with a registered channel's credential;
@@ -7,6 +8,9 @@
   What it registers stays in a region of its own, so the other tests' work is never given to a
   technician they hold no credential for; the SLA policy is put back as it was (one example, below),
   not fuzzed, since it would change every open work order's targets.
+* feedback's document, called as an agent; random ids find no case, so its success bodies (201, 202
+  and the case view) are also checked on real tickets;
+* incident's document, called as a supervisor (its summary answers 200 to any valid query).
 
 For every generated request: no 5xx, a status code the document declares, a declared content type,
 and a body that matches the declared schema. Examples per operation: ``TSOP_SCHEMATHESIS_EXAMPLES``
@@ -79,6 +83,78 @@ def test_the_tmf621_facade_keeps_its_document(case: Any, stack: Stack, channel_h
 @fuzz
 def test_the_native_api_keeps_its_document(case: Any, stack: Stack, platform: Platform) -> None:
     case.call_and_validate(base_url=stack.url("intake"), headers=platform.auth("admin"), checks=CHECKS)
+
+
+def service_schema(stack: Stack, service: str) -> Any:
+    document = httpx.get(stack.url(service) + "/openapi.json", timeout=10).json()
+    document["paths"] = {p: v for p, v in document["paths"].items() if p.startswith("/v1/")}
+    return schemathesis.openapi.from_dict(document)
+
+
+@pytest.fixture(scope="session")
+def feedback_schema(stack: Stack) -> Any:
+    return service_schema(stack, "feedback")
+
+
+@pytest.fixture(scope="session")
+def incident_schema(stack: Stack) -> Any:
+    return service_schema(stack, "incident")
+
+
+feedback = schemathesis.pytest.from_fixture("feedback_schema")
+incident = schemathesis.pytest.from_fixture("incident_schema")
+
+
+@feedback.parametrize()
+@fuzz
+def test_the_feedback_api_keeps_its_document(case: Any, stack: Stack, platform: Platform) -> None:
+    case.call_and_validate(base_url=stack.url("feedback"), headers=platform.auth("agent"), checks=CHECKS)
+
+
+@incident.parametrize()
+@fuzz
+def test_the_incident_api_keeps_its_document(case: Any, stack: Stack, platform: Platform) -> None:
+    case.call_and_validate(base_url=stack.url("incident"), headers=platform.auth("supervisor"), checks=CHECKS)
+
+
+def test_feedbacks_answers_match_its_document(feedback_schema: Any, stack: Stack, platform: Platform) -> None:
+    """Feedback's success bodies on real tickets: a rating kept (202), one recorded (201), and both cases."""
+    rating = feedback_schema["/v1/tickets/{ticket_id}/rating"]["POST"]
+    view = feedback_schema["/v1/tickets/{ticket_id}/feedback"]["GET"]
+    base, agent = stack.url("feedback"), platform.auth("agent")
+    waiting = platform.submit().json()["id"]  # not resolved: a rating is kept until it is
+    platform.wait_until("feedback", f"/v1/tickets/{waiting}/feedback", lambda f: True, f"a case for {waiting}", 60,
+                        headers=agent)
+    kept = rating.Case(path_parameters={"ticket_id": waiting}, body={"score": 3, "comment": "kept"})
+    r = kept.call_and_validate(base_url=base, headers=agent, checks=CHECKS)
+    assert r.status_code == 202, r.text
+    assert r.json()["rating_kept"]["score"] == 3 and r.json()["resolution"] is None
+    done = platform.submit().json()["id"]
+    platform.work_and_resolve(platform.wait_assigned(done))
+    platform.wait_notified(done)
+    r = rating.Case(path_parameters={"ticket_id": done}, body={"score": 5}).call_and_validate(
+        base_url=base, headers=agent, checks=CHECKS
+    )
+    assert r.status_code == 201, r.text
+    assert "rating_kept" not in r.json() and r.json()["closed_reason"] == "rated"
+    for ticket in (waiting, done):
+        r = view.Case(path_parameters={"ticket_id": ticket}).call_and_validate(
+            base_url=base, headers=agent, checks=CHECKS
+        )
+        assert r.status_code == 200 and "rating_kept" not in r.json(), r.text
+    assert r.json()["score"] == 5 and r.json()["resolution"]["summary"]
+
+
+def test_incidents_summary_matches_its_document(incident_schema: Any, stack: Stack, platform: Platform) -> None:
+    """The summary's success body with open tickets in it."""
+    summary = incident_schema["/v1/open-tickets/summary"]["GET"]
+    platform.submit(region="schema-east")
+    platform.wait_until("incident", "/v1/open-tickets/summary?region=schema-east", lambda s: s["total"] >= 1,
+                        "the ticket counted", 60, headers=platform.auth("supervisor"))
+    r = summary.Case(query={"region": "schema-east"}).call_and_validate(
+        base_url=stack.url("incident"), headers=platform.auth("supervisor"), checks=CHECKS
+    )
+    assert r.status_code == 200 and r.json()["groups"][0]["region"] == "schema-east", r.text
 
 
 # --- dispatch ------------------------------------------------------------------------------------------

@@ -140,3 +140,62 @@ def test_uow_refuses_the_wrong_aggregate_type() -> None:
     with pytest.raises(TypeError):
         UnitOfWork(store).load(Other, case.id)
     assert isinstance(case.id, UUID)
+
+
+def test_an_idempotent_command_runs_once_per_key_and_replays_its_answer() -> None:
+    from tsop_events.commands import Idempotency
+    from tsop_events.errors import Invalid
+
+    store = app()
+    commands = Commands(store)
+
+    def open_case(uow: UnitOfWork) -> Case:
+        case = Case("t9")
+        uow.add(case)
+        return case
+
+    def replay(uow: UnitOfWork, answer: str) -> Case:
+        return uow.load(Case, UUID(answer))
+
+    key = Idempotency.of("test:open:caller-1", "k1", {"ticket": "t9"})
+    first, replayed = asyncio.run(commands.run_once(key, open_case, lambda c: str(c.id), replay))
+    assert not replayed
+    again, replayed = asyncio.run(commands.run_once(key, open_case, lambda c: str(c.id), replay))
+    assert replayed and again.id == first.id
+    assert store.recorder.max_notification_id() == 2  # one case and one record, not two cases
+
+    with pytest.raises(Invalid) as other_body:
+        asyncio.run(
+            commands.run_once(Idempotency.of("test:open:caller-1", "k1", {"x": 1}), open_case, lambda c: "", replay)
+        )
+    assert other_body.value.field == "Idempotency-Key"
+    other_caller = Idempotency.of("test:open:caller-2", "k1", {"ticket": "t9"})
+    second, replayed = asyncio.run(commands.run_once(other_caller, open_case, lambda c: str(c.id), replay))
+    assert not replayed and second.id != first.id
+
+
+def test_concurrent_retries_with_one_key_give_one_effect() -> None:
+    from tsop_events.commands import Idempotency
+
+    store = app()
+    commands = Commands(store)
+    key = Idempotency.of("test:open:caller-1", "k2", {})
+
+    def open_case(uow: UnitOfWork) -> Case:
+        case = Case("t10")
+        uow.add(case)
+        return case
+
+    async def both() -> list[tuple[Case, bool]]:
+        return list(
+            await asyncio.gather(
+                *(
+                    commands.run_once(key, open_case, lambda c: str(c.id), lambda uow, a: uow.load(Case, UUID(a)))
+                    for _ in range(4)
+                )
+            )
+        )
+
+    results = asyncio.run(both())
+    assert len({case.id for case, _ in results}) == 1
+    assert sum(not replayed for _, replayed in results) == 1

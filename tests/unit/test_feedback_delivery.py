@@ -10,11 +10,12 @@ from uuid import UUID, uuid4
 
 import httpx
 
+from tests.feedback_sync import service
 from tsop_events.clock import ManualClock
 from tsop_events.outbound import OutboundGuard, RetryPolicy, parse_rules
-from tsop_feedback.application import FeedbackApp, case_id
-from tsop_feedback.delivery import Deliverer
+from tsop_feedback.commands import FeedbackApp, case_id
 from tsop_feedback.domain import FeedbackCase
+from tsop_feedback.views import Deliverer
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 DNS = {"ok.example": ["93.184.216.34"], "down.example": ["93.184.216.35"], "slow.example": ["93.184.216.36"],
@@ -44,7 +45,7 @@ def deliverer(app: FeedbackApp, dead: list[tuple[str, int, str]], attempts: int 
     async def on_dead(case: FeedbackCase, n: int, error: str) -> None:
         dead.append((case.ticket_id, n, error))
 
-    return Deliverer(app, "s3cret", OutboundGuard(parse_rules(""), (), resolver),
+    return Deliverer(service(app), "s3cret", OutboundGuard(parse_rules(""), (), resolver),
                      RetryPolicy(max_attempts=attempts, base_seconds=0.01, max_seconds=0.02), dead=on_dead)
 
 

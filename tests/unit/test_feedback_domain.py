@@ -3,24 +3,29 @@ from uuid import uuid4
 
 import pytest
 
+from tests.feedback_sync import SyncFeedback
 from tsop_events.clock import ManualClock
-from tsop_feedback.application import FeedbackApp, case_id, sign, to_wire
+from tsop_events.errors import Conflict, NotFound
+from tsop_feedback.commands import FeedbackApp, case_id
 from tsop_feedback.domain import AlreadyClosed, AlreadyRated, FeedbackCase
+from tsop_feedback.views import sign
+from tsop_feedback.wire import WIRE
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 DAY = timedelta(hours=24)
 
 
-def resolved_case(app: FeedbackApp, ticket: str) -> FeedbackCase:
+def resolved_case(app: SyncFeedback, ticket: str) -> FeedbackCase:
     case = FeedbackCase(id=case_id(ticket), ticket_id=ticket, callback_url=None, opened_at=NOW)
     case.note_resolution("fixed", "done", None, app.clock.now(), app.rating_window, "resolved-event")
     app.save(case)
     return case
 
 
-def make_app() -> tuple[FeedbackApp, ManualClock]:
+def make_app() -> tuple[SyncFeedback, ManualClock]:
     clock = ManualClock(NOW)
-    return FeedbackApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=clock, rating_window=DAY), clock
+    app = FeedbackApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=clock, rating_window=DAY)
+    return SyncFeedback(app), clock
 
 
 def test_rating_within_the_window_rates_and_closes():
@@ -64,7 +69,7 @@ def test_a_rating_before_the_resolution_arrives_is_kept_and_recorded_with_it():
     new = list(case.pending_events)
     app.save(case)
     assert case.score == 5 and case.closed_reason == "rated"
-    wire = [o.event for o in (to_wire(e) for e in new) if o is not None]
+    wire = [o.event for o in (WIRE(e) for e in new) if o is not None]
     # no callback: the notification is settled first, so FeedbackSent never follows Closed
     assert [type(w).__name__ for w in wire] == ["FeedbackSent", "Rated", "Closed"]
     assert wire[1].rated_at == NOW + timedelta(seconds=1)  # not before the resolution it rates
@@ -85,11 +90,9 @@ def test_webhook_signature_is_hmac_sha256():
     assert sign("s", b"{}") != sign("t", b"{}")
 
 
-def wire_types(app: FeedbackApp, ticket: str) -> list[str]:
+def wire_types(app: SyncFeedback, ticket: str) -> list[str]:
     """What the relay publishes for the case, in order."""
-    from tsop_feedback.application import to_wire
-
-    out = [to_wire(e) for e in app.repository.event_store.get(case_id(ticket))]
+    out = [WIRE(e) for e in app.repository.event_store.get(case_id(ticket))]
     return [o.event.event_type.removeprefix("tsop.ticket.").removesuffix(".v1") for o in out if o is not None]
 
 
@@ -140,3 +143,27 @@ def test_a_delivery_before_the_rating_is_published_in_order() -> None:
     app.mark_notified([(case_id(t), "none", 1, None)])
     app.rate(t, 3, None)
     assert wire_types(app, t) == ["feedback-sent", "rated", "closed"]
+
+
+def test_a_rating_for_a_ticket_feedback_never_heard_of_is_not_found_once_its_patience_runs_out() -> None:
+    app, _ = make_app()
+    with pytest.raises(NotFound, match="awaiting feedback"):
+        app.rate(str(uuid4()), 4, None, patience=0.2)
+    with pytest.raises(NotFound, match="no feedback for ticket"):
+        app.feedback_of(str(uuid4()))
+
+
+def test_refusals_are_the_platforms_conflicts_with_the_titles_clients_know() -> None:
+    assert issubclass(AlreadyClosed, Conflict) and issubclass(AlreadyRated, Conflict)
+    assert (AlreadyClosed.status, AlreadyClosed.title) == (409, "Ticket closed")
+    assert (AlreadyRated.status, AlreadyRated.title) == (409, "Not allowed now")
+
+
+def test_the_event_classes_keep_the_names_stored_history_carries() -> None:
+    names = ["Opened", "ResolutionNoted", "NotificationAbandoned", "Notified", "NotifiedAfterClosure",
+             "RatingKept", "Rated", "Closed"]
+    for name in names:
+        cls = getattr(FeedbackCase, name)
+        assert (cls.__module__, cls.__qualname__) == ("tsop_feedback.domain", f"FeedbackCase.{name}")
+    assert {c.__qualname__ for c in WIRE.mapped()} == {"FeedbackCase.Notified", "FeedbackCase.Rated",
+                                                        "FeedbackCase.Closed"}

@@ -10,18 +10,27 @@ and returns its answer. ``run`` does the rest, the same in all five services:
 - telling the service's in-memory views what was saved, so a caller reads its own write.
 
 A command that changes nothing saves nothing; one that raises saves nothing.
+
+``run_once`` makes a command idempotent under a client's ``Idempotency-Key``:
+the key's record is saved in the same transaction as the command's events, so
+a retry after a lost answer (or a crash) replays the first answer instead of
+repeating the effect, and two concurrent retries give one effect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
-from eventsourcing.domain import Aggregate
+import orjson
+from eventsourcing.domain import Aggregate, event
 
-from tsop_events.errors import NotFound
+from tsop_events.envelope import derived_id
+from tsop_events.errors import Invalid, NotFound
 from tsop_events.store import EventStoreApp, GroupCommit, IntegrityError
 
 T = TypeVar("T", bound=Aggregate)
@@ -29,6 +38,38 @@ R = TypeVar("R")
 A = TypeVar("A", bound=EventStoreApp)
 
 Observer = Callable[[list[Any]], None]
+
+
+class IdempotencyRecord(Aggregate):
+    """What a command answered under one client key: kept with the command's own events."""
+
+    class Recorded(Aggregate.Created):
+        scope: str
+        key: str
+        fingerprint: str
+        answer: str
+
+    @event(Recorded)
+    def __init__(self, scope: str, key: str, fingerprint: str, answer: str) -> None:
+        self.scope, self.key, self.fingerprint, self.answer = scope, key, fingerprint, answer
+
+    @staticmethod
+    def create_id(scope: str, key: str) -> UUID:
+        return derived_id("idempotency", scope, key)
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """A client's ``Idempotency-Key`` for one command: ``scope`` names the command and the caller."""
+
+    scope: str
+    key: str
+    fingerprint: str
+
+    @classmethod
+    def of(cls, scope: str, key: str, body: Any) -> Idempotency:
+        digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
+        return cls(scope, key, digest)
 
 
 class UnitOfWork:
@@ -102,3 +143,32 @@ class Commands(Generic[A]):
                 observer(events)
             return result
         raise AssertionError("unreachable")
+
+    async def run_once(
+        self,
+        idempotency: Idempotency | None,
+        decide: Callable[[UnitOfWork], R],
+        remember: Callable[[R], str],
+        replay: Callable[[UnitOfWork, str], R],
+    ) -> tuple[R, bool]:
+        """Run ``decide`` once per key; return ``(answer, replayed)``.
+
+        ``remember`` turns the answer into what is kept (an id, say); ``replay`` rebuilds the answer
+        from it. The same key with another body is refused (``Invalid``, 422) and changes nothing.
+        """
+        if idempotency is None:
+            return await self.run(decide), False
+        key = idempotency
+        record_id = IdempotencyRecord.create_id(key.scope, key.key)
+
+        def once(uow: UnitOfWork) -> tuple[R, bool]:
+            record = uow.find(IdempotencyRecord, record_id)
+            if record is not None:
+                if record.fingerprint != key.fingerprint:
+                    raise Invalid("was used before with a different request", "Idempotency-Key")
+                return replay(uow, record.answer), True
+            answer = decide(uow)
+            uow.add(IdempotencyRecord(key.scope, key.key, key.fingerprint, remember(answer)))
+            return answer, False
+
+        return await self.run(once)

@@ -73,6 +73,7 @@ class EpochWatcher:
             self.settings.topic_prefix,
             self.settings.topic_partitions,
             self.settings.topic_replication,
+            min_insync=self.settings.topic_min_insync_replicas,
         )
         for _ in range(20):
             first = await self._read_first()

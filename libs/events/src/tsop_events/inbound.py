@@ -20,11 +20,15 @@ import json
 import math
 import re
 import unicodedata
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, Strict
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# a number (written with a fraction or an exponent) beyond ±2⁶³: PostgreSQL's jsonb keeps 1e308 as numeric and gives it
+# back as a 309-digit integer, which no 64-bit JSON encoder (orjson) nor client decodes as the number it was
+MAX_NUMBER = 2.0**63
 MAX_DEPTH = 32  # any JSON body
 MAX_OBJECT_DEPTH = 8  # a free-form object inside a body (``JsonObject``)
 MAX_OBJECT_NODES = 1000
@@ -68,6 +72,8 @@ def _clean(value: Any, parts: list[str | int], changed: list[bool]) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise EdgeError(422, _path(parts), "is not a finite number")
+        if not -MAX_NUMBER < value < MAX_NUMBER:
+            raise EdgeError(422, _path(parts), "is a number beyond 64 bits")
         return value
     if isinstance(value, dict | list):
         if len(parts) >= MAX_DEPTH:
@@ -133,12 +139,14 @@ def _bounded(value: dict[str, Any]) -> dict[str, Any]:
         if isinstance(v, dict | list):
             if depth >= MAX_OBJECT_DEPTH:
                 raise ValueError(f"nests deeper than {MAX_OBJECT_DEPTH} levels")
+            if isinstance(v, dict) and any(_UNSTORABLE.search(k) for k in v):
+                raise ValueError("has a name with a NUL character or a lone surrogate")
             for item in v.values() if isinstance(v, dict) else v:
                 walk(item, depth + 1)
         elif isinstance(v, str) and _UNSTORABLE.search(v):
             raise ValueError("contains a NUL character")
-        elif isinstance(v, float) and not math.isfinite(v):
-            raise ValueError("contains a number that is not finite")
+        elif isinstance(v, float) and not (math.isfinite(v) and -MAX_NUMBER < v < MAX_NUMBER):
+            raise ValueError("contains a number that is not finite or beyond 64 bits")
         elif isinstance(v, int) and not isinstance(v, bool) and not INT64_MIN <= v <= INT64_MAX:
             raise ValueError("contains an integer beyond 64 bits")
 
@@ -149,14 +157,37 @@ def _bounded(value: dict[str, Any]) -> dict[str, Any]:
 Int = Annotated[int, Strict(), Field(ge=INT64_MIN, le=INT64_MAX)]
 """An integer, and only an integer: ``"5"``, ``5.0`` and ``true`` are refused. Narrow it with ``Field(ge=…)``."""
 
-Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
-"""A finite number (an integer is welcome)."""
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False, gt=-MAX_NUMBER, lt=MAX_NUMBER)]
+"""A finite number within ±2⁶³ (an integer is welcome)."""
 
 Bool = Annotated[bool, Strict()]
 """``true`` or ``false``; not ``1`` or ``"yes"``."""
 
 Text = Annotated[str, Strict(), AfterValidator(clean_text)]
 """Text without control characters (tab and newlines allowed), in NFC. Bound it with ``Field(max_length=…)``."""
+
+TextCheck = AfterValidator(clean_text)
+"""``Text``'s content check alone, for text bounded first: ``Annotated[str, Strict(), Field(max_length=…), TextCheck]``
+(a bound placed after the check would be reported as "items after validation")."""
+
+MAX_OFFSET = timedelta(hours=18)
+
+
+def _moment(value: datetime) -> datetime:
+    offset = value.utcoffset()
+    if offset is None:
+        raise ValueError("needs a time zone offset")
+    if abs(offset) > MAX_OFFSET:
+        raise ValueError("has a time zone offset beyond ±18:00")
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is outside the calendar once converted to UTC") from None
+    return value
+
+
+Moment = Annotated[datetime, AfterValidator(_moment)]
+"""A point in time with its offset (kept as given), that the calendar can hold in UTC too."""
 
 JsonObject = Annotated[dict[str, JsonValue], AfterValidator(_bounded)]
 """A free-form object, bounded in depth and size, holding only what JSON and PostgreSQL both carry."""

@@ -12,6 +12,7 @@ RELAY_SET_ASIDE_TOTAL = Counter(
 RELAY_SET_ASIDE = Gauge(
     "tsop_relay_set_aside_pending", "Notifications set aside and not yet republished (tsop_relay_set_aside)", ["relay"]
 )
+RELAY_LEADER = Gauge("tsop_relay_leader", "1 while this instance leads its service's relay, else 0", ["relay"])
 CONSUMED = Counter("tsop_consumer_records_total", "Records consumed", ["consumer", "outcome"])
 CONSUMER_LAG = Gauge("tsop_consumer_lag", "Records behind the end of the partition", ["consumer", "topic", "partition"])
 DEAD_LETTERED = Counter("tsop_deadlettered_total", "Records sent to the dead-letter topic", ["consumer"])

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import logging
@@ -51,7 +52,7 @@ from eventsourcing.persistence import InterfaceError, Notification, OperationalE
 
 from tsop_events.envelope import Envelope, stable_event_id, wrap
 from tsop_events.epoch import EpochWatcher
-from tsop_events.metrics import RELAY_BACKLOG, RELAY_PUBLISHED, RELAY_SET_ASIDE, RELAY_SET_ASIDE_TOTAL
+from tsop_events.metrics import RELAY_BACKLOG, RELAY_LEADER, RELAY_PUBLISHED, RELAY_SET_ASIDE, RELAY_SET_ASIDE_TOTAL
 from tsop_events.schemas import DeadLettered, WireEvent
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp
@@ -107,6 +108,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 DEAD_LETTER_VALUE_LIMIT = 256 * 1024  # a dead letter carries at most this much of the stored form
+LEADER_CHECK_SECONDS = 1.0  # how often a standby asks for the lead, and a leader checks it still holds it
 MAINTENANCE_SECONDS = 1.0  # how often the backlog, the set-aside count and republish requests are read
 
 
@@ -204,6 +206,8 @@ class Relay:
         self.backlog = 0
         self._retry_all = True  # at start, every set-aside record is tried again
         self._next_maintenance = 0.0
+        self._next_leader_check = 0.0
+        self.leader = False
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -225,11 +229,67 @@ class Relay:
         )
 
     async def run(self) -> None:
-        await self._load()
+        """Publish while this instance leads; stand by while another instance of the service does.
+
+        Leadership is a PostgreSQL advisory lock held on a connection of its own: one relay per
+        service publishes its outbox (two would publish every event twice), and when the leader's
+        process dies its connection closes, the lock is released and a standby takes over from the
+        recorded position within about ``LEADER_CHECK_SECONDS``.
+        """
         self.running = True
-        backoff = 0.1
+        while True:
+            lock = await self._lead()
+            try:
+                await self._publish_while_leading(lock)
+            finally:
+                self.leader = False
+                RELAY_LEADER.labels(self.name).set(0)
+                with contextlib.suppress(Exception):
+                    await lock.close(timeout=2)
+
+    async def _lead(self) -> asyncpg.Connection:
+        """Wait until this instance holds the relay's lock; return the connection that holds it."""
         while True:
             try:
+                conn = await asyncpg.connect(self.settings.pg_dsn())
+            except TRANSIENT as exc:
+                log.warning("relay %s: cannot reach PostgreSQL for leadership: %s", self.name, exc)
+                await asyncio.sleep(LEADER_CHECK_SECONDS)
+                continue
+            try:
+                while True:
+                    if await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", f"tsop-relay:{self.name}"):
+                        self.leader = True
+                        RELAY_LEADER.labels(self.name).set(1)
+                        log.info("relay %s: leading (this instance publishes the outbox)", self.name)
+                        return conn
+                    await asyncio.sleep(LEADER_CHECK_SECONDS)
+            except TRANSIENT as exc:
+                log.warning("relay %s: leadership check failed: %s", self.name, exc)
+                with contextlib.suppress(Exception):
+                    await conn.close(timeout=2)
+                await asyncio.sleep(LEADER_CHECK_SECONDS)
+
+    async def _still_leading(self, lock: asyncpg.Connection) -> bool:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._next_leader_check:
+            return True
+        self._next_leader_check = loop.time() + LEADER_CHECK_SECONDS
+        try:
+            await asyncio.wait_for(lock.fetchval("SELECT 1"), LEADER_CHECK_SECONDS * 5)
+            return True
+        except TRANSIENT as exc:  # TimeoutError included
+            log.warning("relay %s: lost the leadership connection (%s); standing by", self.name, exc)
+            return False
+
+    async def _publish_while_leading(self, lock: asyncpg.Connection) -> None:
+        backoff = 0.1
+        loaded = False
+        while await self._still_leading(lock):
+            try:
+                if not loaded:
+                    await self._load()  # where the previous leader got to
+                    loaded = True
                 await self.maintain()
                 published = await self.publish_once()
                 backoff = 0.1

@@ -32,6 +32,9 @@ class ServiceSettings(BaseSettings):
     """Partitions of each topic the platform creates."""
     topic_replication: int = 1
     """Replication factor of each topic the platform creates."""
+    topic_min_insync_replicas: int = 0
+    """`min.insync.replicas` of each topic the platform creates (0: the broker's default); with `acks=all`
+    a write succeeds once that many replicas hold it."""
     consumer_batch: int = 500
     """Most records a consumer applies in one transaction."""
     fetch_max_wait_ms: int = 50

@@ -32,15 +32,22 @@ DOMAIN_TOPICS = (Topic.tickets, Topic.incidents, Topic.workforce, Topic.complain
 
 
 async def ensure_topics(
-    bootstrap: str, prefix: str, partitions: int, replication: int, timeout: float = 60.0
+    bootstrap: str, prefix: str, partitions: int, replication: int, timeout: float = 60.0, min_insync: int = 0
 ) -> None:
-    """Create the platform's topics if missing (idempotent, safe to race)."""
+    """Create the platform's topics if missing (idempotent, safe to race).
+
+    ``min_insync`` > 0 sets each topic's ``min.insync.replicas`` (with ``acks=all``, a write
+    succeeds only once that many replicas hold it); 0 leaves the broker's default.
+    """
+    configs = {"retention.ms": "-1", "retention.bytes": "-1"}
+    if min_insync > 0:
+        configs["min.insync.replicas"] = str(min_insync)
     wanted = [
         NewTopic(
             t.qualified(prefix),
             num_partitions=1 if t is Topic.epoch else partitions,
             replication_factor=replication,
-            topic_configs={"retention.ms": "-1", "retention.bytes": "-1"},
+            topic_configs=dict(configs),
         )
         for t in (*DOMAIN_TOPICS, Topic.deadletter, Topic.epoch)
     ]

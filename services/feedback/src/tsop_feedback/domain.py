@@ -1,45 +1,120 @@
-"""Feedback to the applicant, the 24-hour rating window and closure (§2.3, §2.4). No I/O."""
+"""Feedback to the applicant, the 24-hour rating window and closure (§2.3, §2.4). No I/O.
+
+The event classes are declared explicitly, typed, under the names the stored
+history carries (``tsop_feedback.domain:FeedbackCase.Rated`` and so on).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TypedDict
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-
-class FeedbackError(ValueError):
-    pass
+from tsop_events.errors import Conflict, Invalid
 
 
-class NotYetResolved(FeedbackError):
-    pass
+class FeedbackError(Conflict):
+    """The case's state refuses the rating."""
+
+    title = "Not allowed now"
 
 
 class AlreadyClosed(FeedbackError):
-    pass
+    title = "Ticket closed"
 
 
 class AlreadyRated(FeedbackError):
     pass
 
 
+class Resolution(TypedDict):
+    resolution_code: str
+    summary: str
+    advice: str | None
+
+
+class NotificationFailure(TypedDict):
+    attempts: int
+    status_code: int | None
+    error: str
+    at: str
+
+
+class EarlyRating(TypedDict):
+    score: int
+    comment: str | None
+    received_at: datetime
+
+
 class FeedbackCase(Aggregate):
     """One ticket's feedback loop: notify, collect the rating, close."""
 
-    @event("Opened")
+    class Opened(Aggregate.Created):
+        ticket_id: str
+        callback_url: str | None
+        opened_at: datetime
+
+    class ResolutionNoted(Aggregate.Event):
+        resolution_code: str
+        summary: str
+        advice: str | None
+        resolved_at: datetime
+        rating_due_at: datetime
+        resolved_event_id: str
+
+    class NotificationAbandoned(Aggregate.Event):
+        ticket_id: str
+        attempts: int
+        status_code: int | None
+        error: str
+        abandoned_at: datetime
+
+    class Notified(Aggregate.Event):
+        ticket_id: str
+        channel: str
+        attempts: int
+        status_code: int | None
+        rating_due_at: datetime
+        sent_at: datetime
+        causation_id: str
+
+    class NotifiedAfterClosure(Aggregate.Event):
+        channel: str
+        attempts: int
+        status_code: int | None
+        sent_at: datetime
+
+    class RatingKept(Aggregate.Event):
+        ticket_id: str
+        score: int
+        comment: str | None
+        received_at: datetime
+
+    class Rated(Aggregate.Event):
+        ticket_id: str
+        score: int
+        comment: str | None
+        rated_at: datetime
+
+    class Closed(Aggregate.Event):
+        ticket_id: str
+        reason: str
+        closed_at: datetime
+
+    @event(Opened)
     def __init__(self, id: UUID, ticket_id: str, callback_url: str | None, opened_at: datetime) -> None:  # noqa: A002
         self.ticket_id = ticket_id
         self.callback_url = callback_url
-        self.resolution: dict[str, str | None] | None = None
+        self.resolution: Resolution | None = None
         self.resolved_event_id: str | None = None
         self.rating_due_at: datetime | None = None
         self.notified = False
-        self.notification_failed: dict[str, Any] | None = None
+        self.notification_failed: NotificationFailure | None = None
         self.score: int | None = None
         self.closed_reason: str | None = None
-        self.early_rating: dict[str, Any] | None = None  # rated before this service heard of the resolution
+        self.early_rating: EarlyRating | None = None  # rated before this service heard of the resolution
         self.notified_after_closure = False
 
     def note_resolution(
@@ -68,7 +143,7 @@ class FeedbackCase(Aggregate):
             self._rated(ticket_id=self.ticket_id, score=early["score"], comment=early["comment"], rated_at=at)
             self._closed(ticket_id=self.ticket_id, reason="rated", closed_at=at)
 
-    @event("ResolutionNoted")
+    @event(ResolutionNoted)
     def _resolution_noted(
         self,
         resolution_code: str,
@@ -82,10 +157,6 @@ class FeedbackCase(Aggregate):
         self.rating_due_at = rating_due_at
         self.resolved_event_id = resolved_event_id
 
-    @property
-    def awaiting_notification(self) -> bool:
-        return self.resolution is not None and not self.notified and self.notification_failed is None
-
     def abandon_notification(self, attempts: int, status_code: int | None, error: str, at: datetime) -> None:
         """The webhook could not be delivered within its bounded attempts (or may not go where it points)."""
         if self.notified or self.notification_failed is not None:
@@ -94,7 +165,7 @@ class FeedbackCase(Aggregate):
             ticket_id=self.ticket_id, attempts=attempts, status_code=status_code, error=error, abandoned_at=at
         )
 
-    @event("NotificationAbandoned")
+    @event(NotificationAbandoned)
     def _notification_abandoned(
         self, ticket_id: str, attempts: int, status_code: int | None, error: str, abandoned_at: datetime
     ) -> None:
@@ -125,7 +196,7 @@ class FeedbackCase(Aggregate):
             causation_id=self.resolved_event_id,
         )
 
-    @event("Notified")
+    @event(Notified)
     def _notified(
         self,
         ticket_id: str,
@@ -138,7 +209,7 @@ class FeedbackCase(Aggregate):
     ) -> None:
         self.notified = True
 
-    @event("NotifiedAfterClosure")
+    @event(NotifiedAfterClosure)
     def _notified_after_closure(self, channel: str, attempts: int, status_code: int | None, sent_at: datetime) -> None:
         self.notified = True
         self.notified_after_closure = True
@@ -158,7 +229,7 @@ class FeedbackCase(Aggregate):
         if self.closed_reason is not None:
             raise AlreadyClosed(f"ticket {self.ticket_id} is closed ({self.closed_reason})")
         if not 1 <= score <= 5:
-            raise FeedbackError("score must be between 1 and 5")
+            raise Invalid("must be between 1 and 5", "score")
         if self.rating_due_at is None:
             if self.early_rating is not None:
                 if (self.early_rating["score"], self.early_rating["comment"]) == (score, comment):
@@ -174,11 +245,11 @@ class FeedbackCase(Aggregate):
         self._closed(ticket_id=self.ticket_id, reason="rated", closed_at=at)
         return True
 
-    @event("RatingKept")
+    @event(RatingKept)
     def _rating_kept(self, ticket_id: str, score: int, comment: str | None, received_at: datetime) -> None:
         self.early_rating = {"score": score, "comment": comment, "received_at": received_at}
 
-    @event("Rated")
+    @event(Rated)
     def _rated(self, ticket_id: str, score: int, comment: str | None, rated_at: datetime) -> None:
         self.score = score
 
@@ -190,16 +261,6 @@ class FeedbackCase(Aggregate):
         self._closed(ticket_id=self.ticket_id, reason="rating_window_expired", closed_at=now)
         return True
 
-    @event("Closed")
+    @event(Closed)
     def _closed(self, ticket_id: str, reason: str, closed_at: datetime) -> None:
         self.closed_reason = reason
-
-# The event classes the @event decorators made, named for the code that maps them (and for mypy).
-FeedbackCaseOpened: type[Any] = FeedbackCase.__dict__["Opened"]
-FeedbackCaseResolutionNoted: type[Any] = FeedbackCase.__dict__["ResolutionNoted"]
-FeedbackCaseNotified: type[Any] = FeedbackCase.__dict__["Notified"]
-FeedbackCaseNotificationAbandoned: type[Any] = FeedbackCase.__dict__["NotificationAbandoned"]
-FeedbackCaseNotifiedAfterClosure: type[Any] = FeedbackCase.__dict__["NotifiedAfterClosure"]
-FeedbackCaseRated: type[Any] = FeedbackCase.__dict__["Rated"]
-FeedbackCaseRatingKept: type[Any] = FeedbackCase.__dict__["RatingKept"]
-FeedbackCaseClosed: type[Any] = FeedbackCase.__dict__["Closed"]

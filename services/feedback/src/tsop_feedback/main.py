@@ -1,4 +1,4 @@
-"""Wiring: settings → runtime → HTTP app."""
+"""Wiring: settings → service (event store, relay, consumer, delivery worker, rating windows) → HTTP app."""
 
 from __future__ import annotations
 
@@ -7,38 +7,50 @@ from datetime import timedelta
 from fastapi import FastAPI
 
 from tsop_events.http import create_app, serve
-from tsop_events.runtime import Runtime
+from tsop_events.runtime import Service
 from tsop_events.settings import ServiceSettings
 from tsop_feedback.api import router
-from tsop_feedback.application import FeedbackApp, to_wire
-from tsop_feedback.delivery import deliver_feedback, rating_windows
+from tsop_feedback.commands import FeedbackApp
 from tsop_feedback.policies import FollowTickets
+from tsop_feedback.views import deliver_feedback, rating_windows
+from tsop_feedback.wire import WIRE
 
 
 class FeedbackSettings(ServiceSettings):
     service_name: str = "feedback"
+    """Names the service in events and its database."""
     http_port: int = 8003
+    """Feedback's HTTP port."""
     rating_window_seconds: float = 24 * 3600
+    """How long after the resolution the customer may rate; then the ticket closes unrated."""
     webhook_secret: str = "change-me"
+    """The key of the HMAC-SHA256 signature (`X-TSOP-Signature`) on every webhook to an applicant's callback."""
+
+
+FeedbackService = Service[FeedbackApp, FeedbackSettings]
+
+
+def bootstrap(settings: FeedbackSettings | None = None) -> FeedbackService:
+    """The feedback service; the webhook secret goes to the delivery worker and nowhere else."""
+    s = settings or FeedbackSettings()
+
+    def make_app(st: FeedbackSettings) -> FeedbackApp:
+        return FeedbackApp(st, rating_window=timedelta(seconds=st.rating_window_seconds))
+
+    async def webhooks(svc: FeedbackService) -> None:
+        await deliver_feedback(svc, s.webhook_secret)
+
+    return Service(
+        s,
+        app_factory=make_app,
+        mapper=WIRE,
+        sinks=[FollowTickets.of],
+        tasks=[webhooks, rating_windows],
+    )
 
 
 def build(settings: FeedbackSettings | None = None) -> FastAPI:
-    s = settings or FeedbackSettings()
-    window = timedelta(seconds=s.rating_window_seconds)
-
-    def sink(rt: Runtime) -> FollowTickets:
-        assert isinstance(rt.app, FeedbackApp)
-        return FollowTickets(rt.app)
-
-    runtime = Runtime(
-        s,
-        app_factory=lambda st: FeedbackApp(st, rating_window=window),
-        mapper=to_wire,
-        sinks=[sink],
-        tasks=[deliver_feedback, rating_windows],
-    )
-    runtime.extras["webhook_secret"] = s.webhook_secret
-    return create_app(runtime, "TSOP feedback", [router])
+    return create_app(bootstrap(settings), "TSOP feedback", [router])
 
 
 def main() -> None:

@@ -6,7 +6,8 @@ from typing import ClassVar
 
 from tsop_events import schemas as wire
 from tsop_events.consumer import EventStoreSink, Incoming, UnitOfWork
-from tsop_feedback.application import FeedbackApp, case_id
+from tsop_events.runtime import Service
+from tsop_feedback.commands import FeedbackApp, case_id
 from tsop_feedback.domain import FeedbackCase
 
 
@@ -22,10 +23,14 @@ class FollowTickets(EventStoreSink):
         super().__init__(app)
         self.feedback = app
 
+    @classmethod
+    def of(cls, svc: Service[FeedbackApp]) -> FollowTickets:
+        return cls(svc.app)
+
     def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
         ev = incoming.event
         cid = case_id(incoming.key or "")
-        case: FeedbackCase | None = uow.get(cid)
+        case = uow.find(FeedbackCase, cid)
         if isinstance(ev, wire.RequestSubmitted):
             if case is None:
                 uow.add(

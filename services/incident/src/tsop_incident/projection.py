@@ -20,6 +20,8 @@ STAGE = {
 
 
 class OpenTickets(ProjectionSink):
+    """Each ticket's region, service type, priority and how far it got (stages only move forward)."""
+
     name: ClassVar[str] = "incident-open-tickets"
     event_types: ClassVar[frozenset[str] | None] = frozenset(STAGE)
     ddl: ClassVar[tuple[str, ...]] = (
@@ -48,3 +50,14 @@ class OpenTickets(ProjectionSink):
                  updated_at = GREATEST(tickets.updated_at, EXCLUDED.updated_at)""",
             incoming.key, region, service_type, priority, stage, status, incoming.envelope.time,
         )
+
+
+async def open_ticket_groups(pool: asyncpg.Pool, region: str | None) -> list[asyncpg.Record]:
+    """Open (not yet resolved) tickets counted by region and service type, optionally of one region."""
+    rows: list[asyncpg.Record] = await pool.fetch(
+        """SELECT region, service_type, count(*) AS open FROM tickets
+           WHERE stage < 4 AND region IS NOT NULL AND ($1::text IS NULL OR region = $1)
+           GROUP BY region, service_type ORDER BY region, service_type""",
+        region,
+    )
+    return rows

@@ -7,15 +7,16 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, Field, Strict
 
 from tsop_events.auth import Principal, Role, requires
 from tsop_events.http import PROBLEM, PROBLEM_SCHEMA, runtime_of
+from tsop_events.inbound import Inbound, Int, TextCheck
 from tsop_events.schemas import Channel, CustomerTier
 from tsop_intake import service
 from tsop_intake.domain import CHANNEL_KINDS, ChannelSystem, ServiceRequest
 from tsop_intake.projection import RANK
-from tsop_intake.service import ApplicationBase, ChangesIn, FieldsIn
+from tsop_intake.service import ApplicationBase, ChangesIn, CustomerId, FieldsIn, Short
 
 _PROBLEM: dict[str, Any] = {PROBLEM: {"schema": PROBLEM_SCHEMA}}
 PROBLEMS: dict[int | str, dict[str, Any]] = {
@@ -42,9 +43,13 @@ Overseer = Annotated[Principal, Depends(requires(Role.supervisor, Role.auditor))
 Anyone = Annotated[Principal, Depends(requires())]
 
 
-class Customer(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: Annotated[str, Field(min_length=1, max_length=128)]
+Code = Annotated[str, Strict(), Field(min_length=1, max_length=64), TextCheck]
+Reason = Annotated[str, Strict(), Field(max_length=1000), TextCheck]
+RateLimit = Annotated[Int, Field(ge=1, le=1_000_000)]
+
+
+class Customer(Inbound):
+    id: CustomerId
     tier: CustomerTier = CustomerTier.standard
 
 
@@ -52,31 +57,27 @@ class SubmitRequest(ApplicationBase):
     customer: Customer
 
 
-class CancelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason_code: Annotated[str, Field(min_length=1, max_length=64)]
-    reason: Annotated[str, Field(max_length=1000)] = ""
+class CancelRequest(Inbound):
+    reason_code: Code
+    reason: Reason = ""
 
 
-class ReviewDecision(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ReviewDecision(Inbound):
     decision: Literal["accept", "reject"]
-    reason_code: Annotated[str, Field(min_length=1, max_length=64)]
-    reason: Annotated[str, Field(max_length=1000)] | None = None
+    reason_code: Code
+    reason: Reason | None = None
 
 
-class RegisterChannel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+class RegisterChannel(Inbound):
+    name: Short
     kind: Channel = Field(description="web = self-service web, app = self-service app, hotline, onsite = on-site")
     callback_url: AnyHttpUrl | None = Field(default=None, description="Default callback URL of its requests.")
-    rate_limit_per_minute: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    rate_limit_per_minute: RateLimit | None = None
 
 
-class ChangeChannel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ChangeChannel(Inbound):
     callback_url: AnyHttpUrl | None = None
-    rate_limit_per_minute: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    rate_limit_per_minute: RateLimit | None = None
 
 
 LINKED_REASON = "the same customer, type and location is already open"

@@ -13,12 +13,18 @@ I/O (lookups, saves) happens here, decisions in ``domain``.
   channel's registered callback URL)
 * ``time_requirement``: ``{deadline, window_start, window_end}`` (ISO 8601 with offset; a window needs both ends)
 * ``location``: ``{address, postcode, site_id}`` (strings); duplicate detection uses the site id, else the address
-* ``details``: type-specific values (str/int/float/bool, ≤ 32 keys) the catalogue may require (``details.<name>``)
+* ``details``: type-specific values (text ≤ 1000 characters, 64-bit integer, finite number within ±2⁶³, or
+  boolean; ≤ 32 keys) the catalogue may require (``details.<name>``)
+* ``attributes``: a free-form object (``tsop_events.inbound.JsonObject``: ≤ 8 levels, ≤ 1000 values)
+
+Every text is refused with a control character (tab and newlines aside) and kept in Unicode NFC; a date-time
+needs an offset within ±18:00 and must fall within years 1 to 9999 in UTC.
 
 ``changes`` (``update``) — the same keys except ``customer_id`` and ``channel`` (fixed once submitted).
 While *pending information* or *queued for review* every such key may change (a pending application is
 reviewed again at once); once *accepted* only ``description``, ``special_needs``, ``callback_url`` and
-``channel_request_ref``; otherwise the request is closed to changes (409).
+``channel_request_ref``; otherwise the request is closed to changes (409). A null removes only what a request
+may lack (``special_needs``, ``callback_url``, ``location``, ``channel_request_ref``); for the rest it is 422.
 
 Errors are ``IntakeError`` subclasses carrying ``status``, ``title`` and ``errors`` (``[{field, reason}]``):
 ``InvalidInput`` / ``UnknownServiceType`` / ``IdempotencyConflict`` / ``InvalidChange`` /
@@ -35,18 +41,37 @@ import asyncio
 import hashlib
 import math
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 import orjson
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from tsop_events import outbound
 from tsop_events.auth import Principal, Role, issue_token
 from tsop_events.envelope import derived_id
 from tsop_events.errors import TooMany
 from tsop_events.http import Problem
+from tsop_events.inbound import (
+    Inbound,
+    Int,
+    JsonObject,
+    Moment,
+    Number,
+    TextCheck,
+)
 from tsop_events.runtime import Runtime
 from tsop_events.schemas import Channel, CustomerTier
 from tsop_events.store import IntegrityError, retry_on_conflict
@@ -118,30 +143,19 @@ class InvalidTransition(IntakeError):
 
 
 # ---------------------------------------------------------------- input models
+#
+# Strict (tsop_events.inbound): text without control characters and in NFC, integers that are integers,
+# finite numbers, moments the calendar can hold in UTC, free-form objects bounded in depth and size. So what
+# a command accepts, the wire carries and every projection stores (tests/integration/test_edge_invariant.py).
 
 
-def in_range(value: datetime, name: str) -> None:
-    """Refuse a date-time whose instant falls outside years 1 to 9999 in UTC (``0001-01-01T00:00+14:00``)."""
-    try:
-        value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError(f"{name} is out of range: the instant must fall within years 1 to 9999 in UTC") from None
-
-
-class TimeRequirementIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    deadline: datetime | None = None
-    window_start: datetime | None = None
-    window_end: datetime | None = None
+class TimeRequirementIn(Inbound):
+    deadline: Moment | None = None
+    window_start: Moment | None = None
+    window_end: Moment | None = None
 
     @model_validator(mode="after")
     def _window(self) -> TimeRequirementIn:
-        for name in ("deadline", "window_start", "window_end"):
-            value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
-                raise ValueError(f"{name} needs a time zone offset")
-            if value is not None:
-                in_range(value, name)
         if (self.window_start is None) != (self.window_end is None):
             raise ValueError("an appointment window needs both window_start and window_end")
         if self.window_start and self.window_end and self.window_end <= self.window_start:
@@ -149,57 +163,114 @@ class TimeRequirementIn(BaseModel):
         return self
 
 
-Short = Annotated[str, Field(min_length=1, max_length=200)]
+Short = Annotated[str, Strict(), Field(min_length=1, max_length=200), TextCheck]
+Region = Annotated[str, Strict(), Field(min_length=1, max_length=64), TextCheck]
+TypeName = Annotated[str, Strict(), Field(min_length=1, max_length=64), TextCheck]
+Description = Annotated[str, Strict(), Field(min_length=1, max_length=4000), TextCheck]
+Needs = Annotated[str, Strict(), Field(max_length=1000), TextCheck]
+Ref = Annotated[str, Strict(), Field(max_length=128), TextCheck]
+CustomerId = Annotated[str, Strict(), Field(min_length=1, max_length=128), TextCheck]
 
 
-class LocationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    address: Annotated[str, Field(min_length=1, max_length=500)] | None = None
-    postcode: Annotated[str, Field(min_length=1, max_length=20)] | None = None
-    site_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+class LocationIn(Inbound):
+    address: Annotated[str, Strict(), Field(min_length=1, max_length=500), TextCheck] | None = None
+    postcode: Annotated[str, Strict(), Field(min_length=1, max_length=20), TextCheck] | None = None
+    site_id: Annotated[str, Strict(), Field(min_length=1, max_length=64), TextCheck] | None = None
 
 
+_DETAIL_TEXT: TypeAdapter[str] = TypeAdapter(Annotated[str, Strict(), Field(max_length=1000), TextCheck])
+_DETAIL_INT: TypeAdapter[int] = TypeAdapter(Int)
+_DETAIL_NUMBER: TypeAdapter[float] = TypeAdapter(Number)
+_DETAIL_KINDS = "text (at most 1000 characters), an integer, a finite number, true or false"
+
+
+def _detail(value: Any) -> str | int | float | bool:
+    """One detail: judged by what it is, so a refusal gives one reason (a union would list four)."""
+    if isinstance(value, bool):
+        return value
+    adapter: TypeAdapter[Any] | None = (
+        _DETAIL_INT if isinstance(value, int) else _DETAIL_NUMBER if isinstance(value, float)
+        else _DETAIL_TEXT if isinstance(value, str) else None
+    )
+    if adapter is None:
+        raise ValueError(f"must be {_DETAIL_KINDS}")
+    try:
+        detail: str | int | float = adapter.validate_python(value)
+    except ValidationError as exc:
+        raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    return detail
+
+
+DetailValue = Annotated[
+    str | int | float | bool,
+    PlainValidator(_detail),
+    WithJsonSchema({"anyOf": [
+        _DETAIL_TEXT.json_schema(), _DETAIL_INT.json_schema(), _DETAIL_NUMBER.json_schema(), {"type": "boolean"},
+    ]}),
+]
 Details = Annotated[
-    dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")], str | int | float | bool],
+    dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")], DetailValue],
     Field(max_length=32),
 ]
 
 
-class ChangesIn(BaseModel):
+REQUIRED_ONCE_SENT = (
+    "customer_id", "customer_tier", "region", "service_type", "description", "time_requirement", "details",
+    "attributes",
+)
+
+
+def _documented_without_null(schema: dict[str, Any]) -> None:
+    """Absent means unchanged; null (removal) is refused for these, so the documented schema does not offer it."""
+    for name in REQUIRED_ONCE_SENT:
+        prop = schema["properties"][name]
+        kinds = [k for k in prop.pop("anyOf", [prop]) if k.get("type") != "null"]
+        prop.update(kinds[0])
+        prop.pop("default", None)  # absent is "unchanged", not null
+
+
+class ChangesIn(Inbound):
     """What may change after submission (all optional)."""
 
-    model_config = ConfigDict(extra="forbid")
-    channel_request_ref: Annotated[str, Field(max_length=128)] | None = None
-    customer_id: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
+    model_config = ConfigDict(json_schema_extra=_documented_without_null)
+    channel_request_ref: Ref | None = None
+    customer_id: CustomerId | None = Field(
         default=None, description="Only to complete an application submitted without a customer."
     )
     customer_tier: CustomerTier | None = None
-    region: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    service_type: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    description: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
+    region: Region | None = None
+    service_type: TypeName | None = None
+    description: Description | None = None
     time_requirement: TimeRequirementIn | None = None
-    special_needs: Annotated[str, Field(max_length=1000)] | None = None
+    special_needs: Needs | None = None
     callback_url: AnyHttpUrl | None = None
     location: LocationIn | None = None
     details: Details | None = None
-    attributes: dict[str, Any] | None = None
+    attributes: JsonObject | None = None
+
+    @field_validator(*REQUIRED_ONCE_SENT, mode="before")
+    @classmethod
+    def _not_removed(cls, value: Any) -> Any:
+        # a merge patch's null removes a value: these every request keeps (the wire events carry them)
+        if value is None:
+            raise ValueError("cannot be removed (null): send the new value")
+        return value
 
 
-class ApplicationBase(BaseModel):
+class ApplicationBase(Inbound):
     """What an application states besides the customer (the native body nests the customer, TMF maps it)."""
 
-    model_config = ConfigDict(extra="forbid")
     channel: Channel | None = Field(default=None, description="Optional: the registered channel's kind is used.")
-    channel_request_ref: Annotated[str, Field(max_length=128)] | None = None
-    region: Annotated[str, Field(min_length=1, max_length=64)]
-    service_type: Annotated[str, Field(min_length=1, max_length=64)]
-    description: Annotated[str, Field(min_length=1, max_length=4000)]
+    channel_request_ref: Ref | None = None
+    region: Region
+    service_type: TypeName
+    description: Description
     time_requirement: TimeRequirementIn = TimeRequirementIn()
-    special_needs: Annotated[str, Field(max_length=1000)] | None = None
+    special_needs: Needs | None = None
     callback_url: AnyHttpUrl | None = None
     location: LocationIn | None = None
     details: Details = Field(default_factory=dict)
-    attributes: dict[str, Any] = Field(
+    attributes: JsonObject = Field(
         default_factory=dict, description="Kept, not acted on: what the TMF facade carries (name, severity, notes)."
     )
 
@@ -211,8 +282,8 @@ class FieldsIn(ApplicationBase):
     them (pending information). The native body requires both.
     """
 
-    region: Annotated[str, Field(max_length=64)] = ""
-    customer_id: Annotated[str, Field(max_length=128)] = ""
+    region: Annotated[str, Strict(), Field(max_length=64), TextCheck] = ""
+    customer_id: Annotated[str, Strict(), Field(max_length=128), TextCheck] = ""
     customer_tier: CustomerTier = CustomerTier.standard
 
 
@@ -237,17 +308,20 @@ def _normalise_location(loc: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: loc.get(k) for k in ("address", "postcode", "site_id")}
 
 
-def _storable(values: dict[str, Any]) -> None:
-    """Refuse what JSON parsing lets through but no event can carry (lone surrogates, huge integers)."""
-    for name, value in values.items():
-        try:
-            orjson.dumps(value)
-        except orjson.JSONEncodeError as exc:
-            raise InvalidInput(name, f"cannot be stored: {exc}") from None
+_REASON: TypeAdapter[str] = TypeAdapter(Annotated[str, Strict(), Field(max_length=1000), TextCheck])
+
+
+def _reason(name: str, value: str | None) -> str | None:
+    """A free-text argument a caller passes without a body model (the TMF facade): held to the same rule."""
+    if value is None:
+        return None
+    try:
+        return _REASON.validate_python(value)
+    except ValidationError as exc:
+        raise InvalidInput(name, exc.errors()[0]["msg"]) from None
 
 
 def _fingerprint(fields: dict[str, Any]) -> str:
-    _storable(fields)
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -496,7 +570,6 @@ async def update(runtime: Runtime, ticket_id: UUID, changes: dict[str, Any], cal
     except ValidationError as exc:
         raise InvalidInput.from_validation(exc) from None
     normalised = parsed.model_dump(mode="json", include=set(changes))
-    _storable(normalised)
     await check_callback(runtime, "callback_url", normalised.get("callback_url"))
     if "location" in normalised:
         normalised["location"] = _normalise_location(normalised["location"])
@@ -525,7 +598,7 @@ async def cancel(
 ) -> ServiceRequest:
     """Withdraw an open request (pending, queued or accepted) with a catalogued reason code."""
     meaning = _reason_code(intake(runtime), "cancel", reason_code)
-    _storable({"reason": reason})
+    reason = _reason("reason", reason) or ""
 
     async def withdraw(request: ServiceRequest, now: datetime) -> None:
         if request.status == "accepted" and await _closed_downstream(runtime, ticket_id):
@@ -541,7 +614,7 @@ async def decide(
     """An agent's decision on a request in the review queue, with a catalogued reason code."""
     app = intake(runtime)
     meaning = _reason_code(app, "accept" if accept else "reject", reason_code)
-    _storable({"reason": reason})
+    reason = _reason("reason", reason)
 
     async def judge(request: ServiceRequest, now: datetime) -> None:
         st = app.catalogue.get(request.service_type)
@@ -576,7 +649,7 @@ async def register_channel(
 ) -> tuple[ChannelSystem, str, str]:
     """Register a channel system and issue its first credential: (channel, credential id, token shown once)."""
     app = intake(runtime)
-    _storable({"name": name, "callback_url": callback_url})
+    name = _reason("name", name) or ""
     await check_callback(runtime, "callback_url", callback_url)
     now = app.clock.now()
     ch = ChannelSystem(id=uuid4(), name=name, kind=kind, callback_url=callback_url,
@@ -622,7 +695,6 @@ async def change_channel(
     runtime: Runtime, channel_id: UUID, changes: dict[str, Any], caller: Principal
 ) -> ChannelSystem:
     app = intake(runtime)
-    _storable(changes)
     await check_callback(runtime, "callback_url", changes.get("callback_url"))
     ch = await asyncio.to_thread(
         _save_channel, app, channel_id, lambda c: c.change_settings(changes, caller.subject, app.clock.now())

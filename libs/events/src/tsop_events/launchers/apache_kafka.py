@@ -533,34 +533,54 @@ class KafkaCluster:
             self._atexit_registered = True
         try:
             for node, config in enumerate(configs):
-                logs = self.node_dir(node) / "logs"
-                cmd = [
-                    java,
-                    "-Xms128m",
-                    f"-Xmx{self.heap}",
-                    *_JVM_FLAGS,
-                    f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
-                    f"-Dkafka.logs.dir={logs}",
-                    "-cp",
-                    classpath,
-                    _BROKER_MAIN,
-                    str(config),
-                ]
-                with (logs / "stdout.log").open("ab") as out:
-                    proc = subprocess.Popen(
-                        cmd,
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        cwd=self.node_dir(node),
-                        start_new_session=True,  # a terminal's Ctrl-C reaches us, not the JVMs
-                    )
-                self._procs.append(proc)
-                (self.node_dir(node) / "kafka.pid").write_text(f"{proc.pid}\n")
+                self._procs.append(self._spawn(node, java, classpath, config))
             self._wait_ready(deadline)
         except BaseException:
             self.stop()
             raise
+
+    def _spawn(self, node: int, java: str, classpath: str, config: Path) -> subprocess.Popen[bytes]:
+        logs = self.node_dir(node) / "logs"
+        cmd = [
+            java,
+            "-Xms128m",
+            f"-Xmx{self.heap}",
+            *_JVM_FLAGS,
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={logs}",
+            "-cp",
+            classpath,
+            _BROKER_MAIN,
+            str(config),
+        ]
+        with (logs / "stdout.log").open("ab") as out:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.node_dir(node),
+                start_new_session=True,  # a terminal's Ctrl-C reaches us, not the JVMs
+            )
+        (self.node_dir(node) / "kafka.pid").write_text(f"{proc.pid}\n")
+        return proc
+
+    def kill_node(self, node: int, sig: int = signal.SIGKILL) -> None:
+        """Signal one node (default SIGKILL: a crash, no controlled shutdown) and wait until it is gone."""
+        proc = self._procs[node]
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+        proc.wait()
+
+    def start_node(self, node: int, timeout: float = 120) -> None:
+        """Start one stopped node again on its data and wait until the whole cluster serves."""
+        if self._procs[node].poll() is None:
+            raise RuntimeError(f"kafka node {node} is running")
+        libs = ensure_jars(self.libs_dir)
+        config = self.node_dir(node) / "server.properties"
+        self._procs[node] = self._spawn(node, _java(), str(libs / "*"), config)
+        self._wait_ready(time.monotonic() + timeout)
 
     def _wait_ready(self, deadline: float) -> None:
         want = set(range(self.brokers))

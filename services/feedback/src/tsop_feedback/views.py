@@ -1,4 +1,8 @@
-"""Webhook delivery to the applicant and the rating-window timer.
+"""Feedback's in-memory view (the follow-up board) and the timers that read it: webhook delivery, rating windows.
+
+``FollowUps`` follows feedback's own log: the cases waiting for a notification and
+the open rating windows. ``rating_windows`` closes the cases whose window passed;
+``deliver_feedback`` posts the result to the applicant's callback.
 
 Delivery is at-least-once: a case stays on the board until its Notified event
 is saved, so a crash between the POST and the save repeats the POST (receivers
@@ -21,29 +25,90 @@ and ``capacity`` in all, so a slow or failing receiver never delays the others.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from uuid import UUID
 
 import httpx
+import orjson
+from eventsourcing.domain import Aggregate
 
 from tsop_events import outbound
-from tsop_events.runtime import Runtime
-from tsop_feedback.application import FeedbackApp, sign, webhook_body
+from tsop_events.runtime import Service
+from tsop_events.store import LogFollower
+from tsop_feedback import commands
 from tsop_feedback.domain import FeedbackCase
 
 log = logging.getLogger(__name__)
 
-Delivered = tuple[UUID, str, int, int | None]  # case, channel, attempts, status
 DeadLetter = Callable[[FeedbackCase, int, str], Awaitable[None]]
 
 
+class FollowUps(LogFollower):
+    """Cases waiting for a notification, and open rating windows (the durable timers)."""
+
+    def __init__(self, app: commands.FeedbackApp) -> None:
+        super().__init__(app)
+        self.to_notify: set[UUID] = set()
+        self.windows: dict[UUID, datetime] = {}
+
+    def apply(self, e: Aggregate.Event) -> None:
+        if isinstance(e, FeedbackCase.ResolutionNoted):
+            self.to_notify.add(e.originator_id)
+            self.windows[e.originator_id] = e.rating_due_at
+        elif isinstance(
+            e, FeedbackCase.Notified | FeedbackCase.NotificationAbandoned | FeedbackCase.NotifiedAfterClosure
+        ):
+            self.to_notify.discard(e.originator_id)
+        elif isinstance(e, FeedbackCase.Closed):
+            self.windows.pop(e.originator_id, None)
+
+    def due(self, now: datetime) -> list[UUID]:
+        with self.lock:
+            return [cid for cid, due in self.windows.items() if due < now]
+
+
+async def rating_windows(svc: Service[commands.FeedbackApp]) -> None:
+    """The rating-window timer: close every unrated case whose window has passed, each second."""
+    while True:
+        await commands.expire_windows(svc)
+        await asyncio.sleep(1.0)
+
+
+# ---------------------------------------------------------------- webhook delivery
+
+
+def webhook_body(case: FeedbackCase) -> bytes:
+    """What the applicant's callback receives: the result and until when it may be rated."""
+    assert case.resolution is not None and case.rating_due_at is not None
+    return orjson.dumps(
+        {
+            "ticket_id": case.ticket_id,
+            "status": "resolved",
+            "result": case.resolution["summary"],
+            "resolution_code": case.resolution["resolution_code"],
+            "advice": case.resolution["advice"],
+            "rating_due_at": case.rating_due_at.isoformat(),
+        }
+    )
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The ``X-TSOP-Signature`` header: HMAC-SHA256 of the body with the webhook secret."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
 class Deliverer:
+    """Posts the notifications the board says are awaited, each its own task; records them through commands."""
+
     def __init__(
         self,
-        app: FeedbackApp,
+        svc: Service[commands.FeedbackApp],
         secret: str,
         guard: outbound.OutboundGuard | None = None,
         policy: outbound.RetryPolicy | None = None,
@@ -53,7 +118,7 @@ class Deliverer:
         per_host: int = 8,
         dead: DeadLetter | None = None,
     ) -> None:
-        self.app, self.secret, self.timeout = app, secret, timeout
+        self.svc, self.secret, self.timeout = svc, secret, timeout
         self.guard = guard or outbound.guard_for(None)
         self.policy = policy or outbound.RetryPolicy()
         self.capacity, self.per_host, self.dead = capacity, per_host, dead
@@ -61,17 +126,18 @@ class Deliverer:
         self.next_try: dict[UUID, float] = {}
         self.inflight: dict[UUID, asyncio.Task[None]] = {}
         self.hosts: Counter[str] = Counter()
-        self.delivered: list[Delivered] = []
+        self.delivered: list[commands.Delivered] = []
 
     async def run_once(self, client: httpx.AsyncClient) -> int:
         """Record what was delivered, start the due deliveries there is room for; how much happened."""
         recorded = await self._record()
-        await asyncio.to_thread(self.app.follow_ups.refresh)
+        follow_ups = self.svc.app.follow_ups
+        await asyncio.to_thread(follow_ups.refresh)
         now = time.monotonic()
         waiting = {d[0] for d in self.delivered}
-        with self.app.follow_ups.lock:
+        with follow_ups.lock:
             todo = [
-                c for c in self.app.follow_ups.to_notify
+                c for c in follow_ups.to_notify
                 if c not in self.inflight and c not in waiting and self.next_try.get(c, 0.0) <= now
             ]
         started = 0
@@ -102,7 +168,7 @@ class Deliverer:
         done, self.delivered = self.delivered, []
         if not done:
             return 0
-        await asyncio.to_thread(self.app.mark_notified, done)
+        await commands.mark_notified(self.svc, done)
         for cid, *_ in done:
             self.attempts.pop(cid, None)
             self.next_try.pop(cid, None)
@@ -110,9 +176,7 @@ class Deliverer:
 
     async def _deliver(self, client: httpx.AsyncClient, cid: UUID) -> None:
         try:
-            case: FeedbackCase = await asyncio.to_thread(self.app.load, cid)
-            if not case.awaiting_notification:
-                return
+            case = await commands.load_case(self.svc, cid)  # the board (refreshed just now) says it awaits one
             if not case.callback_url:
                 self.delivered.append((cid, "none", self.attempts.get(cid, 0) + 1, None))
                 return
@@ -171,7 +235,7 @@ class Deliverer:
             self.next_try[cid] = time.monotonic() + delay
             return
         outbound.OUTBOUND_ATTEMPTS.labels("webhook", "dead").inc()
-        await asyncio.to_thread(self.app.abandon_notification, cid, attempts, status, error[:1000])
+        await commands.abandon_notification(self.svc, cid, attempts, status, error[:1000])
         self.attempts.pop(cid, None)
         self.next_try.pop(cid, None)
         if self.dead is not None:
@@ -185,30 +249,20 @@ def normal_host(url: str) -> str:
         return url
 
 
-async def deliver_feedback(runtime: Runtime) -> None:
-    app = runtime.app
-    assert isinstance(app, FeedbackApp)
-    secret = runtime.extras["webhook_secret"]
-    settings = runtime.settings
+async def deliver_feedback(svc: Service[commands.FeedbackApp], secret: str) -> None:
+    """The delivery worker: posts each awaited notification, signed with ``secret`` (the webhook secret)."""
+    settings = svc.settings
 
     async def dead(case: FeedbackCase, attempts: int, error: str) -> None:
         assert case.callback_url is not None
         await outbound.dead_letter(
-            runtime.producer, settings, purpose="webhook", key=str(case.id), url=case.callback_url,
+            svc.producer, settings, purpose="webhook", key=str(case.id), url=case.callback_url,
             payload=webhook_body(case), attempts=attempts, error=error, subject=case.ticket_id,
         )
 
-    deliverer = Deliverer(app, secret, outbound.guard_for(settings), outbound.RetryPolicy.from_settings(settings),
+    deliverer = Deliverer(svc, secret, outbound.guard_for(settings), outbound.RetryPolicy.from_settings(settings),
                           dead=dead)
     async with outbound.client(deliverer.timeout) as client:
         while True:
             if not await deliverer.run_once(client):
                 await asyncio.sleep(0.05)
-
-
-async def rating_windows(runtime: Runtime) -> None:
-    app = runtime.app
-    assert isinstance(app, FeedbackApp)
-    while True:
-        await asyncio.to_thread(app.expire_windows)
-        await asyncio.sleep(1.0)

@@ -1,0 +1,127 @@
+"""Feedback's use cases: each loads, decides and saves through ``svc.commands.run`` (tsop_events.commands).
+
+Also the write model's handle, ``FeedbackApp``: the event store with feedback's
+clock, its rating window and its follow-up board (``views.FollowUps``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from uuid import UUID
+
+from tsop_events.clock import Clock, SystemClock
+from tsop_events.commands import UnitOfWork
+from tsop_events.envelope import derived_id
+from tsop_events.errors import NotFound
+from tsop_events.runtime import Service
+from tsop_events.settings import ServiceSettings
+from tsop_events.store import EventStoreApp
+from tsop_feedback import views
+from tsop_feedback.domain import FeedbackCase
+
+SUBMISSION_PATIENCE = 3.0  # seconds a rating waits for feedback to hear of a ticket's submission
+
+Delivered = tuple[UUID, str, int, int | None]  # case, channel, attempts, status
+
+
+def case_id(ticket_id: str) -> UUID:
+    return derived_id("feedback-case", ticket_id)
+
+
+class FeedbackApp(EventStoreApp):
+    """Feedback's event store, its clock, the rating window and the follow-up board."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings | None = None,
+        env: dict[str, str] | None = None,
+        clock: Clock | None = None,
+        rating_window: timedelta = timedelta(hours=24),
+    ) -> None:
+        super().__init__(settings, env)
+        self.clock = clock or SystemClock()
+        self.rating_window = rating_window
+        self.follow_ups = views.FollowUps(self)
+
+
+
+async def rate(
+    svc: Service[FeedbackApp], ticket_id: str, score: int, comment: str | None, patience: float = SUBMISSION_PATIENCE
+) -> tuple[FeedbackCase, bool]:
+    """Rate a ticket: (the case, True when recorded; False when kept until its resolution arrives).
+
+    Feedback opens a case when it reads the ticket's submission from the bus, so a ticket submitted a
+    moment ago may not have one yet: the rating waits up to ``patience`` seconds for it, then 404.
+    """
+
+    def decide(uow: UnitOfWork) -> tuple[FeedbackCase, bool]:
+        case = uow.find(FeedbackCase, case_id(ticket_id))
+        if case is None:
+            raise NotFound(f"no ticket {ticket_id} awaiting feedback")
+        return case, case.rate(score, comment, svc.app.clock.now())
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    while True:  # waiting for another service's event, not retrying a write (run does that)
+        try:
+            return await svc.commands.run(decide)
+        except NotFound:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def feedback_of(svc: Service[FeedbackApp], ticket_id: str) -> FeedbackCase:
+    """The ticket's feedback case (nothing is saved); 404 if feedback has none."""
+
+    def read(uow: UnitOfWork) -> FeedbackCase:
+        case = uow.find(FeedbackCase, case_id(ticket_id))
+        if case is None:
+            raise NotFound(f"no feedback for ticket {ticket_id}")
+        return case
+
+    return await svc.commands.run(read)
+
+
+async def load_case(svc: Service[FeedbackApp], cid: UUID) -> FeedbackCase:
+    """One case by its id (nothing is saved)."""
+    return await svc.commands.run(lambda uow: uow.load(FeedbackCase, cid))
+
+
+async def mark_notified(svc: Service[FeedbackApp], deliveries: list[Delivered]) -> None:
+    """Record delivered notifications (case, channel, attempts, status), together in one save."""
+
+    def decide(uow: UnitOfWork) -> None:
+        now = svc.app.clock.now()
+        for cid, channel, attempts, status_code in deliveries:
+            uow.load(FeedbackCase, cid).mark_notified(channel, attempts, status_code, now)
+
+    await svc.commands.run(decide)
+
+
+async def abandon_notification(
+    svc: Service[FeedbackApp], cid: UUID, attempts: int, status_code: int | None, error: str
+) -> None:
+    """Record that the webhook was given up (the case leaves the board; an agent sees why)."""
+
+    def decide(uow: UnitOfWork) -> None:
+        uow.load(FeedbackCase, cid).abandon_notification(attempts, status_code, error, svc.app.clock.now())
+
+    await svc.commands.run(decide)
+
+
+async def expire_window(svc: Service[FeedbackApp], cid: UUID) -> bool:
+    """Close the case unrated if its rating window has passed; True if it did."""
+    return await svc.commands.run(lambda uow: uow.load(FeedbackCase, cid).expire(svc.app.clock.now()))
+
+
+async def expire_windows(svc: Service[FeedbackApp]) -> int:
+    """Close every case whose rating window has passed (the board says which); how many closed."""
+    follow_ups = svc.app.follow_ups
+    await asyncio.to_thread(follow_ups.refresh)
+    closed = 0
+    for cid in follow_ups.due(svc.app.clock.now()):
+        closed += await expire_window(svc, cid)
+    await asyncio.to_thread(follow_ups.refresh)
+    return closed
