@@ -29,10 +29,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tsop_dispatch.application import DispatchApp, work_order_id
-from tsop_dispatch.domain import Technician, TechnicianReleased, TechnicianTook, WorkOrder
+from tsop_dispatch import commands
+from tsop_dispatch.commands import DispatchApp, work_order_id
+from tsop_dispatch.domain import QualificationRecord, Technician, WorkOrder
+from tsop_dispatch.views import drain_queue
 from tsop_events.clock import ManualClock
+from tsop_events.commands import Commands
 from tsop_events.launchers.postgres import EmbeddedPostgres
+from tsop_events.runtime import Service
 from tsop_events.settings import ServiceSettings
 
 RESULTS = Path(__file__).parent / "results"
@@ -67,13 +71,13 @@ def technicians(n: int, rng: random.Random) -> list[Technician]:
     out = []
     for i in range(n):
         quals = [
-            {
-                "service_type": st,
-                "certificate": "cert",
-                "level": rng.randint(1, 5),
-                "valid_from": NOW - timedelta(days=9),
-                "valid_until": None if rng.random() < 0.9 else NOW - timedelta(days=1),
-            }
+            QualificationRecord(
+                service_type=st,
+                certificate="cert",
+                level=rng.randint(1, 5),
+                valid_from=NOW - timedelta(days=9),
+                valid_until=None if rng.random() < 0.9 else NOW - timedelta(days=1),
+            )
             for st in rng.sample(TYPES, 2)
         ]
         out.append(
@@ -96,7 +100,8 @@ def work_orders(app: DispatchApp, n: int, rng: random.Random) -> list[WorkOrder]
         ticket = str(uuid.UUID(int=rng.getrandbits(128)))
         st = "broadband.fault_repair" if i % 3 else rng.choice(TYPES)
         out.append(
-            app.open_work_order(
+            commands.open_work_order(
+                app,
                 work_order_id(ticket),
                 ticket,
                 st,
@@ -133,7 +138,7 @@ def decision_phase(techs: int, orders: int, samples: int) -> dict[str, Any]:
     for wo_id in rng.sample(queue, min(samples, len(queue))):
         wo: WorkOrder = app.load(wo_id)
         t0 = time.perf_counter()
-        decision = app.decide(wo)
+        decision = commands.decide(app, wo)
         if decision.ranked:
             decision.explain(decision.ranked[0][2])
             decision.candidates()
@@ -162,20 +167,36 @@ def explain_sample(app: DispatchApp, wo_ids: list[uuid.UUID], samples: int) -> d
     return {"explain_in_memory": stats(in_memory), "load_and_explain": stats(loaded)}
 
 
+def service(app: DispatchApp, settings: ServiceSettings) -> Service[DispatchApp]:
+    """The service around ``app``, with its commands, without starting the rest (HTTP, broker, timers)."""
+    svc: Service[DispatchApp] = Service(settings)
+    svc.app = app
+    svc.commands = Commands(app)
+    return svc
+
+
 def drain_worker(
     settings: dict[str, Any], shard: tuple[int, int], seconds: float, ready: Any, go: Any, out: Any
 ) -> None:
     # the work orders were opened at NOW: on the same clock, the shard grace (work anyone may take) never elapses
-    app = DispatchApp(ServiceSettings(**settings), clock=ManualClock(NOW), shard=shard, shard_grace=timedelta(hours=1))
+    import asyncio
+
+    s = ServiceSettings(**settings)
+    app = DispatchApp(s, clock=ManualClock(NOW), shard=shard, shard_grace=timedelta(hours=1))
+    svc = service(app, s)
     app.board.refresh()
     ready.put(shard)
     go.wait()
-    t0 = time.perf_counter()
-    rounds = assigned = 0
-    while time.perf_counter() - t0 < seconds:
-        assigned += app.drain_queue(limit=250)
-        rounds += 1
-    elapsed = time.perf_counter() - t0
+
+    async def drain() -> tuple[int, int, float]:
+        t0 = time.perf_counter()
+        rounds = assigned = 0
+        while time.perf_counter() - t0 < seconds:
+            assigned += await drain_queue(svc, limit=250)
+            rounds += 1
+        return rounds, assigned, time.perf_counter() - t0
+
+    rounds, assigned, elapsed = asyncio.run(drain())
     out.put({"shard": shard, "rounds": rounds, "conflicts": app.conflicts, "assigned": assigned, "elapsed": elapsed})
     app.close()
 
@@ -197,12 +218,12 @@ def assigned_count(app: DispatchApp) -> tuple[int, int]:
                 capacity[registered.originator_id] = registered.capacity
             elif n.topic.endswith("Technician.Took"):
                 e = app.mapper.to_domain_event(n)
-                assert isinstance(e, TechnicianTook)
+                assert isinstance(e, Technician.Took)
                 load[e.originator_id] += 1
                 worst = max(worst, load[e.originator_id] - capacity[e.originator_id])
             elif n.topic.endswith("Technician.Released"):
                 e = app.mapper.to_domain_event(n)
-                assert isinstance(e, TechnicianReleased)
+                assert isinstance(e, Technician.Released)
                 load[e.originator_id] -= 1
             elif n.topic.endswith("WorkOrder.Assigned"):
                 assigned += 1
@@ -220,6 +241,7 @@ def throughput_phase(pg: EmbeddedPostgres, techs: int, orders: int, seconds: flo
     s = ServiceSettings(**settings)
     asyncio.run(ensure_database(s))
     app = DispatchApp(s, clock=ManualClock(NOW))
+    svc = service(app, s)
     t0 = time.perf_counter()
     populate(app, techs, orders)
     result["populate_seconds"] = round(time.perf_counter() - t0, 1)
@@ -254,7 +276,7 @@ def throughput_phase(pg: EmbeddedPostgres, techs: int, orders: int, seconds: flo
     app.board.refresh()
     some = [i for i, _ in app.board.queue(samples)]
     for wo_id in some[: samples // 2]:  # half of them with a history: a priority change mid-flight
-        app.change_priority(wo_id, 1, "bench", "benchmark")
+        asyncio.run(commands.change_priority(svc, wo_id, 1, "bench", "benchmark"))
     result["sla_explanation"] = explain_sample(app, some, samples)
     app.close()
     one = result["1_instance"]["assignments_per_second"]

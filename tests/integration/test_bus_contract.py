@@ -16,9 +16,10 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from tests.integration.conftest import eventually
-from tsop_dispatch.application import DispatchApp
-from tsop_dispatch.application import to_wire as dispatch_wire
+from tsop_dispatch import commands as dispatch
+from tsop_dispatch.commands import DispatchApp
 from tsop_dispatch.policies import OpenWorkOrders
+from tsop_dispatch.wire import WIRE as dispatch_wire
 from tsop_events.auth import Principal, Role
 from tsop_events.consumer import Incoming, ProjectionSink
 from tsop_events.envelope import stable_event_id, wrap
@@ -233,16 +234,11 @@ async def test_reactions_happen_once_even_when_the_cause_is_published_twice(sett
         for t in tickets
     ]
 
-    def sink(rt: Runtime) -> OpenWorkOrders:
-        assert isinstance(rt.app, DispatchApp)
-        return OpenWorkOrders(rt.app)
-
-    runtime = Runtime(settings, app_factory=lambda s: DispatchApp(s), mapper=dispatch_wire, sinks=[sink])
+    runtime = Runtime(settings, app_factory=DispatchApp, mapper=dispatch_wire, sinks=[OpenWorkOrders.of])
     await runtime.start()
     try:
         app = runtime.app
-        assert isinstance(app, DispatchApp)
-        await asyncio.to_thread(app.register_technician, uuid.uuid4(), "T", ["broadband.fault_repair"], ["north"], 100)
+        await dispatch.register_technician(runtime, uuid.uuid4(), "T", ["broadband.fault_repair"], ["north"], 100)
         await publish(settings, accepted)
         await publish(settings, accepted)  # a relay republishing after a restart
 

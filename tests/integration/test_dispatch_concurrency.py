@@ -13,21 +13,19 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tests.dispatch_sync import SyncDispatch
 from tests.integration.conftest import eventually
 from tests.integration.test_bus_contract import publish
-from tsop_dispatch.application import DispatchApp, to_wire, work_order_id
-from tsop_dispatch.domain import (
-    DispatchError,
-    TechnicianReleased,
-    TechnicianTook,
-    WorkOrderAssigned,
-    WorkOrderDeclined,
-    WorkOrderResolved,
-)
+from tsop_dispatch import commands
+from tsop_dispatch.commands import DispatchApp, work_order_id
+from tsop_dispatch.domain import Technician, WorkOrder
 from tsop_dispatch.policies import OpenWorkOrders
+from tsop_dispatch.views import timers
+from tsop_dispatch.wire import WIRE
 from tsop_events.clock import ManualClock
 from tsop_events.envelope import stable_event_id
-from tsop_events.runtime import Runtime
+from tsop_events.errors import DomainError
+from tsop_events.runtime import Service
 from tsop_events.schemas import RequestAccepted
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import IntegrityError
@@ -39,7 +37,7 @@ def pg_settings(pg: tuple[str, int]) -> ServiceSettings:
     return ServiceSettings(service_name=f"it_dispatch_{uuid.uuid4().hex[:8]}", pg_host=pg[0], pg_port=pg[1])
 
 
-def check_log(app: DispatchApp, capacities: dict[uuid.UUID, int]) -> Counter[str]:
+def check_log(app: DispatchApp | SyncDispatch, capacities: dict[uuid.UUID, int]) -> Counter[str]:
     """Replay the whole log in commit order: at no point is anyone over capacity or a work order held twice."""
     load: Counter[uuid.UUID] = Counter()
     holder: dict[uuid.UUID, str | None] = {}
@@ -47,15 +45,15 @@ def check_log(app: DispatchApp, capacities: dict[uuid.UUID, int]) -> Counter[str
     for n in app.recorder.select_notifications(1, 1_000_000):
         e = app.mapper.to_domain_event(n)
         kinds[type(e).__qualname__] += 1
-        if isinstance(e, TechnicianTook):
+        if isinstance(e, Technician.Took):
             load[e.originator_id] += 1
             assert load[e.originator_id] <= capacities[e.originator_id], f"{e.originator_id} over capacity"
-        elif isinstance(e, TechnicianReleased):
+        elif isinstance(e, Technician.Released):
             load[e.originator_id] -= 1
-        elif isinstance(e, WorkOrderAssigned):
+        elif isinstance(e, WorkOrder.Assigned):
             assert holder.get(e.originator_id) is None, f"work order {e.originator_id} assigned twice"
             holder[e.originator_id] = e.technician_id
-        elif isinstance(e, WorkOrderDeclined | WorkOrderResolved):
+        elif isinstance(e, WorkOrder.Declined | WorkOrder.Resolved):
             holder[e.originator_id] = None
     return kinds
 
@@ -63,8 +61,8 @@ def check_log(app: DispatchApp, capacities: dict[uuid.UUID, int]) -> Counter[str
 def test_two_instances_draining_one_queue_never_over_assign(pg: tuple[str, int]) -> None:
     settings = pg_settings(pg)
     asyncio.run(ensure_db(settings))
-    one = DispatchApp(settings, accept_within=timedelta(minutes=5))
-    two = DispatchApp(settings, accept_within=timedelta(minutes=5))
+    one = SyncDispatch(DispatchApp(settings, accept_within=timedelta(minutes=5)))
+    two = SyncDispatch(DispatchApp(settings, accept_within=timedelta(minutes=5)))
     try:
         capacities = {}
         for i in range(6):
@@ -79,7 +77,7 @@ def test_two_instances_draining_one_queue_never_over_assign(pg: tuple[str, int])
         errors: list[BaseException] = []
         start = threading.Barrier(2)
 
-        def instance(app: DispatchApp, churn: bool) -> None:
+        def instance(app: SyncDispatch, churn: bool) -> None:
             try:
                 start.wait()
                 for _ in range(40):
@@ -90,7 +88,7 @@ def test_two_instances_draining_one_queue_never_over_assign(pg: tuple[str, int])
                             for wo_id in list(view.active)[:1]:
                                 try:
                                     app.decline(uuid.UUID(wo_id), str(tid), "busy elsewhere")
-                                except (DispatchError, IntegrityError):  # the other instance moved it meanwhile
+                                except (DomainError, IntegrityError):  # the other instance moved it meanwhile
                                     pass
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
@@ -139,28 +137,21 @@ async def test_two_running_instances_share_the_consumer_and_never_over_assign(se
         for i, t in enumerate(tickets)
     ]
 
-    def sink(rt: Runtime) -> OpenWorkOrders:
-        assert isinstance(rt.app, DispatchApp)
-        return OpenWorkOrders(rt.app)
-
-    async def timers(rt: Runtime) -> None:
-        assert isinstance(rt.app, DispatchApp)
-        while True:
-            await asyncio.to_thread(rt.app.tick)
-            await asyncio.sleep(0.1)
+    async def every_tenth_second(svc: Service[DispatchApp]) -> None:
+        await timers(svc, 0.1)
 
     runtimes = [
-        Runtime(settings, app_factory=lambda s: DispatchApp(s), mapper=to_wire, sinks=[sink], tasks=[timers])
+        Service(settings, app_factory=DispatchApp, mapper=WIRE, sinks=[OpenWorkOrders.of], tasks=[every_tenth_second])
         for _ in range(2)
     ]
     for rt in runtimes:
         await rt.start()
     try:
-        app = runtimes[0].app
-        assert isinstance(app, DispatchApp)
+        svc = runtimes[0]
+        app = svc.app
         capacities = {}
         for i in range(5):
-            tech, _ = await asyncio.to_thread(app.register_technician, uuid.uuid4(), f"T{i}", [FAULT], ["north"], 3)
+            tech, _ = await commands.register_technician(svc, uuid.uuid4(), f"T{i}", [FAULT], ["north"], 3)
             capacities[tech.id] = 3
         await publish(settings, accepted)
         await publish(settings, accepted[:10])  # a relay republishing part of it
@@ -176,9 +167,9 @@ async def test_two_running_instances_share_the_consumer_and_never_over_assign(se
             await asyncio.to_thread(app.board.refresh)
             tid, view = next((i, v) for i, v in app.board.technicians.items() if v.active)
             wo_id = uuid.UUID(sorted(view.active)[0])
-            await asyncio.to_thread(app.accept, wo_id, str(tid))
-            await asyncio.to_thread(app.start, wo_id, str(tid), "remote")
-            await asyncio.to_thread(app.resolve, wo_id, str(tid), "fixed", "done", None)
+            await commands.accept(svc, wo_id, str(tid))
+            await commands.start(svc, wo_id, str(tid), "remote")
+            await commands.resolve(svc, wo_id, str(tid), "fixed", "done", None)
 
             async def refilled() -> bool:
                 await asyncio.to_thread(app.board.refresh)
@@ -202,7 +193,7 @@ def test_sla_timers_survive_a_restart_and_two_instances_record_each_threshold_on
     settings = pg_settings(pg)
     asyncio.run(ensure_db(settings))
     clock = ManualClock(datetime(2026, 6, 1, 9, tzinfo=UTC))
-    first = DispatchApp(settings, clock=clock)
+    first = SyncDispatch(DispatchApp(settings, clock=clock))
     tech, _ = first.register_technician(uuid.uuid4(), "A", [FAULT], ["north"], 2)
     ticket = str(uuid.uuid4())
     wo = first.open_work_order(work_order_id(ticket), ticket, FAULT, "north", 2, None, "c")  # 24 h, around the clock
@@ -213,13 +204,13 @@ def test_sla_timers_survive_a_restart_and_two_instances_record_each_threshold_on
     clock.advance(timedelta(hours=19))  # past the warning; the process dies before its timer runs
     first.close()
 
-    restarted = [DispatchApp(settings, clock=clock) for _ in range(2)]
+    restarted = [SyncDispatch(DispatchApp(settings, clock=clock)) for _ in range(2)]
     try:
 
         def tick_all() -> None:
             barrier = threading.Barrier(len(restarted))
 
-            def run(app: DispatchApp) -> None:
+            def run(app: SyncDispatch) -> None:
                 barrier.wait()
                 for _ in range(5):
                     app.check_clocks()

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.dispatch_sync import SyncDispatch
 from tsop_dispatch import sla
-from tsop_dispatch.application import DispatchApp, to_wire, work_order_id
+from tsop_dispatch.commands import DispatchApp, work_order_id
 from tsop_dispatch.domain import (
     FILTERS,
     DispatchError,
@@ -23,9 +24,11 @@ from tsop_dispatch.domain import (
     rank_candidates,
     score,
 )
+from tsop_dispatch.wire import WIRE
 from tsop_events import schemas as wire
 from tsop_events.auth import hash_token
 from tsop_events.clock import ManualClock
+from tsop_events.errors import Invalid
 
 NOW = datetime(2026, 6, 1, 9, tzinfo=UTC)  # a Monday
 FAULT = "broadband.fault_repair"
@@ -57,19 +60,20 @@ def order(ticket: str = "t1") -> WorkOrder:
     )
 
 
-def new_app(**kw: object) -> tuple[DispatchApp, ManualClock]:
+def new_app(**kw: object) -> tuple[SyncDispatch, ManualClock]:
     clock = ManualClock(NOW)
-    return DispatchApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=clock, **kw), clock  # type: ignore[arg-type]
+    app = DispatchApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=clock, **kw)  # type: ignore[arg-type]
+    return SyncDispatch(app), clock
 
 
-def open_order(app: DispatchApp, ticket: str, service_type: str = FAULT, priority: int = 2, **kw: object) -> UUID:
+def open_order(app: SyncDispatch, ticket: str, service_type: str = FAULT, priority: int = 2, **kw: object) -> UUID:
     wo = app.open_work_order(work_order_id(ticket), ticket, service_type, "north", priority, kw.get("resolve_by"), "c")  # type: ignore[arg-type]
     app.save(wo)
     return wo.id
 
 
-def wire_events(app: DispatchApp) -> list[wire.WireEvent]:
-    out = [to_wire(app.mapper.to_domain_event(n)) for n in app.recorder.select_notifications(1, 100000)]
+def wire_events(app: SyncDispatch) -> list[wire.WireEvent]:
+    out = [WIRE(app.mapper.to_domain_event(n)) for n in app.recorder.select_notifications(1, 100000)]
     return [o.event for o in out if o is not None]
 
 
@@ -399,7 +403,7 @@ def test_an_adopted_policy_recalculates_open_work_and_applies_to_new_work() -> N
     raw = json.loads(Path(sla.__file__).with_name("sla_policy.json").read_text())
     raw["version"] = "2"
     raw["targets"]["*.fault_repair"]["2"]["resolve_hours"] = 12
-    with pytest.raises(DispatchError):
+    with pytest.raises(Invalid):
         app.adopt_policy({"version": "bad"}, "admin-1")  # nothing adopted from an invalid policy
     assert app.adopt_policy(raw, "admin-1") == 1
     resolve = app.explain_clocks(app.load(open_wo))["resolve"]

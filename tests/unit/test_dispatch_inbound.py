@@ -4,7 +4,7 @@ Bodies are generated from the inbound models' own JSON Schemas, validated as
 FastAPI validates them, run through the command they feed on an in-memory
 DispatchApp, and every event recorded is mapped to its wire event, encoded and
 parsed back as a consumer would. A command either records everything it decided
-and succeeds, or refuses (a DispatchError: 4xx) and records nothing.
+and succeeds, or refuses (a tsop_events.errors.DomainError: 4xx) and records nothing.
 """
 
 from __future__ import annotations
@@ -17,18 +17,20 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-from eventsourcing.application import AggregateNotFoundError
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+from tests.dispatch_sync import SyncDispatch
 from tsop_dispatch import api
-from tsop_dispatch.application import DispatchApp, to_wire, work_order_id
-from tsop_dispatch.domain import DispatchError, Invalid, Technician
+from tsop_dispatch.commands import DispatchApp, work_order_id
+from tsop_dispatch.domain import Invalid, Technician
 from tsop_dispatch.sla import Calendar, Fact, Targets, explain
+from tsop_dispatch.wire import WIRE
 from tsop_events import schemas as wire
 from tsop_events.clock import ManualClock
 from tsop_events.envelope import stable_event_id, wrap
+from tsop_events.errors import DomainError
 from tsop_events.relay import Outgoing
 from tsop_events.service_types import service_type_names
 
@@ -131,12 +133,14 @@ def bodies(model: type[BaseModel]) -> st.SearchStrategy[Any]:
 # --- the commands each body feeds -------------------------------------------------------------------
 
 
-def new_app() -> DispatchApp:
+def new_app() -> SyncDispatch:
     clock = ManualClock(NOW)
-    return DispatchApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=clock, service_types=frozenset(TYPES))
+    return SyncDispatch(
+        DispatchApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=clock, service_types=frozenset(TYPES))
+    )
 
 
-def ready(app: DispatchApp) -> tuple[Technician, UUID]:
+def ready(app: SyncDispatch) -> tuple[Technician, UUID]:
     """A technician holding an assigned work order (and one more eligible technician)."""
     worker, _ = app.register_technician(uuid4(), "Worker", [FAULT], ["north"], 3)
     wo = app.open_work_order(work_order_id("t1"), "t1", FAULT, "north", 2, None, "cause")
@@ -147,12 +151,12 @@ def ready(app: DispatchApp) -> tuple[Technician, UUID]:
     return worker, wo.id
 
 
-def started(app: DispatchApp, worker: Technician, wo: UUID) -> None:
+def started(app: SyncDispatch, worker: Technician, wo: UUID) -> None:
     app.accept(wo, str(worker.id))
     app.start(wo, str(worker.id), "on_site")
 
 
-def run(app: DispatchApp, model: type[BaseModel], body: Any, mark: list[int]) -> None:
+def run(app: SyncDispatch, model: type[BaseModel], body: Any, mark: list[int]) -> None:
     """Feed ``body`` to its command; ``mark`` gets the log's end just before the command under test."""
     worker, wo = ready(app)
     me = str(worker.id)
@@ -206,18 +210,18 @@ def run(app: DispatchApp, model: type[BaseModel], body: Any, mark: list[int]) ->
         raise AssertionError(f"no command for {model.__name__}")
 
 
-def mapped(app: DispatchApp) -> list[Outgoing]:
+def mapped(app: SyncDispatch) -> list[Outgoing]:
     """The wire events of everything recorded, in order."""
-    outs = (to_wire(app.mapper.to_domain_event(n)) for n in app.recorder.select_notifications(1, 100_000))
+    outs = (WIRE(app.mapper.to_domain_event(n)) for n in app.recorder.select_notifications(1, 100_000))
     return [o for o in outs if o is not None]
 
 
-def carried(app: DispatchApp) -> int:
+def carried(app: SyncDispatch) -> int:
     """Map every recorded event to the wire, encode it and parse it back as a consumer does; count them."""
     count = 0
     for n in app.recorder.select_notifications(1, 100_000):
         e = app.mapper.to_domain_event(n)
-        out = to_wire(e)
+        out = WIRE(e)
         if out is None:
             continue
         env = wrap(out.event, event_id=stable_event_id(n.originator_id, n.originator_version), source="dispatch")
@@ -261,7 +265,7 @@ def test_whatever_the_edge_accepts_is_recorded_whole_and_carried_by_the_wire(
     mark: list[int] = []
     try:
         run(app, model, body, mark)
-    except (DispatchError, AggregateNotFoundError):
+    except DomainError:
         # refused (409/422/403, or 404 for a technician that does not exist): the command recorded nothing
         assert (app.recorder.max_notification_id() or 0) == mark[-1]
     assert carried(app) > 0
@@ -362,7 +366,12 @@ def test_a_registration_recorded_before_the_fix_maps_and_assigns_as_valid_from_r
     app = new_app()
     legacy = {"service_type": FAULT, "certificate": "C", "level": 1, "valid_from": None, "valid_until": None}
     tech = Technician(
-        id=uuid4(), name="Q", regions=["north"], capacity=1, qualifications=[legacy], credential_hash=None,
+        id=uuid4(),
+        name="Q",
+        regions=["north"],
+        capacity=1,
+        qualifications=[legacy],
+        credential_hash=None,
         registered_at=NOW - timedelta(days=1),
     )
     app.save(tech)

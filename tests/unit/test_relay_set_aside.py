@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
-from tsop_dispatch.application import DispatchApp, to_wire, work_order_id
+from tests.dispatch_sync import SyncDispatch
+from tsop_dispatch.commands import DispatchApp, work_order_id
 from tsop_dispatch.domain import WorkOrder
+from tsop_dispatch.wire import WIRE
 from tsop_events.clock import ManualClock
 from tsop_events.relay import Outgoing, Relay, _Ready, _Refused, stored_form
 from tsop_events.settings import ServiceSettings
@@ -16,21 +18,21 @@ from tsop_events.settings import ServiceSettings
 NOW = datetime(2026, 6, 1, 9, tzinfo=UTC)
 
 
-def relay_over(app: DispatchApp, mapper: Any) -> Relay:
+def relay_over(app: SyncDispatch, mapper: Any) -> Relay:
     settings = ServiceSettings(service_name="dispatch", topic_prefix="p.")
-    return Relay("dispatch", app, mapper, producer=None, pool=None, settings=settings, epoch=None)  # type: ignore[arg-type]
+    return Relay("dispatch", app.app, mapper, producer=None, pool=None, settings=settings, epoch=None)  # type: ignore[arg-type]
 
 
 def test_a_ticket_event_the_mapper_refuses_is_kept_under_its_ticket_and_topic() -> None:
-    app = DispatchApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=ManualClock(NOW))
+    app = SyncDispatch(DispatchApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=ManualClock(NOW)))
     tech, _ = app.register_technician(uuid4(), "T", ["broadband.fault_repair"], ["north"], 1)
     wo = app.open_work_order(work_order_id("T-1"), "T-1", "broadband.fault_repair", "north", 2, None, "cause")
     app.save(wo)
 
     def broken(e: Any) -> Outgoing | None:
-        if isinstance(e, WorkOrder.__dict__["Opened"]):
+        if isinstance(e, WorkOrder.Opened):
             raise KeyError("a bug in the mapper")
-        return to_wire(e)
+        return WIRE(e)
 
     relay = relay_over(app, broken)
     registered, opened = app.recorder.select_notifications(1, 10)
@@ -46,7 +48,7 @@ def test_a_ticket_event_the_mapper_refuses_is_kept_under_its_ticket_and_topic() 
 
 
 def test_an_event_without_a_ticket_is_kept_under_its_aggregate() -> None:
-    app = DispatchApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=ManualClock(NOW))
+    app = SyncDispatch(DispatchApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=ManualClock(NOW)))
     tech, _ = app.register_technician(uuid4(), "T", ["broadband.fault_repair"], ["north"], 1)
 
     def broken(e: Any) -> Outgoing | None:

@@ -9,22 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError
-from fastapi import APIRouter, Depends, Request
-from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, PlainValidator, Strict, model_validator
+from fastapi import APIRouter, Depends
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    PlainValidator,
+    Strict,
+    model_validator,
+)
 
-from tsop_dispatch.application import DispatchApp, Waiting, work_order_id
-from tsop_dispatch.domain import DispatchError, Invalid, NotYours, Resource, Technician, WorkOrder
+from tsop_dispatch import commands
+from tsop_dispatch.commands import DispatchApp, work_order_id
+from tsop_dispatch.domain import NotYours, Technician, WorkOrder
+from tsop_dispatch.views import Waiting
 from tsop_events.auth import Principal, Role, requires
-from tsop_events.http import Problem, app_of
+from tsop_events.errors import Forbidden
+from tsop_events.http import service_dependency
 from tsop_events.inbound import INT64_MAX, INT64_MIN, Bool, Inbound, Int, Number, clean_text
 from tsop_events.inbound import Text as FreeText
-from tsop_events.store import IntegrityError
+from tsop_events.runtime import Service
 
 router = APIRouter(prefix="/v1", tags=["dispatch"])
 
@@ -81,9 +91,12 @@ Places = Annotated[Int, Field(ge=1, le=100)]
 Hours = Annotated[Number, Field(gt=0, le=100_000)]
 Reading = Annotated[float | str, PlainValidator(_reading, json_schema_input_type=float | str)]
 
-MANAGERS = requires(Role.supervisor)  # admin holds every role
-READERS = requires(Role.supervisor, Role.agent, Role.auditor, Role.technician)
-TECHNICIAN = requires(Role.technician)
+Svc = Annotated[Service[DispatchApp], Depends(service_dependency(DispatchApp))]
+Manager = Annotated[Principal, Depends(requires(Role.supervisor))]  # admin holds every role
+Reader = Annotated[Principal, Depends(requires(Role.supervisor, Role.agent, Role.auditor, Role.technician))]
+Staff = Annotated[Principal, Depends(requires(Role.supervisor, Role.agent, Role.auditor))]
+Admin = Annotated[Principal, Depends(requires(Role.admin))]
+Tech = Annotated[Principal, Depends(requires(Role.technician))]
 
 
 class Body(Inbound):
@@ -219,8 +232,142 @@ class SlaPolicyIn(Body):
     )
 
 
-def _app(request: Request) -> DispatchApp:
-    return app_of(request, DispatchApp)
+# --- the answers ---------------------------------------------------------------------------------------
+
+
+class Answer(BaseModel):
+    """A success body, as the OpenAPI document shows it."""
+
+
+class QualificationOut(Answer):
+    service_type: str
+    certificate: str
+    level: int
+    valid_from: str
+    valid_until: str | None
+
+
+class PeriodOut(Answer):
+    start: str
+    end: str
+
+
+class LeaveOut(PeriodOut):
+    reason: str
+
+
+class TechnicianOut(Answer):
+    id: str
+    name: str
+    service_types: list[str]
+    qualifications: list[QualificationOut]
+    regions: list[str]
+    capacity: int
+    shifts: list[PeriodOut]
+    leave: list[LeaveOut]
+    active_work_orders: list[str]
+
+
+class TechnicianWithToken(TechnicianOut):
+    token: str = Field(description="The technician's credential, shown this once.")
+
+
+class ResourceOut(Answer):
+    id: str
+    kind: str
+    name: str
+    region: str
+    reserved_by: str | None
+
+
+class PeakModeOut(Answer):
+    on: bool
+    backlog: int
+    auto_threshold: int
+
+
+class CalendarOut(Answer):
+    name: str | None
+    always: bool
+    days: list[int]
+    start: str
+    end: str
+    holidays: list[str]
+
+
+class TargetOut(Answer):
+    respond_hours: float
+    resolve_hours: float
+
+
+class SlaPolicyOut(Answer):
+    version: str
+    norm_resolve_hours: float
+    peak_resolve_hours: float
+    calendars: dict[str, CalendarOut]
+    type_calendars: dict[str, str]
+    targets: dict[str, dict[str, TargetOut]]
+    resources: dict[str, list[str]]
+
+
+class PolicyAdopted(Answer):
+    version: str
+    work_orders_recalculated: int
+
+
+class WaitingOut(Answer):
+    work_order_id: str
+    priority: int
+    deadline: str
+    opened_at: str
+    service_type: str
+    region: str
+    needs: list[str]
+    declined_by: list[str]
+
+
+class QueueOut(Answer):
+    waiting: int
+    items: list[WaitingOut]
+
+
+class LogEntryOut(Answer):
+    technician_id: str
+    action: str
+    mode: str
+    notes: str | None
+    equipment: list[str]
+    measurements: dict[str, int | float | str]
+    at: str
+
+
+class WorkOrderOut(Answer):
+    id: str
+    ticket_id: str
+    service_type: str
+    region: str
+    priority: int
+    status: str
+    technician_id: str | None
+    accept_by: str | None
+    resources: list[str]
+    declined_by: list[str]
+    previous_technicians: list[str]
+    operation_log: list[LogEntryOut]
+
+
+class SlaOut(Answer):
+    ticket_id: str
+    work_order_id: str
+    status: str
+    priority: int
+    now: str
+    thresholds_recorded: list[str]
+    clocks: dict[str, Any] = Field(description="Per clock: segments (running, paused and why), deadlines, remaining.")
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
 
 
 def technician_view(t: Technician) -> dict[str, Any]:
@@ -231,8 +378,8 @@ def technician_view(t: Technician) -> dict[str, Any]:
         "qualifications": [
             {
                 **q,
-                "valid_from": q["valid_from"].isoformat(),
-                "valid_until": q["valid_until"] and q["valid_until"].isoformat(),
+                "valid_from": _iso(q["valid_from"]),  # always set (``domain.registered``)
+                "valid_until": _iso(q["valid_until"]),
             }
             for q in t.qualifications.values()
         ],
@@ -261,27 +408,17 @@ def work_order_view(wo: WorkOrder) -> dict[str, Any]:
     }
 
 
-async def _load(app: DispatchApp, aggregate_id: UUID, kind: type, what: str) -> Any:
-    try:
-        found = await asyncio.to_thread(app.load, aggregate_id)
-    except AggregateNotFoundError:
-        found = None
-    if not isinstance(found, kind):
-        raise Problem(404, "Not found", f"no {what} {aggregate_id}")
-    return found
-
-
-async def _command(fn: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return await asyncio.to_thread(fn, *args)
-    except AggregateNotFoundError:
-        raise Problem(404, "Not found", "no such work order, technician or resource") from None
-    except NotYours as exc:
-        raise Problem(403, "Not your work order", str(exc)) from None
-    except Invalid as exc:
-        raise Problem(422, "Invalid request", str(exc), errors=[{"field": exc.field, "reason": exc.reason}]) from None
-    except DispatchError as exc:
-        raise Problem(409, "Not allowed now", str(exc)) from None
+def _waiting_view(wo_id: UUID, w: Waiting) -> dict[str, Any]:
+    return {
+        "work_order_id": str(wo_id),
+        "priority": w.priority,
+        "deadline": w.deadline.isoformat(),
+        "opened_at": w.opened_at.isoformat(),
+        "service_type": w.service_type,
+        "region": w.region,
+        "needs": w.needs,
+        "declined_by": sorted(w.excluded),
+    }
 
 
 def _may_read(principal: Principal, wo: WorkOrder) -> None:
@@ -289,49 +426,38 @@ def _may_read(principal: Principal, wo: WorkOrder) -> None:
     if principal.has(Role.supervisor, Role.agent, Role.auditor):
         return
     if principal.subject != wo.technician_id:
-        raise Problem(403, "Not your work order", f"work order {wo.id} is not assigned to {principal.subject}")
+        raise NotYours(f"work order {wo.id} is not assigned to {principal.subject}")
+
+
+def _peak(app: DispatchApp) -> dict[str, Any]:
+    return {"on": app.board.peak, "backlog": len(app.board.waiting), "auto_threshold": app.peak_backlog}
 
 
 # --- the workforce ---------------------------------------------------------------------------------
 
 
-@router.post("/technicians", status_code=201)
-async def register(
-    body: RegisterTechnician, request: Request, who: Annotated[Principal, Depends(MANAGERS)]
-) -> dict[str, Any]:
+@router.post("/technicians", status_code=201, response_model=TechnicianWithToken)
+async def register(body: RegisterTechnician, svc: Svc, who: Manager) -> dict[str, Any]:
     """Register a technician; the answer carries their credential, shown this once."""
     quals = [q.model_dump() for q in body.qualifications]
-    try:
-        tech, token = await _command(
-            _app(request).register_technician,
-            body.id or uuid4(),
-            body.name,
-            body.service_types,
-            body.regions,
-            body.capacity,
-            quals,
-        )
-    except IntegrityError:
-        raise Problem(409, "Already registered", f"technician {body.id} exists") from None
+    tech, token = await commands.register_technician(
+        svc, body.id or uuid4(), body.name, body.service_types, body.regions, body.capacity, quals
+    )
     return {**technician_view(tech), "token": token}
 
 
-@router.get("/technicians/{technician_id}")
-async def get_technician(
-    technician_id: UUID, request: Request, who: Annotated[Principal, Depends(READERS)]
-) -> dict[str, Any]:
+@router.get("/technicians/{technician_id}", response_model=TechnicianOut)
+async def get_technician(technician_id: UUID, svc: Svc, who: Reader) -> dict[str, Any]:
     if not who.has(Role.supervisor, Role.agent, Role.auditor) and who.subject != str(technician_id):
-        raise Problem(403, "Forbidden", "a technician sees only their own record")
-    return technician_view(await _load(_app(request), technician_id, Technician, "technician"))
+        raise Forbidden("a technician sees only their own record")
+    return technician_view(await commands.load(svc, Technician, technician_id, "technician"))
 
 
-@router.post("/technicians/{technician_id}/qualifications", status_code=201)
-async def grant_qualification(
-    technician_id: UUID, body: QualificationIn, request: Request, who: Annotated[Principal, Depends(MANAGERS)]
-) -> dict[str, Any]:
+@router.post("/technicians/{technician_id}/qualifications", status_code=201, response_model=TechnicianOut)
+async def grant_qualification(technician_id: UUID, body: QualificationIn, svc: Svc, who: Manager) -> dict[str, Any]:
     """A training record grants or renews a qualification (§6)."""
-    tech = await _command(
-        _app(request).grant_qualification,
+    tech = await commands.grant_qualification(
+        svc,
         technician_id,
         body.service_type,
         body.certificate,
@@ -343,75 +469,53 @@ async def grant_qualification(
     return technician_view(tech)
 
 
-@router.post("/technicians/{technician_id}/shifts", status_code=201)
-async def schedule_shift(
-    technician_id: UUID, body: Period, request: Request, who: Annotated[Principal, Depends(MANAGERS)]
-) -> dict[str, Any]:
-    return technician_view(await _command(_app(request).schedule, technician_id, "shift", body.start, body.end))
+@router.post("/technicians/{technician_id}/shifts", status_code=201, response_model=TechnicianOut)
+async def schedule_shift(technician_id: UUID, body: Period, svc: Svc, who: Manager) -> dict[str, Any]:
+    return technician_view(await commands.schedule(svc, technician_id, "shift", body.start, body.end))
 
 
-@router.post("/technicians/{technician_id}/leave", status_code=201)
-async def schedule_leave(
-    technician_id: UUID, body: Period, request: Request, who: Annotated[Principal, Depends(MANAGERS)]
-) -> dict[str, Any]:
-    app = _app(request)
-    return technician_view(await _command(app.schedule, technician_id, "leave", body.start, body.end, body.reason))
+@router.post("/technicians/{technician_id}/leave", status_code=201, response_model=TechnicianOut)
+async def schedule_leave(technician_id: UUID, body: Period, svc: Svc, who: Manager) -> dict[str, Any]:
+    return technician_view(await commands.schedule(svc, technician_id, "leave", body.start, body.end, body.reason))
 
 
-@router.post("/technicians/{technician_id}/credential", status_code=201)
-async def rotate_credential(
-    technician_id: UUID, request: Request, who: Annotated[Principal, Depends(MANAGERS)]
-) -> dict[str, Any]:
+@router.post("/technicians/{technician_id}/credential", status_code=201, response_model=TechnicianWithToken)
+async def rotate_credential(technician_id: UUID, svc: Svc, who: Manager) -> dict[str, Any]:
     """A new credential for the technician, shown this once; the previous one stops working."""
-    await _load(_app(request), technician_id, Technician, "technician")
-    tech, token = await _command(_app(request).rotate_credential, technician_id)
+    tech, token = await commands.rotate_credential(svc, technician_id)
     return {**technician_view(tech), "token": token}
 
 
-@router.put("/technicians/{technician_id}/capacity")
-async def change_capacity(
-    technician_id: UUID, body: Capacity, request: Request, who: Annotated[Principal, Depends(MANAGERS)]
-) -> dict[str, Any]:
-    return technician_view(await _command(_app(request).change_capacity, technician_id, body.capacity))
+@router.put("/technicians/{technician_id}/capacity", response_model=TechnicianOut)
+async def change_capacity(technician_id: UUID, body: Capacity, svc: Svc, who: Manager) -> dict[str, Any]:
+    return technician_view(await commands.change_capacity(svc, technician_id, body.capacity))
 
 
-@router.post("/resources", status_code=201)
-async def register_resource(
-    body: RegisterResource, request: Request, who: Annotated[Principal, Depends(MANAGERS)]
-) -> dict[str, Any]:
+@router.post("/resources", status_code=201, response_model=ResourceOut)
+async def register_resource(body: RegisterResource, svc: Svc, who: Manager) -> dict[str, Any]:
     """Equipment or a venue slot, reserved with the work orders whose service type needs that kind."""
-    try:
-        r: Resource = await asyncio.to_thread(
-            _app(request).register_resource, body.id or uuid4(), body.kind, body.name, body.region
-        )
-    except IntegrityError:
-        raise Problem(409, "Already registered", f"resource {body.id} exists") from None
+    r = await commands.register_resource(svc, body.id or uuid4(), body.kind, body.name, body.region)
     return {"id": str(r.id), "kind": r.kind, "name": r.name, "region": r.region, "reserved_by": r.reserved_by}
 
 
-@router.get("/peak-mode")
-async def get_peak_mode(request: Request, who: Annotated[Principal, Depends(READERS)]) -> dict[str, Any]:
-    app = _app(request)
-    await asyncio.to_thread(app.board.refresh)
-    return {"on": app.board.peak, "backlog": len(app.board.waiting), "auto_threshold": app.peak_backlog}
+@router.get("/peak-mode", response_model=PeakModeOut)
+async def get_peak_mode(svc: Svc, who: Reader) -> dict[str, Any]:
+    await asyncio.to_thread(svc.app.board.refresh)
+    return _peak(svc.app)
 
 
-@router.put("/peak-mode")
-async def set_peak_mode(
-    body: PeakModeIn, request: Request, who: Annotated[Principal, Depends(MANAGERS)]
-) -> dict[str, Any]:
+@router.put("/peak-mode", response_model=PeakModeOut)
+async def set_peak_mode(body: PeakModeIn, svc: Svc, who: Manager) -> dict[str, Any]:
     """Declare peak (the 48-hour norm for work opened from now on) or end it."""
-    app = _app(request)
-    peak = await _command(app.set_peak, body.on, who.subject, body.reason)
-    return {"on": peak.on, "backlog": len(app.board.waiting), "auto_threshold": app.peak_backlog}
+    peak = await commands.set_peak(svc, body.on, who.subject, body.reason)
+    return {**_peak(svc.app), "on": peak.on}
 
 
-@router.get("/sla-policy")
-async def get_sla_policy(request: Request, who: Annotated[Principal, Depends(READERS)]) -> dict[str, Any]:
+@router.get("/sla-policy", response_model=SlaPolicyOut)
+async def get_sla_policy(svc: Svc, who: Reader) -> dict[str, Any]:
     """The service-level policy in force: targets per service type and priority, calendars, peak norm."""
-    app = _app(request)
-    await asyncio.to_thread(app.board.refresh)
-    p = app.policy
+    await asyncio.to_thread(svc.app.board.refresh)
+    p = svc.app.policy
     return {
         "version": p.version,
         "norm_resolve_hours": p.norm_resolve_hours,
@@ -426,152 +530,101 @@ async def get_sla_policy(request: Request, who: Annotated[Principal, Depends(REA
     }
 
 
-@router.put("/sla-policy")
-async def adopt_sla_policy(
-    body: SlaPolicyIn, request: Request, who: Annotated[Principal, Depends(requires(Role.admin))]
-) -> dict[str, Any]:
+@router.put("/sla-policy", response_model=PolicyAdopted)
+async def adopt_sla_policy(body: SlaPolicyIn, svc: Svc, who: Admin) -> dict[str, Any]:
     """Adopt a new policy (same shape as GET): recorded, and every open work order's targets are recalculated."""
-    app = _app(request)
-    try:
-        changed = await _command(app.adopt_policy, body.model_dump(mode="json", exclude_none=True), who.subject)
-    except (KeyError, ValueError, TypeError) as exc:
-        field = exc.args[0] if isinstance(exc, KeyError) else "body"
-        reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise Problem(422, "Invalid policy", reason, errors=[{"field": str(field), "reason": reason}]) from None
-    return {"version": app.policy.version, "work_orders_recalculated": changed}
+    changed = await commands.adopt_policy(svc, body.model_dump(mode="json", exclude_none=True), who.subject)
+    return {"version": svc.app.policy.version, "work_orders_recalculated": changed}
 
 
-def _waiting_view(wo_id: UUID, w: Waiting) -> dict[str, Any]:
-    return {
-        "work_order_id": str(wo_id),
-        "priority": w.priority,
-        "deadline": w.deadline.isoformat(),
-        "opened_at": w.opened_at.isoformat(),
-        "service_type": w.service_type,
-        "region": w.region,
-        "needs": w.needs,
-        "declined_by": sorted(w.excluded),
-    }
-
-
-@router.get("/queue")
-async def get_queue(
-    request: Request,
-    who: Annotated[Principal, Depends(requires(Role.supervisor, Role.agent, Role.auditor))],
-    limit: Annotated[int, Field(ge=1, le=10000)] = 100,
-) -> dict[str, Any]:
+@router.get("/queue", response_model=QueueOut)
+async def get_queue(svc: Svc, who: Staff, limit: Annotated[int, Field(ge=1, le=10000)] = 100) -> dict[str, Any]:
     """Work orders nobody could take yet, in the order they will be served."""
-    app = _app(request)
-    await asyncio.to_thread(app.board.refresh)
-    items = app.board.queue(limit)
-    return {"waiting": len(app.board.waiting), "items": [_waiting_view(i, w) for i, w in items]}
+    board = svc.app.board
+    await asyncio.to_thread(board.refresh)
+    items = board.queue(limit)
+    return {"waiting": len(board.waiting), "items": [_waiting_view(i, w) for i, w in items]}
 
 
 # --- work orders -----------------------------------------------------------------------------------
 
 
-@router.get("/work-orders/{wo_id}")
-async def get_work_order(wo_id: UUID, request: Request, who: Annotated[Principal, Depends(READERS)]) -> dict[str, Any]:
-    wo = await _load(_app(request), wo_id, WorkOrder, "work order")
+@router.get("/work-orders/{wo_id}", response_model=WorkOrderOut)
+async def get_work_order(wo_id: UUID, svc: Svc, who: Reader) -> dict[str, Any]:
+    wo = await commands.load(svc, WorkOrder, wo_id, "work order")
     _may_read(who, wo)
     return work_order_view(wo)
 
 
-@router.get("/tickets/{ticket_id}/work-order")
-async def get_ticket_work_order(
-    ticket_id: UUID, request: Request, who: Annotated[Principal, Depends(READERS)]
-) -> dict[str, Any]:
-    return await get_work_order(work_order_id(str(ticket_id)), request, who)
+@router.get("/tickets/{ticket_id}/work-order", response_model=WorkOrderOut)
+async def get_ticket_work_order(ticket_id: UUID, svc: Svc, who: Reader) -> dict[str, Any]:
+    return await get_work_order(work_order_id(str(ticket_id)), svc, who)
 
 
-@router.get("/tickets/{ticket_id}/sla")
-async def get_ticket_sla(
-    ticket_id: UUID, request: Request, who: Annotated[Principal, Depends(READERS)]
-) -> dict[str, Any]:
+@router.get("/tickets/{ticket_id}/sla", response_model=SlaOut)
+async def get_ticket_sla(ticket_id: UUID, svc: Svc, who: Reader) -> dict[str, Any]:
     """The ticket's service-level clocks: segments (running, paused and why), deadlines, remaining or overrun."""
-    app = _app(request)
-    wo: WorkOrder = await _load(app, work_order_id(str(ticket_id)), WorkOrder, "work order for ticket")
+    wo = await commands.load(svc, WorkOrder, work_order_id(str(ticket_id)), "work order for ticket")
     _may_read(who, wo)
     return {
         "ticket_id": wo.ticket_id,
         "work_order_id": str(wo.id),
         "status": wo.status,
         "priority": wo.priority,
-        "now": app.clock.now().isoformat(),
+        "now": svc.app.clock.now().isoformat(),
         "thresholds_recorded": sorted(f"{c}:{lvl}" for c, lvl in wo.crossed),
-        "clocks": app.explain_clocks(wo),
+        "clocks": svc.app.explain_clocks(wo),
     }
 
 
-def _own(who: Principal) -> str:
-    return who.subject
+@router.post("/work-orders/{wo_id}/accept", response_model=WorkOrderOut)
+async def accept(wo_id: UUID, svc: Svc, who: Tech) -> dict[str, Any]:
+    return work_order_view(await commands.accept(svc, wo_id, who.subject))
 
 
-@router.post("/work-orders/{wo_id}/accept")
-async def accept(wo_id: UUID, request: Request, who: Annotated[Principal, Depends(TECHNICIAN)]) -> dict[str, Any]:
-    return work_order_view(await _command(_app(request).accept, wo_id, _own(who)))
-
-
-@router.post("/work-orders/{wo_id}/decline")
-async def decline(
-    wo_id: UUID, body: Decline, request: Request, who: Annotated[Principal, Depends(TECHNICIAN)]
-) -> dict[str, Any]:
+@router.post("/work-orders/{wo_id}/decline", response_model=WorkOrderOut)
+async def decline(wo_id: UUID, body: Decline, svc: Svc, who: Tech) -> dict[str, Any]:
     """Say no, with a reason: the work order goes to someone else (never back to you)."""
-    return work_order_view(await _command(_app(request).decline, wo_id, _own(who), body.reason))
+    return work_order_view(await commands.decline(svc, wo_id, who.subject, body.reason))
 
 
-@router.post("/work-orders/{wo_id}/start")
-async def start(
-    wo_id: UUID, body: Start, request: Request, who: Annotated[Principal, Depends(TECHNICIAN)]
-) -> dict[str, Any]:
-    return work_order_view(await _command(_app(request).start, wo_id, _own(who), body.mode))
+@router.post("/work-orders/{wo_id}/start", response_model=WorkOrderOut)
+async def start(wo_id: UUID, body: Start, svc: Svc, who: Tech) -> dict[str, Any]:
+    return work_order_view(await commands.start(svc, wo_id, who.subject, body.mode))
 
 
-@router.post("/work-orders/{wo_id}/log", status_code=201)
-async def log_work(
-    wo_id: UUID, body: LogWork, request: Request, who: Annotated[Principal, Depends(TECHNICIAN)]
-) -> dict[str, Any]:
-    app = _app(request)
-    wo = await _command(
-        app.log_work, wo_id, _own(who), body.action, body.mode, body.notes, body.equipment, body.measurements
+@router.post("/work-orders/{wo_id}/log", status_code=201, response_model=WorkOrderOut)
+async def log_work(wo_id: UUID, body: LogWork, svc: Svc, who: Tech) -> dict[str, Any]:
+    wo = await commands.log_work(
+        svc, wo_id, who.subject, body.action, body.mode, body.notes, body.equipment, body.measurements
     )
     return work_order_view(wo)
 
 
-@router.post("/work-orders/{wo_id}/pause")
-async def pause(
-    wo_id: UUID, body: Pause, request: Request, who: Annotated[Principal, Depends(TECHNICIAN)]
-) -> dict[str, Any]:
+@router.post("/work-orders/{wo_id}/pause", response_model=WorkOrderOut)
+async def pause(wo_id: UUID, body: Pause, svc: Svc, who: Tech) -> dict[str, Any]:
     """Pending (waiting for the customer) or held (parts, an incident): the SLA clocks stop."""
-    return work_order_view(await _command(_app(request).pause, wo_id, _own(who), body.kind, body.reason))
+    return work_order_view(await commands.pause(svc, wo_id, who.subject, body.kind, body.reason))
 
 
-@router.post("/work-orders/{wo_id}/resume")
-async def resume(wo_id: UUID, request: Request, who: Annotated[Principal, Depends(TECHNICIAN)]) -> dict[str, Any]:
-    return work_order_view(await _command(_app(request).resume, wo_id, _own(who)))
+@router.post("/work-orders/{wo_id}/resume", response_model=WorkOrderOut)
+async def resume(wo_id: UUID, svc: Svc, who: Tech) -> dict[str, Any]:
+    return work_order_view(await commands.resume(svc, wo_id, who.subject))
 
 
-@router.post("/work-orders/{wo_id}/resolve")
-async def resolve(
-    wo_id: UUID, body: Resolve, request: Request, who: Annotated[Principal, Depends(TECHNICIAN)]
-) -> dict[str, Any]:
-    app = _app(request)
-    wo = await _command(app.resolve, wo_id, _own(who), body.resolution_code, body.summary, body.advice)
+@router.post("/work-orders/{wo_id}/resolve", response_model=WorkOrderOut)
+async def resolve(wo_id: UUID, body: Resolve, svc: Svc, who: Tech) -> dict[str, Any]:
+    wo = await commands.resolve(svc, wo_id, who.subject, body.resolution_code, body.summary, body.advice)
     return work_order_view(wo)
 
 
-@router.post("/work-orders/{wo_id}/reassign")
-async def reassign(
-    wo_id: UUID, body: Reassign, request: Request, who: Annotated[Principal, Depends(MANAGERS)]
-) -> dict[str, Any]:
+@router.post("/work-orders/{wo_id}/reassign", response_model=WorkOrderOut)
+async def reassign(wo_id: UUID, body: Reassign, svc: Svc, who: Manager) -> dict[str, Any]:
     """A supervisor moves the work, with a reason; the SLA clocks continue."""
-    return work_order_view(await _command(_app(request).reassign, wo_id, body.technician_id, body.reason, who.subject))
+    return work_order_view(await commands.reassign(svc, wo_id, body.technician_id, body.reason, who.subject))
 
 
-@router.put("/work-orders/{wo_id}/priority")
-async def change_priority(
-    wo_id: UUID, body: Priority, request: Request, who: Annotated[Principal, Depends(MANAGERS)]
-) -> dict[str, Any]:
+@router.put("/work-orders/{wo_id}/priority", response_model=WorkOrderOut)
+async def change_priority(wo_id: UUID, body: Priority, svc: Svc, who: Manager) -> dict[str, Any]:
     """A new priority: the targets are recalculated, the time already elapsed stays."""
-    app = _app(request)
-    return work_order_view(await _command(app.change_priority, wo_id, body.priority, who.subject, body.reason))
+    return work_order_view(await commands.change_priority(svc, wo_id, body.priority, who.subject, body.reason))

@@ -5,37 +5,66 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TypedDict
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
+from pydantic import JsonValue
 
-from tsop_dispatch.sla import Fact, clocks, due_thresholds
+from tsop_dispatch.sla import Fact, TargetsSpec, clocks, due_thresholds
+from tsop_events.errors import Conflict, Forbidden, Invalid
 
 
-class DispatchError(ValueError):
-    pass
+class DispatchError(Conflict):
+    """The work order's (or technician's) state refuses the change (answered 409)."""
+
+    title = "Not allowed now"
 
 
 class OverCapacity(DispatchError):
-    pass
+    """The technician is at capacity, or the resource is reserved by other work."""
 
 
-class NotYours(DispatchError):
-    """A technician acting on a work order that is not theirs."""
+class NotYours(Forbidden):
+    """A technician acting on a work order that is not theirs (answered 403)."""
+
+    title = "Not your work order"
 
 
-class Invalid(DispatchError):
-    """The input names something that does not exist or cannot be (answered 422, naming the field)."""
+class QualificationRecord(TypedDict):
+    """A qualification as events record it."""
 
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
+    service_type: str
+    certificate: str
+    level: int
+    valid_from: datetime | None  # None only in registrations recorded before it defaulted (see ``registered``)
+    valid_until: datetime | None
 
 
-def registered(q: dict[str, Any], registered_at: datetime) -> dict[str, Any]:
+class CandidateRecord(TypedDict):
+    """One of the best candidates of an assignment, as the Assigned event records it."""
+
+    technician_id: str
+    score: float
+    load: int
+    capacity: int
+
+
+class LogEntry(TypedDict):
+    """A step of a work order's operation log (its view shows them)."""
+
+    technician_id: str
+    action: str
+    mode: str
+    notes: str | None
+    equipment: list[str]
+    measurements: dict[str, float | str]
+    at: str
+
+
+def registered(q: QualificationRecord, registered_at: datetime) -> QualificationRecord:
     """A qualification as registered; one recorded without ``valid_from`` (before it defaulted) is valid from then."""
-    return q if q.get("valid_from") is not None else {**q, "valid_from": registered_at}
+    return q if q.get("valid_from") is not None else QualificationRecord(**{**q, "valid_from": registered_at})
 
 
 def qualification(
@@ -46,13 +75,13 @@ def qualification(
     valid_until: datetime | None,
     now: datetime,
     field: str = "",
-) -> dict[str, Any]:
+) -> QualificationRecord:
     """A qualification as recorded: valid from ``now`` unless a start is given, and ending after it starts."""
     since = valid_from or now
     if valid_until is not None and valid_until <= since:
-        raise Invalid(f"{field}valid_until", f"must be after valid_from ({since.isoformat()})")
+        raise Invalid(f"must be after valid_from ({since.isoformat()})", f"{field}valid_until")
     if not 1 <= level <= 5:
-        raise Invalid(f"{field}level", "must be between 1 and 5")
+        raise Invalid("must be between 1 and 5", f"{field}level")
     return {
         "service_type": service_type,
         "certificate": certificate,
@@ -63,21 +92,60 @@ def qualification(
 
 
 class Technician(Aggregate):
-    @event("Registered")
+    class Registered(Aggregate.Created):
+        name: str
+        regions: list[str]
+        capacity: int
+        qualifications: list[QualificationRecord]
+        credential_hash: str | None
+        registered_at: datetime
+
+    class QualificationGranted(Aggregate.Event):
+        service_type: str
+        certificate: str
+        level: int
+        valid_from: datetime
+        valid_until: datetime | None
+        renewal: bool
+        source: str
+        granted_at: datetime
+
+    class ShiftScheduled(Aggregate.Event):
+        start: datetime
+        end: datetime
+
+    class LeaveScheduled(Aggregate.Event):
+        start: datetime
+        end: datetime
+        reason: str
+
+    class CredentialIssued(Aggregate.Event):
+        credential_hash: str
+
+    class CapacityChanged(Aggregate.Event):
+        capacity: int
+
+    class Took(Aggregate.Event):
+        work_order_id: str
+
+    class Released(Aggregate.Event):
+        work_order_id: str
+
+    @event(Registered)
     def __init__(
         self,
         id: UUID,  # noqa: A002
         name: str,
         regions: list[str],
         capacity: int,
-        qualifications: list[dict[str, Any]],
+        qualifications: list[QualificationRecord],
         credential_hash: str | None,
         registered_at: datetime,
     ) -> None:
         self.name = name
         self.regions = regions
         self.capacity = capacity
-        self.qualifications: dict[str, dict[str, Any]] = {
+        self.qualifications: dict[str, QualificationRecord] = {
             q["service_type"]: registered(q, registered_at) for q in qualifications
         }
         self.credential_hash = credential_hash
@@ -107,7 +175,7 @@ class Technician(Aggregate):
             granted_at=at,
         )
 
-    @event("QualificationGranted")
+    @event(QualificationGranted)
     def _granted(
         self,
         service_type: str,
@@ -132,7 +200,7 @@ class Technician(Aggregate):
             raise DispatchError("a shift ends after it starts")
         self._shift(start=start, end=end)
 
-    @event("ShiftScheduled")
+    @event(ShiftScheduled)
     def _shift(self, start: datetime, end: datetime) -> None:
         self.shifts.append((start, end))
 
@@ -141,7 +209,7 @@ class Technician(Aggregate):
             raise DispatchError("leave ends after it starts")
         self._leave(start=start, end=end, reason=reason)
 
-    @event("LeaveScheduled")
+    @event(LeaveScheduled)
     def _leave(self, start: datetime, end: datetime, reason: str) -> None:
         self.leave.append((start, end, reason))
 
@@ -149,7 +217,7 @@ class Technician(Aggregate):
         """A new credential; the old one stops working (only hashes are ever recorded)."""
         self._credential(credential_hash=credential_hash)
 
-    @event("CredentialIssued")
+    @event(CredentialIssued)
     def _credential(self, credential_hash: str) -> None:
         self.credential_hash = credential_hash
 
@@ -159,7 +227,7 @@ class Technician(Aggregate):
         if capacity != self.capacity:
             self._capacity(capacity=capacity)
 
-    @event("CapacityChanged")
+    @event(CapacityChanged)
     def _capacity(self, capacity: int) -> None:
         self.capacity = capacity
 
@@ -170,7 +238,7 @@ class Technician(Aggregate):
             raise OverCapacity(f"technician {self.id} is at capacity {self.capacity}")
         self._took(work_order_id=str(work_order_id))
 
-    @event("Took")
+    @event(Took)
     def _took(self, work_order_id: str) -> None:
         self.active.append(work_order_id)
 
@@ -178,7 +246,7 @@ class Technician(Aggregate):
         if str(work_order_id) in self.active:
             self._released(work_order_id=str(work_order_id))
 
-    @event("Released")
+    @event(Released)
     def _released(self, work_order_id: str) -> None:
         self.active.remove(work_order_id)
 
@@ -186,7 +254,19 @@ class Technician(Aggregate):
 class Resource(Aggregate):
     """Equipment (an ONT, a test set) or a venue slot, reserved with a work order (§2.2)."""
 
-    @event("Registered")
+    class Registered(Aggregate.Created):
+        kind: str
+        name: str
+        region: str
+        registered_at: datetime
+
+    class Reserved(Aggregate.Event):
+        work_order_id: str
+
+    class Freed(Aggregate.Event):
+        work_order_id: str
+
+    @event(Registered)
     def __init__(self, id: UUID, kind: str, name: str, region: str, registered_at: datetime) -> None:  # noqa: A002
         self.kind, self.name, self.region = kind, name, region
         self.reserved_by: str | None = None
@@ -198,7 +278,7 @@ class Resource(Aggregate):
             raise OverCapacity(f"resource {self.id} is reserved by work order {self.reserved_by}")
         self._reserved(work_order_id=str(work_order_id))
 
-    @event("Reserved")
+    @event(Reserved)
     def _reserved(self, work_order_id: str) -> None:
         self.reserved_by = work_order_id
 
@@ -206,7 +286,7 @@ class Resource(Aggregate):
         if self.reserved_by == str(work_order_id):
             self._freed(work_order_id=str(work_order_id))
 
-    @event("Freed")
+    @event(Freed)
     def _freed(self, work_order_id: str) -> None:
         self.reserved_by = None
 
@@ -214,7 +294,17 @@ class Resource(Aggregate):
 class PeakMode(Aggregate):
     """The one switch between the 24-hour norm and the 48-hour peak norm (§2.2), with who turned it."""
 
-    @event("Created")
+    class Created(Aggregate.Created):
+        pass
+
+    class Changed(Aggregate.Event):
+        on: bool
+        by: str
+        reason: str
+        backlog: int
+        changed_at: datetime
+
+    @event(Created)
     def __init__(self, id: UUID) -> None:  # noqa: A002
         self.on = False
 
@@ -224,7 +314,7 @@ class PeakMode(Aggregate):
         self._changed(on=on, by=by, reason=reason, backlog=backlog, changed_at=at)
         return True
 
-    @event("Changed")
+    @event(Changed)
     def _changed(self, on: bool, by: str, reason: str, backlog: int, changed_at: datetime) -> None:
         self.on = on
 
@@ -232,15 +322,24 @@ class PeakMode(Aggregate):
 class SlaPolicy(Aggregate):
     """The service-level policy in force (targets, calendars, peak norm): data, adopted with a record of who."""
 
-    @event("Created")
-    def __init__(self, id: UUID) -> None:  # noqa: A002
-        self.policy: dict[str, Any] | None = None
+    class Created(Aggregate.Created):
+        pass
 
-    def adopt(self, policy: dict[str, Any], by: str, at: datetime) -> None:
+    class Adopted(Aggregate.Event):
+        policy: dict[str, JsonValue]
+        version: str
+        by: str
+        adopted_at: datetime
+
+    @event(Created)
+    def __init__(self, id: UUID) -> None:  # noqa: A002
+        self.policy: dict[str, JsonValue] | None = None
+
+    def adopt(self, policy: dict[str, JsonValue], by: str, at: datetime) -> None:
         self._adopted(policy=policy, version=str(policy.get("version", "")), by=by, adopted_at=at)
 
-    @event("Adopted")
-    def _adopted(self, policy: dict[str, Any], version: str, by: str, adopted_at: datetime) -> None:
+    @event(Adopted)
+    def _adopted(self, policy: dict[str, JsonValue], version: str, by: str, adopted_at: datetime) -> None:
         self.policy = policy
 
 
@@ -248,7 +347,113 @@ ACTIVE = ("assigned", "accepted", "in_progress", "paused")
 
 
 class WorkOrder(Aggregate):
-    @event("Opened")
+    class Opened(Aggregate.Created):
+        ticket_id: str
+        service_type: str
+        region: str
+        priority: int
+        resolve_by: datetime | None
+        causation_id: str
+        opened_at: datetime
+        targets: TargetsSpec | None = None
+        needs: list[str] | None = None
+
+    class Assigned(Aggregate.Event):
+        ticket_id: str
+        technician_id: str
+        reason: str
+        candidates: list[CandidateRecord]
+        assigned_at: datetime
+        causation_id: str
+        accept_by: datetime | None = None
+        resources: list[str] | None = None
+        assigned_by: str = "auto"
+        previous_technician_id: str | None = None
+
+    class Accepted(Aggregate.Event):
+        ticket_id: str
+        technician_id: str
+        accepted_at: datetime
+
+    class Declined(Aggregate.Event):
+        ticket_id: str
+        technician_id: str
+        reason: str
+        timed_out: bool
+        declined_at: datetime
+
+    class Unassigned(Aggregate.Event):
+        ticket_id: str
+        technician_id: str
+        reason: str
+        by: str
+        at: datetime
+
+    class Started(Aggregate.Event):
+        ticket_id: str
+        technician_id: str
+        mode: str
+        started_at: datetime
+
+    class WorkLogged(Aggregate.Event):
+        ticket_id: str
+        technician_id: str
+        action: str
+        mode: str
+        notes: str | None
+        logged_at: datetime
+        equipment: list[str] | None = None
+        measurements: dict[str, float | str] | None = None
+
+    class Paused(Aggregate.Event):
+        ticket_id: str
+        technician_id: str
+        kind: str
+        reason: str
+        paused_at: datetime
+
+    class Resumed(Aggregate.Event):
+        ticket_id: str
+        technician_id: str
+        resumed_at: datetime
+
+    class Resolved(Aggregate.Event):
+        ticket_id: str
+        technician_id: str
+        resolution_code: str
+        summary: str
+        advice: str | None
+        resolved_at: datetime
+
+    class Withdrawn(Aggregate.Event):
+        ticket_id: str
+        technician_id: str | None
+        reason: str
+        withdrawn_at: datetime
+
+    class Retargeted(Aggregate.Event):
+        ticket_id: str
+        targets: TargetsSpec
+        priority: int
+        why: str
+        at: datetime
+
+    class ThresholdCrossed(Aggregate.Event):
+        ticket_id: str
+        target: str
+        level: str
+        deadline: datetime
+        elapsed_seconds: float
+        target_seconds: float
+        crossed_at: datetime
+
+    class Escalated(Aggregate.Event):
+        ticket_id: str
+        to_role: str
+        reason: str
+        escalated_at: datetime
+
+    @event(Opened)
     def __init__(
         self,
         id: UUID,  # noqa: A002
@@ -259,7 +464,7 @@ class WorkOrder(Aggregate):
         resolve_by: datetime | None,
         causation_id: str,
         opened_at: datetime,
-        targets: dict[str, Any] | None = None,
+        targets: TargetsSpec | None = None,
         needs: list[str] | None = None,
     ) -> None:
         self.ticket_id = ticket_id
@@ -276,7 +481,7 @@ class WorkOrder(Aggregate):
         self.resources: list[str] = []
         self.excluded: list[str] = []  # technicians who declined or let it time out
         self.previous: list[str] = []  # technicians who worked it before (continuity)
-        self.log: list[dict[str, Any]] = []
+        self.log: list[LogEntry] = []
         self.crossed: set[tuple[str, str]] = set()
         self.targets = targets
         self.facts: list[Fact] = [Fact(opened_at, "opened", {"targets": targets})] if targets else []
@@ -287,7 +492,7 @@ class WorkOrder(Aggregate):
         self,
         technician: Technician,
         reason: str,
-        candidates: list[dict[str, Any]],
+        candidates: list[CandidateRecord],
         at: datetime,
         accept_by: datetime | None = None,
         resources: Iterable[Resource] = (),
@@ -312,13 +517,13 @@ class WorkOrder(Aggregate):
             previous_technician_id=self.previous[-1] if self.previous else None,
         )
 
-    @event("Assigned")
+    @event(Assigned)
     def _assigned(
         self,
         ticket_id: str,
         technician_id: str,
         reason: str,
-        candidates: list[dict[str, Any]],
+        candidates: list[CandidateRecord],
         assigned_at: datetime,
         causation_id: str,
         accept_by: datetime | None = None,
@@ -348,7 +553,7 @@ class WorkOrder(Aggregate):
         self._check_worker(technician_id, "assigned")
         self._accepted(ticket_id=self.ticket_id, technician_id=technician_id, accepted_at=at)
 
-    @event("Accepted")
+    @event(Accepted)
     def _accepted(self, ticket_id: str, technician_id: str, accepted_at: datetime) -> None:
         self.status = "accepted"
         self.accept_by = None
@@ -373,7 +578,7 @@ class WorkOrder(Aggregate):
             declined_at=at,
         )
 
-    @event("Declined")
+    @event(Declined)
     def _declined(
         self, ticket_id: str, technician_id: str, reason: str, timed_out: bool, declined_at: datetime
     ) -> None:
@@ -395,7 +600,7 @@ class WorkOrder(Aggregate):
         self._let_go(technician, resources)
         self._unassigned(ticket_id=self.ticket_id, technician_id=str(technician.id), reason=reason, by=by, at=at)
 
-    @event("Unassigned")
+    @event(Unassigned)
     def _unassigned(self, ticket_id: str, technician_id: str, reason: str, by: str, at: datetime) -> None:
         if self.status == "paused":  # the pause ends with the hand-over; the new technician resumes or pauses again
             self.facts.append(Fact(at, "resumed"))
@@ -411,7 +616,7 @@ class WorkOrder(Aggregate):
         self._check_worker(technician_id, "accepted")
         self._started(ticket_id=self.ticket_id, technician_id=technician_id, mode=mode, started_at=at)
 
-    @event("Started")
+    @event(Started)
     def _started(self, ticket_id: str, technician_id: str, mode: str, started_at: datetime) -> None:
         self.status = "in_progress"
 
@@ -437,7 +642,7 @@ class WorkOrder(Aggregate):
             measurements=dict(measurements or {}),
         )
 
-    @event("WorkLogged")
+    @event(WorkLogged)
     def _logged(
         self,
         ticket_id: str,
@@ -467,7 +672,7 @@ class WorkOrder(Aggregate):
         self._check_worker(technician_id, "in_progress")
         self._paused(ticket_id=self.ticket_id, technician_id=technician_id, kind=kind, reason=reason, paused_at=at)
 
-    @event("Paused")
+    @event(Paused)
     def _paused(self, ticket_id: str, technician_id: str, kind: str, reason: str, paused_at: datetime) -> None:
         self.status = "paused"
         self.facts.append(Fact(paused_at, "paused", {"kind": kind, "reason": reason}))
@@ -476,7 +681,7 @@ class WorkOrder(Aggregate):
         self._check_worker(technician_id, "paused")
         self._resumed(ticket_id=self.ticket_id, technician_id=technician_id, resumed_at=at)
 
-    @event("Resumed")
+    @event(Resumed)
     def _resumed(self, ticket_id: str, technician_id: str, resumed_at: datetime) -> None:
         self.status = "in_progress"
         self.facts.append(Fact(resumed_at, "resumed"))
@@ -501,7 +706,7 @@ class WorkOrder(Aggregate):
             resolved_at=at,
         )
 
-    @event("Resolved")
+    @event(Resolved)
     def _resolved(
         self,
         ticket_id: str,
@@ -532,7 +737,7 @@ class WorkOrder(Aggregate):
         self._withdrawn(ticket_id=self.ticket_id, technician_id=self.technician_id, reason=reason, withdrawn_at=at)
         return True
 
-    @event("Withdrawn")
+    @event(Withdrawn)
     def _withdrawn(self, ticket_id: str, technician_id: str | None, reason: str, withdrawn_at: datetime) -> None:
         self.status = "withdrawn"
         self.facts.append(Fact(withdrawn_at, "withdrawn", {"reason": reason}))
@@ -544,14 +749,14 @@ class WorkOrder(Aggregate):
 
     # --- service levels ---------------------------------------------------------------------------
 
-    def retarget(self, targets: dict[str, Any], priority: int, why: str, at: datetime) -> None:
+    def retarget(self, targets: TargetsSpec, priority: int, why: str, at: datetime) -> None:
         """New targets (a priority or policy change): elapsed time stays, the deadlines move."""
         if self.status in ("resolved", "withdrawn"):
             raise DispatchError(f"work order {self.id} is {self.status}")
         self._retargeted(ticket_id=self.ticket_id, targets=targets, priority=priority, why=why, at=at)
 
-    @event("Retargeted")
-    def _retargeted(self, ticket_id: str, targets: dict[str, Any], priority: int, why: str, at: datetime) -> None:
+    @event(Retargeted)
+    def _retargeted(self, ticket_id: str, targets: TargetsSpec, priority: int, why: str, at: datetime) -> None:
         self.priority = priority
         self.targets = targets
         self.facts.append(Fact(at, "retargeted", {"targets": targets, "why": why}))
@@ -581,7 +786,7 @@ class WorkOrder(Aggregate):
                 )
         return crossed
 
-    @event("ThresholdCrossed")
+    @event(ThresholdCrossed)
     def _crossed(
         self,
         ticket_id: str,
@@ -594,22 +799,22 @@ class WorkOrder(Aggregate):
     ) -> None:
         self.crossed.add((target, level))
 
-    @event("Escalated")
+    @event(Escalated)
     def _escalated(self, ticket_id: str, to_role: str, reason: str, escalated_at: datetime) -> None:
         pass
 
 
-def clock_fact(e: Any, paused: bool) -> Fact | None:
+def clock_fact(e: WorkOrder.Event, paused: bool) -> Fact | None:
     """The clock fact a work-order event adds (for views that follow the log, as the aggregate does)."""
-    if isinstance(e, WorkOrder.__dict__["Accepted"]):
+    if isinstance(e, WorkOrder.Accepted):
         return Fact(e.accepted_at, "accepted")
-    if isinstance(e, WorkOrder.__dict__["Paused"]):
+    if isinstance(e, WorkOrder.Paused):
         return Fact(e.paused_at, "paused", {"kind": e.kind, "reason": e.reason})
-    if isinstance(e, WorkOrder.__dict__["Resumed"]):
+    if isinstance(e, WorkOrder.Resumed):
         return Fact(e.resumed_at, "resumed")
-    if isinstance(e, WorkOrder.__dict__["Unassigned"]) and paused:
+    if isinstance(e, WorkOrder.Unassigned) and paused:
         return Fact(e.at, "resumed")
-    if isinstance(e, WorkOrder.__dict__["Retargeted"]):
+    if isinstance(e, WorkOrder.Retargeted):
         return Fact(e.at, "retargeted", {"targets": e.targets, "why": e.why})
     return None
 
@@ -706,7 +911,7 @@ class Decision:
                 return f"{head}; chose {t.id} with score {total:g} ({comps}; load {self.load_of(t)}/{t.capacity})"
         return head
 
-    def candidates(self, limit: int = 5) -> list[dict[str, Any]]:
+    def candidates(self, limit: int = 5) -> list[CandidateRecord]:
         return [
             {"technician_id": str(t.id), "score": total, "load": self.load_of(t), "capacity": t.capacity}
             for total, _, t in self.ranked[:limit]
@@ -760,33 +965,3 @@ def rank_candidates(
         total_considered,
         {t.id: load for _, load, _, _, _, t in entries},
     )
-
-
-# The event classes the @event decorators made, named for the code that maps them (and for mypy).
-TechnicianRegistered: type[Any] = Technician.__dict__["Registered"]
-TechnicianQualificationGranted: type[Any] = Technician.__dict__["QualificationGranted"]
-TechnicianShiftScheduled: type[Any] = Technician.__dict__["ShiftScheduled"]
-TechnicianLeaveScheduled: type[Any] = Technician.__dict__["LeaveScheduled"]
-TechnicianCapacityChanged: type[Any] = Technician.__dict__["CapacityChanged"]
-TechnicianCredentialIssued: type[Any] = Technician.__dict__["CredentialIssued"]
-TechnicianTook: type[Any] = Technician.__dict__["Took"]
-TechnicianReleased: type[Any] = Technician.__dict__["Released"]
-ResourceRegistered: type[Any] = Resource.__dict__["Registered"]
-ResourceReserved: type[Any] = Resource.__dict__["Reserved"]
-ResourceFreed: type[Any] = Resource.__dict__["Freed"]
-PeakModeChanged: type[Any] = PeakMode.__dict__["Changed"]
-SlaPolicyAdopted: type[Any] = SlaPolicy.__dict__["Adopted"]
-WorkOrderOpened: type[Any] = WorkOrder.__dict__["Opened"]
-WorkOrderAssigned: type[Any] = WorkOrder.__dict__["Assigned"]
-WorkOrderAccepted: type[Any] = WorkOrder.__dict__["Accepted"]
-WorkOrderDeclined: type[Any] = WorkOrder.__dict__["Declined"]
-WorkOrderUnassigned: type[Any] = WorkOrder.__dict__["Unassigned"]
-WorkOrderStarted: type[Any] = WorkOrder.__dict__["Started"]
-WorkOrderWorkLogged: type[Any] = WorkOrder.__dict__["WorkLogged"]
-WorkOrderPaused: type[Any] = WorkOrder.__dict__["Paused"]
-WorkOrderResumed: type[Any] = WorkOrder.__dict__["Resumed"]
-WorkOrderResolved: type[Any] = WorkOrder.__dict__["Resolved"]
-WorkOrderWithdrawn: type[Any] = WorkOrder.__dict__["Withdrawn"]
-WorkOrderRetargeted: type[Any] = WorkOrder.__dict__["Retargeted"]
-WorkOrderThresholdCrossed: type[Any] = WorkOrder.__dict__["ThresholdCrossed"]
-WorkOrderEscalated: type[Any] = WorkOrder.__dict__["Escalated"]

@@ -1,8 +1,7 @@
-"""Wiring: settings → runtime → HTTP app."""
+"""Wiring: settings → service (event store, relay, consumer, timers, credentials) → HTTP app."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -10,12 +9,14 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from tsop_dispatch.api import router
-from tsop_dispatch.application import DispatchApp, to_wire
+from tsop_dispatch.commands import DispatchApp
 from tsop_dispatch.policies import OpenWorkOrders
 from tsop_dispatch.sla import Policy
+from tsop_dispatch.views import timers
+from tsop_dispatch.wire import WIRE
 from tsop_events.auth import Principal, Role, TokenResolver, followed_resolver
 from tsop_events.http import create_app, serve
-from tsop_events.runtime import Runtime
+from tsop_events.runtime import Service
 from tsop_events.service_types import service_type_names
 from tsop_events.settings import ServiceSettings
 
@@ -24,68 +25,73 @@ log = logging.getLogger(__name__)
 
 class DispatchSettings(ServiceSettings):
     service_name: str = "dispatch"
+    """Names the service in events and its database."""
     http_port: int = 8002
+    """Dispatch's HTTP port."""
     timer_seconds: float = 0.5
+    """Pause between two rounds of the timers (queue drain, acceptance time-outs, SLA thresholds, peak mode)."""
     accept_within_seconds: float = 15 * 60
+    """How long a technician has to accept an assignment before it times out and goes to someone else."""
     peak_backlog: int = 1000
+    """Waiting work orders that turn peak mode on by themselves (it goes off below half of it)."""
     sla_policy_file: Path | None = None
+    """The SLA policy (targets, calendars, peak norm) used until one is adopted over HTTP; default: the built-in."""
     service_types_file: Path | None = None
     """The operator's service-type catalogue, the same file intake reads (default: the built-in one);
     qualifications for a type it does not list are refused."""
-    shard_index: int = 0  # this instance's share of the queue (with shard_count instances)
+    shard_index: int = 0
+    """This instance's share of the queue and of the technicians (0 to shard_count - 1)."""
     shard_count: int = 1
+    """How many dispatch instances share the queue (each first takes its own share)."""
 
 
-async def timers(runtime: Runtime) -> None:
-    """The durable timers: queue drain, acceptance time-outs, SLA thresholds, automatic peak mode.
-
-    Their state is the event store (accept_by, the clocks' facts), so a restarted
-    or second instance picks up where another left off, and records each effect once.
-    """
-    assert isinstance(runtime.app, DispatchApp)
-    assert isinstance(runtime.settings, DispatchSettings)
-    while True:
-        await asyncio.to_thread(runtime.app.tick)
-        await asyncio.sleep(runtime.settings.timer_seconds)
+DispatchService = Service[DispatchApp, DispatchSettings]
 
 
-def technician_credentials(runtime: Runtime) -> TokenResolver:
+def technician_credentials(svc: Service[DispatchApp]) -> TokenResolver:
     """Technicians authenticate with the credential dispatch issued them; the subject is their id."""
-    app = runtime.app
-    assert isinstance(app, DispatchApp)
+    board = svc.app.board
 
     def lookup(token_hash: str) -> Principal | None:
-        tech = app.board.technician_of(token_hash)
+        tech = board.technician_of(token_hash)
         return None if tech is None else Principal(str(tech), frozenset({Role.technician}))
 
-    return followed_resolver(lookup, app.board.refresh)
+    return followed_resolver(lookup, board.refresh)
 
 
-def build(settings: DispatchSettings | None = None) -> FastAPI:
+def bootstrap(settings: DispatchSettings | None = None) -> DispatchService:
+    """The dispatch service: checks its configuration files now (a bad one stops the start with the reason)."""
     s = settings or DispatchSettings()
     policy = Policy.load(s.sla_policy_file)
-    service_types = service_type_names(s.service_types_file)  # a bad file stops the start with the reason
+    service_types = service_type_names(s.service_types_file)
     for name in sorted(service_types):
         policy.targets_for(name, 3, False)  # a policy without targets for an offered type stops the start too
 
-    def make_app(st: ServiceSettings) -> DispatchApp:
+    def make_app(st: DispatchSettings) -> DispatchApp:
         return DispatchApp(
             st,
             policy=policy,
-            accept_within=timedelta(seconds=s.accept_within_seconds),
-            peak_backlog=s.peak_backlog,
-            shard=(s.shard_index, max(1, s.shard_count)),
+            accept_within=timedelta(seconds=st.accept_within_seconds),
+            peak_backlog=st.peak_backlog,
+            shard=(st.shard_index, max(1, st.shard_count)),
             service_types=service_types,
         )
 
-    def sink(rt: Runtime) -> OpenWorkOrders:
-        assert isinstance(rt.app, DispatchApp)
-        return OpenWorkOrders(rt.app)
+    async def dispatch_timers(svc: DispatchService) -> None:
+        await timers(svc, s.timer_seconds)
 
-    runtime = Runtime(
-        s, app_factory=make_app, mapper=to_wire, sinks=[sink], tasks=[timers], token_resolvers=[technician_credentials]
+    return Service(
+        s,
+        app_factory=make_app,
+        mapper=WIRE,
+        sinks=[OpenWorkOrders.of],
+        tasks=[dispatch_timers],
+        token_resolvers=[technician_credentials],
     )
-    return create_app(runtime, "TSOP dispatch", [router])
+
+
+def build(settings: DispatchSettings | None = None) -> FastAPI:
+    return create_app(bootstrap(settings), "TSOP dispatch", [router])
 
 
 def main() -> None:

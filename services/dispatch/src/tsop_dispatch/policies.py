@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import ClassVar
 from uuid import UUID
 
-from tsop_dispatch.application import DispatchApp, work_order_id
+from tsop_dispatch.commands import DispatchApp, get, open_work_order, try_assign, work_order_id
+from tsop_dispatch.domain import Resource, Technician, WorkOrder
 from tsop_events import schemas as wire
 from tsop_events.consumer import EventStoreSink, Incoming, UnitOfWork
+from tsop_events.runtime import Service
 
 
 class OpenWorkOrders(EventStoreSink):
@@ -25,6 +27,10 @@ class OpenWorkOrders(EventStoreSink):
         super().__init__(app)
         self.dispatch = app
 
+    @classmethod
+    def of(cls, svc: Service[DispatchApp]) -> OpenWorkOrders:
+        return cls(svc.app)
+
     def before_batch(self) -> None:
         self.dispatch.board.refresh()
 
@@ -37,17 +43,24 @@ class OpenWorkOrders(EventStoreSink):
         wo_id = work_order_id(ev.ticket_id)
         if uow.get(wo_id) is not None:
             return  # already opened: a redelivery
-        wo = self.dispatch.open_work_order(
-            wo_id, ev.ticket_id, ev.service_type, ev.region, ev.priority, ev.resolve_by, incoming.envelope.id
+        wo = open_work_order(
+            self.dispatch,
+            wo_id,
+            ev.ticket_id,
+            ev.service_type,
+            ev.region,
+            ev.priority,
+            ev.resolve_by,
+            incoming.envelope.id,
         )
         uow.add(wo)
         if not self.dispatch.board.waiting_ahead(wo):
-            self.dispatch.try_assign(wo, uow.get)
+            try_assign(self.dispatch, wo, uow)
 
     def withdraw(self, uow: UnitOfWork, ev: wire.RequestCancelled) -> None:
-        wo = uow.get(work_order_id(ev.ticket_id))
+        wo = uow.find(WorkOrder, work_order_id(ev.ticket_id))
         if wo is None:
             return  # cancelled before it was accepted: dispatch never had it
-        holder = uow.get(UUID(wo.technician_id)) if wo.technician_id else None
-        resources = [uow.get(UUID(r)) for r in wo.resources]
+        holder = get(uow, Technician, UUID(wo.technician_id), "technician") if wo.technician_id else None
+        resources = [get(uow, Resource, UUID(r), "resource") for r in wo.resources]
         wo.withdraw(f"request cancelled ({ev.reason_code}): {ev.reason}", ev.cancelled_at, holder, resources)

@@ -8,15 +8,37 @@ Times are UTC; a business calendar's hours are UTC hours.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 WARNING, BREACH = 0.75, 1.0
 LEVELS: tuple[tuple[str, float], ...] = (("warning", WARNING), ("breach", BREACH))
 MAX_DAYS = 3660  # a deadline further than ten years of working days away is a configuration error
+
+
+class CalendarSpec(TypedDict):
+    """A calendar as events record it."""
+
+    name: str
+    always: bool
+    days: list[int]
+    start: str
+    end: str
+    holidays: list[str]
+
+
+class TargetsSpec(TypedDict):
+    """A work order's targets as events record them (``Targets.spec``)."""
+
+    respond_seconds: float
+    resolve_seconds: float
+    calendar: CalendarSpec
+    rule: str
+    peak: bool
 
 
 @dataclass(frozen=True)
@@ -34,7 +56,7 @@ class Calendar:
         if not self.always and (not self.days or self.start >= self.end):
             raise ValueError(f"calendar {self.name}: needs working days and start < end")
 
-    def spec(self) -> dict[str, Any]:
+    def spec(self) -> CalendarSpec:
         """What an event records, so a replay never depends on today's configuration."""
         return {
             "name": self.name,
@@ -46,7 +68,7 @@ class Calendar:
         }
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> Calendar:
+    def from_spec(cls, spec: Mapping[str, Any]) -> Calendar:
         return cls(
             name=str(spec.get("name", "calendar")),
             always=bool(spec.get("always", False)),
@@ -108,7 +130,7 @@ class Targets:
     rule: str  # which policy row gave them (the explanation names it)
     peak: bool = False  # the peak norm applied
 
-    def spec(self) -> dict[str, Any]:
+    def spec(self) -> TargetsSpec:
         return {
             "respond_seconds": self.respond_seconds,
             "resolve_seconds": self.resolve_seconds,
@@ -118,7 +140,7 @@ class Targets:
         }
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> Targets:
+    def from_spec(cls, spec: Mapping[str, Any]) -> Targets:
         return cls(
             float(spec["respond_seconds"]),
             float(spec["resolve_seconds"]),

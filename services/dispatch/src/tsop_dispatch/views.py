@@ -1,0 +1,408 @@
+"""The dispatch board (an in-memory view that follows dispatch's own log) and the timers that read it.
+
+The timers are dispatch's durable clocks: the queue drain, acceptance time-outs,
+SLA thresholds and automatic peak mode. Their state is the event store
+(``accept_by``, the clocks' facts), so a restarted or second instance picks up
+where another left off, and records each effect once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from bisect import insort
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import islice
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from tsop_dispatch import commands
+from tsop_dispatch.domain import (
+    Decision,
+    DispatchError,
+    Job,
+    PeakMode,
+    Resource,
+    SlaPolicy,
+    Technician,
+    TechnicianView,
+    WorkOrder,
+    clock_fact,
+    rank_candidates,
+)
+from tsop_dispatch.sla import Fact, Policy, next_due
+from tsop_events.commands import UnitOfWork
+from tsop_events.errors import DomainError
+from tsop_events.runtime import Service
+from tsop_events.store import EventStoreApp, IntegrityError, LogFollower
+
+if TYPE_CHECKING:
+    from tsop_dispatch.commands import DispatchApp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Waiting:
+    priority: int
+    deadline: datetime
+    opened_at: datetime
+    service_type: str
+    region: str
+    needs: list[str]
+    excluded: set[str] = field(default_factory=set)
+    previous: set[str] = field(default_factory=set)
+
+    def order(self) -> tuple[int, datetime, datetime]:
+        return (self.priority, self.deadline, self.opened_at)
+
+
+@dataclass
+class OpenClock:
+    facts: list[Fact]
+    crossed: set[tuple[str, str]] = field(default_factory=set)
+    paused: bool = False
+    due: datetime | None = None
+
+
+class Board(LogFollower):
+    """What dispatch knows of its workforce, resources and open work orders.
+
+    Built from the service's own notification log, so every instance converges
+    on the same view; the aggregates stay the authority (a stale view costs a
+    retry, never an over-capacity assignment).
+    """
+
+    def __init__(self, app: EventStoreApp) -> None:
+        super().__init__(app)
+        self.technicians: dict[UUID, TechnicianView] = {}
+        self.by_type: dict[str, set[UUID]] = {}
+        self.by_type_region: dict[tuple[str, str], set[UUID]] = {}
+        self.credentials: dict[str, UUID] = {}
+        self.waiting: dict[UUID, Waiting] = {}
+        self.awaiting_answer: dict[UUID, datetime] = {}  # assigned, not yet accepted: accept_by
+        self.clocks: dict[UUID, OpenClock] = {}
+        self.resources: dict[UUID, tuple[str, str]] = {}  # id → (kind, region)
+        self.free: dict[tuple[str, str], set[UUID]] = {}
+        self.tentative_resources: set[UUID] = set()
+        self.peak = False
+        self.policy: Policy | None = None  # the adopted SLA policy, once one was adopted
+        self.queued: Counter[tuple[str, str]] = Counter()
+        self._sorted: list[tuple[tuple[int, datetime, datetime, int], UUID]] = []
+        self._parked: dict[UUID, Waiting] = {}  # assigned work orders' queue entries, to re-queue them
+
+    def apply(self, event: object) -> None:
+        if isinstance(event, WorkOrder.Event):
+            self._work_order(event)
+        elif isinstance(event, Technician.Event):
+            self._technician(event)
+        elif isinstance(event, Resource.Event):
+            self._resource(event)
+        elif isinstance(event, PeakMode.Changed):
+            self.peak = event.on
+        elif isinstance(event, SlaPolicy.Adopted):
+            self.policy = Policy.from_dict(event.policy)
+
+    def _technician(self, e: Technician.Event) -> None:
+        oid = e.originator_id
+        if isinstance(e, Technician.Registered):
+            view = TechnicianView(oid, frozenset(e.regions), e.capacity, name=e.name)
+            self.technicians[oid] = view
+            for q in e.qualifications:  # one recorded without valid_from is valid from registration
+                since = q.get("valid_from") or e.registered_at
+                self._qualify(view, q["service_type"], int(q["level"]), since, q["valid_until"])
+            if e.credential_hash:
+                self.credentials[e.credential_hash] = oid
+        elif isinstance(e, Technician.QualificationGranted):
+            self._qualify(self.technicians[oid], e.service_type, int(e.level), e.valid_from, e.valid_until)
+        elif isinstance(e, Technician.ShiftScheduled):
+            self.technicians[oid].shifts.append((e.start, e.end))
+        elif isinstance(e, Technician.LeaveScheduled):
+            self.technicians[oid].leave.append((e.start, e.end))
+        elif isinstance(e, Technician.CapacityChanged):
+            self.technicians[oid].capacity = e.capacity
+        elif isinstance(e, Technician.CredentialIssued):
+            for digest in [h for h, tid in self.credentials.items() if tid == oid]:
+                del self.credentials[digest]
+            self.credentials[e.credential_hash] = oid
+        elif isinstance(e, Technician.Took):
+            self.technicians[oid].active.add(e.work_order_id)
+        elif isinstance(e, Technician.Released):
+            self.technicians[oid].active.discard(e.work_order_id)
+
+    def _resource(self, e: Resource.Event) -> None:
+        oid = e.originator_id
+        if isinstance(e, Resource.Registered):
+            self.resources[oid] = (e.kind, e.region)
+            self.free.setdefault((e.kind, e.region), set()).add(oid)
+        elif isinstance(e, Resource.Reserved):
+            self.free.get(self.resources[oid], set()).discard(oid)
+        elif isinstance(e, Resource.Freed):
+            self.free.setdefault(self.resources[oid], set()).add(oid)
+
+    def _qualify(
+        self, view: TechnicianView, service_type: str, level: int, since: datetime, until: datetime | None
+    ) -> None:
+        view.qualifications[service_type] = (level, since, until)
+        self.by_type.setdefault(service_type, set()).add(view.id)
+        for region in view.regions:
+            self.by_type_region.setdefault((service_type, region), set()).add(view.id)
+
+    def _work_order(self, e: WorkOrder.Event) -> None:
+        oid = e.originator_id
+        if isinstance(e, WorkOrder.Opened):
+            self._enqueue(
+                oid,
+                Waiting(
+                    e.priority, e.resolve_by or e.opened_at, e.opened_at, e.service_type, e.region, list(e.needs or [])
+                ),
+            )
+            if e.targets:
+                self.clocks[oid] = OpenClock([Fact(e.opened_at, "opened", {"targets": e.targets})])
+        elif isinstance(e, WorkOrder.Assigned):
+            w = self.waiting.pop(oid, None)
+            if w is not None:
+                self.queued[(w.service_type, w.region)] -= 1
+                self._parked[oid] = w
+            if e.accept_by is not None:
+                self.awaiting_answer[oid] = e.accept_by
+        elif isinstance(e, WorkOrder.Accepted):
+            self.awaiting_answer.pop(oid, None)
+        elif isinstance(e, WorkOrder.Declined | WorkOrder.Unassigned):
+            self.awaiting_answer.pop(oid, None)
+            w = self._parked.pop(oid, None)
+            if w is not None:
+                if isinstance(e, WorkOrder.Declined):
+                    w.excluded.add(e.technician_id)
+                else:
+                    w.previous.add(e.technician_id)
+                self._enqueue(oid, w)
+        elif isinstance(e, WorkOrder.Retargeted):
+            for holder in (self.waiting, self._parked):
+                if oid in holder:
+                    holder[oid].priority = e.priority
+            if oid in self.waiting:
+                self._queue_insert(oid, self.waiting[oid])
+        elif isinstance(e, WorkOrder.Resolved | WorkOrder.Withdrawn):
+            self._parked.pop(oid, None)
+            self.clocks.pop(oid, None)
+            self.awaiting_answer.pop(oid, None)
+            w = self.waiting.pop(oid, None)  # its queue entry is skipped from now on, and swept later
+            if w is not None:
+                self.queued[(w.service_type, w.region)] -= 1
+            return
+        c = self.clocks.get(oid)
+        if c is None:
+            return
+        if isinstance(e, WorkOrder.ThresholdCrossed):
+            c.crossed.add((e.target, e.level))
+        fact = clock_fact(e, c.paused)
+        if fact is not None:
+            c.facts.append(fact)
+            c.paused = fact.kind == "paused"
+        c.due = None  # recomputed lazily by whoever asks
+
+    def _enqueue(self, oid: UUID, w: Waiting) -> None:
+        if oid not in self.waiting:
+            self.queued[(w.service_type, w.region)] += 1
+        self.waiting[oid] = w
+        self._queue_insert(oid, w)
+
+    def _queue_insert(self, oid: UUID, w: Waiting) -> None:
+        insort(self._sorted, ((*w.order(), oid.int), oid))
+
+    def waiting_ahead(self, wo: WorkOrder) -> bool:
+        """Whether work of the same kind already waits (then the queue, in order, decides, not the newcomer)."""
+        with self.lock:
+            return self.queued[(wo.service_type, wo.region)] > 0
+
+    def queue(self, limit: int | None = None) -> list[tuple[UUID, Waiting]]:
+        """Waiting work orders in the order they are served: priority, then deadline, then age."""
+        return list(islice(self.queue_iter(), limit))
+
+    def queue_iter(self) -> Iterator[tuple[UUID, Waiting]]:
+        """The queue, lazily: a drain round reads only its head.
+
+        ``_sorted`` holds (order, id) entries, inserted in order as work orders join; entries of
+        work orders that left, or whose order changed since, are skipped, and swept out now and then.
+        """
+        with self.lock:
+            if len(self._sorted) > 2 * len(self.waiting) + 1000:
+                self._sorted = [(k, i) for k, i in self._sorted if self._current(k, i)]
+            entries = list(self._sorted)  # a copy of references: joiners may be inserted meanwhile
+        seen: set[UUID] = set()
+        for k, i in entries:
+            w = self.waiting.get(i)
+            if w is not None and (k[0], k[1], k[2]) == w.order() and i not in seen:
+                seen.add(i)
+                yield i, w
+
+    def _current(self, k: tuple[int, datetime, datetime, int], i: UUID) -> bool:
+        w = self.waiting.get(i)
+        return w is not None and (k[0], k[1], k[2]) == w.order()
+
+    def note_taken(self, view: TechnicianView, work_order_id: UUID, resources: list[UUID]) -> None:
+        """Count a job before its event is read back, so the next decision in a batch sees it."""
+        with self.lock:
+            view.tentative.add(str(work_order_id))
+            self.tentative_resources.update(resources)
+
+    def refresh(self) -> None:
+        with self.lock:
+            super().refresh()
+            # what was decided is now either in the log (active) or was never saved
+            for view in self.technicians.values():
+                if view.tentative:
+                    view.tentative.clear()
+            self.tentative_resources.clear()
+
+    def decide(self, job: Job, now: datetime, salt: int = 0, shard: tuple[int, int] = (0, 1)) -> Decision:
+        with self.lock:
+            qualified = len(self.by_type.get(job.service_type, ()))
+            ids = self.by_type_region.get((job.service_type, job.region), set()) | self.by_type_region.get(
+                (job.service_type, "*"), set()
+            )
+            pool = [self.technicians[i] for i in ids]
+            # the indexes did the first two filters: count whom they left out
+            pre = {"qualification": len(self.technicians) - qualified, "region": qualified - len(pool)}
+            total = len(self.technicians)
+            index, count = shard
+            if count > 1:
+                # several instances: each looks first among its own share of the technicians, so that two
+                # instances rarely pick the same person at once (a conflict costs the whole round)
+                own = [t for t in pool if t.id.int % count == index]
+                first = rank_candidates(
+                    own, job, now, total, salt, {**pre, "other_instances_share": len(pool) - len(own)}
+                )
+                if first.ranked:
+                    return first
+            return rank_candidates(pool, job, now, considered=total, salt=salt, pre_excluded=pre)
+
+    def free_resource(self, kind: str, region: str) -> list[UUID]:
+        with self.lock:
+            pool = self.free.get((kind, region), set()) | self.free.get((kind, "*"), set())
+            return sorted(pool - self.tentative_resources, key=str)
+
+    def unanswered(self, now: datetime) -> list[UUID]:
+        """Refreshed: the assigned work orders whose technician did not accept by ``now``."""
+        with self.lock:
+            self.refresh()
+            return [oid for oid, by in self.awaiting_answer.items() if by <= now]
+
+    def due_clocks(self, now: datetime) -> list[UUID]:
+        """Refreshed: the open work orders with a threshold reached by ``now`` and not yet recorded."""
+        with self.lock:
+            self.refresh()
+            out = []
+            for oid, c in self.clocks.items():
+                if c.due is None:
+                    c.due = next_due(c.facts, c.crossed, now) or datetime.max.replace(tzinfo=now.tzinfo)
+                if c.due <= now:
+                    out.append(oid)
+            return out
+
+    def technician_of(self, credential_hash: str) -> UUID | None:
+        with self.lock:
+            return self.credentials.get(credential_hash)
+
+
+# --- the timers ------------------------------------------------------------------------------------
+
+
+async def drain_queue(svc: Service[DispatchApp], limit: int = 500) -> int:
+    """Assign waiting work orders, highest priority then earliest deadline first.
+
+    Decisions are saved together (one transaction per round, so a technician's
+    Took and the work order's Assigned never part); if another instance saved
+    first, the round decides again on fresh state.
+    """
+    app = svc.app
+    rounds = 0
+
+    def decide(uow: UnitOfWork) -> int:
+        nonlocal rounds
+        rounds += 1
+        return commands.drain_round(app, uow, limit)
+
+    try:
+        assigned = await svc.commands.run(decide)
+        app.conflicts += rounds - 1  # each retry: another instance saved first, decided again on fresh state
+    except IntegrityError:
+        app.conflicts += rounds
+        assigned = 0  # another instance kept moving first: the next round decides again
+    await asyncio.to_thread(app.board.refresh)
+    return assigned
+
+
+async def expire_acceptances(svc: Service[DispatchApp]) -> int:
+    """Assignments not accepted in time are declined (timed out) and go to someone else."""
+    app = svc.app
+    now = app.clock.now()
+    due = await asyncio.to_thread(app.board.unanswered, now)
+    expired = 0
+    for oid in due:
+        try:
+            if await commands.time_out(svc, oid, now):
+                expired += 1
+        except (IntegrityError, DomainError):
+            pass  # answered meanwhile, or another instance expired it
+    if due:
+        await asyncio.to_thread(app.board.refresh)
+    return expired
+
+
+async def check_clocks(svc: Service[DispatchApp]) -> int:
+    """The durable SLA timer: every threshold reached is recorded once, by whichever instance gets there."""
+    app = svc.app
+    now = app.clock.now()
+    due = await asyncio.to_thread(app.board.due_clocks, now)
+
+    async def check(oid: UUID) -> bool:
+        def decide(uow: UnitOfWork) -> bool:
+            wo = uow.find(WorkOrder, oid)
+            return wo is not None and wo.check_clocks(now) > 0
+
+        try:
+            return await svc.commands.run(decide)
+        except (IntegrityError, DispatchError):
+            return False  # changed meanwhile (or another instance recorded it): the next tick decides again
+
+    crossed = sum(await asyncio.gather(*(check(oid) for oid in due)))
+    if crossed:
+        await asyncio.to_thread(app.board.refresh)
+    return crossed
+
+
+async def auto_peak(svc: Service[DispatchApp]) -> bool | None:
+    """Peak mode follows the backlog: on above the threshold, off below half of it (hysteresis)."""
+    app = svc.app
+    await asyncio.to_thread(app.board.refresh)
+    backlog, threshold = len(app.board.waiting), app.peak_backlog
+    if not app.board.peak and backlog >= threshold:
+        await commands.set_peak(svc, True, "auto", f"backlog {backlog} ≥ threshold {threshold}")
+        return True
+    if app.board.peak and backlog < threshold // 2:
+        await commands.set_peak(svc, False, "auto", f"backlog {backlog} < {threshold // 2}")
+        return False
+    return None
+
+
+async def tick(svc: Service[DispatchApp]) -> dict[str, int]:
+    """One round of every timer dispatch keeps in its event store."""
+    out = {
+        "assigned": await drain_queue(svc),
+        "expired": await expire_acceptances(svc),
+        "crossed": await check_clocks(svc),
+    }
+    await auto_peak(svc)
+    return out
+
+
+async def timers(svc: Service[DispatchApp], every: float) -> None:
+    """The durable timers, one round every ``every`` seconds."""
+    while True:
+        await tick(svc)
+        await asyncio.sleep(every)
