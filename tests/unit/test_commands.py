@@ -199,3 +199,17 @@ def test_concurrent_retries_with_one_key_give_one_effect() -> None:
     results = asyncio.run(both())
     assert len({case.id for case, _ in results}) == 1
     assert sum(not replayed for _, replayed in results) == 1
+
+
+def test_commands_through_the_group_commit_keep_snapshotting() -> None:
+    class Snapshotting(EventStoreApp):
+        snapshotting_intervals = {Case: 2}
+
+    store = Snapshotting(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    commands = Commands(store)
+    case = asyncio.run(commands.run(lambda uow: (c := Case("t11"), uow.add(c))[0]))
+    asyncio.run(commands.run(lambda uow: uow.load(Case, case.id).rate(2)))  # version 2: a snapshot is due
+    assert store.snapshots is not None
+    snapshots = list(store.snapshots.get(case.id))
+    assert [s.originator_version for s in snapshots] == [2]
+    assert store.repository.get(case.id).score == 2

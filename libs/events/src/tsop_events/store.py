@@ -87,6 +87,20 @@ class EventStoreApp(Application[UUID]):
         recordings = self._record(processing)
         self._notify(recordings)
 
+    def save_collected(self, events: Sequence[Any], aggregates: Iterable[Aggregate] = ()) -> None:
+        """Save events already collected from ``aggregates``, snapshotting those as the app's intervals say.
+
+        ``GroupCommit`` collects events before the thread hop (so a failed batch can be written again one
+        command at a time); naming the aggregates keeps their snapshots, which a plain save of events skips.
+        """
+        processing = ProcessingEvent[UUID]()
+        processing.collect_events(*events)
+        for aggregate in aggregates:
+            processing.aggregates[aggregate.id] = aggregate
+        recordings = self._record(processing)
+        self._take_snapshots(processing)
+        self._notify(recordings)
+
     def tracked_position(self, name: str) -> int | None:
         return self.process_recorder.max_tracking_id(name)
 
@@ -191,13 +205,13 @@ class GroupCommit:
 
     def __init__(self, app: EventStoreApp, max_batch: int = 256, writers: int = 1) -> None:
         self.app, self.max_batch, self.writers = app, max_batch, writers
-        self._pending: list[tuple[list[Any], asyncio.Future[None]]] = []
+        self._pending: list[tuple[list[Any], list[Aggregate], asyncio.Future[None]]] = []
         self._flushers: set[asyncio.Task[None]] = set()
 
     async def save(self, *aggregates: Aggregate) -> None:
         events = [e for a in aggregates for e in a.collect_events()]
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((events, future))
+        self._pending.append((events, list(aggregates), future))
         if len(self._flushers) < self.writers:
             # with writers > 1 one batch is encoded while another waits for the database; a fresh
             # context, so that the batch's saves are noted by each waiter below, not by this caller
@@ -218,13 +232,17 @@ class GroupCommit:
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             outcomes: list[BaseException | None]
             try:
-                await asyncio.to_thread(self.app.save, *[e for events, _ in batch for e in events])
+                await asyncio.to_thread(
+                    self.app.save_collected,
+                    [e for events, _, _ in batch for e in events],
+                    [a for _, aggregates, _ in batch for a in aggregates],
+                )
                 outcomes = [None] * len(batch)
             except IntegrityError:
-                outcomes = await asyncio.to_thread(self._one_by_one, [events for events, _ in batch])
+                outcomes = await asyncio.to_thread(self._one_by_one, [(events, aggs) for events, aggs, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every waiter learns what happened
                 outcomes = [exc] * len(batch)
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
+            for (_, _, future), outcome in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue
                 if outcome is None:
@@ -232,11 +250,11 @@ class GroupCommit:
                 else:
                     future.set_exception(outcome)
 
-    def _one_by_one(self, batches: list[list[Any]]) -> list[BaseException | None]:
+    def _one_by_one(self, batches: list[tuple[list[Any], list[Aggregate]]]) -> list[BaseException | None]:
         outcomes: list[BaseException | None] = []
-        for events in batches:
+        for events, aggregates in batches:
             try:
-                self.app.save(*events)
+                self.app.save_collected(events, aggregates)
                 outcomes.append(None)
             except Exception as exc:  # noqa: BLE001
                 outcomes.append(exc)
