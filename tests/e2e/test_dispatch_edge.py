@@ -95,3 +95,27 @@ def test_a_stopped_clock_still_shows_the_deadline_that_held(platform: Platform) 
     respond = sla["clocks"]["respond"]
     assert respond["state"] == "met" and respond["met"] is True
     assert respond["deadline"] and respond["warning_at"] and respond["deadline"] > respond["stopped_at"]
+
+
+def test_a_work_log_retried_with_its_idempotency_key_is_logged_once(platform: Platform) -> None:
+    """The chaos run found it: a log sent again after a lost answer was recorded twice."""
+    platform.register_technician()
+    ticket = platform.submit().json()["id"]
+    wo = platform.wait_assigned(ticket)
+    platform.work(wo, "accept").raise_for_status()
+    platform.work(wo, "start", {"mode": "on_site"}).raise_for_status()
+    url = platform.url("dispatch", f"/v1/work-orders/{wo['id']}/log")
+    key = {"Idempotency-Key": f"log-{uuid.uuid4().hex}", **platform.tech_auth(wo["technician_id"])}
+    entry = {"action": "replaced the ONT", "mode": "on_site", "notes": "serial 123"}
+    first = platform.http.post(url, json=entry, headers=key)
+    assert first.status_code == 201, first.text
+    again = platform.http.post(url, json=entry, headers=key)
+    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+    assert len(again.json()["operation_log"]) == len(first.json()["operation_log"])
+    other = platform.http.post(url, json={**entry, "notes": "serial 456"}, headers=key)
+    assert other.status_code == 422 and other.json()["errors"][0]["field"] == "Idempotency-Key"
+    plain = platform.http.post(url, json=entry, headers=platform.tech_auth(wo["technician_id"]))
+    assert plain.status_code == 201  # without a key, a second entry is a second step of the work
+    logged = platform.work_order(ticket)
+    assert logged is not None
+    assert sum(e.get("notes") == "serial 123" for e in logged["operation_log"]) == 2

@@ -13,7 +13,7 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Header, Response
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -593,11 +593,25 @@ async def start(wo_id: UUID, body: Start, svc: Svc, who: Tech) -> dict[str, Any]
     return work_order_view(await commands.start(svc, wo_id, who.subject, body.mode))
 
 
-@router.post("/work-orders/{wo_id}/log", status_code=201, response_model=WorkOrderOut)
-async def log_work(wo_id: UUID, body: LogWork, svc: Svc, who: Tech) -> dict[str, Any]:
-    wo = await commands.log_work(
-        svc, wo_id, who.subject, body.action, body.mode, body.notes, body.equipment, body.measurements
+@router.post("/work-orders/{wo_id}/log", status_code=201, response_model=WorkOrderOut,
+             responses={200: {"description": "Replay of an earlier entry with the same Idempotency-Key",
+                              "model": WorkOrderOut}})
+async def log_work(
+    wo_id: UUID,
+    body: LogWork,
+    svc: Svc,
+    who: Tech,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> dict[str, Any]:
+    """Log a step; send an ``Idempotency-Key`` so that a retry after a lost answer is not logged twice."""
+    wo, replayed = await commands.log_work(
+        svc, wo_id, who.subject, body.action, body.mode, body.notes, body.equipment, body.measurements,
+        idempotency_key,
     )
+    if replayed:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
     return work_order_view(wo)
 
 

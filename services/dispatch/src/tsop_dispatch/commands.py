@@ -39,7 +39,7 @@ from tsop_dispatch.sla import Policy, explain
 from tsop_dispatch.wire import WIRE
 from tsop_events.auth import issue_token
 from tsop_events.clock import Clock, SystemClock
-from tsop_events.commands import UnitOfWork
+from tsop_events.commands import Idempotency, UnitOfWork
 from tsop_events.envelope import derived_id
 from tsop_events.errors import Conflict, Invalid, NotFound
 from tsop_events.runtime import Service
@@ -603,10 +603,27 @@ async def log_work(
     notes: str | None,
     equipment: list[str] | None = None,
     measurements: dict[str, float | str] | None = None,
-) -> WorkOrder:
-    return await _change(
-        svc, wo_id, lambda wo, now: wo.log_work(technician_id, action, mode, notes, now, equipment, measurements)
-    )
+    idempotency_key: str | None = None,
+) -> tuple[WorkOrder, bool]:
+    """Log a step of the work: (work order, replayed).
+
+    A log entry is the one technician step that is not a state change, so a client that sends it again
+    after a lost answer would log it twice; with an ``Idempotency-Key`` the retry replays the first answer.
+    """
+    app = svc.app
+    body = {"wo": str(wo_id), "action": action, "mode": mode, "notes": notes, "equipment": equipment,
+            "measurements": measurements}
+    key = Idempotency.of(f"work-log:{technician_id}", idempotency_key, body) if idempotency_key else None
+
+    def decide_(uow: UnitOfWork) -> WorkOrder:
+        wo = get(uow, WorkOrder, wo_id, "work order")
+        wo.log_work(technician_id, action, mode, notes, app.clock.now(), equipment, measurements)
+        return wo
+
+    def replay(uow: UnitOfWork, kept: str) -> WorkOrder:
+        return get(uow, WorkOrder, UUID(kept), "work order")
+
+    return await svc.commands.run_once(key, decide_, lambda wo: str(wo.id), replay)
 
 
 async def pause(svc: Service[DispatchApp], wo_id: UUID, technician_id: str, kind: str, reason: str) -> WorkOrder:
