@@ -38,6 +38,7 @@ lint: install
 	$(BIN)/mypy libs/events/src services/*/src bench
 	$(BIN)/python -m tsop_events.catalogue
 	$(BIN)/python -m tsop_events.configref
+	$(BIN)/python -m pytest tests --collect-only -q -p no:cacheprovider > /dev/null  # every test module imports
 
 ## The event catalogue and the configuration reference (docs/configuration.md), regenerated.
 catalogue: install

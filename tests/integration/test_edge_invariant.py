@@ -40,14 +40,14 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from tsop_archive.application import ArchiveApp, dossier_id
-from tsop_archive.application import to_wire as archive_wire
-from tsop_archive.domain import chain_hash
-from tsop_archive.store import DDL as ARCHIVE_DDL
-from tsop_archive.store import ArchiveStore
-from tsop_dispatch.application import DispatchApp, work_order_id
-from tsop_dispatch.application import to_wire as dispatch_wire
+from tsop_archive.commands import ArchiveApp, seal_due
+from tsop_archive.domain import ArchivedEvent, chain_hash, dossier_id
+from tsop_archive.projection import DDL as ARCHIVE_DDL
+from tsop_archive.projection import ArchiveStore, ticket_record
+from tsop_archive.wire import WIRE as archive_wire
+from tsop_dispatch.commands import DispatchApp, work_order_id
 from tsop_dispatch.policies import OpenWorkOrders
+from tsop_dispatch.wire import WIRE as dispatch_wire
 from tsop_events import schemas as wire
 from tsop_events.auth import Principal, Role, hash_token
 from tsop_events.clock import ManualClock
@@ -60,6 +60,7 @@ from tsop_events.relay import Mapper
 from tsop_events.runtime import Service
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp, GroupCommit, ensure_database
+from tsop_events.topics import Topic
 from tsop_feedback import commands as feedback_commands
 from tsop_feedback.api import Rating
 from tsop_feedback.commands import FeedbackApp
@@ -316,6 +317,8 @@ class World:
         self.feedback_svc.app, self.feedback_svc.commands = self.feedback, Commands(self.feedback)
         self.dispatch = DispatchApp(self.settings["dispatch"], clock=self.clock)
         self.archive = ArchiveApp(self.settings["archive"], clock=self.clock)
+        self.archive_svc: Service[ArchiveApp] = Service(self.settings["archive"])
+        self.archive_svc.app, self.archive_svc.commands = self.archive, Commands(self.archive)
         committer = GroupCommit(self.intake)
         self.runtime: Any = SimpleNamespace(app=self.intake, committer=committer, pool=self.pools["intake"],
                                             commands=Commands(self.intake, committer), settings=None)
@@ -327,6 +330,7 @@ class World:
             FollowTickets(self.feedback),
             OpenWorkOrders(self.dispatch),
         ]
+        self.archive_svc.pool = self.pools["archive"]
         for sink in self.sinks:
             await sink.setup()
         # a listener for every ticket event: the projection renders each notification's resource too
@@ -384,7 +388,7 @@ class World:
         await self.relay(self.intake, intake_wire, "intake")
         await self.relay(self.dispatch, dispatch_wire, "dispatch")
         await self.relay(self.feedback, feedback_wire, "feedback")
-        await asyncio.to_thread(self.archive.seal_pending)
+        await seal_due(self.archive_svc)
         await self.relay(self.archive, archive_wire, "archive")
 
     async def resolved(self, ticket: str) -> None:
@@ -412,12 +416,16 @@ class World:
         assert same(first["attributes"], submitted.attributes) and same(first["details"], submitted.details)
         # what the seal will compute, on what the store gives back (jsonb's own rendering of numbers): now, for
         # every ticket, not only for those this test happens to finish
-        assert chain_hash(await asyncio.to_thread(self.archive.ticket_events, ticket))
+        assert chain_hash(await self.archived(ticket))
+
+    async def archived(self, ticket: str) -> list[ArchivedEvent]:
+        events, _ = await ticket_record(self.pools["archive"], Topic.tickets.qualified("inv."), ticket)
+        return events
 
     async def check_sealed(self, ticket: str) -> None:
         """A finished ticket's dossier is complete: it holds every event of it (but Archived), and verifies."""
         dossier = await asyncio.to_thread(self.archive.load, dossier_id(ticket))
-        by_id = {e.id: e for e in await asyncio.to_thread(self.archive.ticket_events, ticket)}
+        by_id = {e.id: e for e in await self.archived(ticket)}
         assert dossier.complete and not dossier.missing
         assert set(dossier.event_ids) == {i for i, t in self.published[ticket] if t != wire.Archived.event_type}
         assert chain_hash([by_id[i] for i in dossier.event_ids]) == dossier.dossier_hash
