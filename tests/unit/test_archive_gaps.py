@@ -164,7 +164,8 @@ def test_what_jsonb_refuses_is_kept_raw_and_read_back_the_same() -> None:
 
 
 def test_a_decision_seals_only_what_is_missing_and_names_its_cause() -> None:
-    events = [ev(2, "b", cause="a"), ev(1, "a"), ev(3, "x", type_=Archived.event_type, cause="b")]
+    closed = Closed.event_type
+    events = [ev(2, "b", type_=closed, cause="a"), ev(1, "a"), ev(3, "x", type_=Archived.event_type, cause="b")]
     with pytest.raises(DossierError) as nothing:
         seal_by_decision("t1", events, [gap(5, 8)], T, "auditor-1", "why")
     assert isinstance(nothing.value, Conflict) and nothing.value.title == "Nothing to decide"
@@ -172,7 +173,11 @@ def test_a_decision_seals_only_what_is_missing_and_names_its_cause() -> None:
     # the archive's own Archived is never sealed; the cause is the last event held in causal order
     assert d.id == dossier_id("t1") and d.event_ids == ["a", "b"] and d.causation_id == "b"
     assert d.complete is False and d.decided_by == "auditor-1"
-    only_gaps = seal_by_decision("t1", [ev(1, "a")], [gap(5), gap(7, event="e-late")], T, "auditor-1", "lost")
+    with pytest.raises(DossierError) as open_ticket:  # not ended: later events would fall outside the seal
+        seal_by_decision("t1", [ev(1, "a")], [gap(5)], T, "auditor-1", "lost")
+    assert "has not ended" in str(open_ticket.value)
+    missing_final = Gap("e-closed", closed, "archive-store", "boom", f"{TICKETS}:2:18", T, 7, None)
+    only_gaps = seal_by_decision("t1", [ev(1, "a")], [gap(5), missing_final], T, "auditor-1", "lost")
     assert only_gaps.causation_id == "a"
     with pytest.raises(DossierError):  # nothing held at all: nothing to seal
         seal_by_decision("t1", [], [gap(5)], T, "auditor-1", "lost")

@@ -312,6 +312,12 @@ def seal_by_decision(
             f"nothing of ticket {ticket_id} is known to be missing; its dossier is sealed when its final "
             "event is stored"
         )
+    ended = any(e.type in FINAL for e in events) or any(g.event_type in FINAL for g in open_gaps(gaps))
+    if not ended:
+        raise DossierError(
+            f"ticket {ticket_id} has not ended (no final event is held or missing); a seal now would leave "
+            "its later events outside the dossier"
+        )
     held = causal_order(sealable(events))
     cause = held[-1].id if held else open_gaps(gaps)[-1].event_id
     return seal(dossier_id(ticket_id), ticket_id, held, gaps, at, cause, decided_by=decided_by, reason=reason)

@@ -176,7 +176,14 @@ async def settle(pool: asyncpg.Pool, done: Sequence[str], blocked: Sequence[str]
     the flag then)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("DELETE FROM archive_to_seal WHERE ticket_id = ANY($1::text[])", list(done))
-        await conn.execute("UPDATE archive_to_seal SET blocked = true WHERE ticket_id = ANY($1::text[])", list(blocked))
+        # only while a gap is still open: the missing event may have arrived since the sealer read the record
+        # (``_store`` unblocks only what is blocked, so blocking after that arrival would block for good)
+        await conn.execute(
+            """UPDATE archive_to_seal s SET blocked = true WHERE s.ticket_id = ANY($1::text[])
+               AND EXISTS (SELECT 1 FROM archive_gaps g WHERE g.ticket_id = s.ticket_id
+                           AND (g.delivered IS NULL OR g.delivered < g.noted))""",
+            list(blocked),
+        )
 
 
 class ArchiveStore(ProjectionSink):
