@@ -167,3 +167,25 @@ def test_the_event_classes_keep_the_names_stored_history_carries() -> None:
         assert (cls.__module__, cls.__qualname__) == ("tsop_feedback.domain", f"FeedbackCase.{name}")
     assert {c.__qualname__ for c in WIRE.mapped()} == {"FeedbackCase.Notified", "FeedbackCase.Rated",
                                                         "FeedbackCase.Closed"}
+
+
+def test_a_rating_given_long_before_the_resolution_is_not_recorded_by_it() -> None:
+    """Only the resolve-then-rate race is kept: a rating days before the work was done rates nothing."""
+    from datetime import UTC, datetime, timedelta
+    from uuid import uuid4
+
+    from tsop_feedback.domain import FeedbackCase
+
+    t0 = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    case = FeedbackCase(id=uuid4(), ticket_id="t-early", callback_url=None, opened_at=t0)
+    assert case.rate(1, "nobody came", t0 + timedelta(seconds=1)) is False  # kept
+    resolved = t0 + timedelta(days=3)
+    case.note_resolution("fixed", "done", None, resolved, timedelta(hours=24), "r1")
+    assert case.closed_reason is None and case.score is None
+    assert case.rate(5, "great", resolved + timedelta(minutes=5)) is True
+    assert case.score == 5 and case.closed_reason == "rated"
+
+    raced = FeedbackCase(id=uuid4(), ticket_id="t-race", callback_url=None, opened_at=t0)
+    raced.rate(4, None, resolved + timedelta(seconds=1))  # just after the resolve, before feedback heard of it
+    raced.note_resolution("fixed", "done", None, resolved, timedelta(hours=24), "r2")
+    assert raced.score == 4 and raced.closed_reason == "rated"

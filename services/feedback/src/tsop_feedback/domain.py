@@ -48,6 +48,10 @@ class EarlyRating(TypedDict):
     received_at: datetime
 
 
+CLOCK_SKEW = timedelta(seconds=30)
+"""How far apart dispatch's and feedback's clocks may be when an early rating is compared with the resolution."""
+
+
 class FeedbackCase(Aggregate):
     """One ticket's feedback loop: notify, collect the rating, close."""
 
@@ -136,8 +140,11 @@ class FeedbackCase(Aggregate):
             rating_due_at=resolved_at + window,
             resolved_event_id=resolved_event_id,
         )
-        if (early := self.early_rating) is not None and self.closed_reason is None:
-            # the customer rated before the resolution reached us: it counts now, when it was given
+        early = self.early_rating
+        if early is not None and self.closed_reason is None and early["received_at"] >= resolved_at - CLOCK_SKEW:
+            # the customer rated the resolution before it reached us: it counts now, when it was given
+            # (a rating given before the technician resolved rates nothing yet: it stays kept, unrecorded,
+            # and the customer rates the resolution in its window like anyone else)
             at = max(early["received_at"], resolved_at)
             self._settle_notification(at)
             self._rated(ticket_id=self.ticket_id, score=early["score"], comment=early["comment"], rated_at=at)
