@@ -351,18 +351,29 @@ class Relay:
             RELAY_BACKLOG.labels(self.name).set(0)
             return 0
         refused: list[_Refused] = []
+        lettered: set[int] = set()
         sent: list[tuple[_Ready, Any]] = []
+
+        async def letter_in_order(r: _Refused) -> None:
+            # the dead letter goes out before any later record of the log (the archive relies on it: a
+            # ticket's final event must never reach it before the letter about an earlier event)
+            if sent:
+                await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+            await self._dead_letter(r)
+            refused.append(r)
+            lettered.add(r.notification.id)
+
         for n in notifications:
             prepared = self._prepare(n)
             if prepared is None:
                 continue
             if isinstance(prepared, _Refused):
-                refused.append(prepared)
+                await letter_in_order(prepared)
                 continue
             try:
                 sent.append((prepared, await self._send(prepared)))
             except PERMANENT as exc:  # refused before it left (e.g. larger than the producer may send)
-                refused.append(_Refused(n, exc, prepared.topic, prepared.envelope.subject))
+                await letter_in_order(_Refused(n, exc, prepared.topic, prepared.envelope.subject))
         outcomes = await asyncio.gather(*(f for _, f in sent), return_exceptions=True) if sent else []
         transient = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, PERMANENT)]
         if transient:
@@ -380,7 +391,8 @@ class Relay:
                 refused.append(_Refused(ready.notification, exc, ready.topic, ready.envelope.subject))
         refused.sort(key=lambda r: r.notification.id)
         for r in refused:
-            await self._dead_letter(r)
+            if r.notification.id not in lettered:  # refused by the broker after it left: rare, and late
+                await self._dead_letter(r)
         if self.epoch_watcher.epoch != self.epoch:
             return len(notifications)  # published into a new incarnation: start over
         last = notifications[-1].id
