@@ -327,11 +327,32 @@ class OutboundGuard:
         extensions: dict[str, Any] = {}
         if target.url.scheme == "https" and literal_ip(target.host) is None:
             extensions["sni_hostname"] = target.host
-        return await client.post(
-            target.pinned, content=content, headers={**headers, "Host": target.host_header},
+        request = client.build_request(
+            "POST", target.pinned, content=content, headers={**headers, "Host": target.host_header},
             extensions=extensions, timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            follow_redirects=False,
         )
+        # a receiver chooses what it answers: read at most RESPONSE_BYTES of it, within an overall deadline
+        # (httpx's timeout is per read, so a body that keeps streaming would otherwise never end)
+        deadline = DELIVERY_DEADLINE_FACTOR * (timeout or 5.0)
+        try:
+            async with asyncio.timeout(deadline):
+                response = await client.send(request, stream=True, follow_redirects=False)
+                try:
+                    kept = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        kept += chunk[: RESPONSE_BYTES - len(kept)]
+                        if len(kept) >= RESPONSE_BYTES:
+                            break
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise httpx.ReadTimeout(f"the delivery took longer than {deadline:g} s", request=request) from None
+        kept_headers = [(k, v) for k, v in response.headers.items() if k not in ("content-encoding", "content-length")]
+        return httpx.Response(response.status_code, headers=kept_headers, content=bytes(kept), request=request)
+
+
+RESPONSE_BYTES = 4096  # of a receiver's answer, kept for the record (its status is what counts)
+DELIVERY_DEADLINE_FACTOR = 3  # a whole delivery may take this many times the per-read timeout
 
 
 class Unresolved(Refused):
