@@ -158,3 +158,12 @@ def test_max_depth_is_a_real_bound() -> None:
     assert check_json(ok.encode()) is None
     with pytest.raises(EdgeError):
         check_json(("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)).encode())
+
+
+def test_a_second_content_type_cannot_smuggle_a_body_past_the_edge() -> None:
+    r = client.post(
+        "/things",
+        content=b'{"value": NaN}',
+        headers=[("content-type", "application/json"), ("content-type", "text/plain")],  # type: ignore[arg-type]
+    )
+    assert r.status_code == 400

@@ -141,7 +141,9 @@ class Edge:
             return
         watch_recording()
         path: str = scope["path"]
-        headers = dict(scope["headers"])
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name, value)  # the first of repeated headers, as Starlette reads them
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
             await self._too_large(path)(scope, receive, send)

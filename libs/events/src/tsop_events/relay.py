@@ -263,6 +263,11 @@ class Relay:
                         RELAY_LEADER.labels(self.name).set(1)
                         log.info("relay %s: leading (this instance publishes the outbox)", self.name)
                         return conn
+                    # a standby still reports what is set aside, so every instance's readiness shows it
+                    self.set_aside = int(await conn.fetchval(
+                        "SELECT count(*) FROM tsop_relay_set_aside WHERE name = $1 AND republished_at IS NULL",
+                        self.name,
+                    ))
                     await asyncio.sleep(LEADER_CHECK_SECONDS)
             except TRANSIENT as exc:
                 log.warning("relay %s: leadership check failed: %s", self.name, exc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -98,7 +99,10 @@ class EventStoreApp(Application[UUID]):
         for aggregate in aggregates:
             processing.aggregates[aggregate.id] = aggregate
         recordings = self._record(processing)
-        self._take_snapshots(processing)
+        try:
+            self._take_snapshots(processing)
+        except Exception:  # noqa: BLE001 - a snapshot only speeds up loading: the events are saved, the command has succeeded
+            logging.getLogger(__name__).warning("snapshot not taken (the events are saved)", exc_info=True)
         self._notify(recordings)
 
     def tracked_position(self, name: str) -> int | None:
