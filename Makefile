@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-PKGS   := libs/events services/intake services/dispatch services/feedback services/incident services/archive
+PKGS   := libs/events libs/devstack services/intake services/dispatch services/feedback services/incident services/archive
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PKGS))
 
 .PHONY: install run test test-unit test-integration test-e2e lint catalogue bench chaos kafka clean
@@ -18,7 +18,7 @@ install: $(STAMP)
 
 ## Start the whole platform on the embedded default (Ctrl-C stops it).
 run: install
-	$(BIN)/python -m tsop_events.launchers.stack
+	$(BIN)/python -m tsop_devstack.stack
 
 ## Lint, type-check, then every test tier (unit, integration, e2e).
 test: install lint
@@ -35,7 +35,7 @@ test-e2e: install
 
 lint: install
 	$(BIN)/ruff check libs services tests bench
-	$(BIN)/mypy libs/events/src services/*/src bench
+	$(BIN)/mypy libs/events/src libs/devstack/src services/*/src bench
 	$(BIN)/python -m tsop_events.catalogue
 	$(BIN)/python -m tsop_events.configref
 	$(BIN)/python -m pytest tests --collect-only -q -p no:cacheprovider > /dev/null  # every test module imports
@@ -63,7 +63,7 @@ chaos: install
 
 ## A three-broker Apache Kafka (KRaft) cluster on loopback, jars from Maven Central.
 kafka: install
-	$(BIN)/python -m tsop_events.launchers.apache_kafka --brokers 3 --data-dir .tsop/kafka
+	$(BIN)/python -m tsop_devstack.apache_kafka --brokers 3 --data-dir .tsop/kafka
 
 clean:
 	rm -rf $(VENV) .tsop .pytest_cache .mypy_cache .ruff_cache

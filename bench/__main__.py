@@ -31,8 +31,7 @@ from typing import Any
 import httpx
 import psutil
 from aiokafka import AIOKafkaConsumer
-
-from tsop_events.launchers.stack import SERVICES, Stack
+from tsop_devstack.stack import SERVICES, Stack
 
 RESULTS = Path(__file__).parent / "results"
 SERVICE_TYPE = "broadband.fault_repair"

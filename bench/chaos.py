@@ -58,11 +58,11 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from tsop_devstack.apache_kafka import KafkaCluster
+from tsop_devstack.postgres import EmbeddedPostgres
+from tsop_devstack.stack import SERVICES, dev_tokens
 
 from tsop_events.auth import token_table_json
-from tsop_events.launchers.apache_kafka import KafkaCluster
-from tsop_events.launchers.postgres import EmbeddedPostgres
-from tsop_events.launchers.stack import SERVICES, dev_tokens
 
 RESULTS = Path(__file__).parent / "results"
 WORK_LOGGED = "tsop.ticket.work-logged.v1"

@@ -29,13 +29,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tsop_devstack.postgres import EmbeddedPostgres
+
 from tsop_dispatch import commands
 from tsop_dispatch.commands import DispatchApp, work_order_id
 from tsop_dispatch.domain import QualificationRecord, Technician, WorkOrder
 from tsop_dispatch.views import drain_queue
 from tsop_events.clock import ManualClock
 from tsop_events.commands import Commands
-from tsop_events.launchers.postgres import EmbeddedPostgres
 from tsop_events.runtime import Service
 from tsop_events.settings import ServiceSettings
 

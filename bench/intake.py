@@ -30,9 +30,9 @@ from typing import Any
 
 import httpx
 import psutil
+from tsop_devstack.stack import Stack
 
 from bench.__main__ import cpu_seconds, free_port, on_stack, processes, summary
-from tsop_events.launchers.stack import Stack
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import asyncpg
 import httpx
+from tsop_devstack.stack import Stack
 
 from bench.__main__ import RESULTS, free_port, summary
-from tsop_events.launchers.stack import Stack
 
 STATUSES = [("closed", 45), ("acknowledged", 15), ("inProgress", 15), ("resolved", 10), ("pending", 5),
             ("held", 3), ("cancelled", 4), ("rejected", 3)]

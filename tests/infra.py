@@ -14,9 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
-from tsop_events.launchers.postgres import EmbeddedPostgres
-from tsop_events.launchers.tansu import EmbeddedBroker
+from tsop_devstack.postgres import EmbeddedPostgres
+from tsop_devstack.tansu import EmbeddedBroker
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 USE_CONTAINERS = os.environ.get("TSOP_TEST_INFRA") == "containers"
@@ -77,7 +76,7 @@ def apache_kafka(tmp: Path, brokers: int = 3) -> Iterator[str]:
         return
     if shutil.which("java") is None or shutil.which("mvn") is None:
         unavailable("Apache Kafka needs java and mvn on PATH")
-    from tsop_events.launchers.apache_kafka import KafkaCluster
+    from tsop_devstack.apache_kafka import KafkaCluster
 
     cluster = KafkaCluster(tmp / "kafka", brokers=brokers, base_port=free_port_block(brokers))
     try:

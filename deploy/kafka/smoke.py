@@ -32,8 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
-
-from tsop_events.launchers.apache_kafka import (
+from tsop_devstack.apache_kafka import (
     KAFKA_VERSION,
     KafkaCluster,
     default_cache_dir,

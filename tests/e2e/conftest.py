@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from tsop_devstack.stack import SERVICES, Stack
 
 from tests import infra
 from tests.e2e.client import Platform, WebhookReceiver
-from tsop_events.launchers.stack import SERVICES, Stack
 
 OUTBOUND_ATTEMPTS = 6
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from tsop_devstack.stack import SERVICES
+
 from bench.chaos import Config, run, summary
 from tests import infra
-from tsop_events.launchers.stack import SERVICES
 
 
 def test_faults_on_a_real_cluster_lose_nothing_and_double_nothing(tmp_path: Path) -> None:

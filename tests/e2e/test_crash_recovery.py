@@ -9,10 +9,10 @@ import uuid
 from collections import Counter
 
 import httpx
+from tsop_devstack.stack import Stack
 
 from tests.e2e.client import Platform, complete_despite_failures, wait_for
 from tests.e2e.test_lifecycle import LIFECYCLE
-from tsop_events.launchers.stack import Stack
 
 
 def assert_each_effect_once(platform: Platform, tickets: list[str]) -> None:

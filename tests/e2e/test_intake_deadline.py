@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tsop_devstack.stack import Stack
 
 from tests import infra
 from tests.e2e.client import Platform, wait_for
-from tsop_events.launchers.stack import Stack
 
 COMPLETION_SECONDS = 12  # longer than a restart, so the restarted process is the one that cancels
 BUILT_IN = Path(__file__).parents[2] / "libs/events/src/tsop_events/service_types.json"

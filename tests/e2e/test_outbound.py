@@ -12,12 +12,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from tsop_devstack.stack import Stack
 
 from tests.e2e.client import SERVICE_TYPE, Platform, wait_for
 from tests.e2e.conftest import OUTBOUND_ATTEMPTS
 from tests.e2e.test_tmf import HUB, TT, ticket_body
 from tsop_events.envelope import derived_id
-from tsop_events.launchers.stack import Stack
 
 
 class FailingReceiver:

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tsop_devstack.stack import SERVICES, Stack
 
 from tests import infra
 from tests.e2e.client import Platform, wait_for
-from tsop_events.launchers.stack import SERVICES, Stack
 
 WINDOW_SECONDS = 12  # longer than a restart, so the restarted process is the one that closes
 

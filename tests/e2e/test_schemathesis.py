@@ -37,9 +37,9 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from tsop_devstack.stack import Stack
 
 from tests.e2e.client import Platform
-from tsop_events.launchers.stack import Stack
 
 EXAMPLES = int(os.environ.get("TSOP_SCHEMATHESIS_EXAMPLES", "25"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
+from tsop_devstack.stack import Stack
 
 from tests.e2e.client import Platform, complete_despite_failures, wait_for
-from tsop_events.launchers.stack import Stack
 from tsop_intake.tmf import model
 
 TT = "/tmf-api/troubleTicket/v5/troubleTicket"

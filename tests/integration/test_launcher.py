@@ -16,9 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tsop_events.launchers import stack as launcher
-from tsop_events.launchers.stack import Stack, StackError
+from tsop_devstack import stack as launcher
+from tsop_devstack.stack import Stack, StackError
 
 
 def bare(tmp: Path, port: int = 1) -> Stack:
@@ -107,7 +106,7 @@ def test_a_live_launcher_of_the_same_folder_is_not_disturbed(
 def test_children_die_with_the_launcher_even_when_it_is_killed(tmp_path: Path) -> None:
     script = (
         "import signal, subprocess, sys, time\n"
-        "from tsop_events.launchers.stack import die_with_parent\n"
+        "from tsop_devstack.stack import die_with_parent\n"
         "child = subprocess.Popen(['sleep', '60'], preexec_fn=die_with_parent(signal.SIGTERM))\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(60)\n"

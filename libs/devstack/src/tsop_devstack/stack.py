@@ -46,9 +46,9 @@ from pathlib import Path
 
 import httpx
 
+from tsop_devstack.postgres import EmbeddedPostgres, port_open
+from tsop_devstack.tansu import EmbeddedBroker
 from tsop_events.auth import Role, token_table_json
-from tsop_events.launchers.postgres import EmbeddedPostgres, port_open
-from tsop_events.launchers.tansu import EmbeddedBroker
 
 SERVICES = ("intake", "dispatch", "feedback", "incident", "archive")
 STAFF_ROLES = tuple(r for r in Role if r is not Role.channel)

@@ -22,7 +22,7 @@ controller.
 
 CLI::
 
-    python -m tsop_events.launchers.apache_kafka --brokers 3 --data-dir DIR --base-port 19092
+    python -m tsop_devstack.apache_kafka --brokers 3 --data-dir DIR --base-port 19092
 
 Environment: ``TSOP_KAFKA_CACHE`` (the jar directory, overrides the default
 ``~/.cache/tsop/kafka-<version>/libs``), ``TSOP_KAFKA_POM`` (the pom to resolve),
@@ -101,7 +101,7 @@ _FALLBACK_POM = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 _LOG4J2 = """\
-# Written by tsop_events.launchers.apache_kafka; kafka.logs.dir is set per node.
+# Written by tsop_devstack.apache_kafka; kafka.logs.dir is set per node.
 status = warn
 name = tsop-kafka
 # Kafka logs its own shutdown from its hook; log4j's hook would close the file first.
@@ -433,7 +433,7 @@ class KafkaCluster:
         (ndir / "logs").mkdir(parents=True, exist_ok=True)
         path = ndir / "server.properties"
         lines = [f"{k}={v}" for k, v in self.properties(node).items()]
-        path.write_text("# Written by tsop_events.launchers.apache_kafka\n" + "\n".join(lines) + "\n")
+        path.write_text("# Written by tsop_devstack.apache_kafka\n" + "\n".join(lines) + "\n")
         return path
 
     def _cluster_id(self) -> str:
@@ -647,7 +647,7 @@ class KafkaCluster:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tsop_events.launchers.apache_kafka",
+        prog="python -m tsop_devstack.apache_kafka",
         description=(
             "Run an Apache Kafka KRaft cluster on 127.0.0.1. Node i serves clients on "
             "base-port+i and the controller quorum on base-port+100+i."

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tsop_events.launchers.postgres import port_open
+from tsop_devstack.postgres import port_open
 
 
 class EmbeddedBroker:
