@@ -46,6 +46,18 @@ def port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def wait_for_port(proc: subprocess.Popen[bytes], host: str, port: int, timeout: float, what: str,
+                  hint: str = "", every: float = 0.1) -> None:
+    """Wait until ``proc`` listens on ``port``; its early exit or the timeout is an error naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not port_open(host, port):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}{hint}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not start")
+        time.sleep(every)
+
+
 class EmbeddedPostgres:
     def __init__(self, data_dir: Path, port: int = 15432, host: str = "127.0.0.1") -> None:
         self.data_dir = data_dir.resolve()
@@ -102,12 +114,7 @@ class EmbeddedPostgres:
             **run_as,  # type: ignore[call-overload]
         )
         deadline = time.monotonic() + timeout
-        while not port_open(self.host, self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"PostgreSQL exited with {self.proc.returncode}; see {log.name}")
-            if time.monotonic() > deadline:
-                raise TimeoutError("PostgreSQL did not start")
-            time.sleep(0.1)
+        wait_for_port(self.proc, self.host, self.port, timeout, "PostgreSQL", f"; see {log.name}")
         # accepting TCP is not yet accepting queries (recovery after a crash)
         while subprocess.run(
             [str(bin_dir / "pg_isready"), "-h", self.host, "-p", str(self.port), "-q"], check=False

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tsop_devstack.postgres import port_open
+from tsop_devstack.postgres import wait_for_port
 
 
 class EmbeddedBroker:
@@ -43,13 +42,7 @@ class EmbeddedBroker:
             start_new_session=True,
             preexec_fn=self.preexec,
         )
-        deadline = time.monotonic() + timeout
-        while not port_open(self.host, self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"broker exited with {self.proc.returncode}")
-            if time.monotonic() > deadline:
-                raise TimeoutError("broker did not start")
-            time.sleep(0.05)
+        wait_for_port(self.proc, self.host, self.port, timeout, "broker", every=0.05)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
