@@ -329,6 +329,18 @@ class Archived(TicketEvent):
     reason: str | None = Field(default=None, description="Why an incomplete dossier was sealed.")
 
 
+# --- ticket events of the customer's voice: notifications, the rating, closure and reopening (§2.3, §2.4) ---
+# (feedback's events on the tickets topic go here)
+
+
+# --- ticket events of incidents: tickets linked to an incident, held and released (§5.3) ---
+# (events an incident causes on the tickets topic go here)
+
+
+# --- ticket events of records: erasure and retention (§7.4, PIPL) ---
+# (the archive's events on the tickets topic go here)
+
+
 # --- the workforce topic (key = technician id): who may do what, where and when (§3.3, §6) ---
 
 
@@ -425,6 +437,18 @@ class PeakModeChanged(WireEvent):
 
     def key(self) -> str:
         return "peak-mode"
+
+
+# --- the incidents topic (key = incident id): declaration, emergency plans, restoration, review (§5) ---
+# (incident's events go here)
+
+
+# --- the complaints topic (key = complaint id): complaints and improvement measures (§4.3, §4.4) ---
+# (complaints and improvement actions go here)
+
+
+# --- records: archive checkpoints, retention, erasure (§7) ---
+# (the archive's own events go here)
 
 
 class DeadLettered(WireEvent):
