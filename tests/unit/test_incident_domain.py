@@ -60,7 +60,12 @@ def test_a_burst_crosses_the_threshold_only_within_its_window() -> None:
 
 def test_rules_are_operator_data_and_bad_rules_are_refused() -> None:
     rules = Rules.from_dict(json.loads((PKG / "correlation_rules.json").read_text()))
-    assert rules.for_type("mobile.fault_repair") is not None and rules.for_type("fixed.installation") is None
+    assert rules.for_type("mobile.fault_repair", "north") is not None
+    assert rules.for_type("fixed.installation", "north") is None
+    scoped = Rules.from_dict({"rules": [{"service_types": "*.fault_repair", "threshold": 2, "window_seconds": 60,
+                                         "regions": ["south*"]}]})
+    assert scoped.for_type("mobile.fault_repair", "south-2") is not None
+    assert scoped.for_type("mobile.fault_repair", "north") is None
     with pytest.raises(ValueError, match="threshold"):
         Rules.from_dict({"rules": [{"service_types": "*", "threshold": 0, "window_seconds": 60}]})
     with pytest.raises(ValueError, match="severity"):

@@ -145,6 +145,12 @@ class LinkOut(BaseModel):
     newly_linked: int
 
 
+class OpenIncident(BaseModel):
+    id: str
+    regions: list[str]
+    affected_services: list[str]
+
+
 class Severity(BaseModel):
     level: str
     criteria: str
@@ -227,6 +233,18 @@ async def declare(
         response.headers["Idempotent-Replayed"] = "true"
     inc = await commands.get(svc, inc.id)
     return incident_view(inc, svc.app.clock.now())
+
+
+@router.get("/incidents", response_model=list[OpenIncident])
+async def open_incidents(svc: Svc, who: Watcher) -> list[OpenIncident]:
+    """The open incidents and their scope."""
+    return [OpenIncident(id=str(i), regions=r, affected_services=s) for i, r, s in await commands.open_incidents(svc)]
+
+
+@router.get("/tickets/{ticket_id}/incident", response_model=IncidentOut)
+async def incident_of_ticket(ticket_id: UUID, svc: Svc, who: Watcher) -> IncidentOut:
+    """The incident a ticket is linked to (404 when none)."""
+    return incident_view(await commands.incident_of_ticket(svc, str(ticket_id)), svc.app.clock.now())
 
 
 @router.get("/incidents/{incident_id}", response_model=IncidentOut)

@@ -163,7 +163,7 @@ def correlate(uow: UnitOfWork, app: IncidentApp, ticket_id: str, region: str, se
         if inc is not None and inc.open:
             link_in(uow, inc, ticket_id, "auto", app)
             return
-    rule = app.rules.for_type(service_type)
+    rule = app.rules.for_type(service_type, region)
     if rule is None:
         return
     burst = w.see(ticket_id, at, rule)
@@ -270,6 +270,26 @@ async def resolve(
 
 async def get(svc: IncidentSvc, incident_id: UUID) -> Incident:
     return await svc.commands.run(lambda uow: get_incident(uow, incident_id))
+
+
+async def incident_of_ticket(svc: IncidentSvc, ticket_id: str) -> Incident:
+    """The incident the ticket is (or was last) linked to; 404 if none."""
+
+    def read(uow: UnitOfWork) -> Incident:
+        tl = uow.find(TicketLink, link_id(ticket_id))
+        if tl is None or tl.incident_id is None:
+            raise NotFound(f"ticket {ticket_id} is linked to no incident", "ticket_id")
+        return get_incident(uow, UUID(tl.incident_id))
+
+    return await svc.commands.run(read)
+
+
+async def open_incidents(svc: IncidentSvc) -> list[tuple[UUID, list[str], list[str]]]:
+    """The open incidents (id, regions, services), from the board."""
+    board = svc.app.board
+    await asyncio.to_thread(board.refresh)
+    with board.lock:
+        return sorted((iid, regions, services) for iid, (regions, services) in board.open.items())
 
 
 # --- the review ------------------------------------------------------------------------------------------

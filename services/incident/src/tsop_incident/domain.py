@@ -65,9 +65,10 @@ class Rule:
     severity: str
     scenario: str
     customers_per_ticket: int = 1
+    regions: tuple[str, ...] = ("*",)  # region patterns the rule watches
 
-    def matches(self, service_type: str) -> bool:
-        return fnmatch(service_type, self.service_types)
+    def matches(self, service_type: str, region: str = "") -> bool:
+        return fnmatch(service_type, self.service_types) and any(fnmatch(region, p) for p in self.regions)
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,14 @@ class Rules:
                     severity,
                     str(r.get("scenario", "outage")),
                     int(r.get("customers_per_ticket", 1)),
+                    tuple(str(x) for x in r.get("regions", ["*"])),
                 )
             )
         return cls(tuple(out))
 
-    def for_type(self, service_type: str) -> Rule | None:
-        return next((r for r in self.rules if r.matches(service_type)), None)
+    def for_type(self, service_type: str, region: str = "") -> Rule | None:
+        """The first rule watching this service type in this region."""
+        return next((r for r in self.rules if r.matches(service_type, region)), None)
 
 
 class StepSpec(TypedDict):

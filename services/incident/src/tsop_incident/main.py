@@ -32,7 +32,7 @@ class IncidentSettings(ServiceSettings):
     emergency_plans_file: Path | None = None
     """The emergency plans per scenario and severity (steps, owning role, who is notified, time limits, whom an
     overdue step escalates to); default: the built-in `emergency_plans.json`."""
-    timer_seconds: float = 1.0
+    plan_timer_seconds: float = 1.0
     """Pause between two rounds of the timers (overdue plan steps, linking open tickets in an incident's scope)."""
 
 
@@ -63,7 +63,7 @@ def bootstrap(settings: IncidentSettings | None = None) -> IncidentService:
         return IncidentApp(st, rules=rules, plans=plans)
 
     async def timers(svc: IncidentService) -> None:
-        await incident_timers(svc, s.timer_seconds)
+        await incident_timers(svc, s.plan_timer_seconds)
 
     return Service(
         s,
