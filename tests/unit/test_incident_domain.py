@@ -172,6 +172,9 @@ def test_a_ticket_is_linked_to_at_most_one_open_incident_and_linking_is_idempote
         s.link(b, [t], "im")
     s.unlink(a, t, "unrelated: a broken router", "im")
     assert s.app.repository.get(link_id(t)).incident_id is None
+    # an unrelated ticket is never linked again automatically (a redelivered acceptance, the sweep)
+    inc = s.app.repository.get(a)
+    assert not inc.link(TicketLink(id=link_id(t), ticket_id=t), "auto", NOW) and t not in inc.linked
     _, n = s.link(b, [t], "im")
     assert n == 1
 
@@ -235,7 +238,7 @@ def test_a_published_review_goes_on_the_wire_with_its_improvement_actions() -> N
             {}, "rc", [], "im", NOW)
     inc.resolve("restored", "done", None, "im", NOW + timedelta(hours=1))
     events = list(inc.collect_events())
-    actions = [{"title": "Duct survey", "kind": "preventive", "owner": "ops", "due": date(2026, 7, 1)}]
+    actions = [{"title": "Duct survey", "kind": "preventive", "owner": "ops", "due": "2026-07-01"}]
     inc.publish_review(draft_review(events), "excavator cut the duct", actions, "im", NOW + timedelta(days=1))  # type: ignore[list-item]
     published = [WIRE(e) for e in inc.collect_events()][-1]
     assert published is not None and isinstance(published.event, wire.ReviewPublished)

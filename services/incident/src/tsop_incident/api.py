@@ -334,7 +334,7 @@ async def review(incident_id: UUID, svc: Svc, who: Watcher) -> ReviewOut:
 async def complete_review(incident_id: UUID, body: CompleteReview, svc: Svc, who: Manager) -> ReviewOut:
     """Complete the review with the root cause and improvement actions, and publish it (once)."""
     actions: list[ImprovementActionRecord] = [
-        {"title": a.title, "kind": a.kind, "owner": a.owner, "due": a.due} for a in body.improvement_actions
+        {"title": a.title, "kind": a.kind, "owner": a.owner, "due": a.due.isoformat()} for a in body.improvement_actions
     ]
     inc = await commands.publish_review(svc, incident_id, body.root_cause, actions, who.subject)
     assert inc.review is not None

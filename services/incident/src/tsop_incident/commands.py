@@ -348,7 +348,8 @@ async def link_open_tickets(svc: IncidentSvc, incident_id: UUID) -> int:
     scope = app.board.open.get(incident_id)
     if scope is None:
         return 0
-    linked = app.board.linked.get(incident_id, set())
+    with app.board.lock:
+        linked = app.board.linked.get(incident_id, set()) | app.board.unlinked.get(incident_id, set())
     todo = [
         t for t in await open_tickets_in(svc.pool, scope)
         if t not in linked and not app.board.held_elsewhere(incident_id, t)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from fnmatch import fnmatch
 from typing import Any, TypedDict
 from uuid import UUID
@@ -281,7 +281,7 @@ class ImprovementActionRecord(TypedDict):
     title: str
     kind: str  # corrective | preventive
     owner: str
-    due: date
+    due: str  # ISO 8601 date (the stored events carry dates as text)
 
 
 class Incident(Aggregate):
@@ -538,9 +538,12 @@ class Incident(Aggregate):
     # --- linked tickets -------------------------------------------------------------------------
 
     def link(self, ticket: TicketLink, by: str, at: datetime, other: Incident | None = None) -> bool:
-        """Link a ticket (idempotent); refused if it is linked to another incident that is still open."""
+        """Link a ticket (idempotent); refused if it is linked to another incident that is still open.
+
+        A ticket unlinked as unrelated is never linked again automatically ("auto"); only by hand.
+        """
         self._check_open()
-        if ticket.ticket_id in self.linked:
+        if ticket.ticket_id in self.linked or (by == "auto" and ticket.ticket_id in self.unlinked):
             return False
         if other is not None and other.id != self.id and other.open and ticket.ticket_id in other.linked:
             raise AlreadyLinked(f"ticket {ticket.ticket_id} is linked to open incident {other.id}")

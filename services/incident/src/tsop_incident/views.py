@@ -32,6 +32,7 @@ class Board(LogFollower):
         super().__init__(app)
         self.open: dict[UUID, tuple[list[str], list[str]]] = {}  # incident → (regions, services)
         self.linked: dict[UUID, set[str]] = {}
+        self.unlinked: dict[UUID, set[str]] = {}  # unrelated: never linked again automatically
         self.ticket_incident: dict[str, UUID] = {}
         self.steps: dict[UUID, dict[str, datetime]] = {}  # incident → step → due (unfinished, not escalated)
 
@@ -54,11 +55,13 @@ class Board(LogFollower):
             self.ticket_incident[e.ticket_id] = oid
         elif isinstance(e, Incident.TicketUnlinked):
             self.linked.get(oid, set()).discard(e.ticket_id)
+            self.unlinked.setdefault(oid, set()).add(e.ticket_id)
             if self.ticket_incident.get(e.ticket_id) == oid:
                 del self.ticket_incident[e.ticket_id]
         elif isinstance(e, Incident.Resolved):
             self.open.pop(oid, None)
             self.steps.pop(oid, None)
+            self.unlinked.pop(oid, None)
             for t in self.linked.pop(oid, set()):
                 if self.ticket_incident.get(t) == oid:
                     del self.ticket_incident[t]
