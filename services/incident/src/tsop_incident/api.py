@@ -7,9 +7,9 @@ from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import HTMLResponse, PlainTextResponse
-from pydantic import BaseModel, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from tsop_events.auth import Principal, Role, requires
 from tsop_events.errors import Forbidden
@@ -283,7 +283,7 @@ async def unlink(incident_id: UUID, ticket_id: UUID, body: Unlink, svc: Svc, who
 
 @router.post("/incidents/{incident_id}/steps/{step}/finish", response_model=IncidentOut)
 async def finish_step(
-    incident_id: UUID, step: Annotated[str, Field(min_length=1, max_length=64)], svc: Svc, who: StepOwner
+    incident_id: UUID, step: Annotated[str, Path(min_length=1, max_length=64)], svc: Svc, who: StepOwner
 ) -> IncidentOut:
     """Record a plan step as finished (late when past its limit)."""
     inc = await commands.get(svc, incident_id)
@@ -383,11 +383,15 @@ def review_markdown(inc: Incident, r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@router.get("/incidents/{incident_id}/review.md", response_model=str, response_class=PlainTextResponse)
-async def review_md(incident_id: UUID, svc: Svc, who: Watcher) -> PlainTextResponse:
+class MarkdownResponse(PlainTextResponse):
+    media_type = "text/markdown"
+
+
+@router.get("/incidents/{incident_id}/review.md", response_model=str, response_class=MarkdownResponse)
+async def review_md(incident_id: UUID, svc: Svc, who: Watcher) -> MarkdownResponse:
     """The review as a Markdown document."""
     inc, draft = await commands.review_draft(svc, incident_id)
-    return PlainTextResponse(review_markdown(inc, draft), media_type="text/markdown; charset=utf-8")
+    return MarkdownResponse(review_markdown(inc, draft))
 
 
 @router.get("/incidents/{incident_id}/review.html", response_model=str, response_class=HTMLResponse)
@@ -438,15 +442,17 @@ class Ref(BaseModel):
     id: str
     href: str | None = None
     name: str | None = None
-    referredType: str = Field(alias="@referredType")
+    model_config = ConfigDict(populate_by_name=True)
 
-    model_config = {"populate_by_name": True}
+    referred_type: str = Field(alias="@referredType")
 
 
 class Place(BaseModel):
     id: str
+    model_config = ConfigDict(populate_by_name=True)
+
     name: str
-    type_: str = Field(default="GeographicLocation", serialization_alias="@type")
+    type_: str = Field(default="GeographicLocation", alias="@type")
 
 
 class TrackingRecord(BaseModel):
@@ -458,6 +464,8 @@ class TrackingRecord(BaseModel):
 
 class ServiceProblem(BaseModel):
     """An incident in the shape of TMF656's ServiceProblem (the fields that fit)."""
+
+    model_config = ConfigDict(populate_by_name=True)
 
     id: str
     href: str
@@ -477,7 +485,7 @@ class ServiceProblem(BaseModel):
     affectedLocation: list[Place]
     associatedTroubleTicket: list[Ref]
     trackingRecord: list[TrackingRecord]
-    type_: str = Field(default="ServiceProblem", serialization_alias="@type")
+    type_: str = Field(default="ServiceProblem", alias="@type")
 
 
 PRIORITY = {"I": 1, "II": 2, "III": 4, "IV": 6}
