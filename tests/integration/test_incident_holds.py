@@ -76,8 +76,8 @@ async def test_links_hold_work_orders_once_and_the_resolution_resolves_each(sett
         await publish(settings, records)  # published twice: a relay republishing after a restart
 
         async def declared() -> bool:
-            w = await asyncio.to_thread(incident.app.repository.get, watch_id(region, FAULT))
-            return w.incident_id is not None
+            w = await asyncio.to_thread(incident.app.find, watch_id(region, FAULT))
+            return w is not None and w.incident_id is not None
 
         await eventually(declared, what="the automatic declaration")
         w = await asyncio.to_thread(incident.app.repository.get, watch_id(region, FAULT))
