@@ -285,3 +285,23 @@ def test_a_held_work_order_is_not_assigned_and_is_resolved_with_the_incident() -
     assert not wo.resolve_with_incident("inc-1", "restored", "again", None, NOW + timedelta(hours=2))
     resolved = [e for e in wo.collect_events() if isinstance(e, WorkOrder.Resolved)]
     assert len(resolved) == 1 and resolved[0].summary == "fibre spliced"
+
+
+def test_the_board_takes_a_held_work_order_out_of_the_queue_and_puts_it_back_when_the_hold_is_lifted() -> None:
+    from tests.unit.test_dispatch_domain import new_app, open_order
+
+    app, clock = new_app()
+    held, free = open_order(app, "held-ticket"), open_order(app, "free-ticket")
+    wo = app.load(held)
+    wo.hold("inc-1", clock.now())
+    app.save(wo)
+    app.register_technician(uuid4(), "T", [FAULT], ["north"], 5)
+    app.drain_queue()
+    assert app.load(free).technician_id is not None
+    assert app.load(held).technician_id is None and app.load(held).status == "waiting"
+    assert held not in dict(app.board.queue()) and app.board.held_by("inc-1") == ([held], [])
+    wo = app.load(held)
+    wo.lift_hold("inc-1", "unrelated", clock.now())
+    app.save(wo)
+    app.drain_queue()
+    assert app.load(held).technician_id is not None and app.board.held_by("inc-1") == ([], [])
