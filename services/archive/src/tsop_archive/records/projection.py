@@ -19,6 +19,8 @@ names (its ``after_hash``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,15 +55,20 @@ def hash_sql(a: str, data: str | None = None, raw: str | None = None) -> str:
 
 
 DDL = (
-    """CREATE OR REPLACE FUNCTION archive_record_hash(
+    # every column, text fields quoted (so no two rows read alike), times as exact epoch seconds (no time zone
+    # setting changes them), then the body: J + its jsonb text, R + its raw bytes, or N when dropped. STABLE
+    # (not IMMUTABLE) so that PostgreSQL inlines it into the query instead of calling it row by row.
+    r"""CREATE OR REPLACE FUNCTION archive_record_hash(
          seq bigint, ce_id text, topic text, kafka_partition int, kafka_offset bigint, key text, ce_type text,
          ce_source text, ce_time timestamptz, correlation_id text, causation_id text, data jsonb, raw bytea,
          recovered_from text, stored_at timestamptz) RETURNS bytea AS $$
-         SELECT sha256(convert_to(jsonb_build_array(
-           seq, ce_id, topic, kafka_partition, kafka_offset, key, ce_type, ce_source,
-           (extract(epoch FROM ce_time) * 1000000)::bigint, correlation_id, causation_id, data, encode(raw, 'hex'),
-           recovered_from, (extract(epoch FROM stored_at) * 1000000)::bigint)::text, 'UTF8'))
-       $$ LANGUAGE sql IMMUTABLE PARALLEL SAFE""",
+         SELECT sha256(convert_to(concat_ws('|', seq, quote_nullable(ce_id), quote_nullable(topic), kafka_partition,
+             kafka_offset, quote_nullable(key), quote_nullable(ce_type), quote_nullable(ce_source),
+             extract(epoch FROM ce_time), quote_nullable(correlation_id), quote_nullable(causation_id),
+             quote_nullable(recovered_from), extract(epoch FROM stored_at), ''), 'UTF8')
+           || CASE WHEN data IS NOT NULL THEN '\x4a'::bytea || convert_to(data::text, 'UTF8')
+                   WHEN raw IS NOT NULL THEN '\x52'::bytea || raw ELSE '\x4e'::bytea END)
+       $$ LANGUAGE sql STABLE PARALLEL SAFE""",
     """CREATE TABLE IF NOT EXISTS archive_chain (
          seq bigint PRIMARY KEY, record_hash bytea NOT NULL, link bytea NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS archive_keys (
@@ -231,17 +238,28 @@ async def link_before(pool: asyncpg.Pool, seq: int) -> bytes:
 
 
 async def verify_rows(
-    pool: asyncpg.Pool, from_seq: int, to_seq: int, window: int = 100_000
+    pool: asyncpg.Pool, from_seq: int, to_seq: int, window: int = 50_000
 ) -> AsyncIterator[Sequence[Any]]:
     """The chain's positions from ``from_seq`` to ``to_seq`` (inclusive), a window of ``seq`` at a time,
-    as (seq, record_hash, link, state). Records above the chained horizon are not yet linked: left out."""
-    top = await pool.fetchval("SELECT coalesce(max(seq), 0) FROM archive_chain")
-    end = min(to_seq, max(int(top), 0)) if top is not None else 0
-    lo = from_seq
-    while lo <= end:
-        hi = min(lo + window - 1, end)
-        yield await pool.fetch(VERIFY, lo, hi, int(top))
-        lo = hi + 1
+    as (seq, record_hash, link, state). Records above the chained horizon are not yet linked: left out.
+    The next window is read while the caller works on the current one."""
+    top = int(await pool.fetchval("SELECT coalesce(max(seq), 0) FROM archive_chain"))
+    end = min(to_seq, top)
+    windows = [(lo, min(lo + window - 1, end)) for lo in range(from_seq, end + 1, window)]
+    if not windows:
+        return
+    nxt = asyncio.ensure_future(pool.fetch(VERIFY, *windows[0], top))
+    try:
+        for i in range(len(windows)):
+            rows = await nxt
+            if i + 1 < len(windows):
+                nxt = asyncio.ensure_future(pool.fetch(VERIFY, *windows[i + 1], top))
+            yield rows
+    finally:
+        if not nxt.done():
+            nxt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, asyncpg.PostgresError):
+                await nxt
 
 
 # --------------------------------------------------------------------------- retention
