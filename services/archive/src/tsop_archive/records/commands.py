@@ -270,52 +270,63 @@ async def expire_due(svc: Service[ArchiveApp], limit: int = 200) -> ExpiryRound:
     topic = tickets_topic(svc)
     prefix = svc.settings.topic_prefix
     out = ExpiryRound()
-    for mr in await rp.matters_due(svc.pool, topic, cutoff, limit):
-        m = mr.matter
-        subjects: dict[HoldKind, set[str]] = {
-            HoldKind.ticket: {m.key}, HoldKind.incident: set(m.incident_ids) | ({m.key} if not m.is_ticket else set()),
-            HoldKind.customer: set(m.customer_ids),
-        }
-        holds = await active_holds(svc, subjects)
-        due = due_expiries(m, mr.records, periods, holds, now, prefix)
-        if not due:
-            continue
-        witness: dict[str, tuple[str, str]] = {}
-        if m.is_ticket:
-            sealed = await _dossier(svc, m.key)
-            if sealed is None:
-                out.skipped_unsealed += 1
-                continue
-            got = await _witnesses(svc, sealed, m.key, {d.event_id for d in due})
-            if got is None:
-                log.warning("retention: the dossier of ticket %s does not verify; its records are kept", m.key)
-                out.skipped_unsealed += 1
-                continue
-            witness = got
-        groups: dict[tuple[str, str], list[Due]] = {}
-        for d in due:
-            groups.setdefault((d.record_class.value, d.action), []).append(d)
-        for (cls, action), items in groups.items():
-            xid = expiry_id(m.key, cls, action, items[0].seq)
-            days = periods[RecordClass(cls)]
-
-            x = await svc.commands.run(partial(
-                _decide_expiry, xid=xid, key=m.key, cls=cls, action=action, items=items, days=days, now=now,
-                witness={k: list(v) for k, v in witness.items() if k in {d.event_id for d in items}},
-            ))
-            changes = [
-                rp.Change(
-                    seq=s, event_id=e, action=x.action,
-                    data=None if x.action == "purged" else _anonymised(mr.bodies.get(s)),
-                    witness=tuple(x.witnesses[e]) if e in x.witnesses else None,  # type: ignore[arg-type]
-                )
-                for s, e in zip(x.seqs, x.event_ids, strict=True)
-            ]
-            out.records += await rp.apply_expiry(
-                svc.pool, str(x.id), m.key, x.record_class, x.at, sorted(m.customer_ids), changes
-            )
-        out.matters += 1
+    cursor: rp.Cursor | None = rp.Cursor()
+    while cursor is not None:
+        page, cursor = await rp.matters_due(svc.pool, topic, cutoff, limit, cursor)
+        for mr in page:
+            await _expire_matter(svc, mr, periods, now, prefix, out)
     return out
+
+
+async def _expire_matter(
+    svc: Service[ArchiveApp], mr: rp.MatterRecords, periods: dict[RecordClass, int], now: datetime, prefix: str,
+    out: ExpiryRound,
+) -> None:
+    """Expire what is due of one matter (nothing while a legal hold covers it)."""
+    m = mr.matter
+    subjects: dict[HoldKind, set[str]] = {
+        HoldKind.ticket: {m.key}, HoldKind.incident: set(m.incident_ids) | ({m.key} if not m.is_ticket else set()),
+        HoldKind.customer: set(m.customer_ids),
+    }
+    holds = await active_holds(svc, subjects)
+    due = due_expiries(m, mr.records, periods, holds, now, prefix)
+    if not due:
+        return
+    witness: dict[str, tuple[str, str]] = {}
+    if m.is_ticket:
+        sealed = await _dossier(svc, m.key)
+        if sealed is None:
+            out.skipped_unsealed += 1
+            return
+        got = await _witnesses(svc, sealed, m.key, {d.event_id for d in due})
+        if got is None:
+            log.warning("retention: the dossier of ticket %s does not verify; its records are kept", m.key)
+            out.skipped_unsealed += 1
+            return
+        witness = got
+    groups: dict[tuple[str, str], list[Due]] = {}
+    for d in due:
+        groups.setdefault((d.record_class.value, d.action), []).append(d)
+    for (cls, action), items in groups.items():
+        xid = expiry_id(m.key, cls, action, items[0].seq)
+        days = periods[RecordClass(cls)]
+
+        x = await svc.commands.run(partial(
+            _decide_expiry, xid=xid, key=m.key, cls=cls, action=action, items=items, days=days, now=now,
+            witness={k: list(v) for k, v in witness.items() if k in {d.event_id for d in items}},
+        ))
+        changes = [
+            rp.Change(
+                seq=s, event_id=e, action=x.action,
+                data=None if x.action == "purged" else _anonymised(mr.bodies.get(s)),
+                witness=tuple(x.witnesses[e]) if e in x.witnesses else None,  # type: ignore[arg-type]
+            )
+            for s, e in zip(x.seqs, x.event_ids, strict=True)
+        ]
+        out.records += await rp.apply_expiry(
+            svc.pool, str(x.id), m.key, x.record_class, x.at, sorted(m.customer_ids), changes
+        )
+    out.matters += 1
 
 
 def _decide_expiry(

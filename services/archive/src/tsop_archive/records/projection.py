@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -272,11 +272,21 @@ class MatterRecords:
     bodies: dict[int, Any]  # seq -> stored body (parsed)
 
 
+@dataclass(frozen=True)
+class Cursor:
+    """Where a retention round has got to: ended tickets by (end, id), other records by ``seq``."""
+
+    ended_at: datetime = datetime(1, 1, 1, tzinfo=UTC)
+    key: str = ""
+    seq: int = 0
+
+
 async def matters_due(
-    pool: asyncpg.Pool, tickets_topic: str, cutoff: datetime, limit: int
-) -> list[MatterRecords]:
+    pool: asyncpg.Pool, tickets_topic: str, cutoff: datetime, limit: int, after: Cursor = Cursor()
+) -> tuple[list[MatterRecords], Cursor | None]:
     """Matters with records old enough that some class may have expired (``cutoff`` = now - the shortest
-    period): ended tickets, and records of other topics; records purged already are left out."""
+    period): ended tickets, and records of other topics; records purged already are left out. A page at a
+    time after ``after``; the next cursor is None when nothing is left."""
     rows = await pool.fetch(
         """WITH ended AS (
               SELECT key, min(ce_time) AS ended_at FROM archive_events
@@ -286,7 +296,8 @@ async def matters_due(
               SELECT key, ended_at FROM ended e WHERE EXISTS (
                 SELECT 1 FROM archive_events r WHERE r.key = e.key AND r.topic = $1
                 AND NOT EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'purged'))
-              ORDER BY ended_at LIMIT $4)
+              AND (ended_at, key) > ($5, $6)
+              ORDER BY ended_at, key LIMIT $4)
             SELECT p.key, p.ended_at, true AS is_ticket, r.seq, r.ce_id, r.topic, r.ce_type, r.ce_time,
                    r.data::text AS data, r.raw,
                    EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'anonymised') AS anon
@@ -297,12 +308,18 @@ async def matters_due(
               SELECT coalesce(r.key, r.ce_id), NULL::timestamptz, false, r.seq, r.ce_id, r.topic, r.ce_type, r.ce_time,
                      r.data::text, r.raw,
                      EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'anonymised')
-              FROM archive_events r WHERE r.topic <> $1 AND r.ce_time <= $3
+              FROM archive_events r WHERE r.topic <> $1 AND r.ce_time <= $3 AND r.seq > $7
               AND NOT EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'purged')
               ORDER BY r.seq LIMIT $4) other
             ORDER BY 1, 4""",
-        tickets_topic, sorted(FINAL), cutoff, limit,
+        tickets_topic, sorted(FINAL), cutoff, limit, after.ended_at, after.key, after.seq,
     )
+    if not rows:
+        return [], None
+    last_ticket = max(((r["ended_at"], r["key"]) for r in rows if r["is_ticket"]), default=None)
+    last_other = max((int(r["seq"]) for r in rows if not r["is_ticket"]), default=after.seq)
+    end, key = last_ticket or (after.ended_at, after.key)
+    nxt = Cursor(end, key, last_other)
     out: dict[str, MatterRecords] = {}
     keys = [k for k in {r["key"] for r in rows}]
     refs: dict[str, set[str]] = {}
@@ -337,7 +354,7 @@ async def matters_due(
                     incidents.add(i)
         m.matter = Matter(key, m.matter.is_ticket, m.matter.ended_at, frozenset(customers), frozenset(incidents))
         result.append(m)
-    return result
+    return result, nxt
 
 
 @dataclass(frozen=True)
