@@ -266,3 +266,19 @@ def test_a_ticket_state_is_folded_from_its_events_up_to_an_instant() -> None:
     b.apply("t2", "x0", wire.RequestSubmitted.event_type, T0, None)
     b.apply("t2", "x1", wire.RequestRejected.event_type, T0, {"reason_code": "out_of_area"})
     assert [s.ticket_id for s in b.open()] == ["t1"]
+
+
+def test_an_expiry_of_a_ticket_s_records_is_announced_on_the_ticket() -> None:
+    from tsop_archive.records.domain import Expiry, expiry_id
+    from tsop_archive.wire import WIRE
+
+    def recorded(is_ticket: bool) -> object:
+        x = Expiry(id=expiry_id("t1", "work_logs", "purged", 3), key="t1", record_class="work_logs", action="purged",
+                   seqs=[3], event_ids=["e3"], days=730, at=T0, is_ticket=is_ticket)
+        return x.collect_events()[0]
+
+    out = WIRE(recorded(True))
+    assert out is not None and isinstance(out.event, wire.RecordsExpired)
+    assert (out.event.ticket_id, out.event.action, out.event.event_ids, out.event.retention_days) == (
+        "t1", "purged", ["e3"], 730)
+    assert WIRE(recorded(False)) is None  # another record's expiry stays in the archive

@@ -330,15 +330,15 @@ async def _expire_matter(
 
 
 def _decide_expiry(
-    uow: UnitOfWork, *, xid: UUID, key: str, cls: str, action: str, items: list[Due], days: int, now: datetime,
-    witness: dict[str, list[str]],
+    uow: UnitOfWork, *, xid: UUID, key: str, is_ticket: bool, cls: str, action: str, items: list[Due], days: int,
+    now: datetime, witness: dict[str, list[str]],
 ) -> Expiry:
     found = uow.find(Expiry, xid)
     if found is not None:
         return found  # decided before (a crash before it was applied): apply that decision
     x = Expiry(
         id=xid, key=key, record_class=cls, action=action, seqs=[d.seq for d in items],
-        event_ids=[d.event_id for d in items], days=days, at=now, witnesses=witness,
+        event_ids=[d.event_id for d in items], days=days, at=now, witnesses=witness, is_ticket=is_ticket,
     )
     uow.add(x)
     return x

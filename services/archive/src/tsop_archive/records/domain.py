@@ -443,13 +443,15 @@ class Expiry(Aggregate):
         days: int
         at: datetime
         witnesses: dict[str, list[str]] | None = None
+        is_ticket: bool = False
 
     @event(Recorded)
     def __init__(
         self, id: UUID, key: str, record_class: str, action: str, seqs: list[int],  # noqa: A002
         event_ids: list[str], days: int, at: datetime, witnesses: dict[str, list[str]] | None = None,
+        is_ticket: bool = False,
     ) -> None:
-        self.key, self.record_class, self.action = key, record_class, action
+        self.key, self.record_class, self.action, self.is_ticket = key, record_class, action, is_ticket
         self.seqs, self.event_ids, self.days, self.at = seqs, event_ids, days, at
         self.witnesses = witnesses or {}
 
