@@ -6,7 +6,7 @@ zone setting changes it). The same function recomputes it when verifying.
 
 **Chain order.** The chain follows ``archive_events.seq``. Consumers insert concurrently, so a lower ``seq``
 may commit after a higher one; the chainer therefore links only up to a *horizon*: it takes a SHARE lock on
-``archive_events`` for an instant (waiting at most ``LOCK_TIMEOUT`` for the consumers' open transactions),
+``archive_events`` for an instant (waiting at most ``LOCK_TIMEOUT`` for the consumers' open transactions, else trying again next round),
 reads ``max(seq)``, and lets go. Every ``seq`` up to it is then committed or never will be (sequence values
 are handed out one at a time, ``CACHE 1``), and every later insert gets a higher one. So the chain order is
 deterministic, and the consumers never wait on the chain: links are computed afterwards, in batches.
@@ -20,6 +20,7 @@ names (its ``after_hash``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from tsop_archive.records.domain import (
     has_personal_data,
 )
 
-LOCK_TIMEOUT = "500ms"
+LOCK_TIMEOUT = "200ms"
 CHAIN_LOCK = 0x7453_4F50_6368  # advisory lock: one chainer at a time across instances
 
 
@@ -238,28 +239,29 @@ async def link_before(pool: asyncpg.Pool, seq: int) -> bytes:
 
 
 async def verify_rows(
-    pool: asyncpg.Pool, from_seq: int, to_seq: int, window: int = 50_000
+    pool: asyncpg.Pool, from_seq: int, to_seq: int, window: int = 25_000, ahead: int = 2
 ) -> AsyncIterator[Sequence[Any]]:
     """The chain's positions from ``from_seq`` to ``to_seq`` (inclusive), a window of ``seq`` at a time,
     as (seq, record_hash, link, state). Records above the chained horizon are not yet linked: left out.
-    The next window is read while the caller works on the current one."""
+    ``ahead`` windows are read (and their record hashes recomputed by PostgreSQL, on as many connections)
+    while the caller works on the current one."""
     top = int(await pool.fetchval("SELECT coalesce(max(seq), 0) FROM archive_chain"))
     end = min(to_seq, top)
     windows = [(lo, min(lo + window - 1, end)) for lo in range(from_seq, end + 1, window)]
-    if not windows:
-        return
-    nxt = asyncio.ensure_future(pool.fetch(VERIFY, *windows[0], top))
+    pending: collections.deque[asyncio.Future[list[asyncpg.Record]]] = collections.deque()
+    nxt = 0
     try:
-        for i in range(len(windows)):
-            rows = await nxt
-            if i + 1 < len(windows):
-                nxt = asyncio.ensure_future(pool.fetch(VERIFY, *windows[i + 1], top))
-            yield rows
+        while nxt < len(windows) or pending:
+            while nxt < len(windows) and len(pending) < ahead:
+                pending.append(asyncio.ensure_future(pool.fetch(VERIFY, *windows[nxt], top)))
+                nxt += 1
+            yield await pending.popleft()
     finally:
-        if not nxt.done():
-            nxt.cancel()
+        for f in pending:
+            f.cancel()
+        for f in pending:
             with contextlib.suppress(asyncio.CancelledError, asyncpg.PostgresError):
-                await nxt
+                await f
 
 
 # --------------------------------------------------------------------------- retention
