@@ -5,11 +5,12 @@ PostgreSQL holds it (``jsonb`` text, or the raw bytes), times as microseconds si
 zone setting changes it). The same function recomputes it when verifying.
 
 **Chain order.** The chain follows ``archive_events.seq``. Consumers insert concurrently, so a lower ``seq``
-may commit after a higher one; the chainer therefore links only up to a *horizon*: it takes a SHARE lock on
-``archive_events`` for an instant (waiting at most ``LOCK_TIMEOUT`` for the consumers' open transactions, else trying again next round),
-reads ``max(seq)``, and lets go. Every ``seq`` up to it is then committed or never will be (sequence values
-are handed out one at a time, ``CACHE 1``), and every later insert gets a higher one. So the chain order is
-deterministic, and the consumers never wait on the chain: links are computed afterwards, in batches.
+may commit after a higher one; the chainer therefore links only up to a *horizon*: once per round it takes a
+SHARE lock on ``archive_events`` for an instant (waiting at most ``LOCK_TIMEOUT`` for the consumers' open
+transactions, else trying again next round), reads ``max(seq)``, and lets go. Every ``seq`` up to it is then
+committed or never will be (sequence values are handed out one at a time, ``CACHE 1``), and every later insert
+gets a higher one. So the chain order is deterministic; consumers wait for the chain at most that instant per
+round, and links are computed afterwards, in batches.
 
 **Append-only.** ``archive_chain``, ``archive_checkpoints``, ``archive_keys`` and ``archive_expiries`` refuse
 UPDATE and DELETE. ``archive_events`` still refuses DELETE always, and UPDATE except one: the body of a record
