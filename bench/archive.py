@@ -23,14 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import orjson
 import psutil
 from tsop_devstack.postgres import EmbeddedPostgres
 
 from tsop_archive.projection import DDL
 from tsop_archive.records import projection as rp
-from tsop_archive.records.commands import Signer, chain_and_checkpoint, verify
-from tsop_archive.records.domain import Backlog
+from tsop_archive.records.commands import Signer, chain_and_checkpoint, rebuild_backlog, verify
 from tsop_events.consumer import OFFSETS_DDL
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import ensure_database
@@ -62,23 +60,6 @@ async def fill(pool: asyncpg.Pool, n: int, batch: int = 100_000) -> float:
     for lo in range(0, n, batch):
         await pool.execute(FILL, TOPIC, TYPES, lo, min(n, lo + batch) - 1)
     return time.perf_counter() - t
-
-
-async def rebuild(pool: asyncpg.Pool, page: int = 50_000) -> tuple[int, int, float]:
-    """Every ticket's state from the log, page by page: (events, open tickets, seconds)."""
-    t = time.perf_counter()
-    view, after, seen = Backlog(), 0, 0
-    loads = orjson.loads
-    while True:
-        rows = await rp.log_rows(pool, TOPIC, after, page)
-        if not rows:
-            break
-        apply = view.apply
-        for r in rows:
-            apply(r["key"], r["ce_id"], r["ce_type"], r["ce_time"], loads(r["data"]))
-        seen += len(rows)
-        after = rows[-1]["seq"]
-    return seen, len(view.open()), time.perf_counter() - t
 
 
 def cpu_seconds(pg_pid: int) -> float:
@@ -126,9 +107,9 @@ async def run(dsn_settings: ServiceSettings, n: int, pg_pid: int) -> dict[str, A
         out["verify"] = {"ok": v.ok, **measured(v.checked, time.perf_counter() - t, cpu_seconds(pg_pid) - c, 200_000)}
         print("verify", out["verify"], flush=True)
         t, c = time.perf_counter(), cpu_seconds(pg_pid)
-        seen, open_, _ = await rebuild(pool)
-        out["rebuild"] = {"open_tickets": open_, **measured(seen, time.perf_counter() - t,
-                                                              cpu_seconds(pg_pid) - c, 50_000)}
+        view, seen = await rebuild_backlog(pool, TOPIC)
+        took = measured(seen, time.perf_counter() - t, cpu_seconds(pg_pid) - c, 50_000)
+        out["rebuild"] = {"open_tickets": len(view.open()), "tickets": len(view.tickets), **took}
         print("rebuild", out["rebuild"], flush=True)
     finally:
         await pool.close()

@@ -7,6 +7,7 @@ legal holds and expiry decisions are events in the archive's event store, decide
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -18,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -32,6 +34,7 @@ from tsop_archive.records.domain import (
     ENDED,
     POLICY_ID,
     STATUS_OF,
+    Backlog,
     ChainVerifier,
     Checkpoint,
     Due,
@@ -382,6 +385,23 @@ async def ticket_as_of(svc: Service[ArchiveApp], ticket_id: str, as_of: datetime
 
 
 ENDING = tuple(t for t, s in STATUS_OF.items() if s in ENDED)
+
+
+async def rebuild_backlog(pool: asyncpg.Pool, topic: str, page: int = 25_000) -> tuple[Backlog, int]:
+    """Every ticket's state rebuilt from the archived log, in store order; the next page is read while this
+    one is applied. Returns the projection and how many events it applied."""
+    view, seen = Backlog(), 0
+    loads = orjson.loads
+    rows = await rp.log_rows(pool, topic, 0, page)
+    while rows:
+        nxt = asyncio.ensure_future(rp.log_rows(pool, topic, int(rows[-1]["seq"]), page))
+        apply = view.apply
+        for r in rows:
+            body = r["data"]
+            apply(r["key"], r["ce_id"], r["ce_type"], r["ce_time"], loads(body) if body is not None else None)
+        seen += len(rows)
+        rows = await nxt
+    return view, seen
 
 
 async def backlog_as_of(svc: Service[ArchiveApp], as_of: datetime) -> list[tuple[str, datetime]]:
