@@ -28,6 +28,7 @@ from tsop_archive.records.commands import (
     chain_and_checkpoint,
     expire_due,
     place_hold,
+    rebuild_backlog,
     release_hold,
     set_period,
     ticket_as_of,
@@ -298,3 +299,9 @@ async def test_a_ticket_as_it_stood(archive: Archive) -> None:
     assert before.status == "accepted" and before.events == 2 and before.open
     after = await ticket_as_of(archive.svc, t, T0 + timedelta(days=1))
     assert after.status == "closed" and not after.open and after.fields["resolution_code"] == "hw_replaced"
+    # the projection rebuilt from the log, page by page, agrees
+    other = str(uuid.uuid4())
+    await archive.deliver(lifecycle(other, "c2", T0)[:3])
+    view, seen = await rebuild_backlog(archive.pool, TICKETS, page=2)
+    assert seen == 8 and [s.ticket_id for s in view.open()] == [other]
+    assert view.tickets[t].status == "closed" and view.tickets[t].events == after.events

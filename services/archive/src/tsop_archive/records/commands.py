@@ -136,10 +136,10 @@ async def chain_and_checkpoint(
     """Link what is new; sign the head when ``every`` records or ``seconds`` have passed since the last
     checkpoint (and something is new). Returns how many records were linked."""
     linked = await rp.chain_pending(pool)
-    head = await rp.chain_head(pool)
+    last = await rp.last_checkpoint(pool)
+    head = await rp.chain_head(pool, *((last.upto_seq, last.count) if last is not None else (0, 0)))
     if head is None:
         return linked
-    last = await rp.last_checkpoint(pool)
     if last is not None and last.upto_seq >= head.seq:
         return linked
     since = head.count - (last.count if last is not None else 0)
@@ -315,7 +315,8 @@ async def _expire_matter(
         days = periods[RecordClass(cls)]
 
         x = await svc.commands.run(partial(
-            _decide_expiry, xid=xid, key=m.key, cls=cls, action=action, items=items, days=days, now=now,
+            _decide_expiry, xid=xid, key=m.key, is_ticket=m.is_ticket, cls=cls, action=action, items=items,
+            days=days, now=now,
             witness={k: list(v) for k, v in witness.items() if k in {d.event_id for d in items}},
         ))
         changes = [

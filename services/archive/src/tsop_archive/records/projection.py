@@ -161,11 +161,15 @@ class ChainHead:
     link: bytes
 
 
-async def chain_head(pool: asyncpg.Pool) -> ChainHead | None:
+async def chain_head(pool: asyncpg.Pool, known_seq: int = 0, known_count: int = 0) -> ChainHead | None:
+    """The last link, and how many records the chain holds up to it: counted from a known point (the last
+    checkpoint's), so a round reads only what is new."""
     row = await pool.fetchrow(
-        "SELECT seq, link, (SELECT count(*) FROM archive_chain) AS n FROM archive_chain ORDER BY seq DESC LIMIT 1"
+        "SELECT seq, link, (SELECT count(*) FROM archive_chain WHERE seq > $1) AS n FROM archive_chain "
+        "ORDER BY seq DESC LIMIT 1",
+        known_seq,
     )
-    return None if row is None else ChainHead(int(row["seq"]), int(row["n"]), bytes(row["link"]))
+    return None if row is None else ChainHead(int(row["seq"]), known_count + int(row["n"]), bytes(row["link"]))
 
 
 async def chained_since(pool: asyncpg.Pool, seq: int) -> int:
