@@ -28,6 +28,7 @@ from tsop_archive.records.commands import (
     chain_and_checkpoint,
     expire_due,
     place_hold,
+    public_pem,
     rebuild_backlog,
     release_hold,
     set_period,
@@ -132,7 +133,7 @@ async def tamper(pool: asyncpg.Pool, table: str, sql: str, *args: Any) -> None:
 
 
 async def test_verify_names_a_row_altered_directly_in_postgresql(
-    archive: Archive, pg: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+    archive: Archive, pg: tuple[str, int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     tickets = [str(uuid.uuid4()) for _ in range(4)]
     for t in tickets:
@@ -140,6 +141,19 @@ async def test_verify_names_a_row_altered_directly_in_postgresql(
     assert await archive.chain() == 20
     clean = await verify(archive.pool)
     assert clean.ok and clean.checked == 20 and clean.intact == 20 and clean.checkpoints >= 1
+    # offline, with the published key pinned: the CLI agrees; with another key the checkpoints do not hold
+    monkeypatch.setenv("TSOP_PG_HOST", pg[0])
+    monkeypatch.setenv("TSOP_PG_PORT", str(pg[1]))
+    name = archive.svc.settings.service_name
+    [(kid, (raw, _))] = (await rp.public_keys(archive.pool)).items()
+    assert kid == archive.signer.key_id
+    pinned, stranger = tmp_path / "archive.pub", tmp_path / "stranger.pub"
+    pinned.write_text(public_pem(raw))
+    stranger.write_text(public_pem(Signer.load_or_create(None).public))
+    for key, status in ((pinned, 0), (stranger, 1)):
+        with pytest.raises(SystemExit) as exit_:
+            await asyncio.to_thread(cli, ["verify", "--service-name", name, "--public-key", str(key)])
+        assert exit_.value.code == status
     # the store refuses the change while its trigger stands
     with pytest.raises(asyncpg.RaiseError, match="append-only"):
         await archive.pool.execute("UPDATE archive_events SET ce_source = 'forged' WHERE seq = 7")
@@ -157,8 +171,6 @@ async def test_verify_names_a_row_altered_directly_in_postgresql(
     assert (await verify(archive.pool, 1, victim["seq"] - 1)).ok
     assert (await verify(archive.pool, victim["seq"] + 1)).ok
     # the CLI says the same, with exit status 1
-    monkeypatch.setenv("TSOP_PG_HOST", pg[0])
-    monkeypatch.setenv("TSOP_PG_PORT", str(pg[1]))
     with pytest.raises(SystemExit) as exit_:
         await asyncio.to_thread(cli, ["verify", "--service-name", archive.svc.settings.service_name])
     assert exit_.value.code == 1
