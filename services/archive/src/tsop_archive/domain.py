@@ -44,7 +44,7 @@ class ArchivedEvent:
     source: str
     time: datetime
     causation_id: str | None
-    data: dict[str, Any]
+    data: dict[str, Any] | None  # None once retention purged the body
     recovered_from: str | None = None
 
     def canonical(self) -> bytes:
