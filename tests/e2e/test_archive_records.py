@@ -60,8 +60,10 @@ def test_the_whole_archive_verifies_with_signed_checkpoints(platform: Platform) 
     Ed25519PublicKey.from_public_bytes(bytes.fromhex(keys[c["key_id"]]["public_key_hex"])).verify(
         bytes.fromhex(c["signature"]), c["message"].encode()
     )
-    part = get(platform, f"/v1/archive/verify?from=2&to={c['upto_seq']}").json()
-    assert part["ok"] and part["to_seq"] == c["upto_seq"]
+    start = min(2, c["upto_seq"])  # a range from the middle starts from the stored link before it
+    part = get(platform, f"/v1/archive/verify?from={start}&to={c['upto_seq']}")
+    assert part.status_code == 200, part.text
+    assert part.json()["ok"] and part.json()["to_seq"] == c["upto_seq"]
 
 
 def test_legal_holds_and_retention_periods_are_recorded_decisions(platform: Platform) -> None:
