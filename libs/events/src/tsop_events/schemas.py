@@ -364,6 +364,19 @@ class TicketReleased(TicketEvent):
 # (the archive's events on the tickets topic go here)
 
 
+class RecordsExpired(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.records-expired.v1"
+    doc: ClassVar[str] = (
+        "Retention acted on some of a ticket's archived records (§7.4): their bodies were purged, or their "
+        "personal fields anonymised. The records, their hashes and their place in the archive's chain remain."
+    )
+    record_class: Literal["service_records", "personal_data", "work_logs", "complaints"]
+    action: Literal["purged", "anonymised"]
+    event_ids: list[str] = Field(description="The ce_id of each record acted on.")
+    retention_days: int = Field(description="The class's retention period that ran out.")
+    expired_at: datetime
+
+
 # --- the workforce topic (key = technician id): who may do what, where and when (§3.3, §6) ---
 
 
