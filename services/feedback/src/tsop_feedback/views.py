@@ -1,8 +1,11 @@
-"""Feedback's in-memory view (the follow-up board) and the timers that read it: webhook delivery, rating windows.
+"""Feedback's in-memory views (the follow-up board, channel credentials) and the timers that read them.
 
-``FollowUps`` follows feedback's own log: the cases waiting for a notification and
-the open rating windows. ``rating_windows`` closes the cases whose window passed;
-``deliver_feedback`` posts the result to the applicant's callback.
+``FollowUps`` follows feedback's own log: the cases waiting for a notification,
+the open rating windows with their reminders, and the reopen counts per ticket,
+technician and service type. ``rating_windows`` reminds and then closes the cases
+whose window passed; ``deliver_feedback`` posts the result to the applicant's
+callback. ``ChannelTokens`` resolves channel systems' credentials from the copies
+feedback keeps of intake's ``channels`` events (SHA-256 only).
 
 Delivery is at-least-once: a case stays on the board until its Notified event
 is saved, so a crash between the POST and the save repeats the POST (receivers
@@ -39,10 +42,11 @@ import orjson
 from eventsourcing.domain import Aggregate
 
 from tsop_events import outbound
+from tsop_events.auth import Principal, Role, TokenResolver, followed_resolver
 from tsop_events.runtime import Service
 from tsop_events.store import LogFollower
 from tsop_feedback import commands
-from tsop_feedback.domain import FeedbackCase
+from tsop_feedback.domain import ChannelAccess, FeedbackCase
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +60,85 @@ class FollowUps(LogFollower):
         super().__init__(app)
         self.to_notify: set[UUID] = set()
         self.windows: dict[UUID, datetime] = {}
+        self.unreminded: dict[UUID, tuple[datetime, datetime]] = {}  # (resolved at, due) until reminded
+        self.service_types: dict[UUID, str | None] = {}
+        self.reopens: Counter[UUID] = Counter()
+        self.reopens_by_technician: Counter[str] = Counter()
+        self.reopens_by_type: Counter[str] = Counter()
 
     def apply(self, e: Aggregate.Event) -> None:
-        if isinstance(e, FeedbackCase.ResolutionNoted):
-            self.to_notify.add(e.originator_id)
-            self.windows[e.originator_id] = e.rating_due_at
+        cid = e.originator_id
+        if isinstance(e, FeedbackCase.Opened):
+            self.service_types[cid] = e.service_type
+        elif isinstance(e, FeedbackCase.ResolutionNoted):
+            self.to_notify.add(cid)
+            self.windows[cid] = e.rating_due_at
+            self.unreminded[cid] = (e.resolved_at, e.rating_due_at)
         elif isinstance(
             e, FeedbackCase.Notified | FeedbackCase.NotificationAbandoned | FeedbackCase.NotifiedAfterClosure
         ):
-            self.to_notify.discard(e.originator_id)
-        elif isinstance(e, FeedbackCase.Closed):
-            self.windows.pop(e.originator_id, None)
+            self.to_notify.discard(cid)
+        elif isinstance(e, FeedbackCase.RatingReminded):
+            self.unreminded.pop(cid, None)
+        elif isinstance(e, FeedbackCase.Closed | FeedbackCase.Reopened):
+            self.windows.pop(cid, None)
+            self.unreminded.pop(cid, None)
+            if isinstance(e, FeedbackCase.Reopened):
+                self.to_notify.discard(cid)
+                self.reopens[cid] += 1
+                self.reopens_by_technician[e.technician_id or "unknown"] += 1
+                self.reopens_by_type[self.service_types.get(cid) or "unknown"] += 1
 
     def due(self, now: datetime) -> list[UUID]:
         with self.lock:
             return [cid for cid, due in self.windows.items() if due < now]
+
+    def reminders_due(self, now: datetime, share: float) -> list[UUID]:
+        """Open windows past ``share`` of their length whose customer was not reminded yet."""
+        with self.lock:
+            return [cid for cid, (start, due) in self.unreminded.items() if start + (due - start) * share <= now < due]
+
+    def reopen_counts(self) -> tuple[int, dict[str, int], dict[str, int]]:
+        """(all reopens, per technician who resolved it, per service type)."""
+        with self.lock:
+            return (sum(self.reopens.values()), dict(self.reopens_by_technician), dict(self.reopens_by_type))
+
+
+class ChannelTokens(LogFollower):
+    """Channel systems' live credentials by token hash, from feedback's copies of intake's channel events."""
+
+    def __init__(self, app: commands.FeedbackApp) -> None:
+        super().__init__(app)
+        self.names: dict[str, str] = {}  # channel id → name
+        self.kinds: dict[str, str] = {}
+        self.tokens: dict[str, tuple[str, str]] = {}  # token hash → (channel id, credential id)
+        self.by_access: dict[UUID, str] = {}  # ChannelAccess id → channel id
+
+    def apply(self, e: Aggregate.Event) -> None:
+        if isinstance(e, ChannelAccess.Known):
+            self.by_access[e.originator_id] = e.channel_id
+            self.names[e.channel_id] = e.name
+            self.kinds[e.channel_id] = e.kind
+        elif isinstance(e, ChannelAccess.CredentialKnown):
+            self.tokens[e.token_hash] = (self.by_access[e.originator_id], e.credential_id)
+        elif isinstance(e, ChannelAccess.CredentialWithdrawn):
+            self.tokens.pop(e.token_hash, None)
+
+    def principal(self, token_hash: str) -> Principal | None:
+        with self.lock:
+            found = self.tokens.get(token_hash)
+            if found is None:
+                return None
+            channel_id, credential_id = found
+            return Principal(f"channel:{self.names.get(channel_id) or channel_id}", frozenset({Role.channel}),
+                             channel_id=channel_id,
+                             attributes={"kind": self.kinds.get(channel_id), "credential_id": credential_id})
+
+
+def channel_tokens(svc: Service[commands.FeedbackApp]) -> TokenResolver:
+    """Registered channel systems' credentials, as intake announced them (hashes only; revocable)."""
+    view = svc.app.channels
+    return followed_resolver(view.principal, view.refresh)
 
 
 async def rating_windows(svc: Service[commands.FeedbackApp]) -> None:
