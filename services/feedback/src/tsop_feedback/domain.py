@@ -442,6 +442,7 @@ class FeedbackCase(Aggregate):
         if (self.closed_reason is not None or at is None or self.rating_due_at is None or self.reminded
                 or now < at or now > self.rating_due_at):
             return False
+        self._settle_notification(now)
         self._rating_reminded(ticket_id=self.ticket_id, rating_due_at=self.rating_due_at, reminded_at=now)
         return True
 
