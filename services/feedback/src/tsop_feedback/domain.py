@@ -630,3 +630,122 @@ class FeedbackPolicy:
             return False
         since = now - self.fatigue_period
         return sum(1 for t in asked_at if t > since) >= self.max_surveys
+
+
+# ---------------------------------------------------------------- notifications at each step (§2.3)
+
+STEPS = ("accepted", "assigned", "pending_information", "resolved", "closed")
+TEMPLATE_KINDS = ("sms", "email", "app")
+DEFAULT_STEPS = ("resolved",)  # what a channel gets until it subscribes to more (today's one webhook)
+
+
+class NotificationState(TypedDict):
+    state: Literal["pending", "delivered", "dead"]
+    attempts: int
+
+
+class Notification(Aggregate):
+    """One message to the applicant about one step of their ticket, posted to the request's callback.
+
+    Every attempt is an event (its outcome with it); after the last one the notification is dead-lettered and
+    an agent sees it. The id derives from the event that caused it, so a redelivered cause queues nothing new.
+    """
+
+    class Queued(Aggregate.Created):
+        ticket_id: str
+        step: str
+        url: str
+        template: str
+        language: str
+        text: str
+        payload: dict[str, str | None]
+        queued_at: datetime
+
+    class Attempted(Aggregate.Event):
+        attempt: int
+        ok: bool
+        status_code: int | None
+        error: str | None
+        at: datetime
+
+    class GivenUp(Aggregate.Event):
+        attempts: int
+        error: str
+        at: datetime
+
+    @event(Queued)
+    def __init__(  # noqa: PLR0913
+        self, id: UUID, ticket_id: str, step: str, url: str, template: str, language: str,  # noqa: A002
+        text: str, payload: dict[str, str | None], queued_at: datetime,
+    ) -> None:
+        self.ticket_id, self.step, self.url = ticket_id, step, url
+        self.template, self.language, self.text, self.payload = template, language, text, payload
+        self.queued_at = queued_at
+        self.attempts = 0
+        self.last_attempt_at: datetime | None = None
+        self.delivered = False
+        self.dead = False
+        self.last_error: str | None = None
+
+    def record_attempt(self, ok: bool, status_code: int | None, error: str | None, at: datetime,
+                       max_attempts: int, final: bool = False) -> None:
+        """An attempt and its outcome; the last one allowed (or a destination that may never be called) gives up."""
+        if self.delivered or self.dead:
+            return
+        self._attempted(attempt=self.attempts + 1, ok=ok, status_code=status_code,
+                        error=None if ok else (error or "failed")[:1000], at=at)
+        if not ok and (final or self.attempts >= max_attempts):
+            self._given_up(attempts=self.attempts, error=self.last_error or "failed", at=at)
+
+    @event(Attempted)
+    def _attempted(self, attempt: int, ok: bool, status_code: int | None, error: str | None, at: datetime) -> None:
+        self.attempts = attempt
+        self.last_attempt_at = at
+        self.delivered = ok
+        self.last_error = error
+
+    @event(GivenUp)
+    def _given_up(self, attempts: int, error: str, at: datetime) -> None:
+        self.dead = True
+
+
+@dataclass(frozen=True)
+class Templates:
+    """Per-channel message templates (operator data): kind (sms, email, app) → language → step → text.
+
+    Texts use ``{ticket_id}``, ``{expected_by}``, ``{missing}``, ``{complete_by}``, ``{result}``, ``{advice}``,
+    ``{rating_due_at}``, ``{closed_basis}``; an unknown placeholder stays as written."""
+
+    table: dict[str, dict[str, dict[str, str]]]
+
+    @classmethod
+    def from_dict(cls, data: object, source: str = "templates") -> Templates:
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: must be a JSON object of kind → language → step → text")
+        table: dict[str, dict[str, dict[str, str]]] = {}
+        for kind in TEMPLATE_KINDS:
+            langs = data.get(kind)
+            if not isinstance(langs, dict) or not {"zh", "en"} <= set(langs):
+                raise ValueError(f"{source}: {kind}: needs texts in zh and en at least")
+            table[kind] = {}
+            for lang, steps in langs.items():
+                missing = [s for s in STEPS if not isinstance(steps, dict) or not isinstance(steps.get(s), str)]
+                if missing:
+                    raise ValueError(f"{source}: {kind}.{lang}: no text for {missing}")
+                table[kind][str(lang)] = {s: steps[s] for s in STEPS}
+        return cls(table)
+
+    def render(self, kind: str, language: str, step: str, values: dict[str, str | None]) -> str:
+        texts = self.table.get(kind) or self.table["app"]
+        text = (texts.get(language) or texts["en"])[step]
+        return text.format_map(_Blank({k: v or "" for k, v in values.items()}))
+
+
+class _Blank(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def default_template(kind: str) -> str:
+    """The template kind for a channel that chose none: app for apps, e-mail for the web, SMS otherwise."""
+    return {"app": "app", "web": "email"}.get(kind, "sms")
