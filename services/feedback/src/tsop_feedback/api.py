@@ -6,20 +6,21 @@ import asyncio
 from typing import Annotated, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field, Strict
 
 from tsop_events.auth import Principal, Role, requires
-from tsop_events.errors import Invalid
+from tsop_events.errors import Forbidden, Invalid
 from tsop_events.http import service_dependency
 from tsop_events.inbound import Bool, Inbound, Int, TextCheck
 from tsop_events.runtime import Service
 from tsop_feedback import commands
 from tsop_feedback.commands import FeedbackApp
-from tsop_feedback.domain import FeedbackCase
+from tsop_feedback.domain import ChannelAccess, FeedbackCase, Notification
 
 router = APIRouter(prefix="/v1/tickets", tags=["feedback"])
 stats_router = APIRouter(prefix="/v1", tags=["feedback"])
+channels_router = APIRouter(prefix="/v1/channels", tags=["feedback"])
 Svc = Annotated[Service[FeedbackApp], Depends(service_dependency(FeedbackApp))]
 # the customer rates through their channel system, with its own credential (for its own tickets only); service-desk
 # staff record a rating taken by phone
@@ -27,6 +28,7 @@ Rater = Annotated[Principal, Depends(requires(Role.agent, Role.channel))]
 Reopener = Annotated[Principal, Depends(requires(Role.agent, Role.supervisor, Role.channel))]
 Reader = Annotated[Principal, Depends(requires(Role.agent, Role.supervisor, Role.auditor, Role.channel))]
 StatsReader = Annotated[Principal, Depends(requires(Role.agent, Role.supervisor, Role.auditor))]
+Subscriber = Annotated[Principal, Depends(requires(Role.channel, Role.supervisor))]
 
 
 def own_channel(caller: Principal) -> str | None:
@@ -177,3 +179,92 @@ async def reopen_counts(svc: Svc, caller: StatsReader, ticket_id: UUID | None = 
         case = await commands.feedback_of(svc, str(ticket_id))
         out.ticket = {str(ticket_id): case.reopen_count}
     return out
+
+
+# ---------------------------------------------------------------- notifications at each step (§2.3)
+
+Step = Literal["accepted", "assigned", "pending_information", "resolved", "closed"]
+
+
+class Subscription(Inbound):
+    steps: Annotated[list[Step], Field(max_length=5, description="The steps the applicant is told of (the result, "
+                                                                 "resolved, is always sent)")]
+    template: Literal["sms", "email", "app"]
+    language: Annotated[str, Strict(), Field(min_length=2, max_length=16), TextCheck] = "zh"
+
+
+class SubscriptionView(BaseModel):
+    channel_id: str
+    steps: list[str]
+    template: str
+    language: str
+
+
+def subscription_view(a: ChannelAccess) -> SubscriptionView:
+    return SubscriptionView(channel_id=a.channel_id, steps=a.steps, template=a.template, language=a.language)
+
+
+def _own_channel_only(caller: Principal, channel_id: str) -> None:
+    if caller.channel_id is not None and not caller.has(Role.supervisor) and caller.channel_id != channel_id:
+        raise Forbidden("a channel system manages only its own subscription", "channel_id")
+
+
+@channels_router.put("/{channel_id}/notifications", response_model=SubscriptionView)
+async def subscribe(channel_id: UUID, body: Subscription, svc: Svc, caller: Subscriber) -> SubscriptionView:
+    """Which steps the channel's applicants are told of (accepted, assigned with the expected time, pending
+    information, resolved with result and advice, closed), in which template kind and language."""
+    _own_channel_only(caller, str(channel_id))
+    access = await commands.subscribe(svc, str(channel_id), list(body.steps), body.template, body.language,
+                                      caller.subject)
+    return subscription_view(access)
+
+
+@channels_router.get("/{channel_id}/notifications", response_model=SubscriptionView)
+async def get_subscription(channel_id: UUID, svc: Svc, caller: Subscriber) -> SubscriptionView:
+    """The channel's subscription (the result only, as SMS in Chinese, until it chose)."""
+    _own_channel_only(caller, str(channel_id))
+    return subscription_view(await commands.subscription_of(svc, str(channel_id)))
+
+
+class NotificationView(BaseModel):
+    id: str
+    ticket_id: str
+    step: str
+    state: Literal["pending", "delivered", "dead_lettered"]
+    attempts: int
+    last_error: str | None
+    template: str
+    language: str
+    text: str
+    queued_at: str
+
+
+def notification_view(n: Notification) -> NotificationView:
+    return NotificationView(
+        id=str(n.id), ticket_id=n.ticket_id, step=n.step,
+        state="delivered" if n.delivered else "dead_lettered" if n.dead else "pending",
+        attempts=n.attempts, last_error=n.last_error, template=n.template, language=n.language, text=n.text,
+        queued_at=n.queued_at.isoformat(),
+    )
+
+
+@router.get("/{ticket_id}/notifications", response_model=list[NotificationView])
+async def ticket_notifications(ticket_id: UUID, svc: Svc, caller: Reader) -> list[NotificationView]:
+    """The step notifications of a ticket, each with its attempts and state (the result webhook: …/feedback)."""
+    await commands.feedback_of(svc, str(ticket_id), own_channel(caller))  # 404 / 403 as for the case
+    follow_ups = svc.app.follow_ups
+    await asyncio.to_thread(follow_ups.refresh)
+    with follow_ups.lock:
+        ids = list(follow_ups.notifications_of.get(str(ticket_id), []))
+    return [notification_view(n) for n in await commands.load_notifications(svc, ids)]
+
+
+@stats_router.get("/notifications/dead-lettered", response_model=list[NotificationView])
+async def dead_notifications(svc: Svc, caller: StatsReader, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+                             ) -> list[NotificationView]:
+    """Notifications given up after their last attempt, for an agent to follow up by other means."""
+    follow_ups = svc.app.follow_ups
+    await asyncio.to_thread(follow_ups.refresh)
+    with follow_ups.lock:
+        ids = list(follow_ups.dead_notifications)[-limit:]
+    return [notification_view(n) for n in await commands.load_notifications(svc, ids)]

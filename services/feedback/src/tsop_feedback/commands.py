@@ -20,7 +20,7 @@ from tsop_events.runtime import Service
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp
 from tsop_feedback import views
-from tsop_feedback.domain import FeedbackCase, FeedbackPolicy
+from tsop_feedback.domain import ChannelAccess, FeedbackCase, FeedbackPolicy, Notification, Templates
 
 SUBMISSION_PATIENCE = 3.0  # seconds a rating waits for feedback to hear of a ticket's submission
 
@@ -29,6 +29,16 @@ Delivered = tuple[UUID, str, int, int | None]  # case, channel, attempts, status
 
 def case_id(ticket_id: str) -> UUID:
     return derived_id("feedback-case", ticket_id)
+
+
+def access_id(channel_id: str) -> UUID:
+    """Feedback's copy of a channel system's credentials and subscription."""
+    return derived_id("feedback-channel", channel_id)
+
+
+def notification_id(cause_event_id: str) -> UUID:
+    """A step's notification derives from the event that caused it: a redelivered cause queues nothing new."""
+    return derived_id("notification", cause_event_id)
 
 
 class FeedbackApp(EventStoreApp):
@@ -41,11 +51,13 @@ class FeedbackApp(EventStoreApp):
         clock: Clock | None = None,
         rating_window: timedelta = timedelta(hours=24),
         policy: FeedbackPolicy | None = None,
+        templates: Templates | None = None,
     ) -> None:
         super().__init__(settings, env)
         self.clock = clock or SystemClock()
         self.rating_window = rating_window
         self.policy = policy or FeedbackPolicy(default_window=rating_window)
+        self.templates = templates or Templates.built_in()
         self.follow_ups = views.FollowUps(self)
         self.channels = views.ChannelTokens(self)
 
@@ -177,3 +189,57 @@ async def expire_windows(svc: Service[FeedbackApp]) -> int:
         closed += await expire_window(svc, cid)
     await asyncio.to_thread(follow_ups.refresh)
     return closed
+
+
+# ---------------------------------------------------------------- notifications at each step
+
+
+async def subscribe(
+    svc: Service[FeedbackApp], channel_id: str, steps: list[str], template: str, language: str, by: str
+) -> ChannelAccess:
+    """Which steps a channel's applicants are told of, and how (404 until feedback has heard of the channel)."""
+    languages = frozenset(svc.app.templates.table[template]) if template in svc.app.templates.table else frozenset()
+
+    def decide(uow: UnitOfWork) -> ChannelAccess:
+        access = uow.find(ChannelAccess, access_id(channel_id))
+        if access is None:
+            raise NotFound(f"no channel {channel_id} known to feedback (yet)", "channel_id")
+        access.subscribe(steps, template, language, by, svc.app.clock.now(), languages or frozenset({"zh", "en"}))
+        return access
+
+    return await svc.commands.run(decide)
+
+
+async def subscription_of(svc: Service[FeedbackApp], channel_id: str) -> ChannelAccess:
+    def read(uow: UnitOfWork) -> ChannelAccess:
+        access = uow.find(ChannelAccess, access_id(channel_id))
+        if access is None:
+            raise NotFound(f"no channel {channel_id} known to feedback (yet)", "channel_id")
+        return access
+
+    return await svc.commands.run(read)
+
+
+async def load_notification(svc: Service[FeedbackApp], nid: UUID) -> Notification:
+    return await svc.commands.run(lambda uow: uow.load(Notification, nid))
+
+
+async def load_notifications(svc: Service[FeedbackApp], ids: list[UUID]) -> list[Notification]:
+    def read(uow: UnitOfWork) -> list[Notification]:
+        return [n for i in ids if (n := uow.find(Notification, i)) is not None]
+
+    return await svc.commands.run(read)
+
+
+async def record_attempt(
+    svc: Service[FeedbackApp], nid: UUID, ok: bool, status_code: int | None, error: str | None, max_attempts: int,
+    final: bool = False,
+) -> Notification:
+    """Record one delivery attempt and its outcome (the last allowed one that failed gives the delivery up)."""
+
+    def decide(uow: UnitOfWork) -> Notification:
+        n = uow.load(Notification, nid)
+        n.record_attempt(ok, status_code, error, svc.app.clock.now(), max_attempts, final)
+        return n
+
+    return await svc.commands.run(decide)

@@ -90,6 +90,9 @@ class FeedbackCase(Aggregate):
         service_type: str | None = None
         customer_id: str | None = None
 
+    class ExpectedBy(Aggregate.Event):
+        expected_by: datetime | None
+
     class ResolutionNoted(Aggregate.Event):
         resolution_code: str
         summary: str
@@ -98,6 +101,7 @@ class FeedbackCase(Aggregate):
         rating_due_at: datetime
         resolved_event_id: str
         technician_id: str | None = None
+        text: str | None = None
 
     class NotificationAbandoned(Aggregate.Event):
         ticket_id: str
@@ -190,6 +194,9 @@ class FeedbackCase(Aggregate):
         self.reopen_count = 0
         self.tags: list[str] = []
         self.solved: bool | None = None
+        self.expected_by: datetime | None = None  # when review expects the work done (told to the applicant)
+        self.resolution_text: str | None = None  # the result rendered from the channel's template
+
         self.resolution: Resolution | None = None
         self.resolved_event_id: str | None = None
         self.rating_due_at: datetime | None = None
@@ -201,6 +208,15 @@ class FeedbackCase(Aggregate):
         self.early_rating: EarlyRating | None = None  # rated before this service heard of the resolution
         self.notified_after_closure = False
 
+    def expect(self, expected_by: datetime | None) -> None:
+        """Review accepted the request with this deadline (what the applicant is told to expect)."""
+        if expected_by != self.expected_by:
+            self._expected_by(expected_by=expected_by)
+
+    @event(ExpectedBy)
+    def _expected_by(self, expected_by: datetime | None) -> None:
+        self.expected_by = expected_by
+
     def note_resolution(
         self,
         resolution_code: str,
@@ -211,6 +227,7 @@ class FeedbackCase(Aggregate):
         resolved_event_id: str,
         technician_id: str | None = None,
         rules: RatingRules | None = None,
+        text: str | None = None,
     ) -> None:
         if self.resolution is not None or resolved_event_id in self.resolutions_seen:
             return  # a redelivered Resolved
@@ -222,6 +239,7 @@ class FeedbackCase(Aggregate):
             rating_due_at=resolved_at + window,
             resolved_event_id=resolved_event_id,
             technician_id=technician_id,
+            text=text,
         )
         early = self.early_rating
         if early is not None and self.closed_reason is None and early["received_at"] >= resolved_at - CLOCK_SKEW:
@@ -242,8 +260,10 @@ class FeedbackCase(Aggregate):
         rating_due_at: datetime,
         resolved_event_id: str,
         technician_id: str | None = None,
+        text: str | None = None,
     ) -> None:
         self.resolution = {"resolution_code": resolution_code, "summary": summary, "advice": advice}
+        self.resolution_text = text
         self.rating_due_at = rating_due_at
         self.resolved_event_id = resolved_event_id
         self.resolved_at = resolved_at
@@ -503,6 +523,13 @@ class ChannelAccess(Aggregate):
         credential_id: str
         token_hash: str
 
+    class Subscribed(Aggregate.Event):
+        steps: list[str]
+        template: str
+        language: str
+        by: str
+        at: datetime
+
     @event(Known)
     def __init__(self, id: UUID, channel_id: str, name: str, kind: str) -> None:  # noqa: A002
         self.channel_id = channel_id
@@ -510,6 +537,27 @@ class ChannelAccess(Aggregate):
         self.kind = kind
         self.credentials: dict[str, str] = {}  # credential id → token hash (live ones)
         self.withdrawn: set[str] = set()
+        self.steps: list[str] = list(DEFAULT_STEPS)
+        self.template = default_template(kind)
+        self.language = "zh"
+
+    def subscribe(self, steps: list[str], template: str, language: str, by: str, at: datetime,
+                  languages: frozenset[str] = frozenset({"zh", "en"})) -> None:
+        """Which steps the channel's applicants are told of, in which template kind and language."""
+        bad = [s for s in steps if s not in STEPS]
+        if bad:
+            raise Invalid(f"unknown step(s) {bad}; the steps are {list(STEPS)}", "steps")
+        if template not in TEMPLATE_KINDS:
+            raise Invalid(f"unknown template {template!r}; the kinds are {list(TEMPLATE_KINDS)}", "template")
+        if language not in languages:
+            raise Invalid(f"no templates in {language!r}; there are {sorted(languages)}", "language")
+        wanted = [s for s in STEPS if s in steps or s == "resolved"]  # the result is always sent
+        if (wanted, template, language) != (self.steps, self.template, self.language):
+            self._subscribed(steps=wanted, template=template, language=language, by=by, at=at)
+
+    @event(Subscribed)
+    def _subscribed(self, steps: list[str], template: str, language: str, by: str, at: datetime) -> None:
+        self.steps, self.template, self.language = list(steps), template, language
 
     def know(self, credential_id: str, token_hash: str) -> None:
         if credential_id in self.credentials or credential_id in self.withdrawn:
@@ -674,7 +722,7 @@ class Notification(Aggregate):
         at: datetime
 
     @event(Queued)
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self, id: UUID, ticket_id: str, step: str, url: str, template: str, language: str,  # noqa: A002
         text: str, payload: dict[str, str | None], queued_at: datetime,
     ) -> None:
@@ -719,9 +767,18 @@ class Templates:
     table: dict[str, dict[str, dict[str, str]]]
 
     @classmethod
+    def built_in(cls) -> Templates:
+        """Plain texts for tests and a bare app; services load ``notification_templates.json`` (main.py)."""
+        en = {s: f"{{ticket_id}}: {s.replace('_', ' ')}" for s in STEPS}
+        return cls({kind: {"zh": dict(en), "en": dict(en)} for kind in TEMPLATE_KINDS})
+
+    @classmethod
     def from_dict(cls, data: object, source: str = "templates") -> Templates:
         if not isinstance(data, dict):
             raise ValueError(f"{source}: must be a JSON object of kind → language → step → text")
+        unknown = sorted(set(data) - {*TEMPLATE_KINDS, "$comment"})
+        if unknown:
+            raise ValueError(f"{source}: {unknown[0]}: not a template kind; the kinds are {list(TEMPLATE_KINDS)}")
         table: dict[str, dict[str, dict[str, str]]] = {}
         for kind in TEMPLATE_KINDS:
             langs = data.get(kind)
