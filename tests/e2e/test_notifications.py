@@ -25,7 +25,7 @@ class FlakyReceiver:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
                 with lock:
-                    seen = sum(1 for p in posts if p["ticket_id"] == body["ticket_id"])
+                    seen = sum(1 for p in posts if (p["ticket_id"], p["step"]) == (body["ticket_id"], body["step"]))
                     ok = failures is not None and seen >= failures
                     posts.append({**body, "ok": ok, "signature": self.headers.get("X-TSOP-Signature")})
                 self.send_response(204 if ok else 503)

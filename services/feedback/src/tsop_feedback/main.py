@@ -16,7 +16,13 @@ from tsop_feedback.api import channels_router, router, stats_router
 from tsop_feedback.commands import FeedbackApp
 from tsop_feedback.domain import FeedbackPolicy, Templates
 from tsop_feedback.policies import FollowChannels, FollowTickets
-from tsop_feedback.views import channel_tokens, deliver_feedback, deliver_notifications, rating_windows
+from tsop_feedback.views import (
+    channel_tokens,
+    deliver_feedback,
+    deliver_notifications,
+    follow_channels,
+    rating_windows,
+)
 from tsop_feedback.wire import WIRE
 
 
@@ -63,7 +69,7 @@ def bootstrap(settings: FeedbackSettings | None = None) -> FeedbackService:
         app_factory=make_app,
         mapper=WIRE,
         sinks=[FollowTickets.of, FollowChannels.of],
-        tasks=[webhooks, notifications, rating_windows],
+        tasks=[webhooks, notifications, rating_windows, follow_channels],
         token_resolvers=[channel_tokens],
     )
 

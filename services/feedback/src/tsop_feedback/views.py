@@ -167,6 +167,13 @@ class ChannelTokens(LogFollower):
                              attributes={"kind": self.kinds.get(channel_id), "credential_id": credential_id})
 
 
+async def follow_channels(svc: Service[commands.FeedbackApp], every: float = 0.5) -> None:
+    """Keep the channel credentials current: a revocation is refused here within ``every`` seconds of reading it."""
+    while True:
+        await asyncio.to_thread(svc.app.channels.refresh)
+        await asyncio.sleep(every)
+
+
 def channel_tokens(svc: Service[commands.FeedbackApp]) -> TokenResolver:
     """Registered channel systems' credentials, as intake announced them (hashes only; revocable)."""
     view = svc.app.channels
