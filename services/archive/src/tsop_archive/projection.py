@@ -252,9 +252,11 @@ class ArchiveStore(ProjectionSink):
                WHERE blocked AND ticket_id IN (SELECT ticket_id FROM delivered)""",
             env.id, position,
         )
-        if key is not None and stored == "INSERT 0 1" and env.type in (Reopened.event_type, Closed.event_type):
+        if key is not None and env.type in (Reopened.event_type, Closed.event_type):
             # a reopened ticket has not ended; a closure that may be reopened ends when its period does
             # (only a newly stored event counts: a redelivered older one never undoes a newer)
+            if stored != "INSERT 0 1":
+                return
             await conn.execute("DELETE FROM archive_to_seal WHERE ticket_id = $1", key)
             if env.type == Closed.event_type:
                 await conn.execute(
