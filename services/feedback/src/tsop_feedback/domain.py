@@ -102,6 +102,7 @@ class FeedbackCase(Aggregate):
         resolved_event_id: str
         technician_id: str | None = None
         text: str | None = None
+        surveyed: bool = True
 
     class NotificationAbandoned(Aggregate.Event):
         ticket_id: str
@@ -196,6 +197,7 @@ class FeedbackCase(Aggregate):
         self.solved: bool | None = None
         self.expected_by: datetime | None = None  # when review expects the work done (told to the applicant)
         self.resolution_text: str | None = None  # the result rendered from the channel's template
+        self.surveyed = True  # asked to rate (sampling and fatigue caps may say not)
 
         self.resolution: Resolution | None = None
         self.resolved_event_id: str | None = None
@@ -228,7 +230,11 @@ class FeedbackCase(Aggregate):
         technician_id: str | None = None,
         rules: RatingRules | None = None,
         text: str | None = None,
+        surveyed: bool = True,
     ) -> None:
+        """Note the resolution and open the rating window. ``surveyed`` False (sampling, or the customer's fatigue
+        cap): the customer is not asked (no reminder; the webhook says ``rating_requested: false``), though a
+        rating they give in the window still counts."""
         if self.resolution is not None or resolved_event_id in self.resolutions_seen:
             return  # a redelivered Resolved
         self._resolution_noted(
@@ -240,6 +246,7 @@ class FeedbackCase(Aggregate):
             resolved_event_id=resolved_event_id,
             technician_id=technician_id,
             text=text,
+            surveyed=surveyed,
         )
         early = self.early_rating
         if early is not None and self.closed_reason is None and early["received_at"] >= resolved_at - CLOCK_SKEW:
@@ -261,9 +268,11 @@ class FeedbackCase(Aggregate):
         resolved_event_id: str,
         technician_id: str | None = None,
         text: str | None = None,
+        surveyed: bool = True,
     ) -> None:
         self.resolution = {"resolution_code": resolution_code, "summary": summary, "advice": advice}
         self.resolution_text = text
+        self.surveyed = surveyed
         self.rating_due_at = rating_due_at
         self.resolved_event_id = resolved_event_id
         self.resolved_at = resolved_at
@@ -460,7 +469,7 @@ class FeedbackCase(Aggregate):
         """Remind the customer once, after ``share`` of the window and before it ends; True if it did."""
         at = self.remind_at(share)
         if (self.closed_reason is not None or at is None or self.rating_due_at is None or self.reminded
-                or now < at or now > self.rating_due_at):
+                or not self.surveyed or now < at or now > self.rating_due_at):
             return False
         self._settle_notification(now)
         self._rating_reminded(ticket_id=self.ticket_id, rating_due_at=self.rating_due_at, reminded_at=now)

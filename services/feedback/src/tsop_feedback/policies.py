@@ -33,10 +33,28 @@ class FollowTickets(EventStoreSink):
     def __init__(self, app: FeedbackApp) -> None:
         super().__init__(app)
         self.feedback = app
+        self.asked_now: dict[str, list[datetime]] = {}
 
     @classmethod
     def of(cls, svc: Service[FeedbackApp]) -> FollowTickets:
         return cls(svc.app)
+
+    def before_batch(self) -> None:
+        self.feedback.follow_ups.refresh()  # who was asked to rate lately (the fatigue cap)
+        self.asked_now = {}  # asked in this batch, not yet in the log
+
+    def surveyed(self, case: FeedbackCase, at: datetime) -> bool:
+        """Whether to ask this customer: the ticket is in the type's sample and they are under the fatigue cap."""
+        policy = self.feedback.policy
+        if not policy.sampled(case.ticket_id, case.service_type):
+            return False
+        if case.customer_id is None:
+            return True
+        asked = self.feedback.follow_ups.asked_of(case.customer_id) + self.asked_now.get(case.customer_id, [])
+        if policy.fatigued(asked, at):
+            return False
+        self.asked_now.setdefault(case.customer_id, []).append(at)
+        return True
 
     def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
         ev = incoming.event
@@ -73,6 +91,8 @@ class FollowTickets(EventStoreSink):
                 technician_id=ev.technician_id,
                 rules=policy.rules,
                 text=text,
+                surveyed=case.resolution is None and cause not in case.resolutions_seen
+                and self.surveyed(case, ev.resolved_at),
             )
         elif isinstance(ev, wire.RequestAccepted):
             case.expect(ev.resolve_by)

@@ -63,6 +63,8 @@ class FollowUps(LogFollower):
         self.windows: dict[UUID, datetime] = {}
         self.unreminded: dict[UUID, tuple[datetime, datetime]] = {}  # (resolved at, due) until reminded
         self.service_types: dict[UUID, str | None] = {}
+        self.customers: dict[UUID, str] = {}  # case → customer
+        self.asked: dict[str, list[datetime]] = {}  # customer → when they were asked to rate (fatigue caps)
         self.reopens: Counter[UUID] = Counter()
         self.reopens_by_technician: Counter[str] = Counter()
         self.reopens_by_type: Counter[str] = Counter()
@@ -77,10 +79,15 @@ class FollowUps(LogFollower):
             self._notification(e)
         elif isinstance(e, FeedbackCase.Opened):
             self.service_types[cid] = e.service_type
+            if e.customer_id:
+                self.customers[cid] = e.customer_id
         elif isinstance(e, FeedbackCase.ResolutionNoted):
             self.to_notify.add(cid)
             self.windows[cid] = e.rating_due_at
-            self.unreminded[cid] = (e.resolved_at, e.rating_due_at)
+            if e.surveyed:
+                self.unreminded[cid] = (e.resolved_at, e.rating_due_at)
+                if cid in self.customers:
+                    self.asked.setdefault(self.customers[cid], []).append(e.resolved_at)
         elif isinstance(
             e, FeedbackCase.Notified | FeedbackCase.NotificationAbandoned | FeedbackCase.NotifiedAfterClosure
         ):
@@ -122,6 +129,11 @@ class FollowUps(LogFollower):
         """Open windows past ``share`` of their length whose customer was not reminded yet."""
         with self.lock:
             return [cid for cid, (start, due) in self.unreminded.items() if start + (due - start) * share <= now < due]
+
+    def asked_of(self, customer_id: str | None) -> list[datetime]:
+        """When this customer was asked to rate (for the fatigue cap)."""
+        with self.lock:
+            return list(self.asked.get(customer_id or "", []))
 
     def reopen_counts(self) -> tuple[int, dict[str, int], dict[str, int]]:
         """(all reopens, per technician who resolved it, per service type)."""
@@ -202,6 +214,7 @@ def webhook_body(case: FeedbackCase) -> bytes:
             "advice": case.resolution["advice"],
             "rating_due_at": case.rating_due_at.isoformat(),
             "text": case.resolution_text,
+            "rating_requested": case.surveyed,
         }
     )
 
