@@ -301,6 +301,13 @@ class Rated(TicketEvent):
     doc: ClassVar[str] = "The customer rated the service within the window (§2.3)."
     score: Annotated[int, Field(ge=1, le=5)]
     comment: str | None = None
+    tags: list[Literal["on_time", "solved", "attitude", "communication"]] = Field(
+        default_factory=list, description="What the rating is about (reason tags the customer chose)."
+    )
+    solved: bool | None = Field(
+        default=None,
+        description="The customer's answer to 'is the problem solved?', asked on a low score; null when not asked.",
+    )
     rated_at: datetime
 
 
@@ -308,6 +315,16 @@ class Closed(TicketEvent):
     event_type: ClassVar[str] = "tsop.ticket.closed.v1"
     doc: ClassVar[str] = "The ticket is closed: rated, or the rating window expired (§2.4)."
     reason: Literal["rated", "rating_window_expired"]
+    basis: Literal["confirmed", "rated", "window_lapsed"] | None = Field(
+        default=None,
+        description="Why it closed: the customer confirmed or rated, or the window lapsed without a reopen "
+        "(null only on closures recorded before the basis was)."
+    )
+    reopenable_until: datetime | None = Field(
+        default=None,
+        description="Until when the ticket may still be reopened (§2.4); null: this closure is final. The archive "
+        "seals the dossier only after it.",
+    )
     closed_at: datetime
 
 
@@ -331,6 +348,71 @@ class Archived(TicketEvent):
 
 # --- ticket events of the customer's voice: notifications, the rating, closure and reopening (§2.3, §2.4) ---
 # (feedback's events on the tickets topic go here)
+
+
+class RatingReminded(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.rating-reminded.v1"
+    doc: ClassVar[str] = "The customer was reminded to rate before the rating window ends (§2.3)."
+    rating_due_at: datetime
+    reminded_at: datetime
+
+
+class RatingExpired(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.rating-expired.v1"
+    doc: ClassVar[str] = "The rating window ended without a rating: no answer, never a score (§2.3)."
+    rating_due_at: datetime
+    expired_at: datetime
+
+
+class Reopened(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.reopened.v1"
+    doc: ClassVar[str] = (
+        "The ticket is open again: the customer said the problem is not solved, or a closed ticket was reopened "
+        "within its period (§2.3, §2.4). Dispatch reopens the work order, preferring the same technician."
+    )
+    reason_code: Literal["not_solved", "reopen_requested"]
+    reason: NonEmpty
+    requested_by: str = Field(description="The channel or staff member who asked for it.")
+    reopen_count: Annotated[int, Field(ge=1)] = Field(description="How many times this ticket has been reopened.")
+    reopened_at: datetime
+
+
+# the channels topic (key = channel id): what other services need to know a channel system's caller by.
+# Only a credential's SHA-256 travels, never the token.
+
+
+class ChannelEvent(WireEvent):
+    """An event about a registered channel system; key = channel id, on the ``channels`` topic."""
+
+    topic: ClassVar[Topic] = Topic.channels
+    channel_id: str
+
+    def key(self) -> str:
+        return self.channel_id
+
+
+class ChannelRegistered(ChannelEvent):
+    event_type: ClassVar[str] = "tsop.channel.registered.v1"
+    doc: ClassVar[str] = "An admin registered a channel system (§2.1)."
+    name: str
+    kind: str
+    registered_at: datetime
+
+
+class ChannelCredentialIssued(ChannelEvent):
+    event_type: ClassVar[str] = "tsop.channel.credential-issued.v1"
+    doc: ClassVar[str] = "A channel system got a credential; only the token's SHA-256 hex travels."
+    credential_id: str
+    token_sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
+    issued_at: datetime
+
+
+class ChannelCredentialRevoked(ChannelEvent):
+    event_type: ClassVar[str] = "tsop.channel.credential-revoked.v1"
+    doc: ClassVar[str] = "A channel system's credential was revoked: from now on no service accepts it."
+    credential_id: str
+    token_sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
+    revoked_at: datetime
 
 
 # --- ticket events of incidents: tickets linked to an incident, held and released (§5.3) ---

@@ -11,7 +11,16 @@ from pydantic import BaseModel, Field, JsonValue
 
 from tsop_archive import commands
 from tsop_archive.commands import ArchiveApp, sealed_dossier, tickets_topic
-from tsop_archive.domain import FINAL, ArchivedEvent, Dossier, DossierStatus, Gap, GapView, dossier_status, open_gaps
+from tsop_archive.domain import (
+    ArchivedEvent,
+    Dossier,
+    DossierStatus,
+    Gap,
+    GapView,
+    dossier_status,
+    has_ended,
+    open_gaps,
+)
 from tsop_archive.projection import ticket_record
 from tsop_archive.records.projection import witnesses
 from tsop_events.auth import Principal, Role, requires
@@ -103,7 +112,7 @@ class DossierAnswer(BaseModel):
     ) -> DossierAnswer:
         seal = None if d is None else SealAnswer.of(d, events, witnesses or {})
         missing = open_gaps(gaps)
-        final_held = any(e.type in FINAL for e in events)
+        final_held = has_ended(e.type for e in events)
         return cls(
             ticket_id=ticket_id,
             status=dossier_status(final_held or seal is not None, gaps, None if seal is None else seal.complete),

@@ -25,7 +25,15 @@ from eventsourcing.domain import Aggregate, event
 
 from tsop_events.envelope import derived_id
 from tsop_events.errors import Conflict
-from tsop_events.schemas import Archived, Closed, DeadLettered, RequestCancelled, RequestLinked, RequestRejected
+from tsop_events.schemas import (
+    Archived,
+    Closed,
+    DeadLettered,
+    Reopened,
+    RequestCancelled,
+    RequestLinked,
+    RequestRejected,
+)
 
 GapView = dict[str, str | bool | None]
 """A gap as the dossier shows it and a seal records it (JSON: ``failed_at`` as ISO 8601)."""
@@ -34,6 +42,27 @@ GapView = dict[str, str | bool | None]
 FINAL = frozenset(
     {Closed.event_type, RequestRejected.event_type, RequestCancelled.event_type, RequestLinked.event_type}
 )
+
+# a reopened ticket has not ended: of these, the last one held says whether it has
+ENDING = FINAL | {Reopened.event_type}
+
+
+def has_ended(types: Iterable[str]) -> bool:
+    """Whether a ticket whose events have these types (in order) has ended: its last final-or-reopened is final."""
+    last = None
+    for t in types:
+        if t in ENDING:
+            last = t
+    return last is not None and last in FINAL
+
+
+def reopenable_until(closed_body: bytes) -> datetime | None:
+    """Until when a Closed event's ticket may be reopened (its dossier is sealed only after that); None: final."""
+    try:
+        value = json.loads(closed_body).get("reopenable_until")
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except (ValueError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)

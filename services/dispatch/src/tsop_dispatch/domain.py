@@ -457,6 +457,26 @@ class WorkOrder(Aggregate):
         reason: str
         withdrawn_at: datetime
 
+    class Reopened(Aggregate.Event):
+        """The customer said the problem is not solved (or a closed ticket was reopened): back to the queue, the
+        same technician first; the resolve clock continues from where it stopped. Carries what the board needs
+        to queue it and follow its clocks again."""
+
+        ticket_id: str
+        technician_id: str | None
+        reason: str
+        reopen_count: int
+        reopened_at: datetime
+        causation_id: str
+        service_type: str
+        region: str
+        priority: int
+        resolve_by: datetime | None
+        opened_at: datetime
+        needs: list[str]
+        facts: list[dict[str, JsonValue]]
+        crossed: list[list[str]]
+
     class Retargeted(Aggregate.Event):
         ticket_id: str
         targets: TargetsSpec
@@ -520,6 +540,7 @@ class WorkOrder(Aggregate):
         self.excluded: list[str] = []  # technicians who declined or let it time out
         self.previous: list[str] = []  # technicians who worked it before (continuity)
         self.log: list[LogEntry] = []
+        self.reopen_count = 0
         self.crossed: set[tuple[str, str]] = set()
         self.targets = targets
         self.facts: list[Fact] = [Fact(opened_at, "opened", {"targets": targets})] if targets else []
@@ -824,6 +845,67 @@ class WorkOrder(Aggregate):
         self.status = "resolved"
         self.facts.append(Fact(resolved_at, "resolved"))
 
+    # --- reopening ----------------------------------------------------------------------------------
+
+    def reopen(self, reason: str, reopen_count: int, at: datetime, causation_id: str) -> bool:
+        """The ticket was reopened downstream: wait again, remembering who resolved it (continuity).
+
+        False when there is nothing to reopen: not resolved (withdrawn, or reopened already), or this
+        reopening was applied before (a redelivery).
+        """
+        if self.status != "resolved" or reopen_count <= self.reopen_count:
+            return False
+        self._reopened(
+            ticket_id=self.ticket_id,
+            technician_id=self.technician_id,
+            reason=reason,
+            reopen_count=reopen_count,
+            reopened_at=at,
+            causation_id=causation_id,
+            service_type=self.service_type,
+            region=self.region,
+            priority=self.priority,
+            resolve_by=self.resolve_by,
+            opened_at=self.opened_at,
+            needs=list(self.needs),
+            facts=[fact_record(f) for f in self.facts],
+            crossed=[[t, level] for t, level in sorted(self.crossed)],
+        )
+        return True
+
+    @event(Reopened)
+    def _reopened(
+        self,
+        ticket_id: str,
+        technician_id: str | None,
+        reason: str,
+        reopen_count: int,
+        reopened_at: datetime,
+        causation_id: str,
+        service_type: str,
+        region: str,
+        priority: int,
+        resolve_by: datetime | None,
+        opened_at: datetime,
+        needs: list[str],
+        facts: list[dict[str, JsonValue]],
+        crossed: list[list[str]],
+    ) -> None:
+        self.status = "waiting"
+        self.reopen_count = reopen_count
+        self.causation_id = causation_id
+        if technician_id is not None:
+            self.previous.append(technician_id)
+        self.technician_id = None
+        self.accept_by = None
+        self.resources = []
+        self.facts.append(Fact(reopened_at, "reopened", {"reason": reason}))
+
+    @property
+    def resolved_by(self) -> str | None:
+        """Who resolved it last (before a reopening): the technician the reopened work goes back to first."""
+        return self.previous[-1] if self.previous else None
+
     # --- withdrawal ---------------------------------------------------------------------------------
 
     def withdraw(
@@ -907,6 +989,17 @@ class WorkOrder(Aggregate):
     @event(Escalated)
     def _escalated(self, ticket_id: str, to_role: str, reason: str, escalated_at: datetime) -> None:
         pass
+
+
+def fact_record(f: Fact) -> dict[str, JsonValue]:
+    """A clock fact as an event records it (JSON: the time as ISO 8601)."""
+    return {"at": f.at.isoformat(), "kind": f.kind, "data": f.data}
+
+
+def fact_of(record: dict[str, JsonValue]) -> Fact:
+    data = record.get("data")
+    return Fact(datetime.fromisoformat(str(record["at"])), str(record["kind"]), dict(data) if isinstance(data, dict)
+                else {})
 
 
 def clock_fact(e: WorkOrder.Event, paused: bool, held: bool = False) -> Fact | None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import ClassVar
 from uuid import UUID
 
-from tsop_dispatch.commands import DispatchApp, get, open_work_order, try_assign, work_order_id
+from tsop_dispatch.commands import DispatchApp, decide, get, open_work_order, try_assign, work_order_id
 from tsop_dispatch.domain import IncidentHold, Resource, Technician, WorkOrder
 from tsop_events import schemas as wire
 from tsop_events.consumer import EventStoreSink, Incoming, UnitOfWork
@@ -19,11 +20,15 @@ class OpenWorkOrders(EventStoreSink):
     """On RequestAccepted: open a work order (with its SLA targets) and assign it if anyone has room.
 
     On RequestCancelled: withdraw the request's open work order; its technician and resources are free.
+
+    On Reopened (the customer says it is not solved, or a closed ticket was reopened): the resolved work
+    order waits again and goes to the technician who resolved it if they have room, else to the best
+    other; its resolve clock runs on from where it stopped.
     """
 
     name: ClassVar[str] = "dispatch-work-orders"
     event_types: ClassVar[frozenset[str] | None] = frozenset(
-        {wire.RequestAccepted.event_type, wire.RequestCancelled.event_type}
+        {wire.RequestAccepted.event_type, wire.RequestCancelled.event_type, wire.Reopened.event_type}
     )
 
     def __init__(self, app: DispatchApp) -> None:
@@ -41,6 +46,9 @@ class OpenWorkOrders(EventStoreSink):
         ev = incoming.event
         if isinstance(ev, wire.RequestCancelled):
             self.withdraw(uow, ev)
+            return
+        if isinstance(ev, wire.Reopened):
+            self.reopen(uow, ev, incoming.envelope.id)
             return
         assert isinstance(ev, wire.RequestAccepted)
         wo_id = work_order_id(ev.ticket_id)
@@ -69,6 +77,16 @@ class OpenWorkOrders(EventStoreSink):
         holder = get(uow, Technician, UUID(wo.technician_id), "technician") if wo.technician_id else None
         resources = [get(uow, Resource, UUID(r), "resource") for r in wo.resources]
         wo.withdraw(f"request cancelled ({ev.reason_code}): {ev.reason}", ev.cancelled_at, holder, resources)
+
+    def reopen(self, uow: UnitOfWork, ev: wire.Reopened, event_id: str) -> None:
+        wo = uow.find(WorkOrder, work_order_id(ev.ticket_id))
+        if wo is None or not wo.reopen(ev.reason, ev.reopen_count, ev.reopened_at, event_id):
+            return  # never dispatched, withdrawn, or this reopening applied already
+        decision = decide(self.dispatch, wo)
+        same = wo.resolved_by
+        # the same technician first (stable sort: the rest keep their ranking)
+        first = replace(decision, ranked=sorted(decision.ranked, key=lambda r: str(r[2].id) != same))
+        try_assign(self.dispatch, wo, uow, decision=first)
 
 
 def hold_id(ticket_id: str) -> UUID:

@@ -32,6 +32,7 @@ from tsop_dispatch.domain import (
     TechnicianView,
     WorkOrder,
     clock_fact,
+    fact_of,
     rank_candidates,
 )
 from tsop_dispatch.sla import Fact, Policy, next_due
@@ -212,6 +213,17 @@ class Board(LogFollower):
                     holder[oid].priority = e.priority
             if oid in self.waiting:
                 self._queue_insert(oid, self.waiting[oid])
+        elif isinstance(e, WorkOrder.Reopened):
+            # back in the queue (the same technician first) and its clocks followed again, as they stood
+            w = Waiting(e.priority, e.resolve_by or e.opened_at, e.opened_at, e.service_type, e.region, list(e.needs))
+            if e.technician_id is not None:
+                w.previous.add(e.technician_id)
+            self._enqueue(oid, w)
+            facts = [fact_of(r) for r in e.facts]
+            if facts and facts[0].kind == "opened":
+                facts.append(Fact(e.reopened_at, "reopened", {"reason": e.reason}))
+                self.clocks[oid] = OpenClock(facts, {(t, level) for t, level in e.crossed})
+            return
         elif isinstance(e, WorkOrder.Resolved | WorkOrder.Withdrawn):
             self._parked.pop(oid, None)
             self._held.pop(oid, None)
