@@ -22,11 +22,17 @@ STAGE = {
     wire.Closed.event_type: (5, "closed"),
     wire.RequestRejected.event_type: (5, "rejected"),
     wire.RequestCancelled.event_type: (5, "cancelled"),  # an accepted request withdrawn is no longer open
+    wire.Reopened.event_type: (2, "reopened"),  # open again: back with a technician (§2.4)
 }
 
 
 class OpenTickets(ProjectionSink):
-    """Each ticket's region, service type, priority, customer and stage (stages only move forward)."""
+    """Each ticket's region, service type, priority, customer and stage.
+
+    Stages only move forward, whatever order redelivery brings, except that a reopening (the newest event
+    so far) takes a resolved or closed ticket back to open; an event older than the last reopening no
+    longer raises the stage.
+    """
 
     name: ClassVar[str] = "incident-open-tickets"
     event_types: ClassVar[frozenset[str] | None] = frozenset(STAGE)
@@ -35,6 +41,7 @@ class OpenTickets(ProjectionSink):
             ticket_id uuid PRIMARY KEY, region text, service_type text, priority int,
             stage int NOT NULL, status text NOT NULL, updated_at timestamptz NOT NULL)""",
         "ALTER TABLE tickets ADD COLUMN IF NOT EXISTS customer_id text",
+        "ALTER TABLE tickets ADD COLUMN IF NOT EXISTS reopened_at timestamptz",
         "CREATE INDEX IF NOT EXISTS tickets_open ON tickets (region, service_type) WHERE stage < 4",
     )
 
@@ -47,7 +54,21 @@ class OpenTickets(ProjectionSink):
             region, service_type, priority = ev.region, ev.service_type, ev.priority
         elif isinstance(ev, wire.RequestSubmitted):
             customer = ev.customer_id or None
-        # "only if newer": stages only move forward, whatever order redelivery brings
+        if isinstance(ev, wire.Reopened):
+            await conn.execute(
+                """INSERT INTO tickets (ticket_id, stage, status, updated_at, reopened_at)
+                   VALUES ($1, $2, $3, $4, $4)
+                   ON CONFLICT (ticket_id) DO UPDATE SET
+                     stage = CASE WHEN EXCLUDED.updated_at >= tickets.updated_at THEN EXCLUDED.stage
+                                  ELSE tickets.stage END,
+                     status = CASE WHEN EXCLUDED.updated_at >= tickets.updated_at THEN EXCLUDED.status
+                                   ELSE tickets.status END,
+                     updated_at = GREATEST(tickets.updated_at, EXCLUDED.updated_at),
+                     reopened_at = GREATEST(tickets.reopened_at, EXCLUDED.reopened_at)""",
+                incoming.key, stage, status, incoming.envelope.time,
+            )
+            return
+        # "only if newer": stages only move forward, whatever order redelivery brings (since the last reopening)
         await conn.execute(
             """INSERT INTO tickets (ticket_id, region, service_type, priority, stage, status, updated_at, customer_id)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -56,8 +77,10 @@ class OpenTickets(ProjectionSink):
                  service_type = COALESCE(tickets.service_type, EXCLUDED.service_type),
                  priority = COALESCE(tickets.priority, EXCLUDED.priority),
                  customer_id = COALESCE(tickets.customer_id, EXCLUDED.customer_id),
-                 stage = GREATEST(tickets.stage, EXCLUDED.stage),
-                 status = CASE WHEN EXCLUDED.stage > tickets.stage THEN EXCLUDED.status ELSE tickets.status END,
+                 stage = CASE WHEN EXCLUDED.updated_at < COALESCE(tickets.reopened_at, '-infinity') THEN tickets.stage
+                              ELSE GREATEST(tickets.stage, EXCLUDED.stage) END,
+                 status = CASE WHEN EXCLUDED.updated_at < COALESCE(tickets.reopened_at, '-infinity') THEN tickets.status
+                               WHEN EXCLUDED.stage > tickets.stage THEN EXCLUDED.status ELSE tickets.status END,
                  updated_at = GREATEST(tickets.updated_at, EXCLUDED.updated_at)""",
             incoming.key, region, service_type, priority, stage, status, incoming.envelope.time, customer,
         )
