@@ -205,7 +205,6 @@ class Relay:
         self.running = False
         self.set_aside = 0  # notifications set aside and not republished (read from the table)
         self.backlog = 0
-        self.caught_up = False  # the last read of the outbox returned less than a batch
         self._retry_all = True  # at start, every set-aside record is tried again
         self._next_maintenance = 0.0
         self._next_leader_check = 0.0
@@ -370,7 +369,6 @@ class Relay:
         notifications = await asyncio.to_thread(
             self.app.recorder.select_notifications, self.position + 1, self.settings.relay_batch
         )
-        self.caught_up = len(notifications) < self.settings.relay_batch
         if not notifications:
             self.backlog = 0
             RELAY_BACKLOG.labels(self.name).set(0)
@@ -527,10 +525,9 @@ class Relay:
         if not force and loop.time() < self._next_maintenance:
             return
         self._next_maintenance = loop.time() + MAINTENANCE_SECONDS
-        if not self.caught_up:  # the last read came back short of a batch: nothing else to count
-            latest = await asyncio.to_thread(self.app.recorder.max_notification_id) or 0
-            self.backlog = max(0, latest - self.position)
-            RELAY_BACKLOG.labels(self.name).set(self.backlog)
+        latest = await asyncio.to_thread(self.app.recorder.max_notification_id) or 0
+        self.backlog = max(0, latest - self.position)
+        RELAY_BACKLOG.labels(self.name).set(self.backlog)
         # one read says both how many are set aside and whether an operator asked for a republish
         pending = await self.pool.fetch(
             "SELECT retry_requested_at IS NOT NULL AS requested FROM tsop_relay_set_aside "
