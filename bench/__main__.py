@@ -141,6 +141,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
 async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     target = StackTarget(stack)
     driver = Driver(target)
@@ -156,19 +160,23 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         await driver.register_channel()
         await driver.register_technicians(args.technicians, args.capacity)
         if args.idle_seconds > 0:
+            say(f"bench: idle-fresh, {args.idle_seconds:g}s with nothing submitted")
             await asyncio.sleep(5.0)  # the registrations' events settle
             result["idle_fresh"] = await measure_idle(target, args.idle_seconds)
             result["rss_at_rest_mb"] = rss_mb(target)
         follow = asyncio.create_task(driver.follow())
         await asyncio.wait_for(driver.follower_ready.wait(), 60)
         await asyncio.sleep(1.0)  # the follower has its partitions before the first submission
+        say(f"bench: warm-up, then throughput ({args.lifecycles} lifecycles, {args.in_flight} in flight)")
         warm = await driver.closed_loop("warm-up", min(200, args.lifecycles), args.in_flight, args.timeout)
         result["warm_up"] = strip_raw(warm)
         result["throughput"] = await driver.closed_loop("throughput", args.lifecycles, args.in_flight, args.timeout)
+        say(f"bench: latency, open loop at {args.rate:g}/s for {args.seconds:g}s")
         result["latency"] = await driver.open_loop("latency", args.rate, args.seconds, args.timeout)
         follow.cancel()
         await asyncio.gather(follow, return_exceptions=True)
         if args.idle_seconds > 0:
+            say("bench: idle-after")
             await asyncio.sleep(5.0)  # the last rating's timers and relays settle
             result["idle_after"] = await measure_idle(target, args.idle_seconds)
             result["rss_after_load_mb"] = rss_mb(target)
