@@ -185,6 +185,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     finally:
         result["peak_rss_mb"] = {k: round(v / 2**20, 1) for k, v in sorted(driver.rss_peak.items())}
         result["errors"] = error_summary(driver.errors)
+        result["retried_requests"] = dict(driver.retried)
         result["targets"] = Targets().of(result)
         if follow is not None:
             follow.cancel()

@@ -35,6 +35,8 @@ TICKETS = "tsop.tickets"
 ASSIGNED = "tsop.ticket.assigned.v1"
 FEEDBACK_SENT = "tsop.ticket.feedback-sent.v1"
 ARCHIVED = "tsop.ticket.archived.v1"
+TRANSITIONS = ("accept", "start", "resolve", "rate")  # a repeat of one that took effect answers 409
+RETRYABLE = (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError, httpx.ConnectError, httpx.PoolTimeout)
 WORK_STEPS: tuple[tuple[str, dict[str, Any] | None], ...] = (
     ("accept", None),
     ("start", {"mode": "on_site"}),
@@ -255,6 +257,7 @@ class Driver:
         self.technician_tokens: dict[str, str] = {}  # technician id → the credential dispatch issued
         self.capacity: dict[str, int] = {}
         self.follower_ready = asyncio.Event()
+        self.retried: Counter[str] = Counter()  # requests sent again after no answer, by step and cause
 
     def url(self, service: str, path: str) -> str:
         return self.target.url(service) + path
@@ -293,9 +296,11 @@ class Driver:
         started = time.perf_counter()
         request = "POST /v1/requests"
         try:
-            r = await self.http.post(
-                self.url("intake", "/v1/requests"),
-                json={
+            r = await self.post(
+                "submit",
+                "intake",
+                "/v1/requests",
+                {
                     "channel": "app",
                     "customer": {"id": f"c-{uuid.uuid4().hex[:8]}", "tier": "standard"},
                     "region": "north",
@@ -303,7 +308,7 @@ class Driver:
                     "description": "No internet since this morning",
                     "location": {"address": f"{uuid.uuid4().hex[:8]} Bench Street"},
                 },
-                headers={"Idempotency-Key": uuid.uuid4().hex, **self.channel_auth},
+                {"Idempotency-Key": uuid.uuid4().hex, **self.channel_auth},
             )
         except httpx.HTTPError as exc:
             lc.submit_latency = time.perf_counter() - started
@@ -321,6 +326,32 @@ class Driver:
             self._on_event(lc, kind, at, body)
         return lc
 
+    async def post(self, step: str, service: str, path: str, body: Any, headers: dict[str, str]) -> httpx.Response:
+        r, _ = await self.post_again(step, service, path, body, headers)
+        return r
+
+    async def post_again(self, step: str, service: str, path: str, body: Any,
+                         headers: dict[str, str]) -> tuple[httpx.Response, bool]:
+        """POST, sent again (at most twice) when the connection failed before an answer came.
+
+        A pooled keep-alive connection the server has just closed fails with ReadError or
+        RemoteProtocolError before any answer: not the platform's failure, and the same request
+        is safe to send again (submissions and work-log entries carry an Idempotency-Key; a
+        transition that did take effect answers 409 to the repeat, which then counts as done).
+        Every repeat is counted in ``retried``; a timeout is not repeated, it is a failure.
+        Returns the answer and whether it was a 409 to a repeat (the step is then done).
+        """
+        for attempt in range(3):
+            try:
+                r = await self.http.post(self.url(service, path), json=body, headers=headers)
+            except RETRYABLE as exc:
+                if attempt == 2:
+                    raise
+                self.retried[f"{step}: {type(exc).__name__}"] += 1
+                continue
+            return r, bool(attempt) and r.status_code == 409 and step in TRANSITIONS
+        raise AssertionError("unreachable")
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._bg.add(task)
@@ -332,10 +363,12 @@ class Driver:
             as_technician = {"Authorization": f"Bearer {self.technician_tokens[technician_id]}"}
             for step, body in WORK_STEPS:
                 lc.stage = step
-                request = f"POST /v1/work-orders/{work_order_id}/{step}"
-                r = await self.http.post(self.url("dispatch", request.split(" ", 1)[1]), json=body,
-                                         headers=as_technician)
-                r.raise_for_status()
+                path = f"/v1/work-orders/{work_order_id}/{step}"
+                request = f"POST {path}"
+                headers = {**as_technician, "Idempotency-Key": uuid.uuid4().hex} if step == "log" else as_technician
+                r, done_before = await self.post_again(step, "dispatch", path, body, headers)
+                if not done_before:
+                    r.raise_for_status()
             lc.stage = "waiting for FeedbackSent"
         except Exception as exc:  # noqa: BLE001 - every failure is recorded with its step, none is lost
             self.fail(lc, lc.phase, step, describe(exc), request)
@@ -344,12 +377,10 @@ class Driver:
         request = f"POST /v1/tickets/{lc.ticket}/rating"
         lc.stage = "rate"
         try:
-            r = await self.http.post(
-                self.url("feedback", f"/v1/tickets/{lc.ticket}/rating"),
-                json={"score": 5},
-                headers={"Authorization": f"Bearer {self.target.tokens['agent']}"},
-            )
-            if r.status_code != 201:
+            r, done_before = await self.post_again("rate", "feedback", f"/v1/tickets/{lc.ticket}/rating",
+                                                   {"score": 5},
+                                                   {"Authorization": f"Bearer {self.target.tokens['agent']}"})
+            if r.status_code != 201 and not done_before:
                 self.fail(lc, lc.phase, "rate", f"HTTP {r.status_code}: {r.text[:200]}", request)
                 return
             if not lc.finished:
@@ -571,6 +602,8 @@ def report_text(result: Mapping[str, Any]) -> str:
     errors = result.get("errors", {})
     lines.append(f"  errors     {errors.get('count', 0)} by phase {errors.get('by_phase', {})}")
     lines.extend(f"    {e}" for e in errors.get("first", [])[:10])
+    if result.get("retried_requests"):
+        lines.append(f"  sent again after no answer (not errors): {result['retried_requests']}")
     for name, check in result.get("targets", {}).items():
         verdict = "met   " if check["met"] else "MISSED"
         lines.append(f"  {verdict} {name}: {check['value']} (target ≤ {check['target']})")

@@ -311,6 +311,7 @@ async def measure(platform: Any, label: str, args: argparse.Namespace, driver: D
         await asyncio.gather(follow, rss, return_exceptions=True)
     out["peak_rss_mb"] = {k: round(v / 2**20, 1) for k, v in sorted(driver.rss_peak.items())}
     out["errors"] = error_summary(driver.errors)
+    out["retried_requests"] = dict(driver.retried)
     out["loadavg_at_end"] = psutil.getloadavg()
     if own:
         await driver.aclose()
@@ -326,6 +327,7 @@ async def on_kafka(platform: KafkaPlatform, args: argparse.Namespace) -> dict[st
         out["kafka-1"] = await measure(platform, "kafka-1", args, driver)
         print(f"scale: kafka-1 done: {summary_line(out['kafka-1'])}", flush=True)
         driver.errors.clear()
+        driver.retried.clear()
         driver.rss_peak.clear()
         await asyncio.to_thread(platform.scale_to_two)
         await asyncio.sleep(10.0)  # the consumer groups rebalance onto the new members

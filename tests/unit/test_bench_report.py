@@ -212,3 +212,51 @@ async def test_a_phase_that_times_out_reports_once_and_one_that_completes_report
     assert "1 of 2 lifecycles unfinished" in driver.errors[0].what and "T-2 at waiting for Assigned" in \
         driver.errors[0].what
     await driver.aclose()
+
+
+async def test_a_step_whose_connection_dropped_is_sent_again_and_a_409_to_the_repeat_counts_as_done() -> None:
+    """A pooled connection the server closed (ReadError, no answer) is the client's, not the platform's."""
+    calls: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path.endswith("/start") and calls.count(request.url.path) == 1:
+            raise httpx.ReadError("", request=request)
+        if request.url.path.endswith("/start"):
+            return httpx.Response(409, json={"detail": "already started"})  # the first try took effect
+        return httpx.Response(200, json={})
+
+    driver = Driver(FakeTarget())
+    driver.http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    driver.technician_tokens["tech-1"] = "tok"
+    lc = Lifecycle("throughput", 0.0)
+    lc.ticket = "T-5"
+    await driver._work(lc, "W-5", "tech-1")
+    assert driver.errors == [] and lc.stage == "waiting for FeedbackSent"
+    assert calls.count("/v1/work-orders/W-5/start") == 2 and calls[-1] == "/v1/work-orders/W-5/resolve"
+    assert dict(driver.retried) == {"start: ReadError": 1}
+    await driver.aclose()
+
+
+async def test_a_connection_that_fails_every_time_is_a_failure_and_a_409_without_a_repeat_is_too() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/accept"):
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+        return httpx.Response(409, json={"detail": "not accepted"})
+
+    driver = Driver(FakeTarget())
+    driver.http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    driver.technician_tokens["tech-1"] = "tok"
+    lc = Lifecycle("latency", 0.0)
+    lc.ticket = "T-6"
+    await driver._work(lc, "W-6", "tech-1")
+    assert [str(e) for e in driver.errors] == [
+        "[latency] ticket T-6 accept (POST /v1/work-orders/W-6/accept): "
+        "RemoteProtocolError: Server disconnected without sending a response."
+    ]
+    assert dict(driver.retried) == {"accept: RemoteProtocolError": 2}
+    lc2 = Lifecycle("latency", 0.0)
+    lc2.ticket = "T-7"
+    await driver._rate(lc2)  # a 409 at the first try is an error: nothing was sent before
+    assert str(driver.errors[-1]).startswith("[latency] ticket T-7 rate (POST /v1/tickets/T-7/rating): HTTP 409")
+    await driver.aclose()
