@@ -247,7 +247,10 @@ async def measure_idle(target: Target, seconds: float) -> dict[str, Any]:
 class Driver:
     def __init__(self, target: Target, concurrency_limit: int = 256, http_timeout: float = 30.0) -> None:
         self.target = target
-        self.http = httpx.AsyncClient(timeout=http_timeout, limits=httpx.Limits(max_connections=concurrency_limit))
+        # uvicorn closes a keep-alive connection idle for 5 s, httpx keeps one for 5 s: at the edge a request
+        # goes out on a connection the server is closing and fails with ReadError. Expire ours first.
+        limits = httpx.Limits(max_connections=concurrency_limit, keepalive_expiry=2.0)
+        self.http = httpx.AsyncClient(timeout=http_timeout, limits=limits)
         self.tickets: dict[str, Lifecycle] = {}
         self.errors: list[Failure] = []
         self.rss_peak: dict[str, int] = {}
