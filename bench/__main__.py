@@ -39,6 +39,7 @@ from bench.lifecycle import (
     commit,
     error_summary,
     measure_idle,
+    net_of_idle,
     report_text,
     rss_mb,
     strip_raw,
@@ -170,7 +171,12 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         say(f"bench: warm-up, then throughput ({args.lifecycles} lifecycles, {args.in_flight} in flight)")
         warm = await driver.closed_loop("warm-up", min(200, args.lifecycles), args.in_flight, args.timeout)
         result["warm_up"] = strip_raw(warm)
-        result["throughput"] = await driver.closed_loop("throughput", args.lifecycles, args.in_flight, args.timeout)
+        result["throughput"] = tp = await driver.closed_loop("throughput", args.lifecycles, args.in_flight,
+                                                             args.timeout)
+        if "idle_fresh" in result:
+            tp["cpu_per_lifecycle_net_of_idle"] = net_of_idle(
+                tp["cpu_per_lifecycle"]["per_process_ms"], result["idle_fresh"]["per_process_pct"],
+                tp["elapsed_s"], tp["completed"])
         say(f"bench: latency, open loop at {args.rate:g}/s for {args.seconds:g}s")
         result["latency"] = await driver.open_loop("latency", args.rate, args.seconds, args.timeout)
         follow.cancel()

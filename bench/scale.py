@@ -54,6 +54,7 @@ from bench.lifecycle import (
     commit,
     error_summary,
     measure_idle,
+    net_of_idle,
     rss_mb,
     strip_raw,
 )
@@ -304,6 +305,11 @@ async def measure(platform: Any, label: str, args: argparse.Namespace, driver: D
         out["warm_up"] = strip_raw(warm)
         run = strip_raw(await driver.closed_loop(label, args.lifecycles, args.in_flight, args.timeout))
         run["cpu_per_lifecycle"]["per_service_ms"] = per_service(run["cpu_per_lifecycle"]["per_process_ms"])
+        if "idle" in out:
+            net = net_of_idle(run["cpu_per_lifecycle"]["per_process_ms"], out["idle"]["per_process_pct"],
+                              run["elapsed_s"], run["completed"])
+            net["per_service_ms"] = per_service(net["per_process_ms"])
+            run["cpu_per_lifecycle_net_of_idle"] = net
         out["run"] = run
     finally:
         follow.cancel()

@@ -260,3 +260,11 @@ async def test_a_connection_that_fails_every_time_is_a_failure_and_a_409_without
     await driver._rate(lc2)  # a 409 at the first try is an error: nothing was sent before
     assert str(driver.errors[-1]).startswith("[latency] ticket T-7 rate (POST /v1/tickets/T-7/rating): HTTP 409")
     await driver.aclose()
+
+
+def test_cpu_net_of_idle_subtracts_each_process_idle_share_over_the_phase() -> None:
+    from bench.lifecycle import net_of_idle
+
+    # 100 lifecycles in 50 s; the broker idles at 20 % of a core: 10 s of its CPU, 100 ms per lifecycle
+    r = net_of_idle({"broker": 150.0, "intake": 40.0, "bench-driver": 30.0}, {"broker": 20.0}, 50.0, 100)
+    assert r == {"per_process_ms": {"broker": 50.0, "intake": 40.0}, "platform_ms": 90.0}
