@@ -60,7 +60,7 @@ bench: install
 ## capacity (about 10 minutes; Kafka's jars are fetched with mvn the first time).
 SCALE_LIFECYCLES ?= 300
 bench-scale: install
-	$(BIN)/python -m bench.scale --lifecycles $(SCALE_LIFECYCLES)
+	$(BIN)/python -m bench.scale --lifecycles $(SCALE_LIFECYCLES) --data-dir .tsop/scale
 
 ## Faults on a real cluster: 3 Kafka brokers (replication 3, min.insync.replicas 2), two processes per
 ## service; 5 minutes of lifecycles while services, a broker and PostgreSQL are SIGKILLed and restarted.

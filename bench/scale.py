@@ -32,6 +32,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -239,10 +240,10 @@ class KafkaPlatform:
         """A second intake and dispatch; dispatch-0 restarted so both split the queue in two."""
         self.count.update({svc: 2 for svc in SCALED})
         self.stop_instance("dispatch-0")
-        names = ["dispatch-0", *(f"{svc}-1" for svc in SCALED)]
-        for name in names:
+        # one at a time: two processes of a service starting together race on creating their tables
+        for name in ["dispatch-0", *(f"{svc}-1" for svc in SCALED)]:
             self.start_instance(name)
-        self.wait_ready(names)
+            self.wait_ready([name])
 
     def stop(self) -> None:
         for name in list(self.procs):
@@ -324,11 +325,11 @@ async def measure(platform: Any, label: str, args: argparse.Namespace, driver: D
     return out
 
 
-async def on_kafka(platform: KafkaPlatform, args: argparse.Namespace) -> dict[str, Any]:
+async def on_kafka(platform: KafkaPlatform, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """kafka-1, then kafka-2, then the replay; each result lands in ``out`` as soon as it is measured."""
     driver = Driver(platform)
     await driver.register_channel()
     await driver.register_technicians(args.technicians, args.capacity)
-    out: dict[str, Any] = {}
     try:
         out["kafka-1"] = await measure(platform, "kafka-1", args, driver)
         print(f"scale: kafka-1 done: {summary_line(out['kafka-1'])}", flush=True)
@@ -344,7 +345,6 @@ async def on_kafka(platform: KafkaPlatform, args: argparse.Namespace) -> dict[st
         out["replay"] = replay_load(records, driver.capacity)
     finally:
         await driver.aclose()
-    return out
 
 
 def summary_line(m: dict[str, Any]) -> str:
@@ -356,8 +356,16 @@ def summary_line(m: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def _dir(prefix: str) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+def _dir(base: Path | None, name: str) -> Iterator[Path]:
+    """``base/name``, emptied first and kept afterwards (every process's log stays there); else a temp dir."""
+    if base is not None:
+        where = (base / name).resolve()
+        if where.exists():
+            shutil.rmtree(where)
+        where.mkdir(parents=True)
+        yield where
+        return
+    with tempfile.TemporaryDirectory(prefix=f"tsop-scale-{name}-") as tmp:
         yield Path(tmp)
 
 
@@ -377,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--skip-tansu", action="store_true", help="only the Apache Kafka configurations")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="data and logs under this folder, emptied first and kept (default: temp dirs)")
     args = parser.parse_args(argv)
 
     signal.signal(signal.SIGTERM, _terminated)
@@ -387,28 +397,30 @@ def main(argv: list[str] | None = None) -> int:
         "load": {k: getattr(args, k) for k in ("lifecycles", "warm_up", "in_flight", "technicians", "capacity",
                                                 "partitions", "idle_seconds")},
     }
-    if not args.skip_tansu:
-        with _dir("tsop-scale-tansu-") as where:
-            tansu = TansuPlatform(where)
-            print("scale: tansu-1 (embedded stack) ...", flush=True)
-            try:
-                tansu.start()
-                result["tansu-1"] = asyncio.run(measure(tansu, "tansu-1", args))
-            finally:
-                tansu.stop()
-            print(f"scale: tansu-1 done: {summary_line(result['tansu-1'])}", flush=True)
-    with _dir("tsop-scale-kafka-") as where:
-        kafka = KafkaPlatform(where, args.partitions)
-        print("scale: starting PostgreSQL and 3 Apache Kafka nodes ...", flush=True)
-        try:
-            kafka.start()
-            result.update(asyncio.run(on_kafka(kafka, args)))
-        finally:
-            kafka.stop()
-    result["machine"]["loadavg_at_end"] = psutil.getloadavg()
-    RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"scale-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    try:
+        if not args.skip_tansu:
+            with _dir(args.data_dir, "tansu") as where:
+                tansu = TansuPlatform(where)
+                print("scale: tansu-1 (embedded stack) ...", flush=True)
+                try:
+                    tansu.start()
+                    result["tansu-1"] = asyncio.run(measure(tansu, "tansu-1", args))
+                finally:
+                    tansu.stop()
+                print(f"scale: tansu-1 done: {summary_line(result['tansu-1'])}", flush=True)
+        with _dir(args.data_dir, "kafka") as where:
+            kafka = KafkaPlatform(where, args.partitions)
+            print("scale: starting PostgreSQL and 3 Apache Kafka nodes ...", flush=True)
+            try:
+                kafka.start()
+                asyncio.run(on_kafka(kafka, args, result))
+            finally:
+                kafka.stop()
+    finally:  # what was measured is kept, even when a later configuration failed
+        result["machine"]["loadavg_at_end"] = psutil.getloadavg()
+        RESULTS.mkdir(exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps(result, indent=2, default=str))
     replay = result.get("replay", {})
     print(f"\nreplay: {replay.get('over_capacity')} moments over capacity in {replay.get('assignments')} "
