@@ -330,7 +330,7 @@ class Driver:
             self.fail(lc, phase, "submit", describe(exc), request)
             return lc
         lc.submit_latency = time.perf_counter() - started
-        if r.status_code != 201:
+        if r.status_code not in (200, 201):  # 200: a repeat after a dropped connection, replayed by its key
             self.fail(lc, phase, "submit", f"HTTP {r.status_code}: {r.text[:200]}", request)
             return lc
         ticket = r.json()["id"]
