@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 PKGS   := libs/events libs/devstack services/intake services/dispatch services/feedback services/incident services/archive
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PKGS))
 
-.PHONY: install run test test-unit test-integration test-e2e lint catalogue bench chaos kafka clean
+.PHONY: install run test test-unit test-integration test-e2e lint catalogue bench bench-scale chaos kafka clean
 
 $(STAMP): $(PYPROJECTS) requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,13 +45,22 @@ catalogue: install
 	$(BIN)/python -m tsop_events.catalogue --write
 	$(BIN)/python -m tsop_events.configref --write
 
-## Every benchmark, each on a fresh embedded stack; JSON (and plots) in bench/results:
-## complete lifecycles, intake alone, dispatch at scale, TMF621 lists over a million tickets.
+## Every benchmark, each on a fresh stack; JSON (and plots) in bench/results: complete lifecycles
+## (with idle CPU, RSS and the open loop at 50/s), intake alone, dispatch at scale, TMF621 lists over a
+## million tickets, then scale-out on a 3-broker Apache Kafka cluster (bench-scale).
 bench: install
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.intake
 	$(BIN)/python -m bench.dispatch
 	$(BIN)/python -m bench.tmf_list
+	$(MAKE) bench-scale
+
+## The lifecycle bench on Tansu, then on 3 Apache Kafka brokers with 1 and 2 instances of intake and
+## dispatch: CPU per lifecycle per process, idle CPU, and a replay check that no technician went over
+## capacity (about 10 minutes; Kafka's jars are fetched with mvn the first time).
+SCALE_LIFECYCLES ?= 300
+bench-scale: install
+	$(BIN)/python -m bench.scale --lifecycles $(SCALE_LIFECYCLES) --data-dir .tsop/scale
 
 ## Faults on a real cluster: 3 Kafka brokers (replication 3, min.insync.replicas 2), two processes per
 ## service; 5 minutes of lifecycles while services, a broker and PostgreSQL are SIGKILLed and restarted.
