@@ -167,6 +167,7 @@ class Cluster:
                 "TSOP_TOPIC_PARTITIONS": str(self.cfg.partitions),
                 "TSOP_EPOCH_CHECK_SECONDS": "1",
                 "TSOP_LOG_LEVEL": "WARNING",
+                "TSOP_CORRELATION_RULES_FILE": str(Path(__file__).with_name("incident_rules.json")),
                 "TSOP_PG_POOL_SIZE": "4",
                 "TSOP_SHARD_INDEX": str(index),
                 "TSOP_SHARD_COUNT": str(self.cfg.instances),

@@ -64,6 +64,9 @@ from tsop_events.auth import token_table_json
 RESULTS = Path(__file__).parent / "results"
 SCALED = ("intake", "dispatch")
 
+# the bench's bursts of fault tickets in one region would be declared an outage (and held)
+NO_OUTAGE_RULES = str(Path(__file__).with_name("incident_rules.json"))
+
 
 # ------------------------------------------------------------------------------ the replay check
 
@@ -186,6 +189,7 @@ class KafkaPlatform:
             "TSOP_TOPIC_MIN_INSYNC_REPLICAS": "2",
             "TSOP_TOPIC_PARTITIONS": str(self.partitions),
             "TSOP_LOG_LEVEL": "WARNING",
+            "TSOP_CORRELATION_RULES_FILE": NO_OUTAGE_RULES,
             "TSOP_SHARD_INDEX": index,
             "TSOP_SHARD_COUNT": str(self.count[svc]),
             "TSOP_AUTH_TOKENS": token_table_json(
@@ -260,7 +264,8 @@ class TansuPlatform:
         from bench.__main__ import StackTarget
 
         self.stack = Stack(data_dir, pg_port=free_port(), broker_port=free_port(),
-                           ports={name: free_port() for name in SERVICES}, env={"TSOP_LOG_LEVEL": "WARNING"})
+                           ports={name: free_port() for name in SERVICES},
+                           env={"TSOP_LOG_LEVEL": "WARNING", "TSOP_CORRELATION_RULES_FILE": NO_OUTAGE_RULES})
         self.inner = StackTarget(self.stack)
         self.tokens = self.stack.tokens
         self.bootstrap = self.stack.bootstrap
