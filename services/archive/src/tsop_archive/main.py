@@ -7,6 +7,8 @@ from fastapi import FastAPI
 from tsop_archive.api import router
 from tsop_archive.commands import ArchiveApp
 from tsop_archive.projection import DDL, ArchiveStore
+from tsop_archive.stats.api import router as stats_router
+from tsop_archive.stats.projection import StatsProjection
 from tsop_archive.views import seal_dossiers
 from tsop_archive.wire import WIRE
 from tsop_events.http import create_app, serve
@@ -28,21 +30,25 @@ def archive_store(svc: Service[ArchiveApp]) -> ArchiveStore:
     return ArchiveStore(svc.pool, svc.settings.topic_prefix)
 
 
+def stats_projection(svc: Service[ArchiveApp]) -> StatsProjection:
+    return StatsProjection(svc.pool, svc.settings.topic_prefix)
+
+
 def bootstrap(settings: ArchiveSettings) -> ArchiveService:
     """The archive: every event of every topic stored (``projection``), dossiers sealed (``views``) and
-    announced as Archived (``wire``)."""
+    announced as Archived (``wire``); the statistics of §7.3 folded from the topics (``stats``)."""
     return ArchiveService(
         settings,
         app_factory=ArchiveApp,
         mapper=WIRE,
-        sinks=[archive_store],
+        sinks=[archive_store, stats_projection],
         tasks=[seal_dossiers],
         ddl=list(DDL),
     )
 
 
 def build(settings: ArchiveSettings | None = None) -> FastAPI:
-    return create_app(bootstrap(settings or ArchiveSettings()), "TSOP archive", [router])
+    return create_app(bootstrap(settings or ArchiveSettings()), "TSOP archive", [router, stats_router])
 
 
 def main() -> None:
