@@ -143,7 +143,7 @@ def test_the_page_draws_the_charts_for_an_auditor_and_no_figure_for_others(
             for chart in CHARTS:
                 rect = page.locator(f"#{chart}").bounding_box()
                 assert rect is not None and rect["width"] > 400, chart
-                share = drawn(shot, dict(rect))
+                share = drawn(shot, {"x": rect["x"], "y": rect["y"], "width": rect["width"], "height": rect["height"]})
                 assert share > 0.03, f"{chart}: only {share:.3%} of its box is drawn"
             # the token stays in this tab: a URL never carries it
             assert "auditor-page" not in page.url

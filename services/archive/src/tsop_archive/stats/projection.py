@@ -202,15 +202,16 @@ def _where(filters_from: int, q: Question, alias: str = "") -> tuple[str, list[A
 
 
 def _durations(prefix: str, row: Mapping[str, Any]) -> Durations:
-    return Durations(int(row[f"{prefix}_n"]), row[f"{prefix}_mean"], row[f"{prefix}_p50"], row[f"{prefix}_p90"])
+    p50, p90 = row[f"{prefix}_p"] or (None, None)
+    return Durations(int(row[f"{prefix}_n"]), row[f"{prefix}_mean"], p50, p90)
 
 
 def _agg(column: str, prefix: str, where: str = "") -> str:
+    """Count, mean, and p50 and p90 from one sort."""
     filt = f" FILTER (WHERE {where})" if where else ""
     return (
         f"count({column}){filt} AS {prefix}_n, avg({column}){filt} AS {prefix}_mean, "
-        f"percentile_cont(0.5) WITHIN GROUP (ORDER BY {column}){filt} AS {prefix}_p50, "
-        f"percentile_cont(0.9) WITHIN GROUP (ORDER BY {column}){filt} AS {prefix}_p90"
+        f"percentile_cont('{{0.5,0.9}}'::float8[]) WITHIN GROUP (ORDER BY {column}){filt} AS {prefix}_p"
     )
 
 
