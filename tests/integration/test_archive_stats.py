@@ -15,6 +15,7 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pyarrow.parquet as pq
 import pytest
@@ -23,13 +24,16 @@ from aiokafka import AIOKafkaProducer
 from tests.integration.conftest import eventually
 from tests.stats_data import envelopes, many
 from tsop_archive.main import ArchiveSettings, build
+from tsop_archive.stats import projection
 from tsop_archive.stats.api import FiguresAnswer, ScorecardAnswer
-from tsop_archive.stats.domain import Filters, Granularity, Question, fold_all, report, scorecards
+from tsop_archive.stats.domain import Complaint, Filters, Granularity, Incident, Question, fold_all, report, scorecards
 from tsop_events import schemas as wire
 from tsop_events.auth import token_table_json
-from tsop_events.envelope import wrap
+from tsop_events.consumer import Incoming
+from tsop_events.envelope import Envelope, wrap
 from tsop_events.runtime import Runtime
 from tsop_events.settings import ServiceSettings
+from tsop_events.store import ensure_database
 from tsop_events.topics import Topic
 
 D0 = datetime(2026, 5, 25, tzinfo=UTC)
@@ -171,3 +175,60 @@ async def test_the_figures_streamed_into_postgresql_equal_the_reference(settings
         await client.aclose()
         await producer.stop()
         await runtime.stop()
+
+
+async def test_complaints_and_incidents_are_read_by_their_names(settings: ServiceSettings) -> None:
+    """Types other chapters add (not yet in the catalogue) are folded as soon as they arrive: fed straight to
+    the sink here, since the consumer reads only the types the platform knows."""
+    await ensure_database(settings)
+    pool = await asyncpg.create_pool(settings.pg_dsn(), min_size=1, max_size=4)
+    assert pool is not None
+    sink = projection.StatsProjection(pool, settings.topic_prefix)
+    await sink.setup()
+    lifecycles = many(3, 30, D0, timedelta(days=5))
+    raw = [e for lc in lifecycles for e in lc]
+    placeholder = wire.Closed(ticket_id="x", reason="rated", closed_at=D0)
+    offset = 0
+
+    async def feed(topic: Topic, event_type: str, key: str, body: dict[str, Any], at: datetime) -> None:
+        nonlocal offset
+        env = Envelope(f"{key}-{offset}", event_type, "test", at, key, None, None, json.dumps(body).encode())
+        qualified = topic.qualified(settings.topic_prefix)
+        await sink.process("e", qualified, 0, [Incoming(qualified, 0, offset, key, env, placeholder)], offset)
+        offset += 1
+
+    for ticket, event_id, event_type, body, at in raw:
+        env = Envelope(event_id, event_type, "test", at, ticket, None, None, json.dumps(body).encode())
+        qualified = Topic.tickets.qualified(settings.topic_prefix)
+        await sink.process("e", qualified, 0, [Incoming(qualified, 0, offset, ticket, env, placeholder)], offset)
+        offset += 1
+    tickets = [lc[0][0] for lc in lifecycles]
+    complaints = [Complaint(f"c{i}", tickets[i], D0 + timedelta(days=i % 5, hours=3)) for i in range(6)]
+    complaints.append(Complaint("c-none", None, D0 + timedelta(hours=5)))
+    for c in complaints:
+        await feed(Topic.complaints, "tsop.complaint.filed.v1", c.complaint_id,
+                   {"complaint_id": c.complaint_id, "ticket_id": c.ticket_id, "filed_at": c.filed_at.isoformat()},
+                   c.filed_at)
+    await feed(Topic.complaints, "tsop.complaint.filed.v1", "c0", {"complaint_id": "c0"}, D0)  # again: once
+    incidents = [Incident("i1", D0 + timedelta(hours=2), D0 + timedelta(hours=7)),
+                 Incident("i2", D0 + timedelta(days=2), None), Incident("i3", D0 + timedelta(days=3, hours=1),
+                                                                         D0 + timedelta(days=3, hours=2))]
+    for inc in incidents:
+        assert inc.declared_at is not None
+        await feed(Topic.incidents, "tsop.incident.declared.v1", inc.incident_id,
+                   {"incident_id": inc.incident_id, "declared_at": inc.declared_at.isoformat()}, inc.declared_at)
+        if inc.restored_at:  # no time in the body: the envelope's
+            await feed(Topic.incidents, "tsop.incident.service-restored.v1", inc.incident_id,
+                       {"incident_id": inc.incident_id}, inc.restored_at)
+    facts = fold_all(raw).values()
+    for granularity, filters in (("day", Filters()), ("week", Filters(channel="web"))):
+        q = Question(D0, D0 + timedelta(days=5), granularity, filters)  # type: ignore[arg-type]
+        got, want = await projection.report(pool, q), report(q, facts, complaints, incidents)
+        close(json.loads(FiguresAnswer.of(got.total).model_dump_json()),
+              json.loads(FiguresAnswer.of(want.total).model_dump_json()), "total")
+        close([json.loads(FiguresAnswer.of(f).model_dump_json()) for f in got.series],
+              [json.loads(FiguresAnswer.of(f).model_dump_json()) for f in want.series], "series")
+    whole = (await projection.report(pool, Question(D0, D0 + timedelta(days=5)))).total
+    assert whole.complaints == 7 and whole.incidents_declared == 3
+    assert whole.time_to_restore.count == 2 and whole.time_to_restore.mean == 3 * 3600
+    await pool.close()
