@@ -53,6 +53,9 @@ FACT_COLUMNS = (
     "ticket_id", "channel", "service_type", "region", "priority", *TIMES, "reject_reason", "resolutions", "reopens",
     "respond_breached", "resolve_breached", "score", "first_fix", "resolved_by", "seen",
 )
+# open from just after submission until its end, inclusive (a malformed end before the start: never open)
+OPEN_SPAN = ("tstzrange(submitted_at, CASE WHEN ended_at IS NULL THEN NULL ELSE greatest(ended_at, submitted_at) END,"
+             " '(]')")
 DDL = (
     f"""CREATE TABLE IF NOT EXISTS stats_tickets (
         ticket_id text PRIMARY KEY, channel text, service_type text, region text, priority int,
@@ -63,7 +66,9 @@ DDL = (
         assign_seconds float8, resolve_seconds float8)""",
     "CREATE INDEX IF NOT EXISTS stats_tickets_submitted ON stats_tickets (submitted_at)",
     "CREATE INDEX IF NOT EXISTS stats_tickets_ended ON stats_tickets (ended_at)",
-    "CREATE INDEX IF NOT EXISTS stats_tickets_open ON stats_tickets (submitted_at) WHERE ended_at IS NULL",
+    # the tickets open at an instant (submitted before it, not ended before it): a stabbing query on a GiST index
+    f"CREATE INDEX IF NOT EXISTS stats_tickets_open_span ON stats_tickets USING gist (({OPEN_SPAN})) "
+    "WHERE submitted_at IS NOT NULL",
     """CREATE TABLE IF NOT EXISTS stats_assignments (
         ticket_id text NOT NULL, n int NOT NULL, work_order_id text NOT NULL, technician_id text NOT NULL,
         assigned_at timestamptz NOT NULL, ended_at timestamptz, outcome text, PRIMARY KEY (ticket_id, n))""",
@@ -237,8 +242,8 @@ BREAKDOWN = """SELECT date_trunc($3, submitted_at, 'UTC') AS b, GROUPING(date_tr
   GROUP BY GROUPING SETS ({sets})"""
 ENDED = """SELECT date_trunc($3, ended_at, 'UTC') AS b, count(*) AS n FROM stats_tickets
   WHERE ended_at >= $1 AND ended_at < $2 AND submitted_at IS NOT NULL {where} GROUP BY 1"""
-OPEN_AT_START = """SELECT (SELECT count(*) FROM stats_tickets WHERE ended_at IS NULL AND submitted_at < $1 {where})
-  + (SELECT count(*) FROM stats_tickets WHERE ended_at >= $1 AND submitted_at < $1 {where})"""
+OPEN_AT_START = f"""SELECT count(*) FROM stats_tickets
+  WHERE submitted_at IS NOT NULL AND {OPEN_SPAN} @> $1::timestamptz {{where}}"""
 COMPLAINTS = """SELECT date_trunc($3, filed_at, 'UTC') AS b, GROUPING(date_trunc($3, filed_at, 'UTC')) AS whole,
     count(*) AS n FROM stats_complaints c WHERE filed_at >= $1 AND filed_at < $2 {where}
   GROUP BY GROUPING SETS ((date_trunc($3, filed_at, 'UTC')), ())"""
