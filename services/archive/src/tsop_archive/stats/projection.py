@@ -267,7 +267,8 @@ async def report(pool: asyncpg.Pool, q: Question) -> Report:
     """``domain.report``, in SQL over the read model: a few grouped scans of the range, run side by side."""
     where, fargs = _where(4, q)
     base = [q.start, q.end, q.granularity, *fargs]
-    sets = ", ".join(f"(date_trunc($3, submitted_at, 'UTC'), {s}), ({s})" for s in SPLITS)
+    # per period only: the whole range's counts are their sums
+    sets = ", ".join(f"(date_trunc($3, submitted_at, 'UTC'), {s})" for s in SPLITS)
     breakdown = BREAKDOWN.format(grouping=f"GROUPING({', '.join(SPLITS)})", splits=", ".join(SPLITS), where=where,
                                  sets=sets)
     cwhere = ""
@@ -296,11 +297,13 @@ async def report(pool: asyncpg.Pool, q: Question) -> Report:
 
     for row in main:
         period(row).main = row
+    whole = periods.setdefault(None, _Period())
     for row in split:
         mask = int(row["mask"])
         for i, s in enumerate(SPLITS):
             if not mask & (1 << (len(SPLITS) - 1 - i)) and row[s] is not None:
                 period(row).splits[s][str(row[s])] = int(row["n"])
+                whole.splits[s][str(row[s])] = whole.splits[s].get(str(row[s]), 0) + int(row["n"])
     for row in ended:
         periods.setdefault(row["b"], _Period()).ended = int(row["n"])
     for row in complaints:
