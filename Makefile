@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 PKGS   := libs/events libs/devstack services/intake services/dispatch services/feedback services/incident services/archive
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PKGS))
 
-.PHONY: install run test test-unit test-integration test-e2e lint catalogue bench bench-scale chaos kafka clean
+.PHONY: browser install run test test-unit test-integration test-e2e lint catalogue bench bench-scale chaos kafka clean
 
 $(STAMP): $(PYPROJECTS) requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ install: $(STAMP)
 run: install
 	$(BIN)/python -m tsop_devstack.stack
 
+## Debian's Chromium for the browser tests (installed with apt-get when missing; playwright drives it).
+browser: install
+	$(BIN)/python -m tests.browser
+
 ## Lint, type-check, then every test tier (unit, integration, e2e).
-test: install lint
+test: install lint browser
 	$(BIN)/python -m tests
 
 test-unit: install
@@ -30,7 +34,7 @@ test-unit: install
 test-integration: install
 	$(BIN)/python -m tests integration
 
-test-e2e: install
+test-e2e: install browser
 	$(BIN)/python -m tests e2e
 
 lint: install

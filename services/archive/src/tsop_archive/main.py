@@ -11,6 +11,8 @@ from tsop_archive.records import projection as records_projection
 from tsop_archive.records.api import router as records_router
 from tsop_archive.records.main import RecordsSettings
 from tsop_archive.records.views import keep_chain, keep_retention
+from tsop_archive.stats.api import router as stats_router
+from tsop_archive.stats.projection import StatsProjection
 from tsop_archive.views import seal_dossiers
 from tsop_archive.wire import WIRE
 from tsop_events.http import create_app, serve
@@ -31,21 +33,26 @@ def archive_store(svc: Service[ArchiveApp]) -> ArchiveStore:
     return ArchiveStore(svc.pool, svc.settings.topic_prefix)
 
 
+def stats_projection(svc: Service[ArchiveApp]) -> StatsProjection:
+    return StatsProjection(svc.pool, svc.settings.topic_prefix)
+
+
 def bootstrap(settings: ArchiveSettings) -> ArchiveService:
     """The archive: every event of every topic stored (``projection``), dossiers sealed (``views``) and
-    announced as Archived (``wire``); the whole archive chained, signed, kept and expired (``records``)."""
+    announced as Archived (``wire``); the whole archive chained, signed, kept and expired (``records``);
+    the statistics of §7.3 folded from the topics (``stats``)."""
     return ArchiveService(
         settings,
         app_factory=ArchiveApp,
         mapper=WIRE,
-        sinks=[archive_store],
+        sinks=[archive_store, stats_projection],
         tasks=[seal_dossiers, keep_chain, keep_retention],
         ddl=[*DDL, *records_projection.DDL],
     )
 
 
 def build(settings: ArchiveSettings | None = None) -> FastAPI:
-    return create_app(bootstrap(settings or ArchiveSettings()), "TSOP archive", [router, records_router])
+    return create_app(bootstrap(settings or ArchiveSettings()), "TSOP archive", [router, records_router, stats_router])
 
 
 def main() -> None:
