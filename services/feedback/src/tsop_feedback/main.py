@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -11,6 +12,7 @@ from tsop_events.runtime import Service
 from tsop_events.settings import ServiceSettings
 from tsop_feedback.api import router
 from tsop_feedback.commands import FeedbackApp
+from tsop_feedback.complaints import main as complaints
 from tsop_feedback.policies import FollowTickets
 from tsop_feedback.views import deliver_feedback, rating_windows
 from tsop_feedback.wire import WIRE
@@ -25,6 +27,9 @@ class FeedbackSettings(ServiceSettings):
     """How long after the resolution the customer may rate; then the ticket closes unrated."""
     webhook_secret: str = "change-me"
     """The key of the HMAC-SHA256 signature (`X-TSOP-Signature`) on every webhook to an applicant's callback."""
+    complaints_policy_file: Path | None = None
+    """Complaint types and deadlines, repeats, the low score, low-score patterns, the assessment checklist and
+    the quality weights (JSON, see services/feedback/README.md); default: the built-in policy."""
 
 
 FeedbackService = Service[FeedbackApp, FeedbackSettings]
@@ -40,17 +45,19 @@ def bootstrap(settings: FeedbackSettings | None = None) -> FeedbackService:
     async def webhooks(svc: FeedbackService) -> None:
         await deliver_feedback(svc, s.webhook_secret)
 
-    return Service(
+    service = Service(
         s,
         app_factory=make_app,
-        mapper=WIRE,
-        sinks=[FollowTickets.of],
-        tasks=[webhooks, rating_windows],
+        mapper=complaints.mapper(WIRE),
+        sinks=[FollowTickets.of, *complaints.SINKS],
+        tasks=[webhooks, rating_windows, *complaints.TASKS],
     )
+    complaints.configure(service, s.complaints_policy_file)
+    return service
 
 
 def build(settings: FeedbackSettings | None = None) -> FastAPI:
-    return create_app(bootstrap(settings), "TSOP feedback", [router])
+    return create_app(bootstrap(settings), "TSOP feedback", [router, complaints.router])
 
 
 def main() -> None:
