@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -22,6 +23,7 @@ from tsop_feedback.complaints.domain import (
     ComplaintHistory,
     ImprovementAction,
     Policy,
+    densest_window,
     overdue_deadlines,
     repeats_of,
 )
@@ -49,7 +51,7 @@ def file(d: SyncService[FeedbackApp], caller: Principal = AGENT, customer: str =
 
 
 def test_a_complaint_is_acknowledged_investigated_answered_and_closed_when_the_customer_accepts() -> None:
-    d, clock = desk()
+    d, _clock = desk()
     c = file(d)
     kind = DEFAULT_POLICY.complaint_types["billing"]
     assert c.status == "received" and c.acknowledge_by == NOW + kind.acknowledge_hours * HOUR
@@ -167,7 +169,7 @@ def test_a_complaint_from_the_bus_is_opened_once() -> None:
 
 
 def test_improvement_actions_are_verified_before_they_close() -> None:
-    d, clock = desk()
+    d, _clock = desk()
     c = file(d)
     a, _ = d.open_action(SUPERVISOR, title="retrain billing desk", kind="corrective", complaint_id=c.id,
                          owner="billing-lead", due=NOW + 14 * 24 * HOUR, idempotency_key=None, body={})
@@ -185,7 +187,7 @@ def test_improvement_actions_are_verified_before_they_close() -> None:
 
 
 def test_a_pattern_of_low_scores_opens_one_action_per_period() -> None:
-    d, clock = desk()
+    d, _clock = desk()
     first = d.open_action_from_pattern("technician", "t1", count=3, at=NOW)
     assert first is not None and first.origin == "low_score_pattern" and first.kind == "corrective"
     assert d.open_action_from_pattern("technician", "t1", count=3, at=NOW) is None  # read again
@@ -221,7 +223,7 @@ def test_the_assessment_scores_the_checklist_and_is_recorded_once() -> None:
 
 
 def test_every_event_of_the_context_goes_on_the_complaints_topic() -> None:
-    d, clock = desk()
+    d, _clock = desk()
     c = file(d, caller=PORTAL)
     for act, args in [("acknowledge", {}), ("categorise", {"complaint_type": "network"}),
                       ("link", {"ticket_id": str(uuid4())}), ("note", {"note": "n"}), ("answer", {"answer": "a"}),
@@ -260,7 +262,7 @@ def test_the_combined_score_weights_the_rating_and_the_internal_score() -> None:
     p = DEFAULT_POLICY
     assert p.combined(5, 100.0) == 100.0 and p.combined(1, 0.0) == 0.0
     assert p.combined(3, None) == 50.0 and p.combined(None, 80.0) == 80.0 and p.combined(None, None) is None
-    assert p.combined(5, 0.0) == 60.0  # 0.6 × 100 + 0.4 × 0
+    assert p.combined(5, 0.0) == 60.0  # 0.6 * 100 + 0.4 * 0
 
 
 moments = st.integers(min_value=0, max_value=10_000).map(lambda m: NOW + timedelta(minutes=m))
@@ -305,3 +307,19 @@ def test_an_action_reassigned_to_the_same_owner_and_due_changes_nothing() -> Non
     a.collect_events()
     a.reassign("o", NOW, "s", NOW)
     assert a.collect_events() == []
+
+
+@given(st.lists(moments, min_size=1, max_size=12), st.integers(min_value=1, max_value=3000), st.randoms())
+def test_a_pattern_is_judged_the_same_whichever_score_arrived_last(
+    times: list[datetime], minutes: int, rnd: Any
+) -> None:
+    """Low scores come from different partitions in any order: once all are known, the densest window is the
+    same from whichever one it is judged, and no window counts more than fit in the period."""
+    period = timedelta(minutes=minutes)
+    shuffled = list(times)
+    rnd.shuffle(shuffled)
+    best_overall = max(sum(1 for x in times if s <= x <= s + period) for s in times)
+    judged = [densest_window(shuffled, t, period)[0] for t in times]
+    assert max(judged) == best_overall
+    for t, count in zip(times, judged, strict=True):
+        assert count == max(sum(1 for x in times if s <= x <= s + period) for s in times if s <= t <= s + period)

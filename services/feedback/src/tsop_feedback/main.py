@@ -51,6 +51,7 @@ def bootstrap(settings: FeedbackSettings | None = None) -> FeedbackService:
         mapper=complaints.mapper(WIRE),
         sinks=[FollowTickets.of, *complaints.SINKS],
         tasks=[webhooks, rating_windows, *complaints.TASKS],
+        ddl=list(complaints.DDL),
     )
     complaints.configure(service, s.complaints_policy_file)
     return service

@@ -616,6 +616,24 @@ class PatternWatch(Aggregate):
         self.last = at
 
 
+def densest_window(times: list[datetime], t: datetime, period: timedelta) -> tuple[int, datetime]:
+    """The most low scores any window of length ``period`` around ``t`` holds, and the last of them.
+
+    Scores arrive in any order (a subject's tickets lie in different partitions), so a pattern is judged on
+    every score known around the new one, before and after it: the same scores give the same answer
+    whichever arrived last.
+    """
+    ordered = sorted(times)
+    best = (0, t)
+    for start in ordered:
+        if start > t or t - start > period:
+            continue
+        inside = [x for x in ordered if start <= x <= start + period]
+        if len(inside) > best[0]:
+            best = (len(inside), inside[-1])
+    return best
+
+
 # ---------------------------------------------------------------- the internal assessment (§2.3, §4.2)
 
 

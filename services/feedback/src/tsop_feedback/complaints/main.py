@@ -15,8 +15,9 @@ from tsop_feedback.commands import FeedbackApp
 from tsop_feedback.complaints import commands, policies, views, wire
 from tsop_feedback.complaints.api import router
 from tsop_feedback.complaints.domain import DEFAULT_POLICY, Policy
+from tsop_feedback.complaints.projection import DDL
 
-__all__ = ["SINKS", "TASKS", "configure", "load_policy", "mapper", "router"]
+__all__ = ["DDL", "SINKS", "TASKS", "configure", "load_policy", "mapper", "router"]
 
 SINKS = [policies.QualitySignals.of]
 TASKS = [views.complaint_deadlines, policies.drain]

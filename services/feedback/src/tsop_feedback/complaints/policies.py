@@ -35,7 +35,7 @@ from tsop_events.schemas import WireEvent
 from tsop_events.topics import Topic
 from tsop_feedback.commands import FeedbackApp
 from tsop_feedback.complaints import commands, projection
-from tsop_feedback.complaints.domain import Policy
+from tsop_feedback.complaints.domain import Policy, densest_window
 
 log = logging.getLogger(__name__)
 
@@ -157,16 +157,18 @@ class QualitySignals(ProjectionSink):
                 "channel_id": row.get("channel_id"), "score": ev.score, "comment": ev.comment,
                 "tags": list(ev.tags), "at": ev.rated_at.isoformat()})
         pattern = self.policy.low_score_pattern
-        since = ev.rated_at - timedelta(days=pattern.within_days)
+        period = timedelta(days=pattern.within_days)
         for kind in pattern.by:
             column = projection.SUBJECT_COLUMN[kind]
             subject = row.get(column)
             if not subject:
                 continue
-            count = await projection.low_scores(conn, column, subject, self.policy.low_score, since, ev.rated_at)
+            times = await projection.low_score_times(
+                conn, column, subject, self.policy.low_score, ev.rated_at - period, ev.rated_at + period)
+            count, last = densest_window(times, ev.rated_at, period)
             if count >= pattern.count:
                 await projection.note(conn, f"pattern:{kind}:{subject}:{ev.ticket_id}", "pattern", {
-                    "subject_kind": kind, "subject": subject, "count": count, "at": ev.rated_at.isoformat()})
+                    "subject_kind": kind, "subject": subject, "count": count, "at": last.isoformat()})
 
 
 def _due(day: str) -> datetime:

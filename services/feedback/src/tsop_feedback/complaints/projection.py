@@ -60,17 +60,17 @@ async def ticket_fact(conn: asyncpg.Connection | asyncpg.Pool, ticket_id: str) -
     return None if row is None else dict(row)
 
 
-async def low_scores(
+async def low_score_times(
     conn: asyncpg.Connection, column: str, value: str, low: int, since: datetime, until: datetime
-) -> int:
-    """How many low scores the subject had between ``since`` and ``until``."""
+) -> list[datetime]:
+    """When the subject's low scores were given, between ``since`` and ``until``."""
     assert column in SUBJECT_COLUMN.values()
-    count = await conn.fetchval(
-        f"SELECT count(*) FROM quality_tickets WHERE {column} = $1 AND score <= $2 "
+    rows = await conn.fetch(
+        f"SELECT rated_at FROM quality_tickets WHERE {column} = $1 AND score <= $2 "
         "AND rated_at BETWEEN $3 AND $4",
         value, low, since, until,
     )
-    return int(count)
+    return [r["rated_at"] for r in rows]
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,8 @@ async def quality(
         f"""WITH t AS (
               SELECT {column} AS subject, {period} AS period, score, internal_score,
                 CASE WHEN score IS NOT NULL AND internal_score IS NOT NULL
-                       THEN ($1 * (score - 1) * 25.0 + $2 * internal_score) / ($1 + $2)
+                       THEN ($1::float8 * (score - 1) * 25.0 + $2::float8 * internal_score)
+                            / ($1::float8 + $2::float8)
                      WHEN score IS NOT NULL THEN (score - 1) * 25.0
                      ELSE internal_score END AS combined
               FROM quality_tickets
