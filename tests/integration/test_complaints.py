@@ -160,6 +160,10 @@ async def test_the_bus_opens_complaints_and_actions_and_overdue_complaints_escal
             NOW + timedelta(days=1))}
         assert by_tech["t2"].tickets == 2 and by_tech["t2"].average_rating == 3.0
         assert by_tech["t9"].combined == 25.0  # three 2s, no assessment
+        by_team = await projection.quality(svc.pool, "team", "day", {"customer": 0.6, "internal": 0.4},
+                                           NOW - timedelta(days=1), NOW + timedelta(days=1))
+        assert {r.subject for r in by_team} == {"north"}  # no team in the policy: the region
+        assert sum(r.tickets for r in by_team) == 7
     finally:
         await svc.stop()
 

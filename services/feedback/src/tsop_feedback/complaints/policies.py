@@ -102,14 +102,15 @@ class QualitySignals(ProjectionSink):
                 "ON CONFLICT (ticket_id) DO UPDATE SET technician_id = EXCLUDED.technician_id",
                 ev.ticket_id, ev.technician_id)
         elif isinstance(ev, wire.Resolved):
+            # the team: the policy's for the technician, else the ticket's region (Policy.team_of), in one write
             await conn.execute(
-                """INSERT INTO quality_tickets (ticket_id, technician_id, resolved_at, sampled) VALUES ($1, $2, $3, $4)
+                """INSERT INTO quality_tickets (ticket_id, technician_id, resolved_at, sampled, team)
+                   VALUES ($1, $2, $3, $4, $5)
                    ON CONFLICT (ticket_id) DO UPDATE SET technician_id = EXCLUDED.technician_id,
-                     resolved_at = EXCLUDED.resolved_at, sampled = EXCLUDED.sampled""",
-                ev.ticket_id, ev.technician_id, ev.resolved_at, self.policy.sampled(ev.ticket_id))
-            row = await projection.ticket_fact(conn, ev.ticket_id)
-            team = self.policy.team_of(ev.technician_id, row["region"] if row else None)
-            await conn.execute("UPDATE quality_tickets SET team = $2 WHERE ticket_id = $1", ev.ticket_id, team)
+                     resolved_at = EXCLUDED.resolved_at, sampled = EXCLUDED.sampled,
+                     team = COALESCE(EXCLUDED.team, NULLIF(quality_tickets.region, ''))""",
+                ev.ticket_id, ev.technician_id, ev.resolved_at, self.policy.sampled(ev.ticket_id),
+                self.policy.teams.get(ev.technician_id))
         elif isinstance(ev, wire.Rated):
             await self._rated(conn, ev)
         elif isinstance(ev, wire.TicketAssessed):

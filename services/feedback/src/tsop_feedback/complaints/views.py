@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from tsop_feedback.commands import FeedbackApp
 
 log = logging.getLogger(__name__)
+# the stored events' topics of the aggregates the board follows (their module path and class name)
+OWN_TOPICS = tuple(f"{cls.__module__}:{cls.__qualname__}." for cls in (Complaint, ImprovementAction))
 
 
 @dataclass
@@ -68,6 +70,18 @@ class ComplaintBoard(LogFollower):
         super().__init__(app)
         self.by_id: dict[UUID, ComplaintSummary] = {}
         self.action_by_id: dict[UUID, ActionSummary] = {}
+
+    def refresh(self) -> None:
+        """Read the log's new notifications, decoding only this context's (feedback's cases are most of it)."""
+        with self.lock:
+            while True:
+                batch = self.app.recorder.select_notifications(self.position + 1, 1000)
+                for n in batch:
+                    if n.topic.startswith(OWN_TOPICS):
+                        self.apply(self.app.mapper.to_domain_event(n))
+                if not batch:
+                    return
+                self.position = batch[-1].id
 
     def apply(self, e: Any) -> None:
         if isinstance(e, Complaint.Received):
