@@ -124,7 +124,17 @@ def test_bad_complaints_are_refused_naming_the_field_and_roles_are_checked(
         assert r.status_code == 422, r.text
         assert r.headers["content-type"] == "application/problem+json"
         assert field in [e["field"] for e in r.json()["errors"]], r.json()
-    assert file(platform, good, key="k-bad").status_code == 201
+    filed = file(platform, good, key="k-bad")
+    assert filed.status_code == 201
+    close = platform.url("feedback", f"/v1/complaints/{filed.json()['id']}/close")
+    by_agent = platform.http.post(close, json={"basis": "supervisor"}, headers=platform.auth("agent"))
+    assert by_agent.status_code == 403 and by_agent.json()["errors"][0]["field"] == "basis"
+    assert platform.http.post(close, json={"basis": "maybe"}, headers=platform.auth("supervisor")).status_code == 422
+    closed = platform.http.post(close, json={"basis": "supervisor", "note": "duplicate of a call"},
+                                headers=platform.auth("supervisor"))
+    assert closed.status_code == 200 and closed.json()["closed"]["basis"] == "supervisor"
+    technician = platform.http.get(platform.url("feedback", "/v1/complaints"), headers=platform.auth("technician"))
+    assert technician.status_code == 403
     reused = file(platform, {**good, "description": "other"}, key="k-bad")
     assert reused.status_code == 422 and reused.json()["errors"][0]["field"] == "Idempotency-Key"
     assert file(platform, good, role="auditor").status_code == 403

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, Field, Strict
 
 from tsop_events.auth import Principal, Role, requires
-from tsop_events.errors import Invalid, NotFound, NotYet
+from tsop_events.errors import Forbidden, Invalid, NotFound, NotYet
 from tsop_events.http import service_dependency
 from tsop_events.inbound import Bool, Inbound, Moment, TextCheck
 from tsop_events.runtime import Service
@@ -403,7 +403,7 @@ async def close(complaint_id: UUID, body: Closure, svc: Svc, caller: Filer) -> C
     """Close without the customer's acceptance: ``withdrawn`` (the customer, through their channel or an agent)
     or ``supervisor`` (a supervisor's decision)."""
     if body.basis == "supervisor" and not caller.has(Role.supervisor):
-        raise Invalid("only a supervisor closes a complaint on the basis 'supervisor'", "basis")
+        raise Forbidden("only a supervisor closes a complaint on the basis 'supervisor'", "basis")
     return await _act(svc, complaint_id, caller, "close", basis=body.basis, note=body.note)
 
 
