@@ -140,6 +140,21 @@ def test_a_repeat_is_the_same_customer_and_cause_within_the_period() -> None:
     assert {c.id for c in d.complaints(AGENT, repeat=True)} == {second.id, third.id}
 
 
+def test_a_complaint_put_in_another_type_is_judged_again_for_repeats() -> None:
+    d, clock = desk()
+    billing = file(d, customer="c1", kind="billing")
+    clock.advance(HOUR)
+    network = file(d, customer="c1", kind="network")
+    assert not network.repeat
+    moved = d.change(network.id, AGENT, "categorise", complaint_type="billing")
+    assert moved.complaint_type == "billing" and moved.repeat_of == [str(billing.id)]
+    assert [c.id for c in d.complaints(AGENT, repeat=True)] == [network.id]
+    back = d.change(network.id, AGENT, "categorise", complaint_type="network")
+    assert back.repeat_of == []  # its only company in network is itself
+    clock.advance(HOUR)
+    assert file(d, customer="c1", kind="billing").repeat_of == [str(billing.id)]  # network's is not billing now
+
+
 def test_an_idempotency_key_files_once_and_refuses_another_body() -> None:
     d, _ = desk()
     first = file(d, key="k1")

@@ -489,11 +489,16 @@ class ComplaintAcknowledged(ComplaintEvent):
 
 class ComplaintCategorised(ComplaintEvent):
     event_type: ClassVar[str] = "tsop.complaint.categorised.v1"
-    doc: ClassVar[str] = "The complaint was put in another of the operator's complaint types."
+    doc: ClassVar[str] = (
+        "The complaint was put in another of the operator's complaint types: a new cause, so whether it repeats "
+        "the customer's earlier complaints is judged again."
+    )
     complaint_type: str
     previous_type: str
     categorised_by: str
     categorised_at: datetime
+    repeat: bool = Field(description="It repeats complaints of the new type within the policy's period.")
+    repeat_of: list[str] = Field(default_factory=list, description="The earlier complaints of the new type.")
 
 
 class ComplaintTicketLinked(ComplaintEvent):

@@ -78,17 +78,23 @@ def _now(svc: Service[FeedbackApp]) -> datetime:
 # ---------------------------------------------------------------- complaints
 
 
+def _history(uow: UnitOfWork, customer_id: str, cause: str) -> ComplaintHistory:
+    """The customer's complaints about one cause (made on first use, saved with the complaint)."""
+    hid = ComplaintHistory.id_for(customer_id, cause)
+    history = uow.find(ComplaintHistory, hid)
+    if history is None:
+        history = ComplaintHistory(id=hid)
+        uow.add(history)
+    return history
+
+
 def _receive(
     uow: UnitOfWork, policy: Policy, cid: UUID, *, customer_id: str, channel_id: str | None, source: Source,
     complaint_type: str, description: str, ticket_ids: list[str], by: str, at: datetime,
     rating_score: int | None = None,
 ) -> Complaint:
     policy.type_of(complaint_type)
-    hid = ComplaintHistory.id_for(customer_id, complaint_type)
-    history = uow.find(ComplaintHistory, hid)
-    if history is None:
-        history = ComplaintHistory(id=hid)
-        uow.add(history)
+    history = _history(uow, customer_id, complaint_type)
     repeats = history.note(str(cid), at, timedelta(days=policy.repeat_within_days))
     c = Complaint.receive(
         cid, policy, customer_id=customer_id, channel_id=channel_id, source=source, complaint_type=complaint_type,
@@ -159,7 +165,10 @@ async def change(svc: Service[FeedbackApp], cid: UUID, caller: Principal, act: s
         if act == "acknowledge":
             c.acknowledge(by, now)
         elif act == "categorise":
-            c.categorise(d.policy, args["complaint_type"], by, now)
+            kind, previous = args["complaint_type"], c.complaint_type
+            c.categorise(d.policy, kind, by, now, _history(uow, c.customer_id, kind))
+            if c.complaint_type != previous:
+                _history(uow, c.customer_id, previous).forget(str(c.id))
         elif act == "link":
             c.link_ticket(args["ticket_id"], by, now)
         elif act == "note":

@@ -215,6 +215,7 @@ class Complaint(Aggregate):
         previous_type: str
         categorised_by: str
         categorised_at: datetime
+        repeat_of: list[str]
 
     class TicketLinked(Event):
         ticket_id: str
@@ -332,19 +333,28 @@ class Complaint(Aggregate):
         self.status = "acknowledged"
         self.acknowledged_at = acknowledged_at
 
-    def categorise(self, policy: Policy, complaint_type: str, by: str, at: datetime) -> None:
+    def categorise(self, policy: Policy, complaint_type: str, by: str, at: datetime,
+                   history: ComplaintHistory | None = None) -> None:
+        """Put it in another type: a new cause, so whether it repeats is judged again against that cause's
+        ``history`` (the customer's complaints of the new type), as of its receipt."""
         self._open("categorised")
         policy.type_of(complaint_type)
         if complaint_type == self.complaint_type:
             return
+        repeat_of = []
+        if history is not None:
+            repeat_of = [c for c in history.note(str(self.id), self.received_at,
+                                                 timedelta(days=policy.repeat_within_days)) if c != str(self.id)]
         self._categorised(complaint_type=complaint_type, previous_type=self.complaint_type, categorised_by=by,
-                          categorised_at=at)
+                          categorised_at=at, repeat_of=repeat_of)
 
     @event(Categorised)
     def _categorised(
-        self, complaint_type: str, previous_type: str, categorised_by: str, categorised_at: datetime
+        self, complaint_type: str, previous_type: str, categorised_by: str, categorised_at: datetime,
+        repeat_of: list[str],
     ) -> None:
         self.complaint_type = complaint_type
+        self.repeat_of = list(repeat_of)
 
     def link_ticket(self, ticket_id: str, by: str, at: datetime) -> None:
         self._open("linked to a ticket")
@@ -494,6 +504,18 @@ class ComplaintHistory(Aggregate):
     @event(Noted)
     def _noted(self, complaint_id: str, at: datetime) -> None:
         self.complaints.append((complaint_id, at))
+
+    def forget(self, complaint_id: str) -> None:
+        """The complaint was put in another type: it no longer counts for this cause."""
+        if any(c == complaint_id for c, _ in self.complaints):
+            self._forgot(complaint_id=complaint_id)
+
+    class Forgot(Aggregate.Event):
+        complaint_id: str
+
+    @event(Forgot)
+    def _forgot(self, complaint_id: str) -> None:
+        self.complaints = [(c, at) for c, at in self.complaints if c != complaint_id]
 
 
 def repeats_of(earlier: list[tuple[str, datetime]], at: datetime, within: timedelta) -> list[str]:

@@ -109,7 +109,7 @@ class ComplaintBoard(LogFollower):
         elif isinstance(e, Complaint.NoteAdded) and c.status == "acknowledged":
             c.status = "investigating"
         elif isinstance(e, Complaint.Categorised):
-            c.complaint_type = e.complaint_type
+            c.complaint_type, c.repeat = e.complaint_type, bool(e.repeat_of)
         elif isinstance(e, Complaint.TicketLinked):
             c.ticket_ids.append(e.ticket_id)
         elif isinstance(e, Complaint.Answered):

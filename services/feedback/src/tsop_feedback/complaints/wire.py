@@ -26,7 +26,8 @@ WIRE = (
     WireMap()
     .add(Complaint.Received, wire.ComplaintReceived, fields={**C, "repeat": lambda e: bool(e.repeat_of)})
     .add(Complaint.Acknowledged, wire.ComplaintAcknowledged, fields=C, causation=previous_event)
-    .add(Complaint.Categorised, wire.ComplaintCategorised, fields=C, causation=previous_event)
+    .add(Complaint.Categorised, wire.ComplaintCategorised, fields={**C, "repeat": lambda e: bool(e.repeat_of)},
+         causation=previous_event)
     .add(Complaint.TicketLinked, wire.ComplaintTicketLinked, fields=C, causation=previous_event)
     .add(Complaint.NoteAdded, wire.ComplaintNoteAdded, fields=C, causation=previous_event)
     .add(Complaint.Answered, wire.ComplaintAnswered, fields=C, causation=previous_event)
