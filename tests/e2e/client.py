@@ -190,6 +190,7 @@ class WebhookReceiver:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 received.append(
                     {
+                        "raw": body,
                         "body": json.loads(body),
                         "signature": self.headers.get("X-TSOP-Signature"),
                         "delivery": self.headers.get("X-TSOP-Delivery"),

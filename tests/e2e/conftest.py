@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from tsop_devstack.stack import SERVICES, Stack
@@ -11,6 +12,7 @@ from tests import infra
 from tests.e2e.client import Platform, WebhookReceiver
 
 OUTBOUND_ATTEMPTS = 6
+DATA = Path(__file__).with_name("data")
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +27,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
              "TSOP_OUTBOUND_ALLOW": "127.0.0.1",
              # bounded retries, short enough to see a dead letter (6 attempts, ~3 s of back-off)
              "TSOP_OUTBOUND_MAX_ATTEMPTS": str(OUTBOUND_ATTEMPTS), "TSOP_OUTBOUND_BACKOFF_BASE_SECONDS": "0.1",
-             "TSOP_OUTBOUND_BACKOFF_MAX_SECONDS": "1"},
+             "TSOP_OUTBOUND_BACKOFF_MAX_SECONDS": "1",
+             # incidents: a burst of 4 fault tickets in an `outage-*` region is an outage (other regions stay
+             # untouched), and its plan has a step due within 6 seconds
+             "TSOP_CORRELATION_RULES_FILE": str(DATA / "incident_rules.json"),
+             "TSOP_EMERGENCY_PLANS_FILE": str(DATA / "incident_plans.json")},
     )
     try:
         s.start(timeout=180)

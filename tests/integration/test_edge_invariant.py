@@ -207,6 +207,9 @@ def from_schema(schema: dict[str, Any], defs: dict[str, Any], overrides: dict[st
         if value_schema == {"$ref": "#/$defs/JsonValue"}:
             values = json_values
         return st.dictionaries(keys, values, max_size=min(schema.get("maxProperties", 6), 6))
+    if kind == "array":
+        items = from_schema(schema.get("items", {}), defs, overrides, f"{path}[]")
+        return st.lists(items, min_size=schema.get("minItems", 0), max_size=min(schema.get("maxItems", 6), 6))
     if not schema:
         return json_values
     raise AssertionError(f"no strategy for {schema} at {path}")
@@ -530,11 +533,18 @@ async def live(world: World, story: Story, seen: Counter[str]) -> None:
         rating = across_the_edge(story["rating"], Rating)
         if rating is not None:
             try:
-                await feedback_commands.rate(world.feedback_svc, ticket, rating.score, rating.comment, patience=0)
+                case, _ = await feedback_commands.rate(world.feedback_svc, ticket, rating.score, rating.comment,
+                                                       patience=0, tags=list(rating.tags), solved=rating.solved)
             except DomainError:  # 404 / 409
                 pass
             else:
                 seen["rating accepted"] += 1
+                if case.closed_reason is None:  # "not solved": reopened; resolved again, then rated well
+                    await world.publish_all()
+                    await world.resolved(ticket)
+                    world.clock.advance(timedelta(minutes=5))
+                    await feedback_commands.rate(world.feedback_svc, ticket, 5, None, patience=0)
+                    seen["reopened"] += 1
                 finished = True
                 await world.publish_all()
     if finished:

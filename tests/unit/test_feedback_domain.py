@@ -133,7 +133,7 @@ def test_a_window_expiring_without_callback_notifies_before_it_closes() -> None:
     resolved_case(app, t)
     clock.advance(DAY + timedelta(seconds=1))
     assert app.expire_windows() == 1
-    assert wire_types(app, t) == ["feedback-sent", "closed"]
+    assert wire_types(app, t) == ["feedback-sent", "rating-expired", "closed"]  # no answer, never a score
 
 
 def test_a_delivery_before_the_rating_is_published_in_order() -> None:
@@ -161,12 +161,13 @@ def test_refusals_are_the_platforms_conflicts_with_the_titles_clients_know() -> 
 
 def test_the_event_classes_keep_the_names_stored_history_carries() -> None:
     names = ["Opened", "ResolutionNoted", "NotificationAbandoned", "Notified", "NotifiedAfterClosure",
-             "RatingKept", "Rated", "Closed"]
+             "RatingKept", "Rated", "RatingReminded", "RatingExpired", "Reopened", "Closed"]
     for name in names:
         cls = getattr(FeedbackCase, name)
         assert (cls.__module__, cls.__qualname__) == ("tsop_feedback.domain", f"FeedbackCase.{name}")
-    assert {c.__qualname__ for c in WIRE.mapped()} == {"FeedbackCase.Notified", "FeedbackCase.Rated",
-                                                        "FeedbackCase.Closed"}
+    assert {c.__qualname__ for c in WIRE.mapped()} == {
+        "FeedbackCase.Notified", "FeedbackCase.Rated", "FeedbackCase.RatingReminded", "FeedbackCase.RatingExpired",
+        "FeedbackCase.Reopened", "FeedbackCase.Closed"}
 
 
 def test_a_rating_given_long_before_the_resolution_is_not_recorded_by_it() -> None:

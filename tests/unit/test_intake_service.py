@@ -339,13 +339,20 @@ def test_every_request_event_maps_to_a_valid_wire_event_with_its_reason() -> Non
         outs = [o for o in map(to_wire, events) if o is not None]
         for o in outs:  # what the relay publishes parses as what consumers expect
             assert parse_event(o.event.event_type, o.event.model_dump(mode="json")) == o.event
-        types = [o.event.event_type.split(".")[2] for o in outs]
+        channel_events = [o.event for o in outs if o.event.event_type.startswith("tsop.channel.")]
+        # the channel registry goes to the channels topic: its registration and credential, hash only
+        assert [e.event_type for e in channel_events] == [
+            "tsop.channel.registered.v1", "tsop.channel.credential-issued.v1"]
+        issued = channel_events[1].model_dump()
+        assert len(issued["token_sha256"]) == 64 and "token" not in issued
+        types = [o.event.event_type.split(".")[2] for o in outs if not o.event.event_type.startswith("tsop.channel.")]
         assert types == [
             "request-submitted", "request-pending-information", "request-updated", "request-accepted",
             "request-submitted", "request-queued-for-review", "request-accepted",
             "request-submitted", "request-linked",
             "request-submitted", "request-accepted", "request-cancelled",
         ]
+        outs = [o for o in outs if not o.event.event_type.startswith("tsop.channel.")]
         by_type = {o.event.event_type.split(".")[2]: o.event for o in outs}
         assert by_type["request-cancelled"].model_dump()["reason_code"] == "entered_in_error"
         submitted = outs[0].event.model_dump()

@@ -62,7 +62,7 @@ def test_main_bootstraps_a_typed_service_and_every_route_declares_its_answer(ser
             assert route.response_model is not None, f"{service}: {route.methods} {route.path} declares no answer"
 
 
-@pytest.mark.parametrize("service", ["intake", "dispatch", "feedback", "archive"])
+@pytest.mark.parametrize("service", ["intake", "dispatch", "feedback", "incident", "archive"])
 def test_the_wire_mapping_is_a_table(service: str) -> None:
     from tsop_events.wiremap import WireMap
 

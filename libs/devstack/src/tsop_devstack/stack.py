@@ -84,6 +84,9 @@ def _prctl() -> Callable[..., int] | None:
 _PRCTL = _prctl()  # resolved here: the child, between fork and exec, only calls it
 
 
+EMBEDDED_FETCH_WAIT_MS = 50  # see service_env
+
+
 def die_with_parent(sig: int) -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child receive ``sig`` when this process dies (Linux; else None).
 
@@ -292,6 +295,11 @@ class Stack:
                 ),
             }
         )
+        # A waiting fetch costs the broker and the consumer a round trip each time it expires. Apache Kafka answers
+        # a waiting fetch as soon as a record arrives, so a long wait is free; the embedded broker answers only when
+        # the wait expires, so there the wait is added to every hop; 100 ms instead of 50 was measured to save the
+        # idle broker only ~2 % of a core (bench/RESULTS.md, "Hot path"), not worth the latency: it stays 50 ms.
+        env.setdefault("TSOP_FETCH_MAX_WAIT_MS", str(EMBEDDED_FETCH_WAIT_MS if self.kafka_bootstrap is None else 500))
         env.update(self.env)
         return env
 

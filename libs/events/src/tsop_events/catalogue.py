@@ -23,6 +23,7 @@ TOPIC_DOCS = {
     Topic.incidents: "Service interruptions, key = incident id.",
     Topic.workforce: "Technicians, qualifications and capacity, key = technician id.",
     Topic.complaints: "Complaints, key = complaint id.",
+    Topic.channels: "Registered channel systems and their credentials (SHA-256 only), key = channel id.",
     Topic.deadletter: "Records a consumer could not process, with the error.",
 }
 

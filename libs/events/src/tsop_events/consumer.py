@@ -136,12 +136,11 @@ class ProjectionSink(Sink):
     ) -> None:
         key = (self.name, epoch, topic, partition)
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO tsop_consumer_offsets VALUES ($1, $2, $3, $4, 0) ON CONFLICT DO NOTHING", *key
-            )
+            # one round trip: the row exists afterwards and is locked (as FOR UPDATE would) until commit
             done = await conn.fetchval(
-                "SELECT next_offset FROM tsop_consumer_offsets "
-                "WHERE consumer = $1 AND epoch = $2 AND topic = $3 AND partition = $4 FOR UPDATE",
+                "INSERT INTO tsop_consumer_offsets AS o VALUES ($1, $2, $3, $4, 0) "
+                "ON CONFLICT (consumer, epoch, topic, partition) DO UPDATE SET next_offset = o.next_offset "
+                "RETURNING o.next_offset",
                 *key,
             )
             if done > last_offset:
@@ -205,7 +204,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.runner = runner
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        pass
+        self.runner.forget(list(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self.runner.seek_stored(list(assigned))
@@ -225,17 +224,27 @@ class ConsumerRunner:
         self.producer = producer
         self.consumer: AIOKafkaConsumer | None = None
         self.running = False
+        # the next offset to apply per partition, as stored when the partition was assigned (or the epoch
+        # changed) and as advanced by this runner since: no read of the stored position per batch
+        self._next: dict[tuple[str, TopicPartition], int | None] = {}
         self.epoch_watcher.subscribe(self._on_epoch)
 
     async def _on_epoch(self, epoch: str) -> None:
         if self.consumer is not None:
             await self.seek_stored(list(self.consumer.assignment()))
 
+    def forget(self, partitions: list[TopicPartition]) -> None:
+        """Drop what this runner knows of the partitions' positions (revoked, or a batch not applied)."""
+        gone = set(partitions)
+        for known in [k for k in self._next if k[1] in gone]:
+            del self._next[known]
+
     async def seek_stored(self, partitions: list[TopicPartition]) -> None:
         assert self.consumer is not None
         epoch = await self.epoch_watcher.wait_known()
         for tp in partitions:
             pos = await self.sink.position(epoch, tp.topic, tp.partition)
+            self._next[(epoch, tp)] = pos
             if pos is None:
                 await self.consumer.seek_to_beginning(tp)
             else:
@@ -283,7 +292,10 @@ class ConsumerRunner:
         epoch = self.epoch_watcher.epoch
         assert epoch is not None
         wanted = self.sink.event_types
-        done = await self.sink.position(epoch, tp.topic, tp.partition)
+        if (epoch, tp) in self._next:
+            done = self._next[(epoch, tp)]
+        else:
+            done = self._next[(epoch, tp)] = await self.sink.position(epoch, tp.topic, tp.partition)
         if done is not None:
             # a rebalance may seek back over records already applied: skip them (and their dead letters)
             records = [r for r in records if r.offset >= done]
@@ -308,6 +320,7 @@ class ConsumerRunner:
         except Exception:  # noqa: BLE001 - one bad record must not block its partition
             if not await self._one_by_one(epoch, tp, decoded, last):
                 return
+        self._next[(epoch, tp)] = last + 1
         highwater = self.consumer.highwater(tp)
         if highwater is not None:
             CONSUMER_LAG.labels(self.sink.name, tp.topic, str(tp.partition)).set(max(0, highwater - last - 1))
@@ -329,6 +342,7 @@ class ConsumerRunner:
 
     async def _back_off(self, tp: TopicPartition, offset: int, exc: BaseException) -> None:
         assert self.consumer is not None
+        self.forget([tp])  # read the stored position again before the next batch
         log.warning("consumer %s: %s; retrying from %s:%s:%s", self.sink.name, exc, tp.topic, tp.partition, offset)
         self.consumer.seek(tp, offset)
         await asyncio.sleep(0.2)

@@ -110,6 +110,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 DEAD_LETTER_VALUE_LIMIT = 256 * 1024  # a dead letter carries at most this much of the stored form
 LEADER_CHECK_SECONDS = 1.0  # how often a standby asks for the lead, and a leader checks it still holds it
 MAINTENANCE_SECONDS = 1.0  # how often the backlog, the set-aside count and republish requests are read
+RELAY_POLL_SECONDS = 0.05  # how often an idle relay reads its outbox when its store cannot NOTIFY (not PostgreSQL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,23 +288,40 @@ class Relay:
             log.warning("relay %s: lost the leadership connection (%s); standing by", self.name, exc)
             return False
 
+    async def _listen(self, lock: asyncpg.Connection) -> bool:
+        """Be woken by every save of any instance: the event store NOTIFYs its table's channel on insert.
+
+        Listening on the leadership connection means an idle relay reads its outbox only when something
+        was saved (or once per ``relay_idle_seconds`` as a safety net), instead of polling PostgreSQL.
+        """
+        channel = getattr(self.app.recorder, "channel_name", None)
+        if not channel:
+            return False
+        await lock.add_listener(channel, self._notified)
+        return True
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
     async def _publish_while_leading(self, lock: asyncpg.Connection) -> None:
         backoff = 0.1
         loaded = False
+        listening = False
         while await self._still_leading(lock):
             try:
                 if not loaded:
                     await self._load()  # where the previous leader got to
                     loaded = True
+                if not listening:
+                    listening = await self._listen(lock)
                 await self.maintain()
+                self._wake.clear()  # before reading: a save committed while we read wakes the next round
                 published = await self.publish_once()
                 backoff = 0.1
                 if not published:
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self.settings.relay_idle_seconds)
-                    except TimeoutError:
-                        pass
+                    idle = self.settings.relay_idle_seconds if listening else RELAY_POLL_SECONDS
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), min(idle, MAINTENANCE_SECONDS))
             except TRANSIENT as exc:
                 log.warning("relay %s: %s; retrying in %.1fs", self.name, exc, backoff)
                 await asyncio.sleep(backoff)
@@ -401,10 +419,15 @@ class Relay:
         if self.epoch_watcher.epoch != self.epoch:
             return len(notifications)  # published into a new incarnation: start over
         last = notifications[-1].id
-        async with self.pool.acquire() as conn, conn.transaction():
-            new = await self._record_set_aside(conn, refused)
+        if refused:
+            async with self.pool.acquire() as conn, conn.transaction():
+                new = await self._record_set_aside(conn, refused)
+                self.position = last
+                await self._store(conn)
+        else:  # the usual case: one statement, no transaction around it
+            new = set()
             self.position = last
-            await self._store(conn)
+            await self._store()
         RELAY_PUBLISHED.labels(self.name).inc(published)
         for r in refused:
             if r.notification.id in new:
@@ -505,17 +528,23 @@ class Relay:
         latest = await asyncio.to_thread(self.app.recorder.max_notification_id) or 0
         self.backlog = max(0, latest - self.position)
         RELAY_BACKLOG.labels(self.name).set(self.backlog)
-        retry_all, self._retry_all = self._retry_all, False
-        try:
-            await self.republish(only_requested=not retry_all)
-        except BaseException:
-            self._retry_all = self._retry_all or retry_all  # not done: try again at the next round
-            raise
-        self.set_aside = int(
-            await self.pool.fetchval(
-                "SELECT count(*) FROM tsop_relay_set_aside WHERE name = $1 AND republished_at IS NULL", self.name
-            )
+        # one read says both how many are set aside and whether an operator asked for a republish
+        pending = await self.pool.fetch(
+            "SELECT retry_requested_at IS NOT NULL AS requested FROM tsop_relay_set_aside "
+            "WHERE name = $1 AND republished_at IS NULL",
+            self.name,
         )
+        retry_all, self._retry_all = self._retry_all, False
+        if pending and (retry_all or any(r["requested"] for r in pending)):
+            try:
+                await self.republish(only_requested=not retry_all)
+            except BaseException:
+                self._retry_all = self._retry_all or retry_all  # not done: try again at the next round
+                raise
+            pending = await self.pool.fetch(
+                "SELECT true FROM tsop_relay_set_aside WHERE name = $1 AND republished_at IS NULL", self.name
+            )
+        self.set_aside = len(pending)
         RELAY_SET_ASIDE.labels(self.name).set(self.set_aside)
 
     async def republish(self, only_requested: bool = True) -> tuple[int, int]:

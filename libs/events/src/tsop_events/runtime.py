@@ -72,7 +72,7 @@ class Runtime(Generic[A, S]):
     async def start(self) -> None:
         s = self.settings
         await _retry(lambda: ensure_database(s, [RELAY_DDL, SET_ASIDE_DDL, OFFSETS_DDL, *self.ddl]), "PostgreSQL")
-        self.pool = await asyncpg.create_pool(s.pg_dsn(), min_size=1, max_size=s.pg_pool_size)
+        self.pool = await create_pool(s.pg_dsn(), max_size=s.pg_pool_size)
         if self.app_factory is not None:
             factory = self.app_factory
             self.app = await asyncio.to_thread(factory, s)
@@ -159,6 +159,21 @@ Service = Runtime
 """The name a service's code uses: ``Service[IntakeApp, IntakeSettings]``."""
 
 Task = Callable[[Runtime[A, S]], Awaitable[None]]
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing to reset: the platform keeps no session state on pooled connections."""
+
+
+async def create_pool(dsn: str, max_size: int) -> asyncpg.Pool:
+    """An asyncpg pool whose connections go back without asyncpg's default reset.
+
+    That reset (``RESET ALL``, ``UNLISTEN *``, ``CLOSE ALL``, unlocking advisory locks) is a round trip on every
+    release, i.e. on every request and consumer batch. Pooled connections never hold session state here:
+    settings are ``SET LOCAL``, locks are transaction-scoped, and LISTEN and the relay's advisory lock use
+    connections of their own. asyncpg still rolls back a transaction left open before a connection is reused.
+    """
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, reset=_keep_session)
 
 
 async def _retry(start: Callable[[], Awaitable[None]], what: str, timeout: float = 120.0) -> None:

@@ -9,7 +9,7 @@ committed catalogue (``libs/events/catalogue``) makes such changes visible.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -301,8 +301,13 @@ class Rated(TicketEvent):
     doc: ClassVar[str] = "The customer rated the service within the window (§2.3)."
     score: Annotated[int, Field(ge=1, le=5)]
     comment: str | None = None
-    tags: list[Literal["on_time", "solved", "attitude", "communication"]] = Field(default_factory=list)
-    solved: bool | None = None
+    tags: list[Literal["on_time", "solved", "attitude", "communication"]] = Field(
+        default_factory=list, description="What the rating is about (reason tags the customer chose)."
+    )
+    solved: bool | None = Field(
+        default=None,
+        description="The customer's answer to 'is the problem solved?', asked on a low score; null when not asked.",
+    )
     rated_at: datetime
 
 
@@ -310,6 +315,16 @@ class Closed(TicketEvent):
     event_type: ClassVar[str] = "tsop.ticket.closed.v1"
     doc: ClassVar[str] = "The ticket is closed: rated, or the rating window expired (§2.4)."
     reason: Literal["rated", "rating_window_expired"]
+    basis: Literal["confirmed", "rated", "window_lapsed"] | None = Field(
+        default=None,
+        description="Why it closed: the customer confirmed or rated, or the window lapsed without a reopen "
+        "(null only on closures recorded before the basis was)."
+    )
+    reopenable_until: datetime | None = Field(
+        default=None,
+        description="Until when the ticket may still be reopened (§2.4); null: this closure is final. The archive "
+        "seals the dossier only after it.",
+    )
     closed_at: datetime
 
 
@@ -335,12 +350,113 @@ class Archived(TicketEvent):
 # (feedback's events on the tickets topic go here)
 
 
+class RatingReminded(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.rating-reminded.v1"
+    doc: ClassVar[str] = "The customer was reminded to rate before the rating window ends (§2.3)."
+    rating_due_at: datetime
+    reminded_at: datetime
+
+
+class RatingExpired(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.rating-expired.v1"
+    doc: ClassVar[str] = "The rating window ended without a rating: no answer, never a score (§2.3)."
+    rating_due_at: datetime
+    expired_at: datetime
+
+
+class Reopened(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.reopened.v1"
+    doc: ClassVar[str] = (
+        "The ticket is open again: the customer said the problem is not solved, or a closed ticket was reopened "
+        "within its period (§2.3, §2.4). Dispatch reopens the work order, preferring the same technician."
+    )
+    reason_code: Literal["not_solved", "reopen_requested"]
+    reason: NonEmpty
+    requested_by: str = Field(description="The channel or staff member who asked for it.")
+    reopen_count: Annotated[int, Field(ge=1)] = Field(description="How many times this ticket has been reopened.")
+    reopened_at: datetime
+
+
+# the channels topic (key = channel id): what other services need to know a channel system's caller by.
+# Only a credential's SHA-256 travels, never the token.
+
+
+class ChannelEvent(WireEvent):
+    """An event about a registered channel system; key = channel id, on the ``channels`` topic."""
+
+    topic: ClassVar[Topic] = Topic.channels
+    channel_id: str
+
+    def key(self) -> str:
+        return self.channel_id
+
+
+class ChannelRegistered(ChannelEvent):
+    event_type: ClassVar[str] = "tsop.channel.registered.v1"
+    doc: ClassVar[str] = "An admin registered a channel system (§2.1)."
+    name: str
+    kind: str
+    registered_at: datetime
+
+
+class ChannelCredentialIssued(ChannelEvent):
+    event_type: ClassVar[str] = "tsop.channel.credential-issued.v1"
+    doc: ClassVar[str] = "A channel system got a credential; only the token's SHA-256 hex travels."
+    credential_id: str
+    token_sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
+    issued_at: datetime
+
+
+class ChannelCredentialRevoked(ChannelEvent):
+    event_type: ClassVar[str] = "tsop.channel.credential-revoked.v1"
+    doc: ClassVar[str] = "A channel system's credential was revoked: from now on no service accepts it."
+    credential_id: str
+    token_sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
+    revoked_at: datetime
+
+
 # --- ticket events of incidents: tickets linked to an incident, held and released (§5.3) ---
 # (events an incident causes on the tickets topic go here)
 
 
+class TicketHeld(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.held.v1"
+    doc: ClassVar[str] = (
+        "Dispatch holds the ticket for an incident it is linked to: its SLA clocks pause and no technician "
+        "is sent to it on its own (§5.3)."
+    )
+    work_order_id: str
+    incident_id: str
+    held_at: datetime
+
+
+class TicketReleased(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.released.v1"
+    doc: ClassVar[str] = (
+        "The ticket proved unrelated and was unlinked from its incident: back to normal dispatch, its SLA "
+        "clocks running again (§5.3)."
+    )
+    work_order_id: str
+    incident_id: str
+    reason: str
+    released_at: datetime
+
+
 # --- ticket events of records: erasure and retention (§7.4, PIPL) ---
 # (the archive's events on the tickets topic go here)
+
+
+class RecordsExpired(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.records-expired.v1"
+    doc: ClassVar[str] = (
+        "Retention acted on some of a ticket's archived records (§7.4): their bodies were purged, or their "
+        "personal fields anonymised. The records, their hashes and their place in the archive's chain remain."
+    )
+    record_class: Literal["service_records", "personal_data", "work_logs", "complaints"]
+    action: Literal["purged", "anonymised"]
+    event_ids: list[str] = Field(description="The ce_id of each record acted on.")
+    retention_days: int = Field(description="The class's retention period that ran out.")
+    expired_at: datetime
 
 
 # --- the workforce topic (key = technician id): who may do what, where and when (§3.3, §6) ---
@@ -443,6 +559,207 @@ class PeakModeChanged(WireEvent):
 
 # --- the incidents topic (key = incident id): declaration, emergency plans, restoration, review (§5) ---
 # (incident's events go here)
+
+
+Severity = Literal["I", "II", "III", "IV"]
+
+
+class IncidentEvent(WireEvent):
+    """An event in an incident's life; key = incident id, on the ``incidents`` topic."""
+
+    topic: ClassVar[Topic] = Topic.incidents
+    incident_id: str
+
+    def key(self) -> str:
+        return self.incident_id
+
+
+class IncidentDeclared(IncidentEvent):
+    event_type: ClassVar[str] = "tsop.incident.declared.v1"
+    doc: ClassVar[str] = (
+        "An incident was declared, by an incident manager or automatically when fault tickets of one service "
+        "type in one region crossed a threshold within a window (§5.1)."
+    )
+    title: str
+    severity: Severity
+    scenario: str = Field(description="The emergency-plan scenario (e.g. 'outage').")
+    affected_services: list[str]
+    regions: list[str]
+    estimated_customers: int
+    declared_by: str = Field(description="'auto', or the incident manager who declared it.")
+    rule: str | None = Field(default=None, description="The correlation rule that declared it automatically.")
+    detected_at: datetime = Field(description="The first sign of the incident (the first correlated ticket).")
+    declared_at: datetime
+
+
+class IncidentAcknowledged(IncidentEvent):
+    event_type: ClassVar[str] = "tsop.incident.acknowledged.v1"
+    doc: ClassVar[str] = "An incident manager took charge of the incident."
+    acknowledged_by: str
+    acknowledged_at: datetime
+
+
+class IncidentSeverityChanged(IncidentEvent):
+    event_type: ClassVar[str] = "tsop.incident.severity-changed.v1"
+    doc: ClassVar[str] = "The incident's severity, scope or estimate changed (§5.1)."
+    severity: Severity
+    previous_severity: Severity
+    affected_services: list[str]
+    regions: list[str]
+    estimated_customers: int
+    reason: str
+    changed_by: str
+    changed_at: datetime
+
+
+class IncidentTicketLinked(IncidentEvent):
+    event_type: ClassVar[str] = "tsop.incident.ticket-linked.v1"
+    doc: ClassVar[str] = "A ticket was linked to the incident (automatically, in scope, or by hand): it is held (§5.3)."
+    ticket_id: str
+    linked_by: str = Field(description="'auto', or who linked it.")
+    linked_at: datetime
+
+
+class IncidentTicketUnlinked(IncidentEvent):
+    event_type: ClassVar[str] = "tsop.incident.ticket-unlinked.v1"
+    doc: ClassVar[str] = "A ticket proved unrelated: it goes back to normal dispatch (§5.3)."
+    ticket_id: str
+    reason: str
+    unlinked_by: str
+    unlinked_at: datetime
+
+
+class PlanStep(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    key: str
+    title: str
+    role: str = Field(description="The role that owns the step.")
+    notify: list[str] = Field(description="Who is notified when the plan starts the step.")
+    limit_seconds: float
+    due_at: datetime
+
+
+class EmergencyPlanActivated(IncidentEvent):
+    event_type: ClassVar[str] = "tsop.incident.plan-activated.v1"
+    doc: ClassVar[str] = (
+        "The emergency plan for the incident's scenario and severity was activated; every step starts now "
+        "and is due within its time limit (§5.2)."
+    )
+    plan: str
+    severity: Severity
+    steps: list[PlanStep]
+    activated_at: datetime
+
+
+class PlanStepFinished(IncidentEvent):
+    event_type: ClassVar[str] = "tsop.incident.plan-step-finished.v1"
+    doc: ClassVar[str] = "A step of the emergency plan was finished (late when after its due time) (§5.2)."
+    plan: str
+    step: str
+    finished_by: str
+    late: bool
+    finished_at: datetime
+
+
+class PlanStepEscalated(IncidentEvent):
+    event_type: ClassVar[str] = "tsop.incident.plan-step-escalated.v1"
+    doc: ClassVar[str] = "A step of the emergency plan passed its time limit unfinished: escalated (§5.2)."
+    plan: str
+    step: str
+    owner_role: str
+    to_role: str
+    due_at: datetime
+    escalated_at: datetime
+
+
+class ServiceRestored(IncidentEvent):
+    event_type: ClassVar[str] = "tsop.incident.service-restored.v1"
+    doc: ClassVar[str] = "The affected service is restored, to be verified (§5.4)."
+    note: str
+    restored_by: str
+    restored_at: datetime
+
+
+class RestorationVerified(IncidentEvent):
+    event_type: ClassVar[str] = "tsop.incident.restoration-verified.v1"
+    doc: ClassVar[str] = "The restoration was verified (§5.4)."
+    note: str
+    verified_by: str
+    verified_at: datetime
+
+
+class IncidentResolved(IncidentEvent):
+    event_type: ClassVar[str] = "tsop.incident.resolved.v1"
+    doc: ClassVar[str] = (
+        "The incident is resolved: dispatch resolves every ticket still linked with the incident's resolution, "
+        "each with its own Resolved event (§5.4)."
+    )
+    resolution_code: str
+    summary: str
+    advice: str | None = None
+    tickets_linked: int = Field(
+        description="How many tickets were linked at resolution (dispatch resolves those it holds)."
+    )
+    resolved_by: str
+    resolved_at: datetime
+
+
+class ImprovementAction(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    title: str
+    kind: Literal["corrective", "preventive"]
+    owner: str
+    due: date
+
+
+class ReviewTimelineEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    at: datetime
+    what: str
+
+
+class LateStep(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    plan: str
+    step: str
+    role: str
+    due_at: datetime
+    finished_at: datetime | None
+    late_seconds: float
+
+
+class ReviewPublished(IncidentEvent):
+    event_type: ClassVar[str] = "tsop.incident.review-published.v1"
+    doc: ClassVar[str] = (
+        "The post-incident review, generated from the incident's log and completed by the incident manager "
+        "with the root cause and improvement actions (each opens an improvement measure) (§5.4)."
+    )
+    title: str
+    severity: Severity
+    affected_services: list[str]
+    regions: list[str]
+    detected_at: datetime
+    declared_at: datetime
+    acknowledged_at: datetime | None
+    restored_at: datetime | None
+    resolved_at: datetime
+    time_to_detect_seconds: float = Field(description="From the first correlated ticket to the declaration.")
+    time_to_acknowledge_seconds: float | None
+    time_to_restore_seconds: float | None = Field(description="From the declaration to the restoration.")
+    tickets_affected: int
+    tickets_unlinked: int
+    customers_affected: int
+    sla_paused_seconds: float = Field(description="Ticket-seconds of SLA clock held for the incident.")
+    late_steps: list[LateStep]
+    timeline: list[ReviewTimelineEntry]
+    root_cause: str
+    improvement_actions: list[ImprovementAction]
+    published_by: str
+    published_at: datetime
 
 
 # --- the complaints topic (key = complaint id): complaints and improvement measures (§4.3, §4.4) ---

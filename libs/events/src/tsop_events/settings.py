@@ -57,8 +57,9 @@ class ServiceSettings(BaseSettings):
 
     relay_batch: int = 500
     """Most outbox notifications the relay publishes in one batch."""
-    relay_idle_seconds: float = 0.05
-    """How often an idle relay polls its outbox (a local save wakes it at once)."""
+    relay_idle_seconds: float = 1.0
+    """Longest an idle relay waits before reading its outbox again: a save by any instance of the service wakes
+    it at once (the event store NOTIFYs on insert), so this is only a safety net."""
     aggregate_cache_size: int = 10000
     """Aggregates cached in memory (always brought up to date from the store on read)."""
     max_body_bytes: int = 64 * 1024

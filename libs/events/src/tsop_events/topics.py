@@ -21,6 +21,7 @@ class Topic(StrEnum):
     incidents = "incidents"
     workforce = "workforce"
     complaints = "complaints"
+    channels = "channels"
     deadletter = "deadletter"
     epoch = "epoch"
 
@@ -28,7 +29,7 @@ class Topic(StrEnum):
         return f"{prefix}{self.value}"
 
 
-DOMAIN_TOPICS = (Topic.tickets, Topic.incidents, Topic.workforce, Topic.complaints)
+DOMAIN_TOPICS = (Topic.tickets, Topic.incidents, Topic.workforce, Topic.complaints, Topic.channels)
 
 
 async def ensure_topics(

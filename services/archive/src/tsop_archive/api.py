@@ -11,8 +11,18 @@ from pydantic import BaseModel, Field, JsonValue
 
 from tsop_archive import commands
 from tsop_archive.commands import ArchiveApp, sealed_dossier, tickets_topic
-from tsop_archive.domain import FINAL, ArchivedEvent, Dossier, DossierStatus, Gap, GapView, dossier_status, open_gaps
+from tsop_archive.domain import (
+    ArchivedEvent,
+    Dossier,
+    DossierStatus,
+    Gap,
+    GapView,
+    dossier_status,
+    has_ended,
+    open_gaps,
+)
 from tsop_archive.projection import ticket_record
+from tsop_archive.records.projection import witnesses
 from tsop_events.auth import Principal, Role, requires
 from tsop_events.errors import NotFound
 from tsop_events.http import service_dependency
@@ -22,6 +32,7 @@ from tsop_events.runtime import Service
 router = APIRouter(prefix="/v1/tickets", tags=["archive"])
 
 Svc = Annotated[Service[ArchiveApp], Depends(service_dependency(ArchiveApp))]
+Witnesses = dict[str, tuple[str, str]]
 Reader = Annotated[Principal, Depends(requires(Role.auditor, Role.supervisor))]
 Decider = Annotated[Principal, Depends(requires(Role.auditor, Role.supervisor))]
 
@@ -77,10 +88,10 @@ class SealAnswer(BaseModel):
     reason: str | None
 
     @classmethod
-    def of(cls, d: Dossier, events: Sequence[ArchivedEvent]) -> SealAnswer:
+    def of(cls, d: Dossier, events: Sequence[ArchivedEvent], witnesses: Witnesses) -> SealAnswer:
         return cls(
             dossier_hash=d.dossier_hash, event_count=len(d.event_ids), sealed_at=d.sealed_at.isoformat(),
-            verified=d.verified(events), complete=d.complete, missing=[GapAnswer.of(m) for m in d.missing],
+            verified=d.verified(events, witnesses), complete=d.complete, missing=[GapAnswer.of(m) for m in d.missing],
             decided_by=d.decided_by, reason=d.reason,
         )
 
@@ -95,10 +106,13 @@ class DossierAnswer(BaseModel):
     seal: SealAnswer | None
 
     @classmethod
-    def of(cls, ticket_id: str, events: list[ArchivedEvent], gaps: list[Gap], d: Dossier | None) -> DossierAnswer:
-        seal = None if d is None else SealAnswer.of(d, events)
+    def of(
+        cls, ticket_id: str, events: list[ArchivedEvent], gaps: list[Gap], d: Dossier | None,
+        witnesses: Witnesses | None = None,
+    ) -> DossierAnswer:
+        seal = None if d is None else SealAnswer.of(d, events, witnesses or {})
         missing = open_gaps(gaps)
-        final_held = any(e.type in FINAL for e in events)
+        final_held = has_ended(e.type for e in events)
         return cls(
             ticket_id=ticket_id,
             status=dossier_status(final_held or seal is not None, gaps, None if seal is None else seal.complete),
@@ -114,7 +128,10 @@ async def dossier_answer(svc: Service[ArchiveApp], ticket_id: UUID) -> DossierAn
     events, gaps = await ticket_record(svc.pool, tickets_topic(svc), str(ticket_id))
     if not events and not gaps:
         raise NotFound(f"the archive holds nothing of ticket {ticket_id}")
-    return DossierAnswer.of(str(ticket_id), events, gaps, await sealed_dossier(svc, str(ticket_id)))
+    d = await sealed_dossier(svc, str(ticket_id))
+    # an event retention expired since the seal is checked by its witness (see ``Dossier.verified``)
+    known = await witnesses(svc.pool, d.event_ids) if d is not None else {}
+    return DossierAnswer.of(str(ticket_id), events, gaps, d, known)
 
 
 # an event's recovered_from is left out unless it was recovered (the answers set every other field)

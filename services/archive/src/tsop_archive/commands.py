@@ -63,7 +63,7 @@ async def seal_due(svc: Service[ArchiveApp], limit: int = 200, settled_before: i
     dossier's id derives from its ticket, so a second seal is refused by the
     event store (and the run, deciding again, finds it sealed).
     """
-    due = await projection.due(svc.pool, limit, settled_before)
+    due = await projection.due(svc.pool, limit, settled_before, svc.app.clock.now())
     if not due:
         return 0
     records = await projection.ticket_records(svc.pool, tickets_topic(svc), [t for t, _ in due])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -25,7 +25,15 @@ from eventsourcing.domain import Aggregate, event
 
 from tsop_events.envelope import derived_id
 from tsop_events.errors import Conflict
-from tsop_events.schemas import Archived, Closed, DeadLettered, RequestCancelled, RequestLinked, RequestRejected
+from tsop_events.schemas import (
+    Archived,
+    Closed,
+    DeadLettered,
+    Reopened,
+    RequestCancelled,
+    RequestLinked,
+    RequestRejected,
+)
 
 GapView = dict[str, str | bool | None]
 """A gap as the dossier shows it and a seal records it (JSON: ``failed_at`` as ISO 8601)."""
@@ -34,6 +42,27 @@ GapView = dict[str, str | bool | None]
 FINAL = frozenset(
     {Closed.event_type, RequestRejected.event_type, RequestCancelled.event_type, RequestLinked.event_type}
 )
+
+# a reopened ticket has not ended: of these, the last one held says whether it has
+ENDING = FINAL | {Reopened.event_type}
+
+
+def has_ended(types: Iterable[str]) -> bool:
+    """Whether a ticket whose events have these types (in order) has ended: its last final-or-reopened is final."""
+    last = None
+    for t in types:
+        if t in ENDING:
+            last = t
+    return last is not None and last in FINAL
+
+
+def reopenable_until(closed_body: bytes) -> datetime | None:
+    """Until when a Closed event's ticket may be reopened (its dossier is sealed only after that); None: final."""
+    try:
+        value = json.loads(closed_body).get("reopenable_until")
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except (ValueError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -44,7 +73,7 @@ class ArchivedEvent:
     source: str
     time: datetime
     causation_id: str | None
-    data: dict[str, Any]
+    data: dict[str, Any] | None  # None once retention purged the body
     recovered_from: str | None = None
 
     def canonical(self) -> bytes:
@@ -255,11 +284,34 @@ class Dossier(Aggregate):
         self.decided_by = decided_by
         self.reason = reason
 
-    def verified(self, held: Sequence[ArchivedEvent]) -> bool:
-        """Whether the events held still hash to the seal: every sealed event present, none changed."""
+    def verified(self, held: Sequence[ArchivedEvent], witnesses: Mapping[str, tuple[str, str]] | None = None) -> bool:
+        """Whether the events held still hash to the seal: every sealed event present, none changed.
+
+        An event whose body retention dropped or anonymised is checked by its *witness* instead (the seal's
+        chain digests just before and after it, recorded when it expired): the digest reached before it must
+        be the witness's first, and the chain goes on from the second."""
+        return self.digests(held, witnesses or {}) is not None
+
+    def digests(
+        self, held: Sequence[ArchivedEvent], witnesses: Mapping[str, tuple[str, str]]
+    ) -> dict[str, tuple[str, str]] | None:
+        """The seal's chain digest before and after each sealed event (hex), or None when it does not verify."""
         by_id = {e.id: e for e in held}
-        sealed = [by_id[i] for i in self.event_ids if i in by_id]
-        return len(sealed) == len(self.event_ids) and chain_hash(sealed) == self.dossier_hash
+        if any(i not in by_id for i in self.event_ids):
+            return None
+        digest = b""
+        out: dict[str, tuple[str, str]] = {}
+        for i in self.event_ids:
+            before = digest
+            w = witnesses.get(i)
+            if w is not None:
+                if before.hex() != w[0]:
+                    return None
+                digest = bytes.fromhex(w[1])
+            else:
+                digest = hashlib.sha256(digest + by_id[i].canonical()).digest()
+            out[i] = (before.hex(), digest.hex())
+        return out if digest.hex() == self.dossier_hash else None
 
 
 def sealable(events: Iterable[ArchivedEvent]) -> list[ArchivedEvent]:

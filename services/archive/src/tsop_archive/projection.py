@@ -15,15 +15,25 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, ClassVar
 
 import asyncpg
 import orjson
 
-from tsop_archive.domain import FINAL, ArchivedEvent, Gap, LetterFacts, causal_order, letter_facts
+from tsop_archive.domain import (
+    FINAL,
+    ArchivedEvent,
+    Gap,
+    LetterFacts,
+    causal_order,
+    letter_facts,
+    reopenable_until,
+)
 from tsop_events import schemas as wire
 from tsop_events.consumer import Incoming, ProjectionSink
 from tsop_events.envelope import Envelope, unwrap
+from tsop_events.schemas import Closed, Reopened
 from tsop_events.topics import DOMAIN_TOPICS, Topic
 
 DDL = (
@@ -54,6 +64,8 @@ DDL = (
     "ALTER TABLE archive_to_seal ADD COLUMN IF NOT EXISTS final_arrival bigint NOT NULL DEFAULT 0",
     # something is missing: not tried again until the missing event arrives
     "ALTER TABLE archive_to_seal ADD COLUMN IF NOT EXISTS blocked boolean NOT NULL DEFAULT false",
+    # a closure that may still be reopened (Closed.reopenable_until) is the real end only after that
+    "ALTER TABLE archive_to_seal ADD COLUMN IF NOT EXISTS not_before timestamptz",
     # dead-lettered events of tickets; one row per failure (a letter's id and time)
     """CREATE TABLE IF NOT EXISTS archive_gaps (
         letter_id text NOT NULL,
@@ -152,9 +164,12 @@ async def ticket_record(pool: asyncpg.Pool, tickets_topic: str, ticket_id: str) 
     return (await ticket_records(pool, tickets_topic, [ticket_id])).get(ticket_id, ([], []))
 
 
-async def any_due(pool: asyncpg.Pool) -> bool:
-    """Whether a ticket's dossier is due (its final event stored) and not blocked by a missing event."""
-    return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM archive_to_seal WHERE NOT blocked)"))
+async def any_due(pool: asyncpg.Pool, now: datetime | None = None) -> bool:
+    """Whether a ticket's dossier is due (its final event stored, its reopen period over) and not blocked by a
+    missing event."""
+    return bool(await pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM archive_to_seal WHERE NOT blocked "
+        "AND (not_before IS NULL OR $1::timestamptz IS NULL OR not_before <= $1))", now))
 
 
 async def arrival_mark(pool: asyncpg.Pool) -> int:
@@ -162,11 +177,15 @@ async def arrival_mark(pool: asyncpg.Pool) -> int:
     return int(await pool.fetchval("SELECT nextval('archive_arrival')"))
 
 
-async def due(pool: asyncpg.Pool, limit: int, settled_before: int | None) -> list[tuple[str, str]]:
-    """(ticket, final event) of dossiers due whose final event arrived before ``settled_before``."""
+async def due(
+    pool: asyncpg.Pool, limit: int, settled_before: int | None, now: datetime | None = None
+) -> list[tuple[str, str]]:
+    """(ticket, final event) of dossiers due whose final event arrived before ``settled_before`` (and whose
+    reopen period, if any, has passed by ``now``)."""
     rows = await pool.fetch(
-        "SELECT ticket_id, closed_event_id FROM archive_to_seal WHERE NOT blocked AND final_arrival < $1 LIMIT $2",
-        settled_before if settled_before is not None else 2**62, limit,
+        "SELECT ticket_id, closed_event_id FROM archive_to_seal WHERE NOT blocked AND final_arrival < $1 "
+        "AND (not_before IS NULL OR $3::timestamptz IS NULL OR not_before <= $3) LIMIT $2",
+        settled_before if settled_before is not None else 2**62, limit, now,
     )
     return [(r["ticket_id"], r["closed_event_id"]) for r in rows]
 
@@ -212,7 +231,7 @@ class ArchiveStore(ProjectionSink):
     ) -> None:
         body = bytes(env.data)
         safe = jsonb_safe(body)
-        await conn.execute(
+        stored = await conn.execute(
             """INSERT INTO archive_events (ce_id, topic, kafka_partition, kafka_offset, key, ce_type, ce_source,
                  ce_time, correlation_id, causation_id, data, raw, recovered_from)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13) ON CONFLICT (ce_id) DO NOTHING""",
@@ -233,6 +252,19 @@ class ArchiveStore(ProjectionSink):
                WHERE blocked AND ticket_id IN (SELECT ticket_id FROM delivered)""",
             env.id, position,
         )
+        if key is not None and env.type in (Reopened.event_type, Closed.event_type):
+            # a reopened ticket has not ended; a closure that may be reopened ends when its period does
+            # (only a newly stored event counts: a redelivered older one never undoes a newer)
+            if stored != "INSERT 0 1":
+                return
+            await conn.execute("DELETE FROM archive_to_seal WHERE ticket_id = $1", key)
+            if env.type == Closed.event_type:
+                await conn.execute(
+                    "INSERT INTO archive_to_seal (ticket_id, closed_event_id, final_arrival, not_before) "
+                    "VALUES ($1, $2, nextval('archive_arrival'), $3)",
+                    key, env.id, reopenable_until(body),
+                )
+            return
         if env.type in FINAL and key is not None:
             # in the same transaction: everything before the final event in the partition is stored by now
             await conn.execute(

@@ -51,7 +51,7 @@ async def seal_dossiers(svc: Service[ArchiveApp]) -> None:
     runner = next(r for r in svc.runners if isinstance(r.sink, ArchiveStore))
     while True:
         sealed = 0
-        if await any_due(svc.pool):
+        if await any_due(svc.pool, svc.app.clock.now()):
             mark = await arrival_mark(svc.pool)
             try:
                 settled = await dead_letters_read(svc, runner)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tsop_archive.domain import Dossier
+from tsop_archive.records.domain import Expiry
 from tsop_events import schemas as wire
 from tsop_events.wiremap import WireMap
 
@@ -29,4 +30,21 @@ WIRE = WireMap().add(
         "archived_at": "sealed_at",
         "missing_event_ids": _missing_event_ids,
     },
+)
+
+
+def _expired_ticket(e: Expiry.Recorded) -> bool:
+    return e.is_ticket
+
+
+def _ticket_id(e: Expiry.Recorded) -> str:
+    return e.key
+
+
+# retention on a ticket's records is announced on the ticket (other records' expiries stay in the archive)
+WIRE.add(
+    Expiry.Recorded,
+    wire.RecordsExpired,
+    fields={"ticket_id": _ticket_id, "retention_days": "days", "expired_at": "at"},
+    when=_expired_ticket,
 )

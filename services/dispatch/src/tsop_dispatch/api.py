@@ -354,6 +354,8 @@ class WorkOrderOut(Answer):
     declined_by: list[str]
     previous_technicians: list[str]
     operation_log: list[LogEntryOut]
+    held_by_incident: str | None = Field(
+        default=None, description="The incident holding it (§5.3): its SLA clocks paused, nobody sent to it alone.")
 
 
 class SlaOut(Answer):
@@ -405,6 +407,7 @@ def work_order_view(wo: WorkOrder) -> dict[str, Any]:
         "declined_by": wo.excluded,
         "previous_technicians": wo.previous,
         "operation_log": wo.log,
+        "held_by_incident": wo.held_by,
     }
 
 

@@ -259,7 +259,9 @@ def decide(app: DispatchApp, wo: WorkOrder) -> Decision:
 def try_assign(
     app: DispatchApp, wo: WorkOrder, uow: UnitOfWork, assigned_by: str = "auto", decision: Decision | None = None
 ) -> bool:
-    """Assign ``wo`` to the best technician that still has room; False if none has (it waits)."""
+    """Assign ``wo`` to the best technician that still has room; False if none has (it waits), or it is held."""
+    if wo.held_by is not None:
+        return False  # an incident holds it: nobody is sent to it on its own (§5.3)
     reserved: list[Resource] = []
     for kind in wo.needs:
         for rid in app.board.free_resource(kind, wo.region):
@@ -331,7 +333,7 @@ def drain_round(app: DispatchApp, uow: UnitOfWork, limit: int) -> int:
     assigned = 0
     for wo_id, decision in decisions.items():
         wo = get(uow, WorkOrder, wo_id, "work order")
-        if wo.status == "waiting" and try_assign(app, wo, uow, decision=decision):
+        if wo.status == "waiting" and wo.held_by is None and try_assign(app, wo, uow, decision=decision):
             assigned += 1
     return assigned
 

@@ -319,6 +319,32 @@ class PeakMode(Aggregate):
         self.on = on
 
 
+class IncidentHold(Aggregate):
+    """A ticket linked to an incident before dispatch opened its work order (the two topics race):
+    the hold (or the incident's resolution) applies when the work order opens."""
+
+    class Noted(Aggregate.Created):
+        ticket_id: str
+
+    class Changed(Aggregate.Event):
+        incident_id: str | None
+        resolution: dict[str, str | None] | None
+
+    @event(Noted)
+    def __init__(self, id: UUID, ticket_id: str) -> None:  # noqa: A002
+        self.ticket_id = ticket_id
+        self.incident_id: str | None = None
+        self.resolution: dict[str, str | None] | None = None
+
+    def change(self, incident_id: str | None, resolution: dict[str, str | None] | None = None) -> None:
+        if (incident_id, resolution) != (self.incident_id, self.resolution):
+            self._changed(incident_id=incident_id, resolution=resolution)
+
+    @event(Changed)
+    def _changed(self, incident_id: str | None, resolution: dict[str, str | None] | None) -> None:
+        self.incident_id, self.resolution = incident_id, resolution
+
+
 class SlaPolicy(Aggregate):
     """The service-level policy in force (targets, calendars, peak norm): data, adopted with a record of who."""
 
@@ -431,12 +457,44 @@ class WorkOrder(Aggregate):
         reason: str
         withdrawn_at: datetime
 
+    class Reopened(Aggregate.Event):
+        """The customer said the problem is not solved (or a closed ticket was reopened): back to the queue, the
+        same technician first; the resolve clock continues from where it stopped. Carries what the board needs
+        to queue it and follow its clocks again."""
+
+        ticket_id: str
+        technician_id: str | None
+        reason: str
+        reopen_count: int
+        reopened_at: datetime
+        causation_id: str
+        service_type: str
+        region: str
+        priority: int
+        resolve_by: datetime | None
+        opened_at: datetime
+        needs: list[str]
+        facts: list[dict[str, JsonValue]]
+        crossed: list[list[str]]
+
     class Retargeted(Aggregate.Event):
         ticket_id: str
         targets: TargetsSpec
         priority: int
         why: str
         at: datetime
+
+    class Held(Aggregate.Event):
+        ticket_id: str
+        incident_id: str
+        held_at: datetime
+
+    class HoldLifted(Aggregate.Event):
+        ticket_id: str
+        incident_id: str
+        reason: str
+        resume_clock: bool
+        lifted_at: datetime
 
     class ThresholdCrossed(Aggregate.Event):
         ticket_id: str
@@ -482,9 +540,11 @@ class WorkOrder(Aggregate):
         self.excluded: list[str] = []  # technicians who declined or let it time out
         self.previous: list[str] = []  # technicians who worked it before (continuity)
         self.log: list[LogEntry] = []
+        self.reopen_count = 0
         self.crossed: set[tuple[str, str]] = set()
         self.targets = targets
         self.facts: list[Fact] = [Fact(opened_at, "opened", {"targets": targets})] if targets else []
+        self.held_by: str | None = None  # the incident holding it (§5.3): clocks paused, nobody sent to it
 
     # --- assignment -------------------------------------------------------------------------------
 
@@ -500,6 +560,8 @@ class WorkOrder(Aggregate):
     ) -> None:
         if self.status != "waiting":
             raise DispatchError(f"work order {self.id} is {self.status}, not waiting")
+        if self.held_by is not None:
+            raise DispatchError(f"work order {self.id} is held by incident {self.held_by}")
         technician.take(self.id)
         reserved = list(resources)
         for r in reserved:
@@ -602,7 +664,7 @@ class WorkOrder(Aggregate):
 
     @event(Unassigned)
     def _unassigned(self, ticket_id: str, technician_id: str, reason: str, by: str, at: datetime) -> None:
-        if self.status == "paused":  # the pause ends with the hand-over; the new technician resumes or pauses again
+        if self.status == "paused" and self.held_by is None:  # the pause ends with the hand-over (not a hold)
             self.facts.append(Fact(at, "resumed"))
         self.status = "waiting"
         self.previous.append(technician_id)
@@ -684,7 +746,71 @@ class WorkOrder(Aggregate):
     @event(Resumed)
     def _resumed(self, ticket_id: str, technician_id: str, resumed_at: datetime) -> None:
         self.status = "in_progress"
-        self.facts.append(Fact(resumed_at, "resumed"))
+        if self.held_by is None:  # an incident's hold keeps the clocks paused
+            self.facts.append(Fact(resumed_at, "resumed"))
+
+    # --- incidents (§5.3) ----------------------------------------------------------------------------
+
+    def hold(self, incident_id: str, at: datetime) -> bool:
+        """Linked to an incident: the SLA clocks pause for its duration and no technician is sent to it alone.
+
+        False when there is nothing to hold (closed already, or held by this incident).
+        """
+        if self.status in ("resolved", "withdrawn") or self.held_by == incident_id:
+            return False
+        self._held(ticket_id=self.ticket_id, incident_id=incident_id, held_at=at)
+        return True
+
+    @event(Held)
+    def _held(self, ticket_id: str, incident_id: str, held_at: datetime) -> None:
+        self.held_by = incident_id
+        self.facts.append(Fact(held_at, "paused", {"kind": "held", "reason": f"incident {incident_id}"}))
+
+    def lift_hold(self, incident_id: str, reason: str, at: datetime) -> bool:
+        """Unlinked (it proved unrelated): back to normal dispatch, the clocks running again
+        (unless the technician had paused the work before)."""
+        if self.held_by != incident_id or self.status in ("resolved", "withdrawn"):
+            return False
+        self._hold_lifted(
+            ticket_id=self.ticket_id, incident_id=incident_id, reason=reason,
+            resume_clock=self.status != "paused", lifted_at=at,
+        )
+        return True
+
+    @event(HoldLifted)
+    def _hold_lifted(
+        self, ticket_id: str, incident_id: str, reason: str, resume_clock: bool, lifted_at: datetime
+    ) -> None:
+        self.held_by = None
+        if resume_clock:
+            self.facts.append(Fact(lifted_at, "resumed"))
+
+    def resolve_with_incident(
+        self,
+        incident_id: str,
+        resolution_code: str,
+        summary: str,
+        advice: str | None,
+        at: datetime,
+        technician: Technician | None = None,
+        resources: Iterable[Resource] = (),
+    ) -> bool:
+        """The incident holding it was resolved: resolved with the incident's resolution, its own Resolved event."""
+        if self.held_by != incident_id or self.status in ("resolved", "withdrawn"):
+            return False
+        if self.technician_id is not None:
+            if technician is None or str(technician.id) != self.technician_id:
+                raise DispatchError(f"resolving work order {self.id} needs its technician {self.technician_id}")
+            self._let_go(technician, resources)
+        self._resolved(
+            ticket_id=self.ticket_id,
+            technician_id=self.technician_id or "",
+            resolution_code=resolution_code,
+            summary=summary,
+            advice=advice,
+            resolved_at=at,
+        )
+        return True
 
     def resolve(
         self,
@@ -718,6 +844,67 @@ class WorkOrder(Aggregate):
     ) -> None:
         self.status = "resolved"
         self.facts.append(Fact(resolved_at, "resolved"))
+
+    # --- reopening ----------------------------------------------------------------------------------
+
+    def reopen(self, reason: str, reopen_count: int, at: datetime, causation_id: str) -> bool:
+        """The ticket was reopened downstream: wait again, remembering who resolved it (continuity).
+
+        False when there is nothing to reopen: not resolved (withdrawn, or reopened already), or this
+        reopening was applied before (a redelivery).
+        """
+        if self.status != "resolved" or reopen_count <= self.reopen_count:
+            return False
+        self._reopened(
+            ticket_id=self.ticket_id,
+            technician_id=self.technician_id,
+            reason=reason,
+            reopen_count=reopen_count,
+            reopened_at=at,
+            causation_id=causation_id,
+            service_type=self.service_type,
+            region=self.region,
+            priority=self.priority,
+            resolve_by=self.resolve_by,
+            opened_at=self.opened_at,
+            needs=list(self.needs),
+            facts=[fact_record(f) for f in self.facts],
+            crossed=[[t, level] for t, level in sorted(self.crossed)],
+        )
+        return True
+
+    @event(Reopened)
+    def _reopened(
+        self,
+        ticket_id: str,
+        technician_id: str | None,
+        reason: str,
+        reopen_count: int,
+        reopened_at: datetime,
+        causation_id: str,
+        service_type: str,
+        region: str,
+        priority: int,
+        resolve_by: datetime | None,
+        opened_at: datetime,
+        needs: list[str],
+        facts: list[dict[str, JsonValue]],
+        crossed: list[list[str]],
+    ) -> None:
+        self.status = "waiting"
+        self.reopen_count = reopen_count
+        self.causation_id = causation_id
+        if technician_id is not None:
+            self.previous.append(technician_id)
+        self.technician_id = None
+        self.accept_by = None
+        self.resources = []
+        self.facts.append(Fact(reopened_at, "reopened", {"reason": reason}))
+
+    @property
+    def resolved_by(self) -> str | None:
+        """Who resolved it last (before a reopening): the technician the reopened work goes back to first."""
+        return self.previous[-1] if self.previous else None
 
     # --- withdrawal ---------------------------------------------------------------------------------
 
@@ -804,15 +991,30 @@ class WorkOrder(Aggregate):
         pass
 
 
-def clock_fact(e: WorkOrder.Event, paused: bool) -> Fact | None:
+def fact_record(f: Fact) -> dict[str, JsonValue]:
+    """A clock fact as an event records it (JSON: the time as ISO 8601)."""
+    return {"at": f.at.isoformat(), "kind": f.kind, "data": f.data}
+
+
+def fact_of(record: dict[str, JsonValue]) -> Fact:
+    data = record.get("data")
+    return Fact(datetime.fromisoformat(str(record["at"])), str(record["kind"]), dict(data) if isinstance(data, dict)
+                else {})
+
+
+def clock_fact(e: WorkOrder.Event, paused: bool, held: bool = False) -> Fact | None:
     """The clock fact a work-order event adds (for views that follow the log, as the aggregate does)."""
     if isinstance(e, WorkOrder.Accepted):
         return Fact(e.accepted_at, "accepted")
     if isinstance(e, WorkOrder.Paused):
         return Fact(e.paused_at, "paused", {"kind": e.kind, "reason": e.reason})
     if isinstance(e, WorkOrder.Resumed):
-        return Fact(e.resumed_at, "resumed")
-    if isinstance(e, WorkOrder.Unassigned) and paused:
+        return None if held else Fact(e.resumed_at, "resumed")
+    if isinstance(e, WorkOrder.Held):
+        return Fact(e.held_at, "paused", {"kind": "held", "reason": f"incident {e.incident_id}"})
+    if isinstance(e, WorkOrder.HoldLifted):
+        return Fact(e.lifted_at, "resumed") if e.resume_clock else None
+    if isinstance(e, WorkOrder.Unassigned) and paused and not held:
         return Fact(e.at, "resumed")
     if isinstance(e, WorkOrder.Retargeted):
         return Fact(e.at, "retargeted", {"targets": e.targets, "why": e.why})

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from tsop_dispatch.api import router
 from tsop_dispatch.commands import DispatchApp
-from tsop_dispatch.policies import OpenWorkOrders
+from tsop_dispatch.policies import IncidentHolds, OpenWorkOrders
 from tsop_dispatch.sla import Policy
 from tsop_dispatch.views import timers
 from tsop_dispatch.wire import WIRE
@@ -84,7 +84,7 @@ def bootstrap(settings: DispatchSettings | None = None) -> DispatchService:
         s,
         app_factory=make_app,
         mapper=WIRE,
-        sinks=[OpenWorkOrders.of],
+        sinks=[OpenWorkOrders.of, IncidentHolds.of],
         tasks=[dispatch_timers],
         token_resolvers=[technician_credentials],
     )

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import datetime
 from typing import ClassVar
 from uuid import UUID
 
-from tsop_dispatch.commands import DispatchApp, get, open_work_order, try_assign, work_order_id
-from tsop_dispatch.domain import Resource, Technician, WorkOrder
+from tsop_dispatch.commands import DispatchApp, decide, get, open_work_order, try_assign, work_order_id
+from tsop_dispatch.domain import IncidentHold, Resource, Technician, WorkOrder
 from tsop_events import schemas as wire
 from tsop_events.consumer import EventStoreSink, Incoming, UnitOfWork
+from tsop_events.envelope import derived_id
 from tsop_events.runtime import Service
+from tsop_events.topics import Topic
 
 
 class OpenWorkOrders(EventStoreSink):
     """On RequestAccepted: open a work order (with its SLA targets) and assign it if anyone has room.
 
     On RequestCancelled: withdraw the request's open work order; its technician and resources are free.
+
+    On Reopened (the customer says it is not solved, or a closed ticket was reopened): the resolved work
+    order waits again and goes to the technician who resolved it if they have room, else to the best
+    other; its resolve clock runs on from where it stopped.
     """
 
     name: ClassVar[str] = "dispatch-work-orders"
     event_types: ClassVar[frozenset[str] | None] = frozenset(
-        {wire.RequestAccepted.event_type, wire.RequestCancelled.event_type}
+        {wire.RequestAccepted.event_type, wire.RequestCancelled.event_type, wire.Reopened.event_type}
     )
 
     def __init__(self, app: DispatchApp) -> None:
@@ -39,6 +47,9 @@ class OpenWorkOrders(EventStoreSink):
         if isinstance(ev, wire.RequestCancelled):
             self.withdraw(uow, ev)
             return
+        if isinstance(ev, wire.Reopened):
+            self.reopen(uow, ev, incoming.envelope.id)
+            return
         assert isinstance(ev, wire.RequestAccepted)
         wo_id = work_order_id(ev.ticket_id)
         if uow.get(wo_id) is not None:
@@ -54,6 +65,8 @@ class OpenWorkOrders(EventStoreSink):
             incoming.envelope.id,
         )
         uow.add(wo)
+        if apply_early_hold(uow, wo, self.dispatch.clock.now()):
+            return  # an incident holds it: nobody is sent to it on its own
         if not self.dispatch.board.waiting_ahead(wo):
             try_assign(self.dispatch, wo, uow)
 
@@ -64,3 +77,109 @@ class OpenWorkOrders(EventStoreSink):
         holder = get(uow, Technician, UUID(wo.technician_id), "technician") if wo.technician_id else None
         resources = [get(uow, Resource, UUID(r), "resource") for r in wo.resources]
         wo.withdraw(f"request cancelled ({ev.reason_code}): {ev.reason}", ev.cancelled_at, holder, resources)
+
+    def reopen(self, uow: UnitOfWork, ev: wire.Reopened, event_id: str) -> None:
+        wo = uow.find(WorkOrder, work_order_id(ev.ticket_id))
+        if wo is None or not wo.reopen(ev.reason, ev.reopen_count, ev.reopened_at, event_id):
+            return  # never dispatched, withdrawn, or this reopening applied already
+        decision = decide(self.dispatch, wo)
+        same = wo.resolved_by
+        # the same technician first (stable sort: the rest keep their ranking)
+        first = replace(decision, ranked=sorted(decision.ranked, key=lambda r: str(r[2].id) != same))
+        try_assign(self.dispatch, wo, uow, decision=first)
+
+
+def hold_id(ticket_id: str) -> UUID:
+    return derived_id("incident-hold", ticket_id)
+
+
+def apply_early_hold(uow: UnitOfWork, wo: WorkOrder, now: datetime) -> bool:
+    """A work order just opened whose ticket an incident linked first: held now (resolved too, if the incident
+    was resolved meanwhile). True if it is held or resolved."""
+    early = uow.find(IncidentHold, hold_id(wo.ticket_id))
+    if early is None or early.incident_id is None:
+        return False
+    wo.hold(early.incident_id, now)
+    if early.resolution is not None:
+        r = early.resolution
+        wo.resolve_with_incident(early.incident_id, r["resolution_code"] or "", r["summary"] or "", r["advice"], now)
+    early.change(None)
+    return True
+
+
+class IncidentHolds(EventStoreSink):
+    """Dispatch as a consumer of the incidents topic (§5.3).
+
+    TicketLinked holds the ticket's work order (SLA clocks paused, taken out of the queue); TicketUnlinked
+    lifts the hold (back in the queue, clocks running); IncidentResolved resolves every work order the
+    incident holds with the incident's resolution, each with its own Resolved event (the rating loop runs
+    per customer). A link that arrives before the ticket's work order is kept (IncidentHold) and applied
+    when the work order opens.
+    """
+
+    name: ClassVar[str] = "dispatch-incident-holds"
+    topics: ClassVar[tuple[Topic, ...]] = (Topic.incidents,)
+    event_types: ClassVar[frozenset[str] | None] = frozenset(
+        {
+            wire.IncidentTicketLinked.event_type,
+            wire.IncidentTicketUnlinked.event_type,
+            wire.IncidentResolved.event_type,
+        }
+    )
+
+    def __init__(self, app: DispatchApp) -> None:
+        super().__init__(app)
+        self.dispatch = app
+
+    @classmethod
+    def of(cls, svc: Service[DispatchApp]) -> IncidentHolds:
+        return cls(svc.app)
+
+    def before_batch(self) -> None:
+        self.dispatch.board.refresh()
+
+    def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
+        ev = incoming.event
+        if isinstance(ev, wire.IncidentTicketLinked):
+            wo = uow.find(WorkOrder, work_order_id(ev.ticket_id))
+            if wo is not None:
+                wo.hold(ev.incident_id, ev.linked_at)
+            else:
+                self._early(uow, ev.ticket_id).change(ev.incident_id)
+        elif isinstance(ev, wire.IncidentTicketUnlinked):
+            wo = uow.find(WorkOrder, work_order_id(ev.ticket_id))
+            if wo is not None:
+                wo.lift_hold(ev.incident_id, ev.reason, ev.unlinked_at)
+            early = uow.find(IncidentHold, hold_id(ev.ticket_id))
+            if early is not None and early.incident_id == ev.incident_id:
+                early.change(None)
+        elif isinstance(ev, wire.IncidentResolved):
+            self.resolve_all(uow, ev)
+
+    def _early(self, uow: UnitOfWork, ticket_id: str) -> IncidentHold:
+        early = uow.find(IncidentHold, hold_id(ticket_id))
+        if early is None:
+            early = IncidentHold(id=hold_id(ticket_id), ticket_id=ticket_id)
+            uow.add(early)
+        return early
+
+    def resolve_all(self, uow: UnitOfWork, ev: wire.IncidentResolved) -> None:
+        held, pending = self.dispatch.board.held_by(ev.incident_id)
+        # and those held in this very batch, not yet in the board
+        ids = set(held) | {a.id for a in uow.aggregates() if isinstance(a, WorkOrder) and a.held_by == ev.incident_id}
+        for wo_id in sorted(ids):
+            wo = get(uow, WorkOrder, wo_id, "work order")
+            holder = get(uow, Technician, UUID(wo.technician_id), "technician") if wo.technician_id else None
+            resources = [get(uow, Resource, UUID(r), "resource") for r in wo.resources] if holder else []
+            wo.resolve_with_incident(ev.incident_id, ev.resolution_code, ev.summary, ev.advice, ev.resolved_at,
+                                     holder, resources)
+        resolution: dict[str, str | None] = {
+            "resolution_code": ev.resolution_code, "summary": ev.summary, "advice": ev.advice
+        }
+        early_ids = set(pending) | {
+            a.id for a in uow.aggregates() if isinstance(a, IncidentHold) and a.incident_id == ev.incident_id
+        }
+        for hid in sorted(early_ids):
+            early = uow.find(IncidentHold, hid)
+            if early is not None and early.incident_id == ev.incident_id:
+                early.change(ev.incident_id, resolution)

@@ -1,7 +1,7 @@
 """Service-level clocks (§3.2): calendars, targets and the clock arithmetic. Pure, no I/O.
 
 A clock is computed from a work order's own facts (opened, accepted, paused,
-resumed, retargeted, resolved), so replaying the events gives the same answer.
+resumed, retargeted, resolved, reopened), so replaying the events gives the same answer.
 Times are UTC; a business calendar's hours are UTC hours.
 """
 
@@ -212,7 +212,7 @@ class Fact:
     """One thing that happened to a ticket's clocks."""
 
     at: datetime
-    kind: str  # opened | accepted | paused | resumed | retargeted | resolved | assigned | declined
+    kind: str  # opened | accepted | paused | resumed | retargeted | resolved | reopened | assigned | declined
     data: dict[str, Any] = field(default_factory=dict)
 
 
@@ -335,6 +335,13 @@ def clocks(facts: list[Fact]) -> dict[str, ClockState]:
                 last.end = f.at
                 why = f"{f.data.get('kind', '')}: {f.data.get('reason', '')}" if f.kind == "paused" else "resumed"
                 c.segments.append(Segment(f.at, None, wanted, why))
+        elif f.kind == "reopened":
+            # the customer says it is not solved: the resolve clock runs on from where it stopped (the time
+            # between the resolution and the reopening is not counted); the respond clock stays as it was
+            again = out.get("resolve")
+            if again is not None and again.stopped_at is not None and again.stopped_by == "resolved":
+                again.stopped_at, again.stopped_by = None, None
+                again.segments.append(Segment(f.at, None, "running", f"reopened: {f.data.get('reason', '')}"))
         elif f.kind in ("accepted", "resolved", "withdrawn"):
             names = ("respond",) if f.kind == "accepted" else ("respond", "resolve")
             for name in names:

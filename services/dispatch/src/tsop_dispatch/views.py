@@ -23,6 +23,7 @@ from tsop_dispatch import commands
 from tsop_dispatch.domain import (
     Decision,
     DispatchError,
+    IncidentHold,
     Job,
     PeakMode,
     Resource,
@@ -31,6 +32,7 @@ from tsop_dispatch.domain import (
     TechnicianView,
     WorkOrder,
     clock_fact,
+    fact_of,
     rank_candidates,
 )
 from tsop_dispatch.sla import Fact, Policy, next_due
@@ -65,6 +67,7 @@ class OpenClock:
     facts: list[Fact]
     crossed: set[tuple[str, str]] = field(default_factory=set)
     paused: bool = False
+    held: bool = False  # held by an incident: a technician's resume does not restart the clocks
     due: datetime | None = None
 
 
@@ -93,6 +96,10 @@ class Board(LogFollower):
         self.queued: Counter[tuple[str, str]] = Counter()
         self._sorted: list[tuple[tuple[int, datetime, datetime, int], UUID]] = []
         self._parked: dict[UUID, Waiting] = {}  # assigned work orders' queue entries, to re-queue them
+        self._held: dict[UUID, Waiting] = {}  # queue entries of work orders an incident holds (§5.3)
+        self.holds: dict[UUID, str] = {}  # work order → the incident holding it
+        self.by_incident: dict[str, set[UUID]] = {}  # incident → the work orders it holds
+        self.pending_holds: dict[str, set[UUID]] = {}  # incident → IncidentHold records of unopened work orders
 
     def apply(self, event: object) -> None:
         if isinstance(event, WorkOrder.Event):
@@ -105,6 +112,11 @@ class Board(LogFollower):
             self.peak = event.on
         elif isinstance(event, SlaPolicy.Adopted):
             self.policy = Policy.from_dict(event.policy)
+        elif isinstance(event, IncidentHold.Changed):
+            for held in self.pending_holds.values():
+                held.discard(event.originator_id)
+            if event.incident_id is not None and event.resolution is None:
+                self.pending_holds.setdefault(event.incident_id, set()).add(event.originator_id)
 
     def _technician(self, e: Technician.Event) -> None:
         oid = e.originator_id
@@ -179,6 +191,21 @@ class Board(LogFollower):
                     w.excluded.add(e.technician_id)
                 else:
                     w.previous.add(e.technician_id)
+                if oid in self.holds:
+                    self._held[oid] = w  # back in the queue only when the hold is lifted
+                else:
+                    self._enqueue(oid, w)
+        elif isinstance(e, WorkOrder.Held):
+            self.holds[oid] = e.incident_id
+            self.by_incident.setdefault(e.incident_id, set()).add(oid)
+            w = self.waiting.pop(oid, None)
+            if w is not None:
+                self.queued[(w.service_type, w.region)] -= 1
+                self._held[oid] = w
+        elif isinstance(e, WorkOrder.HoldLifted):
+            self._unhold(oid)
+            w = self._held.pop(oid, None)
+            if w is not None:
                 self._enqueue(oid, w)
         elif isinstance(e, WorkOrder.Retargeted):
             for holder in (self.waiting, self._parked):
@@ -186,8 +213,21 @@ class Board(LogFollower):
                     holder[oid].priority = e.priority
             if oid in self.waiting:
                 self._queue_insert(oid, self.waiting[oid])
+        elif isinstance(e, WorkOrder.Reopened):
+            # back in the queue (the same technician first) and its clocks followed again, as they stood
+            w = Waiting(e.priority, e.resolve_by or e.opened_at, e.opened_at, e.service_type, e.region, list(e.needs))
+            if e.technician_id is not None:
+                w.previous.add(e.technician_id)
+            self._enqueue(oid, w)
+            facts = [fact_of(r) for r in e.facts]
+            if facts and facts[0].kind == "opened":
+                facts.append(Fact(e.reopened_at, "reopened", {"reason": e.reason}))
+                self.clocks[oid] = OpenClock(facts, {(t, level) for t, level in e.crossed})
+            return
         elif isinstance(e, WorkOrder.Resolved | WorkOrder.Withdrawn):
             self._parked.pop(oid, None)
+            self._held.pop(oid, None)
+            self._unhold(oid)
             self.clocks.pop(oid, None)
             self.awaiting_answer.pop(oid, None)
             w = self.waiting.pop(oid, None)  # its queue entry is skipped from now on, and swept later
@@ -199,11 +239,26 @@ class Board(LogFollower):
             return
         if isinstance(e, WorkOrder.ThresholdCrossed):
             c.crossed.add((e.target, e.level))
-        fact = clock_fact(e, c.paused)
+        fact = clock_fact(e, c.paused, c.held)
+        if isinstance(e, WorkOrder.Held | WorkOrder.HoldLifted):
+            c.held = isinstance(e, WorkOrder.Held)
         if fact is not None:
             c.facts.append(fact)
             c.paused = fact.kind == "paused"
         c.due = None  # recomputed lazily by whoever asks
+
+    def _unhold(self, oid: UUID) -> None:
+        incident = self.holds.pop(oid, None)
+        if incident is not None:
+            held = self.by_incident.get(incident, set())
+            held.discard(oid)
+            if not held:
+                self.by_incident.pop(incident, None)
+
+    def held_by(self, incident_id: str) -> tuple[list[UUID], list[UUID]]:
+        """(work orders, pending IncidentHold records) the incident holds."""
+        with self.lock:
+            return sorted(self.by_incident.get(incident_id, set())), sorted(self.pending_holds.get(incident_id, set()))
 
     def _enqueue(self, oid: UUID, w: Waiting) -> None:
         if oid not in self.waiting:

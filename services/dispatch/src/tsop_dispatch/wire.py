@@ -2,7 +2,8 @@
 
 A wire field takes the domain event's attribute of the same name; only the real
 differences are written out. Events not listed (Took, Released, Reserved, Freed,
-CredentialIssued, Opened, Unassigned, Withdrawn, Retargeted, Adopted) stay inside.
+CredentialIssued, Opened, Unassigned, Withdrawn, Retargeted, Adopted, IncidentHold's) stay inside.
+Held and HoldLifted (an incident's hold, §5.3) go out as TicketHeld and TicketReleased.
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ WIRE = (
     .add(WorkOrder.Paused, wire.WorkPaused, fields=WORK_ORDER, causation=previous_event)
     .add(WorkOrder.Resumed, wire.WorkResumed, fields=WORK_ORDER, causation=previous_event)
     .add(WorkOrder.Resolved, wire.Resolved, fields=WORK_ORDER, causation=previous_event)
+    .add(WorkOrder.Held, wire.TicketHeld, fields=WORK_ORDER, causation=previous_event)
+    .add(WorkOrder.HoldLifted, wire.TicketReleased, fields={**WORK_ORDER, "released_at": "lifted_at"},
+         causation=previous_event)
     .add(WorkOrder.ThresholdCrossed, wire.SlaThresholdCrossed, causation=previous_event)
     .add(WorkOrder.Escalated, wire.Escalated, causation=previous_event)
 )

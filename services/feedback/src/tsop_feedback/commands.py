@@ -1,7 +1,9 @@
 """Feedback's use cases: each loads, decides and saves through ``svc.commands.run`` (tsop_events.commands).
 
 Also the write model's handle, ``FeedbackApp``: the event store with feedback's
-clock, its rating window and its follow-up board (``views.FollowUps``).
+clock, its policy (rating windows, reminders, reopening; ``domain.FeedbackPolicy``),
+its follow-up board (``views.FollowUps``) and the channel credentials it knows
+(``views.ChannelTokens``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from tsop_events.runtime import Service
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp
 from tsop_feedback import views
-from tsop_feedback.domain import FeedbackCase
+from tsop_feedback.domain import ChannelAccess, FeedbackCase, FeedbackPolicy, Notification, Templates
 
 SUBMISSION_PATIENCE = 3.0  # seconds a rating waits for feedback to hear of a ticket's submission
 
@@ -27,6 +29,16 @@ Delivered = tuple[UUID, str, int, int | None]  # case, channel, attempts, status
 
 def case_id(ticket_id: str) -> UUID:
     return derived_id("feedback-case", ticket_id)
+
+
+def access_id(channel_id: str) -> UUID:
+    """Feedback's copy of a channel system's credentials and subscription."""
+    return derived_id("feedback-channel", channel_id)
+
+
+def notification_id(cause_event_id: str) -> UUID:
+    """A step's notification derives from the event that caused it: a redelivered cause queues nothing new."""
+    return derived_id("notification", cause_event_id)
 
 
 class FeedbackApp(EventStoreApp):
@@ -38,28 +50,49 @@ class FeedbackApp(EventStoreApp):
         env: dict[str, str] | None = None,
         clock: Clock | None = None,
         rating_window: timedelta = timedelta(hours=24),
+        policy: FeedbackPolicy | None = None,
+        templates: Templates | None = None,
     ) -> None:
         super().__init__(settings, env)
         self.clock = clock or SystemClock()
         self.rating_window = rating_window
+        self.policy = policy or FeedbackPolicy(default_window=rating_window)
+        self.templates = templates or Templates.built_in()
         self.follow_ups = views.FollowUps(self)
+        self.channels = views.ChannelTokens(self)
+
+    def window_for(self, service_type: str | None) -> timedelta:
+        return self.policy.window_for(service_type)
 
 
 
 async def rate(
-    svc: Service[FeedbackApp], ticket_id: str, score: int, comment: str | None, patience: float = SUBMISSION_PATIENCE
+    svc: Service[FeedbackApp],
+    ticket_id: str,
+    score: int,
+    comment: str | None,
+    patience: float = SUBMISSION_PATIENCE,
+    *,
+    tags: list[str] | None = None,
+    solved: bool | None = None,
+    channel_id: str | None = None,
+    by: str = "customer",
 ) -> tuple[FeedbackCase, bool]:
     """Rate a ticket: (the case, True when recorded; False when kept until its resolution arrives).
 
     Feedback opens a case when it reads the ticket's submission from the bus, so a ticket submitted a
     moment ago may not have one yet: the rating waits up to ``patience`` seconds for it, then 404.
+    A channel (``channel_id``) rates only the tickets it submitted (403 otherwise, nothing changes).
     """
 
     def decide(uow: UnitOfWork) -> tuple[FeedbackCase, bool]:
         case = uow.find(FeedbackCase, case_id(ticket_id))
         if case is None:
             raise NotFound(f"no ticket {ticket_id} awaiting feedback")
-        return case, case.rate(score, comment, svc.app.clock.now())
+        case.check_channel(channel_id)
+        recorded = case.rate(score, comment, svc.app.clock.now(), tags=tags, solved=solved, by=by,
+                             rules=svc.app.policy.rules)
+        return case, recorded
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience
@@ -72,13 +105,30 @@ async def rate(
             await asyncio.sleep(0.1)
 
 
-async def feedback_of(svc: Service[FeedbackApp], ticket_id: str) -> FeedbackCase:
-    """The ticket's feedback case (nothing is saved); 404 if feedback has none."""
+async def reopen(
+    svc: Service[FeedbackApp], ticket_id: str, reason: str, by: str, channel_id: str | None = None
+) -> FeedbackCase:
+    """Reopen a closed ticket within the operator's reopen period, with a reason (§2.4)."""
+
+    def decide(uow: UnitOfWork) -> FeedbackCase:
+        case = uow.find(FeedbackCase, case_id(ticket_id))
+        if case is None:
+            raise NotFound(f"no feedback for ticket {ticket_id}")
+        case.check_channel(channel_id)
+        case.reopen(reason, by, svc.app.clock.now())
+        return case
+
+    return await svc.commands.run(decide)
+
+
+async def feedback_of(svc: Service[FeedbackApp], ticket_id: str, channel_id: str | None = None) -> FeedbackCase:
+    """The ticket's feedback case (nothing is saved); 404 if feedback has none, 403 for another channel's."""
 
     def read(uow: UnitOfWork) -> FeedbackCase:
         case = uow.find(FeedbackCase, case_id(ticket_id))
         if case is None:
             raise NotFound(f"no feedback for ticket {ticket_id}")
+        case.check_channel(channel_id)
         return case
 
     return await svc.commands.run(read)
@@ -113,15 +163,83 @@ async def abandon_notification(
 
 async def expire_window(svc: Service[FeedbackApp], cid: UUID) -> bool:
     """Close the case unrated if its rating window has passed; True if it did."""
-    return await svc.commands.run(lambda uow: uow.load(FeedbackCase, cid).expire(svc.app.clock.now()))
+    return await svc.commands.run(
+        lambda uow: uow.load(FeedbackCase, cid).expire(svc.app.clock.now(), svc.app.policy.rules))
+
+
+async def remind(svc: Service[FeedbackApp], cid: UUID) -> bool:
+    """Remind the customer to rate, once, when the policy's share of the window has passed; True if it did."""
+    app = svc.app
+
+    def decide(uow: UnitOfWork) -> bool:
+        return uow.load(FeedbackCase, cid).remind(app.clock.now(), app.policy.remind_at)
+
+    return await svc.commands.run(decide)
 
 
 async def expire_windows(svc: Service[FeedbackApp]) -> int:
-    """Close every case whose rating window has passed (the board says which); how many closed."""
+    """Remind, then close, every case whose window says so (the board says which); how many closed."""
     follow_ups = svc.app.follow_ups
     await asyncio.to_thread(follow_ups.refresh)
+    now = svc.app.clock.now()
+    for cid in follow_ups.reminders_due(now, svc.app.policy.remind_at):
+        await remind(svc, cid)
     closed = 0
-    for cid in follow_ups.due(svc.app.clock.now()):
+    for cid in follow_ups.due(now):
         closed += await expire_window(svc, cid)
     await asyncio.to_thread(follow_ups.refresh)
     return closed
+
+
+# ---------------------------------------------------------------- notifications at each step
+
+
+async def subscribe(
+    svc: Service[FeedbackApp], channel_id: str, steps: list[str], template: str, language: str, by: str
+) -> ChannelAccess:
+    """Which steps a channel's applicants are told of, and how (404 until feedback has heard of the channel)."""
+    languages = frozenset(svc.app.templates.table[template]) if template in svc.app.templates.table else frozenset()
+
+    def decide(uow: UnitOfWork) -> ChannelAccess:
+        access = uow.find(ChannelAccess, access_id(channel_id))
+        if access is None:
+            raise NotFound(f"no channel {channel_id} known to feedback (yet)", "channel_id")
+        access.subscribe(steps, template, language, by, svc.app.clock.now(), languages or frozenset({"zh", "en"}))
+        return access
+
+    return await svc.commands.run(decide)
+
+
+async def subscription_of(svc: Service[FeedbackApp], channel_id: str) -> ChannelAccess:
+    def read(uow: UnitOfWork) -> ChannelAccess:
+        access = uow.find(ChannelAccess, access_id(channel_id))
+        if access is None:
+            raise NotFound(f"no channel {channel_id} known to feedback (yet)", "channel_id")
+        return access
+
+    return await svc.commands.run(read)
+
+
+async def load_notification(svc: Service[FeedbackApp], nid: UUID) -> Notification:
+    return await svc.commands.run(lambda uow: uow.load(Notification, nid))
+
+
+async def load_notifications(svc: Service[FeedbackApp], ids: list[UUID]) -> list[Notification]:
+    def read(uow: UnitOfWork) -> list[Notification]:
+        return [n for i in ids if (n := uow.find(Notification, i)) is not None]
+
+    return await svc.commands.run(read)
+
+
+async def record_attempt(
+    svc: Service[FeedbackApp], nid: UUID, ok: bool, status_code: int | None, error: str | None, max_attempts: int,
+    final: bool = False,
+) -> Notification:
+    """Record one delivery attempt and its outcome (the last allowed one that failed gives the delivery up)."""
+
+    def decide(uow: UnitOfWork) -> Notification:
+        n = uow.load(Notification, nid)
+        n.record_attempt(ok, status_code, error, svc.app.clock.now(), max_attempts, final)
+        return n
+
+    return await svc.commands.run(decide)

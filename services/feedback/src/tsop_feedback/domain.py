@@ -1,4 +1,4 @@
-"""Feedback to the applicant, the 24-hour rating window and closure (§2.3, §2.4). No I/O.
+"""Feedback to the applicant, the 24-hour rating window, reopening and closure (§2.3, §2.4). No I/O.
 
 The event classes are declared explicitly, typed, under the names the stored
 history carries (``tsop_feedback.domain:FeedbackCase.Rated`` and so on).
@@ -6,13 +6,16 @@ history carries (``tsop_feedback.domain:FeedbackCase.Rated`` and so on).
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypedDict
+from fnmatch import fnmatchcase
+from typing import Literal, TypedDict, TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from tsop_events.errors import Conflict, Invalid
+from tsop_events.errors import Conflict, Forbidden, Invalid
 
 
 class FeedbackError(Conflict):
@@ -29,6 +32,18 @@ class AlreadyRated(FeedbackError):
     pass
 
 
+class NotYourTicket(Forbidden):
+    """A channel system rates or reads only the tickets it submitted."""
+
+
+class ReopenRefused(FeedbackError):
+    title = "Cannot reopen"
+
+
+Tag = Literal["on_time", "solved", "attitude", "communication"]
+TAGS: tuple[Tag, ...] = ("on_time", "solved", "attitude", "communication")
+
+
 class Resolution(TypedDict):
     resolution_code: str
     summary: str
@@ -42,11 +57,23 @@ class NotificationFailure(TypedDict):
     at: str
 
 
-class EarlyRating(TypedDict):
+class EarlyRating(TypedDict, total=False):
     score: int
     comment: str | None
     received_at: datetime
+    tags: list[str]
+    solved: bool | None
+    by: str
 
+
+class RatingRules(TypedDict):
+    """What the operator decided about ratings (``policy.FeedbackPolicy``), as the case needs it."""
+
+    low_score: int  # a score at or below this asks "is the problem solved?"
+    reopen_period: timedelta  # how long after closure the ticket may still be reopened
+
+
+T = TypeVar("T")
 
 CLOCK_SKEW = timedelta(seconds=30)
 """How far apart dispatch's and feedback's clocks may be when an early rating is compared with the resolution."""
@@ -59,6 +86,12 @@ class FeedbackCase(Aggregate):
         ticket_id: str
         callback_url: str | None
         opened_at: datetime
+        channel_id: str | None = None
+        service_type: str | None = None
+        customer_id: str | None = None
+
+    class ExpectedBy(Aggregate.Event):
+        expected_by: datetime | None
 
     class ResolutionNoted(Aggregate.Event):
         resolution_code: str
@@ -67,6 +100,9 @@ class FeedbackCase(Aggregate):
         resolved_at: datetime
         rating_due_at: datetime
         resolved_event_id: str
+        technician_id: str | None = None
+        text: str | None = None
+        surveyed: bool = True
 
     class NotificationAbandoned(Aggregate.Event):
         ticket_id: str
@@ -95,22 +131,74 @@ class FeedbackCase(Aggregate):
         score: int
         comment: str | None
         received_at: datetime
+        tags: list[str] | None = None
+        solved: bool | None = None
+        by: str | None = None
 
     class Rated(Aggregate.Event):
         ticket_id: str
         score: int
         comment: str | None
         rated_at: datetime
+        tags: list[str] | None = None
+        solved: bool | None = None
+
+    class RatingReminded(Aggregate.Event):
+        ticket_id: str
+        rating_due_at: datetime
+        reminded_at: datetime
+
+    class RatingExpired(Aggregate.Event):
+        ticket_id: str
+        rating_due_at: datetime
+        expired_at: datetime
+
+    class Reopened(Aggregate.Event):
+        ticket_id: str
+        reason_code: str
+        reason: str
+        requested_by: str
+        reopen_count: int
+        technician_id: str | None
+        reopened_at: datetime
 
     class Closed(Aggregate.Event):
         ticket_id: str
         reason: str
         closed_at: datetime
+        basis: str | None = None
+        reopenable_until: datetime | None = None
 
     @event(Opened)
-    def __init__(self, id: UUID, ticket_id: str, callback_url: str | None, opened_at: datetime) -> None:  # noqa: A002
+    def __init__(
+        self,
+        id: UUID,  # noqa: A002
+        ticket_id: str,
+        callback_url: str | None,
+        opened_at: datetime,
+        channel_id: str | None = None,
+        service_type: str | None = None,
+        customer_id: str | None = None,
+    ) -> None:
         self.ticket_id = ticket_id
         self.callback_url = callback_url
+        self.channel_id = channel_id
+        self.service_type = service_type
+        self.customer_id = customer_id
+        self.technician_id: str | None = None  # who resolved it (last)
+        self.resolutions_seen: list[str] = []  # Resolved events noted (a reopened ticket is resolved again)
+        self.reminded = False
+        self.rating_expired = False
+        self.resolved_at: datetime | None = None
+        self.closed_at: datetime | None = None
+        self.reopenable_until_at: datetime | None = None  # what the closure announced (None: final)
+        self.reopen_count = 0
+        self.tags: list[str] = []
+        self.solved: bool | None = None
+        self.expected_by: datetime | None = None  # when review expects the work done (told to the applicant)
+        self.resolution_text: str | None = None  # the result rendered from the channel's template
+        self.surveyed = True  # asked to rate (sampling and fatigue caps may say not)
+
         self.resolution: Resolution | None = None
         self.resolved_event_id: str | None = None
         self.rating_due_at: datetime | None = None
@@ -118,8 +206,18 @@ class FeedbackCase(Aggregate):
         self.notification_failed: NotificationFailure | None = None
         self.score: int | None = None
         self.closed_reason: str | None = None
+        self.closed_basis: str | None = None
         self.early_rating: EarlyRating | None = None  # rated before this service heard of the resolution
         self.notified_after_closure = False
+
+    def expect(self, expected_by: datetime | None) -> None:
+        """Review accepted the request with this deadline (what the applicant is told to expect)."""
+        if expected_by != self.expected_by:
+            self._expected_by(expected_by=expected_by)
+
+    @event(ExpectedBy)
+    def _expected_by(self, expected_by: datetime | None) -> None:
+        self.expected_by = expected_by
 
     def note_resolution(
         self,
@@ -129,8 +227,15 @@ class FeedbackCase(Aggregate):
         resolved_at: datetime,
         window: timedelta,
         resolved_event_id: str,
+        technician_id: str | None = None,
+        rules: RatingRules | None = None,
+        text: str | None = None,
+        surveyed: bool = True,
     ) -> None:
-        if self.resolution is not None:
+        """Note the resolution and open the rating window. ``surveyed`` False (sampling, or the customer's fatigue
+        cap): the customer is not asked (no reminder; the webhook says ``rating_requested: false``), though a
+        rating they give in the window still counts."""
+        if self.resolution is not None or resolved_event_id in self.resolutions_seen:
             return  # a redelivered Resolved
         self._resolution_noted(
             resolution_code=resolution_code,
@@ -139,6 +244,9 @@ class FeedbackCase(Aggregate):
             resolved_at=resolved_at,
             rating_due_at=resolved_at + window,
             resolved_event_id=resolved_event_id,
+            technician_id=technician_id,
+            text=text,
+            surveyed=surveyed,
         )
         early = self.early_rating
         if early is not None and self.closed_reason is None and early["received_at"] >= resolved_at - CLOCK_SKEW:
@@ -146,9 +254,8 @@ class FeedbackCase(Aggregate):
             # (a rating given before the technician resolved rates nothing yet: it stays kept, unrecorded,
             # and the customer rates the resolution in its window like anyone else)
             at = max(early["received_at"], resolved_at)
-            self._settle_notification(at)
-            self._rated(ticket_id=self.ticket_id, score=early["score"], comment=early["comment"], rated_at=at)
-            self._closed(ticket_id=self.ticket_id, reason="rated", closed_at=at)
+            self._record_rating(early["score"], early["comment"], early.get("tags") or [], early.get("solved"),
+                                early.get("by") or "customer", at, rules or DEFAULT_RULES)
 
     @event(ResolutionNoted)
     def _resolution_noted(
@@ -159,10 +266,19 @@ class FeedbackCase(Aggregate):
         resolved_at: datetime,
         rating_due_at: datetime,
         resolved_event_id: str,
+        technician_id: str | None = None,
+        text: str | None = None,
+        surveyed: bool = True,
     ) -> None:
         self.resolution = {"resolution_code": resolution_code, "summary": summary, "advice": advice}
+        self.resolution_text = text
+        self.surveyed = surveyed
         self.rating_due_at = rating_due_at
         self.resolved_event_id = resolved_event_id
+        self.resolved_at = resolved_at
+        self.resolutions_seen.append(resolved_event_id)
+        self.technician_id = technician_id
+        self.reminded = False
 
     def abandon_notification(self, attempts: int, status_code: int | None, error: str, at: datetime) -> None:
         """The webhook could not be delivered within its bounded attempts (or may not go where it points)."""
@@ -227,47 +343,475 @@ class FeedbackCase(Aggregate):
         if not self.notified and not self.callback_url:
             self.mark_notified("none", 0, None, at)
 
-    def rate(self, score: int, comment: str | None, at: datetime) -> bool:
+    def check_channel(self, channel_id: str | None) -> None:
+        """A channel system acts on its own tickets only (staff, with no channel, on any)."""
+        if channel_id is not None and channel_id != self.channel_id:
+            raise NotYourTicket(f"ticket {self.ticket_id} was not submitted by this channel", "ticket_id")
+
+    def rate(
+        self,
+        score: int,
+        comment: str | None,
+        at: datetime,
+        tags: list[str] | None = None,
+        solved: bool | None = None,
+        by: str = "customer",
+        rules: RatingRules | None = None,
+    ) -> bool:
         """Rate; True when recorded, False when kept until the resolution arrives.
 
         A client that resolves and then rates must not be refused because the Resolved event has not
         reached feedback yet: the rating is kept (RatingKept) and recorded when the resolution is noted.
+        A low score answered "not solved" reopens the ticket instead of closing it.
         """
+        tags = list(dict.fromkeys(tags or []))
         if self.closed_reason is not None:
             raise AlreadyClosed(f"ticket {self.ticket_id} is closed ({self.closed_reason})")
         if not 1 <= score <= 5:
             raise Invalid("must be between 1 and 5", "score")
+        bad = [t for t in tags if t not in TAGS]
+        if bad:
+            raise Invalid(f"unknown tag(s) {bad}; the tags are {list(TAGS)}", "tags")
         if self.rating_due_at is None:
             if self.early_rating is not None:
-                if (self.early_rating["score"], self.early_rating["comment"]) == (score, comment):
+                kept = self.early_rating
+                if (kept["score"], kept["comment"], kept.get("tags") or [], kept.get("solved")) == (
+                        score, comment, tags, solved):
                     return False  # the same rating again: a retry
                 raise AlreadyRated(f"ticket {self.ticket_id} was already rated; the rating is kept until it "
                                    "is resolved")
-            self._rating_kept(ticket_id=self.ticket_id, score=score, comment=comment, received_at=at)
+            self._rating_kept(ticket_id=self.ticket_id, score=score, comment=comment, received_at=at,
+                              tags=tags, solved=solved, by=by)
             return False
         if at > self.rating_due_at:
             raise AlreadyClosed(f"the rating window of ticket {self.ticket_id} ended at {self.rating_due_at}")
-        self._settle_notification(at)
-        self._rated(ticket_id=self.ticket_id, score=score, comment=comment, rated_at=at)
-        self._closed(ticket_id=self.ticket_id, reason="rated", closed_at=at)
+        self._record_rating(score, comment, tags, solved, by, at, rules or DEFAULT_RULES)
         return True
 
+    def _record_rating(
+        self, score: int, comment: str | None, tags: list[str], solved: bool | None, by: str, at: datetime,
+        rules: RatingRules,
+    ) -> None:
+        self._settle_notification(at)
+        self._rated(ticket_id=self.ticket_id, score=score, comment=comment, rated_at=at, tags=tags, solved=solved)
+        if score <= rules["low_score"] and solved is False:
+            self._reopen("not_solved", comment or f"rated {score}: the customer says the problem is not solved",
+                         by, at)
+            return
+        self._closed(ticket_id=self.ticket_id, reason="rated", closed_at=at, basis="rated",
+                     reopenable_until=reopen_deadline(at, rules))
+
     @event(RatingKept)
-    def _rating_kept(self, ticket_id: str, score: int, comment: str | None, received_at: datetime) -> None:
-        self.early_rating = {"score": score, "comment": comment, "received_at": received_at}
+    def _rating_kept(
+        self, ticket_id: str, score: int, comment: str | None, received_at: datetime,
+        tags: list[str] | None = None, solved: bool | None = None, by: str | None = None,
+    ) -> None:
+        self.early_rating = {"score": score, "comment": comment, "received_at": received_at,
+                             "tags": list(tags or []), "solved": solved, "by": by or "customer"}
 
     @event(Rated)
-    def _rated(self, ticket_id: str, score: int, comment: str | None, rated_at: datetime) -> None:
+    def _rated(
+        self, ticket_id: str, score: int, comment: str | None, rated_at: datetime,
+        tags: list[str] | None = None, solved: bool | None = None,
+    ) -> None:
         self.score = score
+        self.tags = list(tags or [])
+        self.solved = solved
 
-    def expire(self, now: datetime) -> bool:
-        """Close unrated once the window has passed; True if it did."""
+    # --- reopening (§2.3 "not solved", §2.4 within the reopen period) ---------------------------------
+
+    def reopen(self, reason: str, by: str, at: datetime) -> None:
+        """A closed ticket reopened on request, within the period its closure announced (§2.4)."""
+        if self.closed_reason is None:
+            raise ReopenRefused(f"ticket {self.ticket_id} is not closed", "ticket_id")
+        until = self.reopenable_until_at
+        if until is None or at > until:
+            when = "its closure was final" if until is None else f"it could be reopened until {until.isoformat()}"
+            raise ReopenRefused(f"ticket {self.ticket_id} can no longer be reopened: {when}", "ticket_id")
+        self._reopen("reopen_requested", reason, by, at)
+
+    def _reopen(self, reason_code: str, reason: str, by: str, at: datetime) -> None:
+        self._reopened(
+            ticket_id=self.ticket_id, reason_code=reason_code, reason=reason[:4000], requested_by=by,
+            reopen_count=self.reopen_count + 1, technician_id=self.technician_id, reopened_at=at,
+        )
+
+    @event(Reopened)
+    def _reopened(
+        self, ticket_id: str, reason_code: str, reason: str, requested_by: str, reopen_count: int,
+        technician_id: str | None, reopened_at: datetime,
+    ) -> None:
+        self.reopen_count = reopen_count
+        # back to waiting for the work to be resolved again: a new resolution opens a new window
+        self.resolution = None
+        self.rating_due_at = None
+        self.resolved_event_id = None
+        self.closed_reason = None
+        self.closed_basis = None
+        self.closed_at = None
+        self.reopenable_until_at = None
+        self.notified = False
+        self.notification_failed = None
+        self.notified_after_closure = False
+        self.early_rating = None
+        self.reminded = False
+        self.rating_expired = False
+
+    # --- the window ---------------------------------------------------------------------------------
+
+    def remind_at(self, share: float) -> datetime | None:
+        """When the reminder is due: once ``share`` of the window has passed (None: no open window)."""
+        if self.rating_due_at is None or self.resolved_at is None:
+            return None
+        return self.resolved_at + (self.rating_due_at - self.resolved_at) * share
+
+    def remind(self, now: datetime, share: float) -> bool:
+        """Remind the customer once, after ``share`` of the window and before it ends; True if it did."""
+        at = self.remind_at(share)
+        if (self.closed_reason is not None or at is None or self.rating_due_at is None or self.reminded
+                or not self.surveyed or now < at or now > self.rating_due_at):
+            return False
+        self._settle_notification(now)
+        self._rating_reminded(ticket_id=self.ticket_id, rating_due_at=self.rating_due_at, reminded_at=now)
+        return True
+
+    @event(RatingReminded)
+    def _rating_reminded(self, ticket_id: str, rating_due_at: datetime, reminded_at: datetime) -> None:
+        self.reminded = True
+
+    def expire(self, now: datetime, rules: RatingRules | None = None) -> bool:
+        """Close unrated once the window has passed (RatingExpired: no answer, never a score); True if it did."""
         if self.closed_reason is not None or self.rating_due_at is None or now <= self.rating_due_at:
             return False
         self._settle_notification(now)
-        self._closed(ticket_id=self.ticket_id, reason="rating_window_expired", closed_at=now)
+        self._rating_expired_(ticket_id=self.ticket_id, rating_due_at=self.rating_due_at, expired_at=now)
+        self._closed(ticket_id=self.ticket_id, reason="rating_window_expired", closed_at=now, basis="window_lapsed",
+                     reopenable_until=reopen_deadline(now, rules or DEFAULT_RULES))
         return True
 
+    @event(RatingExpired)
+    def _rating_expired_(self, ticket_id: str, rating_due_at: datetime, expired_at: datetime) -> None:
+        self.rating_expired = True
+
     @event(Closed)
-    def _closed(self, ticket_id: str, reason: str, closed_at: datetime) -> None:
+    def _closed(
+        self, ticket_id: str, reason: str, closed_at: datetime, basis: str | None = None,
+        reopenable_until: datetime | None = None,
+    ) -> None:
         self.closed_reason = reason
+        self.closed_at = closed_at
+        self.reopenable_until_at = reopenable_until
+        self.closed_basis = basis or ("window_lapsed" if reason == "rating_window_expired" else "rated")
+
+
+DEFAULT_RULES: RatingRules = {"low_score": 2, "reopen_period": timedelta(0)}
+
+
+def reopen_deadline(closed_at: datetime, rules: RatingRules) -> datetime | None:
+    """Until when a closure may be undone; None when the policy allows no reopening (the closure is final)."""
+    period = rules["reopen_period"]
+    return closed_at + period if period > timedelta(0) else None
+
+
+class ChannelAccess(Aggregate):
+    """Feedback's copy of a channel system's live credentials, from intake's events on the ``channels`` topic.
+
+    Only SHA-256 hashes of tokens: feedback never sees a token, and resolves a channel caller by its hash.
+    """
+
+    class Known(Aggregate.Created):
+        channel_id: str
+        name: str
+        kind: str
+
+    class CredentialKnown(Aggregate.Event):
+        credential_id: str
+        token_hash: str
+
+    class CredentialWithdrawn(Aggregate.Event):
+        credential_id: str
+        token_hash: str
+
+    class Subscribed(Aggregate.Event):
+        steps: list[str]
+        template: str
+        language: str
+        by: str
+        at: datetime
+
+    @event(Known)
+    def __init__(self, id: UUID, channel_id: str, name: str, kind: str) -> None:  # noqa: A002
+        self.channel_id = channel_id
+        self.name = name
+        self.kind = kind
+        self.credentials: dict[str, str] = {}  # credential id → token hash (live ones)
+        self.withdrawn: set[str] = set()
+        self.steps: list[str] = list(DEFAULT_STEPS)
+        self.template = default_template(kind)
+        self.language = "zh"
+
+    def subscribe(self, steps: list[str], template: str, language: str, by: str, at: datetime,
+                  languages: frozenset[str] = frozenset({"zh", "en"})) -> None:
+        """Which steps the channel's applicants are told of, in which template kind and language."""
+        bad = [s for s in steps if s not in STEPS]
+        if bad:
+            raise Invalid(f"unknown step(s) {bad}; the steps are {list(STEPS)}", "steps")
+        if template not in TEMPLATE_KINDS:
+            raise Invalid(f"unknown template {template!r}; the kinds are {list(TEMPLATE_KINDS)}", "template")
+        if language not in languages:
+            raise Invalid(f"no templates in {language!r}; there are {sorted(languages)}", "language")
+        wanted = [s for s in STEPS if s in steps or s == "resolved"]  # the result is always sent
+        if (wanted, template, language) != (self.steps, self.template, self.language):
+            self._subscribed(steps=wanted, template=template, language=language, by=by, at=at)
+
+    @event(Subscribed)
+    def _subscribed(self, steps: list[str], template: str, language: str, by: str, at: datetime) -> None:
+        self.steps, self.template, self.language = list(steps), template, language
+
+    def know(self, credential_id: str, token_hash: str) -> None:
+        if credential_id in self.credentials or credential_id in self.withdrawn:
+            return  # a redelivery, or one revoked already
+        self._credential_known(credential_id=credential_id, token_hash=token_hash)
+
+    @event(CredentialKnown)
+    def _credential_known(self, credential_id: str, token_hash: str) -> None:
+        self.credentials[credential_id] = token_hash
+
+    def withdraw(self, credential_id: str, token_hash: str) -> None:
+        if credential_id in self.withdrawn:
+            return
+        self._credential_withdrawn(credential_id=credential_id, token_hash=token_hash)
+
+    @event(CredentialWithdrawn)
+    def _credential_withdrawn(self, credential_id: str, token_hash: str) -> None:
+        self.credentials.pop(credential_id, None)
+        self.withdrawn.add(credential_id)
+
+
+# ---------------------------------------------------------------- the operator's feedback policy
+
+
+@dataclass(frozen=True)
+class FeedbackPolicy:
+    """Operator data (``feedback_policy.json``, or ``TSOP_FEEDBACK_POLICY_FILE``): windows, reminders, reopening,
+    sampling and fatigue caps. Service-type keys are patterns (``broadband.*``); the most specific match wins."""
+
+    default_window: timedelta = timedelta(hours=24)
+    windows: tuple[tuple[str, timedelta], ...] = ()
+    remind_at: float = 0.75  # the share of the window after which the customer is reminded once
+    low_score: int = 2
+    reopen_period: timedelta = timedelta(0)
+    sampling: tuple[tuple[str, float], ...] = ()  # share of tickets surveyed, per type pattern
+    max_surveys: int = 0  # never ask one customer more than this many times ...
+    fatigue_period: timedelta = timedelta(days=30)  # ... in this period (0: no cap)
+
+    @classmethod
+    def from_dict(cls, data: object, default_window: timedelta, source: str = "feedback policy") -> FeedbackPolicy:
+        """Parse and check; a ValueError names the file, the key and what is wrong."""
+
+        def fail(key: str, why: str) -> ValueError:
+            return ValueError(f"{source}: {key}: {why}")
+
+        if not isinstance(data, dict):
+            raise fail("(top)", "must be a JSON object")
+
+        def number(key: str, value: object, low: float, high: float | None = None) -> float:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < low or (
+                    high is not None and value > high):
+                raise fail(key, f"must be a number ≥ {low:g}" + (f" and ≤ {high:g}" if high is not None else ""))
+            return float(value)
+
+        def table(key: str, low: float, high: float | None) -> dict[str, float]:
+            raw = data.get(key, {})
+            if not isinstance(raw, dict):
+                raise fail(key, "must be an object of service-type pattern → number")
+            return {str(k): number(f"{key}.{k}", v, low, high) for k, v in raw.items()}
+
+        known = {"rating_window_hours", "remind_at_share", "low_score", "reopen_period_days", "sampling", "fatigue",
+                 "$comment"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise fail(unknown[0], f"unknown key; the keys are {sorted(known - {'$comment'})}")
+        fatigue = data.get("fatigue", {})
+        if not isinstance(fatigue, dict) or set(fatigue) - {"max_surveys", "days"}:
+            raise fail("fatigue", "must be an object with max_surveys and days")
+        low = data.get("low_score", 2)
+        if isinstance(low, bool) or not isinstance(low, int) or not 1 <= low <= 4:
+            raise fail("low_score", "must be an integer from 1 to 4")
+        max_surveys = fatigue.get("max_surveys", 0)
+        if isinstance(max_surveys, bool) or not isinstance(max_surveys, int) or max_surveys < 0:
+            raise fail("fatigue.max_surveys", "must be an integer ≥ 0 (0: no cap)")
+        return cls(
+            default_window=default_window,
+            windows=tuple((k, timedelta(hours=v)) for k, v in table("rating_window_hours", 0.0001, 24 * 366).items()),
+            remind_at=number("remind_at_share", data.get("remind_at_share", 0.75), 0.0, 1.0),
+            low_score=low,
+            reopen_period=timedelta(days=number("reopen_period_days", data.get("reopen_period_days", 0), 0, 366)),
+            sampling=tuple(table("sampling", 0.0, 1.0).items()),
+            max_surveys=max_surveys,
+            fatigue_period=timedelta(days=number("fatigue.days", fatigue.get("days", 30), 0, 3660)),
+        )
+
+    @staticmethod
+    def _match(patterns: tuple[tuple[str, T], ...], service_type: str | None) -> T | None:
+        best: tuple[int, T] | None = None
+        for pattern, value in patterns:
+            if pattern == "*" or (service_type is not None and fnmatchcase(service_type, pattern)):
+                rank = len(pattern.replace("*", ""))
+                if best is None or rank > best[0]:
+                    best = (rank, value)
+        return None if best is None else best[1]
+
+    def window_for(self, service_type: str | None) -> timedelta:
+        return self._match(self.windows, service_type) or self.default_window
+
+    def share_for(self, service_type: str | None) -> float:
+        found = self._match(self.sampling, service_type)
+        return 1.0 if found is None else found
+
+    @property
+    def rules(self) -> RatingRules:
+        return {"low_score": self.low_score, "reopen_period": self.reopen_period}
+
+    def sampled(self, ticket_id: str, service_type: str | None) -> bool:
+        """Whether this ticket is surveyed: a stable draw from its id, so every instance and replay agrees."""
+        share = self.share_for(service_type)
+        if share >= 1.0:
+            return True
+        draw = int.from_bytes(hashlib.sha256(ticket_id.encode()).digest()[:8], "big") / 2**64
+        return draw < share
+
+    def fatigued(self, asked_at: list[datetime], now: datetime) -> bool:
+        """Whether the customer was asked ``max_surveys`` times in the last period already."""
+        if self.max_surveys <= 0:
+            return False
+        since = now - self.fatigue_period
+        return sum(1 for t in asked_at if t > since) >= self.max_surveys
+
+
+# ---------------------------------------------------------------- notifications at each step (§2.3)
+
+STEPS = ("accepted", "assigned", "pending_information", "resolved", "closed")
+TEMPLATE_KINDS = ("sms", "email", "app")
+DEFAULT_STEPS = ("resolved",)  # what a channel gets until it subscribes to more (today's one webhook)
+
+
+class NotificationState(TypedDict):
+    state: Literal["pending", "delivered", "dead"]
+    attempts: int
+
+
+class Notification(Aggregate):
+    """One message to the applicant about one step of their ticket, posted to the request's callback.
+
+    Every attempt is an event (its outcome with it); after the last one the notification is dead-lettered and
+    an agent sees it. The id derives from the event that caused it, so a redelivered cause queues nothing new.
+    """
+
+    class Queued(Aggregate.Created):
+        ticket_id: str
+        step: str
+        url: str
+        template: str
+        language: str
+        text: str
+        payload: dict[str, str | None]
+        queued_at: datetime
+
+    class Attempted(Aggregate.Event):
+        attempt: int
+        ok: bool
+        status_code: int | None
+        error: str | None
+        at: datetime
+
+    class GivenUp(Aggregate.Event):
+        attempts: int
+        error: str
+        at: datetime
+
+    @event(Queued)
+    def __init__(
+        self, id: UUID, ticket_id: str, step: str, url: str, template: str, language: str,  # noqa: A002
+        text: str, payload: dict[str, str | None], queued_at: datetime,
+    ) -> None:
+        self.ticket_id, self.step, self.url = ticket_id, step, url
+        self.template, self.language, self.text, self.payload = template, language, text, payload
+        self.queued_at = queued_at
+        self.attempts = 0
+        self.last_attempt_at: datetime | None = None
+        self.delivered = False
+        self.dead = False
+        self.last_error: str | None = None
+
+    def record_attempt(self, ok: bool, status_code: int | None, error: str | None, at: datetime,
+                       max_attempts: int, final: bool = False) -> None:
+        """An attempt and its outcome; the last one allowed (or a destination that may never be called) gives up."""
+        if self.delivered or self.dead:
+            return
+        self._attempted(attempt=self.attempts + 1, ok=ok, status_code=status_code,
+                        error=None if ok else (error or "failed")[:1000], at=at)
+        if not ok and (final or self.attempts >= max_attempts):
+            self._given_up(attempts=self.attempts, error=self.last_error or "failed", at=at)
+
+    @event(Attempted)
+    def _attempted(self, attempt: int, ok: bool, status_code: int | None, error: str | None, at: datetime) -> None:
+        self.attempts = attempt
+        self.last_attempt_at = at
+        self.delivered = ok
+        self.last_error = error
+
+    @event(GivenUp)
+    def _given_up(self, attempts: int, error: str, at: datetime) -> None:
+        self.dead = True
+
+
+@dataclass(frozen=True)
+class Templates:
+    """Per-channel message templates (operator data): kind (sms, email, app) → language → step → text.
+
+    Texts use ``{ticket_id}``, ``{expected_by}``, ``{missing}``, ``{complete_by}``, ``{result}``, ``{advice}``,
+    ``{rating_due_at}``, ``{closed_basis}``; an unknown placeholder stays as written."""
+
+    table: dict[str, dict[str, dict[str, str]]]
+
+    @classmethod
+    def built_in(cls) -> Templates:
+        """Plain texts for tests and a bare app; services load ``notification_templates.json`` (main.py)."""
+        en = {s: f"{{ticket_id}}: {s.replace('_', ' ')}" for s in STEPS}
+        return cls({kind: {"zh": dict(en), "en": dict(en)} for kind in TEMPLATE_KINDS})
+
+    @classmethod
+    def from_dict(cls, data: object, source: str = "templates") -> Templates:
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: must be a JSON object of kind → language → step → text")
+        unknown = sorted(set(data) - {*TEMPLATE_KINDS, "$comment"})
+        if unknown:
+            raise ValueError(f"{source}: {unknown[0]}: not a template kind; the kinds are {list(TEMPLATE_KINDS)}")
+        table: dict[str, dict[str, dict[str, str]]] = {}
+        for kind in TEMPLATE_KINDS:
+            langs = data.get(kind)
+            if not isinstance(langs, dict) or not {"zh", "en"} <= set(langs):
+                raise ValueError(f"{source}: {kind}: needs texts in zh and en at least")
+            table[kind] = {}
+            for lang, steps in langs.items():
+                missing = [s for s in STEPS if not isinstance(steps, dict) or not isinstance(steps.get(s), str)]
+                if missing:
+                    raise ValueError(f"{source}: {kind}.{lang}: no text for {missing}")
+                table[kind][str(lang)] = {s: steps[s] for s in STEPS}
+        return cls(table)
+
+    def render(self, kind: str, language: str, step: str, values: dict[str, str | None]) -> str:
+        texts = self.table.get(kind) or self.table["app"]
+        text = (texts.get(language) or texts["en"])[step]
+        return text.format_map(_Blank({k: v or "" for k, v in values.items()}))
+
+
+class _Blank(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def default_template(kind: str) -> str:
+    """The template kind for a channel that chose none: app for apps, e-mail for the web, SMS otherwise."""
+    return {"app": "app", "web": "email"}.get(kind, "sms")

@@ -1,31 +1,60 @@
-"""Feedback's reactions to the ticket stream."""
+"""Feedback's reactions to the ticket stream and to intake's channel registry."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import ClassVar
 
 from tsop_events import schemas as wire
 from tsop_events.consumer import EventStoreSink, Incoming, UnitOfWork
 from tsop_events.runtime import Service
-from tsop_feedback.commands import FeedbackApp, case_id
-from tsop_feedback.domain import FeedbackCase
+from tsop_events.topics import Topic
+from tsop_feedback.commands import FeedbackApp, access_id, case_id, notification_id
+from tsop_feedback.domain import DEFAULT_STEPS, ChannelAccess, FeedbackCase, Notification
+
+
+def when(at: datetime | None) -> str | None:
+    return at.isoformat(timespec="minutes") if at else None
 
 
 class FollowTickets(EventStoreSink):
-    """Open a case when a request is submitted; note its resolution when resolved."""
+    """Open a case when a request is submitted; note its resolution when resolved (again after a reopen).
+
+    At each step the ticket's channel subscribed to (accepted, assigned, pending information, closed; the result
+    always goes, as the resolution webhook), queue a notification rendered from the channel's template.
+    """
 
     name: ClassVar[str] = "feedback-cases"
     event_types: ClassVar[frozenset[str] | None] = frozenset(
-        {wire.RequestSubmitted.event_type, wire.Resolved.event_type}
+        {wire.RequestSubmitted.event_type, wire.Resolved.event_type, wire.RequestAccepted.event_type,
+         wire.Assigned.event_type, wire.RequestPendingInformation.event_type, wire.Closed.event_type}
     )
 
     def __init__(self, app: FeedbackApp) -> None:
         super().__init__(app)
         self.feedback = app
+        self.asked_now: dict[str, list[datetime]] = {}
 
     @classmethod
     def of(cls, svc: Service[FeedbackApp]) -> FollowTickets:
         return cls(svc.app)
+
+    def before_batch(self) -> None:
+        self.feedback.follow_ups.refresh()  # who was asked to rate lately (the fatigue cap)
+        self.asked_now = {}  # asked in this batch, not yet in the log
+
+    def surveyed(self, case: FeedbackCase, at: datetime) -> bool:
+        """Whether to ask this customer: the ticket is in the type's sample and they are under the fatigue cap."""
+        policy = self.feedback.policy
+        if not policy.sampled(case.ticket_id, case.service_type):
+            return False
+        if case.customer_id is None:
+            return True
+        asked = self.feedback.follow_ups.asked_of(case.customer_id) + self.asked_now.get(case.customer_id, [])
+        if policy.fatigued(asked, at):
+            return False
+        self.asked_now.setdefault(case.customer_id, []).append(at)
+        return True
 
     def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
         ev = incoming.event
@@ -35,17 +64,91 @@ class FollowTickets(EventStoreSink):
             if case is None:
                 uow.add(
                     FeedbackCase(
-                        id=cid, ticket_id=ev.ticket_id, callback_url=ev.callback_url, opened_at=ev.submitted_at
+                        id=cid, ticket_id=ev.ticket_id, callback_url=ev.callback_url, opened_at=ev.submitted_at,
+                        channel_id=ev.channel_id, service_type=ev.service_type, customer_id=ev.customer_id or None,
                     )
                 )
-        elif isinstance(ev, wire.Resolved):
-            if case is None:
+            return
+        if case is None:
+            if isinstance(ev, wire.Resolved):
                 raise ValueError(f"Resolved for unknown ticket {ev.ticket_id}")
+            return  # a step of a ticket submitted before feedback followed it: nobody to tell
+        cause = incoming.envelope.id
+        if isinstance(ev, wire.Resolved):
+            policy = self.feedback.policy
+            window = policy.window_for(case.service_type)
+            kind, language, _ = self.subscription(uow, case)
+            text = self.feedback.templates.render(kind, language, "resolved", {
+                "ticket_id": case.ticket_id, "result": ev.summary, "advice": ev.advice,
+                "rating_due_at": when(ev.resolved_at + window)})
             case.note_resolution(
                 ev.resolution_code,
                 ev.summary,
                 ev.advice,
                 ev.resolved_at,
-                self.feedback.rating_window,
-                incoming.envelope.id,
+                window,
+                cause,
+                technician_id=ev.technician_id,
+                rules=policy.rules,
+                text=text,
+                surveyed=case.resolution is None and cause not in case.resolutions_seen
+                and self.surveyed(case, ev.resolved_at),
             )
+        elif isinstance(ev, wire.RequestAccepted):
+            case.expect(ev.resolve_by)
+            self.notify(uow, case, "accepted", cause, ev.accepted_at, {"expected_by": when(ev.resolve_by)})
+        elif isinstance(ev, wire.Assigned):
+            self.notify(uow, case, "assigned", cause, ev.assigned_at, {"expected_by": when(case.expected_by)})
+        elif isinstance(ev, wire.RequestPendingInformation):
+            missing = ", ".join(m.field for m in ev.missing)
+            self.notify(uow, case, "pending_information", cause, ev.pending_at,
+                        {"missing": missing, "complete_by": when(ev.complete_by)})
+        elif isinstance(ev, wire.Closed):
+            self.notify(uow, case, "closed", cause, ev.closed_at, {"closed_basis": ev.basis or ev.reason})
+
+    def subscription(self, uow: UnitOfWork, case: FeedbackCase) -> tuple[str, str, list[str]]:
+        """(template kind, language, steps) of the ticket's channel; SMS in Chinese, the result only, by default."""
+        access = uow.find(ChannelAccess, access_id(case.channel_id)) if case.channel_id else None
+        if access is None:
+            return "sms", "zh", list(DEFAULT_STEPS)
+        return access.template, access.language, access.steps
+
+    def notify(self, uow: UnitOfWork, case: FeedbackCase, step: str, cause: str, at: datetime,
+               values: dict[str, str | None]) -> None:
+        kind, language, steps = self.subscription(uow, case)
+        if step not in steps or not case.callback_url:
+            return
+        nid = notification_id(cause)
+        if uow.find(Notification, nid) is not None:
+            return  # the cause redelivered
+        payload = {"ticket_id": case.ticket_id, **values}
+        uow.add(Notification(
+            id=nid, ticket_id=case.ticket_id, step=step, url=case.callback_url, template=kind, language=language,
+            text=self.feedback.templates.render(kind, language, step, payload), payload=payload, queued_at=at,
+        ))
+
+
+class FollowChannels(EventStoreSink):
+    """Keep a copy of each channel system's live credentials (SHA-256 only), so channels rate with their own."""
+
+    name: ClassVar[str] = "feedback-channels"
+    topics: ClassVar[tuple[Topic, ...]] = (Topic.channels,)
+
+    @classmethod
+    def of(cls, svc: Service[FeedbackApp]) -> FollowChannels:
+        return cls(svc.app)
+
+    def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
+        ev = incoming.event
+        if not isinstance(ev, wire.ChannelEvent):
+            return
+        aid = access_id(ev.channel_id)
+        access = uow.find(ChannelAccess, aid)
+        if access is None:
+            name, kind = (ev.name, ev.kind) if isinstance(ev, wire.ChannelRegistered) else ("", "")
+            access = ChannelAccess(id=aid, channel_id=ev.channel_id, name=name, kind=kind)
+            uow.add(access)
+        if isinstance(ev, wire.ChannelCredentialIssued):
+            access.know(ev.credential_id, ev.token_sha256)
+        elif isinstance(ev, wire.ChannelCredentialRevoked):
+            access.withdraw(ev.credential_id, ev.token_sha256)

@@ -1,8 +1,11 @@
-"""Feedback's in-memory view (the follow-up board) and the timers that read it: webhook delivery, rating windows.
+"""Feedback's in-memory views (the follow-up board, channel credentials) and the timers that read them.
 
-``FollowUps`` follows feedback's own log: the cases waiting for a notification and
-the open rating windows. ``rating_windows`` closes the cases whose window passed;
-``deliver_feedback`` posts the result to the applicant's callback.
+``FollowUps`` follows feedback's own log: the cases waiting for a notification,
+the open rating windows with their reminders, and the reopen counts per ticket,
+technician and service type. ``rating_windows`` reminds and then closes the cases
+whose window passed; ``deliver_feedback`` posts the result to the applicant's
+callback. ``ChannelTokens`` resolves channel systems' credentials from the copies
+feedback keeps of intake's ``channels`` events (SHA-256 only).
 
 Delivery is at-least-once: a case stays on the board until its Notified event
 is saved, so a crash between the POST and the save repeats the POST (receivers
@@ -31,7 +34,8 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from uuid import UUID
 
 import httpx
@@ -39,10 +43,11 @@ import orjson
 from eventsourcing.domain import Aggregate
 
 from tsop_events import outbound
+from tsop_events.auth import Principal, Role, TokenResolver, followed_resolver
 from tsop_events.runtime import Service
 from tsop_events.store import LogFollower
 from tsop_feedback import commands
-from tsop_feedback.domain import FeedbackCase
+from tsop_feedback.domain import ChannelAccess, FeedbackCase, Notification
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +61,135 @@ class FollowUps(LogFollower):
         super().__init__(app)
         self.to_notify: set[UUID] = set()
         self.windows: dict[UUID, datetime] = {}
+        self.unreminded: dict[UUID, tuple[datetime, datetime]] = {}  # (resolved at, due) until reminded
+        self.service_types: dict[UUID, str | None] = {}
+        self.customers: dict[UUID, str] = {}  # case → customer
+        self.asked: dict[str, list[datetime]] = {}  # customer → when they were asked to rate (fatigue caps)
+        self.reopens: Counter[UUID] = Counter()
+        self.reopens_by_technician: Counter[str] = Counter()
+        self.reopens_by_type: Counter[str] = Counter()
+        # step notifications: pending ones (attempts so far, when last tried, where), and the given-up ones
+        self.notifications: dict[UUID, Pending] = {}
+        self.dead_notifications: dict[UUID, str] = {}  # id → ticket
+        self.notifications_of: dict[str, list[UUID]] = {}  # ticket → its notifications, in order
 
     def apply(self, e: Aggregate.Event) -> None:
-        if isinstance(e, FeedbackCase.ResolutionNoted):
-            self.to_notify.add(e.originator_id)
-            self.windows[e.originator_id] = e.rating_due_at
+        cid = e.originator_id
+        if isinstance(e, Notification.Event):
+            self._notification(e)
+        elif isinstance(e, FeedbackCase.Opened):
+            self.service_types[cid] = e.service_type
+            if e.customer_id:
+                self.customers[cid] = e.customer_id
+        elif isinstance(e, FeedbackCase.ResolutionNoted):
+            self.to_notify.add(cid)
+            self.windows[cid] = e.rating_due_at
+            if e.surveyed:
+                self.unreminded[cid] = (e.resolved_at, e.rating_due_at)
+                if cid in self.customers:
+                    self.asked.setdefault(self.customers[cid], []).append(e.resolved_at)
         elif isinstance(
             e, FeedbackCase.Notified | FeedbackCase.NotificationAbandoned | FeedbackCase.NotifiedAfterClosure
         ):
-            self.to_notify.discard(e.originator_id)
-        elif isinstance(e, FeedbackCase.Closed):
-            self.windows.pop(e.originator_id, None)
+            self.to_notify.discard(cid)
+        elif isinstance(e, FeedbackCase.RatingReminded):
+            self.unreminded.pop(cid, None)
+        elif isinstance(e, FeedbackCase.Closed | FeedbackCase.Reopened):
+            self.windows.pop(cid, None)
+            self.unreminded.pop(cid, None)
+            if isinstance(e, FeedbackCase.Reopened):
+                self.to_notify.discard(cid)
+                self.reopens[cid] += 1
+                self.reopens_by_technician[e.technician_id or "unknown"] += 1
+                self.reopens_by_type[self.service_types.get(cid) or "unknown"] += 1
+
+    def _notification(self, e: Notification.Event) -> None:
+        nid = e.originator_id
+        if isinstance(e, Notification.Queued):
+            self.notifications[nid] = Pending(e.url, 0, None)
+            self.notifications_of.setdefault(e.ticket_id, []).append(nid)
+        elif isinstance(e, Notification.Attempted):
+            if e.ok:
+                self.notifications.pop(nid, None)
+            elif nid in self.notifications:
+                p = self.notifications[nid]
+                p.attempts, p.last_at = e.attempt, e.at
+        elif isinstance(e, Notification.GivenUp):
+            self.notifications.pop(nid, None)
+            for ticket, ids in self.notifications_of.items():
+                if nid in ids:
+                    self.dead_notifications[nid] = ticket
+                    break
 
     def due(self, now: datetime) -> list[UUID]:
         with self.lock:
             return [cid for cid, due in self.windows.items() if due < now]
+
+    def reminders_due(self, now: datetime, share: float) -> list[UUID]:
+        """Open windows past ``share`` of their length whose customer was not reminded yet."""
+        with self.lock:
+            return [cid for cid, (start, due) in self.unreminded.items() if start + (due - start) * share <= now < due]
+
+    def asked_of(self, customer_id: str | None) -> list[datetime]:
+        """When this customer was asked to rate (for the fatigue cap)."""
+        with self.lock:
+            return list(self.asked.get(customer_id or "", []))
+
+    def reopen_counts(self) -> tuple[int, dict[str, int], dict[str, int]]:
+        """(all reopens, per technician who resolved it, per service type)."""
+        with self.lock:
+            return (sum(self.reopens.values()), dict(self.reopens_by_technician), dict(self.reopens_by_type))
+
+
+@dataclass
+class Pending:
+    url: str
+    attempts: int
+    last_at: datetime | None
+
+
+class ChannelTokens(LogFollower):
+    """Channel systems' live credentials by token hash, from feedback's copies of intake's channel events."""
+
+    def __init__(self, app: commands.FeedbackApp) -> None:
+        super().__init__(app)
+        self.names: dict[str, str] = {}  # channel id → name
+        self.kinds: dict[str, str] = {}
+        self.tokens: dict[str, tuple[str, str]] = {}  # token hash → (channel id, credential id)
+        self.by_access: dict[UUID, str] = {}  # ChannelAccess id → channel id
+
+    def apply(self, e: Aggregate.Event) -> None:
+        if isinstance(e, ChannelAccess.Known):
+            self.by_access[e.originator_id] = e.channel_id
+            self.names[e.channel_id] = e.name
+            self.kinds[e.channel_id] = e.kind
+        elif isinstance(e, ChannelAccess.CredentialKnown):
+            self.tokens[e.token_hash] = (self.by_access[e.originator_id], e.credential_id)
+        elif isinstance(e, ChannelAccess.CredentialWithdrawn):
+            self.tokens.pop(e.token_hash, None)
+
+    def principal(self, token_hash: str) -> Principal | None:
+        with self.lock:
+            found = self.tokens.get(token_hash)
+            if found is None:
+                return None
+            channel_id, credential_id = found
+            return Principal(f"channel:{self.names.get(channel_id) or channel_id}", frozenset({Role.channel}),
+                             channel_id=channel_id,
+                             attributes={"kind": self.kinds.get(channel_id), "credential_id": credential_id})
+
+
+async def follow_channels(svc: Service[commands.FeedbackApp], every: float = 0.5) -> None:
+    """Keep the channel credentials current: a revocation is refused here within ``every`` seconds of reading it."""
+    while True:
+        await asyncio.to_thread(svc.app.channels.refresh)
+        await asyncio.sleep(every)
+
+
+def channel_tokens(svc: Service[commands.FeedbackApp]) -> TokenResolver:
+    """Registered channel systems' credentials, as intake announced them (hashes only; revocable)."""
+    view = svc.app.channels
+    return followed_resolver(view.principal, view.refresh)
 
 
 async def rating_windows(svc: Service[commands.FeedbackApp]) -> None:
@@ -94,6 +213,8 @@ def webhook_body(case: FeedbackCase) -> bytes:
             "resolution_code": case.resolution["resolution_code"],
             "advice": case.resolution["advice"],
             "rating_due_at": case.rating_due_at.isoformat(),
+            "text": case.resolution_text,
+            "rating_requested": case.surveyed,
         }
     )
 
@@ -265,4 +386,143 @@ async def deliver_feedback(svc: Service[commands.FeedbackApp], secret: str) -> N
     async with outbound.client(deliverer.timeout) as client:
         while True:
             if not await deliverer.run_once(client):
+                await asyncio.sleep(0.05)
+
+
+# ---------------------------------------------------------------- step notifications
+
+
+class Notifier:
+    """Posts the queued step notifications, each its own task; every attempt and its outcome is recorded.
+
+    What is pending, how often it was tried and when comes from the log (``FollowUps``), so a restarted
+    process resumes where the last one stopped, with the attempts already made counted (the back-off
+    runs from the last recorded attempt). At most ``per_host`` at once per receiving host and ``capacity``
+    in all: a slow or failing receiver never delays the others.
+    """
+
+    def __init__(
+        self,
+        svc: Service[commands.FeedbackApp],
+        secret: str,
+        guard: outbound.OutboundGuard | None = None,
+        policy: outbound.RetryPolicy | None = None,
+        *,
+        timeout: float = 5.0,
+        capacity: int = 200,
+        per_host: int = 8,
+        dead: Callable[[Notification], Awaitable[None]] | None = None,
+    ) -> None:
+        self.svc, self.secret, self.timeout = svc, secret, timeout
+        self.guard = guard or outbound.guard_for(None)
+        self.policy = policy or outbound.RetryPolicy()
+        self.capacity, self.per_host, self.dead = capacity, per_host, dead
+        self.inflight: dict[UUID, asyncio.Task[None]] = {}
+        self.hosts: Counter[str] = Counter()
+        self.delays: dict[tuple[UUID, int], float] = {}  # (id, attempts) → the back-off drawn for the next try
+
+    def _due(self, nid: UUID, p: Pending, now: datetime) -> bool:
+        if p.last_at is None:
+            return True
+        key = (nid, p.attempts)
+        if key not in self.delays:
+            self.delays[key] = self.policy.delay(p.attempts) or 0.0
+        return now >= p.last_at + timedelta(seconds=self.delays[key])
+
+    async def run_once(self, client: httpx.AsyncClient) -> int:
+        """Start the due deliveries there is room for; how many started."""
+        follow_ups = self.svc.app.follow_ups
+        await asyncio.to_thread(follow_ups.refresh)
+        now = self.svc.app.clock.now()
+        with follow_ups.lock:
+            todo = [(nid, p.url) for nid, p in follow_ups.notifications.items()
+                    if nid not in self.inflight and self._due(nid, p, now)]
+        started = 0
+        for nid, url in todo:
+            if len(self.inflight) >= self.capacity:
+                break
+            host = normal_host(url)
+            if self.hosts[host] >= self.per_host:
+                continue  # that receiver is busy: later, without counting an attempt
+            self.hosts[host] += 1
+            task = asyncio.create_task(self._deliver(client, nid, host))
+            self.inflight[nid] = task
+            started += 1
+        return started
+
+    async def drain(self, client: httpx.AsyncClient, timeout: float = 30.0) -> None:
+        """Run until nothing is pending or in flight (tests)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            await self.run_once(client)
+            if self.inflight:
+                await asyncio.wait(list(self.inflight.values()), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            follow_ups = self.svc.app.follow_ups
+            await asyncio.to_thread(follow_ups.refresh)
+            if not follow_ups.notifications:
+                return
+            await asyncio.sleep(0.01)
+
+    async def _deliver(self, client: httpx.AsyncClient, nid: UUID, host: str) -> None:
+        try:
+            n = await commands.load_notification(self.svc, nid)
+            if n.delivered or n.dead:
+                return
+            body = orjson.dumps({"ticket_id": n.ticket_id, "step": n.step, "text": n.text, "template": n.template,
+                                 "language": n.language, **n.payload})
+            status: int | None = None
+            error: str | None = None
+            final = False
+            try:
+                resp = await self.guard.post(
+                    client, n.url, content=body,
+                    headers={"content-type": "application/json", "X-TSOP-Signature": sign(self.secret, body),
+                             "X-TSOP-Delivery": str(nid), "X-TSOP-Step": n.step},
+                    timeout=self.timeout,
+                )
+                status = resp.status_code
+                if not 200 <= status < 300:
+                    error = f"HTTP {status}: {resp.text[:300]}"
+            except outbound.Unresolved as exc:
+                error = exc.reason
+            except outbound.Refused as exc:  # where the URL leads now is not allowed: no retry helps
+                outbound.OUTBOUND_REFUSED.labels("notification", "delivery").inc()
+                error, final = f"refused: {exc.reason}", True
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            outcome = "ok" if error is None else "retry"
+            n = await commands.record_attempt(self.svc, nid, error is None, status, error,
+                                              self.policy.max_attempts, final)
+            if n.dead:
+                outcome = "dead"
+                if self.dead is not None:
+                    await self.dead(n)
+            outbound.OUTBOUND_ATTEMPTS.labels("notification", outcome).inc()
+        except Exception:  # never stop the notifier; the notification stays pending and is tried again
+            log.exception("notification %s failed unexpectedly", nid)
+            await asyncio.sleep(1.0)
+        finally:
+            self.inflight.pop(nid, None)
+            self.hosts[host] -= 1
+            if self.hosts[host] <= 0:
+                del self.hosts[host]
+
+
+async def deliver_notifications(svc: Service[commands.FeedbackApp], secret: str) -> None:
+    """The step-notification worker: posts each pending notification, signed with ``secret``."""
+    settings = svc.settings
+
+    async def dead(n: Notification) -> None:
+        await outbound.dead_letter(
+            svc.producer, settings, purpose="notification", key=str(n.id), url=n.url,
+            payload=n.text, attempts=n.attempts, error=n.last_error or "failed", subject=n.ticket_id,
+        )
+
+    notifier = Notifier(svc, secret, outbound.guard_for(settings), outbound.RetryPolicy.from_settings(settings),
+                        dead=dead)
+    async with outbound.client(notifier.timeout) as client:
+        while True:
+            if not await notifier.run_once(client):
                 await asyncio.sleep(0.05)

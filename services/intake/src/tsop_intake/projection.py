@@ -24,11 +24,14 @@ STATUS_OF: dict[str, str] = {
     wire.Resolved.event_type: "resolved",
     wire.FeedbackSent.event_type: "feedback_sent",
     wire.Rated.event_type: "rated",
+    wire.Reopened.event_type: "reopened",
     wire.Closed.event_type: "closed",
     wire.Archived.event_type: "archived",
     wire.RequestCancelled.event_type: "cancelled",
 }
 RANK = {status: i for i, status in enumerate(dict.fromkeys(STATUS_OF.values()))}
+# a reopened ticket is worked again: it shows as reopened (not final) until it is closed; the work in between
+# (assigned, resolved, rated again) ranks below it and leaves the status as is
 # no longer open: a new application for the same customer, type and location is not its duplicate
 FINISHED = frozenset({"resolved", "feedback_sent", "rated", "closed", "archived", "cancelled"})
 

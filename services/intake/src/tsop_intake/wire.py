@@ -1,8 +1,10 @@
 """Intake's domain events on the wire: one row per event that leaves the service.
 
 A wire field takes the domain event's attribute of the same name; only the real
-differences are written out. The channel registry's events (ChannelSystem.*)
-stay inside intake.
+differences are written out. The channel registry's registrations and
+credentials go to the ``channels`` topic (only a credential's SHA-256, never the
+token), so other services (feedback) know a channel's caller; its settings stay
+inside intake.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def _attributes(e: ServiceRequest.Submitted) -> dict[str, Json]:
 
 
 TICKET: dict[str, Source] = {"ticket_id": _ticket}
+CHANNEL: dict[str, Source] = {"channel_id": _ticket}
 
 WIRE = (
     WireMap()
@@ -37,4 +40,9 @@ WIRE = (
     .add(ServiceRequest.Linked, wire.RequestLinked, fields=TICKET)
     .add(ServiceRequest.Updated, wire.RequestUpdated, fields=TICKET)
     .add(ServiceRequest.Cancelled, wire.RequestCancelled, fields=TICKET)
+    .add(ChannelSystem.Registered, wire.ChannelRegistered, fields=CHANNEL)
+    .add(ChannelSystem.CredentialIssued, wire.ChannelCredentialIssued,
+         fields={**CHANNEL, "token_sha256": "token_hash"})
+    .add(ChannelSystem.CredentialRevoked, wire.ChannelCredentialRevoked,
+         fields={**CHANNEL, "token_sha256": "token_hash"})
 )

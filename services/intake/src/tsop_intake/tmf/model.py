@@ -88,7 +88,7 @@ RELEVANT: frozenset[str] = frozenset(
         wire.RequestSubmitted, wire.RequestAccepted, wire.RequestRejected, wire.RequestPendingInformation,
         wire.RequestUpdated, wire.RequestQueuedForReview, wire.RequestLinked, wire.RequestCancelled,
         wire.AssignmentAccepted, wire.WorkStarted, wire.WorkLogged, wire.WorkPaused, wire.WorkResumed,
-        wire.Resolved, wire.Closed,
+        wire.Resolved, wire.Reopened, wire.Closed,
     )
 )
 
@@ -122,6 +122,11 @@ def status_change(event: wire.WireEvent, current: str | None) -> StatusChange | 
             new = (event.kind, event.reason, event.paused_at)
         case wire.Resolved():
             new = ("resolved", f"{event.resolution_code}: {event.summary}", event.resolved_at)
+        case wire.Reopened():
+            # TMF621's reopening: back to acknowledged (also from closed, within the operator's reopen period)
+            if current in ("resolved", "closed"):
+                return StatusChange("acknowledged", f"reopened ({event.reason_code}): {event.reason}",
+                                    event.reopened_at)
         case wire.Closed():
             new = ("closed", event.reason.replace("_", " "), event.closed_at)
     if new is None or new[0] == current or not can_move(current, new[0]):

@@ -1,0 +1,545 @@
+"""The archive as evidence (§7.2, §7.4): the whole-archive chain, signed checkpoints, retention and legal
+hold, and past states. Pure: no I/O.
+
+**The chain.** Every record the archive stores has a *record hash* (SHA-256 of its stored form, computed
+by PostgreSQL, see ``projection``) and a *link*: ``link(n) = SHA-256(link(n-1) ‖ record_hash(n))`` in the
+order of the store's sequence, starting from 32 zero bytes. The chain runs over record hashes, not bodies,
+so a body that retention drops or anonymises leaves its hash and its link in place: the chain still
+verifies across it, and the record is reported as *expired*, not broken.
+
+**Checkpoints.** Every so often the archive signs (Ed25519) the link it has reached; an auditor holding the
+published public key checks offline that the archive has not been rewritten since, even by someone able to
+recompute every link.
+
+**Retention.** Each record belongs to a class (service records, work logs, complaints); personal data is a
+class of *fields* within records. A class's period counts from the end of the matter (a ticket's final
+event; otherwise the record's own time). A record past its period is expired (its body purged, or its
+personal fields anonymised) unless a legal hold covers its ticket, its customer or its incident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal, NamedTuple
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from tsop_events import schemas as wire
+from tsop_events.envelope import derived_id
+from tsop_events.errors import Conflict, Invalid
+
+GENESIS = bytes(32)
+"""The link before the first record."""
+
+
+def link(previous: bytes, record_hash: bytes) -> bytes:
+    """The next link of the chain."""
+    return hashlib.sha256(previous + record_hash).digest()
+
+
+def chain(previous: bytes, record_hashes: Iterable[bytes]) -> list[bytes]:
+    """The links of consecutive records, after ``previous``."""
+    out: list[bytes] = []
+    sha = hashlib.sha256
+    for h in record_hashes:
+        previous = sha(previous + h).digest()
+        out.append(previous)
+    return out
+
+
+# --------------------------------------------------------------------------- verification
+
+
+class RowState(StrEnum):
+    """What the store says of one position of the chain (see ``projection.VERIFY``)."""
+
+    intact = "intact"  # the record's stored form still hashes to its record hash
+    expired = "expired"  # its body was dropped or anonymised by a recorded expiry, and matches that expiry
+    altered = "altered"  # the stored form no longer hashes to the record hash
+    missing = "missing"  # a link names a record the store no longer holds
+    unchained = "unchained"  # a record below the chained horizon that no link covers
+
+
+class ChainRow(NamedTuple):
+    """One position of the chain as the store answers it (``projection.verify_rows``)."""
+
+    seq: int
+    record_hash: bytes | None  # None: unchained
+    link: bytes | None
+    state: str  # a RowState
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed statement: the chain had reached ``link`` at record ``upto_seq``, after ``count`` records."""
+
+    number: int
+    upto_seq: int
+    count: int
+    link: bytes
+    at: datetime
+    key_id: str
+    signature: bytes
+
+    def message(self) -> bytes:
+        return checkpoint_message(self.upto_seq, self.count, self.link, self.at)
+
+
+def checkpoint_message(upto_seq: int, count: int, link_: bytes, at: datetime) -> bytes:
+    """The bytes a checkpoint signs; an auditor rebuilds them from the published checkpoint."""
+    return f"tsop-archive-checkpoint/v1|{upto_seq}|{count}|{link_.hex()}|{at.isoformat()}".encode()
+
+
+def key_id(public_key: bytes) -> str:
+    """A public key's name: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Break:
+    """The first broken link: where, and why."""
+
+    seq: int
+    reason: str
+
+    def view(self) -> dict[str, Any]:
+        return {"seq": self.seq, "reason": self.reason}
+
+
+@dataclass
+class Verification:
+    """What a pass over part of the chain found. ``broken`` is the first break (the pass stops there)."""
+
+    from_seq: int
+    to_seq: int
+    checked: int = 0
+    intact: int = 0
+    expired: int = 0
+    checkpoints: int = 0
+    last_link: bytes = GENESIS
+    broken: Break | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.broken is None
+
+
+class ChainVerifier:
+    """Recomputes the links over rows in sequence order, checking each stored link and record state.
+
+    Feed rows with ``feed`` (in batches, in order); checkpoints are checked when the pass reaches their
+    position: the recomputed link must equal the signed one, and the signature must hold (``check_sig``).
+    """
+
+    def __init__(
+        self, from_seq: int, to_seq: int, previous: bytes, checkpoints: Sequence[Checkpoint],
+        check_sig: Callable[[Checkpoint], bool],
+    ) -> None:
+        self.result = Verification(from_seq, to_seq, last_link=previous)
+        self._cps = {c.upto_seq: c for c in checkpoints}
+        self._check_sig = check_sig
+
+    def feed(self, rows: Iterable[Sequence[Any]]) -> bool:
+        """Rows are (seq, record_hash, link, state) in sequence order. False once a break is found."""
+        r = self.result
+        if r.broken is not None:
+            return False
+        prev, checked, expired = r.last_link, 0, 0
+        sha, cps = hashlib.sha256, self._cps
+        for seq, record_hash, stored_link, state in rows:
+            if state == "intact" or state == "expired":
+                prev = sha(prev + record_hash).digest()
+                if prev != stored_link:
+                    r.broken = Break(seq, "link altered: the stored link is not the hash of the link before it "
+                                          "and the record's hash")
+                    break
+                checked += 1
+                if state == "expired":
+                    expired += 1
+            else:
+                r.broken = Break(seq, _REASONS.get(state, f"unknown state {state}"))
+                break
+            if seq in cps:
+                cp = cps[seq]
+                if cp.link != prev:
+                    r.broken = Break(seq, f"checkpoint {cp.number} disagrees: the chain was rewritten up to here")
+                    break
+                if not self._check_sig(cp):
+                    r.broken = Break(seq, f"checkpoint {cp.number}: its signature does not hold")
+                    break
+                r.checkpoints += 1
+        r.checked += checked
+        r.expired += expired
+        r.intact += checked - expired
+        r.last_link = prev
+        return r.broken is None
+
+
+_REASONS = {
+    RowState.altered: "record altered: its stored form no longer hashes to its record hash",
+    RowState.missing: "record missing: the chain links a record the store no longer holds",
+    RowState.unchained: "record not in the chain: it sits below the chained horizon, unlinked",
+}
+
+
+# --------------------------------------------------------------------------- retention
+
+
+class RecordClass(StrEnum):
+    service_records = "service_records"
+    personal_data = "personal_data"
+    work_logs = "work_logs"
+    complaints = "complaints"
+
+
+ExpiryAction = Literal["purged", "anonymised"]
+
+DEFAULT_DAYS: dict[RecordClass, int] = {
+    RecordClass.service_records: 3 * 365,
+    RecordClass.personal_data: 365,
+    RecordClass.work_logs: 3 * 365,
+    RecordClass.complaints: 3 * 365,
+}
+"""Until the operator says otherwise (``PUT /v1/retention/{class}``)."""
+
+WORK_LOG_TYPES = frozenset({
+    wire.WorkStarted.event_type, wire.WorkLogged.event_type, wire.WorkPaused.event_type, wire.WorkResumed.event_type,
+})
+
+PERSONAL_FIELDS = frozenset({
+    "customer_id", "description", "special_needs", "callback_url", "location", "details", "attributes",
+    "channel_request_ref", "name", "contact", "address", "phone", "email", "comment", "notes", "text",
+})
+"""Fields that carry a customer's personal data (identity, contact, address, free text they wrote)."""
+
+ANONYMISED = "[anonymised]"
+
+
+def record_class(topic: str, event_type: str, prefix: str) -> RecordClass:
+    """The class a whole record belongs to."""
+    if topic == f"{prefix}complaints":
+        return RecordClass.complaints
+    if event_type in WORK_LOG_TYPES:
+        return RecordClass.work_logs
+    return RecordClass.service_records
+
+
+def has_personal_data(data: Any) -> bool:
+    """Whether a body holds a personal field with something in it (also inside ``changes``)."""
+    if not isinstance(data, dict):
+        return False
+    if any(k in PERSONAL_FIELDS and v not in (None, "", [], {}, ANONYMISED) for k, v in data.items()):
+        return True
+    return has_personal_data(data.get("changes"))
+
+
+def anonymise(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The body without a customer's personal data: those fields (also inside ``changes``) say so instead."""
+    out = {k: (ANONYMISED if k in PERSONAL_FIELDS and v not in (None, "", [], {}) else v) for k, v in data.items()}
+    changes = out.get("changes")
+    if isinstance(changes, dict):
+        out["changes"] = anonymise(changes)
+    return out
+
+
+class HoldKind(StrEnum):
+    ticket = "ticket"
+    customer = "customer"
+    incident = "incident"
+
+
+@dataclass(frozen=True)
+class Matter:
+    """What retention needs to know of one key's records (a ticket, or another record key)."""
+
+    key: str
+    is_ticket: bool
+    ended_at: datetime | None  # a ticket's final event; None while open
+    customer_ids: frozenset[str] = frozenset()
+    incident_ids: frozenset[str] = frozenset()
+
+
+def held(m: Matter, holds: Mapping[HoldKind, frozenset[str]]) -> bool:
+    """Whether a legal hold covers this matter: its ticket (or key), its customer or its incident."""
+    return (
+        m.key in holds.get(HoldKind.ticket, frozenset())
+        or bool(m.customer_ids & holds.get(HoldKind.customer, frozenset()))
+        or bool(m.incident_ids & holds.get(HoldKind.incident, frozenset()))
+        or (not m.is_ticket and m.key in holds.get(HoldKind.incident, frozenset()))
+    )
+
+
+def expires_at(m: Matter, record_time: datetime, days: int) -> datetime | None:
+    """When a record of this matter expires: ``days`` after the ticket ended (never while it is open), or
+    after the record's own time when it belongs to no ticket."""
+    if m.is_ticket:
+        return None if m.ended_at is None else m.ended_at + timedelta(days=days)
+    return record_time + timedelta(days=days)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A stored record retention may act on."""
+
+    seq: int
+    event_id: str
+    topic: str
+    event_type: str
+    time: datetime
+    personal: bool  # its body holds personal fields
+    anonymised: bool  # already anonymised
+
+
+@dataclass(frozen=True)
+class Due:
+    seq: int
+    event_id: str
+    record_class: RecordClass
+    action: ExpiryAction
+
+
+def due_expiries(
+    m: Matter, records: Iterable[Candidate], periods: Mapping[RecordClass, int],
+    holds: Mapping[HoldKind, frozenset[str]], now: datetime, prefix: str,
+) -> list[Due]:
+    """What must expire now of one matter's records: a record past its class's period is purged; before that,
+    once personal data is past its own (shorter) period, its personal fields are anonymised. Nothing while a
+    legal hold covers the matter."""
+    if held(m, holds):
+        return []
+    out: list[Due] = []
+    for r in records:
+        cls = record_class(r.topic, r.event_type, prefix)
+        whole = expires_at(m, r.time, periods.get(cls, DEFAULT_DAYS[cls]))
+        if whole is not None and whole <= now:
+            out.append(Due(r.seq, r.event_id, cls, "purged"))
+            continue
+        if r.personal and not r.anonymised:
+            personal = expires_at(m, r.time, periods.get(RecordClass.personal_data,
+                                                        DEFAULT_DAYS[RecordClass.personal_data]))
+            if personal is not None and personal <= now:
+                out.append(Due(r.seq, r.event_id, RecordClass.personal_data, "anonymised"))
+    return out
+
+
+class RetentionPolicy(Aggregate):
+    """The operator's retention periods, one per record class; every change is an event."""
+
+    class Created(Aggregate.Created):
+        pass
+
+    class PeriodSet(Aggregate.Event):
+        record_class: str
+        days: int
+        set_by: str
+        reason: str
+        at: datetime
+
+    @event(Created)
+    def __init__(self, id: UUID) -> None:  # noqa: A002 - the derived id
+        self.days: dict[str, int] = {}
+
+    @event(PeriodSet)
+    def set_period(self, record_class: str, days: int, set_by: str, reason: str, at: datetime) -> None:
+        self.days[record_class] = days
+
+    def periods(self) -> dict[RecordClass, int]:
+        return {c: self.days.get(c.value, DEFAULT_DAYS[c]) for c in RecordClass}
+
+
+POLICY_ID = derived_id("retention-policy", "archive")
+
+MAX_DAYS = 100 * 365
+
+
+def check_period(days: int) -> None:
+    if not 1 <= days <= MAX_DAYS:
+        raise Invalid(f"must be between 1 and {MAX_DAYS} days", "days")
+
+
+class LegalHold(Aggregate):
+    """A legal hold on a ticket, a customer or an incident: placed and released by recorded decisions."""
+
+    class Placed(Aggregate.Created):
+        kind: str
+        subject: str
+        placed_by: str
+        reason: str
+        at: datetime
+
+    class Released(Aggregate.Event):
+        released_by: str
+        reason: str
+        at: datetime
+
+    class PlacedAgain(Aggregate.Event):
+        placed_by: str
+        reason: str
+        at: datetime
+
+    @event(Placed)
+    def __init__(
+        self, id: UUID, kind: str, subject: str, placed_by: str, reason: str, at: datetime  # noqa: A002
+    ) -> None:
+        self.kind, self.subject = kind, subject
+        self.active = True
+        self.history: list[dict[str, Any]] = [
+            {"action": "placed", "by": placed_by, "reason": reason, "at": at.isoformat()}
+        ]
+
+    @event(Released)
+    def _released(self, released_by: str, reason: str, at: datetime) -> None:
+        self.active = False
+        self.history.append({"action": "released", "by": released_by, "reason": reason, "at": at.isoformat()})
+
+    @event(PlacedAgain)
+    def _placed_again(self, placed_by: str, reason: str, at: datetime) -> None:
+        self.active = True
+        self.history.append({"action": "placed", "by": placed_by, "reason": reason, "at": at.isoformat()})
+
+    def release(self, by: str, reason: str, at: datetime) -> None:
+        if not self.active:
+            raise Conflict(f"no legal hold is in force on {self.kind} {self.subject}")
+        self._released(by, reason, at)
+
+    def place_again(self, by: str, reason: str, at: datetime) -> None:
+        if self.active:
+            raise Conflict(f"a legal hold is already in force on {self.kind} {self.subject}")
+        self._placed_again(by, reason, at)
+
+
+def hold_subject(kind: HoldKind, subject: str) -> str:
+    """How a hold's subject is looked up: customers by a hash of their id (records may no longer hold the id
+    itself once anonymised), tickets and incidents by id."""
+    return customer_ref(subject) if kind is HoldKind.customer else subject
+
+
+def customer_ref(customer_id: str) -> str:
+    return hashlib.sha256(f"customer:{customer_id}".encode()).hexdigest()
+
+
+def hold_id(kind: HoldKind, subject: str) -> UUID:
+    """The hold's id, from its kind and its looked-up subject (``hold_subject``)."""
+    return derived_id("legal-hold", kind.value, subject)
+
+
+class Expiry(Aggregate):
+    """Retention acted on records of one matter: which, of which class, how (purged or anonymised).
+
+    One per (matter, class, action): the event store refuses a second decision, and a restart re-applies a
+    decision recorded but not yet applied to the store."""
+
+    class Recorded(Aggregate.Created):
+        key: str
+        record_class: str
+        action: str
+        seqs: list[int]
+        event_ids: list[str]
+        days: int
+        at: datetime
+        witnesses: dict[str, list[str]] | None = None
+        is_ticket: bool = False
+
+    @event(Recorded)
+    def __init__(
+        self, id: UUID, key: str, record_class: str, action: str, seqs: list[int],  # noqa: A002
+        event_ids: list[str], days: int, at: datetime, witnesses: dict[str, list[str]] | None = None,
+        is_ticket: bool = False,
+    ) -> None:
+        self.key, self.record_class, self.action, self.is_ticket = key, record_class, action, is_ticket
+        self.seqs, self.event_ids, self.days, self.at = seqs, event_ids, days, at
+        self.witnesses = witnesses or {}
+
+
+def expiry_id(key: str, record_class: str, action: str, first_seq: int) -> UUID:
+    return derived_id("expiry", key, record_class, action, str(first_seq))
+
+
+# --------------------------------------------------------------------------- time travel
+
+STATUS_OF: dict[str, str] = {
+    wire.RequestSubmitted.event_type: "submitted",
+    wire.RequestPendingInformation.event_type: "pending_information",
+    wire.RequestQueuedForReview.event_type: "in_review",
+    wire.RequestAccepted.event_type: "accepted",
+    wire.RequestRejected.event_type: "rejected",
+    wire.RequestLinked.event_type: "linked",
+    wire.RequestCancelled.event_type: "cancelled",
+    wire.Assigned.event_type: "assigned",
+    wire.AssignmentDeclined.event_type: "accepted",
+    wire.AssignmentAccepted.event_type: "assignment_accepted",
+    wire.WorkStarted.event_type: "in_progress",
+    wire.WorkPaused.event_type: "paused",
+    wire.WorkResumed.event_type: "in_progress",
+    wire.Resolved.event_type: "resolved",
+    wire.Closed.event_type: "closed",
+}
+"""A ticket's status after each event of its life (events not named leave it as it was)."""
+
+ENDED = frozenset({"rejected", "linked", "cancelled", "closed"})
+KEPT = ("service_type", "region", "priority", "customer_tier", "technician_id", "work_order_id",
+        "resolution_code", "score", "reason_code")
+
+
+@dataclass
+class TicketState:
+    """A ticket as it stood: its status, what its events said, and how many of them it had seen."""
+
+    ticket_id: str
+    status: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    events: int = 0
+    last_event_id: str | None = None
+    last_event_at: datetime | None = None
+    opened_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.status is not None and self.status not in ENDED
+
+    def apply(self, event_id: str, event_type: str, at: datetime, data: Any) -> None:
+        self.events += 1
+        self.last_event_id, self.last_event_at = event_id, at
+        status = STATUS_OF.get(event_type)
+        if status is not None:
+            self.status = status
+            if status == "submitted" and self.opened_at is None:
+                self.opened_at = at
+            if status in ENDED:
+                self.ended_at = at
+        if isinstance(data, dict):
+            f = self.fields
+            for k in KEPT:
+                v = data.get(k)
+                if v is not None:
+                    f[k] = v
+
+
+def fold(ticket_id: str, events: Iterable[tuple[str, str, datetime, Any]]) -> TicketState:
+    """A ticket's state after the given events (id, type, time, body), in their order."""
+    s = TicketState(ticket_id)
+    for e in events:
+        s.apply(*e)
+    return s
+
+
+class Backlog:
+    """The platform's open tickets, rebuilt from the log: every ticket's state, event by event."""
+
+    def __init__(self) -> None:
+        self.tickets: dict[str, TicketState] = {}
+
+    def apply(self, key: str, event_id: str, event_type: str, at: datetime, data: Any) -> None:
+        s = self.tickets.get(key)
+        if s is None:
+            s = self.tickets[key] = TicketState(key)
+        s.apply(event_id, event_type, at, data)
+
+    def open(self) -> list[TicketState]:
+        return [s for s in self.tickets.values() if s.open]

@@ -1,0 +1,76 @@
+"""The archive-as-evidence settings, and ``verify`` for auditors on the command line.
+
+``python -m tsop_archive.records.main verify [--from SEQ] [--to SEQ] [--public-key PEM ...]`` recomputes the
+whole-archive chain over the range against the archive's database (the ``TSOP_PG_*`` variables, as the
+service reads them), checks every signed checkpoint in it, and names the first broken link. Exit status 0
+when the range verifies, 1 when a link is broken, 2 on a usage error. With ``--public-key`` the checkpoints
+must be signed by one of the keys given (pinned offline), not merely by a key the archive published.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from tsop_events.settings import ServiceSettings
+
+
+class RecordsSettings(ServiceSettings):
+    """What the archive-as-evidence part of the archive reads."""
+
+    archive_signing_key_file: Path | None = None
+    """PEM file of the Ed25519 key that signs the archive's checkpoints; created (mode 0600) when missing.
+    Unset: a new key at each start (its public key is still published at `GET /v1/archive/keys`)."""
+    archive_chain_seconds: float = 0.5
+    """How often new records are linked into the whole-archive chain."""
+    archive_checkpoint_every: int = 10000
+    """Records linked between two signed checkpoints (at most)."""
+    archive_checkpoint_seconds: float = 60.0
+    """Longest time between two signed checkpoints while records arrive."""
+    archive_retention_seconds: float = 60.0
+    """How often retention looks for records past their period (a durable timer: derived from the store)."""
+
+
+async def _verify(args: argparse.Namespace) -> int:
+    from tsop_archive.records.commands import raw_public, verify
+    from tsop_archive.records.domain import key_id
+
+    s = RecordsSettings(service_name=args.service_name)
+    keys = None
+    if args.public_key:
+        raws = [raw_public(Path(p).read_bytes()) for p in args.public_key]
+        keys = {key_id(r): r for r in raws}
+    pool = await asyncpg.create_pool(s.pg_dsn(), min_size=1, max_size=2)
+    try:
+        v = await verify(pool, args.from_seq, args.to_seq, keys)
+    finally:
+        await pool.close()
+    print(json.dumps({
+        "ok": v.ok, "from_seq": v.from_seq, "to_seq": v.to_seq, "checked": v.checked, "intact": v.intact,
+        "expired": v.expired, "checkpoints": v.checkpoints, "last_link": v.last_link.hex(),
+        "broken": v.broken.view() if v.broken else None,
+    }, indent=2))
+    return 0 if v.ok else 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tsop_archive.records.main", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("verify", help="recompute the whole-archive chain and name the first broken link")
+    v.add_argument("--from", dest="from_seq", type=int, default=1)
+    v.add_argument("--to", dest="to_seq", type=int, default=2**62)
+    v.add_argument("--public-key", action="append", default=[], help="a pinned Ed25519 public key (PEM)")
+    v.add_argument("--service-name", default="archive", help="the archive's name (its database tsop_<name>)")
+    args = parser.parse_args(argv)
+    if args.from_seq < 1 or args.to_seq < args.from_seq:
+        parser.error("--from must be at least 1 and --to not below it")
+    sys.exit(asyncio.run(_verify(args)))
+
+
+if __name__ == "__main__":
+    main()

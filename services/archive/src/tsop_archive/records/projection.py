@@ -1,0 +1,478 @@
+"""The archive's evidence in SQL: record hashes, the whole-archive chain, checkpoints, expiries, past states.
+
+**Record hash.** ``archive_record_hash(...)`` (SQL) hashes a record's stored form: every column, the body as
+PostgreSQL holds it (``jsonb`` text, or the raw bytes), times as microseconds since the epoch (so no time
+zone setting changes it). The same function recomputes it when verifying.
+
+**Chain order.** The chain follows ``archive_events.seq``. Consumers insert concurrently, so a lower ``seq``
+may commit after a higher one; the chainer therefore links only up to a *horizon*: once per round it takes a
+SHARE lock on ``archive_events`` for an instant (waiting at most ``LOCK_TIMEOUT`` for the consumers' open
+transactions, else trying again next round), reads ``max(seq)``, and lets go. Every ``seq`` up to it is then
+committed or never will be (sequence values are handed out one at a time, ``CACHE 1``), and every later insert
+gets a higher one. So the chain order is deterministic; consumers wait for the chain at most that instant per
+round, and links are computed afterwards, in batches.
+
+**Append-only.** ``archive_chain``, ``archive_checkpoints``, ``archive_keys`` and ``archive_expiries`` refuse
+UPDATE and DELETE. ``archive_events`` still refuses DELETE always, and UPDATE except one: the body of a record
+whose expiry is recorded in ``archive_expiries`` (in the same transaction), to exactly the form that expiry
+names (its ``after_hash``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from tsop_archive.domain import FINAL
+from tsop_archive.projection import _loads, jsonb_safe
+from tsop_archive.records.domain import (
+    GENESIS,
+    Candidate,
+    Checkpoint,
+    Matter,
+    chain,
+    customer_ref,
+    has_personal_data,
+)
+
+LOCK_TIMEOUT = "200ms"
+CHAIN_LOCK = 0x7453_4F50_6368  # advisory lock: one chainer at a time across instances
+
+
+def hash_sql(a: str, data: str | None = None, raw: str | None = None) -> str:
+    """The record hash of alias ``a``'s row, optionally with another body (``data``, ``raw``)."""
+    return (
+        f"archive_record_hash({a}.seq, {a}.ce_id, {a}.topic, {a}.kafka_partition, {a}.kafka_offset, {a}.key, "
+        f"{a}.ce_type, {a}.ce_source, {a}.ce_time, {a}.correlation_id, {a}.causation_id, "
+        f"{data or f'{a}.data'}, {raw or f'{a}.raw'}, {a}.recovered_from, {a}.stored_at)"
+    )
+
+
+DDL = (
+    # every column, text fields quoted (so no two rows read alike), times as exact epoch seconds (no time zone
+    # setting changes them), then the body: J + its jsonb text, R + its raw bytes, or N when dropped. STABLE
+    # (not IMMUTABLE) so that PostgreSQL inlines it into the query instead of calling it row by row.
+    r"""CREATE OR REPLACE FUNCTION archive_record_hash(
+         seq bigint, ce_id text, topic text, kafka_partition int, kafka_offset bigint, key text, ce_type text,
+         ce_source text, ce_time timestamptz, correlation_id text, causation_id text, data jsonb, raw bytea,
+         recovered_from text, stored_at timestamptz) RETURNS bytea AS $$
+         SELECT sha256(convert_to(concat_ws('|', seq, quote_nullable(ce_id), quote_nullable(topic), kafka_partition,
+             kafka_offset, quote_nullable(key), quote_nullable(ce_type), quote_nullable(ce_source),
+             extract(epoch FROM ce_time), quote_nullable(correlation_id), quote_nullable(causation_id),
+             quote_nullable(recovered_from), extract(epoch FROM stored_at), ''), 'UTF8')
+           || CASE WHEN data IS NOT NULL THEN '\x4a'::bytea || convert_to(data::text, 'UTF8')
+                   WHEN raw IS NOT NULL THEN '\x52'::bytea || raw ELSE '\x4e'::bytea END)
+       $$ LANGUAGE sql STABLE PARALLEL SAFE""",
+    """CREATE TABLE IF NOT EXISTS archive_chain (
+         seq bigint PRIMARY KEY, record_hash bytea NOT NULL, link bytea NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS archive_keys (
+         key_id text PRIMARY KEY, public_key bytea NOT NULL, first_used timestamptz NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS archive_checkpoints (
+         number bigserial PRIMARY KEY, upto_seq bigint NOT NULL UNIQUE, count bigint NOT NULL, link bytea NOT NULL,
+         at timestamptz NOT NULL, key_id text NOT NULL, signature bytea NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS archive_expiries (
+         seq bigint NOT NULL, action text NOT NULL, event_id text NOT NULL, expiry_id uuid NOT NULL,
+         record_class text NOT NULL, matter text NOT NULL, after_hash bytea NOT NULL, at timestamptz NOT NULL,
+         witness_before text, witness_after text, customers text[] NOT NULL DEFAULT '{}',
+         PRIMARY KEY (seq, action))""",
+    "CREATE INDEX IF NOT EXISTS archive_expiries_matter ON archive_expiries (matter)",
+    "CREATE INDEX IF NOT EXISTS archive_events_type ON archive_events (ce_type, ce_time)",
+    *(
+        f"""DO $$ BEGIN
+              CREATE TRIGGER {t}_no_change BEFORE UPDATE OR DELETE ON {t}
+              FOR EACH ROW EXECUTE FUNCTION archive_events_immutable();
+            EXCEPTION WHEN duplicate_object THEN NULL; END $$"""
+        for t in ("archive_chain", "archive_keys", "archive_checkpoints", "archive_expiries")
+    ),
+    # archive_events: DELETE never; UPDATE only to the body a recorded expiry names
+    f"""CREATE OR REPLACE FUNCTION archive_events_guard() RETURNS trigger AS $$
+       BEGIN
+         IF TG_OP = 'UPDATE'
+            AND (NEW.seq, NEW.ce_id, NEW.topic, NEW.kafka_partition, NEW.kafka_offset, NEW.key, NEW.ce_type,
+                 NEW.ce_source, NEW.ce_time, NEW.correlation_id, NEW.causation_id, NEW.recovered_from, NEW.stored_at)
+                IS NOT DISTINCT FROM
+                (OLD.seq, OLD.ce_id, OLD.topic, OLD.kafka_partition, OLD.kafka_offset, OLD.key, OLD.ce_type,
+                 OLD.ce_source, OLD.ce_time, OLD.correlation_id, OLD.causation_id, OLD.recovered_from, OLD.stored_at)
+            AND EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = NEW.seq AND x.after_hash = {hash_sql('NEW')})
+         THEN RETURN NEW; END IF;
+         RAISE EXCEPTION 'the archive is append-only (a body changes only by a recorded expiry)';
+       END $$ LANGUAGE plpgsql""",
+    """CREATE OR REPLACE TRIGGER archive_events_no_change BEFORE UPDATE OR DELETE ON archive_events
+       FOR EACH ROW EXECUTE FUNCTION archive_events_guard()""",
+)
+
+
+# --------------------------------------------------------------------------- the chain
+
+
+async def horizon(pool: asyncpg.Pool) -> int | None:
+    """The highest ``seq`` below which every record is committed for good; None if the lock was not had."""
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                await conn.execute("LOCK TABLE archive_events IN SHARE MODE")
+                return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM archive_events"))
+        except asyncpg.LockNotAvailableError:
+            return None
+
+
+async def chain_pending(pool: asyncpg.Pool, batch: int = 50_000) -> int:
+    """Link every record up to the horizon that is not linked yet; return how many were linked."""
+    top = await horizon(pool)
+    if top is None:
+        return 0
+    linked = 0
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK)
+        last = await conn.fetchrow("SELECT seq, link FROM archive_chain ORDER BY seq DESC LIMIT 1")
+        after, prev = (0, GENESIS) if last is None else (int(last["seq"]), bytes(last["link"]))
+        while after < top:
+            rows = await conn.fetch(
+                f"SELECT e.seq, {hash_sql('e')} AS h FROM archive_events e WHERE e.seq > $1 AND e.seq <= $2 "
+                "ORDER BY e.seq LIMIT $3",
+                after, top, batch,
+            )
+            if not rows:
+                break
+            hashes = [bytes(r["h"]) for r in rows]
+            links = chain(prev, hashes)
+            await conn.copy_records_to_table(
+                "archive_chain", records=[(r["seq"], h, lk) for r, h, lk in zip(rows, hashes, links, strict=True)],
+                columns=["seq", "record_hash", "link"],
+            )
+            after, prev = int(rows[-1]["seq"]), links[-1]
+            linked += len(rows)
+    return linked
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    seq: int
+    count: int
+    link: bytes
+
+
+async def chain_head(pool: asyncpg.Pool, known_seq: int = 0, known_count: int = 0) -> ChainHead | None:
+    """The last link, and how many records the chain holds up to it: counted from a known point (the last
+    checkpoint's), so a round reads only what is new."""
+    row = await pool.fetchrow(
+        "SELECT seq, link, (SELECT count(*) FROM archive_chain WHERE seq > $1) AS n FROM archive_chain "
+        "ORDER BY seq DESC LIMIT 1",
+        known_seq,
+    )
+    return None if row is None else ChainHead(int(row["seq"]), known_count + int(row["n"]), bytes(row["link"]))
+
+
+async def chained_since(pool: asyncpg.Pool, seq: int) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM archive_chain WHERE seq > $1", seq))
+
+
+# --------------------------------------------------------------------------- keys and checkpoints
+
+
+async def publish_key(pool: asyncpg.Pool, kid: str, public_key: bytes, at: datetime) -> None:
+    await pool.execute(
+        "INSERT INTO archive_keys (key_id, public_key, first_used) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        kid, public_key, at,
+    )
+
+
+async def public_keys(pool: asyncpg.Pool) -> dict[str, tuple[bytes, datetime]]:
+    rows = await pool.fetch("SELECT key_id, public_key, first_used FROM archive_keys ORDER BY first_used")
+    return {r["key_id"]: (bytes(r["public_key"]), r["first_used"]) for r in rows}
+
+
+def _checkpoint(r: asyncpg.Record) -> Checkpoint:
+    return Checkpoint(
+        number=int(r["number"]), upto_seq=int(r["upto_seq"]), count=int(r["count"]), link=bytes(r["link"]),
+        at=r["at"], key_id=r["key_id"], signature=bytes(r["signature"]),
+    )
+
+
+async def last_checkpoint(pool: asyncpg.Pool) -> Checkpoint | None:
+    r = await pool.fetchrow("SELECT * FROM archive_checkpoints ORDER BY number DESC LIMIT 1")
+    return None if r is None else _checkpoint(r)
+
+
+async def add_checkpoint(
+    pool: asyncpg.Pool, upto_seq: int, count: int, link_: bytes, at: datetime, kid: str, signature: bytes
+) -> None:
+    await pool.execute(
+        "INSERT INTO archive_checkpoints (upto_seq, count, link, at, key_id, signature) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (upto_seq) DO NOTHING",
+        upto_seq, count, link_, at, kid, signature,
+    )
+
+
+async def checkpoints(pool: asyncpg.Pool, from_seq: int = 0, to_seq: int = 2**62, limit: int = 10_000) -> list[
+    Checkpoint
+]:
+    rows = await pool.fetch(
+        "SELECT * FROM archive_checkpoints WHERE upto_seq >= $1 AND upto_seq <= $2 ORDER BY number LIMIT $3",
+        from_seq, to_seq, limit,
+    )
+    return [_checkpoint(r) for r in rows]
+
+
+# --------------------------------------------------------------------------- verification
+
+_STATE = f"""CASE WHEN e.seq IS NULL THEN 'missing' WHEN c.seq IS NULL THEN 'unchained'
+      WHEN {hash_sql('e')} = c.record_hash THEN 'intact'
+      WHEN EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = e.seq AND x.after_hash = {hash_sql('e')})
+        THEN 'expired'
+      ELSE 'altered' END"""
+
+VERIFY = f"""SELECT coalesce(c.seq, e.seq) AS seq, c.record_hash, c.link, {_STATE} AS state
+  FROM (SELECT seq, record_hash, link FROM archive_chain WHERE seq >= $1 AND seq <= $2) c
+  FULL JOIN (SELECT * FROM archive_events WHERE seq >= $1 AND seq <= least($2, $3)) e ON e.seq = c.seq
+  ORDER BY 1"""
+
+
+async def link_before(pool: asyncpg.Pool, seq: int) -> bytes:
+    """The stored link just before ``seq`` (the chain's start when none)."""
+    v = await pool.fetchval("SELECT link FROM archive_chain WHERE seq < $1 ORDER BY seq DESC LIMIT 1", seq)
+    return GENESIS if v is None else bytes(v)
+
+
+async def verify_rows(
+    pool: asyncpg.Pool, from_seq: int, to_seq: int, window: int = 25_000, ahead: int = 2
+) -> AsyncIterator[Sequence[Any]]:
+    """The chain's positions from ``from_seq`` to ``to_seq`` (inclusive), a window of ``seq`` at a time,
+    as (seq, record_hash, link, state). Records above the chained horizon are not yet linked: left out.
+    ``ahead`` windows are read (and their record hashes recomputed by PostgreSQL, on as many connections)
+    while the caller works on the current one."""
+    top = int(await pool.fetchval("SELECT coalesce(max(seq), 0) FROM archive_chain"))
+    end = min(to_seq, top)
+    windows = [(lo, min(lo + window - 1, end)) for lo in range(from_seq, end + 1, window)]
+    pending: collections.deque[asyncio.Future[list[asyncpg.Record]]] = collections.deque()
+    nxt = 0
+    try:
+        while nxt < len(windows) or pending:
+            while nxt < len(windows) and len(pending) < ahead:
+                pending.append(asyncio.ensure_future(pool.fetch(VERIFY, *windows[nxt], top)))
+                nxt += 1
+            yield await pending.popleft()
+    finally:
+        for f in pending:
+            f.cancel()
+        for f in pending:
+            with contextlib.suppress(asyncio.CancelledError, asyncpg.PostgresError):
+                await f
+
+
+# --------------------------------------------------------------------------- retention
+
+
+@dataclass
+class MatterRecords:
+    matter: Matter
+    records: list[Candidate]
+    bodies: dict[int, Any]  # seq -> stored body (parsed)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a retention round has got to: ended tickets by (end, id), other records by ``seq``."""
+
+    ended_at: datetime = datetime(1, 1, 1, tzinfo=UTC)
+    key: str = ""
+    seq: int = 0
+
+
+async def matters_due(
+    pool: asyncpg.Pool, tickets_topic: str, cutoff: datetime, limit: int, after: Cursor = Cursor()
+) -> tuple[list[MatterRecords], Cursor | None]:
+    """Matters with records old enough that some class may have expired (``cutoff`` = now - the shortest
+    period): ended tickets, and records of other topics; records purged already are left out. A page at a
+    time after ``after``; the next cursor is None when nothing is left."""
+    rows = await pool.fetch(
+        """WITH ended AS (
+              SELECT key, min(ce_time) AS ended_at FROM archive_events
+              WHERE topic = $1 AND ce_type = ANY($2::text[]) AND key IS NOT NULL
+              GROUP BY key HAVING min(ce_time) <= $3),
+            picked AS (
+              SELECT key, ended_at FROM ended e WHERE EXISTS (
+                SELECT 1 FROM archive_events r WHERE r.key = e.key AND r.topic = $1
+                AND NOT EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'purged'))
+              AND (ended_at, key) > ($5, $6)
+              ORDER BY ended_at, key LIMIT $4)
+            SELECT p.key, p.ended_at, true AS is_ticket, r.seq, r.ce_id, r.topic, r.ce_type, r.ce_time,
+                   r.data::text AS data, r.raw,
+                   EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'anonymised') AS anon
+            FROM picked p JOIN archive_events r ON r.key = p.key AND r.topic = $1
+            WHERE NOT EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'purged')
+            UNION ALL
+            SELECT * FROM (
+              SELECT coalesce(r.key, r.ce_id), NULL::timestamptz, false, r.seq, r.ce_id, r.topic, r.ce_type, r.ce_time,
+                     r.data::text, r.raw,
+                     EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'anonymised')
+              FROM archive_events r WHERE r.topic <> $1 AND r.ce_time <= $3 AND r.seq > $7
+              AND NOT EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'purged')
+              ORDER BY r.seq LIMIT $4) other
+            ORDER BY 1, 4""",
+        tickets_topic, sorted(FINAL), cutoff, limit, after.ended_at, after.key, after.seq,
+    )
+    if not rows:
+        return [], None
+    last_ticket = max(((r["ended_at"], r["key"]) for r in rows if r["is_ticket"]), default=None)
+    last_other = max((int(r["seq"]) for r in rows if not r["is_ticket"]), default=after.seq)
+    end, key = last_ticket or (after.ended_at, after.key)
+    nxt = Cursor(end, key, last_other)
+    out: dict[str, MatterRecords] = {}
+    keys = [k for k in {r["key"] for r in rows}]
+    refs: dict[str, set[str]] = {}
+    for r in await pool.fetch(
+        "SELECT matter, customers FROM archive_expiries WHERE matter = ANY($1::text[])", keys
+    ):
+        refs.setdefault(r["matter"], set()).update(r["customers"])
+    for r in rows:
+        body = r["data"] if r["data"] is not None else r["raw"]
+        data = _loads(body) if body is not None else None
+        m = out.get(r["key"])
+        if m is None:
+            m = out[r["key"]] = MatterRecords(
+                Matter(r["key"], r["is_ticket"], r["ended_at"]), [], {}
+            )
+        m.records.append(Candidate(
+            seq=int(r["seq"]), event_id=r["ce_id"], topic=r["topic"], event_type=r["ce_type"], time=r["ce_time"],
+            personal=has_personal_data(data), anonymised=bool(r["anon"]),
+        ))
+        m.bodies[int(r["seq"])] = data
+    result = []
+    for key, m in out.items():
+        customers = set(refs.get(key, set()))
+        incidents: set[str] = set()
+        for data in m.bodies.values():
+            if isinstance(data, dict):
+                c = data.get("customer_id")
+                if isinstance(c, str) and c and c != "[anonymised]":
+                    customers.add(customer_ref(c))
+                i = data.get("incident_id")
+                if isinstance(i, str) and i:
+                    incidents.add(i)
+        m.matter = Matter(key, m.matter.is_ticket, m.matter.ended_at, frozenset(customers), frozenset(incidents))
+        result.append(m)
+    return result, nxt
+
+
+@dataclass(frozen=True)
+class Change:
+    """One record's body after an expiry, and what the expiry records of it."""
+
+    seq: int
+    event_id: str
+    action: str
+    data: Any  # the new body (None: purged)
+    witness: tuple[str, str] | None
+
+
+async def apply_expiry(
+    pool: asyncpg.Pool, expiry_id: str, matter: str, record_class: str, at: datetime, customers: Sequence[str],
+    changes: Sequence[Change],
+) -> int:
+    """Record each change in ``archive_expiries`` and change the body, in one transaction; a change already
+    recorded is skipped (a decision applied again after a crash). Returns how many bodies changed."""
+    done = 0
+    async with pool.acquire() as conn, conn.transaction():
+        for c in changes:
+            text: str | None = None
+            raw: bytes | None = None
+            if c.data is not None:
+                body = orjson.dumps(c.data)
+                if jsonb_safe(body):
+                    text = body.decode()
+                else:
+                    raw = body
+            inserted = await conn.fetchval(
+                f"""INSERT INTO archive_expiries (seq, action, event_id, expiry_id, record_class, matter, after_hash,
+                      at, witness_before, witness_after, customers)
+                    SELECT e.seq, $2, $3, $4::uuid, $5, $6, {hash_sql('e', '$7::jsonb', '$8::bytea')}, $9, $10, $11,
+                           $12::text[]
+                    FROM archive_events e WHERE e.seq = $1
+                    ON CONFLICT DO NOTHING RETURNING seq""",
+                c.seq, c.action, c.event_id, expiry_id, record_class, matter, text, raw, at,
+                c.witness[0] if c.witness else None, c.witness[1] if c.witness else None, list(customers),
+            )
+            if inserted is None:
+                continue
+            await conn.execute("UPDATE archive_events SET data = $2::jsonb, raw = $3 WHERE seq = $1", c.seq, text, raw)
+            done += 1
+    return done
+
+
+async def witnesses(pool: asyncpg.Pool, event_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """For expired events of sealed dossiers: the dossier chain's digest before and after each (so the seal
+    still verifies without the body)."""
+    rows = await pool.fetch(
+        "SELECT DISTINCT ON (event_id) event_id, witness_before, witness_after FROM archive_expiries "
+        "WHERE event_id = ANY($1::text[]) AND witness_after IS NOT NULL ORDER BY event_id, at",
+        list(event_ids),
+    )
+    return {r["event_id"]: (r["witness_before"], r["witness_after"]) for r in rows}
+
+
+async def expiries(pool: asyncpg.Pool, matter: str | None, limit: int) -> list[asyncpg.Record]:
+    return list(await pool.fetch(
+        "SELECT seq, action, event_id, expiry_id, record_class, matter, at FROM archive_expiries "
+        "WHERE $1::text IS NULL OR matter = $1 ORDER BY at, seq LIMIT $2",
+        matter, limit,
+    ))
+
+
+# --------------------------------------------------------------------------- time travel
+
+
+async def ticket_events_until(
+    pool: asyncpg.Pool, tickets_topic: str, ticket_id: str, as_of: datetime
+) -> list[tuple[str, str, datetime, Any]]:
+    """A ticket's events with a time up to ``as_of``, in arrival order."""
+    rows = await pool.fetch(
+        "SELECT ce_id, ce_type, ce_time, data::text AS data, raw FROM archive_events "
+        "WHERE key = $1 AND topic = $2 AND ce_time <= $3 ORDER BY seq",
+        ticket_id, tickets_topic, as_of,
+    )
+    out = []
+    for r in rows:
+        body = r["data"] if r["data"] is not None else r["raw"]
+        out.append((r["ce_id"], r["ce_type"], r["ce_time"], _loads(body) if body is not None else None))
+    return out
+
+
+async def held_anything(pool: asyncpg.Pool, tickets_topic: str, ticket_id: str) -> bool:
+    return bool(await pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM archive_events WHERE key = $1 AND topic = $2)", ticket_id, tickets_topic
+    ))
+
+
+async def backlog_at(
+    pool: asyncpg.Pool, tickets_topic: str, as_of: datetime, opening: Sequence[str], ending: Sequence[str]
+) -> list[asyncpg.Record]:
+    """Tickets open at ``as_of``: one opening event at or before it and no final event at or before it."""
+    return list(await pool.fetch(
+        """SELECT key, min(ce_time) FILTER (WHERE ce_type = ANY($3::text[])) AS opened_at
+           FROM archive_events WHERE topic = $1 AND ce_time <= $2 AND key IS NOT NULL
+             AND ce_type = ANY($3::text[] || $4::text[])
+           GROUP BY key
+           HAVING count(*) FILTER (WHERE ce_type = ANY($3::text[])) > 0
+              AND count(*) FILTER (WHERE ce_type = ANY($4::text[])) = 0
+           ORDER BY 2, 1""",
+        tickets_topic, as_of, list(opening), list(ending),
+    ))
+
+
+async def log_rows(pool: asyncpg.Pool, tickets_topic: str, after: int, limit: int) -> list[asyncpg.Record]:
+    """A page of the tickets' log in store order, to rebuild a projection from."""
+    return list(await pool.fetch(
+        "SELECT seq, key, ce_id, ce_type, ce_time, data::text AS data FROM archive_events "
+        "WHERE topic = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        tickets_topic, after, limit,
+    ))

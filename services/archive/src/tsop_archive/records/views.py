@@ -1,0 +1,40 @@
+"""The archive-as-evidence timers: the chainer (links new records, signs checkpoints) and retention.
+
+Both are durable by construction: they keep nothing in memory. The chainer resumes from the last stored
+link; retention finds what is past its period from the store and the recorded expiries each round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from tsop_archive.commands import ArchiveApp
+from tsop_archive.records.commands import Signer, chain_and_checkpoint, expire_due
+from tsop_archive.records.main import RecordsSettings
+from tsop_events.runtime import Service
+
+log = logging.getLogger(__name__)
+
+
+async def keep_chain(svc: Service[ArchiveApp, RecordsSettings]) -> None:
+    """Link what the store received into the whole-archive chain, and sign checkpoints."""
+    s = svc.settings
+    signer = Signer.load_or_create(s.archive_signing_key_file)
+    while True:
+        # a round every interval, however much arrived: its instant lock on the store then costs the consumers
+        # at most one of their own transactions' time per interval, and the links are computed in batches
+        await chain_and_checkpoint(
+            svc.pool, signer, svc.app.clock.now(), s.archive_checkpoint_every, s.archive_checkpoint_seconds
+        )
+        await asyncio.sleep(s.archive_chain_seconds)
+
+
+async def keep_retention(svc: Service[ArchiveApp, RecordsSettings]) -> None:
+    """Expire what is past its retention period and under no legal hold (each an event; never a delete)."""
+    while True:
+        done = await expire_due(svc)
+        if done.records:
+            log.info("retention: %d record(s) of %d matter(s) expired", done.records, done.matters)
+        if not done.matters:
+            await asyncio.sleep(svc.settings.archive_retention_seconds)

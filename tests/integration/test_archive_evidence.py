@@ -1,0 +1,319 @@
+"""The archive as evidence on real PostgreSQL: the whole-archive chain, its signed checkpoints, ``verify``
+finding a row altered behind the archive's back, and retention expiring records while the chain and the
+sealed dossiers stay verifiable.
+
+The archive's store, chainer, sealer and retention run in-process against a fresh database; the records
+arrive through the archive's own consumer code (``ArchiveStore``) as the broker would deliver them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tsop_archive.commands import ArchiveApp, seal_due
+from tsop_archive.domain import Dossier, dossier_id
+from tsop_archive.main import ArchiveSettings
+from tsop_archive.projection import DDL, ArchiveStore, ticket_record
+from tsop_archive.records import projection as rp
+from tsop_archive.records.commands import (
+    Signer,
+    chain_and_checkpoint,
+    expire_due,
+    place_hold,
+    public_pem,
+    rebuild_backlog,
+    release_hold,
+    set_period,
+    ticket_as_of,
+    verify,
+)
+from tsop_archive.records.domain import HoldKind, RecordClass
+from tsop_archive.records.main import main as cli
+from tsop_events import schemas as wire
+from tsop_events.auth import Principal, Role
+from tsop_events.clock import ManualClock
+from tsop_events.commands import Commands
+from tsop_events.consumer import OFFSETS_DDL
+from tsop_events.envelope import Envelope, wrap
+from tsop_events.runtime import Runtime
+from tsop_events.store import GroupCommit, ensure_database
+
+T0 = datetime(2026, 6, 1, 9, tzinfo=UTC)
+AUDITOR = Principal("auditor-1", frozenset({Role.auditor}))
+PREFIX = "ev."
+TICKETS = f"{PREFIX}tickets"
+
+
+def lifecycle(ticket: str, customer: str, at: datetime) -> list[Envelope]:
+    events: list[wire.WireEvent] = [
+        wire.RequestSubmitted(
+            ticket_id=ticket, channel="web", customer_id=customer, customer_tier="gold", region="north",
+            service_type="broadband.fault_repair", description="No internet since the storm, call Ann on 555-0101",
+            time_requirement=wire.TimeRequirement(), location=wire.Location(address="1 Main Street"),
+            submitted_at=at,
+        ),
+        wire.RequestAccepted(ticket_id=ticket, service_type="broadband.fault_repair", region="north", priority=2,
+                             customer_tier="gold", accepted_at=at + timedelta(minutes=1)),
+        wire.WorkLogged(ticket_id=ticket, work_order_id="wo", technician_id="tech", action="replaced the ONT",
+                        mode="on_site", logged_at=at + timedelta(hours=1)),
+        wire.Resolved(ticket_id=ticket, work_order_id="wo", technician_id="tech", resolution_code="hw_replaced",
+                      summary="ONT replaced", resolved_at=at + timedelta(hours=2)),
+        wire.Closed(ticket_id=ticket, reason="rated", closed_at=at + timedelta(hours=3)),
+    ]
+    out: list[Envelope] = []
+    for i, e in enumerate(events):
+        out.append(wrap(e, event_id=f"{ticket}-{i}", source="test", time=at + timedelta(minutes=i * 30),
+                        causation_id=out[-1].id if out else None))
+    return out
+
+
+class Archive:
+    """The archive's parts that matter here, on one database, without a broker."""
+
+    def __init__(self, svc: Runtime[ArchiveApp, ArchiveSettings], clock: ManualClock, signer: Signer) -> None:
+        self.svc, self.clock, self.signer = svc, clock, signer
+        self.store = ArchiveStore(svc.pool, PREFIX)
+        self.offset = 0
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.svc.pool
+
+    async def deliver(self, envs: list[Envelope], topic: str = TICKETS) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            for env in envs:
+                self.offset += 1
+                await self.store._store(conn, env, topic, 0, self.offset, self._key(env), None)
+
+    @staticmethod
+    def _key(env: Envelope) -> str:
+        return env.id.rsplit("-", 1)[0]
+
+    async def chain(self, every: int = 3) -> int:
+        return await chain_and_checkpoint(self.pool, self.signer, self.clock.now(), every, 3600)
+
+
+@pytest.fixture
+async def archive(pg: tuple[str, int], tmp_path: Path) -> AsyncIterator[Archive]:
+    s = ArchiveSettings(
+        service_name=f"ev_{uuid.uuid4().hex[:10]}", pg_host=pg[0], pg_port=pg[1], topic_prefix=PREFIX,
+        archive_signing_key_file=tmp_path / "signing.pem",
+    )
+    from tsop_archive.records.projection import DDL as RECORDS_DDL
+
+    await ensure_database(s, [OFFSETS_DDL, *DDL, *RECORDS_DDL])
+    clock = ManualClock(T0)
+    svc: Runtime[ArchiveApp, ArchiveSettings] = Runtime(s)
+    svc.pool = await asyncpg.create_pool(s.pg_dsn(), min_size=1, max_size=8)
+    svc.app = await asyncio.to_thread(ArchiveApp, s, None, clock)
+    svc.committer = GroupCommit(svc.app)
+    svc.commands = Commands(svc.app, svc.committer)
+    try:
+        yield Archive(svc, clock, Signer.load_or_create(s.archive_signing_key_file))
+    finally:
+        await svc.pool.close()
+        svc.app.close()
+
+
+async def tamper(pool: asyncpg.Pool, table: str, sql: str, *args: Any) -> None:
+    """What a superuser can do: switch the append-only trigger off, change a row, switch it on again."""
+    trigger = f"{table}_no_change"
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}")
+        await conn.execute(sql, *args)
+        await conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}")
+
+
+async def test_verify_names_a_row_altered_directly_in_postgresql(
+    archive: Archive, pg: tuple[str, int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    tickets = [str(uuid.uuid4()) for _ in range(4)]
+    for t in tickets:
+        await archive.deliver(lifecycle(t, "c1", T0))
+    assert await archive.chain() == 20
+    clean = await verify(archive.pool)
+    assert clean.ok and clean.checked == 20 and clean.intact == 20 and clean.checkpoints >= 1
+    # offline, with the published key pinned: the CLI agrees; with another key the checkpoints do not hold
+    monkeypatch.setenv("TSOP_PG_HOST", pg[0])
+    monkeypatch.setenv("TSOP_PG_PORT", str(pg[1]))
+    name = archive.svc.settings.service_name
+    [(kid, (raw, _))] = (await rp.public_keys(archive.pool)).items()
+    assert kid == archive.signer.key_id
+    pinned, stranger = tmp_path / "archive.pub", tmp_path / "stranger.pub"
+    pinned.write_text(public_pem(raw))
+    stranger.write_text(public_pem(Signer.load_or_create(None).public))
+    for key, status in ((pinned, 0), (stranger, 1)):
+        with pytest.raises(SystemExit) as exit_:
+            await asyncio.to_thread(cli, ["verify", "--service-name", name, "--public-key", str(key)])
+        assert exit_.value.code == status
+    # the store refuses the change while its trigger stands
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await archive.pool.execute("UPDATE archive_events SET ce_source = 'forged' WHERE seq = 7")
+    victim = await archive.pool.fetchrow("SELECT seq, ce_id FROM archive_events ORDER BY seq OFFSET 11 LIMIT 1")
+    await tamper(
+        archive.pool, "archive_events",
+        "UPDATE archive_events SET data = jsonb_set(data, '{summary}', '\"nothing was done\"') WHERE seq = $1",
+        victim["seq"],
+    )
+    found = await verify(archive.pool)
+    assert not found.ok and found.broken is not None
+    assert found.broken.seq == victim["seq"] and "record altered" in found.broken.reason
+    assert found.checked == 11  # every record before it still verifies
+    # a range that ends before the altered row still verifies; one that starts after it too
+    assert (await verify(archive.pool, 1, victim["seq"] - 1)).ok
+    assert (await verify(archive.pool, victim["seq"] + 1)).ok
+    # the CLI says the same, with exit status 1
+    with pytest.raises(SystemExit) as exit_:
+        await asyncio.to_thread(cli, ["verify", "--service-name", archive.svc.settings.service_name])
+    assert exit_.value.code == 1
+
+
+async def test_a_rewritten_history_is_caught_by_the_signed_checkpoint(archive: Archive) -> None:
+    """Someone who alters a record and recomputes its hash and every later link cannot re-sign."""
+    t = str(uuid.uuid4())
+    envs = lifecycle(t, "c1", T0)
+    await archive.deliver(envs[:2])
+    await archive.chain(every=1)  # a checkpoint signed at the second record
+    await archive.deliver(envs[2:])
+    await archive.chain(every=1)
+    rows = await archive.pool.fetch("SELECT seq FROM archive_events ORDER BY seq")
+    seqs = [r["seq"] for r in rows]
+    victim = seqs[1]
+    await tamper(archive.pool, "archive_events",
+                 "UPDATE archive_events SET data = jsonb_set(data, '{priority}', '5') WHERE seq = $1", victim)
+    # recompute the victim's record hash and every link from it on, as a thorough forger would
+    prev = await rp.link_before(archive.pool, victim)
+    from tsop_archive.records.domain import link
+
+    async with archive.pool.acquire() as conn, conn.transaction():
+        await conn.execute("ALTER TABLE archive_chain DISABLE TRIGGER archive_chain_no_change")
+        for s in seqs[1:]:
+            h = await conn.fetchval(f"SELECT {rp.hash_sql('e')} FROM archive_events e WHERE seq = $1", s)
+            prev = link(prev, bytes(h))
+            await conn.execute("UPDATE archive_chain SET record_hash = $2, link = $3 WHERE seq = $1", s, h, prev)
+        await conn.execute("ALTER TABLE archive_chain ENABLE TRIGGER archive_chain_no_change")
+    found = await verify(archive.pool)
+    assert found.broken is not None and "checkpoint" in found.broken.reason
+    assert found.broken.seq == victim  # the checkpoint signed at the victim no longer agrees
+    assert found.checked == 2
+
+
+async def test_the_chain_order_is_deterministic_under_concurrent_writers(archive: Archive) -> None:
+    async def writer(n: int) -> None:
+        for i in range(10):
+            await archive.deliver(lifecycle(f"{uuid.uuid4()}", f"c{n}", T0 + timedelta(minutes=i)))
+
+    async def chainer(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await archive.chain(every=25)
+            await asyncio.sleep(0.01)
+
+    stop = asyncio.Event()
+    running = asyncio.create_task(chainer(stop))
+    await asyncio.gather(*(writer(n) for n in range(4)))
+    stop.set()
+    await running
+    await archive.chain()
+    count = await archive.pool.fetchval("SELECT count(*) FROM archive_events")
+    assert count == 200
+    assert await archive.pool.fetchval("SELECT count(*) FROM archive_chain") == 200
+    v = await verify(archive.pool)
+    assert v.ok and v.checked == 200 and v.checkpoints >= 2, v
+
+
+async def test_expiry_keeps_the_chain_and_the_sealed_dossier_verifiable_and_a_hold_stops_it(
+    archive: Archive,
+) -> None:
+    svc = archive.svc
+    kept, expired, held_customer = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    await archive.deliver(lifecycle(kept, "c-kept", T0 + timedelta(days=400)))  # ends later: kept longer
+    await archive.deliver(lifecycle(expired, "c-plain", T0))
+    await archive.deliver(lifecycle(held_customer, "c-held", T0))
+    assert await seal_due(svc) == 3
+    await archive.chain()
+    await place_hold(svc, HoldKind.customer, "c-held", "litigation 2026/17", AUDITOR)
+    await place_hold(svc, HoldKind.ticket, kept, "regulator's inquiry", AUDITOR)
+
+    # a year and a day after the end: personal data expires (anonymised), the service record stays
+    archive.clock.advance(timedelta(days=366))
+    first = await expire_due(svc)
+    assert first.records == 1, first  # RequestSubmitted of `expired` only: the others are held or too young
+    events, _ = await ticket_record(svc.pool, TICKETS, expired)
+    submitted = next(e for e in events if e.type == wire.RequestSubmitted.event_type)
+    assert submitted.data["description"] == "[anonymised]" and submitted.data["customer_id"] == "[anonymised]"
+    assert submitted.data["service_type"] == "broadband.fault_repair"
+    held_events, _ = await ticket_record(svc.pool, TICKETS, held_customer)
+    assert "storm" in held_events[0].data["description"]
+
+    # three years on, with work logs kept for two: the service record is purged, the work log too
+    await set_period(svc, RecordClass.work_logs, 730, "work logs are kept two years", AUDITOR)
+    archive.clock.advance(timedelta(days=3 * 365))
+    await expire_due(svc)
+    events, _ = await ticket_record(svc.pool, TICKETS, expired)
+    assert all(e.data is None for e in events), [e.data for e in events]  # bodies gone, records remain
+    assert len(events) == 5
+    # another expiry round changes nothing more (durable and idempotent)
+    assert (await expire_due(svc)).records == 0
+    # the held customer's ticket and the held ticket are intact
+    for t in (held_customer, kept):
+        evs, _ = await ticket_record(svc.pool, TICKETS, t)
+        assert all(e.data is not None and "storm" in str(e.data) for e in evs[:1])
+
+    # the whole-archive chain still verifies: the expired records are reported as such, not as broken
+    await archive.chain()
+    v = await verify(archive.pool)
+    assert v.ok, v.broken
+    assert v.expired == 5 and v.intact == 10
+    # and the sealed dossier still verifies, through the witnesses recorded at expiry
+    d = await svc.commands.run(lambda uow: uow.find(Dossier, dossier_id(expired)))
+    assert d is not None
+    assert not d.verified(events)  # without the witnesses the bodies no longer hash to the seal
+    assert d.verified(events, await rp.witnesses(svc.pool, d.event_ids))
+    # what was expired, and how, is on record
+    rows = await rp.expiries(svc.pool, expired, 100)
+    assert sorted((r["action"], r["record_class"]) for r in rows)[:2] == [
+        ("anonymised", "personal_data"), ("purged", "service_records")
+    ]
+    # tampering with an expired row (restoring a body) is still found
+    await tamper(svc.pool, "archive_events", "UPDATE archive_events SET data = '{\"x\": 1}' WHERE seq = $1",
+                 submitted.seq)
+    assert (await verify(archive.pool)).broken is not None
+
+    # releasing the hold lets retention act on the next round
+    await release_hold(svc, HoldKind.customer, "c-held", "case closed", AUDITOR)
+    assert (await expire_due(svc)).records == 5
+
+
+async def test_a_delete_is_refused_even_for_expired_records(archive: Archive) -> None:
+    await archive.deliver(lifecycle(str(uuid.uuid4()), "c1", T0))
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await archive.pool.execute("DELETE FROM archive_events")
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await archive.pool.execute("UPDATE archive_events SET data = NULL")
+    await archive.chain()
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await archive.pool.execute("DELETE FROM archive_chain")
+
+
+async def test_a_ticket_as_it_stood(archive: Archive) -> None:
+    t = str(uuid.uuid4())
+    envs = lifecycle(t, "c1", T0)
+    await archive.deliver(envs)
+    before = await ticket_as_of(archive.svc, t, T0 + timedelta(minutes=45))
+    assert before.status == "accepted" and before.events == 2 and before.open
+    after = await ticket_as_of(archive.svc, t, T0 + timedelta(days=1))
+    assert after.status == "closed" and not after.open and after.fields["resolution_code"] == "hw_replaced"
+    # the projection rebuilt from the log, page by page, agrees
+    other = str(uuid.uuid4())
+    await archive.deliver(lifecycle(other, "c2", T0)[:3])
+    view, seen = await rebuild_backlog(archive.pool, TICKETS, page=2)
+    assert seen == 8 and [s.ticket_id for s in view.open()] == [other]
+    assert view.tickets[t].status == "closed" and view.tickets[t].events == after.events

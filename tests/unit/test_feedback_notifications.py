@@ -1,0 +1,205 @@
+"""Step notifications (§2.3): queued at each step the channel subscribed to, rendered from its template; every
+attempt recorded; a restarted notifier resumes with the attempts already made; after the last one, dead-lettered
+(in-memory store, a mock transport, a fake resolver)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID
+
+import httpx
+import pytest
+
+from tests.feedback_sync import service
+from tsop_events import schemas as wire
+from tsop_events.clock import ManualClock
+from tsop_events.consumer import Incoming
+from tsop_events.envelope import Envelope
+from tsop_events.outbound import OutboundGuard, RetryPolicy, parse_rules
+from tsop_feedback import commands
+from tsop_feedback.commands import FeedbackApp, notification_id
+from tsop_feedback.domain import Notification, Templates
+from tsop_feedback.policies import FollowChannels, FollowTickets
+from tsop_feedback.views import Notifier
+
+NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+TEMPLATES = Path(__file__).resolve().parents[2] / "services/feedback/src/tsop_feedback/notification_templates.json"
+DNS = {"ok.example": ["93.184.216.34"], "flaky.example": ["93.184.216.35"], "slow.example": ["93.184.216.36"]}
+
+
+async def resolver(host: str, port: int) -> list[str]:
+    return DNS[host]
+
+
+class Bus:
+    """Hands wire events to feedback's sinks as the consumer would."""
+
+    def __init__(self, app: FeedbackApp) -> None:
+        self.tickets, self.channels, self.offset = FollowTickets(app), FollowChannels(app), 0
+
+    def __call__(self, ev: wire.WireEvent) -> str:
+        self.offset += 1
+        eid = f"ev-{self.offset}"
+        key = ev.key()
+        env = Envelope(eid, ev.event_type, "test", NOW, key, None, None, b"{}")
+        sink, topic = (self.channels, "channels") if isinstance(ev, wire.ChannelEvent) else (self.tickets, "tickets")
+        sink._process(f"t|0|{topic}|0", [Incoming(topic, 0, self.offset, key, env, ev)], self.offset)
+        return eid
+
+
+def make_app() -> tuple[FeedbackApp, ManualClock]:
+    clock = ManualClock(NOW)
+    templates = Templates.from_dict(json.loads(TEMPLATES.read_text()))
+    app = FeedbackApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=clock, templates=templates)
+    return app, clock
+
+
+def submitted(ticket: str, url: str, channel: str = "ch-1") -> wire.RequestSubmitted:
+    return wire.RequestSubmitted(
+        ticket_id=ticket, channel="app", channel_id=channel, customer_id="c1", customer_tier="gold", region="north",
+        service_type="broadband.fault_repair", description="down", time_requirement=wire.TimeRequirement(),
+        callback_url=url, submitted_at=NOW)
+
+
+def accepted(ticket: str) -> wire.RequestAccepted:
+    return wire.RequestAccepted(ticket_id=ticket, service_type="broadband.fault_repair", region="north", priority=2,
+                                customer_tier="gold", resolve_by=NOW + timedelta(hours=24), accepted_at=NOW)
+
+
+def test_only_the_subscribed_steps_are_queued_rendered_in_the_channels_template_and_language() -> None:
+    app, _ = make_app()
+    bus = Bus(app)
+    bus(wire.ChannelRegistered(channel_id="ch-1", name="portal", kind="web", registered_at=NOW))
+    bus(submitted("t1", "https://ok.example/cb"))
+    cause = bus(accepted("t1"))
+    assert list(app.repository.event_store.get(notification_id(cause))) == []  # default: the result only
+    svc = service(app)
+    asyncio.run(commands.subscribe(
+        svc, "ch-1", ["accepted", "assigned", "closed"], "email", "en", "channel:portal"))
+    cause = bus(accepted("t1"))  # (a second acceptance event, as after a review change)
+    n: Notification = app.repository.get(notification_id(cause))
+    assert n.step == "accepted" and n.template == "email" and n.language == "en"
+    assert "has been accepted" in n.text and "2026-06-02T09:00+00:00" in n.text
+    again = bus(accepted("t1"))
+    assert app.repository.get(notification_id(again)).version == 1
+    with pytest.raises(Exception, match="steps"):
+        asyncio.run(commands.subscribe(
+            svc, "ch-1", ["teleport"], "sms", "zh", "x"))
+
+
+def queue(app: FeedbackApp, bus: Bus, url: str, ticket: str) -> UUID:
+    bus(submitted(ticket, url))
+    return notification_id(bus(accepted(ticket)))
+
+
+def subscribed_app() -> tuple[FeedbackApp, ManualClock, Bus]:
+    app, clock = make_app()
+    bus = Bus(app)
+    bus(wire.ChannelRegistered(channel_id="ch-1", name="portal", kind="app", registered_at=NOW))
+    asyncio.run(commands.subscribe(
+        service(app), "ch-1", ["accepted"], "sms", "zh", "channel:portal"))
+    return app, clock, bus
+
+
+def notifier(app: FeedbackApp, dead: list[str], attempts: int = 6) -> Notifier:
+    async def on_dead(n: Notification) -> None:
+        dead.append(n.ticket_id)
+
+    return Notifier(service(app), "s3cret", OutboundGuard(parse_rules(""), (), resolver),
+                    RetryPolicy(max_attempts=attempts, base_seconds=0.01, max_seconds=0.02), dead=on_dead)
+
+
+async def until(n: Notifier, client: httpx.AsyncClient, clock: ManualClock, done: object, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:  # type: ignore[operator]
+        await n.run_once(client)
+        await asyncio.sleep(0.005)
+        clock.advance(timedelta(seconds=0.05))  # the back-off runs on the service's clock
+
+
+def test_a_receiver_failing_four_times_gets_it_on_the_fifth_even_across_a_restart_and_every_attempt_is_kept() -> None:
+    app, clock, bus = subscribed_app()
+    nid = queue(app, bus, "https://flaky.example/cb", "t1")
+    hits: list[dict[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        hits.append({"sig": request.headers["x-tsop-signature"], "delivery": request.headers["x-tsop-delivery"]})
+        return httpx.Response(204 if len(hits) > 4 else 503, text="busy")
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            first = notifier(app, [])
+            await until(first, client, clock, lambda: len(hits) >= 2)
+            while first.inflight:
+                await asyncio.sleep(0.005)
+            second = notifier(app, [])  # a restarted process: what is pending, and how often tried, is in the log
+            await until(second, client, clock, lambda: app.repository.get(nid).delivered)
+
+    asyncio.run(go())
+    n: Notification = app.repository.get(nid)
+    assert n.delivered and n.attempts == 5 and len(hits) == 5
+    events = [type(e).__name__ for e in app.repository.event_store.get(nid)]
+    assert events == ["Queued", "Attempted", "Attempted", "Attempted", "Attempted", "Attempted"]
+    assert {h["delivery"] for h in hits} == {str(nid)}
+
+
+def test_after_the_last_attempt_it_is_dead_lettered_and_listed_while_a_slow_receiver_delays_no_other() -> None:
+    app, clock, bus = subscribed_app()
+    down = queue(app, bus, "https://flaky.example/cb", "t-down")
+    slow = [queue(app, bus, "https://slow.example/cb", f"t-slow-{i}") for i in range(3)]
+    fast = [queue(app, bus, "https://ok.example/cb", f"t-ok-{i}") for i in range(20)]
+    dead: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        host = request.headers["host"]
+        if host == "slow.example":
+            await asyncio.sleep(10)
+        return httpx.Response(503 if host == "flaky.example" else 204)
+
+    async def go() -> float:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            n = notifier(app, dead, attempts=3)
+            t0 = time.monotonic()
+            await until(n, client, clock, lambda: all(app.repository.get(i).delivered for i in fast) and dead)
+            took = time.monotonic() - t0
+            for t in list(n.inflight.values()):
+                t.cancel()
+            return took
+
+    took = asyncio.run(go())
+    assert took < 5, "the fast receivers waited for the slow one (10 s)"
+    assert dead == ["t-down"] and app.repository.get(down).attempts == 3 and app.repository.get(down).dead
+    app.follow_ups.refresh()
+    assert down in app.follow_ups.dead_notifications and down not in app.follow_ups.notifications
+    assert all(app.repository.get(i).attempts == 0 for i in slow)  # still in flight, nothing held up by them
+
+
+def resolved(ticket: str) -> wire.Resolved:
+    return wire.Resolved(ticket_id=ticket, work_order_id="w", technician_id="tech", resolution_code="fixed",
+                         summary="ONT replaced", resolved_at=NOW)
+
+
+def test_the_fatigue_cap_spares_a_customer_asked_too_often_and_sampling_skips_the_rest() -> None:
+    clock = ManualClock(NOW)
+    policy = commands.FeedbackPolicy.from_dict(
+        {"fatigue": {"max_surveys": 2, "days": 30}, "sampling": {"mobile.*": 0}}, timedelta(hours=24))
+    app = FeedbackApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=clock, policy=policy)
+    bus = Bus(app)
+    for t in ("t1", "t2", "t3"):  # the same customer (c1) three times
+        bus(submitted(t, "https://ok.example/cb"))
+        bus(resolved(t))
+    surveyed = [app.repository.get(commands.case_id(t)).surveyed for t in ("t1", "t2", "t3")]
+    assert surveyed == [True, True, False]
+    other = submitted("m1", "https://ok.example/cb").model_copy(
+        update={"service_type": "mobile.sim_swap", "customer_id": "c9"})
+    bus(other)
+    bus(resolved("m1"))
+    case = app.repository.get(commands.case_id("m1"))
+    assert not case.surveyed  # not in the sample
+    clock.advance(timedelta(hours=23))
+    asyncio.run(commands.expire_windows(service(app)))
+    assert not case.reminded and not app.repository.get(commands.case_id("m1")).reminded  # never asked, never reminded
