@@ -178,3 +178,43 @@ def test_a_low_rating_the_customer_called_solved_opens_a_complaint(short_deadlin
     assert got["source"] == "rating" and got["rating_score"] == 1 and got["ticket_ids"] == [ticket]
     assert got["customer_id"].startswith("cust-") and got["channel_id"]
     assert "attitude" in got["description"] and "rude and late" in got["description"]
+
+
+def test_a_channel_rates_low_but_solved_and_follows_the_complaint_with_its_own_credential(
+    short_deadlines: tuple[Stack, Platform],
+) -> None:
+    _, platform = short_deadlines
+    ticket = platform.submit().json()["id"]
+    platform.work_and_resolve(platform.wait_assigned(ticket))
+    platform.wait_notified(ticket)
+    rated = platform.http.post(platform.url("feedback", f"/v1/tickets/{ticket}/rating"),
+                               json={"score": 2, "solved": True, "tags": ["communication"],
+                                     "comment": "nobody told me"}, headers=platform.as_channel())
+    assert rated.status_code in (201, 202), rated.text
+
+    def mine() -> dict[str, Any] | None:
+        r = platform.http.get(platform.url("feedback", "/v1/complaints"), headers=platform.as_channel())
+        found = [c for c in r.json()["complaints"] if ticket in c["ticket_ids"]] if r.status_code == 200 else []
+        return found[0] if found else None
+
+    summary = wait_for(mine, timeout=60, what="the channel's complaint from its low rating")
+    own = platform.http.get(platform.url("feedback", f"/v1/complaints/{summary['id']}"), headers=platform.as_channel())
+    assert own.status_code == 200 and own.json()["source"] == "rating" and own.json()["rating_score"] == 2
+
+    other = platform.register_channel(name="other shop", kind="web")["credential"]["token"]
+    seen = wait_for(lambda: (r := platform.http.get(platform.url("feedback", f"/v1/complaints/{summary['id']}"),
+                                                    headers=platform.as_channel(other))).status_code != 401 and r,
+                    timeout=30, what="the other channel known to feedback")
+    assert seen.status_code == 403  # another channel's complaint
+    listed = platform.http.get(platform.url("feedback", "/v1/complaints"), headers=platform.as_channel(other))
+    assert listed.status_code == 200 and listed.json()["complaints"] == []
+
+    filed = platform.http.post(platform.url("feedback", "/v1/complaints"), headers={
+        **platform.as_channel(), "Idempotency-Key": f"ch-{ticket}"}, json={
+        "customer_id": own.json()["customer_id"], "complaint_type": "billing", "description": "charged for the visit",
+        "ticket_ids": [ticket]})
+    assert filed.status_code == 201 and filed.json()["source"] == "channel"
+    assert filed.json()["channel_id"] == own.json()["channel_id"]
+    withdrawn = platform.http.post(platform.url("feedback", f"/v1/complaints/{filed.json()['id']}/close"),
+                                   json={"basis": "withdrawn"}, headers=platform.as_channel())
+    assert withdrawn.status_code == 200 and withdrawn.json()["closed"]["basis"] == "withdrawn"
