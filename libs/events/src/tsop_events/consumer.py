@@ -87,6 +87,10 @@ class Sink(ABC):
     async def setup(self) -> None:  # noqa: B027 - optional hook
         """Create what the sink needs (tables); called once at start."""
 
+    def decode(self, envelope: Envelope) -> WireEvent:
+        """The event a record carries; a sink may read a type the catalogue does not hold (yet) itself."""
+        return envelope.event()
+
     @abstractmethod
     async def position(self, epoch: str, topic: str, partition: int) -> int | None:
         """The next offset to read in this epoch, or None for the beginning."""
@@ -280,7 +284,7 @@ class ConsumerRunner:
             offset=record.offset,
             key=record.key.decode() if record.key is not None else None,
             envelope=env,
-            event=env.event(),
+            event=self.sink.decode(env),
         )
 
     async def _handle(self, tp: TopicPartition, records: list[Any]) -> None:

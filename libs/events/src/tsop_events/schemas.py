@@ -766,6 +766,185 @@ class ReviewPublished(IncidentEvent):
 # (complaints and improvement actions go here)
 
 
+class ComplaintEvent(WireEvent):
+    """An event in a complaint's life; key = complaint id, on the ``complaints`` topic."""
+
+    topic: ClassVar[Topic] = Topic.complaints
+    complaint_id: str
+
+    def key(self) -> str:
+        return self.complaint_id
+
+
+class ComplaintReceived(ComplaintEvent):
+    event_type: ClassVar[str] = "tsop.complaint.received.v1"
+    doc: ClassVar[str] = (
+        "A customer's complaint was received (§4.3): from a channel, an agent, a low rating the customer called "
+        "solved, or a ticket of a complaint type; with its deadlines and whether it repeats earlier ones."
+    )
+    customer_id: str
+    channel_id: str | None = Field(default=None, description="The channel system that filed it, if one did.")
+    source: Literal["channel", "agent", "rating", "ticket"]
+    complaint_type: str = Field(description="One of the operator's complaint types.")
+    description: str
+    ticket_ids: list[str] = Field(default_factory=list, description="The tickets the complaint is about.")
+    received_by: str
+    received_at: datetime
+    acknowledge_by: datetime
+    answer_by: datetime
+    repeat: bool = Field(description="The same customer complained of the same cause within the policy's period.")
+    repeat_of: list[str] = Field(default_factory=list, description="The earlier complaints it repeats.")
+    rating_score: int | None = Field(default=None, description="The low score that opened it (source rating).")
+
+
+class ComplaintAcknowledged(ComplaintEvent):
+    event_type: ClassVar[str] = "tsop.complaint.acknowledged.v1"
+    doc: ClassVar[str] = "The complaint was acknowledged to the customer (§4.3)."
+    acknowledged_by: str
+    acknowledged_at: datetime
+
+
+class ComplaintCategorised(ComplaintEvent):
+    event_type: ClassVar[str] = "tsop.complaint.categorised.v1"
+    doc: ClassVar[str] = (
+        "The complaint was put in another of the operator's complaint types: a new cause, so whether it repeats "
+        "the customer's earlier complaints is judged again."
+    )
+    complaint_type: str
+    previous_type: str
+    categorised_by: str
+    categorised_at: datetime
+    repeat: bool = Field(description="It repeats complaints of the new type within the policy's period.")
+    repeat_of: list[str] = Field(default_factory=list, description="The earlier complaints of the new type.")
+
+
+class ComplaintTicketLinked(ComplaintEvent):
+    event_type: ClassVar[str] = "tsop.complaint.ticket-linked.v1"
+    doc: ClassVar[str] = "A ticket was linked to the complaint."
+    ticket_id: str
+    linked_by: str
+    linked_at: datetime
+
+
+class ComplaintNoteAdded(ComplaintEvent):
+    event_type: ClassVar[str] = "tsop.complaint.note-added.v1"
+    doc: ClassVar[str] = "A step of the investigation, noted."
+    note: str
+    noted_by: str
+    noted_at: datetime
+
+
+class ComplaintAnswered(ComplaintEvent):
+    event_type: ClassVar[str] = "tsop.complaint.answered.v1"
+    doc: ClassVar[str] = "The customer was given the answer to the complaint."
+    answer: str
+    answered_by: str
+    answered_at: datetime
+
+
+class ComplaintAnswerRejected(ComplaintEvent):
+    event_type: ClassVar[str] = "tsop.complaint.answer-rejected.v1"
+    doc: ClassVar[str] = "The customer did not accept the answer; a new one is due by answer_by."
+    reason: str
+    rejected_by: str
+    rejected_at: datetime
+    answer_by: datetime
+
+
+class ComplaintEscalated(ComplaintEvent):
+    event_type: ClassVar[str] = "tsop.complaint.escalated.v1"
+    doc: ClassVar[str] = (
+        "The complaint was escalated to a supervisor: a deadline passed (acknowledge_overdue, answer_overdue), "
+        "the customer did not accept the answer, or a supervisor decided so."
+    )
+    reason: str
+    level: int = Field(description="1 for the first escalation, then 2, 3 …")
+    deadline: datetime | None = Field(default=None, description="The deadline that passed, for an overdue one.")
+    escalated_by: str = Field(description="'timer', or who escalated it.")
+    escalated_at: datetime
+
+
+class ComplaintClosed(ComplaintEvent):
+    event_type: ClassVar[str] = "tsop.complaint.closed.v1"
+    doc: ClassVar[str] = (
+        "The complaint is closed: the customer accepted the answer, withdrew it, or a supervisor closed it."
+    )
+    basis: Literal["accepted", "withdrawn", "supervisor"]
+    note: str | None = None
+    closed_by: str
+    closed_at: datetime
+
+
+class ImprovementEvent(WireEvent):
+    """An event of an improvement action (§4.4); key = action id, on the ``complaints`` topic."""
+
+    topic: ClassVar[Topic] = Topic.complaints
+    action_id: str
+
+    def key(self) -> str:
+        return self.action_id
+
+
+class ImprovementActionOpened(ImprovementEvent):
+    event_type: ClassVar[str] = "tsop.improvement.action-opened.v1"
+    doc: ClassVar[str] = (
+        "A corrective or preventive action was opened (§4.4), from a complaint, a pattern of low scores or an "
+        "incident review, with its owner and due date."
+    )
+    title: str
+    kind: Literal["corrective", "preventive"]
+    origin: Literal["complaint", "low_score_pattern", "incident_review", "manual"]
+    origin_id: str = Field(description="The complaint, the pattern's subject or the incident it came from.")
+    owner: str
+    due: datetime
+    opened_by: str
+    opened_at: datetime
+
+
+class ImprovementActionReassigned(ImprovementEvent):
+    event_type: ClassVar[str] = "tsop.improvement.action-reassigned.v1"
+    doc: ClassVar[str] = "The action has a new owner or due date."
+    owner: str
+    due: datetime
+    reassigned_by: str
+    reassigned_at: datetime
+
+
+class ImprovementActionVerified(ImprovementEvent):
+    event_type: ClassVar[str] = "tsop.improvement.action-verified.v1"
+    doc: ClassVar[str] = "Whether the action worked was checked; an ineffective one stays open."
+    effective: bool
+    note: str
+    verified_by: str
+    verified_at: datetime
+
+
+class ImprovementActionClosed(ImprovementEvent):
+    event_type: ClassVar[str] = "tsop.improvement.action-closed.v1"
+    doc: ClassVar[str] = "The verified action is closed."
+    note: str | None = None
+    closed_by: str
+    closed_at: datetime
+
+
+class TicketAssessed(WireEvent):
+    event_type: ClassVar[str] = "tsop.quality.ticket-assessed.v1"
+    doc: ClassVar[str] = (
+        "A supervisor assessed a resolved ticket against the operator's checklist (§2.3, §4.2); the score is "
+        "0 to 100, the checklist's weighted share of items passed."
+    )
+    topic: ClassVar[Topic] = Topic.complaints
+    ticket_id: str
+    checks: dict[str, bool]
+    score: Annotated[float, Field(ge=0, le=100)]
+    note: str | None = None
+    assessed_by: str
+    assessed_at: datetime
+
+    def key(self) -> str:
+        return self.ticket_id
+
+
 # --- records: archive checkpoints, retention, erasure (§7) ---
 # (the archive's own events go here)
 

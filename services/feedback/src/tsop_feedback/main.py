@@ -14,6 +14,7 @@ from tsop_events.runtime import Service
 from tsop_events.settings import ServiceSettings
 from tsop_feedback.api import channels_router, router, stats_router
 from tsop_feedback.commands import FeedbackApp
+from tsop_feedback.complaints import main as complaints
 from tsop_feedback.domain import FeedbackPolicy, Templates
 from tsop_feedback.policies import FollowChannels, FollowTickets
 from tsop_feedback.views import (
@@ -42,6 +43,9 @@ class FeedbackSettings(ServiceSettings):
     Unset: the built-in `notification_templates.json`."""
     webhook_secret: str = "change-me"
     """The key of the HMAC-SHA256 signature (`X-TSOP-Signature`) on every webhook to an applicant's callback."""
+    complaints_policy_file: Path | None = None
+    """Complaint types and deadlines, repeats, the low score, low-score patterns, the assessment checklist and
+    the quality weights (JSON, see services/feedback/README.md); default: the built-in policy."""
 
 
 FeedbackService = Service[FeedbackApp, FeedbackSettings]
@@ -64,14 +68,17 @@ def bootstrap(settings: FeedbackSettings | None = None) -> FeedbackService:
     async def notifications(svc: FeedbackService) -> None:
         await deliver_notifications(svc, s.webhook_secret)
 
-    return Service(
+    service = Service(
         s,
         app_factory=make_app,
-        mapper=WIRE,
-        sinks=[FollowTickets.of, FollowChannels.of],
-        tasks=[webhooks, notifications, rating_windows, follow_channels],
+        mapper=complaints.mapper(WIRE),
+        sinks=[FollowTickets.of, FollowChannels.of, *complaints.SINKS],
+        tasks=[webhooks, notifications, rating_windows, follow_channels, *complaints.TASKS],
         token_resolvers=[channel_tokens],
+        ddl=list(complaints.DDL),
     )
+    complaints.configure(service, s.complaints_policy_file)
+    return service
 
 
 def operator_data(path: Path | None, built_in: str, setting: str) -> tuple[object, str]:
@@ -91,7 +98,7 @@ def load_policy(s: FeedbackSettings) -> FeedbackPolicy:
 
 
 def build(settings: FeedbackSettings | None = None) -> FastAPI:
-    return create_app(bootstrap(settings), "TSOP feedback", [router, stats_router, channels_router])
+    return create_app(bootstrap(settings), "TSOP feedback", [router, stats_router, channels_router, complaints.router])
 
 
 def main() -> None:

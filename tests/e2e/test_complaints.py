@@ -1,0 +1,220 @@
+"""Complaints end to end: filed over HTTP, escalated by the durable timer across a SIGKILL of feedback, and
+opened from a low rating the customer called solved (read from Kafka)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from tsop_devstack.stack import SERVICES, Stack
+
+from tests import infra
+from tests.e2e.client import Platform, wait_for
+from tsop_events import schemas as wire
+from tsop_events.envelope import wrap
+from tsop_events.topics import Topic
+
+ACKNOWLEDGE_SECONDS = 8  # the service-quality complaints' deadline in this stack
+
+
+@pytest.fixture(scope="module")
+def short_deadlines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Platform]]:
+    tmp = Path(tmp_path_factory.mktemp("complaints"))
+    policy = tmp / "complaints-policy.json"
+    policy.write_text(json.dumps({
+        "complaint_types": {
+            "service_quality": {"name": "Service visit", "acknowledge_hours": ACKNOWLEDGE_SECONDS / 3600,
+                                "answer_hours": 1},
+            "billing": {"name": "Billing", "acknowledge_hours": 24, "answer_hours": 120,
+                        "ticket_types": ["Bill Dispute"]},
+        },
+        "low_score": 2,
+        "repeat_within_days": 30,
+    }))
+    s = Stack(
+        tmp,
+        pg_port=infra.free_port(),
+        broker_port=infra.free_port(),
+        ports={name: infra.free_port() for name in SERVICES},
+        env={"TSOP_TOPIC_PARTITIONS": "3", "TSOP_LOG_LEVEL": "WARNING", "TSOP_COMPLAINTS_POLICY_FILE": str(policy)},
+    )
+    try:
+        s.start(timeout=180)
+    except Exception as exc:  # noqa: BLE001
+        s.stop()
+        infra.unavailable(f"the embedded stack did not start: {exc}")
+    platform = Platform({name: s.url(name) for name in SERVICES}, s.tokens)
+    platform.register_channel()
+    platform.register_technician(capacity=10)
+    yield s, platform
+    s.stop()
+
+
+def complaint(platform: Platform, cid: str) -> dict[str, Any] | None:
+    return platform.found("feedback", f"/v1/complaints/{cid}", platform.auth("supervisor"))
+
+
+def file(platform: Platform, body: dict[str, Any], key: str | None = None, role: str = "agent") -> Any:
+    headers = {**platform.auth(role), **({"Idempotency-Key": key} if key else {})}
+    return platform.http.post(platform.url("feedback", "/v1/complaints"), json=body, headers=headers)
+
+
+def test_an_overdue_complaint_escalates_even_if_feedback_was_killed(short_deadlines: tuple[Stack, Platform]) -> None:
+    stack, platform = short_deadlines
+    body = {"customer_id": "cust-42", "complaint_type": "service_quality",
+            "description": "The technician left without testing the line"}
+    r = file(platform, body, key="complaint-1")
+    assert r.status_code == 201, r.text
+    cid = r.json()["id"]
+    assert r.headers["location"] == f"/v1/complaints/{cid}"
+    assert r.json()["status"] == "received" and r.json()["escalation_level"] == 0
+
+    stack.kill("feedback", signal.SIGKILL)  # the deadline lives in the event store, not in the process
+    killed = datetime.now(UTC)
+    stack.start_service("feedback")
+    stack.wait_ready(120, ("feedback",))
+
+    again = file(platform, body, key="complaint-1")  # a retry after the lost answer: the same complaint
+    assert again.status_code == 200 and again.json()["id"] == cid
+
+    escalated = wait_for(lambda: (c := complaint(platform, cid)) and c["escalation_level"] >= 1 and c,
+                         timeout=90, what="the overdue complaint's escalation")
+    assert [e["reason"] for e in escalated["escalations"]] == ["acknowledge_overdue"]
+    assert datetime.fromisoformat(escalated["escalations"][0]["at"]) > killed, "escalated by the restarted process"
+    assert escalated["overdue"] is True
+    listed = platform.http.get(platform.url("feedback", "/v1/complaints?escalated=true"),
+                               headers=platform.auth("agent")).json()["complaints"]
+    assert cid in [c["id"] for c in listed]
+
+    # the rest of its life, over HTTP; illegal steps are 409 and change nothing
+    url = platform.url("feedback", f"/v1/complaints/{cid}")
+    agent = platform.auth("agent")
+    refused = platform.http.post(url + "/accept", headers=agent)
+    assert refused.status_code == 409 and refused.headers["content-type"] == "application/problem+json"
+    assert platform.http.post(url + "/acknowledge", headers=agent).status_code == 200
+    assert platform.http.post(url + "/notes", json={"note": "called the technician"}, headers=agent).status_code == 200
+    assert platform.http.post(url + "/answer", json={"answer": "a second visit tomorrow"},
+                              headers=agent).status_code == 200
+    closed = platform.http.post(url + "/accept", headers=agent)
+    assert closed.status_code == 200 and closed.json()["status"] == "closed"
+    assert closed.json()["closed"]["basis"] == "accepted"
+    assert platform.http.post(url + "/notes", json={"note": "late"}, headers=agent).status_code == 409
+
+
+def test_bad_complaints_are_refused_naming_the_field_and_roles_are_checked(
+    short_deadlines: tuple[Stack, Platform],
+) -> None:
+    _, platform = short_deadlines
+    good = {"customer_id": "cust-1", "complaint_type": "billing", "description": "charged twice"}
+    for body, field in [
+        ({**good, "complaint_type": "weather"}, "complaint_type"),
+        ({k: v for k, v in good.items() if k != "description"}, "description"),
+        ({**good, "ticket_ids": ["not-a-ticket"]}, "ticket_ids.0"),
+        ({**good, "extra": 1}, "extra"),
+    ]:
+        r = file(platform, body)
+        assert r.status_code == 422, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert field in [e["field"] for e in r.json()["errors"]], r.json()
+    filed = file(platform, good, key="k-bad")
+    assert filed.status_code == 201
+    close = platform.url("feedback", f"/v1/complaints/{filed.json()['id']}/close")
+    by_agent = platform.http.post(close, json={"basis": "supervisor"}, headers=platform.auth("agent"))
+    assert by_agent.status_code == 403 and by_agent.json()["errors"][0]["field"] == "basis"
+    assert platform.http.post(close, json={"basis": "maybe"}, headers=platform.auth("supervisor")).status_code == 422
+    closed = platform.http.post(close, json={"basis": "supervisor", "note": "duplicate of a call"},
+                                headers=platform.auth("supervisor"))
+    assert closed.status_code == 200 and closed.json()["closed"]["basis"] == "supervisor"
+    technician = platform.http.get(platform.url("feedback", "/v1/complaints"), headers=platform.auth("technician"))
+    assert technician.status_code == 403
+    reused = file(platform, {**good, "description": "other"}, key="k-bad")
+    assert reused.status_code == 422 and reused.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert file(platform, good, role="auditor").status_code == 403
+    assert file(platform, good, role="incident_manager").status_code == 403
+    assert platform.http.post(platform.url("feedback", "/v1/complaints"), json=good).status_code == 401
+    missing = platform.http.get(platform.url("feedback", f"/v1/complaints/{uuid.uuid4()}"),
+                                headers=platform.auth("agent"))
+    assert missing.status_code == 404
+
+
+async def _publish(bootstrap: str, event: wire.TicketEvent) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        env = wrap(event, event_id=str(uuid.uuid4()), source="feedback")
+        await producer.send_and_wait(Topic.tickets.qualified("tsop."), env.data, key=event.key().encode(),
+                                     headers=env.headers())
+    finally:
+        await producer.stop()
+
+
+def test_a_low_rating_the_customer_called_solved_opens_a_complaint(short_deadlines: tuple[Stack, Platform]) -> None:
+    stack, platform = short_deadlines
+    ticket = platform.submit().json()["id"]
+    platform.work_and_resolve(platform.wait_assigned(ticket))
+    platform.wait_notified(ticket)
+    # the Rated feedback publishes once the rating asks whether the problem was solved (score 1, solved)
+    rated = wire.Rated(ticket_id=ticket, score=1, comment="rude and late", tags=["attitude", "on_time"],
+                       solved=True, rated_at=datetime.now(UTC))
+    asyncio.run(_publish(stack.bootstrap, rated))
+
+    def opened() -> dict[str, Any] | None:
+        r = platform.http.get(platform.url("feedback", "/v1/complaints?complaint_type=service_quality"),
+                              headers=platform.auth("agent"))
+        found = [c for c in r.json()["complaints"] if ticket in c["ticket_ids"]]
+        return found[0] if found else None
+
+    summary = wait_for(opened, timeout=60, what="the complaint opened from the low rating")
+    got = complaint(platform, summary["id"])
+    assert got is not None
+    assert got["source"] == "rating" and got["rating_score"] == 1 and got["ticket_ids"] == [ticket]
+    assert got["customer_id"].startswith("cust-") and got["channel_id"]
+    assert "attitude" in got["description"] and "rude and late" in got["description"]
+
+
+def test_a_channel_rates_low_but_solved_and_follows_the_complaint_with_its_own_credential(
+    short_deadlines: tuple[Stack, Platform],
+) -> None:
+    _, platform = short_deadlines
+    ticket = platform.submit().json()["id"]
+    platform.work_and_resolve(platform.wait_assigned(ticket))
+    platform.wait_notified(ticket)
+    rated = platform.http.post(platform.url("feedback", f"/v1/tickets/{ticket}/rating"),
+                               json={"score": 2, "solved": True, "tags": ["communication"],
+                                     "comment": "nobody told me"}, headers=platform.as_channel())
+    assert rated.status_code in (201, 202), rated.text
+
+    def mine() -> dict[str, Any] | None:
+        r = platform.http.get(platform.url("feedback", "/v1/complaints"), headers=platform.as_channel())
+        found = [c for c in r.json()["complaints"] if ticket in c["ticket_ids"]] if r.status_code == 200 else []
+        return found[0] if found else None
+
+    summary = wait_for(mine, timeout=60, what="the channel's complaint from its low rating")
+    own = platform.http.get(platform.url("feedback", f"/v1/complaints/{summary['id']}"), headers=platform.as_channel())
+    assert own.status_code == 200 and own.json()["source"] == "rating" and own.json()["rating_score"] == 2
+
+    other = platform.register_channel(name="other shop", kind="web")["credential"]["token"]
+    seen = wait_for(lambda: (r := platform.http.get(platform.url("feedback", f"/v1/complaints/{summary['id']}"),
+                                                    headers=platform.as_channel(other))).status_code != 401 and r,
+                    timeout=30, what="the other channel known to feedback")
+    assert seen.status_code == 403  # another channel's complaint
+    listed = platform.http.get(platform.url("feedback", "/v1/complaints"), headers=platform.as_channel(other))
+    assert listed.status_code == 200 and listed.json()["complaints"] == []
+
+    filed = platform.http.post(platform.url("feedback", "/v1/complaints"), headers={
+        **platform.as_channel(), "Idempotency-Key": f"ch-{ticket}"}, json={
+        "customer_id": own.json()["customer_id"], "complaint_type": "billing", "description": "charged for the visit",
+        "ticket_ids": [ticket]})
+    assert filed.status_code == 201 and filed.json()["source"] == "channel"
+    assert filed.json()["channel_id"] == own.json()["channel_id"]
+    withdrawn = platform.http.post(platform.url("feedback", f"/v1/complaints/{filed.json()['id']}/close"),
+                                   json={"basis": "withdrawn"}, headers=platform.as_channel())
+    assert withdrawn.status_code == 200 and withdrawn.json()["closed"]["basis"] == "withdrawn"
