@@ -114,8 +114,8 @@ def test_out_of_range_rating_and_a_rating_before_resolution_is_kept(platform: Pl
     wait_for(lambda: platform.feedback(ticket), what="feedback case")
     r = platform.rate(ticket)  # kept until the resolution arrives (see test_tmf_ops: rate right after resolve)
     assert r.status_code == 202 and r.json()["rating_kept"]["score"] == 5 and r.json()["closed"] is False
-    again = platform.http.post(platform.url("feedback", f"/v1/tickets/{ticket}/rating"), json={"score": 1},
-                               headers=platform.auth("agent"))
+    again = platform.http.post(platform.url("feedback", f"/v1/tickets/{ticket}/rating"),
+                               json={"score": 1, "solved": True}, headers=platform.auth("agent"))
     assert again.status_code == 409 and "already rated" in again.json()["detail"]
 
 
