@@ -73,6 +73,7 @@ class FollowUps(LogFollower):
         self.notifications: dict[UUID, Pending] = {}
         self.dead_notifications: dict[UUID, str] = {}  # id → ticket
         self.notifications_of: dict[str, list[UUID]] = {}  # ticket → its notifications, in order
+        self.ticket_of: dict[UUID, str] = {}  # notification → its ticket (a give-up finds its ticket at once)
 
     def apply(self, e: Aggregate.Event) -> None:
         cid = e.originator_id
@@ -109,6 +110,7 @@ class FollowUps(LogFollower):
         if isinstance(e, Notification.Queued):
             self.notifications[nid] = Pending(e.url, 0, None)
             self.notifications_of.setdefault(e.ticket_id, []).append(nid)
+            self.ticket_of[nid] = e.ticket_id
         elif isinstance(e, Notification.Attempted):
             if e.ok:
                 self.notifications.pop(nid, None)
@@ -117,10 +119,9 @@ class FollowUps(LogFollower):
                 p.attempts, p.last_at = e.attempt, e.at
         elif isinstance(e, Notification.GivenUp):
             self.notifications.pop(nid, None)
-            for ticket, ids in self.notifications_of.items():
-                if nid in ids:
-                    self.dead_notifications[nid] = ticket
-                    break
+            ticket = self.ticket_of.get(nid)
+            if ticket is not None:
+                self.dead_notifications[nid] = ticket
 
     def due(self, now: datetime) -> list[UUID]:
         with self.lock:
