@@ -103,7 +103,7 @@ def test_a_rating_before_the_notification_without_callback_settles_it_first() ->
     case, recorded = app.rate(t, 5, None)
     assert recorded and case.notified and case.closed_reason == "rated"
     assert wire_types(app, t) == ["feedback-sent", "rated", "closed"]
-    app.mark_notified([(case_id(t), "none", 1, None)])  # the deliverer, a moment late
+    app.mark_notified([(case_id(t), "none", 1, None, None)])  # the deliverer, a moment late
     assert wire_types(app, t) == ["feedback-sent", "rated", "closed"]
     assert app.load(case_id(t)).version == case.version
 
@@ -119,7 +119,7 @@ def test_a_delivery_that_ends_after_the_rating_is_kept_but_never_follows_closed_
     app.rate(t, 4, None)  # the webhook is still on its way
     assert wire_types(app, t) == ["rated", "closed"]
     clock.advance(timedelta(seconds=3))
-    app.mark_notified([(case_id(t), "webhook", 2, 204)])
+    app.mark_notified([(case_id(t), "webhook", 2, 204, None)])
     done: FeedbackCase = app.load(case_id(t))
     assert done.notified and done.notified_after_closure and done.closed_reason == "rated"
     assert wire_types(app, t) == ["rated", "closed"]  # nothing after Closed: the dossier's chain holds it all
@@ -140,7 +140,7 @@ def test_a_delivery_before_the_rating_is_published_in_order() -> None:
     app, _ = make_app()
     t = str(uuid4())
     resolved_case(app, t)
-    app.mark_notified([(case_id(t), "none", 1, None)])
+    app.mark_notified([(case_id(t), "none", 1, None, None)])
     app.rate(t, 3, None)
     assert wire_types(app, t) == ["feedback-sent", "rated", "closed"]
 

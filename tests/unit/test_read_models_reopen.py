@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tsop_events import schemas as wire
-from tsop_intake.projection import FINISHED, RANK, STATUS_OF
+from tsop_intake.projection import FINISHED, RANK, STATUS_OF, current_status
 from tsop_intake.tmf.model import RELEVANT, status_change
 
 AT = datetime(2026, 6, 1, 9, tzinfo=UTC)
@@ -24,9 +24,16 @@ def test_tmf_reopening_goes_back_to_acknowledged_from_resolved_or_closed_and_now
     assert status_change(started, "acknowledged") is not None
 
 
-def test_the_native_status_shows_reopened_until_closed_and_it_is_not_finished() -> None:
+def test_the_native_status_goes_back_to_reopened_and_the_new_round_moves_it_on() -> None:
     status = STATUS_OF[wire.Reopened.event_type]
     assert status == "reopened" and status not in FINISHED
-    assert RANK["rated"] < RANK["reopened"] < RANK["closed"]
+    # the status is the furthest since the latest reopening: the new round's work moves it on from reopened
+    assert RANK["reopened"] < RANK["assigned"] < RANK["resolved"] < RANK["closed"]
+    history = [
+        {"status": "closed", "event_type": wire.Closed.event_type},
+        {"status": "reopened", "event_type": wire.Reopened.event_type},
+    ]
+    assert current_status(history) == "reopened"
+    assert current_status([*history, {"status": "assigned", "event_type": wire.Assigned.event_type}]) == "assigned"
     for t in (wire.RatingReminded, wire.RatingExpired):
         assert t.event_type not in STATUS_OF  # not a status of the request: nothing to move

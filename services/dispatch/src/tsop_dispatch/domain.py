@@ -336,6 +336,13 @@ class IncidentHold(Aggregate):
         self.incident_id: str | None = None
         self.resolution: dict[str, str | None] | None = None
 
+    class Taken(Aggregate.Event):
+        """The ticket's work order opened and took over what was noted (if anything). Every opening writes this
+        record, so a link racing the opening conflicts with it and is retried on fresh state (§5.3)."""
+
+        incident_id: str | None
+        resolution: dict[str, str | None] | None
+
     def change(self, incident_id: str | None, resolution: dict[str, str | None] | None = None) -> None:
         if (incident_id, resolution) != (self.incident_id, self.resolution):
             self._changed(incident_id=incident_id, resolution=resolution)
@@ -343,6 +350,65 @@ class IncidentHold(Aggregate):
     @event(Changed)
     def _changed(self, incident_id: str | None, resolution: dict[str, str | None] | None) -> None:
         self.incident_id, self.resolution = incident_id, resolution
+
+    def take(self) -> tuple[str | None, dict[str, str | None] | None]:
+        """The work order opens: what an incident noted for it (incident id, resolution), now cleared."""
+        noted = (self.incident_id, self.resolution)
+        self._taken(incident_id=self.incident_id, resolution=self.resolution)
+        return noted
+
+    @event(Taken)
+    def _taken(self, incident_id: str | None, resolution: dict[str, str | None] | None) -> None:
+        self.incident_id, self.resolution = None, None
+
+
+class IncidentRecord(Aggregate):
+    """What dispatch applied of one incident's events. The incidents topic is consumed again from the start after
+    a broker change, so a replayed link, unlink or resolution must change nothing: per ticket the latest link or
+    unlink applied (by its time) is kept, and once the incident is resolved nothing of it applies any more."""
+
+    class Started(Aggregate.Created):
+        incident_id: str
+
+    class Applied(Aggregate.Event):
+        ticket_id: str
+        kind: str  # linked | unlinked
+        at: datetime
+
+    class Closed(Aggregate.Event):
+        at: datetime
+
+    @event(Started)
+    def __init__(self, id: UUID, incident_id: str) -> None:  # noqa: A002
+        self.incident_id = incident_id
+        self.resolved = False
+        self.latest: dict[str, tuple[datetime, str]] = {}
+
+    def note(self, ticket_id: str, kind: str, at: datetime) -> bool:
+        """A link or unlink of ``ticket_id``: True if it is news (to apply), False if replayed or superseded."""
+        if self.resolved:
+            return False
+        last = self.latest.get(ticket_id)
+        if last is not None and (at < last[0] or (at == last[0] and kind == last[1])):
+            return False
+        self._applied(ticket_id=ticket_id, kind=kind, at=at)
+        return True
+
+    @event(Applied)
+    def _applied(self, ticket_id: str, kind: str, at: datetime) -> None:
+        self.latest[ticket_id] = (at, kind)
+
+    def close(self, at: datetime) -> bool:
+        """The incident was resolved: True the first time (apply it), False for a replay."""
+        if self.resolved:
+            return False
+        self._closed(at=at)
+        return True
+
+    @event(Closed)
+    def _closed(self, at: datetime) -> None:
+        self.resolved = True
+        self.latest = {}
 
 
 class SlaPolicy(Aggregate):
@@ -843,6 +909,7 @@ class WorkOrder(Aggregate):
         resolved_at: datetime,
     ) -> None:
         self.status = "resolved"
+        self.held_by = None  # a resolution ends any hold: a reopening starts unheld and goes to the queue
         self.facts.append(Fact(resolved_at, "resolved"))
 
     # --- reopening ----------------------------------------------------------------------------------
@@ -892,6 +959,7 @@ class WorkOrder(Aggregate):
         crossed: list[list[str]],
     ) -> None:
         self.status = "waiting"
+        self.held_by = None
         self.reopen_count = reopen_count
         self.causation_id = causation_id
         if technician_id is not None:
@@ -927,6 +995,7 @@ class WorkOrder(Aggregate):
     @event(Withdrawn)
     def _withdrawn(self, ticket_id: str, technician_id: str | None, reason: str, withdrawn_at: datetime) -> None:
         self.status = "withdrawn"
+        self.held_by = None
         self.facts.append(Fact(withdrawn_at, "withdrawn", {"reason": reason}))
         if technician_id is not None:
             self.previous.append(technician_id)

@@ -8,7 +8,7 @@ from typing import ClassVar
 from uuid import UUID
 
 from tsop_dispatch.commands import DispatchApp, decide, get, open_work_order, try_assign, work_order_id
-from tsop_dispatch.domain import IncidentHold, Resource, Technician, WorkOrder
+from tsop_dispatch.domain import IncidentHold, IncidentRecord, Resource, Technician, WorkOrder
 from tsop_events import schemas as wire
 from tsop_events.consumer import EventStoreSink, Incoming, UnitOfWork
 from tsop_events.envelope import derived_id
@@ -93,17 +93,27 @@ def hold_id(ticket_id: str) -> UUID:
     return derived_id("incident-hold", ticket_id)
 
 
+def record_id(incident_id: str) -> UUID:
+    return derived_id("incident-record", incident_id)
+
+
 def apply_early_hold(uow: UnitOfWork, wo: WorkOrder, now: datetime) -> bool:
-    """A work order just opened whose ticket an incident linked first: held now (resolved too, if the incident
-    was resolved meanwhile). True if it is held or resolved."""
+    """A work order just opened: held now if an incident linked its ticket first (resolved too, if the incident was
+    resolved meanwhile). True if it is held or resolved.
+
+    The ticket's IncidentHold record is written on every opening (created if absent), so a link handled at the same
+    moment by the incident-holds consumer (which writes that same record when it finds no work order) conflicts
+    with it: one of the two retries on fresh state and the hold is never lost."""
     early = uow.find(IncidentHold, hold_id(wo.ticket_id))
-    if early is None or early.incident_id is None:
+    if early is None:
+        early = IncidentHold(id=hold_id(wo.ticket_id), ticket_id=wo.ticket_id)
+        uow.add(early)
+    incident_id, r = early.take()
+    if incident_id is None:
         return False
-    wo.hold(early.incident_id, now)
-    if early.resolution is not None:
-        r = early.resolution
-        wo.resolve_with_incident(early.incident_id, r["resolution_code"] or "", r["summary"] or "", r["advice"], now)
-    early.change(None)
+    wo.hold(incident_id, now)
+    if r is not None:
+        wo.resolve_with_incident(incident_id, r["resolution_code"] or "", r["summary"] or "", r["advice"], now)
     return True
 
 
@@ -140,20 +150,29 @@ class IncidentHolds(EventStoreSink):
 
     def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
         ev = incoming.event
+        assert isinstance(ev, wire.IncidentTicketLinked | wire.IncidentTicketUnlinked | wire.IncidentResolved)
+        record = uow.find(IncidentRecord, record_id(ev.incident_id))
+        if record is None:
+            record = IncidentRecord(id=record_id(ev.incident_id), incident_id=ev.incident_id)
+            uow.add(record)
         if isinstance(ev, wire.IncidentTicketLinked):
+            if not record.note(ev.ticket_id, "linked", ev.linked_at):
+                return  # replayed, superseded by a later unlink, or the incident is resolved already
             wo = uow.find(WorkOrder, work_order_id(ev.ticket_id))
             if wo is not None:
                 wo.hold(ev.incident_id, ev.linked_at)
             else:
                 self._early(uow, ev.ticket_id).change(ev.incident_id)
         elif isinstance(ev, wire.IncidentTicketUnlinked):
+            if not record.note(ev.ticket_id, "unlinked", ev.unlinked_at):
+                return
             wo = uow.find(WorkOrder, work_order_id(ev.ticket_id))
             if wo is not None:
                 wo.lift_hold(ev.incident_id, ev.reason, ev.unlinked_at)
             early = uow.find(IncidentHold, hold_id(ev.ticket_id))
             if early is not None and early.incident_id == ev.incident_id:
                 early.change(None)
-        elif isinstance(ev, wire.IncidentResolved):
+        elif record.close(ev.resolved_at):  # a replayed resolution changes nothing (a reopened ticket stays open)
             self.resolve_all(uow, ev)
 
     def _early(self, uow: UnitOfWork, ticket_id: str) -> IncidentHold:

@@ -112,10 +112,10 @@ class Board(LogFollower):
             self.peak = event.on
         elif isinstance(event, SlaPolicy.Adopted):
             self.policy = Policy.from_dict(event.policy)
-        elif isinstance(event, IncidentHold.Changed):
+        elif isinstance(event, IncidentHold.Changed | IncidentHold.Taken):
             for held in self.pending_holds.values():
                 held.discard(event.originator_id)
-            if event.incident_id is not None and event.resolution is None:
+            if isinstance(event, IncidentHold.Changed) and event.incident_id is not None and event.resolution is None:
                 self.pending_holds.setdefault(event.incident_id, set()).add(event.originator_id)
 
     def _technician(self, e: Technician.Event) -> None:

@@ -24,7 +24,7 @@ from tsop_feedback.domain import ChannelAccess, FeedbackCase, FeedbackPolicy, No
 
 SUBMISSION_PATIENCE = 3.0  # seconds a rating waits for feedback to hear of a ticket's submission
 
-Delivered = tuple[UUID, str, int, int | None]  # case, channel, attempts, status
+Delivered = tuple[UUID, str, int, int | None, str | None]  # case, channel, attempts, status, the Resolved event id
 
 
 def case_id(ticket_id: str) -> UUID:
@@ -144,19 +144,23 @@ async def mark_notified(svc: Service[FeedbackApp], deliveries: list[Delivered]) 
 
     def decide(uow: UnitOfWork) -> None:
         now = svc.app.clock.now()
-        for cid, channel, attempts, status_code in deliveries:
-            uow.load(FeedbackCase, cid).mark_notified(channel, attempts, status_code, now)
+        for cid, channel, attempts, status_code, resolved_event_id in deliveries:
+            uow.load(FeedbackCase, cid).mark_notified(channel, attempts, status_code, now, resolved_event_id)
 
     await svc.commands.run(decide)
 
 
 async def abandon_notification(
-    svc: Service[FeedbackApp], cid: UUID, attempts: int, status_code: int | None, error: str
+    svc: Service[FeedbackApp], cid: UUID, attempts: int, status_code: int | None, error: str,
+    resolved_event_id: str | None = None,
 ) -> None:
-    """Record that the webhook was given up (the case leaves the board; an agent sees why)."""
+    """Record that the webhook (of the resolution ``resolved_event_id``) was given up (the case leaves the board; an
+    agent sees why)."""
 
     def decide(uow: UnitOfWork) -> None:
-        uow.load(FeedbackCase, cid).abandon_notification(attempts, status_code, error, svc.app.clock.now())
+        uow.load(FeedbackCase, cid).abandon_notification(
+            attempts, status_code, error, svc.app.clock.now(), resolved_event_id
+        )
 
     await svc.commands.run(decide)
 

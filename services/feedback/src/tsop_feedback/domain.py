@@ -280,9 +280,12 @@ class FeedbackCase(Aggregate):
         self.technician_id = technician_id
         self.reminded = False
 
-    def abandon_notification(self, attempts: int, status_code: int | None, error: str, at: datetime) -> None:
-        """The webhook could not be delivered within its bounded attempts (or may not go where it points)."""
-        if self.notified or self.notification_failed is not None:
+    def abandon_notification(
+        self, attempts: int, status_code: int | None, error: str, at: datetime, resolved_event_id: str | None = None
+    ) -> None:
+        """The webhook could not be delivered within its bounded attempts (or may not go where it points).
+        ``resolved_event_id``: the resolution it carried; ignored if that is no longer the current one."""
+        if self.notified or self.notification_failed is not None or not self._current(resolved_event_id):
             return
         self._notification_abandoned(
             ticket_id=self.ticket_id, attempts=attempts, status_code=status_code, error=error, abandoned_at=at
@@ -296,14 +299,24 @@ class FeedbackCase(Aggregate):
             "attempts": attempts, "status_code": status_code, "error": error, "at": abandoned_at.isoformat()
         }
 
-    def mark_notified(self, channel: str, attempts: int, status_code: int | None, at: datetime) -> None:
-        """Record the delivery of the result.
+    def _current(self, resolved_event_id: str | None) -> bool:
+        """Whether a delivery made for ``resolved_event_id`` (None: whatever is current) is of the current one."""
+        if self.rating_due_at is None or self.resolved_event_id is None:
+            return False  # reopened meanwhile: no resolution to deliver now
+        return resolved_event_id is None or resolved_event_id == self.resolved_event_id
 
+    def mark_notified(
+        self, channel: str, attempts: int, status_code: int | None, at: datetime, resolved_event_id: str | None = None
+    ) -> None:
+        """Record the delivery of the result (of the resolution ``resolved_event_id``; None: the current one).
+
+        A delivery of a resolution that is no longer current (the customer said "not solved" while the webhook was
+        in flight) is ignored: the next resolution gets its own delivery.
         Once the ticket is closed its history on the bus is over: a delivery that
         ends after the rating is kept here (the webhook stops being retried) but
         never becomes a FeedbackSent after Closed.
         """
-        if self.notified:
+        if self.notified or not self._current(resolved_event_id):
             return
         assert self.rating_due_at is not None and self.resolved_event_id is not None
         if self.closed_reason is not None:

@@ -44,6 +44,7 @@ from eventsourcing.domain import Aggregate
 
 from tsop_events import outbound
 from tsop_events.auth import Principal, Role, TokenResolver, followed_resolver
+from tsop_events.envelope import derived_id
 from tsop_events.runtime import Service
 from tsop_events.store import LogFollower
 from tsop_feedback import commands
@@ -72,6 +73,7 @@ class FollowUps(LogFollower):
         self.notifications: dict[UUID, Pending] = {}
         self.dead_notifications: dict[UUID, str] = {}  # id → ticket
         self.notifications_of: dict[str, list[UUID]] = {}  # ticket → its notifications, in order
+        self.ticket_of: dict[UUID, str] = {}  # notification → its ticket (a give-up finds its ticket at once)
 
     def apply(self, e: Aggregate.Event) -> None:
         cid = e.originator_id
@@ -108,6 +110,7 @@ class FollowUps(LogFollower):
         if isinstance(e, Notification.Queued):
             self.notifications[nid] = Pending(e.url, 0, None)
             self.notifications_of.setdefault(e.ticket_id, []).append(nid)
+            self.ticket_of[nid] = e.ticket_id
         elif isinstance(e, Notification.Attempted):
             if e.ok:
                 self.notifications.pop(nid, None)
@@ -116,10 +119,9 @@ class FollowUps(LogFollower):
                 p.attempts, p.last_at = e.attempt, e.at
         elif isinstance(e, Notification.GivenUp):
             self.notifications.pop(nid, None)
-            for ticket, ids in self.notifications_of.items():
-                if nid in ids:
-                    self.dead_notifications[nid] = ticket
-                    break
+            ticket = self.ticket_of.get(nid)
+            if ticket is not None:
+                self.dead_notifications[nid] = ticket
 
     def due(self, now: datetime) -> list[UUID]:
         with self.lock:
@@ -299,7 +301,7 @@ class Deliverer:
         try:
             case = await commands.load_case(self.svc, cid)  # the board (refreshed just now) says it awaits one
             if not case.callback_url:
-                self.delivered.append((cid, "none", self.attempts.get(cid, 0) + 1, None))
+                self.delivered.append((cid, "none", self.attempts.get(cid, 0) + 1, None, case.resolved_event_id))
                 return
             host = normal_host(case.callback_url)
             if self.hosts[host] >= self.per_host:  # that receiver is busy: later, without counting an attempt
@@ -330,7 +332,7 @@ class Deliverer:
                 headers={
                     "content-type": "application/json",
                     "X-TSOP-Signature": sign(self.secret, body),
-                    "X-TSOP-Delivery": str(cid),
+                    "X-TSOP-Delivery": delivery_id(cid, case.resolved_event_id),
                 },
                 timeout=self.timeout,
             )
@@ -346,7 +348,7 @@ class Deliverer:
             error = f"{type(exc).__name__}: {exc}"
         if error is None:
             outbound.OUTBOUND_ATTEMPTS.labels("webhook", "ok").inc()
-            self.delivered.append((cid, "webhook", attempts, status))
+            self.delivered.append((cid, "webhook", attempts, status, case.resolved_event_id))
             return
         delay = None if final else self.policy.delay(attempts)
         if delay is not None:
@@ -356,11 +358,17 @@ class Deliverer:
             self.next_try[cid] = time.monotonic() + delay
             return
         outbound.OUTBOUND_ATTEMPTS.labels("webhook", "dead").inc()
-        await commands.abandon_notification(self.svc, cid, attempts, status, error[:1000])
+        await commands.abandon_notification(self.svc, cid, attempts, status, error[:1000], case.resolved_event_id)
         self.attempts.pop(cid, None)
         self.next_try.pop(cid, None)
         if self.dead is not None:
             await self.dead(case, attempts, error)
+
+
+def delivery_id(cid: UUID, resolved_event_id: str | None) -> str:
+    """The result webhook's ``X-TSOP-Delivery``: one per resolution (a reopened ticket's next result is a new
+    delivery, not a duplicate of the first), the same for every retry of it."""
+    return str(derived_id("feedback-result-delivery", str(cid), resolved_event_id or ""))
 
 
 def normal_host(url: str) -> str:

@@ -156,7 +156,15 @@ async def declare(svc: IncidentSvc, d: Declaration, by: str, idempotency_key: st
 
 
 def correlate(uow: UnitOfWork, app: IncidentApp, ticket_id: str, region: str, service_type: str, at: Any) -> None:
-    """A ticket was accepted: link it to the open incident covering its scope, or count it towards one."""
+    """A ticket was accepted: link it to the open incident covering its scope, or count it towards one.
+
+    Idempotent per ticket: the tickets topic is consumed again from the start after a broker change, and a ticket
+    correlated before (it has a link record, even one since cleared, or it crossed a threshold and declared an
+    incident) changes nothing; the watch also ignores faults older than its window behind the latest it saw."""
+    if uow.find(TicketLink, link_id(ticket_id)) is not None:
+        return  # linked before (by a burst, the sweep or a manager): never counted or linked again
+    if uow.find(Incident, derived_id("incident", region, service_type, ticket_id)) is not None:
+        return  # this ticket crossed a threshold before: its incident was declared
     w = watch_of(uow, region, service_type)
     if w.incident_id is not None:
         inc = uow.find(Incident, UUID(w.incident_id))

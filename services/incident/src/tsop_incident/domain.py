@@ -204,10 +204,16 @@ class Watch(Aggregate):
         self.region, self.service_type = region, service_type
         self.recent: list[tuple[str, datetime]] = []
         self.incident_id: str | None = None
+        self.latest: datetime | None = None  # the latest fault time seen (a high-water mark for replays)
 
     def see(self, ticket_id: str, at: datetime, rule: Rule) -> list[tuple[str, datetime]] | None:
-        """Note a fault ticket; the window's faults when they reach the rule's threshold (then the window empties)."""
+        """Note a fault ticket; the window's faults when they reach the rule's threshold (then the window empties).
+
+        A ticket already in the window, or older than the window behind the latest fault seen (a replay of faults
+        counted before), is not counted."""
         if any(t == ticket_id for t, _ in self.recent):
+            return None
+        if self.latest is not None and at < self.latest - rule.window:
             return None
         self._fault_seen(ticket_id=ticket_id, seen_at=at, window_seconds=rule.window.total_seconds())
         if len(self.recent) >= rule.threshold:
@@ -217,6 +223,7 @@ class Watch(Aggregate):
     @event(FaultSeen)
     def _fault_seen(self, ticket_id: str, seen_at: datetime, window_seconds: float) -> None:
         self.recent = [*within_window(self.recent, seen_at, timedelta(seconds=window_seconds)), (ticket_id, seen_at)]
+        self.latest = seen_at if self.latest is None else max(self.latest, seen_at)
 
     def cover(self, incident_id: UUID) -> None:
         if self.incident_id is not None and self.incident_id != str(incident_id):

@@ -24,7 +24,7 @@ from tsop_intake import commands
 from tsop_intake.catalogue import ReasonCodes
 from tsop_intake.commands import ApplicationBase, ChangesIn, CustomerId, FieldsIn, IntakeApp, Short
 from tsop_intake.domain import CHANNEL_KINDS, ChannelSystem, ServiceRequest
-from tsop_intake.projection import RANK
+from tsop_intake.projection import current_status
 
 _PROBLEM: dict[str, Any] = {PROBLEM: {"schema": PROBLEM_SCHEMA}}
 PROBLEMS: dict[int | str, dict[str, Any]] = {
@@ -218,9 +218,8 @@ def request_view(
 ) -> dict[str, Any]:
     """The request as its reader sees it; which ticket it duplicates only when ``names_duplicate``
     (staff, or the channel that owns that ticket too: see ``commands.sees_duplicate``)."""
-    # the furthest status reached (projection.RANK), never the last to arrive: a FeedbackSent recorded
-    # after Archived does not send the request back to feedback_sent
-    downstream = max((h["status"] for h in history or []), key=lambda st: RANK.get(st, -1), default=None)
+    # the furthest status reached since the latest reopening (projection.current_status)
+    downstream = current_status(history or [])
     status = downstream if downstream and downstream not in _INTAKE_STATES else r.status
     review = r.decision
     if r.duplicate_of is not None and not names_duplicate and review is not None:

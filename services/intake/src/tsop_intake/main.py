@@ -41,8 +41,11 @@ IntakeService = Service[IntakeApp, IntakeSettings]
 
 
 def status_projection(svc: Service[IntakeApp]) -> RequestStatusProjection:
-    """Where each request stands; a request finished downstream leaves the open-request index."""
-    return RequestStatusProjection(svc.pool, on_finished=svc.app.index.drop_closed)
+    """Where each request stands; a request finished downstream leaves the open-request index (and comes back
+    to it when reopened)."""
+    return RequestStatusProjection(
+        svc.pool, on_finished=svc.app.index.drop_closed, on_reopened=svc.app.index.reopen_finished
+    )
 
 
 def tmf_projection(svc: Service[IntakeApp]) -> TmfTicketProjection:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 from uuid import UUID
 
 import asyncpg
@@ -30,8 +30,11 @@ STATUS_OF: dict[str, str] = {
     wire.RequestCancelled.event_type: "cancelled",
 }
 RANK = {status: i for i, status in enumerate(dict.fromkeys(STATUS_OF.values()))}
-# a reopened ticket is worked again: it shows as reopened (not final) until it is closed; the work in between
-# (assigned, resolved, rated again) ranks below it and leaves the status as is
+# a reopened ticket is worked again: its status goes back to reopened (ranked as accepted, so the work that
+# follows moves it on: assigned, in progress, resolved, rated, closed); the status is the furthest reached since the
+# latest reopening, and events of the earlier round that arrive late leave it as is
+RANK["reopened"] = RANK["accepted"]
+REOPENED = wire.Reopened.event_type
 # no longer open: a new application for the same customer, type and location is not its duplicate
 FINISHED = frozenset({"resolved", "feedback_sent", "rated", "closed", "archived", "cancelled"})
 
@@ -42,33 +45,65 @@ class RequestStatusProjection(ProjectionSink):
     ddl: ClassVar[tuple[str, ...]] = (
         """CREATE TABLE IF NOT EXISTS request_status (
             ticket_id uuid PRIMARY KEY, status text NOT NULL, rank int NOT NULL, updated_at timestamptz NOT NULL)""",
+        # the time of the latest reopening: events from before it no longer move the status
+        "ALTER TABLE request_status ADD COLUMN IF NOT EXISTS since timestamptz",
         """CREATE TABLE IF NOT EXISTS request_history (
             event_id text PRIMARY KEY, ticket_id uuid NOT NULL, event_type text NOT NULL,
             status text NOT NULL, at timestamptz NOT NULL)""",
         "CREATE INDEX IF NOT EXISTS request_history_ticket ON request_history (ticket_id, at)",
     )
 
-    def __init__(self, pool: asyncpg.Pool, on_finished: Callable[[UUID], None] | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        on_finished: Callable[[UUID], None] | None = None,
+        on_reopened: Callable[[UUID], None] | None = None,
+    ) -> None:
         super().__init__(pool)
         self.on_finished = on_finished  # e.g. drop the ticket from the open-request index
+        self.on_reopened = on_reopened  # e.g. put it back there
 
     async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
         status = STATUS_OF[incoming.envelope.type]
         env = incoming.envelope
-        # only ever forward: a late or re-delivered event never moves a request back. Its history entry
-        # records the status the request has after it (a FeedbackSent after Closed leaves it closed).
-        await conn.execute(
+        reopening = env.type == REOPENED
+        # forward only within a round: a late or re-delivered event never moves a request back, except a newer
+        # reopening, which starts a round (its time is ``since``; events from before it leave the status as is).
+        # Its history entry records the status the request has after it (a FeedbackSent after Closed leaves it
+        # closed).
+        after = await conn.fetchval(  # the status after it (None: a redelivery, recorded before)
             """WITH moved AS (
-                 INSERT INTO request_status VALUES ($2, $4, $6, $5)
+                 INSERT INTO request_status (ticket_id, status, rank, updated_at, since) VALUES ($2, $4, $6, $5, $7)
                  ON CONFLICT (ticket_id) DO UPDATE SET status = EXCLUDED.status, rank = EXCLUDED.rank,
-                 updated_at = EXCLUDED.updated_at WHERE request_status.rank < EXCLUDED.rank
+                 updated_at = EXCLUDED.updated_at, since = COALESCE(EXCLUDED.since, request_status.since)
+                 WHERE CASE WHEN EXCLUDED.since IS NOT NULL
+                       THEN request_status.since IS NULL OR request_status.since < EXCLUDED.since
+                       ELSE request_status.rank < EXCLUDED.rank
+                            AND (request_status.since IS NULL OR request_status.since <= EXCLUDED.updated_at) END
                  RETURNING status)
                INSERT INTO request_history VALUES ($1, $2, $3,
                  COALESCE((SELECT status FROM moved), (SELECT status FROM request_status WHERE ticket_id = $2), $4),
                  $5)
-               ON CONFLICT DO NOTHING""",
-            env.id, incoming.key, env.type, status, env.time, RANK[status],
+               ON CONFLICT DO NOTHING RETURNING status""",
+            env.id, incoming.key, env.type, status, env.time, RANK[status], env.time if reopening else None,
         )
-        if status in FINISHED and self.on_finished is not None and incoming.key:
+        if after in FINISHED and self.on_finished is not None and incoming.key:
             self.on_finished(UUID(incoming.key))
+        if reopening and after == "reopened" and self.on_reopened is not None and incoming.key:
+            self.on_reopened(UUID(incoming.key))
 
+
+
+def current_status(history: list[dict[str, Any]]) -> str | None:
+    """The status a request's history (entries with ``status``, ``event_type``, ``at``, in time order) shows: the
+    furthest reached (by ``RANK``) since the latest reopening, never merely the last to arrive (a FeedbackSent
+    recorded after Archived does not send the request back to feedback_sent)."""
+    start = 0
+    for i, h in enumerate(history):
+        if h["event_type"] == REOPENED:
+            start = i
+    since = history[start:]
+    if since and since[0]["event_type"] == REOPENED:
+        # the reopening itself shows as reopened, whatever status its entry recorded
+        since = [{**since[0], "status": "reopened"}, *since[1:]]
+    return max((h["status"] for h in since), key=lambda st: RANK.get(st, -1), default=None)

@@ -100,6 +100,7 @@ class IntakeIndex(LogFollower):
         self.channels: dict[str, ChannelInfo] = {}
         self.tokens: dict[str, tuple[str, str]] = {}  # token hash → (channel id, credential id)
         self.open: dict[UUID, OpenRequest] = {}
+        self.finished: dict[UUID, OpenRequest] = {}  # dropped as finished downstream (back in ``open`` if reopened)
         self.by_key: dict[DupKey, UUID] = {}
         self.pending: dict[UUID, datetime] = {}
         self.queued: dict[UUID, OpenRequest] = {}
@@ -262,7 +263,19 @@ class IntakeIndex(LogFollower):
     def drop_closed(self, ticket: UUID) -> None:
         """A request the rest of the platform finished (resolved, closed): no longer a duplicate target."""
         with self.lock:
+            req = self.open.get(ticket)
             self._close(ticket)
+            if req is not None:
+                self.finished[ticket] = req  # kept: a reopening makes it a duplicate target again
+
+    def reopen_finished(self, ticket: UUID) -> None:
+        """A finished request was reopened downstream: open again, a duplicate target for new applications."""
+        with self.lock:
+            req = self.finished.pop(ticket, None)
+            if req is not None and ticket not in self.open:
+                req.status = "reopened"
+                self.open[ticket] = req
+                self.by_key.setdefault(req.key, ticket)
 
     def recent(self, channel_key: str, customer_id: str, now: datetime) -> tuple[int, int]:
         with self.lock:

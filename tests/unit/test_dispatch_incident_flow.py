@@ -1,0 +1,170 @@
+"""Dispatch's incident holds under the hard orderings (§5.3): a work order resolved while held and then reopened
+goes back to normal dispatch; the incidents topic replayed from the start (a broker change) changes nothing; and a
+link racing the work order's opening is never lost (in memory, with the injectable clock)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from uuid import uuid4
+
+import pytest
+from eventsourcing.persistence import IntegrityError, Tracking
+
+from tests.unit.test_dispatch_reopen import FAULT, NOW, Feed, accepted, new_app, reopened
+from tsop_dispatch.commands import work_order_id
+from tsop_dispatch.domain import WorkOrder
+from tsop_dispatch.policies import IncidentHolds, OpenWorkOrders, hold_id
+from tsop_events import schemas as wire
+from tsop_events.commands import UnitOfWork
+from tsop_events.consumer import Incoming
+from tsop_events.envelope import Envelope
+
+IncidentEvent = wire.IncidentTicketLinked | wire.IncidentTicketUnlinked | wire.IncidentResolved
+
+
+def incoming(ev: IncidentEvent | wire.RequestAccepted, key: str, n: int) -> Incoming:
+    return Incoming("t", 0, n, key, Envelope(f"x{key}{n}", ev.event_type, "test", NOW, key, None, None, b"{}"), ev)
+
+
+class Incidents:
+    """Hands incident events to dispatch's incident-holds sink; ``replay`` consumes them all again from the start
+    under a new broker epoch (a new tracking name), as after the embedded broker restarted empty."""
+
+    def __init__(self, holds: IncidentHolds) -> None:
+        self.holds, self.log, self.epoch = holds, list[IncidentEvent](), 0
+
+    def __call__(self, ev: IncidentEvent) -> None:
+        self.log.append(ev)
+        n = len(self.log)
+        self.holds._process(f"h|{self.epoch}|incidents|0", [incoming(ev, ev.incident_id, n)], n)
+
+    def replay(self, in_one_batch: bool = False) -> None:
+        self.epoch += 1
+        records = [incoming(ev, ev.incident_id, n) for n, ev in enumerate(self.log, 1)]
+        for chunk in [records] if in_one_batch else [[r] for r in records]:
+            self.holds._process(f"h|{self.epoch}|incidents|0", chunk, chunk[-1].offset)
+
+
+def linked(ticket: str, at: datetime = NOW, incident: str = "inc1") -> wire.IncidentTicketLinked:
+    return wire.IncidentTicketLinked(incident_id=incident, ticket_id=ticket, linked_by="auto", linked_at=at)
+
+
+def unlinked(ticket: str, at: datetime, incident: str = "inc1") -> wire.IncidentTicketUnlinked:
+    return wire.IncidentTicketUnlinked(incident_id=incident, ticket_id=ticket, reason="unrelated", unlinked_by="m",
+                                       unlinked_at=at)
+
+
+def resolved(at: datetime, incident: str = "inc1") -> wire.IncidentResolved:
+    return wire.IncidentResolved(incident_id=incident, resolution_code="restored", summary="fibre spliced",
+                                 advice=None, tickets_linked=1, resolved_by="m", resolved_at=at)
+
+
+def kinds(app: object, wo_id: object) -> list[str]:
+    return [type(e).__name__ for e in app.app.repository.event_store.get(wo_id)]  # type: ignore[attr-defined]
+
+
+def test_a_work_order_resolved_by_its_incident_and_reopened_is_dispatched_again_and_starves_nobody() -> None:
+    app, clock = new_app()
+    app.register_technician(uuid4(), "A", [FAULT], ["north"], 3)
+    feed, inc = Feed(app), Incidents(IncidentHolds(app.app))
+    feed(accepted("t1"))
+    inc(linked("t1"))
+    wo_id = work_order_id("t1")
+    assert app.load(wo_id).held_by == "inc1"
+    inc(resolved(NOW + timedelta(minutes=1)))
+    wo = app.load(wo_id)
+    assert (wo.status, wo.held_by) == ("resolved", None)
+    clock.advance(timedelta(minutes=5))
+    feed(reopened("t1", at=clock.now()))
+    wo = app.load(wo_id)
+    assert wo.held_by is None and wo.status == "assigned" and wo.technician_id is not None
+    # its resolve clock runs again and nothing it left behind blocks the next order of its type and region
+    assert app.explain_clocks(wo)["resolve"]["state"] == "running"
+    feed(accepted("t2"))
+    assert app.load(work_order_id("t2")).status == "assigned"
+
+
+def test_a_reopened_work_order_left_waiting_is_assigned_by_the_next_drain() -> None:
+    app, _ = new_app()
+    feed, inc = Feed(app), Incidents(IncidentHolds(app.app))
+    feed(accepted("t1"))  # nobody to send yet
+    inc(linked("t1"))
+    inc(resolved(NOW))
+    feed(reopened("t1", at=NOW + timedelta(minutes=1)))
+    assert app.load(work_order_id("t1")).status == "waiting"
+    app.register_technician(uuid4(), "A", [FAULT], ["north"], 3)
+    app.drain_queue()
+    assert app.load(work_order_id("t1")).status == "assigned"
+
+
+def test_a_replayed_link_does_not_hold_again_an_order_whose_hold_was_lifted() -> None:
+    app, _ = new_app()
+    app.register_technician(uuid4(), "A", [FAULT], ["north"], 3)
+    feed, inc = Feed(app), Incidents(IncidentHolds(app.app))
+    feed(accepted("t1"))
+    feed(accepted("t2"))
+    inc(linked("t1"))
+    inc(linked("t2"))
+    inc(unlinked("t2", NOW + timedelta(minutes=1)))
+    inc(resolved(NOW + timedelta(minutes=2)))
+    w1, w2 = work_order_id("t1"), work_order_id("t2")
+    feed(reopened("t1", at=NOW + timedelta(minutes=3)))
+    before1, before2 = kinds(app, w1), kinds(app, w2)
+    inc.replay()
+    assert kinds(app, w1) == before1  # not resolved again with the old resolution
+    assert kinds(app, w2) == before2  # no extra Held/HoldLifted pair (no false SLA pause)
+    assert app.load(w1).status == "assigned" and app.load(w2).held_by is None
+
+
+def test_a_replay_in_one_batch_does_not_resolve_a_reopened_order_again() -> None:
+    app, _ = new_app()
+    app.register_technician(uuid4(), "A", [FAULT], ["north"], 3)
+    feed, inc = Feed(app), Incidents(IncidentHolds(app.app))
+    feed(accepted("t1"))
+    inc(linked("t1"))
+    inc(resolved(NOW))
+    feed(reopened("t1", at=NOW + timedelta(minutes=1)))
+    inc.replay(in_one_batch=True)
+    events = app.app.repository.event_store.get(work_order_id("t1"))
+    assert sum(isinstance(e, WorkOrder.Resolved) for e in events) == 1
+    assert app.load(work_order_id("t1")).status == "assigned"
+
+
+def test_a_ticket_linked_again_after_an_unlink_is_held_again() -> None:
+    app, _ = new_app()
+    feed, inc = Feed(app), Incidents(IncidentHolds(app.app))
+    feed(accepted("t1"))
+    inc(linked("t1"))
+    inc(unlinked("t1", NOW + timedelta(minutes=1)))
+    assert app.load(work_order_id("t1")).held_by is None
+    inc(linked("t1", NOW + timedelta(minutes=2)))
+    assert app.load(work_order_id("t1")).held_by == "inc1"
+    inc.replay()
+    assert app.load(work_order_id("t1")).held_by == "inc1"
+    assert kinds(app, work_order_id("t1")).count("Held") == 2
+
+
+def test_a_link_racing_the_opening_conflicts_and_the_retry_applies_the_hold() -> None:
+    app, _ = new_app()
+    app.register_technician(uuid4(), "A", [FAULT], ["north"], 3)
+    opener, holds = OpenWorkOrders(app.app), IncidentHolds(app.app)
+    # the two consumers run concurrently: each decides on what it read, then saves
+    u1 = UnitOfWork(app.app)
+    opener.before_batch()
+    opener.react(u1, incoming(accepted("t1"), "t1", 1))
+    u2 = UnitOfWork(app.app)
+    holds.before_batch()
+    holds.react(u2, incoming(linked("t1"), "inc1", 1))
+    app.app.save_tracked(u2.aggregates(), Tracking("holds|e|incidents|0", 1))
+    with pytest.raises(IntegrityError):  # both wrote the ticket's IncidentHold record: the later save conflicts
+        app.app.save_tracked(u1.aggregates(), Tracking("orders|e|tickets|0", 1))
+    opener._process("orders|e|tickets|0", [incoming(accepted("t1"), "t1", 1)], 1)  # the consumer's retry
+    wo = app.load(work_order_id("t1"))
+    assert wo.held_by == "inc1" and wo.technician_id is None
+    assert app.load(hold_id("t1")).incident_id is None  # taken over by the work order
+    # and the other order: the link read the work order opened first
+    u3 = UnitOfWork(app.app)
+    opener.react(u3, incoming(accepted("t2"), "t2", 2))
+    app.app.save_tracked(u3.aggregates(), Tracking("orders|e|tickets|0", 2))
+    holds._process("holds|e|incidents|0", [incoming(linked("t2"), "inc1", 2)], 2)
+    assert app.load(work_order_id("t2")).held_by == "inc1"
