@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -213,8 +213,10 @@ class ConsumerRunner:
         settings: ServiceSettings,
         epoch: EpochWatcher,
         producer: AIOKafkaProducer,
+        on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.sink = sink
+        self.on_stored = on_stored  # told after each batch that stored something (wakes loops waiting for it)
         self.settings = settings
         self.epoch_watcher = epoch
         self.producer = producer
@@ -317,6 +319,8 @@ class ConsumerRunner:
             if not await self._one_by_one(epoch, tp, decoded, last):
                 return
         self._next[(epoch, tp)] = last + 1
+        if decoded and self.on_stored is not None:
+            self.on_stored()
         highwater = self.consumer.highwater(tp)
         if highwater is not None:
             CONSUMER_LAG.labels(self.sink.name, tp.topic, str(tp.partition)).set(max(0, highwater - last - 1))
