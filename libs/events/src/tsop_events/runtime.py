@@ -31,6 +31,8 @@ from tsop_events.wake import SAFETY_NET_SECONDS, Bell, Waiter
 
 log = logging.getLogger(__name__)
 
+NEWS_CHANNEL = "tsop_published"  # relays' announcements: the topics of each batch the broker acknowledged
+
 A = TypeVar("A", bound=EventStoreApp, default=EventStoreApp, covariant=True)
 S = TypeVar("S", bound=ServiceSettings, default=ServiceSettings, covariant=True)
 
@@ -60,6 +62,8 @@ class Runtime(Generic[A, S]):
     saved: Bell = field(init=False, default_factory=Bell)
     stored: Bell = field(init=False, default_factory=Bell)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
+    _announced: set[str] = field(init=False, default_factory=set)
+    _announcing: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     _resolvers: list[TokenResolver] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -110,6 +114,7 @@ class Runtime(Generic[A, S]):
                 loop.call_soon_threadsafe(relay.wake)
 
             self.app.on_saved(wake_relay)
+            relay.on_published = self._announce
             self._spawn("relay", relay.run)
         if self.app_factory is not None:
             loop = asyncio.get_running_loop()
@@ -126,8 +131,10 @@ class Runtime(Generic[A, S]):
                 await sink.setup()
         for sink in sinks:
             runner = ConsumerRunner(sink, s, self.epoch, self.producer, on_stored=self.stored.ring)
+            runner.news = Waiter([])
             self.runners.append(runner)
             self._spawn(f"consumer {runner.sink.name}", runner.run)
+        self._spawn("publish news", self._publish_news)
         for task in self.tasks:
             self._spawn(getattr(task, "__name__", "task"), lambda t=task: t(self))  # type: ignore[misc]
 
@@ -169,6 +176,48 @@ class Runtime(Generic[A, S]):
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("saves listener: %s; listening again", exc)
             finally:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
+    def _announce(self, topics: set[str]) -> None:
+        """After the broker acknowledged a batch: tell every consumer of the platform, coalesced (see _publish_news)."""
+        self._announced |= topics
+        self._announcing.set()
+
+    def _heard(self, payload: str) -> None:
+        topics = set(payload.split(","))
+        prefix = self.settings.topic_prefix
+        for runner in self.runners:
+            if runner.news is not None and topics & {t.qualified(prefix) for t in runner.sink.topics}:
+                runner.news.ring()
+
+    async def _publish_news(self) -> None:
+        """Relays announce what they published and consumers listen, on ``NEWS_CHANNEL`` of the ``postgres``
+        database that every service's PostgreSQL user reaches (NOTIFY does not cross databases). One connection per
+        process; announcements made while one is sent go out together. A lost announcement costs a paused consumer
+        at most the safety net; when the connection drops every consumer is woken."""
+        while True:
+            try:
+                conn = await asyncpg.connect(self.settings.pg_dsn("postgres"))
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("publish news: %s; retrying", exc)
+                await asyncio.sleep(SAFETY_NET_SECONDS)
+                continue
+            try:
+                await conn.add_listener(NEWS_CHANNEL, lambda *args: self._heard(args[-1]))
+                while not conn.is_closed():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._announcing.wait(), SAFETY_NET_SECONDS * 5)
+                    self._announcing.clear()
+                    topics, self._announced = self._announced, set()
+                    if topics:
+                        await conn.execute("SELECT pg_notify($1, $2)", NEWS_CHANNEL, ",".join(sorted(topics)))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("publish news: %s; listening again", exc)
+            finally:
+                for runner in self.runners:
+                    if runner.news is not None:
+                        runner.news.ring()
                 with contextlib.suppress(Exception):
                     await conn.close()
 
