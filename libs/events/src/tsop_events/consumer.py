@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -33,8 +33,12 @@ from tsop_events.schemas import DeadLettered, WireEvent
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp, IntegrityError, Tracking
 from tsop_events.topics import Topic
+from tsop_events.wake import SAFETY_NET_SECONDS, Waiter
 
 log = logging.getLogger(__name__)
+
+QUIET_SECONDS = 1.0  # a consumer without records this long pauses its fetches until news (if it has a news waiter)
+RESUMED_SECONDS = 0.25  # how long a consumer woken without records fetches before pausing again
 
 OFFSETS_DDL = """
 CREATE TABLE IF NOT EXISTS tsop_consumer_offsets (
@@ -217,8 +221,13 @@ class ConsumerRunner:
         settings: ServiceSettings,
         epoch: EpochWatcher,
         producer: AIOKafkaProducer,
+        on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.sink = sink
+        self.on_stored = on_stored  # told after each batch that stored something (wakes loops waiting for it)
+        # rung when a relay announced a publish to one of this sink's topics; with it, a consumer without records
+        # for QUIET_SECONDS pauses its partitions (no fetches) until news or the safety net (see tsop_events.wake)
+        self.news: Waiter | None = None
         self.settings = settings
         self.epoch_watcher = epoch
         self.producer = producer
@@ -267,14 +276,36 @@ class ConsumerRunner:
         self.consumer.subscribe([t.qualified(prefix) for t in self.sink.topics], listener=_Rebalance(self))
         await self.consumer.start()
         self.running = True
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
         try:
             while True:
                 batch = await self.consumer.getmany(timeout_ms=200, max_records=self.settings.consumer_batch)
                 for tp, records in batch.items():
                     await self._handle(tp, records)
+                if batch:
+                    quiet_since = loop.time()
+                elif self.news is not None and loop.time() - quiet_since >= QUIET_SECONDS:
+                    await self._pause_until_news()
+                    quiet_since = loop.time() - QUIET_SECONDS + RESUMED_SECONDS
         finally:
             self.running = False
             await self.consumer.stop()
+
+    async def _pause_until_news(self) -> None:
+        """Stop fetching (Tansu answers a waiting fetch only when its wait expires: an idle consumer would fetch
+        20 times a second) until a relay announces a record for us, or the safety net passes (records no relay
+        announces: dead letters, other producers). Positions are kept; nothing is skipped or read twice."""
+        assert self.consumer is not None and self.news is not None
+        paused = self.consumer.assignment()
+        if not paused:
+            return
+        self.consumer.pause(*paused)
+        try:
+            await self.news.wait(SAFETY_NET_SECONDS)
+        finally:
+            assigned = self.consumer.assignment()
+            self.consumer.resume(*[tp for tp in paused if tp in assigned])
 
     def _decode(self, record: Any) -> Incoming:
         env = unwrap(record.headers, record.value)
@@ -321,6 +352,8 @@ class ConsumerRunner:
             if not await self._one_by_one(epoch, tp, decoded, last):
                 return
         self._next[(epoch, tp)] = last + 1
+        if decoded and self.on_stored is not None:
+            self.on_stored()
         highwater = self.consumer.highwater(tp)
         if highwater is not None:
             CONSUMER_LAG.labels(self.sink.name, tp.topic, str(tp.partition)).set(max(0, highwater - last - 1))

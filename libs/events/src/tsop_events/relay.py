@@ -202,6 +202,9 @@ class Relay:
         self.epoch_watcher = epoch
         self.position = 0
         self.epoch: str | None = None
+        # told the topics of each published batch, after the broker's acknowledgement (the runtime announces them
+        # to every consumer of the platform, so a consumer paused for want of records resumes at once)
+        self.on_published: Callable[[set[str]], None] | None = None
         self.running = False
         self.set_aside = 0  # notifications set aside and not republished (read from the table)
         self.backlog = 0
@@ -429,6 +432,8 @@ class Relay:
             self.position = last
             await self._store()
         RELAY_PUBLISHED.labels(self.name).inc(published)
+        if published and self.on_published is not None:
+            self.on_published({ready.topic for ready, _ in sent})
         for r in refused:
             if r.notification.id in new:
                 RELAY_SET_ASIDE_TOTAL.labels(self.name).inc()

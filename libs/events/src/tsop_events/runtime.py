@@ -9,6 +9,7 @@ for the service's own code: no service locator, no ``isinstance`` checks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,9 +26,12 @@ from tsop_events.consumer import OFFSETS_DDL, ConsumerRunner, Sink
 from tsop_events.epoch import EpochWatcher
 from tsop_events.relay import RELAY_DDL, SET_ASIDE_DDL, Mapper, Relay
 from tsop_events.settings import ServiceSettings
-from tsop_events.store import EventStoreApp, GroupCommit, ensure_database
+from tsop_events.store import EventStoreApp, GroupCommit, ensure_database, schema_lock
+from tsop_events.wake import SAFETY_NET_SECONDS, Bell, Waiter
 
 log = logging.getLogger(__name__)
+
+NEWS_CHANNEL = "tsop_published"  # relays' announcements: the topics of each batch the broker acknowledged
 
 A = TypeVar("A", bound=EventStoreApp, default=EventStoreApp, covariant=True)
 S = TypeVar("S", bound=ServiceSettings, default=ServiceSettings, covariant=True)
@@ -53,7 +57,13 @@ class Runtime(Generic[A, S]):
     relay: Relay | None = field(init=False, default=None)
     runners: list[ConsumerRunner] = field(init=False, default_factory=list)
     extras: dict[str, Any] = field(init=False, default_factory=dict)
+    # news that gives the service's loops work (see tsop_events.wake): any instance saved to the event
+    # store, a consumer of this process stored a batch
+    saved: Bell = field(init=False, default_factory=Bell)
+    stored: Bell = field(init=False, default_factory=Bell)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
+    _announced: set[str] = field(init=False, default_factory=set)
+    _announcing: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     _resolvers: list[TokenResolver] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -69,13 +79,19 @@ class Runtime(Generic[A, S]):
             found = await resolve(token_hash)
         return found
 
+    def waiter(self, saved: bool = True, stored: bool = False, pace: float = 0.05) -> Waiter:
+        """A loop's wake-up call: when the event store saved (any instance) and/or a consumer here stored a batch;
+        at most one round per ``pace`` seconds under load (see tsop_events.wake)."""
+        return Waiter([b for b, wanted in ((self.saved, saved), (self.stored, stored)) if wanted], pace)
+
     async def start(self) -> None:
         s = self.settings
         await _retry(lambda: ensure_database(s, [RELAY_DDL, SET_ASIDE_DDL, OFFSETS_DDL, *self.ddl]), "PostgreSQL")
         self.pool = await create_pool(s.pg_dsn(), max_size=s.pg_pool_size)
         if self.app_factory is not None:
             factory = self.app_factory
-            self.app = await asyncio.to_thread(factory, s)
+            async with schema_lock(s):  # the event store creates its tables: one instance at a time
+                self.app = await asyncio.to_thread(factory, s)
             self.committer = GroupCommit(self.app, writers=self.commit_writers)
             self.commands = Commands(self.app, self.committer)
         self.producer = AIOKafkaProducer(
@@ -98,12 +114,27 @@ class Runtime(Generic[A, S]):
                 loop.call_soon_threadsafe(relay.wake)
 
             self.app.on_saved(wake_relay)
+            relay.on_published = self._announce
             self._spawn("relay", relay.run)
+        if self.app_factory is not None:
+            loop = asyncio.get_running_loop()
+
+            def ring_saved() -> None:
+                loop.call_soon_threadsafe(self.saved.ring)
+
+            self.app.on_saved(ring_saved)
+            self._spawn("saves listener", self._listen_for_saves)
         self._resolvers = [make(self) for make in self.token_resolvers]
-        for make_sink in self.sinks:
-            runner = ConsumerRunner(make_sink(self), s, self.epoch, self.producer)
+        sinks = [make_sink(self) for make_sink in self.sinks]
+        async with schema_lock(s):  # the sinks' tables, one instance at a time (their runners' setup is then a no-op)
+            for sink in sinks:
+                await sink.setup()
+        for sink in sinks:
+            runner = ConsumerRunner(sink, s, self.epoch, self.producer, on_stored=self.stored.ring)
+            runner.news = Waiter([])
             self.runners.append(runner)
             self._spawn(f"consumer {runner.sink.name}", runner.run)
+        self._spawn("publish news", self._publish_news)
         for task in self.tasks:
             self._spawn(getattr(task, "__name__", "task"), lambda t=task: t(self))  # type: ignore[misc]
 
@@ -120,6 +151,75 @@ class Runtime(Generic[A, S]):
                     await asyncio.sleep(1.0)
 
         self._tasks.append(asyncio.create_task(supervised(), name=name))
+
+    async def _listen_for_saves(self) -> None:
+        """Ring ``saved`` on every save of any instance: the event store NOTIFYs its table's channel on insert.
+
+        One connection per process, LISTENing; checked (no round trip) every safety-net interval and opened
+        again if it dropped, with a ring then, as saves may have been missed meanwhile.
+        """
+        channel = getattr(self.app.recorder, "channel_name", None)
+        if not channel:  # a store that cannot NOTIFY: the loops' safety net is their only wake-up
+            return
+        while True:
+            try:
+                conn = await asyncpg.connect(self.settings.pg_dsn())
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("saves listener: %s; retrying", exc)
+                await asyncio.sleep(SAFETY_NET_SECONDS)
+                continue
+            try:
+                await conn.add_listener(channel, lambda *_: self.saved.ring())
+                self.saved.ring()
+                while not conn.is_closed():
+                    await asyncio.sleep(SAFETY_NET_SECONDS * 5)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("saves listener: %s; listening again", exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
+    def _announce(self, topics: set[str]) -> None:
+        """After the broker acknowledged a batch: tell every consumer of the platform, coalesced (see _publish_news)."""
+        self._announced |= topics
+        self._announcing.set()
+
+    def _heard(self, payload: str) -> None:
+        topics = set(payload.split(","))
+        prefix = self.settings.topic_prefix
+        for runner in self.runners:
+            if runner.news is not None and topics & {t.qualified(prefix) for t in runner.sink.topics}:
+                runner.news.ring()
+
+    async def _publish_news(self) -> None:
+        """Relays announce what they published and consumers listen, on ``NEWS_CHANNEL`` of the ``postgres``
+        database that every service's PostgreSQL user reaches (NOTIFY does not cross databases). One connection per
+        process; announcements made while one is sent go out together. A lost announcement costs a paused consumer
+        at most the safety net; when the connection drops every consumer is woken."""
+        while True:
+            try:
+                conn = await asyncpg.connect(self.settings.pg_dsn("postgres"))
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("publish news: %s; retrying", exc)
+                await asyncio.sleep(SAFETY_NET_SECONDS)
+                continue
+            try:
+                await conn.add_listener(NEWS_CHANNEL, lambda *args: self._heard(args[-1]))
+                while not conn.is_closed():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._announcing.wait(), SAFETY_NET_SECONDS * 5)
+                    self._announcing.clear()
+                    topics, self._announced = self._announced, set()
+                    if topics:
+                        await conn.execute("SELECT pg_notify($1, $2)", NEWS_CHANNEL, ",".join(sorted(topics)))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("publish news: %s; listening again", exc)
+            finally:
+                for runner in self.runners:
+                    if runner.news is not None:
+                        runner.news.ring()
+                with contextlib.suppress(Exception):
+                    await conn.close()
 
     def readiness(self) -> dict[str, bool]:
         checks = {"broker_epoch": self.epoch.epoch is not None}

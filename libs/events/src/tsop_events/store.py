@@ -9,12 +9,13 @@ record, in one transaction, which is what makes the reaction happen once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
@@ -25,7 +26,7 @@ from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
 
 from tsop_events.settings import ServiceSettings
 
-__all__ = ["EventStoreApp", "IntegrityError", "Tracking", "ensure_database"]
+__all__ = ["EventStoreApp", "IntegrityError", "Tracking", "ensure_database", "schema_lock"]
 
 # Set per HTTP request by the edge: a save made while serving it marks it, so that an error
 # after a save is answered as "recorded" rather than "nothing was changed" (see http._unexpected).
@@ -123,24 +124,43 @@ class EventStoreApp(Application[UUID]):
 
 
 async def ensure_database(settings: ServiceSettings, extra_sql: Sequence[str] = ()) -> None:
-    """Create the service's own database if missing, then run its DDL."""
+    """Create the service's own database if missing, then run its DDL, one instance at a time (``schema_lock``)."""
     admin = await asyncpg.connect(settings.pg_dsn("postgres"))
     try:
         exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", settings.database)
         if not exists:
             try:
                 await admin.execute(f'CREATE DATABASE "{settings.database}"')
-            except asyncpg.DuplicateDatabaseError:
-                pass
+            except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                pass  # another instance created it meanwhile
     finally:
         await admin.close()
     if extra_sql:
-        conn = await asyncpg.connect(settings.pg_dsn())
-        try:
-            for stmt in extra_sql:
-                await conn.execute(stmt)
-        finally:
-            await conn.close()
+        async with schema_lock(settings):
+            conn = await asyncpg.connect(settings.pg_dsn())
+            try:
+                for stmt in extra_sql:
+                    await conn.execute(stmt)
+            finally:
+                await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def schema_lock(settings: ServiceSettings) -> AsyncIterator[None]:
+    """Hold the service's schema lock: DDL at start runs in one instance at a time.
+
+    ``CREATE TABLE IF NOT EXISTS`` is not safe against itself: two instances creating the same missing table at
+    once both pass the check and one fails on ``pg_type``'s unique index. Every start-up DDL (``ensure_database``,
+    the event store's tables, the consumer sinks' ``setup``) runs under this PostgreSQL advisory lock, per database;
+    it is taken on a connection of its own to the ``postgres`` database (the service's may not exist yet) and
+    released when that connection closes, so an instance that dies holding it never blocks the others.
+    """
+    conn = await asyncpg.connect(settings.pg_dsn("postgres"))
+    try:
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"tsop-schema:{settings.database}")
+        yield
+    finally:
+        await conn.close()
 
 
 class LogFollower:

@@ -5,7 +5,6 @@ The archive keeps no in-memory view: what it holds is in its SQL store (``projec
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from aiokafka import TopicPartition
@@ -20,7 +19,7 @@ from tsop_events.topics import Topic
 log = logging.getLogger(__name__)
 
 BATCH = 200  # dossiers judged per round
-IDLE_SECONDS = 0.05  # the pause when a round sealed nothing
+IDLE_SECONDS = 0.05  # the shortest pause between two rounds that sealed nothing
 
 
 async def dead_letters_read(svc: Service[ArchiveApp], runner: ConsumerRunner) -> bool:
@@ -49,6 +48,7 @@ async def seal_dossiers(svc: Service[ArchiveApp]) -> None:
     archive's own, or a relay's) then always blocks a complete seal.
     """
     runner = next(r for r in svc.runners if isinstance(r.sink, ArchiveStore))
+    wake = svc.waiter(saved=True, stored=True, pace=IDLE_SECONDS)  # woken when the consumers stored something
     while True:
         sealed = 0
         if await any_due(svc.pool, svc.app.clock.now()):
@@ -61,4 +61,4 @@ async def seal_dossiers(svc: Service[ArchiveApp]) -> None:
             if settled:
                 sealed = await seal_due(svc, BATCH, mark)
         if not sealed:
-            await asyncio.sleep(IDLE_SECONDS)
+            await wake.wait()  # a reopen period ending is caught by the safety net

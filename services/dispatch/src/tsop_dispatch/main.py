@@ -29,7 +29,8 @@ class DispatchSettings(ServiceSettings):
     http_port: int = 8002
     """Dispatch's HTTP port."""
     timer_seconds: float = 0.5
-    """Pause between two rounds of the timers (queue drain, acceptance time-outs, SLA thresholds, peak mode)."""
+    """Shortest pause between two rounds of the timers (queue drain, acceptance time-outs, SLA thresholds, peak
+    mode); a round runs when any instance saved, and at least once a second for the due times."""
     accept_within_seconds: float = 15 * 60
     """How long a technician has to accept an assignment before it times out and goes to someone else."""
     peak_backlog: int = 1000

@@ -40,6 +40,7 @@ from tsop_events.commands import UnitOfWork
 from tsop_events.errors import DomainError
 from tsop_events.runtime import Service
 from tsop_events.store import EventStoreApp, IntegrityError, LogFollower
+from tsop_events.wake import SAFETY_NET_SECONDS
 
 if TYPE_CHECKING:
     from tsop_dispatch.commands import DispatchApp
@@ -457,7 +458,9 @@ async def tick(svc: Service[DispatchApp]) -> dict[str, int]:
 
 
 async def timers(svc: Service[DispatchApp], every: float) -> None:
-    """The durable timers, one round every ``every`` seconds."""
+    """The durable timers: a round when any instance saved (at most one per ``every`` seconds), and at least
+    one a second for the due times (SLA thresholds, acceptance deadlines)."""
+    wake = svc.waiter(saved=True, pace=every)
     while True:
         await tick(svc)
-        await asyncio.sleep(every)
+        await wake.wait(max(every, SAFETY_NET_SECONDS))

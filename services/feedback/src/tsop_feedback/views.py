@@ -47,6 +47,7 @@ from tsop_events.auth import Principal, Role, TokenResolver, followed_resolver
 from tsop_events.envelope import derived_id
 from tsop_events.runtime import Service
 from tsop_events.store import LogFollower
+from tsop_events.wake import Waiter
 from tsop_feedback import commands
 from tsop_feedback.domain import ChannelAccess, FeedbackCase, Notification
 
@@ -183,9 +184,10 @@ class ChannelTokens(LogFollower):
 
 async def follow_channels(svc: Service[commands.FeedbackApp], every: float = 0.5) -> None:
     """Keep the channel credentials current: a revocation is refused here within ``every`` seconds of reading it."""
+    wake = svc.waiter(saved=True, pace=every)  # any instance saved (NOTIFY), or the safety net
     while True:
         await asyncio.to_thread(svc.app.channels.refresh)
-        await asyncio.sleep(every)
+        await wake.wait()
 
 
 def channel_tokens(svc: Service[commands.FeedbackApp]) -> TokenResolver:
@@ -250,6 +252,7 @@ class Deliverer:
         self.inflight: dict[UUID, asyncio.Task[None]] = {}
         self.hosts: Counter[str] = Counter()
         self.delivered: list[commands.Delivered] = []
+        self.wake: Waiter | None = None  # rung when a delivery finishes: its outcome is recorded at once
 
     async def run_once(self, client: httpx.AsyncClient) -> int:
         """Record what was delivered, start the due deliveries there is room for; how much happened."""
@@ -274,6 +277,8 @@ class Deliverer:
     def _finished(self, cid: UUID) -> Callable[[asyncio.Task[None]], None]:
         def done(_: asyncio.Task[None]) -> None:
             self.inflight.pop(cid, None)
+            if self.wake is not None:
+                self.wake.ring()
 
         return done
 
@@ -391,10 +396,12 @@ async def deliver_feedback(svc: Service[commands.FeedbackApp], secret: str) -> N
 
     deliverer = Deliverer(svc, secret, outbound.guard_for(settings), outbound.RetryPolicy.from_settings(settings),
                           dead=dead)
+    # a case awaits delivery (any instance saved), a delivery finished; a retry falling due: the safety net
+    wake = deliverer.wake = svc.waiter(saved=True)
     async with outbound.client(deliverer.timeout) as client:
         while True:
             if not await deliverer.run_once(client):
-                await asyncio.sleep(0.05)
+                await wake.wait()
 
 
 # ---------------------------------------------------------------- step notifications
@@ -428,6 +435,7 @@ class Notifier:
         self.inflight: dict[UUID, asyncio.Task[None]] = {}
         self.hosts: Counter[str] = Counter()
         self.delays: dict[tuple[UUID, int], float] = {}  # (id, attempts) → the back-off drawn for the next try
+        self.wake: Waiter | None = None  # rung when a delivery finishes
 
     def _due(self, nid: UUID, p: Pending, now: datetime) -> bool:
         if p.last_at is None:
@@ -513,6 +521,8 @@ class Notifier:
             await asyncio.sleep(1.0)
         finally:
             self.inflight.pop(nid, None)
+            if self.wake is not None:
+                self.wake.ring()  # room for the next one
             self.hosts[host] -= 1
             if self.hosts[host] <= 0:
                 del self.hosts[host]
@@ -530,7 +540,9 @@ async def deliver_notifications(svc: Service[commands.FeedbackApp], secret: str)
 
     notifier = Notifier(svc, secret, outbound.guard_for(settings), outbound.RetryPolicy.from_settings(settings),
                         dead=dead)
+    # a notification is pending (any instance saved), a delivery finished; a retry falling due: the safety net
+    wake = notifier.wake = svc.waiter(saved=True)
     async with outbound.client(notifier.timeout) as client:
         while True:
             if not await notifier.run_once(client):
-                await asyncio.sleep(0.05)
+                await wake.wait()

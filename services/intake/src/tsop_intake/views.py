@@ -309,9 +309,10 @@ class IntakeIndex(LogFollower):
 
 async def follow_log(svc: Service[IntakeApp]) -> None:
     """Keep the index current with what other instances wrote (revocations included)."""
+    wake = svc.waiter(saved=True, pace=REFRESH_SECONDS)  # any instance saved (NOTIFY), or the safety net
     while True:
         await asyncio.to_thread(svc.app.index.refresh)
-        await asyncio.sleep(REFRESH_SECONDS)
+        await wake.wait()
 
 
 async def expire_pending(svc: Service[IntakeApp]) -> int:

@@ -27,7 +27,8 @@ class RecordsSettings(ServiceSettings):
     """PEM file of the Ed25519 key that signs the archive's checkpoints; created (mode 0600) when missing.
     Unset: a new key at each start (its public key is still published at `GET /v1/archive/keys`)."""
     archive_chain_seconds: float = 0.5
-    """How often new records are linked into the whole-archive chain."""
+    """The shortest time between two rounds linking new records into the whole-archive chain (a round runs when
+    the consumers stored records, or at least each second for a due checkpoint)."""
     archive_checkpoint_every: int = 10000
     """Records linked between two signed checkpoints (at most)."""
     archive_checkpoint_seconds: float = 60.0

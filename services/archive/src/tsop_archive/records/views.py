@@ -21,13 +21,14 @@ async def keep_chain(svc: Service[ArchiveApp, RecordsSettings]) -> None:
     """Link what the store received into the whole-archive chain, and sign checkpoints."""
     s = svc.settings
     signer = Signer.load_or_create(s.archive_signing_key_file)
+    wake = svc.waiter(saved=False, stored=True, pace=s.archive_chain_seconds)
     while True:
         # a round every interval, however much arrived: its instant lock on the store then costs the consumers
         # at most one of their own transactions' time per interval, and the links are computed in batches
         await chain_and_checkpoint(
             svc.pool, signer, svc.app.clock.now(), s.archive_checkpoint_every, s.archive_checkpoint_seconds
         )
-        await asyncio.sleep(s.archive_chain_seconds)
+        await wake.wait()  # until the consumers stored something (a due checkpoint: the safety net)
 
 
 async def keep_retention(svc: Service[ArchiveApp, RecordsSettings]) -> None:

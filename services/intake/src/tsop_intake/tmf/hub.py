@@ -40,6 +40,7 @@ from tsop_events.consumer import Incoming
 from tsop_events.envelope import derived_id
 from tsop_events.errors import Invalid
 from tsop_events.runtime import Runtime
+from tsop_events.wake import SAFETY_NET_SECONDS, Waiter
 from tsop_intake.tmf import model
 
 log = logging.getLogger(__name__)
@@ -175,15 +176,21 @@ class Deliverer:
         self.lease = timedelta(seconds=2 * timeout + guard.resolve_timeout + 10)
         self.inflight: set[asyncio.Task[None]] = set()
         self.per_hub: Counter[UUID] = Counter()
+        self.wake: Waiter | None = None
 
-    async def run(self, idle: float = 0.2) -> None:
+    async def run(self, idle: float = 0.2, wake: Waiter | None = None) -> None:
+        """Claim and start what is due, round after round; between rounds that started nothing, wait for ``wake``
+        (the projection stored notifications, a delivery finished) or ``idle`` seconds (a retry falling due)."""
+        self.wake = wake
         while True:
             if await self.claim() == 0:
                 await self.settle(idle)
 
     async def settle(self, timeout: float) -> None:
         """Wait until a delivery finishes, or ``timeout``."""
-        if self.inflight:
+        if self.wake is not None:
+            await self.wake.wait(timeout)
+        elif self.inflight:
             await asyncio.wait(self.inflight, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         else:
             await asyncio.sleep(timeout)
@@ -217,8 +224,13 @@ class Deliverer:
         for r in taken:
             task = asyncio.create_task(self._deliver(r))
             self.inflight.add(task)
-            task.add_done_callback(self.inflight.discard)
+            task.add_done_callback(self._finished)
         return len(taken)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.inflight.discard(task)
+        if self.wake is not None:
+            self.wake.ring()  # room for the next claim
 
     async def deliver_due(self) -> int:
         """Start what is due and wait for those deliveries (tests; ``run`` never waits for a batch)."""
@@ -287,4 +299,5 @@ async def deliver(runtime: Runtime, timeout: float) -> None:
     async with outbound.client(timeout) as http:
         deliverer = Deliverer(runtime.pool, http, outbound.guard_for(settings),
                               outbound.RetryPolicy.from_settings(settings), timeout=timeout, dead=dead)
-        await deliverer.run()
+        # woken when the projection stored notifications; a due retry is found within the safety net
+        await deliverer.run(idle=SAFETY_NET_SECONDS, wake=runtime.waiter(saved=False, stored=True, pace=0.02))
