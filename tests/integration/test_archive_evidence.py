@@ -317,3 +317,66 @@ async def test_a_ticket_as_it_stood(archive: Archive) -> None:
     view, seen = await rebuild_backlog(archive.pool, TICKETS, page=2)
     assert seen == 8 and [s.ticket_id for s in view.open()] == [other]
     assert view.tickets[t].status == "closed" and view.tickets[t].events == after.events
+
+
+def records_expired(ticket: str, event_ids: list[str], at: datetime, n: int) -> Envelope:
+    """The archive's own announcement of an expiry, as it comes back from the broker onto the tickets topic."""
+    e = wire.RecordsExpired(ticket_id=ticket, record_class="service_records", action="purged",
+                            event_ids=event_ids, retention_days=1095, expired_at=at)
+    return wrap(e, event_id=f"{ticket}-x{n}", source="archive", time=at)
+
+
+async def test_retention_never_expires_its_own_announcements_nor_counts_idle_matters(archive: Archive) -> None:
+    svc = archive.svc
+    t = str(uuid.uuid4())
+    await archive.deliver(lifecycle(t, "c1", T0))
+    assert await seal_due(svc) == 1
+    await archive.chain()
+    archive.clock.advance(timedelta(days=4 * 365))
+    first = await expire_due(svc)
+    assert first.records == 5 and first.matters == 1, first
+    # the announcement of that expiry arrives, as a new record of the ticket, and rounds go on
+    for n in range(3):
+        await archive.deliver([records_expired(t, [f"{t}-{i}" for i in range(5)], archive.clock.now(), n)])
+        archive.clock.advance(timedelta(days=1))
+        again = await expire_due(svc)
+        assert again.records == 0 and again.matters == 0, again  # no announcement of an announcement
+    events, _ = await ticket_record(svc.pool, TICKETS, t)
+    assert [e.data is not None for e in events] == [False] * 5 + [True] * 3
+    assert len(await rp.expiries(svc.pool, t, 100)) == 5
+
+
+def complaint(cid: str, customer: str, tickets: list[str], at: datetime, notes: int) -> list[Envelope]:
+    events: list[wire.WireEvent] = [wire.ComplaintReceived(
+        complaint_id=cid, customer_id=customer, source="agent", complaint_type="service_quality",
+        description="The engineer never came, call me on 555-0199", ticket_ids=tickets, received_by="agent-1",
+        received_at=at, acknowledge_by=at + timedelta(days=2), answer_by=at + timedelta(days=14), repeat=False,
+    )]
+    events += [wire.ComplaintNoteAdded(complaint_id=cid, note=f"step {i}", noted_by="agent-1",
+                                       noted_at=at + timedelta(hours=i + 1)) for i in range(notes)]
+    return [wrap(e, event_id=f"{cid}-{i}", source="test", time=at + timedelta(hours=i))
+            for i, e in enumerate(events)]
+
+
+async def test_a_hold_on_a_customer_or_a_ticket_keeps_every_record_of_their_complaints(archive: Archive) -> None:
+    svc = archive.svc
+    complaints = f"{PREFIX}complaints"
+    held_c, held_t, plain, filler = (f"cmp{i}{uuid.uuid4().hex[:8]}" for i in range(4))
+    ticket = str(uuid.uuid4())
+    # the complaints' records interleave with others', so no page of records holds a whole complaint
+    await archive.deliver(complaint(held_c, "c-held", [], T0, 0), complaints)
+    await archive.deliver(complaint(held_t, "c-other", [ticket], T0, 0), complaints)
+    await archive.deliver(complaint(plain, "c-plain", [], T0, 0), complaints)
+    await archive.deliver(complaint(filler, "c-filler", [], T0, 5), complaints)
+    later = [e for c in (held_c, held_t, plain) for e in complaint(c, "x", [], T0, 3)[1:]]
+    await archive.deliver(later, complaints)
+    await place_hold(svc, HoldKind.customer, "c-held", "litigation", AUDITOR)
+    await place_hold(svc, HoldKind.ticket, ticket, "regulator's inquiry", AUDITOR)
+    archive.clock.advance(timedelta(days=4 * 365))
+    r = await expire_due(svc, limit=1)
+    assert r.matters == 2 and r.records == 4 + 6, r  # plain and filler only
+    for cid, kept in ((held_c, True), (held_t, True), (plain, False), (filler, False)):
+        rows = await archive.pool.fetch(
+            "SELECT data IS NOT NULL AS has FROM archive_events WHERE key = $1 ORDER BY seq", cid)
+        assert len(rows) == (6 if cid == filler else 4)
+        assert all(x["has"] == kept for x in rows), (cid, [x["has"] for x in rows])

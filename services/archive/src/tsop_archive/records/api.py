@@ -3,7 +3,7 @@ legal holds, and past states."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID
 
@@ -31,7 +31,13 @@ MAX_SEQ = 2**62
 def _aware(name: str, at: datetime) -> datetime:
     if at.tzinfo is None:
         raise Invalid("must name its time zone (e.g. 2026-06-01T09:00:00Z)", name)
+    if not EARLIEST <= at <= LATEST:
+        raise Invalid("must lie between 1970-01-01 and 9000-01-01", name)
     return at
+
+
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 class BreakAnswer(BaseModel):
@@ -63,7 +69,7 @@ async def verify(
         raise Invalid("must not be below `from`", "to")
     v = await rc.verify(svc.pool, from_seq, to_seq)
     return VerifyAnswer(
-        ok=v.ok, from_seq=v.from_seq, to_seq=v.to_seq, checked=v.checked, intact=v.intact, expired=v.expired,
+        ok=v.ok, from_seq=v.from_seq, to_seq=v.last_seq, checked=v.checked, intact=v.intact, expired=v.expired,
         checkpoints=v.checkpoints, last_link=v.last_link.hex(),
         broken=BreakAnswer(**v.broken.view()) if v.broken else None,
     )

@@ -166,7 +166,7 @@ async def verify(
     async for rows in rp.verify_rows(pool, from_seq, to_seq):
         if not v.feed(rows):
             break
-    return v.result
+    return v.finish()
 
 
 # --------------------------------------------------------------------------- retention and legal hold
@@ -288,7 +288,8 @@ async def _expire_matter(
     """Expire what is due of one matter (nothing while a legal hold covers it)."""
     m = mr.matter
     subjects: dict[HoldKind, set[str]] = {
-        HoldKind.ticket: {m.key}, HoldKind.incident: set(m.incident_ids) | ({m.key} if not m.is_ticket else set()),
+        HoldKind.ticket: {m.key} | set(m.ticket_ids),
+        HoldKind.incident: set(m.incident_ids) | ({m.key} if not m.is_ticket else set()),
         HoldKind.customer: set(m.customer_ids),
     }
     holds = await active_holds(svc, subjects)
@@ -307,6 +308,7 @@ async def _expire_matter(
             out.skipped_unsealed += 1
             return
         witness = got
+    changed = 0
     groups: dict[tuple[str, str], list[Due]] = {}
     for d in due:
         groups.setdefault((d.record_class.value, d.action), []).append(d)
@@ -327,10 +329,12 @@ async def _expire_matter(
             )
             for s, e in zip(x.seqs, x.event_ids, strict=True)
         ]
-        out.records += await rp.apply_expiry(
+        changed += await rp.apply_expiry(
             svc.pool, str(x.id), m.key, x.record_class, x.at, sorted(m.customer_ids), changes
         )
-    out.matters += 1
+    out.records += changed
+    if changed:
+        out.matters += 1  # a matter counts only when an expiry changed something
 
 
 def _decide_expiry(
