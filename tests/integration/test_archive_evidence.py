@@ -380,3 +380,33 @@ async def test_a_hold_on_a_customer_or_a_ticket_keeps_every_record_of_their_comp
             "SELECT data IS NOT NULL AS has FROM archive_events WHERE key = $1 ORDER BY seq", cid)
         assert len(rows) == (6 if cid == filler else 4)
         assert all(x["has"] == kept for x in rows), (cid, [x["has"] for x in rows])
+
+
+async def test_a_reopened_ticket_is_open_again_in_the_past_and_retention_counts_from_its_last_end(
+    archive: Archive,
+) -> None:
+    from tsop_archive.records.commands import backlog_as_of
+
+    svc = archive.svc
+    t = str(uuid.uuid4())
+    envs = lifecycle(t, "c1", T0)  # closed at T0 + 2h
+    reopened = wire.Reopened(ticket_id=t, reason_code="not_solved", reason="still down", requested_by="web",
+                             reopen_count=1, reopened_at=T0 + timedelta(days=10))
+    closed = wire.Closed(ticket_id=t, reason="rated", closed_at=T0 + timedelta(days=20))
+    envs.append(wrap(reopened, event_id=f"{t}-5", source="test", time=T0 + timedelta(days=10)))
+    envs.append(wrap(closed, event_id=f"{t}-6", source="test", time=T0 + timedelta(days=20)))
+    await archive.deliver(envs)
+    for days, open_ in ((5, False), (15, True), (25, False)):
+        at = T0 + timedelta(days=days)
+        assert [k for k, _ in await backlog_as_of(svc, at)] == ([t] if open_ else []), days
+        state = await ticket_as_of(svc, t, at)
+        assert state.open is open_, (days, state.status)
+    view, _ = await rebuild_backlog(archive.pool, TICKETS)
+    assert not view.tickets[t].open and view.tickets[t].ended_at == T0 + timedelta(days=20)
+
+    assert await seal_due(svc) == 1
+    await archive.chain()
+    archive.clock.advance(timedelta(days=370))  # a year after the first close, not after the last
+    assert (await expire_due(svc)).records == 0
+    archive.clock.advance(timedelta(days=16))  # a year and a day after the last close
+    assert (await expire_due(svc)).records == 1
