@@ -86,8 +86,10 @@ def question(
     def utc(t: datetime) -> datetime:
         return t if t.tzinfo else t.replace(tzinfo=UTC)
 
+    if start is not None:
+        bounded("from", utc(start))
     to = bounded("to", utc(end)) if end is not None else step(floor(svc.app.clock.now(), "day"), "day")
-    frm = bounded("from", utc(start)) if start is not None else bounded("to", to - timedelta(days=30))
+    frm = utc(start) if start is not None else bounded("to", to - timedelta(days=30))
     filters = Filters(None if channel is None else channel.value, service_type, region, priority)
     return Question(frm, to, granularity, filters)
 
