@@ -410,3 +410,42 @@ async def test_a_reopened_ticket_is_open_again_in_the_past_and_retention_counts_
     assert (await expire_due(svc)).records == 0
     archive.clock.advance(timedelta(days=16))  # a year and a day after the last close
     assert (await expire_due(svc)).records == 1
+
+
+async def test_a_deleted_tail_is_caught_by_its_checkpoint_or_by_the_one_the_auditor_kept(
+    archive: Archive, pg: tuple[str, int], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    t = str(uuid.uuid4())
+    envs = lifecycle(t, "c1", T0)
+    await archive.deliver(envs[:2])
+    await archive.chain(every=1)
+    await archive.deliver(envs[2:])
+    await archive.chain(every=1)
+    kept = await rp.last_checkpoint(archive.pool)  # what the auditor noted at the last audit
+    assert kept is not None and kept.upto_seq == (await rp.chain_head(archive.pool)).seq  # type: ignore[union-attr]
+    before = await verify(archive.pool, expect=(kept.number, kept.link))
+    assert before.ok and before.last_seq == kept.upto_seq
+    tail = kept.upto_seq - 2
+
+    async def cut(table: str, sql: str) -> None:
+        await tamper(archive.pool, table, sql, tail)
+
+    # the last records and their links deleted: the last checkpoint is never reached
+    await cut("archive_events", "DELETE FROM archive_events WHERE seq > $1")
+    await cut("archive_chain", "DELETE FROM archive_chain WHERE seq > $1")
+    v = await verify(archive.pool)
+    assert v.broken is not None and v.broken.seq == kept.upto_seq and "gone" in v.broken.reason
+    assert v.last_seq == tail
+    # the checkpoints over them deleted too: only the checkpoint the auditor kept tells
+    await cut("archive_checkpoints", "DELETE FROM archive_checkpoints WHERE upto_seq > $1")
+    assert (await verify(archive.pool)).ok
+    v = await verify(archive.pool, expect=(kept.number, kept.link))
+    assert v.broken is not None and "auditor holds" in v.broken.reason
+    # and on the command line: exit 1 with the kept checkpoint, 0 without it, 2 when it is malformed
+    monkeypatch.setenv("TSOP_PG_HOST", pg[0])
+    monkeypatch.setenv("TSOP_PG_PORT", str(pg[1]))
+    name = archive.svc.settings.service_name
+    for extra, status in (([f"--expect={kept.number}:{kept.link.hex()}"], 1), ([], 0), (["--expect=1:zz"], 2)):
+        with pytest.raises(SystemExit) as exit_:
+            await asyncio.to_thread(cli, ["verify", "--service-name", name, *extra])
+        assert exit_.value.code == status, extra

@@ -46,6 +46,7 @@ from tsop_archive.records.domain import (
     TicketState,
     Verification,
     anonymise,
+    check_expected,
     check_period,
     checkpoint_message,
     due_expiries,
@@ -152,11 +153,13 @@ async def chain_and_checkpoint(
 
 async def verify(
     pool: asyncpg.Pool, from_seq: int = 1, to_seq: int = 2**62, keys: Mapping[str, bytes] | None = None,
+    expect: tuple[int, bytes] | None = None,
 ) -> Verification:
     """Recompute the chain from ``from_seq`` to ``to_seq``: each record's hash from its stored form, each
     link from the one before, each checkpoint's link and signature; stop at the first break.
 
     ``keys`` pins the public keys an auditor trusts (by key id); by default the keys the archive published.
+    ``expect`` is a checkpoint the auditor kept (number, link): it must still be there, alike, and reached.
     """
     if keys is None:
         keys = {k: v for k, (v, _) in (await rp.public_keys(pool)).items()}
@@ -166,7 +169,10 @@ async def verify(
     async for rows in rp.verify_rows(pool, from_seq, to_seq):
         if not v.feed(rows):
             break
-    return v.finish()
+    r = v.finish()
+    if expect is not None:
+        r = check_expected(r, expect[0], expect[1], await rp.checkpoint_numbered(pool, expect[0]))
+    return r
 
 
 # --------------------------------------------------------------------------- retention and legal hold

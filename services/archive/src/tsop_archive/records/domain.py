@@ -197,6 +197,31 @@ class ChainVerifier:
         return r
 
 
+def check_expected(r: Verification, number: int, link_: bytes, found: Checkpoint | None) -> Verification:
+    """Hold the pass to a checkpoint the auditor kept (its number and link, e.g. from the last audit): it must
+    still be there, name the same link, and — when the range covers it — have been reached and checked. Without
+    this, deleting the tail of the chain together with its last checkpoints leaves a shorter chain that
+    verifies."""
+    if r.broken is not None:
+        return r
+    if found is None:
+        r.broken = Break(r.last_seq, f"checkpoint {number}, which the auditor holds, is gone from the archive")
+    elif found.link != link_:
+        r.broken = Break(found.upto_seq, f"checkpoint {number} differs from the one the auditor holds")
+    elif r.from_seq <= found.upto_seq <= r.to_seq and found.upto_seq > r.last_seq:
+        r.broken = Break(found.upto_seq, f"checkpoint {number}, which the auditor holds, is beyond the chain's end")
+    return r
+
+
+def parse_expect(text: str) -> tuple[int, bytes]:
+    """``N:link-hex`` (a checkpoint's number and link) as an auditor passes it; ValueError when malformed."""
+    number, _, hexed = text.partition(":")
+    n, lk = int(number), bytes.fromhex(hexed)
+    if n < 1 or len(lk) != 32:
+        raise ValueError("expected N:64 hex digits")
+    return n, lk
+
+
 _REASONS = {
     RowState.altered: "record altered: its stored form no longer hashes to its record hash",
     RowState.missing: "record missing: the chain links a record the store no longer holds",

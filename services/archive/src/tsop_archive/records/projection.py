@@ -219,6 +219,11 @@ async def last_checkpoint(pool: asyncpg.Pool) -> Checkpoint | None:
     return None if r is None else _checkpoint(r)
 
 
+async def checkpoint_numbered(pool: asyncpg.Pool, number: int) -> Checkpoint | None:
+    r = await pool.fetchrow("SELECT * FROM archive_checkpoints WHERE number = $1", number)
+    return None if r is None else _checkpoint(r)
+
+
 async def add_checkpoint(
     pool: asyncpg.Pool, upto_seq: int, count: int, link_: bytes, at: datetime, kid: str, signature: bytes
 ) -> None:
