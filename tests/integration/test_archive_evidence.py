@@ -449,3 +449,22 @@ async def test_a_deleted_tail_is_caught_by_its_checkpoint_or_by_the_one_the_audi
         with pytest.raises(SystemExit) as exit_:
             await asyncio.to_thread(cli, ["verify", "--service-name", name, *extra])
         assert exit_.value.code == status, extra
+
+
+async def test_a_forged_expiry_cannot_rewrite_a_body(archive: Archive) -> None:
+    """With the archive's own database role (no trigger switched off): an expiry row is easy to insert, but
+    the body may only change as its action allows — a purge drops it, an anonymisation only masks values."""
+    t = str(uuid.uuid4())
+    await archive.deliver(lifecycle(t, "c1", T0))
+    await archive.chain()
+    seq = await archive.pool.fetchval("SELECT min(seq) FROM archive_events")
+    forged = '{"ticket_id": "x", "description": "the customer withdrew the complaint"}'
+    for action, body in (("anonymised", forged), ("purged", forged)):
+        await archive.pool.execute(
+            f"""INSERT INTO archive_expiries (seq, action, event_id, expiry_id, record_class, matter, after_hash, at)
+                SELECT e.seq, $2, e.ce_id, gen_random_uuid(), 'service_records', e.key,
+                       {rp.hash_sql('e', '$3::jsonb', 'NULL::bytea')}, now()
+                FROM archive_events e WHERE e.seq = $1""", seq, action, body)
+        with pytest.raises(asyncpg.RaiseError, match="append-only"):
+            await archive.pool.execute("UPDATE archive_events SET data = $2::jsonb WHERE seq = $1", seq, body)
+    assert (await verify(archive.pool)).ok

@@ -16,7 +16,8 @@ the chain at most that instant per round, and links are computed afterwards, in 
 **Append-only.** ``archive_chain``, ``archive_checkpoints``, ``archive_keys`` and ``archive_expiries`` refuse
 UPDATE and DELETE. ``archive_events`` still refuses DELETE always, and UPDATE except one: the body of a record
 whose expiry is recorded in ``archive_expiries`` (in the same transaction), to exactly the form that expiry
-names (its ``after_hash``).
+names (its ``after_hash``), and only of the form its action allows: a purge drops the body (no body left), an
+anonymisation only replaces values with ``"[anonymised]"`` (a raw, non-JSONB body excepted).
 """
 
 from __future__ import annotations
@@ -96,7 +97,24 @@ DDL = (
             EXCEPTION WHEN duplicate_object THEN NULL; END $$"""
         for t in ("archive_chain", "archive_keys", "archive_checkpoints", "archive_expiries")
     ),
-    # archive_events: DELETE never; UPDATE only to the body a recorded expiry names
+    # whether ``new`` is ``old`` with some values (also inside ``changes``) replaced by "[anonymised]" and nothing
+    # else changed: what an anonymising expiry may do to a body, and no more
+    """CREATE OR REPLACE FUNCTION archive_anonymised_of(old jsonb, new jsonb) RETURNS boolean AS $$
+       BEGIN
+         IF new = '"[anonymised]"'::jsonb THEN RETURN old IS NOT NULL; END IF;
+         IF old IS NULL OR new IS NULL OR jsonb_typeof(old) <> 'object' OR jsonb_typeof(new) <> 'object' THEN
+           RETURN false;
+         END IF;
+         IF (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(old) k)
+            IS DISTINCT FROM (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(new) k) THEN
+           RETURN false;
+         END IF;
+         RETURN NOT EXISTS (
+           SELECT 1 FROM jsonb_each(new) n JOIN jsonb_each(old) o ON o.key = n.key
+           WHERE n.value <> o.value AND n.value <> '"[anonymised]"'::jsonb
+             AND NOT (n.key = 'changes' AND archive_anonymised_of(o.value, n.value)));
+       END $$ LANGUAGE plpgsql IMMUTABLE""",
+    # archive_events: DELETE never; UPDATE only to the body a recorded expiry names, of the form its action allows
     f"""CREATE OR REPLACE FUNCTION archive_events_guard() RETURNS trigger AS $$
        BEGIN
          IF TG_OP = 'UPDATE'
@@ -105,7 +123,11 @@ DDL = (
                 IS NOT DISTINCT FROM
                 (OLD.seq, OLD.ce_id, OLD.topic, OLD.kafka_partition, OLD.kafka_offset, OLD.key, OLD.ce_type,
                  OLD.ce_source, OLD.ce_time, OLD.correlation_id, OLD.causation_id, OLD.recovered_from, OLD.stored_at)
-            AND EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = NEW.seq AND x.after_hash = {hash_sql('NEW')})
+            AND EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = NEW.seq AND x.after_hash = {hash_sql('NEW')}
+                        AND CASE x.action
+                              WHEN 'purged' THEN NEW.data IS NULL AND NEW.raw IS NULL
+                              WHEN 'anonymised' THEN OLD.raw IS NOT NULL OR archive_anonymised_of(OLD.data, NEW.data)
+                              ELSE false END)
          THEN RETURN NEW; END IF;
          RAISE EXCEPTION 'the archive is append-only (a body changes only by a recorded expiry)';
        END $$ LANGUAGE plpgsql""",
@@ -248,7 +270,8 @@ async def checkpoints(pool: asyncpg.Pool, from_seq: int = 0, to_seq: int = 2**62
 
 _STATE = f"""CASE WHEN e.seq IS NULL THEN 'missing' WHEN c.seq IS NULL THEN 'unchained'
       WHEN {hash_sql('e')} = c.record_hash THEN 'intact'
-      WHEN EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = e.seq AND x.after_hash = {hash_sql('e')})
+      WHEN EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = e.seq AND x.after_hash = {hash_sql('e')}
+                   AND (x.action <> 'purged' OR (e.data IS NULL AND e.raw IS NULL)))
         THEN 'expired'
       ELSE 'altered' END"""
 
