@@ -468,3 +468,21 @@ async def test_a_forged_expiry_cannot_rewrite_a_body(archive: Archive) -> None:
         with pytest.raises(asyncpg.RaiseError, match="append-only"):
             await archive.pool.execute("UPDATE archive_events SET data = $2::jsonb WHERE seq = $1", seq, body)
     assert (await verify(archive.pool)).ok
+
+
+async def test_only_the_chain_leader_asks_for_the_share_lock(archive: Archive) -> None:
+    """Another instance holds the chain's advisory lock: this one skips the round at once, without queueing a
+    SHARE lock on the store (which would stall every consumer's insert behind it)."""
+    await archive.deliver(lifecycle(str(uuid.uuid4()), "c1", T0))
+    leader = await archive.pool.acquire()
+    try:
+        assert await leader.fetchval("SELECT pg_try_advisory_lock($1)", rp.CHAIN_LOCK)
+        assert await asyncio.wait_for(rp.chain_pending(archive.pool), 5) == 0
+        share = await archive.pool.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'archive_events'::regclass AND mode = 'ShareLock'")
+        assert share == 0
+        assert await archive.pool.fetchval("SELECT count(*) FROM archive_chain") == 0
+    finally:
+        await leader.execute("SELECT pg_advisory_unlock($1)", rp.CHAIN_LOCK)
+        await archive.pool.release(leader)
+    assert await rp.chain_pending(archive.pool) == 5
