@@ -65,6 +65,11 @@ def test_the_whole_archive_verifies_with_signed_checkpoints(platform: Platform) 
     part = get(platform, f"/v1/archive/verify?from={start}&to={c['upto_seq']}")
     assert part.status_code == 200, part.text
     assert part.json()["ok"] and part.json()["to_seq"] == c["upto_seq"]
+    # held to the checkpoint an auditor kept: it is there, alike; a link that differs fails
+    kept = get(platform, f"/v1/archive/verify?expect={c['number']}:{c['link']}").json()
+    assert kept["ok"], kept
+    other = get(platform, f"/v1/archive/verify?expect={c['number']}:{'00' * 32}").json()
+    assert not other["ok"] and "auditor holds" in other["broken"]["reason"]
 
 
 def test_legal_holds_and_retention_periods_are_recorded_decisions(platform: Platform) -> None:
@@ -103,6 +108,7 @@ def test_bad_input_and_roles_on_the_records_routes(platform: Platform) -> None:
     problem(get(platform, "/v1/backlog?as_of=2026-01-01T00:00:00Z&limit=-1"), 422, "limit")
     problem(get(platform, "/v1/archive/verify?from=0"), 422, "from")
     problem(get(platform, "/v1/archive/verify?from=5&to=4"), 422, "to")
+    problem(get(platform, "/v1/archive/verify?expect=one:abc"), 422, "expect")
     put = platform.http.put
     problem(put(platform.url("archive", "/v1/retention/work_logs"), json={"days": 0, "reason": "none"},
                 headers=platform.auth("auditor")), 422, "days")
