@@ -50,6 +50,7 @@ def test_the_whole_archive_verifies_with_signed_checkpoints(platform: Platform) 
 
     v = wait_for(verified, what="the archive's chain verified up to a signed checkpoint")
     assert v["broken"] is None and v["intact"] == v["checked"]
+    assert v["to_seq"] < 2**40  # the last position checked, not the open end of the range
     cps = get(platform, "/v1/archive/checkpoints").json()
     keys = {k["key_id"]: k for k in get(platform, "/v1/archive/keys").json()}
     assert cps and all(c["key_id"] in keys for c in cps)
@@ -64,6 +65,11 @@ def test_the_whole_archive_verifies_with_signed_checkpoints(platform: Platform) 
     part = get(platform, f"/v1/archive/verify?from={start}&to={c['upto_seq']}")
     assert part.status_code == 200, part.text
     assert part.json()["ok"] and part.json()["to_seq"] == c["upto_seq"]
+    # held to the checkpoint an auditor kept: it is there, alike; a link that differs fails
+    kept = get(platform, f"/v1/archive/verify?expect={c['number']}:{c['link']}").json()
+    assert kept["ok"], kept
+    other = get(platform, f"/v1/archive/verify?expect={c['number']}:{'00' * 32}").json()
+    assert not other["ok"] and "auditor holds" in other["broken"]["reason"]
 
 
 def test_legal_holds_and_retention_periods_are_recorded_decisions(platform: Platform) -> None:
@@ -94,11 +100,15 @@ def test_bad_input_and_roles_on_the_records_routes(platform: Platform) -> None:
     ticket = "6f1c1a2e-0000-4000-8000-000000000001"
     problem(get(platform, f"/v1/tickets/{ticket}/state?as_of=2026-01-01T00:00:00"), 422, "as_of")
     problem(get(platform, f"/v1/tickets/{ticket}/state?as_of=yesterday"), 422, "as_of")
+    for extreme in ("0001-01-01T00:00%2B01:00", "9999-12-31T23:00Z"):  # beyond the calendar: a 422, not a 500
+        problem(get(platform, f"/v1/tickets/{ticket}/state?as_of={extreme}"), 422, "as_of")
+        problem(get(platform, f"/v1/backlog?as_of={extreme}"), 422, "as_of")
     problem(get(platform, f"/v1/tickets/{ticket}/state"), 422, "as_of")
     problem(get(platform, f"/v1/tickets/{ticket}/state?as_of=2026-01-01T00:00:00Z"), 404)
     problem(get(platform, "/v1/backlog?as_of=2026-01-01T00:00:00Z&limit=-1"), 422, "limit")
     problem(get(platform, "/v1/archive/verify?from=0"), 422, "from")
     problem(get(platform, "/v1/archive/verify?from=5&to=4"), 422, "to")
+    problem(get(platform, "/v1/archive/verify?expect=one:abc"), 422, "expect")
     put = platform.http.put
     problem(put(platform.url("archive", "/v1/retention/work_logs"), json={"days": 0, "reason": "none"},
                 headers=platform.auth("auditor")), 422, "days")

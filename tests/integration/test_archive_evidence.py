@@ -317,3 +317,172 @@ async def test_a_ticket_as_it_stood(archive: Archive) -> None:
     view, seen = await rebuild_backlog(archive.pool, TICKETS, page=2)
     assert seen == 8 and [s.ticket_id for s in view.open()] == [other]
     assert view.tickets[t].status == "closed" and view.tickets[t].events == after.events
+
+
+def records_expired(ticket: str, event_ids: list[str], at: datetime, n: int) -> Envelope:
+    """The archive's own announcement of an expiry, as it comes back from the broker onto the tickets topic."""
+    e = wire.RecordsExpired(ticket_id=ticket, record_class="service_records", action="purged",
+                            event_ids=event_ids, retention_days=1095, expired_at=at)
+    return wrap(e, event_id=f"{ticket}-x{n}", source="archive", time=at)
+
+
+async def test_retention_never_expires_its_own_announcements_nor_counts_idle_matters(archive: Archive) -> None:
+    svc = archive.svc
+    t = str(uuid.uuid4())
+    await archive.deliver(lifecycle(t, "c1", T0))
+    assert await seal_due(svc) == 1
+    await archive.chain()
+    archive.clock.advance(timedelta(days=4 * 365))
+    first = await expire_due(svc)
+    assert first.records == 5 and first.matters == 1, first
+    # the announcement of that expiry arrives, as a new record of the ticket, and rounds go on
+    for n in range(3):
+        await archive.deliver([records_expired(t, [f"{t}-{i}" for i in range(5)], archive.clock.now(), n)])
+        archive.clock.advance(timedelta(days=1))
+        again = await expire_due(svc)
+        assert again.records == 0 and again.matters == 0, again  # no announcement of an announcement
+    events, _ = await ticket_record(svc.pool, TICKETS, t)
+    assert [e.data is not None for e in events] == [False] * 5 + [True] * 3
+    assert len(await rp.expiries(svc.pool, t, 100)) == 5
+
+
+def complaint(cid: str, customer: str, tickets: list[str], at: datetime, notes: int) -> list[Envelope]:
+    events: list[wire.WireEvent] = [wire.ComplaintReceived(
+        complaint_id=cid, customer_id=customer, source="agent", complaint_type="service_quality",
+        description="The engineer never came, call me on 555-0199", ticket_ids=tickets, received_by="agent-1",
+        received_at=at, acknowledge_by=at + timedelta(days=2), answer_by=at + timedelta(days=14), repeat=False,
+    )]
+    events += [wire.ComplaintNoteAdded(complaint_id=cid, note=f"step {i}", noted_by="agent-1",
+                                       noted_at=at + timedelta(hours=i + 1)) for i in range(notes)]
+    return [wrap(e, event_id=f"{cid}-{i}", source="test", time=at + timedelta(hours=i))
+            for i, e in enumerate(events)]
+
+
+async def test_a_hold_on_a_customer_or_a_ticket_keeps_every_record_of_their_complaints(archive: Archive) -> None:
+    svc = archive.svc
+    complaints = f"{PREFIX}complaints"
+    held_c, held_t, plain, filler = (f"cmp{i}{uuid.uuid4().hex[:8]}" for i in range(4))
+    ticket = str(uuid.uuid4())
+    # the complaints' records interleave with others', so no page of records holds a whole complaint
+    await archive.deliver(complaint(held_c, "c-held", [], T0, 0), complaints)
+    await archive.deliver(complaint(held_t, "c-other", [ticket], T0, 0), complaints)
+    await archive.deliver(complaint(plain, "c-plain", [], T0, 0), complaints)
+    await archive.deliver(complaint(filler, "c-filler", [], T0, 5), complaints)
+    later = [e for c in (held_c, held_t, plain) for e in complaint(c, "x", [], T0, 3)[1:]]
+    await archive.deliver(later, complaints)
+    await place_hold(svc, HoldKind.customer, "c-held", "litigation", AUDITOR)
+    await place_hold(svc, HoldKind.ticket, ticket, "regulator's inquiry", AUDITOR)
+    archive.clock.advance(timedelta(days=4 * 365))
+    r = await expire_due(svc, limit=1)
+    assert r.matters == 2 and r.records == 4 + 6, r  # plain and filler only
+    for cid, kept in ((held_c, True), (held_t, True), (plain, False), (filler, False)):
+        rows = await archive.pool.fetch(
+            "SELECT data IS NOT NULL AS has FROM archive_events WHERE key = $1 ORDER BY seq", cid)
+        assert len(rows) == (6 if cid == filler else 4)
+        assert all(x["has"] == kept for x in rows), (cid, [x["has"] for x in rows])
+
+
+async def test_a_reopened_ticket_is_open_again_in_the_past_and_retention_counts_from_its_last_end(
+    archive: Archive,
+) -> None:
+    from tsop_archive.records.commands import backlog_as_of
+
+    svc = archive.svc
+    t = str(uuid.uuid4())
+    envs = lifecycle(t, "c1", T0)  # closed at T0 + 2h
+    reopened = wire.Reopened(ticket_id=t, reason_code="not_solved", reason="still down", requested_by="web",
+                             reopen_count=1, reopened_at=T0 + timedelta(days=10))
+    closed = wire.Closed(ticket_id=t, reason="rated", closed_at=T0 + timedelta(days=20))
+    envs.append(wrap(reopened, event_id=f"{t}-5", source="test", time=T0 + timedelta(days=10)))
+    envs.append(wrap(closed, event_id=f"{t}-6", source="test", time=T0 + timedelta(days=20)))
+    await archive.deliver(envs)
+    for days, open_ in ((5, False), (15, True), (25, False)):
+        at = T0 + timedelta(days=days)
+        assert [k for k, _ in await backlog_as_of(svc, at)] == ([t] if open_ else []), days
+        state = await ticket_as_of(svc, t, at)
+        assert state.open is open_, (days, state.status)
+    view, _ = await rebuild_backlog(archive.pool, TICKETS)
+    assert not view.tickets[t].open and view.tickets[t].ended_at == T0 + timedelta(days=20)
+
+    assert await seal_due(svc) == 1
+    await archive.chain()
+    archive.clock.advance(timedelta(days=370))  # a year after the first close, not after the last
+    assert (await expire_due(svc)).records == 0
+    archive.clock.advance(timedelta(days=16))  # a year and a day after the last close
+    assert (await expire_due(svc)).records == 1
+
+
+async def test_a_deleted_tail_is_caught_by_its_checkpoint_or_by_the_one_the_auditor_kept(
+    archive: Archive, pg: tuple[str, int], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    t = str(uuid.uuid4())
+    envs = lifecycle(t, "c1", T0)
+    await archive.deliver(envs[:2])
+    await archive.chain(every=1)
+    await archive.deliver(envs[2:])
+    await archive.chain(every=1)
+    kept = await rp.last_checkpoint(archive.pool)  # what the auditor noted at the last audit
+    assert kept is not None and kept.upto_seq == (await rp.chain_head(archive.pool)).seq  # type: ignore[union-attr]
+    before = await verify(archive.pool, expect=(kept.number, kept.link))
+    assert before.ok and before.last_seq == kept.upto_seq
+    tail = kept.upto_seq - 2
+
+    async def cut(table: str, sql: str) -> None:
+        await tamper(archive.pool, table, sql, tail)
+
+    # the last records and their links deleted: the last checkpoint is never reached
+    await cut("archive_events", "DELETE FROM archive_events WHERE seq > $1")
+    await cut("archive_chain", "DELETE FROM archive_chain WHERE seq > $1")
+    v = await verify(archive.pool)
+    assert v.broken is not None and v.broken.seq == kept.upto_seq and "gone" in v.broken.reason
+    assert v.last_seq == tail
+    # the checkpoints over them deleted too: only the checkpoint the auditor kept tells
+    await cut("archive_checkpoints", "DELETE FROM archive_checkpoints WHERE upto_seq > $1")
+    assert (await verify(archive.pool)).ok
+    v = await verify(archive.pool, expect=(kept.number, kept.link))
+    assert v.broken is not None and "auditor holds" in v.broken.reason
+    # and on the command line: exit 1 with the kept checkpoint, 0 without it, 2 when it is malformed
+    monkeypatch.setenv("TSOP_PG_HOST", pg[0])
+    monkeypatch.setenv("TSOP_PG_PORT", str(pg[1]))
+    name = archive.svc.settings.service_name
+    for extra, status in (([f"--expect={kept.number}:{kept.link.hex()}"], 1), ([], 0), (["--expect=1:zz"], 2)):
+        with pytest.raises(SystemExit) as exit_:
+            await asyncio.to_thread(cli, ["verify", "--service-name", name, *extra])
+        assert exit_.value.code == status, extra
+
+
+async def test_a_forged_expiry_cannot_rewrite_a_body(archive: Archive) -> None:
+    """With the archive's own database role (no trigger switched off): an expiry row is easy to insert, but
+    the body may only change as its action allows — a purge drops it, an anonymisation only masks values."""
+    t = str(uuid.uuid4())
+    await archive.deliver(lifecycle(t, "c1", T0))
+    await archive.chain()
+    seq = await archive.pool.fetchval("SELECT min(seq) FROM archive_events")
+    forged = '{"ticket_id": "x", "description": "the customer withdrew the complaint"}'
+    for action, body in (("anonymised", forged), ("purged", forged)):
+        await archive.pool.execute(
+            f"""INSERT INTO archive_expiries (seq, action, event_id, expiry_id, record_class, matter, after_hash, at)
+                SELECT e.seq, $2, e.ce_id, gen_random_uuid(), 'service_records', e.key,
+                       {rp.hash_sql('e', '$3::jsonb', 'NULL::bytea')}, now()
+                FROM archive_events e WHERE e.seq = $1""", seq, action, body)
+        with pytest.raises(asyncpg.RaiseError, match="append-only"):
+            await archive.pool.execute("UPDATE archive_events SET data = $2::jsonb WHERE seq = $1", seq, body)
+    assert (await verify(archive.pool)).ok
+
+
+async def test_only_the_chain_leader_asks_for_the_share_lock(archive: Archive) -> None:
+    """Another instance holds the chain's advisory lock: this one skips the round at once, without queueing a
+    SHARE lock on the store (which would stall every consumer's insert behind it)."""
+    await archive.deliver(lifecycle(str(uuid.uuid4()), "c1", T0))
+    leader = await archive.pool.acquire()
+    try:
+        assert await leader.fetchval("SELECT pg_try_advisory_lock($1)", rp.CHAIN_LOCK)
+        assert await asyncio.wait_for(rp.chain_pending(archive.pool), 5) == 0
+        share = await archive.pool.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'archive_events'::regclass AND mode = 'ShareLock'")
+        assert share == 0
+        assert await archive.pool.fetchval("SELECT count(*) FROM archive_chain") == 0
+    finally:
+        await leader.execute("SELECT pg_advisory_unlock($1)", rp.CHAIN_LOCK)
+        await archive.pool.release(leader)
+    assert await rp.chain_pending(archive.pool) == 5

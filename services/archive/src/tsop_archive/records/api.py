@@ -3,7 +3,7 @@ legal holds, and past states."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID
 
@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, JsonValue
 from tsop_archive.commands import ArchiveApp
 from tsop_archive.records import commands as rc
 from tsop_archive.records import projection as rp
-from tsop_archive.records.domain import HoldKind, LegalHold, RecordClass, TicketState
+from tsop_archive.records.domain import HoldKind, LegalHold, RecordClass, TicketState, parse_expect
 from tsop_events.auth import Principal, Role, requires
 from tsop_events.errors import Invalid, NotFound
 from tsop_events.http import service_dependency
@@ -31,7 +31,13 @@ MAX_SEQ = 2**62
 def _aware(name: str, at: datetime) -> datetime:
     if at.tzinfo is None:
         raise Invalid("must name its time zone (e.g. 2026-06-01T09:00:00Z)", name)
+    if not EARLIEST <= at <= LATEST:
+        raise Invalid("must lie between 1970-01-01 and 9000-01-01", name)
     return at
+
+
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 class BreakAnswer(BaseModel):
@@ -56,14 +62,22 @@ async def verify(
     svc: Svc, caller: Auditor,
     from_seq: Annotated[int, Query(alias="from", ge=1, le=MAX_SEQ)] = 1,
     to_seq: Annotated[int, Query(alias="to", ge=1, le=MAX_SEQ)] = MAX_SEQ,
+    expect: Annotated[str | None, Query(max_length=100, description="A checkpoint kept from an earlier audit, "
+                                        "`N:link-hex`: it must still be there, alike, and reached")] = None,
 ) -> VerifyAnswer:
     """Recompute the whole-archive chain over ``from``..``to`` (archive sequence numbers, inclusive) and
     name the first broken link. Expired records verify by their kept hash."""
     if to_seq < from_seq:
         raise Invalid("must not be below `from`", "to")
-    v = await rc.verify(svc.pool, from_seq, to_seq)
+    expected = None
+    if expect is not None:
+        try:
+            expected = parse_expect(expect)
+        except ValueError as e:
+            raise Invalid("must be N:LINK, a checkpoint's number and its link (64 hex digits)", "expect") from e
+    v = await rc.verify(svc.pool, from_seq, to_seq, expect=expected)
     return VerifyAnswer(
-        ok=v.ok, from_seq=v.from_seq, to_seq=v.to_seq, checked=v.checked, intact=v.intact, expired=v.expired,
+        ok=v.ok, from_seq=v.from_seq, to_seq=v.last_seq, checked=v.checked, intact=v.intact, expired=v.expired,
         checkpoints=v.checkpoints, last_link=v.last_link.hex(),
         broken=BreakAnswer(**v.broken.view()) if v.broken else None,
     )

@@ -46,6 +46,7 @@ from tsop_archive.records.domain import (
     TicketState,
     Verification,
     anonymise,
+    check_expected,
     check_period,
     checkpoint_message,
     due_expiries,
@@ -152,11 +153,13 @@ async def chain_and_checkpoint(
 
 async def verify(
     pool: asyncpg.Pool, from_seq: int = 1, to_seq: int = 2**62, keys: Mapping[str, bytes] | None = None,
+    expect: tuple[int, bytes] | None = None,
 ) -> Verification:
     """Recompute the chain from ``from_seq`` to ``to_seq``: each record's hash from its stored form, each
     link from the one before, each checkpoint's link and signature; stop at the first break.
 
     ``keys`` pins the public keys an auditor trusts (by key id); by default the keys the archive published.
+    ``expect`` is a checkpoint the auditor kept (number, link): it must still be there, alike, and reached.
     """
     if keys is None:
         keys = {k: v for k, (v, _) in (await rp.public_keys(pool)).items()}
@@ -166,7 +169,10 @@ async def verify(
     async for rows in rp.verify_rows(pool, from_seq, to_seq):
         if not v.feed(rows):
             break
-    return v.result
+    r = v.finish()
+    if expect is not None:
+        r = check_expected(r, expect[0], expect[1], await rp.checkpoint_numbered(pool, expect[0]))
+    return r
 
 
 # --------------------------------------------------------------------------- retention and legal hold
@@ -288,7 +294,8 @@ async def _expire_matter(
     """Expire what is due of one matter (nothing while a legal hold covers it)."""
     m = mr.matter
     subjects: dict[HoldKind, set[str]] = {
-        HoldKind.ticket: {m.key}, HoldKind.incident: set(m.incident_ids) | ({m.key} if not m.is_ticket else set()),
+        HoldKind.ticket: {m.key} | set(m.ticket_ids),
+        HoldKind.incident: set(m.incident_ids) | ({m.key} if not m.is_ticket else set()),
         HoldKind.customer: set(m.customer_ids),
     }
     holds = await active_holds(svc, subjects)
@@ -307,6 +314,7 @@ async def _expire_matter(
             out.skipped_unsealed += 1
             return
         witness = got
+    changed = 0
     groups: dict[tuple[str, str], list[Due]] = {}
     for d in due:
         groups.setdefault((d.record_class.value, d.action), []).append(d)
@@ -327,10 +335,12 @@ async def _expire_matter(
             )
             for s, e in zip(x.seqs, x.event_ids, strict=True)
         ]
-        out.records += await rp.apply_expiry(
+        changed += await rp.apply_expiry(
             svc.pool, str(x.id), m.key, x.record_class, x.at, sorted(m.customer_ids), changes
         )
-    out.matters += 1
+    out.records += changed
+    if changed:
+        out.matters += 1  # a matter counts only when an expiry changed something
 
 
 def _decide_expiry(

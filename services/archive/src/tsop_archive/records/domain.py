@@ -20,6 +20,7 @@ personal fields anonymised) unless a legal hold covers its ticket, its customer 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -123,6 +124,7 @@ class Verification:
     checkpoints: int = 0
     last_link: bytes = GENESIS
     broken: Break | None = None
+    last_seq: int = 0  # the last position checked (0: none)
 
     @property
     def ok(self) -> bool:
@@ -149,7 +151,7 @@ class ChainVerifier:
         r = self.result
         if r.broken is not None:
             return False
-        prev, checked, expired = r.last_link, 0, 0
+        prev, checked, expired, last = r.last_link, 0, 0, r.last_seq
         sha, cps = hashlib.sha256, self._cps
         for seq, record_hash, stored_link, state in rows:
             if state == "intact" or state == "expired":
@@ -173,11 +175,51 @@ class ChainVerifier:
                     r.broken = Break(seq, f"checkpoint {cp.number}: its signature does not hold")
                     break
                 r.checkpoints += 1
+            last = seq
+        r.last_seq = last
         r.checked += checked
         r.expired += expired
         r.intact += checked - expired
         r.last_link = prev
         return r.broken is None
+
+    def finish(self) -> Verification:
+        """After the last row: a checkpoint in range the pass never reached means records it signed are gone
+        (the tail of the chain, with its links, was deleted)."""
+        r = self.result
+        if r.broken is None:
+            for upto in sorted(self._cps):
+                if upto > r.last_seq:
+                    cp = self._cps[upto]
+                    r.broken = Break(upto, f"checkpoint {cp.number} signed the chain up to {upto}, but the chain now "
+                                           f"ends at {r.last_seq}: records it covered are gone")
+                    break
+        return r
+
+
+def check_expected(r: Verification, number: int, link_: bytes, found: Checkpoint | None) -> Verification:
+    """Hold the pass to a checkpoint the auditor kept (its number and link, e.g. from the last audit): it must
+    still be there, name the same link, and — when the range covers it — have been reached and checked. Without
+    this, deleting the tail of the chain together with its last checkpoints leaves a shorter chain that
+    verifies."""
+    if r.broken is not None:
+        return r
+    if found is None:
+        r.broken = Break(r.last_seq, f"checkpoint {number}, which the auditor holds, is gone from the archive")
+    elif found.link != link_:
+        r.broken = Break(found.upto_seq, f"checkpoint {number} differs from the one the auditor holds")
+    elif r.from_seq <= found.upto_seq <= r.to_seq and found.upto_seq > r.last_seq:
+        r.broken = Break(found.upto_seq, f"checkpoint {number}, which the auditor holds, is beyond the chain's end")
+    return r
+
+
+def parse_expect(text: str) -> tuple[int, bytes]:
+    """``N:link-hex`` (a checkpoint's number and link) as an auditor passes it; ValueError when malformed."""
+    number, _, hexed = text.partition(":")
+    n, lk = int(number), bytes.fromhex(hexed)
+    if n < 1 or len(lk) != 32:
+        raise ValueError("expected N:64 hex digits")
+    return n, lk
 
 
 _REASONS = {
@@ -214,10 +256,51 @@ WORK_LOG_TYPES = frozenset({
 PERSONAL_FIELDS = frozenset({
     "customer_id", "description", "special_needs", "callback_url", "location", "details", "attributes",
     "channel_request_ref", "name", "contact", "address", "phone", "email", "comment", "notes", "text",
+    "source_value",  # a dead letter's copy of the failed record, whole: it may hold any of the above
 })
 """Fields that carry a customer's personal data (identity, contact, address, free text they wrote)."""
 
 ANONYMISED = "[anonymised]"
+
+NEVER_EXPIRES = frozenset({wire.RecordsExpired.event_type})
+"""The archive's own announcements of an expiry: they name records, hold no personal data, and expiring them
+would announce another expiry, forever."""
+
+
+def matter_refs(bodies: Iterable[Any]) -> tuple[set[str], set[str], set[str]]:
+    """What the bodies of one matter's records say it is about, across ALL its records: customers (as
+    ``customer_ref``), incidents, tickets (``ticket_id`` and ``ticket_ids``)."""
+    customers: set[str] = set()
+    incidents: set[str] = set()
+    tickets: set[str] = set()
+    for data in bodies:
+        if not isinstance(data, dict):
+            continue
+        inner = data.get("source_value")  # a dead letter: what the failed record was about
+        if isinstance(inner, str) and inner and inner != ANONYMISED:
+            try:
+                parsed = json.loads(inner)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                c2, i2, t2 = matter_refs([parsed.get("data", parsed) if isinstance(parsed.get("data"), dict)
+                                          else parsed])
+                customers |= c2
+                incidents |= i2
+                tickets |= t2
+        c = data.get("customer_id")
+        if isinstance(c, str) and c and c != ANONYMISED:
+            customers.add(customer_ref(c))
+        i = data.get("incident_id")
+        if isinstance(i, str) and i:
+            incidents.add(i)
+        t = data.get("ticket_id")
+        if isinstance(t, str) and t:
+            tickets.add(t)
+        ts = data.get("ticket_ids")
+        if isinstance(ts, list):
+            tickets.update(x for x in ts if isinstance(x, str) and x)
+    return customers, incidents, tickets
 
 
 def record_class(topic: str, event_type: str, prefix: str) -> RecordClass:
@@ -262,12 +345,16 @@ class Matter:
     ended_at: datetime | None  # a ticket's final event; None while open
     customer_ids: frozenset[str] = frozenset()
     incident_ids: frozenset[str] = frozenset()
+    ticket_ids: frozenset[str] = frozenset()  # tickets a non-ticket matter (e.g. a complaint) is about
 
 
 def held(m: Matter, holds: Mapping[HoldKind, frozenset[str]]) -> bool:
-    """Whether a legal hold covers this matter: its ticket (or key), its customer or its incident."""
+    """Whether a legal hold covers this matter: its ticket (or key, or a ticket it is about), its customer or
+    its incident."""
+    tickets = holds.get(HoldKind.ticket, frozenset())
     return (
-        m.key in holds.get(HoldKind.ticket, frozenset())
+        m.key in tickets
+        or bool(m.ticket_ids & tickets)
         or bool(m.customer_ids & holds.get(HoldKind.customer, frozenset()))
         or bool(m.incident_ids & holds.get(HoldKind.incident, frozenset()))
         or (not m.is_ticket and m.key in holds.get(HoldKind.incident, frozenset()))
@@ -314,6 +401,8 @@ def due_expiries(
         return []
     out: list[Due] = []
     for r in records:
+        if r.event_type in NEVER_EXPIRES:
+            continue
         cls = record_class(r.topic, r.event_type, prefix)
         whole = expires_at(m, r.time, periods.get(cls, DEFAULT_DAYS[cls]))
         if whole is not None and whole <= now:
@@ -478,6 +567,7 @@ STATUS_OF: dict[str, str] = {
     wire.WorkResumed.event_type: "in_progress",
     wire.Resolved.event_type: "resolved",
     wire.Closed.event_type: "closed",
+    wire.Reopened.event_type: "reopened",
 }
 """A ticket's status after each event of its life (events not named leave it as it was)."""
 
@@ -513,6 +603,8 @@ class TicketState:
                 self.opened_at = at
             if status in ENDED:
                 self.ended_at = at
+            elif status == "reopened":
+                self.ended_at = None  # open again: it ends at its next final event
         if isinstance(data, dict):
             f = self.fields
             for k in KEPT:

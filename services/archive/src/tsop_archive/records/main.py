@@ -4,7 +4,9 @@
 whole-archive chain over the range against the archive's database (the ``TSOP_PG_*`` variables, as the
 service reads them), checks every signed checkpoint in it, and names the first broken link. Exit status 0
 when the range verifies, 1 when a link is broken, 2 on a usage error. With ``--public-key`` the checkpoints
-must be signed by one of the keys given (pinned offline), not merely by a key the archive published.
+must be signed by one of the keys given (pinned offline), not merely by a key the archive published. With
+``--expect N:LINK`` (a checkpoint kept from an earlier audit) checkpoint N must still be there, name that link,
+and be reached: a chain whose tail was deleted with its last checkpoints no longer verifies.
 """
 
 from __future__ import annotations
@@ -48,15 +50,24 @@ async def _verify(args: argparse.Namespace) -> int:
         keys = {key_id(r): r for r in raws}
     pool = await asyncpg.create_pool(s.pg_dsn(), min_size=1, max_size=2)
     try:
-        v = await verify(pool, args.from_seq, args.to_seq, keys)
+        v = await verify(pool, args.from_seq, args.to_seq, keys, args.expect)
     finally:
         await pool.close()
     print(json.dumps({
-        "ok": v.ok, "from_seq": v.from_seq, "to_seq": v.to_seq, "checked": v.checked, "intact": v.intact,
+        "ok": v.ok, "from_seq": v.from_seq, "to_seq": v.last_seq, "checked": v.checked, "intact": v.intact,
         "expired": v.expired, "checkpoints": v.checkpoints, "last_link": v.last_link.hex(),
         "broken": v.broken.view() if v.broken else None,
     }, indent=2))
     return 0 if v.ok else 1
+
+
+def _expect(text: str) -> tuple[int, bytes]:
+    from tsop_archive.records.domain import parse_expect
+
+    try:
+        return parse_expect(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--expect takes N:LINK (64 hex digits): {e}") from e
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     v.add_argument("--from", dest="from_seq", type=int, default=1)
     v.add_argument("--to", dest="to_seq", type=int, default=2**62)
     v.add_argument("--public-key", action="append", default=[], help="a pinned Ed25519 public key (PEM)")
+    v.add_argument("--expect", type=_expect, default=None, metavar="N:LINK",
+                   help="a checkpoint kept from an earlier audit (number:link hex): it must still be there, alike")
     v.add_argument("--service-name", default="archive", help="the archive's name (its database tsop_<name>)")
     args = parser.parse_args(argv)
     if args.from_seq < 1 or args.to_seq < args.from_seq:

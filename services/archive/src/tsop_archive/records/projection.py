@@ -9,13 +9,15 @@ may commit after a higher one; the chainer therefore links only up to a *horizon
 SHARE lock on ``archive_events`` for an instant (waiting at most ``LOCK_TIMEOUT`` for the consumers' open
 transactions, else trying again next round), reads ``max(seq)``, and lets go. Every ``seq`` up to it is then
 committed or never will be (sequence values are handed out one at a time, ``CACHE 1``), and every later insert
-gets a higher one. So the chain order is deterministic; consumers wait for the chain at most that instant per
-round, and links are computed afterwards, in batches.
+gets a higher one. Only the instance holding the chain's advisory lock (``pg_try_advisory_lock``, taken first)
+asks for that SHARE lock; the others skip the round. So the chain order is deterministic; consumers wait for
+the chain at most that instant per round, and links are computed afterwards, in batches.
 
 **Append-only.** ``archive_chain``, ``archive_checkpoints``, ``archive_keys`` and ``archive_expiries`` refuse
 UPDATE and DELETE. ``archive_events`` still refuses DELETE always, and UPDATE except one: the body of a record
 whose expiry is recorded in ``archive_expiries`` (in the same transaction), to exactly the form that expiry
-names (its ``after_hash``).
+names (its ``after_hash``), and only of the form its action allows: a purge drops the body (no body left), an
+anonymisation only replaces values with ``"[anonymised]"`` (a raw, non-JSONB body excepted).
 """
 
 from __future__ import annotations
@@ -35,14 +37,17 @@ from tsop_archive.domain import FINAL
 from tsop_archive.projection import _loads, jsonb_safe
 from tsop_archive.records.domain import (
     GENESIS,
+    NEVER_EXPIRES,
     Candidate,
     Checkpoint,
     Matter,
     chain,
-    customer_ref,
     has_personal_data,
+    matter_refs,
 )
+from tsop_events.schemas import Reopened
 
+REOPENED = Reopened.event_type
 LOCK_TIMEOUT = "200ms"
 CHAIN_LOCK = 0x7453_4F50_6368  # advisory lock: one chainer at a time across instances
 
@@ -92,7 +97,24 @@ DDL = (
             EXCEPTION WHEN duplicate_object THEN NULL; END $$"""
         for t in ("archive_chain", "archive_keys", "archive_checkpoints", "archive_expiries")
     ),
-    # archive_events: DELETE never; UPDATE only to the body a recorded expiry names
+    # whether ``new`` is ``old`` with some values (also inside ``changes``) replaced by "[anonymised]" and nothing
+    # else changed: what an anonymising expiry may do to a body, and no more
+    """CREATE OR REPLACE FUNCTION archive_anonymised_of(old jsonb, new jsonb) RETURNS boolean AS $$
+       BEGIN
+         IF new = '"[anonymised]"'::jsonb THEN RETURN old IS NOT NULL; END IF;
+         IF old IS NULL OR new IS NULL OR jsonb_typeof(old) <> 'object' OR jsonb_typeof(new) <> 'object' THEN
+           RETURN false;
+         END IF;
+         IF (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(old) k)
+            IS DISTINCT FROM (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(new) k) THEN
+           RETURN false;
+         END IF;
+         RETURN NOT EXISTS (
+           SELECT 1 FROM jsonb_each(new) n JOIN jsonb_each(old) o ON o.key = n.key
+           WHERE n.value <> o.value AND n.value <> '"[anonymised]"'::jsonb
+             AND NOT (n.key = 'changes' AND archive_anonymised_of(o.value, n.value)));
+       END $$ LANGUAGE plpgsql IMMUTABLE""",
+    # archive_events: DELETE never; UPDATE only to the body a recorded expiry names, of the form its action allows
     f"""CREATE OR REPLACE FUNCTION archive_events_guard() RETURNS trigger AS $$
        BEGIN
          IF TG_OP = 'UPDATE'
@@ -101,7 +123,11 @@ DDL = (
                 IS NOT DISTINCT FROM
                 (OLD.seq, OLD.ce_id, OLD.topic, OLD.kafka_partition, OLD.kafka_offset, OLD.key, OLD.ce_type,
                  OLD.ce_source, OLD.ce_time, OLD.correlation_id, OLD.causation_id, OLD.recovered_from, OLD.stored_at)
-            AND EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = NEW.seq AND x.after_hash = {hash_sql('NEW')})
+            AND EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = NEW.seq AND x.after_hash = {hash_sql('NEW')}
+                        AND CASE x.action
+                              WHEN 'purged' THEN NEW.data IS NULL AND NEW.raw IS NULL
+                              WHEN 'anonymised' THEN OLD.raw IS NOT NULL OR archive_anonymised_of(OLD.data, NEW.data)
+                              ELSE false END)
          THEN RETURN NEW; END IF;
          RAISE EXCEPTION 'the archive is append-only (a body changes only by a recorded expiry)';
        END $$ LANGUAGE plpgsql""",
@@ -113,26 +139,38 @@ DDL = (
 # --------------------------------------------------------------------------- the chain
 
 
-async def horizon(pool: asyncpg.Pool) -> int | None:
-    """The highest ``seq`` below which every record is committed for good; None if the lock was not had."""
-    async with pool.acquire() as conn:
-        try:
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-                await conn.execute("LOCK TABLE archive_events IN SHARE MODE")
-                return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM archive_events"))
-        except asyncpg.LockNotAvailableError:
-            return None
+async def horizon(conn: asyncpg.Connection) -> int | None:
+    """The highest ``seq`` below which every record is committed for good; None if the lock was not had
+    (within ``LOCK_TIMEOUT``: the consumers then go on, and the chainer tries again next round)."""
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            await conn.execute("LOCK TABLE archive_events IN SHARE MODE")
+            return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM archive_events"))
+    except asyncpg.LockNotAvailableError:
+        return None
 
 
 async def chain_pending(pool: asyncpg.Pool, batch: int = 50_000) -> int:
-    """Link every record up to the horizon that is not linked yet; return how many were linked."""
-    top = await horizon(pool)
-    if top is None:
-        return 0
+    """Link every record up to the horizon that is not linked yet; return how many were linked.
+
+    Only the chain leader (the instance holding the advisory lock) asks for the SHARE lock: the others return
+    at once, so the consumers' inserts queue behind one instance's instant, not every instance's."""
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", CHAIN_LOCK):
+            return 0
+        try:
+            top = await horizon(conn)
+            if top is None:
+                return 0
+            return await _link_up_to(conn, top, batch)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", CHAIN_LOCK)
+
+
+async def _link_up_to(conn: asyncpg.Connection, top: int, batch: int) -> int:
     linked = 0
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK)
+    async with conn.transaction():
         last = await conn.fetchrow("SELECT seq, link FROM archive_chain ORDER BY seq DESC LIMIT 1")
         after, prev = (0, GENESIS) if last is None else (int(last["seq"]), bytes(last["link"]))
         while after < top:
@@ -203,6 +241,11 @@ async def last_checkpoint(pool: asyncpg.Pool) -> Checkpoint | None:
     return None if r is None else _checkpoint(r)
 
 
+async def checkpoint_numbered(pool: asyncpg.Pool, number: int) -> Checkpoint | None:
+    r = await pool.fetchrow("SELECT * FROM archive_checkpoints WHERE number = $1", number)
+    return None if r is None else _checkpoint(r)
+
+
 async def add_checkpoint(
     pool: asyncpg.Pool, upto_seq: int, count: int, link_: bytes, at: datetime, kid: str, signature: bytes
 ) -> None:
@@ -227,7 +270,8 @@ async def checkpoints(pool: asyncpg.Pool, from_seq: int = 0, to_seq: int = 2**62
 
 _STATE = f"""CASE WHEN e.seq IS NULL THEN 'missing' WHEN c.seq IS NULL THEN 'unchained'
       WHEN {hash_sql('e')} = c.record_hash THEN 'intact'
-      WHEN EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = e.seq AND x.after_hash = {hash_sql('e')})
+      WHEN EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = e.seq AND x.after_hash = {hash_sql('e')}
+                   AND (x.action <> 'purged' OR (e.data IS NULL AND e.raw IS NULL)))
         THEN 'expired'
       ELSE 'altered' END"""
 
@@ -281,54 +325,67 @@ class MatterRecords:
 
 @dataclass(frozen=True)
 class Cursor:
-    """Where a retention round has got to: ended tickets by (end, id), other records by ``seq``."""
+    """Where a retention round has got to: ended tickets by (end, id), other matters by key."""
 
     ended_at: datetime = datetime(1, 1, 1, tzinfo=UTC)
     key: str = ""
-    seq: int = 0
+    other: str = ""
 
 
 async def matters_due(
     pool: asyncpg.Pool, tickets_topic: str, cutoff: datetime, limit: int, after: Cursor = Cursor()
 ) -> tuple[list[MatterRecords], Cursor | None]:
     """Matters with records old enough that some class may have expired (``cutoff`` = now - the shortest
-    period): ended tickets, and records of other topics; records purged already are left out. A page at a
-    time after ``after``; the next cursor is None when nothing is left."""
+    period): ended tickets, and the keys of other topics (a complaint, an incident...). Each matter comes with
+    ALL its records not purged yet (so what it is about — its customer, its tickets — is read from every one of
+    them, not from a page's worth); the archive's own expiry announcements are never candidates, and a ticket
+    whose only records left are those is not picked. A page of matters at a time after ``after``; the next
+    cursor is None when nothing is left."""
+    never = sorted(NEVER_EXPIRES)
     rows = await pool.fetch(
-        """WITH ended AS (
-              SELECT key, min(ce_time) AS ended_at FROM archive_events
-              WHERE topic = $1 AND ce_type = ANY($2::text[]) AND key IS NOT NULL
-              GROUP BY key HAVING min(ce_time) <= $3),
+        """WITH last_end AS (
+              SELECT DISTINCT ON (key) key, ce_type, ce_time FROM archive_events
+              WHERE topic = $1 AND ce_type = ANY($2::text[] || $9::text) AND key IS NOT NULL
+              ORDER BY key, seq DESC),
+            ended AS (
+              SELECT key, ce_time AS ended_at FROM last_end
+              WHERE ce_type <> $9 AND ce_time <= $3),
             picked AS (
               SELECT key, ended_at FROM ended e WHERE EXISTS (
-                SELECT 1 FROM archive_events r WHERE r.key = e.key AND r.topic = $1
+                SELECT 1 FROM archive_events r WHERE r.key = e.key AND r.topic = $1 AND r.ce_type <> ALL($8::text[])
                 AND NOT EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'purged'))
               AND (ended_at, key) > ($5, $6)
-              ORDER BY ended_at, key LIMIT $4)
+              ORDER BY ended_at, key LIMIT $4),
+            others AS (
+              SELECT DISTINCT coalesce(r.key, r.ce_id) AS key FROM archive_events r
+              WHERE r.topic <> $1 AND r.ce_time <= $3 AND coalesce(r.key, r.ce_id) > $7
+              AND NOT EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'purged')
+              ORDER BY 1 LIMIT $4)
             SELECT p.key, p.ended_at, true AS is_ticket, r.seq, r.ce_id, r.topic, r.ce_type, r.ce_time,
                    r.data::text AS data, r.raw,
                    EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'anonymised') AS anon
             FROM picked p JOIN archive_events r ON r.key = p.key AND r.topic = $1
             WHERE NOT EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'purged')
+              AND r.ce_type <> ALL($8::text[])
             UNION ALL
-            SELECT * FROM (
-              SELECT coalesce(r.key, r.ce_id), NULL::timestamptz, false, r.seq, r.ce_id, r.topic, r.ce_type, r.ce_time,
-                     r.data::text, r.raw,
-                     EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'anonymised')
-              FROM archive_events r WHERE r.topic <> $1 AND r.ce_time <= $3 AND r.seq > $7
-              AND NOT EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'purged')
-              ORDER BY r.seq LIMIT $4) other
+            SELECT o.key, NULL::timestamptz, false, r.seq, r.ce_id, r.topic, r.ce_type, r.ce_time,
+                   r.data::text, r.raw,
+                   EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'anonymised')
+            FROM others o JOIN archive_events r ON coalesce(r.key, r.ce_id) = o.key AND r.topic <> $1
+            WHERE NOT EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'purged')
+              AND r.ce_type <> ALL($8::text[])
             ORDER BY 1, 4""",
-        tickets_topic, sorted(FINAL), cutoff, limit, after.ended_at, after.key, after.seq,
+        tickets_topic, sorted(FINAL), cutoff, limit, after.ended_at, after.key, after.other, never,
+        REOPENED,
     )
     if not rows:
         return [], None
     last_ticket = max(((r["ended_at"], r["key"]) for r in rows if r["is_ticket"]), default=None)
-    last_other = max((int(r["seq"]) for r in rows if not r["is_ticket"]), default=after.seq)
+    last_other = max((r["key"] for r in rows if not r["is_ticket"]), default=after.other)
     end, key = last_ticket or (after.ended_at, after.key)
     nxt = Cursor(end, key, last_other)
-    out: dict[str, MatterRecords] = {}
-    keys = [k for k in {r["key"] for r in rows}]
+    out: dict[tuple[bool, str], MatterRecords] = {}
+    keys = list({r["key"] for r in rows})
     refs: dict[str, set[str]] = {}
     for r in await pool.fetch(
         "SELECT matter, customers FROM archive_expiries WHERE matter = ANY($1::text[])", keys
@@ -337,9 +394,9 @@ async def matters_due(
     for r in rows:
         body = r["data"] if r["data"] is not None else r["raw"]
         data = _loads(body) if body is not None else None
-        m = out.get(r["key"])
+        m = out.get((r["is_ticket"], r["key"]))
         if m is None:
-            m = out[r["key"]] = MatterRecords(
+            m = out[(r["is_ticket"], r["key"])] = MatterRecords(
                 Matter(r["key"], r["is_ticket"], r["ended_at"]), [], {}
             )
         m.records.append(Candidate(
@@ -348,18 +405,12 @@ async def matters_due(
         ))
         m.bodies[int(r["seq"])] = data
     result = []
-    for key, m in out.items():
-        customers = set(refs.get(key, set()))
-        incidents: set[str] = set()
-        for data in m.bodies.values():
-            if isinstance(data, dict):
-                c = data.get("customer_id")
-                if isinstance(c, str) and c and c != "[anonymised]":
-                    customers.add(customer_ref(c))
-                i = data.get("incident_id")
-                if isinstance(i, str) and i:
-                    incidents.add(i)
-        m.matter = Matter(key, m.matter.is_ticket, m.matter.ended_at, frozenset(customers), frozenset(incidents))
+    for (_, key), m in out.items():
+        customers, incidents, tickets = matter_refs(m.bodies.values())
+        customers |= refs.get(key, set())
+        tickets.discard(key)
+        m.matter = Matter(key, m.matter.is_ticket, m.matter.ended_at, frozenset(customers), frozenset(incidents),
+                          frozenset(tickets))
         result.append(m)
     return result, nxt
 
@@ -454,18 +505,21 @@ async def held_anything(pool: asyncpg.Pool, tickets_topic: str, ticket_id: str) 
 
 
 async def backlog_at(
-    pool: asyncpg.Pool, tickets_topic: str, as_of: datetime, opening: Sequence[str], ending: Sequence[str]
+    pool: asyncpg.Pool, tickets_topic: str, as_of: datetime, opening: Sequence[str], ending: Sequence[str],
+    reopening: Sequence[str] = (REOPENED,),
 ) -> list[asyncpg.Record]:
-    """Tickets open at ``as_of``: one opening event at or before it and no final event at or before it."""
+    """Tickets open at ``as_of``: an opening event at or before it, and of their final and reopening events at
+    or before it, the last (in store order) is not final (a reopened ticket is open again)."""
     return list(await pool.fetch(
         """SELECT key, min(ce_time) FILTER (WHERE ce_type = ANY($3::text[])) AS opened_at
            FROM archive_events WHERE topic = $1 AND ce_time <= $2 AND key IS NOT NULL
-             AND ce_type = ANY($3::text[] || $4::text[])
+             AND ce_type = ANY($3::text[] || $4::text[] || $5::text[])
            GROUP BY key
            HAVING count(*) FILTER (WHERE ce_type = ANY($3::text[])) > 0
-              AND count(*) FILTER (WHERE ce_type = ANY($4::text[])) = 0
+              AND coalesce((array_agg(ce_type = ANY($4::text[]) ORDER BY seq DESC)
+                            FILTER (WHERE ce_type = ANY($4::text[] || $5::text[])))[1], false) = false
            ORDER BY 2, 1""",
-        tickets_topic, as_of, list(opening), list(ending),
+        tickets_topic, as_of, list(opening), list(ending), list(reopening),
     ))
 
 

@@ -59,8 +59,20 @@ def only(*names: str) -> Callable[[Request], None]:
     return check
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def bounded(name: str, t: datetime) -> datetime:
+    """A date the reports can step through: 1970 to 9000 (beyond, a period's end overflows the calendar)."""
+    if not EARLIEST <= t <= LATEST:
+        raise Invalid(f"must lie between {EARLIEST.date().isoformat()} and {LATEST.date().isoformat()}", name)
+    return t
+
+
 def question(
     svc: Svc,
+    caller: Reader,
     start: Annotated[datetime | None, Query(alias="from", description="ISO 8601; without a zone, UTC. "
                                             "Default: 30 days before `to`")] = None,
     end: Annotated[datetime | None, Query(alias="to", description="ISO 8601, exclusive. Default: the end of "
@@ -74,8 +86,10 @@ def question(
     def utc(t: datetime) -> datetime:
         return t if t.tzinfo else t.replace(tzinfo=UTC)
 
-    to = utc(end) if end is not None else step(floor(svc.app.clock.now(), "day"), "day")
-    frm = utc(start) if start is not None else to - timedelta(days=30)
+    if start is not None:
+        bounded("from", utc(start))
+    to = bounded("to", utc(end)) if end is not None else step(floor(svc.app.clock.now(), "day"), "day")
+    frm = utc(start) if start is not None else bounded("to", to - timedelta(days=30))
     filters = Filters(None if channel is None else channel.value, service_type, region, priority)
     return Question(frm, to, granularity, filters)
 

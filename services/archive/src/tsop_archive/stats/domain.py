@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from tsop_events import schemas as wire
 from tsop_events.errors import Invalid
 
 Granularity = Literal["day", "week", "month"]
@@ -61,9 +62,26 @@ INCIDENT_DECLARED = re.compile(r"^tsop\.incidents?\.(incident-)?declared\.v\d+$"
 INCIDENT_RESTORED = re.compile(r"^tsop\.incidents?\.(incident-)?(service-)?(restored|resolved)\.v\d+$")
 
 
+COMPLAINT_LINKED = wire.ComplaintTicketLinked.event_type
+
+
+def ticket_ids_of(data: Any) -> list[str]:
+    """The tickets a complaint's body names: ``ticket_ids`` (``ComplaintReceived``), or one ``ticket_id``."""
+    if not isinstance(data, dict):
+        return []
+    ids = data.get("ticket_ids")
+    out = [t for t in ids if isinstance(t, str) and t] if isinstance(ids, list) else []
+    one = data.get("ticket_id")
+    if isinstance(one, str) and one and one not in out:
+        out.append(one)
+    return out
+
+
 def tolerated(event_type: str) -> bool:
     """An event of another chapter the statistics read by its name."""
-    return any(p.match(event_type) for p in (REOPENED, COMPLAINT_FILED, INCIDENT_DECLARED, INCIDENT_RESTORED))
+    return event_type == COMPLAINT_LINKED or any(
+        p.match(event_type) for p in (REOPENED, COMPLAINT_FILED, INCIDENT_DECLARED, INCIDENT_RESTORED)
+    )
 
 
 def wanted(known: Iterable[str]) -> frozenset[str]:
@@ -235,8 +253,11 @@ def fold_all(events: Iterable[tuple[str, str, str, Mapping[str, Any], datetime]]
 
 @dataclass(frozen=True)
 class Complaint:
+    """A complaint as the statistics count it: when it was received, and the tickets it is about (those
+    ``ComplaintReceived.ticket_ids`` named, and any ``ComplaintTicketLinked`` later)."""
+
     complaint_id: str
-    ticket_id: str | None
+    ticket_ids: tuple[str, ...]
     filed_at: datetime
 
 
@@ -436,7 +457,8 @@ def period_figures(
     ``filtered``, a complaint counts only if it names one of them."""
     cohort = [f for f in tickets if f.submitted_at is not None and start <= f.submitted_at < end]
     admitted = {f.ticket_id for f in tickets}
-    filed = [c for c in complaints if start <= c.filed_at < end and (not filtered or c.ticket_id in admitted)]
+    filed = [c for c in complaints
+             if start <= c.filed_at < end and (not filtered or not admitted.isdisjoint(c.ticket_ids))]
     declared = [i for i in incidents if i.declared_at is not None and start <= i.declared_at < end]
     resolved = [f for f in cohort if f.resolved_at is not None]
     rated = [f for f in cohort if f.score is not None]

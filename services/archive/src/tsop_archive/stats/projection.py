@@ -23,6 +23,7 @@ import orjson
 
 from tsop_archive.stats.domain import (
     COMPLAINT_FILED,
+    COMPLAINT_LINKED,
     DIMENSIONS,
     INCIDENT_DECLARED,
     INCIDENT_RESTORED,
@@ -39,6 +40,7 @@ from tsop_archive.stats.domain import (
     buckets,
     fold_once,
     moment,
+    ticket_ids_of,
     wanted,
 )
 from tsop_events import schemas as wire
@@ -77,6 +79,8 @@ DDL = (
     """CREATE TABLE IF NOT EXISTS stats_complaints (
         complaint_id text PRIMARY KEY, ticket_id text, filed_at timestamptz NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS stats_complaints_filed ON stats_complaints (filed_at)",
+    # the tickets a complaint is about (ComplaintReceived.ticket_ids, then ComplaintTicketLinked)
+    "ALTER TABLE stats_complaints ADD COLUMN IF NOT EXISTS ticket_ids text[] NOT NULL DEFAULT '{}'",
     """CREATE TABLE IF NOT EXISTS stats_incidents (
         incident_id text PRIMARY KEY, declared_at timestamptz, restored_at timestamptz)""",
     "CREATE INDEX IF NOT EXISTS stats_incidents_declared ON stats_incidents (declared_at)",
@@ -159,11 +163,20 @@ class StatsProjection(ProjectionSink):
                 "DO UPDATE SET capacity = EXCLUDED.capacity", ev.technician_id, ev.capacity,
             )
         elif COMPLAINT_FILED.match(env.type):
-            ticket = data.get("ticket_id")
+            tickets = ticket_ids_of(data)
             await conn.execute(
-                "INSERT INTO stats_complaints VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                str(data.get("complaint_id") or incoming.key or env.id), ticket if isinstance(ticket, str) else None,
-                moment(data.get("filed_at") or data.get("received_at"), env.time),
+                "INSERT INTO stats_complaints (complaint_id, ticket_id, filed_at, ticket_ids) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (complaint_id) DO UPDATE SET ticket_ids = ARRAY(SELECT DISTINCT unnest("
+                "stats_complaints.ticket_ids || EXCLUDED.ticket_ids) ORDER BY 1)",
+                str(data.get("complaint_id") or incoming.key or env.id), tickets[0] if tickets else None,
+                moment(data.get("filed_at") or data.get("received_at"), env.time), tickets,
+            )
+        elif env.type == COMPLAINT_LINKED:
+            tickets = ticket_ids_of(data)
+            await conn.execute(
+                "UPDATE stats_complaints SET ticket_ids = ARRAY(SELECT DISTINCT unnest(ticket_ids || $2::text[]) "
+                "ORDER BY 1) WHERE complaint_id = $1",
+                str(data.get("complaint_id") or incoming.key or env.id), tickets,
             )
         elif INCIDENT_DECLARED.match(env.type) or INCIDENT_RESTORED.match(env.type):
             declared = INCIDENT_DECLARED.match(env.type) is not None
@@ -274,7 +287,7 @@ async def report(pool: asyncpg.Pool, q: Question) -> Report:
     cwhere = ""
     if not q.filters.empty:
         twhere, _ = _where(4, q, "t.")
-        cwhere = f" AND EXISTS (SELECT 1 FROM stats_tickets t WHERE t.ticket_id = c.ticket_id {twhere})"
+        cwhere = f" AND EXISTS (SELECT 1 FROM stats_tickets t WHERE t.ticket_id = ANY(c.ticket_ids) {twhere})"
     swhere, sargs = _where(2, q)
 
     async def fetch(sql: str, *args: Any) -> list[asyncpg.Record]:
