@@ -69,3 +69,23 @@ async def test_the_pace_bounds_how_often_news_wakes_a_loop() -> None:
         await waiter.wait(5.0)
         rounds += 1
     assert 3 <= rounds <= 5
+
+
+async def test_a_loop_waiting_for_news_stops_when_cancelled_even_as_the_news_arrives() -> None:
+    """The race that hung a service's stop: the event set in the same moment the waiting loop is cancelled."""
+    from tsop_events.wake import wait_event
+
+    for _ in range(50):
+        event = asyncio.Event()
+
+        async def loop(event: asyncio.Event) -> None:
+            while True:
+                await wait_event(event, 5.0)
+                event.clear()
+
+        task = asyncio.create_task(loop(event))
+        await asyncio.sleep(0)  # the loop waits
+        event.set()
+        task.cancel()  # in the same moment: the loop must still end
+        done, _ = await asyncio.wait({task}, timeout=2.0)
+        assert task in done and task.cancelled(), "the loop swallowed its cancellation"

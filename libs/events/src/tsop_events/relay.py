@@ -57,6 +57,7 @@ from tsop_events.schemas import DeadLettered, WireEvent
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp
 from tsop_events.topics import Topic
+from tsop_events.wake import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +279,9 @@ class Relay:
                 with contextlib.suppress(Exception):
                     await conn.close(timeout=2)
                 await asyncio.sleep(LEADER_CHECK_SECONDS)
+            except BaseException:  # stopped while standing by: the connection goes with it
+                conn.terminate()
+                raise
 
     async def _still_leading(self, lock: asyncpg.Connection) -> bool:
         loop = asyncio.get_running_loop()
@@ -323,8 +327,7 @@ class Relay:
                 backoff = 0.1
                 if not published:
                     idle = self.settings.relay_idle_seconds if listening else RELAY_POLL_SECONDS
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), min(idle, MAINTENANCE_SECONDS))
+                    await wait_event(self._wake, min(idle, MAINTENANCE_SECONDS))
             except TRANSIENT as exc:
                 log.warning("relay %s: %s; retrying in %.1fs", self.name, exc, backoff)
                 await asyncio.sleep(backoff)

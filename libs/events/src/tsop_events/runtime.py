@@ -27,7 +27,7 @@ from tsop_events.epoch import EpochWatcher
 from tsop_events.relay import RELAY_DDL, SET_ASIDE_DDL, Mapper, Relay
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp, GroupCommit, ensure_database, schema_lock
-from tsop_events.wake import SAFETY_NET_SECONDS, Bell, Waiter
+from tsop_events.wake import SAFETY_NET_SECONDS, Bell, Waiter, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +206,7 @@ class Runtime(Generic[A, S]):
             try:
                 await conn.add_listener(NEWS_CHANNEL, lambda *args: self._heard(args[-1]))
                 while not conn.is_closed():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._announcing.wait(), SAFETY_NET_SECONDS * 5)
+                    await wait_event(self._announcing, SAFETY_NET_SECONDS * 5)
                     self._announcing.clear()
                     topics, self._announced = self._announced, set()
                     if topics:

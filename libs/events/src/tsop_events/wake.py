@@ -12,10 +12,24 @@ while the loop is busy is kept, so the next wait returns at once: no news is mis
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 
 SAFETY_NET_SECONDS = 1.0  # the longest a woken loop sleeps without news: a missed wake costs at most this
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for ``event`` at most ``timeout`` seconds; True if it was set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it can swallow the caller's cancellation when the event is
+    set at the same moment, and a loop that never sees its cancellation never stops (a service's stop
+    then hangs). ``asyncio.timeout`` tells its own timeout from an outer cancellation.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+        return True
+    except TimeoutError:
+        return False
 
 
 class Bell:
@@ -56,9 +70,7 @@ class Waiter:
             await asyncio.sleep(min(gap, timeout))
             timeout -= gap
         if timeout > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), timeout)
-                woken = True
+            woken = await wait_event(self._event, timeout)
         else:
             woken = self._event.is_set()
         self._event.clear()
