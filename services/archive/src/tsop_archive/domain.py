@@ -135,6 +135,11 @@ def is_relay(consumer: str) -> bool:
     return consumer.startswith("relay:")
 
 
+def is_own(consumer: str) -> bool:
+    """Whether a consumer is one of the archive's own (the store, the statistics)."""
+    return consumer.startswith("archive-")
+
+
 def letter_facts(letter: DeadLettered, tickets_topic: str, deadletter_topic: str) -> LetterFacts | None:
     """The gap a dead letter reveals, or None when it concerns no ticket.
 

@@ -27,6 +27,7 @@ from tsop_archive.domain import (
     Gap,
     LetterFacts,
     causal_order,
+    is_own,
     letter_facts,
     reopenable_until,
 )
@@ -281,6 +282,15 @@ class ArchiveStore(ProjectionSink):
             letter.id, letter.time, facts.ticket_id, facts.event_id, facts.event_type, facts.consumer,
             facts.error, facts.source, facts.failed_at,
         )
+        if is_own(facts.consumer):
+            # one of the archive's own consumers failed on an event the archive already took back from its own
+            # letter: that recovery is the remedy, whichever of the two letters the store read first
+            await conn.execute(
+                """UPDATE archive_gaps SET delivered = nextval('archive_arrival')
+                   WHERE letter_id = $1 AND letter_time = $2 AND delivered IS NULL
+                   AND EXISTS (SELECT 1 FROM archive_events WHERE ce_id = $3 AND recovered_from IS NOT NULL)""",
+                letter.id, letter.time, facts.event_id,
+            )
 
     async def _recover(self, conn: asyncpg.Connection, letter: Envelope, dead: wire.DeadLettered) -> None:
         """The archive could not store a record: keep the event its own dead letter carries, as it came."""
