@@ -119,3 +119,33 @@ def test_a_work_log_retried_with_its_idempotency_key_is_logged_once(platform: Pl
     logged = platform.work_order(ticket)
     assert logged is not None
     assert sum(e.get("notes") == "serial 123" for e in logged["operation_log"]) == 2
+
+
+def test_a_registration_retried_with_its_idempotency_key_registers_once(platform: Platform) -> None:
+    """A technician or a resource registered again after a lost answer is the one registered first."""
+    region = f"ik{uuid.uuid4().hex[:6]}"
+    body = {"name": "Retried", "service_types": [SERVICE_TYPE], "regions": [region], "capacity": 2}
+    headers = {"Idempotency-Key": f"tech-{uuid.uuid4().hex}", **platform.auth("supervisor")}
+    url = platform.url("dispatch", "/v1/technicians")
+    first = platform.http.post(url, json=body, headers=headers)
+    assert first.status_code == 201 and first.json()["token"], first.text
+    again = platform.http.post(url, json=body, headers=headers)
+    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true", again.text
+    assert again.json()["id"] == first.json()["id"] and "token" not in again.json()  # shown once, never again
+    other = platform.http.post(url, json={**body, "capacity": 3}, headers=headers)
+    assert other.status_code == 422 and other.json()["errors"][0]["field"] == "Idempotency-Key"
+    tech = first.json()["id"]
+    platform.technician_tokens[tech] = first.json()["token"]
+    me = platform.http.get(platform.url("dispatch", f"/v1/technicians/{tech}"), headers=platform.tech_auth(tech))
+    assert me.status_code == 200 and me.json()["capacity"] == 2  # the first credential still works
+    # one technician, not two: the region's work goes to the one registered
+    ticket = platform.submit(region=region).json()["id"]
+    assert platform.wait_assigned(ticket)["technician_id"] == tech
+
+    resources = platform.url("dispatch", "/v1/resources")
+    r_headers = {"Idempotency-Key": f"res-{uuid.uuid4().hex}", **platform.auth("supervisor")}
+    r_body = {"kind": "van", "name": "Van 7", "region": region}
+    made = platform.http.post(resources, json=r_body, headers=r_headers)
+    assert made.status_code == 201, made.text
+    replayed = platform.http.post(resources, json=r_body, headers=r_headers)
+    assert replayed.status_code == 200 and replayed.json() == made.json(), replayed.text

@@ -156,6 +156,10 @@ def test_status_follows_the_real_lifecycle_and_listeners_hear_it(platform: Platf
     assert r.status_code == 201, r.text
     hub = r.json()
     assert platform.http.get(platform.url("intake", f"{HUB}/{hub['id']}"), headers=headers).json() == hub
+    # registered again (a retry after a lost answer): the same listener, so it hears each event once
+    again = platform.http.post(platform.url("intake", HUB), json={"@type": "Hub", "callback": listener.url},
+                               headers=headers)
+    assert again.status_code == 200 and again.json() == hub, again.text
     t = create(platform, headers)
     complete_despite_failures(platform, t["id"])
     closed = wait_for(lambda: (x := tmf(platform, headers, t["id"]))["status"] == "closed" and x, what="closed")

@@ -308,7 +308,7 @@ def test_resources_are_reserved_with_the_work_order_and_freed_on_resolution() ->
     w2 = open_order(app, "i2", "broadband.installation")
     app.drain_queue()
     assert app.load(w1).status == "waiting"  # an installation needs an ONT, and none is registered
-    ont = app.register_resource(uuid4(), "ont", "ONT-1", "north")
+    ont, _ = app.register_resource(uuid4(), "ont", "ONT-1", "north")
     app.drain_queue()
     held = [w for w in (w1, w2) if app.load(w).status == "assigned"]
     assert len(held) == 1 and app.load(held[0]).resources == [str(ont.id)]

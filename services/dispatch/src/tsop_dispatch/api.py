@@ -30,6 +30,7 @@ from tsop_dispatch.commands import DispatchApp, work_order_id
 from tsop_dispatch.domain import NotYours, Technician, WorkOrder
 from tsop_dispatch.views import Waiting
 from tsop_events.auth import Principal, Role, requires
+from tsop_events.commands import Idempotency
 from tsop_events.errors import Forbidden
 from tsop_events.http import service_dependency
 from tsop_events.inbound import INT64_MAX, INT64_MIN, Bool, Inbound, Int, Number, clean_text
@@ -269,7 +270,9 @@ class TechnicianOut(Answer):
 
 
 class TechnicianWithToken(TechnicianOut):
-    token: str = Field(description="The technician's credential, shown this once.")
+    token: str | None = Field(
+        default=None, description="The technician's credential, shown this once: absent from a replayed answer."
+    )
 
 
 class ResourceOut(Answer):
@@ -439,13 +442,29 @@ def _peak(app: DispatchApp) -> dict[str, Any]:
 # --- the workforce ---------------------------------------------------------------------------------
 
 
-@router.post("/technicians", status_code=201, response_model=TechnicianWithToken)
-async def register(body: RegisterTechnician, svc: Svc, who: Manager) -> dict[str, Any]:
-    """Register a technician; the answer carries their credential, shown this once."""
+IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200)]
+
+
+def _once(scope: str, who: Principal, key: str | None, body: BaseModel) -> Idempotency | None:
+    return Idempotency.of(f"{scope}:{who.subject}", key, body.model_dump(mode="json")) if key else None
+
+
+@router.post("/technicians", status_code=201, response_model=TechnicianWithToken, response_model_exclude_unset=True,
+             responses={200: {"description": "Replay of an earlier registration with the same Idempotency-Key: "
+                              "the credential is not shown again", "model": TechnicianOut}})
+async def register(body: RegisterTechnician, svc: Svc, who: Manager, response: Response,
+                   idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
+    """Register a technician; the answer carries their credential, shown this once. Send an
+    ``Idempotency-Key`` so that a retry after a lost answer does not register a second technician."""
     quals = [q.model_dump() for q in body.qualifications]
     tech, token = await commands.register_technician(
-        svc, body.id or uuid4(), body.name, body.service_types, body.regions, body.capacity, quals
+        svc, body.id or uuid4(), body.name, body.service_types, body.regions, body.capacity, quals,
+        _once("register-technician", who, idempotency_key, body),
     )
+    if token is None:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+        return technician_view(tech)
     return {**technician_view(tech), "token": token}
 
 
@@ -494,10 +513,19 @@ async def change_capacity(technician_id: UUID, body: Capacity, svc: Svc, who: Ma
     return technician_view(await commands.change_capacity(svc, technician_id, body.capacity))
 
 
-@router.post("/resources", status_code=201, response_model=ResourceOut)
-async def register_resource(body: RegisterResource, svc: Svc, who: Manager) -> dict[str, Any]:
+@router.post("/resources", status_code=201, response_model=ResourceOut,
+             responses={200: {"description": "Replay of an earlier registration with the same Idempotency-Key",
+                              "model": ResourceOut}})
+async def register_resource(body: RegisterResource, svc: Svc, who: Manager, response: Response,
+                            idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
     """Equipment or a venue slot, reserved with the work orders whose service type needs that kind."""
-    r = await commands.register_resource(svc, body.id or uuid4(), body.kind, body.name, body.region)
+    r, replayed = await commands.register_resource(
+        svc, body.id or uuid4(), body.kind, body.name, body.region,
+        _once("register-resource", who, idempotency_key, body),
+    )
+    if replayed:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
     return {"id": str(r.id), "kind": r.kind, "name": r.name, "region": r.region, "reserved_by": r.reserved_by}
 
 
@@ -605,7 +633,7 @@ async def log_work(
     svc: Svc,
     who: Tech,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
     """Log a step; send an ``Idempotency-Key`` so that a retry after a lost answer is not logged twice."""
     wo, replayed = await commands.log_work(

@@ -363,10 +363,13 @@ async def register_technician(
     regions: list[str],
     capacity: int,
     qualifications: list[dict[str, Any]] | None = None,
-) -> tuple[Technician, str]:
+    idempotency: Idempotency | None = None,
+) -> tuple[Technician, str | None]:
     """A technician with their qualifications, and the credential they use (shown once, hash kept).
 
-    A qualification without ``valid_from`` is valid from now (the moment of registration).
+    A qualification without ``valid_from`` is valid from now (the moment of registration). With an
+    ``Idempotency-Key``, a retry after a lost answer finds the technician registered the first time (one
+    technician, not two) and answers without a credential: only its hash was kept.
     """
     app = svc.app
     token, digest = issue_token("tech")
@@ -402,7 +405,10 @@ async def register_technician(
         uow.add(tech)
         return tech
 
-    return await svc.commands.run(decide_), token
+    tech, replayed = await svc.commands.run_once(
+        idempotency, decide_, lambda t: str(t.id), lambda uow, kept: uow.load(Technician, UUID(kept))
+    )
+    return tech, None if replayed else token
 
 
 async def grant_qualification(
@@ -467,8 +473,11 @@ async def change_capacity(svc: Service[DispatchApp], technician_id: UUID, capaci
 
 
 async def register_resource(
-    svc: Service[DispatchApp], resource_id: UUID, kind: str, name: str, region: str
-) -> Resource:
+    svc: Service[DispatchApp], resource_id: UUID, kind: str, name: str, region: str,
+    idempotency: Idempotency | None = None,
+) -> tuple[Resource, bool]:
+    """A piece of equipment or a venue slot; ``(resource, replayed)``: with an ``Idempotency-Key`` a retry
+    after a lost answer finds the resource registered the first time."""
     app = svc.app
 
     def decide_(uow: UnitOfWork) -> Resource:
@@ -478,7 +487,9 @@ async def register_resource(
         uow.add(r)
         return r
 
-    return await svc.commands.run(decide_)
+    return await svc.commands.run_once(
+        idempotency, decide_, lambda r: str(r.id), lambda uow, kept: uow.load(Resource, UUID(kept))
+    )
 
 
 async def set_peak(svc: Service[DispatchApp], on: bool, by: str, reason: str) -> PeakMode:

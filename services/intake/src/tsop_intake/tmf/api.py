@@ -357,7 +357,9 @@ def hub_view(row: Any) -> dict[str, Any]:
 
 
 @router.post("/hub", status_code=201, summary="Register a listener", response_model=Hub,
-             response_model_exclude_unset=True)
+             response_model_exclude_unset=True,
+             responses={200: {"description": "The same listener (owner, callback and query) was registered before: "
+                              "that registration", "model": Hub}})
 async def register_hub(
     svc: Svc, response: Response, caller: Subscriber, body: Annotated[dict[str, Any], Body()]
 ) -> dict[str, Any]:
@@ -372,11 +374,22 @@ async def register_hub(
     if query is not None and not isinstance(query, str):
         raise hub.InvalidSubscription("query", "must be a string")
     event_types = hub.parse_query(query)
-    pool = svc.pool
-    row = await pool.fetchrow(
-        "INSERT INTO tmf_hub VALUES ($1, $2, $3, $4, $5, $6, now()) RETURNING *",
-        uuid4(), callback, query, event_types, caller.subject, caller.channel_id,
-    )
+    # the same listener registered again (a retry after a lost answer) is the one registered first: two would
+    # hear every event twice
+    async with svc.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                           f"tmf-hub\x1f{caller.subject}\x1f{callback}\x1f{query}")
+        row = await conn.fetchrow(
+            "SELECT * FROM tmf_hub WHERE owner = $1 AND callback = $2 AND query IS NOT DISTINCT FROM $3 LIMIT 1",
+            caller.subject, callback, query,
+        )
+        if row is not None:
+            response.status_code = 200
+        else:
+            row = await conn.fetchrow(
+                "INSERT INTO tmf_hub VALUES ($1, $2, $3, $4, $5, $6, now()) RETURNING *",
+                uuid4(), callback, query, event_types, caller.subject, caller.channel_id,
+            )
     response.headers["Location"] = f"{BASE}/hub/{row['id']}"
     return hub_view(row)
 
