@@ -22,7 +22,7 @@ from tsop_events.topics import Topic
 from tsop_feedback import commands as feedback
 from tsop_feedback.commands import case_id
 from tsop_feedback.complaints import commands
-from tsop_feedback.main import FeedbackSettings, FeedbackService, bootstrap
+from tsop_feedback.main import FeedbackService, FeedbackSettings, bootstrap
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 AGENT = Principal("agent-1", frozenset({Role.agent}))

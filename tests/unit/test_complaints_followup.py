@@ -20,6 +20,7 @@ from tests.sync import SyncService
 from tests.unit.test_feedback_notifications import NOW, TEMPLATES, Bus, make_app, notifier, submitted, until
 from tsop_events import schemas as wire
 from tsop_events.auth import Principal, Role
+from tsop_events.clock import ManualClock
 from tsop_events.errors import Conflict
 from tsop_feedback import commands as feedback_commands
 from tsop_feedback.commands import FeedbackApp
@@ -40,7 +41,7 @@ def told(app: FeedbackApp, ticket: str = TICKET) -> list[Notification]:
     return [app.repository.get(n) for n in app.follow_ups.notifications_of.get(ticket, [])]
 
 
-def complaint_desk(template: str = "email", language: str = "en") -> tuple[SyncService[FeedbackApp], object]:
+def complaint_desk(template: str = "email", language: str = "en") -> tuple[SyncService[FeedbackApp], ManualClock]:
     app, clock = make_app()
     bus = Bus(app)
     bus(wire.ChannelRegistered(channel_id="ch-1", name="portal", kind="web", registered_at=NOW))
@@ -50,7 +51,7 @@ def complaint_desk(template: str = "email", language: str = "en") -> tuple[SyncS
 
 
 def test_the_customer_is_told_each_step_of_their_complaint_in_their_channels_template_once() -> None:
-    d, clock = complaint_desk()
+    d, _ = complaint_desk()
     c, _ = d.receive(PORTAL, customer_id="c1", complaint_type="billing", description="charged twice",
                      ticket_ids=[TICKET], idempotency_key=None, body={})
     assert told(d.app) == []  # received: the acknowledgement tells them
@@ -73,8 +74,8 @@ def test_the_customer_is_told_each_step_of_their_complaint_in_their_channels_tem
 
 def test_an_overdue_complaint_escalated_by_the_timer_is_told_once_in_chinese_by_sms() -> None:
     d, clock = complaint_desk("sms", "zh")
-    c, _ = d.receive(AGENT, customer_id="c1", complaint_type="service_quality", description="late", ticket_ids=[TICKET],
-                     idempotency_key=None, body={})
+    d.receive(AGENT, customer_id="c1", complaint_type="service_quality", description="late", ticket_ids=[TICKET],
+              idempotency_key=None, body={})
     clock.advance(timedelta(hours=5))  # past the 4-hour acknowledgement
     assert d.escalate_overdue() == 1
     assert d.escalate_overdue() == 0
@@ -141,7 +142,7 @@ def test_an_operator_file_without_complaint_texts_still_loads_with_plain_ones() 
 # ---------------------------------------------------------------- improvement actions past their due date
 
 
-def action_desk() -> tuple[SyncService[FeedbackApp], object, UUID]:
+def action_desk() -> tuple[SyncService[FeedbackApp], ManualClock, UUID]:
     app, clock = make_app()
     d = SyncService(app, "feedback", commands)
     a, _ = d.open_action(SUPERVISOR, title="retrain the night shift", kind="corrective", complaint_id=None,
@@ -149,7 +150,7 @@ def action_desk() -> tuple[SyncService[FeedbackApp], object, UUID]:
     return d, clock, a.id
 
 
-def escalations(d: SyncService[FeedbackApp], aid: UUID) -> list[wire.WireEvent]:
+def escalations(d: SyncService[FeedbackApp], aid: UUID) -> list[wire.ImprovementActionEscalated]:
     out = [WIRE(e) for e in d.app.repository.event_store.get(aid)]
     return [o.event for o in out if o is not None and isinstance(o.event, wire.ImprovementActionEscalated)]
 
@@ -164,7 +165,7 @@ def test_an_action_past_its_due_date_escalates_once_and_again_for_a_new_due_date
     assert d.escalate_overdue_actions() == 0
     d.svc.extras.pop(commands.DESK_KEY)  # as after a restart: a new board, read from the log from the start
     assert d.escalate_overdue_actions() == 0
-    stale = d.app.repository.get(aid)  # and the aggregate decides on its own events, whatever a board says
+    stale: ImprovementAction = d.app.repository.get(aid)  # the aggregate decides on its own events
     assert stale.escalate_overdue(clock.now()) is False
     listed = d.actions(None, None, True)
     assert [a.id for a in listed] == [aid] and listed[0].escalation_level == 1
