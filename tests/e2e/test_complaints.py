@@ -8,7 +8,7 @@ import json
 import signal
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,14 @@ def test_an_overdue_complaint_escalates_even_if_feedback_was_killed(short_deadli
     cid = r.json()["id"]
     assert r.headers["location"] == f"/v1/complaints/{cid}"
     assert r.json()["status"] == "received" and r.json()["escalation_level"] == 0
+    # an improvement action due in a few seconds: its due date escalates on the same durable timer, once
+    due = datetime.now(UTC) + timedelta(seconds=ACKNOWLEDGE_SECONDS)
+    opened = platform.http.post(platform.url("feedback", "/v1/improvement-actions"), headers=platform.auth(
+        "supervisor"), json={"title": "test the line before leaving", "kind": "corrective", "owner": "field-ops",
+                             "due": due.isoformat(), "complaint_id": cid})
+    assert opened.status_code == 201, opened.text
+    action = platform.url("feedback", f"/v1/improvement-actions/{opened.json()['id']}")
+    assert opened.json()["overdue"] is False and opened.json()["escalation_level"] == 0
 
     stack.kill("feedback", signal.SIGKILL)  # the deadline lives in the event store, not in the process
     killed = datetime.now(UTC)
@@ -94,6 +102,14 @@ def test_an_overdue_complaint_escalates_even_if_feedback_was_killed(short_deadli
     listed = platform.http.get(platform.url("feedback", "/v1/complaints?escalated=true"),
                                headers=platform.auth("agent")).json()["complaints"]
     assert cid in [c["id"] for c in listed]
+    late = wait_for(lambda: (a := platform.found("feedback", action.removeprefix(platform.urls["feedback"]),
+                                                 platform.auth("agent"))) and a["escalation_level"] >= 1 and a,
+                    timeout=90, what="the overdue improvement action's escalation")
+    assert late["overdue"] is True and [e["by"] for e in late["escalations"]] == ["timer"]
+    assert datetime.fromisoformat(late["escalations"][0]["at"]) > killed, "escalated by the restarted process"
+    overdue = platform.http.get(platform.url("feedback", "/v1/improvement-actions?overdue=true"),
+                                headers=platform.auth("agent")).json()["actions"]
+    assert late["id"] in [a["id"] for a in overdue]
 
     # the rest of its life, over HTTP; illegal steps are 409 and change nothing
     url = platform.url("feedback", f"/v1/complaints/{cid}")
@@ -108,6 +124,7 @@ def test_an_overdue_complaint_escalates_even_if_feedback_was_killed(short_deadli
     assert closed.status_code == 200 and closed.json()["status"] == "closed"
     assert closed.json()["closed"]["basis"] == "accepted"
     assert platform.http.post(url + "/notes", json={"note": "late"}, headers=agent).status_code == 409
+    assert platform.http.get(action, headers=agent).json()["escalation_level"] == 1  # many timer rounds later: once
 
 
 def test_bad_complaints_are_refused_naming_the_field_and_roles_are_checked(
