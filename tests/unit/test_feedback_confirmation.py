@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.test_feedback_voice import DAY, NOW, make_app, names, resolved, wire_events
 from tsop_events import schemas as wire
@@ -125,3 +127,55 @@ def test_an_early_rating_is_still_kept_and_applied_as_before() -> None:
     resolved(app, "t")
     case = app.load(case_id("t"))
     assert case.closed_basis == "rated" and case.score == 4
+
+
+Answer = tuple[str, int]
+ANSWERS = st.one_of(st.just(("confirm", 0)), st.tuples(st.just("rate"), st.integers(3, 5)))
+
+
+def answer(app: object, a: Answer) -> bool | None:
+    """Give one answer; what it said (closed or recorded: True, kept: False), None when refused (409)."""
+    try:
+        if a[0] == "confirm":
+            return bool(app.confirm("t", "agent-1")[1])  # type: ignore[attr-defined]
+        return bool(app.rate("t", a[1], None)[1])  # type: ignore[attr-defined]
+    except (AlreadyClosed, AlreadyRated):
+        return None
+
+
+@settings(max_examples=40, deadline=None)
+@given(early=st.lists(ANSWERS, max_size=3), late=st.lists(ANSWERS, max_size=3), gap=st.sampled_from([0, 20, 3600]))
+def test_whatever_the_customer_answers_and_when_the_ticket_closes_once_on_its_first_answer_and_refusals_change_nothing(
+    early: list[Answer], late: list[Answer], gap: int,
+) -> None:
+    app, clock = make_app()
+    opened(app, "t")
+    first: Answer | None = None
+    for a in early:  # before feedback has read Resolved: the first is kept, the same again is a retry
+        version = app.load(case_id("t")).version
+        said = answer(app, a)
+        if said is None:
+            assert first is not None and a != first and app.load(case_id("t")).version == version
+        else:
+            assert said is False and (first is None or a == first)
+            first = first or a
+    clock.advance(timedelta(seconds=gap))
+    resolved(app, "t")
+    case = app.load(case_id("t"))
+    applied = first is not None and gap <= 30  # given after (or within the clock skew of) the resolution
+    assert (case.closed_reason is not None) == applied
+    closer = first if applied else None
+    for a in late:
+        version = app.load(case_id("t")).version
+        said = answer(app, a)
+        if said is None:  # closed already (a confirmation repeated is a retry, answered True)
+            assert closer is not None and app.load(case_id("t")).version == version
+        else:
+            assert said is True
+            if closer is not None:
+                assert a[0] == "confirm" == closer[0] and app.load(case_id("t")).version == version
+            closer = closer or a
+    case = app.load(case_id("t"))
+    assert names(app, "t").count("closed") == (1 if closer else 0)
+    if closer is not None:
+        assert case.closed_basis == ("confirmed" if closer[0] == "confirm" else "rated")
