@@ -83,11 +83,15 @@ def test_an_overdue_complaint_escalated_by_the_timer_is_told_once_in_chinese_by_
     assert n.step == "complaint_escalated" and n.template == "sms" and "已升级" in n.text and "第 1 级" in n.text
 
 
-def test_a_complaint_with_no_ticket_to_call_back_is_told_nothing() -> None:
+def test_a_complaint_with_no_ticket_of_its_own_to_call_back_is_told_nothing() -> None:
     d, _ = complaint_desk()
     c, _ = d.receive(AGENT, customer_id="c1", complaint_type="billing", description="x", ticket_ids=[],
                      idempotency_key=None, body={})
     d.change(c.id, AGENT, "acknowledge")
+    shop = Principal("channel:shop", frozenset({Role.channel}), channel_id="ch-2")
+    other, _ = d.receive(shop, customer_id="c1", complaint_type="billing", description="x", ticket_ids=[TICKET],
+                         idempotency_key=None, body={})  # linked to a ticket another channel submitted
+    d.change(other.id, AGENT, "acknowledge")
     assert told(d.app) == [] and d.app.follow_ups.notifications == {}
 
 

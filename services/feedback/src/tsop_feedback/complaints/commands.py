@@ -86,13 +86,14 @@ STEP_OF = {"acknowledge": "complaint_acknowledged", "answer": "complaint_answere
 
 def tell_customer(uow: UnitOfWork, svc: Service[FeedbackApp], c: Complaint, act: str, policy: Policy) -> None:
     """Queue the message telling the customer of this step of their complaint, through the signed callback of
-    the ticket it is linked to (the first with one) and their channel's template; nothing when no linked ticket
-    has a callback. The message derives from the complaint's version: each step is told once."""
+    the ticket it is linked to (the first with one; of a channel's complaint, the first that channel submitted)
+    and their channel's template; nothing when no linked ticket has one. The message derives from the
+    complaint's version: each step is told once."""
     step = STEP_OF.get(act)
     if step is None:
         return
     case = next((k for t in c.ticket_ids if (k := uow.find(FeedbackCase, case_id(t))) is not None
-                 and k.callback_url), None)
+                 and k.callback_url and (c.channel_id is None or k.channel_id == c.channel_id)), None)
     if case is None or case.callback_url is None:
         return
     kind = policy.complaint_types.get(c.complaint_type)
