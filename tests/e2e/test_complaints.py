@@ -8,7 +8,7 @@ import json
 import signal
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from tsop_devstack.stack import SERVICES, Stack
 
 from tests import infra
-from tests.e2e.client import Platform, wait_for
+from tests.e2e.client import Platform, WebhookReceiver, wait_for
 from tsop_events import schemas as wire
 from tsop_events.envelope import wrap
 from tsop_events.topics import Topic
@@ -44,7 +44,8 @@ def short_deadlines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[
         pg_port=infra.free_port(),
         broker_port=infra.free_port(),
         ports={name: infra.free_port() for name in SERVICES},
-        env={"TSOP_TOPIC_PARTITIONS": "3", "TSOP_LOG_LEVEL": "WARNING", "TSOP_COMPLAINTS_POLICY_FILE": str(policy)},
+        env={"TSOP_TOPIC_PARTITIONS": "3", "TSOP_LOG_LEVEL": "WARNING", "TSOP_COMPLAINTS_POLICY_FILE": str(policy),
+             "TSOP_OUTBOUND_ALLOW": "127.0.0.1"},  # the customer's callback (a test receiver) is on 127.0.0.1
     )
     try:
         s.start(timeout=180)
@@ -76,6 +77,14 @@ def test_an_overdue_complaint_escalates_even_if_feedback_was_killed(short_deadli
     cid = r.json()["id"]
     assert r.headers["location"] == f"/v1/complaints/{cid}"
     assert r.json()["status"] == "received" and r.json()["escalation_level"] == 0
+    # an improvement action due in a few seconds: its due date escalates on the same durable timer, once
+    due = datetime.now(UTC) + timedelta(seconds=ACKNOWLEDGE_SECONDS)
+    opened = platform.http.post(platform.url("feedback", "/v1/improvement-actions"), headers=platform.auth(
+        "supervisor"), json={"title": "test the line before leaving", "kind": "corrective", "owner": "field-ops",
+                             "due": due.isoformat(), "complaint_id": cid})
+    assert opened.status_code == 201, opened.text
+    action = platform.url("feedback", f"/v1/improvement-actions/{opened.json()['id']}")
+    assert opened.json()["overdue"] is False and opened.json()["escalation_level"] == 0
 
     stack.kill("feedback", signal.SIGKILL)  # the deadline lives in the event store, not in the process
     killed = datetime.now(UTC)
@@ -93,6 +102,14 @@ def test_an_overdue_complaint_escalates_even_if_feedback_was_killed(short_deadli
     listed = platform.http.get(platform.url("feedback", "/v1/complaints?escalated=true"),
                                headers=platform.auth("agent")).json()["complaints"]
     assert cid in [c["id"] for c in listed]
+    late = wait_for(lambda: (a := platform.found("feedback", action.removeprefix(platform.urls["feedback"]),
+                                                 platform.auth("agent"))) and a["escalation_level"] >= 1 and a,
+                    timeout=90, what="the overdue improvement action's escalation")
+    assert late["overdue"] is True and [e["by"] for e in late["escalations"]] == ["timer"]
+    assert datetime.fromisoformat(late["escalations"][0]["at"]) > killed, "escalated by the restarted process"
+    overdue = platform.http.get(platform.url("feedback", "/v1/improvement-actions?overdue=true"),
+                                headers=platform.auth("agent")).json()["actions"]
+    assert late["id"] in [a["id"] for a in overdue]
 
     # the rest of its life, over HTTP; illegal steps are 409 and change nothing
     url = platform.url("feedback", f"/v1/complaints/{cid}")
@@ -107,6 +124,7 @@ def test_an_overdue_complaint_escalates_even_if_feedback_was_killed(short_deadli
     assert closed.status_code == 200 and closed.json()["status"] == "closed"
     assert closed.json()["closed"]["basis"] == "accepted"
     assert platform.http.post(url + "/notes", json={"note": "late"}, headers=agent).status_code == 409
+    assert platform.http.get(action, headers=agent).json()["escalation_level"] == 1  # many timer rounds later: once
 
 
 def test_bad_complaints_are_refused_naming_the_field_and_roles_are_checked(
@@ -218,3 +236,83 @@ def test_a_channel_rates_low_but_solved_and_follows_the_complaint_with_its_own_c
     withdrawn = platform.http.post(platform.url("feedback", f"/v1/complaints/{filed.json()['id']}/close"),
                                    json={"basis": "withdrawn"}, headers=platform.as_channel())
     assert withdrawn.status_code == 200 and withdrawn.json()["closed"]["basis"] == "withdrawn"
+
+
+def test_a_tmf621_complaint_ticket_opens_a_complaint_of_the_mapped_type(
+    short_deadlines: tuple[Stack, Platform],
+) -> None:
+    """The built-in catalogue takes a complaint ``ticketType`` (customer.complaint); feedback's policy maps the
+    operator's name to its complaint type, linked to the ticket, for the channel that sent it."""
+    _, platform = short_deadlines
+    body = {
+        "@type": "TroubleTicket", "name": "Charged twice", "description": "The May bill charges the visit twice",
+        "severity": "Minor", "ticketType": "Bill Dispute",
+        "relatedParty": [{"@type": "RelatedPartyRefOrPartyRoleRef", "role": "customer",
+                          "partyOrPartyRole": {"@type": "PartyRef", "id": f"c-{uuid.uuid4().hex[:8]}"}}],
+        "troubleTicketCharacteristic": [{"@type": "StringCharacteristic", "name": "region", "value": "north"}],
+    }
+    created = platform.http.post(platform.url("intake", "/tmf-api/troubleTicket/v5/troubleTicket"), json=body,
+                                 headers=platform.as_channel())
+    assert created.status_code == 201, created.text
+    ticket = created.json()["id"]
+    assert created.json()["ticketType"] == "Bill Dispute"
+
+    def opened() -> dict[str, Any] | None:
+        r = platform.http.get(platform.url("feedback", "/v1/complaints"), headers=platform.as_channel())
+        found = [c for c in r.json()["complaints"] if ticket in c["ticket_ids"]] if r.status_code == 200 else []
+        return found[0] if found else None
+
+    summary = wait_for(opened, timeout=60, what="the complaint opened from the TMF621 ticket")
+    assert summary["complaint_type"] == "billing" and summary["source"] == "ticket"
+    full = platform.http.get(platform.url("feedback", f"/v1/complaints/{summary['id']}"), headers=platform.as_channel())
+    assert full.status_code == 200 and full.json()["description"] == body["description"]
+
+
+def test_the_customer_is_told_of_their_complaint_and_confirms_the_resolution_through_their_channel(
+    short_deadlines: tuple[Stack, Platform],
+) -> None:
+    _, platform = short_deadlines
+    receiver = WebhookReceiver()
+    try:
+        submitted = platform.submit(callback_url=receiver.url)
+        assert submitted.status_code in (201, 202), submitted.text
+        ticket = submitted.json()["id"]
+        wait_for(lambda: platform.http.get(platform.url("feedback", f"/v1/tickets/{ticket}/feedback"),
+                                           headers=platform.as_channel()).status_code == 200,
+                 timeout=60, what="feedback's case of the ticket")
+        filed = platform.http.post(platform.url("feedback", "/v1/complaints"), headers=platform.as_channel(), json={
+            "customer_id": "c-told", "complaint_type": "billing", "description": "charged for a visit",
+            "ticket_ids": [ticket]})
+        assert filed.status_code == 201, filed.text
+        cid = filed.json()["id"]
+        ack = platform.http.post(platform.url("feedback", f"/v1/complaints/{cid}/acknowledge"),
+                                 headers=platform.auth("agent"))
+        assert ack.status_code == 200, ack.text
+
+        def told() -> dict[str, Any] | None:
+            return next((d for d in list(receiver.deliveries) if d["body"].get("complaint_id") == cid), None)
+
+        message = wait_for(told, timeout=60, what="the complaint's acknowledgement at the callback")
+        assert message["body"]["step"] == "complaint_acknowledged" and message["body"]["ticket_id"] == ticket
+        assert message["signature"].startswith("sha256=") and "投诉已受理" in message["body"]["text"]  # app, zh
+
+        platform.work_and_resolve(platform.wait_assigned(ticket))
+        platform.wait_notified(ticket)
+        path = platform.url("feedback", f"/v1/tickets/{ticket}/confirmation")
+        other = platform.register_channel(name="another shop", kind="web")["credential"]["token"]
+        refused = wait_for(lambda: (r := platform.http.post(path, json={}, headers=platform.as_channel(other)))
+                           .status_code != 401 and r, timeout=30, what="the other channel known to feedback")
+        assert refused.status_code == 403
+        bad = platform.http.post(path, json={"note": 5}, headers=platform.as_channel())
+        assert bad.status_code == 422 and "note" in bad.text
+        assert platform.feedback(ticket)["closed"] is False  # type: ignore[index]
+        confirmed = platform.http.post(path, json={"note": "works again"}, headers=platform.as_channel())
+        assert confirmed.status_code == 200, confirmed.text
+        assert confirmed.json()["closed_basis"] == "confirmed" and confirmed.json()["closed_reason"] == "confirmed"
+        again = platform.http.post(path, json={"note": "works again"}, headers=platform.as_channel())
+        assert again.status_code == 200 and again.json()["closed_basis"] == "confirmed"
+        late = platform.http.post(platform.url("feedback", f"/v1/tickets/{ticket}/rating"), json={"score": 5},
+                                  headers=platform.as_channel())
+        assert late.status_code == 409
+    finally:
+        receiver.close()

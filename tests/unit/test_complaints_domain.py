@@ -248,6 +248,8 @@ def test_every_event_of_the_context_goes_on_the_complaints_topic() -> None:
     a, _ = d.open_action(SUPERVISOR, title="t", kind="preventive", complaint_id=None, owner="o", due=NOW,
                          idempotency_key=None, body={})
     d.change_action(a.id, SUPERVISOR, "reassign", owner="p", due=None)
+    _clock.advance(HOUR)
+    assert d.escalate_overdue_actions() == 1
     d.change_action(a.id, SUPERVISOR, "verify", effective=True, note="ok")
     d.change_action(a.id, SUPERVISOR, "close", note=None)
     d.assess(str(uuid4()), dict.fromkeys(DEFAULT_POLICY.checklist, True), None, SUPERVISOR)

@@ -28,7 +28,8 @@ def variant(**changes: object) -> str:
 def test_the_built_in_catalogue_has_every_family_and_kind() -> None:
     cat = Catalogue.load()
     families = {name.split(".")[0] for name in cat.types}
-    assert families == {"fixed", "mobile", "broadband", "cloud"}
+    assert families == {"fixed", "mobile", "broadband", "cloud", "customer"}
+    assert cat.service_type_for("Bill Dispute") == cat.service_type_for("complaint") == "customer.complaint"
     assert cat.types["fixed.relocation"].required == ("location.address", "details.new_address")
     assert "information_deadline_passed" in cat.reason_codes.cancel
 

@@ -313,8 +313,8 @@ class Rated(TicketEvent):
 
 class Closed(TicketEvent):
     event_type: ClassVar[str] = "tsop.ticket.closed.v1"
-    doc: ClassVar[str] = "The ticket is closed: rated, or the rating window expired (§2.4)."
-    reason: Literal["rated", "rating_window_expired"]
+    doc: ClassVar[str] = "The ticket is closed: the customer confirmed or rated, or the rating window expired (§2.4)."
+    reason: Literal["rated", "confirmed", "rating_window_expired"]
     basis: Literal["confirmed", "rated", "window_lapsed"] | None = Field(
         default=None,
         description="Why it closed: the customer confirmed or rated, or the window lapsed without a reopen "
@@ -943,6 +943,21 @@ class TicketAssessed(WireEvent):
 
     def key(self) -> str:
         return self.ticket_id
+
+
+# --- the complaints topic, overdue improvement actions (§4.4; feedback's complaints context, fb-close) ---
+
+
+class ImprovementActionEscalated(ImprovementEvent):
+    event_type: ClassVar[str] = "tsop.improvement.action-escalated.v1"
+    doc: ClassVar[str] = (
+        "The action passed its due date unfinished (not verified effective, not closed): escalated by the durable "
+        "timer, once per due date (a new due date escalates again when it passes) (§4.4)."
+    )
+    due: datetime = Field(description="The due date that passed.")
+    level: Annotated[int, Field(ge=1)] = Field(description="How many times this action has been escalated.")
+    escalated_by: str
+    escalated_at: datetime
 
 
 # --- records: archive checkpoints, retention, erasure (§7) ---

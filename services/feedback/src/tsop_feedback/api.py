@@ -46,6 +46,11 @@ class Rating(Inbound):
                                   "less): false reopens the ticket, true closes it")
 
 
+class Confirmation(Inbound):
+    note: Annotated[str, Strict(), Field(max_length=2000), TextCheck] | None = Field(
+        default=None, description="What the customer said, as the channel or agent took it")
+
+
 class Reopen(Inbound):
     reason: Annotated[str, Strict(), Field(min_length=1, max_length=2000), TextCheck]
 
@@ -90,11 +95,15 @@ class CaseView(BaseModel):
         default=None, description="Until when a closed ticket may be reopened (ISO 8601); null while open")
     rating_kept: RatingKeptView | None = Field(
         default=None, description="Only in a 202: the rating kept until the ticket's resolution arrives")
+    confirmed_by: str | None = Field(
+        default=None, description="Who recorded the customer's confirmation, when the ticket closed on it")
+    confirmation_kept: str | None = Field(
+        default=None, description="Only in a 202: the confirmation is kept until the ticket's resolution arrives")
 
 
 def case_view(c: FeedbackCase) -> CaseView:
     until = c.reopenable_until_at
-    return CaseView(
+    view = CaseView(
         ticket_id=c.ticket_id,
         resolution=None if c.resolution is None else ResolutionView(**c.resolution),
         notified=c.notified,
@@ -112,6 +121,9 @@ def case_view(c: FeedbackCase) -> CaseView:
         reopen_count=c.reopen_count,
         reopenable_until=until.isoformat() if until else None,
     )
+    if c.confirmed_by:
+        view.confirmed_by = c.confirmed_by  # set only when it closed on a confirmation (unset fields are left out)
+    return view
 
 
 @router.post(
@@ -141,6 +153,31 @@ async def rate(ticket_id: UUID, body: Rating, response: Response, svc: Svc, call
     if not recorded:
         response.status_code = 202
         view.rating_kept = RatingKeptView(score=body.score, note="recorded when the ticket's resolution arrives")
+    return view
+
+
+@router.post(
+    "/{ticket_id}/confirmation",
+    response_model=CaseView,
+    response_model_exclude_unset=True,
+    responses={202: {"model": CaseView,
+                     "description": "Kept: the ticket's resolution has not reached feedback yet; the ticket closes "
+                                    "on the confirmation when it does"}},
+)
+async def confirm(ticket_id: UUID, svc: Svc, caller: Rater, response: Response,
+                  body: Confirmation | None = None) -> CaseView:
+    """The customer confirmed that the problem is solved (§2.4), through the ticket's own channel system (its
+    credential) or to an agent: the ticket closes, basis `confirmed`, and the rating window ends with it (a
+    rating afterwards is refused like after any closure). The same confirmation again answers 200 and changes
+    nothing; one given before feedback heard of the resolution is kept and applied when it arrives (202), as an
+    early rating is. 409 if the ticket is closed otherwise or its window has ended, 403 for another channel's
+    ticket, 404 for a ticket feedback never heard of."""
+    case, closed = await commands.confirm(svc, str(ticket_id), caller.subject, body.note if body else None,
+                                          channel_id=own_channel(caller))
+    view = case_view(case)
+    if not closed:
+        response.status_code = 202
+        view.confirmation_kept = "the ticket closes on it when its resolution arrives"
     return view
 
 

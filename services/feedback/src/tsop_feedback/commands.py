@@ -9,7 +9,8 @@ its follow-up board (``views.FollowUps``) and the channel credentials it knows
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from tsop_events.clock import Clock, SystemClock
@@ -20,7 +21,14 @@ from tsop_events.runtime import Service
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp
 from tsop_feedback import views
-from tsop_feedback.domain import ChannelAccess, FeedbackCase, FeedbackPolicy, Notification, Templates
+from tsop_feedback.domain import (
+    DEFAULT_STEPS,
+    ChannelAccess,
+    FeedbackCase,
+    FeedbackPolicy,
+    Notification,
+    Templates,
+)
 
 SUBMISSION_PATIENCE = 3.0  # seconds a rating waits for feedback to hear of a ticket's submission
 
@@ -66,6 +74,33 @@ class FeedbackApp(EventStoreApp):
 
 
 
+async def _answer(svc: Service[FeedbackApp], ticket_id: str, channel_id: str | None, patience: float,
+                  act: Callable[[FeedbackCase], bool]) -> tuple[FeedbackCase, bool]:
+    """The customer's answer to a resolution (a rating, a confirmation): (the case, what ``act`` said).
+
+    Feedback opens a case when it reads the ticket's submission from the bus, so a ticket submitted a
+    moment ago may not have one yet: the answer waits up to ``patience`` seconds for it, then 404.
+    A channel (``channel_id``) answers only for the tickets it submitted (403 otherwise, nothing changes).
+    """
+
+    def decide(uow: UnitOfWork) -> tuple[FeedbackCase, bool]:
+        case = uow.find(FeedbackCase, case_id(ticket_id))
+        if case is None:
+            raise NotFound(f"no ticket {ticket_id} awaiting feedback")
+        case.check_channel(channel_id)
+        return case, act(case)
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    while True:  # waiting for another service's event, not retrying a write (run does that)
+        try:
+            return await svc.commands.run(decide)
+        except NotFound:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def rate(
     svc: Service[FeedbackApp],
     ticket_id: str,
@@ -78,31 +113,24 @@ async def rate(
     channel_id: str | None = None,
     by: str = "customer",
 ) -> tuple[FeedbackCase, bool]:
-    """Rate a ticket: (the case, True when recorded; False when kept until its resolution arrives).
+    """Rate a ticket: (the case, True when recorded; False when kept until its resolution arrives)."""
+    return await _answer(svc, ticket_id, channel_id, patience, lambda case: case.rate(
+        score, comment, svc.app.clock.now(), tags=tags, solved=solved, by=by, rules=svc.app.policy.rules))
 
-    Feedback opens a case when it reads the ticket's submission from the bus, so a ticket submitted a
-    moment ago may not have one yet: the rating waits up to ``patience`` seconds for it, then 404.
-    A channel (``channel_id``) rates only the tickets it submitted (403 otherwise, nothing changes).
-    """
 
-    def decide(uow: UnitOfWork) -> tuple[FeedbackCase, bool]:
-        case = uow.find(FeedbackCase, case_id(ticket_id))
-        if case is None:
-            raise NotFound(f"no ticket {ticket_id} awaiting feedback")
-        case.check_channel(channel_id)
-        recorded = case.rate(score, comment, svc.app.clock.now(), tags=tags, solved=solved, by=by,
-                             rules=svc.app.policy.rules)
-        return case, recorded
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + patience
-    while True:  # waiting for another service's event, not retrying a write (run does that)
-        try:
-            return await svc.commands.run(decide)
-        except NotFound:
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+async def confirm(
+    svc: Service[FeedbackApp],
+    ticket_id: str,
+    by: str,
+    note: str | None = None,
+    patience: float = SUBMISSION_PATIENCE,
+    *,
+    channel_id: str | None = None,
+) -> tuple[FeedbackCase, bool]:
+    """The customer confirmed the resolution (§2.4): (the case, True when closed; False when kept until its
+    resolution arrives, as an early rating is)."""
+    return await _answer(svc, ticket_id, channel_id, patience,
+                         lambda case: case.confirm(by, svc.app.clock.now(), note, svc.app.policy.rules))
 
 
 async def reopen(
@@ -196,6 +224,33 @@ async def expire_windows(svc: Service[FeedbackApp]) -> int:
 
 
 # ---------------------------------------------------------------- notifications at each step
+
+
+def channel_template(uow: UnitOfWork, channel_id: str | None) -> tuple[str, str, list[str]]:
+    """(template kind, language, steps) a channel chose; SMS in Chinese, the result only, until it chose."""
+    access = uow.find(ChannelAccess, access_id(channel_id)) if channel_id else None
+    if access is None:
+        return "sms", "zh", list(DEFAULT_STEPS)
+    return access.template, access.language, access.steps
+
+
+def queue_notification(
+    uow: UnitOfWork, app: FeedbackApp, *, cause: str, ticket_id: str, url: str, channel_id: str | None, step: str,
+    at: datetime, values: dict[str, str | None],
+) -> Notification | None:
+    """Queue one message to the applicant, rendered now from their channel's template, for the delivery worker
+    (``views.Notifier``: every attempt an event, retries, the dead letter). Its id derives from ``cause``, so the
+    same cause queues it once; None when it was queued already."""
+    nid = notification_id(cause)
+    if uow.find(Notification, nid) is not None:
+        return None
+    kind, language, _ = channel_template(uow, channel_id)
+    payload = {"ticket_id": ticket_id, **values}
+    n = Notification(id=nid, ticket_id=ticket_id, step=step, url=url, template=kind, language=language,
+                     text=app.templates.render(kind, language, step, payload), payload=payload, queued_at=at)
+    uow.add(n)
+    return n
+
 
 
 async def subscribe(

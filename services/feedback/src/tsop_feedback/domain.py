@@ -58,6 +58,9 @@ class NotificationFailure(TypedDict):
 
 
 class EarlyRating(TypedDict, total=False):
+    """The customer's answer given before feedback heard of the resolution: a rating or a confirmation (§2.4)."""
+
+    kind: Literal["rating", "confirmation"]
     score: int
     comment: str | None
     received_at: datetime
@@ -135,6 +138,18 @@ class FeedbackCase(Aggregate):
         solved: bool | None = None
         by: str | None = None
 
+    class ConfirmationKept(Aggregate.Event):
+        ticket_id: str
+        received_at: datetime
+        by: str
+        note: str | None = None
+
+    class Confirmed(Aggregate.Event):
+        ticket_id: str
+        confirmed_by: str
+        confirmed_at: datetime
+        note: str | None = None
+
     class Rated(Aggregate.Event):
         ticket_id: str
         score: int
@@ -207,7 +222,8 @@ class FeedbackCase(Aggregate):
         self.score: int | None = None
         self.closed_reason: str | None = None
         self.closed_basis: str | None = None
-        self.early_rating: EarlyRating | None = None  # rated before this service heard of the resolution
+        self.early_rating: EarlyRating | None = None  # rated or confirmed before feedback heard of the resolution
+        self.confirmed_by: str | None = None  # who recorded the customer's confirmation (§2.4), if that closed it
         self.notified_after_closure = False
 
     def expect(self, expected_by: datetime | None) -> None:
@@ -248,14 +264,36 @@ class FeedbackCase(Aggregate):
             text=text,
             surveyed=surveyed,
         )
+        self._apply_kept(resolved_at, rules or DEFAULT_RULES)
+
+    def _apply_kept(self, resolved_at: datetime, rules: RatingRules) -> None:
+        """The customer answered (rated or confirmed) the resolution before it reached us: it counts now, when it
+        was given. An answer given before the technician resolved answers nothing yet: it stays kept, unrecorded,
+        and the customer answers the resolution in its window like anyone else."""
         early = self.early_rating
-        if early is not None and self.closed_reason is None and early["received_at"] >= resolved_at - CLOCK_SKEW:
-            # the customer rated the resolution before it reached us: it counts now, when it was given
-            # (a rating given before the technician resolved rates nothing yet: it stays kept, unrecorded,
-            # and the customer rates the resolution in its window like anyone else)
-            at = max(early["received_at"], resolved_at)
+        if early is None or self.closed_reason is not None or early["received_at"] < resolved_at - CLOCK_SKEW:
+            return
+        at, by = max(early["received_at"], resolved_at), early.get("by") or "customer"
+        if early.get("kind") == "confirmation":
+            self._record_confirmation(by, early.get("comment"), at, rules)
+        else:
             self._record_rating(early["score"], early["comment"], early.get("tags") or [], early.get("solved"),
-                                early.get("by") or "customer", at, rules or DEFAULT_RULES)
+                                by, at, rules)
+
+    def _keep(self, answer: EarlyRating) -> bool:
+        """Before the resolution reached us: whether ``answer`` must be kept (False: the same one is kept already,
+        a harmless retry). One answer is kept per resolution: a different one is refused (409)."""
+        kept = self.early_rating
+        if kept is None:
+            return True
+
+        def same(a: EarlyRating) -> tuple[object, ...]:
+            return a.get("kind") or "rating", a.get("score"), a.get("comment"), a.get("tags") or [], a.get("solved")
+
+        if same(kept) == same(answer):
+            return False
+        what = "confirmed" if kept.get("kind") == "confirmation" else "rated"
+        raise AlreadyRated(f"ticket {self.ticket_id} was already {what}; that answer is kept until it is resolved")
 
     @event(ResolutionNoted)
     def _resolution_noted(
@@ -386,13 +424,8 @@ class FeedbackCase(Aggregate):
         if bad:
             raise Invalid(f"unknown tag(s) {bad}; the tags are {list(TAGS)}", "tags")
         if self.rating_due_at is None:
-            if self.early_rating is not None:
-                kept = self.early_rating
-                if (kept["score"], kept["comment"], kept.get("tags") or [], kept.get("solved")) == (
-                        score, comment, tags, solved):
-                    return False  # the same rating again: a retry
-                raise AlreadyRated(f"ticket {self.ticket_id} was already rated; the rating is kept until it "
-                                   "is resolved")
+            if not self._keep({"kind": "rating", "score": score, "comment": comment, "tags": tags, "solved": solved}):
+                return False  # the same rating again: a retry
             self._rating_kept(ticket_id=self.ticket_id, score=score, comment=comment, received_at=at,
                               tags=tags, solved=solved, by=by)
             return False
@@ -419,7 +452,7 @@ class FeedbackCase(Aggregate):
         self, ticket_id: str, score: int, comment: str | None, received_at: datetime,
         tags: list[str] | None = None, solved: bool | None = None, by: str | None = None,
     ) -> None:
-        self.early_rating = {"score": score, "comment": comment, "received_at": received_at,
+        self.early_rating = {"kind": "rating", "score": score, "comment": comment, "received_at": received_at,
                              "tags": list(tags or []), "solved": solved, "by": by or "customer"}
 
     @event(Rated)
@@ -430,6 +463,41 @@ class FeedbackCase(Aggregate):
         self.score = score
         self.tags = list(tags or [])
         self.solved = solved
+
+    # --- closure on the customer's confirmation (§2.4) -----------------------------------------------
+
+    def confirm(self, by: str, at: datetime, note: str | None = None, rules: RatingRules | None = None) -> bool:
+        """The customer confirmed the resolution (through their channel, or to an agent): the ticket closes, basis
+        ``confirmed``, and the rating window ends with it (a rating after it is refused like after any closure:
+        nothing follows Closed on the bus). True when closed (now, or by this confirmation before: a retry), False
+        when kept until the resolution reaches feedback (the same mechanism as an early rating)."""
+        if self.closed_reason is not None:
+            if self.closed_basis == "confirmed":
+                return True  # confirmed already: a retry
+            raise AlreadyClosed(f"ticket {self.ticket_id} is closed ({self.closed_reason})")
+        if self.rating_due_at is None:
+            if self._keep({"kind": "confirmation", "comment": note}):
+                self._confirmation_kept(ticket_id=self.ticket_id, received_at=at, by=by, note=note)
+            return False
+        if at > self.rating_due_at:
+            raise AlreadyClosed(f"the window of ticket {self.ticket_id} ended at {self.rating_due_at}; it closes "
+                                "as lapsed")
+        self._record_confirmation(by, note, at, rules or DEFAULT_RULES)
+        return True
+
+    def _record_confirmation(self, by: str, note: str | None, at: datetime, rules: RatingRules) -> None:
+        self._settle_notification(at)
+        self._confirmed(ticket_id=self.ticket_id, confirmed_by=by, confirmed_at=at, note=note)
+        self._closed(ticket_id=self.ticket_id, reason="confirmed", closed_at=at, basis="confirmed",
+                     reopenable_until=reopen_deadline(at, rules))
+
+    @event(ConfirmationKept)
+    def _confirmation_kept(self, ticket_id: str, received_at: datetime, by: str, note: str | None = None) -> None:
+        self.early_rating = {"kind": "confirmation", "comment": note, "received_at": received_at, "by": by}
+
+    @event(Confirmed)
+    def _confirmed(self, ticket_id: str, confirmed_by: str, confirmed_at: datetime, note: str | None = None) -> None:
+        self.confirmed_by = confirmed_by
 
     # --- reopening (§2.3 "not solved", §2.4 within the reopen period) ---------------------------------
 
@@ -467,6 +535,7 @@ class FeedbackCase(Aggregate):
         self.notification_failed = None
         self.notified_after_closure = False
         self.early_rating = None
+        self.confirmed_by = None
         self.reminded = False
         self.rating_expired = False
 
@@ -705,6 +774,8 @@ class FeedbackPolicy:
 # ---------------------------------------------------------------- notifications at each step (§2.3)
 
 STEPS = ("accepted", "assigned", "pending_information", "resolved", "closed")
+# the customer is told of their complaint's steps (§4.3) whatever steps of the ticket their channel subscribed to
+COMPLAINT_STEPS = ("complaint_acknowledged", "complaint_answered", "complaint_escalated", "complaint_closed")
 TEMPLATE_KINDS = ("sms", "email", "app")
 DEFAULT_STEPS = ("resolved",)  # what a channel gets until it subscribes to more (today's one webhook)
 
@@ -784,14 +855,16 @@ class Templates:
     """Per-channel message templates (operator data): kind (sms, email, app) → language → step → text.
 
     Texts use ``{ticket_id}``, ``{expected_by}``, ``{missing}``, ``{complete_by}``, ``{result}``, ``{advice}``,
-    ``{rating_due_at}``, ``{closed_basis}``; an unknown placeholder stays as written."""
+    ``{rating_due_at}``, ``{closed_basis}`` (the complaint steps also ``{complaint_id}``, ``{complaint_type}``,
+    ``{answer}``, ``{answer_by}``, ``{level}``); an unknown placeholder stays as written. The complaint steps
+    are optional in a file (a plain text naming the complaint and the step stands in for a missing one)."""
 
     table: dict[str, dict[str, dict[str, str]]]
 
     @classmethod
     def built_in(cls) -> Templates:
         """Plain texts for tests and a bare app; services load ``notification_templates.json`` (main.py)."""
-        en = {s: f"{{ticket_id}}: {s.replace('_', ' ')}" for s in STEPS}
+        en = {s: f"{{ticket_id}}: {s.replace('_', ' ')}" for s in STEPS} | _plain_complaint_texts()
         return cls({kind: {"zh": dict(en), "en": dict(en)} for kind in TEMPLATE_KINDS})
 
     @classmethod
@@ -811,13 +884,21 @@ class Templates:
                 missing = [s for s in STEPS if not isinstance(steps, dict) or not isinstance(steps.get(s), str)]
                 if missing:
                     raise ValueError(f"{source}: {kind}.{lang}: no text for {missing}")
-                table[kind][str(lang)] = {s: steps[s] for s in STEPS}
+                bad = [s for s in COMPLAINT_STEPS if s in steps and not isinstance(steps[s], str)]
+                if bad:
+                    raise ValueError(f"{source}: {kind}.{lang}.{bad[0]}: must be a text")
+                table[kind][str(lang)] = {s: steps[s] for s in STEPS} | {
+                    s: steps.get(s, plain) for s, plain in _plain_complaint_texts().items()}
         return cls(table)
 
     def render(self, kind: str, language: str, step: str, values: dict[str, str | None]) -> str:
         texts = self.table.get(kind) or self.table["app"]
         text = (texts.get(language) or texts["en"])[step]
         return text.format_map(_Blank({k: v or "" for k, v in values.items()}))
+
+
+def _plain_complaint_texts() -> dict[str, str]:
+    return {s: f"{{complaint_id}}: {s.replace('_', ' ')}" for s in COMPLAINT_STEPS}
 
 
 class _Blank(dict[str, str]):

@@ -9,8 +9,8 @@ from tsop_events import schemas as wire
 from tsop_events.consumer import EventStoreSink, Incoming, UnitOfWork
 from tsop_events.runtime import Service
 from tsop_events.topics import Topic
-from tsop_feedback.commands import FeedbackApp, access_id, case_id, notification_id
-from tsop_feedback.domain import DEFAULT_STEPS, ChannelAccess, FeedbackCase, Notification
+from tsop_feedback.commands import FeedbackApp, access_id, case_id, channel_template, queue_notification
+from tsop_feedback.domain import ChannelAccess, FeedbackCase
 
 
 def when(at: datetime | None) -> str | None:
@@ -108,24 +108,15 @@ class FollowTickets(EventStoreSink):
 
     def subscription(self, uow: UnitOfWork, case: FeedbackCase) -> tuple[str, str, list[str]]:
         """(template kind, language, steps) of the ticket's channel; SMS in Chinese, the result only, by default."""
-        access = uow.find(ChannelAccess, access_id(case.channel_id)) if case.channel_id else None
-        if access is None:
-            return "sms", "zh", list(DEFAULT_STEPS)
-        return access.template, access.language, access.steps
+        return channel_template(uow, case.channel_id)
 
     def notify(self, uow: UnitOfWork, case: FeedbackCase, step: str, cause: str, at: datetime,
                values: dict[str, str | None]) -> None:
-        kind, language, steps = self.subscription(uow, case)
+        _, _, steps = self.subscription(uow, case)
         if step not in steps or not case.callback_url:
             return
-        nid = notification_id(cause)
-        if uow.find(Notification, nid) is not None:
-            return  # the cause redelivered
-        payload = {"ticket_id": case.ticket_id, **values}
-        uow.add(Notification(
-            id=nid, ticket_id=case.ticket_id, step=step, url=case.callback_url, template=kind, language=language,
-            text=self.feedback.templates.render(kind, language, step, payload), payload=payload, queued_at=at,
-        ))
+        queue_notification(uow, self.feedback, cause=cause, ticket_id=case.ticket_id, url=case.callback_url,
+                           channel_id=case.channel_id, step=step, at=at, values=values)
 
 
 class FollowChannels(EventStoreSink):

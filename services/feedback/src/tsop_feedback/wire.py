@@ -3,9 +3,10 @@
 A wire field takes the domain event's attribute of the same name; only the real
 differences are written out. FeedbackSent's cause is the ticket's Resolved event
 (the Notified event carries its id); Rated, RatingReminded, RatingExpired,
-Reopened and Closed follow from the case's event before them. Opened,
-ResolutionNoted, RatingKept, NotificationAbandoned, NotifiedAfterClosure and the
-channel registry's copies (ChannelAccess.*) stay inside (a delivery that ended
+Reopened and Closed follow from the case's event before them (a Closed on the
+customer's confirmation follows the case's Confirmed). Opened, ResolutionNoted,
+RatingKept, ConfirmationKept, Confirmed, NotificationAbandoned, NotifiedAfterClosure
+and the channel registry's copies (ChannelAccess.*) stay inside (a delivery that ended
 after the closure is kept in feedback's store, never published after Closed).
 """
 

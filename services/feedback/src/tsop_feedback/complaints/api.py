@@ -200,6 +200,9 @@ class ActionView(BaseModel):
     opened_at: str
     verification: dict[str, Any] | None = None
     closed: dict[str, Any] | None = None
+    overdue: bool = Field(default=False, description="Still open past its due date")
+    escalation_level: int = Field(default=0, description="How often the timer escalated it (once per due date)")
+    escalations: list[dict[str, Any]] = Field(default_factory=list, description="due, level, by, at")
 
 
 class ActionList(BaseModel):
@@ -279,11 +282,12 @@ def summary_view(c: views.ComplaintSummary, now: datetime) -> ComplaintSummaryVi
         escalation_level=c.escalation_level, ticket_ids=list(c.ticket_ids))
 
 
-def action_view(a: ImprovementAction) -> ActionView:
+def action_view(a: ImprovementAction, now: datetime) -> ActionView:
     return ActionView(
         id=str(a.id), title=a.title, kind=a.kind, origin=a.origin, origin_id=a.origin_id, owner=a.owner,
         due=a.due.isoformat(), status=a.status, opened_by=a.opened_by, opened_at=a.opened_at.isoformat(),
-        verification=a.verification, closed=a.closed)
+        verification=a.verification, closed=a.closed, overdue=a.overdue(now), escalation_level=a.escalation_level,
+        escalations=list(a.escalations))
 
 
 def assessment_view(a: Assessment) -> AssessmentView:
@@ -419,21 +423,24 @@ async def open_action(body: OpenAction, svc: Svc, caller: Supervisor, response: 
         svc, caller, title=body.title, kind=body.kind, complaint_id=body.complaint_id, owner=body.owner, due=body.due,
         idempotency_key=idempotency_key, body=body.model_dump(mode="json"))
     _created(response, replayed, f"/v1/improvement-actions/{a.id}")
-    return action_view(a)
+    return action_view(a, svc.app.clock.now())
 
 
 @router.get("/improvement-actions", tags=["improvement"], response_model=ActionList)
 async def list_actions(
     svc: Svc, caller: Overseer, status: Literal["open", "verified", "closed"] | None = None,
     origin: Literal["complaint", "low_score_pattern", "incident_review", "manual"] | None = None,
+    overdue: bool | None = None,
 ) -> ActionList:
-    found = await commands.actions(svc, status, origin)
-    return ActionList(actions=[action_view(await commands.action(svc, a.id)) for a in found])
+    """Improvement actions by due date (filter: status, origin, overdue)."""
+    found = await commands.actions(svc, status, origin, overdue)
+    now = svc.app.clock.now()
+    return ActionList(actions=[action_view(await commands.action(svc, a.id), now) for a in found])
 
 
 @router.get("/improvement-actions/{action_id}", tags=["improvement"], response_model=ActionView)
 async def get_action(action_id: UUID, svc: Svc, caller: Overseer) -> ActionView:
-    return action_view(await commands.action(svc, action_id))
+    return action_view(await commands.action(svc, action_id), svc.app.clock.now())
 
 
 @router.post("/improvement-actions/{action_id}/reassign", tags=["improvement"], response_model=ActionView)
@@ -441,20 +448,21 @@ async def reassign(action_id: UUID, body: Reassign, svc: Svc, caller: Supervisor
     if body.owner is None and body.due is None:
         raise Invalid("name a new owner, a new due date, or both", "owner")
     return action_view(await commands.change_action(svc, action_id, caller, "reassign", owner=body.owner,
-                                                    due=body.due))
+                                                    due=body.due), svc.app.clock.now())
 
 
 @router.post("/improvement-actions/{action_id}/verify", tags=["improvement"], response_model=ActionView)
 async def verify(action_id: UUID, body: Verify, svc: Svc, caller: Supervisor) -> ActionView:
     """Record whether the action worked; an ineffective one stays open."""
     return action_view(await commands.change_action(svc, action_id, caller, "verify", effective=body.effective,
-                                                    note=body.note))
+                                                    note=body.note), svc.app.clock.now())
 
 
 @router.post("/improvement-actions/{action_id}/close", tags=["improvement"], response_model=ActionView)
 async def close_action(action_id: UUID, body: CloseAction, svc: Svc, caller: Supervisor) -> ActionView:
     """Close a verified action (409 before it is verified effective)."""
-    return action_view(await commands.change_action(svc, action_id, caller, "close", note=body.note))
+    return action_view(await commands.change_action(svc, action_id, caller, "close", note=body.note),
+                       svc.app.clock.now())
 
 
 # ---------------------------------------------------------------- internal assessment and quality

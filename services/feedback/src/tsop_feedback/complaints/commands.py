@@ -21,7 +21,7 @@ from tsop_events.commands import Idempotency, UnitOfWork
 from tsop_events.envelope import derived_id
 from tsop_events.errors import Conflict, Forbidden, NotFound
 from tsop_events.runtime import Service
-from tsop_feedback.commands import FeedbackApp
+from tsop_feedback.commands import FeedbackApp, case_id, queue_notification
 from tsop_feedback.complaints import views
 from tsop_feedback.complaints.domain import (
     DEFAULT_POLICY,
@@ -34,6 +34,7 @@ from tsop_feedback.complaints.domain import (
     Policy,
     Source,
 )
+from tsop_feedback.domain import FeedbackCase
 
 POLICY_KEY, DESK_KEY = "complaints_policy", "complaints_desk"
 STAFF = (Role.agent, Role.supervisor, Role.auditor)
@@ -73,6 +74,37 @@ def _check_access(c: Complaint, caller: Principal) -> None:
 
 def _now(svc: Service[FeedbackApp]) -> datetime:
     return svc.app.clock.now()
+
+
+# ---------------------------------------------------------------- telling the customer (§4.3)
+
+# which step of a complaint's life the customer is told of, by the act that made it
+STEP_OF = {"acknowledge": "complaint_acknowledged", "answer": "complaint_answered", "reject": "complaint_escalated",
+           "escalate": "complaint_escalated", "accept": "complaint_closed", "close": "complaint_closed",
+           "timer": "complaint_escalated"}
+
+
+def tell_customer(uow: UnitOfWork, svc: Service[FeedbackApp], c: Complaint, act: str, policy: Policy) -> None:
+    """Queue the message telling the customer of this step of their complaint, through the signed callback of
+    the ticket it is linked to (the first with one; of a channel's complaint, the first that channel submitted)
+    and their channel's template; nothing when no linked ticket has one. The message derives from the
+    complaint's version: each step is told once."""
+    step = STEP_OF.get(act)
+    if step is None:
+        return
+    case = next((k for t in c.ticket_ids if (k := uow.find(FeedbackCase, case_id(t))) is not None
+                 and k.callback_url and (c.channel_id is None or k.channel_id == c.channel_id)), None)
+    if case is None or case.callback_url is None:
+        return
+    kind = policy.complaint_types.get(c.complaint_type)
+    values: dict[str, str | None] = {
+        "complaint_id": str(c.id), "complaint_type": kind.name if kind else c.complaint_type, "status": c.status,
+        "answer": (c.answer or {}).get("answer"), "answer_by": c.answer_by.isoformat(timespec="minutes"),
+        "level": str(c.escalation_level), "closed_basis": (c.closed or {}).get("basis"),
+    }
+    queue_notification(uow, svc.app, cause=f"complaint:{c.id}:{c.version}", ticket_id=case.ticket_id,
+                       url=case.callback_url, channel_id=c.channel_id or case.channel_id, step=step,
+                       at=_now(svc), values=values)
 
 
 # ---------------------------------------------------------------- complaints
@@ -185,6 +217,7 @@ async def change(svc: Service[FeedbackApp], cid: UUID, caller: Principal, act: s
             c.close(args["basis"], args.get("note"), by, now)
         else:  # pragma: no cover - the routes name the acts
             raise ValueError(act)
+        tell_customer(uow, svc, c, act, d.policy)
         return c
 
     return await svc.commands.run(decide)
@@ -204,7 +237,11 @@ async def escalate_overdue(svc: Service[FeedbackApp]) -> int:
     for cid in board.due(_now(svc)):
 
         def decide(uow: UnitOfWork, cid: UUID = cid) -> int:
-            return uow.load(Complaint, cid).escalate_overdue(_now(svc))
+            c = uow.load(Complaint, cid)
+            escalated = c.escalate_overdue(_now(svc))
+            if escalated:
+                tell_customer(uow, svc, c, "timer", desk(svc).policy)
+            return escalated
 
         done += await svc.commands.run(decide)
     if done:
@@ -308,10 +345,27 @@ async def change_action(svc: Service[FeedbackApp], aid: UUID, caller: Principal,
     return await svc.commands.run(decide)
 
 
-async def actions(svc: Service[FeedbackApp], status: str | None, origin: str | None) -> list[views.ActionSummary]:
+async def actions(svc: Service[FeedbackApp], status: str | None, origin: str | None,
+                  overdue: bool | None = None) -> list[views.ActionSummary]:
     board = desk(svc).board
     await asyncio.to_thread(board.refresh)
-    return board.actions(status, origin)
+    return board.actions(status, origin, _now(svc), overdue)
+
+
+async def escalate_overdue_actions(svc: Service[FeedbackApp]) -> int:
+    """Escalate every improvement action past its due date unfinished (the board says which); how many."""
+    board = desk(svc).board
+    await asyncio.to_thread(board.refresh)
+    done = 0
+    for aid in board.actions_due(_now(svc)):
+
+        def decide(uow: UnitOfWork, aid: UUID = aid) -> bool:
+            return uow.load(ImprovementAction, aid).escalate_overdue(_now(svc))
+
+        done += await svc.commands.run(decide)
+    if done:
+        await asyncio.to_thread(board.refresh)
+    return done
 
 
 # ---------------------------------------------------------------- the internal assessment

@@ -163,7 +163,7 @@ class Policy(_Strict):
 DEFAULT_POLICY = Policy(
     complaint_types={
         "service_quality": ComplaintType(name="Quality of a service visit", acknowledge_hours=4, answer_hours=72,
-                                         ticket_types=("Service Complaint", "Complaint")),
+                                         ticket_types=("Service Complaint", "Complaint", "customer.complaint")),
         "billing": ComplaintType(name="Billing", acknowledge_hours=24, answer_hours=120,
                                  ticket_types=("Bill Dispute", "Billing Complaint")),
         "network": ComplaintType(name="Network quality", acknowledge_hours=8, answer_hours=96,
@@ -561,6 +561,12 @@ class ImprovementAction(Aggregate):
         closed_by: str
         closed_at: datetime
 
+    class Escalated(Event):
+        due: datetime
+        level: int
+        escalated_by: str
+        escalated_at: datetime
+
     @event(Opened)
     def __init__(self, id: UUID, title: str, kind: str, origin: str, origin_id: str, owner: str,  # noqa: A002
                  due: datetime, opened_by: str, opened_at: datetime) -> None:
@@ -569,6 +575,31 @@ class ImprovementAction(Aggregate):
         self.status = "open"
         self.verification: dict[str, Any] | None = None
         self.closed: dict[str, Any] | None = None
+        self.escalation_level = 0
+        self.escalations: list[dict[str, Any]] = []
+
+    @property
+    def escalated_dues(self) -> set[str]:
+        return {e["due"] for e in self.escalations}
+
+    def overdue(self, now: datetime) -> bool:
+        """Past its due date unfinished (still open: not verified effective, not closed)."""
+        return action_overdue(self.status, self.due, set(), now)
+
+    def escalate_overdue(self, now: datetime) -> bool:
+        """Escalate once its due date has passed with the action unfinished (once per due date: a new due date
+        escalates again when it passes); True if it did. The aggregate decides on its own events, so a restart or
+        a second instance escalates nothing twice."""
+        if not action_overdue(self.status, self.due, self.escalated_dues, now):
+            return False
+        self._escalated(due=self.due, level=self.escalation_level + 1, escalated_by="timer", escalated_at=now)
+        return True
+
+    @event(Escalated)
+    def _escalated(self, due: datetime, level: int, escalated_by: str, escalated_at: datetime) -> None:
+        self.escalation_level = level
+        self.escalations.append({"due": due.isoformat(), "level": level, "by": escalated_by,
+                                 "at": escalated_at.isoformat()})
 
     def _not_closed(self) -> None:
         if self.status == "closed":
@@ -606,6 +637,12 @@ class ImprovementAction(Aggregate):
     def _closed(self, note: str | None, closed_by: str, closed_at: datetime) -> None:
         self.status = "closed"
         self.closed = {"note": note, "by": closed_by, "at": closed_at.isoformat()}
+
+
+def action_overdue(status: str, due: datetime, escalated_dues: set[str], now: datetime) -> bool:
+    """Whether an improvement action must be escalated: still open past ``due``, and not escalated for that due
+    date yet (``escalated_dues``: the ISO due dates escalated before)."""
+    return status == "open" and now > due and due.isoformat() not in escalated_dues
 
 
 class PatternWatch(Aggregate):

@@ -1,7 +1,8 @@
 """The complaint board (an in-memory view that follows feedback's own log) and the deadline timer that reads it.
 
 The board knows each complaint's state, deadlines and escalations, and each improvement action; the timer
-(``complaint_deadlines``) escalates every complaint whose acknowledgement or answer is overdue. Its state is
+(``complaint_deadlines``) escalates every complaint whose acknowledgement or answer is overdue, and every
+improvement action still open past its due date (once per due date). Its state is
 the event store (``acknowledge_by``, ``answer_by`` and the Escalated events), so a restarted feedback
 process, or a second one, picks up where another left off and escalates each passed deadline once: the
 aggregate decides again on its own events, and a race between instances is a write conflict.
@@ -18,7 +19,7 @@ from uuid import UUID
 
 from tsop_events.runtime import Service
 from tsop_events.store import EventStoreApp, LogFollower
-from tsop_feedback.complaints.domain import Complaint, ImprovementAction, overdue_deadlines
+from tsop_feedback.complaints.domain import Complaint, ImprovementAction, action_overdue, overdue_deadlines
 
 if TYPE_CHECKING:
     from tsop_feedback.commands import FeedbackApp
@@ -61,6 +62,11 @@ class ActionSummary:
     owner: str
     due: datetime
     status: str
+    escalation_level: int = 0
+    escalated_dues: set[str] = field(default_factory=set)
+
+    def overdue(self, now: datetime) -> bool:
+        return action_overdue(self.status, self.due, set(), now)
 
 
 class ComplaintBoard(LogFollower):
@@ -101,6 +107,10 @@ class ComplaintBoard(LogFollower):
             self.action_by_id[e.originator_id].status = "verified" if e.effective else "open"
         elif isinstance(e, ImprovementAction.Closed):
             self.action_by_id[e.originator_id].status = "closed"
+        elif isinstance(e, ImprovementAction.Escalated):
+            a = self.action_by_id[e.originator_id]
+            a.escalation_level = e.level
+            a.escalated_dues.add(e.due.isoformat())
 
     @staticmethod
     def _complaint(c: ComplaintSummary, e: Complaint.Event) -> None:
@@ -147,21 +157,30 @@ class ComplaintBoard(LogFollower):
         found.sort(key=lambda c: (c.received_at, str(c.id)), reverse=True)
         return found[:limit]
 
-    def actions(self, status: str | None, origin: str | None) -> list[ActionSummary]:
+    def actions_due(self, now: datetime) -> list[UUID]:
+        """The improvement actions past their due date unfinished and not yet escalated for it."""
+        with self.lock:
+            return [a.id for a in self.action_by_id.values()
+                    if action_overdue(a.status, a.due, a.escalated_dues, now)]
+
+    def actions(self, status: str | None, origin: str | None, now: datetime | None = None,
+                overdue: bool | None = None) -> list[ActionSummary]:
         with self.lock:
             found = [a for a in self.action_by_id.values()
-                     if (status is None or a.status == status) and (origin is None or a.origin == origin)]
+                     if (status is None or a.status == status) and (origin is None or a.origin == origin)
+                     and (overdue is None or now is None or a.overdue(now) == overdue)]
         found.sort(key=lambda a: (a.due, str(a.id)))
         return found
 
 
 async def complaint_deadlines(svc: Service[FeedbackApp], every: float = 1.0) -> None:
-    """The deadline timer: escalate every overdue complaint, each ``every`` seconds."""
+    """The deadline timer: escalate every overdue complaint and improvement action, each ``every`` seconds."""
     from tsop_feedback.complaints import commands
 
     while True:
-        try:
-            await commands.escalate_overdue(svc)
-        except Exception:  # one bad round must not stop the timer; the next round decides again
-            log.exception("escalating overdue complaints failed")
+        for escalate in (commands.escalate_overdue, commands.escalate_overdue_actions):
+            try:
+                await escalate(svc)
+            except Exception:  # one bad round must not stop the timer; the next round decides again
+                log.exception("escalating overdue %s failed", escalate.__name__)
         await asyncio.sleep(every)

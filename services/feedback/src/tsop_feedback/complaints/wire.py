@@ -38,6 +38,7 @@ WIRE = (
     .add(ImprovementAction.Reassigned, wire.ImprovementActionReassigned, fields=A, causation=previous_event)
     .add(ImprovementAction.Verified, wire.ImprovementActionVerified, fields=A, causation=previous_event)
     .add(ImprovementAction.Closed, wire.ImprovementActionClosed, fields=A, causation=previous_event)
+    .add(ImprovementAction.Escalated, wire.ImprovementActionEscalated, fields=A, causation=previous_event)
     .add(Assessment.Recorded, wire.TicketAssessed)
 )
 
