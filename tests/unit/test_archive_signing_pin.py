@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tsop_devstack.stack import Stack
+
 from tsop_archive.records.commands import Signer
 from tsop_archive.records.main import RecordsSettings
-from tsop_devstack.stack import Stack
 
 
 def test_the_stack_gives_the_archive_one_signing_key_across_restarts(tmp_path: Path) -> None:
