@@ -436,19 +436,24 @@ async def _cells(pool: asyncpg.Pool, q: Question, where: str, fargs: list[Any], 
         fetch(CELLS_OPEN_AT_START.format(where=swhere), q.start, *sargs),
     )
     # the durations' values, per period and whole: exact (the reference's own computation over the same values)
-    assign: dict[datetime | None, list[float]] = {None: []}
-    resolve: dict[datetime | None, list[float]] = {None: []}
+    found: dict[str, dict[datetime | None, list[float]]] = {"assign": {}, "resolve": {}}
     for r in values:
-        assign.setdefault(r["b"], []).extend(r["assign"])
-        resolve.setdefault(r["b"], []).extend(r["resolve"])
-        assign[None].extend(r["assign"])
-        resolve[None].extend(r["resolve"])
+        for prefix, got in found.items():
+            got.setdefault(r["b"], []).extend(r[prefix])
+    durations: dict[tuple[str, datetime | None], Durations] = {}
+    for prefix, got in found.items():
+        for b in got:
+            got[b].sort()
+        # the whole range: the periods' sorted values end to end, which a sort merges in one pass per period
+        whole_values = [v for b in sorted(got, key=lambda b: b or q.start) for v in got[b]]
+        durations[(prefix, None)] = Durations.of(whole_values)
+        durations.update({(prefix, b): Durations.of(v) for b, v in got.items()})  # sorted already: cheap
     main = []
     for r in counts:
         row = dict(r)
         b = None if r["whole"] else r["b"]
-        for prefix, got in (("assign", assign), ("resolve", resolve)):
-            d = Durations.of(got.get(b, ()))
+        for prefix in found:
+            d = durations.get((prefix, b)) or Durations.of(())
             row[f"{prefix}_n"], row[f"{prefix}_mean"], row[f"{prefix}_p"] = d.count, d.mean, (d.p50, d.p90)
         main.append(row)
     split_rows: list[tuple[datetime, str, str, int]] = []
