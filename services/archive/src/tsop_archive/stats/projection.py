@@ -127,7 +127,9 @@ ROLLUP_DDL = (
          GROUP BY {", ".join(_CELL_DIMS)};
        END $$ LANGUAGE plpgsql""".replace("{self}", ", ".join(f"'{c}'" for c in sorted(SELF_SERVICE))),
     # a read model from before the cells: build them once (an empty one has nothing to build)
+    # (one instance at a time: a second one starting meanwhile waits, then finds the cells built)
     """DO $$ BEGIN
+         PERFORM pg_advisory_xact_lock(7453504, 1);
          IF NOT EXISTS (SELECT 1 FROM stats_daily) AND EXISTS (SELECT 1 FROM stats_tickets) THEN
            PERFORM stats_daily_rebuild();
          END IF;
