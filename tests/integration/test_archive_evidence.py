@@ -123,6 +123,25 @@ async def archive(pg: tuple[str, int], tmp_path: Path) -> AsyncIterator[Archive]
         svc.app.close()
 
 
+async def announce(archive: Archive) -> int:
+    """What the broker brings back to the archive after retention acted on tickets' records: one records-expired
+    announcement per expiry decision, on the ticket (as ``tsop_archive.wire`` maps ``Expiry.Recorded``)."""
+    rows = await archive.pool.fetch(
+        """SELECT x.expiry_id, x.matter, x.action, x.record_class, min(x.at) AS at,
+                  array_agg(x.event_id ORDER BY x.seq) AS event_ids
+           FROM archive_expiries x JOIN archive_events e ON e.seq = x.seq WHERE e.topic = $1
+           GROUP BY 1, 2, 3, 4 ORDER BY 5, 1""", TICKETS)
+    envs = [
+        wrap(wire.RecordsExpired(ticket_id=r["matter"], record_class=r["record_class"], action=r["action"],
+                                 event_ids=list(r["event_ids"]), retention_days=365, expired_at=r["at"]),
+             event_id=f"{r['matter']}-x{r['expiry_id'].hex}", source="archive", time=r["at"])
+        for r in rows
+    ]
+    before = await archive.pool.fetchval("SELECT count(*) FROM archive_events")
+    await archive.deliver(envs)
+    return int(await archive.pool.fetchval("SELECT count(*) FROM archive_events")) - int(before)
+
+
 async def tamper(pool: asyncpg.Pool, table: str, sql: str, *args: Any) -> None:
     """What a superuser can do: switch the append-only trigger off, change a row, switch it on again."""
     trigger = f"{table}_no_change"
@@ -267,11 +286,16 @@ async def test_expiry_keeps_the_chain_and_the_sealed_dossier_verifiable_and_a_ho
         evs, _ = await ticket_record(svc.pool, TICKETS, t)
         assert all(e.data is not None and "storm" in str(e.data) for e in evs[:1])
 
-    # the whole-archive chain still verifies: the expired records are reported as such, not as broken
+    # until their announcements are back from the broker and linked, the expired records do not verify
     await archive.chain()
-    v = await verify(archive.pool)
+    early = await verify(archive.pool, tickets_topic=TICKETS)
+    assert early.broken is not None and "without its announcement" in early.broken.reason
+    # the whole-archive chain then verifies: the expired records are reported as such, not as broken
+    announced = await announce(archive)
+    await archive.chain()
+    v = await verify(archive.pool, tickets_topic=TICKETS)
     assert v.ok, v.broken
-    assert v.expired == 5 and v.intact == 10
+    assert v.expired == 5 and v.intact == 10 + announced
     # and the sealed dossier still verifies, through the witnesses recorded at expiry
     d = await svc.commands.run(lambda uow: uow.find(Dossier, dossier_id(expired)))
     assert d is not None
@@ -486,3 +510,107 @@ async def test_only_the_chain_leader_asks_for_the_share_lock(archive: Archive) -
         await leader.execute("SELECT pg_advisory_unlock($1)", rp.CHAIN_LOCK)
         await archive.pool.release(leader)
     assert await rp.chain_pending(archive.pool) == 5
+
+
+# --------------------------------------------------------------------------- the gaps of issue 13, closed
+
+
+async def test_a_deleted_checkpoint_between_two_others_is_named(archive: Archive) -> None:
+    """Each checkpoint signs its predecessor: deleting one from the middle (records and links untouched, every
+    remaining signature good) breaks the checkpoints' own chain at the next one."""
+    t = str(uuid.uuid4())
+    envs = lifecycle(t, "c1", T0)
+    for lo, hi in ((0, 2), (2, 4), (4, 5)):
+        await archive.deliver(envs[lo:hi])
+        await archive.chain(every=1)
+    cps = await rp.checkpoints(archive.pool)
+    assert len(cps) == 3 and cps[0].previous == bytes(32)
+    assert cps[1].previous == cps[0].digest() and cps[2].previous == cps[1].digest()
+    assert (await verify(archive.pool)).ok
+    await tamper(archive.pool, "archive_checkpoints", "DELETE FROM archive_checkpoints WHERE number = $1",
+                 cps[1].number)
+    v = await verify(archive.pool)
+    assert v.broken is not None and v.broken.seq == cps[2].upto_seq, v.broken
+    assert f"checkpoint {cps[2].number} does not follow" in v.broken.reason
+    # a range that starts after the gap still holds its first checkpoint to the one before it
+    part = await verify(archive.pool, cps[1].upto_seq + 1)
+    assert part.broken is not None and "does not follow" in part.broken.reason
+    # two instances signing at once never fork the checkpoints' chain (one at a time, after the last)
+    await archive.deliver(lifecycle(str(uuid.uuid4()), "c2", T0))
+    await rp.chain_pending(archive.pool)
+    head = await rp.chain_head(archive.pool)
+    assert head is not None
+    made = await asyncio.gather(*(
+        rp.add_checkpoint(archive.pool, head.seq - i, head.count - i, head.link, archive.clock.now(),
+                          archive.signer.key_id, archive.signer.sign) for i in range(2)
+    ))
+    newest = await rp.checkpoints(archive.pool, cps[2].upto_seq + 1)
+    assert 1 <= len(newest) == len([m for m in made if m is not None])
+    assert newest[0].previous == cps[2].digest()
+
+
+async def test_a_record_dropped_with_a_forged_expiry_is_not_passed_off_as_expired(archive: Archive) -> None:
+    """With the archive's own database role: an expiry row is easy to insert and a purge then passes the store's
+    trigger; but no records-expired announcement of the ticket names the record, so ``verify`` refuses it."""
+    t = str(uuid.uuid4())
+    await archive.deliver(lifecycle(t, "c1", T0))
+    await archive.chain()
+    seq, ce_id = await archive.pool.fetchrow("SELECT seq, ce_id FROM archive_events ORDER BY seq OFFSET 3 LIMIT 1")
+    await archive.pool.execute(
+        f"""INSERT INTO archive_expiries (seq, action, event_id, expiry_id, record_class, matter, after_hash, at)
+            SELECT e.seq, 'purged', e.ce_id, gen_random_uuid(), 'service_records', e.key,
+                   {rp.hash_sql('e', 'NULL::jsonb', 'NULL::bytea')}, now()
+            FROM archive_events e WHERE e.seq = $1""", seq)
+    await archive.pool.execute("UPDATE archive_events SET data = NULL WHERE seq = $1", seq)
+    v = await verify(archive.pool, tickets_topic=TICKETS)
+    assert v.broken is not None and v.broken.seq == seq and "without its announcement" in v.broken.reason
+    # an announcement that names another record, or another action, does not cover it
+    other = wire.RecordsExpired(ticket_id=t, record_class="service_records", action="anonymised",
+                                event_ids=[ce_id], retention_days=1095, expired_at=T0)
+    elsewhere = wire.RecordsExpired(ticket_id=t, record_class="service_records", action="purged",
+                                    event_ids=[f"{t}-0"], retention_days=1095, expired_at=T0)
+    await archive.deliver([wrap(other, event_id=f"{t}-x1", source="x", time=T0),
+                           wrap(elsewhere, event_id=f"{t}-x2", source="x", time=T0)])
+    await archive.chain()
+    v = await verify(archive.pool, tickets_topic=TICKETS)
+    assert v.broken is not None and v.broken.seq == seq and "without its announcement" in v.broken.reason
+
+
+async def test_an_anonymised_raw_body_keeps_none_of_its_bytes(archive: Archive) -> None:
+    """A body jsonb cannot hold (a NUL) is kept raw; under an anonymising expiry its bytes go, replaced whole by
+    "[anonymised]" — and the store's trigger refuses an "anonymisation" that keeps them."""
+    svc = archive.svc
+    t = str(uuid.uuid4())
+    envs = lifecycle(t, "c-nul", T0)
+    submitted = wire.RequestSubmitted(
+        ticket_id=t, channel="web", customer_id="c-nul", customer_tier="gold", region="north\x00east",
+        service_type="broadband.fault_repair", description="call Ann\x00 on 555-0101",
+        time_requirement=wire.TimeRequirement(), submitted_at=T0)
+    envs[0] = wrap(submitted, event_id=f"{t}-0", source="test", time=T0)
+    await archive.deliver(envs)
+    seq = await archive.pool.fetchval("SELECT seq FROM archive_events WHERE ce_id = $1", f"{t}-0")
+    assert await archive.pool.fetchval("SELECT raw IS NOT NULL AND data IS NULL FROM archive_events WHERE seq = $1",
+                                       seq)
+    await archive.chain()
+    # a forged anonymisation that keeps the raw bytes as they are
+    await archive.pool.execute(
+        f"""INSERT INTO archive_expiries (seq, action, event_id, expiry_id, record_class, matter, after_hash, at)
+            SELECT e.seq, 'anonymised', e.ce_id, gen_random_uuid(), 'personal_data', e.key, {rp.hash_sql('e')}, now()
+            FROM archive_events e WHERE e.seq = $1""", seq)
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await archive.pool.execute("UPDATE archive_events SET raw = raw WHERE seq = $1", seq)
+    await tamper(archive.pool, "archive_expiries", "DELETE FROM archive_expiries WHERE seq = $1", seq)
+    # retention's own anonymisation: no raw bytes left, the record still verifies as expired
+    assert await seal_due(svc) == 1
+    archive.clock.advance(timedelta(days=366))
+    assert (await expire_due(svc)).records == 1
+    row = await archive.pool.fetchrow("SELECT data, raw FROM archive_events WHERE seq = $1", seq)
+    assert row["raw"] is None and row["data"] == '"[anonymised]"'
+    await announce(archive)
+    await archive.chain()
+    v = await verify(archive.pool, tickets_topic=TICKETS)
+    assert v.ok and v.expired == 1, v.broken
+    # the sealed dossier still verifies across it
+    d = await svc.commands.run(lambda uow: uow.find(Dossier, dossier_id(t)))
+    events, _ = await ticket_record(svc.pool, TICKETS, t)
+    assert d is not None and d.verified(events, await rp.witnesses(svc.pool, d.event_ids))

@@ -189,6 +189,7 @@ class Stack:
         self.broker = EmbeddedBroker(self.broker_port, self.logs / "broker.log")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.tokens = dev_tokens(self.data_dir / "tokens.json")
+        self.signing_key_file = self.data_dir / "archive-signing-key.pem"
         self.wrote_pids = False
 
     # -- owning the processes
@@ -300,6 +301,10 @@ class Stack:
         # the wait expires, so there the wait is added to every hop; 100 ms instead of 50 was measured to save the
         # idle broker only ~2 % of a core (bench/RESULTS.md, "Hot path"), not worth the latency: it stays 50 ms.
         env.setdefault("TSOP_FETCH_MAX_WAIT_MS", str(EMBEDDED_FETCH_WAIT_MS if self.kafka_bootstrap is None else 500))
+        if name == "archive":
+            # the key that signs the archive's checkpoints: created once in the stack's data dir (mode 0600) and
+            # kept across restarts, so every checkpoint verifies with one public key (unset, each start made one)
+            env.setdefault("TSOP_ARCHIVE_SIGNING_KEY_FILE", str(self.signing_key_file))
         env.update(self.env)
         return env
 

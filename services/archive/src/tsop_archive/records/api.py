@@ -10,7 +10,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field, JsonValue
 
-from tsop_archive.commands import ArchiveApp
+from tsop_archive.commands import ArchiveApp, tickets_topic
 from tsop_archive.records import commands as rc
 from tsop_archive.records import projection as rp
 from tsop_archive.records.domain import HoldKind, LegalHold, RecordClass, TicketState, parse_expect
@@ -75,7 +75,7 @@ async def verify(
             expected = parse_expect(expect)
         except ValueError as e:
             raise Invalid("must be N:LINK, a checkpoint's number and its link (64 hex digits)", "expect") from e
-    v = await rc.verify(svc.pool, from_seq, to_seq, expect=expected)
+    v = await rc.verify(svc.pool, from_seq, to_seq, expect=expected, tickets_topic=tickets_topic(svc))
     return VerifyAnswer(
         ok=v.ok, from_seq=v.from_seq, to_seq=v.last_seq, checked=v.checked, intact=v.intact, expired=v.expired,
         checkpoints=v.checkpoints, last_link=v.last_link.hex(),
@@ -91,7 +91,11 @@ class CheckpointAnswer(BaseModel):
     at: str = Field(description="ISO 8601")
     key_id: str
     signature: str = Field(description="Ed25519 signature (hex) of the message below")
-    message: str = Field(description="What was signed: tsop-archive-checkpoint/v1|upto_seq|count|link|at")
+    previous: str | None = Field(
+        default=None, description="SHA-256 (hex) of the checkpoint before it, its message and its signature; the "
+        "first: 64 zeros (null: a v1 checkpoint, which signed no predecessor)")
+    message: str = Field(description="What was signed: tsop-archive-checkpoint/v2|upto_seq|count|link|at|previous "
+                                     "(v1: without previous)")
 
 
 @router.get("/v1/archive/checkpoints", response_model=list[CheckpointAnswer])
@@ -105,6 +109,7 @@ async def checkpoints(
         CheckpointAnswer(
             number=c.number, upto_seq=c.upto_seq, count=c.count, link=c.link.hex(), at=c.at.isoformat(),
             key_id=c.key_id, signature=c.signature.hex(), message=c.message().decode(),
+            previous=None if c.previous is None else c.previous.hex(),
         )
         for c in await rp.checkpoints(svc.pool, from_seq, MAX_SEQ, limit)
     ]

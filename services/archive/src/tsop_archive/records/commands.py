@@ -48,7 +48,6 @@ from tsop_archive.records.domain import (
     anonymise,
     check_expected,
     check_period,
-    checkpoint_message,
     due_expiries,
     expiry_id,
     fold,
@@ -146,27 +145,30 @@ async def chain_and_checkpoint(
     since = head.count - (last.count if last is not None else 0)
     if last is None or since >= every or now - last.at >= timedelta(seconds=seconds):
         await rp.publish_key(pool, signer.key_id, signer.public, now)
-        sig = signer.sign(checkpoint_message(head.seq, head.count, head.link, now))
-        await rp.add_checkpoint(pool, head.seq, head.count, head.link, now, signer.key_id, sig)
+        await rp.add_checkpoint(pool, head.seq, head.count, head.link, now, signer.key_id, signer.sign)
     return linked
 
 
 async def verify(
     pool: asyncpg.Pool, from_seq: int = 1, to_seq: int = 2**62, keys: Mapping[str, bytes] | None = None,
-    expect: tuple[int, bytes] | None = None,
+    expect: tuple[int, bytes] | None = None, tickets_topic: str = "tsop.tickets",
 ) -> Verification:
     """Recompute the chain from ``from_seq`` to ``to_seq``: each record's hash from its stored form, each
     link from the one before, each checkpoint's link and signature; stop at the first break.
 
     ``keys`` pins the public keys an auditor trusts (by key id); by default the keys the archive published.
     ``expect`` is a checkpoint the auditor kept (number, link): it must still be there, alike, and reached.
+    A ticket's record (on ``tickets_topic``) verifies as expired only once the expiry's announcement
+    (records-expired) is itself in the chain.
     """
     if keys is None:
         keys = {k: v for k, (v, _) in (await rp.public_keys(pool)).items()}
     previous = await rp.link_before(pool, from_seq)
     cps = await rp.checkpoints(pool, from_seq, to_seq, limit=10_000_000)
     v = ChainVerifier(from_seq, to_seq, previous, cps, signature_check(keys))
-    async for rows in rp.verify_rows(pool, from_seq, to_seq):
+    if cps:
+        v.chain_checkpoints(await rp.checkpoint_before(pool, min(c.number for c in cps)))
+    async for rows in rp.verify_rows(pool, from_seq, to_seq, tickets_topic=tickets_topic):
         if not v.feed(rows):
             break
     r = v.finish()
@@ -330,7 +332,7 @@ async def _expire_matter(
         changes = [
             rp.Change(
                 seq=s, event_id=e, action=x.action,
-                data=None if x.action == "purged" else _anonymised(mr.bodies.get(s)),
+                data=None if x.action == "purged" else _anonymised(mr.bodies.get(s), s in mr.raw),
                 witness=tuple(x.witnesses[e]) if e in x.witnesses else None,  # type: ignore[arg-type]
             )
             for s, e in zip(x.seqs, x.event_ids, strict=True)
@@ -358,7 +360,11 @@ def _decide_expiry(
     return x
 
 
-def _anonymised(data: Any) -> Any:
+def _anonymised(data: Any, raw: bool = False) -> Any:
+    """A body without its personal data. A raw body (bytes jsonb could not hold: a NUL, a lone surrogate) is
+    replaced whole: its bytes must not stay, and what remains of it might not be storable as jsonb either."""
+    if raw and data is not None:
+        return ANONYMISED
     return anonymise(data) if isinstance(data, dict) else (None if data is None else ANONYMISED)
 
 

@@ -64,6 +64,7 @@ class RowState(StrEnum):
     altered = "altered"  # the stored form no longer hashes to the record hash
     missing = "missing"  # a link names a record the store no longer holds
     unchained = "unchained"  # a record below the chained horizon that no link covers
+    unannounced = "unannounced"  # a ticket's record expired, but the expiry's announcement is not in the chain
 
 
 class ChainRow(NamedTuple):
@@ -86,14 +87,42 @@ class Checkpoint:
     at: datetime
     key_id: str
     signature: bytes
+    previous: bytes | None = None  # the digest of the checkpoint before it (None: a v1 checkpoint, unchained)
 
     def message(self) -> bytes:
-        return checkpoint_message(self.upto_seq, self.count, self.link, self.at)
+        return checkpoint_message(self.upto_seq, self.count, self.link, self.at, self.previous)
+
+    def digest(self) -> bytes:
+        """What the next checkpoint signs of this one: SHA-256 of its message and its signature."""
+        return hashlib.sha256(self.message() + self.signature).digest()
 
 
-def checkpoint_message(upto_seq: int, count: int, link_: bytes, at: datetime) -> bytes:
-    """The bytes a checkpoint signs; an auditor rebuilds them from the published checkpoint."""
-    return f"tsop-archive-checkpoint/v1|{upto_seq}|{count}|{link_.hex()}|{at.isoformat()}".encode()
+def checkpoint_message(upto_seq: int, count: int, link_: bytes, at: datetime, previous: bytes | None = None) -> bytes:
+    """The bytes a checkpoint signs; an auditor rebuilds them from the published checkpoint. Since v2 a
+    checkpoint also signs its predecessor's digest (``Checkpoint.digest``; 32 zero bytes for the first), so the
+    checkpoints form a chain of their own: one deleted or replaced between two others no longer fits."""
+    if previous is None:
+        return f"tsop-archive-checkpoint/v1|{upto_seq}|{count}|{link_.hex()}|{at.isoformat()}".encode()
+    return f"tsop-archive-checkpoint/v2|{upto_seq}|{count}|{link_.hex()}|{at.isoformat()}|{previous.hex()}".encode()
+
+
+def checkpoint_chain_breaks(before: Checkpoint | None, checkpoints: Sequence[Checkpoint]) -> dict[int, str]:
+    """Where the chain of checkpoints does not hold, by ``upto_seq``: a checkpoint that signs a predecessor other
+    than the one the archive holds before it (``before``, then each in number order), or an unchained (v1) one
+    after a chained one (older v1 checkpoints before the first v2 are accepted as they are)."""
+    out: dict[int, str] = {}
+    prev = before
+    for cp in sorted(checkpoints, key=lambda c: c.number):
+        if cp.previous is None:
+            if prev is not None and prev.previous is not None:
+                out[cp.upto_seq] = (f"checkpoint {cp.number} does not sign its predecessor, checkpoint {prev.number}: "
+                                    "it was not made by the archive")
+        elif cp.previous != (GENESIS if prev is None else prev.digest()):
+            named = "none" if prev is None else f"checkpoint {prev.number}"
+            out[cp.upto_seq] = (f"checkpoint {cp.number} does not follow the checkpoint before it ({named}): "
+                                "a checkpoint between them was deleted or altered")
+        prev = cp
+    return out
 
 
 def key_id(public_key: bytes) -> str:
@@ -145,6 +174,12 @@ class ChainVerifier:
         self.result = Verification(from_seq, to_seq, last_link=previous)
         self._cps = {c.upto_seq: c for c in checkpoints}
         self._check_sig = check_sig
+        self._cp_breaks: dict[int, str] = {}
+
+    def chain_checkpoints(self, before: Checkpoint | None) -> None:
+        """Also hold the checkpoints to their own chain: each must sign the one the archive holds before it
+        (``before``: the checkpoint just before the range's first)."""
+        self._cp_breaks = checkpoint_chain_breaks(before, list(self._cps.values()))
 
     def feed(self, rows: Iterable[Sequence[Any]]) -> bool:
         """Rows are (seq, record_hash, link, state) in sequence order. False once a break is found."""
@@ -173,6 +208,9 @@ class ChainVerifier:
                     break
                 if not self._check_sig(cp):
                     r.broken = Break(seq, f"checkpoint {cp.number}: its signature does not hold")
+                    break
+                if seq in self._cp_breaks:
+                    r.broken = Break(seq, self._cp_breaks[seq])
                     break
                 r.checkpoints += 1
             last = seq
@@ -226,6 +264,9 @@ _REASONS = {
     RowState.altered: "record altered: its stored form no longer hashes to its record hash",
     RowState.missing: "record missing: the chain links a record the store no longer holds",
     RowState.unchained: "record not in the chain: it sits below the chained horizon, unlinked",
+    RowState.unannounced: "record expired without its announcement in the chain (no linked records-expired of its "
+                          "ticket names it): a body dropped behind the archive's back, or an announcement not yet "
+                          "back from the broker",
 }
 
 

@@ -17,7 +17,8 @@ the chain at most that instant per round, and links are computed afterwards, in 
 UPDATE and DELETE. ``archive_events`` still refuses DELETE always, and UPDATE except one: the body of a record
 whose expiry is recorded in ``archive_expiries`` (in the same transaction), to exactly the form that expiry
 names (its ``after_hash``), and only of the form its action allows: a purge drops the body (no body left), an
-anonymisation only replaces values with ``"[anonymised]"`` (a raw, non-JSONB body excepted).
+anonymisation only replaces values with ``"[anonymised]"``; a raw body (one jsonb could not hold) is replaced
+whole by ``"[anonymised]"``, its bytes dropped (the trigger cannot check a field-wise change of bytes).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,12 +43,14 @@ from tsop_archive.records.domain import (
     Checkpoint,
     Matter,
     chain,
+    checkpoint_message,
     has_personal_data,
     matter_refs,
 )
-from tsop_events.schemas import Reopened
+from tsop_events.schemas import RecordsExpired, Reopened
 
 REOPENED = Reopened.event_type
+RECORDS_EXPIRED = RecordsExpired.event_type
 LOCK_TIMEOUT = "200ms"
 CHAIN_LOCK = 0x7453_4F50_6368  # advisory lock: one chainer at a time across instances
 
@@ -83,6 +86,8 @@ DDL = (
     """CREATE TABLE IF NOT EXISTS archive_checkpoints (
          number bigserial PRIMARY KEY, upto_seq bigint NOT NULL UNIQUE, count bigint NOT NULL, link bytea NOT NULL,
          at timestamptz NOT NULL, key_id text NOT NULL, signature bytea NOT NULL)""",
+    # since v2 each checkpoint signs its predecessor's digest (records.domain.checkpoint_message)
+    "ALTER TABLE archive_checkpoints ADD COLUMN IF NOT EXISTS previous bytea",
     """CREATE TABLE IF NOT EXISTS archive_expiries (
          seq bigint NOT NULL, action text NOT NULL, event_id text NOT NULL, expiry_id uuid NOT NULL,
          record_class text NOT NULL, matter text NOT NULL, after_hash bytea NOT NULL, at timestamptz NOT NULL,
@@ -126,7 +131,9 @@ DDL = (
             AND EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = NEW.seq AND x.after_hash = {hash_sql('NEW')}
                         AND CASE x.action
                               WHEN 'purged' THEN NEW.data IS NULL AND NEW.raw IS NULL
-                              WHEN 'anonymised' THEN OLD.raw IS NOT NULL OR archive_anonymised_of(OLD.data, NEW.data)
+                              WHEN 'anonymised' THEN CASE WHEN OLD.raw IS NOT NULL
+                                THEN NEW.raw IS NULL AND NEW.data = '"[anonymised]"'::jsonb
+                                ELSE archive_anonymised_of(OLD.data, NEW.data) END
                               ELSE false END)
          THEN RETURN NEW; END IF;
          RAISE EXCEPTION 'the archive is append-only (a body changes only by a recorded expiry)';
@@ -233,6 +240,7 @@ def _checkpoint(r: asyncpg.Record) -> Checkpoint:
     return Checkpoint(
         number=int(r["number"]), upto_seq=int(r["upto_seq"]), count=int(r["count"]), link=bytes(r["link"]),
         at=r["at"], key_id=r["key_id"], signature=bytes(r["signature"]),
+        previous=None if r["previous"] is None else bytes(r["previous"]),
     )
 
 
@@ -246,14 +254,35 @@ async def checkpoint_numbered(pool: asyncpg.Pool, number: int) -> Checkpoint | N
     return None if r is None else _checkpoint(r)
 
 
+CHECKPOINT_LOCK = 0x7453_4F50_6370  # advisory lock: one checkpoint signed at a time, after the last one
+
+
 async def add_checkpoint(
-    pool: asyncpg.Pool, upto_seq: int, count: int, link_: bytes, at: datetime, kid: str, signature: bytes
-) -> None:
-    await pool.execute(
-        "INSERT INTO archive_checkpoints (upto_seq, count, link, at, key_id, signature) "
-        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (upto_seq) DO NOTHING",
-        upto_seq, count, link_, at, kid, signature,
-    )
+    pool: asyncpg.Pool, upto_seq: int, count: int, link_: bytes, at: datetime, kid: str,
+    sign: Callable[[bytes], bytes],
+) -> Checkpoint | None:
+    """Sign and store a checkpoint after the last one (whose digest it signs), under a lock so that two
+    instances never sign two successors of one checkpoint. None when one at ``upto_seq`` exists already."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", CHECKPOINT_LOCK)
+        last = await conn.fetchrow("SELECT * FROM archive_checkpoints ORDER BY number DESC LIMIT 1")
+        if last is not None and int(last["upto_seq"]) >= upto_seq:
+            return None
+        previous = GENESIS if last is None else _checkpoint(last).digest()
+        signature = sign(checkpoint_message(upto_seq, count, link_, at, previous))
+        row = await conn.fetchrow(
+            "INSERT INTO archive_checkpoints (upto_seq, count, link, at, key_id, signature, previous) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (upto_seq) DO NOTHING RETURNING *",
+            upto_seq, count, link_, at, kid, signature, previous,
+        )
+        return None if row is None else _checkpoint(row)
+
+
+async def checkpoint_before(pool: asyncpg.Pool, number: int) -> Checkpoint | None:
+    """The checkpoint just before number ``number`` (numbers may skip: a sequence)."""
+    r = await pool.fetchrow(
+        "SELECT * FROM archive_checkpoints WHERE number < $1 ORDER BY number DESC LIMIT 1", number)
+    return None if r is None else _checkpoint(r)
 
 
 async def checkpoints(pool: asyncpg.Pool, from_seq: int = 0, to_seq: int = 2**62, limit: int = 10_000) -> list[
@@ -268,11 +297,19 @@ async def checkpoints(pool: asyncpg.Pool, from_seq: int = 0, to_seq: int = 2**62
 
 # --------------------------------------------------------------------------- verification
 
+_EXPIRED = f"""SELECT 1 FROM archive_expiries x WHERE x.seq = e.seq AND x.after_hash = {hash_sql('e')}
+                   AND (x.action <> 'purged' OR (e.data IS NULL AND e.raw IS NULL))"""
+# a ticket's record (on the tickets topic, $4) is expired only once the expiry's announcement is itself in the
+# chain: a records-expired record of the same ticket, linked (at or below the chain's top, $3), naming the
+# record and the action. Without it, a row purged behind the archive's back with a forged expiry row would pass.
+_ANNOUNCED = f"""(e.topic <> $4 OR EXISTS (
+      SELECT 1 FROM archive_events a JOIN archive_chain ac ON ac.seq = a.seq
+      WHERE a.key = e.key AND a.topic = e.topic AND a.ce_type = '{RECORDS_EXPIRED}' AND a.seq <= $3
+        AND a.data -> 'event_ids' ? e.ce_id AND a.data ->> 'action' = x.action))"""
 _STATE = f"""CASE WHEN e.seq IS NULL THEN 'missing' WHEN c.seq IS NULL THEN 'unchained'
       WHEN {hash_sql('e')} = c.record_hash THEN 'intact'
-      WHEN EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = e.seq AND x.after_hash = {hash_sql('e')}
-                   AND (x.action <> 'purged' OR (e.data IS NULL AND e.raw IS NULL)))
-        THEN 'expired'
+      WHEN EXISTS ({_EXPIRED} AND {_ANNOUNCED}) THEN 'expired'
+      WHEN EXISTS ({_EXPIRED}) THEN 'unannounced'
       ELSE 'altered' END"""
 
 VERIFY = f"""SELECT coalesce(c.seq, e.seq) AS seq, c.record_hash, c.link, {_STATE} AS state
@@ -288,7 +325,8 @@ async def link_before(pool: asyncpg.Pool, seq: int) -> bytes:
 
 
 async def verify_rows(
-    pool: asyncpg.Pool, from_seq: int, to_seq: int, window: int = 25_000, ahead: int = 2
+    pool: asyncpg.Pool, from_seq: int, to_seq: int, window: int = 25_000, ahead: int = 2,
+    tickets_topic: str = "tsop.tickets",
 ) -> AsyncIterator[Sequence[Any]]:
     """The chain's positions from ``from_seq`` to ``to_seq`` (inclusive), a window of ``seq`` at a time,
     as (seq, record_hash, link, state). Records above the chained horizon are not yet linked: left out.
@@ -302,7 +340,7 @@ async def verify_rows(
     try:
         while nxt < len(windows) or pending:
             while nxt < len(windows) and len(pending) < ahead:
-                pending.append(asyncio.ensure_future(pool.fetch(VERIFY, *windows[nxt], top)))
+                pending.append(asyncio.ensure_future(pool.fetch(VERIFY, *windows[nxt], top, tickets_topic)))
                 nxt += 1
             yield await pending.popleft()
     finally:
@@ -321,6 +359,7 @@ class MatterRecords:
     matter: Matter
     records: list[Candidate]
     bodies: dict[int, Any]  # seq -> stored body (parsed)
+    raw: set[int] = field(default_factory=set)  # seqs whose body is kept raw (jsonb could not hold it)
 
 
 @dataclass(frozen=True)
@@ -404,6 +443,8 @@ async def matters_due(
             personal=has_personal_data(data), anonymised=bool(r["anon"]),
         ))
         m.bodies[int(r["seq"])] = data
+        if r["data"] is None and r["raw"] is not None:
+            m.raw.add(int(r["seq"]))
     result = []
     for (_, key), m in out.items():
         customers, incidents, tickets = matter_refs(m.bodies.values())

@@ -581,3 +581,103 @@ def scorecards(
         ))
     return [s for s in out if s.assignments or s.resolved or s.busy_seconds]
 
+
+
+# --------------------------------------------------------------------------- per-day rollups (issue 13: figures)
+# A month's report reads per-day cells, not every ticket: each ticket contributes to the cell of its submission
+# day and dimensions (its counts, its durations, exactly: the values themselves, so percentiles stay exact), and
+# to the cells of the days it ended and settled (the backlog). The read model keeps the cells in step with the
+# tickets' facts: a change of a ticket's facts moves its contribution from the cell it was in to the one it is in.
+
+CellKey = tuple[datetime, str | None, str | None, str | None, int | None]  # day, channel, service_type, region, prio
+COUNTERS = (
+    "submitted", "accepted", "rejected", "cancelled", "linked", "resolved", "closed", "self_service",
+    "respond_measured", "respond_met", "resolve_measured", "resolve_met", "asked", "rated", "score_sum",
+    "reopened", "first_time_fixed", "s1", "s2", "s3", "s4", "s5", "ended", "settled",
+)
+
+
+@dataclass
+class Cell:
+    """What some tickets add to one day's cell: counters, reasons of rejection, and the durations' values."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    assign: list[float] = field(default_factory=list)
+    resolve: list[float] = field(default_factory=list)
+    assign_gone: list[float] = field(default_factory=list)  # values to take out (a ticket left the cell)
+    resolve_gone: list[float] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (any(self.counts.values()) or any(self.reasons.values()) or self.assign or self.resolve
+                    or self.assign_gone or self.resolve_gone)
+
+
+def day_of(t: datetime) -> datetime:
+    """The UTC day an instant falls in (its midnight)."""
+    u = t.astimezone(UTC)
+    return datetime(u.year, u.month, u.day, tzinfo=UTC)
+
+
+def contributions(f: TicketFacts) -> list[tuple[CellKey, Cell]]:
+    """What one ticket adds to the cells: the SQL of the read model's report over tickets, per ticket (the
+    counts of ``MAIN``, ``BREAKDOWN``, ``ENDED`` and the backlog's settling day)."""
+    if f.submitted_at is None:
+        return []
+    dims = (f.channel, f.service_type, f.region, f.priority)
+    c: dict[str, int] = {
+        "submitted": 1, "accepted": f.accepted_at is not None, "rejected": f.rejected_at is not None,
+        "cancelled": f.cancelled_at is not None, "linked": f.linked_at is not None,
+        "resolved": f.resolved_at is not None, "closed": f.closed_at is not None,
+        "self_service": f.channel in SELF_SERVICE,
+        "respond_measured": f.respond_breached or f.responded_at is not None,
+        "respond_met": not f.respond_breached and f.responded_at is not None,
+        "resolve_measured": f.resolve_breached or f.resolved_at is not None,
+        "resolve_met": not f.resolve_breached and f.resolved_at is not None,
+        "asked": f.feedback_sent_at is not None, "rated": f.score is not None, "score_sum": f.score or 0,
+        "reopened": f.resolved_at is not None and f.reopens > 0,
+        "first_time_fixed": f.resolved_at is not None and f.first_fix,
+    }
+    if f.score in SCORES:
+        c[f"s{f.score}"] = 1
+    main = Cell({k: int(v) for k, v in c.items()}, {f.reject_reason: 1} if f.reject_reason is not None else {})
+    a, r = f.time_to_assign, f.time_to_resolve
+    main.assign = [] if a is None else [a]
+    main.resolve = [] if r is None else [r]
+    out: list[tuple[CellKey, Cell]] = [((day_of(f.submitted_at), *dims), main)]
+    if f.ended_at is not None:
+        out.append(((day_of(f.ended_at), *dims), Cell({"ended": 1})))
+        out.append(((day_of(max(f.ended_at, f.submitted_at)), *dims), Cell({"settled": 1})))
+    return out
+
+
+def cell_deltas(before: Iterable[TicketFacts], after: Iterable[TicketFacts]) -> dict[CellKey, Cell]:
+    """How the cells change when tickets' facts go from ``before`` to ``after``: the new contributions in, the
+    old ones out. Cells that do not change are left out."""
+    out: dict[CellKey, Cell] = {}
+    for sign, facts in ((-1, before), (1, after)):
+        for f in facts:
+            for key, part in contributions(f):
+                cell = out.setdefault(key, Cell())
+                for k, v in part.counts.items():
+                    cell.counts[k] = cell.counts.get(k, 0) + sign * v
+                for k, v in part.reasons.items():
+                    cell.reasons[k] = cell.reasons.get(k, 0) + sign * v
+                for name in ("assign", "resolve"):
+                    values: list[float] = getattr(part, name)
+                    if not values:
+                        continue
+                    if sign > 0:
+                        getattr(cell, name).extend(values)
+                    else:
+                        getattr(cell, f"{name}_gone").extend(values)
+    for cell in out.values():  # a value taken out and put back into the same cell: no change
+        for name in ("assign", "resolve"):
+            added, gone = getattr(cell, name), getattr(cell, f"{name}_gone")
+            for v in list(gone):
+                if v in added:
+                    added.remove(v)
+                    gone.remove(v)
+        cell.counts = {k: v for k, v in cell.counts.items() if v}
+        cell.reasons = {k: v for k, v in cell.reasons.items() if v}
+    return {k: v for k, v in out.items() if not v.empty()}

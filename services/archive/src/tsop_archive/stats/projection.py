@@ -24,12 +24,15 @@ import orjson
 from tsop_archive.stats.domain import (
     COMPLAINT_FILED,
     COMPLAINT_LINKED,
+    COUNTERS,
     DIMENSIONS,
     INCIDENT_DECLARED,
     INCIDENT_RESTORED,
     SCORES,
     SELF_SERVICE,
     Assignment,
+    Cell,
+    CellKey,
     Compliance,
     Durations,
     Figures,
@@ -38,6 +41,8 @@ from tsop_archive.stats.domain import (
     Scorecard,
     TicketFacts,
     buckets,
+    cell_deltas,
+    day_of,
     fold_once,
     moment,
     ticket_ids_of,
@@ -58,6 +63,102 @@ FACT_COLUMNS = (
 # open from just after submission until its end, inclusive (a malformed end before the start: never open)
 OPEN_SPAN = ("tstzrange(submitted_at, CASE WHEN ended_at IS NULL THEN NULL ELSE greatest(ended_at, submitted_at) END,"
              " '(]')")
+# --- per-day rollups (issue 13: figures): the cells a whole-day report reads (``domain.contributions``) ---
+_CELL_DIMS = ("day", "channel", "service_type", "region", "priority")
+_TICKET_CELL = ("date_trunc('day', submitted_at, 'UTC')", "channel", "service_type", "region", "priority")
+ROLLUP_DDL = (
+    f"""CREATE TABLE IF NOT EXISTS stats_daily (
+        day timestamptz NOT NULL, channel text, service_type text, region text, priority int,
+        {", ".join(f"{c} bigint NOT NULL DEFAULT 0" for c in COUNTERS)},
+        reasons jsonb NOT NULL DEFAULT '{{}}', assign float8[] NOT NULL DEFAULT '{{}}',
+        resolve float8[] NOT NULL DEFAULT '{{}}',
+        UNIQUE NULLS NOT DISTINCT (day, channel, service_type, region, priority))""",
+    # counts by key, summed (zeros dropped)
+    """CREATE OR REPLACE FUNCTION stats_counts_add(a jsonb, b jsonb) RETURNS jsonb AS $$
+         SELECT coalesce(jsonb_object_agg(k, n), '{}') FROM (
+           SELECT k, sum(v::bigint) AS n FROM (SELECT * FROM jsonb_each_text(a) UNION ALL
+                                               SELECT * FROM jsonb_each_text(b)) e(k, v)
+           GROUP BY k HAVING sum(v::bigint) <> 0) x
+       $$ LANGUAGE sql IMMUTABLE""",
+    # a multiset of values with some added and some taken out (one occurrence each)
+    """CREATE OR REPLACE FUNCTION stats_values_move(a float8[], added float8[], gone float8[]) RETURNS float8[] AS $$
+         SELECT coalesce(array_agg(v ORDER BY v), '{}') FROM (
+           SELECT v, row_number() OVER (PARTITION BY v) AS k FROM unnest(a || added) v) x
+         WHERE k > (SELECT count(*) FROM unnest(gone) g WHERE g = x.v)
+       $$ LANGUAGE sql IMMUTABLE""",
+    # the cells from the tickets' facts, whole (for a read model that predates them, and for a bench's fill)
+    f"""CREATE OR REPLACE FUNCTION stats_daily_rebuild() RETURNS void AS $$
+       BEGIN
+         DELETE FROM stats_daily;
+         INSERT INTO stats_daily ({", ".join(_CELL_DIMS)}, {", ".join(COUNTERS)}, reasons, assign, resolve)
+         SELECT {", ".join(_CELL_DIMS)}, {", ".join(f"sum({c})" for c in COUNTERS)},
+           coalesce((array_agg(reasons) FILTER (WHERE reasons IS NOT NULL))[1], '{{}}'),
+           coalesce(max(assign), '{{}}'), coalesce(max(resolve), '{{}}')  -- one row of the parts has them
+         FROM (
+           SELECT {", ".join(_TICKET_CELL)}, count(*) AS submitted, count(accepted_at) AS accepted,
+             count(rejected_at) AS rejected, count(cancelled_at) AS cancelled, count(linked_at) AS linked,
+             count(resolved_at) AS resolved, count(closed_at) AS closed,
+             count(*) FILTER (WHERE channel IN ({{self}})) AS self_service,
+             count(*) FILTER (WHERE respond_breached OR responded_at IS NOT NULL) AS respond_measured,
+             count(*) FILTER (WHERE NOT respond_breached AND responded_at IS NOT NULL) AS respond_met,
+             count(*) FILTER (WHERE resolve_breached OR resolved_at IS NOT NULL) AS resolve_measured,
+             count(*) FILTER (WHERE NOT resolve_breached AND resolved_at IS NOT NULL) AS resolve_met,
+             count(feedback_sent_at) AS asked, count(score) AS rated, coalesce(sum(score), 0) AS score_sum,
+             count(*) FILTER (WHERE resolved_at IS NOT NULL AND reopens > 0) AS reopened,
+             count(*) FILTER (WHERE resolved_at IS NOT NULL AND first_fix) AS first_time_fixed,
+             {", ".join(f"count(*) FILTER (WHERE score = {i}) AS s{i}" for i in range(1, 6))},
+             0 AS ended, 0 AS settled,
+             coalesce((SELECT jsonb_object_agg(r, n) FROM (SELECT r, count(*) AS n
+                       FROM unnest(array_agg(reject_reason)) r WHERE r IS NOT NULL GROUP BY r) x), '{{}}') AS reasons,
+             coalesce(array_agg(assign_seconds ORDER BY assign_seconds) FILTER (WHERE assign_seconds IS NOT NULL),
+                      '{{}}') AS assign,
+             coalesce(array_agg(resolve_seconds ORDER BY resolve_seconds) FILTER (WHERE resolve_seconds IS NOT NULL),
+                      '{{}}') AS resolve
+           FROM stats_tickets WHERE submitted_at IS NOT NULL GROUP BY 1, 2, 3, 4, 5
+           UNION ALL
+           SELECT date_trunc('day', ended_at, 'UTC'), channel, service_type, region, priority,
+             {", ".join("0" for c in COUNTERS[:-2])}, count(*), 0, NULL, NULL, NULL
+           FROM stats_tickets WHERE submitted_at IS NOT NULL AND ended_at IS NOT NULL GROUP BY 1, 2, 3, 4, 5
+           UNION ALL
+           SELECT date_trunc('day', greatest(ended_at, submitted_at), 'UTC'), channel, service_type, region, priority,
+             {", ".join("0" for c in COUNTERS[:-2])}, 0, count(*), NULL, NULL, NULL
+           FROM stats_tickets WHERE submitted_at IS NOT NULL AND ended_at IS NOT NULL GROUP BY 1, 2, 3, 4, 5
+         ) AS parts ({", ".join(_CELL_DIMS)}, {", ".join(COUNTERS)}, reasons, assign, resolve)
+         GROUP BY {", ".join(_CELL_DIMS)};
+       END $$ LANGUAGE plpgsql""".replace("{self}", ", ".join(f"'{c}'" for c in sorted(SELF_SERVICE))),
+    # a read model from before the cells: build them once (an empty one has nothing to build)
+    # (one instance at a time: a second one starting meanwhile waits, then finds the cells built)
+    """DO $$ BEGIN
+         PERFORM pg_advisory_xact_lock(7453504, 1);
+         IF NOT EXISTS (SELECT 1 FROM stats_daily) AND EXISTS (SELECT 1 FROM stats_tickets) THEN
+           PERFORM stats_daily_rebuild();
+         END IF;
+       END $$""",
+)
+UPSERT_CELL = (
+    f"INSERT INTO stats_daily ({', '.join(_CELL_DIMS)}, {', '.join(COUNTERS)}, reasons, assign, resolve) "
+    f"VALUES ({', '.join(f'${i + 1}' for i in range(len(_CELL_DIMS) + len(COUNTERS) + 3))}) "
+    f"ON CONFLICT ({', '.join(_CELL_DIMS)}) DO UPDATE SET "
+    + ", ".join(f"{c} = stats_daily.{c} + EXCLUDED.{c}" for c in COUNTERS)
+    + ", reasons = stats_counts_add(stats_daily.reasons, EXCLUDED.reasons)"
+    + f", assign = stats_values_move(stats_daily.assign, EXCLUDED.assign, ${len(_CELL_DIMS) + len(COUNTERS) + 4})"
+    + f", resolve = stats_values_move(stats_daily.resolve, EXCLUDED.resolve, ${len(_CELL_DIMS) + len(COUNTERS) + 5})"
+)
+
+
+def cell_rows(deltas: Mapping[CellKey, Cell]) -> list[tuple[Any, ...]]:
+    """The upserts of changed cells, in key order (so concurrent batches lock cells in one order)."""
+    def order(k: CellKey) -> tuple[Any, ...]:
+        return tuple((v is None, "" if v is None else v) for v in k)
+
+    return [
+        (*key, *(c.counts.get(n, 0) for n in COUNTERS), orjson.dumps(c.reasons).decode(), c.assign, c.resolve,
+         c.assign_gone, c.resolve_gone)
+        for key, c in sorted(deltas.items(), key=lambda kv: order(kv[0]))
+    ]
+# --- end of the per-day rollups' DDL ---
+
+
 DDL = (
     f"""CREATE TABLE IF NOT EXISTS stats_tickets (
         ticket_id text PRIMARY KEY, channel text, service_type text, region text, priority int,
@@ -84,7 +185,10 @@ DDL = (
     """CREATE TABLE IF NOT EXISTS stats_incidents (
         incident_id text PRIMARY KEY, declared_at timestamptz, restored_at timestamptz)""",
     "CREATE INDEX IF NOT EXISTS stats_incidents_declared ON stats_incidents (declared_at)",
+    *ROLLUP_DDL,
 )
+
+
 WORKFORCE = frozenset({wire.TechnicianRegistered.event_type, wire.CapacityChanged.event_type})
 
 
@@ -117,6 +221,7 @@ class _Batch:
     last: Incoming
     facts: dict[str, TicketFacts] | None = None
     dirty: set[str] = field(default_factory=set)
+    loaded: dict[str, TicketFacts] = field(default_factory=dict)  # as read, before the batch (the cells' delta)
 
 
 class StatsProjection(ProjectionSink):
@@ -150,11 +255,14 @@ class StatsProjection(ProjectionSink):
             batch = self._batch or _Batch([incoming.key], incoming)
             if batch.facts is None:
                 batch.facts = await load_facts(conn, batch.keys)
+                batch.loaded = dict(batch.facts)  # fold copies, so these stay as they were read
             key = incoming.key
             batch.facts[key] = fold_once(batch.facts.get(key) or TicketFacts(key), env.id, env.type, data, env.time)
             batch.dirty.add(key)
             if incoming is batch.last:
-                await save_facts(conn, [batch.facts[k] for k in sorted(batch.dirty)])
+                dirty = sorted(batch.dirty)
+                await save_facts(conn, [batch.facts[k] for k in dirty],
+                                 [batch.loaded[k] for k in dirty if k in batch.loaded])
         elif env.type in WORKFORCE:
             ev = incoming.event
             assert isinstance(ev, wire.TechnicianRegistered | wire.CapacityChanged)
@@ -197,12 +305,19 @@ async def load_facts(conn: asyncpg.Connection, keys: Sequence[str]) -> dict[str,
     return {r["ticket_id"]: facts_of(r, held.get(r["ticket_id"], [])) for r in rows}
 
 
-async def save_facts(conn: asyncpg.Connection, facts: Sequence[TicketFacts]) -> None:
+async def save_facts(
+    conn: asyncpg.Connection, facts: Sequence[TicketFacts], before: Sequence[TicketFacts] = ()
+) -> None:
+    """Write the tickets' facts, and move their contributions in the per-day cells from what they were
+    (``before``: the same tickets as they were read) to what they are, in the same transaction."""
     await conn.executemany(UPSERT_TICKET, [row_of(f) for f in facts])
     await conn.executemany(UPSERT_ASSIGNMENT, [
         (f.ticket_id, a.n, a.work_order_id, a.technician_id, a.assigned_at, a.ended_at, a.outcome)
         for f in facts for a in f.assignments
     ])
+    cells = cell_rows(cell_deltas(before, facts))
+    if cells:
+        await conn.executemany(UPSERT_CELL, cells)
 
 
 # --- the report in SQL ---
@@ -276,8 +391,89 @@ class _Period:
     incidents: Mapping[str, Any] | None = None
 
 
+# --- per-day rollups (issue 13: figures): a report over whole UTC days reads the cells, not the tickets ---
+_SUMS = ", ".join(f"sum({c})::bigint AS {c}" for c in COUNTERS if c not in ("ended", "settled"))
+CELLS_MAIN = f"""SELECT date_trunc($3, day, 'UTC') AS b, GROUPING(date_trunc($3, day, 'UTC')) AS whole, {_SUMS},
+    (sum(score_sum)::numeric / nullif(sum(rated), 0))::float8 AS mean_score
+  FROM stats_daily WHERE day >= $1 AND day < $2 {{where}}
+  GROUP BY GROUPING SETS ((date_trunc($3, day, 'UTC')), ())"""
+CELLS_VALUES = """SELECT date_trunc($3, day, 'UTC') AS b, assign, resolve FROM stats_daily
+  WHERE day >= $1 AND day < $2 {where} AND (cardinality(assign) > 0 OR cardinality(resolve) > 0)"""
+_RANGE = "FROM stats_daily WHERE day >= $1 AND day < $2 {where}"
+_CELL_SPLITS = ("channel", "service_type", "region", "priority")
+CELLS_SPLITS = f"""SELECT date_trunc($3, day, 'UTC') AS b, GROUPING({", ".join(_CELL_SPLITS)}) AS mask,
+    {", ".join(_CELL_SPLITS)}, sum(submitted)::bigint AS n {_RANGE}
+  GROUP BY GROUPING SETS ({", ".join(f"(date_trunc($3, day, 'UTC'), {d})" for d in _CELL_SPLITS)})
+  HAVING sum(submitted) > 0"""
+CELLS_REASONS = f"""SELECT date_trunc($3, day, 'UTC') AS b, r.key AS v, sum(r.value::bigint)::bigint AS n
+  {_RANGE.replace("FROM stats_daily", "FROM stats_daily, jsonb_each_text(reasons) r")} AND reasons <> '{{{{}}}}'
+  GROUP BY 1, 2 HAVING sum(r.value::bigint) > 0"""
+CELLS_ENDED = "SELECT date_trunc($3, day, 'UTC') AS b, sum(ended)::bigint AS n " + _RANGE + " GROUP BY 1"
+# open at an instant that starts a day: submitted before it, less those whose span (to the end, never before the
+# submission) settled before it (OPEN_SPAN, counted by day)
+CELLS_OPEN_AT_START = (
+    "SELECT coalesce(sum(submitted) - sum(settled), 0)::bigint FROM stats_daily WHERE day < $1 {where}")
+
+
+def whole_days(q: Question) -> bool:
+    """Whether a report's range starts and ends at UTC midnights: the cells answer it."""
+    return day_of(q.start) == q.start and day_of(q.end) == q.end
+
+
+async def _cells(pool: asyncpg.Pool, q: Question, where: str, fargs: list[Any], swhere: str, sargs: list[Any]) -> (
+    tuple[list[dict[str, Any]], list[tuple[datetime, str, str, int]], list[asyncpg.Record], int]
+):
+    base = [q.start, q.end, q.granularity, *fargs]
+
+    async def fetch(sql: str, *args: Any) -> list[asyncpg.Record]:
+        async with pool.acquire() as conn:
+            return list(await conn.fetch(sql, *args))
+
+    counts, values, splits, reasons, ended, opened = await asyncio.gather(
+        fetch(CELLS_MAIN.format(where=where), *base),
+        fetch(CELLS_VALUES.format(where=where), *base),
+        fetch(CELLS_SPLITS.format(where=where), *base),
+        fetch(CELLS_REASONS.format(where=where), *base),
+        fetch(CELLS_ENDED.format(where=where), *base),
+        fetch(CELLS_OPEN_AT_START.format(where=swhere), q.start, *sargs),
+    )
+    # the durations' values, per period and whole: exact (the reference's own computation over the same values)
+    found: dict[str, dict[datetime | None, list[float]]] = {"assign": {}, "resolve": {}}
+    for r in values:
+        for prefix, got in found.items():
+            got.setdefault(r["b"], []).extend(r[prefix])
+    durations: dict[tuple[str, datetime | None], Durations] = {}
+    for prefix, got in found.items():
+        for b in got:
+            got[b].sort()
+        # the whole range: the periods' sorted values end to end, which a sort merges in one pass per period
+        whole_values = [v for b in sorted(got, key=lambda b: b or q.start) for v in got[b]]
+        durations[(prefix, None)] = Durations.of(whole_values)
+        durations.update({(prefix, b): Durations.of(v) for b, v in got.items()})  # sorted already: cheap
+    main = []
+    for r in counts:
+        row = dict(r)
+        b = None if r["whole"] else r["b"]
+        for prefix in found:
+            d = durations.get((prefix, b)) or Durations.of(())
+            row[f"{prefix}_n"], row[f"{prefix}_mean"], row[f"{prefix}_p"] = d.count, d.mean, (d.p50, d.p90)
+        main.append(row)
+    split_rows: list[tuple[datetime, str, str, int]] = []
+    for r in splits:
+        mask = int(r["mask"])
+        for i, d_ in enumerate(_CELL_SPLITS):
+            if not mask & (1 << (len(_CELL_SPLITS) - 1 - i)) and r[d_] is not None:
+                split_rows.append((r["b"], d_, str(r[d_]), int(r["n"])))
+    split_rows += [(r["b"], "reject_reason", r["v"], int(r["n"])) for r in reasons]
+    split_rows += [(r["b"], "score", str(k), int(r[f"s{k}"])) for r in counts if not r["whole"] for k in SCORES
+                   if r[f"s{k}"]]
+    return main, split_rows, ended, int(opened[0][0])
+# --- end of the per-day rollups' report ---
+
+
 async def report(pool: asyncpg.Pool, q: Question) -> Report:
-    """``domain.report``, in SQL over the read model: a few grouped scans of the range, run side by side."""
+    """``domain.report``, in SQL over the read model: over whole UTC days from the per-day cells, otherwise a
+    few grouped scans of the tickets of the range; the queries run side by side."""
     where, fargs = _where(4, q)
     base = [q.start, q.end, q.granularity, *fargs]
     # per period only: the whole range's counts are their sums
@@ -294,12 +490,7 @@ async def report(pool: asyncpg.Pool, q: Question) -> Report:
         async with pool.acquire() as conn:
             return list(await conn.fetch(sql, *args))
 
-    main, split, ended, opened, complaints, incidents = await asyncio.gather(
-        fetch(MAIN.format(self=SELF, assign=_agg("assign_seconds", "assign"),
-                          resolve=_agg("resolve_seconds", "resolve"), where=where), *base),
-        fetch(breakdown, *base),
-        fetch(ENDED.format(where=where), *base),
-        fetch(OPEN_AT_START.format(where=swhere), q.start, *sargs),
+    others = asyncio.gather(
         fetch(COMPLAINTS.format(where=cwhere), *base[:3], *(fargs if cwhere else [])),
         fetch(INCIDENTS.format(restore=_agg("r", "restore")), q.start, q.end, q.granularity),
     )
@@ -308,22 +499,38 @@ async def report(pool: asyncpg.Pool, q: Question) -> Report:
     def period(row: Mapping[str, Any], key: str = "b") -> _Period:
         return periods.setdefault(None if row.get("whole") else row[key], _Period())
 
-    for row in main:
-        period(row).main = row
     whole = periods.setdefault(None, _Period())
-    for row in split:
-        mask = int(row["mask"])
-        for i, s in enumerate(SPLITS):
-            if not mask & (1 << (len(SPLITS) - 1 - i)) and row[s] is not None:
-                period(row).splits[s][str(row[s])] = int(row["n"])
-                whole.splits[s][str(row[s])] = whole.splits[s].get(str(row[s]), 0) + int(row["n"])
+    if whole_days(q):
+        main, cell_splits, ended, backlog = await _cells(pool, q, where, fargs, swhere, sargs)
+        for row in main:
+            period(row).main = row
+        for b, s_, v_, n_ in cell_splits:
+            periods.setdefault(b, _Period()).splits[s_][v_] = n_
+            whole.splits[s_][v_] = whole.splits[s_].get(v_, 0) + n_
+    else:
+        main_rows, split, ended, opened = await asyncio.gather(
+            fetch(MAIN.format(self=SELF, assign=_agg("assign_seconds", "assign"),
+                              resolve=_agg("resolve_seconds", "resolve"), where=where), *base),
+            fetch(breakdown, *base),
+            fetch(ENDED.format(where=where), *base),
+            fetch(OPEN_AT_START.format(where=swhere), q.start, *sargs),
+        )
+        for row in main_rows:
+            period(row).main = row
+        for row in split:
+            mask = int(row["mask"])
+            for i, s in enumerate(SPLITS):
+                if not mask & (1 << (len(SPLITS) - 1 - i)) and row[s] is not None:
+                    period(row).splits[s][str(row[s])] = int(row["n"])
+                    whole.splits[s][str(row[s])] = whole.splits[s].get(str(row[s]), 0) + int(row["n"])
+        backlog = int(opened[0][0])
+    complaints, incidents = await others
     for row in ended:
         periods.setdefault(row["b"], _Period()).ended = int(row["n"])
     for row in complaints:
         period(row).complaints = int(row["n"])
     for row in incidents:
         period(row).incidents = row
-    backlog = int(opened[0][0])
     series = []
     for b in buckets(q.start, q.end, q.granularity):
         p = periods.get(b, _Period())
