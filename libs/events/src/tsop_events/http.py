@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -22,7 +23,9 @@ from tsop_events.auth import AuthError
 from tsop_events.errors import DomainError
 from tsop_events.inbound import EdgeError, check_json, check_query
 from tsop_events.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from tsop_events.personal import Keyring, keyring_of
 from tsop_events.runtime import Runtime, Service
+from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp, IntegrityError, recorded_in_this_request, watch_recording
 
 PROBLEM = "application/problem+json"
@@ -229,6 +232,56 @@ class Edge:
         return self._render(path, exc.status, title, f"{exc.field}: {exc.reason}", {"errors": errors})
 
 
+class OpenPersonal:
+    """JSON answers show personal data opened: each sealed token (``tsop_events.personal``) in the body is
+    replaced by its plaintext, or by ``[erased]`` once the customer's keys are destroyed. Only the answer is
+    changed; what is stored stays sealed. Bodies without a token pass untouched (one ``in`` test)."""
+
+    def __init__(self, app: ASGIApp, settings: ServiceSettings) -> None:
+        self.app, self.settings = app, settings
+        self._keyring: Keyring | None = None
+
+    async def _open(self, body: bytes) -> bytes:
+        if self._keyring is None:
+            self._keyring = await asyncio.to_thread(keyring_of, self.settings)
+        return await asyncio.to_thread(self._keyring.open_json, body)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def send_opened(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                content_type = b""
+                for name, value in message.get("headers", []):
+                    if name.lower() == b"content-type":
+                        content_type = value.lower()
+                if b"json" in content_type:
+                    start = message  # held until the whole body is known
+                    return
+                await send(message)
+                return
+            if start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = b"".join(chunks)
+            if b"pd1." in body:
+                body = await self._open(body)
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+
+        await self.app(scope, receive, send_opened)
+
+
 class Measure:
     """Request counts and latencies per route template (a plain ASGI middleware: cheap)."""
 
@@ -310,6 +363,7 @@ def create_app(
     app.add_exception_handler(IntegrityError, _conflict)
     app.add_exception_handler(Exception, _unexpected)
 
+    app.add_middleware(OpenPersonal, settings=runtime.settings)
     app.add_middleware(Edge, limit=runtime.settings.max_body_bytes, renderers=tuple(error_renderers))
     app.add_middleware(Measure)
 
