@@ -360,7 +360,7 @@ class World:
         )
         for n in notifications:
             self.positions[name] = n.id
-            domain_event: Any = app.mapper.to_domain_event(n)
+            domain_event: Any = app.sealed_event(n)  # as the relay: personal data sealed (docs/erasure.md)
             out = mapper(domain_event)
             if out is None:
                 continue

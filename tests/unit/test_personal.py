@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -150,3 +151,55 @@ def test_error_text_never_quotes_the_input() -> None:
     assert "Zebra-4711" in str(caught.value)  # pydantic's own text quotes it ...
     text = error_text(caught.value)
     assert "Zebra-4711" not in text and "notes" in text  # ... ours names the fields only
+
+
+def _client(ring: MemoryKeyring, doc: dict[str, object], token: str) -> Any:
+    from collections.abc import Iterator
+
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse, StreamingResponse
+    from fastapi.testclient import TestClient
+
+    from tsop_events.http import OpenPersonal
+    from tsop_events.settings import ServiceSettings
+
+    app = FastAPI()
+
+    @app.get("/one")
+    def one() -> dict[str, object]:
+        return doc
+
+    @app.get("/stream")
+    def stream() -> StreamingResponse:
+        body = json.dumps([doc, doc]).encode()
+        cut = body.index(token.encode()) + 9  # inside the first token
+
+        def chunks() -> Iterator[bytes]:
+            yield body[:cut]
+            yield body[cut:cut + 3]
+            yield body[cut + 3:]
+
+        return StreamingResponse(chunks(), media_type="application/json")
+
+    @app.get("/csv")
+    def csv() -> PlainTextResponse:
+        return PlainTextResponse(token, media_type="text/csv")
+
+    app.add_middleware(OpenPersonal, settings=ServiceSettings(), keyring=ring)
+    return TestClient(app)
+
+
+def test_answers_open_personal_data_whole_or_streamed_and_nothing_else() -> None:
+    ring = MemoryKeyring()
+    text = 'Flat "3" \u2014 ' + MARK
+    token = ring.seal("t", "c", text)
+    doc = {"description": token, "n": 1}
+    client = _client(ring, doc, token)
+    r = client.get("/one")
+    assert r.json() == {"description": text, "n": 1} and int(r.headers["content-length"]) == len(r.content)
+    streamed = client.get("/stream")
+    assert streamed.json() == [{"description": text, "n": 1}] * 2
+    assert client.get("/csv").text == token  # only JSON answers are opened: an export never shows plaintext
+    ring.erase("c")
+    assert client.get("/one").json()["description"] == ERASED
+    assert client.get("/stream").json()[1]["description"] == ERASED

@@ -235,13 +235,16 @@ class Edge:
 class OpenPersonal:
     """JSON answers show personal data opened: each sealed token (``tsop_events.personal``) in the body is
     replaced by its plaintext, or by ``[erased]`` once the customer's keys are destroyed. Only the answer is
-    changed; what is stored stays sealed. Bodies without a token pass untouched (one ``in`` test)."""
+    changed; what is stored stays sealed. A body without a token passes untouched (one ``in`` test); a streamed
+    body (an export) stays streamed, a token cut between two chunks held back until it is whole."""
 
-    def __init__(self, app: ASGIApp, settings: ServiceSettings) -> None:
+    def __init__(self, app: ASGIApp, settings: ServiceSettings, keyring: Keyring | None = None) -> None:
         self.app, self.settings = app, settings
-        self._keyring: Keyring | None = None
+        self._keyring = keyring  # None: the service's keyring, opened at the first token
 
     async def _open(self, body: bytes) -> bytes:
+        if b"pd1." not in body:
+            return body
         if self._keyring is None:
             self._keyring = await asyncio.to_thread(keyring_of, self.settings)
         return await asyncio.to_thread(self._keyring.open_json, body)
@@ -251,35 +254,51 @@ class OpenPersonal:
             await self.app(scope, receive, send)
             return
         start: Message | None = None
-        chunks: list[bytes] = []
+        streaming = False
+        carry = b""
 
         async def send_opened(message: Message) -> None:
-            nonlocal start
+            nonlocal start, streaming, carry
             if message["type"] == "http.response.start":
                 content_type = b""
                 for name, value in message.get("headers", []):
                     if name.lower() == b"content-type":
                         content_type = value.lower()
                 if b"json" in content_type:
-                    start = message  # held until the whole body is known
+                    start = message  # held until the first part of the body shows whether it is streamed
                     return
                 await send(message)
                 return
             if start is None or message["type"] != "http.response.body":
                 await send(message)
                 return
-            chunks.append(message.get("body", b""))
-            if message.get("more_body", False):
-                return
-            body = b"".join(chunks)
-            if b"pd1." in body:
-                body = await self._open(body)
+            body, more = message.get("body", b""), message.get("more_body", False)
             headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send({**start, "headers": headers})
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+            if not streaming:
+                if not more:  # the whole body at once: opened, with its new length
+                    body = await self._open(body)
+                    headers.append((b"content-length", str(len(body)).encode()))
+                    await send({**start, "headers": headers})
+                    await send({"type": "http.response.body", "body": body, "more_body": False})
+                    return
+                streaming = True
+                await send({**start, "headers": headers})  # streamed: chunked, its length unknown
+            ready, carry = _unfinished_token(carry + body) if more else (carry + body, b"")
+            await send({"type": "http.response.body", "body": await self._open(ready), "more_body": more})
 
         await self.app(scope, receive, send_opened)
+
+
+def _unfinished_token(buf: bytes) -> tuple[bytes, bytes]:
+    """(what can be opened now, a token that may continue in the next chunk). A token is a whole JSON string:
+    one is finished once its closing quote has arrived."""
+    i = buf.rfind(b"pd1.")
+    if i != -1 and b'"' not in buf[i:]:
+        return buf[:i], buf[i:]
+    for k in (3, 2, 1):
+        if buf.endswith(b"pd1."[:k]):
+            return buf[:-k], buf[-k:]
+    return buf, b""
 
 
 class Measure:

@@ -61,7 +61,6 @@ NonEmpty = Annotated[str, Field(min_length=1, max_length=4000)]
 Personal = Annotated[
     str,
     Field(
-        min_length=1,
         max_length=24000,
         description="A customer's personal data, sealed: `pd1.<key id>.<ciphertext>` under the customer's data key "
         "(see docs/erasure.md); opens to `[erased]` once the customer's data is erased.",
@@ -101,7 +100,7 @@ class RequestSubmitted(TicketEvent):
         "and RequestUpdated completes it. RequestAccepted always carries the region."
     )
     service_type: str
-    description: Personal
+    description: Annotated[Personal, Field(min_length=1)]
     time_requirement: TimeRequirement
     special_needs: Personal | None = None
     callback_url: str | None = None
