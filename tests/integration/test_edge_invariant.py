@@ -56,6 +56,7 @@ from tsop_events.consumer import OFFSETS_DDL, Incoming, Sink
 from tsop_events.envelope import stable_event_id, unwrap, wrap
 from tsop_events.errors import DomainError
 from tsop_events.inbound import EdgeError, check_json
+from tsop_events.personal import is_sealed
 from tsop_events.relay import Mapper
 from tsop_events.runtime import Service
 from tsop_events.settings import ServiceSettings
@@ -403,10 +404,11 @@ class World:
         await self.deliver(env.headers(), env.data)
 
     async def check_stored(self, ticket: str, submitted: FieldsIn) -> None:
-        """Every projection holds the ticket; the description reads back exactly as accepted."""
+        """Every projection holds the ticket; the description, stored sealed, opens exactly as accepted."""
         tid = uuid.UUID(ticket)
         doc = await self.pools["intake"].fetchval("SELECT doc FROM tmf_ticket WHERE ticket_id = $1", tid)
-        assert doc is not None and json.loads(doc)["description"] == submitted.description
+        assert doc is not None and is_sealed(json.loads(doc)["description"])
+        assert self.intake.keyring.open(json.loads(doc)["description"]) == submitted.description
         assert await self.pools["intake"].fetchval("SELECT status FROM request_status WHERE ticket_id = $1", tid)
         stored = await self.pools["archive"].fetch(
             "SELECT ce_id, data::text AS data FROM archive_events WHERE key = $1 ORDER BY seq", ticket
