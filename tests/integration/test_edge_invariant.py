@@ -416,7 +416,8 @@ class World:
         assert {r["ce_id"] for r in stored} == {i for i, _ in self.published[ticket]}
         # as jsonb, not set aside as raw bytes (which the store does for what jsonb refuses)
         assert all(r["data"] is not None for r in stored)
-        first = json.loads(stored[0]["data"])
+        first = self.intake.keyring.open(json.loads(stored[0]["data"]))  # stored sealed (docs/erasure.md)
+        assert is_sealed(json.loads(stored[0]["data"])["description"])
         assert first["description"] == submitted.description
         assert same(first["attributes"], submitted.attributes) and same(first["details"], submitted.details)
         # what the seal will compute, on what the store gives back (jsonb's own rendering of numbers): now, for

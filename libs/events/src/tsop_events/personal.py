@@ -74,6 +74,11 @@ class Keyring(ABC):
     def key_for(self, subject: str, customer_id: str | None) -> tuple[str, bytes]:
         """The subject's live key (id, bytes), created for ``customer_id`` if it has none."""
 
+    def prepare(self, wanted: Mapping[str, str | None]) -> None:
+        """Make sure each subject (→ its customer) has a key, at once for many: one round trip, not one each."""
+        for subject, customer in wanted.items():
+            self.key_for(subject, customer)
+
     @abstractmethod
     def key(self, key_id: str) -> bytes | None:
         """A key by its id; None when it was destroyed (erased) or never existed."""
@@ -257,6 +262,32 @@ class PostgresKeyring(Keyring):
             self._live[subject] = (now, key_id)
         return key_id, key
 
+    def prepare(self, wanted: Mapping[str, str | None]) -> None:
+        missing = [s for s in wanted if (live := self._live.get(s)) is None or not self._fresh(live[0])]
+        if not missing:
+            return
+        fresh = {s: (_new_key_id(), AESGCM.generate_key(256)) for s in missing}
+        with self.pool.connection() as conn:
+            # a subject's first key is created here; one that has a key already keeps its newest
+            conn.execute(
+                "INSERT INTO tsop_data_keys (key_id, subject, customer_id, key) "
+                "SELECT n.key_id, n.subject, n.customer_id, n.key "
+                "FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[]) AS n(key_id, subject, customer_id, key) "
+                "WHERE NOT EXISTS (SELECT 1 FROM tsop_data_keys k WHERE k.subject = n.subject)",
+                ([k for k, _ in fresh.values()], list(fresh), [wanted[s] or "" for s in fresh],
+                 [key for _, key in fresh.values()]),
+            )
+            rows = conn.execute(
+                "SELECT DISTINCT ON (subject) subject, key_id, key FROM tsop_data_keys WHERE subject = ANY(%s) "
+                "ORDER BY subject, created_at DESC",
+                (missing,),
+            ).fetchall()
+        now = time.monotonic()
+        with self._lock:
+            for subject, key_id, key in rows:
+                self._cache[str(key_id)] = (now, bytes(key))
+                self._live[str(subject)] = (now, str(key_id))
+
     def key(self, key_id: str) -> bytes | None:
         cached = self._cache.get(key_id)
         if cached is not None and (cached[1] is None or self._fresh(cached[0])):
@@ -362,6 +393,16 @@ class SealingMapper(Mapper[Any]):
             return
         for name in rule.fields:
             object.__setattr__(event, name, fn(subject, customer, getattr(event, name, None)))
+
+    def prepare(self, events: Iterable[Any]) -> None:
+        """Create the keys a batch of events will be sealed with, in one round trip (before it is stored)."""
+        wanted: dict[str, str | None] = {}
+        for e in events:
+            rule = self.rules.get(type(e))
+            if rule is not None and rule.within is None:
+                wanted.setdefault(self._subject(rule, e), getattr(e, rule.customer, None) if rule.customer else None)
+        if wanted:
+            self.keyring.prepare(wanted)
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         rule = self.rules.get(type(domain_event))

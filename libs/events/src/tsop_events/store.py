@@ -72,6 +72,10 @@ class EventStoreApp(Application[UUID]):
         inner = super().construct_mapper()
         return SealingMapper(inner, self.keyring, self.personal) if self.personal else inner
 
+    def _prepare_keys(self, events: Sequence[Any]) -> None:
+        if isinstance(self.mapper, SealingMapper):
+            self.mapper.prepare(events)
+
     def forget_opened(self) -> None:
         """Drop every aggregate cached in memory (they hold personal data opened before an erasure)."""
         cache = getattr(self.repository, "cache", None)
@@ -117,6 +121,7 @@ class EventStoreApp(Application[UUID]):
         """
         processing = ProcessingEvent[UUID](tracking=tracking)
         processing.collect_events(*aggregates)
+        self._prepare_keys(processing.events)
         recordings = self._record(processing)
         self._notify(recordings)
 
@@ -128,6 +133,7 @@ class EventStoreApp(Application[UUID]):
         """
         processing = ProcessingEvent[UUID]()
         processing.collect_events(*events)
+        self._prepare_keys(processing.events)
         for aggregate in aggregates:
             processing.aggregates[aggregate.id] = aggregate
         recordings = self._record(processing)
