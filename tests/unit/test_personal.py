@@ -71,7 +71,7 @@ def _request(customer: str = "cust-a", description: str = MARK, region: str = "n
         customer_tier="gold", region=region, service_type="broadband.fault_repair", description=description,
         time_requirement={}, special_needs="wheelchair " + MARK, callback_url=None,
         location={"address": MARK, "postcode": "100001", "site_id": None}, details={"port": "eth0", "floor": 2},
-        submitted_at=NOW, attributes={"name": MARK},
+        submitted_at=NOW, attributes={"name": MARK, "severity": "Major", "ticketType": "fault"},
     )
 
 
@@ -98,6 +98,9 @@ def test_the_event_store_holds_only_ciphertext_and_the_relay_sends_it_sealed() -
     body = out.event.model_dump_json()
     assert MARK not in body and is_sealed(out.event.description) and out.event.customer_id == "cust-a"
     assert out.event.location is not None and is_sealed(out.event.location.address)
+    # a TMF ticket's severity and type are its service record (filtered, sorted, counted on): plain
+    assert is_sealed(out.event.attributes["name"])
+    assert (out.event.attributes["severity"], out.event.attributes["ticketType"]) == ("Major", "fault")
     update = WIRE(app.sealed_event(stored[1]))
     assert update is not None and isinstance(update.event, wire.RequestUpdated)
     assert is_sealed(update.event.changes["description"]) and update.event.changes["region"] == "south"
@@ -111,7 +114,7 @@ def test_after_erasure_the_service_record_remains_and_personal_data_opens_to_era
     assert app.keyring.erase("cust-a") == 1
     app.forget_opened()
     gone = app.repository.get(a.id)
-    assert gone.description == ERASED and gone.location["address"] == ERASED and gone.attributes == {"name": ERASED}
+    assert gone.description == ERASED and gone.location["address"] == ERASED and gone.attributes == {"name": ERASED, "severity": "Major", "ticketType": "fault"}
     assert gone.special_needs == ERASED and gone.details == {"port": ERASED, "floor": 2}
     assert (gone.customer_id, gone.service_type, gone.region, gone.submitted_at) == (
         "cust-a", "broadband.fault_repair", "north", NOW)

@@ -359,13 +359,15 @@ class PersonalFields:
 
     ``fields``: attributes sealed whole (every string in them). ``within``: a mapping attribute (a change set)
     whose keys named in ``fields`` are sealed. ``customer``: the attribute naming the customer, when the event
-    carries it. ``subject``: the key's subject (default: the aggregate's id).
+    carries it. ``subject``: the key's subject (default: the aggregate's id). ``keep``: keys of a sealed mapping
+    whose values stay plain (a TMF ticket's severity and type in its attributes: the service record).
     """
 
     fields: frozenset[str]
     within: str | None = None
     customer: str | None = None
     subject: Callable[[Any], str] | None = None
+    keep: frozenset[str] = frozenset()
 
 
 class SealingMapper(Mapper[Any]):
@@ -385,14 +387,20 @@ class SealingMapper(Mapper[Any]):
     def _transform(self, event: Any, rule: PersonalFields, fn: Callable[[str, str | None, Any], Any]) -> None:
         customer = getattr(event, rule.customer, None) if rule.customer else None
         subject = self._subject(rule, event)
+
+        def each(value: Any) -> Any:
+            if rule.keep and isinstance(value, Mapping):
+                return {k: (v if k in rule.keep else fn(subject, customer, v)) for k, v in value.items()}
+            return fn(subject, customer, value)
+
         if rule.within is not None:
             changes = getattr(event, rule.within)
             if isinstance(changes, Mapping):
-                new = {k: (fn(subject, customer, v) if k in rule.fields else v) for k, v in changes.items()}
+                new = {k: (each(v) if k in rule.fields else v) for k, v in changes.items()}
                 object.__setattr__(event, rule.within, new)
             return
         for name in rule.fields:
-            object.__setattr__(event, name, fn(subject, customer, getattr(event, name, None)))
+            object.__setattr__(event, name, each(getattr(event, name, None)))
 
     def prepare(self, events: Iterable[Any]) -> None:
         """Create the keys a batch of events will be sealed with, in one round trip (before it is stored)."""

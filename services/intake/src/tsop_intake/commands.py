@@ -109,14 +109,17 @@ STAFF = (Role.agent, Role.supervisor, Role.auditor, Role.admin)
 PERSONAL_FIELDS = frozenset({"description", "special_needs", "location", "details", "attributes"})
 """What a customer wrote or where they are: stored and sent only sealed under the ticket's data key
 (crypto-shredding, docs/erasure.md). Ids, types, times, tier and region are the service record and stay."""
+SERVICE_RECORD_ATTRIBUTES = frozenset({"severity", "ticketType", "@baseType", "@schemaLocation"})
+"""What a TMF621 ticket keeps in its attributes that is not personal: filtered, sorted and counted on."""
 
 
 class IntakeApp(EventStoreApp):
     """Intake's event store, with what its commands read: the catalogue, the clock and the index."""
 
     personal: ClassVar[Mapping[type, PersonalFields]] = {
-        ServiceRequest.Submitted: PersonalFields(PERSONAL_FIELDS, customer="customer_id"),
-        ServiceRequest.Updated: PersonalFields(PERSONAL_FIELDS, within="changes"),
+        ServiceRequest.Submitted: PersonalFields(
+            PERSONAL_FIELDS, customer="customer_id", keep=SERVICE_RECORD_ATTRIBUTES),
+        ServiceRequest.Updated: PersonalFields(PERSONAL_FIELDS, within="changes", keep=SERVICE_RECORD_ATTRIBUTES),
     }
 
     def __init__(
