@@ -83,6 +83,9 @@ class Keyring(ABC):
     def key(self, key_id: str) -> bytes | None:
         """A key by its id; None when it was destroyed (erased) or never existed."""
 
+    def load(self, key_ids: Iterable[str]) -> None:  # noqa: B027 - a keyring in memory has nothing to load
+        """Bring many keys into the cache at once (replaying a log opens many)."""
+
     @abstractmethod
     def assign(self, subject: str, customer_id: str) -> None:
         """Name the customer of a subject's keys that had none (a request completed with its customer)."""
@@ -227,6 +230,7 @@ class PostgresKeyring(Keyring):
                 conn.execute("SELECT pg_advisory_unlock(hashtext('tsop-keyring-ddl'))")
         self.pool = ConnectionPool(dsn, min_size=1, max_size=4, open=True, kwargs={"autocommit": True})
         self.cache_seconds = cache_seconds
+        self.max_cached = 100_000
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, bytes | None]] = {}
         self._live: dict[str, tuple[float, str]] = {}
@@ -256,10 +260,9 @@ class PostgresKeyring(Keyring):
                 )
             else:
                 key_id, key = str(row[0]), bytes(row[1])
-        now = time.monotonic()
+        self._remember({key_id: key})
         with self._lock:
-            self._cache[key_id] = (now, key)
-            self._live[subject] = (now, key_id)
+            self._live[subject] = (time.monotonic(), key_id)
         return key_id, key
 
     def prepare(self, wanted: Mapping[str, str | None]) -> None:
@@ -282,10 +285,10 @@ class PostgresKeyring(Keyring):
                 "ORDER BY subject, created_at DESC",
                 (missing,),
             ).fetchall()
+        self._remember({str(key_id): bytes(key) for _, key_id, key in rows})
         now = time.monotonic()
         with self._lock:
-            for subject, key_id, key in rows:
-                self._cache[str(key_id)] = (now, bytes(key))
+            for subject, key_id, _ in rows:
                 self._live[str(subject)] = (now, str(key_id))
 
     def key(self, key_id: str) -> bytes | None:
@@ -295,9 +298,29 @@ class PostgresKeyring(Keyring):
         with self.pool.connection() as conn:
             row = conn.execute("SELECT key FROM tsop_data_keys WHERE key_id = %s", (key_id,)).fetchone()
         key = None if row is None else bytes(row[0])
-        with self._lock:
-            self._cache[key_id] = (time.monotonic(), key)
+        self._remember({key_id: key})
         return key
+
+    def load(self, key_ids: Iterable[str]) -> None:
+        wanted = [k for k in set(key_ids) if (c := self._cache.get(k)) is None or (c[1] and not self._fresh(c[0]))]
+        if not wanted:
+            return
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT key_id, key FROM tsop_data_keys WHERE key_id = ANY(%s)", (wanted,)
+            ).fetchall()
+        found: dict[str, bytes | None] = dict.fromkeys(wanted)
+        found.update({str(r[0]): bytes(r[1]) for r in rows})
+        self._remember(found)
+
+    def _remember(self, keys: Mapping[str, bytes | None]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key_id, key in keys.items():
+                self._cache[key_id] = (now, key)
+            if len(self._cache) > self.max_cached:  # bounded: the oldest half goes (read again when needed)
+                for key_id in list(self._cache)[: len(self._cache) // 2]:
+                    del self._cache[key_id]
 
     def assign(self, subject: str, customer_id: str) -> None:
         with self.pool.connection() as conn:
@@ -430,6 +453,12 @@ class SealingMapper(Mapper[Any]):
         if rule is not None:
             self._transform(event, rule, lambda _s, _c, v: self.keyring.open(v))
         return event
+
+    def prefetch(self, stored_events: Iterable[StoredEvent]) -> None:
+        """Load the keys a batch of stored events was sealed with, in one round trip (a log being replayed)."""
+        ids = {m.group(1).decode() for s in stored_events for m in TOKEN_BYTES.finditer(bytes(s.state))}
+        if ids:
+            self.keyring.load(ids)
 
     def to_sealed_domain_event(self, stored_event: StoredEvent) -> Any:
         return super().to_domain_event(stored_event)

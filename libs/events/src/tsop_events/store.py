@@ -219,6 +219,8 @@ class LogFollower:
         with self.lock:
             while True:
                 batch = self.app.recorder.select_notifications(self.position + 1, 1000)
+                if batch and isinstance(self.app.mapper, SealingMapper):
+                    self.app.mapper.prefetch(batch)  # the batch's data keys in one round trip, not one each
                 for n in batch:
                     self.apply(self.app.mapper.to_domain_event(n))
                 if not batch:
