@@ -30,7 +30,7 @@ def _submit(platform: Platform, customer: str, m: dict[str, str]) -> str:
     body = {
         "customer": {"id": customer, "tier": "gold"}, "region": "north", "service_type": SERVICE_TYPE,
         "description": f"No internet: {m['desc']}", "special_needs": m["needs"],
-        "location": {"address": m["addr"], "postcode": m["pc"]}, "attributes": {"note": m["note"]},
+        "location": {"address": m["addr"], "postcode": m["pc"]}, "attributes": {"remark": m["note"]},
     }
     r = platform.http.post(platform.url("intake", "/v1/requests"), json=body, headers=platform.as_channel())
     assert r.status_code == 201, r.text
