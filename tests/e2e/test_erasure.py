@@ -23,7 +23,7 @@ ERASED = "[erased]"
 def _marks(who: str) -> dict[str, str]:
     tag = uuid.uuid4().hex[:8]
     return {f: f"{who}{f.capitalize()}{tag}" for f in
-            ("desc", "needs", "addr", "pc", "note", "comment", "complaint")}
+            ("desc", "needs", "addr", "pc", "note", "comment", "complaint", "tmfname", "tmfdesc", "tmfnote", "tmfaddr")}
 
 
 def _submit(platform: Platform, customer: str, m: dict[str, str]) -> str:
@@ -35,6 +35,33 @@ def _submit(platform: Platform, customer: str, m: dict[str, str]) -> str:
     r = platform.http.post(platform.url("intake", "/v1/requests"), json=body, headers=platform.as_channel())
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
+
+
+TT = "/tmf-api/troubleTicket/v5/troubleTicket"
+
+
+def _tmf_create(platform: Platform, customer: str, m: dict[str, str]) -> str:
+    """The same customer's ticket through the TMF621 facade, its texts in TMF's places."""
+    body = {
+        "@type": "TroubleTicket", "name": m["tmfname"], "description": f"Line down: {m['tmfdesc']}",
+        "severity": "Major", "ticketType": SERVICE_TYPE,
+        "relatedParty": [{"@type": "RelatedPartyRefOrPartyRoleRef", "role": "customer",
+                          "partyOrPartyRole": {"@type": "PartyRef", "id": customer}}],
+        "troubleTicketCharacteristic": [
+            {"@type": "StringCharacteristic", "name": "region", "value": "north"},
+            {"@type": "StringCharacteristic", "name": "address", "value": m["tmfaddr"]}],
+        "note": [{"@type": "Note", "text": m["tmfnote"]}],
+    }
+    r = platform.http.post(platform.url("intake", TT), json=body, headers=platform.as_channel())
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def _tmf(platform: Platform, ticket: str) -> dict[str, Any]:
+    r = platform.http.get(platform.url("intake", f"{TT}/{ticket}"), headers=platform.as_channel())
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
 
 
 def _request(platform: Platform, ticket: str) -> dict[str, Any]:
@@ -121,6 +148,7 @@ def test_erasure_leaves_no_plaintext_anywhere_and_keeps_the_service_record(platf
         "description": f"The technician was late: {ma['complaint']}", "ticket_ids": [ta]})
     assert r.status_code == 201, r.text
     complaint = r.json()["id"]
+    tmf = _tmf_create(platform, a, ma)
     tb = _submit(platform, b, mb)
     platform.wait_assigned(tb)
 
@@ -129,6 +157,8 @@ def test_erasure_leaves_no_plaintext_anywhere_and_keeps_the_service_record(platf
     assert _data(sealed, "tsop.ticket.request-submitted.v1")["location"]["address"] == ma["addr"]
     assert _data(sealed, "tsop.ticket.rated.v1")["comment"] == ma["comment"]
     assert sealed["seal"]["verified"] is True
+    shown = _tmf(platform, tmf)
+    assert (shown["name"], shown["note"][0]["text"], shown["severity"]) == (ma["tmfname"], ma["tmfnote"], "Major")
 
     # the request: a legal basis is required, only an auditor (the DPO) may ask, and it is recorded once
     path = platform.url("intake", f"/v1/customers/{a}/erasure")
@@ -139,8 +169,8 @@ def test_erasure_leaves_no_plaintext_anywhere_and_keeps_the_service_record(platf
         assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), r.text
     first = platform.http.post(path, json=basis, headers=platform.auth("auditor"))
     assert first.status_code == 201, first.text
-    # two keys: the ticket's and the complaint's
-    assert first.json()["legal_basis"] == "consent_withdrawn" and first.json()["keys_destroyed"] == 2
+    # three keys: the two tickets' and the complaint's
+    assert first.json()["legal_basis"] == "consent_withdrawn" and first.json()["keys_destroyed"] == 3
     again = platform.http.post(path, json=basis, headers=platform.auth("auditor"))
     assert again.status_code == 200 and again.json()["requested_at"] == first.json()["requested_at"]
     assert again.json()["keys_destroyed"] == 0
@@ -149,6 +179,9 @@ def test_erasure_leaves_no_plaintext_anywhere_and_keeps_the_service_record(platf
     gone = _request(platform, ta)
     assert gone["description"] == ERASED and gone["location"]["address"] == ERASED
     assert gone["special_needs"] == ERASED
+    shown = _tmf(platform, tmf)
+    assert (shown["name"], shown["note"][0]["text"], shown["description"]) == (ERASED, ERASED, ERASED)
+    assert shown["severity"] == "Major" and shown["ticketType"] == SERVICE_TYPE  # the service record
     dossier = platform.wait_until(
         "archive", f"/v1/tickets/{ta}/dossier",
         lambda d: _data(d, "tsop.ticket.request-submitted.v1")["description"] == ERASED,
