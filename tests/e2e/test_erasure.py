@@ -23,7 +23,8 @@ ERASED = "[erased]"
 def _marks(who: str) -> dict[str, str]:
     tag = uuid.uuid4().hex[:8]
     return {f: f"{who}{f.capitalize()}{tag}" for f in
-            ("desc", "needs", "addr", "pc", "note", "comment", "complaint", "tmfname", "tmfdesc", "tmfnote", "tmfaddr")}
+            ("desc", "needs", "addr", "pc", "note", "comment", "complaint", "tmfname", "tmfdesc", "tmfnote", "tmfaddr",
+             "worknote")}
 
 
 def _submit(platform: Platform, customer: str, m: dict[str, str]) -> str:
@@ -136,7 +137,12 @@ def test_erasure_leaves_no_plaintext_anywhere_and_keeps_the_service_record(platf
 
     # A's whole lifecycle, a rating comment and a complaint; B's request
     ta = _submit(platform, a, ma)
-    platform.work_and_resolve(platform.wait_assigned(ta))
+    wo = platform.wait_assigned(ta)
+    platform.work(wo, "accept").raise_for_status()
+    platform.work(wo, "start", {"mode": "on_site"}).raise_for_status()
+    platform.work(wo, "log", {"action": "replaced the ONT", "mode": "on_site",
+                              "notes": f"customer says: {ma['worknote']}"}).raise_for_status()
+    platform.work(wo, "resolve", {"resolution_code": "hw_replaced", "summary": "ONT replaced"}).raise_for_status()
     platform.wait_notified(ta)
     r = platform.http.post(platform.url("feedback", f"/v1/tickets/{ta}/rating"),
                            json={"score": 4, "comment": ma["comment"]}, headers=platform.auth("agent"))
@@ -156,6 +162,8 @@ def test_erasure_leaves_no_plaintext_anywhere_and_keeps_the_service_record(platf
     assert ma["desc"] in _request(platform, ta)["description"]
     assert _data(sealed, "tsop.ticket.request-submitted.v1")["location"]["address"] == ma["addr"]
     assert _data(sealed, "tsop.ticket.rated.v1")["comment"] == ma["comment"]
+    assert ma["worknote"] in _data(sealed, "tsop.ticket.work-logged.v1")["notes"]
+    assert ma["worknote"] in str(platform.work_order(ta))  # the work order shows its log opened
     assert sealed["seal"]["verified"] is True
     shown = _tmf(platform, tmf)
     assert (shown["name"], shown["note"][0]["text"], shown["severity"]) == (ma["tmfname"], ma["tmfnote"], "Major")
@@ -187,6 +195,12 @@ def test_erasure_leaves_no_plaintext_anywhere_and_keeps_the_service_record(platf
         lambda d: _data(d, "tsop.ticket.request-submitted.v1")["description"] == ERASED,
         "the archive reading A's request as erased", 30, every=0.2, headers=platform.auth("auditor"))
     assert _data(dossier, "tsop.ticket.rated.v1")["comment"] == ERASED
+    assert _data(dossier, "tsop.ticket.work-logged.v1")["notes"] == ERASED
+    assert _data(dossier, "tsop.ticket.work-logged.v1")["action"] == "replaced the ONT"  # the staff's record
+    platform.wait_until("dispatch", f"/v1/tickets/{ta}/work-order",
+                        lambda w: w["operation_log"][0]["notes"] == ERASED and w["status"] == "resolved",
+                        "dispatch's work order reading its notes as erased", 30, every=0.2,
+                        headers=platform.auth("supervisor"))
     c = platform.wait_until("feedback", f"/v1/complaints/{complaint}", lambda c: c["description"] == ERASED,
                             "A's complaint reading as erased", 30, every=0.2, headers=platform.auth("agent"))
     # ... while A's service record remains, and the sealed dossier and the whole chain still verify

@@ -430,7 +430,7 @@ class SealingMapper(Mapper[Any]):
         wanted: dict[str, str | None] = {}
         for e in events:
             rule = self.rules.get(type(e))
-            if rule is not None and rule.within is None:
+            if rule is not None and rule.within is None and any(getattr(e, f, None) is not None for f in rule.fields):
                 wanted.setdefault(self._subject(rule, e), getattr(e, rule.customer, None) if rule.customer else None)
         if wanted:
             self.keyring.prepare(wanted)
