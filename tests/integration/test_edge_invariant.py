@@ -56,6 +56,7 @@ from tsop_events.consumer import OFFSETS_DDL, Incoming, Sink
 from tsop_events.envelope import stable_event_id, unwrap, wrap
 from tsop_events.errors import DomainError
 from tsop_events.inbound import EdgeError, check_json
+from tsop_events.personal import is_sealed
 from tsop_events.relay import Mapper
 from tsop_events.runtime import Service
 from tsop_events.settings import ServiceSettings
@@ -360,7 +361,7 @@ class World:
         )
         for n in notifications:
             self.positions[name] = n.id
-            domain_event: Any = app.mapper.to_domain_event(n)
+            domain_event: Any = app.sealed_event(n)  # as the relay: personal data sealed (docs/erasure.md)
             out = mapper(domain_event)
             if out is None:
                 continue
@@ -403,10 +404,11 @@ class World:
         await self.deliver(env.headers(), env.data)
 
     async def check_stored(self, ticket: str, submitted: FieldsIn) -> None:
-        """Every projection holds the ticket; the description reads back exactly as accepted."""
+        """Every projection holds the ticket; the description, stored sealed, opens exactly as accepted."""
         tid = uuid.UUID(ticket)
         doc = await self.pools["intake"].fetchval("SELECT doc FROM tmf_ticket WHERE ticket_id = $1", tid)
-        assert doc is not None and json.loads(doc)["description"] == submitted.description
+        assert doc is not None and is_sealed(json.loads(doc)["description"])
+        assert self.intake.keyring.open(json.loads(doc)["description"]) == submitted.description
         assert await self.pools["intake"].fetchval("SELECT status FROM request_status WHERE ticket_id = $1", tid)
         stored = await self.pools["archive"].fetch(
             "SELECT ce_id, data::text AS data FROM archive_events WHERE key = $1 ORDER BY seq", ticket
@@ -414,7 +416,8 @@ class World:
         assert {r["ce_id"] for r in stored} == {i for i, _ in self.published[ticket]}
         # as jsonb, not set aside as raw bytes (which the store does for what jsonb refuses)
         assert all(r["data"] is not None for r in stored)
-        first = json.loads(stored[0]["data"])
+        first = self.intake.keyring.open(json.loads(stored[0]["data"]))  # stored sealed (docs/erasure.md)
+        assert is_sealed(json.loads(stored[0]["data"])["description"])
         assert first["description"] == submitted.description
         assert same(first["attributes"], submitted.attributes) and same(first["details"], submitted.details)
         # what the seal will compute, on what the store gives back (jsonb's own rendering of numbers): now, for

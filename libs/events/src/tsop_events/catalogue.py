@@ -24,6 +24,7 @@ TOPIC_DOCS = {
     Topic.workforce: "Technicians, qualifications and capacity, key = technician id.",
     Topic.complaints: "Complaints, key = complaint id.",
     Topic.channels: "Registered channel systems and their credentials (SHA-256 only), key = channel id.",
+    Topic.customers: "Erasures of customers' personal data (crypto-shredding, docs/erasure.md), key = customer id.",
     Topic.deadletter: "Records a consumer could not process, with the error.",
 }
 

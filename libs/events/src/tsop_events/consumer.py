@@ -29,6 +29,7 @@ from tsop_events.commands import UnitOfWork as UnitOfWork  # re-exported: sinks 
 from tsop_events.envelope import Envelope, derived_id, header_map, header_value, unwrap, wrap
 from tsop_events.epoch import EpochWatcher
 from tsop_events.metrics import CONSUMED, CONSUMER_LAG, DEAD_LETTERED
+from tsop_events.personal import error_text
 from tsop_events.schemas import DeadLettered, WireEvent
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp, IntegrityError, Tracking
@@ -397,7 +398,7 @@ class ConsumerRunner:
             source_key=key,
             source_headers=h,
             source_value=bytes(value).decode("utf-8", "replace"),
-            error=f"{type(exc).__name__}: {exc}"[:4000],
+            error=f"{type(exc).__name__}: {error_text(exc)}"[:4000],  # no input values: they may be personal
             failed_at=datetime.now(UTC),
         )
         env = wrap(
@@ -412,4 +413,4 @@ class ConsumerRunner:
             headers=env.headers(),
         )
         DEAD_LETTERED.labels(self.sink.name).inc()
-        log.error("consumer %s: dead-lettered %s:%s:%s: %s", self.sink.name, topic, partition, offset, exc)
+        log.error("consumer %s: dead-lettered %s:%s:%s: %s", self.sink.name, topic, partition, offset, error_text(exc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -22,7 +23,9 @@ from tsop_events.auth import AuthError
 from tsop_events.errors import DomainError
 from tsop_events.inbound import EdgeError, check_json, check_query
 from tsop_events.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from tsop_events.personal import Keyring, keyring_of
 from tsop_events.runtime import Runtime, Service
+from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp, IntegrityError, recorded_in_this_request, watch_recording
 
 PROBLEM = "application/problem+json"
@@ -229,6 +232,75 @@ class Edge:
         return self._render(path, exc.status, title, f"{exc.field}: {exc.reason}", {"errors": errors})
 
 
+class OpenPersonal:
+    """JSON answers show personal data opened: each sealed token (``tsop_events.personal``) in the body is
+    replaced by its plaintext, or by ``[erased]`` once the customer's keys are destroyed. Only the answer is
+    changed; what is stored stays sealed. A body without a token passes untouched (one ``in`` test); a streamed
+    body (an export) stays streamed, a token cut between two chunks held back until it is whole."""
+
+    def __init__(self, app: ASGIApp, settings: ServiceSettings, keyring: Keyring | None = None) -> None:
+        self.app, self.settings = app, settings
+        self._keyring = keyring  # None: the service's keyring, opened at the first token
+
+    async def _open(self, body: bytes) -> bytes:
+        if b"pd1." not in body:
+            return body
+        if self._keyring is None:
+            self._keyring = await asyncio.to_thread(keyring_of, self.settings)
+        return await asyncio.to_thread(self._keyring.open_json, body)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        streaming = False
+        carry = b""
+
+        async def send_opened(message: Message) -> None:
+            nonlocal start, streaming, carry
+            if message["type"] == "http.response.start":
+                content_type = b""
+                for name, value in message.get("headers", []):
+                    if name.lower() == b"content-type":
+                        content_type = value.lower()
+                if b"json" in content_type:
+                    start = message  # held until the first part of the body shows whether it is streamed
+                    return
+                await send(message)
+                return
+            if start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            body, more = message.get("body", b""), message.get("more_body", False)
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            if not streaming:
+                if not more:  # the whole body at once: opened, with its new length
+                    body = await self._open(body)
+                    headers.append((b"content-length", str(len(body)).encode()))
+                    await send({**start, "headers": headers})
+                    await send({"type": "http.response.body", "body": body, "more_body": False})
+                    return
+                streaming = True
+                await send({**start, "headers": headers})  # streamed: chunked, its length unknown
+            ready, carry = _unfinished_token(carry + body) if more else (carry + body, b"")
+            await send({"type": "http.response.body", "body": await self._open(ready), "more_body": more})
+
+        await self.app(scope, receive, send_opened)
+
+
+def _unfinished_token(buf: bytes) -> tuple[bytes, bytes]:
+    """(what can be opened now, a token that may continue in the next chunk). A token is a whole JSON string:
+    one is finished once its closing quote has arrived."""
+    i = buf.rfind(b"pd1.")
+    if i != -1 and b'"' not in buf[i:]:
+        return buf[:i], buf[i:]
+    for k in (3, 2, 1):
+        if buf.endswith(b"pd1."[:k]):
+            return buf[:-k], buf[-k:]
+    return buf, b""
+
+
 class Measure:
     """Request counts and latencies per route template (a plain ASGI middleware: cheap)."""
 
@@ -310,6 +382,7 @@ def create_app(
     app.add_exception_handler(IntegrityError, _conflict)
     app.add_exception_handler(Exception, _unexpected)
 
+    app.add_middleware(OpenPersonal, settings=runtime.settings)
     app.add_middleware(Edge, limit=runtime.settings.max_body_bytes, renderers=tuple(error_renderers))
     app.add_middleware(Measure)
 

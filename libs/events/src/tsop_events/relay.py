@@ -53,6 +53,7 @@ from eventsourcing.persistence import InterfaceError, Notification, OperationalE
 from tsop_events.envelope import Envelope, stable_event_id, wrap
 from tsop_events.epoch import EpochWatcher
 from tsop_events.metrics import RELAY_BACKLOG, RELAY_LEADER, RELAY_PUBLISHED, RELAY_SET_ASIDE, RELAY_SET_ASIDE_TOTAL
+from tsop_events.personal import error_text
 from tsop_events.schemas import DeadLettered, WireEvent
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp
@@ -180,7 +181,7 @@ def _ticket_of(n: Notification, domain_event: Any) -> str | None:
 
 
 def _error_text(exc: BaseException) -> str:
-    return _storable(f"{type(exc).__name__}: {exc}"[:4000])
+    return _storable(f"{type(exc).__name__}: {error_text(exc)}"[:4000])  # no input values: they may be personal
 
 
 class Relay:
@@ -340,7 +341,7 @@ class Relay:
         domain_event: Any = None
         topic: str | None = None
         try:
-            domain_event = self.app.mapper.to_domain_event(n)
+            domain_event = self.app.sealed_event(n)  # personal data leaves sealed (tsop_events.personal)
             out = self.mapper(domain_event)
             if out is None:
                 return None

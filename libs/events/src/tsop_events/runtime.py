@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic
+from typing import Any, ClassVar, Generic
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -22,11 +22,14 @@ from typing_extensions import TypeVar
 
 from tsop_events.auth import Principal, TokenResolver, load_token_table
 from tsop_events.commands import Commands
-from tsop_events.consumer import OFFSETS_DDL, ConsumerRunner, Sink
+from tsop_events.consumer import OFFSETS_DDL, ConsumerRunner, Incoming, ProjectionSink, Sink
 from tsop_events.epoch import EpochWatcher
+from tsop_events.personal import PostgresKeyring, keyring_of
 from tsop_events.relay import RELAY_DDL, SET_ASIDE_DDL, Mapper, Relay
+from tsop_events.schemas import CustomerDataErased
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp, GroupCommit, ensure_database, schema_lock
+from tsop_events.topics import Topic
 from tsop_events.wake import SAFETY_NET_SECONDS, Bell, Waiter, wait_event
 
 log = logging.getLogger(__name__)
@@ -126,6 +129,7 @@ class Runtime(Generic[A, S]):
             self._spawn("saves listener", self._listen_for_saves)
         self._resolvers = [make(self) for make in self.token_resolvers]
         sinks = [make_sink(self) for make_sink in self.sinks]
+        sinks.append(erasure_listener(self))  # every service forgets erased customers' keys and opened data
         async with schema_lock(s):  # the sinks' tables, one instance at a time (their runners' setup is then a no-op)
             for sink in sinks:
                 await sink.setup()
@@ -225,7 +229,8 @@ class Runtime(Generic[A, S]):
         if self.relay is not None:
             checks["relay"] = self.relay.running
         for r in self.runners:
-            checks[f"consumer:{r.sink.name}"] = r.running
+            if not isinstance(r.sink, ErasureListener):  # it only hastens what the key cache bounds (docs/erasure.md)
+                checks[f"consumer:{r.sink.name}"] = r.running
         return checks
 
     def degraded(self) -> dict[str, Any]:
@@ -288,3 +293,35 @@ async def _retry(start: Callable[[], Awaitable[None]], what: str, timeout: float
                 raise
             log.warning("waiting for %s: %s", what, exc)
             await asyncio.sleep(1.0)
+
+
+class ErasureListener(ProjectionSink):
+    """Hears ``CustomerDataErased`` (docs/erasure.md): the service forgets the data keys it cached and the
+    aggregates it holds opened in memory, so an erased customer's data stops opening here at once rather than
+    when the key cache expires. Nothing is stored but the position: what is stored is sealed already."""
+
+    topics: ClassVar[tuple[Topic, ...]] = (Topic.customers,)
+    event_types: ClassVar[frozenset[str] | None] = frozenset({CustomerDataErased.event_type})
+
+    def __init__(self, pool: asyncpg.Pool, forget: Callable[[], None]) -> None:
+        super().__init__(pool)
+        self.forget = forget
+
+    async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
+        await asyncio.to_thread(self.forget)
+
+
+def erasure_listener(runtime: Runtime[Any, Any]) -> ErasureListener:
+    """The service's listener, in a consumer group of its own (``<service>-erasure``)."""
+    settings, app = runtime.settings, (runtime.app if runtime.app_factory is not None else None)
+
+    def forget() -> None:
+        keyring = keyring_of(settings)
+        if isinstance(keyring, PostgresKeyring):
+            keyring.forget()
+        if app is not None:
+            app.forget_opened()
+
+    cls = type("ErasureListener", (ErasureListener,), {"name": f"{settings.service_name}-erasure"})
+    listener: ErasureListener = cls(runtime.pool, forget)
+    return listener

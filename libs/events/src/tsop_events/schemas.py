@@ -58,6 +58,14 @@ class TicketEvent(WireEvent):
 
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=4000)]
+Personal = Annotated[
+    str,
+    Field(
+        max_length=24000,
+        description="A customer's personal data, sealed: `pd1.<key id>.<ciphertext>` under the customer's data key "
+        "(see docs/erasure.md); opens to `[erased]` once the customer's data is erased.",
+    ),
+]
 
 
 class TimeRequirement(BaseModel):
@@ -92,9 +100,9 @@ class RequestSubmitted(TicketEvent):
         "and RequestUpdated completes it. RequestAccepted always carries the region."
     )
     service_type: str
-    description: NonEmpty
+    description: Annotated[Personal, Field(min_length=1)]
     time_requirement: TimeRequirement
-    special_needs: str | None = None
+    special_needs: Personal | None = None
     callback_url: str | None = None
     location: Location | None = Field(default=None, description="Where the service is needed.")
     details: dict[str, Any] = Field(default_factory=dict, description="Type-specific details the catalogue asks for.")
@@ -962,6 +970,28 @@ class ImprovementActionEscalated(ImprovementEvent):
 
 # --- records: archive checkpoints, retention, erasure (§7) ---
 # (the archive's own events go here)
+
+
+# --- lawful erasure (PIPL, §1.4, §7.4): the customers topic (key = customer id) ---
+
+
+class CustomerDataErased(WireEvent):
+    event_type: ClassVar[str] = "tsop.customer.data-erased.v1"
+    doc: ClassVar[str] = (
+        "A customer's personal data was erased on a recorded legal basis: their data keys are destroyed, so every "
+        "sealed copy of it (topics, event stores, projections, the archive) opens to `[erased]` from now on; "
+        "the service record (types, times, outcomes, scores) remains (§1.4, §7.4). A service that keeps keys "
+        "in memory forgets them when it hears this."
+    )
+    topic: ClassVar[Topic] = Topic.customers
+    customer_id: str
+    legal_basis: str = Field(description="The ground of the erasure (intake's `LEGAL_BASES`).")
+    reference: str = Field(default="", description="The request's reference (a case or letter number).")
+    requested_by: str
+    erased_at: datetime
+
+    def key(self) -> str:
+        return self.customer_id
 
 
 class DeadLettered(WireEvent):

@@ -64,6 +64,12 @@ class ServiceSettings(BaseSettings):
     """Aggregates cached in memory (always brought up to date from the store on read)."""
     max_body_bytes: int = 64 * 1024
     """Largest accepted request body; larger ones get 413."""
+    keyring_database: str = "tsop_keyring"
+    """The keyring's database (customers' data keys for crypto-shredding, see docs/erasure.md): shared by every
+    service on the same PostgreSQL, never one service's own. Created if missing."""
+    keyring_cache_seconds: Annotated[float, Field(ge=0)] = 5.0
+    """How long a service keeps a data key in memory: a key destroyed by an erasure elsewhere stops opening here
+    within this time at the latest (at once where it was destroyed)."""
     log_level: str = "INFO"
     """Logging level."""
     auth_tokens: str = ""

@@ -15,15 +15,16 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, ParamSpec, TypeVar
 from uuid import UUID
 
 import asyncpg
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.application import AggregateNotFoundError, Application, LRUCache, ProcessingEvent
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
+from eventsourcing.persistence import IntegrityError, Mapper, ProcessRecorder, Tracking
 
+from tsop_events.personal import Keyring, PersonalFields, SealingMapper, keyring_of
 from tsop_events.settings import ServiceSettings
 
 __all__ = ["EventStoreApp", "IntegrityError", "Tracking", "ensure_database", "schema_lock"]
@@ -51,13 +52,47 @@ def recorded_in_this_request() -> bool:
 
 
 class EventStoreApp(Application[UUID]):
-    """An Application whose recorder also records tracking positions."""
+    """An Application whose recorder also records tracking positions.
+
+    ``personal`` names the domain events that carry a customer's personal data: the mapper seals those
+    attributes under the customer's data keys before they are stored, and opens them when they are loaded
+    (see ``tsop_events.personal``); ``sealed_event`` reads a stored event as stored, for the relay.
+    """
+
+    personal: ClassVar[Mapping[type, PersonalFields]] = {}
 
     def __init__(self, settings: ServiceSettings | None = None, env: dict[str, str] | None = None) -> None:
         merged: dict[str, str] = settings.eventsourcing_env() if settings else {}
         merged.update(env or {})
         self._save_listeners: list[Callable[[], None]] = []
+        self.keyring: Keyring = keyring_of(settings if self.personal else None)
         super().__init__(env=merged)
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        inner = super().construct_mapper()
+        return SealingMapper(inner, self.keyring, self.personal) if self.personal else inner
+
+    def _prepare_keys(self, events: Sequence[Any]) -> None:
+        if isinstance(self.mapper, SealingMapper):
+            self.mapper.prepare(events)
+
+    def forget_opened(self) -> None:
+        """Drop every aggregate cached in memory (they hold personal data opened before an erasure)."""
+        cache = getattr(self.repository, "cache", None)
+        if isinstance(cache, LRUCache):
+            with cache.lock:
+                cache.cache.clear()
+                cache.clear()
+                cache.full = False
+        elif cache is not None:
+            cache.cache.clear()
+
+    def sealed_event(self, stored: Any) -> Any:
+        """A stored event as it is stored: personal attributes still sealed (what may leave the service)."""
+        mapper = self.mapper
+        if isinstance(mapper, SealingMapper):
+            return mapper.to_sealed_domain_event(stored)
+        return mapper.to_domain_event(stored)
 
     def on_saved(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (from the saving thread) after every save."""
@@ -86,6 +121,7 @@ class EventStoreApp(Application[UUID]):
         """
         processing = ProcessingEvent[UUID](tracking=tracking)
         processing.collect_events(*aggregates)
+        self._prepare_keys(processing.events)
         recordings = self._record(processing)
         self._notify(recordings)
 
@@ -97,6 +133,7 @@ class EventStoreApp(Application[UUID]):
         """
         processing = ProcessingEvent[UUID]()
         processing.collect_events(*events)
+        self._prepare_keys(processing.events)
         for aggregate in aggregates:
             processing.aggregates[aggregate.id] = aggregate
         recordings = self._record(processing)
@@ -182,6 +219,8 @@ class LogFollower:
         with self.lock:
             while True:
                 batch = self.app.recorder.select_notifications(self.position + 1, 1000)
+                if batch and isinstance(self.app.mapper, SealingMapper):
+                    self.app.mapper.prefetch(batch)  # the batch's data keys in one round trip, not one each
                 for n in batch:
                     self.apply(self.app.mapper.to_domain_event(n))
                 if not batch:

@@ -22,6 +22,7 @@ class Topic(StrEnum):
     workforce = "workforce"
     complaints = "complaints"
     channels = "channels"
+    customers = "customers"
     deadletter = "deadletter"
     epoch = "epoch"
 
@@ -29,7 +30,9 @@ class Topic(StrEnum):
         return f"{prefix}{self.value}"
 
 
-DOMAIN_TOPICS = (Topic.tickets, Topic.incidents, Topic.workforce, Topic.complaints, Topic.channels)
+DOMAIN_TOPICS = (
+    Topic.tickets, Topic.incidents, Topic.workforce, Topic.complaints, Topic.channels, Topic.customers
+)
 
 
 async def ensure_topics(

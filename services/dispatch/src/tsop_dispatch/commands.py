@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import ProcessingEvent
@@ -42,6 +42,7 @@ from tsop_events.clock import Clock, SystemClock
 from tsop_events.commands import Idempotency, UnitOfWork
 from tsop_events.envelope import derived_id
 from tsop_events.errors import Conflict, Invalid, NotFound
+from tsop_events.personal import PersonalFields, SealingMapper
 from tsop_events.runtime import Service
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp
@@ -72,8 +73,17 @@ async def load(svc: Service[DispatchApp], cls: type[T], aggregate_id: UUID, what
     return await svc.commands.run(lambda uow: get(uow, cls, aggregate_id, what))
 
 
+def _ticket_of(e: Any) -> str:
+    return str(e.ticket_id)
+
+
 class DispatchApp(EventStoreApp):
     """Dispatch's event store, its configuration and its board."""
+
+    # lawful erasure (docs/erasure.md): a work log's notes may quote the customer: sealed under the ticket's key
+    personal: ClassVar[Mapping[type, PersonalFields]] = {
+        WorkOrder.WorkLogged: PersonalFields(frozenset({"notes"}), subject=_ticket_of),
+    }
 
     # a technician's history grows with every job: load it from a recent snapshot
     snapshotting_intervals = {Technician: 100}
@@ -151,6 +161,8 @@ class DispatchApp(EventStoreApp):
             "ON e.originator_id = s.id AND e.originator_version > s.v ORDER BY e.originator_id, e.originator_version",
             [list(after), list(after.values())],
         )
+        if isinstance(self.mapper, SealingMapper):
+            self.mapper.prefetch(rows)  # the sealed notes' keys in one round trip
         for stored in rows:
             e: Any = self.mapper.to_domain_event(stored)
             out[e.originator_id] = e.mutate(out.get(e.originator_id))

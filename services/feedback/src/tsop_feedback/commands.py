@@ -9,18 +9,26 @@ its follow-up board (``views.FollowUps``) and the channel credentials it knows
 from __future__ import annotations
 
 import asyncio
+<<<<<<< HEAD
 from collections.abc import Callable
 from datetime import datetime, timedelta
+=======
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, ClassVar
+>>>>>>> erasure
 from uuid import UUID
 
 from tsop_events.clock import Clock, SystemClock
 from tsop_events.commands import UnitOfWork
 from tsop_events.envelope import derived_id
 from tsop_events.errors import NotFound
+from tsop_events.personal import PersonalFields
 from tsop_events.runtime import Service
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp
 from tsop_feedback import views
+<<<<<<< HEAD
 from tsop_feedback.domain import (
     DEFAULT_STEPS,
     ChannelAccess,
@@ -29,6 +37,10 @@ from tsop_feedback.domain import (
     Notification,
     Templates,
 )
+=======
+from tsop_feedback.complaints.domain import Complaint
+from tsop_feedback.domain import ChannelAccess, FeedbackCase, FeedbackPolicy, Notification, Templates
+>>>>>>> erasure
 
 SUBMISSION_PATIENCE = 3.0  # seconds a rating waits for feedback to hear of a ticket's submission
 
@@ -49,8 +61,19 @@ def notification_id(cause_event_id: str) -> UUID:
     return derived_id("notification", cause_event_id)
 
 
+def _ticket_of(e: Any) -> str:
+    return str(e.ticket_id)
+
+
 class FeedbackApp(EventStoreApp):
     """Feedback's event store, its clock, the rating window and the follow-up board."""
+
+    # lawful erasure: what the customer wrote is stored sealed under the ticket's (or complaint's) data key
+    personal: ClassVar[Mapping[type, PersonalFields]] = {
+        FeedbackCase.RatingKept: PersonalFields(frozenset({"comment"}), subject=_ticket_of),
+        FeedbackCase.Rated: PersonalFields(frozenset({"comment"}), subject=_ticket_of),
+        Complaint.Received: PersonalFields(frozenset({"description"}), customer="customer_id"),
+    }
 
     def __init__(
         self,

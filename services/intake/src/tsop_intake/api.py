@@ -12,7 +12,7 @@ import asyncio
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import AnyHttpUrl, BaseModel, Field, Strict
 
 from tsop_events.auth import Principal, Role, requires
@@ -451,3 +451,44 @@ async def issue_credential(channel_id: UUID, svc: Svc, caller: Admin) -> dict[st
 @router.delete("/channels/{channel_id}/credentials/{credential_id}", tags=["channels"], response_model=ChannelView)
 async def revoke_credential(channel_id: UUID, credential_id: str, svc: Svc, caller: Admin) -> dict[str, Any]:
     return channel_view(await commands.revoke_credential(svc, channel_id, credential_id, caller))
+
+
+# ---------------------------------------------------------------- lawful erasure (PIPL, §1.4, §7.4)
+
+Dpo = Annotated[Principal, Depends(requires(Role.auditor))]
+
+
+class ErasureIn(Inbound):
+    legal_basis: Literal[
+        "consent_withdrawn", "purpose_achieved", "service_ended", "unlawful_processing", "other_legal_ground"
+    ] = Field(description="The ground of the erasure, recorded with it (PIPL art. 47).")
+    reference: Annotated[str, Strict(), Field(max_length=200), TextCheck] = Field(
+        default="", description="The request's own reference (a case or letter number).")
+
+
+class ErasureView(Answer):
+    customer_id: str
+    legal_basis: str
+    reference: str
+    requested_by: str
+    requested_at: str
+    keys_destroyed: int = Field(description="Data keys destroyed by this call (0 when a repeat found none left).")
+
+
+@router.post("/customers/{customer_id}/erasure", status_code=201, tags=["erasure"], response_model=ErasureView,
+             responses={200: {"description": "The customer's erasure was requested before: the first record "
+                                             "(their keys are destroyed again, should any have been created since)",
+                              "model": ErasureView}})
+async def request_erasure(
+    customer_id: Annotated[str, Path(min_length=1, max_length=128)], body: ErasureIn, svc: Svc,
+    response: Response, caller: Dpo,
+) -> dict[str, Any]:
+    """Erase a customer's personal data (crypto-shredding, docs/erasure.md): the request and its legal basis are
+    recorded (`CustomerDataErased`), the customer's data keys are destroyed; the service record remains."""
+    erasure, created, destroyed = await commands.request_erasure(
+        svc, customer_id, body.legal_basis, body.reference, caller)
+    if not created:
+        response.status_code = 200
+    return {"customer_id": erasure.customer_id, "legal_basis": erasure.legal_basis, "reference": erasure.reference,
+            "requested_by": erasure.requested_by, "requested_at": erasure.requested_at.isoformat(),
+            "keys_destroyed": destroyed}

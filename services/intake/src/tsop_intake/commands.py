@@ -41,9 +41,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 from uuid import UUID, uuid4
 
 import orjson
@@ -74,6 +74,7 @@ from tsop_events.inbound import (
     Number,
     TextCheck,
 )
+from tsop_events.personal import PersonalFields
 from tsop_events.runtime import Service
 from tsop_events.schemas import Channel, CustomerTier
 from tsop_events.settings import ServiceSettings
@@ -82,6 +83,7 @@ from tsop_intake import domain
 from tsop_intake.catalogue import Catalogue
 from tsop_intake.domain import (
     ChannelSystem,
+    CustomerErasure,
     Facts,
     IdempotencyConflict,
     InvalidChange,
@@ -104,8 +106,21 @@ STAFF = (Role.agent, Role.supervisor, Role.auditor, Role.admin)
 # ---------------------------------------------------------------- the write model's handle
 
 
+PERSONAL_FIELDS = frozenset({"description", "special_needs", "location", "details", "attributes"})
+"""What a customer wrote or where they are: stored and sent only sealed under the ticket's data key
+(crypto-shredding, docs/erasure.md). Ids, types, times, tier and region are the service record and stay."""
+SERVICE_RECORD_ATTRIBUTES = frozenset({"severity", "ticketType", "@baseType", "@schemaLocation"})
+"""What a TMF621 ticket keeps in its attributes that is not personal: filtered, sorted and counted on."""
+
+
 class IntakeApp(EventStoreApp):
     """Intake's event store, with what its commands read: the catalogue, the clock and the index."""
+
+    personal: ClassVar[Mapping[type, PersonalFields]] = {
+        ServiceRequest.Submitted: PersonalFields(
+            PERSONAL_FIELDS, customer="customer_id", keep=SERVICE_RECORD_ATTRIBUTES),
+        ServiceRequest.Updated: PersonalFields(PERSONAL_FIELDS, within="changes", keep=SERVICE_RECORD_ATTRIBUTES),
+    }
 
     def __init__(
         self,
@@ -767,3 +782,29 @@ async def change_channel(
 
 async def get_channel(svc: Intake, channel_id: UUID) -> ChannelSystem:
     return await svc.commands.run(lambda uow: _channel(uow, channel_id))
+
+
+# ---------------------------------------------------------------- lawful erasure (PIPL, §1.4, §7.4)
+
+
+async def request_erasure(
+    svc: Intake, customer_id: str, legal_basis: str, reference: str, caller: Principal
+) -> tuple[CustomerErasure, bool, int]:
+    """Record the customer's erasure request (once: a repeat answers the first record) and destroy their data
+    keys (every time: a repeat after a crash between the two completes it). (record, created, keys destroyed)."""
+    app = svc.app
+    erasure_id = CustomerErasure.id_for(customer_id)
+
+    def record(uow: UnitOfWork) -> tuple[CustomerErasure, bool]:
+        found = uow.find(CustomerErasure, erasure_id)
+        if found is not None:
+            return found, False
+        erasure = CustomerErasure.request(customer_id, legal_basis, reference, caller.subject, app.clock.now())
+        uow.add(erasure)
+        return erasure, True
+
+    erasure, created = await svc.commands.run(record)
+    destroyed = await asyncio.to_thread(app.keyring.erase, customer_id)
+    # what this process holds opened in memory: aggregates loaded before the keys were destroyed
+    app.forget_opened()
+    return erasure, created, destroyed

@@ -16,6 +16,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from tsop_events.envelope import derived_id
 from tsop_events.errors import Conflict, Invalid, NotFound
 from tsop_intake.catalogue import Catalogue, ServiceType
 
@@ -584,3 +585,56 @@ class ChannelSystem(Aggregate):
         for name, value in changes.items():
             setattr(self, name, value)
 
+
+
+# ---------------------------------------------------------------- lawful erasure (PIPL, §1.4, §7.4)
+
+LEGAL_BASES = {
+    "consent_withdrawn": "the customer withdrew their consent (PIPL art. 47(3))",
+    "purpose_achieved": "the purpose of processing is achieved, impossible or no longer needed (art. 47(1))",
+    "service_ended": "the operator stopped providing the service, or the retention period expired (art. 47(2))",
+    "unlawful_processing": "the data was processed in breach of law or agreement (art. 47(4))",
+    "other_legal_ground": "another ground laid down by law or administrative regulation (art. 47(5))",
+}
+"""The legal bases an erasure request may name (operator policy may narrow them; each one is recorded)."""
+
+
+class CustomerErasure(Aggregate):
+    """A customer's erasure request: its legal basis, who asked and when; one per customer (a repeat is the same
+    request). Its effect (the customer's data keys destroyed) happens outside the domain, in the keyring."""
+
+    class Requested(Aggregate.Created):
+        customer_id: str
+        legal_basis: str
+        reference: str
+        requested_by: str
+        requested_at: datetime
+
+    @staticmethod
+    def id_for(customer_id: str) -> UUID:
+        return derived_id("customer-erasure", customer_id)
+
+    @classmethod
+    def request(
+        cls, customer_id: str, legal_basis: str, reference: str, requested_by: str, requested_at: datetime
+    ) -> CustomerErasure:
+        if not customer_id.strip():
+            raise Invalid("names no customer", "customer_id")
+        if legal_basis not in LEGAL_BASES:
+            raise Invalid(f"not a legal basis; one of {', '.join(LEGAL_BASES)}", "legal_basis")
+        erasure: CustomerErasure = cls(
+            id=cls.id_for(customer_id), customer_id=customer_id, legal_basis=legal_basis, reference=reference,
+            requested_by=requested_by, requested_at=requested_at,
+        )
+        return erasure
+
+    @event(Requested)
+    def __init__(
+        self, id: UUID, customer_id: str, legal_basis: str, reference: str,  # noqa: A002
+        requested_by: str, requested_at: datetime,
+    ) -> None:
+        self.customer_id = customer_id
+        self.legal_basis = legal_basis
+        self.reference = reference
+        self.requested_by = requested_by
+        self.requested_at = requested_at

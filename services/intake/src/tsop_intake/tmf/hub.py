@@ -39,6 +39,7 @@ from tsop_events import outbound
 from tsop_events.consumer import Incoming
 from tsop_events.envelope import derived_id
 from tsop_events.errors import Invalid
+from tsop_events.personal import keyring_of
 from tsop_events.runtime import Runtime
 from tsop_events.wake import SAFETY_NET_SECONDS, Waiter
 from tsop_intake.tmf import model
@@ -170,8 +171,10 @@ class Deliverer:
         capacity: int = 200,
         per_listener: int = 8,
         dead: DeadLetter | None = None,
+        opener: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.pool, self.http, self.guard, self.policy = pool, http, guard, policy
+        self.opener = opener  # the listener gets personal data opened; the stored payload stays sealed
         self.timeout, self.capacity, self.per_listener, self.dead = timeout, capacity, per_listener, dead
         self.lease = timedelta(seconds=2 * timeout + guard.resolve_timeout + 10)
         self.inflight: set[asyncio.Task[None]] = set()
@@ -270,8 +273,11 @@ class Deliverer:
     async def _send(self, row: asyncpg.Record) -> tuple[bool, int | None, str | None, bool]:
         """(delivered, status, error, give up now)."""
         url = listener_url(row["callback"], row["event_name"])
+        payload = row["payload"].encode() if isinstance(row["payload"], str) else bytes(row["payload"])
+        if self.opener is not None:
+            payload = await asyncio.to_thread(self.opener, payload)
         try:
-            r = await self.guard.post(self.http, url, content=row["payload"],
+            r = await self.guard.post(self.http, url, content=payload,
                                       headers={"Content-Type": "application/json"}, timeout=self.timeout)
         except outbound.Unresolved as exc:
             return False, None, exc.reason[:500], False
@@ -298,6 +304,7 @@ async def deliver(runtime: Runtime, timeout: float) -> None:
 
     async with outbound.client(timeout) as http:
         deliverer = Deliverer(runtime.pool, http, outbound.guard_for(settings),
-                              outbound.RetryPolicy.from_settings(settings), timeout=timeout, dead=dead)
+                              outbound.RetryPolicy.from_settings(settings), timeout=timeout, dead=dead,
+                              opener=keyring_of(settings).open_json)
         # woken when the projection stored notifications; a due retry is found within the safety net
         await deliverer.run(idle=SAFETY_NET_SECONDS, wake=runtime.waiter(saved=False, stored=True, pace=0.02))
