@@ -9,14 +9,9 @@ its follow-up board (``views.FollowUps``) and the channel credentials it knows
 from __future__ import annotations
 
 import asyncio
-<<<<<<< HEAD
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-=======
-from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any, ClassVar
->>>>>>> erasure
 from uuid import UUID
 
 from tsop_events.clock import Clock, SystemClock
@@ -28,7 +23,7 @@ from tsop_events.runtime import Service
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp
 from tsop_feedback import views
-<<<<<<< HEAD
+from tsop_feedback.complaints.domain import Complaint
 from tsop_feedback.domain import (
     DEFAULT_STEPS,
     ChannelAccess,
@@ -37,10 +32,6 @@ from tsop_feedback.domain import (
     Notification,
     Templates,
 )
-=======
-from tsop_feedback.complaints.domain import Complaint
-from tsop_feedback.domain import ChannelAccess, FeedbackCase, FeedbackPolicy, Notification, Templates
->>>>>>> erasure
 
 SUBMISSION_PATIENCE = 3.0  # seconds a rating waits for feedback to hear of a ticket's submission
 
