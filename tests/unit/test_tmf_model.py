@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tsop_events import schemas as wire
 from tsop_intake.tmf import inbound, model
+from tsop_intake.tmf.api import TroubleTicket
 
 T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 TICKET = "7d5c1b52-3f0c-4d55-9a8f-0f3ad1f0b6a1"
@@ -307,3 +308,26 @@ def test_a_duplicate_names_its_original_only_to_whoever_may_see_it() -> None:
     assert rel[0]["relationshipType"] == "isDuplicateOf"
     old = {**evolution.state, "status_change_reason": "duplicate of open ticket " + linked.duplicate_of}
     assert linked.duplicate_of not in model.render(old, [], "/tt")["statusChangeReason"]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
+    max_leaves=4,
+)
+
+
+@given(st.dictionaries(st.sampled_from(["severity", "ticketType", "name", "note", "@baseType", "@schemaLocation"]),
+                       JSON_VALUES))
+def test_any_native_attributes_render_as_a_trouble_ticket(attrs: dict[str, Any]) -> None:
+    """A native request keeps free-form attributes; the TMF621 view of it is always a valid TroubleTicket (a
+    text ``note`` answered 500 when the view was read)."""
+    ev = submitted().model_copy(update={"attributes": attrs})
+    state = model.created(ev)
+    assert isinstance(state["ticket_type"], str) and state["severity"] in (None, *[
+        v.lower() for v in attrs.values() if isinstance(v, str)])
+    TroubleTicket.model_validate(model.render(state, [], "/tt"))
+    upd = wire.RequestUpdated(ticket_id=TICKET, changes={"attributes": attrs}, updated_by="p", updated_at=T0)
+    after = model.evolve(model.created(submitted()), upd, T0).state
+    assert after is not None
+    TroubleTicket.model_validate(model.render(after, [], "/tt"))

@@ -161,8 +161,26 @@ class Evolution:
     notices: list[str]  # TMF notification event names the event causes
 
 
+def tmf_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    """The attributes the TMF621 view shows, of the shape TMF621 gives them.
+
+    A native request's ``attributes`` are free-form (a channel keeps there what the platform does not act on):
+    a ``note`` that is a text, or a ``severity`` that is a number, is kept by the request but is not a TMF621
+    note or severity, so the view leaves it out rather than answer with a ticket TMF621 cannot read.
+    """
+    out: dict[str, Any] = {}
+    for name in ("severity", "ticketType", *KEPT):
+        value = attributes.get(name)
+        if name == "note":
+            if isinstance(value, list) and all(isinstance(n, dict) for n in value):
+                out[name] = value
+        elif isinstance(value, str):
+            out[name] = value
+    return out
+
+
 def created(ev: wire.RequestSubmitted) -> dict[str, Any]:
-    attrs = dict(ev.attributes)
+    attrs = tmf_attributes(ev.attributes)
     tr = ev.time_requirement
     native = ev.model_dump(mode="json", include={"region", "location", "customer_tier", "special_needs", "details"})
     doc: dict[str, Any] = {
@@ -270,6 +288,7 @@ def _apply_changes(state: dict[str, Any], changes: dict[str, Any]) -> None:
         elif name == "service_type":
             state["ticket_type"] = value
         elif name == "attributes" and isinstance(value, dict):  # the whole set, as the request now keeps it
+            value = tmf_attributes(value)
             state["severity"] = _folded(value.get("severity"))
             if value.get("severity") is None:
                 doc.pop("severity", None)
@@ -439,6 +458,7 @@ def render(
     a channel only of its own. Without it no other ticket is named.
     """
     doc: dict[str, Any] = ticket["doc"]
+    kept = tmf_attributes(doc)  # a row stored before its attributes were shaped reads as TMF621 too
     duplicate_of = doc.get("duplicateOf")
     related = None
     if duplicate_of and sees is not None and sees(duplicate_of):
@@ -448,9 +468,9 @@ def render(
         "@type": "TroubleTicket",
         "id": str(ticket["ticket_id"]),
         "href": f"{base}/{ticket['ticket_id']}",
-        "name": doc.get("name"),
+        "name": kept.get("name"),
         "description": doc.get("description"),
-        "severity": doc.get("severity") or ticket["severity"],
+        "severity": kept.get("severity") or ticket["severity"],
         "ticketType": ticket["ticket_type"],
         "priority": ticket["priority_name"],
         "status": ticket["status"],
@@ -478,9 +498,9 @@ def render(
              "statusChangeDate": iso(h["at"])}
             for h in history
         ],
-        "note": doc.get("note") or None,
-        "@baseType": doc.get("@baseType"),
-        "@schemaLocation": doc.get("@schemaLocation"),
+        "note": kept.get("note") or None,
+        "@baseType": kept.get("@baseType"),
+        "@schemaLocation": kept.get("@schemaLocation"),
         "externalIdentifier": (
             [{"@type": "ExternalIdentifier", "id": ticket["external_id"], "owner": ticket["channel_id"] or ""}]
             if ticket["external_id"]
