@@ -168,3 +168,30 @@ def test_a_link_racing_the_opening_conflicts_and_the_retry_applies_the_hold() ->
     app.app.save_tracked(u3.aggregates(), Tracking("orders|e|tickets|0", 2))
     holds._process("holds|e|incidents|0", [incoming(linked("t2"), "inc1", 2)], 2)
     assert app.load(work_order_id("t2")).held_by == "inc1"
+
+
+def test_a_replay_after_an_upgrade_with_no_incident_records_applies_nothing_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dispatch before IncidentRecord existed applied these events; after the upgrade the records are empty and the
+    topic is consumed again from the start: the work orders' own history must refuse what they applied already."""
+    app, _ = new_app()
+    app.register_technician(uuid4(), "A", [FAULT], ["north"], 3)
+    feed, inc = Feed(app), Incidents(IncidentHolds(app.app))
+    feed(accepted("t1"))
+    feed(accepted("t2"))
+    inc(linked("t1"))
+    inc(linked("t2"))
+    inc(unlinked("t2", NOW + timedelta(minutes=1)))
+    inc(linked("t2", NOW + timedelta(minutes=2), incident="inc2"))
+    inc(resolved(NOW + timedelta(minutes=3)))
+    w1, w2 = work_order_id("t1"), work_order_id("t2")
+    feed(reopened("t1", at=NOW + timedelta(minutes=4)))
+    before1, before2 = kinds(app, w1), kinds(app, w2)
+    # as if no record had been kept: every incident's record starts empty under the replay
+    monkeypatch.setattr("tsop_dispatch.policies.record_id", lambda incident_id: uuid4())
+    inc.replay()
+    assert kinds(app, w1) == before1  # neither held again nor resolved again with the old resolution
+    assert kinds(app, w2) == before2  # still held by inc2 only, no false pause or release
+    assert app.load(w1).status == "assigned" and app.load(w1).held_by is None
+    assert app.load(w2).held_by == "inc2"

@@ -611,6 +611,10 @@ class WorkOrder(Aggregate):
         self.targets = targets
         self.facts: list[Fact] = [Fact(opened_at, "opened", {"targets": targets})] if targets else []
         self.held_by: str | None = None  # the incident holding it (§5.3): clocks paused, nobody sent to it
+        # per incident, the latest hold, release or resolution this work order applied (time, kind): rebuilt from
+        # its own events, so a replay of the incidents topic is refused even where dispatch's IncidentRecord is
+        # empty (a store written before the records existed)
+        self.by_incident: dict[str, tuple[datetime, str]] = {}
 
     # --- assignment -------------------------------------------------------------------------------
 
@@ -824,18 +828,37 @@ class WorkOrder(Aggregate):
         """
         if self.status in ("resolved", "withdrawn") or self.held_by == incident_id:
             return False
+        if not self._news(incident_id, at):
+            return False  # a replay: this incident's hold, release or resolution applied already
         self._held(ticket_id=self.ticket_id, incident_id=incident_id, held_at=at)
         return True
 
     @event(Held)
     def _held(self, ticket_id: str, incident_id: str, held_at: datetime) -> None:
         self.held_by = incident_id
+        self._mark(incident_id, held_at, "held")
         self.facts.append(Fact(held_at, "paused", {"kind": "held", "reason": f"incident {incident_id}"}))
+
+    def _news(self, incident_id: str, at: datetime, lifting: bool = False) -> bool:
+        """Whether a hold (or release, ``lifting``) by ``incident_id`` at ``at`` is new to this work order: never
+        after its resolution by that incident, nor as old as the latest release by it. A release is not compared
+        with the hold's time (an early hold is stamped with dispatch's opening time, later than the link)."""
+        last = getattr(self, "by_incident", {}).get(incident_id)
+        if last is None:
+            return True
+        if last[1] == "resolved":
+            return False
+        return at > last[0] if (last[1] == "unlinked" or not lifting) else True
+
+    def _mark(self, incident_id: str, at: datetime, kind: str) -> None:
+        if not hasattr(self, "by_incident"):
+            self.by_incident = {}
+        self.by_incident[incident_id] = (at, kind)
 
     def lift_hold(self, incident_id: str, reason: str, at: datetime) -> bool:
         """Unlinked (it proved unrelated): back to normal dispatch, the clocks running again
         (unless the technician had paused the work before)."""
-        if self.held_by != incident_id or self.status in ("resolved", "withdrawn"):
+        if self.held_by != incident_id or self.status in ("resolved", "withdrawn") or not self._news(incident_id, at, True):
             return False
         self._hold_lifted(
             ticket_id=self.ticket_id, incident_id=incident_id, reason=reason,
@@ -848,6 +871,7 @@ class WorkOrder(Aggregate):
         self, ticket_id: str, incident_id: str, reason: str, resume_clock: bool, lifted_at: datetime
     ) -> None:
         self.held_by = None
+        self._mark(incident_id, lifted_at, "unlinked")
         if resume_clock:
             self.facts.append(Fact(lifted_at, "resumed"))
 
@@ -909,6 +933,8 @@ class WorkOrder(Aggregate):
         resolved_at: datetime,
     ) -> None:
         self.status = "resolved"
+        if self.held_by is not None:  # resolved while held: that incident's later events never apply again
+            self._mark(self.held_by, resolved_at, "resolved")
         self.held_by = None  # a resolution ends any hold: a reopening starts unheld and goes to the queue
         self.facts.append(Fact(resolved_at, "resolved"))
 
