@@ -811,12 +811,13 @@ class Templates:
                 missing = [s for s in STEPS if not isinstance(steps, dict) or not isinstance(steps.get(s), str)]
                 if missing:
                     raise ValueError(f"{source}: {kind}.{lang}: no text for {missing}")
-                table[kind][str(lang)] = {s: steps[s] for s in STEPS}
+                # the required steps, and any other step's text (the incident notices': tsop_feedback.incidents)
+                table[kind][str(lang)] = {str(s): t for s, t in steps.items() if isinstance(t, str)}
         return cls(table)
 
     def render(self, kind: str, language: str, step: str, values: dict[str, str | None]) -> str:
         texts = self.table.get(kind) or self.table["app"]
-        text = (texts.get(language) or texts["en"])[step]
+        text = (texts.get(language) or texts["en"]).get(step) or texts["en"].get(step) or f"{{ticket_id}}: {step}"
         return text.format_map(_Blank({k: v or "" for k, v in values.items()}))
 
 
