@@ -23,6 +23,8 @@ import asyncpg
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
+from eventsourcing.postgres import PostgresAggregateRecorder
+from psycopg.sql import SQL, Identifier
 
 from tsop_events.settings import ServiceSettings
 
@@ -111,6 +113,18 @@ class EventStoreApp(Application[UUID]):
 
     def exists(self, aggregate_id: UUID) -> bool:
         return bool(self.recorder.select_events(aggregate_id, limit=1))
+
+    def existing(self, aggregate_ids: Iterable[UUID]) -> set[UUID]:
+        """Which of ``aggregate_ids`` were created: one query on PostgreSQL (one per id on other stores)."""
+        ids = list(aggregate_ids)
+        recorder = self.recorder
+        if isinstance(recorder, PostgresAggregateRecorder) and ids:
+            query = SQL("SELECT DISTINCT originator_id FROM {schema}.{table} WHERE originator_id = ANY(%s)").format(
+                schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
+            with recorder.datastore.transaction(commit=False) as curs:
+                curs.execute(query, (ids,))
+                return {UUID(str(row["originator_id"])) for row in curs.fetchall()}
+        return {i for i in ids if self.exists(i)}
 
     def load(self, aggregate_id: UUID) -> Any:
         return self.repository.get(aggregate_id)
