@@ -160,7 +160,7 @@ async def bulk(stack: Stack, n: int, stall: float) -> dict[str, Any]:
         out["publish_seconds"] = round(await publish_tickets(stack.bootstrap, tickets), 1)
         t0 = time.perf_counter()
         say("bulk: waiting for dispatch to open every work order and incident to see every open ticket")
-        await wait_count(pools["dispatch"], "SELECT count(*) FROM stored_events WHERE topic = $1", n,
+        await wait_count(pools["dispatch"], "SELECT count(*) FROM dispatchapp_events WHERE topic = $1", n,
                          "work orders opened", stall, "tsop_dispatch.domain:WorkOrder.Opened")
         await wait_count(pools["incident"], "SELECT count(*) FROM tickets WHERE region = $1 AND stage < 4", n,
                          "open tickets seen by incident", stall, BULK_REGION)
@@ -175,8 +175,9 @@ async def bulk(stack: Stack, n: int, stall: float) -> dict[str, Any]:
         r.raise_for_status()
         iid = r.json()["id"]
         declared = time.perf_counter()
-        held_sql = "SELECT count(*) FROM stored_events WHERE topic = $1"
-        linked = await wait_count(pools["incident"], held_sql, n, "tickets linked", stall,
+        held_sql = "SELECT count(*) FROM dispatchapp_events WHERE topic = $1"
+        linked = await wait_count(pools["incident"], "SELECT count(*) FROM incidentapp_events WHERE topic = $1",
+                                  n, "tickets linked", stall,
                                   "tsop_incident.domain:Incident.TicketLinked")
         held = await wait_count(pools["dispatch"], held_sql, n, "work orders held", stall,
                                 "tsop_dispatch.domain:WorkOrder.Held")

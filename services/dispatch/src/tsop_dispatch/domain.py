@@ -364,51 +364,104 @@ class IncidentHold(Aggregate):
 
 class IncidentRecord(Aggregate):
     """What dispatch applied of one incident's events. The incidents topic is consumed again from the start after
-    a broker change, so a replayed link, unlink or resolution must change nothing: per ticket the latest link or
-    unlink applied (by its time) is kept, and once the incident is resolved nothing of it applies any more."""
+    a broker change, so a replayed link, unlink or resolution must change nothing.
+
+    Per ticket only the unlinks are kept (by time): a link older than the ticket's latest unlink is stale, and a
+    replayed unlink is refused. Links are not recorded (an incident may link 100,000 tickets): a replayed link is
+    refused by the work order itself (``WorkOrder.hold`` knows each incident's latest hold, release and resolution
+    it applied). Once the incident is resolved nothing of it applies any more.
+
+    The resolution is applied in chunks, each its own transaction, after the record is closed with it
+    (``Resolving``): the work orders still held are the durable cursor (each resolved one leaves the set), every
+    chunk touches this record (``Advanced``, so two instances never resolve the same chunk at once) and the last
+    one records ``Finished``. A crash in between resumes with the work orders still held."""
 
     class Started(Aggregate.Created):
         incident_id: str
 
     class Applied(Aggregate.Event):
         ticket_id: str
-        kind: str  # linked | unlinked
+        kind: str  # linked | unlinked (records written before only unlinks were kept also hold links)
         at: datetime
 
     class Closed(Aggregate.Event):
+        """The resolution, applied in the same transaction (records written before the chunked resolution)."""
+
+        at: datetime
+
+    class Resolving(Aggregate.Event):
+        at: datetime
+        resolution: dict[str, str | None]
+
+    class Advanced(Aggregate.Event):
+        resolved: int
+        at: datetime
+
+    class Finished(Aggregate.Event):
+        resolved: int
         at: datetime
 
     @event(Started)
     def __init__(self, id: UUID, incident_id: str) -> None:  # noqa: A002
         self.incident_id = incident_id
         self.resolved = False
+        self.done = False  # every held work order resolved (and every early hold given the resolution)
+        self.resolution: dict[str, str | None] | None = None
+        self.resolved_at: datetime | None = None
+        self.count = 0  # work orders resolved by the chunks so far
         self.latest: dict[str, tuple[datetime, str]] = {}
 
     def note(self, ticket_id: str, kind: str, at: datetime) -> bool:
-        """A link or unlink of ``ticket_id``: True if it is news (to apply), False if replayed or superseded."""
+        """A link or unlink of ``ticket_id``: True if it may be news (to apply), False if replayed or stale."""
         if self.resolved:
             return False
         last = self.latest.get(ticket_id)
         if last is not None and (at < last[0] or (at == last[0] and kind == last[1])):
             return False
-        self._applied(ticket_id=ticket_id, kind=kind, at=at)
+        if kind == "unlinked":
+            self._applied(ticket_id=ticket_id, kind=kind, at=at)
         return True
 
     @event(Applied)
     def _applied(self, ticket_id: str, kind: str, at: datetime) -> None:
         self.latest[ticket_id] = (at, kind)
 
-    def close(self, at: datetime) -> bool:
-        """The incident was resolved: True the first time (apply it), False for a replay."""
+    def close(self, at: datetime, resolution: dict[str, str | None]) -> bool:
+        """The incident was resolved: True the first time (its held work orders are to be resolved), False for a
+        replay."""
         if self.resolved:
             return False
-        self._closed(at=at)
+        self._resolving(at=at, resolution=resolution)
         return True
 
     @event(Closed)
     def _closed(self, at: datetime) -> None:
-        self.resolved = True
+        self.resolved = self.done = True
         self.latest = {}
+
+    @event(Resolving)
+    def _resolving(self, at: datetime, resolution: dict[str, str | None]) -> None:
+        self.resolved = True
+        self.resolution, self.resolved_at = resolution, at
+        self.latest = {}
+
+    def advance(self, resolved: int, at: datetime) -> None:
+        """A chunk of the held work orders was resolved."""
+        self._advanced(resolved=resolved, at=at)
+
+    @event(Advanced)
+    def _advanced(self, resolved: int, at: datetime) -> None:
+        self.count += resolved
+
+    def finish(self, at: datetime) -> bool:
+        if not self.resolved or self.done:
+            return False
+        self._finished(resolved=self.count, at=at)
+        return True
+
+    @event(Finished)
+    def _finished(self, resolved: int, at: datetime) -> None:
+        self.done = True
 
 
 class SlaPolicy(Aggregate):
