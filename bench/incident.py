@@ -144,7 +144,7 @@ async def wait_count(pool: asyncpg.Pool, sql: str, want: int, what: str, timeout
             last, last_t = got, now
         elif now - last_t > timeout:
             raise TimeoutError(f"{what}: {got} of {want}, no progress for {timeout:.0f} s")
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.5)
 
 
 async def bulk(stack: Stack, n: int, stall: float) -> dict[str, Any]:

@@ -15,6 +15,7 @@ row, to the tickets linked at that point of the incident's stream (``LinkedTicke
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import ClassVar
 
@@ -52,6 +53,13 @@ class IncidentNotices(EventStoreSink):
 
     def before_batch(self) -> None:
         self.linked.refresh()
+
+    def prefetch(self, uow: UnitOfWork, records: Sequence[Incoming]) -> None:
+        """A batch of links: the tickets' records and cases in one query (most records do not exist yet)."""
+        tickets = [r.event.ticket_id for r in records
+                   if isinstance(r.event, wire.IncidentTicketLinked | wire.IncidentTicketUnlinked)]
+        uow.preload([*(ticket_incident_id(t) for t in tickets), *(case_id(t) for t in tickets),
+                     *{brief_id(r.event.incident_id) for r in records if isinstance(r.event, wire.IncidentEvent)}])
 
     def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
         ev = incoming.event
@@ -92,6 +100,8 @@ class IncidentNotices(EventStoreSink):
         in_batch = {a.ticket_id: a.incident_id for a in uow.aggregates() if isinstance(a, TicketIncident)}
         tickets = {t for t in self.linked.tickets_of(brief.incident_id) if t not in in_batch}
         tickets |= {t for t, i in in_batch.items() if i == brief.incident_id}
+        uow.preload(case_id(t) for t in tickets)
+        uow.prefetch(notice_id(brief.incident_id, t, step) for t in tickets)
         for t in sorted(tickets):
             self.notify(uow, brief, t, step, at)
 
