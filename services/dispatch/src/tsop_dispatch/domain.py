@@ -911,7 +911,9 @@ class WorkOrder(Aggregate):
     def lift_hold(self, incident_id: str, reason: str, at: datetime) -> bool:
         """Unlinked (it proved unrelated): back to normal dispatch, the clocks running again
         (unless the technician had paused the work before)."""
-        if self.held_by != incident_id or self.status in ("resolved", "withdrawn") or not self._news(incident_id, at, True):
+        if self.held_by != incident_id or self.status in ("resolved", "withdrawn"):
+            return False
+        if not self._news(incident_id, at, lifting=True):
             return False
         self._hold_lifted(
             ticket_id=self.ticket_id, incident_id=incident_id, reason=reason,
