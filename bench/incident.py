@@ -49,6 +49,7 @@ FAULT_TYPES = ["broadband.fault_repair", "fixed.fault_repair", "mobile.fault_rep
 REGIONS = [f"r{i:02d}" for i in range(20)]
 NOW = datetime(2026, 6, 1, 9, tzinfo=UTC)
 BULK_TYPE = "broadband.fault_repair"
+STANDARD, APP = wire.CustomerTier.standard, wire.Channel.app
 BULK_REGION = "bench-outage"
 
 
@@ -82,7 +83,7 @@ def correlation_phase(pg: EmbeddedPostgres, n: int, batch: int) -> dict[str, Any
     for i in range(n):
         ev = wire.RequestAccepted(ticket_id=str(uuid.uuid4()), service_type=FAULT_TYPES[i % len(FAULT_TYPES)],
                                   region=REGIONS[(i // len(FAULT_TYPES)) % len(REGIONS)], priority=2,
-                                  customer_tier=wire.CustomerTier.standard, accepted_at=NOW + timedelta(microseconds=500 * i))
+                                  customer_tier=STANDARD, accepted_at=NOW + timedelta(microseconds=500 * i))
         env = Envelope(f"c{i}", ev.event_type, "bench", ev.accepted_at, ev.ticket_id, None, None, b"{}")
         records.append(Incoming("tickets", 0, i, ev.ticket_id, env, ev))
     say(f"correlation: {n} tickets in batches of {batch}")
@@ -114,11 +115,11 @@ async def publish_tickets(bootstrap: str, tickets: list[str]) -> float:
         pending = []
         for t in tickets:
             sub = wire.RequestSubmitted(
-                ticket_id=t, channel=wire.Channel.app, channel_id="bench", customer_id=f"c-{t[:8]}", customer_tier=wire.CustomerTier.standard,
+                ticket_id=t, channel=APP, channel_id="bench", customer_id=f"c-{t[:8]}", customer_tier=STANDARD,
                 region=BULK_REGION, service_type=BULK_TYPE, description="no service",
                 time_requirement=wire.TimeRequirement(), callback_url=None, submitted_at=NOW)
             acc = wire.RequestAccepted(ticket_id=t, service_type=BULK_TYPE, region=BULK_REGION, priority=2,
-                                       customer_tier=wire.CustomerTier.standard, resolve_by=NOW + timedelta(days=2), accepted_at=NOW)
+                                       customer_tier=STANDARD, resolve_by=NOW + timedelta(days=2), accepted_at=NOW)
             for n, ev in ((1, sub), (2, acc)):
                 env = wrap(ev, event_id=stable_event_id(t, n), source="bench", correlation_id=t)
                 pending.append(await producer.send(ev.topic.qualified("tsop."), env.data, key=t.encode(),

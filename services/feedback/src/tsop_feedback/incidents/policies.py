@@ -115,8 +115,8 @@ class IncidentNotices(EventStoreSink):
             return
         access = uow.find(ChannelAccess, access_id(case.channel_id)) if case.channel_id else None
         kind, language = (access.template, access.language) if access else (default_template(""), "zh")
-        payload: dict[str, str | None] = {"ticket_id": ticket_id, "incident_id": brief.incident_id, "incident_title": brief.title,
-                   "at": when(at)}
+        payload: dict[str, str | None] = {
+            "ticket_id": ticket_id, "incident_id": brief.incident_id, "incident_title": brief.title, "at": when(at)}
         uow.add(Notification(
             id=nid, ticket_id=ticket_id, step=step, url=case.callback_url, template=kind, language=language,
             text=self.feedback.templates.render(kind, language, step, payload), payload=payload, queued_at=at,
