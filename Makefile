@@ -57,6 +57,7 @@ bench: install
 	$(BIN)/python -m bench.intake
 	$(BIN)/python -m bench.dispatch
 	$(BIN)/python -m bench.tmf_list
+	$(BIN)/python -m bench.incident
 	$(MAKE) bench-scale
 
 ## The lifecycle bench on Tansu, then on 3 Apache Kafka brokers with 1 and 2 instances of intake and

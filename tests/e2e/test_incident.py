@@ -16,7 +16,7 @@ from typing import Any
 
 from tsop_devstack.stack import Stack
 
-from tests.e2e.client import Platform, wait_for
+from tests.e2e.client import Platform, WebhookReceiver, wait_for
 
 
 def incident(platform: Platform, iid: str) -> dict[str, Any]:
@@ -39,8 +39,9 @@ def test_an_outage_from_a_burst_of_faults_held_restored_and_reviewed_across_a_si
 ) -> None:
     region = f"outage-{uuid.uuid4().hex[:6]}"
     tickets = []
+    receiver = WebhookReceiver()  # the customers' channel: incident notices reach it through feedback
     for _ in range(4):
-        r = platform.submit(region=region)
+        r = platform.submit(region=region, callback_url=receiver.url)
         assert r.status_code == 201, r.text
         tickets.append(r.json()["id"])
 
@@ -65,7 +66,7 @@ def test_an_outage_from_a_burst_of_faults_held_restored_and_reviewed_across_a_si
 
     # the incident service dies before the 6-second step falls due; a ticket arrives meanwhile
     stack.kill("incident", signal.SIGKILL)
-    late = platform.submit(region=region)
+    late = platform.submit(region=region, callback_url=receiver.url)
     assert late.status_code == 201, late.text
     tickets.append(late.json()["id"])
     time.sleep(7)
@@ -115,6 +116,24 @@ def test_an_outage_from_a_burst_of_faults_held_restored_and_reviewed_across_a_si
         assert case["resolution"]["summary"] == resolution["summary"]
     unrelated_wo = platform.work_order(unrelated)
     assert unrelated_wo is not None and unrelated_wo["status"] != "resolved"
+
+    # each customer was told through feedback's notifications, once per change: linked, restoration under way
+    # (acknowledged), restored, or unlinked; the resolution came as the ticket's own result
+    def steps_told() -> dict[str, list[str]] | None:
+        told: dict[str, list[str]] = {}
+        unique = {d["delivery"]: d for d in receiver.deliveries}  # receivers de-duplicate on X-TSOP-Delivery
+        for d in unique.values():
+            if str(d["body"].get("step", "")).startswith("incident_"):
+                told.setdefault(d["body"]["ticket_id"], []).append(d["body"]["step"])
+        want = {t: ["incident_linked", "incident_in_progress", "incident_restored"] for t in tickets[1:]}
+        want[unrelated] = ["incident_linked", "incident_in_progress", "incident_unlinked"]
+        got = {t: sorted(v) for t, v in told.items()}
+        return got if got == {t: sorted(v) for t, v in want.items()} else None
+
+    wait_for(steps_told, 60, "the incident notices")
+    linked_note = next(d for d in receiver.deliveries if d["body"].get("step") == "incident_linked")
+    assert region in linked_note["body"]["text"] and linked_note["signature"]
+    receiver.close()
 
     # the review, written from the log, then completed and published
     r = platform.http.get(platform.url("incident", f"/v1/incidents/{iid}/review"), headers=platform.auth("supervisor"))

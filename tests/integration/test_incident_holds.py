@@ -1,7 +1,8 @@
 """Incident and dispatch over a real broker and PostgreSQL (on every broker): a burst of fault tickets
 declares an incident, its links reach dispatch and hold the work orders once each (even when the tickets
 are published twice), a link that overtakes the ticket's acceptance is applied when the work order opens,
-and the incident's resolution resolves each held work order with its own Resolved event."""
+and the incident's resolution resolves each held work order with its own Resolved event (dispatch's timers
+apply it in chunks)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.integration.conftest import eventually
 from tsop_dispatch.commands import DispatchApp, work_order_id
 from tsop_dispatch.domain import WorkOrder
 from tsop_dispatch.policies import IncidentHolds, OpenWorkOrders
+from tsop_dispatch.views import timers as dispatch_timers
 from tsop_dispatch.wire import WIRE as dispatch_wire
 from tsop_events.envelope import stable_event_id, wrap
 from tsop_events.runtime import Runtime
@@ -63,8 +65,9 @@ async def test_links_hold_work_orders_once_and_the_resolution_resolves_each(sett
         mapper=incident_wire,
         sinks=[lambda rt: OpenTickets(rt.pool), Correlate.of],
     )
+    # dispatch's timers resolve a resolved incident's held work orders (in chunks, views.resolve_held)
     dispatch = Runtime(settings, app_factory=DispatchApp, mapper=dispatch_wire,
-                       sinks=[OpenWorkOrders.of, IncidentHolds.of])
+                       sinks=[OpenWorkOrders.of, IncidentHolds.of], tasks=[lambda rt: dispatch_timers(rt, 0.2)])
     region = "south"
     burst = [str(uuid.uuid4()) for _ in range(3)]
     early = str(uuid.uuid4())  # linked before its acceptance reaches dispatch

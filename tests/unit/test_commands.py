@@ -213,3 +213,31 @@ def test_commands_through_the_group_commit_keep_snapshotting() -> None:
     snapshots = list(store.snapshots.get(case.id))
     assert [s.originator_version for s in snapshots] == [2]
     assert store.repository.get(case.id).score == 2
+
+
+def test_prefetch_learns_in_one_go_which_aggregates_are_absent_and_an_added_one_is_found() -> None:
+    store = EventStoreApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    kept = Case(ticket_id="t1")
+    store.save(kept)
+    uow = UnitOfWork(store)
+    missing, other = uuid4(), uuid4()
+    asked: list[set[UUID]] = []
+    real = store.existing
+
+    def existing(ids: object) -> set[UUID]:
+        asked.append(set(ids))  # type: ignore[call-overload]
+        return real(asked[-1])
+
+    store.existing = existing  # type: ignore[method-assign]
+    uow.prefetch([kept.id, missing, other])
+    assert asked == [{kept.id, missing, other}]
+    store.find = lambda _id: pytest.fail("an absent aggregate was looked up again")  # type: ignore[method-assign]
+    assert uow.get(missing) is None and uow.find(Case, other) is None
+    store.find = EventStoreApp.find.__get__(store)  # type: ignore[method-assign]
+    assert uow.find(Case, kept.id) is not None  # it exists: loaded as usual
+    uow.prefetch([missing, kept.id])
+    assert len(asked) == 1  # nothing new to ask
+    again = Case(ticket_id="t2")
+    again._id = missing  # type: ignore[attr-defined]
+    uow.add(again)
+    assert uow.get(missing) is again  # created within the unit: no longer absent

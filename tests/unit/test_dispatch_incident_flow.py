@@ -10,10 +10,11 @@ from uuid import uuid4
 import pytest
 from eventsourcing.persistence import IntegrityError, Tracking
 
+from tests.dispatch_sync import SyncDispatch
 from tests.unit.test_dispatch_reopen import FAULT, NOW, Feed, accepted, new_app, reopened
 from tsop_dispatch.commands import work_order_id
 from tsop_dispatch.domain import WorkOrder
-from tsop_dispatch.policies import IncidentHolds, OpenWorkOrders, hold_id
+from tsop_dispatch.policies import IncidentHolds, OpenWorkOrders, hold_id, record_id, resolve_chunk
 from tsop_events import schemas as wire
 from tsop_events.commands import UnitOfWork
 from tsop_events.consumer import Incoming
@@ -30,19 +31,26 @@ class Incidents:
     """Hands incident events to dispatch's incident-holds sink; ``replay`` consumes them all again from the start
     under a new broker epoch (a new tracking name), as after the embedded broker restarted empty."""
 
-    def __init__(self, holds: IncidentHolds) -> None:
+    def __init__(self, holds: IncidentHolds, app: SyncDispatch | None = None) -> None:
         self.holds, self.log, self.epoch = holds, list[IncidentEvent](), 0
+        self.app = app  # its timer resolves the work orders a resolved incident holds (views.resolve_held)
 
     def __call__(self, ev: IncidentEvent) -> None:
         self.log.append(ev)
         n = len(self.log)
         self.holds._process(f"h|{self.epoch}|incidents|0", [incoming(ev, ev.incident_id, n)], n)
+        self.settle()
+
+    def settle(self) -> None:
+        if self.app is not None:
+            self.app.resolve_held()
 
     def replay(self, in_one_batch: bool = False) -> None:
         self.epoch += 1
         records = [incoming(ev, ev.incident_id, n) for n, ev in enumerate(self.log, 1)]
         for chunk in [records] if in_one_batch else [[r] for r in records]:
             self.holds._process(f"h|{self.epoch}|incidents|0", chunk, chunk[-1].offset)
+        self.settle()
 
 
 def linked(ticket: str, at: datetime = NOW, incident: str = "inc1") -> wire.IncidentTicketLinked:
@@ -66,7 +74,7 @@ def kinds(app: object, wo_id: object) -> list[str]:
 def test_a_work_order_resolved_by_its_incident_and_reopened_is_dispatched_again_and_starves_nobody() -> None:
     app, clock = new_app()
     app.register_technician(uuid4(), "A", [FAULT], ["north"], 3)
-    feed, inc = Feed(app), Incidents(IncidentHolds(app.app))
+    feed, inc = Feed(app), Incidents(IncidentHolds(app.app), app)
     feed(accepted("t1"))
     inc(linked("t1"))
     wo_id = work_order_id("t1")
@@ -86,7 +94,7 @@ def test_a_work_order_resolved_by_its_incident_and_reopened_is_dispatched_again_
 
 def test_a_reopened_work_order_left_waiting_is_assigned_by_the_next_drain() -> None:
     app, _ = new_app()
-    feed, inc = Feed(app), Incidents(IncidentHolds(app.app))
+    feed, inc = Feed(app), Incidents(IncidentHolds(app.app), app)
     feed(accepted("t1"))  # nobody to send yet
     inc(linked("t1"))
     inc(resolved(NOW))
@@ -100,7 +108,7 @@ def test_a_reopened_work_order_left_waiting_is_assigned_by_the_next_drain() -> N
 def test_a_replayed_link_does_not_hold_again_an_order_whose_hold_was_lifted() -> None:
     app, _ = new_app()
     app.register_technician(uuid4(), "A", [FAULT], ["north"], 3)
-    feed, inc = Feed(app), Incidents(IncidentHolds(app.app))
+    feed, inc = Feed(app), Incidents(IncidentHolds(app.app), app)
     feed(accepted("t1"))
     feed(accepted("t2"))
     inc(linked("t1"))
@@ -119,7 +127,7 @@ def test_a_replayed_link_does_not_hold_again_an_order_whose_hold_was_lifted() ->
 def test_a_replay_in_one_batch_does_not_resolve_a_reopened_order_again() -> None:
     app, _ = new_app()
     app.register_technician(uuid4(), "A", [FAULT], ["north"], 3)
-    feed, inc = Feed(app), Incidents(IncidentHolds(app.app))
+    feed, inc = Feed(app), Incidents(IncidentHolds(app.app), app)
     feed(accepted("t1"))
     inc(linked("t1"))
     inc(resolved(NOW))
@@ -132,7 +140,7 @@ def test_a_replay_in_one_batch_does_not_resolve_a_reopened_order_again() -> None
 
 def test_a_ticket_linked_again_after_an_unlink_is_held_again() -> None:
     app, _ = new_app()
-    feed, inc = Feed(app), Incidents(IncidentHolds(app.app))
+    feed, inc = Feed(app), Incidents(IncidentHolds(app.app), app)
     feed(accepted("t1"))
     inc(linked("t1"))
     inc(unlinked("t1", NOW + timedelta(minutes=1)))
@@ -168,3 +176,63 @@ def test_a_link_racing_the_opening_conflicts_and_the_retry_applies_the_hold() ->
     app.app.save_tracked(u3.aggregates(), Tracking("orders|e|tickets|0", 2))
     holds._process("holds|e|incidents|0", [incoming(linked("t2"), "inc1", 2)], 2)
     assert app.load(work_order_id("t2")).held_by == "inc1"
+
+
+def test_a_replay_after_an_upgrade_with_no_incident_records_applies_nothing_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dispatch before IncidentRecord existed applied these events; after the upgrade the records are empty and the
+    topic is consumed again from the start: the work orders' own history must refuse what they applied already."""
+    app, _ = new_app()
+    app.register_technician(uuid4(), "A", [FAULT], ["north"], 3)
+    feed, inc = Feed(app), Incidents(IncidentHolds(app.app), app)
+    feed(accepted("t1"))
+    feed(accepted("t2"))
+    inc(linked("t1"))
+    inc(linked("t2"))
+    inc(unlinked("t2", NOW + timedelta(minutes=1)))
+    inc(linked("t2", NOW + timedelta(minutes=2), incident="inc2"))
+    inc(resolved(NOW + timedelta(minutes=3)))
+    w1, w2 = work_order_id("t1"), work_order_id("t2")
+    feed(reopened("t1", at=NOW + timedelta(minutes=4)))
+    before1, before2 = kinds(app, w1), kinds(app, w2)
+    # as if no record had been kept: every incident's record starts empty under the replay
+    monkeypatch.setattr("tsop_dispatch.policies.record_id", lambda incident_id: uuid4())
+    inc.replay()
+    assert kinds(app, w1) == before1  # neither held again nor resolved again with the old resolution
+    assert kinds(app, w2) == before2  # still held by inc2 only, no false pause or release
+    assert app.load(w1).status == "assigned" and app.load(w1).held_by is None
+    assert app.load(w2).held_by == "inc2"
+
+
+def test_a_resolution_is_applied_in_chunks_resumes_after_a_crash_and_resolves_each_work_order_once() -> None:
+    app, _ = new_app()
+    feed, inc = Feed(app), Incidents(IncidentHolds(app.app))  # no timer: the resolution waits for resolve_held
+    tickets = [f"t{i}" for i in range(5)]
+    for t in tickets:
+        feed(accepted(t))
+        inc(linked(t))
+    inc(linked("early"))  # linked before its work order opened: an early hold
+    inc(resolved(NOW + timedelta(minutes=1)))
+    assert all(app.load(work_order_id(t)).status == "waiting" for t in tickets)  # nothing resolved in the consumer
+    # one chunk of two, then the process dies (the next round starts from what is still held)
+    app.app.board.refresh()
+    held, _ = app.app.board.held_by("inc1")
+    uow = UnitOfWork(app.app)
+    assert resolve_chunk(uow, "inc1", held[:2], [], NOW) == 2
+    app.app.save(*uow.aggregates())
+    assert app.resolve_held(2) == 3  # the rest, two at a time, after the "restart"
+    events = [e for t in tickets for e in app.app.repository.event_store.get(work_order_id(t))]
+    resolved_events = [e for e in events if isinstance(e, WorkOrder.Resolved)]
+    assert len(resolved_events) == 5 and {e.summary for e in resolved_events} == {"fibre spliced"}
+    assert {e.resolved_at for e in resolved_events} == {NOW + timedelta(minutes=1)}  # the incident's time
+    record = app.app.repository.get(record_id("inc1"))
+    assert record.done and record.count == 5
+    assert app.app.repository.get(hold_id("early")).resolution is not None  # applied when it opens
+    assert app.resolve_held() == 0
+    inc.replay()
+    assert app.resolve_held() == 0
+    feed(accepted("early"))
+    assert app.load(work_order_id("early")).status == "resolved"
+    assert sum(isinstance(e, WorkOrder.Resolved) for t in tickets
+               for e in app.app.repository.event_store.get(work_order_id(t))) == 5

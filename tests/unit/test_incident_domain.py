@@ -305,3 +305,20 @@ def test_the_board_takes_a_held_work_order_out_of_the_queue_and_puts_it_back_whe
     app.save(wo)
     app.drain_queue()
     assert app.load(held).technician_id is not None and app.board.held_by("inc-1") == ([], [])
+
+
+def test_an_incident_with_escalated_steps_is_snapshotted_and_loads_the_same_from_its_snapshot() -> None:
+    """Its state holds a set (the escalated steps): without a transcoding every snapshot failed, and each attempt
+    replayed the whole incident first (the O(n²) of linking 100,000 tickets)."""
+    s, clock = sync_app()
+    d = commands.Declaration("Outage", "II", "outage", [FAULT], ["south"], 100, ["t1", "t2"])
+    iid = uuid4()
+    run(s.app, lambda uow: commands.declare_in(uow, s.app, iid, d, "im"))
+    clock.advance(timedelta(hours=2))
+    assert s.escalate_overdue() == 3
+    before = s.app.repository.get(iid)
+    s.app.take_snapshot(iid)
+    assert s.app.snapshots is not None and list(s.app.snapshots.get(iid))
+    after = s.app.repository.get(iid)  # from the snapshot
+    assert after.escalated == before.escalated == {"assemble", "customer_notice", "diagnose"}
+    assert after.linked == before.linked and after.steps == before.steps and after.plan == before.plan

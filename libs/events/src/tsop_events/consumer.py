@@ -174,6 +174,10 @@ class EventStoreSink(Sink):
     def before_batch(self) -> None:
         """Hook run once before a batch is decided (e.g. refreshing an in-memory view)."""
 
+    def prefetch(self, uow: UnitOfWork, records: Sequence[Incoming]) -> None:
+        """Hook run once a batch is known, before it is decided: e.g. ``uow.prefetch`` of the aggregates its
+        records will look up, so those never created cost no round trip each."""
+
     def _tracking_name(self, epoch: str, topic: str, partition: int) -> str:
         return f"{self.name}|{epoch}|{topic}|{partition}"
 
@@ -192,9 +196,10 @@ class EventStoreSink(Sink):
             return
         uow = UnitOfWork(self.app)
         self.before_batch()
-        for rec in records:
-            if done is None or rec.offset > done:
-                self.react(uow, rec)
+        todo = [rec for rec in records if done is None or rec.offset > done]
+        self.prefetch(uow, todo)
+        for rec in todo:
+            self.react(uow, rec)
         try:
             self.app.save_tracked(uow.aggregates(), Tracking(tracking_name, last_offset))
         except IntegrityError:

@@ -22,7 +22,9 @@ from uuid import UUID
 import asyncpg
 from eventsourcing.application import AggregateNotFoundError, Application, LRUCache, ProcessingEvent
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, Mapper, ProcessRecorder, Tracking
+from eventsourcing.persistence import IntegrityError, Mapper, ProcessRecorder, StoredEvent, Tracking
+from eventsourcing.postgres import PostgresAggregateRecorder
+from psycopg.sql import SQL, Identifier
 
 from tsop_events.personal import Keyring, PersonalFields, SealingMapper, keyring_of
 from tsop_events.settings import ServiceSettings
@@ -148,6 +150,47 @@ class EventStoreApp(Application[UUID]):
 
     def exists(self, aggregate_id: UUID) -> bool:
         return bool(self.recorder.select_events(aggregate_id, limit=1))
+
+    def existing(self, aggregate_ids: Iterable[UUID]) -> set[UUID]:
+        """Which of ``aggregate_ids`` were created: one query on PostgreSQL (one per id on other stores)."""
+        ids = list(aggregate_ids)
+        recorder = self.recorder
+        if isinstance(recorder, PostgresAggregateRecorder) and ids:
+            query = SQL("SELECT DISTINCT originator_id FROM {schema}.{table} WHERE originator_id = ANY(%s)").format(
+                schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
+            with recorder.datastore.transaction(commit=False) as curs:
+                curs.execute(query, (ids,))
+                return {UUID(str(row["originator_id"])) for row in curs.fetchall()}
+        return {i for i in ids if self.exists(i)}
+
+    def find_many(self, aggregate_ids: Iterable[UUID]) -> dict[UUID, Any]:
+        """The aggregates of ``aggregate_ids`` that exist, by id: on PostgreSQL in one query (every event of them,
+        replayed; snapshots are only a shortcut, so a full replay is always right), else one by one."""
+        ids = list(dict.fromkeys(aggregate_ids))
+        recorder = self.recorder
+        if not isinstance(recorder, PostgresAggregateRecorder) or not ids:
+            found = {i: self.find(i) for i in ids}
+            return {i: a for i, a in found.items() if a is not None}
+        query = SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
+            "WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
+        ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
+        with recorder.datastore.transaction(commit=False) as curs:
+            curs.execute(query, (ids,))
+            rows = curs.fetchall()
+        out: dict[UUID, Any] = {}
+        stored_events = [
+            StoredEvent(originator_id=row["originator_id"], originator_version=row["originator_version"],
+                        topic=row["topic"], state=bytes(row["state"]))
+            for row in rows
+        ]
+        if isinstance(self.mapper, SealingMapper):
+            self.mapper.prefetch(stored_events)  # the data keys of them all in one round trip, not one each
+        for row, stored in zip(rows, stored_events, strict=True):
+            e = self.mapper.to_domain_event(stored)
+            oid = UUID(str(row["originator_id"]))
+            out[oid] = e.mutate(out.get(oid))  # type: ignore[attr-defined]
+        return out
 
     def load(self, aggregate_id: UUID) -> Any:
         return self.repository.get(aggregate_id)

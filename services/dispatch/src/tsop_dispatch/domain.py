@@ -364,51 +364,104 @@ class IncidentHold(Aggregate):
 
 class IncidentRecord(Aggregate):
     """What dispatch applied of one incident's events. The incidents topic is consumed again from the start after
-    a broker change, so a replayed link, unlink or resolution must change nothing: per ticket the latest link or
-    unlink applied (by its time) is kept, and once the incident is resolved nothing of it applies any more."""
+    a broker change, so a replayed link, unlink or resolution must change nothing.
+
+    Per ticket only the unlinks are kept (by time): a link older than the ticket's latest unlink is stale, and a
+    replayed unlink is refused. Links are not recorded (an incident may link 100,000 tickets): a replayed link is
+    refused by the work order itself (``WorkOrder.hold`` knows each incident's latest hold, release and resolution
+    it applied). Once the incident is resolved nothing of it applies any more.
+
+    The resolution is applied in chunks, each its own transaction, after the record is closed with it
+    (``Resolving``): the work orders still held are the durable cursor (each resolved one leaves the set), every
+    chunk touches this record (``Advanced``, so two instances never resolve the same chunk at once) and the last
+    one records ``Finished``. A crash in between resumes with the work orders still held."""
 
     class Started(Aggregate.Created):
         incident_id: str
 
     class Applied(Aggregate.Event):
         ticket_id: str
-        kind: str  # linked | unlinked
+        kind: str  # linked | unlinked (records written before only unlinks were kept also hold links)
         at: datetime
 
     class Closed(Aggregate.Event):
+        """The resolution, applied in the same transaction (records written before the chunked resolution)."""
+
+        at: datetime
+
+    class Resolving(Aggregate.Event):
+        at: datetime
+        resolution: dict[str, str | None]
+
+    class Advanced(Aggregate.Event):
+        resolved: int
+        at: datetime
+
+    class Finished(Aggregate.Event):
+        resolved: int
         at: datetime
 
     @event(Started)
     def __init__(self, id: UUID, incident_id: str) -> None:  # noqa: A002
         self.incident_id = incident_id
         self.resolved = False
+        self.done = False  # every held work order resolved (and every early hold given the resolution)
+        self.resolution: dict[str, str | None] | None = None
+        self.resolved_at: datetime | None = None
+        self.count = 0  # work orders resolved by the chunks so far
         self.latest: dict[str, tuple[datetime, str]] = {}
 
     def note(self, ticket_id: str, kind: str, at: datetime) -> bool:
-        """A link or unlink of ``ticket_id``: True if it is news (to apply), False if replayed or superseded."""
+        """A link or unlink of ``ticket_id``: True if it may be news (to apply), False if replayed or stale."""
         if self.resolved:
             return False
         last = self.latest.get(ticket_id)
         if last is not None and (at < last[0] or (at == last[0] and kind == last[1])):
             return False
-        self._applied(ticket_id=ticket_id, kind=kind, at=at)
+        if kind == "unlinked":
+            self._applied(ticket_id=ticket_id, kind=kind, at=at)
         return True
 
     @event(Applied)
     def _applied(self, ticket_id: str, kind: str, at: datetime) -> None:
         self.latest[ticket_id] = (at, kind)
 
-    def close(self, at: datetime) -> bool:
-        """The incident was resolved: True the first time (apply it), False for a replay."""
+    def close(self, at: datetime, resolution: dict[str, str | None]) -> bool:
+        """The incident was resolved: True the first time (its held work orders are to be resolved), False for a
+        replay."""
         if self.resolved:
             return False
-        self._closed(at=at)
+        self._resolving(at=at, resolution=resolution)
         return True
 
     @event(Closed)
     def _closed(self, at: datetime) -> None:
-        self.resolved = True
+        self.resolved = self.done = True
         self.latest = {}
+
+    @event(Resolving)
+    def _resolving(self, at: datetime, resolution: dict[str, str | None]) -> None:
+        self.resolved = True
+        self.resolution, self.resolved_at = resolution, at
+        self.latest = {}
+
+    def advance(self, resolved: int, at: datetime) -> None:
+        """A chunk of the held work orders was resolved."""
+        self._advanced(resolved=resolved, at=at)
+
+    @event(Advanced)
+    def _advanced(self, resolved: int, at: datetime) -> None:
+        self.count += resolved
+
+    def finish(self, at: datetime) -> bool:
+        if not self.resolved or self.done:
+            return False
+        self._finished(resolved=self.count, at=at)
+        return True
+
+    @event(Finished)
+    def _finished(self, resolved: int, at: datetime) -> None:
+        self.done = True
 
 
 class SlaPolicy(Aggregate):
@@ -611,6 +664,10 @@ class WorkOrder(Aggregate):
         self.targets = targets
         self.facts: list[Fact] = [Fact(opened_at, "opened", {"targets": targets})] if targets else []
         self.held_by: str | None = None  # the incident holding it (§5.3): clocks paused, nobody sent to it
+        # per incident, the latest hold, release or resolution this work order applied (time, kind): rebuilt from
+        # its own events, so a replay of the incidents topic is refused even where dispatch's IncidentRecord is
+        # empty (a store written before the records existed)
+        self.by_incident: dict[str, tuple[datetime, str]] = {}
 
     # --- assignment -------------------------------------------------------------------------------
 
@@ -824,18 +881,39 @@ class WorkOrder(Aggregate):
         """
         if self.status in ("resolved", "withdrawn") or self.held_by == incident_id:
             return False
+        if not self._news(incident_id, at):
+            return False  # a replay: this incident's hold, release or resolution applied already
         self._held(ticket_id=self.ticket_id, incident_id=incident_id, held_at=at)
         return True
 
     @event(Held)
     def _held(self, ticket_id: str, incident_id: str, held_at: datetime) -> None:
         self.held_by = incident_id
+        self._mark(incident_id, held_at, "held")
         self.facts.append(Fact(held_at, "paused", {"kind": "held", "reason": f"incident {incident_id}"}))
+
+    def _news(self, incident_id: str, at: datetime, lifting: bool = False) -> bool:
+        """Whether a hold (or release, ``lifting``) by ``incident_id`` at ``at`` is new to this work order: never
+        after its resolution by that incident, nor as old as the latest release by it. A release is not compared
+        with the hold's time (an early hold is stamped with dispatch's opening time, later than the link)."""
+        last = getattr(self, "by_incident", {}).get(incident_id)
+        if last is None:
+            return True
+        if last[1] == "resolved":
+            return False
+        return at > last[0] if (last[1] == "unlinked" or not lifting) else True
+
+    def _mark(self, incident_id: str, at: datetime, kind: str) -> None:
+        if not hasattr(self, "by_incident"):
+            self.by_incident = {}
+        self.by_incident[incident_id] = (at, kind)
 
     def lift_hold(self, incident_id: str, reason: str, at: datetime) -> bool:
         """Unlinked (it proved unrelated): back to normal dispatch, the clocks running again
         (unless the technician had paused the work before)."""
         if self.held_by != incident_id or self.status in ("resolved", "withdrawn"):
+            return False
+        if not self._news(incident_id, at, lifting=True):
             return False
         self._hold_lifted(
             ticket_id=self.ticket_id, incident_id=incident_id, reason=reason,
@@ -848,6 +926,7 @@ class WorkOrder(Aggregate):
         self, ticket_id: str, incident_id: str, reason: str, resume_clock: bool, lifted_at: datetime
     ) -> None:
         self.held_by = None
+        self._mark(incident_id, lifted_at, "unlinked")
         if resume_clock:
             self.facts.append(Fact(lifted_at, "resumed"))
 
@@ -909,6 +988,8 @@ class WorkOrder(Aggregate):
         resolved_at: datetime,
     ) -> None:
         self.status = "resolved"
+        if self.held_by is not None:  # resolved while held: that incident's later events never apply again
+            self._mark(self.held_by, resolved_at, "resolved")
         self.held_by = None  # a resolution ends any hold: a reopening starts unheld and goes to the queue
         self.facts.append(Fact(resolved_at, "resolved"))
 

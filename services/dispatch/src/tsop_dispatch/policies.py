@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import ClassVar
@@ -121,10 +122,11 @@ class IncidentHolds(EventStoreSink):
     """Dispatch as a consumer of the incidents topic (§5.3).
 
     TicketLinked holds the ticket's work order (SLA clocks paused, taken out of the queue); TicketUnlinked
-    lifts the hold (back in the queue, clocks running); IncidentResolved resolves every work order the
-    incident holds with the incident's resolution, each with its own Resolved event (the rating loop runs
-    per customer). A link that arrives before the ticket's work order is kept (IncidentHold) and applied
-    when the work order opens.
+    lifts the hold (back in the queue, clocks running); IncidentResolved closes the incident's record with its
+    resolution, and ``views.resolve_held`` resolves every work order the incident holds with it, in chunks, each
+    with its own Resolved event (the rating loop runs per customer). A link that arrives before the ticket's work
+    order is kept (IncidentHold) and applied when the work order opens. A batch loads its work orders and early
+    holds in one query.
     """
 
     name: ClassVar[str] = "dispatch-incident-holds"
@@ -145,8 +147,11 @@ class IncidentHolds(EventStoreSink):
     def of(cls, svc: Service[DispatchApp]) -> IncidentHolds:
         return cls(svc.app)
 
-    def before_batch(self) -> None:
-        self.dispatch.board.refresh()
+    def prefetch(self, uow: UnitOfWork, records: Sequence[Incoming]) -> None:
+        tickets = [r.event.ticket_id for r in records
+                   if isinstance(r.event, wire.IncidentTicketLinked | wire.IncidentTicketUnlinked)]
+        uow.preload([*(work_order_id(t) for t in tickets), *(hold_id(t) for t in tickets),
+                     *{record_id(r.event.incident_id) for r in records if isinstance(r.event, wire.IncidentEvent)}])
 
     def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
         ev = incoming.event
@@ -172,8 +177,9 @@ class IncidentHolds(EventStoreSink):
             early = uow.find(IncidentHold, hold_id(ev.ticket_id))
             if early is not None and early.incident_id == ev.incident_id:
                 early.change(None)
-        elif record.close(ev.resolved_at):  # a replayed resolution changes nothing (a reopened ticket stays open)
-            self.resolve_all(uow, ev)
+        else:  # a replayed resolution changes nothing (a reopened ticket stays open)
+            record.close(ev.resolved_at, {"resolution_code": ev.resolution_code, "summary": ev.summary,
+                                          "advice": ev.advice})
 
     def _early(self, uow: UnitOfWork, ticket_id: str) -> IncidentHold:
         early = uow.find(IncidentHold, hold_id(ticket_id))
@@ -182,23 +188,32 @@ class IncidentHolds(EventStoreSink):
             uow.add(early)
         return early
 
-    def resolve_all(self, uow: UnitOfWork, ev: wire.IncidentResolved) -> None:
-        held, pending = self.dispatch.board.held_by(ev.incident_id)
-        # and those held in this very batch, not yet in the board
-        ids = set(held) | {a.id for a in uow.aggregates() if isinstance(a, WorkOrder) and a.held_by == ev.incident_id}
-        for wo_id in sorted(ids):
-            wo = get(uow, WorkOrder, wo_id, "work order")
-            holder = get(uow, Technician, UUID(wo.technician_id), "technician") if wo.technician_id else None
-            resources = [get(uow, Resource, UUID(r), "resource") for r in wo.resources] if holder else []
-            wo.resolve_with_incident(ev.incident_id, ev.resolution_code, ev.summary, ev.advice, ev.resolved_at,
-                                     holder, resources)
-        resolution: dict[str, str | None] = {
-            "resolution_code": ev.resolution_code, "summary": ev.summary, "advice": ev.advice
-        }
-        early_ids = set(pending) | {
-            a.id for a in uow.aggregates() if isinstance(a, IncidentHold) and a.incident_id == ev.incident_id
-        }
-        for hid in sorted(early_ids):
-            early = uow.find(IncidentHold, hid)
-            if early is not None and early.incident_id == ev.incident_id:
-                early.change(ev.incident_id, resolution)
+
+def resolve_chunk(uow: UnitOfWork, incident_id: str, work_orders: list[UUID], early_holds: list[UUID],
+                  now: datetime) -> int | None:
+    """One chunk of an incident's resolution (§5.4), in one transaction: each of ``work_orders`` still held by the
+    incident resolved with its resolution, each of ``early_holds`` given it; the record advanced (or finished,
+    when nothing is left). How many were resolved; None when there is nothing to do (finished, or not closed)."""
+    record = uow.find(IncidentRecord, record_id(incident_id))
+    if record is None or not record.resolved or record.done or record.resolution is None:
+        return None
+    if not work_orders and not early_holds:
+        record.finish(now)
+        return 0
+    r, at = record.resolution, record.resolved_at or now  # each resolved at the incident's resolution time
+    uow.preload([*work_orders, *early_holds])
+    n = 0
+    for wo_id in work_orders:
+        wo = uow.find(WorkOrder, wo_id)
+        if wo is None:
+            continue
+        holder = get(uow, Technician, UUID(wo.technician_id), "technician") if wo.technician_id else None
+        resources = [get(uow, Resource, UUID(x), "resource") for x in wo.resources] if holder else []
+        n += wo.resolve_with_incident(incident_id, r["resolution_code"] or "", r["summary"] or "", r["advice"],
+                                      at, holder, resources)
+    for hid in early_holds:
+        early = uow.find(IncidentHold, hid)
+        if early is not None and early.incident_id == incident_id and early.resolution is None:
+            early.change(incident_id, r)
+    record.advance(n, now)
+    return n

@@ -24,6 +24,7 @@ from tsop_dispatch.domain import (
     Decision,
     DispatchError,
     IncidentHold,
+    IncidentRecord,
     Job,
     PeakMode,
     Resource,
@@ -101,6 +102,8 @@ class Board(LogFollower):
         self.holds: dict[UUID, str] = {}  # work order → the incident holding it
         self.by_incident: dict[str, set[UUID]] = {}  # incident → the work orders it holds
         self.pending_holds: dict[str, set[UUID]] = {}  # incident → IncidentHold records of unopened work orders
+        self.records: dict[UUID, str] = {}  # IncidentRecord → its incident
+        self.resolving: set[str] = set()  # incidents resolved whose held work orders are not all resolved yet
 
     def apply(self, event: object) -> None:
         if isinstance(event, WorkOrder.Event):
@@ -113,6 +116,12 @@ class Board(LogFollower):
             self.peak = event.on
         elif isinstance(event, SlaPolicy.Adopted):
             self.policy = Policy.from_dict(event.policy)
+        elif isinstance(event, IncidentRecord.Started):
+            self.records[event.originator_id] = event.incident_id
+        elif isinstance(event, IncidentRecord.Resolving):
+            self.resolving.add(self.records.get(event.originator_id, ""))
+        elif isinstance(event, IncidentRecord.Finished):
+            self.resolving.discard(self.records.get(event.originator_id, ""))
         elif isinstance(event, IncidentHold.Changed | IncidentHold.Taken):
             for held in self.pending_holds.values():
                 held.discard(event.originator_id)
@@ -446,9 +455,49 @@ async def auto_peak(svc: Service[DispatchApp]) -> bool | None:
     return None
 
 
+RESOLVE_CHUNK = 1000  # work orders an incident's resolution resolves in one transaction
+
+
+async def resolve_held(svc: Service[DispatchApp], chunk: int = RESOLVE_CHUNK) -> int:
+    """Resolve the work orders held by resolved incidents, ``chunk`` at a time, each chunk its own transaction
+    (``policies.resolve_chunk``); the record is finished once none is left. The held set is the durable cursor:
+    after a crash the next round goes on with what is still held. How many were resolved."""
+    from tsop_dispatch.policies import resolve_chunk  # policies import this module's neighbours, not the reverse
+
+    app = svc.app
+    board = app.board
+    await asyncio.to_thread(board.refresh)
+    with board.lock:
+        incidents = sorted(i for i in board.resolving if i)
+    total = 0
+    for incident_id in incidents:
+        while True:
+            held, pending = board.held_by(incident_id)
+            work_orders = held[:chunk]
+            early = pending[: max(0, chunk - len(work_orders))]
+
+            def decide(uow: UnitOfWork, i: str = incident_id, w: list[UUID] = work_orders,
+                       e: list[UUID] = early) -> int | None:
+                return resolve_chunk(uow, i, w, e, app.clock.now())
+
+            try:
+                n = await svc.commands.run(decide)
+            except IntegrityError:
+                break  # another instance resolved this chunk meanwhile: the next round decides again
+            await asyncio.to_thread(board.refresh)
+            if n is None or (not work_orders and not early):
+                break  # finished (or nothing to do)
+            if n == 0 and not early:
+                log.warning("incident %s: %d held work orders could not be resolved", incident_id, len(work_orders))
+                break
+            total += n
+    return total
+
+
 async def tick(svc: Service[DispatchApp]) -> dict[str, int]:
     """One round of every timer dispatch keeps in its event store."""
     out = {
+        "resolved_by_incidents": await resolve_held(svc),
         "assigned": await drain_queue(svc),
         "expired": await expire_acceptances(svc),
         "crossed": await check_clocks(svc),

@@ -887,13 +887,15 @@ class Templates:
                 bad = [s for s in COMPLAINT_STEPS if s in steps and not isinstance(steps[s], str)]
                 if bad:
                     raise ValueError(f"{source}: {kind}.{lang}.{bad[0]}: must be a text")
-                table[kind][str(lang)] = {s: steps[s] for s in STEPS} | {
+                # the required steps, the complaint steps (a plain text where a file has none), and any other
+                # step's text (the incident notices': tsop_feedback.incidents)
+                table[kind][str(lang)] = {str(s): t for s, t in steps.items() if isinstance(t, str)} | {
                     s: steps.get(s, plain) for s, plain in _plain_complaint_texts().items()}
         return cls(table)
 
     def render(self, kind: str, language: str, step: str, values: dict[str, str | None]) -> str:
         texts = self.table.get(kind) or self.table["app"]
-        text = (texts.get(language) or texts["en"])[step]
+        text = (texts.get(language) or texts["en"]).get(step) or texts["en"].get(step) or f"{{ticket_id}}: {step}"
         return text.format_map(_Blank({k: v or "" for k, v in values.items()}))
 
 

@@ -16,6 +16,7 @@ from tsop_feedback.api import channels_router, router, stats_router
 from tsop_feedback.commands import FeedbackApp
 from tsop_feedback.complaints import main as complaints
 from tsop_feedback.domain import FeedbackPolicy, Templates
+from tsop_feedback.incidents import main as incidents
 from tsop_feedback.policies import FollowChannels, FollowTickets
 from tsop_feedback.views import (
     channel_tokens,
@@ -72,7 +73,7 @@ def bootstrap(settings: FeedbackSettings | None = None) -> FeedbackService:
         s,
         app_factory=make_app,
         mapper=complaints.mapper(WIRE),
-        sinks=[FollowTickets.of, FollowChannels.of, *complaints.SINKS],
+        sinks=[FollowTickets.of, FollowChannels.of, *complaints.SINKS, *incidents.SINKS],
         tasks=[webhooks, notifications, rating_windows, follow_channels, *complaints.TASKS],
         token_resolvers=[channel_tokens],
         ddl=list(complaints.DDL),

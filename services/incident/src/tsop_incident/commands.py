@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
 
+from eventsourcing.persistence import JSONTranscoder, Transcoding
+
 from tsop_events.clock import Clock, SystemClock
 from tsop_events.commands import Idempotency, UnitOfWork
 from tsop_events.envelope import derived_id
@@ -31,7 +33,7 @@ from tsop_incident.domain import (
 )
 from tsop_incident.projection import customers_of, open_tickets_in
 
-LINK_BATCH = 500  # tickets linked in one save by the sweep
+LINK_BATCH = 2000  # tickets linked in one save (one transaction) by the sweep
 
 
 def watch_id(region: str, service_type: str) -> UUID:
@@ -42,10 +44,31 @@ def link_id(ticket_id: str) -> UUID:
     return derived_id("incident-link", ticket_id)
 
 
-class IncidentApp(EventStoreApp):
-    """Incident's event store, its clock, correlation rules, emergency plans and board."""
+class SetAsList(Transcoding):
+    """A set in an aggregate's state (an incident's escalated steps), for its snapshots."""
 
-    snapshotting_intervals = {Incident: 200, Watch: 200}
+    type = set
+    name = "set"
+
+    def encode(self, obj: set[Any]) -> list[Any]:
+        return sorted(obj)
+
+    def decode(self, data: list[Any]) -> set[Any]:
+        return set(data)
+
+
+class IncidentApp(EventStoreApp):
+    """Incident's event store, its clock, correlation rules, emergency plans and board.
+
+    An incident with many tickets is snapshotted every 10,000 events: each snapshot encodes every linked ticket,
+    so a short interval would cost O(n²) while linking 100,000 tickets; loads between snapshots come from the
+    aggregate cache (brought up to date from the store) or replay at most that many events."""
+
+    snapshotting_intervals = {Incident: 10_000, Watch: 200}
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(SetAsList())
 
     def __init__(
         self,
@@ -131,6 +154,7 @@ def declare_in(
     uow.add(inc)
     for region, service_type in inc.scope():
         watch_of(uow, region, service_type).cover(inc.id)
+    uow.prefetch(link_id(t) for t in d.ticket_ids)  # most were never linked: one query, not one each
     for t in d.ticket_ids:
         link_in(uow, inc, t, by, app)
     return inc
@@ -237,6 +261,7 @@ async def link(svc: IncidentSvc, incident_id: UUID, ticket_ids: list[str], by: s
 
     def decide(uow: UnitOfWork) -> tuple[Incident, int]:
         inc = get_incident(uow, incident_id)
+        uow.prefetch(link_id(t) for t in ticket_ids)
         return inc, sum(link_in(uow, inc, t, by, svc.app) for t in ticket_ids)
 
     return await svc.commands.run(decide)
@@ -370,6 +395,7 @@ async def link_open_tickets(svc: IncidentSvc, incident_id: UUID) -> int:
             inc = get_incident(uow, incident_id)
             if not inc.open:
                 return 0
+            uow.prefetch(link_id(t) for t in chunk)  # most were never linked: one query, not one each
             n = 0
             for t in chunk:
                 tl = ticket_link(uow, t)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from tsop_events import schemas as wire
 from tsop_events.consumer import EventStoreSink, Incoming, UnitOfWork
+from tsop_events.envelope import derived_id
 from tsop_events.runtime import Service
-from tsop_incident.commands import IncidentApp, correlate
+from tsop_incident.commands import IncidentApp, correlate, link_id
 
 
 class Correlate(EventStoreSink):
@@ -28,6 +30,15 @@ class Correlate(EventStoreSink):
     @classmethod
     def of(cls, svc: Service[IncidentApp]) -> Correlate:
         return cls(svc.app)
+
+    def prefetch(self, uow: UnitOfWork, records: Sequence[Incoming]) -> None:
+        """Most tickets were never linked nor crossed a threshold: learn which in one query for the batch."""
+        ids = []
+        for rec in records:
+            ev = rec.event
+            if isinstance(ev, wire.RequestAccepted):
+                ids += [link_id(ev.ticket_id), derived_id("incident", ev.region, ev.service_type, ev.ticket_id)]
+        uow.prefetch(ids)
 
     def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
         ev = incoming.event

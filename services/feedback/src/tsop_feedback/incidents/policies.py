@@ -1,0 +1,123 @@
+"""``IncidentNotices``: feedback as a consumer of the incidents topic (§5.3).
+
+The customer of each linked ticket is told, through the ticket's channel (its callback, template kind and
+language, like every step notification): that the ticket is linked to the incident, that restoration is under
+way (the incident was acknowledged), that the service is restored, and that the ticket was unlinked (it is
+handled on its own again). The resolution itself reaches them as the ticket's own ``Resolved`` (dispatch resolves
+each held ticket), i.e. the "resolved" step: one notice per customer per change. Incident notices go whatever
+steps the channel subscribed to (like the result: a held ticket has no other steps to show).
+
+Idempotent: each notice's id follows from (incident, ticket, step[, the link's time]); a replayed link or unlink
+is refused by the ticket's ``TicketIncident``, a replayed status by the incident's ``IncidentBrief``, and nothing
+of an incident applies once it is resolved. A status notice fans out, in the same transaction as its tracking
+row, to the tickets linked at that point of the incident's stream (``LinkedTickets`` plus this batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import ClassVar
+
+from tsop_events import schemas as wire
+from tsop_events.consumer import EventStoreSink, Incoming, UnitOfWork
+from tsop_events.runtime import Service
+from tsop_events.topics import Topic
+from tsop_feedback.commands import FeedbackApp, access_id, case_id
+from tsop_feedback.domain import ChannelAccess, FeedbackCase, Notification, default_template
+from tsop_feedback.incidents.domain import IncidentBrief, TicketIncident, brief_id, notice_id, ticket_incident_id
+from tsop_feedback.incidents.views import LinkedTickets
+
+
+def when(at: datetime) -> str:
+    return at.isoformat(timespec="minutes")
+
+
+class IncidentNotices(EventStoreSink):
+    name: ClassVar[str] = "feedback-incident-notices"
+    topics: ClassVar[tuple[Topic, ...]] = (Topic.incidents,)
+    event_types: ClassVar[frozenset[str] | None] = frozenset({
+        wire.IncidentDeclared.event_type, wire.IncidentAcknowledged.event_type,
+        wire.IncidentTicketLinked.event_type, wire.IncidentTicketUnlinked.event_type,
+        wire.ServiceRestored.event_type, wire.IncidentResolved.event_type,
+    })
+
+    def __init__(self, app: FeedbackApp) -> None:
+        super().__init__(app)
+        self.feedback = app
+        self.linked = LinkedTickets(app)
+
+    @classmethod
+    def of(cls, svc: Service[FeedbackApp]) -> IncidentNotices:
+        return cls(svc.app)
+
+    def before_batch(self) -> None:
+        self.linked.refresh()
+
+    def prefetch(self, uow: UnitOfWork, records: Sequence[Incoming]) -> None:
+        """A batch of links: the tickets' records and cases in one query (most records do not exist yet)."""
+        tickets = [r.event.ticket_id for r in records
+                   if isinstance(r.event, wire.IncidentTicketLinked | wire.IncidentTicketUnlinked)]
+        uow.preload([*(ticket_incident_id(t) for t in tickets), *(case_id(t) for t in tickets),
+                     *{brief_id(r.event.incident_id) for r in records if isinstance(r.event, wire.IncidentEvent)}])
+
+    def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
+        ev = incoming.event
+        assert isinstance(ev, wire.IncidentEvent)
+        brief = uow.find(IncidentBrief, brief_id(ev.incident_id))
+        if brief is None:
+            title = ev.title if isinstance(ev, wire.IncidentDeclared) else ""
+            brief = IncidentBrief(id=brief_id(ev.incident_id), incident_id=ev.incident_id, title=title)
+            uow.add(brief)
+        if brief.resolved:
+            return  # a replay of a resolved incident: its customers were told, and its tickets are resolved
+        if isinstance(ev, wire.IncidentDeclared):
+            brief.retitle(ev.title)
+        elif isinstance(ev, wire.IncidentTicketLinked):
+            if self.ticket(uow, ev.ticket_id).link(ev.incident_id, ev.linked_at):
+                self.notify(uow, brief, ev.ticket_id, "incident_linked", ev.linked_at, ev.linked_at)
+        elif isinstance(ev, wire.IncidentTicketUnlinked):
+            if self.ticket(uow, ev.ticket_id).unlink(ev.incident_id, ev.unlinked_at):
+                self.notify(uow, brief, ev.ticket_id, "incident_unlinked", ev.unlinked_at, ev.unlinked_at)
+        elif isinstance(ev, wire.IncidentAcknowledged):
+            self.tell_all(uow, brief, "incident_in_progress", ev.acknowledged_at)
+        elif isinstance(ev, wire.ServiceRestored):
+            self.tell_all(uow, brief, "incident_restored", ev.restored_at)
+        elif isinstance(ev, wire.IncidentResolved):
+            brief.end(ev.resolved_at)
+
+    def ticket(self, uow: UnitOfWork, ticket_id: str) -> TicketIncident:
+        tid = ticket_incident_id(ticket_id)
+        found = uow.find(TicketIncident, tid)
+        if found is None:
+            found = TicketIncident(id=tid, ticket_id=ticket_id)
+            uow.add(found)
+        return found
+
+    def tell_all(self, uow: UnitOfWork, brief: IncidentBrief, step: str, at: datetime) -> None:
+        if not brief.tell(step, at):
+            return
+        in_batch = {a.ticket_id: a.incident_id for a in uow.aggregates() if isinstance(a, TicketIncident)}
+        tickets = {t for t in self.linked.tickets_of(brief.incident_id) if t not in in_batch}
+        tickets |= {t for t, i in in_batch.items() if i == brief.incident_id}
+        uow.preload(case_id(t) for t in tickets)
+        uow.prefetch(notice_id(brief.incident_id, t, step) for t in tickets)
+        for t in sorted(tickets):
+            self.notify(uow, brief, t, step, at)
+
+    def notify(self, uow: UnitOfWork, brief: IncidentBrief, ticket_id: str, step: str, at: datetime,
+               stamp: datetime | None = None) -> None:
+        case = uow.find(FeedbackCase, case_id(ticket_id))
+        if case is None or not case.callback_url:
+            return  # a ticket feedback never followed, or with nowhere to post: nobody to tell
+        nid = notice_id(brief.incident_id, ticket_id, step, stamp)
+        if uow.find(Notification, nid) is not None:
+            return
+        access = uow.find(ChannelAccess, access_id(case.channel_id)) if case.channel_id else None
+        kind, language = (access.template, access.language) if access else (default_template(""), "zh")
+        payload: dict[str, str | None] = {
+            "ticket_id": ticket_id, "incident_id": brief.incident_id, "incident_title": brief.title, "at": when(at)}
+        uow.add(Notification(
+            id=nid, ticket_id=ticket_id, step=step, url=case.callback_url, template=kind, language=language,
+            text=self.feedback.templates.render(kind, language, step, payload), payload=payload, queued_at=at,
+        ))

@@ -1,0 +1,36 @@
+"""``LinkedTickets``: the tickets linked now to each incident, following feedback's own log (the fan-out of a status
+notice reads it; the batch being decided adds what it changed itself)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from tsop_events.store import EventStoreApp, LogFollower
+from tsop_feedback.incidents.domain import TicketIncident
+
+
+class LinkedTickets(LogFollower):
+    def __init__(self, app: EventStoreApp) -> None:
+        super().__init__(app)
+        self.of_incident: dict[str, set[str]] = {}
+        self.current: dict[str, str] = {}  # ticket → the incident it is linked to now
+        self.tickets: dict[UUID, str] = {}  # TicketIncident id → its ticket
+
+    def apply(self, event: Any) -> None:
+        if isinstance(event, TicketIncident.Started):
+            self.tickets[event.originator_id] = event.ticket_id
+        elif isinstance(event, TicketIncident.Linked | TicketIncident.Unlinked):
+            ticket = self.tickets.get(event.originator_id)
+            if ticket is None:
+                return
+            before = self.current.pop(ticket, None)
+            if before is not None:
+                self.of_incident.get(before, set()).discard(ticket)
+            if isinstance(event, TicketIncident.Linked):
+                self.current[ticket] = event.incident_id
+                self.of_incident.setdefault(event.incident_id, set()).add(ticket)
+
+    def tickets_of(self, incident_id: str) -> set[str]:
+        with self.lock:
+            return set(self.of_incident.get(incident_id, ()))

@@ -1,0 +1,119 @@
+"""Incident notices (§5.3): the customers of linked tickets are told through their channel's template and language
+when their ticket is linked, when restoration is under way, when the service is restored and when their ticket is
+unlinked; exactly one notice per customer per change, nothing again on redelivery or on a replay of the incidents
+topic from the start (in-memory store)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from tests.feedback_sync import service
+from tests.unit.test_feedback_notifications import NOW, Bus, make_app, submitted
+from tsop_events import schemas as wire
+from tsop_events.consumer import Incoming
+from tsop_events.envelope import Envelope
+from tsop_feedback import commands
+from tsop_feedback.commands import FeedbackApp
+from tsop_feedback.domain import Notification
+from tsop_feedback.incidents.policies import IncidentNotices
+
+INC = "inc-1"
+
+
+class Incidents:
+    """Hands incident events to the incident-notices sink; ``replay`` consumes them all again under a new epoch."""
+
+    def __init__(self, app: FeedbackApp) -> None:
+        self.sink, self.log, self.epoch = IncidentNotices(app), list[wire.IncidentEvent](), 0
+
+    def incoming(self, ev: wire.IncidentEvent, n: int) -> Incoming:
+        env = Envelope(f"i{self.epoch}-{n}", ev.event_type, "test", NOW, ev.key(), None, None, b"{}")
+        return Incoming("incidents", 0, n, ev.key(), env, ev)
+
+    def __call__(self, *events: wire.IncidentEvent, redeliver: bool = False) -> None:
+        start = len(self.log)
+        self.log.extend(events)
+        records = [self.incoming(ev, start + i + 1) for i, ev in enumerate(events)]
+        self.sink._process(f"n|{self.epoch}|incidents|0", records, records[-1].offset)
+        if redeliver:  # the same records again, as after a crash before the offset was committed elsewhere
+            self.sink._process(f"n|{self.epoch}|incidents|0", records, records[-1].offset)
+
+    def replay(self) -> None:
+        self.epoch += 1
+        records = [self.incoming(ev, n) for n, ev in enumerate(self.log, 1)]
+        for r in records:
+            self.sink._process(f"n|{self.epoch}|incidents|0", [r], r.offset)
+
+
+def at(minutes: int) -> datetime:
+    return NOW + timedelta(minutes=minutes)
+
+
+def declared() -> wire.IncidentDeclared:
+    return wire.IncidentDeclared(
+        incident_id=INC, title="broadband outage in north", severity="II", scenario="outage",
+        affected_services=["broadband.fault_repair"], regions=["north"], estimated_customers=30, declared_by="auto",
+        detected_at=NOW, declared_at=NOW)
+
+
+def linked(ticket: str, minute: int) -> wire.IncidentTicketLinked:
+    return wire.IncidentTicketLinked(incident_id=INC, ticket_id=ticket, linked_by="auto", linked_at=at(minute))
+
+
+
+
+def queued(app: FeedbackApp) -> list[Notification]:
+    app.follow_ups.refresh()
+    return [app.repository.get(nid) for nid in app.follow_ups.notifications]
+
+
+def test_each_customer_is_told_once_per_change_in_their_channels_template_and_language() -> None:
+    app, _ = make_app()
+    bus = Bus(app)
+    bus(wire.ChannelRegistered(channel_id="ch-en", name="portal", kind="web", registered_at=NOW))
+    asyncio.run(commands.subscribe(service(app), "ch-en", ["accepted"], "email", "en", "channel:portal"))
+    bus(submitted("t1", "https://ok.example/t1"))  # ch-1: unknown channel → SMS in Chinese
+    bus(submitted("t2", "https://ok.example/t2", channel="ch-en"))
+    bus(submitted("t3", "https://ok.example/t3"))
+    inc = Incidents(app)
+    inc(declared(), linked("t1", 1), linked("t2", 1), linked("t3", 1), linked("t-unknown", 1), redeliver=True)
+    inc(wire.IncidentAcknowledged(incident_id=INC, acknowledged_by="m", acknowledged_at=at(2)), redeliver=True)
+    inc(wire.IncidentTicketUnlinked(incident_id=INC, ticket_id="t3", reason="unrelated", unlinked_by="m",
+                                    unlinked_at=at(3)))
+    # t4 is linked in the same batch as the restoration: it is told too
+    bus(submitted("t4", "https://ok.example/t4"))
+    inc(linked("t4", 4), wire.ServiceRestored(incident_id=INC, note="spliced", restored_by="m", restored_at=at(5)))
+    inc(wire.IncidentResolved(incident_id=INC, resolution_code="restored", summary="fibre spliced", advice=None,
+                              tickets_linked=3, resolved_by="m", resolved_at=at(6)))
+    got = sorted((n.ticket_id, n.step) for n in queued(app))
+    assert got == [
+        ("t1", "incident_in_progress"), ("t1", "incident_linked"), ("t1", "incident_restored"),
+        ("t2", "incident_in_progress"), ("t2", "incident_linked"), ("t2", "incident_restored"),
+        ("t3", "incident_in_progress"), ("t3", "incident_linked"), ("t3", "incident_unlinked"),
+        ("t4", "incident_linked"), ("t4", "incident_restored"),
+    ]
+    texts = {(n.ticket_id, n.step): n for n in queued(app)}
+    t1, t2 = texts[("t1", "incident_linked")], texts[("t2", "incident_restored")]
+    assert (t1.template, t1.language) == ("sms", "zh") and "broadband outage in north" in t1.text and "t1" in t1.text
+    assert (t2.template, t2.language) == ("email", "en") and "restored at 2026-06-01T09:05+00:00" in t2.text
+    assert t2.url == "https://ok.example/t2" and t2.payload["incident_id"] == INC
+    before = len(queued(app))
+    inc.replay()  # the incidents topic consumed again from the start (a broker change)
+    assert len(queued(app)) == before
+
+
+def test_a_ticket_unlinked_and_linked_again_is_told_again_and_a_replay_tells_nothing() -> None:
+    app, _ = make_app()
+    bus = Bus(app)
+    bus(submitted("t1", "https://ok.example/t1"))
+    inc = Incidents(app)
+    inc(declared(), linked("t1", 1))
+    inc(wire.IncidentTicketUnlinked(incident_id=INC, ticket_id="t1", reason="unrelated", unlinked_by="m",
+                                    unlinked_at=at(2)))
+    inc(linked("t1", 3))
+    assert sorted(n.step for n in queued(app)) == ["incident_linked", "incident_linked", "incident_unlinked"]
+    inc.replay()
+    assert len(queued(app)) == 3
+    inc(wire.ServiceRestored(incident_id=INC, note="ok", restored_by="m", restored_at=at(4)))
+    assert sorted(n.step for n in queued(app)).count("incident_restored") == 1
