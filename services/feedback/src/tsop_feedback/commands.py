@@ -9,6 +9,7 @@ its follow-up board (``views.FollowUps``) and the channel credentials it knows
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import timedelta
 from uuid import UUID
 
@@ -233,6 +234,45 @@ async def load_notifications(svc: Service[FeedbackApp], ids: list[UUID]) -> list
         return [n for i in ids if (n := uow.find(Notification, i)) is not None]
 
     return await svc.commands.run(read)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One delivery attempt's outcome, to be recorded."""
+
+    nid: UUID
+    ok: bool
+    status_code: int | None
+    error: str | None
+    final: bool = False
+
+
+async def record_attempts(svc: Service[FeedbackApp], attempts: list[Attempt], max_attempts: int) -> list[Notification]:
+    """Record many delivery attempts in one transaction; each notification after its attempt, in order.
+
+    The pending notifications are rebuilt from the events the follow-up board kept (no read per attempt); when
+    another writer saved first, the retry loads them from the store.
+    """
+    tries = 0
+
+    def decide(uow: UnitOfWork) -> list[Notification]:
+        nonlocal tries
+        tries += 1
+        now = svc.app.clock.now()
+        out = []
+        for a in attempts:
+            n = uow.find(Notification, a.nid) if tries > 1 or uow.holds(a.nid) else None
+            if n is None:
+                n = svc.app.follow_ups.pending_notification(a.nid)
+                if n is None:
+                    n = uow.load(Notification, a.nid)
+                else:
+                    uow.add(n)
+            n.record_attempt(a.ok, a.status_code, a.error, now, max_attempts, a.final)
+            out.append(n)
+        return out
+
+    return await svc.commands.run(decide)
 
 
 async def record_attempt(

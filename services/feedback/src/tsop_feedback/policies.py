@@ -59,7 +59,10 @@ class FollowTickets(EventStoreSink):
     def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
         ev = incoming.event
         cid = case_id(incoming.key or "")
-        case = uow.find(FeedbackCase, cid)
+        if isinstance(ev, wire.RequestSubmitted) and not uow.holds(cid) and not self.feedback.follow_ups.opened(cid):
+            case = None  # the board, refreshed for this batch, knows every case: a new ticket needs no read
+        else:
+            case = uow.find(FeedbackCase, cid)
         if isinstance(ev, wire.RequestSubmitted):
             if case is None:
                 uow.add(
@@ -119,7 +122,7 @@ class FollowTickets(EventStoreSink):
         if step not in steps or not case.callback_url:
             return
         nid = notification_id(cause)
-        if uow.find(Notification, nid) is not None:
+        if uow.holds(nid) or self.feedback.follow_ups.queued(nid):  # the board was refreshed for this batch
             return  # the cause redelivered
         payload = {"ticket_id": case.ticket_id, **values}
         uow.add(Notification(
