@@ -10,21 +10,25 @@ workers do all of their usual work.
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from tsop_devstack.stack import Stack
 
 from bench.__main__ import free_port
+from bench.lifecycle import commit
 from tsop_events import schemas as wire
 from tsop_events.envelope import wrap
 
 SERVICE_TYPE = "broadband.fault_repair"
 PREFIX = "tsop."
+RESULTS = Path(__file__).parent / "results"
 
 
 def feedback_stack(prefix: str, env: dict[str, str] | None = None) -> Stack:
@@ -37,6 +41,16 @@ def feedback_stack(prefix: str, env: dict[str, str] | None = None) -> Stack:
         env={"TSOP_LOG_LEVEL": "WARNING", **(env or {})},
         services=("feedback",),
     )
+
+
+def write(name: str, measured: dict[str, Any], **settings: Any) -> None:
+    """The run's result (when, commit, the settings used, the figures), printed and written to bench/results."""
+    result = {"when": datetime.now(UTC).isoformat(), "commit": commit(), **settings, **measured}
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    print(f"\nwritten: {out}")
 
 
 class Events:

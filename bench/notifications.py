@@ -47,10 +47,9 @@ import psutil
 from tsop_devstack.stack import Stack
 
 from bench.__main__ import cpu_seconds, free_port, on_stack
-from bench.feedback import Events, accepted, assigned, feedback_stack, submitted
-from bench.lifecycle import commit, summary
+from bench.feedback import Events, accepted, assigned, feedback_stack, submitted, write
+from bench.lifecycle import summary
 
-RESULTS = Path(__file__).parent / "results"
 SECRET = "bench-webhook-secret"
 STEPS = ("accepted", "assigned")
 
@@ -332,15 +331,8 @@ def main() -> None:
         result = on_stack(stack, lambda: run(args, stack, receivers))
     finally:
         receivers.stop()
-    result = {"when": datetime.now(UTC).isoformat(), "commit": commit(), "rate_tickets_per_s": args.rate,
-              "seconds": args.seconds, "receivers": args.receivers, **result,
-              "targets": {"deliveries_per_s": 2000, "lost": 0, "healthy_p99_ms": 1000}}
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"notifications-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    print(f"\nwritten: {out}")
-
+    write("notifications", {**result, "targets": {"deliveries_per_s": 2000, "lost": 0, "healthy_p99_ms": 1000}},
+          rate_tickets_per_s=args.rate, seconds=args.seconds, receivers=args.receivers)
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,6 @@ import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,11 +29,9 @@ import psutil
 from tsop_devstack.stack import Stack
 
 from bench.__main__ import cpu_seconds, on_stack
-from bench.feedback import Events, feedback_stack, resolved, submitted
+from bench.feedback import Events, feedback_stack, resolved, submitted, write
 from bench.intake import Connection
-from bench.lifecycle import commit, summary
-
-RESULTS = Path(__file__).parent / "results"
+from bench.lifecycle import summary
 
 
 async def publish(events: Events, channel_id: str, n: int) -> list[str]:
@@ -48,13 +45,14 @@ async def publish(events: Events, channel_id: str, n: int) -> list[str]:
 
 async def windows_open(http: httpx.AsyncClient, stack: Stack, token: str, tickets: list[str],
                        timeout: float) -> float:
-    """Wait until feedback has noted the resolution of every ticket (checked on the last of each 1 %)."""
+    """Wait until feedback has opened every rating window and told the customer (the result, here channel
+    ``none``: no callback); checked on the last ticket of each 1 %. A customer rates after being told."""
     t0 = time.monotonic()
     sample = tickets[len(tickets) // 100 - 1::max(1, len(tickets) // 100)] or tickets[-1:]
     while sample:
         r = await http.get(f"{stack.url('feedback')}/v1/tickets/{sample[-1]}/feedback",
                            headers={"Authorization": f"Bearer {token}"})
-        if r.status_code == 200 and r.json().get("rating_due_at"):
+        if r.status_code == 200 and r.json().get("rating_due_at") and r.json().get("notified"):
             sample.pop()
             continue
         if time.monotonic() - t0 > timeout:
@@ -143,14 +141,7 @@ def main() -> None:
     args = parser.parse_args()
     stack = feedback_stack("tsop-bench-ratings-")
     result = on_stack(stack, lambda: run(args, stack))
-    result = {"when": datetime.now(UTC).isoformat(), "commit": commit(), "connections": args.connections, **result,
-              "targets": {"accepted_per_s": 1000}}
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"ratings-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    print(f"\nwritten: {out}")
-
+    write("ratings", {**result, "targets": {"accepted_per_s": 1000}}, connections=args.connections)
 
 if __name__ == "__main__":
     main()
