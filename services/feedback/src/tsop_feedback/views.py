@@ -450,7 +450,7 @@ class Notifier:
         self.timers: list[tuple[datetime, UUID]] = []  # (due, id): retries whose back-off has not ended
         self.scheduled: set[UUID] = set()  # in ``waiting`` or ``timers``
         self.changes: deque[UUID] | None = None
-        self.delays: dict[tuple[UUID, int], float] = {}  # (id, attempts) → the back-off drawn for the next try
+        self.delays: dict[UUID, tuple[int, float]] = {}  # id → (attempts, the back-off drawn for the next try)
         self.outcomes: list[tuple[commands.Attempt, asyncio.Future[Notification]]] = []
         self.recorder: asyncio.Task[None] | None = None
         self.wake: Waiter | None = None  # rung when a post finishes (a slot is free)
@@ -458,18 +458,17 @@ class Notifier:
     def _due_at(self, nid: UUID, p: Pending) -> datetime | None:
         if p.last_at is None:
             return None  # at once
-        key = (nid, p.attempts)
-        if key not in self.delays:
-            self.delays.pop((nid, p.attempts - 1), None)
-            self.delays[key] = self.policy.delay(p.attempts) or 0.0
-        return p.last_at + timedelta(seconds=self.delays[key])
+        drawn = self.delays.get(nid)
+        if drawn is None or drawn[0] != p.attempts:
+            drawn = self.delays[nid] = (p.attempts, self.policy.delay(p.attempts) or 0.0)
+        return p.last_at + timedelta(seconds=drawn[1])
 
     def _schedule(self, nid: UUID, now: datetime) -> None:
         if nid in self.inflight or nid in self.scheduled:
             return
         p = self.svc.app.follow_ups.notifications.get(nid)
         if p is None:  # delivered or given up
-            self.delays.pop((nid, 0), None)
+            self.delays.pop(nid, None)
             return
         due = self._due_at(nid, p)
         self.scheduled.add(nid)
