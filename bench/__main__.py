@@ -15,6 +15,11 @@ Phases, in order (each error in the report names its phase):
               following the topic
 Each service's peak RSS is sampled throughout, and its RSS at rest is read after the idle phases.
 Results: bench/results/bench-*.json and *.png.
+
+``make bench`` then runs the other benchmarks, each on its own stack: ``bench.intake``, ``bench.dispatch``,
+``bench.tmf_list``, ``bench.notifications`` (feedback's step notifications to local receivers, 5 % slow and
+5 % failing: deliveries/s, latency, none lost) and ``bench.ratings`` (ratings over HTTP with the channel's
+credential: accepted/s); figures in bench/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -203,3 +203,37 @@ def test_the_fatigue_cap_spares_a_customer_asked_too_often_and_sampling_skips_th
     clock.advance(timedelta(hours=23))
     asyncio.run(commands.expire_windows(service(app)))
     assert not case.reminded and not app.repository.get(commands.case_id("m1")).reminded  # never asked, never reminded
+
+
+def test_a_receiver_is_its_host_and_port_busy_one_holds_up_no_other_and_attempts_are_saved_together() -> None:
+    app, clock, bus = subscribed_app()
+    busy = [queue(app, bus, "https://ok.example:8443/cb", f"t-busy-{i}") for i in range(12)]
+    other = queue(app, bus, "https://ok.example:9443/cb", "t-other")  # the same host, another receiver
+    release = asyncio.Event()
+    at_once: list[int] = []
+    now = [0]
+    saves: list[int] = []
+    app.on_saved(lambda: saves.append(1))
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.port == 8443:
+            now[0] += 1
+            at_once.append(now[0])
+            await release.wait()
+            now[0] -= 1
+        return httpx.Response(204)
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            n = Notifier(service(app), "s3cret", OutboundGuard(parse_rules(""), (), resolver),
+                         RetryPolicy(max_attempts=3, base_seconds=0.01, max_seconds=0.02), per_receiver=3)
+            await until(n, client, clock, lambda: app.repository.get(other).delivered)
+            assert max(at_once) == 3 and not any(app.repository.get(i).attempts for i in busy)
+            saves.clear()
+            release.set()
+            await until(n, client, clock, lambda: all(app.repository.get(i).delivered for i in busy))
+
+    asyncio.run(go())
+    assert all(app.repository.get(i).attempts == 1 for i in [*busy, other])
+    assert max(at_once) == 3  # never more than per_receiver at once at the busy receiver
+    assert len(saves) < len(busy)  # attempts finishing together were saved together, not one save each

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from typing import Any
 
 import httpx
@@ -10,12 +12,17 @@ import pytest
 
 from tsop_events.outbound import (
     OutboundGuard,
+    Pools,
     Refused,
     RetryPolicy,
+    Sent,
     Unresolved,
     guard_for,
     parse_rules,
     platform_rules,
+    receiver_of,
+    send,
+    sign,
 )
 from tsop_events.settings import ServiceSettings
 
@@ -220,3 +227,49 @@ def test_defaults_refuse_loopback(monkeypatch: Any) -> None:
     monkeypatch.delenv("TSOP_OUTBOUND_ALLOW", raising=False)
     with pytest.raises(Refused):
         asyncio.run(guard_for(None).check("http://127.0.0.1:9999/cb"))
+
+
+def test_one_attempt_is_signed_and_its_outcome_classified_once_for_every_worker() -> None:
+    answers = {"/ok": 204, "/busy": 503}
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/down":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(answers[request.url.path], text="busy" if request.url.path == "/busy" else "")
+
+    async def go() -> list[Sent]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return [await send(guard(), client, url, b'{"a":1}', purpose="test", secret="k", headers={"X-Id": "1"})
+                    for url in ("https://hooks.example/ok", "https://hooks.example/busy", "https://hooks.example/down",
+                                "http://internal.example/ok", "https://nowhere.example/ok")]
+
+    ok, busy, down, refused_, unresolved = asyncio.run(go())
+    assert ok == Sent(204) and ok.ok
+    assert busy == Sent(503, "HTTP 503: busy") and not busy.final
+    assert not down.ok and down.status is None and down.error is not None and down.error.startswith("ConnectError")
+    assert refused_.final and refused_.error is not None and refused_.error.startswith("refused: ")
+    assert not unresolved.final and unresolved.error is not None and "does not resolve" in unresolved.error
+    assert len(seen) == 3  # nothing was sent where the guard refused or the name did not resolve
+    assert seen[0].headers["x-tsop-signature"] == sign("k", b'{"a":1}') == (
+        "sha256=" + hmac.new(b"k", b'{"a":1}', hashlib.sha256).hexdigest())
+    assert seen[0].headers["x-id"] == "1" and seen[0].headers["content-type"] == "application/json"
+
+
+def test_a_receiver_is_its_scheme_host_and_port_and_gets_a_pool_of_its_own() -> None:
+    assert receiver_of("http://A.example/x") == receiver_of("http://a.example:80/y") == "http://a.example:80"
+    assert receiver_of("http://a.example:8080/x") != receiver_of("http://a.example:8081/x")
+    assert receiver_of("https://a.example/x") == "https://a.example:443"
+
+    async def go() -> None:
+        pools = Pools(keep=2)
+        a, b = pools.get("http://a:80"), pools.get("http://b:80")
+        assert pools.get("http://a:80") is a and a is not b
+        pools.get("http://c:80", busy=lambda r: r == "http://b:80")  # b is busy: the idle a is closed instead
+        await asyncio.sleep(0)
+        assert list(pools.clients) == ["http://b:80", "http://c:80"] and a.is_closed and not b.is_closed
+        await pools.aclose()
+        assert b.is_closed
+
+    asyncio.run(go())

@@ -126,8 +126,13 @@ class UnitOfWork:
         return found
 
     def add(self, aggregate: Aggregate) -> None:
+        """A new aggregate, or one the caller rebuilt itself (from a view's events): saved with the others."""
         self._aggregates[aggregate.id] = aggregate
         self._absent.discard(aggregate.id)
+
+    def holds(self, aggregate_id: UUID) -> bool:
+        """Whether this unit of work has the aggregate already (loaded or added): no read is needed."""
+        return aggregate_id in self._aggregates
 
     def aggregates(self) -> Iterable[Aggregate]:
         return self._aggregates.values()

@@ -29,6 +29,10 @@ verified against it), so a name cannot resolve to something else between the
 check and the connection. Redirects are not followed, proxies from the
 environment are not used.
 
+``send`` is the one delivery attempt every outbound worker makes: the guarded POST
+(signed with ``X-TSOP-Signature`` when given a secret) and its outcome, classified
+once (delivered; failed, to be retried; refused, never to be retried).
+
 ``RetryPolicy`` is the one bounded back-off of outbound deliveries (exponential,
 with jitter); ``dead_letter`` records a delivery given up on the ``deadletter``
 topic, counts it and logs it once.
@@ -38,6 +42,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import hmac
 import ipaddress
 import logging
 import random
@@ -365,6 +371,91 @@ def client(timeout: float = 5.0, max_connections: int = 100) -> httpx.AsyncClien
         timeout=timeout, follow_redirects=False, trust_env=False,
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
     )
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The ``X-TSOP-Signature`` header: HMAC-SHA256 of the body with the shared secret."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """One delivery attempt's outcome: delivered (a 2xx), or why not and whether a retry can help."""
+
+    status: int | None = None
+    error: str | None = None  # None: delivered
+    final: bool = False  # the guard refused where the URL leads now: no retry helps
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+async def send(
+    guard: OutboundGuard, client: httpx.AsyncClient, url: str, body: bytes | str, *, purpose: str,
+    headers: dict[str, str] | None = None, secret: str | None = None, timeout: float | None = None,
+) -> Sent:
+    """POST ``body`` (JSON) to ``url`` through ``guard``, signed with ``secret`` if given; the outcome, classified.
+
+    A name that does not resolve now, a connection or read failure and an answer other than 2xx are failures
+    a retry may cure; a destination the guard refuses is final (and counted under ``purpose``).
+    """
+    sent_headers = {"content-type": "application/json", **(headers or {})}
+    if secret is not None:
+        sent_headers["X-TSOP-Signature"] = sign(secret, body.encode() if isinstance(body, str) else body)
+    try:
+        resp = await guard.post(client, url, content=body, headers=sent_headers, timeout=timeout)
+    except Unresolved as exc:
+        return Sent(error=exc.reason)
+    except Refused as exc:  # where the URL leads now is not allowed: no retry helps
+        OUTBOUND_REFUSED.labels(purpose, "delivery").inc()
+        return Sent(error=f"refused: {exc.reason}", final=True)
+    except httpx.HTTPError as exc:
+        return Sent(error=f"{type(exc).__name__}: {exc}")
+    if 200 <= resp.status_code < 300:
+        return Sent(resp.status_code)
+    return Sent(resp.status_code, f"HTTP {resp.status_code}: {resp.text[:300]}")
+
+
+def receiver_of(url: str) -> str:
+    """The receiver a URL names, for per-receiver concurrency: scheme, host and port (``http://a.example:8080``)."""
+    try:
+        u = httpx.URL(url)
+        port = u.port or (443 if u.scheme == "https" else 80)
+        return f"{u.scheme}://{u.host.lower()}:{port}"
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return url
+
+
+class Pools:
+    """One HTTP client (connection pool) per receiver, for workers that post to many receivers at once.
+
+    httpcore's pool looks at every one of its connections (a readability check each) for every request, so
+    one pool holding the connections of a hundred receivers spends more on that than on the requests; one
+    small pool per receiver keeps each request's cost flat. At most ``keep`` pools are kept: the least
+    recently used idle one is closed when a new receiver comes.
+    """
+
+    def __init__(self, timeout: float = 5.0, per_receiver: int = 16, keep: int = 512) -> None:
+        self.timeout, self.per_receiver, self.keep = timeout, per_receiver, keep
+        self.clients: dict[str, httpx.AsyncClient] = {}  # in order of last use
+        self.closing: set[asyncio.Task[None]] = set()
+
+    def get(self, receiver: str, busy: Callable[[str], bool] = lambda _: False) -> httpx.AsyncClient:
+        found = self.clients.pop(receiver, None)
+        self.clients[receiver] = found or client(self.timeout, self.per_receiver)
+        if found is None and len(self.clients) > self.keep:
+            idle = next((r for r in self.clients if r != receiver and not busy(r)), None)
+            if idle is not None:
+                task = asyncio.create_task(self.clients.pop(idle).aclose())
+                self.closing.add(task)
+                task.add_done_callback(self.closing.discard)
+        return self.clients[receiver]
+
+    async def aclose(self) -> None:
+        for c in list(self.clients.values()):
+            await c.aclose()
+        self.clients.clear()
 
 
 @functools.lru_cache(maxsize=1)

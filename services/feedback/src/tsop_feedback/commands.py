@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 from uuid import UUID
@@ -250,13 +251,16 @@ def channel_template(uow: UnitOfWork, channel_id: str | None) -> tuple[str, str,
 
 def queue_notification(
     uow: UnitOfWork, app: FeedbackApp, *, cause: str, ticket_id: str, url: str, channel_id: str | None, step: str,
-    at: datetime, values: dict[str, str | None],
+    at: datetime, values: dict[str, str | None], board_fresh: bool = False,
 ) -> Notification | None:
     """Queue one message to the applicant, rendered now from their channel's template, for the delivery worker
     (``views.Notifier``: every attempt an event, retries, the dead letter). Its id derives from ``cause``, so the
-    same cause queues it once; None when it was queued already."""
+    same cause queues it once; None when it was queued already. ``board_fresh``: the follow-up board was refreshed
+    for this unit of work (a consumer's batch), so it answers whether it is queued without a store read."""
     nid = notification_id(cause)
-    if uow.find(Notification, nid) is not None:
+    if uow.holds(nid) or app.follow_ups.queued(nid):
+        return None
+    if not board_fresh and uow.find(Notification, nid) is not None:
         return None
     kind, language, _ = channel_template(uow, channel_id)
     payload = {"ticket_id": ticket_id, **values}
@@ -302,6 +306,45 @@ async def load_notifications(svc: Service[FeedbackApp], ids: list[UUID]) -> list
         return [n for i in ids if (n := uow.find(Notification, i)) is not None]
 
     return await svc.commands.run(read)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One delivery attempt's outcome, to be recorded."""
+
+    nid: UUID
+    ok: bool
+    status_code: int | None
+    error: str | None
+    final: bool = False
+
+
+async def record_attempts(svc: Service[FeedbackApp], attempts: list[Attempt], max_attempts: int) -> list[Notification]:
+    """Record many delivery attempts in one transaction; each notification after its attempt, in order.
+
+    The pending notifications are rebuilt from the events the follow-up board kept (no read per attempt); when
+    another writer saved first, the retry loads them from the store.
+    """
+    tries = 0
+
+    def decide(uow: UnitOfWork) -> list[Notification]:
+        nonlocal tries
+        tries += 1
+        now = svc.app.clock.now()
+        out = []
+        for a in attempts:
+            n = uow.find(Notification, a.nid) if tries > 1 or uow.holds(a.nid) else None
+            if n is None:
+                n = svc.app.follow_ups.pending_notification(a.nid)
+                if n is None:
+                    n = uow.load(Notification, a.nid)
+                else:
+                    uow.add(n)
+            n.record_attempt(a.ok, a.status_code, a.error, now, max_attempts, a.final)
+            out.append(n)
+        return out
+
+    return await svc.commands.run(decide)
 
 
 async def record_attempt(

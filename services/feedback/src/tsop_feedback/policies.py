@@ -59,7 +59,10 @@ class FollowTickets(EventStoreSink):
     def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
         ev = incoming.event
         cid = case_id(incoming.key or "")
-        case = uow.find(FeedbackCase, cid)
+        if isinstance(ev, wire.RequestSubmitted) and not uow.holds(cid) and not self.feedback.follow_ups.opened(cid):
+            case = None  # the board, refreshed for this batch, knows every case: a new ticket needs no read
+        else:
+            case = uow.find(FeedbackCase, cid)
         if isinstance(ev, wire.RequestSubmitted):
             if case is None:
                 uow.add(
@@ -115,8 +118,9 @@ class FollowTickets(EventStoreSink):
         _, _, steps = self.subscription(uow, case)
         if step not in steps or not case.callback_url:
             return
+        # the board was refreshed for this batch: it knows what is queued, no store read per event
         queue_notification(uow, self.feedback, cause=cause, ticket_id=case.ticket_id, url=case.callback_url,
-                           channel_id=case.channel_id, step=step, at=at, values=values)
+                           channel_id=case.channel_id, step=step, at=at, values=values, board_fresh=True)
 
 
 class FollowChannels(EventStoreSink):

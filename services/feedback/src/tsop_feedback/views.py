@@ -21,20 +21,20 @@ destination, the case records ``NotificationAbandoned`` (shown in the case view
 as ``notification_failed``), a ``deadletter`` record is published and
 ``tsop_outbound_deadlettered_total{purpose="webhook"}`` counts it.
 
-Each delivery is its own task, at most ``per_host`` at once per receiving host
-and ``capacity`` in all, so a slow or failing receiver never delays the others.
+Each delivery is its own task, at most ``per_host`` at once per receiver (scheme,
+host and port) and ``capacity`` in all, so a slow or failing receiver never delays
+the others.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
+import heapq
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -47,7 +47,7 @@ from tsop_events.auth import Principal, Role, TokenResolver, followed_resolver
 from tsop_events.envelope import derived_id
 from tsop_events.runtime import Service
 from tsop_events.store import LogFollower
-from tsop_events.wake import Waiter
+from tsop_events.wake import SAFETY_NET_SECONDS, Waiter
 from tsop_feedback import commands
 from tsop_feedback.domain import ChannelAccess, FeedbackCase, Notification
 
@@ -70,8 +70,9 @@ class FollowUps(LogFollower):
         self.reopens: Counter[UUID] = Counter()
         self.reopens_by_technician: Counter[str] = Counter()
         self.reopens_by_type: Counter[str] = Counter()
-        # step notifications: pending ones (attempts so far, when last tried, where), and the given-up ones
+        # step notifications: pending ones (attempts so far, when last tried, where, their events), the given-up ones
         self.notifications: dict[UUID, Pending] = {}
+        self.listeners: list[deque[UUID]] = []  # each gets the id of every notification whose state changed
         self.dead_notifications: dict[UUID, str] = {}  # id → ticket
         self.notifications_of: dict[str, list[UUID]] = {}  # ticket → its notifications, in order
         self.ticket_of: dict[UUID, str] = {}  # notification → its ticket (a give-up finds its ticket at once)
@@ -109,7 +110,7 @@ class FollowUps(LogFollower):
     def _notification(self, e: Notification.Event) -> None:
         nid = e.originator_id
         if isinstance(e, Notification.Queued):
-            self.notifications[nid] = Pending(e.url, 0, None)
+            self.notifications[nid] = Pending(e.url, 0, None, outbound.receiver_of(e.url), [e])
             self.notifications_of.setdefault(e.ticket_id, []).append(nid)
             self.ticket_of[nid] = e.ticket_id
         elif isinstance(e, Notification.Attempted):
@@ -118,11 +119,40 @@ class FollowUps(LogFollower):
             elif nid in self.notifications:
                 p = self.notifications[nid]
                 p.attempts, p.last_at = e.attempt, e.at
+                p.events.append(e)
         elif isinstance(e, Notification.GivenUp):
             self.notifications.pop(nid, None)
             ticket = self.ticket_of.get(nid)
             if ticket is not None:
                 self.dead_notifications[nid] = ticket
+        for changed in self.listeners:
+            changed.append(nid)
+
+    def listen(self) -> deque[UUID]:
+        """A queue that receives the id of every notification whose state changes from now on (a deliverer's)."""
+        changed: deque[UUID] = deque()
+        with self.lock:
+            self.listeners.append(changed)
+        return changed
+
+    def opened(self, cid: UUID) -> bool:
+        """Whether the log (as read so far) holds this case."""
+        return cid in self.service_types
+
+    def queued(self, nid: UUID) -> bool:
+        """Whether the log (as read so far) holds this notification."""
+        return nid in self.ticket_of
+
+    def pending_notification(self, nid: UUID) -> Notification | None:
+        """A pending notification rebuilt from the events this view kept (no database read); None if not pending."""
+        p = self.notifications.get(nid)
+        if p is None:
+            return None
+        events = list(p.events)  # the refreshing thread may append meanwhile: a snapshot of the list
+        n: Notification | None = None
+        for e in events:
+            n = e.mutate(n)
+        return n
 
     def due(self, now: datetime) -> list[UUID]:
         with self.lock:
@@ -149,6 +179,8 @@ class Pending:
     url: str
     attempts: int
     last_at: datetime | None
+    receiver: str = ""  # scheme, host and port: what per-receiver concurrency counts
+    events: list[Notification.Event] = field(default_factory=list)  # Queued, then each failed Attempted
 
 
 class ChannelTokens(LogFollower):
@@ -223,9 +255,7 @@ def webhook_body(case: FeedbackCase) -> bytes:
     )
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The ``X-TSOP-Signature`` header: HMAC-SHA256 of the body with the webhook secret."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+sign = outbound.sign  # the ``X-TSOP-Signature`` header: HMAC-SHA256 of the body with the webhook secret
 
 
 class Deliverer:
@@ -308,7 +338,7 @@ class Deliverer:
             if not case.callback_url:
                 self.delivered.append((cid, "none", self.attempts.get(cid, 0) + 1, None, case.resolved_event_id))
                 return
-            host = normal_host(case.callback_url)
+            host = outbound.receiver_of(case.callback_url)
             if self.hosts[host] >= self.per_host:  # that receiver is busy: later, without counting an attempt
                 self.next_try[cid] = time.monotonic() + 0.2
                 return
@@ -327,30 +357,11 @@ class Deliverer:
         assert case.callback_url is not None
         attempts = self.attempts.get(cid, 0) + 1
         self.attempts[cid] = attempts
-        body = webhook_body(case)
-        status: int | None = None
-        error: str | None = None
-        final = False
-        try:
-            resp = await self.guard.post(
-                client, case.callback_url, content=body,
-                headers={
-                    "content-type": "application/json",
-                    "X-TSOP-Signature": sign(self.secret, body),
-                    "X-TSOP-Delivery": delivery_id(cid, case.resolved_event_id),
-                },
-                timeout=self.timeout,
-            )
-            status = resp.status_code
-            if not 200 <= status < 300:
-                error = f"HTTP {status}: {resp.text[:300]}"
-        except outbound.Unresolved as exc:
-            error = exc.reason
-        except outbound.Refused as exc:  # where the URL leads now is not allowed: no retry helps
-            outbound.OUTBOUND_REFUSED.labels("webhook", "delivery").inc()
-            error, final = f"refused: {exc.reason}", True
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"
+        sent = await outbound.send(
+            self.guard, client, case.callback_url, webhook_body(case), purpose="webhook", secret=self.secret,
+            headers={"X-TSOP-Delivery": delivery_id(cid, case.resolved_event_id)}, timeout=self.timeout,
+        )
+        status, error, final = sent.status, sent.error, sent.final
         if error is None:
             outbound.OUTBOUND_ATTEMPTS.labels("webhook", "ok").inc()
             self.delivered.append((cid, "webhook", attempts, status, case.resolved_event_id))
@@ -374,13 +385,6 @@ def delivery_id(cid: UUID, resolved_event_id: str | None) -> str:
     """The result webhook's ``X-TSOP-Delivery``: one per resolution (a reopened ticket's next result is a new
     delivery, not a duplicate of the first), the same for every retry of it."""
     return str(derived_id("feedback-result-delivery", str(cid), resolved_event_id or ""))
-
-
-def normal_host(url: str) -> str:
-    try:
-        return httpx.URL(url).host.lower()
-    except (httpx.InvalidURL, TypeError, ValueError):
-        return url
 
 
 async def deliver_feedback(svc: Service[commands.FeedbackApp], secret: str) -> None:
@@ -412,8 +416,13 @@ class Notifier:
 
     What is pending, how often it was tried and when comes from the log (``FollowUps``), so a restarted
     process resumes where the last one stopped, with the attempts already made counted (the back-off
-    runs from the last recorded attempt). At most ``per_host`` at once per receiving host and ``capacity``
-    in all: a slow or failing receiver never delays the others.
+    runs from the last recorded attempt). At most ``per_receiver`` at once per receiver (scheme, host and
+    port) and ``capacity`` in all: a slow or failing receiver never delays the others.
+
+    Nothing is scanned or read again per delivery: the view tells which notifications changed (``listen``),
+    each is queued for its receiver when due (or kept on a timer until its back-off ends), and its message is
+    rebuilt from the events the view kept. Outcomes are recorded together: attempts that finish while one
+    batch is being saved are saved in the next, in one transaction.
     """
 
     def __init__(
@@ -424,46 +433,96 @@ class Notifier:
         policy: outbound.RetryPolicy | None = None,
         *,
         timeout: float = 5.0,
-        capacity: int = 200,
-        per_host: int = 8,
+        capacity: int = 512,
+        per_receiver: int = 16,
+        batch: int = 512,
         dead: Callable[[Notification], Awaitable[None]] | None = None,
+        pools: outbound.Pools | None = None,
     ) -> None:
         self.svc, self.secret, self.timeout = svc, secret, timeout
         self.guard = guard or outbound.guard_for(None)
         self.policy = policy or outbound.RetryPolicy()
-        self.capacity, self.per_host, self.dead = capacity, per_host, dead
-        self.inflight: dict[UUID, asyncio.Task[None]] = {}
-        self.hosts: Counter[str] = Counter()
-        self.delays: dict[tuple[UUID, int], float] = {}  # (id, attempts) → the back-off drawn for the next try
-        self.wake: Waiter | None = None  # rung when a delivery finishes
+        self.capacity, self.per_receiver, self.batch, self.dead = capacity, per_receiver, batch, dead
+        self.pools = pools  # one connection pool per receiver; without, every post goes through the caller's client
+        self.inflight: dict[UUID, asyncio.Task[None]] = {}  # posting, or waiting for its outcome to be saved
+        self.busy: Counter[str] = Counter()  # receiver → posts under way
+        self.waiting: dict[str, deque[UUID]] = {}  # receiver → due notifications waiting for a free slot
+        self.timers: list[tuple[datetime, UUID]] = []  # (due, id): retries whose back-off has not ended
+        self.scheduled: set[UUID] = set()  # in ``waiting`` or ``timers``
+        self.changes: deque[UUID] | None = None
+        self.delays: dict[UUID, tuple[int, float]] = {}  # id → (attempts, the back-off drawn for the next try)
+        self.outcomes: list[tuple[commands.Attempt, asyncio.Future[Notification]]] = []
+        self.recorder: asyncio.Task[None] | None = None
+        self.wake: Waiter | None = None  # rung when a post finishes (a slot is free)
 
-    def _due(self, nid: UUID, p: Pending, now: datetime) -> bool:
+    def _due_at(self, nid: UUID, p: Pending) -> datetime | None:
         if p.last_at is None:
-            return True
-        key = (nid, p.attempts)
-        if key not in self.delays:
-            self.delays[key] = self.policy.delay(p.attempts) or 0.0
-        return now >= p.last_at + timedelta(seconds=self.delays[key])
+            return None  # at once
+        drawn = self.delays.get(nid)
+        if drawn is None or drawn[0] != p.attempts:
+            drawn = self.delays[nid] = (p.attempts, self.policy.delay(p.attempts) or 0.0)
+        return p.last_at + timedelta(seconds=drawn[1])
+
+    def _schedule(self, nid: UUID, now: datetime) -> None:
+        if nid in self.inflight or nid in self.scheduled:
+            return
+        p = self.svc.app.follow_ups.notifications.get(nid)
+        if p is None:  # delivered or given up
+            self.delays.pop(nid, None)
+            return
+        due = self._due_at(nid, p)
+        self.scheduled.add(nid)
+        if due is None or due <= now:
+            self.waiting.setdefault(p.receiver, deque()).append(nid)
+        else:
+            heapq.heappush(self.timers, (due, nid))
+
+    def next_due(self, now: datetime) -> float | None:
+        """Seconds until the next retry falls due (None: none waits)."""
+        return max(0.0, (self.timers[0][0] - now).total_seconds()) if self.timers else None
 
     async def run_once(self, client: httpx.AsyncClient) -> int:
-        """Start the due deliveries there is room for; how many started."""
+        """Take in what changed, start the due deliveries there is room for; how many started."""
         follow_ups = self.svc.app.follow_ups
-        await asyncio.to_thread(follow_ups.refresh)
-        now = self.svc.app.clock.now()
-        with follow_ups.lock:
-            todo = [(nid, p.url) for nid, p in follow_ups.notifications.items()
-                    if nid not in self.inflight and self._due(nid, p, now)]
+        if self.changes is None:
+            self.changes = follow_ups.listen()
+            await asyncio.to_thread(follow_ups.refresh)
+            with follow_ups.lock:
+                everything = list(follow_ups.notifications)
+            now = self.svc.app.clock.now()
+            for nid in everything:  # what was pending before this process listened
+                self._schedule(nid, now)
+        else:
+            await asyncio.to_thread(follow_ups.refresh)
+            now = self.svc.app.clock.now()
+        while self.changes:
+            self._schedule(self.changes.popleft(), now)
+        while self.timers and self.timers[0][0] <= now:
+            _, nid = heapq.heappop(self.timers)
+            self.scheduled.discard(nid)
+            self._schedule(nid, now)
+        return self._start(client, now)
+
+    def _start(self, client: httpx.AsyncClient, now: datetime) -> int:
+        pending = self.svc.app.follow_ups.notifications
         started = 0
-        for nid, url in todo:
-            if len(self.inflight) >= self.capacity:
-                break
-            host = normal_host(url)
-            if self.hosts[host] >= self.per_host:
-                continue  # that receiver is busy: later, without counting an attempt
-            self.hosts[host] += 1
-            task = asyncio.create_task(self._deliver(client, nid, host))
-            self.inflight[nid] = task
-            started += 1
+        for receiver in list(self.waiting):
+            queue = self.waiting[receiver]
+            while queue and self.busy[receiver] < self.per_receiver and len(self.inflight) < self.capacity:
+                nid = queue.popleft()
+                self.scheduled.discard(nid)
+                p = pending.get(nid)
+                if p is None or nid in self.inflight:
+                    continue
+                due = self._due_at(nid, p)
+                if due is not None and due > now:  # tried meanwhile (another instance): its back-off anew
+                    self._schedule(nid, now)
+                    continue
+                self.busy[receiver] += 1
+                self.inflight[nid] = asyncio.create_task(self._deliver(client, nid, receiver))
+                started += 1
+            if not queue:
+                del self.waiting[receiver]
         return started
 
     async def drain(self, client: httpx.AsyncClient, timeout: float = 30.0) -> None:
@@ -481,36 +540,22 @@ class Notifier:
                 return
             await asyncio.sleep(0.01)
 
-    async def _deliver(self, client: httpx.AsyncClient, nid: UUID, host: str) -> None:
+    async def _deliver(self, client: httpx.AsyncClient, nid: UUID, receiver: str) -> None:
+        freed = False
         try:
-            n = await commands.load_notification(self.svc, nid)
+            n = self.svc.app.follow_ups.pending_notification(nid) or await commands.load_notification(self.svc, nid)
             if n.delivered or n.dead:
                 return
             body = orjson.dumps({"ticket_id": n.ticket_id, "step": n.step, "text": n.text, "template": n.template,
                                  "language": n.language, **n.payload})
-            status: int | None = None
-            error: str | None = None
-            final = False
-            try:
-                resp = await self.guard.post(
-                    client, n.url, content=body,
-                    headers={"content-type": "application/json", "X-TSOP-Signature": sign(self.secret, body),
-                             "X-TSOP-Delivery": str(nid), "X-TSOP-Step": n.step},
-                    timeout=self.timeout,
-                )
-                status = resp.status_code
-                if not 200 <= status < 300:
-                    error = f"HTTP {status}: {resp.text[:300]}"
-            except outbound.Unresolved as exc:
-                error = exc.reason
-            except outbound.Refused as exc:  # where the URL leads now is not allowed: no retry helps
-                outbound.OUTBOUND_REFUSED.labels("notification", "delivery").inc()
-                error, final = f"refused: {exc.reason}", True
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            outcome = "ok" if error is None else "retry"
-            n = await commands.record_attempt(self.svc, nid, error is None, status, error,
-                                              self.policy.max_attempts, final)
+            http = client if self.pools is None else self.pools.get(receiver, self.busy.__contains__)
+            sent = await outbound.send(
+                self.guard, http, n.url, body, purpose="notification", secret=self.secret,
+                headers={"X-TSOP-Delivery": str(nid), "X-TSOP-Step": n.step}, timeout=self.timeout,
+            )
+            freed = self._free(receiver)  # the receiver may take the next one while this outcome is saved
+            n = await self._record(commands.Attempt(nid, sent.ok, sent.status, sent.error, sent.final))
+            outcome = "ok" if sent.ok else "retry"
             if n.dead:
                 outcome = "dead"
                 if self.dead is not None:
@@ -521,11 +566,40 @@ class Notifier:
             await asyncio.sleep(1.0)
         finally:
             self.inflight.pop(nid, None)
-            if self.wake is not None:
-                self.wake.ring()  # room for the next one
-            self.hosts[host] -= 1
-            if self.hosts[host] <= 0:
-                del self.hosts[host]
+            if self.changes is not None:  # looked at again next round: a retry's back-off (or gone if delivered)
+                self.changes.append(nid)
+            if not freed:
+                self._free(receiver)
+
+    def _free(self, receiver: str) -> bool:
+        self.busy[receiver] -= 1
+        if self.busy[receiver] <= 0:
+            del self.busy[receiver]
+        if self.wake is not None:
+            self.wake.ring()  # room for the next one
+        return True
+
+    async def _record(self, attempt: commands.Attempt) -> Notification:
+        """Save this attempt with the others finishing now, in one transaction; the notification after it."""
+        future: asyncio.Future[Notification] = asyncio.get_running_loop().create_future()
+        self.outcomes.append((attempt, future))
+        if self.recorder is None or self.recorder.done():
+            self.recorder = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self.outcomes:
+            batch, self.outcomes = self.outcomes[: self.batch], self.outcomes[self.batch :]
+            try:
+                saved = await commands.record_attempts(self.svc, [a for a, _ in batch], self.policy.max_attempts)
+            except Exception as exc:  # noqa: BLE001 - every waiter learns it; their notifications stay pending
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), n in zip(batch, saved, strict=True):
+                if not future.done():
+                    future.set_result(n)
 
 
 async def deliver_notifications(svc: Service[commands.FeedbackApp], secret: str) -> None:
@@ -540,9 +614,14 @@ async def deliver_notifications(svc: Service[commands.FeedbackApp], secret: str)
 
     notifier = Notifier(svc, secret, outbound.guard_for(settings), outbound.RetryPolicy.from_settings(settings),
                         dead=dead)
-    # a notification is pending (any instance saved), a delivery finished; a retry falling due: the safety net
+    notifier.pools = pools = outbound.Pools(notifier.timeout, notifier.per_receiver)
+    # a notification is pending (any instance saved), a post finished (a slot is free), a retry falls due
     wake = notifier.wake = svc.waiter(saved=True)
-    async with outbound.client(notifier.timeout) as client:
-        while True:
-            if not await notifier.run_once(client):
-                await wake.wait()
+    try:
+        async with outbound.client(notifier.timeout) as client:
+            while True:
+                if not await notifier.run_once(client):
+                    retry_in = notifier.next_due(svc.app.clock.now())
+                    await wake.wait(SAFETY_NET_SECONDS if retry_in is None else min(SAFETY_NET_SECONDS, retry_in))
+    finally:
+        await pools.aclose()

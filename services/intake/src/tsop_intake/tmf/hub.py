@@ -272,23 +272,12 @@ class Deliverer:
 
     async def _send(self, row: asyncpg.Record) -> tuple[bool, int | None, str | None, bool]:
         """(delivered, status, error, give up now)."""
-        url = listener_url(row["callback"], row["event_name"])
         payload = row["payload"].encode() if isinstance(row["payload"], str) else bytes(row["payload"])
         if self.opener is not None:
             payload = await asyncio.to_thread(self.opener, payload)
-        try:
-            r = await self.guard.post(self.http, url, content=payload,
-                                      headers={"Content-Type": "application/json"}, timeout=self.timeout)
-        except outbound.Unresolved as exc:
-            return False, None, exc.reason[:500], False
-        except outbound.Refused as exc:  # the name now leads somewhere listeners may not be: not retried
-            outbound.OUTBOUND_REFUSED.labels("tmf-hub", "delivery").inc()
-            return False, None, f"refused: {exc.reason}"[:500], True
-        except httpx.HTTPError as exc:
-            return False, None, f"{type(exc).__name__}: {exc}"[:500], False
-        if 200 <= r.status_code < 300:
-            return True, r.status_code, None, False
-        return False, r.status_code, r.text[:500], False
+        sent = await outbound.send(self.guard, self.http, listener_url(row["callback"], row["event_name"]),
+                                   payload, purpose="tmf-hub", timeout=self.timeout)
+        return sent.ok, sent.status, sent.error[:500] if sent.error else None, sent.final
 
 
 async def deliver(runtime: Runtime, timeout: float) -> None:
