@@ -118,6 +118,14 @@ class UnitOfWork:
             raise TypeError(f"{aggregate_id} is a {type(found).__name__}, not a {cls.__name__}")
         return found
 
+    def find_or_add(self, cls: type[T], aggregate_id: UUID, create: Callable[[], T]) -> T:
+        """The aggregate of type ``cls``, created with ``create`` (and added) if it was never created."""
+        found = self.find(cls, aggregate_id)
+        if found is None:
+            found = create()
+            self.add(found)  # type: ignore[arg-type]
+        return found
+
     def load(self, cls: type[T], aggregate_id: UUID, field: str = "id", what: str | None = None) -> T:
         """The aggregate of type ``cls``; ``NotFound`` (a 404 naming ``field``) if it was never created."""
         found = self.find(cls, aggregate_id)

@@ -97,20 +97,12 @@ def get_incident(uow: UnitOfWork, incident_id: UUID) -> Incident:
 
 def watch_of(uow: UnitOfWork, region: str, service_type: str) -> Watch:
     wid = watch_id(region, service_type)
-    w = uow.find(Watch, wid)
-    if w is None:
-        w = Watch(id=wid, region=region, service_type=service_type)
-        uow.add(w)
-    return w
+    return uow.find_or_add(Watch, wid, lambda: Watch(id=wid, region=region, service_type=service_type))
 
 
 def ticket_link(uow: UnitOfWork, ticket_id: str) -> TicketLink:
     tid = link_id(ticket_id)
-    t = uow.find(TicketLink, tid)
-    if t is None:
-        t = TicketLink(id=tid, ticket_id=ticket_id)
-        uow.add(t)
-    return t
+    return uow.find_or_add(TicketLink, tid, lambda: TicketLink(id=tid, ticket_id=ticket_id))
 
 
 def link_in(uow: UnitOfWork, inc: Incident, ticket_id: str, by: str, app: IncidentApp) -> bool:

@@ -88,11 +88,7 @@ class IncidentNotices(EventStoreSink):
 
     def ticket(self, uow: UnitOfWork, ticket_id: str) -> TicketIncident:
         tid = ticket_incident_id(ticket_id)
-        found = uow.find(TicketIncident, tid)
-        if found is None:
-            found = TicketIncident(id=tid, ticket_id=ticket_id)
-            uow.add(found)
-        return found
+        return uow.find_or_add(TicketIncident, tid, lambda: TicketIncident(id=tid, ticket_id=ticket_id))
 
     def tell_all(self, uow: UnitOfWork, brief: IncidentBrief, step: str, at: datetime) -> None:
         if not brief.tell(step, at):
