@@ -61,6 +61,10 @@ def post_raw(raw: bytes | str) -> Any:
         ('{"attributes": {"\\u0000": 1}}', 422, "attributes.\x00"),
         ('{"name": "\\ud800"}', 422, "name"),
         ('{"score": 123456789012345678901234567890}', 422, "body"),
+        # a sealed token (from a topic, a dead letter or the archive) sent in would be opened in the sender's answer
+        ('{"name": "pd1.0123456789abcdef.c2VjcmV0LXRleHQ"}', 422, "name"),
+        ('{"attributes": {"note": [{"text": "see pd1.0123456789abcdef.c2VjcmV0 please"}]}}', 422,
+         "attributes.note.0.text"),
     ],
 )
 def test_what_no_event_can_carry_is_refused(raw: str, status: int, field: str) -> None:

@@ -179,3 +179,21 @@ def test_whatever_the_customer_answers_and_when_the_ticket_closes_once_on_its_fi
     assert names(app, "t").count("closed") == (1 if closer else 0)
     if closer is not None:
         assert case.closed_basis == ("confirmed" if closer[0] == "confirm" else "rated")
+
+
+def test_what_the_customer_said_on_confirming_is_stored_sealed() -> None:
+    """The note is the customer's own words (personal data, docs/erasure.md): the event store holds only its
+    ciphertext, kept early or applied, and the service reads it back."""
+    mark = "works again, my flat at 12 Rue Marker-Q7"
+    app, clock = make_app()
+    opened(app, "early")
+    app.confirm("early", "channel:portal", mark, channel_id="ch-1")  # kept until Resolved arrives
+    clock.advance(timedelta(seconds=5))
+    resolved(app, "early", event_id="r-early")
+    resolved(app, "t")
+    app.confirm("t", "channel:portal", mark, channel_id="ch-1")
+    for ticket in ("early", "t"):
+        stored = list(app.recorder.select_events(case_id(ticket)))
+        assert any(s.topic.endswith(("ConfirmationKept", "Confirmed")) for s in stored)
+        assert not any(b"Marker-Q7" in bytes(s.state) for s in stored)
+    assert app.repository.get(case_id("t")).closed_basis == "confirmed"

@@ -25,6 +25,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, Strict
 
+from tsop_events.personal import TOKEN as SEALED
+
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # a number (written with a fraction or an exponent) beyond ±2⁶³: PostgreSQL's jsonb keeps 1e308 as numeric and gives it
 # back as a 309-digit integer, which no 64-bit JSON encoder (orjson) nor client decodes as the number it was
@@ -65,6 +67,10 @@ def _clean(value: Any, parts: list[str | int], changed: list[bool]) -> Any:
     if isinstance(value, str):
         if _UNSTORABLE.search(value):
             raise EdgeError(422, _path(parts), "contains a NUL character or a lone surrogate, which cannot be stored")
+        if SEALED.search(value):
+            # answers open every token they carry: a token sent in would be opened for whoever sent it
+            raise EdgeError(422, _path(parts), "contains a sealed personal-data token (pd1.…), which only the "
+                            "platform writes")
         if not value.isascii() and not unicodedata.is_normalized("NFC", value):
             changed[0] = True
             return unicodedata.normalize("NFC", value)

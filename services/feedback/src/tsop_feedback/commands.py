@@ -64,6 +64,8 @@ class FeedbackApp(EventStoreApp):
     personal: ClassVar[Mapping[type, PersonalFields]] = {
         FeedbackCase.RatingKept: PersonalFields(frozenset({"comment"}), subject=_ticket_of),
         FeedbackCase.Rated: PersonalFields(frozenset({"comment"}), subject=_ticket_of),
+        FeedbackCase.ConfirmationKept: PersonalFields(frozenset({"note"}), subject=_ticket_of),
+        FeedbackCase.Confirmed: PersonalFields(frozenset({"note"}), subject=_ticket_of),
         Complaint.Received: PersonalFields(frozenset({"description"}), customer="customer_id"),
     }
 
