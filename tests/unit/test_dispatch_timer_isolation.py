@@ -1,5 +1,5 @@
-"""Dispatch's timer round (``views.tick``) under a large or failing incident resolution: each round resolves at most
-one chunk per resolving incident and every other timer still runs in it; a step or an incident chunk that fails is
+"""Dispatch's timer round (``views.tick``) under a large or failing incident resolution: each round resolves one
+chunk per resolving incident, more only within its time budget, and every other timer still runs in it; a step or an incident chunk that fails is
 logged once while it lasts, never stops the other steps or incidents, and the work resumes once it passes (in
 memory, with the injectable clock)."""
 
@@ -58,6 +58,7 @@ def test_a_round_resolves_one_chunk_per_incident_and_every_other_timer_runs_in_i
     app, _ = new_app()
     two_resolved_incidents(app, 5, 3)
     monkeypatch.setattr(views, "RESOLVE_CHUNK", 2)
+    monkeypatch.setattr(views, "RESOLVE_BUDGET_SECONDS", 0.0)  # its budget spent: one chunk per incident
     ran = spy_steps(monkeypatch)
     faults = views.TimerFaults()
     rounds = [app.tick(faults)["resolved_by_incidents"] for _ in range(4)]
@@ -68,6 +69,15 @@ def test_a_round_resolves_one_chunk_per_incident_and_every_other_timer_runs_in_i
     assert app.app.repository.get(record_id("incA")).done and app.app.repository.get(record_id("incB")).done
     assert app.app.repository.get(record_id("incA")).count == 5
     assert faults.current == {}
+
+
+def test_within_its_budget_a_round_goes_on_with_the_next_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    app, _ = new_app()
+    two_resolved_incidents(app, 5, 3)
+    monkeypatch.setattr(views, "RESOLVE_CHUNK", 2)
+    monkeypatch.setattr(views, "RESOLVE_BUDGET_SECONDS", 60.0)  # an idle machine: chunks are quick
+    assert app.tick()["resolved_by_incidents"] == 8  # throughput kept: no round per chunk
+    assert app.app.repository.get(record_id("incA")).done and app.app.repository.get(record_id("incB")).done
 
 
 def test_a_failing_incident_chunk_is_logged_once_and_stops_neither_other_incidents_nor_other_timers(

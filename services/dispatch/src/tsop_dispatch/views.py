@@ -457,6 +457,9 @@ async def auto_peak(svc: Service[DispatchApp]) -> bool | None:
 
 
 RESOLVE_CHUNK = 1000  # work orders an incident's resolution resolves in one transaction
+# seconds of one timer round the resolutions may take beyond one chunk per incident: the other timers wait no longer
+# (a 100,000-order incident no longer runs ~100 transactions before them), the throughput is kept while it is idle
+RESOLVE_BUDGET_SECONDS = 0.5
 
 
 class TimerFaults:
@@ -481,20 +484,23 @@ class TimerFaults:
             log.info("dispatch timer %s works again", step)
 
 
-async def resolve_held(svc: Service[DispatchApp], chunk: int = RESOLVE_CHUNK, rounds: int | None = None,
+async def resolve_held(svc: Service[DispatchApp], chunk: int = RESOLVE_CHUNK, budget: float | None = None,
                        faults: TimerFaults | None = None) -> int:
     """Resolve the work orders held by resolved incidents, ``chunk`` at a time, each chunk its own transaction
     (``policies.resolve_chunk``); the record is finished once none is left. The held set is the durable cursor:
     after a crash the next round goes on with what is still held. How many were resolved.
 
-    ``rounds``: at most that many chunks per incident in this call (the timers take one, so that a large incident
-    never stalls the other timers; None: until done). An incident whose chunk fails is reported (once, in
-    ``faults``) and left for the next call; the other incidents go on."""
+    ``budget``: one chunk per incident, and more only while this call has taken less than ``budget`` seconds (the
+    timers pass ``RESOLVE_BUDGET_SECONDS``, so that a large incident never stalls the other timers; None: until
+    done). An incident whose chunk fails is reported (once, in ``faults``) and left for the next call; the other
+    incidents go on."""
     from tsop_dispatch.policies import resolve_chunk  # policies import this module's neighbours, not the reverse
 
     app = svc.app
     board = app.board
     faults = faults or TimerFaults()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     await asyncio.to_thread(board.refresh)
     with board.lock:
         incidents = sorted(i for i in board.resolving if i)
@@ -506,7 +512,7 @@ async def resolve_held(svc: Service[DispatchApp], chunk: int = RESOLVE_CHUNK, ro
             held, pending = board.held_by(incident_id)
             work_orders = held[:chunk]
             early = pending[: max(0, chunk - len(work_orders))]
-            if (work_orders or early) and rounds is not None and chunks >= rounds:
+            if (work_orders or early) and chunks and budget is not None and loop.time() - started >= budget:
                 break  # the rest in the next round
             chunks += 1
 
@@ -546,11 +552,11 @@ async def _step(name: str, faults: TimerFaults, run: Callable[[], Awaitable[T]])
 
 async def tick(svc: Service[DispatchApp], faults: TimerFaults | None = None) -> dict[str, int]:
     """One round of every timer dispatch keeps in its event store: each step isolated from the others' failures,
-    and one chunk per resolving incident (the rest in the next rounds), so no step waits long for another."""
+    and the resolutions within their budget (the rest in the next rounds), so no step waits long for another."""
     f = faults or TimerFaults()
 
     def held() -> Awaitable[int]:
-        return resolve_held(svc, RESOLVE_CHUNK, rounds=1, faults=f)
+        return resolve_held(svc, RESOLVE_CHUNK, RESOLVE_BUDGET_SECONDS, f)
 
     out = {
         "resolved_by_incidents": await _step("resolve_held", f, held),
