@@ -1,7 +1,7 @@
-"""Dispatch's timer round (``views.tick``) under a large or failing incident resolution: each round resolves one
-chunk per resolving incident, more only within its time budget, and every other timer still runs in it; a step or an incident chunk that fails is
-logged once while it lasts, never stops the other steps or incidents, and the work resumes once it passes (in
-memory, with the injectable clock)."""
+"""Dispatch's timer round (``views.tick``) under a large or failing incident resolution: each round resolves one chunk
+per resolving incident, more only within its time budget, and every other timer still runs in it; a step or an
+incident chunk that fails is logged once while it lasts, never stops the other steps or incidents, and the work
+resumes once it passes (in memory, with the injectable clock)."""
 
 from __future__ import annotations
 
