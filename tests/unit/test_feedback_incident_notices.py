@@ -22,26 +22,33 @@ INC = "inc-1"
 
 
 class Incidents:
-    """Hands incident events to the incident-notices sink; ``replay`` consumes them all again under a new epoch."""
+    """Hands incident events to the incident-notices sink, each batch at the next offsets of the topic; ``redeliver``
+    hands the same batch again at NEW offsets, with the same event ids, as when the relay republishes what it had
+    published but not yet marked (a crash in between): only the sink's own idempotence stops a second notice.
+    ``replay`` consumes the whole topic (republished records too) again under a new epoch."""
 
     def __init__(self, app: FeedbackApp) -> None:
-        self.sink, self.log, self.epoch = IncidentNotices(app), list[wire.IncidentEvent](), 0
+        self.sink, self.log, self.epoch = IncidentNotices(app), list[tuple[str, wire.IncidentEvent]](), 0
 
-    def incoming(self, ev: wire.IncidentEvent, n: int) -> Incoming:
-        env = Envelope(f"i{self.epoch}-{n}", ev.event_type, "test", NOW, ev.key(), None, None, b"{}")
+    def incoming(self, eid: str, ev: wire.IncidentEvent, n: int) -> Incoming:
+        env = Envelope(eid, ev.event_type, "test", NOW, ev.key(), None, None, b"{}")
         return Incoming("incidents", 0, n, ev.key(), env, ev)
 
-    def __call__(self, *events: wire.IncidentEvent, redeliver: bool = False) -> None:
+    def publish(self, published: list[tuple[str, wire.IncidentEvent]]) -> None:
         start = len(self.log)
-        self.log.extend(events)
-        records = [self.incoming(ev, start + i + 1) for i, ev in enumerate(events)]
+        self.log.extend(published)
+        records = [self.incoming(eid, ev, start + i + 1) for i, (eid, ev) in enumerate(published)]
         self.sink._process(f"n|{self.epoch}|incidents|0", records, records[-1].offset)
-        if redeliver:  # the same records again, as after a crash before the offset was committed elsewhere
-            self.sink._process(f"n|{self.epoch}|incidents|0", records, records[-1].offset)
+
+    def __call__(self, *events: wire.IncidentEvent, redeliver: bool = False) -> None:
+        published = [(f"e{len(self.log) + i + 1}", ev) for i, ev in enumerate(events)]
+        self.publish(published)
+        if redeliver:
+            self.publish(published)
 
     def replay(self) -> None:
         self.epoch += 1
-        records = [self.incoming(ev, n) for n, ev in enumerate(self.log, 1)]
+        records = [self.incoming(eid, ev, n) for n, (eid, ev) in enumerate(self.log, 1)]
         for r in records:
             self.sink._process(f"n|{self.epoch}|incidents|0", [r], r.offset)
 
@@ -83,7 +90,8 @@ def test_each_customer_is_told_once_per_change_in_their_channels_template_and_la
                                     unlinked_at=at(3)))
     # t4 is linked in the same batch as the restoration: it is told too
     bus(submitted("t4", "https://ok.example/t4"))
-    inc(linked("t4", 4), wire.ServiceRestored(incident_id=INC, note="spliced", restored_by="m", restored_at=at(5)))
+    inc(linked("t4", 4), wire.ServiceRestored(incident_id=INC, note="spliced", restored_by="m", restored_at=at(5)),
+        redeliver=True)
     inc(wire.IncidentResolved(incident_id=INC, resolution_code="restored", summary="fibre spliced", advice=None,
                               tickets_linked=3, resolved_by="m", resolved_at=at(6)))
     got = sorted((n.ticket_id, n.step) for n in queued(app))
@@ -98,6 +106,8 @@ def test_each_customer_is_told_once_per_change_in_their_channels_template_and_la
     assert (t1.template, t1.language) == ("sms", "zh") and "broadband outage in north" in t1.text and "t1" in t1.text
     assert (t2.template, t2.language) == ("email", "en") and "restored at 2026-06-01T09:05+00:00" in t2.text
     assert t2.url == "https://ok.example/t2" and t2.payload["incident_id"] == INC
+    # the redelivered batches were consumed (their new offsets tracked), not skipped as already seen
+    assert app.tracked_position("n|0|incidents|0") == len(inc.log) == 18
     before = len(queued(app))
     inc.replay()  # the incidents topic consumed again from the start (a broker change)
     assert len(queued(app)) == before
@@ -111,7 +121,7 @@ def test_a_ticket_unlinked_and_linked_again_is_told_again_and_a_replay_tells_not
     inc(declared(), linked("t1", 1))
     inc(wire.IncidentTicketUnlinked(incident_id=INC, ticket_id="t1", reason="unrelated", unlinked_by="m",
                                     unlinked_at=at(2)))
-    inc(linked("t1", 3))
+    inc(linked("t1", 3), redeliver=True)
     assert sorted(n.step for n in queued(app)) == ["incident_linked", "incident_linked", "incident_unlinked"]
     inc.replay()
     assert len(queued(app)) == 3

@@ -243,6 +243,9 @@ async def schema_lock(settings: ServiceSettings) -> AsyncIterator[None]:
         await conn.close()
 
 
+V = TypeVar("V")
+
+
 class LogFollower:
     """An in-process view built by following the app's own notification log.
 
@@ -269,6 +272,18 @@ class LogFollower:
                 if not batch:
                     return
                 self.position = batch[-1].id
+
+    async def read(self, view: Callable[[], V], refresh: bool = True) -> V:
+        """``view()`` under the lock (after a refresh), in a worker thread: the event loop never waits for the lock,
+        which a refresh in another thread may hold for long (database reads, a replay of the log at start-up)."""
+
+        def run() -> V:
+            with self.lock:
+                if refresh:
+                    self.refresh()
+                return view()
+
+        return await asyncio.to_thread(run)
 
 
 P = ParamSpec("P")

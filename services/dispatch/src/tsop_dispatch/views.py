@@ -12,11 +12,11 @@ import asyncio
 import logging
 from bisect import insort
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from uuid import UUID
 
 from tsop_dispatch import commands
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from tsop_dispatch.commands import DispatchApp
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -456,25 +457,64 @@ async def auto_peak(svc: Service[DispatchApp]) -> bool | None:
 
 
 RESOLVE_CHUNK = 1000  # work orders an incident's resolution resolves in one transaction
+# seconds of one timer round the resolutions may take beyond one chunk per incident: the other timers wait no longer
+# (a 100,000-order incident no longer runs ~100 transactions before them), the throughput is kept while it is idle
+RESOLVE_BUDGET_SECONDS = 0.5
 
 
-async def resolve_held(svc: Service[DispatchApp], chunk: int = RESOLVE_CHUNK) -> int:
+class TimerFaults:
+    """What each timer step (or incident resolution) failed with, so that a lasting fault is logged once, not on
+    every round: logged when it appears or changes, and when it clears. ``current`` is what fails now."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, str] = {}
+
+    def failed(self, step: str, exc: BaseException | str) -> None:
+        text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        if self.current.get(step) == text:
+            return
+        self.current[step] = text
+        if isinstance(exc, BaseException):
+            log.error("dispatch timer %s failed (logged once until it changes): %s", step, text, exc_info=exc)
+        else:
+            log.warning("dispatch timer %s: %s (logged once until it changes)", step, text)
+
+    def ok(self, step: str) -> None:
+        if self.current.pop(step, None) is not None:
+            log.info("dispatch timer %s works again", step)
+
+
+async def resolve_held(svc: Service[DispatchApp], chunk: int = RESOLVE_CHUNK, budget: float | None = None,
+                       faults: TimerFaults | None = None) -> int:
     """Resolve the work orders held by resolved incidents, ``chunk`` at a time, each chunk its own transaction
     (``policies.resolve_chunk``); the record is finished once none is left. The held set is the durable cursor:
-    after a crash the next round goes on with what is still held. How many were resolved."""
+    after a crash the next round goes on with what is still held. How many were resolved.
+
+    ``budget``: one chunk per incident, and more only while this call has taken less than ``budget`` seconds (the
+    timers pass ``RESOLVE_BUDGET_SECONDS``, so that a large incident never stalls the other timers; None: until
+    done). An incident whose chunk fails is reported (once, in ``faults``) and left for the next call; the other
+    incidents go on."""
     from tsop_dispatch.policies import resolve_chunk  # policies import this module's neighbours, not the reverse
 
     app = svc.app
     board = app.board
+    faults = faults or TimerFaults()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     await asyncio.to_thread(board.refresh)
     with board.lock:
         incidents = sorted(i for i in board.resolving if i)
     total = 0
     for incident_id in incidents:
+        step = f"resolve_held:{incident_id}"
+        chunks = 0
         while True:
             held, pending = board.held_by(incident_id)
             work_orders = held[:chunk]
             early = pending[: max(0, chunk - len(work_orders))]
+            if (work_orders or early) and chunks and budget is not None and loop.time() - started >= budget:
+                break  # the rest in the next round
+            chunks += 1
 
             def decide(uow: UnitOfWork, i: str = incident_id, w: list[UUID] = work_orders,
                        e: list[UUID] = early) -> int | None:
@@ -484,32 +524,55 @@ async def resolve_held(svc: Service[DispatchApp], chunk: int = RESOLVE_CHUNK) ->
                 n = await svc.commands.run(decide)
             except IntegrityError:
                 break  # another instance resolved this chunk meanwhile: the next round decides again
+            except Exception as exc:  # noqa: BLE001 - one incident's failing chunk never stops the others
+                faults.failed(step, exc)
+                break
             await asyncio.to_thread(board.refresh)
             if n is None or (not work_orders and not early):
+                faults.ok(step)
                 break  # finished (or nothing to do)
             if n == 0 and not early:
-                log.warning("incident %s: %d held work orders could not be resolved", incident_id, len(work_orders))
+                faults.failed(step, f"{len(work_orders)} held work orders could not be resolved")
                 break
+            faults.ok(step)
             total += n
     return total
 
 
-async def tick(svc: Service[DispatchApp]) -> dict[str, int]:
-    """One round of every timer dispatch keeps in its event store."""
-    out = {
-        "resolved_by_incidents": await resolve_held(svc),
-        "assigned": await drain_queue(svc),
-        "expired": await expire_acceptances(svc),
-        "crossed": await check_clocks(svc),
-    }
-    await auto_peak(svc)
+async def _step(name: str, faults: TimerFaults, run: Callable[[], Awaitable[T]]) -> T | None:
+    """One timer step, isolated: a failure is logged (once while it lasts) and the next step still runs."""
+    try:
+        out = await run()
+    except Exception as exc:  # noqa: BLE001 - one failing step never stops the other timers
+        faults.failed(name, exc)
+        return None
+    faults.ok(name)
     return out
+
+
+async def tick(svc: Service[DispatchApp], faults: TimerFaults | None = None) -> dict[str, int]:
+    """One round of every timer dispatch keeps in its event store: each step isolated from the others' failures,
+    and the resolutions within their budget (the rest in the next rounds), so no step waits long for another."""
+    f = faults or TimerFaults()
+
+    def held() -> Awaitable[int]:
+        return resolve_held(svc, RESOLVE_CHUNK, RESOLVE_BUDGET_SECONDS, f)
+
+    out = {
+        "resolved_by_incidents": await _step("resolve_held", f, held),
+        "assigned": await _step("drain_queue", f, lambda: drain_queue(svc)),
+        "expired": await _step("expire_acceptances", f, lambda: expire_acceptances(svc)),
+        "crossed": await _step("check_clocks", f, lambda: check_clocks(svc)),
+    }
+    await _step("auto_peak", f, lambda: auto_peak(svc))
+    return {k: v or 0 for k, v in out.items()}
 
 
 async def timers(svc: Service[DispatchApp], every: float) -> None:
     """The durable timers: a round when any instance saved (at most one per ``every`` seconds), and at least
     one a second for the due times (SLA thresholds, acceptance deadlines)."""
     wake = svc.waiter(saved=True, pace=every)
+    faults = TimerFaults()
     while True:
-        await tick(svc)
+        await tick(svc, faults)
         await wake.wait(max(every, SAFETY_NET_SECONDS))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -209,8 +208,7 @@ class ReopenCounts(BaseModel):
 async def reopen_counts(svc: Svc, caller: StatsReader, ticket_id: UUID | None = None) -> ReopenCounts:
     """Reopen counts per technician and service type (and per ticket, with `ticket_id`)."""
     follow_ups = svc.app.follow_ups
-    await asyncio.to_thread(follow_ups.refresh)
-    total, by_tech, by_type = follow_ups.reopen_counts()
+    total, by_tech, by_type = await follow_ups.read(follow_ups.reopen_counts)  # the lock off the event loop
     out = ReopenCounts(total=total, by_technician=by_tech, by_service_type=by_type)
     if ticket_id is not None:
         case = await commands.feedback_of(svc, str(ticket_id))
@@ -290,9 +288,7 @@ async def ticket_notifications(ticket_id: UUID, svc: Svc, caller: Reader) -> lis
     """The step notifications of a ticket, each with its attempts and state (the result webhook: …/feedback)."""
     await commands.feedback_of(svc, str(ticket_id), own_channel(caller))  # 404 / 403 as for the case
     follow_ups = svc.app.follow_ups
-    await asyncio.to_thread(follow_ups.refresh)
-    with follow_ups.lock:
-        ids = list(follow_ups.notifications_of.get(str(ticket_id), []))
+    ids = await follow_ups.read(lambda: list(follow_ups.notifications_of.get(str(ticket_id), [])))
     return [notification_view(n) for n in await commands.load_notifications(svc, ids)]
 
 
@@ -301,7 +297,5 @@ async def dead_notifications(svc: Svc, caller: StatsReader, limit: Annotated[int
                              ) -> list[NotificationView]:
     """Notifications given up after their last attempt, for an agent to follow up by other means."""
     follow_ups = svc.app.follow_ups
-    await asyncio.to_thread(follow_ups.refresh)
-    with follow_ups.lock:
-        ids = list(follow_ups.dead_notifications)[-limit:]
+    ids = await follow_ups.read(lambda: list(follow_ups.dead_notifications)[-limit:])
     return [notification_view(n) for n in await commands.load_notifications(svc, ids)]

@@ -229,12 +229,12 @@ async def remind(svc: Service[FeedbackApp], cid: UUID) -> bool:
 async def expire_windows(svc: Service[FeedbackApp]) -> int:
     """Remind, then close, every case whose window says so (the board says which); how many closed."""
     follow_ups = svc.app.follow_ups
-    await asyncio.to_thread(follow_ups.refresh)
     now = svc.app.clock.now()
-    for cid in follow_ups.reminders_due(now, svc.app.policy.remind_at):
+    # the lock off the event loop (a refresh in a consumer's thread may hold it for long)
+    for cid in await follow_ups.read(lambda: follow_ups.reminders_due(now, svc.app.policy.remind_at)):
         await remind(svc, cid)
     closed = 0
-    for cid in follow_ups.due(now):
+    for cid in await follow_ups.read(lambda: follow_ups.due(now), refresh=False):
         closed += await expire_window(svc, cid)
     await asyncio.to_thread(follow_ups.refresh)
     return closed

@@ -129,10 +129,12 @@ class FollowUps(LogFollower):
             changed.append(nid)
 
     def listen(self) -> deque[UUID]:
-        """A queue that receives the id of every notification whose state changes from now on (a deliverer's)."""
+        """A queue that receives the id of every notification whose state changes from now on (a deliverer's).
+
+        Takes no lock (the event loop calls it, while a refresh may hold the lock for long): appending to a list is
+        atomic, and a change applied just before is in ``notifications``, which the caller reads after this."""
         changed: deque[UUID] = deque()
-        with self.lock:
-            self.listeners.append(changed)
+        self.listeners.append(changed)
         return changed
 
     def opened(self, cid: UUID) -> bool:
@@ -288,14 +290,11 @@ class Deliverer:
         """Record what was delivered, start the due deliveries there is room for; how much happened."""
         recorded = await self._record()
         follow_ups = self.svc.app.follow_ups
-        await asyncio.to_thread(follow_ups.refresh)
+        to_notify = await follow_ups.read(lambda: list(follow_ups.to_notify))  # the lock off the event loop
         now = time.monotonic()
         waiting = {d[0] for d in self.delivered}
-        with follow_ups.lock:
-            todo = [
-                c for c in follow_ups.to_notify
-                if c not in self.inflight and c not in waiting and self.next_try.get(c, 0.0) <= now
-            ]
+        todo = [c for c in to_notify
+                if c not in self.inflight and c not in waiting and self.next_try.get(c, 0.0) <= now]
         started = 0
         for cid in todo[: max(0, self.capacity - len(self.inflight))]:
             task = asyncio.create_task(self._deliver(client, cid))
@@ -486,9 +485,8 @@ class Notifier:
         follow_ups = self.svc.app.follow_ups
         if self.changes is None:
             self.changes = follow_ups.listen()
-            await asyncio.to_thread(follow_ups.refresh)
-            with follow_ups.lock:
-                everything = list(follow_ups.notifications)
+            # never the lock on the event loop: a refresh in a consumer's thread may hold it for long
+            everything = await follow_ups.read(lambda: list(follow_ups.notifications))
             now = self.svc.app.clock.now()
             for nid in everything:  # what was pending before this process listened
                 self._schedule(nid, now)
