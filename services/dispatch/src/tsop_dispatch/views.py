@@ -502,14 +502,18 @@ async def resolve_held(svc: Service[DispatchApp], chunk: int = RESOLVE_CHUNK, bu
     loop = asyncio.get_running_loop()
     started = loop.time()
     await asyncio.to_thread(board.refresh)
-    with board.lock:
-        incidents = sorted(i for i in board.resolving if i)
+
+    def resolving() -> list[str]:
+        with board.lock:  # in a thread: a refresh elsewhere may hold the lock, and the event loop never waits on it
+            return sorted(i for i in board.resolving if i)
+
+    incidents = await asyncio.to_thread(resolving)
     total = 0
     for incident_id in incidents:
         step = f"resolve_held:{incident_id}"
         chunks = 0
         while True:
-            held, pending = board.held_by(incident_id)
+            held, pending = await asyncio.to_thread(board.held_by, incident_id)
             work_orders = held[:chunk]
             early = pending[: max(0, chunk - len(work_orders))]
             if (work_orders or early) and chunks and budget is not None and loop.time() - started >= budget:

@@ -312,9 +312,9 @@ async def incident_of_ticket(svc: IncidentSvc, ticket_id: str) -> Incident:
 async def open_incidents(svc: IncidentSvc) -> list[tuple[UUID, list[str], list[str]]]:
     """The open incidents (id, regions, services), from the board."""
     board = svc.app.board
-    await asyncio.to_thread(board.refresh)
-    with board.lock:
-        return sorted((iid, regions, services) for iid, (regions, services) in board.open.items())
+    return await board.read(
+        lambda: sorted((iid, regions, services) for iid, (regions, services) in board.open.items())
+    )
 
 
 # --- the review ------------------------------------------------------------------------------------------
@@ -369,16 +369,17 @@ async def escalate_overdue(svc: IncidentSvc) -> int:
 async def link_open_tickets(svc: IncidentSvc, incident_id: UUID) -> int:
     """Link the tickets open in the incident's scope (the read model of the ticket stream says which)."""
     app = svc.app
-    await asyncio.to_thread(app.board.refresh)
-    scope = app.board.open.get(incident_id)
+    board = app.board
+    scope, linked = await board.read(lambda: (
+        board.open.get(incident_id),
+        board.linked.get(incident_id, set()) | board.unlinked.get(incident_id, set()),
+    ))
     if scope is None:
         return 0
-    with app.board.lock:
-        linked = app.board.linked.get(incident_id, set()) | app.board.unlinked.get(incident_id, set())
-    todo = [
-        t for t in await open_tickets_in(svc.pool, scope)
-        if t not in linked and not app.board.held_elsewhere(incident_id, t)
-    ]
+    candidates = [t for t in await open_tickets_in(svc.pool, scope) if t not in linked]
+    todo = await board.read(
+        lambda: [t for t in candidates if not board.held_elsewhere(incident_id, t)], refresh=False
+    )
     count = 0
     for i in range(0, len(todo), LINK_BATCH):
         chunk = todo[i: i + LINK_BATCH]

@@ -350,16 +350,17 @@ async def review_queue(
     svc: Svc, caller: Agent, limit: Annotated[int, Query(ge=1, le=500)] = 100
 ) -> dict[str, Any]:
     index = svc.app.index
-    await asyncio.to_thread(index.refresh)
-    with index.lock:
+
+    def view() -> dict[str, Any]:
         queued = sorted(index.queued.items(), key=lambda kv: (str(kv[1].since), str(kv[0])))
         items = [
             {"id": str(tid), "service_type": q.service_type, "region": q.region, "customer_tier": q.customer_tier,
              "queued_at": q.since.isoformat() if q.since else None, "reasons": q.reasons}
             for tid, q in queued[:limit]
         ]
-        total = len(queued)
-    return {"total": total, "items": items}
+        return {"total": len(queued), "items": items}
+
+    return await index.read(view)
 
 
 @router.post("/requests/{ticket_id}/review", tags=["review"], response_model=RequestView)
@@ -419,14 +420,12 @@ async def register_channel(
 @router.get("/channels", tags=["channels"], response_model=ChannelList)
 async def list_channels(svc: Svc, caller: Admin) -> dict[str, Any]:
     index = svc.app.index
-    await asyncio.to_thread(index.refresh)
-    with index.lock:
-        items = [
-            {"id": c.id, "name": c.name, "kind": c.kind, "kind_label": CHANNEL_KINDS[c.kind],
-             "callback_url": c.callback_url, "rate_limit_per_minute": c.rate_limit_per_minute,
-             "live_credentials": sorted(c.credentials)}
-            for c in index.channels.values()
-        ]
+    items = await index.read(lambda: [
+        {"id": c.id, "name": c.name, "kind": c.kind, "kind_label": CHANNEL_KINDS[c.kind],
+         "callback_url": c.callback_url, "rate_limit_per_minute": c.rate_limit_per_minute,
+         "live_credentials": sorted(c.credentials)}
+        for c in index.channels.values()
+    ])
     return {"total": len(items), "items": sorted(items, key=lambda c: c["name"])}
 
 
