@@ -8,6 +8,7 @@ erasure, or whose listener was down, reads it too (the listener reads the ``cust
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -96,3 +97,37 @@ async def test_every_instance_forgets_on_every_erasure_and_a_late_one_catches_up
 
 async def _more(heard: list[str], than: int) -> bool:
     return len(heard) > than
+
+
+async def test_an_instance_that_did_not_serve_the_erasure_stops_serving_opened_data(settings: ServiceSettings) -> None:
+    """Two intake instances both hold a customer's request opened in their aggregate cache; the erasure is served
+    by one: the other answers ``[erased]`` once it hears ``CustomerDataErased`` (well within the key cache time)."""
+    from tests.unit.test_personal import MARK, _request
+    from tsop_events.personal import ERASED
+    from tsop_intake.commands import IntakeApp
+    from tsop_intake.wire import WIRE
+
+    settings = settings.model_copy(update={"keyring_cache_seconds": 3600.0})  # only the broadcast can help
+    one = Runtime(settings, app_factory=lambda s: IntakeApp(s), mapper=WIRE)
+    two = Runtime(settings, app_factory=lambda s: IntakeApp(s), mapper=WIRE)
+    await one.start()
+    await two.start()
+    try:
+        customer = f"cust-{settings.service_name}"
+        r = _request(customer)
+        await asyncio.to_thread(one.app.save, r)
+        for rt in (one, two):  # each instance loads it: opened, in its cache
+            assert (await asyncio.to_thread(rt.app.repository.get, r.id)).description == MARK
+        # what intake's request_erasure does on the instance serving it, then the event its relay publishes
+        assert await asyncio.to_thread(one.app.keyring.erase, customer) == 1
+        one.app.forget_opened()
+        await _erase(settings, [customer])
+        one._announce({Topic.customers.qualified(settings.topic_prefix)})
+
+        async def erased_on_two() -> bool:
+            return (await asyncio.to_thread(two.app.repository.get, r.id)).description == ERASED
+
+        await eventually(erased_on_two, 20, "the other instance answers [erased]")
+    finally:
+        await one.stop()
+        await two.stop()
