@@ -207,3 +207,37 @@ def test_answers_open_personal_data_whole_or_streamed_and_nothing_else() -> None
     ring.erase("c")
     assert client.get("/one").json()["description"] == ERASED
     assert client.get("/stream").json()[1]["description"] == ERASED
+
+
+def test_data_written_for_an_erased_subject_is_erased_at_birth() -> None:
+    """A rating comment or a work-log note sealed for a ticket whose customer was erased (rules that seal without
+    a customer) must not get a fresh key that no erasure destroys: the subject's tombstone makes it ``[erased]``."""
+    ring = MemoryKeyring()
+    before = ring.seal("ticket-a", "cust-a", "the customer's words")
+    assert ring.erase("cust-a") == 1
+    later = ring.seal("ticket-a", None, {"comment": "a late rating comment " + MARK, "score": 2})
+    assert MARK not in json.dumps(later) and later["score"] == 2
+    assert ring.open(later) == {"comment": ERASED, "score": 2} and ring.open(before) == ERASED
+    ring.prepare({"ticket-a": None})  # a batch's keys: none for an erased subject
+    assert ring.open(ring.seal("ticket-a", "cust-a", "again")) == ERASED
+    assert ring.erase("cust-a") == 0  # no key was created since
+    assert ring.open(ring.seal("ticket-b", "cust-a", "a new request")) == "a new request"  # a new subject reads
+
+
+def test_an_update_stored_after_the_erasure_of_its_ticket_is_erased() -> None:
+    app = _app()
+    r = _request(customer="")
+    app.save(r)
+    r.apply_decision(review(Catalogue.load(), r.fields(), Facts(now=NOW)), NOW)
+    r.update({"customer_id": "cust-a"}, "portal", NOW)  # the ticket's key is assigned to cust-a
+    app.save(r)
+    assert app.keyring.erase("cust-a") == 1
+    app.forget_opened()
+    r = app.repository.get(r.id)
+    r.apply_decision(review(Catalogue.load(), r.fields(), Facts(now=NOW)), NOW)
+    assert r.status in ("pending_information", "queued_for_review")
+    r.update({"description": "written after the erasure: " + MARK}, "portal", NOW)
+    app.save(r)
+    assert all(MARK.encode() not in bytes(s.state) for s in app.recorder.select_events(r.id))
+    app.forget_opened()
+    assert app.repository.get(r.id).description == ERASED

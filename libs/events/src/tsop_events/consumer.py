@@ -88,6 +88,9 @@ class Sink(ABC):
     name: ClassVar[str]
     topics: ClassVar[tuple[Topic, ...]] = (Topic.tickets,)
     event_types: ClassVar[frozenset[str] | None] = None  # None = every type
+    # False: a broadcast: every process reads every record (no consumer group, each partition from its start;
+    # the sink keeps its positions in memory), e.g. the erasure listener (tsop_events.runtime.ErasureListener)
+    grouped: ClassVar[bool] = True
 
     async def setup(self) -> None:  # noqa: B027 - optional hook
         """Create what the sink needs (tables); called once at start."""
@@ -271,7 +274,7 @@ class ConsumerRunner:
         prefix = self.settings.topic_prefix
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=f"{prefix}{self.sink.name}",
+            group_id=f"{prefix}{self.sink.name}" if self.sink.grouped else None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.settings.consumer_batch,

@@ -71,11 +71,13 @@ class Keyring(ABC):
     """Data keys per subject (a ticket, a complaint), each belonging to one customer. Thread-safe."""
 
     @abstractmethod
-    def key_for(self, subject: str, customer_id: str | None) -> tuple[str, bytes]:
-        """The subject's live key (id, bytes), created for ``customer_id`` if it has none."""
+    def key_for(self, subject: str, customer_id: str | None) -> tuple[str, bytes] | None:
+        """The subject's live key (id, bytes), created for ``customer_id`` if it has none; None when the subject
+        was erased (it has a tombstone): what is sealed for it from then on is ``ERASED``, gone at birth."""
 
     def prepare(self, wanted: Mapping[str, str | None]) -> None:
-        """Make sure each subject (→ its customer) has a key, at once for many: one round trip, not one each."""
+        """Make sure each subject (→ its customer) has a key, at once for many: one round trip, not one each
+        (an erased subject gets none)."""
         for subject, customer in wanted.items():
             self.key_for(subject, customer)
 
@@ -92,13 +94,17 @@ class Keyring(ABC):
 
     @abstractmethod
     def erase(self, customer_id: str) -> int:
-        """Destroy every key of the customer; how many were destroyed (0 on a repeat)."""
+        """Destroy every key of the customer and leave a tombstone for each of their subjects (customer and time,
+        no key), so that no later key is created for them; how many keys were destroyed (0 on a repeat)."""
 
     def seal(self, subject: str, customer_id: str | None, value: Any) -> Any:
         """``value`` with every string in it sealed (mapping keys, numbers and booleans stay as they are)."""
         if value is None:
             return None
-        key_id, key = self.key_for(subject, customer_id)
+        found = self.key_for(subject, customer_id)
+        if found is None:  # an erased subject: what is written for it now is erased at once
+            return _erase_tree(value)
+        key_id, key = found
         return _seal_tree(AESGCM(key), key_id, value)
 
     def open(self, value: Any) -> Any:
@@ -152,6 +158,16 @@ def _seal_tree(aes: AESGCM, key_id: str, value: Any) -> Any:
     return value
 
 
+def _erase_tree(value: Any) -> Any:
+    if isinstance(value, str):
+        return ERASED
+    if isinstance(value, Mapping):
+        return {k: _erase_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_erase_tree(v) for v in value]
+    return value
+
+
 def _new_key_id() -> str:
     return secrets.token_hex(8)
 
@@ -163,9 +179,12 @@ class MemoryKeyring(Keyring):
         self._lock = threading.Lock()
         self._keys: dict[str, tuple[str, str, bytes]] = {}  # key id -> (subject, customer, key)
         self._live: dict[str, str] = {}  # subject -> key id
+        self._tombstones: dict[str, str] = {}  # erased subject -> its customer
 
-    def key_for(self, subject: str, customer_id: str | None) -> tuple[str, bytes]:
+    def key_for(self, subject: str, customer_id: str | None) -> tuple[str, bytes] | None:
         with self._lock:
+            if subject in self._tombstones:
+                return None
             key_id = self._live.get(subject)
             if key_id is not None and key_id in self._keys:
                 return key_id, self._keys[key_id][2]
@@ -188,7 +207,8 @@ class MemoryKeyring(Keyring):
         with self._lock:
             gone = [kid for kid, (_, cust, _) in self._keys.items() if cust == customer_id]
             for kid in gone:
-                del self._keys[kid]
+                subject = self._keys.pop(kid)[0]
+                self._tombstones.setdefault(subject, customer_id)
             return len(gone)
 
 
@@ -201,7 +221,13 @@ CREATE TABLE IF NOT EXISTS tsop_data_keys (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS tsop_data_keys_subject ON tsop_data_keys (subject, created_at);
-CREATE INDEX IF NOT EXISTS tsop_data_keys_customer ON tsop_data_keys (customer_id)
+CREATE INDEX IF NOT EXISTS tsop_data_keys_customer ON tsop_data_keys (customer_id);
+CREATE TABLE IF NOT EXISTS tsop_erased_subjects (
+    subject text PRIMARY KEY,
+    customer_id text NOT NULL,
+    erased_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS tsop_erased_subjects_customer ON tsop_erased_subjects (customer_id)
 """
 
 
@@ -233,7 +259,8 @@ class PostgresKeyring(Keyring):
         self.max_cached = 100_000
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, bytes | None]] = {}
-        self._live: dict[str, tuple[float, str]] = {}
+        # subject -> (when read, its live key id; None: the subject is erased, which is forever)
+        self._live: dict[str, tuple[float, str | None]] = {}
 
     def close(self) -> None:
         self.pool.close()
@@ -241,55 +268,58 @@ class PostgresKeyring(Keyring):
     def _fresh(self, at: float) -> bool:
         return time.monotonic() - at < self.cache_seconds
 
-    def key_for(self, subject: str, customer_id: str | None) -> tuple[str, bytes]:
+    def _known(self, subject: str) -> bool:
         live = self._live.get(subject)
-        if live is not None and self._fresh(live[0]):
-            key = self.key(live[1])
-            if key is not None:
-                return live[1], key
-        with self.pool.connection() as conn:
-            row = conn.execute(
-                "SELECT key_id, key FROM tsop_data_keys WHERE subject = %s ORDER BY created_at DESC LIMIT 1",
-                (subject,),
-            ).fetchone()
-            if row is None:
-                key_id, key = _new_key_id(), AESGCM.generate_key(256)
-                conn.execute(
-                    "INSERT INTO tsop_data_keys (key_id, subject, customer_id, key) VALUES (%s, %s, %s, %s)",
-                    (key_id, subject, customer_id or "", key),
-                )
-            else:
-                key_id, key = str(row[0]), bytes(row[1])
-        self._remember({key_id: key})
-        with self._lock:
-            self._live[subject] = (time.monotonic(), key_id)
-        return key_id, key
+        return live is not None and (live[1] is None or self._fresh(live[0]))
 
-    def prepare(self, wanted: Mapping[str, str | None]) -> None:
-        missing = [s for s in wanted if (live := self._live.get(s)) is None or not self._fresh(live[0])]
+    def key_for(self, subject: str, customer_id: str | None) -> tuple[str, bytes] | None:
+        live = self._live.get(subject)
+        if live is not None:
+            at, key_id = live
+            if key_id is None:
+                return None  # erased: a tombstone never goes away
+            if self._fresh(at) and (key := self.key(key_id)) is not None:
+                return key_id, key
+        self.prepare({subject: customer_id}, force=True)
+        live = self._live.get(subject)
+        key_id = None if live is None else live[1]
+        if key_id is None:
+            return None
+        key = self.key(key_id)
+        return None if key is None else (key_id, key)
+
+    def prepare(self, wanted: Mapping[str, str | None], force: bool = False) -> None:
+        missing = [s for s in wanted if force or not self._known(s)]
         if not missing:
             return
         fresh = {s: (_new_key_id(), AESGCM.generate_key(256)) for s in missing}
         with self.pool.connection() as conn:
-            # a subject's first key is created here; one that has a key already keeps its newest
+            # a subject's first key is created here; one that has a key already keeps its newest; an erased
+            # subject (a tombstone) gets none: what is sealed for it is erased at once
             conn.execute(
                 "INSERT INTO tsop_data_keys (key_id, subject, customer_id, key) "
                 "SELECT n.key_id, n.subject, n.customer_id, n.key "
                 "FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[]) AS n(key_id, subject, customer_id, key) "
-                "WHERE NOT EXISTS (SELECT 1 FROM tsop_data_keys k WHERE k.subject = n.subject)",
+                "WHERE NOT EXISTS (SELECT 1 FROM tsop_data_keys k WHERE k.subject = n.subject) "
+                "AND NOT EXISTS (SELECT 1 FROM tsop_erased_subjects e WHERE e.subject = n.subject)",
                 ([k for k, _ in fresh.values()], list(fresh), [wanted[s] or "" for s in fresh],
                  [key for _, key in fresh.values()]),
             )
             rows = conn.execute(
-                "SELECT DISTINCT ON (subject) subject, key_id, key FROM tsop_data_keys WHERE subject = ANY(%s) "
+                "SELECT DISTINCT ON (subject) subject, key_id, key FROM tsop_data_keys k WHERE subject = ANY(%s) "
+                "AND NOT EXISTS (SELECT 1 FROM tsop_erased_subjects e WHERE e.subject = k.subject) "
                 "ORDER BY subject, created_at DESC",
                 (missing,),
             ).fetchall()
         self._remember({str(key_id): bytes(key) for _, key_id, key in rows})
         now = time.monotonic()
+        keyed = {str(subject) for subject, _, _ in rows}
         with self._lock:
             for subject, key_id, _ in rows:
                 self._live[str(subject)] = (now, str(key_id))
+            for subject in missing:
+                if subject not in keyed:  # no key and none created: the subject is erased
+                    self._live[subject] = (now, None)
 
     def key(self, key_id: str) -> bytes | None:
         cached = self._cache.get(key_id)
@@ -331,12 +361,25 @@ class PostgresKeyring(Keyring):
 
     def erase(self, customer_id: str) -> int:
         with self.pool.connection() as conn:
-            gone = conn.execute(
-                "DELETE FROM tsop_data_keys WHERE customer_id = %s RETURNING key_id, subject", (customer_id,)
-            ).fetchall()
+            with conn.transaction():
+                # tombstones first (customer and time, no key): no key is created for these subjects any more
+                conn.execute(
+                    "INSERT INTO tsop_erased_subjects (subject, customer_id) "
+                    "SELECT DISTINCT subject, customer_id FROM tsop_data_keys WHERE customer_id = %s "
+                    "ON CONFLICT (subject) DO NOTHING",
+                    (customer_id,),
+                )
+                # and keys of an erased subject that a writer created meanwhile (before it saw the tombstone)
+                gone = conn.execute(
+                    "DELETE FROM tsop_data_keys WHERE customer_id = %s "
+                    "OR subject IN (SELECT subject FROM tsop_erased_subjects WHERE customer_id = %s) "
+                    "RETURNING key_id, subject",
+                    (customer_id, customer_id),
+                ).fetchall()
             if gone:
-                # the deleted rows' bytes stay in the table's pages until vacuumed: vacuum them away now
-                conn.execute("VACUUM (FULL) tsop_data_keys")
+                # a plain VACUUM (no ACCESS EXCLUSIVE lock: seals and opens go on) prunes the dead row versions;
+                # their bytes may still linger in free page space and in the WAL (docs/erasure.md)
+                conn.execute("VACUUM tsop_data_keys")
         self.forget([str(r[0]) for r in gone], [str(r[1]) for r in gone])
         return len(gone)
 
@@ -351,7 +394,7 @@ class PostgresKeyring(Keyring):
             for kid in ids:
                 self._cache[kid] = (time.monotonic(), None)
             for sub in subs:
-                self._live.pop(sub, None)
+                self._live[sub] = (time.monotonic(), None)  # erased: its tombstone is forever
 
 
 _KEYRINGS: dict[str, Keyring] = {}

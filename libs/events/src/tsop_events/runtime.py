@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic
 
@@ -22,7 +22,7 @@ from typing_extensions import TypeVar
 
 from tsop_events.auth import Principal, TokenResolver, load_token_table
 from tsop_events.commands import Commands
-from tsop_events.consumer import OFFSETS_DDL, ConsumerRunner, Incoming, ProjectionSink, Sink
+from tsop_events.consumer import OFFSETS_DDL, ConsumerRunner, Incoming, Sink
 from tsop_events.epoch import EpochWatcher
 from tsop_events.personal import PostgresKeyring, keyring_of
 from tsop_events.relay import RELAY_DDL, SET_ASIDE_DDL, Mapper, Relay
@@ -295,24 +295,38 @@ async def _retry(start: Callable[[], Awaitable[None]], what: str, timeout: float
             await asyncio.sleep(1.0)
 
 
-class ErasureListener(ProjectionSink):
-    """Hears ``CustomerDataErased`` (docs/erasure.md): the service forgets the data keys it cached and the
+class ErasureListener(Sink):
+    """Hears ``CustomerDataErased`` (docs/erasure.md): the process forgets the data keys it cached and the
     aggregates it holds opened in memory, so an erased customer's data stops opening here at once rather than
-    when the key cache expires. Nothing is stored but the position: what is stored is sealed already."""
+    when the key cache expires.
+
+    A broadcast, not a consumer group: *every* process of the service must forget (a group would hand each erasure
+    to one instance only). So each process reads the ``customers`` topic from its start (erasures are rare) with no
+    group, and keeps its positions in memory only: nothing is stored, no row is left behind per process, and a
+    process started later, or whose listener restarted, reads every erasure again (forgetting is idempotent)."""
 
     topics: ClassVar[tuple[Topic, ...]] = (Topic.customers,)
     event_types: ClassVar[frozenset[str] | None] = frozenset({CustomerDataErased.event_type})
+    grouped: ClassVar[bool] = False
 
-    def __init__(self, pool: asyncpg.Pool, forget: Callable[[], None]) -> None:
-        super().__init__(pool)
+    def __init__(self, forget: Callable[[], None]) -> None:
         self.forget = forget
+        self._positions: dict[tuple[str, str, int], int] = {}  # (epoch, topic, partition) -> next offset
 
-    async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
-        await asyncio.to_thread(self.forget)
+    async def position(self, epoch: str, topic: str, partition: int) -> int | None:
+        return self._positions.get((epoch, topic, partition))
+
+    async def process(
+        self, epoch: str, topic: str, partition: int, records: Sequence[Incoming], last_offset: int
+    ) -> None:
+        done = self._positions.get((epoch, topic, partition))
+        if records and (done is None or any(r.offset >= done for r in records)):
+            await asyncio.to_thread(self.forget)
+        self._positions[(epoch, topic, partition)] = max(done or 0, last_offset + 1)
 
 
 def erasure_listener(runtime: Runtime[Any, Any]) -> ErasureListener:
-    """The service's listener, in a consumer group of its own (``<service>-erasure``)."""
+    """The process's listener (a broadcast: every process of the service hears every erasure)."""
     settings, app = runtime.settings, (runtime.app if runtime.app_factory is not None else None)
 
     def forget() -> None:
@@ -323,5 +337,5 @@ def erasure_listener(runtime: Runtime[Any, Any]) -> ErasureListener:
             app.forget_opened()
 
     cls = type("ErasureListener", (ErasureListener,), {"name": f"{settings.service_name}-erasure"})
-    listener: ErasureListener = cls(runtime.pool, forget)
+    listener: ErasureListener = cls(forget)
     return listener

@@ -63,7 +63,8 @@ Personal = Annotated[
     Field(
         max_length=24000,
         description="A customer's personal data, sealed: `pd1.<key id>.<ciphertext>` under the customer's data key "
-        "(see docs/erasure.md); opens to `[erased]` once the customer's data is erased.",
+        "(see docs/erasure.md); opens to `[erased]` once the customer's data is erased, and is `[erased]` itself "
+        "when written after its subject (ticket, complaint) was erased.",
     ),
 ]
 
