@@ -72,7 +72,13 @@ def cpu_seconds(stack: Stack) -> dict[str, float]:
     return lifecycle.cpu_seconds(StackTarget(stack))
 
 
-__all__ = ["RESULTS", "cpu_seconds", "free_port", "on_stack", "processes", "summary"]
+def cpu_per(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    """Milliseconds of CPU per unit of work (a delivery, a rating), per process, between two ``cpu_seconds``."""
+    n = max(1, count)
+    return {k: round((after[k] - before.get(k, 0.0)) / n * 1000, 3) for k in after}
+
+
+__all__ = ["RESULTS", "cpu_per", "cpu_seconds", "free_port", "on_stack", "processes", "summary"]
 
 
 class StackTarget:

@@ -46,7 +46,7 @@ import httpx
 import psutil
 from tsop_devstack.stack import Stack
 
-from bench.__main__ import cpu_seconds, free_port, on_stack
+from bench.__main__ import cpu_per, cpu_seconds, free_port, on_stack
 from bench.feedback import Events, accepted, assigned, feedback_stack, submitted, write
 from bench.lifecycle import summary
 
@@ -292,8 +292,7 @@ async def run(args: argparse.Namespace, stack: Stack, receivers: Receivers) -> d
             cpu1 = {**cpu_seconds(stack), "receiver": sum(receivers.psutil.cpu_times()[:2])}
             stats = await receivers.stats(http, full=True)
             result = measure(published, expected, started, stats.pop("delivered"), timed_out)
-            n = max(1, result["delivered_unique"])
-            result["cpu_per_delivery_ms"] = {k: round((cpu1[k] - cpu0.get(k, 0.0)) / n * 1000, 3) for k in cpu1}
+            result["cpu_per_delivery_ms"] = cpu_per(cpu0, cpu1, result["delivered_unique"])
             result["receiver"] = stats
             result["loadavg"] = {"start": load0, "end": psutil.getloadavg()}
             return result

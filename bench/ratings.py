@@ -28,7 +28,7 @@ import httpx
 import psutil
 from tsop_devstack.stack import Stack
 
-from bench.__main__ import cpu_seconds, on_stack
+from bench.__main__ import cpu_per, cpu_seconds, on_stack
 from bench.feedback import Events, feedback_stack, resolved, submitted, write
 from bench.intake import Connection
 from bench.lifecycle import summary
@@ -122,8 +122,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
             cpu0, load0 = cpu_seconds(stack), psutil.getloadavg()
             result = await rate_all(stack, token, tickets, args.connections)
             cpu1 = cpu_seconds(stack)
-            n = max(1, result["accepted"])
-            result["cpu_per_rating_ms"] = {k: round((cpu1[k] - cpu0.get(k, 0.0)) / n * 1000, 3) for k in cpu1}
+            result["cpu_per_rating_ms"] = cpu_per(cpu0, cpu1, result["accepted"])
             result["windows_opened_in_s"] = round(settled, 1)
             await asyncio.sleep(2.0)
             result["sample_recorded"] = await recorded(http, stack, token, tickets)
