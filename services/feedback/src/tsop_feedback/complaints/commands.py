@@ -12,6 +12,7 @@ derived from its cause, so the same cause read twice opens it once.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID, uuid4
@@ -229,24 +230,35 @@ async def complaints(svc: Service[FeedbackApp], caller: Principal, **filters: An
     return board.complaints(channel_of(caller), _now(svc), **filters)
 
 
-async def escalate_overdue(svc: Service[FeedbackApp]) -> int:
-    """Escalate every complaint whose deadline passed (the board says which); how many escalations."""
+async def _escalate_each(
+    svc: Service[FeedbackApp], overdue: Callable[[datetime], list[UUID]], escalate: Callable[[UnitOfWork, UUID], int],
+) -> int:
+    """Escalate, each in its own command, what the board says is ``overdue`` now (read off the event loop: a
+    refresh in another thread may hold the board's lock); how many escalations."""
     board = desk(svc).board
-    await asyncio.to_thread(board.refresh)
     done = 0
-    for cid in board.due(_now(svc)):
+    for item in await board.read(lambda: overdue(_now(svc))):
 
-        def decide(uow: UnitOfWork, cid: UUID = cid) -> int:
-            c = uow.load(Complaint, cid)
-            escalated = c.escalate_overdue(_now(svc))
-            if escalated:
-                tell_customer(uow, svc, c, "timer", desk(svc).policy)
-            return escalated
+        def one(uow: UnitOfWork, item: UUID = item) -> int:
+            return escalate(uow, item)
 
-        done += await svc.commands.run(decide)
+        done += await svc.commands.run(one)
     if done:
         await asyncio.to_thread(board.refresh)
     return done
+
+
+async def escalate_overdue(svc: Service[FeedbackApp]) -> int:
+    """Escalate every complaint whose deadline passed (the board says which); how many escalations."""
+
+    def escalate(uow: UnitOfWork, cid: UUID) -> int:
+        c = uow.load(Complaint, cid)
+        escalated = c.escalate_overdue(_now(svc))
+        if escalated:
+            tell_customer(uow, svc, c, "timer", desk(svc).policy)
+        return escalated
+
+    return await _escalate_each(svc, desk(svc).board.due, escalate)
 
 
 # ---------------------------------------------------------------- improvement actions
@@ -354,18 +366,10 @@ async def actions(svc: Service[FeedbackApp], status: str | None, origin: str | N
 
 async def escalate_overdue_actions(svc: Service[FeedbackApp]) -> int:
     """Escalate every improvement action past its due date unfinished (the board says which); how many."""
-    board = desk(svc).board
-    await asyncio.to_thread(board.refresh)
-    done = 0
-    for aid in board.actions_due(_now(svc)):
-
-        def decide(uow: UnitOfWork, aid: UUID = aid) -> bool:
-            return uow.load(ImprovementAction, aid).escalate_overdue(_now(svc))
-
-        done += await svc.commands.run(decide)
-    if done:
-        await asyncio.to_thread(board.refresh)
-    return done
+    return await _escalate_each(
+        svc, desk(svc).board.actions_due,
+        lambda uow, aid: int(uow.load(ImprovementAction, aid).escalate_overdue(_now(svc))),
+    )
 
 
 # ---------------------------------------------------------------- the internal assessment
