@@ -242,6 +242,10 @@ class ConsumerRunner:
         self.producer = producer
         self.consumer: AIOKafkaConsumer | None = None
         self.running = False
+        # the sink's tables exist: set by the runtime, which ran every sink's setup under the schema lock. A setup
+        # run here as well would race another instance's start (two ``CREATE OR REPLACE FUNCTION`` at once fail
+        # with "tuple concurrently updated")
+        self.set_up = False
         # the next offset to apply per partition, as stored when the partition was assigned (or the epoch
         # changed) and as advanced by this runner since: no read of the stored position per batch
         self._next: dict[tuple[str, TopicPartition], int | None] = {}
@@ -269,7 +273,9 @@ class ConsumerRunner:
                 self.consumer.seek(tp, pos)
 
     async def run(self) -> None:
-        await self.sink.setup()
+        if not self.set_up:
+            await self.sink.setup()
+            self.set_up = True
         await self.epoch_watcher.wait_known()
         prefix = self.settings.topic_prefix
         self.consumer = AIOKafkaConsumer(

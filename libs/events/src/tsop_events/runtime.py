@@ -130,11 +130,12 @@ class Runtime(Generic[A, S]):
         self._resolvers = [make(self) for make in self.token_resolvers]
         sinks = [make_sink(self) for make_sink in self.sinks]
         sinks.append(erasure_listener(self))  # every service forgets erased customers' keys and opened data
-        async with schema_lock(s):  # the sinks' tables, one instance at a time (their runners' setup is then a no-op)
+        async with schema_lock(s):  # the sinks' tables, one instance at a time (their runners skip their setup)
             for sink in sinks:
                 await sink.setup()
         for sink in sinks:
             runner = ConsumerRunner(sink, s, self.epoch, self.producer, on_stored=self.stored.ring)
+            runner.set_up = True
             runner.news = Waiter([])
             self.runners.append(runner)
             self._spawn(f"consumer {runner.sink.name}", runner.run)
