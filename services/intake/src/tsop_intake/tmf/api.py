@@ -202,7 +202,7 @@ async def list_tickets(request: Request, response: Response, svc: Svc, caller: C
     # one snapshot: the total, the page and the histories agree even while the read model moves
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         if countable:  # categorical filters only: the per-combination counts (of live tickets) answer at once
-            total = await conn.fetchval(f"SELECT coalesce(sum(n), 0) FROM tmf_ticket_count WHERE {condition}", *args)
+            total = await conn.fetchval(f"SELECT coalesce(sum(n), 0) FROM tmf_ticket_counts WHERE {condition}", *args)
         else:
             total = await conn.fetchval(f"SELECT count(*) FROM tmf_ticket WHERE NOT deleted AND {condition}", *args)
         rows = await conn.fetch(
