@@ -160,6 +160,15 @@ async def test_the_figures_streamed_into_postgresql_equal_the_reference(settings
         js = r.json()
         assert len(js) == sum(lc[0][3]["channel"] == "hotline" for lc in lifecycles) and all(
             j["channel"] == "hotline" for j in js)
+        # no cap on the range either: decades of tickets are one export (and one scorecard), not 1,100 periods
+        decades = {"from": "1990-01-01T00:00:00Z", "to": "2090-01-01T00:00:00Z"}
+        r = await client.get("/v1/stats/export", headers=AUDITOR, params={**decades, "format": "csv"})
+        assert r.status_code == 200, r.text
+        assert len(list(csv.DictReader(io.StringIO(r.text)))) == len(lifecycles)
+        r = await client.get("/v1/stats/technicians", headers=AUDITOR, params=decades)
+        assert r.status_code == 200 and r.json(), r.text
+        r = await client.get("/v1/stats/report", headers=AUDITOR, params=decades)  # a series of 36,525 days: no
+        assert r.status_code == 422 and "granularity" in r.text
         r = await client.get("/v1/stats/export", headers=AUDITOR, params={**params, "format": "parquet"})
         table = pq.read_table(io.BytesIO(r.content))
         assert table.num_rows == len(lifecycles)
