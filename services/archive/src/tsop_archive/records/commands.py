@@ -151,29 +151,35 @@ async def chain_and_checkpoint(
 
 async def verify(
     pool: asyncpg.Pool, from_seq: int = 1, to_seq: int = 2**62, keys: Mapping[str, bytes] | None = None,
-    expect: tuple[int, bytes] | None = None, tickets_topic: str = "tsop.tickets",
+    expect: tuple[int, bytes] | None = None, tickets_topic: str = "tsop.tickets", ahead: int = 2,
 ) -> Verification:
     """Recompute the chain from ``from_seq`` to ``to_seq``: each record's hash from its stored form, each
     link from the one before, each checkpoint's link and signature; stop at the first break.
 
     ``keys`` pins the public keys an auditor trusts (by key id); by default the keys the archive published.
     ``expect`` is a checkpoint the auditor kept (number, link): it must still be there, alike, and reached.
-    A ticket's record (on ``tickets_topic``) verifies as expired only once the expiry's announcement
-    (records-expired) is itself in the chain.
+    A record verifies as expired only where an announcement of its expiry, in the chain, names it (see
+    ``records.domain``).
+
+    The whole pass reads the store as it stood at one instant (``projection.snapshot``, on ``ahead``
+    connections): a retention round or a chaining round that commits meanwhile is seen entirely or not at all,
+    so a consistent archive never shows a break.
     """
-    if keys is None:
-        keys = {k: v for k, (v, _) in (await rp.public_keys(pool)).items()}
-    previous = await rp.link_before(pool, from_seq)
-    cps = await rp.checkpoints(pool, from_seq, to_seq, limit=10_000_000)
-    v = ChainVerifier(from_seq, to_seq, previous, cps, signature_check(keys))
-    if cps:
-        v.chain_checkpoints(await rp.checkpoint_before(pool, min(c.number for c in cps)))
-    async for rows in rp.verify_rows(pool, from_seq, to_seq, tickets_topic=tickets_topic):
-        if not v.feed(rows):
-            break
-    r = v.finish()
-    if expect is not None:
-        r = check_expected(r, expect[0], expect[1], await rp.checkpoint_numbered(pool, expect[0]))
+    async with rp.snapshot(pool, ahead) as conns:
+        db = conns[0]
+        if keys is None:
+            keys = {k: v for k, (v, _) in (await rp.public_keys(db)).items()}
+        previous = await rp.link_before(db, from_seq)
+        cps = await rp.checkpoints(db, from_seq, to_seq, limit=10_000_000)
+        v = ChainVerifier(from_seq, to_seq, previous, cps, signature_check(keys))
+        if cps:
+            v.chain_checkpoints(await rp.checkpoint_before(db, min(c.number for c in cps)))
+        async for rows in rp.verify_rows(conns, from_seq, to_seq, tickets_topic=tickets_topic):
+            if not v.feed(rows):
+                break
+        r = v.finish()
+        if expect is not None:
+            r = check_expected(r, expect[0], expect[1], await rp.checkpoint_numbered(db, expect[0]))
     return r
 
 
@@ -338,7 +344,8 @@ async def _expire_matter(
             for s, e in zip(x.seqs, x.event_ids, strict=True)
         ]
         changed += await rp.apply_expiry(
-            svc.pool, str(x.id), m.key, x.record_class, x.at, sorted(m.customer_ids), changes
+            svc.pool, str(x.id), m.key, x.record_class, x.at, sorted(m.customer_ids), changes,
+            rp.Announcing(x.days, svc.settings.service_name, rp.announcements_topic(prefix)),
         )
     out.records += changed
     if changed:

@@ -5,7 +5,11 @@ hold, and past states. Pure: no I/O.
 by PostgreSQL, see ``projection``) and a *link*: ``link(n) = SHA-256(link(n-1) ‖ record_hash(n))`` in the
 order of the store's sequence, starting from 32 zero bytes. The chain runs over record hashes, not bodies,
 so a body that retention drops or anonymises leaves its hash and its link in place: the chain still
-verifies across it, and the record is reported as *expired*, not broken.
+verifies across it, and the record is reported as *expired*, not broken — but only where an *announcement* in
+the chain names it (``announcement``): every expiry, of every record class (a ticket's, a complaint's, an
+incident's, a dead letter's), is announced by a record the archive writes into its own store and links into
+the chain in the same transaction as the expiry. A row made to look expired behind the archive's back (an
+expiry row forged, a body dropped) has no such announcement, and ``verify`` names it.
 
 **Checkpoints.** Every so often the archive signs (Ed25519) the link it has reached; an auditor holding the
 published public key checks offline that the archive has not been rewritten since, even by someone able to
@@ -264,9 +268,8 @@ _REASONS = {
     RowState.altered: "record altered: its stored form no longer hashes to its record hash",
     RowState.missing: "record missing: the chain links a record the store no longer holds",
     RowState.unchained: "record not in the chain: it sits below the chained horizon, unlinked",
-    RowState.unannounced: "record expired without its announcement in the chain (no linked records-expired of its "
-                          "ticket names it): a body dropped behind the archive's back, or an announcement not yet "
-                          "back from the broker",
+    RowState.unannounced: "record expired without its announcement in the chain (no linked announcement of an "
+                          "expiry names it and that action): a body dropped or anonymised behind the archive's back",
 }
 
 
@@ -303,9 +306,35 @@ PERSONAL_FIELDS = frozenset({
 
 ANONYMISED = "[anonymised]"
 
-NEVER_EXPIRES = frozenset({wire.RecordsExpired.event_type})
+ANNOUNCEMENT_TYPE = "tsop.archive.records-expired.v1"
+"""The type of the archive's own announcement of an expiry (``announcement``): a record the archive writes into
+its store, never a wire event."""
+
+ANNOUNCEMENT_PARTITION = -1
+"""The partition an announcement is stored under: no broker's (theirs count from 0), so a record that came
+through the broker never passes for one."""
+
+NEVER_EXPIRES = frozenset({wire.RecordsExpired.event_type, ANNOUNCEMENT_TYPE})
 """The archive's own announcements of an expiry: they name records, hold no personal data, and expiring them
 would announce another expiry, forever."""
+
+
+def announcement_id(expiry: UUID) -> str:
+    """The announcement's ``ce_id``: one per expiry decision (so a decision applied again announces nothing new)."""
+    return f"archive-expiry-{expiry}"
+
+
+def announcement(
+    expiry: UUID, matter: str, record_class: str, action: str, days: int, at: datetime, seqs: Sequence[int],
+    event_ids: Sequence[str],
+) -> dict[str, Any]:
+    """The body of the archive's announcement of one expiry, of any record class: the matter, the class, the
+    action and the period that ran out, and the records it acted on — by their place in the chain (``seqs``)
+    and their ``ce_id`` (``event_ids``, what ``verify`` matches). It holds no personal data."""
+    return {
+        "expiry_id": str(expiry), "matter": matter, "record_class": record_class, "action": action,
+        "retention_days": days, "expired_at": at.isoformat(), "seqs": list(seqs), "event_ids": list(event_ids),
+    }
 
 
 def matter_refs(bodies: Iterable[Any]) -> tuple[set[str], set[str], set[str]]:
