@@ -16,20 +16,15 @@ from datetime import timedelta
 
 import asyncpg
 
-from tests.integration.test_archive_evidence import (  # noqa: F401 - the fixture is used by name
-    PREFIX,
-    T0,
-    Archive,
-    archive,
-    complaint,
-    lifecycle,
-    tamper,
-)
+from tests.integration import test_archive_evidence as evidence
+from tests.integration.test_archive_evidence import PREFIX, T0, Archive, complaint, lifecycle, tamper
 from tsop_archive.commands import seal_due
 from tsop_archive.records import projection as rp
 from tsop_archive.records.commands import expire_due, verify
 from tsop_events import schemas as wire
 from tsop_events.envelope import Envelope, wrap
+
+archive = evidence.archive  # the same archive on a fresh database, as a fixture of this module
 
 COMPLAINTS = f"{PREFIX}complaints"
 INCIDENTS = f"{PREFIX}incidents"

@@ -29,7 +29,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 from uuid import UUID
 
 import asyncpg
@@ -60,7 +60,7 @@ ARCHIVE_EXPIRED = ANNOUNCEMENT_TYPE
 LOCK_TIMEOUT = "200ms"
 CHAIN_LOCK = 0x7453_4F50_6368  # advisory lock: one chainer at a time across instances
 
-Reader = asyncpg.Pool | asyncpg.Connection
+Reader: TypeAlias = asyncpg.Pool | asyncpg.Connection
 """What the read-only queries run on: the pool, or a connection of a ``snapshot``."""
 
 
@@ -580,14 +580,14 @@ async def _apply_expiry(
         if not done:
             return 0
         xid = UUID(expiry_id)
-        body = announcement(xid, matter, record_class, done[0].action, announcing.days, at,
+        said = announcement(xid, matter, record_class, done[0].action, announcing.days, at,
                             [c.seq for c in done], [c.event_id for c in done])
         await conn.execute(
             """INSERT INTO archive_events (ce_id, topic, kafka_partition, kafka_offset, key, ce_type, ce_source,
                  ce_time, causation_id, data)
                VALUES ($1, $2, $3, -1, $4, $5, $6, $7, $8, $9::jsonb) ON CONFLICT (ce_id) DO NOTHING""",
             announcement_id(xid), announcing.topic, ANNOUNCEMENT_PARTITION, matter, ANNOUNCEMENT_TYPE,
-            announcing.source, at, expiry_id, orjson.dumps(body).decode(),
+            announcing.source, at, expiry_id, orjson.dumps(said).decode(),
         )
         # link up to the horizon, the announcement included: committed together with the expiry
         await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
