@@ -15,12 +15,14 @@ import uuid
 from datetime import timedelta
 
 import asyncpg
+import orjson
 
 from tests.integration import test_archive_evidence as evidence
 from tests.integration.test_archive_evidence import PREFIX, T0, Archive, complaint, lifecycle, tamper
 from tsop_archive.commands import seal_due
 from tsop_archive.records import projection as rp
-from tsop_archive.records.commands import expire_due, verify
+from tsop_archive.records.commands import Signer, expire_due, verify
+from tsop_archive.records.domain import ANNOUNCEMENT_PARTITION, announcement, signed
 from tsop_events import schemas as wire
 from tsop_events.envelope import Envelope, wrap
 
@@ -102,7 +104,7 @@ async def test_a_forged_expiry_of_a_complaint_an_incident_or_a_dead_letter_is_na
     a.clock.advance(timedelta(days=3 * 365 + 30))
     done = await expire_due(a.svc)
     assert done.records == 3 + 1 + 1 and done.matters == 3, done
-    v = await verify(a.pool, tickets_topic=TICKETS)
+    v = await verify(a.pool)
     assert v.ok, v.broken
     assert v.expired == 5
 
@@ -115,13 +117,13 @@ async def test_a_forged_expiry_of_a_complaint_an_incident_or_a_dead_letter_is_na
     await forge_purge(a, l_seq, "service_records")
     first, second, third = sorted((c_seq, i_seq, l_seq))
     for start, named in ((1, first), (first + 1, second), (second + 1, third)):
-        v = await verify(a.pool, start, tickets_topic=TICKETS)
+        v = await verify(a.pool, start)
         assert v.broken is not None and v.broken.seq == named, (start, named, v.broken)
         assert "without its announcement" in v.broken.reason
     # the legitimately expired ones still verify: everything before the first forgery does
-    assert (await verify(a.pool, 1, first - 1, tickets_topic=TICKETS)).ok
+    assert (await verify(a.pool, 1, first - 1)).ok
     # and after the last forgery the chain verifies again
-    assert (await verify(a.pool, third + 1, tickets_topic=TICKETS)).ok
+    assert (await verify(a.pool, third + 1)).ok
     # the announcements: one per expiry, chained, naming each record it expired
     announcements = await a.pool.fetch(
         "SELECT e.key, e.data FROM archive_events e JOIN archive_chain c USING (seq) WHERE e.ce_type = $1",
@@ -140,9 +142,9 @@ async def test_an_announcement_names_only_the_records_it_expired(archive: Archiv
     await expire_due(a.svc)
     note = await seq_of(a, f"{c}-1")  # a note: no personal field, not expired
     assert await a.pool.fetchval("SELECT data IS NOT NULL FROM archive_events WHERE seq = $1", note)
-    assert (await verify(a.pool, tickets_topic=TICKETS)).ok
+    assert (await verify(a.pool)).ok
     await forge_purge(a, note, "complaints")
-    v = await verify(a.pool, tickets_topic=TICKETS)
+    v = await verify(a.pool)
     assert v.broken is not None and v.broken.seq == note and "without its announcement" in v.broken.reason
 
 
@@ -168,7 +170,7 @@ async def test_verify_never_reports_a_break_while_retention_rounds_run(archive: 
 
     async def auditor() -> None:
         while not stop.is_set():
-            v = await verify(a.pool, tickets_topic=TICKETS)
+            v = await verify(a.pool)
             passes.append((v.expired, v.broken))
             await asyncio.sleep(0)
 
@@ -192,7 +194,7 @@ async def test_verify_never_reports_a_break_while_retention_rounds_run(archive: 
     broken = [b for _, b in passes if b is not None]
     assert not broken, broken[:3]
     assert max(e for e, _ in passes) > 0
-    final = await verify(a.pool, tickets_topic=TICKETS)
+    final = await verify(a.pool)
     assert final.ok and final.expired > 0, final.broken
 
 
@@ -207,11 +209,11 @@ async def test_a_pass_reads_one_snapshot_so_a_round_committing_midway_is_not_a_b
     a.clock.advance(timedelta(days=4 * 365))
 
     async def interleaved(conns: list[asyncpg.Connection]) -> list[str]:
-        rows = rp.verify_rows(conns, 1, 2**62, window=2, tickets_topic=TICKETS)
-        states = [r["state"] for r in await anext(rows)]
+        rows = rp.verify_rows(conns, 1, 2**62, window=2)
+        states = [r["state"] for r in (await anext(rows))[0]]
         if not done:
             done.append((await expire_due(a.svc)).records)  # commits between the first window and the next
-        states += [r["state"] for w in [w async for w in rows] for r in w]
+        states += [r["state"] for w in [w async for w, _ in rows] for r in w]
         return states
 
     done: list[int] = []
@@ -225,5 +227,33 @@ async def test_a_pass_reads_one_snapshot_so_a_round_committing_midway_is_not_a_b
     async with rp.snapshot(a.pool, 1) as conns:
         snapped = await interleaved(conns)
     assert done == [9] and set(snapped) == {"intact", "expired"}, snapped
-    v = await verify(a.pool, tickets_topic=TICKETS)
+    v = await verify(a.pool)
     assert v.ok and v.expired == 18, v.broken
+
+
+async def test_an_announcement_the_archive_did_not_sign_covers_nothing(archive: Archive) -> None:
+    """Someone able to write the archive's tables forges the expiry row, drops the body, and writes the
+    announcement too — which the chainer then links. Without the archive's key its signature does not hold, and
+    ``verify`` names the record; only an auditor who trusts the forger's key would let it pass."""
+    a = archive
+    c = f"cmp{uuid.uuid4().hex[:8]}"
+    await a.deliver(complaint(c, "c-1", [], T0, 2), COMPLAINTS)
+    await a.chain()
+    seq = await seq_of(a, f"{c}-1")
+    await forge_purge(a, seq, "complaints")
+    stranger = Signer.load_or_create(None)
+    forged = announcement(uuid.uuid4(), c, "complaints", "purged", 1095, T0, [seq], [f"{c}-1"])
+    for n, body in enumerate((forged, signed(forged, stranger.key_id, stranger.sign),
+                              signed(forged, a.signer.key_id, stranger.sign))):
+        await a.pool.execute(
+            """INSERT INTO archive_events (ce_id, topic, kafka_partition, kafka_offset, key, ce_type, ce_source,
+                 ce_time, data) VALUES ($1, $2, $3, -1, $4, $5, 'archive', $6, $7::jsonb)""",
+            f"forged-{n}-{uuid.uuid4().hex[:6]}", rp.announcements_topic(PREFIX), ANNOUNCEMENT_PARTITION, c,
+            rp.ARCHIVE_EXPIRED, T0, orjson.dumps(body).decode())
+    await a.chain()
+    assert await a.pool.fetchval("SELECT count(*) FROM archive_chain c JOIN archive_events e USING (seq) "
+                                 "WHERE e.ce_type = $1", rp.ARCHIVE_EXPIRED) == 3  # all linked
+    v = await verify(a.pool)
+    assert v.broken is not None and v.broken.seq == seq and "not signed by the archive" in v.broken.reason
+    trusting = {a.signer.key_id: a.signer.public, stranger.key_id: stranger.public}
+    assert (await verify(a.pool, keys=trusting)).ok

@@ -68,7 +68,8 @@ class RowState(StrEnum):
     altered = "altered"  # the stored form no longer hashes to the record hash
     missing = "missing"  # a link names a record the store no longer holds
     unchained = "unchained"  # a record below the chained horizon that no link covers
-    unannounced = "unannounced"  # a ticket's record expired, but the expiry's announcement is not in the chain
+    unannounced = "unannounced"  # a record expired, but no announcement in the chain names it
+    unsigned = "unsigned"  # a record expired, named only by announcements the archive's key did not sign
 
 
 class ChainRow(NamedTuple):
@@ -264,12 +265,29 @@ def parse_expect(text: str) -> tuple[int, bytes]:
     return n, lk
 
 
+def signed_only(
+    rows: Iterable[Sequence[Any]], covers: Mapping[int, Sequence[Any]], holds: Callable[[Any], bool]
+) -> list[tuple[Any, ...]]:
+    """Rows of a window with each *expired* one held to its announcements' signatures: it stays expired when one
+    of the announcements that name it (``covers``: its seq -> their bodies) is signed (``holds``), else it is
+    ``unsigned``."""
+    out: list[tuple[Any, ...]] = []
+    for row in rows:
+        seq, record_hash, stored_link, state = row[0], row[1], row[2], row[3]
+        if state == RowState.expired and not any(holds(b) for b in covers.get(seq, ())):
+            state = RowState.unsigned.value
+        out.append((seq, record_hash, stored_link, state))
+    return out
+
+
 _REASONS = {
     RowState.altered: "record altered: its stored form no longer hashes to its record hash",
     RowState.missing: "record missing: the chain links a record the store no longer holds",
     RowState.unchained: "record not in the chain: it sits below the chained horizon, unlinked",
     RowState.unannounced: "record expired without its announcement in the chain (no linked announcement of an "
                           "expiry names it and that action): a body dropped or anonymised behind the archive's back",
+    RowState.unsigned: "record expired, but the announcements that name it are not signed by the archive's key: an "
+                       "expiry announced behind the archive's back",
 }
 
 
@@ -335,6 +353,35 @@ def announcement(
         "expiry_id": str(expiry), "matter": matter, "record_class": record_class, "action": action,
         "retention_days": days, "expired_at": at.isoformat(), "seqs": list(seqs), "event_ids": list(event_ids),
     }
+
+
+_SIGNED = ("expiry_id", "matter", "record_class", "action", "retention_days", "expired_at", "seqs", "event_ids")
+
+
+def announcement_message(body: Mapping[str, Any]) -> bytes:
+    """The bytes an announcement's signature covers: every field but the signature itself, in a fixed order (an
+    auditor rebuilds them from the stored body). KeyError when a field is missing."""
+    fields = [body[k] for k in _SIGNED]
+    return b"tsop-archive-expiry/v1|" + json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def signed(body: Mapping[str, Any], kid: str, sign: Callable[[bytes], bytes]) -> dict[str, Any]:
+    """The announcement with the archive's signature (Ed25519, the key that signs checkpoints): someone able to
+    write the archive's tables still cannot announce an expiry the archive did not make."""
+    return {**body, "key_id": kid, "signature": sign(announcement_message(body)).hex()}
+
+
+def announcement_holds(body: Any, check: Callable[[str, bytes, bytes], bool]) -> bool:
+    """Whether a stored announcement carries a signature that holds (``check(key_id, message, signature)``)."""
+    if not isinstance(body, dict):
+        return False
+    kid, sig = body.get("key_id"), body.get("signature")
+    if not isinstance(kid, str) or not isinstance(sig, str):
+        return False
+    try:
+        return check(kid, announcement_message(body), bytes.fromhex(sig))
+    except (KeyError, ValueError, TypeError):
+        return False
 
 
 def matter_refs(bodies: Iterable[Any]) -> tuple[set[str], set[str], set[str]]:

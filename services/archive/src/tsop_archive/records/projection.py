@@ -51,11 +51,11 @@ from tsop_archive.records.domain import (
     checkpoint_message,
     has_personal_data,
     matter_refs,
+    signed,
 )
-from tsop_events.schemas import RecordsExpired, Reopened
+from tsop_events.schemas import Reopened
 
 REOPENED = Reopened.event_type
-RECORDS_EXPIRED = RecordsExpired.event_type
 ARCHIVE_EXPIRED = ANNOUNCEMENT_TYPE
 LOCK_TIMEOUT = "200ms"
 CHAIN_LOCK = 0x7453_4F50_6368  # advisory lock: one chainer at a time across instances
@@ -309,18 +309,13 @@ async def checkpoints(pool: Reader, from_seq: int = 0, to_seq: int = 2**62, limi
 _EXPIRED = f"""SELECT 1 FROM archive_expiries x WHERE x.seq = e.seq AND x.after_hash = {hash_sql('e')}
                    AND (x.action <> 'purged' OR (e.data IS NULL AND e.raw IS NULL))"""
 # a record is expired only once the expiry's announcement is itself in the chain, naming the record and the action:
-# the archive's own announcement (any record class: written and linked with the expiry, in one transaction), or —
-# for a ticket's record (on the tickets topic, $4) expired before those existed — a records-expired record of the
-# same ticket back from the broker. Linked: at or below the chain's top ($3) and in ``archive_chain``. Without it,
-# a row dropped or anonymised behind the archive's back, with a forged expiry row, would pass.
-_ANNOUNCED = f"""(EXISTS (
+# the archive's own announcement (written and linked with the expiry, in one transaction), linked at or below the
+# chain's top ($3). Without it, a row dropped or anonymised behind the archive's back, with a forged expiry row,
+# would pass. (Whether the announcement is signed by the archive is checked in Python, from ``COVERS``.)
+_ANNOUNCED = f"""EXISTS (
       SELECT 1 FROM archive_events a JOIN archive_chain ac ON ac.seq = a.seq
       WHERE a.key = x.matter AND a.ce_type = '{ARCHIVE_EXPIRED}' AND a.kafka_partition = {ANNOUNCEMENT_PARTITION}
-        AND a.seq <= $3 AND a.data -> 'event_ids' ? e.ce_id AND a.data ->> 'action' = x.action)
-    OR (e.topic = $4 AND EXISTS (
-      SELECT 1 FROM archive_events a JOIN archive_chain ac ON ac.seq = a.seq
-      WHERE a.key = e.key AND a.topic = e.topic AND a.ce_type = '{RECORDS_EXPIRED}' AND a.seq <= $3
-        AND a.data -> 'event_ids' ? e.ce_id AND a.data ->> 'action' = x.action)))"""
+        AND a.seq <= $3 AND a.data -> 'event_ids' ? e.ce_id AND a.data ->> 'action' = x.action)"""
 _STATE = f"""CASE WHEN e.seq IS NULL THEN 'missing' WHEN c.seq IS NULL THEN 'unchained'
       WHEN {hash_sql('e')} = c.record_hash THEN 'intact'
       WHEN EXISTS ({_EXPIRED} AND {_ANNOUNCED}) THEN 'expired'
@@ -331,6 +326,16 @@ VERIFY = f"""SELECT coalesce(c.seq, e.seq) AS seq, c.record_hash, c.link, {_STAT
   FROM (SELECT seq, record_hash, link FROM archive_chain WHERE seq >= $1 AND seq <= $2) c
   FULL JOIN (SELECT * FROM archive_events WHERE seq >= $1 AND seq <= least($2, $3)) e ON e.seq = c.seq
   ORDER BY 1"""
+
+# the announcements (their bodies) that make each of the given records expired ($1; chain's top $2)
+COVERS = f"""SELECT e.seq, a.data::text AS body
+  FROM archive_events e JOIN archive_expiries x ON x.seq = e.seq AND x.after_hash = {hash_sql('e')}
+       AND (x.action <> 'purged' OR (e.data IS NULL AND e.raw IS NULL))
+  JOIN archive_events a ON a.key = x.matter AND a.ce_type = '{ARCHIVE_EXPIRED}'
+       AND a.kafka_partition = {ANNOUNCEMENT_PARTITION} AND a.seq <= $2
+       AND a.data -> 'event_ids' ? e.ce_id AND a.data ->> 'action' = x.action
+  JOIN archive_chain ac ON ac.seq = a.seq
+  WHERE e.seq = ANY($1::bigint[])"""
 
 
 @contextlib.asynccontextmanager
@@ -363,10 +368,10 @@ async def link_before(pool: Reader, seq: int) -> bytes:
 
 async def verify_rows(
     conns: Sequence[asyncpg.Connection], from_seq: int, to_seq: int, window: int = 25_000,
-    tickets_topic: str = "tsop.tickets",
-) -> AsyncIterator[Sequence[Any]]:
+) -> AsyncIterator[tuple[Sequence[Any], dict[int, list[str]]]]:
     """The chain's positions from ``from_seq`` to ``to_seq`` (inclusive), a window of ``seq`` at a time,
-    as (seq, record_hash, link, state). Records above the chained horizon are not yet linked: left out.
+    as (seq, record_hash, link, state), with — for the window's expired records — the announcements that name
+    them (seq -> their bodies as JSON text). Records above the chained horizon are not yet linked: left out.
     Read through the connections of one ``snapshot``: while the caller works on one window, the next ones are
     read (and their record hashes recomputed by PostgreSQL), one per connection."""
     top = int(await conns[0].fetchval("SELECT coalesce(max(seq), 0) FROM archive_chain"))
@@ -374,15 +379,21 @@ async def verify_rows(
     windows = [(lo, min(lo + window - 1, end)) for lo in range(from_seq, end + 1, window)]
     ahead = len(conns)
     pending: collections.deque[asyncio.Future[list[asyncpg.Record]]] = collections.deque()
-    nxt = 0
+    nxt = done = 0
     try:
         while nxt < len(windows) or pending:
             while nxt < len(windows) and len(pending) < ahead:
                 # window n goes to connection n mod ahead: the one window n - ahead used, already answered
-                conn = conns[nxt % ahead]
-                pending.append(asyncio.ensure_future(conn.fetch(VERIFY, *windows[nxt], top, tickets_topic)))
+                pending.append(asyncio.ensure_future(conns[nxt % ahead].fetch(VERIFY, *windows[nxt], top)))
                 nxt += 1
-            yield await pending.popleft()
+            rows = await pending.popleft()
+            expired = [int(r[0]) for r in rows if r[3] == "expired"]
+            covers: dict[int, list[str]] = {}
+            if expired:  # on the connection the window was read on: free until the next window is sent
+                for c in await conns[done % ahead].fetch(COVERS, expired, top):
+                    covers.setdefault(int(c["seq"]), []).append(c["body"])
+            done += 1
+            yield rows, covers
     finally:
         for f in pending:
             f.cancel()
@@ -516,11 +527,14 @@ def announcements_topic(prefix: str) -> str:
 @dataclass(frozen=True)
 class Announcing:
     """What the announcement of an expiry says besides the records: the period that ran out, who announces it
-    (``source``, the archive's name) and under which topic of the store (``announcements_topic``)."""
+    (``source``, the archive's name), under which topic of the store (``announcements_topic``), and the key
+    that signs it (the checkpoints' key: ``key_id``, ``sign``)."""
 
     days: int
     source: str
     topic: str
+    key_id: str
+    sign: Callable[[bytes], bytes]
 
 
 async def apply_expiry(
@@ -580,8 +594,9 @@ async def _apply_expiry(
         if not done:
             return 0
         xid = UUID(expiry_id)
-        said = announcement(xid, matter, record_class, done[0].action, announcing.days, at,
-                            [c.seq for c in done], [c.event_id for c in done])
+        said = signed(announcement(xid, matter, record_class, done[0].action, announcing.days, at,
+                                   [c.seq for c in done], [c.event_id for c in done]),
+                      announcing.key_id, announcing.sign)
         await conn.execute(
             """INSERT INTO archive_events (ce_id, topic, kafka_partition, kafka_offset, key, ce_type, ce_source,
                  ce_time, causation_id, data)
