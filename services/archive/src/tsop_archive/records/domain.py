@@ -7,9 +7,10 @@ order of the store's sequence, starting from 32 zero bytes. The chain runs over 
 so a body that retention drops or anonymises leaves its hash and its link in place: the chain still
 verifies across it, and the record is reported as *expired*, not broken — but only where an *announcement* in
 the chain names it (``announcement``): every expiry, of every record class (a ticket's, a complaint's, an
-incident's, a dead letter's), is announced by a record the archive writes into its own store and links into
-the chain in the same transaction as the expiry. A row made to look expired behind the archive's back (an
-expiry row forged, a body dropped) has no such announcement, and ``verify`` names it.
+incident's, a dead letter's), is announced by a record the archive writes into its own store, signs with the
+checkpoints' key, and links into the chain in the same transaction as the expiry. A row made to look expired
+behind the archive's back (an expiry row forged, a body dropped) has no such announcement, or one whose
+signature does not hold, and ``verify`` names it.
 
 **Checkpoints.** Every so often the archive signs (Ed25519) the link it has reached; an auditor holding the
 published public key checks offline that the archive has not been rewritten since, even by someone able to
