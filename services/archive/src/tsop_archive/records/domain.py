@@ -272,13 +272,11 @@ def signed_only(
     """Rows of a window with each *expired* one held to its announcements' signatures: it stays expired when one
     of the announcements that name it (``covers``: its seq -> their bodies) is signed (``holds``), else it is
     ``unsigned``."""
-    out: list[tuple[Any, ...]] = []
-    for row in rows:
-        seq, record_hash, stored_link, state = row[0], row[1], row[2], row[3]
-        if state == RowState.expired and not any(holds(b) for b in covers.get(seq, ())):
-            state = RowState.unsigned.value
-        out.append((seq, record_hash, stored_link, state))
-    return out
+    rows = list(rows)
+    bad = {r[0] for r in rows if r[3] == RowState.expired and not any(holds(b) for b in covers.get(r[0], ()))}
+    if not bad:
+        return rows  # type: ignore[return-value]  # the window as it came: every expired row is signed for
+    return [(r[0], r[1], r[2], RowState.unsigned.value if r[0] in bad else r[3]) for r in rows]
 
 
 _REASONS = {

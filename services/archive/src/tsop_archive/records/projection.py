@@ -104,6 +104,9 @@ DDL = (
          PRIMARY KEY (seq, action))""",
     "CREATE INDEX IF NOT EXISTS archive_expiries_matter ON archive_expiries (matter)",
     "CREATE INDEX IF NOT EXISTS archive_events_type ON archive_events (ce_type, ce_time)",
+    # the archive's announcements of its expiries, by matter: what ``verify`` looks up for each expired record
+    f"""CREATE INDEX IF NOT EXISTS archive_events_announcements ON archive_events (key)
+        WHERE ce_type = '{ANNOUNCEMENT_TYPE}' AND kafka_partition = {ANNOUNCEMENT_PARTITION}""",
     *(
         f"""DO $$ BEGIN
               CREATE TRIGGER {t}_no_change BEFORE UPDATE OR DELETE ON {t}
@@ -306,19 +309,20 @@ async def checkpoints(pool: Reader, from_seq: int = 0, to_seq: int = 2**62, limi
 
 # --------------------------------------------------------------------------- verification
 
-_EXPIRED = f"""SELECT 1 FROM archive_expiries x WHERE x.seq = e.seq AND x.after_hash = {hash_sql('e')}
+_EXPIRED = f"""SELECT x.action, x.matter FROM archive_expiries x WHERE x.seq = e.seq AND x.after_hash = {hash_sql('e')}
                    AND (x.action <> 'purged' OR (e.data IS NULL AND e.raw IS NULL))"""
 # a record is expired only once the expiry's announcement is itself in the chain, naming the record and the action:
 # the archive's own announcement (written and linked with the expiry, in one transaction), linked at or below the
 # chain's top ($3). Without it, a row dropped or anonymised behind the archive's back, with a forged expiry row,
 # would pass. (Whether the announcement is signed by the archive is checked in Python, from ``COVERS``.)
-_ANNOUNCED = f"""EXISTS (
-      SELECT 1 FROM archive_events a JOIN archive_chain ac ON ac.seq = a.seq
+# Both subqueries are fenced (OFFSET 0) so the lookup goes record -> its expiry (by key) -> the matter's
+# announcements (by their index), whatever the statistics say: never a scan of every announcement per record.
+_ANNOUNCED = f"""SELECT 1 FROM archive_events a JOIN archive_chain ac ON ac.seq = a.seq
       WHERE a.key = x.matter AND a.ce_type = '{ARCHIVE_EXPIRED}' AND a.kafka_partition = {ANNOUNCEMENT_PARTITION}
-        AND a.seq <= $3 AND a.data -> 'event_ids' ? e.ce_id AND a.data ->> 'action' = x.action)"""
+        AND a.seq <= $3 AND a.data -> 'event_ids' ? e.ce_id AND a.data ->> 'action' = x.action OFFSET 0"""
 _STATE = f"""CASE WHEN e.seq IS NULL THEN 'missing' WHEN c.seq IS NULL THEN 'unchained'
       WHEN {hash_sql('e')} = c.record_hash THEN 'intact'
-      WHEN EXISTS ({_EXPIRED} AND {_ANNOUNCED}) THEN 'expired'
+      WHEN EXISTS (SELECT 1 FROM ({_EXPIRED} OFFSET 0) x, LATERAL ({_ANNOUNCED}) a) THEN 'expired'
       WHEN EXISTS ({_EXPIRED}) THEN 'unannounced'
       ELSE 'altered' END"""
 
@@ -327,15 +331,21 @@ VERIFY = f"""SELECT coalesce(c.seq, e.seq) AS seq, c.record_hash, c.link, {_STAT
   FULL JOIN (SELECT * FROM archive_events WHERE seq >= $1 AND seq <= least($2, $3)) e ON e.seq = c.seq
   ORDER BY 1"""
 
-# the announcements (their bodies) that make each of the given records expired ($1; chain's top $2)
-COVERS = f"""SELECT e.seq, a.data::text AS body
-  FROM archive_events e JOIN archive_expiries x ON x.seq = e.seq AND x.after_hash = {hash_sql('e')}
-       AND (x.action <> 'purged' OR (e.data IS NULL AND e.raw IS NULL))
-  JOIN archive_events a ON a.key = x.matter AND a.ce_type = '{ARCHIVE_EXPIRED}'
-       AND a.kafka_partition = {ANNOUNCEMENT_PARTITION} AND a.seq <= $2
-       AND a.data -> 'event_ids' ? e.ce_id AND a.data ->> 'action' = x.action
-  JOIN archive_chain ac ON ac.seq = a.seq
-  WHERE e.seq = ANY($1::bigint[])"""
+# the announcements (their bodies) that make each of the given records expired ($1, rows VERIFY found expired;
+# chain's top $2). The expiry is the record's only one that can match its body (so no hash is recomputed): a purge
+# when no body is left, else an anonymisation (never bodiless) — and (seq, action) is the key of archive_expiries.
+# Driven by the window's records (OFFSET 0 keeps the lateral per record, by the announcements' index on the
+# matter): the cost follows the expired records of the window, not every announcement the archive holds.
+COVERS = f"""SELECT e.seq, a.body
+  FROM unnest($1::bigint[]) AS w(seq) JOIN archive_events e ON e.seq = w.seq
+  JOIN archive_expiries x ON x.seq = e.seq
+       AND x.action = CASE WHEN e.data IS NULL AND e.raw IS NULL THEN 'purged' ELSE 'anonymised' END
+  JOIN LATERAL (
+    SELECT a.seq, a.data::text AS body FROM archive_events a
+    WHERE a.key = x.matter AND a.ce_type = '{ARCHIVE_EXPIRED}' AND a.kafka_partition = {ANNOUNCEMENT_PARTITION}
+      AND a.seq <= $2 AND a.data -> 'event_ids' ? e.ce_id AND a.data ->> 'action' = x.action
+    OFFSET 0) a ON true
+  JOIN archive_chain ac ON ac.seq = a.seq"""
 
 
 @contextlib.asynccontextmanager
