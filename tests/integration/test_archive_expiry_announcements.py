@@ -257,3 +257,27 @@ async def test_an_announcement_the_archive_did_not_sign_covers_nothing(archive: 
     assert v.broken is not None and v.broken.seq == seq and "not signed by the archive" in v.broken.reason
     trusting = {a.signer.key_id: a.signer.public, stranger.key_id: stranger.public}
     assert (await verify(a.pool, keys=trusting)).ok
+
+
+async def test_a_break_in_the_first_window_ends_the_pass_cleanly_while_later_windows_are_read(
+    archive: Archive,
+) -> None:
+    """The pass stops at the first break while the windows after it are still being read on the snapshot's other
+    connections: they are cancelled and awaited before the snapshot ends, and the pool is whole afterwards."""
+    a = archive
+    for _ in range(6):
+        await a.deliver(lifecycle(str(uuid.uuid4()), "c1", T0))
+    await a.chain()
+    victim = await a.pool.fetchval("SELECT seq FROM archive_events ORDER BY seq OFFSET 1 LIMIT 1")
+    await tamper(a.pool, "archive_events",
+                 "UPDATE archive_events SET data = jsonb_set(data, '{x}', '1') WHERE seq = $1", victim)
+    for _ in range(3):
+        v = await verify(a.pool, ahead=3, window=2)
+        assert v.broken is not None and v.broken.seq == victim and v.checked == 1, v
+    assert (await verify(a.pool, victim + 1, ahead=3, window=2)).ok
+    size = a.pool.get_size()
+    async with asyncio.timeout(10):  # every connection back in the pool, none left mid-transaction
+        conns = [await a.pool.acquire() for _ in range(size)]
+        for c in conns:
+            assert not c.is_in_transaction()
+            await a.pool.release(c)

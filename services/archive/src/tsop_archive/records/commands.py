@@ -8,6 +8,7 @@ legal holds and expiry decisions are events in the archive's event store, decide
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -193,7 +194,7 @@ async def chain_and_checkpoint(
 
 async def verify(
     pool: asyncpg.Pool, from_seq: int = 1, to_seq: int = 2**62, keys: Mapping[str, bytes] | None = None,
-    expect: tuple[int, bytes] | None = None, ahead: int = 2,
+    expect: tuple[int, bytes] | None = None, ahead: int = 2, window: int = 25_000,
 ) -> Verification:
     """Recompute the chain from ``from_seq`` to ``to_seq``: each record's hash from its stored form, each
     link from the one before, each checkpoint's link and signature; stop at the first break.
@@ -217,9 +218,11 @@ async def verify(
         if cps:
             v.chain_checkpoints(await rp.checkpoint_before(db, min(c.number for c in cps)))
         holds = announcement_check(keys)
-        async for rows, covers in rp.verify_rows(conns, from_seq, to_seq):
-            if not v.feed(signed_only(rows, covers, holds) if _any_expired(rows) else rows):
-                break
+        # closed before the snapshot's transactions end: windows still being read are cancelled and awaited first
+        async with contextlib.aclosing(rp.verify_rows(conns, from_seq, to_seq, window)) as windows:
+            async for rows, covers in windows:
+                if not v.feed(signed_only(rows, covers, holds) if _any_expired(rows) else rows):
+                    break
         r = v.finish()
         if expect is not None:
             r = check_expected(r, expect[0], expect[1], await rp.checkpoint_numbered(db, expect[0]))
