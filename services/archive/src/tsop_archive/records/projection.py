@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -378,7 +378,7 @@ async def link_before(pool: Reader, seq: int) -> bytes:
 
 async def verify_rows(
     conns: Sequence[asyncpg.Connection], from_seq: int, to_seq: int, window: int = 25_000,
-) -> AsyncIterator[tuple[Sequence[Any], dict[int, list[str]]]]:
+) -> AsyncGenerator[tuple[Sequence[Any], dict[int, list[str]]], None]:
     """The chain's positions from ``from_seq`` to ``to_seq`` (inclusive), a window of ``seq`` at a time,
     as (seq, record_hash, link, state), with — for the window's expired records — the announcements that name
     them (seq -> their bodies as JSON text). Records above the chained horizon are not yet linked: left out.
