@@ -334,12 +334,15 @@ VERIFY = f"""SELECT coalesce(c.seq, e.seq) AS seq, c.record_hash, c.link, {_STAT
 # the announcements (their bodies) that make each of the given records expired ($1, rows VERIFY found expired;
 # chain's top $2). The expiry is the record's only one that can match its body (so no hash is recomputed): a purge
 # when no body is left, else an anonymisation (never bodiless) — and (seq, action) is the key of archive_expiries.
-# Driven by the window's records (OFFSET 0 keeps the lateral per record, by the announcements' index on the
-# matter): the cost follows the expired records of the window, not every announcement the archive holds.
+# Driven by the window's records (OFFSET 0 keeps each lateral per record: its expiry by key, the announcements by
+# their index on the matter): the cost follows the expired records of the window, not every expiry or
+# announcement the archive holds.
 COVERS = f"""SELECT e.seq, a.body
   FROM unnest($1::bigint[]) AS w(seq) JOIN archive_events e ON e.seq = w.seq
-  JOIN archive_expiries x ON x.seq = e.seq
-       AND x.action = CASE WHEN e.data IS NULL AND e.raw IS NULL THEN 'purged' ELSE 'anonymised' END
+  JOIN LATERAL (
+    SELECT x.action, x.matter FROM archive_expiries x
+    WHERE x.seq = e.seq AND x.action = CASE WHEN e.data IS NULL AND e.raw IS NULL THEN 'purged' ELSE 'anonymised' END
+    OFFSET 0) x ON true
   JOIN LATERAL (
     SELECT a.seq, a.data::text AS body FROM archive_events a
     WHERE a.key = x.matter AND a.ce_type = '{ARCHIVE_EXPIRED}' AND a.kafka_partition = {ANNOUNCEMENT_PARTITION}
