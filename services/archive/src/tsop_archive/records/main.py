@@ -46,7 +46,6 @@ class RecordsSettings(ServiceSettings):
 async def _verify(args: argparse.Namespace) -> int:
     from tsop_archive.records.commands import raw_public, verify
     from tsop_archive.records.domain import key_id
-    from tsop_events.topics import Topic
 
     s = RecordsSettings(service_name=args.service_name)
     keys = None
@@ -55,8 +54,7 @@ async def _verify(args: argparse.Namespace) -> int:
         keys = {key_id(r): r for r in raws}
     pool = await asyncpg.create_pool(s.pg_dsn(), min_size=1, max_size=2)
     try:
-        v = await verify(pool, args.from_seq, args.to_seq, keys, args.expect,
-                         tickets_topic=Topic.tickets.qualified(s.topic_prefix))
+        v = await verify(pool, args.from_seq, args.to_seq, keys, args.expect)
     finally:
         await pool.close()
     print(json.dumps({
