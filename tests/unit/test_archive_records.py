@@ -282,3 +282,11 @@ def test_an_expiry_of_a_ticket_s_records_is_announced_on_the_ticket() -> None:
     assert (out.event.ticket_id, out.event.action, out.event.event_ids, out.event.retention_days) == (
         "t1", "purged", ["e3"], 730)
     assert WIRE(recorded(False)) is None  # another record's expiry stays in the archive
+
+
+def test_the_record_of_a_lawful_erasure_never_expires() -> None:
+    """The proof that an erasure was honoured (who asked, on which legal basis, when) is kept for good; the
+    customers topic's other records expire on their class's clock."""
+    m = Matter("cust-1", False, None)
+    erased = candidate(0, wire.CustomerDataErased.event_type, topic="tsop.customers")
+    assert due_expiries(m, [erased], PERIODS, {}, T0 + timedelta(days=100 * 365), "tsop.") == []

@@ -331,9 +331,10 @@ ANNOUNCEMENT_PARTITION = -1
 """The partition an announcement is stored under: no broker's (theirs count from 0), so a record that came
 through the broker never passes for one."""
 
-NEVER_EXPIRES = frozenset({wire.RecordsExpired.event_type, ANNOUNCEMENT_TYPE})
-"""The archive's own announcements of an expiry: they name records, hold no personal data, and expiring them
-would announce another expiry, forever."""
+NEVER_EXPIRES = frozenset({wire.RecordsExpired.event_type, ANNOUNCEMENT_TYPE, wire.CustomerDataErased.event_type})
+"""Kept for good: the archive's own announcements of an expiry (they name records, hold no personal data, and
+expiring them would announce another expiry, forever), and the record of a lawful erasure (who asked, on which
+legal basis, when: the proof that the request was honoured, which holds nothing left to erase)."""
 
 
 def announcement_id(expiry: UUID) -> str:
