@@ -310,8 +310,8 @@ class ErasureListener(Sink):
     event_types: ClassVar[frozenset[str] | None] = frozenset({CustomerDataErased.event_type})
     grouped: ClassVar[bool] = False
 
-    def __init__(self, forget: Callable[[], None]) -> None:
-        self.forget = forget
+    def __init__(self, forget: Callable[[set[str]], None]) -> None:
+        self.forget = forget  # called with the erased customers' ids
         self._positions: dict[tuple[str, str, int], int] = {}  # (epoch, topic, partition) -> next offset
 
     async def position(self, epoch: str, topic: str, partition: int) -> int | None:
@@ -321,8 +321,12 @@ class ErasureListener(Sink):
         self, epoch: str, topic: str, partition: int, records: Sequence[Incoming], last_offset: int
     ) -> None:
         done = self._positions.get((epoch, topic, partition))
-        if records and (done is None or any(r.offset >= done for r in records)):
-            await asyncio.to_thread(self.forget)
+        erased = {
+            r.event.customer_id for r in records
+            if (done is None or r.offset >= done) and isinstance(r.event, CustomerDataErased)
+        }
+        if erased:
+            await asyncio.to_thread(self.forget, erased)
         self._positions[(epoch, topic, partition)] = max(done or 0, last_offset + 1)
 
 
@@ -330,12 +334,12 @@ def erasure_listener(runtime: Runtime[Any, Any]) -> ErasureListener:
     """The process's listener (a broadcast: every process of the service hears every erasure)."""
     settings, app = runtime.settings, (runtime.app if runtime.app_factory is not None else None)
 
-    def forget() -> None:
+    def forget(customers: set[str]) -> None:
         keyring = keyring_of(settings)
         if isinstance(keyring, PostgresKeyring):
             keyring.forget()
         if app is not None:
-            app.forget_opened()
+            app.forget_erased(customers)
 
     cls = type("ErasureListener", (ErasureListener,), {"name": f"{settings.service_name}-erasure"})
     listener: ErasureListener = cls(forget)

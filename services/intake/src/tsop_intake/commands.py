@@ -39,9 +39,8 @@ The channel identity comes from ``caller.channel_id``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Annotated, Any, ClassVar
 from uuid import UUID, uuid4
@@ -60,7 +59,7 @@ from pydantic import (
     model_validator,
 )
 
-from tsop_events import outbound
+from tsop_events import outbound, personal
 from tsop_events.auth import Principal, Role, issue_token
 from tsop_events.clock import Clock, SystemClock
 from tsop_events.commands import Idempotency, UnitOfWork
@@ -74,7 +73,7 @@ from tsop_events.inbound import (
     Number,
     TextCheck,
 )
-from tsop_events.personal import PersonalFields
+from tsop_events.personal import ERASED_FINGERPRINT, PersonalFields
 from tsop_events.runtime import Service
 from tsop_events.schemas import Channel, CustomerTier
 from tsop_events.settings import ServiceSettings
@@ -92,7 +91,7 @@ from tsop_intake.domain import (
     UnknownServiceType,
     review,
 )
-from tsop_intake.projection import FINISHED
+from tsop_intake.projection import FINISHED, covering_holds
 from tsop_intake.views import IntakeIndex
 
 __all__ = [
@@ -133,6 +132,11 @@ class IntakeApp(EventStoreApp):
         self.catalogue = catalogue or Catalogue.load()
         self.clock = clock or SystemClock()
         self.index = IntakeIndex(self)
+
+    def forget_erased(self, customer_ids: Iterable[str]) -> None:
+        customers = frozenset(customer_ids)
+        super().forget_erased(customers)
+        self.index.forget_customers(customers)
 
     def get_request(self, ticket_id: UUID) -> ServiceRequest | None:
         found = self.find(ticket_id)
@@ -339,8 +343,13 @@ def _reason(name: str, value: str | None) -> str | None:
         raise InvalidInput(name, exc.errors()[0]["msg"]) from None
 
 
-def _fingerprint(fields: dict[str, Any]) -> str:
-    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+async def _fingerprint(app: IntakeApp, ticket_id: UUID, fields: dict[str, Any]) -> str:
+    """The submission's fingerprint (an ``Idempotency-Key`` retry must send the same body), keyed by the ticket's
+    data key: it holds the customer's personal fields, so a plain hash could be matched with guessed plaintext
+    once they are erased (docs/erasure.md). Creates the ticket's key now (the save finds it cached)."""
+    raw = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+    customer = fields["customer_id"] or None
+    return await asyncio.to_thread(personal.fingerprint, app.keyring, str(ticket_id), customer, raw)
 
 
 def _check_owner(request: ServiceRequest, caller: Principal) -> None:
@@ -505,14 +514,15 @@ async def submit(
     else:
         owner = f"staff:{caller.subject}"
         await check_callback(svc, "callback_url", data["callback_url"])
-    fingerprint = _fingerprint(data)
     ticket_id = derived_id("request", owner, idempotency_key) if idempotency_key else uuid4()
     if idempotency_key and ticket_id in app.index.versions:
-        return await _replay(svc, ticket_id, fingerprint), False
+        return await _replay(svc, ticket_id, await _fingerprint(app, ticket_id, data)), False
 
     now = app.clock.now()
     channel_key = caller.channel_id or data["channel"]
     _refuse_over_limit(app, channel_key, caller.channel_id, now)  # cheap, before any other work
+    # only a keyed submission can be retried: one without a key has nothing to be compared with
+    fingerprint = await _fingerprint(app, ticket_id, data) if idempotency_key else ""
     facts = await _facts(svc, ticket_id, data["customer_id"], data["service_type"], data["location"], channel_key,
                          now)
     noted = False
@@ -569,6 +579,8 @@ async def submit(
 
 
 def _same_submission(existing: ServiceRequest, fingerprint: str) -> ServiceRequest:
+    if fingerprint == ERASED_FINGERPRINT:
+        return existing  # its customer's data was erased: the body cannot be compared, the retry gets the request
     if getattr(existing, "fingerprint", None) != fingerprint:
         raise IdempotencyConflict("this key was already used for a different request", "Idempotency-Key")
     return existing
@@ -794,6 +806,7 @@ async def request_erasure(
     keys (every time: a repeat after a crash between the two completes it). (record, created, keys destroyed)."""
     app = svc.app
     erasure_id = CustomerErasure.id_for(customer_id)
+    await _refuse_under_hold(svc, customer_id)
 
     def record(uow: UnitOfWork) -> tuple[CustomerErasure, bool]:
         found = uow.find(CustomerErasure, erasure_id)
@@ -805,6 +818,27 @@ async def request_erasure(
 
     erasure, created = await svc.commands.run(record)
     destroyed = await asyncio.to_thread(app.keyring.erase, customer_id)
-    # what this process holds opened in memory: aggregates loaded before the keys were destroyed
-    app.forget_opened()
+    # what this process holds opened or derived in memory: aggregates loaded before the keys were destroyed, the
+    # duplicate index's locations (other processes forget when they hear CustomerDataErased)
+    app.forget_erased({customer_id})
     return erasure, created, destroyed
+
+
+async def legal_holds(svc: Intake, customer_id: str) -> list[dict[str, Any]]:
+    """The legal holds in force that intake has heard of and that cover the customer: on the customer, on one of
+    their requests, or on an incident one of their requests was linked to (docs/erasure.md)."""
+    await asyncio.to_thread(svc.app.index.refresh)
+    tickets = sorted(str(t) for t in svc.app.index.tickets_of(customer_id))
+    return await covering_holds(svc.pool, customer_id, tickets)
+
+
+async def _refuse_under_hold(svc: Intake, customer_id: str) -> None:
+    """A legal hold preserves evidence: while one covers the customer their data may not be destroyed (409 naming
+    each hold; nothing is recorded or destroyed). Released, the request can be made again."""
+    holds = await legal_holds(svc, customer_id)
+    if holds:
+        named = "; ".join(
+            f"{h['kind']} {h['subject']}" + (f" (through ticket {h['ticket_id']})" if h.get("ticket_id") else "")
+            + f", placed {h['placed_at']}: {h['reason']}" for h in holds)
+        raise Conflict(f"a legal hold covers this customer's data ({named}); the erasure must wait until it is "
+                       "released", "customer_id", holds=holds)
