@@ -17,14 +17,12 @@ from tests.unit.test_intake_service import AUDITOR, NOW, Env, fields
 from tsop_events.commands import Commands, Idempotency, IdempotencyRecord, UnitOfWork
 from tsop_events.consumer import Incoming
 from tsop_events.envelope import wrap
-from tsop_events.errors import Conflict
-from tsop_events.personal import ERASED, MemoryKeyring, keyed_digest
+from tsop_events.personal import MemoryKeyring, keyed_digest
 from tsop_events.runtime import ErasureListener
 from tsop_events.schemas import CustomerDataErased
 from tsop_events.store import GroupCommit
 from tsop_intake import commands as service
 from tsop_intake.commands import IntakeApp
-from tsop_intake.domain import CustomerErasure
 from tsop_intake.views import IntakeIndex
 
 PHONE = "+86 138 0013 8000"
@@ -191,37 +189,3 @@ def test_every_process_forgets_an_erased_customers_index_entries_when_it_hears_t
 
     asyncio.run(go())
 
-
-def _hold(kind: str, subject: str) -> dict[str, Any]:
-    return {"hold_id": f"h-{kind}-{subject}", "kind": kind, "subject": subject, "reason": "regulator's inquiry",
-            "placed_by": "audit", "placed_at": NOW, "ticket_id": None}
-
-
-def test_an_erasure_a_legal_hold_covers_is_refused_naming_the_hold_and_changes_nothing() -> None:
-    async def go() -> None:
-        env = Env()
-        ch = await env.channel("web")
-        mine, _ = await service.submit(
-            env.runtime, fields(customer_id="cust-h", location={"address": ADDRESS}), ch, None)
-        await service.submit(env.runtime, fields(customer_id="cust-other", location={"address": "9 Road"}), ch, None)
-        for hold in (_hold("customer", "cust-h"), _hold("ticket", str(mine.id))):
-            env.pool.holds = [hold, _hold("customer", "cust-other")]
-            with pytest.raises(Conflict) as refused:
-                await service.request_erasure(env.runtime, "cust-h", "consent_withdrawn", "case 3", AUDITOR)
-            assert hold["subject"] in refused.value.reason and hold["kind"] in refused.value.reason
-            assert [h["hold_id"] for h in refused.value.extra["holds"]] == [hold["hold_id"]]
-            # nothing recorded, nothing destroyed, nothing forgotten
-            env.app.forget_opened()
-            assert env.app.repository.get(mine.id).location["address"] == ADDRESS
-            assert env.app.get_request(CustomerErasure.id_for("cust-h")) is None
-            assert CustomerErasure.id_for("cust-h") not in {
-                n.originator_id for n in env.app.recorder.select_notifications(1, 10_000)}
-            assert "erasure lane" in _index_text(env.app.index)
-        env.pool.holds = [_hold("customer", "cust-other")]  # released
-        _, created, destroyed = await service.request_erasure(
-            env.runtime, "cust-h", "consent_withdrawn", "case 3", AUDITOR)
-        assert created and destroyed == 1
-        env.app.forget_opened()
-        assert env.app.repository.get(mine.id).location["address"] == ERASED
-
-    asyncio.run(go())

@@ -1042,6 +1042,34 @@ class LegalHoldPlacedAgain(LegalHoldEvent):
     placed_at: datetime
 
 
+class RefusingHold(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    hold_id: str
+    kind: HoldKindName
+    subject: str
+
+
+class CustomerErasureRefused(WireEvent):
+    event_type: ClassVar[str] = "tsop.customer.erasure-refused.v1"
+    doc: ClassVar[str] = (
+        "A customer's erasure request was refused because legal holds cover them (on the customer, one of their "
+        "tickets, or an incident linked to one): nothing was erased; the request, its basis and the holds are "
+        "recorded so the refusal is auditable. Once the holds are released the request can be made again."
+    )
+    topic: ClassVar[Topic] = Topic.customers
+    refusal_id: str
+    customer_id: str
+    legal_basis: str
+    reference: str = ""
+    requested_by: str
+    refused_at: datetime
+    holds: list[RefusingHold] = Field(min_length=1)
+
+    def key(self) -> str:
+        return self.customer_id
+
+
 class DeadLettered(WireEvent):
     """What the dead-letter topic carries: the original record and the error."""
 

@@ -83,6 +83,7 @@ from tsop_intake.catalogue import Catalogue
 from tsop_intake.domain import (
     ChannelSystem,
     CustomerErasure,
+    ErasureRefusal,
     Facts,
     IdempotencyConflict,
     InvalidChange,
@@ -135,8 +136,8 @@ class IntakeApp(EventStoreApp):
 
     def forget_erased(self, customer_ids: Iterable[str]) -> None:
         customers = frozenset(customer_ids)
-        super().forget_erased(customers)
         self.index.forget_customers(customers)
+        super().forget_erased(customers)
 
     def get_request(self, ticket_id: UUID) -> ServiceRequest | None:
         found = self.find(ticket_id)
@@ -806,7 +807,7 @@ async def request_erasure(
     keys (every time: a repeat after a crash between the two completes it). (record, created, keys destroyed)."""
     app = svc.app
     erasure_id = CustomerErasure.id_for(customer_id)
-    await _refuse_under_hold(svc, customer_id)
+    await _refuse_under_hold(svc, customer_id, legal_basis, reference, caller)
 
     def record(uow: UnitOfWork) -> tuple[CustomerErasure, bool]:
         found = uow.find(CustomerErasure, erasure_id)
@@ -832,13 +833,25 @@ async def legal_holds(svc: Intake, customer_id: str) -> list[dict[str, Any]]:
     return await covering_holds(svc.pool, customer_id, tickets)
 
 
-async def _refuse_under_hold(svc: Intake, customer_id: str) -> None:
+async def _refuse_under_hold(
+    svc: Intake, customer_id: str, legal_basis: str, reference: str, caller: Principal
+) -> None:
     """A legal hold preserves evidence: while one covers the customer their data may not be destroyed (409 naming
-    each hold; nothing is recorded or destroyed). Released, the request can be made again."""
+    each hold; nothing is erased). The refusal is recorded (``CustomerErasureRefused``), auditable as the erasure
+    would have been. Released, the request can be made again."""
     holds = await legal_holds(svc, customer_id)
-    if holds:
-        named = "; ".join(
-            f"{h['kind']} {h['subject']}" + (f" (through ticket {h['ticket_id']})" if h.get("ticket_id") else "")
-            + f", placed {h['placed_at']}: {h['reason']}" for h in holds)
-        raise Conflict(f"a legal hold covers this customer's data ({named}); the erasure must wait until it is "
-                       "released", "customer_id", holds=holds)
+    if not holds:
+        return
+    app = svc.app
+
+    def record(uow: UnitOfWork) -> ErasureRefusal:
+        refusal = ErasureRefusal.record(customer_id, legal_basis, reference, caller.subject, app.clock.now(), holds)
+        uow.add(refusal)
+        return refusal
+
+    refusal = await svc.commands.run(record)
+    named = "; ".join(
+        f"{h['kind']} {h['subject']}" + (f" (through ticket {h['ticket_id']})" if h.get("ticket_id") else "")
+        + f", placed {h['placed_at']}: {h['reason']}" for h in holds)
+    raise Conflict(f"a legal hold covers this customer's data ({named}); the erasure must wait until it is "
+                   "released", "customer_id", holds=holds, refusal_id=str(refusal.id))
