@@ -42,11 +42,12 @@ def _bodies(**kw: Any) -> Iterator[bytes]:
 
 
 def _linkable(fingerprint: str, ring: MemoryKeyring, bodies: list[bytes]) -> bool:
-    """Whether the fingerprint can be recomputed from the plaintext: a plain hash, or an HMAC under any key the
-    keyring still holds (the erased customer's are destroyed)."""
+    """Whether the fingerprint can be matched with the plaintext: a plain hash, a sealed hash opened, or an HMAC,
+    under any key the keyring still holds (the erased customer's are destroyed)."""
     live = [k for _, _, k in ring._keys.values()]
+    opened = ring.open(fingerprint)  # a sealed fingerprint opens while its key lives
     for body in bodies:
-        if fingerprint == hashlib.sha256(body).hexdigest():
+        if hashlib.sha256(body).hexdigest() in {fingerprint, opened}:
             return True
         if any(fingerprint in {keyed_digest(k, body), hmac.new(k, body, hashlib.sha256).hexdigest()} for k in live):
             return True

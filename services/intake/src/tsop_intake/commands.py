@@ -39,6 +39,7 @@ The channel identity comes from ``caller.channel_id``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
@@ -59,7 +60,7 @@ from pydantic import (
     model_validator,
 )
 
-from tsop_events import outbound, personal
+from tsop_events import outbound
 from tsop_events.auth import Principal, Role, issue_token
 from tsop_events.clock import Clock, SystemClock
 from tsop_events.commands import Idempotency, UnitOfWork
@@ -73,7 +74,7 @@ from tsop_events.inbound import (
     Number,
     TextCheck,
 )
-from tsop_events.personal import ERASED_FINGERPRINT, PersonalFields
+from tsop_events.personal import ERASED, PersonalFields
 from tsop_events.runtime import Service
 from tsop_events.schemas import Channel, CustomerTier
 from tsop_events.settings import ServiceSettings
@@ -117,8 +118,9 @@ class IntakeApp(EventStoreApp):
     """Intake's event store, with what its commands read: the catalogue, the clock and the index."""
 
     personal: ClassVar[Mapping[type, PersonalFields]] = {
+        # the fingerprint (a hash of the personal fields, for Idempotency-Key retries) is sealed with them
         ServiceRequest.Submitted: PersonalFields(
-            PERSONAL_FIELDS, customer="customer_id", keep=SERVICE_RECORD_ATTRIBUTES),
+            PERSONAL_FIELDS | {"fingerprint"}, customer="customer_id", keep=SERVICE_RECORD_ATTRIBUTES),
         ServiceRequest.Updated: PersonalFields(PERSONAL_FIELDS, within="changes", keep=SERVICE_RECORD_ATTRIBUTES),
     }
 
@@ -344,13 +346,11 @@ def _reason(name: str, value: str | None) -> str | None:
         raise InvalidInput(name, exc.errors()[0]["msg"]) from None
 
 
-async def _fingerprint(app: IntakeApp, ticket_id: UUID, fields: dict[str, Any]) -> str:
-    """The submission's fingerprint (an ``Idempotency-Key`` retry must send the same body), keyed by the ticket's
-    data key: it holds the customer's personal fields, so a plain hash could be matched with guessed plaintext
-    once they are erased (docs/erasure.md). Creates the ticket's key now (the save finds it cached)."""
-    raw = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
-    customer = fields["customer_id"] or None
-    return await asyncio.to_thread(personal.fingerprint, app.keyring, str(ticket_id), customer, raw)
+def _fingerprint(fields: dict[str, Any]) -> str:
+    """The submission's fingerprint: an ``Idempotency-Key`` retry must send the same body. It is a hash of the
+    customer's personal fields, so it is stored and opened like them (sealed under the ticket's data key, see
+    ``IntakeApp.personal``): once they are erased nobody can match it with guessed plaintext (docs/erasure.md)."""
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def _check_owner(request: ServiceRequest, caller: Principal) -> None:
@@ -515,15 +515,15 @@ async def submit(
     else:
         owner = f"staff:{caller.subject}"
         await check_callback(svc, "callback_url", data["callback_url"])
+    # only a keyed submission can be retried: one without a key has nothing to be compared with
+    fingerprint = _fingerprint(data) if idempotency_key else ""
     ticket_id = derived_id("request", owner, idempotency_key) if idempotency_key else uuid4()
     if idempotency_key and ticket_id in app.index.versions:
-        return await _replay(svc, ticket_id, await _fingerprint(app, ticket_id, data)), False
+        return await _replay(svc, ticket_id, fingerprint), False
 
     now = app.clock.now()
     channel_key = caller.channel_id or data["channel"]
     _refuse_over_limit(app, channel_key, caller.channel_id, now)  # cheap, before any other work
-    # only a keyed submission can be retried: one without a key has nothing to be compared with
-    fingerprint = await _fingerprint(app, ticket_id, data) if idempotency_key else ""
     facts = await _facts(svc, ticket_id, data["customer_id"], data["service_type"], data["location"], channel_key,
                          now)
     noted = False
@@ -580,7 +580,7 @@ async def submit(
 
 
 def _same_submission(existing: ServiceRequest, fingerprint: str) -> ServiceRequest:
-    if fingerprint == ERASED_FINGERPRINT:
+    if getattr(existing, "fingerprint", None) == ERASED:
         return existing  # its customer's data was erased: the body cannot be compared, the retry gets the request
     if getattr(existing, "fingerprint", None) != fingerprint:
         raise IdempotencyConflict("this key was already used for a different request", "Idempotency-Key")
