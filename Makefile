@@ -52,7 +52,8 @@ catalogue: install
 ## Every benchmark, each on a fresh stack; JSON (and plots) in bench/results: complete lifecycles
 ## (with idle CPU, RSS and the open loop at 50/s), intake alone, dispatch at scale, TMF621 lists over a
 ## million tickets, feedback's step notifications to local receivers (5 % slow, 5 % failing) and its
-## ratings over HTTP, then scale-out on a 3-broker Apache Kafka cluster (bench-scale).
+## ratings over HTTP, the window between a legal hold and intake hearing of it, then scale-out on a
+## 3-broker Apache Kafka cluster (bench-scale).
 bench: install
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.intake
@@ -61,6 +62,7 @@ bench: install
 	$(BIN)/python -m bench.incident
 	$(BIN)/python -m bench.notifications
 	$(BIN)/python -m bench.ratings
+	$(BIN)/python -m bench.holds
 	$(MAKE) bench-scale
 
 ## The lifecycle bench on Tansu, then on 3 Apache Kafka brokers with 1 and 2 instances of intake and
