@@ -75,6 +75,11 @@ def test_a_hold_on_the_customer_refuses_their_erasure_until_released(platform: P
     customer, address = f"cust-held-{uuid.uuid4().hex[:8]}", f"{uuid.uuid4().hex[:8]} Held Street"
     ticket = _submit(platform, customer, address)
     _hold(platform, "customer", customer)
+    _intake_knows(platform, customer, 1)
+    # released, then placed again (the archive's PlacedAgain): in force again, as intake hears it
+    _hold(platform, "customer", customer, "release")
+    _intake_knows(platform, customer, 0)
+    _hold(platform, "customer", customer)
     _refused_then_erased(platform, customer, ticket, address, "customer", customer)
 
 

@@ -80,3 +80,20 @@ def test_an_erasure_a_legal_hold_covers_is_refused_naming_the_hold_and_changes_n
         assert env.app.repository.get(mine.id).location["address"] == ERASED
 
     asyncio.run(go())
+
+
+def test_a_hold_on_a_ticket_completed_with_its_customer_later_covers_that_customer() -> None:
+    async def go() -> None:
+        env = Env()
+        ch = await env.channel("web")
+        # a TMF621-style application without its customer yet: pending information
+        bare, _ = await service.submit(env.runtime, fields(customer_id=""), ch, None)
+        assert bare.status == "pending_information"
+        env.pool.holds = [_hold("ticket", str(bare.id))]
+        assert await service.legal_holds(env.runtime, "cust-late") == []
+        await service.update(env.runtime, bare.id, {"customer_id": "cust-late"}, ch)
+        assert [h["subject"] for h in await service.legal_holds(env.runtime, "cust-late")] == [str(bare.id)]
+        with pytest.raises(Conflict):
+            await service.request_erasure(env.runtime, "cust-late", "consent_withdrawn", "case 4", AUDITOR)
+
+    asyncio.run(go())

@@ -108,7 +108,8 @@ class IntakeIndex(LogFollower):
         self.open: dict[UUID, OpenRequest] = {}
         self.finished: dict[UUID, OpenRequest] = {}  # dropped as finished downstream (back in ``open`` if reopened)
         self.by_key: dict[DupKey, UUID] = {}
-        self.by_customer: dict[str, set[UUID]] = {}  # every request of a customer (legal holds on their tickets)
+        # every request of each customer (legal holds on their tickets): a list, the smallest container per customer
+        self.by_customer: dict[str, list[UUID]] = {}
         self.pending: dict[UUID, datetime] = {}
         self.queued: dict[UUID, OpenRequest] = {}
         self.per_channel: dict[str, Window] = {}
@@ -156,9 +157,10 @@ class IntakeIndex(LogFollower):
         """Undo what ``observe`` noted for a request whose save failed."""
         with self.lock:
             self.versions.pop(ticket, None)
+            noted = self.open.get(ticket)
+            if noted is not None and ticket in self.by_customer.get(noted.customer_id, ()):
+                self.by_customer[noted.customer_id].remove(ticket)
             self._close(ticket)
-            for tickets in self.by_customer.values():
-                tickets.discard(ticket)
             self.pending.pop(ticket, None)
             for w in (*self.per_channel.values(), *self.per_customer.values()):
                 w.discard(ticket)
@@ -177,7 +179,7 @@ class IntakeIndex(LogFollower):
             self.open[tid] = req
             self._index(tid, req)
             if e.customer_id:
-                self.by_customer.setdefault(e.customer_id, set()).add(tid)
+                self.by_customer.setdefault(e.customer_id, []).append(tid)
             self.per_channel.setdefault(e.channel_id or e.channel, Window(timedelta(minutes=1))).add(
                 tid, e.submitted_at)
             if e.customer_id:  # a ticket without its customer yet counts for nobody
@@ -195,7 +197,9 @@ class IntakeIndex(LogFollower):
                 self._index(tid, req)
             completed = e.changes.get("customer_id")
             if isinstance(completed, str) and completed:  # a request completed with its customer
-                self.by_customer.setdefault(completed, set()).add(tid)
+                tickets = self.by_customer.setdefault(completed, [])
+                if tid not in tickets:
+                    tickets.append(tid)
         elif isinstance(e, ServiceRequest.PendingInformation):
             self.pending[tid] = e.complete_by
             self._status(tid, "pending_information")
