@@ -52,8 +52,9 @@ catalogue: install
 ## Every benchmark, each on a fresh stack; JSON (and plots) in bench/results: complete lifecycles
 ## (with idle CPU, RSS and the open loop at 50/s), intake alone, dispatch at scale, TMF621 lists over a
 ## million tickets, feedback's step notifications to local receivers (5 % slow, 5 % failing) and its
-## ratings over HTTP, the window between a legal hold and intake hearing of it, then scale-out on a
-## 3-broker Apache Kafka cluster (bench-scale).
+## ratings over HTTP, the archive (verify and rebuild over a million events) and the statistics (lag,
+## a month's report over a million tickets), the window between a legal hold and intake hearing of it, then
+## scale-out on a 3-broker Apache Kafka cluster (bench-scale).
 bench: install
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.intake
@@ -62,6 +63,8 @@ bench: install
 	$(BIN)/python -m bench.incident
 	$(BIN)/python -m bench.notifications
 	$(BIN)/python -m bench.ratings
+	$(BIN)/python -m bench.archive
+	$(BIN)/python -m bench.stats
 	$(BIN)/python -m bench.holds
 	$(MAKE) bench-scale
 

@@ -18,8 +18,9 @@ Results: bench/results/bench-*.json and *.png.
 
 ``make bench`` then runs the other benchmarks, each on its own stack: ``bench.intake``, ``bench.dispatch``,
 ``bench.tmf_list``, ``bench.notifications`` (feedback's step notifications to local receivers, 5 % slow and
-5 % failing: deliveries/s, latency, none lost) and ``bench.ratings`` (ratings over HTTP with the channel's
-credential: accepted/s); figures in bench/RESULTS.md.
+5 % failing: deliveries/s, latency, none lost), ``bench.ratings`` (ratings over HTTP with the channel's
+credential: accepted/s), ``bench.archive`` (verify, chaining and projection rebuild over a million archived events)
+and ``bench.stats`` (statistics lag, a month's report over a million tickets); figures in bench/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -79,11 +79,11 @@ async def fill(dsn: str, tickets: int, seed: int = 7) -> float:
                 "tmf_status_change", records=history, columns=["ticket_id", "seq", "status", "reason", "at"]
             )
         await conn.execute(
-            """INSERT INTO tmf_ticket_count SELECT coalesce(channel_id, ''), status, coalesce(severity, ''),
-               ticket_type, coalesce(priority_name, ''), count(*) FROM tmf_ticket WHERE NOT deleted
+            """INSERT INTO tmf_ticket_counts SELECT coalesce(channel_id, ''), status, coalesce(severity, ''),
+               ticket_type, coalesce(priority_name, ''), 0, count(*) FROM tmf_ticket WHERE NOT deleted
                GROUP BY 1, 2, 3, 4, 5
-               ON CONFLICT (channel_id, status, severity, ticket_type, priority_name)
-               DO UPDATE SET n = tmf_ticket_count.n + EXCLUDED.n"""
+               ON CONFLICT (channel_id, status, severity, ticket_type, priority_name, part)
+               DO UPDATE SET n = tmf_ticket_counts.n + EXCLUDED.n"""
         )
         await conn.execute("VACUUM ANALYZE tmf_ticket")
         await conn.execute("VACUUM ANALYZE tmf_status_change")

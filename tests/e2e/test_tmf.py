@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import uuid
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from tsop_devstack.stack import Stack
@@ -238,6 +240,48 @@ def test_merge_patch_changes_what_a_client_owns_and_refuses_the_rest(platform: P
     assert r.json()["status"] == "cancelled"
     assert r.json()["statusChangeHistory"][-1]["statusChangeReason"].endswith("fixed itself")
     assert patch(platform, headers, t["id"], {"description": "too late for this"}).status_code == 409
+
+
+def test_a_channel_closes_a_resolved_ticket_on_its_customers_confirmation(platform: Platform, stack: Stack) -> None:
+    """TMF621's way of saying "the customer confirms it is solved" (§2.4): PATCH a resolved ticket to closed.
+    Intake records the confirmation and feedback closes the ticket on it, basis ``confirmed``."""
+    _, headers = channel(platform, "crm-confirm")
+    t = create(platform, headers)
+    early = patch(platform, headers, t["id"], {"status": "closed"})
+    assert early.status_code == 409 and "resolved" in early.json()["message"], early.text  # not resolved yet
+    platform.work_and_resolve(platform.wait_assigned(t["id"]))
+    wait_for(lambda: tmf(platform, headers, t["id"])["status"] == "resolved", what="resolved in the TMF view")
+    bad = patch(platform, headers, t["id"], {"status": "closed", "statusChangeReason": {"text": "x"}})
+    assert bad.status_code == 400 and "statusChangeReason" in bad.json()["message"], bad.text
+    _, others = channel(platform, "crm-not-theirs")
+    assert patch(platform, others, t["id"], {"status": "closed"}).status_code == 403  # not their ticket
+    r = patch(platform, headers, t["id"], {"status": "closed", "statusChangeReason": "works again, thanks"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "closed", r.json()["status"]
+    case = platform.feedback(t["id"])
+    assert case is not None and case["closed_basis"] == "confirmed", case
+    again = patch(platform, headers, t["id"], {"status": "closed", "statusChangeReason": "works again, thanks"})
+    assert again.status_code == 200 and again.json()["status"] == "closed", again.text  # a retry
+    late = platform.http.post(platform.url("feedback", f"/v1/tickets/{t['id']}/rating"), json={"score": 5},
+                              headers=platform.auth("agent"))
+    assert late.status_code == 409, late.text  # closed on the confirmation: the window ended with it
+    dossier = platform.wait_archived(t["id"])
+    confirmed = [e for e in dossier["events"] if e["type"] == "tsop.ticket.resolution-confirmed.v1"]
+    assert len(confirmed) == 1 and confirmed[0]["data"]["note"] == "works again, thanks"  # opened for the auditor
+    # ... and stored sealed: the customer's words are personal data (docs/erasure.md)
+    stored = asyncio.run(_archived_data(stack, t["id"], "tsop.ticket.resolution-confirmed.v1"))
+    assert "confirmed_by" in stored and "works again" not in stored
+
+
+async def _archived_data(stack: Stack, ticket: str, ce_type: str) -> str:
+    """The archive's stored body of the ticket's one event of ``ce_type``, as PostgreSQL holds it."""
+    conn = await asyncpg.connect(host="127.0.0.1", port=stack.pg_port, user="postgres", database="tsop_archive")
+    try:
+        found = await conn.fetchval(
+            "SELECT data::text FROM archive_events WHERE key = $1 AND ce_type = $2", ticket, ce_type)
+        return str(found)
+    finally:
+        await conn.close()
 
 
 def test_delete_is_for_admins(platform: Platform) -> None:

@@ -160,6 +160,15 @@ async def test_the_figures_streamed_into_postgresql_equal_the_reference(settings
         js = r.json()
         assert len(js) == sum(lc[0][3]["channel"] == "hotline" for lc in lifecycles) and all(
             j["channel"] == "hotline" for j in js)
+        # no cap on the range either: decades of tickets are one export (and one scorecard), not 1,100 periods
+        decades = {"from": "1990-01-01T00:00:00Z", "to": "2090-01-01T00:00:00Z"}
+        r = await client.get("/v1/stats/export", headers=AUDITOR, params={**decades, "format": "csv"})
+        assert r.status_code == 200, r.text
+        assert len(list(csv.DictReader(io.StringIO(r.text)))) == len(lifecycles)
+        r = await client.get("/v1/stats/technicians", headers=AUDITOR, params=decades)
+        assert r.status_code == 200 and r.json(), r.text
+        r = await client.get("/v1/stats/report", headers=AUDITOR, params=decades)  # a series of 36,525 days: no
+        assert r.status_code == 422 and "granularity" in r.text
         r = await client.get("/v1/stats/export", headers=AUDITOR, params={**params, "format": "parquet"})
         table = pq.read_table(io.BytesIO(r.content))
         assert table.num_rows == len(lifecycles)
@@ -239,18 +248,28 @@ async def test_complaints_and_incidents_are_read_by_their_names(settings: Servic
         received_by="agent-1", received_at=D0, acknowledge_by=D0, answer_by=D0, repeat=False,
     )
     await feed(Topic.complaints, again.event_type, "c0", again.model_dump(mode="json"), D0)  # again: once
-    incidents = [Incident("i1", D0 + timedelta(hours=2), D0 + timedelta(hours=7)),
-                 Incident("i2", D0 + timedelta(days=2), None), Incident("i3", D0 + timedelta(days=3, hours=1),
-                                                                         D0 + timedelta(days=3, hours=2))]
+    north, fault = frozenset({"north"}), frozenset({"broadband.fault_repair"})
+    incidents = [Incident("i1", D0 + timedelta(hours=2), D0 + timedelta(hours=7), north, fault),
+                 Incident("i2", D0 + timedelta(days=2), None, frozenset({"south", "north"}),
+                          frozenset({"mobile.fault_repair", "broadband.fault_repair"})),
+                 Incident("i3", D0 + timedelta(days=3, hours=1), D0 + timedelta(days=3, hours=2),
+                          frozenset({"south"}), frozenset({"mobile.fault_repair"}))]
     for inc in incidents:
         assert inc.declared_at is not None
+        first_region, first_service = sorted(inc.regions)[-1:], sorted(inc.services)[-1:]
         await feed(Topic.incidents, "tsop.incident.declared.v1", inc.incident_id,
-                   {"incident_id": inc.incident_id, "declared_at": inc.declared_at.isoformat()}, inc.declared_at)
+                   {"incident_id": inc.incident_id, "declared_at": inc.declared_at.isoformat(),
+                    "regions": first_region, "affected_services": first_service}, inc.declared_at)
+        if len(inc.regions) > 1:  # its scope widened later: it counts for every region it ever named
+            await feed(Topic.incidents, "tsop.incident.severity-changed.v1", inc.incident_id,
+                       {"incident_id": inc.incident_id, "regions": sorted(inc.regions),
+                        "affected_services": sorted(inc.services)}, inc.declared_at + timedelta(minutes=5))
         if inc.restored_at:  # no time in the body: the envelope's
             await feed(Topic.incidents, "tsop.incident.service-restored.v1", inc.incident_id,
                        {"incident_id": inc.incident_id}, inc.restored_at)
     facts = fold_all(raw).values()
-    for granularity, filters in (("day", Filters()), ("week", Filters(channel="web"))):
+    for granularity, filters in (("day", Filters()), ("week", Filters(channel="web")),
+                                 ("day", Filters(region="north")), ("day", Filters(service_type="mobile.fault_repair"))):
         q = Question(D0, D0 + timedelta(days=5), granularity, filters)  # type: ignore[arg-type]
         got, want = await projection.report(pool, q), report(q, facts, complaints, incidents)
         close(json.loads(FiguresAnswer.of(got.total).model_dump_json()),
@@ -268,4 +287,9 @@ async def test_complaints_and_incidents_are_read_by_their_names(settings: Servic
                                                        Filters(channel=channel)))).total
     assert filtered.complaints == want_n
     assert whole.time_to_restore.count == 2 and whole.time_to_restore.mean == 3 * 3600
+    # incidents under a region or service-type filter: those whose scope named it (channel and priority: all)
+    for f, n in ((Filters(region="north"), 2), (Filters(region="south"), 2), (Filters(region="east"), 0),
+                 (Filters(service_type="broadband.fault_repair"), 2), (Filters(channel=channel), 3)):
+        got_n = (await projection.report(pool, Question(D0, D0 + timedelta(days=5), "day", f))).total
+        assert got_n.incidents_declared == n, (f, got_n.incidents_declared)
     await pool.close()

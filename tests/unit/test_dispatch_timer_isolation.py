@@ -19,6 +19,7 @@ from tsop_dispatch import policies, views
 from tsop_dispatch.commands import work_order_id
 from tsop_dispatch.policies import IncidentHolds, record_id
 from tsop_events.errors import NotFound
+from tsop_events.faults import Faults
 
 STEPS = ("drain_queue", "expire_acceptances", "check_clocks", "auto_peak")
 
@@ -60,7 +61,7 @@ def test_a_round_resolves_one_chunk_per_incident_and_every_other_timer_runs_in_i
     monkeypatch.setattr(views, "RESOLVE_CHUNK", 2)
     monkeypatch.setattr(views, "RESOLVE_BUDGET_SECONDS", 0.0)  # its budget spent: one chunk per incident
     ran = spy_steps(monkeypatch)
-    faults = views.TimerFaults()
+    faults = Faults("dispatch timer", views.log)
     rounds = [app.tick(faults)["resolved_by_incidents"] for _ in range(4)]
     assert rounds == [4, 3, 1, 0]  # two of each, then two of incA and the last of incB, then incA's last
     assert ran == list(STEPS) * 4  # the other timers ran in every round, not after the whole resolution
@@ -95,7 +96,7 @@ def test_a_failing_incident_chunk_is_logged_once_and_stops_neither_other_inciden
 
     monkeypatch.setattr(policies, "resolve_chunk", broken)
     ran = spy_steps(monkeypatch)
-    faults = views.TimerFaults()
+    faults = Faults("dispatch timer", views.log)
     with caplog.at_level(logging.INFO, logger=views.log.name):
         for _ in range(4):
             app.tick(faults)  # never raises
@@ -126,7 +127,7 @@ def test_a_failing_step_is_logged_once_and_the_other_steps_still_run(
         raise ConnectionError("database unreachable")
 
     monkeypatch.setattr(views, "drain_queue", down)
-    faults = views.TimerFaults()
+    faults = Faults("dispatch timer", views.log)
     with caplog.at_level(logging.INFO, logger=views.log.name):
         outs = [app.tick(faults) for _ in range(3)]
     assert outs[0]["resolved_by_incidents"] == 2 and all(o["assigned"] == 0 for o in outs)

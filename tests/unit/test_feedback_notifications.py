@@ -237,3 +237,39 @@ def test_a_receiver_is_its_host_and_port_busy_one_holds_up_no_other_and_attempts
     assert all(app.repository.get(i).attempts == 1 for i in [*busy, other])
     assert max(at_once) == 3  # never more than per_receiver at once at the busy receiver
     assert len(saves) < len(busy)  # attempts finishing together were saved together, not one save each
+
+
+def test_a_confirmation_passed_on_by_intake_closes_or_is_kept_and_never_stops_the_consumer() -> None:
+    """A TMF621 channel's confirmation (§2.4) reaches feedback as ResolutionConfirmed on the tickets topic."""
+    from tsop_feedback.commands import case_id
+
+    app, _ = make_app()
+    bus = Bus(app)
+
+    def confirmed(ticket: str) -> wire.ResolutionConfirmed:
+        return wire.ResolutionConfirmed(ticket_id=ticket, confirmed_by="channel:crm", note="works again",
+                                        confirmed_at=NOW + timedelta(hours=1))
+
+    def resolved(ticket: str) -> wire.Resolved:
+        return wire.Resolved(ticket_id=ticket, work_order_id="wo", technician_id="tech", resolution_code="fixed",
+                             summary="ONT replaced", resolved_at=NOW)
+
+    bus(submitted("t1", "https://ok.example/cb"))
+    bus(resolved("t1"))
+    bus(confirmed("t1"))
+    case = app.repository.get(case_id("t1"))
+    assert (case.closed_basis, case.confirmed_by) == ("confirmed", "channel:crm")
+    bus(confirmed("t1"))  # again (a channel's retry recorded twice): nothing more
+    assert app.repository.get(case_id("t1")).version == case.version
+    # before the resolution reached feedback: kept, and the ticket closes on it when the resolution arrives
+    bus(submitted("t2", "https://ok.example/cb"))
+    bus(confirmed("t2"))
+    assert app.repository.get(case_id("t2")).closed_basis is None
+    bus(resolved("t2"))
+    assert app.repository.get(case_id("t2")).closed_basis == "confirmed"
+    # after a rating closed it: the closure stands, and the consumer goes on
+    bus(submitted("t3", "https://ok.example/cb"))
+    bus(resolved("t3"))
+    asyncio.run(commands.rate(service(app), "t3", 5, None))
+    bus(confirmed("t3"))
+    assert app.repository.get(case_id("t3")).closed_basis == "rated"

@@ -72,3 +72,41 @@ def test_the_event_loop_runs_while_a_consumers_refresh_holds_the_views_lock() ->
     assert waiting
     assert started_now == 1 and hits == [str(nid)]  # then it went on: the pending notification was delivered
     assert app.repository.get(nid).delivered
+
+
+def test_complaint_and_action_lists_never_wait_for_the_boards_lock_on_the_event_loop() -> None:
+    """The same class for the complaints desk: ``GET /v1/complaints`` and ``GET /v1/improvement-actions`` read the
+    board in a worker thread, so a refresh that holds its lock in another thread never stops the loop."""
+    from tests.feedback_sync import service
+    from tsop_events.auth import Principal, Role
+    from tsop_feedback.complaints import commands as complaints
+
+    app, _, _ = subscribed_app()
+    svc = service(app)
+    board = complaints.desk(svc).board
+    board.refresh = lambda: None  # type: ignore[method-assign]  # nothing new in the log: only the lock is held
+    agent = Principal("agent-1", frozenset({Role.agent}))
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with board.lock:
+            held.set()
+            release.wait(HOLD_SECONDS)
+
+    async def go() -> tuple[int, bool, list[Any], list[Any]]:
+        holder = threading.Thread(target=hold, name="refresh")
+        holder.start()
+        assert held.wait(5)
+        listed = asyncio.create_task(complaints.complaints(svc, agent))
+        acts = asyncio.create_task(complaints.actions(svc, None, None))
+        beats = 0
+        for _ in range(20):  # the loop's other tasks run while both lists wait for the lock
+            beats += 1
+            await asyncio.sleep(0.01)
+        waiting = not listed.done() and not acts.done()
+        release.set()
+        holder.join(5)
+        return beats, waiting, await asyncio.wait_for(listed, 5), await asyncio.wait_for(acts, 5)
+
+    beats, waiting, listed, acts = asyncio.run(go())
+    assert beats == 20 and waiting and listed == [] and acts == []

@@ -249,3 +249,18 @@ def test_streaming_figures_equal_a_batch_recomputation(seed: int, n: int, days: 
         }
         for name, value in want.items():
             assert got[name] == (value if isinstance(value, dict) else pytest.approx(value)), (period.start, name)
+
+
+def test_a_csv_cell_a_spreadsheet_would_run_as_a_formula_opens_as_its_text() -> None:
+    """CSV injection: a channel's free text (a region, say) that starts like a formula is quoted."""
+    import csv
+    import io
+
+    from tsop_archive.stats.api import csv_cell
+
+    for text in ("=HYPERLINK(\"https://evil.example\",\"x\")", "+1+1", "-2", "@SUM(A1)", "\tx", "\rx"):
+        assert csv_cell(text) == "'" + text
+    assert csv_cell("north") == "north" and csv_cell(3) == 3 and csv_cell(-2.5) == -2.5 and csv_cell(None) == ""
+    out = io.StringIO()
+    csv.writer(out).writerow([csv_cell("=cmd|' /C calc'!A0"), csv_cell("east")])
+    assert out.getvalue().startswith("\"'=cmd") or out.getvalue().startswith("'=cmd")

@@ -24,6 +24,7 @@ from tsop_events.auth import Principal, TokenResolver, load_token_table
 from tsop_events.commands import Commands
 from tsop_events.consumer import OFFSETS_DDL, ConsumerRunner, Incoming, Sink
 from tsop_events.epoch import EpochWatcher
+from tsop_events.faults import Faults
 from tsop_events.personal import PostgresKeyring, keyring_of
 from tsop_events.relay import RELAY_DDL, SET_ASIDE_DDL, Mapper, Relay
 from tsop_events.schemas import CustomerDataErased
@@ -34,6 +35,7 @@ from tsop_events.wake import SAFETY_NET_SECONDS, Bell, Waiter, wait_event
 
 log = logging.getLogger(__name__)
 
+HEALTHY_SECONDS = 10.0  # a restarted background loop that ran this long without raising has recovered
 NEWS_CHANNEL = "tsop_published"  # relays' announcements: the topics of each batch the broker acknowledged
 
 A = TypeVar("A", bound=EventStoreApp, default=EventStoreApp, covariant=True)
@@ -70,6 +72,8 @@ class Runtime(Generic[A, S]):
     _resolvers: list[TokenResolver] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
+        # what the service's background steps fail with now (timers, sweeps): /readyz degraded.failing
+        self.faults = Faults(self.settings.service_name, logging.getLogger(f"tsop.{self.settings.service_name}"))
         # a malformed token table stops the service at start, not at the first request
         self.staff = load_token_table(self.settings.auth_tokens, self.settings.auth_tokens_file)
 
@@ -144,15 +148,25 @@ class Runtime(Generic[A, S]):
             self._spawn(getattr(task, "__name__", "task"), lambda t=task: t(self))  # type: ignore[misc]
 
     def _spawn(self, name: str, make: Callable[[], Awaitable[None]]) -> None:
+        """Run a background loop for the process's life: one that raises is restarted a second later, and what it
+        raised is reported through ``faults`` (logged once while it repeats, in /readyz ``degraded.failing``)
+        until it has run ``HEALTHY_SECONDS`` without raising again."""
+
         async def supervised() -> None:
+            step = f"task {name}"
             while True:
+                task = asyncio.ensure_future(make())
                 try:
-                    await make()
+                    done, _ = await asyncio.wait({task}, timeout=HEALTHY_SECONDS)
+                    if not done:
+                        self.faults.ok(step)  # running again, and for a while: what it failed with has passed
+                    await task
                     return
                 except asyncio.CancelledError:
+                    task.cancel()
                     raise
-                except Exception:
-                    log.exception("%s crashed; restarting in 1s", name)
+                except Exception as exc:  # noqa: BLE001 - a loop that fails is restarted, never given up
+                    self.faults.failed(step, exc)
                     await asyncio.sleep(1.0)
 
         self._tasks.append(asyncio.create_task(supervised(), name=name))
@@ -242,6 +256,8 @@ class Runtime(Generic[A, S]):
         and names the count here; ``python -m tsop_events.relay list`` shows them.
         """
         out: dict[str, Any] = {}
+        if self.faults.current:
+            out["failing"] = dict(self.faults.current)  # background steps; the others go on (tsop_events.faults)
         if self.relay is not None and self.relay.set_aside:
             out["relay_set_aside"] = {
                 "count": self.relay.set_aside,

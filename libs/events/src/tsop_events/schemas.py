@@ -373,6 +373,18 @@ class RatingExpired(TicketEvent):
     expired_at: datetime
 
 
+class ResolutionConfirmed(TicketEvent):
+    event_type: ClassVar[str] = "tsop.ticket.resolution-confirmed.v1"
+    doc: ClassVar[str] = (
+        "The customer confirmed through their channel system that the resolution solved the problem (§2.4; "
+        "TMF621: a PATCH of a resolved ticket to `closed`). Intake records it; feedback closes the ticket on it, "
+        "basis `confirmed` (or keeps it until the resolution reaches feedback)."
+    )
+    confirmed_by: str = Field(description="The channel system (or staff member) that passed it on.")
+    note: Personal | None = Field(default=None, description="The customer's words, if any (TMF statusChangeReason).")
+    confirmed_at: datetime
+
+
 class Reopened(TicketEvent):
     event_type: ClassVar[str] = "tsop.ticket.reopened.v1"
     doc: ClassVar[str] = (

@@ -12,11 +12,11 @@ import asyncio
 import logging
 from bisect import insort
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from tsop_dispatch import commands
@@ -39,6 +39,7 @@ from tsop_dispatch.domain import (
 from tsop_dispatch.sla import Fact, Policy, next_due
 from tsop_events.commands import UnitOfWork
 from tsop_events.errors import DomainError
+from tsop_events.faults import Faults
 from tsop_events.runtime import Service
 from tsop_events.store import EventStoreApp, IntegrityError, LogFollower
 from tsop_events.wake import SAFETY_NET_SECONDS
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
     from tsop_dispatch.commands import DispatchApp
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass
@@ -462,30 +462,8 @@ RESOLVE_CHUNK = 1000  # work orders an incident's resolution resolves in one tra
 RESOLVE_BUDGET_SECONDS = 0.5
 
 
-class TimerFaults:
-    """What each timer step (or incident resolution) failed with, so that a lasting fault is logged once, not on
-    every round: logged when it appears or changes, and when it clears. ``current`` is what fails now."""
-
-    def __init__(self) -> None:
-        self.current: dict[str, str] = {}
-
-    def failed(self, step: str, exc: BaseException | str) -> None:
-        text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-        if self.current.get(step) == text:
-            return
-        self.current[step] = text
-        if isinstance(exc, BaseException):
-            log.error("dispatch timer %s failed (logged once until it changes): %s", step, text, exc_info=exc)
-        else:
-            log.warning("dispatch timer %s: %s (logged once until it changes)", step, text)
-
-    def ok(self, step: str) -> None:
-        if self.current.pop(step, None) is not None:
-            log.info("dispatch timer %s works again", step)
-
-
 async def resolve_held(svc: Service[DispatchApp], chunk: int = RESOLVE_CHUNK, budget: float | None = None,
-                       faults: TimerFaults | None = None) -> int:
+                       faults: Faults | None = None) -> int:
     """Resolve the work orders held by resolved incidents, ``chunk`` at a time, each chunk its own transaction
     (``policies.resolve_chunk``); the record is finished once none is left. The held set is the durable cursor:
     after a crash the next round goes on with what is still held. How many were resolved.
@@ -498,7 +476,7 @@ async def resolve_held(svc: Service[DispatchApp], chunk: int = RESOLVE_CHUNK, bu
 
     app = svc.app
     board = app.board
-    faults = faults or TimerFaults()
+    faults = faults or Faults("dispatch timer", log)
     loop = asyncio.get_running_loop()
     started = loop.time()
     await asyncio.to_thread(board.refresh)
@@ -543,32 +521,21 @@ async def resolve_held(svc: Service[DispatchApp], chunk: int = RESOLVE_CHUNK, bu
     return total
 
 
-async def _step(name: str, faults: TimerFaults, run: Callable[[], Awaitable[T]]) -> T | None:
-    """One timer step, isolated: a failure is logged (once while it lasts) and the next step still runs."""
-    try:
-        out = await run()
-    except Exception as exc:  # noqa: BLE001 - one failing step never stops the other timers
-        faults.failed(name, exc)
-        return None
-    faults.ok(name)
-    return out
-
-
-async def tick(svc: Service[DispatchApp], faults: TimerFaults | None = None) -> dict[str, int]:
+async def tick(svc: Service[DispatchApp], faults: Faults | None = None) -> dict[str, int]:
     """One round of every timer dispatch keeps in its event store: each step isolated from the others' failures,
     and the resolutions within their budget (the rest in the next rounds), so no step waits long for another."""
-    f = faults or TimerFaults()
+    f = faults or Faults("dispatch timer", log)
 
     def held() -> Awaitable[int]:
         return resolve_held(svc, RESOLVE_CHUNK, RESOLVE_BUDGET_SECONDS, f)
 
     out = {
-        "resolved_by_incidents": await _step("resolve_held", f, held),
-        "assigned": await _step("drain_queue", f, lambda: drain_queue(svc)),
-        "expired": await _step("expire_acceptances", f, lambda: expire_acceptances(svc)),
-        "crossed": await _step("check_clocks", f, lambda: check_clocks(svc)),
+        "resolved_by_incidents": await f.step("resolve_held", held),
+        "assigned": await f.step("drain_queue", lambda: drain_queue(svc)),
+        "expired": await f.step("expire_acceptances", lambda: expire_acceptances(svc)),
+        "crossed": await f.step("check_clocks", lambda: check_clocks(svc)),
     }
-    await _step("auto_peak", f, lambda: auto_peak(svc))
+    await f.step("auto_peak", lambda: auto_peak(svc))
     return {k: v or 0 for k, v in out.items()}
 
 
@@ -576,7 +543,6 @@ async def timers(svc: Service[DispatchApp], every: float) -> None:
     """The durable timers: a round when any instance saved (at most one per ``every`` seconds), and at least
     one a second for the due times (SLA thresholds, acceptance deadlines)."""
     wake = svc.waiter(saved=True, pace=every)
-    faults = TimerFaults()
     while True:
-        await tick(svc, faults)
+        await tick(svc, svc.faults)  # what fails is logged once and shown in /readyz (tsop_events.faults)
         await wake.wait(max(every, SAFETY_NET_SECONDS))

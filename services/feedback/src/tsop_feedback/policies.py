@@ -10,7 +10,7 @@ from tsop_events.consumer import EventStoreSink, Incoming, UnitOfWork
 from tsop_events.runtime import Service
 from tsop_events.topics import Topic
 from tsop_feedback.commands import FeedbackApp, access_id, case_id, channel_template, queue_notification
-from tsop_feedback.domain import ChannelAccess, FeedbackCase
+from tsop_feedback.domain import AlreadyClosed, ChannelAccess, FeedbackCase
 
 
 def when(at: datetime | None) -> str | None:
@@ -27,7 +27,8 @@ class FollowTickets(EventStoreSink):
     name: ClassVar[str] = "feedback-cases"
     event_types: ClassVar[frozenset[str] | None] = frozenset(
         {wire.RequestSubmitted.event_type, wire.Resolved.event_type, wire.RequestAccepted.event_type,
-         wire.Assigned.event_type, wire.RequestPendingInformation.event_type, wire.Closed.event_type}
+         wire.Assigned.event_type, wire.RequestPendingInformation.event_type, wire.Closed.event_type,
+         wire.ResolutionConfirmed.event_type}
     )
 
     def __init__(self, app: FeedbackApp) -> None:
@@ -108,6 +109,14 @@ class FollowTickets(EventStoreSink):
                         {"missing": missing, "complete_by": when(ev.complete_by)})
         elif isinstance(ev, wire.Closed):
             self.notify(uow, case, "closed", cause, ev.closed_at, {"closed_basis": ev.basis or ev.reason})
+        elif isinstance(ev, wire.ResolutionConfirmed):
+            # the customer's confirmation, passed on by intake (a TMF621 channel closed its resolved ticket): as
+            # POST /v1/tickets/{id}/confirmation, kept until the resolution arrives if it has not yet
+            note = self.feedback.keyring.open(ev.note)  # sealed again in feedback's own store
+            try:
+                case.confirm(ev.confirmed_by, ev.confirmed_at, note, self.feedback.policy.rules)
+            except AlreadyClosed:
+                pass  # closed meanwhile (rated, or the window lapsed): the closure stands, with its own basis
 
     def subscription(self, uow: UnitOfWork, case: FeedbackCase) -> tuple[str, str, list[str]]:
         """(template kind, language, steps) of the ticket's channel; SMS in Chinese, the result only, by default."""

@@ -82,9 +82,7 @@ async def incident_timers(svc: Service[IncidentApp], every: float = 1.0) -> None
     """The durable timers, one round every ``every`` seconds: overdue plan steps escalate; open tickets in an
     incident's scope are linked (the sweep that follows a declaration, repeated so a crash loses none)."""
     while True:
-        try:
-            await commands.escalate_overdue(svc)
-            await commands.sweep(svc)
-        except Exception:
-            log.exception("incident timers: a round failed")
+        # each step isolated: a failing one is logged once while it lasts and shown in /readyz (tsop_events.faults)
+        await svc.faults.step("escalate_overdue", lambda: commands.escalate_overdue(svc))
+        await svc.faults.step("sweep", lambda: commands.sweep(svc))
         await asyncio.sleep(every)

@@ -122,6 +122,7 @@ class IntakeApp(EventStoreApp):
         ServiceRequest.Submitted: PersonalFields(
             PERSONAL_FIELDS | {"fingerprint"}, customer="customer_id", keep=SERVICE_RECORD_ATTRIBUTES),
         ServiceRequest.Updated: PersonalFields(PERSONAL_FIELDS, within="changes", keep=SERVICE_RECORD_ATTRIBUTES),
+        ServiceRequest.ResolutionConfirmed: PersonalFields(frozenset({"note"})),  # the customer's words
     }
 
     def __init__(
@@ -675,6 +676,29 @@ async def cancel(
         return request
 
     return _saved(svc, await _run_checking(svc, decide), events)
+
+
+CONFIRMABLE = frozenset({"resolved", "feedback_sent"})  # resolved, not yet rated, closed or reopened
+
+
+async def confirm_resolution(svc: Intake, ticket_id: UUID, note: str | None, caller: Principal) -> ServiceRequest:
+    """The customer confirmed, through the ticket's own channel (or to staff), that its resolution solved the
+    problem (§2.4): recorded here, closed by feedback. Only a ticket resolved downstream (the status read model)
+    can be confirmed (409 otherwise: a ticket closed already is the caller's to answer as a retry). Should the
+    ticket close or reopen meanwhile, feedback takes the confirmation for what it is then (nothing, or kept)."""
+    note = _reason("note", note)
+    status = await svc.pool.fetchval("SELECT status FROM request_status WHERE ticket_id = $1", ticket_id)
+    if status not in CONFIRMABLE:
+        raise Conflict(f"the ticket is {status or 'not resolved'}: only a resolution can be confirmed", "status")
+    events: list[object] = []
+
+    def decide(uow: UnitOfWork) -> ServiceRequest:
+        request = _load(uow, ticket_id, caller)
+        request.confirm_resolution(caller.subject, note, svc.app.clock.now())
+        events[:] = request.pending_events
+        return request
+
+    return _saved(svc, await svc.commands.run(decide), events)
 
 
 async def decide(

@@ -298,6 +298,11 @@ class ServiceRequest(Aggregate):
         cancelled_by: str
         cancelled_at: datetime
 
+    class ResolutionConfirmed(Aggregate.Event):
+        confirmed_by: str
+        note: str | None
+        confirmed_at: datetime
+
     @event(Submitted)
     def __init__(
         self,
@@ -465,6 +470,18 @@ class ServiceRequest(Aggregate):
     def _updated(self, changes: dict[str, Json], updated_by: str, updated_at: datetime) -> None:
         for name, value in changes.items():
             setattr(self, name, value)
+
+    def confirm_resolution(self, by: str, note: str | None, at: datetime) -> None:
+        """The customer confirmed, through their channel, that the resolution solved the problem (§2.4): intake
+        records it; feedback closes the ticket on it. Only an accepted request has been worked and resolved
+        (whether it is resolved now is downstream's to know: the command checks the status read model)."""
+        if self.status != "accepted":
+            raise InvalidState(self.status, "confirm the resolution of")
+        self._resolution_confirmed(confirmed_by=by, note=note, confirmed_at=at)
+
+    @event(ResolutionConfirmed)
+    def _resolution_confirmed(self, confirmed_by: str, note: str | None, confirmed_at: datetime) -> None:
+        pass  # the request stays accepted here; its closure is feedback's (tickets topic: Closed)
 
     def cancel(self, reason_code: str, reason: str, by: str, at: datetime) -> None:
         if not self.is_open:

@@ -40,6 +40,7 @@ WIRE = (
     .add(ServiceRequest.Linked, wire.RequestLinked, fields=TICKET)
     .add(ServiceRequest.Updated, wire.RequestUpdated, fields=TICKET)
     .add(ServiceRequest.Cancelled, wire.RequestCancelled, fields=TICKET)
+    .add(ServiceRequest.ResolutionConfirmed, wire.ResolutionConfirmed, fields=TICKET)
     .add(ChannelSystem.Registered, wire.ChannelRegistered, fields=CHANNEL)
     .add(ChannelSystem.CredentialIssued, wire.ChannelCredentialIssued,
          fields={**CHANNEL, "token_sha256": "token_hash"})

@@ -3,10 +3,11 @@
 ``python -m tsop_archive.records.main verify [--from SEQ] [--to SEQ] [--public-key PEM ...]`` recomputes the
 whole-archive chain over the range against the archive's database (the ``TSOP_PG_*`` variables, as the
 service reads them), checks every signed checkpoint in it, and names the first broken link. Exit status 0
-when the range verifies, 1 when a link is broken, 2 on a usage error. With ``--public-key`` the checkpoints
-must be signed by one of the keys given (pinned offline), not merely by a key the archive published. With
-``--expect N:LINK`` (a checkpoint kept from an earlier audit) checkpoint N must still be there, name that link,
-and be reached: a chain whose tail was deleted with its last checkpoints no longer verifies.
+when the range verifies, 1 when a link is broken, 2 on a usage error, 3 when it could not verify (the database
+unreachable, a key file unreadable or not a key): never "broken" for a fault of its own. With ``--public-key``
+the checkpoints must be signed by one of the keys given (pinned offline), not merely by a key the archive
+published. With ``--expect N:LINK`` (a checkpoint kept from an earlier audit) checkpoint N must still be there,
+name that link, and be reached: a chain whose tail was deleted with its last checkpoints no longer verifies.
 """
 
 from __future__ import annotations
@@ -85,7 +86,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.from_seq < 1 or args.to_seq < args.from_seq:
         parser.error("--from must be at least 1 and --to not below it")
-    sys.exit(asyncio.run(_verify(args)))
+    try:
+        status = asyncio.run(_verify(args))
+    except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        print(f"verify: could not verify: {type(exc).__name__}: {exc}", file=sys.stderr)
+        status = COULD_NOT_VERIFY
+    sys.exit(status)
+
+
+COULD_NOT_VERIFY = 3
 
 
 if __name__ == "__main__":

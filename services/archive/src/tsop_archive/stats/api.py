@@ -70,18 +70,9 @@ def bounded(name: str, t: datetime) -> datetime:
     return t
 
 
-def question(
-    svc: Svc,
-    caller: Reader,
-    start: Annotated[datetime | None, Query(alias="from", description="ISO 8601; without a zone, UTC. "
-                                            "Default: 30 days before `to`")] = None,
-    end: Annotated[datetime | None, Query(alias="to", description="ISO 8601, exclusive. Default: the end of "
-                                          "today (UTC)")] = None,
-    granularity: Granularity = "day",
-    channel: Channel | None = None,
-    service_type: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
-    region: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-    priority: Annotated[int | None, Query(ge=1, le=5)] = None,
+def _question(
+    svc: Svc, start: datetime | None, end: datetime | None, granularity: Granularity, channel: Channel | None,
+    service_type: str | None, region: str | None, priority: int | None, periods: bool,
 ) -> Question:
     def utc(t: datetime) -> datetime:
         return t if t.tzinfo else t.replace(tzinfo=UTC)
@@ -91,10 +82,32 @@ def question(
     to = bounded("to", utc(end)) if end is not None else step(floor(svc.app.clock.now(), "day"), "day")
     frm = utc(start) if start is not None else bounded("to", to - timedelta(days=30))
     filters = Filters(None if channel is None else channel.value, service_type, region, priority)
-    return Question(frm, to, granularity, filters)
+    return Question(frm, to, granularity, filters, periods=periods)
 
 
-Asked = Annotated[Question, Depends(question)]
+def _asker(periods: bool) -> Callable[..., Question]:
+    """The question's dependency: with ``periods``, a report's series of days, weeks or months (at most
+    ``MAX_BUCKETS``); without, a whole range (an export, the scorecards): any length the bounds allow."""
+
+    def question(
+        svc: Svc, caller: Reader,
+        start: Annotated[datetime | None, Query(alias="from", description="ISO 8601; without a zone, UTC. "
+                                                "Default: 30 days before `to`")] = None,
+        end: Annotated[datetime | None, Query(alias="to", description="ISO 8601, exclusive. Default: the end of "
+                                              "today (UTC)")] = None,
+        granularity: Granularity = "day",
+        channel: Channel | None = None,
+        service_type: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+        region: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+        priority: Annotated[int | None, Query(ge=1, le=5)] = None,
+    ) -> Question:
+        return _question(svc, start, end, granularity, channel, service_type, region, priority, periods)
+
+    return question
+
+
+Asked = Annotated[Question, Depends(_asker(periods=True))]
+Whole = Annotated[Question, Depends(_asker(periods=False))]
 
 
 class DurationsAnswer(BaseModel):
@@ -229,7 +242,7 @@ async def stats_report(q: Asked, svc: Svc, caller: Reader) -> ReportAnswer:
 
 @router.get("/v1/stats/technicians", response_model=list[ScorecardAnswer],
             dependencies=[Depends(only("from", "to", *FILTERS))])
-async def stats_technicians(q: Asked, svc: Svc, caller: Reader) -> list[ScorecardAnswer]:
+async def stats_technicians(q: Whole, svc: Svc, caller: Reader) -> list[ScorecardAnswer]:
     """Each technician's scorecard and utilisation over the range."""
     return [ScorecardAnswer.of(s) for s in await projection.scorecards(svc.pool, q, svc.app.clock.now())]
 
@@ -274,12 +287,28 @@ def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+FORMULA = ("=", "+", "-", "@", "\t", "\r")
+"""A CSV cell starting with one of these is a formula to a spreadsheet (CSV injection): a channel's free text
+(a region, a reason) could run one on an analyst's machine."""
+
+
+def csv_cell(value: Any) -> Any:
+    """A cell as the CSV export writes it: a text that a spreadsheet would take for a formula is quoted with a
+    leading apostrophe (OWASP's advice), so it opens as the text it is; numbers are left as they are."""
+    if value is None:
+        return ""
+    value = _plain(value)
+    if isinstance(value, str) and value.startswith(FORMULA):
+        return "'" + value
+    return value
+
+
 async def _csv(chunks: AsyncIterator[Sequence[Any]]) -> AsyncIterator[bytes]:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(projection.EXPORT_COLUMNS)
     async for rows in chunks:
-        writer.writerows([["" if v is None else _plain(v) for v in r] for r in rows])
+        writer.writerows([[csv_cell(v) for v in r] for r in rows])
         yield out.getvalue().encode()
         out.seek(0)
         out.truncate()
@@ -349,7 +378,7 @@ WRITERS = {"csv": _csv, "json": _json, "parquet": _parquet}
 @router.get("/v1/stats/export", response_model=list[ExportRow],
             responses={200: {"content": {MEDIA["csv"]: {}, MEDIA["parquet"]: {}}}},
             dependencies=[Depends(only("from", "to", "format", *FILTERS))])
-async def stats_export(q: Asked, svc: Svc, caller: Reader, format: Format = "csv") -> Response:  # noqa: A002
+async def stats_export(q: Whole, svc: Svc, caller: Reader, format: Format = "csv") -> Response:  # noqa: A002
     """Every ticket submitted in the range that the filters admit, with its facts, streamed: CSV, JSON or
     Parquet, with no row cap. The statistics hold no personal data, so no export carries any."""
     name = f"tsop-stats-{q.start.date().isoformat()}-{q.end.date().isoformat()}.{format}"

@@ -60,6 +60,7 @@ REOPENED = re.compile(r"^tsop\.ticket\.reopened\.v\d+$")
 COMPLAINT_FILED = re.compile(r"^tsop\.complaints?\.(complaint-)?(filed|lodged|received|opened|raised|submitted)\.v\d+$")
 INCIDENT_DECLARED = re.compile(r"^tsop\.incidents?\.(incident-)?declared\.v\d+$")
 INCIDENT_RESTORED = re.compile(r"^tsop\.incidents?\.(incident-)?(service-)?(restored|resolved)\.v\d+$")
+INCIDENT_RESCOPED = re.compile(r"^tsop\.incidents?\.(incident-)?severity-changed\.v\d+$")  # a new scope
 
 
 COMPLAINT_LINKED = wire.ComplaintTicketLinked.event_type
@@ -80,7 +81,8 @@ def ticket_ids_of(data: Any) -> list[str]:
 def tolerated(event_type: str) -> bool:
     """An event of another chapter the statistics read by its name."""
     return event_type == COMPLAINT_LINKED or any(
-        p.match(event_type) for p in (REOPENED, COMPLAINT_FILED, INCIDENT_DECLARED, INCIDENT_RESTORED)
+        p.match(event_type)
+        for p in (REOPENED, COMPLAINT_FILED, INCIDENT_DECLARED, INCIDENT_RESTORED, INCIDENT_RESCOPED)
     )
 
 
@@ -266,6 +268,8 @@ class Incident:
     incident_id: str
     declared_at: datetime | None
     restored_at: datetime | None
+    regions: frozenset[str] = frozenset()  # every region its scope named (declared, or widened later)
+    services: frozenset[str] = frozenset()  # every affected service type its scope named
 
 
 # --- the question: a range, a granularity, filters ---
@@ -285,6 +289,12 @@ class Filters:
     def empty(self) -> bool:
         return all(getattr(self, d) is None for d in DIMENSIONS)
 
+    def admits_incident(self, i: Incident) -> bool:
+        """An incident counts under a region or service-type filter when its scope named that region (or every
+        region, ``*``) or service type; channel and priority are a ticket's, not an outage's: they filter none."""
+        return (self.region is None or self.region in i.regions or "*" in i.regions) and (
+            self.service_type is None or self.service_type in i.services)
+
 
 MAX_BUCKETS = 1100
 
@@ -295,13 +305,14 @@ class Question:
     end: datetime
     granularity: Granularity = "day"
     filters: Filters = Filters()
+    periods: bool = True  # a series of periods is asked for (a report): at most MAX_BUCKETS of them
 
     def __post_init__(self) -> None:
         if self.start.tzinfo is None or self.end.tzinfo is None:
             raise Invalid("must name its time zone (e.g. 2026-06-01T00:00:00Z)", "from")
         if self.end <= self.start:
             raise Invalid("must be after `from`", "to")
-        if len(buckets(self.start, self.end, self.granularity)) > MAX_BUCKETS:
+        if self.periods and len(buckets(self.start, self.end, self.granularity)) > MAX_BUCKETS:
             raise Invalid(f"more than {MAX_BUCKETS} periods: choose a coarser granularity", "granularity")
 
 
@@ -516,7 +527,8 @@ def report(
 ) -> Report:
     """The reference computation: the whole range and each period, from every ticket's facts."""
     admitted = [f for f in tickets if q.filters.admits(f)]
-    cs, inc, filtered = list(complaints), list(incidents), not q.filters.empty
+    cs, filtered = list(complaints), not q.filters.empty
+    inc = [i for i in incidents if q.filters.admits_incident(i)]
     starts = buckets(q.start, q.end, q.granularity)
     series = [
         period_figures(max(s, q.start), min(step(s, q.granularity), q.end), admitted, cs, inc, filtered)

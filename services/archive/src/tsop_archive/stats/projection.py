@@ -27,6 +27,7 @@ from tsop_archive.stats.domain import (
     COUNTERS,
     DIMENSIONS,
     INCIDENT_DECLARED,
+    INCIDENT_RESCOPED,
     INCIDENT_RESTORED,
     SCORES,
     SELF_SERVICE,
@@ -185,6 +186,9 @@ DDL = (
     """CREATE TABLE IF NOT EXISTS stats_incidents (
         incident_id text PRIMARY KEY, declared_at timestamptz, restored_at timestamptz)""",
     "CREATE INDEX IF NOT EXISTS stats_incidents_declared ON stats_incidents (declared_at)",
+    # its scope, for the region and service-type filters (every region and service it ever named)
+    "ALTER TABLE stats_incidents ADD COLUMN IF NOT EXISTS regions text[] NOT NULL DEFAULT '{}'",
+    "ALTER TABLE stats_incidents ADD COLUMN IF NOT EXISTS services text[] NOT NULL DEFAULT '{}'",
     *ROLLUP_DDL,
 )
 
@@ -286,14 +290,24 @@ class StatsProjection(ProjectionSink):
                 "ORDER BY 1) WHERE complaint_id = $1",
                 str(data.get("complaint_id") or incoming.key or env.id), tickets,
             )
+        elif INCIDENT_RESCOPED.match(env.type):
+            await conn.execute(
+                "INSERT INTO stats_incidents (incident_id, regions, services) VALUES ($1, $2, $3) "
+                "ON CONFLICT (incident_id) DO UPDATE SET "
+                "regions = ARRAY(SELECT DISTINCT unnest(stats_incidents.regions || $2) ORDER BY 1), "
+                "services = ARRAY(SELECT DISTINCT unnest(stats_incidents.services || $3) ORDER BY 1)",
+                str(data.get("incident_id") or incoming.key or env.id), *incident_scope(data),
+            )
         elif INCIDENT_DECLARED.match(env.type) or INCIDENT_RESTORED.match(env.type):
             declared = INCIDENT_DECLARED.match(env.type) is not None
             column = "declared_at" if declared else "restored_at"
             at = moment(data.get(column) or data.get("resolved_at"), env.time)
             await conn.execute(
-                f"INSERT INTO stats_incidents (incident_id, {column}) VALUES ($1, $2) "
-                f"ON CONFLICT (incident_id) DO UPDATE SET {column} = coalesce(stats_incidents.{column}, $2)",
-                str(data.get("incident_id") or incoming.key or env.id), at,
+                f"INSERT INTO stats_incidents (incident_id, {column}, regions, services) VALUES ($1, $2, $3, $4) "
+                f"ON CONFLICT (incident_id) DO UPDATE SET {column} = coalesce(stats_incidents.{column}, $2), "
+                "regions = ARRAY(SELECT DISTINCT unnest(stats_incidents.regions || $3) ORDER BY 1), "
+                "services = ARRAY(SELECT DISTINCT unnest(stats_incidents.services || $4) ORDER BY 1)",
+                str(data.get("incident_id") or incoming.key or env.id), at, *incident_scope(data),
             )
 
 
@@ -332,6 +346,27 @@ def _where(filters_from: int, q: Question, alias: str = "") -> tuple[str, list[A
             args.append(value)
             parts.append(f"{alias}{d} = ${filters_from + len(args) - 1}")
     return "".join(f" AND {p}" for p in parts), args
+
+
+def _incident_where(filters_from: int, q: Question) -> tuple[str, list[Any]]:
+    """The incidents' share of the filters (``Filters.admits_incident``): their scope's regions and services."""
+    parts, args = [], []
+    if q.filters.region is not None:
+        args.append(q.filters.region)
+        parts.append(f"(${filters_from + len(args) - 1} = ANY(regions) OR '*' = ANY(regions))")
+    if q.filters.service_type is not None:
+        args.append(q.filters.service_type)
+        parts.append(f"${filters_from + len(args) - 1} = ANY(services)")
+    return "".join(f" AND {p}" for p in parts), args
+
+
+def incident_scope(data: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(regions, affected services) an incident event's body names (none in an older body)."""
+    def names(key: str) -> list[str]:
+        value = data.get(key)
+        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+    return names("regions"), names("affected_services")
 
 
 def _durations(prefix: str, row: Mapping[str, Any]) -> Durations:
@@ -378,7 +413,7 @@ COMPLAINTS = """SELECT date_trunc($3, filed_at, 'UTC') AS b, GROUPING(date_trunc
 INCIDENTS = """SELECT date_trunc($3, declared_at, 'UTC') AS b, GROUPING(date_trunc($3, declared_at, 'UTC')) AS whole,
     count(*) AS declared, {restore}
   FROM (SELECT declared_at, extract(epoch FROM restored_at - declared_at)::float8 AS r FROM stats_incidents
-        WHERE declared_at >= $1 AND declared_at < $2) i
+        WHERE declared_at >= $1 AND declared_at < $2 {where}) i
   GROUP BY GROUPING SETS ((date_trunc($3, declared_at, 'UTC')), ())"""
 
 
@@ -485,6 +520,7 @@ async def report(pool: asyncpg.Pool, q: Question) -> Report:
         twhere, _ = _where(4, q, "t.")
         cwhere = f" AND EXISTS (SELECT 1 FROM stats_tickets t WHERE t.ticket_id = ANY(c.ticket_ids) {twhere})"
     swhere, sargs = _where(2, q)
+    iwhere, iargs = _incident_where(4, q)
 
     async def fetch(sql: str, *args: Any) -> list[asyncpg.Record]:
         async with pool.acquire() as conn:
@@ -492,7 +528,7 @@ async def report(pool: asyncpg.Pool, q: Question) -> Report:
 
     others = asyncio.gather(
         fetch(COMPLAINTS.format(where=cwhere), *base[:3], *(fargs if cwhere else [])),
-        fetch(INCIDENTS.format(restore=_agg("r", "restore")), q.start, q.end, q.granularity),
+        fetch(INCIDENTS.format(restore=_agg("r", "restore"), where=iwhere), q.start, q.end, q.granularity, *iargs),
     )
     periods: dict[datetime | None, _Period] = {}
 

@@ -231,9 +231,8 @@ async def change(svc: Service[FeedbackApp], cid: UUID, caller: Principal, act: s
 
 
 async def complaints(svc: Service[FeedbackApp], caller: Principal, **filters: Any) -> list[views.ComplaintSummary]:
-    board = desk(svc).board
-    await asyncio.to_thread(board.refresh)
-    return board.complaints(channel_of(caller), _now(svc), **filters)
+    board = desk(svc).board  # read off the event loop: a refresh in another thread may hold the board's lock
+    return await board.read(lambda: board.complaints(channel_of(caller), _now(svc), **filters))
 
 
 async def _escalate_each(
@@ -365,9 +364,8 @@ async def change_action(svc: Service[FeedbackApp], aid: UUID, caller: Principal,
 
 async def actions(svc: Service[FeedbackApp], status: str | None, origin: str | None,
                   overdue: bool | None = None) -> list[views.ActionSummary]:
-    board = desk(svc).board
-    await asyncio.to_thread(board.refresh)
-    return board.actions(status, origin, _now(svc), overdue)
+    board = desk(svc).board  # read off the event loop (as complaints)
+    return await board.read(lambda: board.actions(status, origin, _now(svc), overdue))
 
 
 async def escalate_overdue_actions(svc: Service[FeedbackApp]) -> int:

@@ -213,9 +213,10 @@ async def drain_once(svc: Service[FeedbackApp]) -> int:
             await open_one(svc, kind, payload)
         except DomainError as exc:  # refused for good (e.g. a complaint type the policy no longer has): set aside
             log.error("complaints inbox entry %s refused and dropped: %s", key, exc)
-        except Exception:  # the entry stays and is tried again; the others go on
-            log.exception("complaints inbox entry %s failed", key)
+        except Exception as exc:  # noqa: BLE001 - the entry stays and is tried again; the others go on
+            svc.faults.failed(f"complaints inbox entry {key}", exc)  # logged once while it lasts, in /readyz
             continue
+        svc.faults.ok(f"complaints inbox entry {key}")
         await projection.done(svc.pool, key)
         count += 1
     return count

@@ -178,9 +178,8 @@ async def complaint_deadlines(svc: Service[FeedbackApp], every: float = 1.0) -> 
     from tsop_feedback.complaints import commands
 
     while True:
-        for escalate in (commands.escalate_overdue, commands.escalate_overdue_actions):
-            try:
-                await escalate(svc)
-            except Exception:  # one bad round must not stop the timer; the next round decides again
-                log.exception("escalating overdue %s failed", escalate.__name__)
+        # one failing step never stops the other (the next round decides again); it is logged once while it
+        # lasts and shown in /readyz (tsop_events.faults)
+        await svc.faults.step("escalate_overdue complaints", lambda: commands.escalate_overdue(svc))
+        await svc.faults.step("escalate_overdue improvement actions", lambda: commands.escalate_overdue_actions(svc))
         await asyncio.sleep(every)

@@ -202,7 +202,7 @@ async def list_tickets(request: Request, response: Response, svc: Svc, caller: C
     # one snapshot: the total, the page and the histories agree even while the read model moves
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         if countable:  # categorical filters only: the per-combination counts (of live tickets) answer at once
-            total = await conn.fetchval(f"SELECT coalesce(sum(n), 0) FROM tmf_ticket_count WHERE {condition}", *args)
+            total = await conn.fetchval(f"SELECT coalesce(sum(n), 0) FROM tmf_ticket_counts WHERE {condition}", *args)
         else:
             total = await conn.fetchval(f"SELECT count(*) FROM tmf_ticket WHERE NOT deleted AND {condition}", *args)
         rows = await conn.fetch(
@@ -284,24 +284,35 @@ async def patch_ticket(
         raise Problem(400, "Invalid request", "body: a merge patch (application/merge-patch+json) is required")
     if content_type not in MERGE_PATCH:
         raise Problem(415, "Unsupported media type", "PATCH takes application/merge-patch+json")
-    state, _ = await _ticket(svc, id, caller)
+    state, history = await _ticket(svc, id, caller)
     body = inbound.merge_patch(await request.body())
     tid = UUID(id)
     before = await commands.get(svc, tid, caller)
     kept = before.attributes
     changes, status = inbound.parse_patch(body, kept=kept, author=caller.subject, now=datetime.now(UTC))
     current = state["status"]
+    if status == "closed" and current == "closed" and not changes:
+        return await _view(svc, caller, state, history, fields)  # the customer's confirmation again: a retry
     if current in model.TERMINAL:
         raise Problem(409, "Conflict", f"the ticket is {current}; it can no longer be changed", field="status")
     if status is not None and status != current:
-        if status != "cancelled":
+        if status == "closed":
+            if current != "resolved":
+                raise Problem(
+                    409, "Invalid status transition",
+                    f"status: {current} → closed: a client closes a ticket only once it is resolved, with the "
+                    "customer's confirmation that the problem is solved",
+                    field="status",
+                )
+        elif status != "cancelled":
             raise Problem(
                 409, "Invalid status transition",
-                f"status: {current} → {status} is not a client's to make; a client may only cancel "
-                "(the platform moves the ticket through its lifecycle)",
+                f"status: {current} → {status} is not a client's to make; a client may only cancel, or close a "
+                "resolved ticket on its customer's confirmation (the platform moves the ticket through its "
+                "lifecycle)",
                 field="status",
             )
-        if not model.can_move(current, "cancelled"):
+        elif not model.can_move(current, "cancelled"):
             raise Problem(409, "Invalid status transition", f"status: {current} → cancelled", field="status")
     after = before
     if changes:
@@ -309,9 +320,30 @@ async def patch_ticket(
     if status == "cancelled" and status != current:
         reason = body.get("statusChangeReason") or "cancelled by the channel"
         after = await commands.cancel(svc, tid, "withdrawn_by_channel", str(reason)[:500], caller)
+    if status == "closed" and status != current:
+        # the customer's confirmation (§2.4): intake records it, feedback closes the ticket on it (basis
+        # confirmed); the answer shows the ticket closed once the read model has heard of it
+        note = body.get("statusChangeReason")
+        await commands.confirm_resolution(svc, tid, None if note is None else str(note), caller)
+        state, history = await _wait_status(svc, tid, caller, "closed")
+        return await _view(svc, caller, state, history, fields)
     # read-your-write: the view once the read model holds intake's last event of this ticket
     state, history = await _wait_applied(svc, tid, caller, after.modified_on)
     return await _view(svc, caller, state, history, fields)
+
+
+async def _wait_status(
+    svc: Service[IntakeApp], tid: UUID, caller: Principal, status: str, timeout: float = 5.0
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ticket once its read model shows ``status`` (or as it stands after ``timeout``: the change is
+    recorded either way, and the read model follows)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        state, history = await _ticket(svc, str(tid), caller)
+        if state["status"] == status or loop.time() > deadline:
+            return state, history
+        await asyncio.sleep(0.05)
 
 
 async def _wait_applied(

@@ -285,6 +285,8 @@ def parse_patch(
         status = body["status"]
         if status not in model.STATUSES:
             raise BadAttribute("status", f"{status!r} is not one of {', '.join(model.STATUSES)}")
-    if "statusChangeReason" in body and status is None:
-        raise BadAttribute("statusChangeReason", "only goes with a status change")
+    if "statusChangeReason" in body:
+        if status is None:
+            raise BadAttribute("statusChangeReason", "only goes with a status change")
+        _text(body, "statusChangeReason", max_length=500)
     return changes, status

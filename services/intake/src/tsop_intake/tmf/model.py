@@ -323,7 +323,7 @@ FILTERS = {
 DATE_FILTERS = {"creationDate": "creation_date", "lastUpdate": "last_update"}
 SORTS = {"creationDate": "creation_date", "lastUpdate": "last_update", "status": "status", "severity": "severity"}
 NOT_NULL = frozenset({"creation_date", "last_update"})
-# filters the per-combination counts answer (see projection.tmf_ticket_count)
+# filters the per-combination counts answer (see projection.tmf_ticket_counts)
 COUNTED = frozenset({"status", "severity", "ticket_type", "priority_name", "channel_id"})
 OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 RESERVED = frozenset({"fields", "offset", "limit", "sort"})

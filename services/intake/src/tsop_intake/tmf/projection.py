@@ -42,11 +42,23 @@ DDL: tuple[str, ...] = (
         ticket_id uuid NOT NULL, seq int NOT NULL, status text NOT NULL, reason text NOT NULL,
         at timestamptz NOT NULL, PRIMARY KEY (ticket_id, seq))""",
     "CREATE TABLE IF NOT EXISTS tmf_applied (event_id text PRIMARY KEY)",
-    # tickets per combination of the categorical filters: X-Total-Count without counting a million rows
-    """CREATE TABLE IF NOT EXISTS tmf_ticket_count (
+    # tickets per combination of the categorical filters: X-Total-Count without counting a million rows. One
+    # row per combination *and partition* of the tickets topic: a ticket's records all come in one partition,
+    # and a partition is applied by one instance at a time, so two instances never update the same row (one
+    # shared row per combination made their batches wait on each other and deadlock, each holding a row the
+    # other's batch came to next). The answer sums the partitions' rows.
+    """CREATE TABLE IF NOT EXISTS tmf_ticket_counts (
         channel_id text NOT NULL, status text NOT NULL, severity text NOT NULL, ticket_type text NOT NULL,
-        priority_name text NOT NULL, n bigint NOT NULL,
-        PRIMARY KEY (channel_id, status, severity, ticket_type, priority_name))""",
+        priority_name text NOT NULL, part int NOT NULL, n bigint NOT NULL,
+        PRIMARY KEY (channel_id, status, severity, ticket_type, priority_name, part))""",
+    # a read model from before the partitions' rows: its counts move over once, as part -1
+    """DO $$ BEGIN
+         IF to_regclass('tmf_ticket_count') IS NOT NULL THEN
+           INSERT INTO tmf_ticket_counts SELECT channel_id, status, severity, ticket_type, priority_name, -1, n
+             FROM tmf_ticket_count;
+           DROP TABLE tmf_ticket_count;
+         END IF;
+       END $$""",
 )
 COUNTED = ("channel_id", "status", "severity", "ticket_type", "priority_name")
 
@@ -99,10 +111,10 @@ class TmfTicketProjection(ProjectionSink):
         if old != new:
             deltas = sorted((key, n) for key, n in ((old, -1), (new, 1)) if key is not None)  # one lock order
             await conn.executemany(
-                """INSERT INTO tmf_ticket_count VALUES ($1, $2, $3, $4, $5, $6)
-                   ON CONFLICT (channel_id, status, severity, ticket_type, priority_name)
-                   DO UPDATE SET n = tmf_ticket_count.n + EXCLUDED.n""",
-                [(*key, n) for key, n in deltas],
+                """INSERT INTO tmf_ticket_counts VALUES ($1, $2, $3, $4, $5, $6, $7)
+                   ON CONFLICT (channel_id, status, severity, ticket_type, priority_name, part)
+                   DO UPDATE SET n = tmf_ticket_counts.n + EXCLUDED.n""",
+                [(*key, incoming.partition, n) for key, n in deltas],
             )
         await conn.execute(
             UPSERT, ticket_id, *(json.dumps(state[c]) if c == "doc" else state[c] for c in COLUMNS[1:])
