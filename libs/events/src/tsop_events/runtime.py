@@ -313,9 +313,10 @@ async def _retry(start: Callable[[], Awaitable[None]], what: str, timeout: float
 
 
 class ErasureListener(Sink):
-    """Hears ``CustomerDataErased`` (docs/erasure.md): the process forgets the data keys it cached and the
-    aggregates it holds opened in memory, so an erased customer's data stops opening here at once rather than
-    when the key cache expires.
+    """Hears ``CustomerDataErased`` (docs/erasure.md): the process forgets the data keys it cached, the aggregates it
+    holds opened in memory and what its views derived from the erased customers' personal fields
+    (``EventStoreApp.forget_erased``, called with their ids), so an erased customer's data stops opening here at once
+    rather than when the key cache expires. Other records on the topic (the archive's legal holds) pass it by.
 
     A broadcast, not a consumer group: *every* process of the service must forget (a group would hand each erasure
     to one instance only). So each process reads the ``customers`` topic from its start (erasures are rare) with no
