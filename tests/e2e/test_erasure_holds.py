@@ -4,10 +4,14 @@ hold, and changes nothing; once the hold is released the erasure proceeds."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
+from tsop_devstack.stack import Stack
+
 from tests.e2e.client import SERVICE_TYPE, Platform, wait_for
+from tests.e2e.test_erasure import _topic_bytes
 
 ERASED = "[erased]"
 BASIS = {"legal_basis": "consent_withdrawn", "reference": "DPO case 2026-31"}
@@ -71,7 +75,7 @@ def _refused_then_erased(platform: Platform, customer: str, ticket: str, address
     assert gone["location"]["address"] == ERASED and gone["description"] == ERASED
 
 
-def test_a_hold_on_the_customer_refuses_their_erasure_until_released(platform: Platform) -> None:
+def test_a_hold_on_the_customer_refuses_their_erasure_until_released(platform: Platform, stack: Stack) -> None:
     customer, address = f"cust-held-{uuid.uuid4().hex[:8]}", f"{uuid.uuid4().hex[:8]} Held Street"
     ticket = _submit(platform, customer, address)
     _hold(platform, "customer", customer)
@@ -81,7 +85,17 @@ def test_a_hold_on_the_customer_refuses_their_erasure_until_released(platform: P
     _intake_knows(platform, customer, 0)
     _hold(platform, "customer", customer)
     _refused_then_erased(platform, customer, ticket, address, "customer", customer)
+    # the hold's decisions and the refusals are auditable events on the customers topic (relayed a moment later)
+    def customers_topic() -> list[tuple[bytes, bytes | None]] | None:
+        _, records = asyncio.run(_topic_bytes(stack.bootstrap, "tsop."))
+        found = [(h["ce_type"], k) for t, k, h in records if t == "tsop.customers"]
+        return found if (b"tsop.customer.data-erased.v1", customer.encode()) in found else None
 
+    on_customers = wait_for(customers_topic, 30, "the erasure on the customers topic", every=0.5)
+    assert on_customers.count((b"tsop.customer.erasure-refused.v1", customer.encode())) == 2
+    assert on_customers.count((b"tsop.customer.data-erased.v1", customer.encode())) == 1
+    types = {t for t, _ in on_customers}
+    assert {b"tsop.legal-hold.placed.v1", b"tsop.legal-hold.released.v1", b"tsop.legal-hold.placed-again.v1"} <= types
 
 def test_a_hold_on_one_of_the_customers_tickets_refuses_their_erasure(platform: Platform) -> None:
     customer, address = f"cust-ticket-{uuid.uuid4().hex[:8]}", f"{uuid.uuid4().hex[:8]} Ticket Road"
