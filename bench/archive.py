@@ -5,7 +5,12 @@
 3. ``verify`` the whole chain (record hashes recomputed by PostgreSQL, links in Python, checkpoints
    checked): events/s, target ≥ 200,000/s over 1,000,000;
 4. rebuild a projection from the log (every ticket's state, ``records.domain.Backlog``): events/s,
-   target ≥ 50,000/s.
+   target ≥ 50,000/s;
+5. rebuild a read model the platform serves from the same log: the statistics' ticket facts and per-day
+   cells (``stats.projection.rebuild``: folded, written back, cells rebuilt): events/s, same target.
+6. purge the records of a share of the tickets (``--expired-share``, default 0.1), each ticket's expiry with its
+   signed announcement (``records.domain.announcement``), link the announcements, and ``verify`` again: what
+   holding every expired record to a linked, signed announcement costs (``verify_expired``; no target).
 
 Results: bench/results/archive.json. ``--events`` sets N (default 1,000,000).
 """
@@ -23,12 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import psutil
 from tsop_devstack.postgres import EmbeddedPostgres
 
 from tsop_archive.projection import DDL
 from tsop_archive.records import projection as rp
 from tsop_archive.records.commands import Signer, chain_and_checkpoint, rebuild_backlog, verify
+from tsop_archive.records.domain import ANNOUNCEMENT_PARTITION, ANNOUNCEMENT_TYPE, announcement, announcement_id, signed
+from tsop_archive.stats import projection as stats_projection
 from tsop_events.consumer import OFFSETS_DDL
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import ensure_database
@@ -53,6 +61,36 @@ SELECT 'e' || g, $1, g % 6, g, 't' || (g / 10), ($2::text[])[(g % 10) + 1], 'ben
     'at', (timestamptz '2026-01-01' + (g || ' seconds')::interval)::text)
 FROM generate_series($3::bigint, $4::bigint) g
 """
+
+
+EXPIRE = f"""
+INSERT INTO archive_expiries (seq, action, event_id, expiry_id, record_class, matter, after_hash, at)
+SELECT e.seq, 'purged', e.ce_id, md5(e.key)::uuid, 'service_records', e.key,
+  {rp.hash_sql('e', 'NULL::jsonb', 'NULL::bytea')}, now()
+FROM archive_events e WHERE e.topic = $1 AND substr(e.key, 2)::bigint % $2 = 0
+"""
+PURGE = """UPDATE archive_events e SET data = NULL FROM archive_expiries x WHERE x.seq = e.seq"""
+ANNOUNCED = """SELECT x.matter, x.expiry_id, array_agg(x.seq ORDER BY x.seq) AS seqs,
+  array_agg(x.event_id ORDER BY x.seq) AS ids FROM archive_expiries x GROUP BY 1, 2"""
+
+
+async def expire_share(pool: asyncpg.Pool, share: float, signer: Signer) -> tuple[int, int]:
+    """Purge every record of one ticket in ``1/share`` (in bulk, as retention's transactions would leave them) and
+    store each ticket's signed announcement. Returns (records purged, announcements)."""
+    every = max(1, round(1 / share))
+    await pool.execute(EXPIRE, TOPIC, every)
+    purged = int((await pool.execute(PURGE)).split()[-1])
+    at = datetime.now(UTC)
+    rows = []
+    for r in await pool.fetch(ANNOUNCED):
+        body = signed(announcement(r["expiry_id"], r["matter"], "service_records", "purged", 1095, at,
+                                   list(r["seqs"]), list(r["ids"])), signer.key_id, signer.sign)
+        rows.append((announcement_id(r["expiry_id"]), "tsop.archive", ANNOUNCEMENT_PARTITION, -1, r["matter"],
+                     ANNOUNCEMENT_TYPE, "bench", at, orjson.dumps(body).decode()))
+    await pool.executemany(
+        "INSERT INTO archive_events (ce_id, topic, kafka_partition, kafka_offset, key, ce_type, ce_source, ce_time,"
+        " data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)", rows)
+    return purged, len(rows)
 
 
 async def fill(pool: asyncpg.Pool, n: int, batch: int = 100_000) -> float:
@@ -88,8 +126,8 @@ def measured(n: int, wall: float, cpu: float, target: int | None = None) -> dict
     return out
 
 
-async def run(dsn_settings: ServiceSettings, n: int, pg_pid: int) -> dict[str, Any]:
-    await ensure_database(dsn_settings, [OFFSETS_DDL, *DDL, *rp.DDL])
+async def run(dsn_settings: ServiceSettings, n: int, pg_pid: int, share: float = 0.0) -> dict[str, Any]:
+    await ensure_database(dsn_settings, [OFFSETS_DDL, *DDL, *rp.DDL, *stats_projection.DDL])
     pool = await asyncpg.create_pool(dsn_settings.pg_dsn(), min_size=1, max_size=4)
     out: dict[str, Any] = {"events": n}
     try:
@@ -111,6 +149,24 @@ async def run(dsn_settings: ServiceSettings, n: int, pg_pid: int) -> dict[str, A
         took = measured(seen, time.perf_counter() - t, cpu_seconds(pg_pid) - c, 50_000)
         out["rebuild"] = {"open_tickets": len(view.open()), "tickets": len(view.tickets), **took}
         print("rebuild", out["rebuild"], flush=True)
+        # a read model the platform serves, rebuilt: the statistics' ticket facts and per-day cells, folded again
+        # from the same log and written back (python -m tsop_archive.records.main rebuild-stats)
+        t, c = time.perf_counter(), cpu_seconds(pg_pid)
+        folded = await stats_projection.rebuild(pool, TOPIC)
+        took = measured(folded, time.perf_counter() - t, cpu_seconds(pg_pid) - c, 50_000)
+        tickets = int(await pool.fetchval("SELECT count(*) FROM stats_tickets"))
+        out["rebuild_stats"] = {"tickets": tickets, **took}
+        print("rebuild_stats", out["rebuild_stats"], flush=True)
+        if share > 0:
+            purged, announced = await expire_share(pool, share, signer)
+            await chain_and_checkpoint(pool, signer, datetime.now(UTC), 10_000, 60)
+            await pool.execute("VACUUM ANALYZE archive_events")
+            t, c = time.perf_counter(), cpu_seconds(pg_pid)
+            v = await verify(pool)
+            out["verify_expired"] = {"ok": v.ok, "expired": v.expired, "announcements": announced,
+                                     **measured(v.checked, time.perf_counter() - t, cpu_seconds(pg_pid) - c)}
+            assert v.ok and v.expired == purged, (v.broken, v.expired, purged)
+            print("verify_expired", out["verify_expired"], flush=True)
     finally:
         await pool.close()
     return out
@@ -119,6 +175,8 @@ async def run(dsn_settings: ServiceSettings, n: int, pg_pid: int) -> dict[str, A
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.archive", description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--expired-share", type=float, default=0.1,
+                        help="share of the tickets whose records are then purged and announced (0: skip step 5)")
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tsop-bench-archive-") as tmp:
@@ -128,7 +186,7 @@ def main() -> None:
             s = ServiceSettings(service_name="bench_archive", pg_host=pg.host, pg_port=pg.port,
                                 pg_user="postgres")
             assert pg.proc is not None
-            result = asyncio.run(run(s, args.events, pg.proc.pid))
+            result = asyncio.run(run(s, args.events, pg.proc.pid, args.expired_share))
         finally:
             pg.stop()
     result["total_seconds"] = round(time.perf_counter() - started, 1)

@@ -266,6 +266,27 @@ def test_a_tmf621_complaint_ticket_opens_a_complaint_of_the_mapped_type(
     assert summary["complaint_type"] == "billing" and summary["source"] == "ticket"
     full = platform.http.get(platform.url("feedback", f"/v1/complaints/{summary['id']}"), headers=platform.as_channel())
     assert full.status_code == 200 and full.json()["description"] == body["description"]
+    # the complaint desk works it, not a technician: dispatch opens no work order (nor SLA clocks) for it
+    wait_for(lambda: platform.http.get(platform.url("intake", f"/tmf-api/troubleTicket/v5/troubleTicket/{ticket}"),
+                                       headers=platform.as_channel()).json()["status"] == "acknowledged",
+             timeout=30, what="the complaint ticket accepted")
+    assert platform.work_order(ticket) is None
+    # ... and the ticket closes with its complaint (basis complaint_closed), then its dossier is sealed
+    url, agent = platform.url("feedback", f"/v1/complaints/{summary['id']}"), platform.auth("agent")
+    assert platform.http.post(url + "/acknowledge", headers=agent).status_code == 200
+    assert platform.http.post(url + "/answer", json={"answer": "the second charge is refunded"},
+                              headers=agent).status_code == 200
+    accepted = platform.http.post(url + "/accept", headers=platform.as_channel())
+    assert accepted.status_code == 200 and accepted.json()["status"] == "closed", accepted.text
+    case = wait_for(lambda: (c := platform.feedback(ticket)) and c["closed"] and c, timeout=30,
+                    what="the complaint ticket closed")
+    assert case["closed_basis"] == "complaint_closed"
+    closed = wait_for(lambda: (t := platform.http.get(
+        platform.url("intake", f"/tmf-api/troubleTicket/v5/troubleTicket/{ticket}"), headers=platform.as_channel()
+    ).json())["status"] == "closed" and t, timeout=30, what="the TMF621 view closed")
+    assert [h["status"] for h in closed["statusChangeHistory"]][-2:] == ["acknowledged", "closed"]
+    dossier = platform.wait_archived(ticket)
+    assert [e["type"] for e in dossier["events"]][-2:] == ["tsop.ticket.closed.v1", "tsop.ticket.archived.v1"]
 
 
 def test_the_customer_is_told_of_their_complaint_and_confirms_the_resolution_through_their_channel(

@@ -322,12 +322,15 @@ class Rated(TicketEvent):
 
 class Closed(TicketEvent):
     event_type: ClassVar[str] = "tsop.ticket.closed.v1"
-    doc: ClassVar[str] = "The ticket is closed: the customer confirmed or rated, or the rating window expired (§2.4)."
-    reason: Literal["rated", "confirmed", "rating_window_expired"]
-    basis: Literal["confirmed", "rated", "window_lapsed"] | None = Field(
+    doc: ClassVar[str] = (
+        "The ticket is closed: the customer confirmed or rated, or the rating window expired (§2.4); a ticket the "
+        "complaint desk worked closes with its complaint (§4.3)."
+    )
+    reason: Literal["rated", "confirmed", "rating_window_expired", "complaint_closed"]
+    basis: Literal["confirmed", "rated", "window_lapsed", "complaint_closed"] | None = Field(
         default=None,
-        description="Why it closed: the customer confirmed or rated, or the window lapsed without a reopen "
-        "(null only on closures recorded before the basis was)."
+        description="Why it closed: the customer confirmed or rated, the window lapsed without a reopen, or "
+        "(a complaint ticket) its complaint closed (null only on closures recorded before the basis was)."
     )
     reopenable_until: datetime | None = Field(
         default=None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 BUILT_IN = "built-in"
 
@@ -31,8 +32,7 @@ def catalogue_text(path: Path | None = None) -> tuple[str, str]:
         raise ServiceTypesFileError(f"TSOP_SERVICE_TYPES_FILE {path}: {exc.strerror or exc}") from None
 
 
-def service_type_names(path: Path | None = None) -> frozenset[str]:
-    """The names of the service types the operator offers."""
+def _types(path: Path | None) -> dict[str, Any]:
     raw, source = catalogue_text(path)
     try:
         types = json.loads(raw).get("types")
@@ -40,4 +40,16 @@ def service_type_names(path: Path | None = None) -> frozenset[str]:
         raise ServiceTypesFileError(f"{source}: not a JSON object") from None
     if not isinstance(types, dict) or not types:
         raise ServiceTypesFileError(f"{source}: needs a non-empty 'types' object")
-    return frozenset(str(name) for name in types)
+    return types
+
+
+def service_type_names(path: Path | None = None) -> frozenset[str]:
+    """The names of the service types the operator offers."""
+    return frozenset(str(name) for name in _types(path))
+
+
+def complaint_types(path: Path | None = None) -> frozenset[str]:
+    """The service types the complaint desk works (``"handled_by": "complaints"``): dispatch sends nobody to
+    them, and feedback closes such a ticket when its complaint closes."""
+    return frozenset(str(name) for name, t in _types(path).items()
+                     if isinstance(t, dict) and t.get("handled_by") == "complaints")

@@ -99,10 +99,13 @@ class DispatchApp(EventStoreApp):
         shard: tuple[int, int] = (0, 1),
         shard_grace: timedelta = timedelta(seconds=5),
         service_types: frozenset[str] | None = None,
+        complaint_types: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__(settings, env)
         # the operator's catalogue (tsop_events.service_types); None: any name is taken (tests of other rules)
         self.service_types = service_types
+        # the types feedback's complaint desk works (``"handled_by": "complaints"``): no work order, no technician
+        self.complaint_types = complaint_types
         self.clock = clock or SystemClock()
         self.default_policy = policy or Policy.load()
         self.accept_within = accept_within

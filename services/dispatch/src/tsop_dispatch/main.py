@@ -17,7 +17,7 @@ from tsop_dispatch.wire import WIRE
 from tsop_events.auth import Principal, Role, TokenResolver, followed_resolver
 from tsop_events.http import create_app, serve
 from tsop_events.runtime import Service
-from tsop_events.service_types import service_type_names
+from tsop_events.service_types import complaint_types, service_type_names
 from tsop_events.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ def bootstrap(settings: DispatchSettings | None = None) -> DispatchService:
             peak_backlog=st.peak_backlog,
             shard=(st.shard_index, max(1, st.shard_count)),
             service_types=service_types,
+            complaint_types=complaint_types(s.service_types_file),
         )
 
     async def dispatch_timers(svc: DispatchService) -> None:

@@ -22,6 +22,9 @@ class OpenWorkOrders(EventStoreSink):
 
     On RequestCancelled: withdraw the request's open work order; its technician and resources are free.
 
+    A request of a type the complaint desk works (the catalogue's ``"handled_by": "complaints"``) gets no work
+    order: feedback handles it as a complaint and closes the ticket with it.
+
     On Reopened (the customer says it is not solved, or a closed ticket was reopened): the resolved work
     order waits again and goes to the technician who resolved it if they have room, else to the best
     other; its resolve clock runs on from where it stopped.
@@ -52,6 +55,8 @@ class OpenWorkOrders(EventStoreSink):
             self.reopen(uow, ev, incoming.envelope.id)
             return
         assert isinstance(ev, wire.RequestAccepted)
+        if ev.service_type in self.dispatch.complaint_types:
+            return  # the complaint desk works it (feedback): nobody is sent, no SLA clock of dispatch runs
         wo_id = work_order_id(ev.ticket_id)
         if uow.get(wo_id) is not None:
             return  # already opened: a redelivery

@@ -88,7 +88,8 @@ class CaseView(BaseModel):
     rating_expired: bool = Field(default=False, description="The window ended without a rating (no answer)")
     closed: bool
     closed_reason: str | None = Field(description="rated or rating_window_expired; null while open")
-    closed_basis: str | None = Field(default=None, description="confirmed, rated or window_lapsed; null while open")
+    closed_basis: str | None = Field(
+        default=None, description="confirmed, rated, window_lapsed or complaint_closed; null while open")
     reopen_count: int = Field(default=0, description="How many times the ticket was reopened")
     reopenable_until: str | None = Field(
         default=None, description="Until when a closed ticket may be reopened (ISO 8601); null while open")

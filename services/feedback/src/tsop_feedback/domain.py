@@ -575,6 +575,15 @@ class FeedbackCase(Aggregate):
     def _rating_expired_(self, ticket_id: str, rating_due_at: datetime, expired_at: datetime) -> None:
         self.rating_expired = True
 
+    def close_with_complaint(self, at: datetime) -> bool:
+        """A ticket the complaint desk worked (its type is ``handled_by: complaints``) closes when its complaint
+        closes, basis ``complaint_closed``, for good (the complaint's own steps told the customer); True when it
+        closed now, False when it was closed already."""
+        if self.closed_reason is not None:
+            return False
+        self._closed(ticket_id=self.ticket_id, reason="complaint_closed", closed_at=at, basis="complaint_closed")
+        return True
+
     @event(Closed)
     def _closed(
         self, ticket_id: str, reason: str, closed_at: datetime, basis: str | None = None,

@@ -77,6 +77,10 @@ class ServiceType(_Strict):
     required: tuple[str, ...] = ()
     completion_hours: Annotated[float, Field(gt=0)] | None = None
     review: ReviewRules = ReviewRules()
+    handled_by: Literal["dispatch", "complaints"] = Field(
+        default="dispatch", description="Who works an accepted request: dispatch sends a technician; `complaints`: "
+        "feedback's complaint desk handles it as a complaint, dispatch opens no work order, and the ticket closes "
+        "when its complaint does.")
 
     @field_validator("required")
     @classmethod

@@ -10,7 +10,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field, JsonValue
 
-from tsop_archive.commands import ArchiveApp, tickets_topic
+from tsop_archive.commands import ArchiveApp
 from tsop_archive.records import commands as rc
 from tsop_archive.records import projection as rp
 from tsop_archive.records.domain import HoldKind, LegalHold, RecordClass, TicketState, parse_expect
@@ -75,7 +75,7 @@ async def verify(
             expected = parse_expect(expect)
         except ValueError as e:
             raise Invalid("must be N:LINK, a checkpoint's number and its link (64 hex digits)", "expect") from e
-    v = await rc.verify(svc.pool, from_seq, to_seq, expect=expected, tickets_topic=tickets_topic(svc))
+    v = await rc.verify(svc.pool, from_seq, to_seq, expect=expected)
     return VerifyAnswer(
         ok=v.ok, from_seq=v.from_seq, to_seq=v.last_seq, checked=v.checked, intact=v.intact, expired=v.expired,
         checkpoints=v.checkpoints, last_link=v.last_link.hex(),

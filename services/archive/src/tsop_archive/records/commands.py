@@ -8,9 +8,10 @@ legal holds and expiry decisions are events in the archive's event store, decide
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -45,6 +46,7 @@ from tsop_archive.records.domain import (
     RetentionPolicy,
     TicketState,
     Verification,
+    announcement_holds,
     anonymise,
     check_expected,
     check_period,
@@ -54,6 +56,7 @@ from tsop_archive.records.domain import (
     hold_id,
     hold_subject,
     key_id,
+    signed_only,
 )
 from tsop_events.auth import Principal
 from tsop_events.commands import UnitOfWork
@@ -114,6 +117,46 @@ def signature_check(keys: Mapping[str, bytes]) -> Callable[[Checkpoint], bool]:
     return check
 
 
+def announcement_check(keys: Mapping[str, bytes]) -> Callable[[str], bool]:
+    """Whether an expiry's announcement (its stored body, JSON text) is signed by one of the keys (raw 32 bytes
+    by key id). One announcement names many records: each body is checked once."""
+    loaded = {k: Ed25519PublicKey.from_public_bytes(v) for k, v in keys.items()}
+    seen: dict[str, bool] = {}
+
+    def check(kid: str, message: bytes, signature: bytes) -> bool:
+        pk = loaded.get(kid)
+        if pk is None:
+            return False
+        try:
+            pk.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+    def holds(body: str) -> bool:
+        ok = seen.get(body)
+        if ok is None:
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                parsed = None
+            ok = seen[body] = announcement_holds(parsed, check)
+        return ok
+
+    return holds
+
+
+def signer_for(svc: Service[ArchiveApp]) -> Signer:
+    """The service's signing key (``archive_signing_key_file``), one per service (kept in ``svc.extras``): the
+    chainer signs checkpoints and retention its announcements with the same key, also when no file is named (a
+    fresh key per start)."""
+    signer = svc.extras.get("archive_signer")
+    if not isinstance(signer, Signer):
+        path = getattr(svc.settings, "archive_signing_key_file", None)
+        signer = svc.extras["archive_signer"] = Signer.load_or_create(path if isinstance(path, Path) else None)
+    return signer
+
+
 def public_pem(raw: bytes) -> str:
     return Ed25519PublicKey.from_public_bytes(raw).public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -151,30 +194,43 @@ async def chain_and_checkpoint(
 
 async def verify(
     pool: asyncpg.Pool, from_seq: int = 1, to_seq: int = 2**62, keys: Mapping[str, bytes] | None = None,
-    expect: tuple[int, bytes] | None = None, tickets_topic: str = "tsop.tickets",
+    expect: tuple[int, bytes] | None = None, ahead: int = 2, window: int = 25_000,
 ) -> Verification:
     """Recompute the chain from ``from_seq`` to ``to_seq``: each record's hash from its stored form, each
     link from the one before, each checkpoint's link and signature; stop at the first break.
 
     ``keys`` pins the public keys an auditor trusts (by key id); by default the keys the archive published.
     ``expect`` is a checkpoint the auditor kept (number, link): it must still be there, alike, and reached.
-    A ticket's record (on ``tickets_topic``) verifies as expired only once the expiry's announcement
-    (records-expired) is itself in the chain.
+    A record verifies as expired only where an announcement of its expiry, in the chain and signed by one of
+    ``keys``, names it (see ``records.domain``).
+
+    The whole pass reads the store as it stood at one instant (``projection.snapshot``, on ``ahead``
+    connections): a retention round or a chaining round that commits meanwhile is seen entirely or not at all,
+    so a consistent archive never shows a break.
     """
-    if keys is None:
-        keys = {k: v for k, (v, _) in (await rp.public_keys(pool)).items()}
-    previous = await rp.link_before(pool, from_seq)
-    cps = await rp.checkpoints(pool, from_seq, to_seq, limit=10_000_000)
-    v = ChainVerifier(from_seq, to_seq, previous, cps, signature_check(keys))
-    if cps:
-        v.chain_checkpoints(await rp.checkpoint_before(pool, min(c.number for c in cps)))
-    async for rows in rp.verify_rows(pool, from_seq, to_seq, tickets_topic=tickets_topic):
-        if not v.feed(rows):
-            break
-    r = v.finish()
-    if expect is not None:
-        r = check_expected(r, expect[0], expect[1], await rp.checkpoint_numbered(pool, expect[0]))
+    async with rp.snapshot(pool, ahead) as conns:
+        db = conns[0]
+        if keys is None:
+            keys = {k: v for k, (v, _) in (await rp.public_keys(db)).items()}
+        previous = await rp.link_before(db, from_seq)
+        cps = await rp.checkpoints(db, from_seq, to_seq, limit=10_000_000)
+        v = ChainVerifier(from_seq, to_seq, previous, cps, signature_check(keys))
+        if cps:
+            v.chain_checkpoints(await rp.checkpoint_before(db, min(c.number for c in cps)))
+        holds = announcement_check(keys)
+        # closed before the snapshot's transactions end: windows still being read are cancelled and awaited first
+        async with contextlib.aclosing(rp.verify_rows(conns, from_seq, to_seq, window)) as windows:
+            async for rows, covers in windows:
+                if not v.feed(signed_only(rows, covers, holds) if _any_expired(rows) else rows):
+                    break
+        r = v.finish()
+        if expect is not None:
+            r = check_expected(r, expect[0], expect[1], await rp.checkpoint_numbered(db, expect[0]))
     return r
+
+
+def _any_expired(rows: Sequence[Any]) -> bool:
+    return any(r[3] == "expired" for r in rows)
 
 
 # --------------------------------------------------------------------------- retention and legal hold
@@ -316,6 +372,8 @@ async def _expire_matter(
             out.skipped_unsealed += 1
             return
         witness = got
+    signer = signer_for(svc)
+    await rp.publish_key(svc.pool, signer.key_id, signer.public, now)  # an auditor checks announcements with it
     changed = 0
     groups: dict[tuple[str, str], list[Due]] = {}
     for d in due:
@@ -338,7 +396,9 @@ async def _expire_matter(
             for s, e in zip(x.seqs, x.event_ids, strict=True)
         ]
         changed += await rp.apply_expiry(
-            svc.pool, str(x.id), m.key, x.record_class, x.at, sorted(m.customer_ids), changes
+            svc.pool, str(x.id), m.key, x.record_class, x.at, sorted(m.customer_ids), changes,
+            rp.Announcing(x.days, svc.settings.service_name, rp.announcements_topic(prefix), signer.key_id,
+                          signer.sign),
         )
     out.records += changed
     if changed:

@@ -5,7 +5,12 @@ hold, and past states. Pure: no I/O.
 by PostgreSQL, see ``projection``) and a *link*: ``link(n) = SHA-256(link(n-1) ‖ record_hash(n))`` in the
 order of the store's sequence, starting from 32 zero bytes. The chain runs over record hashes, not bodies,
 so a body that retention drops or anonymises leaves its hash and its link in place: the chain still
-verifies across it, and the record is reported as *expired*, not broken.
+verifies across it, and the record is reported as *expired*, not broken — but only where an *announcement* in
+the chain names it (``announcement``): every expiry, of every record class (a ticket's, a complaint's, an
+incident's, a dead letter's), is announced by a record the archive writes into its own store, signs with the
+checkpoints' key, and links into the chain in the same transaction as the expiry. A row made to look expired
+behind the archive's back (an expiry row forged, a body dropped) has no such announcement, or one whose
+signature does not hold, and ``verify`` names it.
 
 **Checkpoints.** Every so often the archive signs (Ed25519) the link it has reached; an auditor holding the
 published public key checks offline that the archive has not been rewritten since, even by someone able to
@@ -64,7 +69,8 @@ class RowState(StrEnum):
     altered = "altered"  # the stored form no longer hashes to the record hash
     missing = "missing"  # a link names a record the store no longer holds
     unchained = "unchained"  # a record below the chained horizon that no link covers
-    unannounced = "unannounced"  # a ticket's record expired, but the expiry's announcement is not in the chain
+    unannounced = "unannounced"  # a record expired, but no announcement in the chain names it
+    unsigned = "unsigned"  # a record expired, named only by announcements the archive's key did not sign
 
 
 class ChainRow(NamedTuple):
@@ -260,13 +266,27 @@ def parse_expect(text: str) -> tuple[int, bytes]:
     return n, lk
 
 
+def signed_only(
+    rows: Iterable[Sequence[Any]], covers: Mapping[int, Sequence[Any]], holds: Callable[[Any], bool]
+) -> list[tuple[Any, ...]]:
+    """Rows of a window with each *expired* one held to its announcements' signatures: it stays expired when one
+    of the announcements that name it (``covers``: its seq -> their bodies) is signed (``holds``), else it is
+    ``unsigned``."""
+    rows = list(rows)
+    bad = {r[0] for r in rows if r[3] == RowState.expired and not any(holds(b) for b in covers.get(r[0], ()))}
+    if not bad:
+        return rows  # type: ignore[return-value]  # the window as it came: every expired row is signed for
+    return [(r[0], r[1], r[2], RowState.unsigned.value if r[0] in bad else r[3]) for r in rows]
+
+
 _REASONS = {
     RowState.altered: "record altered: its stored form no longer hashes to its record hash",
     RowState.missing: "record missing: the chain links a record the store no longer holds",
     RowState.unchained: "record not in the chain: it sits below the chained horizon, unlinked",
-    RowState.unannounced: "record expired without its announcement in the chain (no linked records-expired of its "
-                          "ticket names it): a body dropped behind the archive's back, or an announcement not yet "
-                          "back from the broker",
+    RowState.unannounced: "record expired without its announcement in the chain (no linked announcement of an "
+                          "expiry names it and that action): a body dropped or anonymised behind the archive's back",
+    RowState.unsigned: "record expired, but the announcements that name it are not signed by the archive's key: an "
+                       "expiry announced behind the archive's back",
 }
 
 
@@ -303,9 +323,64 @@ PERSONAL_FIELDS = frozenset({
 
 ANONYMISED = "[anonymised]"
 
-NEVER_EXPIRES = frozenset({wire.RecordsExpired.event_type})
+ANNOUNCEMENT_TYPE = "tsop.archive.records-expired.v1"
+"""The type of the archive's own announcement of an expiry (``announcement``): a record the archive writes into
+its store, never a wire event."""
+
+ANNOUNCEMENT_PARTITION = -1
+"""The partition an announcement is stored under: no broker's (theirs count from 0), so a record that came
+through the broker never passes for one."""
+
+NEVER_EXPIRES = frozenset({wire.RecordsExpired.event_type, ANNOUNCEMENT_TYPE})
 """The archive's own announcements of an expiry: they name records, hold no personal data, and expiring them
 would announce another expiry, forever."""
+
+
+def announcement_id(expiry: UUID) -> str:
+    """The announcement's ``ce_id``: one per expiry decision (so a decision applied again announces nothing new)."""
+    return f"archive-expiry-{expiry}"
+
+
+def announcement(
+    expiry: UUID, matter: str, record_class: str, action: str, days: int, at: datetime, seqs: Sequence[int],
+    event_ids: Sequence[str],
+) -> dict[str, Any]:
+    """The body of the archive's announcement of one expiry, of any record class: the matter, the class, the
+    action and the period that ran out, and the records it acted on — by their place in the chain (``seqs``)
+    and their ``ce_id`` (``event_ids``, what ``verify`` matches). It holds no personal data."""
+    return {
+        "expiry_id": str(expiry), "matter": matter, "record_class": record_class, "action": action,
+        "retention_days": days, "expired_at": at.isoformat(), "seqs": list(seqs), "event_ids": list(event_ids),
+    }
+
+
+_SIGNED = ("expiry_id", "matter", "record_class", "action", "retention_days", "expired_at", "seqs", "event_ids")
+
+
+def announcement_message(body: Mapping[str, Any]) -> bytes:
+    """The bytes an announcement's signature covers: every field but the signature itself, in a fixed order (an
+    auditor rebuilds them from the stored body). KeyError when a field is missing."""
+    fields = [body[k] for k in _SIGNED]
+    return b"tsop-archive-expiry/v1|" + json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def signed(body: Mapping[str, Any], kid: str, sign: Callable[[bytes], bytes]) -> dict[str, Any]:
+    """The announcement with the archive's signature (Ed25519, the key that signs checkpoints): someone able to
+    write the archive's tables still cannot announce an expiry the archive did not make."""
+    return {**body, "key_id": kid, "signature": sign(announcement_message(body)).hex()}
+
+
+def announcement_holds(body: Any, check: Callable[[str, bytes, bytes], bool]) -> bool:
+    """Whether a stored announcement carries a signature that holds (``check(key_id, message, signature)``)."""
+    if not isinstance(body, dict):
+        return False
+    kid, sig = body.get("key_id"), body.get("signature")
+    if not isinstance(kid, str) or not isinstance(sig, str):
+        return False
+    try:
+        return check(kid, announcement_message(body), bytes.fromhex(sig))
+    except (KeyError, ValueError, TypeError):
+        return False
 
 
 def matter_refs(bodies: Iterable[Any]) -> tuple[set[str], set[str], set[str]]:

@@ -8,6 +8,9 @@ unreachable, a key file unreadable or not a key): never "broken" for a fault of 
 the checkpoints must be signed by one of the keys given (pinned offline), not merely by a key the archive
 published. With ``--expect N:LINK`` (a checkpoint kept from an earlier audit) checkpoint N must still be there,
 name that link, and be reached: a chain whose tail was deleted with its last checkpoints no longer verifies.
+
+``python -m tsop_archive.records.main rebuild-stats`` rebuilds the statistics' ticket facts and per-day cells from
+the archived log (``tsop_archive.stats.projection.rebuild``), with the archive stopped: after a fix of the fold.
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ class RecordsSettings(ServiceSettings):
 async def _verify(args: argparse.Namespace) -> int:
     from tsop_archive.records.commands import raw_public, verify
     from tsop_archive.records.domain import key_id
-    from tsop_events.topics import Topic
 
     s = RecordsSettings(service_name=args.service_name)
     keys = None
@@ -52,8 +54,7 @@ async def _verify(args: argparse.Namespace) -> int:
         keys = {key_id(r): r for r in raws}
     pool = await asyncpg.create_pool(s.pg_dsn(), min_size=1, max_size=2)
     try:
-        v = await verify(pool, args.from_seq, args.to_seq, keys, args.expect,
-                         tickets_topic=Topic.tickets.qualified(s.topic_prefix))
+        v = await verify(pool, args.from_seq, args.to_seq, keys, args.expect)
     finally:
         await pool.close()
     print(json.dumps({
@@ -62,6 +63,20 @@ async def _verify(args: argparse.Namespace) -> int:
         "broken": v.broken.view() if v.broken else None,
     }, indent=2))
     return 0 if v.ok else 1
+
+
+async def _rebuild_stats(args: argparse.Namespace) -> int:
+    from tsop_archive.stats.projection import rebuild
+    from tsop_events.topics import Topic
+
+    s = RecordsSettings(service_name=args.service_name)
+    pool = await asyncpg.create_pool(s.pg_dsn(), min_size=1, max_size=2)
+    try:
+        folded = await rebuild(pool, Topic.tickets.qualified(s.topic_prefix))
+    finally:
+        await pool.close()
+    print(json.dumps({"folded_events": folded}))
+    return 0
 
 
 def _expect(text: str) -> tuple[int, bytes]:
@@ -83,7 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     v.add_argument("--expect", type=_expect, default=None, metavar="N:LINK",
                    help="a checkpoint kept from an earlier audit (number:link hex): it must still be there, alike")
     v.add_argument("--service-name", default="archive", help="the archive's name (its database tsop_<name>)")
+    r = sub.add_parser("rebuild-stats", help="rebuild the statistics' ticket facts and cells from the archived log "
+                                            "(with the archive stopped)")
+    r.add_argument("--service-name", default="archive", help="the archive's name (its database tsop_<name>)")
     args = parser.parse_args(argv)
+    if args.command == "rebuild-stats":
+        sys.exit(asyncio.run(_rebuild_stats(args)))
     if args.from_seq < 1 or args.to_seq < args.from_seq:
         parser.error("--from must be at least 1 and --to not below it")
     try:

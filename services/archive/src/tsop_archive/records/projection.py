@@ -26,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
+from uuid import UUID
 
 import asyncpg
 import orjson
@@ -37,22 +38,30 @@ import orjson
 from tsop_archive.domain import FINAL
 from tsop_archive.projection import _loads, jsonb_safe
 from tsop_archive.records.domain import (
+    ANNOUNCEMENT_PARTITION,
+    ANNOUNCEMENT_TYPE,
     GENESIS,
     NEVER_EXPIRES,
     Candidate,
     Checkpoint,
     Matter,
+    announcement,
+    announcement_id,
     chain,
     checkpoint_message,
     has_personal_data,
     matter_refs,
+    signed,
 )
-from tsop_events.schemas import RecordsExpired, Reopened
+from tsop_events.schemas import Reopened
 
 REOPENED = Reopened.event_type
-RECORDS_EXPIRED = RecordsExpired.event_type
+ARCHIVE_EXPIRED = ANNOUNCEMENT_TYPE
 LOCK_TIMEOUT = "200ms"
 CHAIN_LOCK = 0x7453_4F50_6368  # advisory lock: one chainer at a time across instances
+
+Reader: TypeAlias = asyncpg.Pool | asyncpg.Connection
+"""What the read-only queries run on: the pool, or a connection of a ``snapshot``."""
 
 
 def hash_sql(a: str, data: str | None = None, raw: str | None = None) -> str:
@@ -95,6 +104,9 @@ DDL = (
          PRIMARY KEY (seq, action))""",
     "CREATE INDEX IF NOT EXISTS archive_expiries_matter ON archive_expiries (matter)",
     "CREATE INDEX IF NOT EXISTS archive_events_type ON archive_events (ce_type, ce_time)",
+    # the archive's announcements of its expiries, by matter: what ``verify`` looks up for each expired record
+    f"""CREATE INDEX IF NOT EXISTS archive_events_announcements ON archive_events (key)
+        WHERE ce_type = '{ANNOUNCEMENT_TYPE}' AND kafka_partition = {ANNOUNCEMENT_PARTITION}""",
     *(
         f"""DO $$ BEGIN
               CREATE TRIGGER {t}_no_change BEFORE UPDATE OR DELETE ON {t}
@@ -231,7 +243,7 @@ async def publish_key(pool: asyncpg.Pool, kid: str, public_key: bytes, at: datet
     )
 
 
-async def public_keys(pool: asyncpg.Pool) -> dict[str, tuple[bytes, datetime]]:
+async def public_keys(pool: Reader) -> dict[str, tuple[bytes, datetime]]:
     rows = await pool.fetch("SELECT key_id, public_key, first_used FROM archive_keys ORDER BY first_used")
     return {r["key_id"]: (bytes(r["public_key"]), r["first_used"]) for r in rows}
 
@@ -249,7 +261,7 @@ async def last_checkpoint(pool: asyncpg.Pool) -> Checkpoint | None:
     return None if r is None else _checkpoint(r)
 
 
-async def checkpoint_numbered(pool: asyncpg.Pool, number: int) -> Checkpoint | None:
+async def checkpoint_numbered(pool: Reader, number: int) -> Checkpoint | None:
     r = await pool.fetchrow("SELECT * FROM archive_checkpoints WHERE number = $1", number)
     return None if r is None else _checkpoint(r)
 
@@ -278,14 +290,14 @@ async def add_checkpoint(
         return None if row is None else _checkpoint(row)
 
 
-async def checkpoint_before(pool: asyncpg.Pool, number: int) -> Checkpoint | None:
+async def checkpoint_before(pool: Reader, number: int) -> Checkpoint | None:
     """The checkpoint just before number ``number`` (numbers may skip: a sequence)."""
     r = await pool.fetchrow(
         "SELECT * FROM archive_checkpoints WHERE number < $1 ORDER BY number DESC LIMIT 1", number)
     return None if r is None else _checkpoint(r)
 
 
-async def checkpoints(pool: asyncpg.Pool, from_seq: int = 0, to_seq: int = 2**62, limit: int = 10_000) -> list[
+async def checkpoints(pool: Reader, from_seq: int = 0, to_seq: int = 2**62, limit: int = 10_000) -> list[
     Checkpoint
 ]:
     rows = await pool.fetch(
@@ -297,18 +309,20 @@ async def checkpoints(pool: asyncpg.Pool, from_seq: int = 0, to_seq: int = 2**62
 
 # --------------------------------------------------------------------------- verification
 
-_EXPIRED = f"""SELECT 1 FROM archive_expiries x WHERE x.seq = e.seq AND x.after_hash = {hash_sql('e')}
+_EXPIRED = f"""SELECT x.action, x.matter FROM archive_expiries x WHERE x.seq = e.seq AND x.after_hash = {hash_sql('e')}
                    AND (x.action <> 'purged' OR (e.data IS NULL AND e.raw IS NULL))"""
-# a ticket's record (on the tickets topic, $4) is expired only once the expiry's announcement is itself in the
-# chain: a records-expired record of the same ticket, linked (at or below the chain's top, $3), naming the
-# record and the action. Without it, a row purged behind the archive's back with a forged expiry row would pass.
-_ANNOUNCED = f"""(e.topic <> $4 OR EXISTS (
-      SELECT 1 FROM archive_events a JOIN archive_chain ac ON ac.seq = a.seq
-      WHERE a.key = e.key AND a.topic = e.topic AND a.ce_type = '{RECORDS_EXPIRED}' AND a.seq <= $3
-        AND a.data -> 'event_ids' ? e.ce_id AND a.data ->> 'action' = x.action))"""
+# a record is expired only once the expiry's announcement is itself in the chain, naming the record and the action:
+# the archive's own announcement (written and linked with the expiry, in one transaction), linked at or below the
+# chain's top ($3). Without it, a row dropped or anonymised behind the archive's back, with a forged expiry row,
+# would pass. (Whether the announcement is signed by the archive is checked in Python, from ``COVERS``.)
+# Both subqueries are fenced (OFFSET 0) so the lookup goes record -> its expiry (by key) -> the matter's
+# announcements (by their index), whatever the statistics say: never a scan of every announcement per record.
+_ANNOUNCED = f"""SELECT 1 FROM archive_events a JOIN archive_chain ac ON ac.seq = a.seq
+      WHERE a.key = x.matter AND a.ce_type = '{ARCHIVE_EXPIRED}' AND a.kafka_partition = {ANNOUNCEMENT_PARTITION}
+        AND a.seq <= $3 AND a.data -> 'event_ids' ? e.ce_id AND a.data ->> 'action' = x.action OFFSET 0"""
 _STATE = f"""CASE WHEN e.seq IS NULL THEN 'missing' WHEN c.seq IS NULL THEN 'unchained'
       WHEN {hash_sql('e')} = c.record_hash THEN 'intact'
-      WHEN EXISTS ({_EXPIRED} AND {_ANNOUNCED}) THEN 'expired'
+      WHEN EXISTS (SELECT 1 FROM ({_EXPIRED} OFFSET 0) x, LATERAL ({_ANNOUNCED}) a) THEN 'expired'
       WHEN EXISTS ({_EXPIRED}) THEN 'unannounced'
       ELSE 'altered' END"""
 
@@ -317,32 +331,82 @@ VERIFY = f"""SELECT coalesce(c.seq, e.seq) AS seq, c.record_hash, c.link, {_STAT
   FULL JOIN (SELECT * FROM archive_events WHERE seq >= $1 AND seq <= least($2, $3)) e ON e.seq = c.seq
   ORDER BY 1"""
 
+# the announcements (their bodies) that make each of the given records expired ($1, rows VERIFY found expired;
+# chain's top $2). The expiry is the record's only one that can match its body (so no hash is recomputed): a purge
+# when no body is left, else an anonymisation (never bodiless) — and (seq, action) is the key of archive_expiries.
+# Driven by the window's records (OFFSET 0 keeps each lateral per record: its expiry by key, the announcements by
+# their index on the matter): the cost follows the expired records of the window, not every expiry or
+# announcement the archive holds.
+COVERS = f"""SELECT e.seq, a.body
+  FROM unnest($1::bigint[]) AS w(seq) JOIN archive_events e ON e.seq = w.seq
+  JOIN LATERAL (
+    SELECT x.action, x.matter FROM archive_expiries x
+    WHERE x.seq = e.seq AND x.action = CASE WHEN e.data IS NULL AND e.raw IS NULL THEN 'purged' ELSE 'anonymised' END
+    OFFSET 0) x ON true
+  JOIN LATERAL (
+    SELECT a.seq, a.data::text AS body FROM archive_events a
+    WHERE a.key = x.matter AND a.ce_type = '{ARCHIVE_EXPIRED}' AND a.kafka_partition = {ANNOUNCEMENT_PARTITION}
+      AND a.seq <= $2 AND a.data -> 'event_ids' ? e.ce_id AND a.data ->> 'action' = x.action
+    OFFSET 0) a ON true
+  JOIN archive_chain ac ON ac.seq = a.seq"""
 
-async def link_before(pool: asyncpg.Pool, seq: int) -> bytes:
+
+@contextlib.asynccontextmanager
+async def snapshot(pool: asyncpg.Pool, n: int = 2, wait: float = 0.5) -> AsyncIterator[list[asyncpg.Connection]]:
+    """Up to ``n`` connections that all read the store as it stood at one instant: read-only REPEATABLE READ
+    transactions sharing one exported snapshot (``pg_export_snapshot``). A pass of ``verify`` reads through
+    them, so whatever commits meanwhile (a retention round, the chainer's links) it sees entirely or not at all.
+    A connection the pool cannot give within ``wait`` seconds is done without (at least one is always had)."""
+    async with contextlib.AsyncExitStack() as stack:
+        first = await stack.enter_async_context(pool.acquire())
+        await stack.enter_async_context(first.transaction(isolation="repeatable_read", readonly=True))
+        snap = await first.fetchval("SELECT pg_export_snapshot()")
+        conns: list[asyncpg.Connection] = [first]
+        for _ in range(n - 1):
+            try:
+                conn = await stack.enter_async_context(pool.acquire(timeout=wait))
+            except TimeoutError:
+                break
+            await stack.enter_async_context(conn.transaction(isolation="repeatable_read", readonly=True))
+            await conn.execute(f"SET TRANSACTION SNAPSHOT '{snap}'")
+            conns.append(conn)
+        yield conns
+
+
+async def link_before(pool: Reader, seq: int) -> bytes:
     """The stored link just before ``seq`` (the chain's start when none)."""
     v = await pool.fetchval("SELECT link FROM archive_chain WHERE seq < $1 ORDER BY seq DESC LIMIT 1", seq)
     return GENESIS if v is None else bytes(v)
 
 
 async def verify_rows(
-    pool: asyncpg.Pool, from_seq: int, to_seq: int, window: int = 25_000, ahead: int = 2,
-    tickets_topic: str = "tsop.tickets",
-) -> AsyncIterator[Sequence[Any]]:
+    conns: Sequence[asyncpg.Connection], from_seq: int, to_seq: int, window: int = 25_000,
+) -> AsyncGenerator[tuple[Sequence[Any], dict[int, list[str]]], None]:
     """The chain's positions from ``from_seq`` to ``to_seq`` (inclusive), a window of ``seq`` at a time,
-    as (seq, record_hash, link, state). Records above the chained horizon are not yet linked: left out.
-    ``ahead`` windows are read (and their record hashes recomputed by PostgreSQL, on as many connections)
-    while the caller works on the current one."""
-    top = int(await pool.fetchval("SELECT coalesce(max(seq), 0) FROM archive_chain"))
+    as (seq, record_hash, link, state), with — for the window's expired records — the announcements that name
+    them (seq -> their bodies as JSON text). Records above the chained horizon are not yet linked: left out.
+    Read through the connections of one ``snapshot``: while the caller works on one window, the next ones are
+    read (and their record hashes recomputed by PostgreSQL), one per connection."""
+    top = int(await conns[0].fetchval("SELECT coalesce(max(seq), 0) FROM archive_chain"))
     end = min(to_seq, top)
     windows = [(lo, min(lo + window - 1, end)) for lo in range(from_seq, end + 1, window)]
+    ahead = len(conns)
     pending: collections.deque[asyncio.Future[list[asyncpg.Record]]] = collections.deque()
-    nxt = 0
+    nxt = done = 0
     try:
         while nxt < len(windows) or pending:
             while nxt < len(windows) and len(pending) < ahead:
-                pending.append(asyncio.ensure_future(pool.fetch(VERIFY, *windows[nxt], top, tickets_topic)))
+                # window n goes to connection n mod ahead: the one window n - ahead used, already answered
+                pending.append(asyncio.ensure_future(conns[nxt % ahead].fetch(VERIFY, *windows[nxt], top)))
                 nxt += 1
-            yield await pending.popleft()
+            rows = await pending.popleft()
+            expired = [int(r[0]) for r in rows if r[3] == "expired"]
+            covers: dict[int, list[str]] = {}
+            if expired:  # on the connection the window was read on: free until the next window is sent
+                for c in await conns[done % ahead].fetch(COVERS, expired, top):
+                    covers.setdefault(int(c["seq"]), []).append(c["body"])
+            done += 1
+            yield rows, covers
     finally:
         for f in pending:
             f.cancel()
@@ -398,6 +462,7 @@ async def matters_due(
             others AS (
               SELECT DISTINCT coalesce(r.key, r.ce_id) AS key FROM archive_events r
               WHERE r.topic <> $1 AND r.ce_time <= $3 AND coalesce(r.key, r.ce_id) > $7
+              AND r.ce_type <> ALL($8::text[])
               AND NOT EXISTS (SELECT 1 FROM archive_expiries x WHERE x.seq = r.seq AND x.action = 'purged')
               ORDER BY 1 LIMIT $4)
             SELECT p.key, p.ended_at, true AS is_ticket, r.seq, r.ce_id, r.topic, r.ce_type, r.ce_time,
@@ -467,14 +532,55 @@ class Change:
     witness: tuple[str, str] | None
 
 
+def announcements_topic(prefix: str) -> str:
+    """Where the archive's own announcements are stored: a topic of the store only, never of the broker."""
+    return f"{prefix}archive"
+
+
+@dataclass(frozen=True)
+class Announcing:
+    """What the announcement of an expiry says besides the records: the period that ran out, who announces it
+    (``source``, the archive's name), under which topic of the store (``announcements_topic``), and the key
+    that signs it (the checkpoints' key: ``key_id``, ``sign``)."""
+
+    days: int
+    source: str
+    topic: str
+    key_id: str
+    sign: Callable[[bytes], bytes]
+
+
 async def apply_expiry(
     pool: asyncpg.Pool, expiry_id: str, matter: str, record_class: str, at: datetime, customers: Sequence[str],
-    changes: Sequence[Change],
+    changes: Sequence[Change], announcing: Announcing, attempts: int = 100,
 ) -> int:
-    """Record each change in ``archive_expiries`` and change the body, in one transaction; a change already
-    recorded is skipped (a decision applied again after a crash). Returns how many bodies changed."""
-    done = 0
+    """Record each change in ``archive_expiries``, change the body, announce the expiry (``records.domain.
+    announcement``, naming the records changed) and link it all into the chain — in one transaction, so that
+    no reader ever sees an expired body without its linked announcement. A change already recorded is skipped
+    (a decision applied again after a crash; announced then). Returns how many bodies changed.
+
+    The transaction holds the chain's advisory lock (the chainer skips its round meanwhile) and, to link, the
+    same instant SHARE lock on ``archive_events`` the chainer takes (``horizon``); when that lock is not had
+    within ``LOCK_TIMEOUT`` the whole transaction is tried again."""
+    for attempt in range(attempts):
+        try:
+            return await _apply_expiry(pool, expiry_id, matter, record_class, at, customers, changes, announcing)
+        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(min(0.02 * (attempt + 1), 0.5))
+    raise AssertionError("unreachable")
+
+
+async def _apply_expiry(
+    pool: asyncpg.Pool, expiry_id: str, matter: str, record_class: str, at: datetime, customers: Sequence[str],
+    changes: Sequence[Change], announcing: Announcing,
+) -> int:
+    done: list[Change] = []
     async with pool.acquire() as conn, conn.transaction():
+        # the chain's writer for this transaction: taken first, before any row is changed (the chainer takes
+        # it before its SHARE lock too, so the two never wait on each other the wrong way round)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK)
         for c in changes:
             text: str | None = None
             raw: bytes | None = None
@@ -497,8 +603,26 @@ async def apply_expiry(
             if inserted is None:
                 continue
             await conn.execute("UPDATE archive_events SET data = $2::jsonb, raw = $3 WHERE seq = $1", c.seq, text, raw)
-            done += 1
-    return done
+            done.append(c)
+        if not done:
+            return 0
+        xid = UUID(expiry_id)
+        said = signed(announcement(xid, matter, record_class, done[0].action, announcing.days, at,
+                                   [c.seq for c in done], [c.event_id for c in done]),
+                      announcing.key_id, announcing.sign)
+        await conn.execute(
+            """INSERT INTO archive_events (ce_id, topic, kafka_partition, kafka_offset, key, ce_type, ce_source,
+                 ce_time, causation_id, data)
+               VALUES ($1, $2, $3, -1, $4, $5, $6, $7, $8, $9::jsonb) ON CONFLICT (ce_id) DO NOTHING""",
+            announcement_id(xid), announcing.topic, ANNOUNCEMENT_PARTITION, matter, ANNOUNCEMENT_TYPE,
+            announcing.source, at, expiry_id, orjson.dumps(said).decode(),
+        )
+        # link up to the horizon, the announcement included: committed together with the expiry
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        await conn.execute("LOCK TABLE archive_events IN SHARE MODE")
+        top = int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM archive_events"))
+        await _link_up_to(conn, top, 50_000)
+    return len(done)
 
 
 async def witnesses(pool: asyncpg.Pool, event_ids: Sequence[str]) -> dict[str, tuple[str, str]]:

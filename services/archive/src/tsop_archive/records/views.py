@@ -10,7 +10,7 @@ import asyncio
 import logging
 
 from tsop_archive.commands import ArchiveApp
-from tsop_archive.records.commands import Signer, chain_and_checkpoint, expire_due
+from tsop_archive.records.commands import chain_and_checkpoint, expire_due, signer_for
 from tsop_archive.records.main import RecordsSettings
 from tsop_events.runtime import Service
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 async def keep_chain(svc: Service[ArchiveApp, RecordsSettings]) -> None:
     """Link what the store received into the whole-archive chain, and sign checkpoints."""
     s = svc.settings
-    signer = Signer.load_or_create(s.archive_signing_key_file)
+    signer = signer_for(svc)  # the key retention signs its announcements with
     wake = svc.waiter(saved=False, stored=True, pace=s.archive_chain_seconds)
     while True:
         # a round every interval, however much arrived: its instant lock on the store then costs the consumers

@@ -44,6 +44,7 @@ from tsop_archive.stats.domain import (
     buckets,
     cell_deltas,
     day_of,
+    fold,
     fold_once,
     moment,
     ticket_ids_of,
@@ -664,3 +665,54 @@ async def export_rows(pool: asyncpg.Pool, q: Question, chunk: int = 2000) -> Asy
 async def lag_marker(pool: asyncpg.Pool, ticket_id: str) -> bool:
     """Whether the read model holds a ticket (what a bench waits for)."""
     return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM stats_tickets WHERE ticket_id = $1)", ticket_id))
+
+
+# --- rebuilt from the log ---
+
+STORE_CONSUMER = "archive-store"  # the archive's own store (tsop_archive.projection.ArchiveStore.name)
+
+
+async def rebuild(pool: asyncpg.Pool, tickets_topic: str, page: int = 25_000) -> int:
+    """The statistics' ticket facts rebuilt from the archived log: every ticket's facts folded again from the
+    ``tickets`` records the archive stores, in store order, written over ``stats_tickets`` and
+    ``stats_assignments``, the per-day cells rebuilt from them, and the statistics consumer's positions on the
+    tickets topic set to the store's, all in one transaction: the consumer then goes on from where the log read
+    ends, and what it applies again is folded once (``fold_once``). For the archive stopped (after a fix of the
+    fold, say): a running statistics consumer would write beside it. How many events were folded."""
+    facts: dict[str, TicketFacts] = {}
+    seen = 0
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        positions = await conn.fetch(
+            "SELECT epoch, topic, partition, next_offset FROM tsop_consumer_offsets WHERE consumer = $1 AND topic = $2",
+            STORE_CONSUMER, tickets_topic)
+        loads, get, wanted_types = orjson.loads, facts.get, StatsProjection.event_types or frozenset()
+        async for r in conn.cursor(
+            "SELECT key, ce_id, ce_type, ce_time, data::text AS data FROM archive_events "
+            "WHERE topic = $1 AND key IS NOT NULL ORDER BY seq", tickets_topic, prefetch=page,
+        ):
+            if r["ce_type"] not in wanted_types:
+                continue  # as the consumer: only the types it reads (the others' offsets are done all the same)
+            key = r["key"]
+            body = r["data"]
+            f = get(key)
+            if f is None:
+                f = facts[key] = TicketFacts(key)
+            # each stored event once (ce_id is unique in the store): folded in place, no copy per event
+            fold(f, r["ce_type"], loads(body) if body is not None else {}, r["ce_time"], in_place=True)
+            f.seen.append(r["ce_id"])
+            seen += 1
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("TRUNCATE stats_tickets, stats_assignments")  # (the cells: stats_daily_rebuild)
+        await conn.copy_records_to_table(
+            "stats_tickets", records=[row_of(f) for f in facts.values()],
+            columns=[*FACT_COLUMNS, "assign_seconds", "resolve_seconds"])
+        await conn.copy_records_to_table("stats_assignments", records=[
+            (f.ticket_id, a.n, a.work_order_id, a.technician_id, a.assigned_at, a.ended_at, a.outcome)
+            for f in facts.values() for a in f.assignments])
+        await conn.execute("SELECT stats_daily_rebuild()")
+        await conn.execute(
+            "DELETE FROM tsop_consumer_offsets WHERE consumer = $1 AND topic = $2", StatsProjection.name, tickets_topic)
+        await conn.executemany(
+            "INSERT INTO tsop_consumer_offsets VALUES ($1, $2, $3, $4, $5)",
+            [(StatsProjection.name, p["epoch"], p["topic"], p["partition"], p["next_offset"]) for p in positions])
+    return seen

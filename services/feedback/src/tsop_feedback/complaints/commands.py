@@ -224,6 +224,11 @@ async def change(svc: Service[FeedbackApp], cid: UUID, caller: Principal, act: s
             c.close(args["basis"], args.get("note"), by, now)
         else:  # pragma: no cover - the routes name the acts
             raise ValueError(act)
+        if c.status == "closed" and c.source == "ticket" and c.ticket_ids:
+            # a ticket the complaint desk worked (a complaint-type request) closes with its complaint
+            case = uow.find(FeedbackCase, case_id(c.ticket_ids[0]))
+            if case is not None:
+                case.close_with_complaint(now)
         tell_customer(uow, svc, c, act, d.policy)
         return c
 

@@ -26,7 +26,8 @@ TERMINAL = frozenset({"rejected", "closed", "cancelled"})
 TRANSITIONS: dict[str | None, frozenset[str]] = {
     None: frozenset({"acknowledged", "rejected", "pending", "cancelled"}),
     "pending": frozenset({"acknowledged", "rejected", "cancelled", "inProgress", "held"}),
-    "acknowledged": frozenset({"inProgress", "pending", "held", "resolved", "cancelled", "rejected"}),
+    # (closed straight from acknowledged: a complaint-type ticket, which the complaint desk works and closes)
+    "acknowledged": frozenset({"inProgress", "pending", "held", "resolved", "cancelled", "rejected", "closed"}),
     "inProgress": frozenset({"pending", "held", "resolved", "cancelled"}),
     "held": frozenset({"inProgress", "pending", "resolved", "cancelled"}),
     "resolved": frozenset({"closed", "acknowledged"}),
