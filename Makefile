@@ -53,7 +53,8 @@ catalogue: install
 ## (with idle CPU, RSS and the open loop at 50/s), intake alone, dispatch at scale, TMF621 lists over a
 ## million tickets, feedback's step notifications to local receivers (5 % slow, 5 % failing) and its
 ## ratings over HTTP, the archive (verify and rebuild over a million events) and the statistics (lag,
-## a month's report over a million tickets), then scale-out on a 3-broker Apache Kafka cluster (bench-scale).
+## a month's report over a million tickets), the window between a legal hold and intake hearing of it, then
+## scale-out on a 3-broker Apache Kafka cluster (bench-scale).
 bench: install
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.intake
@@ -64,6 +65,7 @@ bench: install
 	$(BIN)/python -m bench.ratings
 	$(BIN)/python -m bench.archive
 	$(BIN)/python -m bench.stats
+	$(BIN)/python -m bench.holds
 	$(MAKE) bench-scale
 
 ## The lifecycle bench on Tansu, then on 3 Apache Kafka brokers with 1 and 2 instances of intake and

@@ -218,7 +218,7 @@ def test_erasure_leaves_no_plaintext_anywhere_and_keeps_the_service_record(platf
     # the erasure is itself an auditable event, on the customers topic and in the archive
     raw, records = asyncio.run(_topic_bytes(stack.bootstrap, "tsop."))
     erased = [k for t, k, h in records if h.get("ce_type") == b"tsop.customer.data-erased.v1"]
-    assert erased == [a.encode()]
+    assert erased.count(a.encode()) == 1 and b.encode() not in erased  # (other tests' customers may be there too)
 
     # no plaintext of A (nor of B: personal data is only ever stored and sent sealed) anywhere
     assert _leaks(raw, ma) == [] and _leaks(raw, mb) == []

@@ -44,7 +44,7 @@ def _listen(runtime: Runtime) -> list[str]:
     """What the runtime's erasure listener made the process forget, in order."""
     heard: list[str] = []
     (listener,) = [r.sink for r in runtime.runners if isinstance(r.sink, ErasureListener)]
-    listener.forget = lambda: heard.append("forgot")
+    listener.forget = lambda customers: heard.append(",".join(sorted(customers)))
     return heard
 
 
@@ -118,6 +118,8 @@ async def test_an_instance_that_did_not_serve_the_erasure_stops_serving_opened_d
         await asyncio.to_thread(one.app.save, r)
         for rt in (one, two):  # each instance loads it: opened, in its cache
             assert (await asyncio.to_thread(rt.app.repository.get, r.id)).description == MARK
+        await asyncio.to_thread(two.app.index.refresh)  # and its duplicate index keys the request by its address
+        assert MARK in repr(two.app.index.open)
         # what intake's request_erasure does on the instance serving it, then the event its relay publishes
         assert await asyncio.to_thread(one.app.keyring.erase, customer) == 1
         one.app.forget_opened()
@@ -128,6 +130,8 @@ async def test_an_instance_that_did_not_serve_the_erasure_stops_serving_opened_d
             return (await asyncio.to_thread(two.app.repository.get, r.id)).description == ERASED
 
         await eventually(erased_on_two, 20, "the other instance answers [erased]")
+        # what its index derived from the customer's location went with it
+        assert MARK not in repr(two.app.index.open) and r.id in two.app.index.open
     finally:
         await one.stop()
         await two.stop()

@@ -188,10 +188,12 @@ def test_stored_seals_keep_their_topic_and_old_ones_map_as_before() -> None:
     """Seals stored before ``complete`` existed load and go on the wire as complete, as they always did."""
     assert Dossier.Sealed.__module__ == "tsop_archive.domain" and Dossier.Sealed.__qualname__ == "Dossier.Sealed"
     assert resolve_topic("tsop_archive.domain:Dossier.Sealed") is Dossier.Sealed
-    from tsop_archive.records.domain import Expiry
-    from tsop_events.schemas import RecordsExpired
+    from tsop_archive.records.domain import Expiry, LegalHold
+    from tsop_events.schemas import LegalHoldPlaced, LegalHoldPlacedAgain, LegalHoldReleased, RecordsExpired
 
-    assert WIRE.mapped() == {Dossier.Sealed: Archived, Expiry.Recorded: RecordsExpired}
+    assert WIRE.mapped() == {Dossier.Sealed: Archived, Expiry.Recorded: RecordsExpired,
+                             LegalHold.Placed: LegalHoldPlaced, LegalHold.Released: LegalHoldReleased,
+                             LegalHold.PlacedAgain: LegalHoldPlacedAgain}
     d = seal(uuid4(), "t1", [ev(1, "a"), ev(2, "b", cause="a")], [], T, "b")
     state = dict(d.collect_events()[0].__dict__)
     for added_later in ("complete", "missing", "decided_by", "reason"):

@@ -32,9 +32,14 @@ class FakePool:
 
     def __init__(self) -> None:
         self.status: dict[UUID, str] = {}
+        self.holds: list[dict[str, Any]] = []  # legal holds the archive announced (rows of covering_holds)
 
     async def fetchval(self, _sql: str, ticket: UUID) -> str | None:
         return self.status.get(ticket)
+
+    async def fetch(self, _sql: str, customer_id: str, tickets: list[str]) -> list[dict[str, Any]]:
+        return [h for h in self.holds if (h["kind"], h["subject"]) == ("customer", customer_id)
+                or (h["kind"] == "ticket" and h["subject"] in tickets)]
 
 
 class Env:

@@ -31,6 +31,7 @@ from eventsourcing.domain import Aggregate, event
 
 from tsop_events.envelope import derived_id
 from tsop_events.errors import Invalid, NotFound
+from tsop_events.personal import ERASED_FINGERPRINT, Keyring, fingerprint
 from tsop_events.store import EventStoreApp, GroupCommit, IntegrityError
 
 T = TypeVar("T", bound=Aggregate)
@@ -67,9 +68,23 @@ class Idempotency:
     fingerprint: str
 
     @classmethod
-    def of(cls, scope: str, key: str, body: Any) -> Idempotency:
-        digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
-        return cls(scope, key, digest)
+    def of(
+        cls, scope: str, key: str, body: Any, *, keyring: Keyring | None = None, subject: str | None = None,
+        customer: str | None = None,
+    ) -> Idempotency:
+        """The key with its body's fingerprint. A body holding personal data names the ``subject`` (and
+        ``customer``) whose data key seals it, with the ``keyring``: its fingerprint is then keyed by that data key
+        (``personal.fingerprint``), so an erasure leaves nothing a guess of the plaintext could be matched with.
+        This call may read the keyring: call it off the event loop when the keyring is PostgreSQL's."""
+        raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS, default=str)
+        if keyring is None or subject is None:
+            return cls(scope, key, hashlib.sha256(raw).hexdigest())
+        return cls(scope, key, fingerprint(keyring, subject, customer, raw))
+
+    @property
+    def erased(self) -> bool:
+        """The body's subject was erased: its fingerprint cannot be compared (a retry replays the first answer)."""
+        return self.fingerprint == ERASED_FINGERPRINT
 
 
 class UnitOfWork:
@@ -204,7 +219,8 @@ class Commands(Generic[A]):
         def once(uow: UnitOfWork) -> tuple[R, bool]:
             record = uow.find(IdempotencyRecord, record_id)
             if record is not None:
-                if record.fingerprint != key.fingerprint:
+                # after an erasure neither fingerprint can be recomputed: the first answer is replayed unchecked
+                if record.fingerprint != key.fingerprint and not key.erased:
                     raise Invalid("was used before with a different request", "Idempotency-Key")
                 return replay(uow, record.answer), True
             answer = decide(uow)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
+import hmac
 import logging
 import os
 import re
@@ -156,6 +158,11 @@ def _seal_tree(aes: AESGCM, key_id: str, value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_seal_tree(aes, key_id, v) for v in value]
     return value
+
+
+def erase_tree(value: Any) -> Any:
+    """``value`` as it opens once its key is destroyed: every string ``ERASED`` (keys, numbers, nulls stay)."""
+    return _erase_tree(value)
 
 
 def _erase_tree(value: Any) -> Any:
@@ -505,6 +512,27 @@ class SealingMapper(Mapper[Any]):
 
     def to_sealed_domain_event(self, stored_event: StoredEvent) -> Any:
         return super().to_domain_event(stored_event)
+
+
+# ------------------------------------------------------------------------------------------------ fingerprints
+
+ERASED_FINGERPRINT = "erased"
+"""The fingerprint of a body whose subject was erased: nothing can be compared with it any more."""
+
+
+def keyed_digest(key: bytes, raw: bytes) -> str:
+    """An HMAC-SHA256 of ``raw`` under a key derived from a data key (never the AES key itself)."""
+    derived = hmac.new(key, b"tsop-fingerprint-v1", hashlib.sha256).digest()
+    return "hk1." + hmac.new(derived, raw, hashlib.sha256).hexdigest()
+
+
+def fingerprint(keyring: Keyring, subject: str, customer_id: str | None, raw: bytes) -> str:
+    """A fingerprint of a body that holds personal data (an idempotency record's, a submission's), keyed by the
+    subject's data key: it tells two bodies apart while the key lives, and once the customer's data is erased (the
+    key destroyed) nobody can recompute it from guessed plaintext (a phone number, an address: few enough to try
+    them all against a plain hash). ``ERASED_FINGERPRINT`` when the subject is erased already."""
+    found = keyring.key_for(subject, customer_id)
+    return ERASED_FINGERPRINT if found is None else keyed_digest(found[1], raw)
 
 
 # ------------------------------------------------------------------------------------------------ logs

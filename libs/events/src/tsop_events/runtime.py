@@ -313,9 +313,10 @@ async def _retry(start: Callable[[], Awaitable[None]], what: str, timeout: float
 
 
 class ErasureListener(Sink):
-    """Hears ``CustomerDataErased`` (docs/erasure.md): the process forgets the data keys it cached and the
-    aggregates it holds opened in memory, so an erased customer's data stops opening here at once rather than
-    when the key cache expires.
+    """Hears ``CustomerDataErased`` (docs/erasure.md): the process forgets the data keys it cached, the aggregates it
+    holds opened in memory and what its views derived from the erased customers' personal fields
+    (``EventStoreApp.forget_erased``, called with their ids), so an erased customer's data stops opening here at once
+    rather than when the key cache expires. Other records on the topic (the archive's legal holds) pass it by.
 
     A broadcast, not a consumer group: *every* process of the service must forget (a group would hand each erasure
     to one instance only). So each process reads the ``customers`` topic from its start (erasures are rare) with no
@@ -326,8 +327,8 @@ class ErasureListener(Sink):
     event_types: ClassVar[frozenset[str] | None] = frozenset({CustomerDataErased.event_type})
     grouped: ClassVar[bool] = False
 
-    def __init__(self, forget: Callable[[], None]) -> None:
-        self.forget = forget
+    def __init__(self, forget: Callable[[set[str]], None]) -> None:
+        self.forget = forget  # called with the erased customers' ids
         self._positions: dict[tuple[str, str, int], int] = {}  # (epoch, topic, partition) -> next offset
 
     async def position(self, epoch: str, topic: str, partition: int) -> int | None:
@@ -337,8 +338,12 @@ class ErasureListener(Sink):
         self, epoch: str, topic: str, partition: int, records: Sequence[Incoming], last_offset: int
     ) -> None:
         done = self._positions.get((epoch, topic, partition))
-        if records and (done is None or any(r.offset >= done for r in records)):
-            await asyncio.to_thread(self.forget)
+        erased = {
+            r.event.customer_id for r in records
+            if (done is None or r.offset >= done) and isinstance(r.event, CustomerDataErased)
+        }
+        if erased:
+            await asyncio.to_thread(self.forget, erased)
         self._positions[(epoch, topic, partition)] = max(done or 0, last_offset + 1)
 
 
@@ -346,12 +351,12 @@ def erasure_listener(runtime: Runtime[Any, Any]) -> ErasureListener:
     """The process's listener (a broadcast: every process of the service hears every erasure)."""
     settings, app = runtime.settings, (runtime.app if runtime.app_factory is not None else None)
 
-    def forget() -> None:
+    def forget(customers: set[str]) -> None:
         keyring = keyring_of(settings)
         if isinstance(keyring, PostgresKeyring):
             keyring.forget()
         if app is not None:
-            app.forget_opened()
+            app.forget_erased(customers)
 
     cls = type("ErasureListener", (ErasureListener,), {"name": f"{settings.service_name}-erasure"})
     listener: ErasureListener = cls(forget)

@@ -1010,6 +1010,81 @@ class CustomerDataErased(WireEvent):
         return self.customer_id
 
 
+# --- legal holds (§7.4): the archive's holds on the customers topic (key = hold id), so that intake refuses an
+# erasure a hold covers (docs/erasure.md) ---
+
+
+HoldKindName = Literal["ticket", "customer", "incident"]
+
+
+class LegalHoldEvent(WireEvent):
+    """A legal hold's decision, announced by the archive; key = the hold's id (one partition holds its history)."""
+
+    topic: ClassVar[Topic] = Topic.customers
+    hold_id: str = Field(description="The archive's id of the hold (one per kind and subject).")
+
+    def key(self) -> str:
+        return self.hold_id
+
+
+class LegalHoldPlaced(LegalHoldEvent):
+    event_type: ClassVar[str] = "tsop.legal-hold.placed.v1"
+    doc: ClassVar[str] = (
+        "A legal hold was placed on a ticket, a customer or an incident (§7.4): nothing of it expires, and no "
+        "erasure of a customer it covers (the customer, one of their tickets, an incident linked to one) proceeds "
+        "while it is in force."
+    )
+    kind: HoldKindName
+    subject: str = Field(description="The ticket id, customer id or incident id held.")
+    placed_by: str
+    reason: str
+    placed_at: datetime
+
+
+class LegalHoldReleased(LegalHoldEvent):
+    event_type: ClassVar[str] = "tsop.legal-hold.released.v1"
+    doc: ClassVar[str] = "A legal hold was released (recorded, with who and why): expiry and erasure may proceed."
+    released_by: str
+    reason: str
+    released_at: datetime
+
+
+class LegalHoldPlacedAgain(LegalHoldEvent):
+    event_type: ClassVar[str] = "tsop.legal-hold.placed-again.v1"
+    doc: ClassVar[str] = "A released legal hold was placed again on the same subject: it is in force again."
+    placed_by: str
+    reason: str
+    placed_at: datetime
+
+
+class RefusingHold(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    hold_id: str
+    kind: HoldKindName
+    subject: str
+
+
+class CustomerErasureRefused(WireEvent):
+    event_type: ClassVar[str] = "tsop.customer.erasure-refused.v1"
+    doc: ClassVar[str] = (
+        "A customer's erasure request was refused because legal holds cover them (on the customer, one of their "
+        "tickets, or an incident linked to one): nothing was erased; the request, its basis and the holds are "
+        "recorded so the refusal is auditable. Once the holds are released the request can be made again."
+    )
+    topic: ClassVar[Topic] = Topic.customers
+    refusal_id: str
+    customer_id: str
+    legal_basis: str
+    reference: str = ""
+    requested_by: str
+    refused_at: datetime
+    holds: list[RefusingHold] = Field(min_length=1)
+
+    def key(self) -> str:
+        return self.customer_id
+
+
 class DeadLettered(WireEvent):
     """What the dead-letter topic carries: the original record and the error."""
 

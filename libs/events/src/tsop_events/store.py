@@ -89,6 +89,12 @@ class EventStoreApp(Application[UUID]):
         elif cache is not None:
             cache.cache.clear()
 
+    def forget_erased(self, customer_ids: Iterable[str]) -> None:
+        """These customers' personal data was erased (``CustomerDataErased``): drop what this process holds opened or
+        derived from it in memory. By default the cached aggregates; a service whose in-memory views derive keys
+        from personal fields (intake's duplicate index) drops those entries too."""
+        self.forget_opened()
+
     def sealed_event(self, stored: Any) -> Any:
         """A stored event as it is stored: personal attributes still sealed (what may leave the service)."""
         mapper = self.mapper

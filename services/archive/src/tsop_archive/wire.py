@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tsop_archive.domain import Dossier
-from tsop_archive.records.domain import Expiry
+from tsop_archive.records.domain import Expiry, LegalHold
 from tsop_events import schemas as wire
 from tsop_events.wiremap import WireMap
 
@@ -48,3 +48,13 @@ WIRE.add(
     fields={"ticket_id": _ticket_id, "retention_days": "days", "expired_at": "at"},
     when=_expired_ticket,
 )
+
+
+def _hold_id(e: LegalHold.Event) -> str:
+    return str(e.originator_id)
+
+
+# legal holds are announced on the customers topic: intake refuses an erasure a hold covers (docs/erasure.md)
+WIRE.add(LegalHold.Placed, wire.LegalHoldPlaced, fields={"hold_id": _hold_id, "placed_at": "at"})
+WIRE.add(LegalHold.Released, wire.LegalHoldReleased, fields={"hold_id": _hold_id, "released_at": "at"})
+WIRE.add(LegalHold.PlacedAgain, wire.LegalHoldPlacedAgain, fields={"hold_id": _hold_id, "placed_at": "at"})

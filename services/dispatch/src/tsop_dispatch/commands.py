@@ -641,7 +641,12 @@ async def log_work(
     app = svc.app
     body = {"wo": str(wo_id), "action": action, "mode": mode, "notes": notes, "equipment": equipment,
             "measurements": measurements}
-    key = Idempotency.of(f"work-log:{technician_id}", idempotency_key, body) if idempotency_key else None
+    key = None
+    if idempotency_key:
+        # the notes may quote the customer: the fingerprint is keyed by the ticket's data key (docs/erasure.md)
+        ticket = await svc.commands.run(lambda uow: get(uow, WorkOrder, wo_id, "work order").ticket_id)
+        key = await asyncio.to_thread(Idempotency.of, f"work-log:{technician_id}", idempotency_key, body,
+                                      keyring=app.keyring, subject=str(ticket))
 
     def decide_(uow: UnitOfWork) -> WorkOrder:
         wo = get(uow, WorkOrder, wo_id, "work order")

@@ -475,7 +475,9 @@ class ErasureView(Answer):
 
 
 @router.post("/customers/{customer_id}/erasure", status_code=201, tags=["erasure"], response_model=ErasureView,
-             responses={200: {"description": "The customer's erasure was requested before: the first record "
+             responses={409: {"description": "A legal hold covers the customer: refused, naming each hold "
+                                             "(`holds`); nothing was recorded or destroyed"},
+                        200: {"description": "The customer's erasure was requested before: the first record "
                                              "(their keys are destroyed again, should any have been created since)",
                               "model": ErasureView}})
 async def request_erasure(
@@ -483,7 +485,8 @@ async def request_erasure(
     response: Response, caller: Dpo,
 ) -> dict[str, Any]:
     """Erase a customer's personal data (crypto-shredding, docs/erasure.md): the request and its legal basis are
-    recorded (`CustomerDataErased`), the customer's data keys are destroyed; the service record remains."""
+    recorded (`CustomerDataErased`), the customer's data keys are destroyed; the service record remains. 409 (naming
+    each hold, nothing changed) while a legal hold covers the customer (`GET …/legal-holds`)."""
     erasure, created, destroyed = await commands.request_erasure(
         svc, customer_id, body.legal_basis, body.reference, caller)
     if not created:
@@ -491,3 +494,31 @@ async def request_erasure(
     return {"customer_id": erasure.customer_id, "legal_basis": erasure.legal_basis, "reference": erasure.reference,
             "requested_by": erasure.requested_by, "requested_at": erasure.requested_at.isoformat(),
             "keys_destroyed": destroyed}
+
+
+class HoldView(Answer):
+    hold_id: str
+    kind: Literal["ticket", "customer", "incident"]
+    subject: str = Field(description="The ticket, customer or incident held.")
+    reason: str
+    placed_by: str
+    placed_at: str
+    ticket_id: str | None = Field(default=None, description="For a hold on an incident: the customer's ticket "
+                                                             "linked to it.")
+
+
+class CustomerHolds(Answer):
+    customer_id: str
+    holds: list[HoldView] = Field(description="The legal holds in force that cover the customer, as intake has "
+                                              "heard of them from the archive: while any is listed, an erasure "
+                                              "request is refused (409).")
+
+
+@router.get("/customers/{customer_id}/legal-holds", tags=["erasure"], response_model=CustomerHolds,
+            response_model_exclude_none=True)
+async def customer_holds(
+    customer_id: Annotated[str, Path(min_length=1, max_length=128)], svc: Svc, caller: Dpo,
+) -> dict[str, Any]:
+    """The legal holds that cover the customer (on them, on one of their requests, or on an incident one of their
+    requests was linked to), as intake knows them now: what an erasure request would be refused for."""
+    return {"customer_id": customer_id, "holds": await commands.legal_holds(svc, customer_id)}

@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Annotated, Any, ClassVar
 from uuid import UUID, uuid4
@@ -74,7 +74,7 @@ from tsop_events.inbound import (
     Number,
     TextCheck,
 )
-from tsop_events.personal import PersonalFields
+from tsop_events.personal import ERASED, PersonalFields
 from tsop_events.runtime import Service
 from tsop_events.schemas import Channel, CustomerTier
 from tsop_events.settings import ServiceSettings
@@ -84,6 +84,7 @@ from tsop_intake.catalogue import Catalogue
 from tsop_intake.domain import (
     ChannelSystem,
     CustomerErasure,
+    ErasureRefusal,
     Facts,
     IdempotencyConflict,
     InvalidChange,
@@ -92,7 +93,7 @@ from tsop_intake.domain import (
     UnknownServiceType,
     review,
 )
-from tsop_intake.projection import FINISHED
+from tsop_intake.projection import FINISHED, covering_holds
 from tsop_intake.views import IntakeIndex
 
 __all__ = [
@@ -117,8 +118,9 @@ class IntakeApp(EventStoreApp):
     """Intake's event store, with what its commands read: the catalogue, the clock and the index."""
 
     personal: ClassVar[Mapping[type, PersonalFields]] = {
+        # the fingerprint (a hash of the personal fields, for Idempotency-Key retries) is sealed with them
         ServiceRequest.Submitted: PersonalFields(
-            PERSONAL_FIELDS, customer="customer_id", keep=SERVICE_RECORD_ATTRIBUTES),
+            PERSONAL_FIELDS | {"fingerprint"}, customer="customer_id", keep=SERVICE_RECORD_ATTRIBUTES),
         ServiceRequest.Updated: PersonalFields(PERSONAL_FIELDS, within="changes", keep=SERVICE_RECORD_ATTRIBUTES),
         ServiceRequest.ResolutionConfirmed: PersonalFields(frozenset({"note"})),  # the customer's words
     }
@@ -134,6 +136,11 @@ class IntakeApp(EventStoreApp):
         self.catalogue = catalogue or Catalogue.load()
         self.clock = clock or SystemClock()
         self.index = IntakeIndex(self)
+
+    def forget_erased(self, customer_ids: Iterable[str]) -> None:
+        customers = frozenset(customer_ids)
+        self.index.forget_customers(customers)
+        super().forget_erased(customers)
 
     def get_request(self, ticket_id: UUID) -> ServiceRequest | None:
         found = self.find(ticket_id)
@@ -341,6 +348,9 @@ def _reason(name: str, value: str | None) -> str | None:
 
 
 def _fingerprint(fields: dict[str, Any]) -> str:
+    """The submission's fingerprint: an ``Idempotency-Key`` retry must send the same body. It is a hash of the
+    customer's personal fields, so it is stored and opened like them (sealed under the ticket's data key, see
+    ``IntakeApp.personal``): once they are erased nobody can match it with guessed plaintext (docs/erasure.md)."""
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -506,7 +516,8 @@ async def submit(
     else:
         owner = f"staff:{caller.subject}"
         await check_callback(svc, "callback_url", data["callback_url"])
-    fingerprint = _fingerprint(data)
+    # only a keyed submission can be retried: one without a key has nothing to be compared with
+    fingerprint = _fingerprint(data) if idempotency_key else ""
     ticket_id = derived_id("request", owner, idempotency_key) if idempotency_key else uuid4()
     if idempotency_key and ticket_id in app.index.versions:
         return await _replay(svc, ticket_id, fingerprint), False
@@ -570,6 +581,8 @@ async def submit(
 
 
 def _same_submission(existing: ServiceRequest, fingerprint: str) -> ServiceRequest:
+    if getattr(existing, "fingerprint", None) == ERASED:
+        return existing  # its customer's data was erased: the body cannot be compared, the retry gets the request
     if getattr(existing, "fingerprint", None) != fingerprint:
         raise IdempotencyConflict("this key was already used for a different request", "Idempotency-Key")
     return existing
@@ -818,6 +831,7 @@ async def request_erasure(
     keys (every time: a repeat after a crash between the two completes it). (record, created, keys destroyed)."""
     app = svc.app
     erasure_id = CustomerErasure.id_for(customer_id)
+    await _refuse_under_hold(svc, customer_id, legal_basis, reference, caller)
 
     def record(uow: UnitOfWork) -> tuple[CustomerErasure, bool]:
         found = uow.find(CustomerErasure, erasure_id)
@@ -829,6 +843,39 @@ async def request_erasure(
 
     erasure, created = await svc.commands.run(record)
     destroyed = await asyncio.to_thread(app.keyring.erase, customer_id)
-    # what this process holds opened in memory: aggregates loaded before the keys were destroyed
-    app.forget_opened()
+    # what this process holds opened or derived in memory: aggregates loaded before the keys were destroyed, the
+    # duplicate index's locations (other processes forget when they hear CustomerDataErased)
+    app.forget_erased({customer_id})
     return erasure, created, destroyed
+
+
+async def legal_holds(svc: Intake, customer_id: str) -> list[dict[str, Any]]:
+    """The legal holds in force that intake has heard of and that cover the customer: on the customer, on one of
+    their requests, or on an incident one of their requests was linked to (docs/erasure.md)."""
+    await asyncio.to_thread(svc.app.index.refresh)
+    tickets = sorted(str(t) for t in svc.app.index.tickets_of(customer_id))
+    return await covering_holds(svc.pool, customer_id, tickets)
+
+
+async def _refuse_under_hold(
+    svc: Intake, customer_id: str, legal_basis: str, reference: str, caller: Principal
+) -> None:
+    """A legal hold preserves evidence: while one covers the customer their data may not be destroyed (409 naming
+    each hold; nothing is erased). The refusal is recorded (``CustomerErasureRefused``), auditable as the erasure
+    would have been. Released, the request can be made again."""
+    holds = await legal_holds(svc, customer_id)
+    if not holds:
+        return
+    app = svc.app
+
+    def record(uow: UnitOfWork) -> ErasureRefusal:
+        refusal = ErasureRefusal.record(customer_id, legal_basis, reference, caller.subject, app.clock.now(), holds)
+        uow.add(refusal)
+        return refusal
+
+    refusal = await svc.commands.run(record)
+    named = "; ".join(
+        f"{h['kind']} {h['subject']}" + (f" (through ticket {h['ticket_id']})" if h.get("ticket_id") else "")
+        + f", placed {h['placed_at']}: {h['reason']}" for h in holds)
+    raise Conflict(f"a legal hold covers this customer's data ({named}); the erasure must wait until it is "
+                   "released", "customer_id", holds=holds, refusal_id=str(refusal.id))

@@ -655,3 +655,42 @@ class CustomerErasure(Aggregate):
         self.reference = reference
         self.requested_by = requested_by
         self.requested_at = requested_at
+
+
+class ErasureRefusal(Aggregate):
+    """An erasure request refused because legal holds cover the customer: who asked, on which basis, and which
+    holds stood in the way, so that the refusal is auditable as the erasure would have been. The customer's data
+    is untouched; once the holds are released the request can be made again."""
+
+    class Recorded(Aggregate.Created):
+        customer_id: str
+        legal_basis: str
+        reference: str
+        requested_by: str
+        refused_at: datetime
+        holds: list[dict[str, str]]
+
+    @classmethod
+    def record(
+        cls, customer_id: str, legal_basis: str, reference: str, requested_by: str, refused_at: datetime,
+        holds: list[dict[str, str]],
+    ) -> ErasureRefusal:
+        if legal_basis not in LEGAL_BASES:
+            raise Invalid(f"not a legal basis; one of {', '.join(LEGAL_BASES)}", "legal_basis")
+        refusal: ErasureRefusal = cls(
+            customer_id=customer_id, legal_basis=legal_basis, reference=reference, requested_by=requested_by,
+            refused_at=refused_at, holds=[{k: h[k] for k in ("hold_id", "kind", "subject")} for h in holds],
+        )
+        return refusal
+
+    @event(Recorded)
+    def __init__(
+        self, customer_id: str, legal_basis: str, reference: str, requested_by: str, refused_at: datetime,
+        holds: list[dict[str, str]],
+    ) -> None:
+        self.customer_id = customer_id
+        self.legal_basis = legal_basis
+        self.reference = reference
+        self.requested_by = requested_by
+        self.refused_at = refused_at
+        self.holds = holds

@@ -12,7 +12,7 @@ from tsop_events.settings import ServiceSettings
 from tsop_intake.api import router
 from tsop_intake.catalogue import Catalogue
 from tsop_intake.commands import IntakeApp
-from tsop_intake.projection import RequestStatusProjection
+from tsop_intake.projection import LegalHoldProjection, RequestStatusProjection
 from tsop_intake.tmf import hub
 from tsop_intake.tmf.api import BASE as TMF_BASE
 from tsop_intake.tmf.api import router as tmf_router
@@ -53,6 +53,11 @@ def tmf_projection(svc: Service[IntakeApp]) -> TmfTicketProjection:
     return TmfTicketProjection(svc.pool, hub.Outbox())
 
 
+def hold_projection(svc: Service[IntakeApp]) -> LegalHoldProjection:
+    """The legal holds the archive announced: an erasure they cover is refused (docs/erasure.md)."""
+    return LegalHoldProjection(svc.pool)
+
+
 def bootstrap(settings: IntakeSettings | None = None) -> IntakeService:
     """The intake service: checks the catalogue now (a bad file stops the start with the reason)."""
     s = settings or IntakeSettings()
@@ -69,7 +74,7 @@ def bootstrap(settings: IntakeSettings | None = None) -> IntakeService:
         s,
         app_factory=make_app,
         mapper=WIRE,
-        sinks=[status_projection, tmf_projection],
+        sinks=[status_projection, tmf_projection, hold_projection],
         tasks=[follow_log, completion_deadlines, deliver_notifications],
         token_resolvers=[channel_tokens],
         commit_writers=s.commit_writers,

@@ -1,4 +1,5 @@
-"""Intake's read model: where each request stands, fed by the whole ticket stream."""
+"""Intake's read models: where each request stands, fed by the whole ticket stream; and the legal holds the
+archive announced, with the incidents tickets were linked to (an erasure a hold covers is refused)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import asyncpg
 
 from tsop_events import schemas as wire
 from tsop_events.consumer import Incoming, ProjectionSink
+from tsop_events.topics import Topic
 
 # Native lifecycle statuses, in the order a ticket moves through them.
 STATUS_OF: dict[str, str] = {
@@ -107,3 +109,69 @@ def current_status(history: list[dict[str, Any]]) -> str | None:
         # the reopening itself shows as reopened, whatever status its entry recorded
         since = [{**since[0], "status": "reopened"}, *since[1:]]
     return max((h["status"] for h in since), key=lambda st: RANK.get(st, -1), default=None)
+
+
+# ---------------------------------------------------------------- legal holds (docs/erasure.md)
+
+HOLD_EVENTS = frozenset({
+    wire.LegalHoldPlaced.event_type, wire.LegalHoldReleased.event_type, wire.LegalHoldPlacedAgain.event_type,
+    wire.IncidentTicketLinked.event_type,
+})
+
+
+class LegalHoldProjection(ProjectionSink):
+    """The legal holds the archive announced (on the customers topic) and which tickets were ever linked to which
+    incident (the archive's holds cover an incident's tickets whether or not they were unlinked since)."""
+
+    name: ClassVar[str] = "intake-legal-holds"
+    topics: ClassVar[tuple[Topic, ...]] = (Topic.customers, Topic.incidents)
+    event_types: ClassVar[frozenset[str] | None] = HOLD_EVENTS
+    ddl: ClassVar[tuple[str, ...]] = (
+        """CREATE TABLE IF NOT EXISTS legal_holds (
+            hold_id text PRIMARY KEY, kind text NOT NULL, subject text NOT NULL, active boolean NOT NULL,
+            placed_by text NOT NULL, reason text NOT NULL, placed_at timestamptz NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS legal_holds_subject ON legal_holds (kind, subject) WHERE active",
+        """CREATE TABLE IF NOT EXISTS incident_tickets (
+            ticket_id text NOT NULL, incident_id text NOT NULL, PRIMARY KEY (ticket_id, incident_id))""",
+    )
+
+    async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
+        e = incoming.event
+        if isinstance(e, wire.LegalHoldPlaced):
+            await conn.execute(
+                "INSERT INTO legal_holds VALUES ($1, $2, $3, true, $4, $5, $6) ON CONFLICT (hold_id) DO NOTHING",
+                e.hold_id, e.kind, e.subject, e.placed_by, e.reason, e.placed_at)
+        elif isinstance(e, wire.LegalHoldPlacedAgain):
+            await conn.execute(
+                "UPDATE legal_holds SET active = true, placed_by = $2, reason = $3, placed_at = $4 WHERE hold_id = $1",
+                e.hold_id, e.placed_by, e.reason, e.placed_at)
+        elif isinstance(e, wire.LegalHoldReleased):
+            await conn.execute("UPDATE legal_holds SET active = false WHERE hold_id = $1", e.hold_id)
+        elif isinstance(e, wire.IncidentTicketLinked):
+            await conn.execute("INSERT INTO incident_tickets VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                               e.ticket_id, e.incident_id)
+
+
+async def covering_holds(pool: asyncpg.Pool, customer_id: str, tickets: list[str]) -> list[dict[str, Any]]:
+    """The holds in force on the customer, on one of ``tickets`` (theirs), or on an incident one of them was
+    linked to; each with ``ticket_id`` when it covers the customer through a ticket."""
+    rows = await pool.fetch(
+        """SELECT h.hold_id, h.kind, h.subject, h.reason, h.placed_by, h.placed_at, NULL AS ticket_id
+             FROM legal_holds h WHERE h.active AND h.kind = 'customer' AND h.subject = $1
+           UNION ALL
+           SELECT h.hold_id, h.kind, h.subject, h.reason, h.placed_by, h.placed_at, NULL
+             FROM legal_holds h WHERE h.active AND h.kind = 'ticket' AND h.subject = ANY($2::text[])
+           UNION ALL
+           SELECT DISTINCT ON (h.hold_id) h.hold_id, h.kind, h.subject, h.reason, h.placed_by, h.placed_at,
+                  l.ticket_id
+             FROM legal_holds h JOIN incident_tickets l ON l.incident_id = h.subject
+             WHERE h.active AND h.kind = 'incident' AND l.ticket_id = ANY($2::text[])
+           ORDER BY 6, 1""",
+        customer_id, tickets,
+    )
+    return [
+        {"hold_id": r["hold_id"], "kind": r["kind"], "subject": r["subject"], "reason": r["reason"],
+         "placed_by": r["placed_by"], "placed_at": r["placed_at"].isoformat(),
+         **({"ticket_id": r["ticket_id"]} if r["ticket_id"] else {})}
+        for r in rows
+    ]

@@ -12,7 +12,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -22,6 +22,7 @@ from eventsourcing.persistence import Notification
 
 from tsop_events.auth import Principal, Role, TokenResolver, followed_resolver
 from tsop_events.commands import UnitOfWork
+from tsop_events.personal import ERASED, erase_tree
 from tsop_events.runtime import Service
 from tsop_events.store import EventStoreApp, LogFollower
 from tsop_intake.domain import SELF_SERVICE, ChannelSystem, ServiceRequest, location_key
@@ -59,6 +60,11 @@ class OpenRequest:
     @property
     def key(self) -> DupKey:
         return (self.customer_id, self.service_type, location_key(self.location))
+
+    @property
+    def erased(self) -> bool:
+        """Its location was erased (the customer's data keys destroyed): nothing to recognise a duplicate by."""
+        return self.location is not None and ERASED in self.location.values()
 
 
 class Window:
@@ -102,6 +108,8 @@ class IntakeIndex(LogFollower):
         self.open: dict[UUID, OpenRequest] = {}
         self.finished: dict[UUID, OpenRequest] = {}  # dropped as finished downstream (back in ``open`` if reopened)
         self.by_key: dict[DupKey, UUID] = {}
+        # every request of each customer (legal holds on their tickets): a list, the smallest container per customer
+        self.by_customer: dict[str, list[UUID]] = {}
         self.pending: dict[UUID, datetime] = {}
         self.queued: dict[UUID, OpenRequest] = {}
         self.per_channel: dict[str, Window] = {}
@@ -149,6 +157,9 @@ class IntakeIndex(LogFollower):
         """Undo what ``observe`` noted for a request whose save failed."""
         with self.lock:
             self.versions.pop(ticket, None)
+            noted = self.open.get(ticket)
+            if noted is not None and ticket in self.by_customer.get(noted.customer_id, ()):
+                self.by_customer[noted.customer_id].remove(ticket)
             self._close(ticket)
             self.pending.pop(ticket, None)
             for w in (*self.per_channel.values(), *self.per_customer.values()):
@@ -166,7 +177,9 @@ class IntakeIndex(LogFollower):
             req = OpenRequest(e.customer_id, e.service_type, e.location, "submitted", e.channel_id,
                               e.customer_tier, e.region, e.submitted_at)
             self.open[tid] = req
-            self.by_key.setdefault(req.key, tid)
+            self._index(tid, req)
+            if e.customer_id:
+                self.by_customer.setdefault(e.customer_id, []).append(tid)
             self.per_channel.setdefault(e.channel_id or e.channel, Window(timedelta(minutes=1))).add(
                 tid, e.submitted_at)
             if e.customer_id:  # a ticket without its customer yet counts for nobody
@@ -181,7 +194,12 @@ class IntakeIndex(LogFollower):
                 for name in ("customer_id", "service_type", "location", "customer_tier", "region"):
                     if name in e.changes:
                         setattr(req, name, e.changes[name])
-                self.by_key.setdefault(req.key, tid)
+                self._index(tid, req)
+            completed = e.changes.get("customer_id")
+            if isinstance(completed, str) and completed:  # a request completed with its customer
+                tickets = self.by_customer.setdefault(completed, [])
+                if tid not in tickets:
+                    tickets.append(tid)
         elif isinstance(e, ServiceRequest.PendingInformation):
             self.pending[tid] = e.complete_by
             self._status(tid, "pending_information")
@@ -237,6 +255,28 @@ class IntakeIndex(LogFollower):
         if req is not None and self.by_key.get(req.key) == tid:
             del self.by_key[req.key]
 
+    def _index(self, tid: UUID, req: OpenRequest) -> None:
+        """A duplicate target, unless its location was erased (a rebuild from the log reads it as ``[erased]``)."""
+        if not req.erased:
+            self.by_key.setdefault(req.key, tid)
+
+    def forget_customers(self, customers: Collection[str]) -> None:
+        """These customers' personal data was erased: what the index derived from it (the location its duplicate
+        keys hold) goes at once, leaving what a rebuild from the log would read (``[erased]``), not what this
+        process saw before; their requests stay, as the service record."""
+        with self.lock:
+            for tid, req in (*self.open.items(), *self.finished.items()):
+                if req.customer_id not in customers or req.location is None or req.erased:
+                    continue
+                if self.by_key.get(req.key) == tid:
+                    del self.by_key[req.key]
+                req.location = erase_tree(req.location)
+
+    def tickets_of(self, customer_id: str) -> frozenset[UUID]:
+        """Every request of the customer this index has read (open or not)."""
+        with self.lock:
+            return frozenset(self.by_customer.get(customer_id, ()))
+
     def _outcome(self, name: str) -> None:
         self.outcomes[name] = self.outcomes.get(name, 0) + 1
 
@@ -275,7 +315,7 @@ class IntakeIndex(LogFollower):
             if req is not None and ticket not in self.open:
                 req.status = "reopened"
                 self.open[ticket] = req
-                self.by_key.setdefault(req.key, ticket)
+                self._index(ticket, req)
 
     def recent(self, channel_key: str, customer_id: str, now: datetime) -> tuple[int, int]:
         with self.lock:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from tsop_events import schemas as wire
 from tsop_events.wiremap import Source, WireMap
-from tsop_intake.domain import ChannelSystem, CustomerErasure, Json, ServiceRequest
+from tsop_intake.domain import ChannelSystem, CustomerErasure, ErasureRefusal, Json, ServiceRequest
 
 
 def _ticket(e: ServiceRequest.Event | ChannelSystem.Event) -> str:
@@ -47,4 +47,5 @@ WIRE = (
     .add(ChannelSystem.CredentialRevoked, wire.ChannelCredentialRevoked,
          fields={**CHANNEL, "token_sha256": "token_hash"})
     .add(CustomerErasure.Requested, wire.CustomerDataErased, fields={"erased_at": "requested_at"})
+    .add(ErasureRefusal.Recorded, wire.CustomerErasureRefused, fields={"refusal_id": _ticket})
 )

@@ -146,12 +146,18 @@ async def receive(
     channel = channel_of(caller)
     source: Source = "channel" if channel is not None else "agent"
 
+    # with a key, the complaint's id derives from it, so its fingerprint can be keyed by the complaint's data key
+    # before it exists: the description is personal (docs/erasure.md)
+    cid = derived_id("complaint-key", caller.subject, idempotency_key) if idempotency_key else uuid4()
+
     def decide(uow: UnitOfWork) -> Complaint:
-        return _receive(uow, d.policy, uuid4(), customer_id=customer_id, channel_id=channel, source=source,
+        return _receive(uow, d.policy, cid, customer_id=customer_id, channel_id=channel, source=source,
                         complaint_type=complaint_type, description=description, ticket_ids=ticket_ids,
                         by=caller.subject, at=_now(svc))
 
-    key = Idempotency.of(f"complaint:{caller.subject}", idempotency_key, body) if idempotency_key else None
+    key = await asyncio.to_thread(
+        Idempotency.of, f"complaint:{caller.subject}", idempotency_key, body, keyring=svc.app.keyring,
+        subject=str(cid), customer=customer_id) if idempotency_key else None
     return await svc.commands.run_once(
         key, decide, lambda c: str(c.id), lambda uow, cid: uow.load(Complaint, UUID(cid)))
 
