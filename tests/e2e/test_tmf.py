@@ -267,7 +267,7 @@ def test_a_channel_closes_a_resolved_ticket_on_its_customers_confirmation(platfo
     assert late.status_code == 409, late.text  # closed on the confirmation: the window ended with it
     dossier = platform.wait_archived(t["id"])
     confirmed = [e for e in dossier["events"] if e["type"] == "tsop.ticket.resolution-confirmed.v1"]
-    assert len(confirmed) == 1 and confirmed[0]["data"]["note"] == "works again, thanks"  # opened for the auditor
+    assert len(confirmed) == 1 and confirmed[0]["data"]["comment"] == "works again, thanks"  # opened for the auditor
     # ... and stored sealed: the customer's words are personal data (docs/erasure.md)
     stored = asyncio.run(_archived_data(stack, t["id"], "tsop.ticket.resolution-confirmed.v1"))
     assert "confirmed_by" in stored and "works again" not in stored

@@ -78,3 +78,52 @@ def test_a_background_loop_that_raises_is_restarted_and_shown_in_readyz_until_it
     failing, healthy = asyncio.run(scenario())
     assert failing == {"failing": {"task expiry": "ValueError: a poisoned row"}}
     assert healthy == {} and len(starts) == 3
+
+
+def test_a_fault_of_shared_work_done_elsewhere_is_forgotten_and_texts_quote_no_input() -> None:
+    from pydantic import BaseModel, ValidationError
+
+    class Body(BaseModel):
+        score: int
+
+    faults = Faults("svc")
+    try:
+        Body.model_validate({"score": "Alice Example, 13800138000"})
+    except ValidationError as exc:
+        faults.failed("inbox k1", exc)
+    faults.failed("inbox k2", RuntimeError("x"))
+    faults.failed("timer", RuntimeError("y"))
+    assert "13800138000" not in faults.current["inbox k1"]  # /readyz is unauthenticated: no personal data
+    faults.only("inbox ", {"inbox k2"})  # k1 was done by another instance meanwhile
+    assert set(faults.current) == {"inbox k2", "timer"}
+
+
+def test_a_loop_that_failed_then_ended_is_no_longer_failing_and_a_stop_waits_for_its_clean_up() -> None:
+    rt: Runtime = Runtime(ServiceSettings(service_name="faults2"))
+    runs: list[int] = []
+    cleaned: list[bool] = []
+
+    async def once_broken() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise ValueError("first try")
+
+    async def crash_looping() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0.05)  # its clean-up takes a moment (a consumer's stop)
+            cleaned.append(True)
+
+    async def scenario() -> dict[str, object]:
+        rt._spawn("once", once_broken)
+        rt._spawn("forever", crash_looping)
+        await asyncio.sleep(1.5)  # failed, restarted a second later, then ended
+        seen = rt.degraded()
+        for t in rt._tasks:
+            t.cancel()
+        await asyncio.gather(*rt._tasks, return_exceptions=True)
+        return seen
+
+    assert asyncio.run(scenario()) == {} and len(runs) == 2
+    assert cleaned == [True]  # the stop waited for the loop's clean-up

@@ -247,7 +247,7 @@ def test_a_confirmation_passed_on_by_intake_closes_or_is_kept_and_never_stops_th
     bus = Bus(app)
 
     def confirmed(ticket: str) -> wire.ResolutionConfirmed:
-        return wire.ResolutionConfirmed(ticket_id=ticket, confirmed_by="channel:crm", note="works again",
+        return wire.ResolutionConfirmed(ticket_id=ticket, confirmed_by="channel:crm", comment="works again",
                                         confirmed_at=NOW + timedelta(hours=1))
 
     def resolved(ticket: str) -> wire.Resolved:
@@ -273,3 +273,16 @@ def test_a_confirmation_passed_on_by_intake_closes_or_is_kept_and_never_stops_th
     asyncio.run(commands.rate(service(app), "t3", 5, None))
     bus(confirmed("t3"))
     assert app.repository.get(case_id("t3")).closed_basis == "rated"
+    # before the resolution reached feedback, another early answer was kept: a rating, or a confirmation with
+    # other words (two PATCHes): the first stands, and the record never stops the consumer (no dead letter)
+    bus(submitted("t4", "https://ok.example/cb"))
+    asyncio.run(commands.rate(service(app), "t4", 4, None, patience=0))
+    bus(confirmed("t4"))
+    bus(resolved("t4"))
+    assert app.repository.get(case_id("t4")).closed_basis == "rated"
+    bus(submitted("t5", "https://ok.example/cb"))
+    bus(confirmed("t5"))
+    bus(wire.ResolutionConfirmed(ticket_id="t5", confirmed_by="channel:crm", comment="other words",
+                                 confirmed_at=NOW + timedelta(hours=2)))
+    bus(resolved("t5"))
+    assert app.repository.get(case_id("t5")).closed_basis == "confirmed"

@@ -15,6 +15,8 @@ from typing import TypeVar
 
 from prometheus_client import Gauge
 
+from tsop_events.personal import error_text
+
 FAILING = Gauge("tsop_background_failing", "1 while a background step fails (see /readyz degraded.failing)",
                 ["service", "step"])
 T = TypeVar("T")
@@ -29,7 +31,8 @@ class Faults:
         self.current: dict[str, str] = {}
 
     def failed(self, step: str, exc: BaseException | str) -> None:
-        text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        # /readyz is unauthenticated: the error's text without the input values a validation error would quote
+        text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {error_text(exc)}"
         if self.current.get(step) == text:
             return
         self.current[step] = text
@@ -42,8 +45,14 @@ class Faults:
 
     def ok(self, step: str) -> None:
         if self.current.pop(step, None) is not None:
-            FAILING.labels(self.service, step).set(0)
+            FAILING.remove(self.service, step)  # no series left behind per step that once failed
             self.log.info("%s: %s works again", self.service, step)
+
+    def only(self, prefix: str, current: set[str]) -> None:
+        """Forget the faults of steps named ``prefix…`` that are not among ``current``: work another instance did
+        meanwhile (a shared inbox's entry, an incident's resolution) no longer fails here."""
+        for step in [s for s in self.current if s.startswith(prefix) and s not in current]:
+            self.ok(step)
 
     async def step(self, name: str, run: Callable[[], Awaitable[T]]) -> T | None:
         """Run one step, isolated: a failure is reported (once while it lasts) and None returned, so the next

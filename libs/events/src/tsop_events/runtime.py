@@ -161,9 +161,12 @@ class Runtime(Generic[A, S]):
                     if not done:
                         self.faults.ok(step)  # running again, and for a while: what it failed with has passed
                     await task
+                    self.faults.ok(step)  # it ended as it should (it may have failed before)
                     return
                 except asyncio.CancelledError:
-                    task.cancel()
+                    task.cancel()  # stopping: the loop's own clean-up finishes before the runtime closes its pools
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
                     raise
                 except Exception as exc:  # noqa: BLE001 - a loop that fails is restarted, never given up
                     self.faults.failed(step, exc)

@@ -384,7 +384,7 @@ class ResolutionConfirmed(TicketEvent):
         "basis `confirmed` (or keeps it until the resolution reaches feedback)."
     )
     confirmed_by: str = Field(description="The channel system (or staff member) that passed it on.")
-    note: Personal | None = Field(default=None, description="The customer's words, if any (TMF statusChangeReason).")
+    comment: Personal | None = Field(default=None, description="The customer's words, if any (TMF statusChangeReason).")
     confirmed_at: datetime
 
 

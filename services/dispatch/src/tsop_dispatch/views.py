@@ -486,6 +486,8 @@ async def resolve_held(svc: Service[DispatchApp], chunk: int = RESOLVE_CHUNK, bu
             return sorted(i for i in board.resolving if i)
 
     incidents = await asyncio.to_thread(resolving)
+    # an incident that failed here and that another instance has resolved since no longer fails here
+    faults.only("resolve_held:", {f"resolve_held:{i}" for i in incidents})
     total = 0
     for incident_id in incidents:
         step = f"resolve_held:{incident_id}"

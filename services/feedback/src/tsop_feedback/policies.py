@@ -10,7 +10,7 @@ from tsop_events.consumer import EventStoreSink, Incoming, UnitOfWork
 from tsop_events.runtime import Service
 from tsop_events.topics import Topic
 from tsop_feedback.commands import FeedbackApp, access_id, case_id, channel_template, queue_notification
-from tsop_feedback.domain import AlreadyClosed, ChannelAccess, FeedbackCase
+from tsop_feedback.domain import ChannelAccess, FeedbackCase, FeedbackError
 
 
 def when(at: datetime | None) -> str | None:
@@ -112,11 +112,14 @@ class FollowTickets(EventStoreSink):
         elif isinstance(ev, wire.ResolutionConfirmed):
             # the customer's confirmation, passed on by intake (a TMF621 channel closed its resolved ticket): as
             # POST /v1/tickets/{id}/confirmation, kept until the resolution arrives if it has not yet
-            note = self.feedback.keyring.open(ev.note)  # sealed again in feedback's own store
+            note = self.feedback.keyring.open(ev.comment)  # sealed again in feedback's own store
             try:
                 case.confirm(ev.confirmed_by, ev.confirmed_at, note, self.feedback.policy.rules)
-            except AlreadyClosed:
-                pass  # closed meanwhile (rated, or the window lapsed): the closure stands, with its own basis
+            except FeedbackError:
+                # closed meanwhile (rated, or the window lapsed), or another early answer kept already (a rating,
+                # a confirmation with other words): the customer's first answer stands; one record never stops
+                # the consumer
+                pass
 
     def subscription(self, uow: UnitOfWork, case: FeedbackCase) -> tuple[str, str, list[str]]:
         """(template kind, language, steps) of the ticket's channel; SMS in Chinese, the result only, by default."""

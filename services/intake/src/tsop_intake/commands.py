@@ -122,7 +122,7 @@ class IntakeApp(EventStoreApp):
         ServiceRequest.Submitted: PersonalFields(
             PERSONAL_FIELDS | {"fingerprint"}, customer="customer_id", keep=SERVICE_RECORD_ATTRIBUTES),
         ServiceRequest.Updated: PersonalFields(PERSONAL_FIELDS, within="changes", keep=SERVICE_RECORD_ATTRIBUTES),
-        ServiceRequest.ResolutionConfirmed: PersonalFields(frozenset({"note"})),  # the customer's words
+        ServiceRequest.ResolutionConfirmed: PersonalFields(frozenset({"comment"})),  # the customer's words
     }
 
     def __init__(

@@ -300,7 +300,7 @@ class ServiceRequest(Aggregate):
 
     class ResolutionConfirmed(Aggregate.Event):
         confirmed_by: str
-        note: str | None
+        comment: str | None
         confirmed_at: datetime
 
     @event(Submitted)
@@ -471,16 +471,16 @@ class ServiceRequest(Aggregate):
         for name, value in changes.items():
             setattr(self, name, value)
 
-    def confirm_resolution(self, by: str, note: str | None, at: datetime) -> None:
+    def confirm_resolution(self, by: str, comment: str | None, at: datetime) -> None:
         """The customer confirmed, through their channel, that the resolution solved the problem (§2.4): intake
         records it; feedback closes the ticket on it. Only an accepted request has been worked and resolved
         (whether it is resolved now is downstream's to know: the command checks the status read model)."""
         if self.status != "accepted":
             raise InvalidState(self.status, "confirm the resolution of")
-        self._resolution_confirmed(confirmed_by=by, note=note, confirmed_at=at)
+        self._resolution_confirmed(confirmed_by=by, comment=comment, confirmed_at=at)
 
     @event(ResolutionConfirmed)
-    def _resolution_confirmed(self, confirmed_by: str, note: str | None, confirmed_at: datetime) -> None:
+    def _resolution_confirmed(self, confirmed_by: str, comment: str | None, confirmed_at: datetime) -> None:
         pass  # the request stays accepted here; its closure is feedback's (tickets topic: Closed)
 
     def cancel(self, reason_code: str, reason: str, by: str, at: datetime) -> None:

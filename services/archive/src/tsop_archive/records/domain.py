@@ -316,7 +316,7 @@ WORK_LOG_TYPES = frozenset({
 
 PERSONAL_FIELDS = frozenset({
     "customer_id", "description", "special_needs", "callback_url", "location", "details", "attributes",
-    "channel_request_ref", "name", "contact", "address", "phone", "email", "comment", "note", "notes", "text",
+    "channel_request_ref", "name", "contact", "address", "phone", "email", "comment", "notes", "text",
     "source_value",  # a dead letter's copy of the failed record, whole: it may hold any of the above
 })
 """Fields that carry a customer's personal data (identity, contact, address, free text they wrote)."""

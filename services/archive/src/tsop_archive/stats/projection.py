@@ -187,9 +187,29 @@ DDL = (
     """CREATE TABLE IF NOT EXISTS stats_incidents (
         incident_id text PRIMARY KEY, declared_at timestamptz, restored_at timestamptz)""",
     "CREATE INDEX IF NOT EXISTS stats_incidents_declared ON stats_incidents (declared_at)",
-    # its scope, for the region and service-type filters (every region and service it ever named)
-    "ALTER TABLE stats_incidents ADD COLUMN IF NOT EXISTS regions text[] NOT NULL DEFAULT '{}'",
-    "ALTER TABLE stats_incidents ADD COLUMN IF NOT EXISTS services text[] NOT NULL DEFAULT '{}'",
+    # its scope, for the region and service-type filters (every region and service it ever named); NULL: an
+    # incident counted before the scope was kept, filled once from the archived log below
+    "ALTER TABLE stats_incidents ADD COLUMN IF NOT EXISTS regions text[]",
+    "ALTER TABLE stats_incidents ADD COLUMN IF NOT EXISTS services text[]",
+    """DO $$ BEGIN
+         IF to_regclass('archive_events') IS NOT NULL
+            AND EXISTS (SELECT 1 FROM stats_incidents WHERE regions IS NULL OR services IS NULL) THEN
+           PERFORM pg_advisory_xact_lock(7453504, 2);
+           UPDATE stats_incidents i SET
+             regions = ARRAY(SELECT DISTINCT v FROM archive_events e, jsonb_array_elements_text(
+                 CASE WHEN jsonb_typeof(e.data -> 'regions') = 'array' THEN e.data -> 'regions' ELSE '[]' END) v
+               WHERE e.key = i.incident_id
+                 AND e.ce_type ~ '^tsop[.]incidents?[.](incident-)?(declared|severity-changed)[.]'
+               ORDER BY 1),
+             services = ARRAY(SELECT DISTINCT v FROM archive_events e, jsonb_array_elements_text(
+                 CASE WHEN jsonb_typeof(e.data -> 'affected_services') = 'array' THEN e.data -> 'affected_services'
+                 ELSE '[]' END) v
+               WHERE e.key = i.incident_id
+                 AND e.ce_type ~ '^tsop[.]incidents?[.](incident-)?(declared|severity-changed)[.]'
+               ORDER BY 1)
+           WHERE i.regions IS NULL OR i.services IS NULL;
+         END IF;
+       END $$""",
     *ROLLUP_DDL,
 )
 
@@ -674,34 +694,49 @@ STORE_CONSUMER = "archive-store"  # the archive's own store (tsop_archive.projec
 
 async def rebuild(pool: asyncpg.Pool, tickets_topic: str, page: int = 25_000) -> int:
     """The statistics' ticket facts rebuilt from the archived log: every ticket's facts folded again from the
-    ``tickets`` records the archive stores, in store order, written over ``stats_tickets`` and
-    ``stats_assignments``, the per-day cells rebuilt from them, and the statistics consumer's positions on the
-    tickets topic set to the store's, all in one transaction: the consumer then goes on from where the log read
-    ends, and what it applies again is folded once (``fold_once``). For the archive stopped (after a fix of the
-    fold, say): a running statistics consumer would write beside it. How many events were folded."""
+    ``tickets`` records the archive stores, in store order (read in one snapshot, with the store's positions),
+    then written over ``stats_tickets`` and ``stats_assignments``, the per-day cells rebuilt from them and the
+    statistics consumer's positions on the tickets topic set to the store's (in one transaction): the consumer
+    then goes on from where the log read ends, and what it applies again is folded once (``fold_once``).
+
+    A ticket some of whose records retention purged cannot be folded again from what is left: its facts are
+    kept as they are. Run it with the archive stopped (after a fix of the fold, say): nothing here stops a
+    running statistics consumer writing beside it. How many events were folded."""
     facts: dict[str, TicketFacts] = {}
-    seen = 0
+    purged: set[str] = set()
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
         positions = await conn.fetch(
             "SELECT epoch, topic, partition, next_offset FROM tsop_consumer_offsets WHERE consumer = $1 AND topic = $2",
             STORE_CONSUMER, tickets_topic)
         loads, get, wanted_types = orjson.loads, facts.get, StatsProjection.event_types or frozenset()
         async for r in conn.cursor(
-            "SELECT key, ce_id, ce_type, ce_time, data::text AS data FROM archive_events "
+            "SELECT key, ce_id, ce_type, ce_time, data::text AS data, raw FROM archive_events "
             "WHERE topic = $1 AND key IS NOT NULL ORDER BY seq", tickets_topic, prefetch=page,
         ):
             if r["ce_type"] not in wanted_types:
                 continue  # as the consumer: only the types it reads (the others' offsets are done all the same)
             key = r["key"]
-            body = r["data"]
+            text = r["data"] if r["data"] is not None else r["raw"]  # a body jsonb refused is kept as it came
+            if text is None:
+                purged.add(key)  # its body is gone (retention): this ticket's facts cannot be folded again
+                continue
+            try:
+                body = loads(text)
+            except orjson.JSONDecodeError:
+                purged.add(key)
+                continue
             f = get(key)
             if f is None:
                 f = facts[key] = TicketFacts(key)
             # each stored event once (ce_id is unique in the store): folded in place, no copy per event
-            fold(f, r["ce_type"], loads(body) if body is not None else {}, r["ce_time"], in_place=True)
+            fold(f, r["ce_type"], body if isinstance(body, dict) else {}, r["ce_time"], in_place=True)
             f.seen.append(r["ce_id"])
-            seen += 1
+    seen = sum(len(f.seen) for key, f in facts.items() if key not in purged)
     async with pool.acquire() as conn, conn.transaction():
+        kept = await load_facts(conn, sorted(purged))  # as the consumer folded them, before the bodies went
+        for key in purged:
+            facts.pop(key, None)
+        facts.update(kept)
         await conn.execute("TRUNCATE stats_tickets, stats_assignments")  # (the cells: stats_daily_rebuild)
         await conn.copy_records_to_table(
             "stats_tickets", records=[row_of(f) for f in facts.values()],

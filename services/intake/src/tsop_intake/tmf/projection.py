@@ -51,11 +51,17 @@ DDL: tuple[str, ...] = (
         channel_id text NOT NULL, status text NOT NULL, severity text NOT NULL, ticket_type text NOT NULL,
         priority_name text NOT NULL, part int NOT NULL, n bigint NOT NULL,
         PRIMARY KEY (channel_id, status, severity, ticket_type, priority_name, part))""",
-    # a read model from before the partitions' rows: its counts move over once, as part -1
+    # a read model from before the partitions' rows: its counts move over once, as part -1 (locked first, so no
+    # change of a still-running older instance is lost between the copy and the drop; added to what is there, so
+    # a table an older instance created again meanwhile moves over too). Stop older instances before upgrading:
+    # theirs would fail on the dropped table (services/intake/README.md, Upgrading)
     """DO $$ BEGIN
          IF to_regclass('tmf_ticket_count') IS NOT NULL THEN
+           LOCK TABLE tmf_ticket_count IN ACCESS EXCLUSIVE MODE;
            INSERT INTO tmf_ticket_counts SELECT channel_id, status, severity, ticket_type, priority_name, -1, n
-             FROM tmf_ticket_count;
+             FROM tmf_ticket_count
+             ON CONFLICT (channel_id, status, severity, ticket_type, priority_name, part)
+             DO UPDATE SET n = tmf_ticket_counts.n + EXCLUDED.n;
            DROP TABLE tmf_ticket_count;
          END IF;
        END $$""",
