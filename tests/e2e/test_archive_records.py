@@ -4,6 +4,7 @@ retention periods; roles and problem+json on every one of these routes."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -116,6 +117,14 @@ def test_bad_input_and_roles_on_the_records_routes(platform: Platform) -> None:
                 headers=platform.auth("auditor")), 422, "record_class")
     problem(platform.http.post(platform.url("archive", "/v1/legal-holds/planet/x"), json={"reason": "because"},
                                headers=platform.auth("auditor")), 422, "kind")
+    # any customer id intake takes can be held (spaces, +, non-ASCII); a control character cannot
+    odd = f"ACME 42+{uuid.uuid4().hex[:6]}-客户"
+    held = platform.http.post(platform.url("archive", f"/v1/legal-holds/customer/{quote(odd)}"),
+                              json={"reason": "litigation"}, headers=platform.auth("auditor"))
+    assert held.status_code == 201 and held.json()["subject"] == odd, held.text
+    assert get(platform, f"/v1/legal-holds/customer/{quote(odd)}").json()["active"] is True
+    problem(platform.http.post(platform.url("archive", "/v1/legal-holds/customer/a%07b"),
+                               json={"reason": "bell in the id"}, headers=platform.auth("auditor")), 422, "subject")
     problem(platform.http.post(platform.url("archive", "/v1/legal-holds/ticket/x/release"),
                                json={"reason": "never placed"}, headers=platform.auth("auditor")), 404)
     for path in ("/v1/archive/verify", "/v1/archive/checkpoints", "/v1/archive/keys", "/v1/retention",

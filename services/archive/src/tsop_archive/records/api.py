@@ -17,7 +17,7 @@ from tsop_archive.records.domain import HoldKind, LegalHold, RecordClass, Ticket
 from tsop_events.auth import Principal, Role, requires
 from tsop_events.errors import Invalid, NotFound
 from tsop_events.http import service_dependency
-from tsop_events.inbound import Inbound, Int, Text
+from tsop_events.inbound import Inbound, Int, Text, clean_text
 from tsop_events.runtime import Service
 
 router = APIRouter(tags=["records"])
@@ -174,9 +174,15 @@ class HoldAnswer(BaseModel):
 
 
 def _subject(subject: str) -> str:
-    if not 1 <= len(subject) <= 200 or not all(c.isalnum() or c in "._:@-" for c in subject):
-        raise Invalid("1 to 200 letters, digits or . _ : @ -", "subject")
-    return subject
+    """Any id intake takes for a customer (1 to 128 characters, no control character; a ticket's and an incident's
+    ids are within it), up to 200: a hold must be placeable on every customer whose data may expire."""
+    try:
+        text = clean_text(subject)
+    except ValueError:
+        raise Invalid("contains a control character", "subject") from None
+    if not 1 <= len(text) <= 200 or not text.strip():
+        raise Invalid("1 to 200 characters, not only spaces", "subject")
+    return text
 
 
 @router.post("/v1/legal-holds/{kind}/{subject}", status_code=201, response_model=HoldAnswer)
