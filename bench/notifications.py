@@ -66,6 +66,7 @@ class Receiver:
         self.delivered: dict[str, tuple[float, str, str, str, int]] = {}  # id → (at, kind, ticket, step, attempt)
         self.attempts: Counter[str] = Counter()
         self.duplicates = 0
+        self.duplicates_by_kind: Counter[str] = Counter()
         self.bad_signatures = 0
         self.disconnected = 0
         self.requests = 0
@@ -111,6 +112,7 @@ class Receiver:
             return 500, b'{"error":"try again"}'
         if delivery in self.delivered:
             self.duplicates += 1
+            self.duplicates_by_kind[kind] += 1
         else:
             data = json.loads(body)
             self.delivered[delivery] = (time.time(), kind, data["ticket_id"], data["step"], self.attempts[delivery])
@@ -119,7 +121,8 @@ class Receiver:
 
     def report(self, full: bool) -> bytes:
         out: dict[str, Any] = {"unique": len(self.delivered), "by_kind": dict(self.by_kind),
-                               "duplicates": self.duplicates, "bad_signatures": self.bad_signatures,
+                               "duplicates": self.duplicates,
+                               "duplicates_by_kind": dict(self.duplicates_by_kind), "bad_signatures": self.bad_signatures,
                                "disconnected": self.disconnected,
                                "requests": self.requests}
         if full:

@@ -7,7 +7,15 @@ import asyncio
 import httpx
 import pytest
 
-from tsop_events.outbound import RESPONSE_BYTES, OutboundGuard, client, parse_rules
+from tsop_events.outbound import (
+    DELIVERY_DEADLINE_FACTOR,
+    RESPONSE_BYTES,
+    Connections,
+    OutboundGuard,
+    client,
+    parse_rules,
+    send,
+)
 
 
 async def test_an_endless_answer_is_cut_and_a_slow_one_times_out() -> None:
@@ -48,3 +56,112 @@ async def test_an_endless_answer_is_cut_and_a_slow_one_times_out() -> None:
     finally:
         big.close()
         slow.close()
+
+
+async def test_the_lean_client_keeps_the_same_bounds_and_deadline() -> None:
+    """``Connections`` (the notifier's client) cuts an endless answer and times out a trickling one, like ``post``."""
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 500 Oops\r\nContent-Type: text/plain\r\n\r\n")  # no length: until close
+        try:
+            for _ in range(64):
+                writer.write(b"x" * (1 << 20))
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        writer.close()
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        try:
+            for _ in range(100):
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.2)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        writer.close()
+
+    async def huge_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        try:
+            writer.write(b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"y" * (1 << 20) + b"\r\n\r\n")
+            await writer.drain()
+        except ConnectionError:
+            pass
+        writer.close()
+
+    servers = [await asyncio.start_server(h, "127.0.0.1", 0) for h in (endless, trickle, huge_head)]
+    guard = OutboundGuard(parse_rules("127.0.0.1"), ())
+    conns = Connections(1.0)
+    big, slow, head = (s.sockets[0].getsockname()[1] for s in servers)
+    try:
+        status, answer = await conns.post(await guard.resolve(f"http://127.0.0.1:{big}/hook"), b"{}", {})
+        assert status == 500 and len(answer) == RESPONSE_BYTES
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await conns.post(await guard.resolve(f"http://127.0.0.1:{slow}/hook"), b"{}", {}, 1.0)
+        assert asyncio.get_running_loop().time() - t0 < DELIVERY_DEADLINE_FACTOR * 1.0 + 0.5  # the whole deadline
+        sent = await send(guard, conns, f"http://127.0.0.1:{head}/hook", b"{}", purpose="test")
+        assert not sent.ok and sent.status is None and sent.error is not None  # a head beyond the bound: failed
+        assert not conns.idle  # nothing kept of a cut or failed exchange
+    finally:
+        await conns.aclose()
+        for s in servers:
+            s.close()
+
+
+async def test_the_lean_client_keeps_connections_alive_reads_every_framing_and_resends_on_a_stale_one() -> None:
+    requests: list[bytes] = []
+    accepted: list[int] = []
+    answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbusy\r\n0\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    ]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                requests.append(head + await reader.readexactly(length))
+                writer.write(answers[(len(requests) - 1) % len(answers)])
+                await writer.drain()
+                if len(requests) == 5:  # closes a kept connection without answering the next request
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    guard = OutboundGuard(parse_rules("127.0.0.1"), (), resolver=lambda host, p: _answer(["127.0.0.1"]))
+    conns = Connections(2.0)
+    url = f"http://hooks.example:{port}/cb?x=1"
+    try:
+        got = [await conns.post(await guard.resolve(url), b'{"n":1}', {"X-TSOP-Delivery": "d1"}) for _ in range(4)]
+        assert got == [(200, "ok"), (503, "busy"), (204, ""), (200, "")]
+        assert len(accepted) == 1  # one connection for all four; the fourth said close
+        assert not conns.idle
+        assert await conns.post(await guard.resolve(url), b"{}", {}) == (200, "ok")  # a new connection (2nd)
+        await asyncio.sleep(0.05)  # the receiver closed it after answering
+        assert await conns.post(await guard.resolve(url), b"{}", {}) == (503, "busy")  # sent again on a third
+        assert len(accepted) == 3
+        first = requests[0].split(b"\r\n")
+        assert first[0] == b"POST /cb?x=1 HTTP/1.1" and f"Host: hooks.example:{port}".encode() in first
+        assert b"X-TSOP-Delivery: d1" in first and requests[0].endswith(b'\r\n\r\n{"n":1}')
+        with pytest.raises(ValueError):
+            await conns.post(await guard.resolve(url), b"{}", {"X-Bad": "a\r\nInjected: 1"})
+    finally:
+        await conns.aclose()
+        server.close()
+
+
+async def _answer(found: list[str]) -> list[str]:
+    return found

@@ -436,13 +436,14 @@ class Notifier:
         per_receiver: int = 16,
         batch: int = 512,
         dead: Callable[[Notification], Awaitable[None]] | None = None,
-        pools: outbound.Pools | None = None,
+        pools: outbound.Connections | None = None,
     ) -> None:
         self.svc, self.secret, self.timeout = svc, secret, timeout
         self.guard = guard or outbound.guard_for(None)
         self.policy = policy or outbound.RetryPolicy()
         self.capacity, self.per_receiver, self.batch, self.dead = capacity, per_receiver, batch, dead
-        self.pools = pools  # one connection pool per receiver; without, every post goes through the caller's client
+        # the lean client (kept-alive connections per receiver); without, every post goes through the caller's client
+        self.pools = pools
         self.inflight: dict[UUID, asyncio.Task[None]] = {}  # posting, or waiting for its outcome to be saved
         self.busy: Counter[str] = Counter()  # receiver → posts under way
         self.waiting: dict[str, deque[UUID]] = {}  # receiver → due notifications waiting for a free slot
@@ -546,7 +547,7 @@ class Notifier:
                 return
             body = orjson.dumps({"ticket_id": n.ticket_id, "step": n.step, "text": n.text, "template": n.template,
                                  "language": n.language, **n.payload})
-            http = client if self.pools is None else self.pools.get(receiver, self.busy.__contains__)
+            http = client if self.pools is None else self.pools
             sent = await outbound.send(
                 self.guard, http, n.url, body, purpose="notification", secret=self.secret,
                 headers={"X-TSOP-Delivery": str(nid), "X-TSOP-Step": n.step}, timeout=self.timeout,
@@ -612,7 +613,7 @@ async def deliver_notifications(svc: Service[commands.FeedbackApp], secret: str)
 
     notifier = Notifier(svc, secret, outbound.guard_for(settings), outbound.RetryPolicy.from_settings(settings),
                         dead=dead)
-    notifier.pools = pools = outbound.Pools(notifier.timeout, notifier.per_receiver)
+    notifier.pools = pools = outbound.Connections(notifier.timeout)
     # a notification is pending (any instance saved), a post finished (a slot is free), a retry falls due
     wake = notifier.wake = svc.waiter(saved=True)
     try:
