@@ -296,7 +296,7 @@ def test_two_instances_share_the_deliveries_each_once_and_one_alone_takes_over_t
 def test_an_instance_making_progress_elsewhere_keeps_its_share_however_long_one_waits() -> None:
     """A backlog at one receiver is not a reason to take over: only an instance silent for the takeover time is."""
     app, clock, bus = subscribed_app()
-    foreign = []
+    foreign: list[UUID] = []
     i = 0
     while len(foreign) < 3:  # instance 1's share: one waits, the others show instance 1 at work
         nid = queue(app, bus, "https://ok.example/cb", f"t-backlog-{i}")
@@ -331,3 +331,39 @@ def test_an_instance_making_progress_elsewhere_keeps_its_share_however_long_one_
             assert str(waiting) in posted
 
     asyncio.run(go())
+
+
+def test_an_attempt_just_recorded_is_not_made_again_while_the_board_has_not_read_it_yet() -> None:
+    """The board reads the log in its own time: a refresh that read just before this process saved an attempt
+    still shows the notification pending. The notifier must not post it again on that stale view (a duplicate)."""
+    app, _, bus = subscribed_app()
+    nid = queue(app, bus, "https://ok.example/cb", "t-stale")
+    posted: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posted.append(request.headers["x-tsop-delivery"])
+        return httpx.Response(204)
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            n = notifier(app, [])
+            await n.run_once(client)
+            while n.inflight:  # posted and recorded; the board has not read the record yet
+                await asyncio.sleep(0.001)
+            real = app.follow_ups.refresh
+            app.follow_ups.refresh = lambda: None  # type: ignore[method-assign]  # a refresh that read just before
+            for _ in range(3):
+                await n.run_once(client)
+                while n.inflight:
+                    await asyncio.sleep(0.001)
+            app.follow_ups.refresh = real  # type: ignore[method-assign]
+            for _ in range(3):
+                await n.run_once(client)
+                while n.inflight:
+                    await asyncio.sleep(0.001)
+
+    asyncio.run(go())
+    assert posted == [str(nid)]
+    got: Notification = app.repository.get(nid)
+    assert got.delivered and got.attempts == 1
+    assert nid not in app.follow_ups.notifications

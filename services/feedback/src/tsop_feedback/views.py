@@ -498,6 +498,9 @@ class Notifier:
         self.foreign_since: dict[UUID, datetime] = {}  # another instance's notification → first seen pending here
         self.progress: dict[int, datetime] = {}  # another instance → its last attempt or delivery seen in the log
         self.taking: set[UUID] = set()  # another instance's notifications this one took over
+        # id → attempts this process recorded, until the board has read them: a refresh that read the log just
+        # before the save still shows the notification as it was, and must not make it be posted again
+        self.recorded: dict[UUID, int] = {}
         self.guard = guard or outbound.guard_for(None)
         self.policy = policy or outbound.RetryPolicy()
         self.capacity, self.per_receiver, self.batch, self.dead = capacity, per_receiver, batch, dead
@@ -543,6 +546,9 @@ class Notifier:
             self.delays.pop(nid, None)
             self.foreign_since.pop(nid, None)
             self.taking.discard(nid)
+            self.recorded.pop(nid, None)
+            return
+        if self._behind(nid, p):  # the board has not read this process's last attempt: it says so when it has
             return
         due = self._due_at(nid, p, now)
         self.scheduled.add(nid)
@@ -550,6 +556,16 @@ class Notifier:
             self.waiting.setdefault(p.receiver, deque()).append(nid)
         else:
             heapq.heappush(self.timers, (due, nid))
+
+    def _behind(self, nid: UUID, p: Pending) -> bool:
+        """Whether the board has yet to read an attempt this process recorded (its view of ``nid`` is stale)."""
+        mine = self.recorded.get(nid)
+        if mine is None:
+            return False
+        if p.attempts >= mine:
+            del self.recorded[nid]
+            return False
+        return True
 
     def _note_progress(self, nid: UUID, p: Pending | None, now: datetime) -> None:
         """Another instance's notification changed in the log: that instance is at work (not down or stuck)."""
@@ -594,7 +610,7 @@ class Notifier:
                 nid = queue.popleft()
                 self.scheduled.discard(nid)
                 p = pending.get(nid)
-                if p is None or nid in self.inflight:
+                if p is None or nid in self.inflight or self._behind(nid, p):
                     continue
                 due = self._due_at(nid, p, now)
                 if due is not None and due > now:  # tried meanwhile (another instance): its back-off anew
@@ -637,6 +653,7 @@ class Notifier:
             )
             freed = self._free(receiver)  # the receiver may take the next one while this outcome is saved
             n = await self._record(commands.Attempt(nid, sent.ok, sent.status, sent.error, sent.final))
+            self.recorded[nid] = n.attempts
             outcome = "ok" if sent.ok else "retry"
             if n.dead:
                 outcome = "dead"
