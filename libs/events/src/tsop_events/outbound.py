@@ -671,37 +671,6 @@ def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
     return int(parts[1]), parts[0], fields
 
 
-class Pools:
-    """One HTTP client (connection pool) per receiver, for workers that post to many receivers at once.
-
-    httpcore's pool looks at every one of its connections (a readability check each) for every request, so
-    one pool holding the connections of a hundred receivers spends more on that than on the requests; one
-    small pool per receiver keeps each request's cost flat. At most ``keep`` pools are kept: the least
-    recently used idle one is closed when a new receiver comes.
-    """
-
-    def __init__(self, timeout: float = 5.0, per_receiver: int = 16, keep: int = 512) -> None:
-        self.timeout, self.per_receiver, self.keep = timeout, per_receiver, keep
-        self.clients: dict[str, httpx.AsyncClient] = {}  # in order of last use
-        self.closing: set[asyncio.Task[None]] = set()
-
-    def get(self, receiver: str, busy: Callable[[str], bool] = lambda _: False) -> httpx.AsyncClient:
-        found = self.clients.pop(receiver, None)
-        self.clients[receiver] = found or client(self.timeout, self.per_receiver)
-        if found is None and len(self.clients) > self.keep:
-            idle = next((r for r in self.clients if r != receiver and not busy(r)), None)
-            if idle is not None:
-                task = asyncio.create_task(self.clients.pop(idle).aclose())
-                self.closing.add(task)
-                task.add_done_callback(self.closing.discard)
-        return self.clients[receiver]
-
-    async def aclose(self) -> None:
-        for c in list(self.clients.values()):
-            await c.aclose()
-        self.clients.clear()
-
-
 @functools.lru_cache(maxsize=1)
 def _own_addresses() -> frozenset[IP]:
     """This machine's addresses as its host name resolves (best effort, no network beyond the resolver)."""
