@@ -313,6 +313,7 @@ class Deliverer:
         self.hosts: Counter[str] = Counter()
         self.delivered: list[commands.Delivered] = []
         self.wake: Waiter | None = None  # rung when a delivery finishes: its outcome is recorded at once
+        self.pools: outbound.Connections | None = None  # the lean client; without, posts go through the caller's
 
     async def run_once(self, client: httpx.AsyncClient) -> int:
         """Record what was delivered, start the due deliveries there is room for; how much happened."""
@@ -403,7 +404,8 @@ class Deliverer:
         attempts = self.attempts.get(cid, 0) + 1
         self.attempts[cid] = attempts
         sent = await outbound.send(
-            self.guard, client, case.callback_url, webhook_body(case), purpose="webhook", secret=self.secret,
+            self.guard, client if self.pools is None else self.pools, case.callback_url, webhook_body(case),
+            purpose="webhook", secret=self.secret,
             headers={"X-TSOP-Delivery": delivery_id(cid, case.resolved_event_id)}, timeout=self.timeout,
         )
         status, error, final = sent.status, sent.error, sent.final
@@ -455,10 +457,14 @@ async def deliver_feedback(svc: Service[commands.FeedbackApp], secret: str) -> N
                           dead=dead, share=share_of(svc))
     # a case awaits delivery (any instance saved), a delivery finished; a retry falling due: the safety net
     wake = deliverer.wake = svc.waiter(saved=True)
-    async with outbound.client(deliverer.timeout) as client:
-        while True:
-            if not await deliverer.run_once(client):
-                await wake.wait()
+    deliverer.pools = pools = outbound.Connections(deliverer.timeout)
+    try:
+        async with outbound.client(deliverer.timeout) as client:
+            while True:
+                if not await deliverer.run_once(client):
+                    await wake.wait()
+    finally:
+        await pools.aclose()
 
 
 # ---------------------------------------------------------------- step notifications
