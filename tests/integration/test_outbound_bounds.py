@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -165,3 +168,71 @@ async def test_the_lean_client_keeps_connections_alive_reads_every_framing_and_r
 
 async def _answer(found: list[str]) -> list[str]:
     return found
+
+
+def _certificates(tmp: Path, name: str) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for ``name`` signed by it: (CA file, certificate file, key file)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
+          .not_valid_after(now + timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    files = tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
+    files[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return files
+
+
+async def test_the_lean_client_speaks_tls_to_the_checked_address_with_the_name_in_sni_and_verifies_it(
+    tmp_path: Path,
+) -> None:
+    ca_file, cert_file, key_file = _certificates(tmp_path, "hooks.example")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_file, key_file)
+    names: list[str | None] = []
+    server_tls.sni_callback = lambda sock, name, ctx: names.append(name)  # type: ignore[assignment,misc,func-returns-value]
+    heads: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            heads.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    guard = OutboundGuard(parse_rules("127.0.0.1"), (), resolver=lambda host, p: _answer(["127.0.0.1"]))
+    trusting = Connections(2.0, tls=ssl.create_default_context(cafile=str(ca_file)))
+    try:
+        got = await trusting.post(await guard.resolve(f"https://hooks.example:{port}/cb"), b"{}", {})
+        assert got == (204, "") and names == ["hooks.example"]
+        assert f"Host: hooks.example:{port}".encode() in heads[0]
+        # a certificate that is not for the name the URL gives: refused by the client, nothing delivered
+        other = await send(guard, trusting, f"https://other.example:{port}/cb", b"{}", purpose="test")
+        assert not other.ok and other.error is not None and "certificate" in other.error.lower()
+        # a CA the client does not trust (certifi's roots, as in production): refused too
+        default = await send(guard, Connections(2.0), f"https://hooks.example:{port}/cb", b"{}", purpose="test")
+        assert not default.ok and default.error is not None and "certificate" in default.error.lower()
+        assert len(heads) == 1
+    finally:
+        await trusting.aclose()
+        server.close()

@@ -476,10 +476,10 @@ class Connections:
     their delivery id; an answer started is never sent again).
     """
 
-    def __init__(self, timeout: float = 5.0, keep: int = 512) -> None:
+    def __init__(self, timeout: float = 5.0, keep: int = 512, tls: ssl.SSLContext | None = None) -> None:
         self.timeout, self.keep = timeout, keep
         self.idle: dict[tuple[str, str, int, str], list[tuple[Stream, float]]] = {}  # in order of last use
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls  # None: certifi's roots (httpx's), certificates and host names verified
 
     def _context(self) -> ssl.SSLContext:
         if self._tls is None:
