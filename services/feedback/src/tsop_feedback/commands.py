@@ -135,8 +135,12 @@ class CaseLoads:
                         if not f.done():
                             f.set_result((True, case) if i == 0 and (case is None or isinstance(case, FeedbackCase))
                                          else (False, None))
-        finally:
+        finally:  # stopped (cancelled) with answers still waiting: they learn it now, none waits forever
             self._loader = None
+            left, self._pending = self._pending, {}
+            for futures in left.values():
+                for f in futures:
+                    f.cancel()
 
 
 async def _answer(svc: Service[FeedbackApp], ticket_id: str, channel_id: str | None, patience: float,
