@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from tsop_devstack.stack import Stack
+from tsop_devstack.stack import Stack, die_with_parent
 
 from bench.__main__ import free_port
 from bench.lifecycle import commit
@@ -31,16 +34,45 @@ PREFIX = "tsop."
 RESULTS = Path(__file__).parent / "results"
 
 
-def feedback_stack(prefix: str, env: dict[str, str] | None = None) -> Stack:
-    """The embedded stack with feedback alone, on free ports, in a fresh folder."""
+def feedback_stack(prefix: str, env: dict[str, str] | None = None, instances: int = 1) -> Stack:
+    """The embedded stack with feedback alone, on free ports, in a fresh folder; with ``instances`` > 1 the
+    stack's feedback is instance 0 of that many (``more_instances`` starts the others)."""
+    shards = {"TSOP_SHARD_INDEX": "0", "TSOP_SHARD_COUNT": str(instances)} if instances > 1 else {}
     return Stack(
         Path(tempfile.mkdtemp(prefix=prefix)),
         pg_port=free_port(),
         broker_port=free_port(),
         ports={"feedback": free_port()},
-        env={"TSOP_LOG_LEVEL": "WARNING", **(env or {})},
+        env={"TSOP_LOG_LEVEL": "WARNING", **(env or {}), **shards},
         services=("feedback",),
     )
+
+
+def more_instances(stack: Stack, instances: int) -> list[str]:
+    """Start feedback instances 1 … ``instances`` - 1 beside the stack's own (same database and broker, a port
+    each, one share of the deliveries each: ``TSOP_SHARD_INDEX`` of ``TSOP_SHARD_COUNT``), wait until they are
+    ready; the names of all instances (``feedback``, ``feedback-1`` …). They are stopped with the stack and
+    their CPU is counted like the others'."""
+    names = ["feedback"]
+    for i in range(1, instances):
+        name = f"feedback-{i}"
+        stack.ports[name] = free_port()
+        env = {**stack.service_env("feedback"), "TSOP_HTTP_PORT": str(stack.ports[name]),
+               "TSOP_SHARD_INDEX": str(i), "TSOP_SHARD_COUNT": str(instances)}
+        with (stack.logs / f"{name}.log").open("ab") as log:
+            stack.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "tsop_feedback.main"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM),
+            )
+        names.append(name)
+    if len(names) > 1:
+        stack.wait_ready(180, services=tuple(names[1:]))
+    return names
+
+
+def feedback_total(cpu: dict[str, float]) -> float:
+    """The CPU of all feedback instances together (``cpu_per``'s figures of ``feedback``, ``feedback-1`` …)."""
+    return round(sum(v for k, v in cpu.items() if k == "feedback" or k.startswith("feedback-")), 3)
 
 
 def write(name: str, measured: dict[str, Any], **settings: Any) -> None:

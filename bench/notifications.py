@@ -47,7 +47,7 @@ import psutil
 from tsop_devstack.stack import Stack
 
 from bench.__main__ import cpu_per, cpu_seconds, free_port, on_stack
-from bench.feedback import Events, accepted, assigned, feedback_stack, submitted, write
+from bench.feedback import Events, accepted, assigned, feedback_stack, feedback_total, more_instances, submitted, write
 from bench.lifecycle import summary
 
 SECRET = "bench-webhook-secret"
@@ -66,6 +66,7 @@ class Receiver:
         self.delivered: dict[str, tuple[float, str, str, str, int]] = {}  # id → (at, kind, ticket, step, attempt)
         self.attempts: Counter[str] = Counter()
         self.duplicates = 0
+        self.duplicates_by_kind: Counter[str] = Counter()
         self.bad_signatures = 0
         self.disconnected = 0
         self.requests = 0
@@ -111,6 +112,7 @@ class Receiver:
             return 500, b'{"error":"try again"}'
         if delivery in self.delivered:
             self.duplicates += 1
+            self.duplicates_by_kind[kind] += 1
         else:
             data = json.loads(body)
             self.delivered[delivery] = (time.time(), kind, data["ticket_id"], data["step"], self.attempts[delivery])
@@ -119,7 +121,9 @@ class Receiver:
 
     def report(self, full: bool) -> bytes:
         out: dict[str, Any] = {"unique": len(self.delivered), "by_kind": dict(self.by_kind),
-                               "duplicates": self.duplicates, "bad_signatures": self.bad_signatures,
+                               "duplicates": self.duplicates,
+                               "duplicates_by_kind": dict(self.duplicates_by_kind),
+                               "bad_signatures": self.bad_signatures,
                                "disconnected": self.disconnected,
                                "requests": self.requests}
         if full:
@@ -277,6 +281,7 @@ async def run(args: argparse.Namespace, stack: Stack, receivers: Receivers) -> d
     await events.start()
     async with httpx.AsyncClient(timeout=30) as http:
         try:
+            await asyncio.to_thread(more_instances, stack, args.instances)
             await receivers.ready(http)
             channel_id, _ = await events.channel()
             await subscribe(http, stack, channel_id)
@@ -293,6 +298,7 @@ async def run(args: argparse.Namespace, stack: Stack, receivers: Receivers) -> d
             stats = await receivers.stats(http, full=True)
             result = measure(published, expected, started, stats.pop("delivered"), timed_out)
             result["cpu_per_delivery_ms"] = cpu_per(cpu0, cpu1, result["delivered_unique"])
+            result["cpu_per_delivery_ms"]["feedback_all_instances"] = feedback_total(result["cpu_per_delivery_ms"])
             result["receiver"] = stats
             result["loadavg"] = {"start": load0, "end": psutil.getloadavg()}
             return result
@@ -316,6 +322,8 @@ def main() -> None:
     parser.add_argument("--fail-share", type=float, default=0.05)
     parser.add_argument("--fail-first", type=int, default=2, help="500s before a failing receiver takes one")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the last delivery")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="feedback processes, each delivering its share (TSOP_SHARD_INDEX of TSOP_SHARD_COUNT)")
     args = parser.parse_args()
     if args.command == "receive":
         receive(args)
@@ -324,14 +332,14 @@ def main() -> None:
         "TSOP_OUTBOUND_ALLOW": "127.0.0.0/8",  # the local receivers; the stack's own ports stay refused
         "TSOP_WEBHOOK_SECRET": SECRET,
         "TSOP_OUTBOUND_BACKOFF_BASE_SECONDS": "0.2",
-    })
+    }, instances=args.instances)
     receivers = Receivers(args.receivers, args.slow_share, args.fail_share, args.fail_first)
     try:
         result = on_stack(stack, lambda: run(args, stack, receivers))
     finally:
         receivers.stop()
     write("notifications", {**result, "targets": {"deliveries_per_s": 2000, "lost": 0, "healthy_p99_ms": 1000}},
-          rate_tickets_per_s=args.rate, seconds=args.seconds, receivers=args.receivers)
+          rate_tickets_per_s=args.rate, seconds=args.seconds, receivers=args.receivers, instances=args.instances)
 
 if __name__ == "__main__":
     main()

@@ -29,7 +29,7 @@ import psutil
 from tsop_devstack.stack import Stack
 
 from bench.__main__ import cpu_per, cpu_seconds, on_stack
-from bench.feedback import Events, feedback_stack, resolved, submitted, write
+from bench.feedback import Events, feedback_stack, feedback_total, more_instances, resolved, submitted, write
 from bench.intake import Connection
 from bench.lifecycle import summary
 
@@ -62,14 +62,14 @@ async def windows_open(http: httpx.AsyncClient, stack: Stack, token: str, ticket
 
 
 async def rate_all(stack: Stack, token: str, tickets: list[str], connections: int) -> dict[str, Any]:
-    port = int(httpx.URL(stack.url("feedback")).port or 80)
+    ports = [port for name, port in stack.ports.items() if name == "feedback" or name.startswith("feedback-")]
     todo = list(tickets)
     statuses: Counter[int] = Counter()
     times: list[float] = []
     errors: list[str] = []
     body = json.dumps({"score": 5, "tags": ["on_time", "solved"], "comment": "quick and friendly"}).encode()
 
-    async def worker() -> None:
+    async def worker(port: int) -> None:
         conn = await Connection.open("127.0.0.1", port)
         try:
             while todo:
@@ -86,7 +86,7 @@ async def rate_all(stack: Stack, token: str, tickets: list[str], connections: in
             conn.close()
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(connections)))
+    await asyncio.gather(*(worker(ports[i % len(ports)]) for i in range(connections)))  # spread over instances
     elapsed = time.perf_counter() - t0
     return {"ratings": len(tickets), "seconds": round(elapsed, 2), "accepted": statuses[201],
             "accepted_per_s": round(statuses[201] / elapsed, 1), "statuses": dict(statuses),
@@ -110,6 +110,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     await events.start()
     try:
         async with httpx.AsyncClient(timeout=30) as http:
+            await asyncio.to_thread(more_instances, stack, args.instances)
             channel_id, token = await events.channel()
             warm = await publish(events, channel_id, 200)
             await windows_open(http, stack, token, warm, args.timeout)
@@ -123,6 +124,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
             result = await rate_all(stack, token, tickets, args.connections)
             cpu1 = cpu_seconds(stack)
             result["cpu_per_rating_ms"] = cpu_per(cpu0, cpu1, result["accepted"])
+            result["cpu_per_rating_ms"]["feedback_all_instances"] = feedback_total(result["cpu_per_rating_ms"])
             result["windows_opened_in_s"] = round(settled, 1)
             await asyncio.sleep(2.0)
             result["sample_recorded"] = await recorded(http, stack, token, tickets)
@@ -137,10 +139,13 @@ def main() -> None:
     parser.add_argument("--tickets", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds feedback may take to open the windows")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="feedback processes; the connections are spread over them")
     args = parser.parse_args()
-    stack = feedback_stack("tsop-bench-ratings-")
+    stack = feedback_stack("tsop-bench-ratings-", instances=args.instances)
     result = on_stack(stack, lambda: run(args, stack))
-    write("ratings", {**result, "targets": {"accepted_per_s": 1000}}, connections=args.connections)
+    write("ratings", {**result, "targets": {"accepted_per_s": 1000}}, connections=args.connections,
+          instances=args.instances)
 
 if __name__ == "__main__":
     main()

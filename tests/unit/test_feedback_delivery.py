@@ -15,7 +15,7 @@ from tsop_events.clock import ManualClock
 from tsop_events.outbound import OutboundGuard, RetryPolicy, parse_rules
 from tsop_feedback.commands import FeedbackApp, case_id
 from tsop_feedback.domain import FeedbackCase
-from tsop_feedback.views import Deliverer
+from tsop_feedback.views import Deliverer, Share
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 DNS = {"ok.example": ["93.184.216.34"], "down.example": ["93.184.216.35"], "slow.example": ["93.184.216.36"],
@@ -124,3 +124,33 @@ def test_a_slow_receiver_does_not_delay_the_others() -> None:
 
     assert asyncio.run(go()) < 1.0
     assert all(app.load(i).notified for i in ids)
+
+
+def test_two_instances_share_the_result_webhooks_and_one_alone_takes_the_others_when_late() -> None:
+    app, ids = app_with(*["https://ok.example/cb"] * 30)
+    posted: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posted.append(request.headers["x-tsop-delivery"])
+        return httpx.Response(204)
+
+    def instance(index: int, takeover: float) -> Deliverer:
+        return Deliverer(service(app), "s3cret", OutboundGuard(parse_rules(""), (), resolver),
+                         RetryPolicy(max_attempts=3, base_seconds=0.01, max_seconds=0.02),
+                         share=Share(index, 2, takeover))
+
+    mine = [i for i in ids if Share(0, 2).mine(i)]
+    assert 0 < len(mine) < len(ids)
+
+    async def go() -> float:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            first = instance(0, takeover=0.5)  # the other instance is down
+            start = time.monotonic()
+            await until(first, client, lambda: all(app.load(i).notified for i in mine))
+            assert not any(app.load(i).notified for i in ids if i not in mine)  # not yet: not late enough
+            await until(first, client, lambda: all(app.load(i).notified for i in ids))
+            return time.monotonic() - start
+
+    took = asyncio.run(go())
+    assert all(app.load(i).notified for i in ids) and len(posted) == len(set(posted)) == len(ids)
+    assert took >= 0.5  # the other share once it was late by the takeover time

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
@@ -24,7 +25,7 @@ from tsop_feedback import commands
 from tsop_feedback.commands import FeedbackApp, notification_id
 from tsop_feedback.domain import Notification, Templates
 from tsop_feedback.policies import FollowChannels, FollowTickets
-from tsop_feedback.views import Notifier
+from tsop_feedback.views import Notifier, Share
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 TEMPLATES = Path(__file__).resolve().parents[2] / "services/feedback/src/tsop_feedback/notification_templates.json"
@@ -286,3 +287,132 @@ def test_a_confirmation_passed_on_by_intake_closes_or_is_kept_and_never_stops_th
                                  confirmed_at=NOW + timedelta(hours=2)))
     bus(resolved("t5"))
     assert app.repository.get(case_id("t5")).closed_basis == "confirmed"
+
+
+def test_two_instances_share_the_deliveries_each_once_and_one_alone_takes_over_the_others_share_when_late() -> None:
+    app, clock, bus = subscribed_app()
+    ids = [queue(app, bus, "https://ok.example/cb", f"t-share-{i}") for i in range(40)]
+    hits: Counter[str] = Counter()
+    by: dict[str, str] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        hits[request.headers["x-tsop-delivery"]] += 1
+        return httpx.Response(204)
+
+    def instance(index: int, takeover: float = 10.0) -> Notifier:
+        return Notifier(service(app), "s3cret", OutboundGuard(parse_rules(""), (), resolver),
+                        RetryPolicy(max_attempts=3, base_seconds=0.01, max_seconds=0.02),
+                        share=Share(index, 2, takeover))
+
+    async def both() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            first, second = instance(0), instance(1)
+            deadline = time.monotonic() + 5
+            while not all(app.repository.get(i).delivered for i in ids) and time.monotonic() < deadline:
+                for name, n in (("first", first), ("second", second)):
+                    before = set(hits)
+                    await n.run_once(client)
+                    while n.inflight:
+                        await asyncio.sleep(0.001)
+                    by.update({d: name for d in set(hits) - before})
+                clock.advance(timedelta(seconds=0.05))  # far less than the takeover time in all
+
+    asyncio.run(both())
+    assert all(app.repository.get(i).delivered for i in ids)
+    assert set(hits) == {str(i) for i in ids} and set(hits.values()) == {1}  # each once, none twice
+    assert {by[str(i)] for i in ids if Share(0, 2).mine(i)} == {"first"}
+    assert {by[str(i)] for i in ids if Share(1, 2).mine(i)} == {"second"}
+    assert 0 < sum(Share(0, 2).mine(i) for i in ids) < len(ids)  # both had a share
+
+    later = [queue(app, bus, "https://ok.example/cb", f"t-alone-{i}") for i in range(20)]
+    hits.clear()
+
+    async def alone() -> float:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            only = instance(0, takeover=2.0)  # the other instance is down
+            await until(only, client, clock, lambda: all(app.repository.get(i).delivered for i in later
+                                                         if Share(0, 2).mine(i)))
+            started = clock.now()
+            assert not any(app.repository.get(i).delivered for i in later if not Share(0, 2).mine(i))
+            await until(only, client, clock, lambda: all(app.repository.get(i).delivered for i in later))
+            return (clock.now() - started).total_seconds()
+
+    waited = asyncio.run(alone())
+    assert all(app.repository.get(i).delivered for i in later) and set(hits.values()) == {1}
+    assert waited >= 1.5  # the other share only once late by the takeover time (2 s on the service's clock)
+
+
+def test_an_instance_making_progress_elsewhere_keeps_its_share_however_long_one_waits() -> None:
+    """A backlog at one receiver is not a reason to take over: only an instance silent for the takeover time is."""
+    app, clock, bus = subscribed_app()
+    foreign: list[UUID] = []
+    i = 0
+    while len(foreign) < 3:  # instance 1's share: one waits, the others show instance 1 at work
+        nid = queue(app, bus, "https://ok.example/cb", f"t-backlog-{i}")
+        i += 1
+        if not Share(0, 2).mine(nid):
+            foreign.append(nid)
+    waiting, *worked_on = foreign
+    posted: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posted.append(request.headers["x-tsop-delivery"])
+        return httpx.Response(204)
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            n = Notifier(service(app), "s3cret", OutboundGuard(parse_rules(""), (), resolver),
+                         RetryPolicy(max_attempts=3, base_seconds=0.01, max_seconds=0.02), share=Share(0, 2, 2.0))
+
+            async def at(seconds: float) -> None:
+                clock.advance(timedelta(seconds=seconds))
+                await n.run_once(client)
+                while n.inflight:
+                    await asyncio.sleep(0.001)
+
+            await at(0)
+            for nid in worked_on:  # instance 1 attempts its own, 1.5 s apart (its receivers fail)
+                await at(1.5)
+                await commands.record_attempts(service(app), [commands.Attempt(nid, False, 503, "busy")], 3)
+            await at(1.5)  # 4.5 s since the waiting one was queued, 1.5 s since instance 1 was last seen at work
+            assert str(waiting) not in posted
+            await at(1.0)  # instance 1 silent for 2.5 s: its waiting deliveries are taken over
+            assert str(waiting) in posted
+
+    asyncio.run(go())
+
+
+def test_an_attempt_just_recorded_is_not_made_again_while_the_board_has_not_read_it_yet() -> None:
+    """The board reads the log in its own time: a refresh that read just before this process saved an attempt
+    still shows the notification pending. The notifier must not post it again on that stale view (a duplicate)."""
+    app, _, bus = subscribed_app()
+    nid = queue(app, bus, "https://ok.example/cb", "t-stale")
+    posted: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posted.append(request.headers["x-tsop-delivery"])
+        return httpx.Response(204)
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            n = notifier(app, [])
+            await n.run_once(client)
+            while n.inflight:  # posted and recorded; the board has not read the record yet
+                await asyncio.sleep(0.001)
+            real = app.follow_ups.refresh
+            app.follow_ups.refresh = lambda: None  # type: ignore[method-assign]  # a refresh that read just before
+            for _ in range(3):
+                await n.run_once(client)
+                while n.inflight:
+                    await asyncio.sleep(0.001)
+            app.follow_ups.refresh = real  # type: ignore[method-assign]
+            for _ in range(3):
+                await n.run_once(client)
+                while n.inflight:
+                    await asyncio.sleep(0.001)
+
+    asyncio.run(go())
+    assert posted == [str(nid)]
+    got: Notification = app.repository.get(nid)
+    assert got.delivered and got.attempts == 1
+    assert nid not in app.follow_ups.notifications

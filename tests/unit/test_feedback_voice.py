@@ -233,3 +233,37 @@ def test_the_fatigue_cap_counts_only_asks_inside_the_period(cap: int, days: int,
     assert policy.fatigued(asked, NOW) == (inside >= cap)
 
 
+
+
+def test_ratings_arriving_together_load_their_cases_in_one_read_and_two_for_one_ticket_give_one_rating() -> None:
+    import asyncio
+
+    from tests.feedback_sync import service
+    from tsop_events.errors import Conflict
+    from tsop_feedback import commands
+
+    sync, _ = make_app()
+    app = sync.app
+    tickets = [f"t-{i}" for i in range(8)]
+    for t in tickets:
+        resolved(sync, t)
+    loads: list[list[object]] = []
+    real = app.find_many
+
+    def counted(ids: object) -> dict[object, object]:
+        loads.append(list(ids))  # type: ignore[call-overload]
+        return real(ids)  # type: ignore[arg-type]
+
+    app.find_many = counted  # type: ignore[method-assign,assignment]
+    svc = service(app)
+
+    async def go() -> list[object]:
+        ratings = [commands.rate(svc, t, 5, None, channel_id="ch-1") for t in tickets]
+        twice = [commands.rate(svc, "t-0", 4, None, channel_id="ch-1")]  # the same ticket, at the same moment
+        return await asyncio.gather(*ratings, *twice, return_exceptions=True)
+
+    results = asyncio.run(go())
+    assert len(loads) == 1 and sorted(map(str, loads[0])) == sorted(str(case_id(t)) for t in tickets)
+    assert all(isinstance(r, tuple) and r[1] for r in results[:-1])  # the first eight recorded
+    assert isinstance(results[-1], Conflict)  # the second rating of t-0: refused, as one after the first
+    assert all(app.repository.get(case_id(t)).score == 5 for t in tickets)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
 from tsop_events.outbound import (
+    Connections,
     OutboundGuard,
-    Pools,
     Refused,
     RetryPolicy,
     Sent,
@@ -257,19 +258,38 @@ def test_one_attempt_is_signed_and_its_outcome_classified_once_for_every_worker(
     assert seen[0].headers["x-id"] == "1" and seen[0].headers["content-type"] == "application/json"
 
 
-def test_a_receiver_is_its_scheme_host_and_port_and_gets_a_pool_of_its_own() -> None:
+def test_a_receiver_is_its_scheme_host_and_port_and_the_lean_client_keeps_the_recently_used_ones() -> None:
     assert receiver_of("http://A.example/x") == receiver_of("http://a.example:80/y") == "http://a.example:80"
     assert receiver_of("http://a.example:8080/x") != receiver_of("http://a.example:8081/x")
     assert receiver_of("https://a.example/x") == "https://a.example:443"
 
+    class Transport:
+        def __init__(self) -> None:
+            self.aborted = False
+
+        def abort(self) -> None:
+            self.aborted = True
+
+        def is_closing(self) -> bool:
+            return self.aborted
+
+    def stream() -> Any:
+        reader = asyncio.StreamReader()
+        writer = SimpleNamespace(transport=Transport())
+        return reader, writer
+
     async def go() -> None:
-        pools = Pools(keep=2)
-        a, b = pools.get("http://a:80"), pools.get("http://b:80")
-        assert pools.get("http://a:80") is a and a is not b
-        pools.get("http://c:80", busy=lambda r: r == "http://b:80")  # b is busy: the idle a is closed instead
-        await asyncio.sleep(0)
-        assert list(pools.clients) == ["http://b:80", "http://c:80"] and a.is_closed and not b.is_closed
-        await pools.aclose()
-        assert b.is_closed
+        conns = Connections(keep=2)
+        a, b, c = stream(), stream(), stream()
+        key = {name: ("http", "93.184.216.34", port, "hooks.example") for name, port in (("a", 1), ("b", 2), ("c", 3))}
+        conns._give_back(key["a"], a, 0.0)
+        conns._give_back(key["b"], b, 0.0)
+        assert conns._take(key["a"], 1.0) is a  # a is in use again (and the most recently used receiver)
+        conns._give_back(key["a"], a, 1.0)
+        conns._give_back(key["c"], c, 1.0)  # a third receiver: the least recently used one's connections are closed
+        assert b[1].transport.aborted and not a[1].transport.aborted and list(conns.idle) == [key["a"], key["c"]]
+        assert conns._take(key["a"], 1.0 + 60) is None and a[1].transport.aborted  # idle too long: closed, not used
+        c[0].feed_eof()  # the receiver closed it
+        assert conns._take(key["c"], 1.5) is None and c[1].transport.aborted
 
     asyncio.run(go())

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
@@ -336,14 +336,15 @@ def runtime_of(request: Request) -> Runtime:
     return runtime
 
 
-def service_dependency(cls: type[A]) -> Callable[[Request], Service[A]]:
+def service_dependency(cls: type[A]) -> Callable[[Request], Awaitable[Service[A]]]:
     """A route dependency giving the service typed by its application: ``Annotated[Service[X], Depends(…)]``."""
 
-    def dependency(request: Request) -> Service[A]:
+    # async: a plain function would be run in a worker thread, a thread hop on every request of every route
+    async def dependency(request: Request) -> Service[A]:
         svc: Service[Any] = request.app.state.runtime
         if not isinstance(svc.app, cls):
             raise TypeError(f"this service runs {type(svc.app).__name__}, not {cls.__name__}")
-        return svc  # type: ignore[return-value]  # checked just above
+        return svc  # checked just above
 
     return dependency
 

@@ -29,6 +29,11 @@ verified against it), so a name cannot resolve to something else between the
 check and the connection. Redirects are not followed, proxies from the
 environment are not used.
 
+``Connections`` is the lean client of workers that post many small messages to many receivers: HTTP/1.1 on
+asyncio streams, kept-alive connections per receiver and checked address, with the same guards as ``post``
+(connected to the checked address, the answer read up to ``RESPONSE_BYTES``, the overall deadline) at a
+fraction of httpx's cost per request.
+
 ``send`` is the one delivery attempt every outbound worker makes: the guarded POST
 (signed with ``X-TSOP-Signature`` when given a secret) and its outcome, classified
 once (delivered; failed, to be retried; refused, never to be retried).
@@ -48,6 +53,7 @@ import ipaddress
 import logging
 import random
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -242,6 +248,9 @@ class OutboundGuard:
         self.allow = tuple(allow)
         self.platform = tuple(platform)
         self.resolver, self.resolve_timeout = resolver, resolve_timeout
+        # URL → what its static check found: a pure function of the URL and this guard's rules, so kept
+        # (a refused URL is not kept: it raises each time); a name is still resolved and judged at each delivery
+        self._static: dict[str, tuple[httpx.URL, str, int, IP | None]] = {}
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings, resolver: Resolver = system_resolver) -> OutboundGuard:
@@ -294,10 +303,16 @@ class OutboundGuard:
         return inner.is_loopback or inner.is_unspecified or inner in _own_addresses()
 
     def check_static(self, url: str) -> tuple[httpx.URL, str, int, IP | None]:
+        found = self._static.get(url)
+        if found is not None:
+            return found
         parsed, host, port = self.parse(url)
         ip = literal_ip(host)
         self.judge(url, host, ip, port)
-        return parsed, host, port, ip
+        if len(self._static) >= STATIC_CHECKS_KEPT:
+            self._static.clear()
+        self._static[url] = found = (parsed, host, port, ip)
+        return found
 
     # -- with resolution
 
@@ -357,6 +372,7 @@ class OutboundGuard:
         return httpx.Response(response.status_code, headers=kept_headers, content=bytes(kept), request=request)
 
 
+STATIC_CHECKS_KEPT = 65536  # URLs whose static check a guard keeps
 RESPONSE_BYTES = 4096  # of a receiver's answer, kept for the record (its status is what counts)
 DELIVERY_DEADLINE_FACTOR = 3  # a whole delivery may take this many times the per-read timeout
 
@@ -392,7 +408,7 @@ class Sent:
 
 
 async def send(
-    guard: OutboundGuard, client: httpx.AsyncClient, url: str, body: bytes | str, *, purpose: str,
+    guard: OutboundGuard, client: httpx.AsyncClient | Connections, url: str, body: bytes | str, *, purpose: str,
     headers: dict[str, str] | None = None, secret: str | None = None, timeout: float | None = None,
 ) -> Sent:
     """POST ``body`` (JSON) to ``url`` through ``guard``, signed with ``secret`` if given; the outcome, classified.
@@ -404,17 +420,22 @@ async def send(
     if secret is not None:
         sent_headers["X-TSOP-Signature"] = sign(secret, body.encode() if isinstance(body, str) else body)
     try:
-        resp = await guard.post(client, url, content=body, headers=sent_headers, timeout=timeout)
+        if isinstance(client, Connections):
+            status, answer = await client.post(await guard.resolve(url), body, sent_headers, timeout)
+        else:
+            resp = await guard.post(client, url, content=body, headers=sent_headers, timeout=timeout)
+            status, answer = resp.status_code, resp.text
     except Unresolved as exc:
         return Sent(error=exc.reason)
     except Refused as exc:  # where the URL leads now is not allowed: no retry helps
         OUTBOUND_REFUSED.labels(purpose, "delivery").inc()
         return Sent(error=f"refused: {exc.reason}", final=True)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+            ProtocolError) as exc:
         return Sent(error=f"{type(exc).__name__}: {exc}")
-    if 200 <= resp.status_code < 300:
-        return Sent(resp.status_code)
-    return Sent(resp.status_code, f"HTTP {resp.status_code}: {resp.text[:300]}")
+    if 200 <= status < 300:
+        return Sent(status)
+    return Sent(status, f"HTTP {status}: {answer[:300]}")
 
 
 def receiver_of(url: str) -> str:
@@ -427,35 +448,227 @@ def receiver_of(url: str) -> str:
         return url
 
 
-class Pools:
-    """One HTTP client (connection pool) per receiver, for workers that post to many receivers at once.
+class ProtocolError(ValueError):
+    """A receiver's answer that is not HTTP/1.x as this client reads it (or a request that cannot be written)."""
 
-    httpcore's pool looks at every one of its connections (a readability check each) for every request, so
-    one pool holding the connections of a hundred receivers spends more on that than on the requests; one
-    small pool per receiver keeps each request's cost flat. At most ``keep`` pools are kept: the least
-    recently used idle one is closed when a new receiver comes.
+
+HEADER_BYTES = 64 * 1024  # of a receiver's status line and headers, at most
+KEEPALIVE_SECONDS = 5.0  # an idle kept-alive connection is closed after this long (as httpx's default)
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class Connections:
+    """A lean HTTP/1.1 client for small POSTs to many receivers: kept-alive connections on asyncio streams.
+
+    httpx spends most of a small delivery's CPU on its layers (URL objects, the pool's bookkeeping, anyio
+    streams, cookies, response models); this client writes the request and reads the answer itself. It keeps
+    every guard of ``OutboundGuard.post``: it is given the checked ``Target`` and connects to its address
+    (Host header and TLS SNI name the host, certificates are verified against it), it reads at most
+    ``HEADER_BYTES`` of status and headers and ``RESPONSE_BYTES`` of the body, each read within ``timeout``
+    and the whole within ``DELIVERY_DEADLINE_FACTOR`` times it; it follows no redirect and uses no proxy.
+
+    Idle connections are kept per receiver address (scheme, checked address, port, host), at most ``keep``
+    receivers (the least recently used ones' idle connections are closed first), each for
+    ``KEEPALIVE_SECONDS``. A connection is kept only after a complete answer that allows it (HTTP/1.1, no
+    ``Connection: close``, the body read to its end); a kept connection the receiver closed meanwhile fails
+    before any answer, and the request is sent once more on a new connection (receivers de-duplicate on
+    their delivery id; an answer started is never sent again).
     """
 
-    def __init__(self, timeout: float = 5.0, per_receiver: int = 16, keep: int = 512) -> None:
-        self.timeout, self.per_receiver, self.keep = timeout, per_receiver, keep
-        self.clients: dict[str, httpx.AsyncClient] = {}  # in order of last use
-        self.closing: set[asyncio.Task[None]] = set()
+    def __init__(self, timeout: float = 5.0, keep: int = 512, tls: ssl.SSLContext | None = None) -> None:
+        self.timeout, self.keep = timeout, keep
+        self.idle: dict[tuple[str, str, int, str], list[tuple[Stream, float]]] = {}  # in order of last use
+        self._tls = tls  # None: certifi's roots (httpx's), certificates and host names verified
 
-    def get(self, receiver: str, busy: Callable[[str], bool] = lambda _: False) -> httpx.AsyncClient:
-        found = self.clients.pop(receiver, None)
-        self.clients[receiver] = found or client(self.timeout, self.per_receiver)
-        if found is None and len(self.clients) > self.keep:
-            idle = next((r for r in self.clients if r != receiver and not busy(r)), None)
-            if idle is not None:
-                task = asyncio.create_task(self.clients.pop(idle).aclose())
-                self.closing.add(task)
-                task.add_done_callback(self.closing.discard)
-        return self.clients[receiver]
+    def _context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            try:
+                import certifi  # httpx's CA bundle, so both clients trust the same roots
+
+                self._tls = ssl.create_default_context(cafile=certifi.where())
+            except ImportError:  # pragma: no cover - certifi comes with httpx
+                self._tls = ssl.create_default_context()
+        return self._tls
+
+    async def post(self, target: Target, body: bytes | str, headers: dict[str, str],
+                   timeout: float | None = None) -> tuple[int, str]:
+        """POST ``body`` to the checked ``target``: (status, the start of the answer's body as text)."""
+        content = body.encode() if isinstance(body, str) else body
+        request = self._request(target, content, headers)
+        per_read = timeout if timeout is not None else self.timeout
+        key = (target.url.scheme, target.ip, target.port, target.host)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DELIVERY_DEADLINE_FACTOR * per_read
+        try:
+            async with asyncio.timeout(deadline) as whole:
+                while True:
+                    stream, reused = self._take(key, loop.time()), True
+                    if stream is None:
+                        reused = False
+                        whole.reschedule(min(deadline, loop.time() + per_read))
+                        stream = await self._connect(target)
+                    try:
+                        status, answer, keep = await self._exchange(stream, request, per_read, deadline, whole, reused)
+                    except _Stale:
+                        stream[1].transport.abort()
+                        continue  # a kept connection the receiver had closed: once more on a new one
+                    except BaseException:
+                        stream[1].transport.abort()
+                        raise
+                    if keep:
+                        self._give_back(key, stream, loop.time())
+                    else:
+                        stream[1].transport.abort()
+                    return status, answer
+        except TimeoutError:
+            raise TimeoutError(f"no complete answer within the deadline ({per_read:g} s per read, "
+                               f"{DELIVERY_DEADLINE_FACTOR * per_read:g} s in all)") from None
+
+    @staticmethod
+    def _request(target: Target, content: bytes, headers: dict[str, str]) -> bytes:
+        path = target.url.raw_path or b"/"
+        lines = [b"POST " + path + b" HTTP/1.1", b"Host: " + target.host_header.encode("ascii")]
+        for name, value in headers.items():
+            if name.lower() in ("host", "content-length", "transfer-encoding", "connection"):
+                continue
+            if any(c in name or c in value for c in "\r\n\0"):
+                raise ProtocolError(f"header {name!r} carries a line break")  # never split a request
+            lines.append(f"{name}: {value}".encode("latin-1"))
+        lines.append(b"Content-Length: " + str(len(content)).encode())
+        return b"\r\n".join(lines) + b"\r\n\r\n" + content
+
+    async def _connect(self, target: Target) -> Stream:
+        if target.url.scheme == "https":
+            return await asyncio.open_connection(target.ip, target.port, ssl=self._context(),
+                                                 server_hostname=target.host, limit=HEADER_BYTES)
+        return await asyncio.open_connection(target.ip, target.port, limit=HEADER_BYTES)
+
+    def _take(self, key: tuple[str, str, int, str], now: float) -> Stream | None:
+        kept = self.idle.pop(key, None)
+        if not kept:
+            return None
+        found = None
+        while kept:
+            stream, since = kept.pop()
+            if now - since < KEEPALIVE_SECONDS and not stream[0].at_eof() and not stream[1].transport.is_closing():
+                found = stream
+                break
+            stream[1].transport.abort()
+        if kept:
+            self.idle[key] = kept  # back at the end: the most recently used
+        return found
+
+    def _give_back(self, key: tuple[str, str, int, str], stream: Stream, now: float) -> None:
+        kept = self.idle.pop(key, [])
+        kept.append((stream, now))
+        self.idle[key] = kept
+        while len(self.idle) > self.keep:
+            oldest = next(iter(self.idle))
+            for (_, writer), _since in self.idle.pop(oldest):
+                writer.transport.abort()
+
+    async def _exchange(self, stream: Stream, request: bytes, per_read: float, deadline: float,
+                        whole: asyncio.Timeout, reused: bool) -> tuple[int, str, bool]:
+        reader, writer = stream
+        loop = asyncio.get_running_loop()
+
+        def next_read() -> None:
+            whole.reschedule(min(deadline, loop.time() + per_read))
+
+        writer.write(request)
+        next_read()
+        try:
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            if reused and (not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial):
+                raise _Stale from None
+            raise
+        while True:
+            status, version, fields = _parse_head(head)
+            if status >= 200:
+                break
+            next_read()  # 1xx: an interim answer, the real one follows
+            head = await reader.readuntil(b"\r\n\r\n")
+        keep = version == "HTTP/1.1" and "close" not in fields.get("connection", "").lower()
+        kept = bytearray()
+        encoding = fields.get("transfer-encoding", "").lower()
+        if status in (204, 304):
+            pass
+        elif "chunked" in encoding:
+            while True:
+                next_read()
+                size_line = await reader.readuntil(b"\r\n")
+                try:
+                    size = int(size_line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise ProtocolError("a chunk size that is not a number") from None
+                if size == 0:
+                    next_read()
+                    while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers, up to the blank line
+                        next_read()
+                    break
+                if len(kept) + size > RESPONSE_BYTES:  # more than is kept: read what is kept, drop the connection
+                    next_read()
+                    kept += await reader.readexactly(RESPONSE_BYTES - len(kept))
+                    keep = False
+                    break
+                next_read()
+                kept += (await reader.readexactly(size + 2))[:size]
+        elif "content-length" in fields:
+            try:
+                length = int(fields["content-length"])
+            except ValueError:
+                raise ProtocolError("a Content-Length that is not a number") from None
+            if length < 0:
+                raise ProtocolError("a negative Content-Length")
+            if length > RESPONSE_BYTES:
+                length, keep = RESPONSE_BYTES, False
+            while len(kept) < length:
+                next_read()
+                chunk = await reader.read(length - len(kept))
+                if not chunk:
+                    raise asyncio.IncompleteReadError(bytes(kept), length)
+                kept += chunk
+        else:  # the body ends when the receiver closes: read what is kept, no more
+            keep = False
+            while len(kept) < RESPONSE_BYTES:
+                next_read()
+                chunk = await reader.read(RESPONSE_BYTES - len(kept))
+                if not chunk:
+                    break
+                kept += chunk
+        return status, kept.decode("utf-8", "replace"), keep
 
     async def aclose(self) -> None:
-        for c in list(self.clients.values()):
-            await c.aclose()
-        self.clients.clear()
+        for kept in self.idle.values():
+            for (_, writer), _since in kept:
+                writer.transport.abort()
+        self.idle.clear()
+
+
+class _Stale(Exception):
+    """A kept connection was closed by the receiver before it answered: the request goes on a new one."""
+
+
+def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
+    """(status, HTTP version, header fields by lower-case name) of an answer's head."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit() or len(parts[1]) != 3:
+        raise ProtocolError(f"not an HTTP/1.x status line: {lines[0][:100]!r}")
+    fields: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise ProtocolError(f"a header line without a colon: {line[:100]!r}")
+        name = name.strip().lower()
+        value = value.strip()
+        fields[name] = f"{fields[name]}, {value}" if name in fields else value
+    return int(parts[1]), parts[0], fields
 
 
 @functools.lru_cache(maxsize=1)

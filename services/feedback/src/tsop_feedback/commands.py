@@ -9,6 +9,7 @@ its follow-up board (``views.FollowUps``) and the channel credentials it knows
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,6 +40,7 @@ SUBMISSION_PATIENCE = 3.0  # seconds a rating waits for feedback to hear of a ti
 Delivered = tuple[UUID, str, int, int | None, str | None]  # case, channel, attempts, status, the Resolved event id
 
 
+@functools.lru_cache(maxsize=65536)  # a name-based UUID (SHA-1) each time, for every rating and step otherwise
 def case_id(ticket_id: str) -> UUID:
     return derived_id("feedback-case", ticket_id)
 
@@ -85,10 +87,60 @@ class FeedbackApp(EventStoreApp):
         self.templates = templates or Templates.built_in()
         self.follow_ups = views.FollowUps(self)
         self.channels = views.ChannelTokens(self)
+        self.cases = CaseLoads(self)
 
     def window_for(self, service_type: str | None) -> timedelta:
         return self.policy.window_for(service_type)
 
+
+
+class CaseLoads:
+    """The cases of concurrent answers (ratings, confirmations) loaded together: one query and one thread hop for
+    all the answers that arrive while the previous load runs, not one each.
+
+    What it hands out is a case as stored at the load; the command's save still checks its version (optimistic
+    concurrency), so a case changed meanwhile by another writer makes the save conflict and the command decide
+    again on a fresh read (``_answer``). Two answers for one case in one load: the first gets the loaded case, the
+    others read their own (each command must hold its own copy).
+    """
+
+    def __init__(self, app: EventStoreApp) -> None:
+        self.app = app
+        self._pending: dict[UUID, list[asyncio.Future[tuple[bool, FeedbackCase | None]]]] = {}
+        self._loader: asyncio.Task[None] | None = None
+
+    async def get(self, cid: UUID) -> tuple[bool, FeedbackCase | None]:
+        """(loaded, the case or None if it was never created); loaded False: the caller reads it itself."""
+        future: asyncio.Future[tuple[bool, FeedbackCase | None]] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(cid, []).append(future)
+        if self._loader is None:
+            self._loader = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, {}
+                try:
+                    found = await asyncio.to_thread(self.app.find_many, list(batch))
+                except Exception as exc:  # noqa: BLE001 - every waiter learns what happened
+                    for futures in batch.values():
+                        for f in futures:
+                            if not f.done():
+                                f.set_exception(exc)
+                    continue
+                for cid, futures in batch.items():
+                    case = found.get(cid)
+                    for i, f in enumerate(futures):
+                        if not f.done():
+                            f.set_result((True, case) if i == 0 and (case is None or isinstance(case, FeedbackCase))
+                                         else (False, None))
+        finally:  # stopped (cancelled) with answers still waiting: they learn it now, none waits forever
+            self._loader = None
+            left, self._pending = self._pending, {}
+            for futures in left.values():
+                for f in futures:
+                    f.cancel()
 
 
 async def _answer(svc: Service[FeedbackApp], ticket_id: str, channel_id: str | None, patience: float,
@@ -100,8 +152,19 @@ async def _answer(svc: Service[FeedbackApp], ticket_id: str, channel_id: str | N
     A channel (``channel_id``) answers only for the tickets it submitted (403 otherwise, nothing changes).
     """
 
+    cid = case_id(ticket_id)
+    loaded: FeedbackCase | None = None
+    fresh = False  # ``loaded`` is this command's own copy, as stored moments ago, not yet decided on
+
     def decide(uow: UnitOfWork) -> tuple[FeedbackCase, bool]:
-        case = uow.find(FeedbackCase, case_id(ticket_id))
+        nonlocal fresh
+        if fresh:  # the first decision: on the case loaded with the other answers' (no read of its own)
+            fresh = False
+            case = loaded
+            if case is not None:
+                uow.add(case)
+        else:  # a retry after a conflict, or a duplicate in one load: a read of its own, in a worker thread
+            case = uow.find(FeedbackCase, cid)
         if case is None:
             raise NotFound(f"no ticket {ticket_id} awaiting feedback")
         case.check_channel(channel_id)
@@ -111,7 +174,9 @@ async def _answer(svc: Service[FeedbackApp], ticket_id: str, channel_id: str | N
     deadline = loop.time() + patience
     while True:  # waiting for another service's event, not retrying a write (run does that)
         try:
-            return await svc.commands.run(decide)
+            fresh, loaded = await svc.app.cases.get(cid)
+            # with the case loaded, the first decision is domain code only: on the event loop, no thread hop
+            return await svc.commands.run(decide, inline=fresh)
         except NotFound:
             if loop.time() > deadline:
                 raise

@@ -44,6 +44,14 @@ class FeedbackSettings(ServiceSettings):
     Unset: the built-in `notification_templates.json`."""
     webhook_secret: str = "change-me"
     """The key of the HMAC-SHA256 signature (`X-TSOP-Signature`) on every webhook to an applicant's callback."""
+    shard_index: int = 0
+    """This instance's share of the webhooks and step notifications to deliver (0 to shard_count - 1)."""
+    shard_count: int = 1
+    """How many feedback instances share the deliveries: each makes its own share (a stable draw from the
+    notification's id) and another's only when that instance showed no progress for `delivery_takeover_seconds`."""
+    delivery_takeover_seconds: float = 30.0
+    """How long another instance must show no progress on its share (no delivery, no attempt) before this one
+    makes its waiting deliveries (it is down or stuck); more than a delivery's deadline (3 times the 5 s timeout)."""
     complaints_policy_file: Path | None = None
     """Complaint types and deadlines, repeats, the low score, low-score patterns, the assessment checklist and
     the quality weights (JSON, see services/feedback/README.md); default: the built-in policy."""

@@ -257,7 +257,30 @@ def webhook_body(case: FeedbackCase) -> bytes:
     )
 
 
+since_ever = float("-inf")  # no progress seen yet
 sign = outbound.sign  # the ``X-TSOP-Signature`` header: HMAC-SHA256 of the body with the webhook secret
+
+TAKEOVER_SECONDS = 30.0  # how long another instance must show no progress before this one makes its deliveries
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """Which deliveries this instance makes when several feedback instances run (``TSOP_SHARD_INDEX`` of
+    ``TSOP_SHARD_COUNT``): its own share at once, by a stable draw from the id; another's only when that
+    instance showed no progress (no delivery, no attempt of its share in the log) for ``takeover`` seconds while
+    the delivery waited: it is down or stuck. So none is lost, and while all run none is made twice (a backlog at
+    a slow receiver is progress elsewhere, not a reason to take over). ``takeover`` should exceed a delivery's
+    deadline (3 times the timeout)."""
+
+    index: int = 0
+    count: int = 1
+    takeover: float = TAKEOVER_SECONDS
+
+    def mine(self, key: UUID) -> bool:
+        return self.count <= 1 or key.int % self.count == self.index
+
+    def owner(self, key: UUID) -> int:
+        return key.int % max(1, self.count)
 
 
 class Deliverer:
@@ -274,8 +297,13 @@ class Deliverer:
         capacity: int = 200,
         per_host: int = 8,
         dead: DeadLetter | None = None,
+        share: Share | None = None,
     ) -> None:
         self.svc, self.secret, self.timeout = svc, secret, timeout
+        self.share = share or Share()
+        self.foreign_since: dict[UUID, float] = {}  # another instance's case → when this one first saw it awaited
+        self.progress: dict[int, float] = {}  # another instance → when one of its cases was last seen delivered
+        self.taking: set[UUID] = set()  # another instance's cases this one took over
         self.guard = guard or outbound.guard_for(None)
         self.policy = policy or outbound.RetryPolicy()
         self.capacity, self.per_host, self.dead = capacity, per_host, dead
@@ -285,6 +313,7 @@ class Deliverer:
         self.hosts: Counter[str] = Counter()
         self.delivered: list[commands.Delivered] = []
         self.wake: Waiter | None = None  # rung when a delivery finishes: its outcome is recorded at once
+        self.pools: outbound.Connections | None = None  # the lean client; without, posts go through the caller's
 
     async def run_once(self, client: httpx.AsyncClient) -> int:
         """Record what was delivered, start the due deliveries there is room for; how much happened."""
@@ -294,7 +323,15 @@ class Deliverer:
         now = time.monotonic()
         waiting = {d[0] for d in self.delivered}
         todo = [c for c in to_notify
-                if c not in self.inflight and c not in waiting and self.next_try.get(c, 0.0) <= now]
+                if c not in self.inflight and c not in waiting and self.next_try.get(c, 0.0) <= now
+                and self._taken(c, now)]
+        if self.foreign_since:
+            awaited = set(to_notify)
+            for c in [c for c in self.foreign_since if c not in awaited]:
+                del self.foreign_since[c]  # delivered or given up: by its instance, unless taken over here
+                if c not in self.taking:
+                    self.progress[self.share.owner(c)] = now
+                self.taking.discard(c)
         started = 0
         for cid in todo[: max(0, self.capacity - len(self.inflight))]:
             task = asyncio.create_task(self._deliver(client, cid))
@@ -302,6 +339,16 @@ class Deliverer:
             task.add_done_callback(self._finished(cid))
             started += 1
         return recorded + started
+
+    def _taken(self, cid: UUID, now: float) -> bool:
+        """Whether this instance delivers ``cid`` now: its own share, or another's awaited for too long here."""
+        if self.share.mine(cid):
+            return True
+        since = max(self.foreign_since.setdefault(cid, now), self.progress.get(self.share.owner(cid), since_ever))
+        if now - since < self.share.takeover:
+            return False
+        self.taking.add(cid)
+        return True
 
     def _finished(self, cid: UUID) -> Callable[[asyncio.Task[None]], None]:
         def done(_: asyncio.Task[None]) -> None:
@@ -357,7 +404,8 @@ class Deliverer:
         attempts = self.attempts.get(cid, 0) + 1
         self.attempts[cid] = attempts
         sent = await outbound.send(
-            self.guard, client, case.callback_url, webhook_body(case), purpose="webhook", secret=self.secret,
+            self.guard, client if self.pools is None else self.pools, case.callback_url, webhook_body(case),
+            purpose="webhook", secret=self.secret,
             headers={"X-TSOP-Delivery": delivery_id(cid, case.resolved_event_id)}, timeout=self.timeout,
         )
         status, error, final = sent.status, sent.error, sent.final
@@ -380,6 +428,14 @@ class Deliverer:
             await self.dead(case, attempts, error)
 
 
+def share_of(svc: Service[commands.FeedbackApp]) -> Share:
+    """This instance's share of the deliveries, from its settings (one instance: all of them)."""
+    s = svc.settings
+    count = max(1, int(getattr(s, "shard_count", 1)))
+    return Share(int(getattr(s, "shard_index", 0)) % count, count,
+                 float(getattr(s, "delivery_takeover_seconds", TAKEOVER_SECONDS)))
+
+
 def delivery_id(cid: UUID, resolved_event_id: str | None) -> str:
     """The result webhook's ``X-TSOP-Delivery``: one per resolution (a reopened ticket's next result is a new
     delivery, not a duplicate of the first), the same for every retry of it."""
@@ -398,13 +454,17 @@ async def deliver_feedback(svc: Service[commands.FeedbackApp], secret: str) -> N
         )
 
     deliverer = Deliverer(svc, secret, outbound.guard_for(settings), outbound.RetryPolicy.from_settings(settings),
-                          dead=dead)
+                          dead=dead, share=share_of(svc))
     # a case awaits delivery (any instance saved), a delivery finished; a retry falling due: the safety net
     wake = deliverer.wake = svc.waiter(saved=True)
-    async with outbound.client(deliverer.timeout) as client:
-        while True:
-            if not await deliverer.run_once(client):
-                await wake.wait()
+    deliverer.pools = pools = outbound.Connections(deliverer.timeout)
+    try:
+        async with outbound.client(deliverer.timeout) as client:
+            while True:
+                if not await deliverer.run_once(client):
+                    await wake.wait()
+    finally:
+        await pools.aclose()
 
 
 # ---------------------------------------------------------------- step notifications
@@ -436,13 +496,22 @@ class Notifier:
         per_receiver: int = 16,
         batch: int = 512,
         dead: Callable[[Notification], Awaitable[None]] | None = None,
-        pools: outbound.Pools | None = None,
+        pools: outbound.Connections | None = None,
+        share: Share | None = None,
     ) -> None:
         self.svc, self.secret, self.timeout = svc, secret, timeout
+        self.share = share or Share()
+        self.foreign_since: dict[UUID, datetime] = {}  # another instance's notification → first seen pending here
+        self.progress: dict[int, datetime] = {}  # another instance → its last attempt or delivery seen in the log
+        self.taking: set[UUID] = set()  # another instance's notifications this one took over
+        # id → attempts this process recorded, until the board has read them: a refresh that read the log just
+        # before the save still shows the notification as it was, and must not make it be posted again
+        self.recorded: dict[UUID, int] = {}
         self.guard = guard or outbound.guard_for(None)
         self.policy = policy or outbound.RetryPolicy()
         self.capacity, self.per_receiver, self.batch, self.dead = capacity, per_receiver, batch, dead
-        self.pools = pools  # one connection pool per receiver; without, every post goes through the caller's client
+        # the lean client (kept-alive connections per receiver); without, every post goes through the caller's client
+        self.pools = pools
         self.inflight: dict[UUID, asyncio.Task[None]] = {}  # posting, or waiting for its outcome to be saved
         self.busy: Counter[str] = Counter()  # receiver → posts under way
         self.waiting: dict[str, deque[UUID]] = {}  # receiver → due notifications waiting for a free slot
@@ -454,27 +523,64 @@ class Notifier:
         self.recorder: asyncio.Task[None] | None = None
         self.wake: Waiter | None = None  # rung when a post finishes (a slot is free)
 
-    def _due_at(self, nid: UUID, p: Pending) -> datetime | None:
+    def _due_at(self, nid: UUID, p: Pending, now: datetime) -> datetime | None:
         if p.last_at is None:
-            return None  # at once
-        drawn = self.delays.get(nid)
-        if drawn is None or drawn[0] != p.attempts:
-            drawn = self.delays[nid] = (p.attempts, self.policy.delay(p.attempts) or 0.0)
-        return p.last_at + timedelta(seconds=drawn[1])
+            due = None  # at once
+        else:
+            drawn = self.delays.get(nid)
+            if drawn is None or drawn[0] != p.attempts:
+                drawn = self.delays[nid] = (p.attempts, self.policy.delay(p.attempts) or 0.0)
+            due = p.last_at + timedelta(seconds=drawn[1])
+        if self.share.mine(nid) or nid in self.taking:
+            return due
+        # another instance's: only once that instance showed no progress for the takeover time (down or stuck)
+        waited = max(due or self.foreign_since.setdefault(nid, now),
+                     self.progress.get(self.share.owner(nid), datetime.min.replace(tzinfo=now.tzinfo)))
+        take_at = waited + timedelta(seconds=self.share.takeover)
+        if take_at <= now:
+            self.taking.add(nid)
+            return due
+        return take_at
 
     def _schedule(self, nid: UUID, now: datetime) -> None:
+        p = self.svc.app.follow_ups.notifications.get(nid)
+        if not self.share.mine(nid) and nid not in self.taking:
+            self._note_progress(nid, p, now)
         if nid in self.inflight or nid in self.scheduled:
             return
-        p = self.svc.app.follow_ups.notifications.get(nid)
         if p is None:  # delivered or given up
             self.delays.pop(nid, None)
+            self.foreign_since.pop(nid, None)
+            self.taking.discard(nid)
+            self.recorded.pop(nid, None)
             return
-        due = self._due_at(nid, p)
+        if self._behind(nid, p):  # the board has not read this process's last attempt: it says so when it has
+            return
+        due = self._due_at(nid, p, now)
         self.scheduled.add(nid)
         if due is None or due <= now:
             self.waiting.setdefault(p.receiver, deque()).append(nid)
         else:
             heapq.heappush(self.timers, (due, nid))
+
+    def _behind(self, nid: UUID, p: Pending) -> bool:
+        """Whether the board has yet to read an attempt this process recorded (its view of ``nid`` is stale)."""
+        mine = self.recorded.get(nid)
+        if mine is None:
+            return False
+        if p.attempts >= mine:
+            del self.recorded[nid]
+            return False
+        return True
+
+    def _note_progress(self, nid: UUID, p: Pending | None, now: datetime) -> None:
+        """Another instance's notification changed in the log: that instance is at work (not down or stuck)."""
+        owner = self.share.owner(nid)
+        if p is None:
+            if self.foreign_since.pop(nid, None) is not None:  # it delivered (or gave up) one this instance saw
+                self.progress[owner] = now
+        elif p.last_at is not None:  # it tried one
+            self.progress[owner] = max(p.last_at, self.progress.get(owner, p.last_at))
 
     def next_due(self, now: datetime) -> float | None:
         """Seconds until the next retry falls due (None: none waits)."""
@@ -510,9 +616,9 @@ class Notifier:
                 nid = queue.popleft()
                 self.scheduled.discard(nid)
                 p = pending.get(nid)
-                if p is None or nid in self.inflight:
+                if p is None or nid in self.inflight or self._behind(nid, p):
                     continue
-                due = self._due_at(nid, p)
+                due = self._due_at(nid, p, now)
                 if due is not None and due > now:  # tried meanwhile (another instance): its back-off anew
                     self._schedule(nid, now)
                     continue
@@ -546,13 +652,14 @@ class Notifier:
                 return
             body = orjson.dumps({"ticket_id": n.ticket_id, "step": n.step, "text": n.text, "template": n.template,
                                  "language": n.language, **n.payload})
-            http = client if self.pools is None else self.pools.get(receiver, self.busy.__contains__)
+            http = client if self.pools is None else self.pools
             sent = await outbound.send(
                 self.guard, http, n.url, body, purpose="notification", secret=self.secret,
                 headers={"X-TSOP-Delivery": str(nid), "X-TSOP-Step": n.step}, timeout=self.timeout,
             )
             freed = self._free(receiver)  # the receiver may take the next one while this outcome is saved
             n = await self._record(commands.Attempt(nid, sent.ok, sent.status, sent.error, sent.final))
+            self.recorded[nid] = n.attempts
             outcome = "ok" if sent.ok else "retry"
             if n.dead:
                 outcome = "dead"
@@ -611,8 +718,8 @@ async def deliver_notifications(svc: Service[commands.FeedbackApp], secret: str)
         )
 
     notifier = Notifier(svc, secret, outbound.guard_for(settings), outbound.RetryPolicy.from_settings(settings),
-                        dead=dead)
-    notifier.pools = pools = outbound.Pools(notifier.timeout, notifier.per_receiver)
+                        dead=dead, share=share_of(svc))
+    notifier.pools = pools = outbound.Connections(notifier.timeout)
     # a notification is pending (any instance saved), a post finished (a slot is free), a retry falls due
     wake = notifier.wake = svc.waiter(saved=True)
     try:
