@@ -125,8 +125,15 @@ def test_bad_input_and_roles_on_the_records_routes(platform: Platform) -> None:
     assert get(platform, f"/v1/legal-holds/customer/{quote(odd)}").json()["active"] is True
     problem(platform.http.post(platform.url("archive", "/v1/legal-holds/customer/a%07b"),
                                json={"reason": "bell in the id"}, headers=platform.auth("auditor")), 422, "subject")
-    problem(platform.http.post(platform.url("archive", "/v1/legal-holds/ticket/x/release"),
+    never = uuid.uuid4()
+    problem(platform.http.post(platform.url("archive", f"/v1/legal-holds/ticket/{never}/release"),
                                json={"reason": "never placed"}, headers=platform.auth("auditor")), 404)
+    # a ticket's (an incident's) id is a UUID, held in its one written form: another spelling would hold nothing
+    problem(platform.http.post(platform.url("archive", "/v1/legal-holds/ticket/x"),
+                               json={"reason": "not an id"}, headers=platform.auth("auditor")), 422, "subject")
+    upper = platform.http.post(platform.url("archive", f"/v1/legal-holds/incident/{str(never).upper()}"),
+                               json={"reason": "spelt upper-case"}, headers=platform.auth("auditor"))
+    assert upper.status_code == 201 and upper.json()["subject"] == str(never), upper.text
     for path in ("/v1/archive/verify", "/v1/archive/checkpoints", "/v1/archive/keys", "/v1/retention",
                  "/v1/backlog?as_of=2026-01-01T00:00:00Z"):
         problem(get(platform, path, role="agent"), 403)

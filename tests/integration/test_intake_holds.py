@@ -84,5 +84,17 @@ async def test_holds_cover_a_customer_through_them_their_tickets_and_their_ticke
         assert await covering("cust-1", [t1, t2]) == [("ticket", t2, None)]
         (row,) = await covering_holds(pool, "cust-1", [t1, t2])
         assert (row["placed_by"], row["reason"]) == ("sup", "reopened")
+
+        # a hold placed before holds were announced: its placement never reached intake; released and placed
+        # again, it names what it holds, and covers the customer from then on
+        async with pool.acquire() as conn, conn.transaction():
+            for i, e in enumerate([
+                wire.LegalHoldReleased(hold_id="h-old", kind="customer", subject="cust-9", released_by="audit",
+                                       reason="to announce it", released_at=NOW),
+                wire.LegalHoldPlacedAgain(hold_id="h-old", kind="customer", subject="cust-9", placed_by="audit",
+                                          reason="litigation", placed_at=NOW),
+            ], start=300):
+                await projection.apply(conn, incoming(e, i))
+        assert await covering("cust-9", []) == [("customer", "cust-9", None)]
     finally:
         await pool.close()

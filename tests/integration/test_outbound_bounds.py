@@ -236,3 +236,46 @@ async def test_the_lean_client_speaks_tls_to_the_checked_address_with_the_name_i
     finally:
         await trusting.aclose()
         server.close()
+
+
+async def test_a_receiver_cannot_answer_ahead_nor_break_the_client_with_odd_numbers() -> None:
+    """Bytes past an answer are never taken for the next one (the connection is dropped), and a status, a length
+    or a chunk size that is not plain ASCII digits is a protocol error (a failed attempt), never a crash."""
+    from tsop_events.outbound import ProtocolError
+
+    answers = {
+        b"/extra": b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\nnoHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfake",
+        b"/real": b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nreal",
+        b"/neg": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n",
+        b"/sup": "HTTP/1.1 ²²² OK\r\nContent-Length: 0\r\n\r\n".encode(),
+        b"/under": b"HTTP/1.1 200 OK\r\nContent-Length: 1_0\r\n\r\n0123456789",
+        b"/crlf": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n",
+    }
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                await reader.readexactly(length)
+                writer.write(answers[head.split(b" ")[1]])
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    guard = OutboundGuard(parse_rules("127.0.0.1"), (), resolver=lambda host, p: _answer(["127.0.0.1"]))
+    conns = Connections(2.0)
+    try:
+        assert await conns.post(await guard.resolve(f"http://hooks.example:{port}/extra"), b"{}", {}) == (500, "no")
+        await asyncio.sleep(0.05)
+        assert await conns.post(await guard.resolve(f"http://hooks.example:{port}/real"), b"{}", {}) == (503, "real")
+        for path in ("/neg", "/sup", "/under", "/crlf"):
+            with pytest.raises(ProtocolError):
+                await conns.post(await guard.resolve(f"http://hooks.example:{port}{path}"), b"{}", {})
+    finally:
+        await conns.aclose()
+        server.close()

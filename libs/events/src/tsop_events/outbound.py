@@ -52,6 +52,7 @@ import hmac
 import ipaddress
 import logging
 import random
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
@@ -479,6 +480,7 @@ class Connections:
     def __init__(self, timeout: float = 5.0, keep: int = 512, tls: ssl.SSLContext | None = None) -> None:
         self.timeout, self.keep = timeout, keep
         self.idle: dict[tuple[str, str, int, str], list[tuple[Stream, float]]] = {}  # in order of last use
+        self._swept = 0.0
         self._tls = tls  # None: certifi's roots (httpx's), certificates and host names verified
 
     def _context(self) -> ssl.SSLContext:
@@ -501,7 +503,7 @@ class Connections:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DELIVERY_DEADLINE_FACTOR * per_read
         try:
-            async with asyncio.timeout(deadline) as whole:
+            async with asyncio.timeout_at(deadline) as whole:
                 while True:
                     stream, reused = self._take(key, loop.time()), True
                     if stream is None:
@@ -516,7 +518,8 @@ class Connections:
                     except BaseException:
                         stream[1].transport.abort()
                         raise
-                    if keep:
+                    if keep and not stream[0]._buffer:  # type: ignore[attr-defined]
+                        # nothing beyond the answer is waiting: bytes past it would be taken for the next answer
                         self._give_back(key, stream, loop.time())
                     else:
                         stream[1].transport.abort()
@@ -551,7 +554,8 @@ class Connections:
         found = None
         while kept:
             stream, since = kept.pop()
-            if now - since < KEEPALIVE_SECONDS and not stream[0].at_eof() and not stream[1].transport.is_closing():
+            if (now - since < KEEPALIVE_SECONDS and not stream[0].at_eof() and not stream[1].transport.is_closing()
+                    and not stream[0]._buffer):  # type: ignore[attr-defined]  # bytes sent unasked: not an answer
                 found = stream
                 break
             stream[1].transport.abort()
@@ -562,11 +566,32 @@ class Connections:
     def _give_back(self, key: tuple[str, str, int, str], stream: Stream, now: float) -> None:
         kept = self.idle.pop(key, [])
         kept.append((stream, now))
+        for (_, writer), _since in kept[:-PER_RECEIVER_IDLE]:  # the oldest beyond the cap are closed
+            writer.transport.abort()
+        del kept[:-PER_RECEIVER_IDLE]
         self.idle[key] = kept
+        self._sweep(now)
         while len(self.idle) > self.keep:
             oldest = next(iter(self.idle))
             for (_, writer), _since in self.idle.pop(oldest):
                 writer.transport.abort()
+
+    def _sweep(self, now: float) -> None:
+        """Close the idle connections kept longer than ``KEEPALIVE_SECONDS`` (at most once a second): a receiver
+        that closed its side leaves no socket open here until it is used again."""
+        if now - self._swept < 1.0:
+            return
+        self._swept = now
+        for key in list(self.idle):
+            kept = self.idle[key]
+            fresh = [(s, since) for s, since in kept if now - since < KEEPALIVE_SECONDS and not s[0].at_eof()]
+            for s, since in kept:
+                if (s, since) not in fresh:
+                    s[1].transport.abort()
+            if fresh:
+                self.idle[key] = fresh
+            else:
+                del self.idle[key]
 
     async def _exchange(self, stream: Stream, request: bytes, per_read: float, deadline: float,
                         whole: asyncio.Timeout, reused: bool) -> tuple[int, str, bool]:
@@ -600,10 +625,10 @@ class Connections:
             while True:
                 next_read()
                 size_line = await reader.readuntil(b"\r\n")
-                try:
-                    size = int(size_line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise ProtocolError("a chunk size that is not a number") from None
+                digits = size_line.split(b";", 1)[0].strip()
+                if not HEX.fullmatch(digits):
+                    raise ProtocolError("a chunk size that is not a hexadecimal number")
+                size = int(digits, 16)
                 if size == 0:
                     next_read()
                     while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers, up to the blank line
@@ -615,14 +640,14 @@ class Connections:
                     keep = False
                     break
                 next_read()
-                kept += (await reader.readexactly(size + 2))[:size]
+                chunk = await reader.readexactly(size + 2)
+                if chunk[size:] != b"\r\n":
+                    raise ProtocolError("a chunk that does not end where its size says")
+                kept += chunk[:size]
         elif "content-length" in fields:
-            try:
-                length = int(fields["content-length"])
-            except ValueError:
-                raise ProtocolError("a Content-Length that is not a number") from None
-            if length < 0:
-                raise ProtocolError("a negative Content-Length")
+            if not DIGITS.fullmatch(fields["content-length"]):  # one value, ASCII digits only (no 1_0, +5, "5, 5")
+                raise ProtocolError("a Content-Length that is not one number")
+            length = int(fields["content-length"])
             if length > RESPONSE_BYTES:
                 length, keep = RESPONSE_BYTES, False
             while len(kept) < length:
@@ -648,6 +673,12 @@ class Connections:
         self.idle.clear()
 
 
+HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+DIGITS = re.compile(r"[0-9]{1,18}")
+STATUS = re.compile(r"[1-9][0-9]{2}")  # ASCII digits: str.isdigit() takes "²²²" too
+PER_RECEIVER_IDLE = 16  # idle connections kept per receiver, at most
+
+
 class _Stale(Exception):
     """A kept connection was closed by the receiver before it answered: the request goes on a new one."""
 
@@ -656,7 +687,7 @@ def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
     """(status, HTTP version, header fields by lower-case name) of an answer's head."""
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit() or len(parts[1]) != 3:
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not STATUS.fullmatch(parts[1]):
         raise ProtocolError(f"not an HTTP/1.x status line: {lines[0][:100]!r}")
     fields: dict[str, str] = {}
     for line in lines[1:]:

@@ -1044,6 +1044,8 @@ class LegalHoldPlaced(LegalHoldEvent):
 class LegalHoldReleased(LegalHoldEvent):
     event_type: ClassVar[str] = "tsop.legal-hold.released.v1"
     doc: ClassVar[str] = "A legal hold was released (recorded, with who and why): expiry and erasure may proceed."
+    kind: HoldKindName | None = Field(default=None, description="What it held (null in decisions from before).")
+    subject: str | None = Field(default=None, description="The id it held (null in decisions from before).")
     released_by: str
     reason: str
     released_at: datetime
@@ -1051,7 +1053,12 @@ class LegalHoldReleased(LegalHoldEvent):
 
 class LegalHoldPlacedAgain(LegalHoldEvent):
     event_type: ClassVar[str] = "tsop.legal-hold.placed-again.v1"
-    doc: ClassVar[str] = "A released legal hold was placed again on the same subject: it is in force again."
+    doc: ClassVar[str] = (
+        "A released legal hold was placed again on the same subject: it is in force again. It names what it holds, "
+        "so a reader that never heard the first placement (a hold placed before holds were announced) knows it."
+    )
+    kind: HoldKindName | None = Field(default=None, description="What it holds (null in decisions from before).")
+    subject: str | None = Field(default=None, description="The id it holds (null in decisions from before).")
     placed_by: str
     reason: str
     placed_at: datetime

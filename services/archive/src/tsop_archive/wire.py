@@ -56,5 +56,15 @@ def _hold_id(e: LegalHold.Event) -> str:
 
 # legal holds are announced on the customers topic: intake refuses an erasure a hold covers (docs/erasure.md)
 WIRE.add(LegalHold.Placed, wire.LegalHoldPlaced, fields={"hold_id": _hold_id, "placed_at": "at"})
-WIRE.add(LegalHold.Released, wire.LegalHoldReleased, fields={"hold_id": _hold_id, "released_at": "at"})
-WIRE.add(LegalHold.PlacedAgain, wire.LegalHoldPlacedAgain, fields={"hold_id": _hold_id, "placed_at": "at"})
+def _kind(e: LegalHold.Event) -> str | None:
+    return getattr(e, "kind", None)  # decisions recorded before it was carried have none
+
+
+def _subject(e: LegalHold.Event) -> str | None:
+    return getattr(e, "subject", None)
+
+
+WIRE.add(LegalHold.Released, wire.LegalHoldReleased,
+         fields={"hold_id": _hold_id, "released_at": "at", "kind": _kind, "subject": _subject})
+WIRE.add(LegalHold.PlacedAgain, wire.LegalHoldPlacedAgain,
+         fields={"hold_id": _hold_id, "placed_at": "at", "kind": _kind, "subject": _subject})

@@ -345,7 +345,10 @@ class Deliverer:
         if self.share.mine(cid):
             return True
         since = max(self.foreign_since.setdefault(cid, now), self.progress.get(self.share.owner(cid), since_ever))
-        if now - since < self.share.takeover:
+        # a webhook's attempts are kept in its instance's memory, not in the log: its owner may rightly wait up to
+        # the longest back-off between two of them, so only a wait beyond that (and the takeover time) is a sign
+        # that the owner is down, not a back-off (which taken over would post twice and restart the count)
+        if now - since < self.share.takeover + self.policy.max_seconds:
             return False
         self.taking.add(cid)
         return True
@@ -432,8 +435,10 @@ def share_of(svc: Service[commands.FeedbackApp]) -> Share:
     """This instance's share of the deliveries, from its settings (one instance: all of them)."""
     s = svc.settings
     count = max(1, int(getattr(s, "shard_count", 1)))
-    return Share(int(getattr(s, "shard_index", 0)) % count, count,
-                 float(getattr(s, "delivery_takeover_seconds", TAKEOVER_SECONDS)))
+    index = int(getattr(s, "shard_index", 0))
+    if not 0 <= index < count:
+        raise ValueError(f"TSOP_SHARD_INDEX {index} is not one of 0..{count - 1} (TSOP_SHARD_COUNT {count})")
+    return Share(index, count, float(getattr(s, "delivery_takeover_seconds", TAKEOVER_SECONDS)))
 
 
 def delivery_id(cid: UUID, resolved_event_id: str | None) -> str:

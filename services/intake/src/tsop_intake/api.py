@@ -481,7 +481,7 @@ class ErasureView(Answer):
                                              "(their keys are destroyed again, should any have been created since)",
                               "model": ErasureView}})
 async def request_erasure(
-    customer_id: Annotated[str, Path(min_length=1, max_length=128)], body: ErasureIn, svc: Svc,
+    customer_id: Annotated[str, Path(min_length=1, max_length=128), TextCheck], body: ErasureIn, svc: Svc,
     response: Response, caller: Dpo,
 ) -> dict[str, Any]:
     """Erase a customer's personal data (crypto-shredding, docs/erasure.md): the request and its legal basis are
@@ -517,7 +517,7 @@ class CustomerHolds(Answer):
 @router.get("/customers/{customer_id}/legal-holds", tags=["erasure"], response_model=CustomerHolds,
             response_model_exclude_none=True)
 async def customer_holds(
-    customer_id: Annotated[str, Path(min_length=1, max_length=128)], svc: Svc, caller: Dpo,
+    customer_id: Annotated[str, Path(min_length=1, max_length=128), TextCheck], svc: Svc, caller: Dpo,
 ) -> dict[str, Any]:
     """The legal holds that cover the customer (on them, on one of their requests, or on an incident one of their
     requests was linked to), as intake knows them now: what an erasure request would be refused for."""

@@ -142,9 +142,15 @@ class LegalHoldProjection(ProjectionSink):
                 "INSERT INTO legal_holds VALUES ($1, $2, $3, true, $4, $5, $6) ON CONFLICT (hold_id) DO NOTHING",
                 e.hold_id, e.kind, e.subject, e.placed_by, e.reason, e.placed_at)
         elif isinstance(e, wire.LegalHoldPlacedAgain):
-            await conn.execute(
-                "UPDATE legal_holds SET active = true, placed_by = $2, reason = $3, placed_at = $4 WHERE hold_id = $1",
-                e.hold_id, e.placed_by, e.reason, e.placed_at)
+            if e.kind is not None and e.subject is not None:  # in force, whether or not its placement was heard
+                await conn.execute(
+                    "INSERT INTO legal_holds VALUES ($1, $2, $3, true, $4, $5, $6) ON CONFLICT (hold_id) DO UPDATE "
+                    "SET active = true, placed_by = $4, reason = $5, placed_at = $6",
+                    e.hold_id, e.kind, e.subject, e.placed_by, e.reason, e.placed_at)
+            else:
+                await conn.execute(
+                    "UPDATE legal_holds SET active = true, placed_by = $2, reason = $3, placed_at = $4 "
+                    "WHERE hold_id = $1", e.hold_id, e.placed_by, e.reason, e.placed_at)
         elif isinstance(e, wire.LegalHoldReleased):
             await conn.execute("UPDATE legal_holds SET active = false WHERE hold_id = $1", e.hold_id)
         elif isinstance(e, wire.IncidentTicketLinked):

@@ -173,9 +173,15 @@ class HoldAnswer(BaseModel):
         return cls(kind=HoldKind(h.kind), subject=h.subject, active=h.active, history=h.history)
 
 
-def _subject(subject: str) -> str:
-    """Any id intake takes for a customer (1 to 128 characters, no control character; a ticket's and an incident's
-    ids are within it), up to 200: a hold must be placeable on every customer whose data may expire."""
+def _subject(kind: HoldKind, subject: str) -> str:
+    """A ticket's or an incident's id is a UUID, held in its one written form (another spelling would hold
+    nothing: records and intake name it so); a customer's is any id intake takes (1 to 128 characters, no control
+    character), up to 200: a hold must be placeable on every customer whose data may expire."""
+    if kind is not HoldKind.customer:
+        try:
+            return str(UUID(subject))
+        except ValueError:
+            raise Invalid(f"a {kind.value} id is a UUID", "subject") from None
     try:
         text = clean_text(subject)
     except ValueError:
@@ -189,19 +195,19 @@ def _subject(subject: str) -> str:
 async def place_hold(kind: HoldKind, subject: str, body: HoldDecision, svc: Svc, caller: Auditor) -> HoldAnswer:
     """Place a legal hold on a ticket, a customer or an incident: nothing of it expires while it holds.
     409 when a hold is in force already."""
-    return HoldAnswer.of(await rc.place_hold(svc, kind, _subject(subject), body.reason, caller))
+    return HoldAnswer.of(await rc.place_hold(svc, kind, _subject(kind, subject), body.reason, caller))
 
 
 @router.post("/v1/legal-holds/{kind}/{subject}/release", response_model=HoldAnswer)
 async def release_hold(kind: HoldKind, subject: str, body: HoldDecision, svc: Svc, caller: Auditor) -> HoldAnswer:
     """Release a legal hold (recorded, with who and why); 404 if none was placed, 409 if none is in force."""
-    return HoldAnswer.of(await rc.release_hold(svc, kind, _subject(subject), body.reason, caller))
+    return HoldAnswer.of(await rc.release_hold(svc, kind, _subject(kind, subject), body.reason, caller))
 
 
 @router.get("/v1/legal-holds/{kind}/{subject}", response_model=HoldAnswer)
 async def get_hold(kind: HoldKind, subject: str, svc: Svc, caller: Auditor) -> HoldAnswer:
     """A legal hold and its history."""
-    h = await rc.find_hold(svc, kind, _subject(subject))
+    h = await rc.find_hold(svc, kind, _subject(kind, subject))
     if h is None:
         raise NotFound(f"no legal hold was ever placed on {kind.value} {subject}")
     return HoldAnswer.of(h)

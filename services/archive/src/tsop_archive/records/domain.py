@@ -582,11 +582,15 @@ class LegalHold(Aggregate):
         released_by: str
         reason: str
         at: datetime
+        kind: str | None  # what it holds, again (None in decisions recorded before): a reader that missed the
+        subject: str | None  # placement (a hold placed before holds were announced) still knows what it covers
 
     class PlacedAgain(Aggregate.Event):
         placed_by: str
         reason: str
         at: datetime
+        kind: str | None
+        subject: str | None
 
     @event(Placed)
     def __init__(
@@ -599,24 +603,26 @@ class LegalHold(Aggregate):
         ]
 
     @event(Released)
-    def _released(self, released_by: str, reason: str, at: datetime) -> None:
+    def _released(self, released_by: str, reason: str, at: datetime, kind: str | None = None,
+                  subject: str | None = None) -> None:
         self.active = False
         self.history.append({"action": "released", "by": released_by, "reason": reason, "at": at.isoformat()})
 
     @event(PlacedAgain)
-    def _placed_again(self, placed_by: str, reason: str, at: datetime) -> None:
+    def _placed_again(self, placed_by: str, reason: str, at: datetime, kind: str | None = None,
+                      subject: str | None = None) -> None:
         self.active = True
         self.history.append({"action": "placed", "by": placed_by, "reason": reason, "at": at.isoformat()})
 
     def release(self, by: str, reason: str, at: datetime) -> None:
         if not self.active:
             raise Conflict(f"no legal hold is in force on {self.kind} {self.subject}")
-        self._released(by, reason, at)
+        self._released(by, reason, at, self.kind, self.subject)
 
     def place_again(self, by: str, reason: str, at: datetime) -> None:
         if self.active:
             raise Conflict(f"a legal hold is already in force on {self.kind} {self.subject}")
-        self._placed_again(by, reason, at)
+        self._placed_again(by, reason, at, self.kind, self.subject)
 
 
 def hold_subject(kind: HoldKind, subject: str) -> str:
