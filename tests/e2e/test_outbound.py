@@ -163,8 +163,11 @@ def test_a_webhook_that_keeps_failing_is_dead_lettered_after_the_bound(platform:
         assert ours[0]["host"] == receiver.url.split("/")[2]  # sent with the name it was given
         wait_for(lambda: len([p for p in receiver.posts if p["body"]["ticket_id"] == ticket]) == OUTBOUND_ATTEMPTS,
                  timeout=3, what="no further attempts")
-        metrics = platform.http.get(platform.url("feedback", "/metrics")).text
-        assert re.search(r'tsop_outbound_deadlettered_total\{purpose="webhook"\} [1-9]', metrics), metrics[-2000:]
+        # the letter (and its metric) follows the recorded abandonment, a moment later
+        metrics = wait_for(lambda: (m := platform.http.get(platform.url("feedback", "/metrics")).text) and re.search(
+            r'tsop_outbound_deadlettered_total\{purpose="webhook"\} [1-9]', m) and m, timeout=10,
+            what="the dead-letter metric")
+        assert metrics
         letters = asyncio.run(_dead_letters(stack.bootstrap, str(derived_id("feedback-case", ticket))))
         assert letters and letters[0]["consumer"] == "outbound:webhook"
         assert letters[0]["source_headers"]["ticket_id"] == ticket
