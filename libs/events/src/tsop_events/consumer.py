@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 QUIET_SECONDS = 1.0  # a consumer without records this long pauses its fetches until news (if it has a news waiter)
 RESUMED_SECONDS = 0.25  # how long a consumer woken without records fetches before pausing again
+BACK_OFF_SECONDS = 0.2  # the pause before a batch that failed transiently is fetched again
 
 OFFSETS_DDL = """
 CREATE TABLE IF NOT EXISTS tsop_consumer_offsets (
@@ -231,6 +232,7 @@ class ConsumerRunner:
         epoch: EpochWatcher,
         producer: AIOKafkaProducer,
         on_stored: Callable[[], None] | None = None,
+        own_consumer: bool = True,
     ) -> None:
         self.sink = sink
         self.on_stored = on_stored  # told after each batch that stored something (wakes loops waiting for it)
@@ -249,7 +251,8 @@ class ConsumerRunner:
         # the next offset to apply per partition, as stored when the partition was assigned (or the epoch
         # changed) and as advanced by this runner since: no read of the stored position per batch
         self._next: dict[tuple[str, TopicPartition], int | None] = {}
-        self.epoch_watcher.subscribe(self._on_epoch)
+        if own_consumer:  # in a ConsumerGroup, the group seeks on an epoch change
+            self.epoch_watcher.subscribe(self._on_epoch)
 
     async def _on_epoch(self, epoch: str) -> None:
         if self.consumer is not None:
@@ -261,79 +264,74 @@ class ConsumerRunner:
         for known in [k for k in self._next if k[1] in gone]:
             del self._next[known]
 
-    async def seek_stored(self, partitions: list[TopicPartition]) -> None:
-        assert self.consumer is not None
+    @property
+    def topic_names(self) -> frozenset[str]:
+        """The qualified names of the topics this runner's sink follows."""
+        return frozenset(t.qualified(self.settings.topic_prefix) for t in self.sink.topics)
+
+    async def stored_positions(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The sink's stored next offset of each partition (None: from the beginning), now also this runner's."""
         epoch = await self.epoch_watcher.wait_known()
+        out: dict[TopicPartition, int | None] = {}
         for tp in partitions:
             pos = await self.sink.position(epoch, tp.topic, tp.partition)
             self._next[(epoch, tp)] = pos
-            if pos is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, pos)
+            out[tp] = pos
+        return out
+
+    async def seek_stored(self, partitions: list[TopicPartition]) -> None:
+        assert self.consumer is not None
+        await _seek(self.consumer, await self.stored_positions(partitions))
 
     async def run(self) -> None:
         if not self.set_up:
             await self.sink.setup()
             self.set_up = True
         await self.epoch_watcher.wait_known()
-        prefix = self.settings.topic_prefix
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=f"{prefix}{self.sink.name}" if self.sink.grouped else None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.settings.consumer_batch,
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
-            session_timeout_ms=10000,
-            heartbeat_interval_ms=1000,
-        )
-        self.consumer.subscribe([t.qualified(prefix) for t in self.sink.topics], listener=_Rebalance(self))
+        group_id = f"{self.settings.topic_prefix}{self.sink.name}" if self.sink.grouped else None
+        self.consumer = _consumer(self.settings, group_id)
+        self.consumer.subscribe(sorted(self.topic_names), listener=_Rebalance(self))
         await self.consumer.start()
         self.running = True
-        loop = asyncio.get_running_loop()
-        quiet_since = loop.time()
         try:
-            while True:
-                batch = await self.consumer.getmany(timeout_ms=200, max_records=self.settings.consumer_batch)
-                for tp, records in batch.items():
-                    await self._handle(tp, records)
-                if batch:
-                    quiet_since = loop.time()
-                elif self.news is not None and loop.time() - quiet_since >= QUIET_SECONDS:
-                    await self._pause_until_news()
-                    quiet_since = loop.time() - QUIET_SECONDS + RESUMED_SECONDS
+            await _poll(self.consumer, self.settings, self.news, self._handle_batch)
         finally:
             self.running = False
             await self.consumer.stop()
 
-    async def _pause_until_news(self) -> None:
-        """Stop fetching (Tansu answers a waiting fetch only when its wait expires: an idle consumer would fetch
-        20 times a second) until a relay announces a record for us, or the safety net passes (records no relay
-        announces: dead letters, other producers). Positions are kept; nothing is skipped or read twice."""
-        assert self.consumer is not None and self.news is not None
-        paused = self.consumer.assignment()
-        if not paused:
-            return
-        self.consumer.pause(*paused)
-        try:
-            await self.news.wait(SAFETY_NET_SECONDS)
-        finally:
-            assigned = self.consumer.assignment()
-            self.consumer.resume(*[tp for tp in paused if tp in assigned])
+    async def _handle_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        for tp, records in batch.items():
+            await self._handle(tp, records)
 
-    def _decode(self, record: Any) -> Incoming:
-        env = unwrap(record.headers, record.value)
-        return Incoming(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key.decode() if record.key is not None else None,
-            envelope=env,
-            event=self.sink.decode(env),
-        )
+    def _decode(self, record: Any, shared: dict[int, Incoming | Exception] | None = None) -> Incoming:
+        """The record as the sink reads it. ``shared``: the records of this partition already decoded (by offset)
+        for the other sinks of a ``ConsumerGroup``; a sink that reads with the catalogue's own decoding (wire
+        models are frozen) takes the same ``Incoming``, so a record is parsed once per process, not once per sink."""
+        if shared is None or type(self.sink).decode is not Sink.decode:
+            return _incoming(record, self.sink.decode)
+        known = shared.get(record.offset)
+        if known is None:
+            try:
+                known = _incoming(record, Envelope.event)
+            except (ValueError, ValidationError) as exc:
+                known = exc
+            shared[record.offset] = known
+        if isinstance(known, Exception):
+            raise known
+        return known
 
     async def _handle(self, tp: TopicPartition, records: list[Any]) -> None:
+        retry_at = await self._apply(tp, records)
+        if retry_at is not None:
+            assert self.consumer is not None
+            self.consumer.seek(tp, retry_at)
+            await asyncio.sleep(BACK_OFF_SECONDS)
+
+    async def _apply(
+        self, tp: TopicPartition, records: list[Any], shared: dict[int, Incoming | Exception] | None = None
+    ) -> int | None:
+        """Apply a fetched batch of one partition; the offset to fetch again from after a transient failure (the
+        caller seeks there and backs off), or None."""
         assert self.consumer is not None
         epoch = self.epoch_watcher.epoch
         assert epoch is not None
@@ -346,14 +344,14 @@ class ConsumerRunner:
             # a rebalance may seek back over records already applied: skip them (and their dead letters)
             records = [r for r in records if r.offset >= done]
             if not records:
-                return
+                return None
         decoded: list[Incoming] = []
         for r in records:
             if wanted is not None and header_value(r.headers, "ce_type") not in wanted:
                 CONSUMED.labels(self.sink.name, "ignored").inc()
                 continue
             try:
-                decoded.append(self._decode(r))
+                decoded.append(self._decode(r, shared))
             except (ValueError, ValidationError) as exc:
                 await self._dead_letter(r, exc)
         last = records[-1].offset
@@ -361,39 +359,36 @@ class ConsumerRunner:
             await self.sink.process(epoch, tp.topic, tp.partition, decoded, last)
             CONSUMED.labels(self.sink.name, "applied").inc(len(decoded))
         except RETRYABLE as exc:
-            await self._back_off(tp, records[0].offset, exc)
-            return
+            return self._back_off(tp, records[0].offset, exc)
         except Exception:  # noqa: BLE001 - one bad record must not block its partition
-            if not await self._one_by_one(epoch, tp, decoded, last):
-                return
+            retry_at = await self._one_by_one(epoch, tp, decoded, last)
+            if retry_at is not None:
+                return retry_at
         self._next[(epoch, tp)] = last + 1
         if decoded and self.on_stored is not None:
             self.on_stored()
         highwater = self.consumer.highwater(tp)
         if highwater is not None:
             CONSUMER_LAG.labels(self.sink.name, tp.topic, str(tp.partition)).set(max(0, highwater - last - 1))
+        return None
 
-    async def _one_by_one(self, epoch: str, tp: TopicPartition, decoded: list[Incoming], last: int) -> bool:
-        assert self.consumer is not None
+    async def _one_by_one(self, epoch: str, tp: TopicPartition, decoded: list[Incoming], last: int) -> int | None:
         for rec in decoded:
             try:
                 await self.sink.process(epoch, tp.topic, tp.partition, [rec], rec.offset)
             except RETRYABLE as exc:
-                await self._back_off(tp, rec.offset, exc)
-                return False
+                return self._back_off(tp, rec.offset, exc)
             except Exception as exc:
                 log.exception("consumer %s: record %s:%s:%s failed", self.sink.name, tp.topic, tp.partition, rec.offset)
                 await self._dead_letter(rec, exc)
                 await self.sink.process(epoch, tp.topic, tp.partition, [], rec.offset)
         await self.sink.process(epoch, tp.topic, tp.partition, [], last)
-        return True
+        return None
 
-    async def _back_off(self, tp: TopicPartition, offset: int, exc: BaseException) -> None:
-        assert self.consumer is not None
+    def _back_off(self, tp: TopicPartition, offset: int, exc: BaseException) -> int:
         self.forget([tp])  # read the stored position again before the next batch
         log.warning("consumer %s: %s; retrying from %s:%s:%s", self.sink.name, exc, tp.topic, tp.partition, offset)
-        self.consumer.seek(tp, offset)
-        await asyncio.sleep(0.2)
+        return offset
 
     async def _dead_letter(self, record: Any, exc: BaseException) -> None:
         if isinstance(record, Incoming):
@@ -428,3 +423,178 @@ class ConsumerRunner:
         )
         DEAD_LETTERED.labels(self.sink.name).inc()
         log.error("consumer %s: dead-lettered %s:%s:%s: %s", self.sink.name, topic, partition, offset, error_text(exc))
+
+
+def _consumer(settings: ServiceSettings, group_id: str | None) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.consumer_batch,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        session_timeout_ms=10000,
+        heartbeat_interval_ms=1000,
+    )
+
+
+async def _seek(consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int | None]) -> None:
+    for tp, pos in positions.items():
+        if pos is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, pos)
+
+
+def _incoming(record: Any, decode: Callable[[Envelope], WireEvent]) -> Incoming:
+    env = unwrap(record.headers, record.value)
+    return Incoming(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key.decode() if record.key is not None else None,
+        envelope=env,
+        event=decode(env),
+    )
+
+
+async def _poll(
+    consumer: AIOKafkaConsumer,
+    settings: ServiceSettings,
+    news: Waiter | None,
+    handle: Callable[[dict[TopicPartition, list[Any]]], Awaitable[None]],
+) -> None:
+    """Fetch and hand each batch to ``handle``; without records for QUIET_SECONDS and with a news waiter, pause."""
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    while True:
+        batch = await consumer.getmany(timeout_ms=200, max_records=settings.consumer_batch)
+        if batch:
+            await handle(batch)
+            quiet_since = loop.time()
+        elif news is not None and loop.time() - quiet_since >= QUIET_SECONDS:
+            await _pause_until_news(consumer, news)
+            quiet_since = loop.time() - QUIET_SECONDS + RESUMED_SECONDS
+
+
+async def _pause_until_news(consumer: AIOKafkaConsumer, news: Waiter) -> None:
+    """Stop fetching (Tansu answers a waiting fetch only when its wait expires: an idle consumer would fetch
+    20 times a second) until a relay announces a record for us, or the safety net passes (records no relay
+    announces: dead letters, other producers). Positions are kept; nothing is skipped or read twice."""
+    paused = consumer.assignment()
+    if not paused:
+        return
+    consumer.pause(*paused)
+    try:
+        await news.wait(SAFETY_NET_SECONDS)
+    finally:
+        assigned = consumer.assignment()
+        consumer.resume(*[tp for tp in paused if tp in assigned])
+
+
+class _GroupRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, group: ConsumerGroup) -> None:
+        self.group = group
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        for runner in self.group.runners:
+            runner.forget(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.group.seek_stored(list(assigned))
+
+
+class ConsumerGroup:
+    """One Kafka consumer for all the grouped sinks of a process: each record is fetched and decoded once per
+    process, not once per sink, and an idle process has one consumer to pause and one heartbeat to send.
+
+    Each sink still applies its records and stores its own position in its own transaction (``Sink.process``), so
+    exactly-once holds per sink as with a consumer each: the group seeks a partition to the lowest position any of
+    its sinks stored, and each runner skips what its sink already applied. A sink that fails transiently has the
+    partition fetched again from its position; the others skip what they applied meanwhile. The consumer group's id
+    names the sinks, so instances of one service (same sinks) share the partitions between them.
+    """
+
+    def __init__(self, runners: Sequence[ConsumerRunner], settings: ServiceSettings, epoch: EpochWatcher) -> None:
+        assert runners and all(r.sink.grouped for r in runners)
+        self.runners = list(runners)
+        self.settings = settings
+        self.epoch_watcher = epoch
+        self.news: Waiter | None = None  # as ConsumerRunner.news, for the whole group (rung for any of its topics)
+        self.consumer: AIOKafkaConsumer | None = None
+        self.group_id = settings.topic_prefix + "+".join(sorted(r.sink.name for r in self.runners))
+        epoch.subscribe(self._on_epoch)
+
+    @property
+    def topic_names(self) -> frozenset[str]:
+        return frozenset().union(*(r.topic_names for r in self.runners))
+
+    async def _on_epoch(self, epoch: str) -> None:
+        if self.consumer is not None:
+            await self.seek_stored(list(self.consumer.assignment()))
+
+    async def seek_stored(self, partitions: list[TopicPartition]) -> None:
+        """Seek each partition to the lowest position stored by the sinks that follow its topic."""
+        assert self.consumer is not None
+        lowest: dict[TopicPartition, int | None] = {}
+        for runner in self.runners:
+            mine = runner.topic_names
+            stored = await runner.stored_positions([tp for tp in partitions if tp.topic in mine])
+            for tp, pos in stored.items():
+                if tp not in lowest:
+                    lowest[tp] = pos
+                else:
+                    known = lowest[tp]
+                    lowest[tp] = None if known is None or pos is None else min(known, pos)
+        await _seek(self.consumer, lowest)
+
+    async def run(self) -> None:
+        for runner in self.runners:
+            if not runner.set_up:
+                await runner.sink.setup()
+                runner.set_up = True
+        await self.epoch_watcher.wait_known()
+        self.consumer = consumer = _consumer(self.settings, self.group_id)
+        for runner in self.runners:
+            runner.consumer = consumer
+        consumer.subscribe(sorted(self.topic_names), listener=_GroupRebalance(self))
+        await consumer.start()
+        for runner in self.runners:
+            runner.running = True
+        try:
+            await _poll(consumer, self.settings, self.news, self._handle_batch)
+        finally:
+            for runner in self.runners:
+                runner.running = False
+            await consumer.stop()
+
+    async def _handle_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Every sink applies the batch (concurrently, as separate consumers did); then the partitions a sink could
+        not apply are fetched again from the lowest such position, after a back-off."""
+        assert self.consumer is not None
+        decoded: dict[TopicPartition, dict[int, Incoming | Exception]] = {tp: {} for tp in batch}
+
+        async def apply(runner: ConsumerRunner) -> dict[TopicPartition, int]:
+            retry: dict[TopicPartition, int] = {}
+            for tp, records in batch.items():
+                if tp.topic in runner.topic_names:
+                    at = await runner._apply(tp, records, decoded[tp])
+                    if at is not None:
+                        retry[tp] = at
+            return retry
+
+        results = await asyncio.gather(*(apply(r) for r in self.runners), return_exceptions=True)
+        again: dict[TopicPartition, int] = {}
+        for result in results:
+            if isinstance(result, BaseException):
+                continue
+            for tp, at in result.items():
+                again[tp] = min(at, again.get(tp, at))
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            # as a runner's own loop would: the group restarts (supervised) and every sink reads its positions again
+            raise failed[0]
+        for tp, at in again.items():
+            self.consumer.seek(tp, at)
+        if again:
+            await asyncio.sleep(BACK_OFF_SECONDS)
