@@ -34,7 +34,7 @@ from tsop_events.schemas import DeadLettered, WireEvent
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp, IntegrityError, Tracking
 from tsop_events.topics import Topic
-from tsop_events.wake import SAFETY_NET_SECONDS, Waiter
+from tsop_events.wake import Waiter
 
 log = logging.getLogger(__name__)
 
@@ -434,7 +434,10 @@ def _consumer(settings: ServiceSettings, group_id: str | None) -> AIOKafkaConsum
         max_poll_records=settings.consumer_batch,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         session_timeout_ms=10000,
-        heartbeat_interval_ms=1000,
+        heartbeat_interval_ms=3000,
+        # how often aiokafka's fetch loop wakes without cause (it wakes at once on a resume, a seek or a response):
+        # at its default 200 ms a paused consumer still woke its process 5 times a second
+        consumer_timeout_ms=1000,
     )
 
 
@@ -464,29 +467,38 @@ async def _poll(
     news: Waiter | None,
     handle: Callable[[dict[TopicPartition, list[Any]]], Awaitable[None]],
 ) -> None:
-    """Fetch and hand each batch to ``handle``; without records for QUIET_SECONDS and with a news waiter, pause."""
+    """Fetch and hand each batch to ``handle``; without records for QUIET_SECONDS and with a news waiter, pause.
+
+    Woken by news, a paused consumer fetches for RESUMED_SECONDS; woken by the safety net only (nothing announced),
+    it looks once (one fetch wait) and pauses again at once if nothing came: an idle consumer costs the broker about
+    one fetch per safety net, not one per fetch wait."""
     loop = asyncio.get_running_loop()
     quiet_since = loop.time()
+    wait_ms = 200
     while True:
-        batch = await consumer.getmany(timeout_ms=200, max_records=settings.consumer_batch)
+        batch = await consumer.getmany(timeout_ms=wait_ms, max_records=settings.consumer_batch)
+        wait_ms = 200
         if batch:
             await handle(batch)
             quiet_since = loop.time()
         elif news is not None and loop.time() - quiet_since >= QUIET_SECONDS:
-            await _pause_until_news(consumer, news)
-            quiet_since = loop.time() - QUIET_SECONDS + RESUMED_SECONDS
+            if await _pause_until_news(consumer, news, settings.consumer_safety_net_seconds):
+                quiet_since = loop.time() - QUIET_SECONDS + RESUMED_SECONDS
+            else:
+                quiet_since = loop.time() - QUIET_SECONDS  # pause again after one look
+                wait_ms = settings.fetch_max_wait_ms + 50
 
 
-async def _pause_until_news(consumer: AIOKafkaConsumer, news: Waiter) -> None:
+async def _pause_until_news(consumer: AIOKafkaConsumer, news: Waiter, safety_net: float) -> bool:
     """Stop fetching (Tansu answers a waiting fetch only when its wait expires: an idle consumer would fetch
-    20 times a second) until a relay announces a record for us, or the safety net passes (records no relay
-    announces: dead letters, other producers). Positions are kept; nothing is skipped or read twice."""
+    20 times a second) until a relay announces a record for us (True), or the safety net passes (False: records no
+    relay announces, e.g. another producer's). Positions are kept; nothing is skipped or read twice."""
     paused = consumer.assignment()
     if not paused:
-        return
+        return False
     consumer.pause(*paused)
     try:
-        await news.wait(SAFETY_NET_SECONDS)
+        return await news.wait(safety_net)
     finally:
         assigned = consumer.assignment()
         consumer.resume(*[tp for tp in paused if tp in assigned])
