@@ -3,13 +3,14 @@
 Each record is fetched and decoded once per process, yet every sink applies it exactly once, in its own
 transaction with its own position: a sink that fails transiently has the partition fetched again without the
 others applying anything twice, and a sink that joins later (no position yet) reads from the beginning while
-the others skip what they already applied.
+the others skip what they already applied. A projection sink applies a fetch's partitions in one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Sequence
 from typing import ClassVar
 
 import asyncpg
@@ -23,6 +24,8 @@ from tsop_events.settings import ServiceSettings
 
 pytestmark = pytest.mark.parametrize("bus", ["tansu"], indirect=True)
 
+seen: list[tuple[str, int]] = []  # (sink, partitions) of each batch applied in one transaction across partitions
+
 
 class Ledger(ProjectionSink):
     """Appends one row per applied record to its own table; fails once, transiently, when told to."""
@@ -34,6 +37,10 @@ class Ledger(ProjectionSink):
     async def setup(self) -> None:
         await super().setup()
         await self.pool.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (ce_id text)")
+
+    async def process_partitions(self, epoch: str, batches: Sequence[tuple[str, int, Sequence[Incoming], int]]) -> None:
+        seen.append((self.name, len(batches)))
+        await super().process_partitions(epoch, batches)
 
     async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
         await conn.execute(f"INSERT INTO {self.table} VALUES ($1)", incoming.envelope.id)
@@ -82,6 +89,7 @@ async def test_sinks_sharing_one_consumer_each_apply_every_record_once(settings:
     assert not Ledger.fail_once_at and not OtherLedger.fail_once_at, "each sink failed once, transiently"
     assert Counter(a) == want, "A: every record once, across its failure, B's failure and the restart"
     assert Counter(b) == want, "B: every record once, from the beginning, across both failures"
+    assert any(n > 1 for _, n in seen), "several partitions' records were applied in one transaction"
 
 
 async def _has(runtime: Runtime, table: str, n: int) -> bool:

@@ -165,6 +165,45 @@ class ProjectionSink(Sink):
             )
 
 
+    async def process_partitions(
+        self, epoch: str, batches: Sequence[tuple[str, int, Sequence[Incoming], int]]
+    ) -> None:
+        """``process`` for several partitions (topic, partition, records, last offset) in one transaction: their
+        positions created and locked with one statement, advanced with another. Same guarantees as ``process``
+        (a partition whose position is past its batch applies nothing); rows locked in (topic, partition) order."""
+        order = sorted(batches, key=lambda b: (b[0], b[1]))
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "INSERT INTO tsop_consumer_offsets AS o "
+                "SELECT $1, $2, u.t, u.p, 0 FROM unnest($3::text[], $4::int[]) AS u(t, p) ORDER BY u.t, u.p "
+                "ON CONFLICT (consumer, epoch, topic, partition) DO UPDATE SET next_offset = o.next_offset "
+                "RETURNING o.topic, o.partition, o.next_offset",
+                self.name,
+                epoch,
+                [b[0] for b in order],
+                [b[1] for b in order],
+            )
+            done = {(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+            todo = [b for b in order if done[(b[0], b[1])] <= b[3]]
+            if not todo:
+                return
+            for topic, partition, records, _ in todo:
+                first = done[(topic, partition)]
+                for rec in records:
+                    if rec.offset >= first:
+                        await self.apply(conn, rec)
+            await conn.execute(
+                "UPDATE tsop_consumer_offsets AS o SET next_offset = u.n "
+                "FROM unnest($3::text[], $4::int[], $5::bigint[]) AS u(t, p, n) "
+                "WHERE o.consumer = $1 AND o.epoch = $2 AND o.topic = u.t AND o.partition = u.p",
+                self.name,
+                epoch,
+                [b[0] for b in todo],
+                [b[1] for b in todo],
+                [b[3] + 1 for b in todo],
+            )
+
+
 class EventStoreSink(Sink):
     """Effects are new aggregate events, saved with an eventsourcing tracking row."""
 
@@ -332,9 +371,60 @@ class ConsumerRunner:
     ) -> int | None:
         """Apply a fetched batch of one partition; the offset to fetch again from after a transient failure (the
         caller seeks there and backs off), or None."""
-        assert self.consumer is not None
         epoch = self.epoch_watcher.epoch
         assert epoch is not None
+        prepared = await self._prepare(epoch, tp, records, shared)
+        if prepared is None:
+            return None
+        return await self._process_partition(epoch, tp, *prepared)
+
+    async def _apply_partitions(
+        self, batch: dict[TopicPartition, list[Any]], shared: dict[TopicPartition, dict[int, Incoming | Exception]]
+    ) -> dict[TopicPartition, int]:
+        """Apply a fetched batch of several partitions; the partitions to fetch again after a transient failure.
+
+        A projection sink applies them all in one transaction (``ProjectionSink.process_partitions``: its positions
+        locked and advanced with one statement each, not four round trips per partition); should that fail other
+        than transiently, each partition is applied on its own as ``_apply`` does."""
+        epoch = self.epoch_watcher.epoch
+        assert epoch is not None
+        work: list[tuple[TopicPartition, list[Any], list[Incoming]]] = []
+        for tp, records in batch.items():
+            if tp.topic in self.topic_names:
+                prepared = await self._prepare(epoch, tp, records, shared[tp])
+                if prepared is not None:
+                    work.append((tp, *prepared))
+        sink = self.sink
+        if not isinstance(sink, ProjectionSink) or type(sink).process is not ProjectionSink.process or len(work) < 2:
+            retry: dict[TopicPartition, int] = {}
+            for tp, records, decoded in work:
+                at = await self._process_partition(epoch, tp, records, decoded)
+                if at is not None:
+                    retry[tp] = at
+            return retry
+        try:
+            await sink.process_partitions(
+                epoch, [(tp.topic, tp.partition, decoded, records[-1].offset) for tp, records, decoded in work]
+            )
+            CONSUMED.labels(sink.name, "applied").inc(sum(len(decoded) for _, _, decoded in work))
+        except RETRYABLE as exc:
+            return {tp: self._back_off(tp, records[0].offset, exc) for tp, records, _ in work}
+        except Exception:  # noqa: BLE001 - one bad record: each partition on its own (one by one where it fails)
+            retry = {}
+            for tp, records, decoded in work:
+                at = await self._process_partition(epoch, tp, records, decoded)
+                if at is not None:
+                    retry[tp] = at
+            return retry
+        for tp, records, decoded in work:
+            self._applied(epoch, tp, decoded, records[-1].offset)
+        return {}
+
+    async def _prepare(
+        self, epoch: str, tp: TopicPartition, records: list[Any], shared: dict[int, Incoming | Exception] | None
+    ) -> tuple[list[Any], list[Incoming]] | None:
+        """The records not yet applied (None if none) and those of them the sink reads, decoded; the undecodable
+        ones dead-lettered."""
         wanted = self.sink.event_types
         if (epoch, tp) in self._next:
             done = self._next[(epoch, tp)]
@@ -354,6 +444,11 @@ class ConsumerRunner:
                 decoded.append(self._decode(r, shared))
             except (ValueError, ValidationError) as exc:
                 await self._dead_letter(r, exc)
+        return records, decoded
+
+    async def _process_partition(
+        self, epoch: str, tp: TopicPartition, records: list[Any], decoded: list[Incoming]
+    ) -> int | None:
         last = records[-1].offset
         try:
             await self.sink.process(epoch, tp.topic, tp.partition, decoded, last)
@@ -364,13 +459,17 @@ class ConsumerRunner:
             retry_at = await self._one_by_one(epoch, tp, decoded, last)
             if retry_at is not None:
                 return retry_at
+        self._applied(epoch, tp, decoded, last)
+        return None
+
+    def _applied(self, epoch: str, tp: TopicPartition, decoded: list[Incoming], last: int) -> None:
+        assert self.consumer is not None
         self._next[(epoch, tp)] = last + 1
         if decoded and self.on_stored is not None:
             self.on_stored()
         highwater = self.consumer.highwater(tp)
         if highwater is not None:
             CONSUMER_LAG.labels(self.sink.name, tp.topic, str(tp.partition)).set(max(0, highwater - last - 1))
-        return None
 
     async def _one_by_one(self, epoch: str, tp: TopicPartition, decoded: list[Incoming], last: int) -> int | None:
         for rec in decoded:
@@ -586,16 +685,9 @@ class ConsumerGroup:
         assert self.consumer is not None
         decoded: dict[TopicPartition, dict[int, Incoming | Exception]] = {tp: {} for tp in batch}
 
-        async def apply(runner: ConsumerRunner) -> dict[TopicPartition, int]:
-            retry: dict[TopicPartition, int] = {}
-            for tp, records in batch.items():
-                if tp.topic in runner.topic_names:
-                    at = await runner._apply(tp, records, decoded[tp])
-                    if at is not None:
-                        retry[tp] = at
-            return retry
-
-        results = await asyncio.gather(*(apply(r) for r in self.runners), return_exceptions=True)
+        results = await asyncio.gather(
+            *(r._apply_partitions(batch, decoded) for r in self.runners), return_exceptions=True
+        )
         again: dict[TopicPartition, int] = {}
         for result in results:
             if isinstance(result, BaseException):
