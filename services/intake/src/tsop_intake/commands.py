@@ -681,12 +681,12 @@ async def cancel(
 CONFIRMABLE = frozenset({"resolved", "feedback_sent"})  # resolved, not yet rated, closed or reopened
 
 
-async def confirm_resolution(svc: Intake, ticket_id: UUID, note: str | None, caller: Principal) -> ServiceRequest:
+async def confirm_resolution(svc: Intake, ticket_id: UUID, comment: str | None, caller: Principal) -> ServiceRequest:
     """The customer confirmed, through the ticket's own channel (or to staff), that its resolution solved the
     problem (§2.4): recorded here, closed by feedback. Only a ticket resolved downstream (the status read model)
     can be confirmed (409 otherwise: a ticket closed already is the caller's to answer as a retry). Should the
     ticket close or reopen meanwhile, feedback takes the confirmation for what it is then (nothing, or kept)."""
-    note = _reason("note", note)
+    comment = _reason("comment", comment)
     status = await svc.pool.fetchval("SELECT status FROM request_status WHERE ticket_id = $1", ticket_id)
     if status not in CONFIRMABLE:
         raise Conflict(f"the ticket is {status or 'not resolved'}: only a resolution can be confirmed", "status")
@@ -694,7 +694,7 @@ async def confirm_resolution(svc: Intake, ticket_id: UUID, note: str | None, cal
 
     def decide(uow: UnitOfWork) -> ServiceRequest:
         request = _load(uow, ticket_id, caller)
-        request.confirm_resolution(caller.subject, note, svc.app.clock.now())
+        request.confirm_resolution(caller.subject, comment, svc.app.clock.now())
         events[:] = request.pending_events
         return request
 

@@ -325,42 +325,32 @@ async def patch_ticket(
         # confirmed); the answer shows the ticket closed once the read model has heard of it
         note = body.get("statusChangeReason")
         await commands.confirm_resolution(svc, tid, None if note is None else str(note), caller)
-        state, history = await _wait_status(svc, tid, caller, "closed")
+        state, history = await _wait_until(svc, tid, caller, lambda st: st["status"] == "closed")
         return await _view(svc, caller, state, history, fields)
     # read-your-write: the view once the read model holds intake's last event of this ticket
-    state, history = await _wait_applied(svc, tid, caller, after.modified_on)
+    state, history = await _wait_until(svc, tid, caller, _applied(after.modified_on))
     return await _view(svc, caller, state, history, fields)
 
 
-async def _wait_status(
-    svc: Service[IntakeApp], tid: UUID, caller: Principal, status: str, timeout: float = 5.0
+async def _wait_until(
+    svc: Service[IntakeApp], tid: UUID, caller: Principal, done: Callable[[dict[str, Any]], bool],
+    timeout: float = 5.0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The ticket once its read model shows ``status`` (or as it stands after ``timeout``: the change is
-    recorded either way, and the read model follows)."""
+    """The ticket once its read model state is ``done`` (or as it stands after ``timeout``: the change is recorded
+    either way, and the read model follows)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         state, history = await _ticket(svc, str(tid), caller)
-        if state["status"] == status or loop.time() > deadline:
-            return state, history
-        await asyncio.sleep(0.05)
-
-
-async def _wait_applied(
-    svc: Service[IntakeApp], tid: UUID, caller: Principal, until: datetime, timeout: float = 5.0
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The ticket once the read model has applied what happened up to ``until`` (or as it stands after ``timeout``).
-
-    The read model's ``last_update`` is the time of the last event it applied, and an event's time is its
-    domain timestamp, so ``until`` is intake's own ``modified_on`` of the request.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        state, history = await _ticket(svc, str(tid), caller)
-        if state["last_update"] >= until or loop.time() > deadline:
+        if done(state) or loop.time() > deadline:
             return state, history
         await asyncio.sleep(0.02)
+
+
+def _applied(until: datetime) -> Callable[[dict[str, Any]], bool]:
+    """The read model has applied what happened up to ``until``: its ``last_update`` is the time of the last
+    event it applied, and an event's time is its domain timestamp, so ``until`` is intake's own ``modified_on``."""
+    return lambda state: bool(state["last_update"] >= until)
 
 
 @router.delete("/troubleTicket/{id}", status_code=204, summary="Delete a TroubleTicket (admin)")
