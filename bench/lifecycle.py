@@ -419,6 +419,9 @@ class Driver:
             bootstrap_servers=self.target.bootstrap,
             auto_offset_reset="latest",
             enable_auto_commit=False,
+            # a fetch waits up to 50 ms for 256 KiB: a few fetches a second carry many records each, instead of
+            # one fetch (a request to encode, a response to decode) for each few records
+            fetch_min_bytes=256 * 1024,
             fetch_max_wait_ms=50,
             max_partition_fetch_bytes=8 * 2**20,
         )
