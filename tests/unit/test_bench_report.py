@@ -8,6 +8,7 @@ from typing import Any
 
 import psutil
 import pytest
+from aiokafka import ConsumerRecord
 
 from bench.client import ConnectFailed, StatusError, Timeout
 from bench.lifecycle import (
@@ -289,3 +290,52 @@ def test_cpu_net_of_idle_subtracts_each_process_idle_share_over_the_phase() -> N
     # 100 lifecycles in 50 s; the broker idles at 20 % of a core: 10 s of its CPU, 100 ms per lifecycle
     r = net_of_idle({"broker": 150.0, "intake": 40.0, "bench-driver": 30.0}, {"broker": 20.0}, 50.0, 100)
     assert r == {"per_process_ms": {"broker": 50.0, "intake": 40.0}, "platform_ms": 90.0}
+
+
+def record(offset: int, kind: str | None, ticket: str, value: bytes, at: str | None = "2026-12-02T20:00:00+00:00",
+           ) -> ConsumerRecord[bytes, bytes]:
+    headers = [(name, v.encode()) for name, v in (("ce_id", f"e{offset}"), ("ce_type", kind), ("ce_time", at))
+               if v is not None]
+    return ConsumerRecord("tsop.tickets", 0, offset, 0, 0, ticket.encode(), value, None, 0, len(value), headers)
+
+
+async def test_the_follower_reads_only_the_kinds_it_acts_on_and_names_an_unreadable_one() -> None:
+    driver = Driver(FakeTarget())
+    lc = Lifecycle("throughput", 0.0)
+    lc.ticket = "T-1"
+    driver.tickets["T-1"] = lc
+    driver.read([
+        record(1, "tsop.ticket.submitted.v1", "T-1", b"not json at all"),  # not acted on: its body is never read
+        record(2, "tsop.ticket.worklogged.v1", "T-1", b"{}", at="not a time"),  # nor its time
+        record(3, ARCHIVED, "T-2", b"{}"),  # a ticket whose submission is not answered yet: kept for it
+        record(4, ARCHIVED, "T-1", b"{}", at="2026-12-02T20:00:01+00:00"),
+        record(5, FEEDBACK_SENT, "T-1", b"{}", at=None),  # acted on, but without its time
+        record(6, None, "T-1", b"{}"),  # no ce_type at all
+    ])
+    assert lc.archived_at == 1796241601.0 and lc.done.is_set() and lc.stage == "archived"
+    assert driver.early == {"T-2": [(ARCHIVED, 1796241600.0, b"{}")]}
+    assert [str(e) for e in driver.errors] == [
+        "[follow] follow: unreadable record tsop.tickets[0]@5: KeyError: 'ce_time'",
+        "[follow] follow: unreadable record tsop.tickets[0]@6: KeyError: 'ce_type'",
+    ]
+    await driver.aclose()
+
+
+async def test_an_assigned_record_starts_the_technician_s_steps_with_its_credential() -> None:
+    async with LocalServer(lambda request: Reply.json(200, {})) as server:
+        driver = Driver(FakeTarget(server.url))
+        driver.technician_tokens["tech-3"] = "tok-3"
+        lc = Lifecycle("throughput", 0.0)
+        lc.ticket = "T-3"
+        driver.tickets["T-3"] = lc
+        driver.read([record(1, ASSIGNED, "T-3", b'{"work_order_id": "W-3", "technician_id": "tech-3"}')])
+        assert lc.assigned_at == 1796241600.0
+        for _ in range(200):
+            if lc.stage == "waiting for FeedbackSent":
+                break
+            await asyncio.sleep(0.01)
+        assert [r.path.rsplit("/", 1)[1] for r in server.requests] == ["accept", "start", "log", "resolve"]
+        assert {r.headers["authorization"] for r in server.requests} == {"Bearer tok-3"} and not driver.errors
+        driver.read([record(2, ASSIGNED, "T-3", b"not json")])  # a second Assigned is not acted on again
+        assert not driver.errors and len(server.requests) == 4
+        await driver.aclose()
