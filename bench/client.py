@@ -180,7 +180,9 @@ class Client:
         self.connections_opened = 0  # how many connections this client opened (kept-alive ones are reused)
 
     async def post(self, url: str, body: Any, headers: Mapping[str, str] | None = None) -> Answer:
-        """POST ``body`` as JSON."""
+        """POST ``body`` as JSON; ``None`` sends an empty body (as httpx's ``json=None`` did)."""
+        if body is None:
+            return await self.request("POST", url, b"", headers)
         return await self.request("POST", url, orjson.dumps(body), headers, "application/json")
 
     async def get(self, url: str, headers: Mapping[str, str] | None = None) -> Answer:

@@ -34,6 +34,10 @@ async def test_requests_share_one_kept_alive_connection_and_carry_json_and_heade
         assert first.headers["authorization"] == "Bearer t" and first.headers["idempotency-key"] == "k0"
         assert first.headers["host"] == server.url.removeprefix("http://")
         assert int(first.headers["content-length"]) == len(first.body)
+        await client.post(f"{server.url}/v1/work-orders/W/accept", None, {"Authorization": "Bearer t"})
+        accept = server.requests[-1]
+        assert accept.body == b"" and accept.headers["content-length"] == "0" and "content-type" not in accept.headers
+        assert accept.connection == 1
         await client.aclose()
 
 
