@@ -127,3 +127,23 @@ def test_a_ticket_unlinked_and_linked_again_is_told_again_and_a_replay_tells_not
     assert len(queued(app)) == 3
     inc(wire.ServiceRestored(incident_id=INC, note="ok", restored_by="m", restored_at=at(4)))
     assert sorted(n.step for n in queued(app)).count("incident_restored") == 1
+
+
+def test_a_chunk_of_linked_tickets_tells_each_customer_once_as_if_linked_alone() -> None:
+    """The sweep's TicketsLinked (one event per chunk): each ticket's customer told once; the chunk redelivered or
+    replayed, or a ticket of it linked again alone (the old event), tells nobody again; a status fans out to all."""
+    app, _ = make_app()
+    bus = Bus(app)
+    for t in ("t1", "t2", "t3"):
+        bus(submitted(t, f"https://ok.example/{t}"))
+    inc = Incidents(app)
+    chunk = wire.IncidentTicketsLinked(incident_id=INC, ticket_ids=["t1", "t2", "t3", "t-unknown"], linked_by="auto",
+                                       linked_at=at(1))
+    inc(declared(), chunk, redeliver=True)
+    inc(linked("t2", 1))  # the same link, as the event of one ticket
+    assert sorted((n.ticket_id, n.step) for n in queued(app)) == [
+        ("t1", "incident_linked"), ("t2", "incident_linked"), ("t3", "incident_linked")]
+    inc.replay()
+    assert len(queued(app)) == 3
+    inc(wire.ServiceRestored(incident_id=INC, note="ok", restored_by="m", restored_at=at(2)))
+    assert sorted(n.ticket_id for n in queued(app) if n.step == "incident_restored") == ["t1", "t2", "t3"]

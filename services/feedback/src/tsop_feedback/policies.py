@@ -58,7 +58,8 @@ class FollowTickets(EventStoreSink):
         # and their channels' subscriptions (most channels have none: one query learns it, not a read per event)
         channels = {case.channel_id for cid in wanted
                     if (case := uow.find(FeedbackCase, cid)) is not None and case.channel_id}
-        channels |= {r.event.channel_id for r in records if isinstance(r.event, wire.RequestSubmitted)}
+        channels |= {r.event.channel_id for r in records
+                     if isinstance(r.event, wire.RequestSubmitted) and r.event.channel_id}
         uow.preload(access_id(c) for c in channels)
 
     def surveyed(self, case: FeedbackCase, at: datetime) -> bool:

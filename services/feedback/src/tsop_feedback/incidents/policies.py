@@ -38,7 +38,8 @@ class IncidentNotices(EventStoreSink):
     topics: ClassVar[tuple[Topic, ...]] = (Topic.incidents,)
     event_types: ClassVar[frozenset[str] | None] = frozenset({
         wire.IncidentDeclared.event_type, wire.IncidentAcknowledged.event_type,
-        wire.IncidentTicketLinked.event_type, wire.IncidentTicketUnlinked.event_type,
+        wire.IncidentTicketLinked.event_type, wire.IncidentTicketsLinked.event_type,
+        wire.IncidentTicketUnlinked.event_type,
         wire.ServiceRestored.event_type, wire.IncidentResolved.event_type,
     })
 
@@ -56,8 +57,10 @@ class IncidentNotices(EventStoreSink):
 
     def prefetch(self, uow: UnitOfWork, records: Sequence[Incoming]) -> None:
         """A batch of links: the tickets' records and cases in one query (most records do not exist yet)."""
-        tickets = [r.event.ticket_id for r in records
-                   if isinstance(r.event, wire.IncidentTicketLinked | wire.IncidentTicketUnlinked)]
+        tickets = [t for r in records for t in (
+            r.event.ticket_ids if isinstance(r.event, wire.IncidentTicketsLinked)
+            else [r.event.ticket_id] if isinstance(r.event, wire.IncidentTicketLinked | wire.IncidentTicketUnlinked)
+            else [])]
         uow.preload([*(ticket_incident_id(t) for t in tickets), *(case_id(t) for t in tickets),
                      *{brief_id(r.event.incident_id) for r in records if isinstance(r.event, wire.IncidentEvent)}])
 
@@ -73,9 +76,11 @@ class IncidentNotices(EventStoreSink):
             return  # a replay of a resolved incident: its customers were told, and its tickets are resolved
         if isinstance(ev, wire.IncidentDeclared):
             brief.retitle(ev.title)
-        elif isinstance(ev, wire.IncidentTicketLinked):
-            if self.ticket(uow, ev.ticket_id).link(ev.incident_id, ev.linked_at):
-                self.notify(uow, brief, ev.ticket_id, "incident_linked", ev.linked_at, ev.linked_at)
+        elif isinstance(ev, wire.IncidentTicketLinked | wire.IncidentTicketsLinked):
+            # a chunk's tickets each told as if linked alone
+            for ticket_id in [ev.ticket_id] if isinstance(ev, wire.IncidentTicketLinked) else ev.ticket_ids:
+                if self.ticket(uow, ticket_id).link(ev.incident_id, ev.linked_at):
+                    self.notify(uow, brief, ticket_id, "incident_linked", ev.linked_at, ev.linked_at)
         elif isinstance(ev, wire.IncidentTicketUnlinked):
             if self.ticket(uow, ev.ticket_id).unlink(ev.incident_id, ev.unlinked_at):
                 self.notify(uow, brief, ev.ticket_id, "incident_unlinked", ev.unlinked_at, ev.unlinked_at)
