@@ -136,9 +136,10 @@ def test_a_chunk_of_linked_tickets_tells_each_customer_once_as_if_linked_alone()
     bus = Bus(app)
     for t in ("t1", "t2", "t3"):
         bus(submitted(t, f"https://ok.example/{t}"))
+    bus(submitted("t-silent", "https://ok.example/x").model_copy(update={"callback_url": None}))
     inc = Incidents(app)
-    chunk = wire.IncidentTicketsLinked(incident_id=INC, ticket_ids=["t1", "t2", "t3", "t-unknown"], linked_by="auto",
-                                       linked_at=at(1))
+    chunk = wire.IncidentTicketsLinked(incident_id=INC, ticket_ids=["t1", "t2", "t3", "t-unknown", "t-silent"],
+                                       linked_by="auto", linked_at=at(1))
     inc(declared(), chunk, redeliver=True)
     inc(linked("t2", 1))  # the same link, as the event of one ticket
     assert sorted((n.ticket_id, n.step) for n in queued(app)) == [
@@ -147,3 +148,9 @@ def test_a_chunk_of_linked_tickets_tells_each_customer_once_as_if_linked_alone()
     assert len(queued(app)) == 3
     inc(wire.ServiceRestored(incident_id=INC, note="ok", restored_by="m", restored_at=at(2)))
     assert sorted(n.ticket_id for n in queued(app) if n.step == "incident_restored") == ["t1", "t2", "t3"]
+    # a case with no callback is known from the log: a notice's fan-out does not read it; the others are read
+    assert inc.sink.linked.unreachable() == {"t-silent"}
+    # a ticket linked later, whose case has a callback, is told
+    bus(submitted("t5", "https://ok.example/t5"))
+    inc(wire.IncidentTicketLinked(incident_id=INC, ticket_id="t5", linked_by="auto", linked_at=at(3)))
+    assert [n.step for n in queued(app) if n.ticket_id == "t5"] == ["incident_linked"]

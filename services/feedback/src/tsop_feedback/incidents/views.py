@@ -7,6 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from tsop_events.store import EventStoreApp, LogFollower
+from tsop_feedback.domain import FeedbackCase
 from tsop_feedback.incidents.domain import TicketIncident
 
 
@@ -16,9 +17,15 @@ class LinkedTickets(LogFollower):
         self.of_incident: dict[str, set[str]] = {}
         self.current: dict[str, str] = {}  # ticket → the incident it is linked to now
         self.tickets: dict[UUID, str] = {}  # TicketIncident id → its ticket
+        # tickets whose case has no callback (a case's callback is set when it opens, never after): nobody to tell,
+        # so a notice skips reading their cases (an incident's fan-out over all its tickets)
+        self.no_callback: set[str] = set()
 
     def apply(self, event: Any) -> None:
-        if isinstance(event, TicketIncident.Started):
+        if isinstance(event, FeedbackCase.Opened):
+            if not event.callback_url:
+                self.no_callback.add(event.ticket_id)
+        elif isinstance(event, TicketIncident.Started):
             self.tickets[event.originator_id] = event.ticket_id
         elif isinstance(event, TicketIncident.Linked | TicketIncident.Unlinked):
             ticket = self.tickets.get(event.originator_id)
@@ -30,6 +37,11 @@ class LinkedTickets(LogFollower):
             if isinstance(event, TicketIncident.Linked):
                 self.current[ticket] = event.incident_id
                 self.of_incident.setdefault(event.incident_id, set()).add(ticket)
+
+    def unreachable(self) -> frozenset[str]:
+        """The tickets known to have no callback (a ticket whose case the log has not shown yet is not among them)."""
+        with self.lock:
+            return frozenset(self.no_callback)
 
     def tickets_of(self, incident_id: str) -> set[str]:
         with self.lock:
