@@ -15,7 +15,7 @@ from tsop_events.consumer import Incoming
 from tsop_events.envelope import Envelope
 from tsop_feedback import commands
 from tsop_feedback.commands import FeedbackApp
-from tsop_feedback.domain import Notification
+from tsop_feedback.domain import FeedbackCase, Notification
 from tsop_feedback.incidents.policies import IncidentNotices
 
 INC = "inc-1"
@@ -149,7 +149,13 @@ def test_a_chunk_of_linked_tickets_tells_each_customer_once_as_if_linked_alone()
     inc(wire.ServiceRestored(incident_id=INC, note="ok", restored_by="m", restored_at=at(2)))
     assert sorted(n.ticket_id for n in queued(app) if n.step == "incident_restored") == ["t1", "t2", "t3"]
     # a case with no callback is known from the log: a notice's fan-out does not read it; the others are read
-    assert inc.sink.linked.unreachable() == {"t-silent"}
+    everyone = ["t1", "t2", "t3", "t-unknown", "t-silent"]
+    assert inc.sink.linked.unreachable(everyone) == {"t-silent"}
+    # ... while its case is open: a closed case is forgotten (the set holds open cases only) and read again if asked
+    inc.sink.linked.apply(FeedbackCase.Closed(
+        originator_id=commands.case_id("t-silent"), originator_version=9, timestamp=NOW, ticket_id="t-silent",
+        reason="rating_expired", closed_at=NOW))
+    assert inc.sink.linked.unreachable(everyone) == set()
     # a ticket linked later, whose case has a callback, is told
     bus(submitted("t5", "https://ok.example/t5"))
     inc(wire.IncidentTicketLinked(incident_id=INC, ticket_id="t5", linked_by="auto", linked_at=at(3)))

@@ -47,7 +47,7 @@ class IncidentNotices(EventStoreSink):
         super().__init__(app)
         self.feedback = app
         self.linked = LinkedTickets(app)
-        self.silent: frozenset[str] = frozenset()
+        self.silent: set[str] = set()  # tickets of this batch known to have no callback: nobody to tell
 
     @classmethod
     def of(cls, svc: Service[FeedbackApp]) -> IncidentNotices:
@@ -55,7 +55,6 @@ class IncidentNotices(EventStoreSink):
 
     def before_batch(self) -> None:
         self.linked.refresh()
-        self.silent = self.linked.unreachable()  # nobody to tell: their cases are not read
 
     def prefetch(self, uow: UnitOfWork, records: Sequence[Incoming]) -> None:
         """A batch of links: the tickets' records and cases in one query (most records do not exist yet)."""
@@ -63,6 +62,7 @@ class IncidentNotices(EventStoreSink):
             r.event.ticket_ids if isinstance(r.event, wire.IncidentTicketsLinked)
             else [r.event.ticket_id] if isinstance(r.event, wire.IncidentTicketLinked | wire.IncidentTicketUnlinked)
             else [])]
+        self.silent = self.linked.unreachable(tickets)  # their cases are not read
         uow.preload([*(ticket_incident_id(t) for t in tickets), *(case_id(t) for t in tickets if t not in self.silent),
                      *{brief_id(r.event.incident_id) for r in records if isinstance(r.event, wire.IncidentEvent)}])
 
@@ -103,7 +103,9 @@ class IncidentNotices(EventStoreSink):
         in_batch = {a.ticket_id: a.incident_id for a in uow.aggregates() if isinstance(a, TicketIncident)}
         tickets = {t for t in self.linked.tickets_of(brief.incident_id) if t not in in_batch}
         tickets |= {t for t, i in in_batch.items() if i == brief.incident_id}
-        tickets -= self.silent  # no callback: nobody to tell, no case to read
+        silent = self.linked.unreachable(tickets)
+        self.silent |= silent
+        tickets -= silent  # no callback: nobody to tell, no case to read
         uow.preload(case_id(t) for t in tickets)
         uow.prefetch(notice_id(brief.incident_id, t, step) for t in tickets)
         for t in sorted(tickets):
