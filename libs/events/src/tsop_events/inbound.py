@@ -23,6 +23,7 @@ import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, Strict
 
 from tsop_events.personal import TOKEN as SEALED
@@ -62,8 +63,9 @@ def _path(parts: list[str | int]) -> str:
     return ".".join(str(p) for p in parts) or "body"
 
 
-def _clean(value: Any, parts: list[str | int], changed: list[bool]) -> Any:
-    """Check one parsed value (recursively); return it with its text in NFC."""
+def _clean(value: Any, parts: list[str | int], changed: list[bool], ints: bool = False) -> Any:
+    """Check one parsed value (recursively); return it with its text in NFC. ``ints``: also refuse an integer
+    beyond 64 bits (a parser without ``parse_int``, orjson, lets one through)."""
     if isinstance(value, str):
         if _UNSTORABLE.search(value):
             raise EdgeError(422, _path(parts), "contains a NUL character or a lone surrogate, which cannot be stored")
@@ -85,19 +87,35 @@ def _clean(value: Any, parts: list[str | int], changed: list[bool]) -> Any:
         if len(parts) >= MAX_DEPTH:
             raise EdgeError(422, _path(parts), f"nests deeper than {MAX_DEPTH} levels")
         if isinstance(value, list):
-            return [_clean(v, [*parts, i], changed) for i, v in enumerate(value)]
+            return [_clean(v, [*parts, i], changed, ints) for i, v in enumerate(value)]
         out = {}
         for k, v in value.items():
-            key = _clean(k, [*parts, k], changed)
-            out[key] = _clean(v, [*parts, key], changed)
+            key = _clean(k, [*parts, k], changed, ints)
+            out[key] = _clean(v, [*parts, key], changed, ints)
         return out
+    if ints and isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise EdgeError(422, "body", "an integer beyond 64 bits")
     return value
 
 
 def check_json(body: bytes) -> bytes | None:
-    """Refuse a body no event can carry (``EdgeError``); return a replacement body when text was normalised."""
+    """Refuse a body no event can carry (``EdgeError``); return a replacement body when text was normalised.
+
+    The common case (valid UTF-8 JSON that passes) is parsed by orjson; anything else (not JSON for orjson, a
+    NaN, a number out of range, a value refused) goes through the standard library's parser, whose answer is
+    the reference: the same body is accepted, replaced or refused with the same reason either way."""
     if not body.strip():
         return None
+    try:
+        parsed = orjson.loads(body)
+        changed = [False]
+        cleaned = _clean(parsed, [], changed, ints=True)
+    except (orjson.JSONDecodeError, EdgeError, RecursionError):
+        return _check_json_exactly(body)
+    return json.dumps(cleaned, ensure_ascii=False).encode() if changed[0] else None
+
+
+def _check_json_exactly(body: bytes) -> bytes | None:
     try:
         parsed = json.loads(body, parse_constant=_reject_constant, parse_int=_int)
     except EdgeError:
