@@ -63,9 +63,8 @@ def _path(parts: list[str | int]) -> str:
     return ".".join(str(p) for p in parts) or "body"
 
 
-def _clean(value: Any, parts: list[str | int], changed: list[bool], ints: bool = False) -> Any:
-    """Check one parsed value (recursively); return it with its text in NFC. ``ints``: also refuse an integer
-    beyond 64 bits (a parser without ``parse_int``, orjson, lets one through)."""
+def _clean(value: Any, parts: list[str | int], changed: list[bool]) -> Any:
+    """Check one parsed value (recursively); return it with its text in NFC."""
     if isinstance(value, str):
         if _UNSTORABLE.search(value):
             raise EdgeError(422, _path(parts), "contains a NUL character or a lone surrogate, which cannot be stored")
@@ -87,14 +86,12 @@ def _clean(value: Any, parts: list[str | int], changed: list[bool], ints: bool =
         if len(parts) >= MAX_DEPTH:
             raise EdgeError(422, _path(parts), f"nests deeper than {MAX_DEPTH} levels")
         if isinstance(value, list):
-            return [_clean(v, [*parts, i], changed, ints) for i, v in enumerate(value)]
+            return [_clean(v, [*parts, i], changed) for i, v in enumerate(value)]
         out = {}
         for k, v in value.items():
-            key = _clean(k, [*parts, k], changed, ints)
-            out[key] = _clean(v, [*parts, key], changed, ints)
+            key = _clean(k, [*parts, k], changed)
+            out[key] = _clean(v, [*parts, key], changed)
         return out
-    if ints and isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
-        raise EdgeError(422, "body", "an integer beyond 64 bits")
     return value
 
 
@@ -108,11 +105,29 @@ def check_json(body: bytes) -> bytes | None:
         return None
     try:
         parsed = orjson.loads(body)
-        changed = [False]
-        cleaned = _clean(parsed, [], changed, ints=True)
-    except (orjson.JSONDecodeError, EdgeError, RecursionError):
+    except orjson.JSONDecodeError:
         return _check_json_exactly(body)
-    return json.dumps(cleaned, ensure_ascii=False).encode() if changed[0] else None
+    return None if _plain(parsed, 0) else _check_json_exactly(body)
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """True when a value orjson parsed is surely accepted unchanged by ``_check_json_exactly``; False sends the
+    body there (to be refused with its reason, or rewritten in NFC, or accepted after all)."""
+    if isinstance(value, str):
+        if value.isascii():
+            return "\x00" not in value and "pd1." not in value
+        return "pd1." not in value and not _UNSTORABLE.search(value) and unicodedata.is_normalized("NFC", value)
+    if isinstance(value, bool) or value is None:
+        return True
+    if isinstance(value, int):
+        return INT64_MIN <= value <= INT64_MAX
+    if isinstance(value, float):
+        return math.isfinite(value) and -MAX_NUMBER < value < MAX_NUMBER
+    if isinstance(value, dict):
+        return depth < MAX_DEPTH and all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return depth < MAX_DEPTH and all(_plain(v, depth + 1) for v in value)
+    return False
 
 
 def _check_json_exactly(body: bytes) -> bytes | None:
