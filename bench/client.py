@@ -128,6 +128,13 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, int, dict[str
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await _read_chunks(reader)
+    except asyncio.LimitOverrunError as exc:  # a chunk-size or trailer line without its end
+        raise ProtocolError(f"a chunk-size or trailer line longer than {HEAD_LIMIT} bytes") from exc
+
+
+async def _read_chunks(reader: asyncio.StreamReader) -> bytes:
     chunks: list[bytes] = []
     while True:
         line = await reader.readuntil(b"\r\n")

@@ -305,3 +305,75 @@ def test_a_command_that_keeps_losing_gives_up_with_the_conflict() -> None:
         asyncio.run(commands.run(always_late))
     assert len(tries) == 1 + 3
     assert store.repository.get(counter.id).count == 4  # only the rivals' bumps
+
+
+def test_a_command_retrying_on_one_aggregate_does_not_hold_up_a_retry_on_another() -> None:
+    import time
+
+    from tsop_events.store import IntegrityError
+
+    store = app()
+    hot, other = Counter(), Counter()
+    commands = Commands(store, lane_attempts=3)
+    while hash(other.id) % 64 == hash(hot.id) % 64:  # in another lane
+        other = Counter()
+    store.save(hot, other)
+    finished: dict[str, float] = {}
+    other_tries: list[int] = []
+
+    def always_late(uow: UnitOfWork) -> None:
+        c = uow.load(Counter, hot.id)
+        rival: Counter = store.repository.get(hot.id)
+        rival.bump()
+        store.save(rival)
+        time.sleep(0.5)  # a slow decide, in the lane
+        c.bump()
+
+    def late_once(uow: UnitOfWork) -> None:
+        c = uow.load(Counter, other.id)
+        other_tries.append(c.version)
+        if len(other_tries) == 1:
+            rival: Counter = store.repository.get(other.id)
+            rival.bump()
+            store.save(rival)
+        c.bump()
+
+    async def race() -> None:
+        async def hot_one() -> None:
+            with pytest.raises(IntegrityError):
+                await commands.run(always_late)
+            finished["hot"] = time.monotonic()
+
+        async def other_one() -> None:
+            await asyncio.sleep(0.6)  # while the hot command decides again in its lane
+            started = time.monotonic()
+            await commands.run(late_once)
+            finished["other"] = time.monotonic()
+            finished["other took"] = finished["other"] - started
+
+        await asyncio.gather(hot_one(), other_one())
+
+    asyncio.run(race())
+    assert other_tries == [1, 2]
+    assert finished["other took"] < 0.25  # not queued behind the hot aggregate's retry (about 0.4 s)
+    assert finished["other"] < finished["hot"]
+    assert store.repository.get(other.id).count == 2
+
+
+def test_a_lookup_that_found_nothing_is_not_read_again_in_one_unit_of_work() -> None:
+    store = app()
+    reads: list[UUID] = []
+    find = store.find
+
+    def counted(aggregate_id: UUID) -> object:
+        reads.append(aggregate_id)
+        return find(aggregate_id)
+
+    store.find = counted  # type: ignore[method-assign]
+    uow = UnitOfWork(store)
+    missing = uuid4()
+    assert uow.get(missing) is None and uow.get(missing) is None
+    assert reads == [missing]
+    created = Counter()
+    uow.add(created)
+    assert uow.get(created.id) is created

@@ -122,6 +122,7 @@ class UnitOfWork:
             return None
         aggregate = self.app.find(aggregate_id)
         if aggregate is None:
+            self._absent.add(aggregate_id)  # asked again (a batch's many look-ups of one record): no second read
             return None
         self._aggregates[aggregate_id] = aggregate
         return aggregate
@@ -161,16 +162,27 @@ class UnitOfWork:
         return self._aggregates.values()
 
 
+class _Lost(Exception):
+    """An attempt that lost a race: the conflict, and the aggregates the attempt would have changed."""
+
+    def __init__(self, error: IntegrityError, ids: frozenset[UUID]) -> None:
+        super().__init__(str(error))
+        self.error, self.ids = error, ids
+
+
 class Commands(Generic[A]):
     """Runs a service's commands; one per service process, built at bootstrap."""
 
-    def __init__(self, app: A, committer: GroupCommit | None = None, lane_attempts: int = 8) -> None:
+    def __init__(
+        self, app: A, committer: GroupCommit | None = None, lane_attempts: int = 8, lanes: int = 64,
+        lane_wait: float = 2.0,
+    ) -> None:
         self.app = app
         self.committer = committer or GroupCommit(app)
-        self.lane_attempts = lane_attempts
+        self.lane_attempts, self.lane_wait = lane_attempts, lane_wait
         self.observers: list[Observer] = []
-        # commands that lost a race go again one at a time: see ``run``
-        self._lane = asyncio.Lock()
+        # commands that lost a race go again one at a time per aggregate: see ``run``
+        self._lanes = [asyncio.Lock() for _ in range(lanes)]
 
     def observe(self, observer: Observer) -> None:
         """Call ``observer`` with the events of every command saved by this process (e.g. to update a view)."""
@@ -182,34 +194,60 @@ class Commands(Generic[A]):
         ``inline``: the first ``decide`` runs on the event loop, at once (no await before it), for a hot
         command that reads only in-memory views and loads nothing; a retry after a conflict runs in a thread.
 
-        A command that lost a race goes again in the process's *lane*: one at a time, each loading after the
-        previous one's commit, so commands of this process that touch one hot aggregate (a technician's many
-        work orders, say) no longer lose to each other again and again; they can only lose to a first attempt
-        or to another instance, which the lane's own attempts absorb. Conflicts are rare, so the lane is short.
+        A command that lost a race goes again in the *lanes* of the aggregates it would have changed (a lock per
+        stripe of aggregate ids, taken in one order): one at a time per aggregate, each loading after the previous
+        one's commit, so commands of this process on one hot aggregate (a technician's many work orders, say) no
+        longer lose to each other again and again, while commands on other aggregates are not held up. A retry can
+        still lose to a first attempt, to this process's consumers (they save on their own) or to another instance:
+        up to ``lane_attempts`` tries, backing off outside the lane. A lane not free within ``lane_wait`` seconds
+        gives up with the conflict (409) rather than queue without bound.
         """
         try:
             return await self._attempt(decide, inline=inline)
-        except IntegrityError:
-            pass
-        async with self._lane:
-            for attempt in range(self.lane_attempts):
-                try:
-                    return await self._attempt(decide, inline=False)
-                except IntegrityError:
-                    if attempt == self.lane_attempts - 1:
-                        raise
-                    await asyncio.sleep(0.002 * min(2**attempt, 16))
-        raise AssertionError("unreachable")
+        except _Lost as lost:
+            last = lost
+        for attempt in range(self.lane_attempts):
+            held = await self._enter(last)
+            try:
+                return await self._attempt(decide, inline=False)
+            except _Lost as lost:
+                last = lost
+            finally:
+                for lock in held:
+                    lock.release()
+            if attempt < self.lane_attempts - 1:
+                await asyncio.sleep(0.002 * min(2**attempt, 8))
+        raise last.error
+
+    async def _enter(self, lost: _Lost) -> list[asyncio.Lock]:
+        """The lanes of the aggregates ``lost`` would have changed, taken in order (no two commands deadlock)."""
+        stripes = sorted({hash(i) % len(self._lanes) for i in lost.ids})
+        held: list[asyncio.Lock] = []
+        try:
+            async with asyncio.timeout(self.lane_wait):
+                for n in stripes:
+                    await self._lanes[n].acquire()
+                    held.append(self._lanes[n])
+        except BaseException as exc:
+            for lock in held:
+                lock.release()
+            if isinstance(exc, TimeoutError):
+                raise lost.error from None
+            raise
+        return held
 
     async def _attempt(self, decide: Callable[[UnitOfWork], R], *, inline: bool) -> R:
-        """One load → decide → save; ``IntegrityError`` when another writer saved first."""
+        """One load → decide → save; ``_Lost`` when another writer saved first."""
         uow = UnitOfWork(self.app)
         result = decide(uow) if inline else await asyncio.to_thread(decide, uow)
         changed = [a for a in uow.aggregates() if a.pending_events]
         if not changed:
             return result
         events = [e for a in changed for e in a.pending_events]
-        await self.committer.save(*changed)
+        try:
+            await self.committer.save(*changed)
+        except IntegrityError as exc:
+            raise _Lost(exc, frozenset(a.id for a in changed)) from exc
         for observer in self.observers:
             observer(events)
         return result

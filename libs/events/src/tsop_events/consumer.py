@@ -193,22 +193,51 @@ class EventStoreSink(Sink):
     ) -> None:
         await asyncio.to_thread(self._process, self._tracking_name(epoch, topic, partition), records, last_offset)
 
+    #: the most a transaction of this sink applies, in ``weight``: a batch heavier than that is applied in slices,
+    #: each saved with its own position, so a fetch of many chunk events is never one huge transaction
+    slice_weight: ClassVar[int] = 2000
+
+    def weight(self, incoming: Incoming) -> int:
+        """What applying the record costs, in single-record units: 1, or the tickets a chunk event names (an
+        incident's ``tickets-linked``: each of its tickets is applied as if it came alone)."""
+        return max(1, len(getattr(incoming.event, "ticket_ids", ()) or ()))
+
     def _process(self, tracking_name: str, records: Sequence[Incoming], last_offset: int) -> None:
         done = self.app.tracked_position(tracking_name)
         if done is not None and done >= last_offset:
             return
+        todo = [rec for rec in records if done is None or rec.offset > done]
+        for part, upto in self._slices(todo, last_offset):
+            self._apply(tracking_name, part, upto)
+
+    def _slices(self, todo: Sequence[Incoming], last_offset: int) -> list[tuple[list[Incoming], int]]:
+        """``todo`` cut into parts of at most ``slice_weight`` (a heavier record alone), each with the position it
+        is saved at: its last record's offset, the batch's last offset for the final part."""
+        slices: list[tuple[list[Incoming], int]] = []
+        part: list[Incoming] = []
+        weight = 0
+        for rec in todo:
+            w = self.weight(rec)
+            if part and weight + w > self.slice_weight:
+                slices.append((part, part[-1].offset))
+                part, weight = [], 0
+            part.append(rec)
+            weight += w
+        slices.append((part, last_offset))
+        return slices
+
+    def _apply(self, tracking_name: str, todo: Sequence[Incoming], upto: int) -> None:
         uow = UnitOfWork(self.app)
         self.before_batch()
-        todo = [rec for rec in records if done is None or rec.offset > done]
         self.prefetch(uow, todo)
         for rec in todo:
             self.react(uow, rec)
         try:
-            self.app.save_tracked(uow.aggregates(), Tracking(tracking_name, last_offset))
+            self.app.save_tracked(uow.aggregates(), Tracking(tracking_name, upto))
         except IntegrityError:
             done = self.app.tracked_position(tracking_name)
-            if done is not None and done >= last_offset:
-                return  # another instance applied this batch first
+            if done is not None and done >= upto:
+                return  # another instance applied this part first
             raise Retry("write conflict; reloading") from None
 
 

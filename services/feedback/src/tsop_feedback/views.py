@@ -335,7 +335,11 @@ class Deliverer:
         started = 0
         batch = todo[: max(0, self.capacity - len(self.inflight))]
         # the round's cases in one query, not one read per delivery (a bulk resolution queues thousands at once)
-        cases = await commands.load_cases(self.svc, batch) if batch else {}
+        try:
+            cases = await commands.load_cases(self.svc, batch) if batch else {}
+        except Exception as exc:  # noqa: BLE001 - a failed read skips this round; the posts in flight stay tracked
+            log.warning("webhook deliveries: cannot read their cases (%s); next round", exc)
+            return recorded
         for cid in batch:
             case = cases.get(cid)
             if case is not None and not case.callback_url:  # nowhere to post: recorded with the round, no task

@@ -15,7 +15,7 @@ row, to the tickets linked at that point of the incident's stream (``LinkedTicke
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import ClassVar
 
@@ -63,8 +63,26 @@ class IncidentNotices(EventStoreSink):
             else [r.event.ticket_id] if isinstance(r.event, wire.IncidentTicketLinked | wire.IncidentTicketUnlinked)
             else [])]
         self.silent = self.linked.unreachable(tickets)  # their cases are not read
-        uow.preload([*(ticket_incident_id(t) for t in tickets), *(case_id(t) for t in tickets if t not in self.silent),
+        told = [t for t in tickets if t not in self.silent]
+        uow.preload([*(ticket_incident_id(t) for t in tickets), *(case_id(t) for t in told),
                      *{brief_id(r.event.incident_id) for r in records if isinstance(r.event, wire.IncidentEvent)}])
+        self.preload_channels(uow, told)
+        notices = []  # the notices a link or unlink would queue: nearly always absent, learnt in one query
+        for r in records:
+            ev = r.event
+            if isinstance(ev, wire.IncidentTicketsLinked):
+                notices += [notice_id(ev.incident_id, t, "incident_linked", ev.linked_at) for t in ev.ticket_ids]
+            elif isinstance(ev, wire.IncidentTicketLinked):
+                notices.append(notice_id(ev.incident_id, ev.ticket_id, "incident_linked", ev.linked_at))
+            elif isinstance(ev, wire.IncidentTicketUnlinked):
+                notices.append(notice_id(ev.incident_id, ev.ticket_id, "incident_unlinked", ev.unlinked_at))
+        uow.prefetch(notices)
+
+    @staticmethod
+    def preload_channels(uow: UnitOfWork, tickets: Iterable[str]) -> None:
+        """The channels of the tickets' (loaded) cases, in one query: each notice reads its channel's template."""
+        channels = {c.channel_id for c in (uow.find(FeedbackCase, case_id(t)) for t in tickets) if c and c.channel_id}
+        uow.preload(access_id(c) for c in channels)
 
     def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
         ev = incoming.event
@@ -107,6 +125,7 @@ class IncidentNotices(EventStoreSink):
         self.silent |= silent
         tickets -= silent  # no callback: nobody to tell, no case to read
         uow.preload(case_id(t) for t in tickets)
+        self.preload_channels(uow, tickets)
         uow.prefetch(notice_id(brief.incident_id, t, step) for t in tickets)
         for t in sorted(tickets):
             self.notify(uow, brief, t, step, at)
