@@ -119,7 +119,7 @@ def test_a_batch_is_stored_as_its_records_one_by_one_would_be(pg: tuple[str, int
                 if i == 0:  # the reference: each record stored alone
                     async with pool.acquire() as conn, conn.transaction():
                         for r in batch:
-                            await store.apply(conn, r)
+                            await store._apply_one(conn, r)
                 else:
                     await store.process("ep", topic, 0, batch, batch[-1].offset)
                 events = await pool.fetch(

@@ -32,7 +32,8 @@ from tsop_archive.domain import (
     reopenable_until,
 )
 from tsop_events import schemas as wire
-from tsop_events.consumer import Incoming, ProjectionSink
+from tsop_events.batched import BatchedSink
+from tsop_events.consumer import Incoming
 from tsop_events.envelope import Envelope, unwrap
 from tsop_events.schemas import Closed, Reopened
 from tsop_events.topics import DOMAIN_TOPICS, Topic
@@ -208,7 +209,7 @@ async def settle(pool: asyncpg.Pool, done: Sequence[str], blocked: Sequence[str]
         )
 
 
-class ArchiveStore(ProjectionSink):
+class ArchiveStore(BatchedSink):
     name: ClassVar[str] = "archive-store"
     topics: ClassVar[tuple[Topic, ...]] = (*DOMAIN_TOPICS, Topic.deadletter)
     ddl: ClassVar[tuple[str, ...]] = DDL
@@ -217,27 +218,22 @@ class ArchiveStore(ProjectionSink):
         super().__init__(pool)
         self.tickets_topic = Topic.tickets.qualified(prefix)
         self.deadletter_topic = Topic.deadletter.qualified(prefix)
-        self._last: Incoming | None = None  # the batch's last record: the held records are stored at it
-        self._held: list[Incoming] = []
 
-    async def process(
-        self, epoch: str, topic: str, partition: int, records: Sequence[Incoming], last_offset: int
-    ) -> None:
-        # one batch, one transaction (the consumer's position with it): the records of a domain topic are held as
-        # ``apply`` sees them and stored at the last one with a statement per table, not one or two per record
-        self._last, self._held = (records[-1] if records else None), []
-        try:
-            await super().process(epoch, topic, partition, records, last_offset)
-        finally:
-            self._last, self._held = None, []
+    async def apply_batch(self, conn: asyncpg.Connection, records: Sequence[Incoming]) -> None:
+        # a domain topic's records are stored with a statement per table (``_store_many``), not one or two each;
+        # dead letters (rare, and each may give back an event) one by one
+        run: list[Incoming] = []
+        for incoming in records:
+            if incoming.topic != self.deadletter_topic:
+                run.append(incoming)
+                continue
+            await self._store_many(conn, run)
+            run = []
+            await self._apply_one(conn, incoming)
+        await self._store_many(conn, run)
 
-    async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
-        if self._last is not None and incoming.topic != self.deadletter_topic:
-            self._held.append(incoming)
-            if incoming is self._last:
-                held, self._held = self._held, []
-                await self._store_many(conn, held)
-            return
+    async def _apply_one(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
+        """One record alone, as every record was before batches (a dead letter still is)."""
         env = incoming.envelope
         await self._store(conn, env, incoming.topic, incoming.partition, incoming.offset, incoming.key, None)
         if isinstance(incoming.event, wire.DeadLettered):
