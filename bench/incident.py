@@ -187,7 +187,7 @@ async def bulk(stack: Stack, n: int, stall: float) -> dict[str, Any]:
         seq0 = await count(pools["archive"], "SELECT coalesce(max(seq), 0) FROM archive_events")
 
         say("bulk: declaring the incident (the sweep links every open ticket in scope)")
-        start = time.perf_counter()
+        start, start_wall = time.perf_counter(), datetime.now(UTC)
         r = await http.post(stack.url("incident") + "/v1/incidents", headers=manager, json={
             "title": "bench outage", "severity": "I", "scenario": "outage", "affected_services": [BULK_TYPE],
             "regions": [BULK_REGION], "estimated_customers": n})
@@ -229,6 +229,23 @@ async def bulk(stack: Stack, n: int, stall: float) -> dict[str, Any]:
             "WHERE key = ANY($1::text[]) AND ce_type = ANY($2::text[]) GROUP BY key, ce_type", tickets,
             ["tsop.ticket.request-submitted.v1", "tsop.ticket.request-accepted.v1", "tsop.ticket.held.v1",
              "tsop.ticket.resolved.v1"])
+        # where the wait between dispatch and the archive goes: each event's own time (its domain event's, set by
+        # the service that recorded it) against when the archive stored it (its transaction's start)
+        lag = await pools["archive"].fetch(
+            """SELECT ce_type, count(*) AS n,
+                 extract(epoch FROM min(ce_time) - $3::timestamptz) AS first_made,
+                 extract(epoch FROM max(ce_time) - $3::timestamptz) AS last_made,
+                 extract(epoch FROM max(stored_at) - $3::timestamptz) AS last_stored,
+                 percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ce_time))
+                   AS lag, extract(epoch FROM max(stored_at - ce_time)) AS lag_max
+               FROM archive_events WHERE key = ANY($1::text[]) AND ce_type = ANY($2::text[]) GROUP BY ce_type""",
+            tickets, ["tsop.ticket.held.v1", "tsop.ticket.resolved.v1", "tsop.ticket.feedback-sent.v1"], start_wall)
+        out["archive_lag"] = {
+            r["ce_type"]: {"made_from_s": round(float(r["first_made"]), 2),
+                           "made_until_s": round(float(r["last_made"]), 2),
+                           "stored_until_s": round(float(r["last_stored"]), 2),
+                           "lag_p50_s": round(r["lag"][0], 2), "lag_p95_s": round(r["lag"][1], 2),
+                           "lag_max_s": round(float(r["lag_max"]), 2)} for r in lag}
         per: dict[str, dict[str, int]] = {}
         wrong_summary = 0
         for row in rows:

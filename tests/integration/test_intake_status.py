@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from tsop_events import schemas as wire
-from tsop_events.consumer import Incoming
+from tsop_events.consumer import OFFSETS_DDL, Incoming
 from tsop_events.envelope import wrap
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import ensure_database
@@ -108,3 +109,58 @@ async def test_a_reopened_request_shows_as_reopened_then_moves_on_and_is_open_ag
         assert await status_and_view() == ("assigned", "assigned")
     finally:
         await pool.close()
+
+
+async def test_a_batch_moves_the_status_and_calls_back_as_its_records_one_by_one_would(pg: tuple[str, int]) -> None:
+    """One batch (``RequestStatusProjection`` is a ``BatchedSink``: its statements go as one pipelined run): the
+    same status, history and callbacks as one record at a time, a redelivery inside the batch included."""
+    topic = "tsop.tickets"
+    t, u = str(uuid.uuid4()), str(uuid.uuid4())
+    s = NOW
+    events: list[tuple[wire.TicketEvent, str]] = [
+        (wire.Resolved(ticket_id=t, work_order_id="wo", technician_id="x", resolution_code="ok", summary="done",
+                       resolved_at=s), "t-res"),
+        (wire.Rated(ticket_id=t, score=1, rated_at=s + timedelta(seconds=1)), "t-rated"),
+        (wire.Resolved(ticket_id=t, work_order_id="wo", technician_id="x", resolution_code="ok", summary="done",
+                       resolved_at=s), "t-res"),  # redelivered in the same batch: calls nothing again
+        (wire.Closed(ticket_id=t, reason="rated", closed_at=s + timedelta(seconds=2)), "t-closed"),
+        (wire.Reopened(ticket_id=t, reason_code="not_solved", reason="down", requested_by="customer",
+                       reopen_count=1, reopened_at=s + timedelta(seconds=10)), "t-reopened"),
+        (wire.FeedbackSent(ticket_id=t, channel="webhook", attempts=2, status_code=204,
+                           rating_due_at=s + timedelta(days=1), sent_at=s + timedelta(seconds=3)), "t-late"),
+        (wire.Assigned(ticket_id=u, work_order_id="wo2", technician_id="y", reason="best", candidates=[],
+                       assigned_at=s), "u-assigned"),
+    ]
+    at = [0, 1, 0, 2, 10, 3, 0]  # the late outcome (3 s) comes from before the reopening (10 s)
+    records = [Incoming(topic, 0, i, e.ticket_id, wrap(e, event_id=eid, source="test",
+                                                       time=s + timedelta(seconds=at[i])), e)
+               for i, (e, eid) in enumerate(events)]
+    seen = []
+    for batched in (False, True):
+        settings = ServiceSettings(service_name=f"status_it_{uuid.uuid4().hex[:8]}", pg_host=pg[0], pg_port=pg[1])
+        await ensure_database(settings, (*RequestStatusProjection.ddl, OFFSETS_DDL))
+        pool = await asyncpg.create_pool(settings.pg_dsn(), min_size=1, max_size=2)
+        calls: list[tuple[str, uuid.UUID]] = []
+
+        def note(what: str, into: list[tuple[str, uuid.UUID]] = calls) -> Callable[[uuid.UUID], None]:
+            return lambda x: into.append((what, x))
+
+        projection = RequestStatusProjection(pool, on_finished=note("finished"), on_reopened=note("reopened"))
+        try:
+            if batched:
+                await projection.process("ep", topic, 0, records, records[-1].offset)
+            else:
+                for r in records:
+                    await projection.process("ep", topic, 0, [r], r.offset)
+            status = await pool.fetch("SELECT ticket_id, status, since FROM request_status ORDER BY ticket_id")
+            history = await pool.fetch("SELECT event_id, status FROM request_history ORDER BY event_id")
+            seen.append(([tuple(r) for r in status], [tuple(r) for r in history], calls))
+        finally:
+            await pool.close()
+    assert seen[1] == seen[0]
+    status, history, calls = seen[1]
+    assert dict((str(k), v) for k, v, _ in status) == {t: "reopened", u: "assigned"}
+    assert dict(history) == {"t-res": "resolved", "t-rated": "rated", "t-closed": "closed", "t-reopened": "reopened",
+                             "t-late": "reopened", "u-assigned": "assigned"}
+    tid = uuid.UUID(t)
+    assert calls == [("finished", tid), ("finished", tid), ("finished", tid), ("reopened", tid)]

@@ -32,10 +32,13 @@ from tsop_archive.domain import (
     reopenable_until,
 )
 from tsop_events import schemas as wire
-from tsop_events.consumer import Incoming, ProjectionSink
+from tsop_events.batched import BatchedSink
+from tsop_events.consumer import Incoming
 from tsop_events.envelope import Envelope, unwrap
 from tsop_events.schemas import Closed, Reopened
 from tsop_events.topics import DOMAIN_TOPICS, Topic
+
+ENDS = FINAL | {Reopened.event_type}  # a ticket's events that change whether its dossier is due
 
 DDL = (
     """CREATE TABLE IF NOT EXISTS archive_events (
@@ -206,7 +209,7 @@ async def settle(pool: asyncpg.Pool, done: Sequence[str], blocked: Sequence[str]
         )
 
 
-class ArchiveStore(ProjectionSink):
+class ArchiveStore(BatchedSink):
     name: ClassVar[str] = "archive-store"
     topics: ClassVar[tuple[Topic, ...]] = (*DOMAIN_TOPICS, Topic.deadletter)
     ddl: ClassVar[tuple[str, ...]] = DDL
@@ -216,7 +219,21 @@ class ArchiveStore(ProjectionSink):
         self.tickets_topic = Topic.tickets.qualified(prefix)
         self.deadletter_topic = Topic.deadletter.qualified(prefix)
 
-    async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
+    async def apply_batch(self, conn: asyncpg.Connection, records: Sequence[Incoming]) -> None:
+        # a domain topic's records are stored with a statement per table (``_store_many``), not one or two each;
+        # dead letters (rare, and each may give back an event) one by one
+        run: list[Incoming] = []
+        for incoming in records:
+            if incoming.topic != self.deadletter_topic:
+                run.append(incoming)
+                continue
+            await self._store_many(conn, run)
+            run = []
+            await self._apply_one(conn, incoming)
+        await self._store_many(conn, run)
+
+    async def _apply_one(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
+        """One record alone, as every record was before batches (a dead letter still is)."""
         env = incoming.envelope
         await self._store(conn, env, incoming.topic, incoming.partition, incoming.offset, incoming.key, None)
         if isinstance(incoming.event, wire.DeadLettered):
@@ -253,10 +270,63 @@ class ArchiveStore(ProjectionSink):
                WHERE blocked AND ticket_id IN (SELECT ticket_id FROM delivered)""",
             env.id, position,
         )
-        if key is not None and env.type in (Reopened.event_type, Closed.event_type):
+        if key is not None:
+            await self._ending(conn, env, key, body, stored == "INSERT 0 1")
+
+    async def _store_many(self, conn: asyncpg.Connection, records: Sequence[Incoming]) -> None:
+        """What ``_store`` does for each record (none recovered from a letter), in order, with one statement per
+        table for the batch: the events (in the batch's order, so ``seq`` follows it), the gaps their delivery
+        closes; only a final or reopening event of a ticket still costs statements of its own."""
+        if not records:
+            return
+        bodies = [bytes(r.envelope.data) for r in records]
+        safe = [jsonb_safe(b) for b in bodies]
+        envs = [r.envelope for r in records]
+        stored = await conn.fetch(
+            """INSERT INTO archive_events (ce_id, topic, kafka_partition, kafka_offset, key, ce_type, ce_source,
+                 ce_time, correlation_id, causation_id, data, raw)
+               SELECT ce_id, topic, kafka_partition, kafka_offset, key, ce_type, ce_source, ce_time, correlation_id,
+                 causation_id, data::jsonb, raw
+               FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::text[], $6::text[], $7::text[],
+                           $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::bytea[]) WITH ORDINALITY
+                 AS r(ce_id, topic, kafka_partition, kafka_offset, key, ce_type, ce_source, ce_time, correlation_id,
+                      causation_id, data, raw, n)
+               ORDER BY n
+               ON CONFLICT (ce_id) DO NOTHING RETURNING ce_id""",
+            [e.id for e in envs], [r.topic for r in records], [r.partition for r in records],
+            [r.offset for r in records], [r.key for r in records], [e.type for e in envs], [e.source for e in envs],
+            [e.time for e in envs], [e.correlation_id for e in envs], [e.causation_id for e in envs],
+            [b.decode() if ok else None for b, ok in zip(bodies, safe, strict=True)],
+            [None if ok else b for b, ok in zip(bodies, safe, strict=True)],
+        )
+        ticket_records = [(r, b) for r, b in zip(records, bodies, strict=True) if r.topic == self.tickets_topic]
+        if not ticket_records:
+            return
+        # a delivery of a dead-lettered event closes its gaps (see ``_store``): every delivery of the batch at once
+        await conn.execute(
+            """WITH delivered AS (
+                 UPDATE archive_gaps g SET delivered = nextval('archive_arrival')
+                 WHERE g.event_id = ANY($1::text[]) AND EXISTS (
+                   SELECT 1 FROM unnest($1::text[], $2::text[]) AS d(event_id, position)
+                   WHERE d.event_id = g.event_id AND g.source <> d.position)
+                 RETURNING g.ticket_id)
+               UPDATE archive_to_seal SET blocked = false
+               WHERE blocked AND ticket_id IN (SELECT ticket_id FROM delivered)""",
+            [r.envelope.id for r, _ in ticket_records],
+            [f"{r.topic}:{r.partition}:{r.offset}" for r, _ in ticket_records],
+        )
+        new = {row["ce_id"] for row in stored}  # a ce_id twice in the batch: its first is the one stored
+        for r, body in ticket_records:
+            if r.key is not None and r.envelope.type in ENDS:
+                await self._ending(conn, r.envelope, r.key, body, r.envelope.id in new)
+            new.discard(r.envelope.id)
+
+    async def _ending(self, conn: asyncpg.Connection, env: Envelope, key: str, body: bytes, new: bool) -> None:
+        """A ticket's final event (or its reopening) puts it on the list of dossiers to seal (or takes it off)."""
+        if env.type in (Reopened.event_type, Closed.event_type):
             # a reopened ticket has not ended; a closure that may be reopened ends when its period does
             # (only a newly stored event counts: a redelivered older one never undoes a newer)
-            if stored != "INSERT 0 1":
+            if not new:
                 return
             await conn.execute("DELETE FROM archive_to_seal WHERE ticket_id = $1", key)
             if env.type == Closed.event_type:
@@ -266,7 +336,7 @@ class ArchiveStore(ProjectionSink):
                     key, env.id, reopenable_until(body),
                 )
             return
-        if env.type in FINAL and key is not None:
+        if env.type in FINAL:
             # in the same transaction: everything before the final event in the partition is stored by now
             await conn.execute(
                 "INSERT INTO archive_to_seal (ticket_id, closed_event_id, final_arrival) "

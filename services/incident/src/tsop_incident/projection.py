@@ -6,12 +6,14 @@ many customers stand behind an incident's tickets (for the review).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import asyncpg
 
 from tsop_events import schemas as wire
-from tsop_events.consumer import Incoming, ProjectionSink
+from tsop_events.batched import BatchedSink, Statements
+from tsop_events.consumer import Incoming
 
 STAGE = {
     wire.RequestSubmitted.event_type: (0, "submitted"),
@@ -26,12 +28,12 @@ STAGE = {
 }
 
 
-class OpenTickets(ProjectionSink):
+class OpenTickets(BatchedSink):
     """Each ticket's region, service type, priority, customer and stage.
 
     Stages only move forward, whatever order redelivery brings, except that a reopening (the newest event
     so far) takes a resolved or closed ticket back to open; an event older than the last reopening no
-    longer raises the stage.
+    longer raises the stage. A batch's upserts go as one pipelined run (``tsop_events.batched``), in order.
     """
 
     name: ClassVar[str] = "incident-open-tickets"
@@ -45,7 +47,13 @@ class OpenTickets(ProjectionSink):
         "CREATE INDEX IF NOT EXISTS tickets_open ON tickets (region, service_type) WHERE stage < 4",
     )
 
-    async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
+    async def apply_batch(self, conn: asyncpg.Connection, records: Sequence[Incoming]) -> None:
+        statements = Statements()
+        for incoming in records:
+            self._upsert(statements, incoming)
+        await statements.run(conn)
+
+    def _upsert(self, statements: Statements, incoming: Incoming) -> None:
         stage, status = STAGE[incoming.envelope.type]
         ev = incoming.event
         region = service_type = customer = None
@@ -55,7 +63,7 @@ class OpenTickets(ProjectionSink):
         elif isinstance(ev, wire.RequestSubmitted):
             customer = ev.customer_id or None
         if isinstance(ev, wire.Reopened):
-            await conn.execute(
+            statements.add(
                 """INSERT INTO tickets (ticket_id, stage, status, updated_at, reopened_at)
                    VALUES ($1, $2, $3, $4, $4)
                    ON CONFLICT (ticket_id) DO UPDATE SET
@@ -69,7 +77,7 @@ class OpenTickets(ProjectionSink):
             )
             return
         # "only if newer": stages only move forward, whatever order redelivery brings (since the last reopening)
-        await conn.execute(
+        statements.add(
             """INSERT INTO tickets (ticket_id, region, service_type, priority, stage, status, updated_at, customer_id)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                ON CONFLICT (ticket_id) DO UPDATE SET

@@ -3,13 +3,14 @@ archive announced, with the incidents tickets were linked to (an erasure a hold 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 from uuid import UUID
 
 import asyncpg
 
 from tsop_events import schemas as wire
+from tsop_events.batched import BatchedSink, Statements
 from tsop_events.consumer import Incoming, ProjectionSink
 from tsop_events.topics import Topic
 
@@ -41,7 +42,7 @@ REOPENED = wire.Reopened.event_type
 FINISHED = frozenset({"resolved", "feedback_sent", "rated", "closed", "archived", "cancelled"})
 
 
-class RequestStatusProjection(ProjectionSink):
+class RequestStatusProjection(BatchedSink):
     name: ClassVar[str] = "intake-status"
     event_types: ClassVar[frozenset[str] | None] = frozenset(STATUS_OF)
     ddl: ClassVar[tuple[str, ...]] = (
@@ -65,15 +66,28 @@ class RequestStatusProjection(ProjectionSink):
         self.on_finished = on_finished  # e.g. drop the ticket from the open-request index
         self.on_reopened = on_reopened  # e.g. put it back there
 
-    async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
+    async def apply_batch(self, conn: asyncpg.Connection, records: Sequence[Incoming]) -> None:
+        """A batch's statements as one pipelined run (``tsop_events.batched``), in order; then the callbacks."""
+        statements = Statements()
+        for incoming in records:
+            self._status(statements, incoming)
+        for incoming, row in zip(records, await statements.run(conn), strict=True):
+            after = None if row is None else row["after"]  # the status after it (None: a redelivery)
+            reopening = incoming.envelope.type == REOPENED
+            if after in FINISHED and self.on_finished is not None and incoming.key:
+                self.on_finished(UUID(incoming.key))
+            if reopening and after == "reopened" and self.on_reopened is not None and incoming.key:
+                self.on_reopened(UUID(incoming.key))
+
+    def _status(self, statements: Statements, incoming: Incoming) -> None:
         status = STATUS_OF[incoming.envelope.type]
         env = incoming.envelope
         reopening = env.type == REOPENED
         # forward only within a round: a late or re-delivered event never moves a request back, except a newer
         # reopening, which starts a round (its time is ``since``; events from before it leave the status as is).
         # Its history entry records the status the request has after it (a FeedbackSent after Closed leaves it
-        # closed).
-        after = await conn.fetchval(  # the status after it (None: a redelivery, recorded before)
+        # closed). One row, always: its ``after`` is NULL for a redelivery, recorded before.
+        statements.add(
             """WITH moved AS (
                  INSERT INTO request_status (ticket_id, status, rank, updated_at, since) VALUES ($2, $4, $6, $5, $7)
                  ON CONFLICT (ticket_id) DO UPDATE SET status = EXCLUDED.status, rank = EXCLUDED.rank,
@@ -83,16 +97,14 @@ class RequestStatusProjection(ProjectionSink):
                        ELSE request_status.rank < EXCLUDED.rank
                             AND (request_status.since IS NULL OR request_status.since <= EXCLUDED.updated_at) END
                  RETURNING status)
-               INSERT INTO request_history VALUES ($1, $2, $3,
+               , recorded AS (INSERT INTO request_history VALUES ($1, $2, $3,
                  COALESCE((SELECT status FROM moved), (SELECT status FROM request_status WHERE ticket_id = $2), $4),
                  $5)
-               ON CONFLICT DO NOTHING RETURNING status""",
+               ON CONFLICT DO NOTHING RETURNING status)
+               SELECT (SELECT status FROM recorded) AS after""",
             env.id, incoming.key, env.type, status, env.time, RANK[status], env.time if reopening else None,
+            fetch=True,
         )
-        if after in FINISHED and self.on_finished is not None and incoming.key:
-            self.on_finished(UUID(incoming.key))
-        if reopening and after == "reopened" and self.on_reopened is not None and incoming.key:
-            self.on_reopened(UUID(incoming.key))
 
 
 
