@@ -21,11 +21,14 @@ from tests.unit.test_feedback_notifications import NOW, TEMPLATES, Bus, make_app
 from tsop_events import schemas as wire
 from tsop_events.auth import Principal, Role
 from tsop_events.clock import ManualClock
+from tsop_events.consumer import Incoming
+from tsop_events.envelope import Envelope
 from tsop_events.errors import Conflict
 from tsop_feedback import commands as feedback_commands
 from tsop_feedback.commands import FeedbackApp
 from tsop_feedback.complaints import commands
 from tsop_feedback.complaints.domain import ImprovementAction, action_overdue
+from tsop_feedback.complaints.policies import plain_ratings
 from tsop_feedback.complaints.wire import WIRE
 from tsop_feedback.domain import COMPLAINT_STEPS, Notification, Templates
 
@@ -200,3 +203,28 @@ def test_an_action_is_due_for_escalation_only_open_past_its_date_and_not_escalat
     due = NOW + timedelta(hours=hours)
     done = {due.isoformat()} if escalated else set()
     assert action_overdue(status, due, done, NOW) == (status == "open" and hours < 0 and not escalated)
+
+
+def _rated(ticket: str, score: int, minute: int) -> Incoming:
+    ev = wire.Rated(ticket_id=ticket, score=score, solved=True, tags=[], comment=None,
+                    rated_at=NOW + timedelta(minutes=minute))
+    env = Envelope(f"e{minute}", ev.event_type, "feedback", NOW, ticket, None, None, b"{}")
+    return Incoming("tickets", 0, minute, ticket, env, ev)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(1, 5)), max_size=12))
+def test_a_batchs_plain_ratings_are_each_tickets_last_and_never_a_ticket_with_a_low_one(
+    ratings: list[tuple[str, int]],
+) -> None:
+    """What QualitySignals writes in one statement: a ticket's last rating of the batch, only when none of its
+    ratings there is low (a low one reads the projection and notes complaints and patterns, in order)."""
+    records = [_rated(t, s, i) for i, (t, s) in enumerate(ratings)]
+    plain = plain_ratings(records, low_score=2)
+    for t in {t for t, _ in ratings}:
+        scores = [s for u, s in ratings if u == t]
+        if min(scores) <= 2:
+            assert t not in plain
+        else:
+            assert plain[t].score == scores[-1]
+            assert plain[t].rated_at == max(r.event.rated_at for r in records if r.key == t)  # type: ignore[attr-defined]
+    assert set(plain) <= {t for t, _ in ratings}

@@ -22,7 +22,7 @@ from tsop_events.consumer import Incoming
 from tsop_events.envelope import Envelope
 from tsop_events.outbound import OutboundGuard, RetryPolicy, parse_rules
 from tsop_feedback import commands
-from tsop_feedback.commands import FeedbackApp, notification_id
+from tsop_feedback.commands import FeedbackApp, case_id, notification_id
 from tsop_feedback.domain import Notification, Templates
 from tsop_feedback.policies import FollowChannels, FollowTickets
 from tsop_feedback.views import Notifier, Share
@@ -416,3 +416,44 @@ def test_an_attempt_just_recorded_is_not_made_again_while_the_board_has_not_read
     got: Notification = app.repository.get(nid)
     assert got.delivered and got.attempts == 1
     assert nid not in app.follow_ups.notifications
+
+
+def closed(ticket: str) -> wire.Closed:
+    return wire.Closed(ticket_id=ticket, reason="rated", closed_at=NOW, basis="rated")
+
+
+def test_a_step_nobody_is_told_of_reads_no_case_and_a_subscribed_one_is_still_queued(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Feedback's own Closed of every rating comes back on ``tickets``: when the board says nobody is told of it
+    (no callback, or a channel not subscribed to the step), the consumer reads no case for it; a subscribed
+    channel's case with a callback is still told, and a case the board has not read yet is still read."""
+    app, _, bus = subscribed_app()  # ch-1: "accepted" (and the result) only
+    bus(submitted("t1", "https://ok.example/cb"))
+    bus(submitted("t2", "https://ok.example/cb").model_copy(update={"callback_url": None}))  # nobody to tell
+    reads: list[set[UUID]] = []
+    find_many = app.find_many
+
+    def counted(ids: object) -> object:
+        reads.append(set(ids))  # type: ignore[call-overload]
+        return find_many(ids)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app, "find_many", counted)
+    for ev in (closed("t1"), closed("t2"), assigned("t1")):
+        cause = bus(ev)
+        assert list(app.repository.event_store.get(notification_id(cause))) == []
+    assert reads == []  # not subscribed (t1), no callback (t2): no read of the case or its channel
+    # the channel subscribes to "closed": its case is read and told
+    asyncio.run(commands.subscribe(service(app), "ch-1", ["closed"], "sms", "en", "channel:portal"))
+    cause = bus(closed("t1"))
+    n: Notification = app.repository.get(notification_id(cause))
+    assert n.step == "closed" and n.ticket_id == "t1" and reads
+    reads.clear()
+    assert list(app.repository.event_store.get(notification_id(bus(closed("t2"))))) == [] and reads == []
+    # a case the board has not read yet (opened by another instance a moment ago) is read, as before
+    assert app.follow_ups.may_tell(UUID(int=0), "closed") and not app.follow_ups.may_tell(case_id("t2"), "closed")
+
+
+def assigned(ticket: str) -> wire.Assigned:
+    return wire.Assigned(ticket_id=ticket, work_order_id=f"wo-{ticket}", technician_id="tech-1", reason="skills",
+                         candidates=[], assigned_at=NOW)

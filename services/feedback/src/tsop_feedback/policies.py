@@ -13,6 +13,12 @@ from tsop_events.topics import Topic
 from tsop_feedback.commands import FeedbackApp, access_id, case_id, channel_template, queue_notification
 from tsop_feedback.domain import ChannelAccess, FeedbackCase, FeedbackError
 
+# steps that only tell the applicant (nothing else changes on the case): skipped without reading the case when the
+# follow-up board says nobody is told of them (no callback, or the channel did not subscribe to the step)
+TELL_ONLY: dict[type[wire.WireEvent], str] = {
+    wire.Assigned: "assigned", wire.RequestPendingInformation: "pending_information", wire.Closed: "closed",
+}
+
 
 def when(at: datetime | None) -> str | None:
     return at.isoformat(timespec="minutes") if at else None
@@ -52,6 +58,8 @@ class FollowTickets(EventStoreSink):
         wanted = []
         for rec in records:
             cid = case_id(rec.key or "")
+            if self.untold(rec):
+                continue  # e.g. feedback's own Closed of every rating, back on ``tickets``: no read
             if not isinstance(rec.event, wire.RequestSubmitted) or follow_ups.opened(cid):
                 wanted.append(cid)
         uow.preload(wanted)
@@ -75,7 +83,14 @@ class FollowTickets(EventStoreSink):
         self.asked_now.setdefault(case.customer_id, []).append(at)
         return True
 
+    def untold(self, incoming: Incoming) -> bool:
+        """A step that only tells the applicant, of a case the board knows nobody is told of it."""
+        step = TELL_ONLY.get(type(incoming.event))
+        return step is not None and not self.feedback.follow_ups.may_tell(case_id(incoming.key or ""), step)
+
     def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
+        if self.untold(incoming):
+            return
         ev = incoming.event
         cid = case_id(incoming.key or "")
         if isinstance(ev, wire.RequestSubmitted) and not uow.holds(cid) and not self.feedback.follow_ups.opened(cid):

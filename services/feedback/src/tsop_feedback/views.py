@@ -49,7 +49,7 @@ from tsop_events.runtime import Service
 from tsop_events.store import LogFollower
 from tsop_events.wake import SAFETY_NET_SECONDS, Waiter
 from tsop_feedback import commands
-from tsop_feedback.domain import ChannelAccess, FeedbackCase, Notification
+from tsop_feedback.domain import DEFAULT_STEPS, ChannelAccess, FeedbackCase, Notification
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,11 @@ class FollowUps(LogFollower):
         self.dead_notifications: dict[UUID, str] = {}  # id → ticket
         self.notifications_of: dict[str, list[UUID]] = {}  # ticket → its notifications, in order
         self.ticket_of: dict[UUID, str] = {}  # notification → its ticket (a give-up finds its ticket at once)
+        # who is told of a step without reading the case (feedback's own Closed comes back on ``tickets`` for every
+        # rating): the channel of each case with a callback, and each channel's subscribed steps
+        self.callback_channel: dict[UUID, str | None] = {}  # case with a callback → its channel
+        self.access_channel: dict[UUID, str] = {}  # ChannelAccess id → channel id
+        self.channel_steps: dict[str, frozenset[str]] = {}  # channel → the steps it subscribed to
 
     def apply(self, e: Aggregate.Event) -> None:
         cid = e.originator_id
@@ -85,6 +90,13 @@ class FollowUps(LogFollower):
             self.service_types[cid] = e.service_type
             if e.customer_id:
                 self.customers[cid] = e.customer_id
+            if e.callback_url:
+                self.callback_channel[cid] = e.channel_id
+        elif isinstance(e, ChannelAccess.Known):
+            self.access_channel[cid] = e.channel_id
+        elif isinstance(e, ChannelAccess.Subscribed):
+            if cid in self.access_channel:
+                self.channel_steps[self.access_channel[cid]] = frozenset(e.steps)
         elif isinstance(e, FeedbackCase.ResolutionNoted):
             self.to_notify.add(cid)
             self.windows[cid] = e.rating_due_at
@@ -140,6 +152,18 @@ class FollowUps(LogFollower):
     def opened(self, cid: UUID) -> bool:
         """Whether the log (as read so far) holds this case."""
         return cid in self.service_types
+
+    def may_tell(self, cid: UUID, step: str) -> bool:
+        """Whether a step of this case may be told to the applicant: False only when the log (as read so far) holds
+        the case and it has no callback, or its channel is not subscribed to the step (then the step needs no read
+        of the case); True when this view cannot say (a case it has not read yet)."""
+        with self.lock:
+            if cid not in self.service_types:
+                return True
+            if cid not in self.callback_channel:
+                return False
+            channel = self.callback_channel[cid]
+            return step in (self.channel_steps.get(channel, DEFAULT_STEPS) if channel else DEFAULT_STEPS)
 
     def queued(self, nid: UUID) -> bool:
         """Whether the log (as read so far) holds this notification."""

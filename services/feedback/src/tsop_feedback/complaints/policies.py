@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, ClassVar, Literal
 
@@ -64,6 +67,31 @@ class ReviewPublished(WireEvent):
         return self.incident_id
 
 
+# the batch's plain ratings (above the low score), written together at the first of them (``QualitySignals``)
+_PLAIN_RATINGS: ContextVar[PlainRatings | None] = ContextVar("plain_ratings", default=None)
+
+
+@dataclass
+class PlainRatings:
+    ratings: dict[str, wire.Rated]
+    written: bool = False
+
+
+def plain_ratings(records: Sequence[Incoming], low_score: int) -> dict[str, wire.Rated]:
+    """The last rating of each ticket rated in ``records`` above ``low_score`` and never at or below it there: its
+    row is all such a rating writes (a low one also reads the projection and notes complaints and patterns, in
+    order, so a ticket with one stays on the record-by-record path)."""
+    out: dict[str, wire.Rated] = {}
+    low: set[str] = set()
+    for rec in records:
+        ev = rec.event
+        if isinstance(ev, wire.Rated):
+            if ev.score <= low_score:
+                low.add(ev.ticket_id)
+            out[ev.ticket_id] = ev
+    return {t: ev for t, ev in out.items() if t not in low}
+
+
 class QualitySignals(ProjectionSink):
     name: ClassVar[str] = "feedback-complaint-signals"
     topics: ClassVar[tuple[Topic, ...]] = (Topic.tickets, Topic.complaints, Topic.incidents)
@@ -80,6 +108,17 @@ class QualitySignals(ProjectionSink):
     @classmethod
     def of(cls, svc: Service[FeedbackApp]) -> QualitySignals:
         return cls(svc.pool, commands.desk(svc).policy)
+
+    async def process(
+        self, epoch: str, topic: str, partition: int, records: Sequence[Incoming], last_offset: int
+    ) -> None:
+        """As every projection, in one transaction with the offset; the batch's plain ratings (a customer's score
+        above the low one: one row each, nothing else read or noted) in one statement, not one each."""
+        token = _PLAIN_RATINGS.set(PlainRatings(plain_ratings(records, self.policy.low_score)))
+        try:
+            await super().process(epoch, topic, partition, records, last_offset)
+        finally:
+            _PLAIN_RATINGS.reset(token)
 
     def decode(self, envelope: Envelope) -> WireEvent:
         if envelope.type == REVIEW_PUBLISHED:
@@ -112,7 +151,20 @@ class QualitySignals(ProjectionSink):
                 ev.ticket_id, ev.technician_id, ev.resolved_at, self.policy.sampled(ev.ticket_id),
                 self.policy.teams.get(ev.technician_id))
         elif isinstance(ev, wire.Rated):
-            await self._rated(conn, ev)
+            plain = _PLAIN_RATINGS.get()
+            if plain is None or ev.ticket_id not in plain.ratings:
+                await self._rated(conn, ev)
+            elif not plain.written:  # the first plain rating of the batch writes them all (an idempotent upsert
+                # of each ticket's last rating in the batch; its columns no other event writes)
+                ratings = plain.ratings
+                await conn.execute(
+                    "INSERT INTO quality_tickets (ticket_id, score, solved, rated_at) "
+                    "SELECT * FROM unnest($1::text[], $2::int[], $3::boolean[], $4::timestamptz[]) "
+                    "ON CONFLICT (ticket_id) DO UPDATE SET score = EXCLUDED.score, solved = EXCLUDED.solved, "
+                    "rated_at = EXCLUDED.rated_at",
+                    list(ratings), [r.score for r in ratings.values()], [r.solved for r in ratings.values()],
+                    [r.rated_at for r in ratings.values()])
+                plain.written = True
         elif isinstance(ev, wire.TicketAssessed):
             await conn.execute(
                 "INSERT INTO quality_tickets (ticket_id, internal_score, assessed_at) VALUES ($1, $2, $3) "
