@@ -58,6 +58,7 @@ class Statements:
 
     def __init__(self) -> None:
         self._runs: list[tuple[str, bool, list[tuple[Any, ...]]]] = []
+        self._count = 0  # statements kept so far
 
     def add(self, sql: str, *args: Any, fetch: bool = False) -> int:
         """Keep one statement; with ``fetch``, ``run`` returns its first row (or None) at the index returned."""
@@ -65,7 +66,8 @@ class Statements:
             self._runs[-1][2].append(args)
         else:
             self._runs.append((sql, fetch, [args]))
-        return sum(len(r[2]) for r in self._runs) - 1
+        self._count += 1
+        return self._count - 1
 
     async def run(self, conn: asyncpg.Connection) -> list[asyncpg.Record | None]:
         """Run every statement in order; the first row each returned (None: none, or not fetched)."""
