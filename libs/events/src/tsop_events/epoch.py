@@ -51,12 +51,19 @@ class EpochWatcher:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 request_timeout_ms=10000,
+                consumer_timeout_ms=1000,
             )
             await self._consumer.start()
             self._consumer.assign([TopicPartition(self.topic, 0)])
         tp = TopicPartition(self.topic, 0)
         self._consumer.seek(tp, 0)
-        batch = await self._consumer.getmany(tp, timeout_ms=1500, max_records=1)
+        # fetched only while reading: between checks the partition is paused, or aiokafka would keep a fetch
+        # waiting on the broker (answered, on Tansu, each time its wait expires: twice a second per process)
+        self._consumer.resume(tp)
+        try:
+            batch = await self._consumer.getmany(tp, timeout_ms=1500, max_records=1)
+        finally:
+            self._consumer.pause(tp)
         for records in batch.values():
             for r in records:
                 if r.offset == 0 and r.value:

@@ -39,6 +39,9 @@ class ServiceSettings(BaseSettings):
     """Most records a consumer applies in one transaction."""
     fetch_max_wait_ms: int = 50
     """How long a consumer's fetch waits for records."""
+    consumer_safety_net_seconds: Annotated[float, Field(gt=0)] = 1.0
+    """Longest a quiet consumer stays paused without news: relays announce what they publish, so this bounds only
+    the delay of records nobody announces (another producer's)."""
     epoch_check_seconds: float = 2.0
     """How often the broker epoch is checked (see the README's design section)."""
 
