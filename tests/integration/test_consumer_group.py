@@ -72,7 +72,8 @@ async def test_sinks_sharing_one_consumer_each_apply_every_record_once(settings:
     finally:
         await alone.stop()
     # then a process with A and B: one Kafka consumer; B starts from the beginning, A where it stopped
-    both = Runtime(settings, sinks=[lambda rt: Ledger(rt.pool), lambda rt: OtherLedger(rt.pool)])
+    shared = settings.model_copy(update={"consumer_shared": True})  # TSOP_CONSUMER_SHARED
+    both = Runtime(shared, sinks=[lambda rt: Ledger(rt.pool), lambda rt: OtherLedger(rt.pool)])
     await both.start()
     try:
         runners = [r for r in both.runners if r.sink.grouped]
@@ -98,3 +99,15 @@ async def _has(runtime: Runtime, table: str, n: int) -> bool:
 
 async def _consuming(runners: list[object]) -> bool:
     return all(getattr(r, "running", False) for r in runners)
+
+
+async def test_by_default_each_sink_has_a_consumer_of_its_own(settings: ServiceSettings) -> None:
+    """Unshared (the default): a sink that lags or keeps failing holds back no sibling."""
+    rt = Runtime(settings, sinks=[lambda rt: Ledger(rt.pool), lambda rt: OtherLedger(rt.pool)])
+    await rt.start()
+    try:
+        runners = [r for r in rt.runners if r.sink.grouped]
+        await eventually(lambda: _consuming(runners), 60, "the consumers started")
+        assert len({id(r.consumer) for r in runners}) == 2
+    finally:
+        await rt.stop()

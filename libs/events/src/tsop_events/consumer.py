@@ -115,6 +115,9 @@ class ProjectionSink(Sink):
     """Effects are rows in the service's own schema, written with asyncpg."""
 
     ddl: ClassVar[tuple[str, ...]] = ()
+    # a fetch's partitions applied in one transaction (process_partitions); False: one transaction per partition,
+    # for a sink whose transactions must stay short (another task takes table locks with a short lock_timeout)
+    batch_partitions: ClassVar[bool] = True
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -395,7 +398,8 @@ class ConsumerRunner:
                 if prepared is not None:
                     work.append((tp, *prepared))
         sink = self.sink
-        if not isinstance(sink, ProjectionSink) or type(sink).process is not ProjectionSink.process or len(work) < 2:
+        if (not isinstance(sink, ProjectionSink) or type(sink).process is not ProjectionSink.process or len(work) < 2
+                or not sink.batch_partitions):
             retry: dict[TopicPartition, int] = {}
             for tp, records, decoded in work:
                 at = await self._process_partition(epoch, tp, records, decoded)
@@ -467,7 +471,8 @@ class ConsumerRunner:
         self._next[(epoch, tp)] = last + 1
         if decoded and self.on_stored is not None:
             self.on_stored()
-        highwater = self.consumer.highwater(tp)
+        # (a partition revoked meanwhile has no highwater: asking would fail an assertion)
+        highwater = self.consumer.highwater(tp) if tp in self.consumer.assignment() else None
         if highwater is not None:
             CONSUMER_LAG.labels(self.sink.name, tp.topic, str(tp.partition)).set(max(0, highwater - last - 1))
 
@@ -698,7 +703,9 @@ class ConsumerGroup:
         if failed:
             # as a runner's own loop would: the group restarts (supervised) and every sink reads its positions again
             raise failed[0]
+        assigned = self.consumer.assignment()
         for tp, at in again.items():
-            self.consumer.seek(tp, at)
+            if tp in assigned:  # revoked meanwhile: its next owner reads the stored position
+                self.consumer.seek(tp, at)
         if again:
             await asyncio.sleep(BACK_OFF_SECONDS)

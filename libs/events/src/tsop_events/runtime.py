@@ -150,10 +150,12 @@ class Runtime(Generic[A, S]):
             else:
                 runner.news = Waiter([])
                 self._spawn(f"consumer {runner.sink.name}", runner.run)
-        if grouped:
-            group = ConsumerGroup(grouped, s, self.epoch)
+        # one group for all (TSOP_CONSUMER_SHARED: fetched once, but the sinks move together), or one per sink (its
+        # own consumer and pace: a lagging or failing sink holds back no other; its group id as before)
+        for members in ([grouped] if s.consumer_shared else [[r] for r in grouped]) if grouped else []:
+            group = ConsumerGroup(members, s, self.epoch)
             group.news = Waiter([])
-            for runner in grouped:
+            for runner in members:
                 runner.news = group.news  # rung by _heard for any of the group's topics
             self._spawn(f"consumer {group.group_id}", group.run)
         self._spawn("publish news", self._publish_news)
