@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from eventsourcing.persistence import InterfaceError, OperationalError
 from pydantic import ValidationError
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 QUIET_SECONDS = 1.0  # a consumer without records this long pauses its fetches until news (if it has a news waiter)
 RESUMED_SECONDS = 0.25  # how long a consumer woken without records fetches before pausing again
 BACK_OFF_SECONDS = 0.2  # the pause before a batch that failed transiently is fetched again
+METADATA_REFRESH_SECONDS = 10.0  # the longest an epoch change waits for a consumer's metadata refresh
 
 OFFSETS_DDL = """
 CREATE TABLE IF NOT EXISTS tsop_consumer_offsets (
@@ -298,6 +299,7 @@ class ConsumerRunner:
 
     async def _on_epoch(self, epoch: str) -> None:
         if self.consumer is not None:
+            await refresh_metadata(self.consumer)
             await self.seek_stored(list(self.consumer.assignment()))
 
     def forget(self, partitions: list[TopicPartition]) -> None:
@@ -545,12 +547,34 @@ def _consumer(settings: ServiceSettings, group_id: str | None) -> AIOKafkaConsum
     )
 
 
+async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
+    """Ask the broker again which partitions the consumer's topics have (at most METADATA_REFRESH_SECONDS).
+
+    Called when the broker epoch changed. A broker that came back empty has its topics created again, and not
+    always as before: Tansu creates a topic that a client merely asks about (any metadata request of aiokafka
+    allows it) with 4 partitions, before the epoch watcher's ``ensure_topics`` would create it with the configured
+    count. A consumer learns of that only from a metadata refresh, and a paused one, whose partitions raised no
+    fetch error, would keep the old incarnation's partitions until its periodic refresh (``metadata_max_age_ms``,
+    5 minutes), leaving the records on a new partition unread meanwhile. Refreshed, a changed partition count
+    makes aiokafka rebalance the group, whose new assignment seeks the stored positions of the new epoch."""
+    try:
+        async with asyncio.timeout(METADATA_REFRESH_SECONDS):
+            await consumer._client.force_metadata_update()  # no public call refreshes a consumer's own metadata
+    except TimeoutError:
+        log.warning("consumer metadata not refreshed within %s s after an epoch change", METADATA_REFRESH_SECONDS)
+
+
 async def _seek(consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int | None]) -> None:
     for tp, pos in positions.items():
-        if pos is None:
-            await consumer.seek_to_beginning(tp)
-        else:
-            consumer.seek(tp, pos)
+        if tp not in consumer.assignment():
+            continue  # revoked meanwhile (a rebalance): the next assignment seeks its own stored positions
+        try:
+            if pos is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, pos)
+        except IllegalStateError:
+            continue  # revoked during the seek
 
 
 def _incoming(record: Any, decode: Callable[[Envelope], WireEvent]) -> Incoming:
@@ -647,6 +671,7 @@ class ConsumerGroup:
 
     async def _on_epoch(self, epoch: str) -> None:
         if self.consumer is not None:
+            await refresh_metadata(self.consumer)
             await self.seek_stored(list(self.consumer.assignment()))
 
     async def seek_stored(self, partitions: list[TopicPartition]) -> None:
