@@ -16,27 +16,29 @@ so a phase's CPU per lifecycle and the stack's idle CPU come from the same count
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-import httpx
+import orjson
 import psutil
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+
+from bench.client import Answer, Client, ConnectFailed, ConnectionDropped, HTTPFailure, StatusError
 
 SERVICE_TYPE = "broadband.fault_repair"
 TICKETS = "tsop.tickets"
 ASSIGNED = "tsop.ticket.assigned.v1"
 FEEDBACK_SENT = "tsop.ticket.feedback-sent.v1"
 ARCHIVED = "tsop.ticket.archived.v1"
+FOLLOWED = frozenset(kind.encode() for kind in (ASSIGNED, FEEDBACK_SENT, ARCHIVED))  # ce_type headers acted on
 TRANSITIONS = ("accept", "start", "resolve", "rate")  # a repeat of one that took effect answers 409
-RETRYABLE = (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError, httpx.ConnectError, httpx.PoolTimeout)
+RETRYABLE = (ConnectionDropped, ConnectFailed)  # no answer came: the request may be sent again
 WORK_STEPS: tuple[tuple[str, dict[str, Any] | None], ...] = (
     ("accept", None),
     ("start", {"mode": "on_site"}),
@@ -49,9 +51,9 @@ WORK_STEPS: tuple[tuple[str, dict[str, Any] | None], ...] = (
 
 
 def describe(exc: BaseException) -> str:
-    """An exception as ``Type: message``; an empty message (httpx's timeouts have none) says so."""
-    if isinstance(exc, httpx.HTTPStatusError):
-        return f"HTTP {exc.response.status_code}: {exc.response.text[:200]}"
+    """An exception as ``Type: message`` (an answer outside 2xx as ``HTTP 409: <body>``); an empty message says so."""
+    if isinstance(exc, StatusError):
+        return str(exc)
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (no message)"
 
@@ -259,10 +261,9 @@ async def measure_idle(target: Target, seconds: float) -> dict[str, Any]:
 class Driver:
     def __init__(self, target: Target, concurrency_limit: int = 256, http_timeout: float = 30.0) -> None:
         self.target = target
-        # uvicorn closes a keep-alive connection idle for 5 s, httpx keeps one for 5 s: at the edge a request
-        # goes out on a connection the server is closing and fails with ReadError. Expire ours first.
-        limits = httpx.Limits(max_connections=concurrency_limit, keepalive_expiry=2.0)
-        self.http = httpx.AsyncClient(timeout=http_timeout, limits=limits)
+        # uvicorn closes a keep-alive connection idle for 5 s: a request sent on a connection the server is
+        # closing gets no answer (ConnectionDropped, sent again). Expire ours well before.
+        self.http = Client(timeout=http_timeout, max_connections=concurrency_limit, keepalive_expiry=2.0)
         self.tickets: dict[str, Lifecycle] = {}
         self.errors: list[Failure] = []
         self.rss_peak: dict[str, int] = {}
@@ -289,22 +290,21 @@ class Driver:
         for _ in range(count):
             r = await self.http.post(
                 self.url("dispatch", "/v1/technicians"),
-                json={"name": "Bench", "service_types": [SERVICE_TYPE], "regions": ["north"], "capacity": capacity},
-                headers={"Authorization": f"Bearer {self.target.tokens['supervisor']}"},
+                {"name": "Bench", "service_types": [SERVICE_TYPE], "regions": ["north"], "capacity": capacity},
+                {"Authorization": f"Bearer {self.target.tokens['supervisor']}"},
             )
-            r.raise_for_status()
-            self.technician_tokens[r.json()["id"]] = r.json()["token"]
-            self.capacity[r.json()["id"]] = capacity
+            technician = r.check().json()
+            self.technician_tokens[technician["id"]] = technician["token"]
+            self.capacity[technician["id"]] = capacity
 
     async def register_channel(self) -> None:
         """Submissions come from a registered channel system, with its own credential."""
         r = await self.http.post(
             self.url("intake", "/v1/channels"),
-            json={"name": "bench portal", "kind": "app", "rate_limit_per_minute": 1_000_000},
-            headers={"Authorization": f"Bearer {self.target.tokens['admin']}"},
+            {"name": "bench portal", "kind": "app", "rate_limit_per_minute": 1_000_000},
+            {"Authorization": f"Bearer {self.target.tokens['admin']}"},
         )
-        r.raise_for_status()
-        self.channel_auth = {"Authorization": f"Bearer {r.json()['credential']['token']}"}
+        self.channel_auth = {"Authorization": f"Bearer {r.check().json()['credential']['token']}"}
 
     async def submit(self, phase: str) -> Lifecycle:
         lc = Lifecycle(phase, time.time())
@@ -325,15 +325,20 @@ class Driver:
                 },
                 {"Idempotency-Key": uuid.uuid4().hex, **self.channel_auth},
             )
-        except httpx.HTTPError as exc:
+        except HTTPFailure as exc:
             lc.submit_latency = time.perf_counter() - started
             self.fail(lc, phase, "submit", describe(exc), request)
             return lc
         lc.submit_latency = time.perf_counter() - started
-        if r.status_code not in (200, 201):  # 200: a repeat after a dropped connection, replayed by its key
-            self.fail(lc, phase, "submit", f"HTTP {r.status_code}: {r.text[:200]}", request)
+        if r.status not in (200, 201):  # 200: a repeat after a dropped connection, replayed by its key
+            self.fail(lc, phase, "submit", f"HTTP {r.status}: {r.text[:200]}", request)
             return lc
-        ticket = r.json()["id"]
+        try:
+            ticket = r.json()["id"]
+        except (ValueError, KeyError, TypeError) as exc:
+            self.fail(lc, phase, "submit", f"an answer without a ticket id ({describe(exc)}): {r.text[:200]}",
+                      request)
+            return lc
         lc.ticket = ticket
         lc.stage = "waiting for Assigned"
         self.tickets[ticket] = lc
@@ -341,16 +346,16 @@ class Driver:
             self._on_event(lc, kind, at, body)
         return lc
 
-    async def post(self, step: str, service: str, path: str, body: Any, headers: dict[str, str]) -> httpx.Response:
+    async def post(self, step: str, service: str, path: str, body: Any, headers: dict[str, str]) -> Answer:
         r, _ = await self.post_again(step, service, path, body, headers)
         return r
 
     async def post_again(self, step: str, service: str, path: str, body: Any,
-                         headers: dict[str, str]) -> tuple[httpx.Response, bool]:
+                         headers: dict[str, str]) -> tuple[Answer, bool]:
         """POST, sent again (at most twice) when the connection failed before an answer came.
 
-        A pooled keep-alive connection the server has just closed fails with ReadError or
-        RemoteProtocolError before any answer: not the platform's failure, and the same request
+        A kept-alive connection the server has just closed fails (ConnectionDropped) before any
+        answer: not the platform's failure, and the same request
         is safe to send again (submissions and work-log entries carry an Idempotency-Key; a
         transition that did take effect answers 409 to the repeat, which then counts as done).
         Every repeat is counted in ``retried``; a timeout is not repeated, it is a failure.
@@ -358,13 +363,13 @@ class Driver:
         """
         for attempt in range(3):
             try:
-                r = await self.http.post(self.url(service, path), json=body, headers=headers)
+                r = await self.http.post(self.url(service, path), body, headers)
             except RETRYABLE as exc:
                 if attempt == 2:
                     raise
                 self.retried[f"{step}: {type(exc).__name__}"] += 1
                 continue
-            return r, bool(attempt) and r.status_code == 409 and step in TRANSITIONS
+            return r, bool(attempt) and r.status == 409 and step in TRANSITIONS
         raise AssertionError("unreachable")
 
     def _spawn(self, coro: Any) -> None:
@@ -383,7 +388,7 @@ class Driver:
                 headers = {**as_technician, "Idempotency-Key": uuid.uuid4().hex} if step == "log" else as_technician
                 r, done_before = await self.post_again(step, "dispatch", path, body, headers)
                 if not done_before:
-                    r.raise_for_status()
+                    r.check()
             lc.stage = "waiting for FeedbackSent"
         except Exception as exc:  # noqa: BLE001 - every failure is recorded with its step, none is lost
             self.fail(lc, lc.phase, step, describe(exc), request)
@@ -395,8 +400,8 @@ class Driver:
             r, done_before = await self.post_again("rate", "feedback", f"/v1/tickets/{lc.ticket}/rating",
                                                    {"score": 5},
                                                    {"Authorization": f"Bearer {self.target.tokens['agent']}"})
-            if r.status_code != 201 and not done_before:
-                self.fail(lc, lc.phase, "rate", f"HTTP {r.status_code}: {r.text[:200]}", request)
+            if r.status != 201 and not done_before:
+                self.fail(lc, lc.phase, "rate", f"HTTP {r.status}: {r.text[:200]}", request)
                 return
             if not lc.finished:
                 lc.stage = "waiting for Archived"
@@ -404,37 +409,57 @@ class Driver:
             self.fail(lc, lc.phase, "rate", describe(exc), request)
 
     async def follow(self) -> None:
-        """Technicians and customers react to what the tickets topic says."""
+        """Technicians and customers react to what the tickets topic says.
+
+        Most of the topic's records are of kinds the driver does not act on: a record is judged by its
+        ``ce_type`` header alone, and only one of the three kinds acted on has its key, time and body read.
+        """
         consumer = AIOKafkaConsumer(
             TICKETS,
             bootstrap_servers=self.target.bootstrap,
             auto_offset_reset="latest",
             enable_auto_commit=False,
+            # a fetch waits up to 50 ms for 256 KiB: a few fetches a second carry many records each, instead of
+            # one fetch (a request to encode, a response to decode) for each few records
+            fetch_min_bytes=256 * 1024,
             fetch_max_wait_ms=50,
+            max_partition_fetch_bytes=8 * 2**20,
         )
         await consumer.start()
         try:
             while True:
-                batch = await consumer.getmany(timeout_ms=100, max_records=2000)
+                batch = await consumer.getmany(timeout_ms=100, max_records=10_000)
                 self.follower_ready.set()
                 for records in batch.values():
-                    for rec in records:
-                        try:
-                            h = dict(rec.headers)
-                            kind = h.get("ce_type", b"").decode()
-                            ticket = (rec.key or b"").decode()
-                            at = datetime.fromisoformat(h["ce_time"].decode()).timestamp()
-                        except (KeyError, ValueError) as exc:
-                            where = f"{rec.topic}[{rec.partition}]@{rec.offset}"
-                            self.fail(None, "follow", "follow", f"unreadable record {where}: {describe(exc)}")
-                            continue
-                        lc = self.tickets.get(ticket)
-                        if lc is None:
-                            self.early.setdefault(ticket, []).append((kind, at, rec.value or b""))
-                        else:
-                            self._on_event(lc, kind, at, rec.value or b"")
+                    self.read(records)
         finally:
             await consumer.stop()
+
+    def read(self, records: Iterable[ConsumerRecord[bytes, bytes]]) -> None:
+        """A fetch's records: those of the kinds acted on are handed to their lifecycle (or kept until it is known)."""
+        for rec in records:
+            kind = at = None
+            for name, value in rec.headers:
+                if name == "ce_type":
+                    kind = value
+                elif name == "ce_time":
+                    at = value
+            if kind is not None and kind not in FOLLOWED:
+                continue
+            try:
+                if kind is None or at is None:
+                    raise KeyError("ce_type" if kind is None else "ce_time")
+                when = datetime.fromisoformat(at.decode()).timestamp()
+                ticket = (rec.key or b"").decode()
+            except (KeyError, ValueError) as exc:
+                where = f"{rec.topic}[{rec.partition}]@{rec.offset}"
+                self.fail(None, "follow", "follow", f"unreadable record {where}: {describe(exc)}")
+                continue
+            lc = self.tickets.get(ticket)
+            if lc is None:
+                self.early.setdefault(ticket, []).append((kind.decode(), when, rec.value or b""))
+            else:
+                self._on_event(lc, kind.decode(), when, rec.value or b"")
 
     def _on_event(self, lc: Lifecycle, kind: str, at: float, value: bytes) -> None:
         if lc.failure is not None:
@@ -442,9 +467,9 @@ class Driver:
         if kind == ASSIGNED and lc.assigned_at is None:
             lc.assigned_at = at
             try:
-                body = json.loads(value)
+                body = orjson.loads(value)
                 wo, tech = body["work_order_id"], body["technician_id"]
-            except (ValueError, KeyError) as exc:
+            except (ValueError, KeyError, TypeError) as exc:
                 self.fail(lc, lc.phase, "read Assigned", describe(exc))
                 return
             self._spawn(self._work(lc, wo, tech))

@@ -35,7 +35,7 @@ async def test_holds_cover_a_customer_through_them_their_tickets_and_their_ticke
     await ensure_database(settings, LegalHoldProjection.ddl)
     pool = await asyncpg.create_pool(settings.pg_dsn(), min_size=1, max_size=2)
     projection = LegalHoldProjection(pool)
-    t1, t2, other = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    t1, t2, other, t3 = (str(uuid.uuid4()) for _ in range(4))
     events: list[wire.WireEvent] = [
         placed("h-cust", "customer", "cust-1"),
         placed("h-other", "customer", "cust-2"),
@@ -48,7 +48,8 @@ async def test_holds_cover_a_customer_through_them_their_tickets_and_their_ticke
         wire.IncidentTicketLinked(incident_id="inc-1", ticket_id=t2, linked_by="auto", linked_at=NOW),
         wire.IncidentTicketUnlinked(incident_id="inc-1", ticket_id=t1, reason="unrelated", unlinked_by="m",
                                     unlinked_at=NOW),
-        wire.IncidentTicketLinked(incident_id="inc-2", ticket_id=other, linked_by="auto", linked_at=NOW),
+        # the sweep's chunk (one event for many tickets): each of them linked to inc-2
+        wire.IncidentTicketsLinked(incident_id="inc-2", ticket_ids=[other, t3], linked_by="auto", linked_at=NOW),
     ]
     try:
         async with pool.acquire() as conn, conn.transaction():
@@ -66,6 +67,10 @@ async def test_holds_cover_a_customer_through_them_their_tickets_and_their_ticke
         assert both[1][2] in {t1, t2}  # the incident's hold, named once, with one of the tickets linked to it
         assert await covering("cust-1", [t1]) == [("customer", "cust-1", None), ("incident", "inc-1", t1)]
         assert await covering("cust-3", []) == []
+        assert await covering("cust-4", [t3]) == [("incident", "inc-2", t3)]
+        async with pool.acquire() as conn, conn.transaction():  # the chunk redelivered changes nothing
+            await projection.apply(conn, incoming(events[-1], len(events)))
+        assert await covering("cust-4", [t3]) == [("incident", "inc-2", t3)]
 
         async with pool.acquire() as conn, conn.transaction():
             for i, e in enumerate([

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
 import psutil
 import pytest
+from aiokafka import ConsumerRecord
 
+from bench.client import ConnectFailed, StatusError, Timeout
 from bench.lifecycle import (
     ARCHIVED,
     ASSIGNED,
@@ -25,16 +26,18 @@ from bench.lifecycle import (
     phase_outcome,
     report_text,
 )
+from tests.bench_server import LocalServer, Reply, Request
 
 
 def test_an_exception_without_a_message_still_names_its_type() -> None:
-    # httpx's timeouts carry an empty message: the old report read only "work: "
-    assert describe(httpx.ReadTimeout("")) == "ReadTimeout (no message)"
-    assert describe(httpx.ConnectError("connection refused")) == "ConnectError: connection refused"
-    request = httpx.Request("POST", "http://x/v1/work-orders/w/accept")
-    answer = httpx.Response(409, request=request, text='{"detail": "already accepted"}')
-    status = httpx.HTTPStatusError("409", request=request, response=answer)
-    assert describe(status) == 'HTTP 409: {"detail": "already accepted"}'
+    # httpx's timeouts carried an empty message: the old report read only "work: "
+    assert describe(TimeoutError()) == "TimeoutError (no message)"
+    assert describe(Timeout("no whole answer within 30s (POST http://x/a)")) == \
+        "Timeout: no whole answer within 30s (POST http://x/a)"
+    assert describe(ConnectFailed("connection refused")) == "ConnectFailed: connection refused"
+    from bench.client import Answer
+    assert describe(StatusError(Answer(409, {}, b'{"detail": "already accepted"}'))) == \
+        'HTTP 409: {"detail": "already accepted"}'
 
 
 def test_a_failure_names_phase_ticket_step_request_and_cause() -> None:
@@ -124,11 +127,16 @@ def test_targets_and_the_text_report() -> None:
 
 
 class FakeTarget:
+    """Every service at one local server's address."""
+
     bootstrap = "127.0.0.1:1"
     tokens = {"agent": "a", "supervisor": "s", "admin": "x"}
 
+    def __init__(self, base: str = "http://127.0.0.1:1") -> None:
+        self.base = base
+
     def url(self, service: str) -> str:
-        return f"http://{service}.invalid"
+        return self.base
 
     def processes(self) -> dict[str, tuple[psutil.Process, bool]]:
         return {}
@@ -139,58 +147,69 @@ class FakeTarget:
 
 async def test_a_failed_work_step_ends_its_lifecycle_at_once_with_the_step_named() -> None:
     """The phase must not wait for its timeout when a step failed, and the error says which step."""
-    calls: list[str] = []
+    def answer(request: Request) -> Reply:
+        if request.path.endswith("/start"):
+            return Reply(no_answer="hang")
+        return Reply.json(200, {})
 
-    def answer(request: httpx.Request) -> httpx.Response:
-        calls.append(request.url.path)
-        if request.url.path.endswith("/start"):
-            raise httpx.ReadTimeout("", request=request)
-        return httpx.Response(200, json={})
-
-    driver = Driver(FakeTarget())
-    driver.http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
-    driver.technician_tokens["tech-1"] = "tok"
-    lc = Lifecycle("warm-up", 0.0)
-    lc.ticket = "T-9"
-    driver.tickets["T-9"] = lc
-    driver._on_event(lc, ASSIGNED, 1.0, b'{"work_order_id": "W-9", "technician_id": "tech-1"}')
-    await asyncio.wait_for(lc.done.wait(), 5)
-    assert lc.finished and lc.archived_at is None
-    assert calls == ["/v1/work-orders/W-9/accept", "/v1/work-orders/W-9/start"]
-    assert [str(e) for e in driver.errors] == [
-        "[warm-up] ticket T-9 start (POST /v1/work-orders/W-9/start): ReadTimeout (no message)"
-    ]
-    await driver.aclose()
+    async with LocalServer(answer) as server:
+        driver = Driver(FakeTarget(server.url), http_timeout=0.3)
+        driver.technician_tokens["tech-1"] = "tok"
+        lc = Lifecycle("warm-up", 0.0)
+        lc.ticket = "T-9"
+        driver.tickets["T-9"] = lc
+        driver._on_event(lc, ASSIGNED, 1.0, b'{"work_order_id": "W-9", "technician_id": "tech-1"}')
+        await asyncio.wait_for(lc.done.wait(), 5)
+        assert lc.finished and lc.archived_at is None
+        assert [r.path for r in server.requests] == ["/v1/work-orders/W-9/accept", "/v1/work-orders/W-9/start"]
+        assert server.requests[0].headers["authorization"] == "Bearer tok"
+        assert [str(e) for e in driver.errors] == [
+            "[warm-up] ticket T-9 start (POST /v1/work-orders/W-9/start): Timeout: no whole answer within 0.3s "
+            f"(POST {server.url}/v1/work-orders/W-9/start)"
+        ]
+        await driver.aclose()
 
 
 async def test_a_republished_feedback_sent_is_rated_once_and_archived_ends_the_lifecycle() -> None:
-    ratings: list[str] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        ratings.append(request.url.path)
-        return httpx.Response(201, json={})
-
-    driver = Driver(FakeTarget())
-    driver.http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
-    lc = Lifecycle("throughput", 0.0)
-    lc.ticket = "T-1"
-    driver._on_event(lc, FEEDBACK_SENT, 1.0, b"{}")
-    driver._on_event(lc, FEEDBACK_SENT, 1.1, b"{}")  # a relay published it again
-    await asyncio.sleep(0.05)
-    assert ratings == ["/v1/tickets/T-1/rating"] and lc.stage == "waiting for Archived"
-    driver._on_event(lc, ARCHIVED, 2.0, b"{}")
-    assert lc.done.is_set() and lc.archived_at == 2.0 and not driver.errors
-    await driver.aclose()
+    async with LocalServer(lambda request: Reply.json(201, {})) as server:
+        driver = Driver(FakeTarget(server.url))
+        lc = Lifecycle("throughput", 0.0)
+        lc.ticket = "T-1"
+        driver._on_event(lc, FEEDBACK_SENT, 1.0, b"{}")
+        driver._on_event(lc, FEEDBACK_SENT, 1.1, b"{}")  # a relay published it again
+        for _ in range(100):
+            if lc.stage == "waiting for Archived":
+                break
+            await asyncio.sleep(0.01)
+        assert [r.path for r in server.requests] == ["/v1/tickets/T-1/rating"] and lc.stage == "waiting for Archived"
+        assert server.requests[0].json() == {"score": 5} and server.requests[0].headers["authorization"] == "Bearer a"
+        driver._on_event(lc, ARCHIVED, 2.0, b"{}")
+        assert lc.done.is_set() and lc.archived_at == 2.0 and not driver.errors
+        await driver.aclose()
 
 
 @pytest.mark.parametrize("status", [409, 503])
 async def test_a_refused_submission_names_its_status_and_body(status: int) -> None:
-    driver = Driver(FakeTarget())
-    driver.http = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(status, text="no")))
-    lc = await driver.submit("latency")
-    assert lc.finished and lc.ticket is None
-    assert [str(e) for e in driver.errors] == [f"[latency] submit (POST /v1/requests): HTTP {status}: no"]
-    await driver.aclose()
+    async with LocalServer(lambda request: Reply(status, b"no")) as server:
+        driver = Driver(FakeTarget(server.url))
+        lc = await driver.submit("latency")
+        assert lc.finished and lc.ticket is None
+        assert [str(e) for e in driver.errors] == [f"[latency] submit (POST /v1/requests): HTTP {status}: no"]
+        assert "idempotency-key" in server.requests[0].headers
+        await driver.aclose()
+
+
+async def test_a_submission_answered_is_followed_by_its_ticket_and_events_that_came_first_are_applied() -> None:
+    async with LocalServer(lambda request: Reply.json(201, {"id": "T-42"})) as server:
+        driver = Driver(FakeTarget(server.url))
+        driver.channel_auth = {"Authorization": "Bearer channel"}
+        driver.early["T-42"] = [(ARCHIVED, 5.0, b"{}")]  # the event overtook the HTTP answer
+        lc = await driver.submit("throughput")
+        assert lc.ticket == "T-42" and driver.tickets["T-42"] is lc and lc.archived_at == 5.0
+        body = server.requests[0].json()
+        assert isinstance(body, dict) and body["service_type"] == "broadband.fault_repair"
+        assert server.requests[0].headers["authorization"] == "Bearer channel" and not driver.errors
+        await driver.aclose()
 
 
 async def test_a_phase_that_times_out_reports_once_and_one_that_completes_reports_nothing() -> None:
@@ -218,48 +237,51 @@ async def test_a_step_whose_connection_dropped_is_sent_again_and_a_409_to_the_re
     """A pooled connection the server closed (ReadError, no answer) is the client's, not the platform's."""
     calls: list[str] = []
 
-    def answer(request: httpx.Request) -> httpx.Response:
-        calls.append(request.url.path)
-        if request.url.path.endswith("/start") and calls.count(request.url.path) == 1:
-            raise httpx.ReadError("", request=request)
-        if request.url.path.endswith("/start"):
-            return httpx.Response(409, json={"detail": "already started"})  # the first try took effect
-        return httpx.Response(200, json={})
+    def answer(request: Request) -> Reply:
+        calls.append(request.path)
+        if request.path.endswith("/start") and calls.count(request.path) == 1:
+            return Reply(no_answer="drop")
+        if request.path.endswith("/start"):
+            return Reply.json(409, {"detail": "already started"})  # the first try took effect
+        return Reply.json(200, {})
 
-    driver = Driver(FakeTarget())
-    driver.http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
-    driver.technician_tokens["tech-1"] = "tok"
-    lc = Lifecycle("throughput", 0.0)
-    lc.ticket = "T-5"
-    await driver._work(lc, "W-5", "tech-1")
-    assert driver.errors == [] and lc.stage == "waiting for FeedbackSent"
-    assert calls.count("/v1/work-orders/W-5/start") == 2 and calls[-1] == "/v1/work-orders/W-5/resolve"
-    assert dict(driver.retried) == {"start: ReadError": 1}
-    await driver.aclose()
+    async with LocalServer(answer) as server:
+        driver = Driver(FakeTarget(server.url))
+        driver.technician_tokens["tech-1"] = "tok"
+        lc = Lifecycle("throughput", 0.0)
+        lc.ticket = "T-5"
+        await driver._work(lc, "W-5", "tech-1")
+        assert driver.errors == [] and lc.stage == "waiting for FeedbackSent"
+        assert calls.count("/v1/work-orders/W-5/start") == 2 and calls[-1] == "/v1/work-orders/W-5/resolve"
+        assert dict(driver.retried) == {"start: ConnectionDropped": 1}
+        log = next(r for r in server.requests if r.path.endswith("/log"))
+        assert log.json() == {"action": "replaced the ONT", "mode": "on_site"} and "idempotency-key" in log.headers
+        await driver.aclose()
 
 
 async def test_a_connection_that_fails_every_time_is_a_failure_and_a_409_without_a_repeat_is_too() -> None:
-    def answer(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/accept"):
-            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
-        return httpx.Response(409, json={"detail": "not accepted"})
+    def answer(request: Request) -> Reply:
+        if request.path.endswith("/accept"):
+            return Reply(no_answer="drop")
+        return Reply.json(409, {"detail": "not accepted"})
 
-    driver = Driver(FakeTarget())
-    driver.http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
-    driver.technician_tokens["tech-1"] = "tok"
-    lc = Lifecycle("latency", 0.0)
-    lc.ticket = "T-6"
-    await driver._work(lc, "W-6", "tech-1")
-    assert [str(e) for e in driver.errors] == [
-        "[latency] ticket T-6 accept (POST /v1/work-orders/W-6/accept): "
-        "RemoteProtocolError: Server disconnected without sending a response."
-    ]
-    assert dict(driver.retried) == {"accept: RemoteProtocolError": 2}
-    lc2 = Lifecycle("latency", 0.0)
-    lc2.ticket = "T-7"
-    await driver._rate(lc2)  # a 409 at the first try is an error: nothing was sent before
-    assert str(driver.errors[-1]).startswith("[latency] ticket T-7 rate (POST /v1/tickets/T-7/rating): HTTP 409")
-    await driver.aclose()
+    async with LocalServer(answer) as server:
+        driver = Driver(FakeTarget(server.url))
+        driver.technician_tokens["tech-1"] = "tok"
+        lc = Lifecycle("latency", 0.0)
+        lc.ticket = "T-6"
+        await driver._work(lc, "W-6", "tech-1")
+        assert [str(e) for e in driver.errors] == [
+            "[latency] ticket T-6 accept (POST /v1/work-orders/W-6/accept): "
+            f"ConnectionDropped: POST {server.url}/v1/work-orders/W-6/accept: the connection closed before an answer"
+        ]
+        assert dict(driver.retried) == {"accept: ConnectionDropped": 2} and len(server.requests) == 3
+        lc2 = Lifecycle("latency", 0.0)
+        lc2.ticket = "T-7"
+        await driver._rate(lc2)  # a 409 at the first try is an error: nothing was sent before
+        assert str(driver.errors[-1]) == \
+            '[latency] ticket T-7 rate (POST /v1/tickets/T-7/rating): HTTP 409: {"detail":"not accepted"}'
+        await driver.aclose()
 
 
 def test_cpu_net_of_idle_subtracts_each_process_idle_share_over_the_phase() -> None:
@@ -268,3 +290,52 @@ def test_cpu_net_of_idle_subtracts_each_process_idle_share_over_the_phase() -> N
     # 100 lifecycles in 50 s; the broker idles at 20 % of a core: 10 s of its CPU, 100 ms per lifecycle
     r = net_of_idle({"broker": 150.0, "intake": 40.0, "bench-driver": 30.0}, {"broker": 20.0}, 50.0, 100)
     assert r == {"per_process_ms": {"broker": 50.0, "intake": 40.0}, "platform_ms": 90.0}
+
+
+def record(offset: int, kind: str | None, ticket: str, value: bytes, at: str | None = "2026-12-02T20:00:00+00:00",
+           ) -> ConsumerRecord[bytes, bytes]:
+    headers = [(name, v.encode()) for name, v in (("ce_id", f"e{offset}"), ("ce_type", kind), ("ce_time", at))
+               if v is not None]
+    return ConsumerRecord("tsop.tickets", 0, offset, 0, 0, ticket.encode(), value, None, 0, len(value), headers)
+
+
+async def test_the_follower_reads_only_the_kinds_it_acts_on_and_names_an_unreadable_one() -> None:
+    driver = Driver(FakeTarget())
+    lc = Lifecycle("throughput", 0.0)
+    lc.ticket = "T-1"
+    driver.tickets["T-1"] = lc
+    driver.read([
+        record(1, "tsop.ticket.submitted.v1", "T-1", b"not json at all"),  # not acted on: its body is never read
+        record(2, "tsop.ticket.worklogged.v1", "T-1", b"{}", at="not a time"),  # nor its time
+        record(3, ARCHIVED, "T-2", b"{}"),  # a ticket whose submission is not answered yet: kept for it
+        record(4, ARCHIVED, "T-1", b"{}", at="2026-12-02T20:00:01+00:00"),
+        record(5, FEEDBACK_SENT, "T-1", b"{}", at=None),  # acted on, but without its time
+        record(6, None, "T-1", b"{}"),  # no ce_type at all
+    ])
+    assert lc.archived_at == 1796241601.0 and lc.done.is_set() and lc.stage == "archived"
+    assert driver.early == {"T-2": [(ARCHIVED, 1796241600.0, b"{}")]}
+    assert [str(e) for e in driver.errors] == [
+        "[follow] follow: unreadable record tsop.tickets[0]@5: KeyError: 'ce_time'",
+        "[follow] follow: unreadable record tsop.tickets[0]@6: KeyError: 'ce_type'",
+    ]
+    await driver.aclose()
+
+
+async def test_an_assigned_record_starts_the_technician_s_steps_with_its_credential() -> None:
+    async with LocalServer(lambda request: Reply.json(200, {})) as server:
+        driver = Driver(FakeTarget(server.url))
+        driver.technician_tokens["tech-3"] = "tok-3"
+        lc = Lifecycle("throughput", 0.0)
+        lc.ticket = "T-3"
+        driver.tickets["T-3"] = lc
+        driver.read([record(1, ASSIGNED, "T-3", b'{"work_order_id": "W-3", "technician_id": "tech-3"}')])
+        assert lc.assigned_at == 1796241600.0
+        for _ in range(200):
+            if lc.stage == "waiting for FeedbackSent":
+                break
+            await asyncio.sleep(0.01)
+        assert [r.path.rsplit("/", 1)[1] for r in server.requests] == ["accept", "start", "log", "resolve"]
+        assert {r.headers["authorization"] for r in server.requests} == {"Bearer tok-3"} and not driver.errors
+        driver.read([record(2, ASSIGNED, "T-3", b"not json")])  # a second Assigned is not acted on again
+        assert not driver.errors and len(server.requests) == 4
+        await driver.aclose()

@@ -241,3 +241,67 @@ def test_prefetch_learns_in_one_go_which_aggregates_are_absent_and_an_added_one_
     again._id = missing  # type: ignore[attr-defined]
     uow.add(again)
     assert uow.get(missing) is again  # created within the unit: no longer absent
+
+
+class Counter(Aggregate):
+    """One hot aggregate many commands change at once (a technician's load, say)."""
+
+    class Started(Aggregate.Created):
+        pass
+
+    class Bumped(Aggregate.Event):
+        pass
+
+    @event(Started)
+    def __init__(self) -> None:
+        self.count = 0
+
+    @event(Bumped)
+    def bump(self) -> None:
+        self.count += 1
+
+
+def test_many_commands_racing_on_one_aggregate_all_succeed_and_none_is_lost() -> None:
+    store = app()
+    counter = Counter()
+    store.save(counter)
+    commands = Commands(store)
+    decided: list[int] = []
+
+    def bump(uow: UnitOfWork) -> int:
+        c = uow.load(Counter, counter.id)
+        decided.append(c.version)
+        c.bump()
+        return c.count
+
+    async def race() -> list[int]:
+        return list(await asyncio.gather(*(commands.run(bump) for _ in range(40))))
+
+    counts = asyncio.run(race())
+    # every command was applied exactly once, each on the state its predecessor left
+    assert sorted(counts) == list(range(1, 41))
+    assert store.repository.get(counter.id).count == 40
+    assert len(decided) > 40  # the race was real: some decided again
+
+
+def test_a_command_that_keeps_losing_gives_up_with_the_conflict() -> None:
+    from tsop_events.store import IntegrityError
+
+    store = app()
+    counter = Counter()
+    store.save(counter)
+    commands = Commands(store, lane_attempts=3)
+    tries: list[int] = []
+
+    def always_late(uow: UnitOfWork) -> None:
+        c = uow.load(Counter, counter.id)
+        tries.append(c.version)
+        rival: Counter = store.repository.get(counter.id)
+        rival.bump()
+        store.save(rival)  # another writer saves first, every time
+        c.bump()
+
+    with pytest.raises(IntegrityError):
+        asyncio.run(commands.run(always_late))
+    assert len(tries) == 1 + 3
+    assert store.repository.get(counter.id).count == 4  # only the rivals' bumps

@@ -20,7 +20,8 @@ from tsop_events.commands import UnitOfWork
 from tsop_events.consumer import Incoming
 from tsop_events.envelope import Envelope
 
-IncidentEvent = wire.IncidentTicketLinked | wire.IncidentTicketUnlinked | wire.IncidentResolved
+IncidentEvent = (wire.IncidentTicketLinked | wire.IncidentTicketsLinked | wire.IncidentTicketUnlinked
+                 | wire.IncidentResolved)
 
 
 def incoming(ev: IncidentEvent | wire.RequestAccepted, key: str, n: int) -> Incoming:
@@ -236,3 +237,36 @@ def test_a_resolution_is_applied_in_chunks_resumes_after_a_crash_and_resolves_ea
     assert app.load(work_order_id("early")).status == "resolved"
     assert sum(isinstance(e, WorkOrder.Resolved) for t in tickets
                for e in app.app.repository.event_store.get(work_order_id(t))) == 5
+
+
+def test_a_chunk_of_linked_tickets_holds_each_work_order_once_across_redelivery_and_replay() -> None:
+    """The sweep's TicketsLinked (one event per chunk of tickets): each work order held as if linked alone (its own
+    Held, so each ticket's dossier has it), one not opened yet kept as an early hold; the chunk redelivered after a
+    crash (the relay published it, died before marking it) and the topic replayed hold nothing twice; a ticket of a
+    chunk unlinked (the per-ticket event) goes back to normal dispatch and is not resolved with the incident."""
+    app, _ = new_app()
+    feed, inc = Feed(app), Incidents(IncidentHolds(app.app), app)
+    tickets = [f"t{i}" for i in range(5)]
+    for t in tickets:
+        feed(accepted(t))
+
+    def chunk(ids: list[str]) -> wire.IncidentTicketsLinked:
+        return wire.IncidentTicketsLinked(incident_id="inc1", ticket_ids=ids, linked_by="auto", linked_at=NOW)
+
+    inc(chunk(tickets[:3]))
+    inc(chunk(tickets[:3]))  # redelivered at a new offset
+    inc(chunk([*tickets[3:], "early"]))
+    assert all(app.load(work_order_id(t)).held_by == "inc1" for t in tickets)
+    assert app.app.repository.get(hold_id("early")).incident_id == "inc1"
+    inc.replay()
+    inc.replay(in_one_batch=True)
+    assert [kinds(app, work_order_id(t)).count("Held") for t in tickets] == [1] * 5
+    inc(unlinked("t1", NOW + timedelta(minutes=1)))
+    assert app.load(work_order_id("t1")).held_by is None
+    inc(resolved(NOW + timedelta(minutes=2)))
+    assert [app.load(work_order_id(t)).status for t in tickets] == [
+        "resolved", "waiting", "resolved", "resolved", "resolved"]
+    inc.replay()
+    assert sum(kinds(app, work_order_id(t)).count("Resolved") for t in tickets) == 4
+    feed(accepted("early"))
+    assert app.load(work_order_id("early")).status == "resolved"

@@ -15,7 +15,7 @@ from tsop_events.consumer import Incoming
 from tsop_events.envelope import Envelope
 from tsop_feedback import commands
 from tsop_feedback.commands import FeedbackApp
-from tsop_feedback.domain import Notification
+from tsop_feedback.domain import FeedbackCase, Notification
 from tsop_feedback.incidents.policies import IncidentNotices
 
 INC = "inc-1"
@@ -127,3 +127,36 @@ def test_a_ticket_unlinked_and_linked_again_is_told_again_and_a_replay_tells_not
     assert len(queued(app)) == 3
     inc(wire.ServiceRestored(incident_id=INC, note="ok", restored_by="m", restored_at=at(4)))
     assert sorted(n.step for n in queued(app)).count("incident_restored") == 1
+
+
+def test_a_chunk_of_linked_tickets_tells_each_customer_once_as_if_linked_alone() -> None:
+    """The sweep's TicketsLinked (one event per chunk): each ticket's customer told once; the chunk redelivered or
+    replayed, or a ticket of it linked again alone (the old event), tells nobody again; a status fans out to all."""
+    app, _ = make_app()
+    bus = Bus(app)
+    for t in ("t1", "t2", "t3"):
+        bus(submitted(t, f"https://ok.example/{t}"))
+    bus(submitted("t-silent", "https://ok.example/x").model_copy(update={"callback_url": None}))
+    inc = Incidents(app)
+    chunk = wire.IncidentTicketsLinked(incident_id=INC, ticket_ids=["t1", "t2", "t3", "t-unknown", "t-silent"],
+                                       linked_by="auto", linked_at=at(1))
+    inc(declared(), chunk, redeliver=True)
+    inc(linked("t2", 1))  # the same link, as the event of one ticket
+    assert sorted((n.ticket_id, n.step) for n in queued(app)) == [
+        ("t1", "incident_linked"), ("t2", "incident_linked"), ("t3", "incident_linked")]
+    inc.replay()
+    assert len(queued(app)) == 3
+    inc(wire.ServiceRestored(incident_id=INC, note="ok", restored_by="m", restored_at=at(2)))
+    assert sorted(n.ticket_id for n in queued(app) if n.step == "incident_restored") == ["t1", "t2", "t3"]
+    # a case with no callback is known from the log: a notice's fan-out does not read it; the others are read
+    everyone = ["t1", "t2", "t3", "t-unknown", "t-silent"]
+    assert inc.sink.linked.unreachable(everyone) == {"t-silent"}
+    # ... while its case is open: a closed case is forgotten (the set holds open cases only) and read again if asked
+    inc.sink.linked.apply(FeedbackCase.Closed(
+        originator_id=commands.case_id("t-silent"), originator_version=9, timestamp=NOW, ticket_id="t-silent",
+        reason="rating_expired", closed_at=NOW))
+    assert inc.sink.linked.unreachable(everyone) == set()
+    # a ticket linked later, whose case has a callback, is told
+    bus(submitted("t5", "https://ok.example/t5"))
+    inc(wire.IncidentTicketLinked(incident_id=INC, ticket_id="t5", linked_by="auto", linked_at=at(3)))
+    assert [n.step for n in queued(app) if n.ticket_id == "t5"] == ["incident_linked"]

@@ -322,3 +322,38 @@ def test_an_incident_with_escalated_steps_is_snapshotted_and_loads_the_same_from
     after = s.app.repository.get(iid)  # from the snapshot
     assert after.escalated == before.escalated == {"assemble", "customer_notice", "diagnose"}
     assert after.linked == before.linked and after.steps == before.steps and after.plan == before.plan
+
+
+def test_the_sweep_s_chunk_links_many_tickets_in_one_event_each_as_if_linked_alone() -> None:
+    """The bulk path (issue 12): one TicketsLinked per chunk, one event on the incidents topic; a ticket linked
+    already, or unlinked as unrelated, is left out (idempotent, never linked again automatically); the review and
+    the board count each ticket of the chunk."""
+    inc = Incident.declare(uuid4(), "Fibre cut", "II", "outage", [FAULT], ["south"], 500, "auto", NOW, PLANS,
+                           detected_at=NOW, rule="burst")
+    links = {t: TicketLink(id=link_id(t), ticket_id=t) for t in ("t1", "t2", "t3", "t4")}
+    assert inc.link(links["t1"], "auto", NOW)
+    inc.unlink(links["t1"], "unrelated", "im", NOW + timedelta(minutes=1))
+    assert inc.link(links["t2"], "auto", NOW)
+    at = NOW + timedelta(minutes=2)
+    # t1 unrelated (not again automatically), t2 linked already, t3 twice in the chunk
+    assert inc.link_many([links["t1"], links["t2"], links["t3"], links["t3"], links["t4"]], "auto", at) == 2
+    assert inc.link_many([links["t3"], links["t4"]], "auto", at) == 0  # a chunk again: nothing new
+    assert set(inc.linked) == {"t2", "t3", "t4"} and "t1" not in inc.linked
+    assert links["t3"].incident_id == links["t4"].incident_id == str(inc.id) and links["t1"].incident_id is None
+    events = inc.collect_events()
+    chunks = [e for e in events if isinstance(e, Incident.TicketsLinked)]
+    assert [c.ticket_ids for c in chunks] == [["t3", "t4"]]
+    out = WIRE(chunks[0])
+    assert out is not None and isinstance(out.event, wire.IncidentTicketsLinked)
+    assert (out.event.key(), out.event.ticket_ids, out.event.linked_at) == (str(inc.id), ["t3", "t4"], at)
+    # by hand, an unrelated ticket may be linked again in a chunk
+    assert inc.link_many([links["t1"]], "im", at) == 1 and "t1" in inc.linked
+    inc.restore("spliced", "im", NOW + timedelta(hours=1))
+    inc.verify("green", "im", NOW + timedelta(hours=1))
+    inc.resolve("restored", "fibre spliced", None, "im", NOW + timedelta(hours=2))
+    r = draft_review([*events, *inc.collect_events()])
+    assert (r["tickets_affected"], r["tickets_unlinked"]) == (4, 0)
+    board = views.Board(IncidentApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, plans=PLANS))
+    for e in events:
+        board.apply(e)
+    assert board.linked[inc.id] == {"t2", "t3", "t4"} and board.ticket_incident["t4"] == inc.id

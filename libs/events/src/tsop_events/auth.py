@@ -144,6 +144,7 @@ def bearer_token(request: Request) -> str | None:
 def requires(*roles: Role) -> Callable[[Request], Awaitable[Principal]]:
     """A FastAPI dependency: the caller's principal, if it holds one of ``roles`` (admin holds all)."""
     wanted = ", ".join(r.value for r in roles) or "any role"
+    admitted = frozenset(roles) | {Role.admin}  # admin holds all (``Principal.has``)
 
     async def dependency(request: Request) -> Principal:
         token = bearer_token(request)
@@ -152,7 +153,7 @@ def requires(*roles: Role) -> Callable[[Request], Awaitable[Principal]]:
         principal: Principal | None = await request.app.state.runtime.authenticate(hash_token(token))
         if principal is None:
             raise AuthError(401, "Unauthorized", "the bearer token is unknown or revoked")
-        if roles and not principal.has(*roles):
+        if roles and admitted.isdisjoint(principal.roles):
             raise AuthError(403, "Forbidden", f"this needs the role {wanted}; {principal.subject} does not hold it")
         request.state.principal = principal
         return principal

@@ -164,11 +164,13 @@ class UnitOfWork:
 class Commands(Generic[A]):
     """Runs a service's commands; one per service process, built at bootstrap."""
 
-    def __init__(self, app: A, committer: GroupCommit | None = None, attempts: int = 5) -> None:
+    def __init__(self, app: A, committer: GroupCommit | None = None, lane_attempts: int = 8) -> None:
         self.app = app
         self.committer = committer or GroupCommit(app)
-        self.attempts = attempts
+        self.lane_attempts = lane_attempts
         self.observers: list[Observer] = []
+        # commands that lost a race go again one at a time: see ``run``
+        self._lane = asyncio.Lock()
 
     def observe(self, observer: Observer) -> None:
         """Call ``observer`` with the events of every command saved by this process (e.g. to update a view)."""
@@ -179,25 +181,38 @@ class Commands(Generic[A]):
 
         ``inline``: the first ``decide`` runs on the event loop, at once (no await before it), for a hot
         command that reads only in-memory views and loads nothing; a retry after a conflict runs in a thread.
+
+        A command that lost a race goes again in the process's *lane*: one at a time, each loading after the
+        previous one's commit, so commands of this process that touch one hot aggregate (a technician's many
+        work orders, say) no longer lose to each other again and again; they can only lose to a first attempt
+        or to another instance, which the lane's own attempts absorb. Conflicts are rare, so the lane is short.
         """
-        for attempt in range(self.attempts):
-            uow = UnitOfWork(self.app)
-            result = decide(uow) if inline and attempt == 0 else await asyncio.to_thread(decide, uow)
-            changed = [a for a in uow.aggregates() if a.pending_events]
-            if not changed:
-                return result
-            events = [e for a in changed for e in a.pending_events]
-            try:
-                await self.committer.save(*changed)
-            except IntegrityError:
-                if attempt == self.attempts - 1:
-                    raise
-                await asyncio.sleep(0.002 * 2**attempt)
-                continue
-            for observer in self.observers:
-                observer(events)
-            return result
+        try:
+            return await self._attempt(decide, inline=inline)
+        except IntegrityError:
+            pass
+        async with self._lane:
+            for attempt in range(self.lane_attempts):
+                try:
+                    return await self._attempt(decide, inline=False)
+                except IntegrityError:
+                    if attempt == self.lane_attempts - 1:
+                        raise
+                    await asyncio.sleep(0.002 * min(2**attempt, 16))
         raise AssertionError("unreachable")
+
+    async def _attempt(self, decide: Callable[[UnitOfWork], R], *, inline: bool) -> R:
+        """One load → decide → save; ``IntegrityError`` when another writer saved first."""
+        uow = UnitOfWork(self.app)
+        result = decide(uow) if inline else await asyncio.to_thread(decide, uow)
+        changed = [a for a in uow.aggregates() if a.pending_events]
+        if not changed:
+            return result
+        events = [e for a in changed for e in a.pending_events]
+        await self.committer.save(*changed)
+        for observer in self.observers:
+            observer(events)
+        return result
 
     async def run_once(
         self,

@@ -133,22 +133,54 @@ class Edge:
     the query string are checked by ``tsop_events.inbound`` before any route
     runs, so no endpoint can accept a NUL, a NaN or a 300-level nesting that
     a projection would later refuse.
+
+    ``create_app`` also has it do, in the same layer (one ASGI hop and one wrapped ``send`` per request instead
+    of three), what ``OpenPersonal`` and ``Measure`` do on their own: with ``settings``, sealed personal data in
+    JSON answers is opened; with ``measure``, each request is counted and timed per route template.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, renderers: Sequence[tuple[str, ErrorRenderer]] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        renderers: Sequence[tuple[str, ErrorRenderer]] = (),
+        settings: ServiceSettings | None = None,
+        keyring: Keyring | None = None,
+        measure: bool = False,
+    ) -> None:
         self.app, self.limit, self.renderers = app, limit, renderers
+        self.opener = None if settings is None else OpenPersonal(app, settings, keyring)
+        self.measure = measure
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.opener is None and not self.measure:
+            await self._check(scope, receive, send)
+            return
+        answer = _Answer(send, self.opener)
+        if not self.measure:
+            await self._check(scope, receive, answer)
+            return
+        started = time.perf_counter()
+        try:
+            await self._check(scope, receive, answer)
+        finally:
+            _observe(scope, answer.status, time.perf_counter() - started)
+
+    async def _check(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch_recording()
         path: str = scope["path"]
-        headers: dict[bytes, bytes] = {}
-        for name, value in scope["headers"]:
-            headers.setdefault(name, value)  # the first of repeated headers, as Starlette reads them
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
+        declared: bytes | None = None
+        content_type: bytes | None = None
+        for name, value in scope["headers"]:  # the first of repeated headers, as Starlette reads them
+            if name == b"content-length":
+                if declared is None:
+                    declared = value
+            elif name == b"content-type" and content_type is None:
+                content_type = value
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await self._too_large(path)(scope, receive, send)
             return
         try:
@@ -160,25 +192,32 @@ class Edge:
         except EdgeError as exc:
             await self._refuse(path, exc)(scope, receive, send)
             return
-        content_type = headers.get(b"content-type", b"").lower()
-        if scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS") or (content_type and b"json" not in content_type):
+        if scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS") or (
+            content_type and b"json" not in content_type.lower()
+        ):
             await self.app(scope, self._counting(receive), send)
             return
-        chunks: list[bytes] = []
-        seen = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            seen += len(chunk)
-            if seen > self.limit:
-                await self._too_large(path)(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        message = await receive()
+        body: bytes = message.get("body", b"") if message["type"] == "http.request" else b""
+        if len(body) > self.limit:
+            await self._too_large(path)(scope, receive, send)
+            return
+        if message["type"] == "http.request" and message.get("more_body", False):
+            chunks = [body]
+            seen = len(body)
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                chunk = message.get("body", b"")
+                seen += len(chunk)
+                if seen > self.limit:
+                    await self._too_large(path)(scope, receive, send)
+                    return
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
         try:
             replaced = check_json(body)
         except EdgeError as exc:
@@ -186,20 +225,11 @@ class Edge:
             return
         if replaced is not None:
             body = replaced
-            scope = dict(scope)
+            # the scope itself (not a copy): the route the router sets in it is the one the metrics name
             scope["headers"] = [
                 (k, str(len(body)).encode() if k == b"content-length" else v) for k, v in scope["headers"]
             ]
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, _Replay(body, receive), send)
 
     def _counting(self, receive: Receive) -> Receive:
         seen = 0
@@ -232,6 +262,22 @@ class Edge:
         return self._render(path, exc.status, title, f"{exc.field}: {exc.reason}", {"errors": errors})
 
 
+class _Replay:
+    """A request's ``receive`` once its body was read whole: the body, then whatever the server says next."""
+
+    __slots__ = ("body", "receive")
+
+    def __init__(self, body: bytes, receive: Receive) -> None:
+        self.body: bytes | None = body
+        self.receive = receive
+
+    async def __call__(self) -> Message:
+        body, self.body = self.body, None
+        if body is not None:
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await self.receive()
+
+
 class OpenPersonal:
     """JSON answers show personal data opened: each sealed token (``tsop_events.personal``) in the body is
     replaced by its plaintext, or by ``[erased]`` once the customer's keys are destroyed. Only the answer is
@@ -242,7 +288,7 @@ class OpenPersonal:
         self.app, self.settings = app, settings
         self._keyring = keyring  # None: the service's keyring, opened at the first token
 
-    async def _open(self, body: bytes) -> bytes:
+    async def open(self, body: bytes) -> bytes:
         if b"pd1." not in body:
             return body
         if self._keyring is None:
@@ -253,40 +299,58 @@ class OpenPersonal:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start: Message | None = None
-        streaming = False
-        carry = b""
+        await self.app(scope, receive, _Answer(send, self))
 
-        async def send_opened(message: Message) -> None:
-            nonlocal start, streaming, carry
-            if message["type"] == "http.response.start":
+
+class _Answer:
+    """One request's ``send``: notes the status (for ``Measure``) and, given an ``OpenPersonal``, opens the
+    sealed tokens of a JSON answer (the start is held until the first part of the body shows whether it is
+    streamed; a whole body without a token is sent as it was)."""
+
+    __slots__ = ("carry", "opener", "send", "start", "status", "streaming")
+
+    def __init__(self, send: Send, opener: OpenPersonal | None) -> None:
+        self.send, self.opener = send, opener
+        self.status = 500
+        self.start: Message | None = None
+        self.streaming = False
+        self.carry = b""
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            if self.opener is not None:
                 content_type = b""
-                for name, value in message.get("headers", []):
+                for name, value in message.get("headers", ()):
                     if name.lower() == b"content-type":
                         content_type = value.lower()
                 if b"json" in content_type:
-                    start = message  # held until the first part of the body shows whether it is streamed
+                    self.start = message
                     return
-                await send(message)
+            await self.send(message)
+            return
+        start, opener = self.start, self.opener
+        if start is None or opener is None or message["type"] != "http.response.body":
+            await self.send(message)
+            return
+        body, more = message.get("body", b""), message.get("more_body", False)
+        if not self.streaming:
+            if not more:  # the whole body at once: opened, with its new length
+                if b"pd1." not in body:
+                    await self.send(start)
+                    await self.send(message)
+                    return
+                body = await opener.open(body)
+                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                headers.append((b"content-length", str(len(body)).encode()))
+                await self.send({**start, "headers": headers})
+                await self.send({"type": "http.response.body", "body": body, "more_body": False})
                 return
-            if start is None or message["type"] != "http.response.body":
-                await send(message)
-                return
-            body, more = message.get("body", b""), message.get("more_body", False)
+            self.streaming = True
             headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-            if not streaming:
-                if not more:  # the whole body at once: opened, with its new length
-                    body = await self._open(body)
-                    headers.append((b"content-length", str(len(body)).encode()))
-                    await send({**start, "headers": headers})
-                    await send({"type": "http.response.body", "body": body, "more_body": False})
-                    return
-                streaming = True
-                await send({**start, "headers": headers})  # streamed: chunked, its length unknown
-            ready, carry = _unfinished_token(carry + body) if more else (carry + body, b"")
-            await send({"type": "http.response.body", "body": await self._open(ready), "more_body": more})
-
-        await self.app(scope, receive, send_opened)
+            await self.send({**start, "headers": headers})  # streamed: chunked, its length unknown
+        ready, self.carry = _unfinished_token(self.carry + body) if more else (self.carry + body, b"")
+        await self.send({"type": "http.response.body", "body": await opener.open(ready), "more_body": more})
 
 
 def _unfinished_token(buf: bytes) -> tuple[bytes, bytes]:
@@ -301,6 +365,28 @@ def _unfinished_token(buf: bytes) -> tuple[bytes, bytes]:
     return buf, b""
 
 
+_LATENCY: dict[tuple[str, str], Any] = {}  # the metrics' children per label values, looked up once
+_REQUESTS: dict[tuple[str, str, int], Any] = {}
+_CACHED = 4096  # label values are route templates, but methods and statuses come from outside: bounded
+
+
+def _observe(scope: Scope, status: int, seconds: float) -> None:
+    method: str = scope["method"]
+    path: str = getattr(scope.get("route"), "path", "unmatched")
+    latency = _LATENCY.get((method, path))
+    if latency is None:
+        latency = HTTP_LATENCY.labels(method, path)
+        if len(_LATENCY) < _CACHED:
+            _LATENCY[method, path] = latency
+    latency.observe(seconds)
+    count = _REQUESTS.get((method, path, status))
+    if count is None:
+        count = HTTP_REQUESTS.labels(method, path, str(status))
+        if len(_REQUESTS) < _CACHED:
+            _REQUESTS[method, path, status] = count
+    count.inc()
+
+
 class Measure:
     """Request counts and latencies per route template (a plain ASGI middleware: cheap)."""
 
@@ -312,20 +398,11 @@ class Measure:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        answer = _Answer(send, None)
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, answer)
         finally:
-            path = getattr(scope.get("route"), "path", "unmatched")
-            HTTP_LATENCY.labels(scope["method"], path).observe(time.perf_counter() - started)
-            HTTP_REQUESTS.labels(scope["method"], path, str(status)).inc()
+            _observe(scope, answer.status, time.perf_counter() - started)
 
 
 A = TypeVar("A", bound=EventStoreApp)
@@ -372,7 +449,10 @@ def create_app(
         finally:
             await runtime.stop()
 
-    app = FastAPI(title=title, version=version, lifespan=lifespan)
+    # the platform's metrics are its own (``Measure``, Prometheus); FastAPI's OpenTelemetry hooks, for which no
+    # provider is ever configured, would only ask on every request whether one is
+    app = FastAPI(title=title, version=version, lifespan=lifespan,
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.runtime = runtime
     app.state.error_renderers = tuple(error_renderers)
     app.add_exception_handler(RequestValidationError, _validation)
@@ -383,9 +463,10 @@ def create_app(
     app.add_exception_handler(IntegrityError, _conflict)
     app.add_exception_handler(Exception, _unexpected)
 
-    app.add_middleware(OpenPersonal, settings=runtime.settings)
-    app.add_middleware(Edge, limit=runtime.settings.max_body_bytes, renderers=tuple(error_renderers))
-    app.add_middleware(Measure)
+    # one layer: the metrics (outermost: they count the edge's own refusals too), the edge's checks, and the
+    # opening of personal data in answers
+    app.add_middleware(Edge, limit=runtime.settings.max_body_bytes, renderers=tuple(error_renderers),
+                       settings=runtime.settings, measure=True)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
@@ -463,4 +544,7 @@ def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False, lifespan="on")
+    # uvloop and httptools (dependencies of this library) named, not left to uvicorn's "auto": a missing one
+    # fails at the start instead of silently serving on the slower pure-Python loop and parser
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False, lifespan="on",
+                loop="uvloop", http="httptools")

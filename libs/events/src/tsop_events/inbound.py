@@ -23,6 +23,7 @@ import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, Strict
 
 from tsop_events.personal import TOKEN as SEALED
@@ -95,9 +96,41 @@ def _clean(value: Any, parts: list[str | int], changed: list[bool]) -> Any:
 
 
 def check_json(body: bytes) -> bytes | None:
-    """Refuse a body no event can carry (``EdgeError``); return a replacement body when text was normalised."""
+    """Refuse a body no event can carry (``EdgeError``); return a replacement body when text was normalised.
+
+    The common case (valid UTF-8 JSON that passes) is parsed by orjson; anything else (not JSON for orjson, a
+    NaN, a number out of range, a value refused) goes through the standard library's parser, whose answer is
+    the reference: the same body is accepted, replaced or refused with the same reason either way."""
     if not body.strip():
         return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _check_json_exactly(body)
+    return None if _plain(parsed, 0) else _check_json_exactly(body)
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """True when a value orjson parsed is surely accepted unchanged by ``_check_json_exactly``; False sends the
+    body there (to be refused with its reason, or rewritten in NFC, or accepted after all)."""
+    if isinstance(value, str):
+        if value.isascii():
+            return "\x00" not in value and "pd1." not in value
+        return "pd1." not in value and not _UNSTORABLE.search(value) and unicodedata.is_normalized("NFC", value)
+    if isinstance(value, bool) or value is None:
+        return True
+    if isinstance(value, int):
+        return INT64_MIN <= value <= INT64_MAX
+    if isinstance(value, float):
+        return math.isfinite(value) and -MAX_NUMBER < value < MAX_NUMBER
+    if isinstance(value, dict):
+        return depth < MAX_DEPTH and all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return depth < MAX_DEPTH and all(_plain(v, depth + 1) for v in value)
+    return False
+
+
+def _check_json_exactly(body: bytes) -> bytes | None:
     try:
         parsed = json.loads(body, parse_constant=_reject_constant, parse_int=_int)
     except EdgeError:

@@ -786,6 +786,23 @@ class ReviewPublished(IncidentEvent):
     published_at: datetime
 
 
+# --- the incidents topic, bulk linking (issue 12's bulk path): one event per chunk of tickets linked ---
+
+
+class IncidentTicketsLinked(IncidentEvent):
+    event_type: ClassVar[str] = "tsop.incident.tickets-linked.v1"
+    doc: ClassVar[str] = (
+        "Tickets were linked to the incident together (the sweep of the tickets open in its scope, a chunk at a "
+        "time): each is held as if linked alone (§5.3). Consumers also keep reading IncidentTicketLinked, the "
+        "event of one ticket linked."
+    )
+    ticket_ids: list[str] = Field(
+        min_length=1, description="The tickets linked, each linked to no other open incident."
+    )
+    linked_by: str = Field(description="'auto', or who linked them.")
+    linked_at: datetime
+
+
 # --- the complaints topic (key = complaint id): complaints and improvement measures (§4.3, §4.4) ---
 # (complaints and improvement actions go here)
 

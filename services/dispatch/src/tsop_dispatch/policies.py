@@ -123,6 +123,15 @@ def apply_early_hold(uow: UnitOfWork, wo: WorkOrder, now: datetime) -> bool:
     return True
 
 
+def linked_tickets(ev: object) -> list[str]:
+    """The tickets an incident event links or unlinks (a chunk's, or one); none for the others."""
+    if isinstance(ev, wire.IncidentTicketsLinked):
+        return ev.ticket_ids
+    if isinstance(ev, wire.IncidentTicketLinked | wire.IncidentTicketUnlinked):
+        return [ev.ticket_id]
+    return []
+
+
 class IncidentHolds(EventStoreSink):
     """Dispatch as a consumer of the incidents topic (§5.3).
 
@@ -139,6 +148,7 @@ class IncidentHolds(EventStoreSink):
     event_types: ClassVar[frozenset[str] | None] = frozenset(
         {
             wire.IncidentTicketLinked.event_type,
+            wire.IncidentTicketsLinked.event_type,
             wire.IncidentTicketUnlinked.event_type,
             wire.IncidentResolved.event_type,
         }
@@ -153,26 +163,21 @@ class IncidentHolds(EventStoreSink):
         return cls(svc.app)
 
     def prefetch(self, uow: UnitOfWork, records: Sequence[Incoming]) -> None:
-        tickets = [r.event.ticket_id for r in records
-                   if isinstance(r.event, wire.IncidentTicketLinked | wire.IncidentTicketUnlinked)]
+        tickets = [t for r in records for t in linked_tickets(r.event)]
         uow.preload([*(work_order_id(t) for t in tickets), *(hold_id(t) for t in tickets),
                      *{record_id(r.event.incident_id) for r in records if isinstance(r.event, wire.IncidentEvent)}])
 
     def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
         ev = incoming.event
-        assert isinstance(ev, wire.IncidentTicketLinked | wire.IncidentTicketUnlinked | wire.IncidentResolved)
+        assert isinstance(ev, wire.IncidentTicketLinked | wire.IncidentTicketsLinked | wire.IncidentTicketUnlinked
+                          | wire.IncidentResolved)
         record = uow.find(IncidentRecord, record_id(ev.incident_id))
         if record is None:
             record = IncidentRecord(id=record_id(ev.incident_id), incident_id=ev.incident_id)
             uow.add(record)
-        if isinstance(ev, wire.IncidentTicketLinked):
-            if not record.note(ev.ticket_id, "linked", ev.linked_at):
-                return  # replayed, superseded by a later unlink, or the incident is resolved already
-            wo = uow.find(WorkOrder, work_order_id(ev.ticket_id))
-            if wo is not None:
-                wo.hold(ev.incident_id, ev.linked_at)
-            else:
-                self._early(uow, ev.ticket_id).change(ev.incident_id)
+        if isinstance(ev, wire.IncidentTicketLinked | wire.IncidentTicketsLinked):
+            for ticket_id in linked_tickets(ev):  # a chunk's tickets each held as if linked alone
+                self._hold(uow, record, ev.incident_id, ticket_id, ev.linked_at)
         elif isinstance(ev, wire.IncidentTicketUnlinked):
             if not record.note(ev.ticket_id, "unlinked", ev.unlinked_at):
                 return
@@ -185,6 +190,15 @@ class IncidentHolds(EventStoreSink):
         else:  # a replayed resolution changes nothing (a reopened ticket stays open)
             record.close(ev.resolved_at, {"resolution_code": ev.resolution_code, "summary": ev.summary,
                                           "advice": ev.advice})
+
+    def _hold(self, uow: UnitOfWork, record: IncidentRecord, incident_id: str, ticket_id: str, at: datetime) -> None:
+        if not record.note(ticket_id, "linked", at):
+            return  # replayed, superseded by a later unlink, or the incident is resolved already
+        wo = uow.find(WorkOrder, work_order_id(ticket_id))
+        if wo is not None:
+            wo.hold(incident_id, at)
+        else:
+            self._early(uow, ticket_id).change(incident_id)
 
     def _early(self, uow: UnitOfWork, ticket_id: str) -> IncidentHold:
         early = uow.find(IncidentHold, hold_id(ticket_id))

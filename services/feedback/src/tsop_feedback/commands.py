@@ -249,11 +249,23 @@ async def load_case(svc: Service[FeedbackApp], cid: UUID) -> FeedbackCase:
     return await svc.commands.run(lambda uow: uow.load(FeedbackCase, cid))
 
 
+async def load_cases(svc: Service[FeedbackApp], cids: list[UUID]) -> dict[UUID, FeedbackCase]:
+    """The cases of ``cids`` that exist, read in one query (nothing is saved)."""
+
+    def read(uow: UnitOfWork) -> dict[UUID, FeedbackCase]:
+        uow.preload(cids)
+        return {cid: case for cid in cids if (case := uow.find(FeedbackCase, cid)) is not None}
+
+    return await svc.commands.run(read)
+
+
 async def mark_notified(svc: Service[FeedbackApp], deliveries: list[Delivered]) -> None:
-    """Record delivered notifications (case, channel, attempts, status), together in one save."""
+    """Record delivered notifications (case, channel, attempts, status), together in one save (the cases read in
+    one query)."""
 
     def decide(uow: UnitOfWork) -> None:
         now = svc.app.clock.now()
+        uow.preload(d[0] for d in deliveries)
         for cid, channel, attempts, status_code, resolved_event_id in deliveries:
             uow.load(FeedbackCase, cid).mark_notified(channel, attempts, status_code, now, resolved_event_id)
 

@@ -47,7 +47,7 @@ class FollowTickets(EventStoreSink):
 
     def prefetch(self, uow: UnitOfWork, records: Sequence[Incoming]) -> None:
         """The cases the batch's steps need, in one query (not a read per event): every record but the submission
-        of a ticket the board has not seen (a new case, nothing to read)."""
+        of a ticket the board has not seen (a new case, nothing to read); then their channels' records, in one."""
         follow_ups = self.feedback.follow_ups
         wanted = []
         for rec in records:
@@ -55,6 +55,12 @@ class FollowTickets(EventStoreSink):
             if not isinstance(rec.event, wire.RequestSubmitted) or follow_ups.opened(cid):
                 wanted.append(cid)
         uow.preload(wanted)
+        # and their channels' subscriptions (most channels have none: one query learns it, not a read per event)
+        channels = {case.channel_id for cid in wanted
+                    if (case := uow.find(FeedbackCase, cid)) is not None and case.channel_id}
+        channels |= {r.event.channel_id for r in records
+                     if isinstance(r.event, wire.RequestSubmitted) and r.event.channel_id}
+        uow.preload(access_id(c) for c in channels)
 
     def surveyed(self, case: FeedbackCase, at: datetime) -> bool:
         """Whether to ask this customer: the ticket is in the type's sample and they are under the fatigue cap."""

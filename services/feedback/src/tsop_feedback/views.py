@@ -333,8 +333,16 @@ class Deliverer:
                     self.progress[self.share.owner(c)] = now
                 self.taking.discard(c)
         started = 0
-        for cid in todo[: max(0, self.capacity - len(self.inflight))]:
-            task = asyncio.create_task(self._deliver(client, cid))
+        batch = todo[: max(0, self.capacity - len(self.inflight))]
+        # the round's cases in one query, not one read per delivery (a bulk resolution queues thousands at once)
+        cases = await commands.load_cases(self.svc, batch) if batch else {}
+        for cid in batch:
+            case = cases.get(cid)
+            if case is not None and not case.callback_url:  # nowhere to post: recorded with the round, no task
+                self.delivered.append((cid, "none", self.attempts.get(cid, 0) + 1, None, case.resolved_event_id))
+                started += 1
+                continue
+            task = asyncio.create_task(self._deliver(client, cid, case))
             self.inflight[cid] = task
             task.add_done_callback(self._finished(cid))
             started += 1
@@ -381,9 +389,10 @@ class Deliverer:
             self.next_try.pop(cid, None)
         return len(done)
 
-    async def _deliver(self, client: httpx.AsyncClient, cid: UUID) -> None:
+    async def _deliver(self, client: httpx.AsyncClient, cid: UUID, case: FeedbackCase | None = None) -> None:
         try:
-            case = await commands.load_case(self.svc, cid)  # the board (refreshed just now) says it awaits one
+            if case is None:  # the board (refreshed just now) says it awaits one
+                case = await commands.load_case(self.svc, cid)
             if not case.callback_url:
                 self.delivered.append((cid, "none", self.attempts.get(cid, 0) + 1, None, case.resolved_event_id))
                 return

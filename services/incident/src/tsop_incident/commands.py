@@ -327,7 +327,9 @@ async def review_draft(svc: IncidentSvc, incident_id: UUID) -> tuple[Incident, d
         return inc, inc.review
     stored = await asyncio.to_thread(lambda: list(svc.app.repository.event_store.get(incident_id)))
     history = [e for e in stored if isinstance(e, Incident.Event)]
-    ever = [e.ticket_id for e in history if isinstance(e, Incident.TicketLinked) and e.ticket_id not in inc.unlinked]
+    ever = [t for e in history if isinstance(e, Incident.TicketLinked | Incident.TicketsLinked)
+            for t in ([e.ticket_id] if isinstance(e, Incident.TicketLinked) else e.ticket_ids)
+            if t not in inc.unlinked]
     customers = await customers_of(svc.pool, ever)
     return inc, draft_review(history, customers)
 
@@ -389,15 +391,16 @@ async def link_open_tickets(svc: IncidentSvc, incident_id: UUID) -> int:
             if not inc.open:
                 return 0
             uow.prefetch(link_id(t) for t in chunk)  # most were never linked: one query, not one each
-            n = 0
+            links = []
             for t in chunk:
                 tl = ticket_link(uow, t)
                 if tl.incident_id is not None and tl.incident_id != str(inc.id):
                     other = uow.find(Incident, UUID(tl.incident_id))
                     if other is not None and other.open and t in other.linked:
                         continue  # the other open incident keeps it
-                n += inc.link(tl, "auto", app.clock.now())
-            return n
+                links.append(tl)
+            # one TicketsLinked for the chunk (one event on the incidents topic, not one per ticket)
+            return inc.link_many(links, "auto", app.clock.now())
 
         count += await svc.commands.run(decide)
     if count:

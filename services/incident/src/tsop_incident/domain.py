@@ -325,6 +325,13 @@ class Incident(Aggregate):
         linked_by: str
         linked_at: datetime
 
+    class TicketsLinked(Aggregate.Event):
+        """Several tickets linked at once (the sweep's chunk): as one TicketLinked for each."""
+
+        ticket_ids: list[str]
+        linked_by: str
+        linked_at: datetime
+
     class TicketUnlinked(Aggregate.Event):
         ticket_id: str
         reason: str
@@ -563,6 +570,29 @@ class Incident(Aggregate):
         self.linked[ticket_id] = linked_at
         self.unlinked.pop(ticket_id, None)
 
+    def link_many(self, tickets: list[TicketLink], by: str, at: datetime) -> int:
+        """Link several tickets in one event (the sweep's chunk), each as ``link`` would (idempotent; one auto-
+        unlinked is never linked again automatically). The caller has left out those linked to another open
+        incident. How many were linked."""
+        self._check_open()
+        todo: dict[str, TicketLink] = {}
+        for t in tickets:
+            if t.ticket_id in self.linked or t.ticket_id in todo or (by == "auto" and t.ticket_id in self.unlinked):
+                continue
+            todo[t.ticket_id] = t
+        if not todo:
+            return 0
+        for t in todo.values():
+            t.link(self.id)
+        self._tickets_linked(ticket_ids=list(todo), linked_by=by, linked_at=at)
+        return len(todo)
+
+    @event(TicketsLinked)
+    def _tickets_linked(self, ticket_ids: list[str], linked_by: str, linked_at: datetime) -> None:
+        for t in ticket_ids:
+            self.linked[t] = linked_at
+            self.unlinked.pop(t, None)
+
     def unlink(self, ticket: TicketLink, reason: str, by: str, at: datetime) -> bool:
         """The ticket proved unrelated: back to normal dispatch. False if it was not linked."""
         self._check_open()
@@ -758,10 +788,11 @@ def draft_review(history: Iterable[Aggregate.Event], customers: int | None = Non
         elif isinstance(e, Incident.StepEscalated):
             escalated.add((e.plan, e.step))
             timeline.append({"at": e.escalated_at, "what": f"step {e.step} overdue: escalated to {e.to_role}"})
-        elif isinstance(e, Incident.TicketLinked):
-            linked[e.ticket_id] = e.linked_at
-            ever.add(e.ticket_id)
-            unlinked.discard(e.ticket_id)
+        elif isinstance(e, Incident.TicketLinked | Incident.TicketsLinked):
+            for t in [e.ticket_id] if isinstance(e, Incident.TicketLinked) else e.ticket_ids:
+                linked[t] = e.linked_at
+                ever.add(t)
+                unlinked.discard(t)
             if first_link is None:
                 first_link = e.linked_at
                 timeline.append({"at": e.linked_at, "what": "first ticket linked"})

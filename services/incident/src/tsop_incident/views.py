@@ -50,9 +50,10 @@ class Board(LogFollower):
             self.steps[oid] = {s["key"]: s["due_at"] for s in e.steps}
         elif isinstance(e, Incident.StepFinished | Incident.StepEscalated):
             self.steps.get(oid, {}).pop(e.step, None)
-        elif isinstance(e, Incident.TicketLinked):
-            self.linked.setdefault(oid, set()).add(e.ticket_id)
-            self.ticket_incident[e.ticket_id] = oid
+        elif isinstance(e, Incident.TicketLinked | Incident.TicketsLinked):
+            for t in [e.ticket_id] if isinstance(e, Incident.TicketLinked) else e.ticket_ids:
+                self.linked.setdefault(oid, set()).add(t)
+                self.ticket_incident[t] = oid
         elif isinstance(e, Incident.TicketUnlinked):
             self.linked.get(oid, set()).discard(e.ticket_id)
             self.unlinked.setdefault(oid, set()).add(e.ticket_id)

@@ -56,6 +56,7 @@ WIRE = (
     .add(Incident.Acknowledged, wire.IncidentAcknowledged, fields=INCIDENT, causation=previous_event)
     .add(Incident.SeverityChanged, wire.IncidentSeverityChanged, fields=INCIDENT, causation=previous_event)
     .add(Incident.TicketLinked, wire.IncidentTicketLinked, fields=INCIDENT, causation=previous_event)
+    .add(Incident.TicketsLinked, wire.IncidentTicketsLinked, fields=INCIDENT, causation=previous_event)
     .add(Incident.TicketUnlinked, wire.IncidentTicketUnlinked, fields=INCIDENT, causation=previous_event)
     .add(Incident.PlanActivated, wire.EmergencyPlanActivated, fields={**INCIDENT, "steps": _steps},
          causation=previous_event)

@@ -115,7 +115,7 @@ def current_status(history: list[dict[str, Any]]) -> str | None:
 
 HOLD_EVENTS = frozenset({
     wire.LegalHoldPlaced.event_type, wire.LegalHoldReleased.event_type, wire.LegalHoldPlacedAgain.event_type,
-    wire.IncidentTicketLinked.event_type,
+    wire.IncidentTicketLinked.event_type, wire.IncidentTicketsLinked.event_type,
 })
 
 
@@ -156,6 +156,9 @@ class LegalHoldProjection(ProjectionSink):
         elif isinstance(e, wire.IncidentTicketLinked):
             await conn.execute("INSERT INTO incident_tickets VALUES ($1, $2) ON CONFLICT DO NOTHING",
                                e.ticket_id, e.incident_id)
+        elif isinstance(e, wire.IncidentTicketsLinked):  # a chunk of tickets: one statement
+            await conn.execute("INSERT INTO incident_tickets SELECT unnest($1::text[]), $2 ON CONFLICT DO NOTHING",
+                               e.ticket_ids, e.incident_id)
 
 
 async def covering_holds(pool: asyncpg.Pool, customer_id: str, tickets: list[str]) -> list[dict[str, Any]]:

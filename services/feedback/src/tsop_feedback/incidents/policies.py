@@ -38,7 +38,8 @@ class IncidentNotices(EventStoreSink):
     topics: ClassVar[tuple[Topic, ...]] = (Topic.incidents,)
     event_types: ClassVar[frozenset[str] | None] = frozenset({
         wire.IncidentDeclared.event_type, wire.IncidentAcknowledged.event_type,
-        wire.IncidentTicketLinked.event_type, wire.IncidentTicketUnlinked.event_type,
+        wire.IncidentTicketLinked.event_type, wire.IncidentTicketsLinked.event_type,
+        wire.IncidentTicketUnlinked.event_type,
         wire.ServiceRestored.event_type, wire.IncidentResolved.event_type,
     })
 
@@ -46,6 +47,7 @@ class IncidentNotices(EventStoreSink):
         super().__init__(app)
         self.feedback = app
         self.linked = LinkedTickets(app)
+        self.silent: set[str] = set()  # tickets of this batch known to have no callback: nobody to tell
 
     @classmethod
     def of(cls, svc: Service[FeedbackApp]) -> IncidentNotices:
@@ -56,9 +58,12 @@ class IncidentNotices(EventStoreSink):
 
     def prefetch(self, uow: UnitOfWork, records: Sequence[Incoming]) -> None:
         """A batch of links: the tickets' records and cases in one query (most records do not exist yet)."""
-        tickets = [r.event.ticket_id for r in records
-                   if isinstance(r.event, wire.IncidentTicketLinked | wire.IncidentTicketUnlinked)]
-        uow.preload([*(ticket_incident_id(t) for t in tickets), *(case_id(t) for t in tickets),
+        tickets = [t for r in records for t in (
+            r.event.ticket_ids if isinstance(r.event, wire.IncidentTicketsLinked)
+            else [r.event.ticket_id] if isinstance(r.event, wire.IncidentTicketLinked | wire.IncidentTicketUnlinked)
+            else [])]
+        self.silent = self.linked.unreachable(tickets)  # their cases are not read
+        uow.preload([*(ticket_incident_id(t) for t in tickets), *(case_id(t) for t in tickets if t not in self.silent),
                      *{brief_id(r.event.incident_id) for r in records if isinstance(r.event, wire.IncidentEvent)}])
 
     def react(self, uow: UnitOfWork, incoming: Incoming) -> None:
@@ -73,9 +78,11 @@ class IncidentNotices(EventStoreSink):
             return  # a replay of a resolved incident: its customers were told, and its tickets are resolved
         if isinstance(ev, wire.IncidentDeclared):
             brief.retitle(ev.title)
-        elif isinstance(ev, wire.IncidentTicketLinked):
-            if self.ticket(uow, ev.ticket_id).link(ev.incident_id, ev.linked_at):
-                self.notify(uow, brief, ev.ticket_id, "incident_linked", ev.linked_at, ev.linked_at)
+        elif isinstance(ev, wire.IncidentTicketLinked | wire.IncidentTicketsLinked):
+            # a chunk's tickets each told as if linked alone
+            for ticket_id in [ev.ticket_id] if isinstance(ev, wire.IncidentTicketLinked) else ev.ticket_ids:
+                if self.ticket(uow, ticket_id).link(ev.incident_id, ev.linked_at):
+                    self.notify(uow, brief, ticket_id, "incident_linked", ev.linked_at, ev.linked_at)
         elif isinstance(ev, wire.IncidentTicketUnlinked):
             if self.ticket(uow, ev.ticket_id).unlink(ev.incident_id, ev.unlinked_at):
                 self.notify(uow, brief, ev.ticket_id, "incident_unlinked", ev.unlinked_at, ev.unlinked_at)
@@ -96,6 +103,9 @@ class IncidentNotices(EventStoreSink):
         in_batch = {a.ticket_id: a.incident_id for a in uow.aggregates() if isinstance(a, TicketIncident)}
         tickets = {t for t in self.linked.tickets_of(brief.incident_id) if t not in in_batch}
         tickets |= {t for t, i in in_batch.items() if i == brief.incident_id}
+        silent = self.linked.unreachable(tickets)
+        self.silent |= silent
+        tickets -= silent  # no callback: nobody to tell, no case to read
         uow.preload(case_id(t) for t in tickets)
         uow.prefetch(notice_id(brief.incident_id, t, step) for t in tickets)
         for t in sorted(tickets):
@@ -103,6 +113,8 @@ class IncidentNotices(EventStoreSink):
 
     def notify(self, uow: UnitOfWork, brief: IncidentBrief, ticket_id: str, step: str, at: datetime,
                stamp: datetime | None = None) -> None:
+        if ticket_id in self.silent:
+            return  # its case has no callback: nobody to tell
         case = uow.find(FeedbackCase, case_id(ticket_id))
         if case is None or not case.callback_url:
             return  # a ticket feedback never followed, or with nowhere to post: nobody to tell

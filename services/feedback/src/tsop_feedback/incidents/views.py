@@ -3,10 +3,12 @@ notice reads it; the batch being decided adds what it changed itself)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
 from tsop_events.store import EventStoreApp, LogFollower
+from tsop_feedback.domain import FeedbackCase
 from tsop_feedback.incidents.domain import TicketIncident
 
 
@@ -16,9 +18,18 @@ class LinkedTickets(LogFollower):
         self.of_incident: dict[str, set[str]] = {}
         self.current: dict[str, str] = {}  # ticket → the incident it is linked to now
         self.tickets: dict[UUID, str] = {}  # TicketIncident id → its ticket
+        # open cases' tickets with no callback (a case's callback is set when it opens, never after): nobody to tell,
+        # so a notice skips reading their cases (an incident's fan-out over all its tickets). Forgotten when the case
+        # closes, so it holds open cases only; a ticket not in it has its case read, as before.
+        self.no_callback: set[str] = set()
 
     def apply(self, event: Any) -> None:
-        if isinstance(event, TicketIncident.Started):
+        if isinstance(event, FeedbackCase.Opened):
+            if not event.callback_url:
+                self.no_callback.add(event.ticket_id)
+        elif isinstance(event, FeedbackCase.Closed):
+            self.no_callback.discard(event.ticket_id)
+        elif isinstance(event, TicketIncident.Started):
             self.tickets[event.originator_id] = event.ticket_id
         elif isinstance(event, TicketIncident.Linked | TicketIncident.Unlinked):
             ticket = self.tickets.get(event.originator_id)
@@ -30,6 +41,12 @@ class LinkedTickets(LogFollower):
             if isinstance(event, TicketIncident.Linked):
                 self.current[ticket] = event.incident_id
                 self.of_incident.setdefault(event.incident_id, set()).add(ticket)
+
+    def unreachable(self, tickets: Iterable[str]) -> set[str]:
+        """Those of ``tickets`` known to have no callback (a ticket whose case the log has not shown yet, or whose
+        case closed, is not among them: its case is read)."""
+        with self.lock:
+            return {t for t in tickets if t in self.no_callback}
 
     def tickets_of(self, incident_id: str) -> set[str]:
         with self.lock:
