@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic
@@ -29,6 +30,7 @@ from tsop_events.personal import PostgresKeyring, keyring_of
 from tsop_events.relay import RELAY_DDL, SET_ASIDE_DDL, Mapper, Relay
 from tsop_events.schemas import CustomerDataErased
 from tsop_events.settings import ServiceSettings
+from tsop_events.stacks import dump_stacks
 from tsop_events.store import EventStoreApp, GroupCommit, ensure_database, schema_lock
 from tsop_events.topics import Topic
 from tsop_events.wake import SAFETY_NET_SECONDS, Bell, Waiter, wait_event
@@ -93,6 +95,8 @@ class Runtime(Generic[A, S]):
 
     async def start(self) -> None:
         s = self.settings
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not on this platform or thread
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_stacks)
         await _retry(lambda: ensure_database(s, [RELAY_DDL, SET_ASIDE_DDL, OFFSETS_DDL, *self.ddl]), "PostgreSQL")
         self.pool = await create_pool(s.pg_dsn(), max_size=s.pg_pool_size)
         if self.app_factory is not None:
