@@ -32,6 +32,7 @@ from tsop_events.metrics import CONSUMED, CONSUMER_LAG, DEAD_LETTERED
 from tsop_events.personal import error_text
 from tsop_events.schemas import DeadLettered, WireEvent
 from tsop_events.settings import ServiceSettings
+from tsop_events.stacks import dump_stacks
 from tsop_events.store import EventStoreApp, IntegrityError, Tracking
 from tsop_events.topics import Topic
 from tsop_events.wake import Waiter
@@ -42,6 +43,11 @@ QUIET_SECONDS = 1.0  # a consumer without records this long pauses its fetches u
 RESUMED_SECONDS = 0.25  # how long a consumer woken without records fetches before pausing again
 BACK_OFF_SECONDS = 0.2  # the pause before a batch that failed transiently is fetched again
 METADATA_REFRESH_SECONDS = 10.0  # the longest an epoch change waits for a consumer's metadata refresh
+# a fetch asks for at most ~1 s of waiting, and a group's rejoin lasts at most its session timeout (10 s): one not
+# back after this long is wedged (aiokafka waits for a new assignment without any timeout) and the consumer restarts
+STUCK_FETCH_SECONDS = 30.0
+SLOW_BATCH_SECONDS = 60.0  # a batch still being applied after this long has the process's stacks logged (once)
+STOP_SECONDS = 10.0  # the longest a consumer's stop may take (a wedged one may never finish leaving its group)
 
 OFFSETS_DDL = """
 CREATE TABLE IF NOT EXISTS tsop_consumer_offsets (
@@ -65,6 +71,10 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     OperationalError,
     InterfaceError,
 )
+
+
+class ConsumerStuck(RuntimeError):
+    """A fetch that never returned: the consumer is stopped and started again (a fresh Kafka consumer)."""
 
 
 class Retry(Exception):
@@ -341,7 +351,7 @@ class ConsumerRunner:
             await _poll(self.consumer, self.settings, self.news, self._handle_batch)
         finally:
             self.running = False
-            await self.consumer.stop()
+            await _stop(self.consumer)
 
     async def _handle_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
         for tp, records in batch.items():
@@ -604,10 +614,18 @@ async def _poll(
     quiet_since = loop.time()
     wait_ms = 200
     while True:
-        batch = await consumer.getmany(timeout_ms=wait_ms, max_records=settings.consumer_batch)
+        # the stacks are logged while the fetch still hangs (they show what it awaits), then it is given up
+        watch = loop.call_later(STUCK_FETCH_SECONDS, lambda: dump_stacks(_stuck(consumer)))
+        try:
+            async with asyncio.timeout(STUCK_FETCH_SECONDS + 0.1):
+                batch = await consumer.getmany(timeout_ms=wait_ms, max_records=settings.consumer_batch)
+        except TimeoutError:
+            raise ConsumerStuck(f"{_stuck(consumer)}; restarting it") from None
+        finally:
+            watch.cancel()
         wait_ms = 200
         if batch:
-            await handle(batch)
+            await _watched(handle(batch), consumer)
             quiet_since = loop.time()
         elif news is not None and loop.time() - quiet_since >= QUIET_SECONDS:
             if await _pause_until_news(consumer, news, settings.consumer_safety_net_seconds):
@@ -615,6 +633,33 @@ async def _poll(
             else:
                 quiet_since = loop.time() - QUIET_SECONDS  # pause again after one look
                 wait_ms = settings.fetch_max_wait_ms + 50
+
+
+def _stuck(consumer: AIOKafkaConsumer) -> str:
+    return f"consumer {sorted(consumer.subscription())}: a fetch not back after {STUCK_FETCH_SECONDS:g} s"
+
+
+async def _watched(work: Awaitable[None], consumer: AIOKafkaConsumer) -> None:
+    """Apply a batch; if it is still running after SLOW_BATCH_SECONDS, log the process's stacks once (what it waits
+    for: a lock, a worker thread, the broker). Not cancelled: a worker thread in a transaction cannot be."""
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=SLOW_BATCH_SECONDS)
+        if not done:
+            topics = sorted(consumer.subscription())
+            dump_stacks(f"consumer {topics}: a batch still applying after {SLOW_BATCH_SECONDS:g} s")
+        await task
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+
+
+async def _stop(consumer: AIOKafkaConsumer) -> None:
+    try:
+        async with asyncio.timeout(STOP_SECONDS):
+            await consumer.stop()
+    except TimeoutError:
+        log.warning("consumer %s not stopped within %s s; left behind", sorted(consumer.subscription()), STOP_SECONDS)
 
 
 async def _pause_until_news(consumer: AIOKafkaConsumer, news: Waiter, safety_net: float) -> bool:
@@ -707,7 +752,7 @@ class ConsumerGroup:
         finally:
             for runner in self.runners:
                 runner.running = False
-            await consumer.stop()
+            await _stop(consumer)
 
     async def _handle_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
         """Every sink applies the batch (concurrently, as separate consumers did); then the partitions a sink could
