@@ -90,3 +90,24 @@ async def test_the_stacks_follow_a_task_down_to_what_it_awaits(caplog: pytest.Lo
     hung = text.split("--- task the-hung-loop", 1)[1]
     assert hung.index("outer_step") < hung.index("innermost_wait")  # the whole chain, not the outermost frame
     assert "--- thread MainThread" in text
+
+
+async def test_a_watched_batch_cancelled_finishes_its_clean_up_first() -> None:
+    steps: list[str] = []
+
+    async def apply_in_a_transaction(_: dict[TopicPartition, list[Any]]) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.05)  # a rollback's round trip
+            steps.append("rolled back")
+
+    tp = TopicPartition("tsop.tickets", 0)
+    loop_task = asyncio.create_task(
+        _poll(WedgedConsumer([{tp: [object()]}]), ServiceSettings(), None, apply_in_a_transaction)
+    )
+    await asyncio.sleep(0.05)
+    loop_task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await loop_task
+    assert steps == ["rolled back"]

@@ -651,6 +651,7 @@ async def _watched(work: Awaitable[None], consumer: AIOKafkaConsumer) -> None:
         await task
     except asyncio.CancelledError:
         task.cancel()
+        await asyncio.wait({task})  # its clean-up (a transaction rolled back) before the consumer stops
         raise
 
 
