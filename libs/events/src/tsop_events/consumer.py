@@ -439,6 +439,7 @@ class ConsumerRunner:
                 if prepared is not None:
                     work.append((tp, *prepared))
         sink = self.sink
+        # a sink that overrides process (a BatchedSink: a batch handed at its last record) keeps it, per partition
         if (not isinstance(sink, ProjectionSink) or type(sink).process is not ProjectionSink.process or len(work) < 2
                 or not sink.batch_partitions):
             retry: dict[TopicPartition, int] = {}
