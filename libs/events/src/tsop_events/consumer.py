@@ -333,6 +333,9 @@ class ConsumerRunner:
         # the next offset to apply per partition, as stored when the partition was assigned (or the epoch
         # changed) and as advanced by this runner since: no read of the stored position per batch
         self._next: dict[tuple[str, TopicPartition], int | None] = {}
+        # seeks to the stored positions so far per partition (an assignment's, an epoch change's): a batch's retry
+        # seek of a partition is left out if one came after its fetch (see _handle), or it would undo it
+        self.sought: dict[TopicPartition, int] = {}
         if own_consumer:  # in a ConsumerGroup, the group seeks on an epoch change
             self.epoch_watcher.subscribe(self._on_epoch)
 
@@ -364,7 +367,13 @@ class ConsumerRunner:
 
     async def seek_stored(self, partitions: list[TopicPartition]) -> None:
         assert self.consumer is not None
-        await _seek(self.consumer, await self.stored_positions(partitions))
+        while True:
+            epoch = await self.epoch_watcher.wait_known()
+            positions = await self.stored_positions(partitions)
+            if self.epoch_watcher.epoch == epoch:
+                break  # else the epoch changed while they were read: read the new epoch's
+        _count(self.sought, positions)
+        await _seek(self.consumer, positions, lambda: self.epoch_watcher.epoch == epoch)
 
     async def run(self) -> None:
         if not self.set_up:
@@ -382,9 +391,12 @@ class ConsumerRunner:
             self.running = False
             await _stop(self.consumer)
 
-    async def _handle_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    def _handle_batch(self, batch: dict[TopicPartition, list[Any]]) -> Awaitable[None]:
+        return self._handle_all(batch, dict(self.sought))  # as the batch is handed over, right after its fetch
+
+    async def _handle_all(self, batch: dict[TopicPartition, list[Any]], sought: dict[TopicPartition, int]) -> None:
         for tp, records in batch.items():
-            await self._handle(tp, records)
+            await self._handle(tp, records, sought)
 
     def _decode(self, record: Any, shared: dict[int, Incoming | Exception] | None = None) -> Incoming:
         """The record as the sink reads it. ``shared``: the records of this partition already decoded (by offset)
@@ -403,11 +415,18 @@ class ConsumerRunner:
             raise known
         return known
 
-    async def _handle(self, tp: TopicPartition, records: list[Any]) -> None:
+    async def _handle(
+        self, tp: TopicPartition, records: list[Any], sought: dict[TopicPartition, int] | None = None
+    ) -> None:
+        """Apply a partition's batch; after a transient failure fetch it again, unless the partition was sought to
+        its stored position since the fetch (``sought``: the count then): an epoch change's seek to the new epoch's
+        position comes before records fetched at the old one, and must not be undone."""
+        sought = dict(self.sought) if sought is None else sought
         retry_at = await self._apply(tp, records)
         if retry_at is not None:
             assert self.consumer is not None
-            self.consumer.seek(tp, retry_at)
+            if self.sought.get(tp) == sought.get(tp):
+                self.consumer.seek(tp, retry_at)
             await asyncio.sleep(BACK_OFF_SECONDS)
 
     async def _apply(
@@ -604,8 +623,19 @@ async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
         log.warning("consumer metadata not refreshed within %s s after an epoch change", METADATA_REFRESH_SECONDS)
 
 
-async def _seek(consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int | None]) -> None:
+def _count(sought: dict[TopicPartition, int], positions: dict[TopicPartition, int | None]) -> None:
+    for tp in positions:
+        sought[tp] = sought.get(tp, 0) + 1
+
+
+async def _seek(
+    consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int | None], current: Callable[[], bool]
+) -> None:
+    """Seek to ``positions`` while they are ``current`` (the epoch they were read for is still the epoch: once it
+    changed, its listener seeks the assigned partitions to the new epoch's, and a seek of ours would undo it)."""
     for tp, pos in positions.items():
+        if not current():
+            return
         if tp not in consumer.assignment():
             continue  # revoked meanwhile (a rebalance): the next assignment seeks its own stored positions
         try:
@@ -739,6 +769,7 @@ class ConsumerGroup:
         self.news: Waiter | None = None  # as ConsumerRunner.news, for the whole group (rung for any of its topics)
         self.consumer: AIOKafkaConsumer | None = None
         self.group_id = settings.topic_prefix + "+".join(sorted(r.sink.name for r in self.runners))
+        self.sought: dict[TopicPartition, int] = {}  # as ConsumerRunner.sought
         epoch.subscribe(self._on_epoch)
 
     @property
@@ -753,17 +784,22 @@ class ConsumerGroup:
     async def seek_stored(self, partitions: list[TopicPartition]) -> None:
         """Seek each partition to the lowest position stored by the sinks that follow its topic."""
         assert self.consumer is not None
-        lowest: dict[TopicPartition, int | None] = {}
-        for runner in self.runners:
-            mine = runner.topic_names
-            stored = await runner.stored_positions([tp for tp in partitions if tp.topic in mine])
-            for tp, pos in stored.items():
-                if tp not in lowest:
-                    lowest[tp] = pos
-                else:
-                    known = lowest[tp]
-                    lowest[tp] = None if known is None or pos is None else min(known, pos)
-        await _seek(self.consumer, lowest)
+        while True:
+            epoch = await self.epoch_watcher.wait_known()
+            lowest: dict[TopicPartition, int | None] = {}
+            for runner in self.runners:
+                mine = runner.topic_names
+                stored = await runner.stored_positions([tp for tp in partitions if tp.topic in mine])
+                for tp, pos in stored.items():
+                    if tp not in lowest:
+                        lowest[tp] = pos
+                    else:
+                        known = lowest[tp]
+                        lowest[tp] = None if known is None or pos is None else min(known, pos)
+            if self.epoch_watcher.epoch == epoch:
+                break  # else the epoch changed while they were read: read the new epoch's
+        _count(self.sought, lowest)
+        await _seek(self.consumer, lowest, lambda: self.epoch_watcher.epoch == epoch)
 
     async def run(self) -> None:
         for runner in self.runners:
@@ -785,9 +821,13 @@ class ConsumerGroup:
                 runner.running = False
             await _stop(consumer)
 
-    async def _handle_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    def _handle_batch(self, batch: dict[TopicPartition, list[Any]]) -> Awaitable[None]:
+        return self._apply_batch(batch, dict(self.sought))  # as the batch is handed over, right after its fetch
+
+    async def _apply_batch(self, batch: dict[TopicPartition, list[Any]], sought: dict[TopicPartition, int]) -> None:
         """Every sink applies the batch (concurrently, as separate consumers did); then the partitions a sink could
-        not apply are fetched again from the lowest such position, after a back-off."""
+        not apply are fetched again from the lowest such position, after a back-off (unless sought to their stored
+        positions since the fetch, see ``ConsumerRunner._handle``)."""
         assert self.consumer is not None
         decoded: dict[TopicPartition, dict[int, Incoming | Exception]] = {tp: {} for tp in batch}
 
@@ -806,7 +846,8 @@ class ConsumerGroup:
             raise failed[0]
         assigned = self.consumer.assignment()
         for tp, at in again.items():
-            if tp in assigned:  # revoked meanwhile: its next owner reads the stored position
+            # revoked meanwhile: its next owner reads the stored position; sought to it since the fetch: read from there
+            if tp in assigned and self.sought.get(tp) == sought.get(tp):
                 self.consumer.seek(tp, at)
         if again:
             await asyncio.sleep(BACK_OFF_SECONDS)
