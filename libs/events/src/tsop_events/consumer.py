@@ -720,7 +720,31 @@ async def _stop(consumer: AIOKafkaConsumer) -> None:
         async with asyncio.timeout(STOP_SECONDS):
             await consumer.stop()
     except TimeoutError:
-        log.warning("consumer %s not stopped within %s s; left behind", sorted(consumer.subscription()), STOP_SECONDS)
+        log.warning("consumer %s not stopped within %s s; its tasks cancelled", sorted(consumer.subscription()),
+                    STOP_SECONDS)
+        await _abandon(consumer)
+
+
+async def _abandon(consumer: AIOKafkaConsumer) -> None:
+    """What a stop cut short left running. aiokafka's stop waits for the group coordinator's coordination task (a
+    wedged consumer's may wait long for a join or a coordinator) before it stops the heartbeats and the fetches and
+    closes the connections: a member still heartbeating would hold up its group's next rebalance, so the join of the
+    consumer started in its place, until its rebalance timeout (5 minutes), and its fetches would go on. Private
+    attributes (tests/unit/test_consumer_stop.py checks aiokafka still has them)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    fetcher = getattr(consumer, "_fetcher", None)
+    for task in (
+        getattr(coordinator, "_heartbeat_task", None),
+        getattr(coordinator, "_commit_refresh_task", None),
+        getattr(fetcher, "_fetch_task", None),
+    ):
+        if task is not None and not task.done():
+            task.cancel()
+    try:
+        async with asyncio.timeout(1.0):
+            await consumer._client.close()
+    except Exception as exc:  # noqa: BLE001 - best effort: the consumer is gone either way
+        log.warning("consumer %s: connections not closed: %s", sorted(consumer.subscription()), exc)
 
 
 async def _pause_until_news(consumer: AIOKafkaConsumer, news: Waiter, safety_net: float) -> bool:
