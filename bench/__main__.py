@@ -38,7 +38,7 @@ from typing import Any
 import psutil
 from tsop_devstack.stack import SERVICES, Stack
 
-from bench import lifecycle, pgstats
+from bench import lifecycle, pgstats, units
 from bench.lifecycle import (
     Driver,
     Targets,
@@ -185,10 +185,13 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         result["warm_up"] = strip_raw(warm)
         pg_dsn = stack.postgres.dsn()
         pg_before = await pgstats.snapshot(pg_dsn, args.pg_statements)
+        urls = {name: stack.url(name) for name in stack.procs}
+        units_before = await units.snapshot(urls)
         result["throughput"] = tp = await driver.closed_loop("throughput", args.lifecycles, args.in_flight,
                                                              args.timeout)
         tp["postgres"] = pgstats.report(pg_before, await pgstats.snapshot(pg_dsn, args.pg_statements),
                                         tp["completed"])
+        tp["units"] = units.report(units_before, await units.snapshot(urls), tp["completed"])
         if "idle_fresh" in result:
             tp["cpu_per_lifecycle_net_of_idle"] = net_of_idle(
                 tp["cpu_per_lifecycle"]["per_process_ms"], result["idle_fresh"]["per_process_pct"],
