@@ -20,7 +20,11 @@ _COUNTERS = {
 
 def _scrape(url: str) -> dict[tuple[str, str], float]:
     with urllib.request.urlopen(url, timeout=10) as answer:
-        text = answer.read().decode()
+        return parse(answer.read().decode())
+
+
+def parse(text: str) -> dict[tuple[str, str], float]:
+    """The counters of one service's ``/metrics`` text, by (kind, name)."""
     out: dict[tuple[str, str], float] = {}
     for family in text_string_to_metric_families(text):
         if family.name not in _COUNTERS:
