@@ -38,7 +38,7 @@ from typing import Any
 import psutil
 from tsop_devstack.stack import SERVICES, Stack
 
-from bench import lifecycle
+from bench import lifecycle, pgstats, units
 from bench.lifecycle import (
     Driver,
     Targets,
@@ -183,8 +183,15 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         say(f"bench: warm-up, then throughput ({args.lifecycles} lifecycles, {args.in_flight} in flight)")
         warm = await driver.closed_loop("warm-up", min(200, args.lifecycles), args.in_flight, args.timeout)
         result["warm_up"] = strip_raw(warm)
+        pg_dsn = stack.postgres.dsn()
+        pg_before = await pgstats.snapshot(pg_dsn, args.pg_statements)
+        urls = {name: stack.url(name) for name in stack.procs}
+        units_before = await units.snapshot(urls)
         result["throughput"] = tp = await driver.closed_loop("throughput", args.lifecycles, args.in_flight,
                                                              args.timeout)
+        tp["postgres"] = pgstats.report(pg_before, await pgstats.snapshot(pg_dsn, args.pg_statements),
+                                        tp["completed"])
+        tp["units"] = units.report(units_before, await units.snapshot(urls), tp["completed"])
         if "idle_fresh" in result:
             tp["cpu_per_lifecycle_net_of_idle"] = net_of_idle(
                 tp["cpu_per_lifecycle"]["per_process_ms"], result["idle_fresh"]["per_process_pct"],
@@ -221,6 +228,9 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds each phase may take")
     parser.add_argument("--idle-seconds", type=float, default=30.0, help="each idle measurement; 0 skips them")
+    parser.add_argument("--pg-statements", action="store_true",
+                        help="preload pg_stat_statements: the throughput phase's statements per lifecycle, most "
+                             "time first (it costs PostgreSQL a little CPU)")
     args = parser.parse_args()
     stack = Stack(
         Path(tempfile.mkdtemp(prefix="tsop-bench-")),
@@ -230,6 +240,7 @@ def main() -> None:
         # the benchmark's bursts of fault tickets in one region would be declared an outage (and held)
         env={"TSOP_LOG_LEVEL": "WARNING",
              "TSOP_CORRELATION_RULES_FILE": str(Path(__file__).with_name("incident_rules.json"))},
+        pg_settings=pgstats.PRELOAD if args.pg_statements else {},
     )
 
     result = on_stack(stack, lambda: run(args, stack))

@@ -641,6 +641,15 @@ def report_text(result: Mapping[str, Any]) -> str:
             + (f", {p['lifecycles_per_s']}/s, platform CPU {cpu} ms per lifecycle" if cpu is not None else "")
             + (f" ({net} ms net of idle)" if net is not None else "")
         )
+    pg = result.get("throughput", {}).get("postgres")
+    if pg:
+        lines.append(f"  PostgreSQL per lifecycle (throughput): {pg['transactions']} transactions"
+                     + (f", {pg['statements']} statements, {pg['exec_ms']} ms executing" if "statements" in pg else ""))
+    work = result.get("throughput", {}).get("units")
+    if work:
+        t = work["totals"]
+        lines.append(f"  per lifecycle (throughput): {t['http']} HTTP requests, {t['published']} events published, "
+                     f"{t['consumed']} records consumed")
     errors = result.get("errors", {})
     lines.append(f"  errors     {errors.get('count', 0)} by phase {errors.get('by_phase', {})}")
     lines.extend(f"    {e}" for e in errors.get("first", [])[:10])

@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 SYSTEM_USER = "tsop-postgres"
@@ -59,9 +59,13 @@ def wait_for_port(proc: subprocess.Popen[bytes], host: str, port: int, timeout: 
 
 
 class EmbeddedPostgres:
-    def __init__(self, data_dir: Path, port: int = 15432, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, data_dir: Path, port: int = 15432, host: str = "127.0.0.1", settings: Mapping[str, str] | None = None
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.port, self.host = port, host
+        # more server settings (``-c name=value``), e.g. the bench's ``shared_preload_libraries=pg_stat_statements``
+        self.settings = dict(settings or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.preexec: Callable[[], None] | None = None  # run in the child before exec (stack.py: die with us)
 
@@ -106,6 +110,7 @@ class EmbeddedPostgres:
                 "-c", "max_connections=400",
                 "-c", "shared_buffers=256MB",
                 "-c", "max_wal_size=2GB",
+                *(arg for name, value in self.settings.items() for arg in ("-c", f"{name}={value}")),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

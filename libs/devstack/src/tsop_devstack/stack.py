@@ -180,12 +180,13 @@ class Stack:
     pg_external: bool = False
     env: dict[str, str] = field(default_factory=dict)
     services: tuple[str, ...] = SERVICES
+    pg_settings: dict[str, str] = field(default_factory=dict)  # more embedded PostgreSQL settings (the bench's)
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
         self.logs = self.data_dir / "logs"
         self.pid_file = self.data_dir / "pids.json"
-        self.postgres = EmbeddedPostgres(self.data_dir / "postgres", port=self.pg_port)
+        self.postgres = EmbeddedPostgres(self.data_dir / "postgres", port=self.pg_port, settings=self.pg_settings)
         self.broker = EmbeddedBroker(self.broker_port, self.logs / "broker.log")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.tokens = dev_tokens(self.data_dir / "tokens.json")
