@@ -49,7 +49,7 @@ def deliverer(app: FeedbackApp, dead: list[tuple[str, int, str]], attempts: int 
                      RetryPolicy(max_attempts=attempts, base_seconds=0.01, max_seconds=0.02), dead=on_dead)
 
 
-async def until(d: Deliverer, client: httpx.AsyncClient, done: object, timeout: float = 5.0) -> None:
+async def until(d: Deliverer, client: httpx.AsyncClient, done: object, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not done() and time.monotonic() < deadline:  # type: ignore[operator]
         await d.run_once(client)

@@ -114,7 +114,7 @@ def notifier(app: FeedbackApp, dead: list[str], attempts: int = 6) -> Notifier:
                     RetryPolicy(max_attempts=attempts, base_seconds=0.01, max_seconds=0.02), dead=on_dead)
 
 
-async def until(n: Notifier, client: httpx.AsyncClient, clock: ManualClock, done: object, timeout: float = 5) -> None:
+async def until(n: Notifier, client: httpx.AsyncClient, clock: ManualClock, done: object, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not done() and time.monotonic() < deadline:  # type: ignore[operator]
         await n.run_once(client)
