@@ -224,3 +224,43 @@ async def test_cells_that_held_their_values_in_arrays_are_migrated_at_start(pg: 
             (p.time_to_assign, p.time_to_resolve) for p in [want.total, *want.series]]
     finally:
         await pool.close()
+
+
+async def test_concurrent_batches_moving_the_same_values_neither_deadlock_nor_lose_a_count(pg: tuple[str, int]) -> None:
+    """Batches of several consumers at once (each ticket in one consumer's batches, as a partition), over the
+    same few cells and the same values (whole seconds, so tickets share them), moving tickets between cells:
+    none waits on another for ever, and the values kept equal the values rebuilt."""
+    pool = await _database(_settings(pg, "cellsrace"))
+    try:
+        rng = random.Random(9)
+
+        def facts(ticket: str, region: str, resolved: bool) -> TicketFacts:
+            t = D0 + timedelta(hours=1)
+            f = TicketFacts(ticket, channel="web", service_type="x", region=region, priority=2, submitted_at=t,
+                            accepted_at=t, first_assigned_at=t + timedelta(seconds=60 * rng.randint(1, 3)))
+            if resolved:
+                f.resolved_at = f.ended_at = t + timedelta(seconds=3600 * rng.randint(1, 3))
+                f.resolutions = 1
+            return f
+
+        held: dict[str, TicketFacts] = {}
+        lock = asyncio.Lock()
+
+        async def worker(w: int) -> None:
+            for i in range(15):
+                # a ticket in one consumer's batches only (its partition), seen again by later batches
+                tickets = [f"t{w}-{(i + k) % 6}" for k in range(3)]
+                async with lock:
+                    before = {t: held[t] for t in tickets if t in held}
+                    after = {t: facts(t, rng.choice(["north", "south"]), rng.random() < 0.7) for t in tickets}
+                    held.update(after)
+                async with pool.acquire() as conn, conn.transaction():
+                    await save_facts(conn, [after[t] for t in sorted(after)], [before[t] for t in sorted(before)])
+
+        await asyncio.wait_for(asyncio.gather(*(worker(w) for w in range(4))), 60)
+        kept = [tuple(r) for r in await pool.fetch(VALUES)]
+        await pool.execute("SELECT stats_daily_rebuild()")
+        assert [tuple(r) for r in await pool.fetch(VALUES)] == kept
+        assert any(r[-1] > 1 for r in kept)  # values shared by several tickets
+    finally:
+        await pool.close()
