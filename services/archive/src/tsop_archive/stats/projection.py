@@ -77,11 +77,13 @@ ROLLUP_DDL = (
         UNIQUE NULLS NOT DISTINCT (day, channel, service_type, region, priority))""",
     # the durations of each cell, exact: each value once with how many of the cell's tickets have it (a batch
     # adds or takes out occurrences, ``n = n + delta``, and a value at 0 goes: its cost does not grow with the
-    # cell; the report reads the values of the cells in its range and interpolates the percentiles itself)
+    # cell; the report reads the values of the cells in its range and interpolates the percentiles itself;
+    # ``n`` in the index lets that read be an index-only scan: a third to a half of the read's time on a month of
+    # 1,000,000 tickets, for an index entry per change instead of a HOT update)
     """CREATE TABLE IF NOT EXISTS stats_daily_values (
         day timestamptz NOT NULL, channel text, service_type text, region text, priority int,
         kind text NOT NULL, v float8 NOT NULL, n int NOT NULL,
-        UNIQUE NULLS NOT DISTINCT (day, channel, service_type, region, priority, kind, v))""",
+        UNIQUE NULLS NOT DISTINCT (day, channel, service_type, region, priority, kind, v) INCLUDE (n))""",
     # counts by key, summed (zeros dropped)
     """CREATE OR REPLACE FUNCTION stats_counts_add(a jsonb, b jsonb) RETURNS jsonb AS $$
          SELECT coalesce(jsonb_object_agg(k, n), '{}') FROM (
