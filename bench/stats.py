@@ -205,6 +205,7 @@ async def fill(dsn: str, tickets: int, start: datetime, seed: int = 5) -> float:
         await conn.execute("SELECT stats_daily_rebuild()")  # the per-day cells the consumer would have kept
         await conn.execute("VACUUM ANALYZE stats_tickets")
         await conn.execute("VACUUM ANALYZE stats_daily")
+        await conn.execute("VACUUM ANALYZE stats_daily_values")
     finally:
         await conn.close()
     return time.perf_counter() - t0

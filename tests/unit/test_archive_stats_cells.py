@@ -13,7 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.stats_data import lifecycle
-from tsop_archive.stats.domain import Cell, CellKey, TicketFacts, cell_deltas, contributions, fold_once
+from tsop_archive.stats.domain import (
+    Cell,
+    CellKey,
+    TicketFacts,
+    ValueKey,
+    cell_deltas,
+    contributions,
+    fold_once,
+    value_deltas,
+)
 
 D0 = datetime(2026, 5, 25, tzinfo=UTC)
 Held = dict[CellKey, dict[str, Any]]
@@ -77,3 +86,33 @@ def test_a_ticket_accepted_moves_from_the_cell_without_priority_to_its_priority(
     moved = d[(D0, "web", "x", "north", 2)]
     assert moved.counts == {"submitted": 1, "accepted": 1, "self_service": 1} and moved.assign == [7200.0]
     assert cell_deltas([f1], [f1]) == {}  # nothing changed (a redelivered event): nothing to write
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32), n=st.integers(1, 15))
+def test_values_counted_batch_by_batch_equal_the_values_of_the_final_facts(seed: int, n: int) -> None:
+    """``value_deltas`` (what ``stats_daily_values`` is upserted with): each value's count moved by the batches,
+    out-of-order and redelivered, ends as the final facts' contributions count it, never below 0."""
+    rng = random.Random(seed)
+    events = [e for _ in range(n) for e in lifecycle(rng, D0, timedelta(days=2), reopen=True)]
+    rng.shuffle(events)
+    facts: dict[str, TicketFacts] = {}
+    counted: Counter[ValueKey] = Counter()
+    i = 0
+    while i < len(events):
+        batch = events[i:i + rng.randint(1, 9)]
+        for _ in range(2 if rng.random() < 0.3 else 1):
+            before = {t: facts[t] for t, *_ in batch if t in facts}
+            for ticket, event_id, event_type, body, at in batch:
+                facts[ticket] = fold_once(facts.get(ticket) or TicketFacts(ticket), event_id, event_type, body, at)
+            changes = value_deltas(cell_deltas(before.values(), [facts[t] for t in {t for t, *_ in batch}]))
+            assert all(d for d in changes.values())  # nothing written for a value whose count stays
+            counted.update(changes)
+            assert all(c >= 0 for c in counted.values())
+        i += len(batch)
+    want: Counter[ValueKey] = Counter()
+    for f in facts.values():
+        for key, part in contributions(f):
+            want.update((*key, "assign", v) for v in part.assign)
+            want.update((*key, "resolve", v) for v in part.resolve)
+    assert +counted == want

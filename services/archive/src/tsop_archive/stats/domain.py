@@ -695,3 +695,21 @@ def cell_deltas(before: Iterable[TicketFacts], after: Iterable[TicketFacts]) -> 
         cell.counts = {k: v for k, v in cell.counts.items() if v}
         cell.reasons = {k: v for k, v in cell.reasons.items() if v}
     return {k: v for k, v in out.items() if not v.empty()}
+
+
+DURATION_KINDS = ("assign", "resolve")
+ValueKey = tuple[datetime, str | None, str | None, str | None, int | None, str, float]  # cell, kind, value
+
+
+def value_deltas(deltas: Mapping[CellKey, Cell]) -> dict[ValueKey, int]:
+    """The cells' durations as counted values: how many occurrences of each value of each kind (``assign``,
+    ``resolve``) a cell gains (> 0) or loses (< 0). What a batch writes is proportional to what it changes,
+    never to how many values the cell holds. Values whose count does not change are left out."""
+    out: dict[ValueKey, int] = {}
+    for key, cell in deltas.items():
+        for kind in DURATION_KINDS:
+            for sign, values in ((1, getattr(cell, kind)), (-1, getattr(cell, f"{kind}_gone"))):
+                for v in values:
+                    k = (*key, kind, v)
+                    out[k] = out.get(k, 0) + sign
+    return {k: n for k, n in out.items() if n}
