@@ -11,8 +11,9 @@ Idempotent: each notice's id follows from (incident, ticket, step[, the link's t
 is refused by the ticket's ``TicketIncident``, a replayed status by the incident's ``IncidentBrief``, and nothing
 of an incident applies once it is resolved. A ticket known to have no callback (``LinkedTickets.unreachable``: a
 case's callback is set when it opens, never after) is never told anything, so its links and unlinks record nothing
-(no ``TicketIncident``: a bulk link of 100,000 such tickets writes no event per ticket, reads no record). A status notice fans out, in the same transaction as its tracking
-row, to the tickets linked at that point of the incident's stream (``LinkedTickets`` plus this batch).
+(no ``TicketIncident``: a bulk link of 100,000 such tickets writes no event per ticket, reads no record). A status
+notice fans out, in the same transaction as its tracking row, to the tickets linked at that point of the incident's
+stream (``LinkedTickets`` plus this batch).
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ class IncidentNotices(EventStoreSink):
                 if self.ticket(uow, ticket_id).link(ev.incident_id, ev.linked_at):
                     self.notify(uow, brief, ticket_id, "incident_linked", ev.linked_at, ev.linked_at)
         elif isinstance(ev, wire.IncidentTicketUnlinked):
-            if ev.ticket_id not in self.silent and self.ticket(uow, ev.ticket_id).unlink(ev.incident_id, ev.unlinked_at):
+            silent = ev.ticket_id in self.silent  # nothing recorded, nobody to tell (as when linked)
+            if not silent and self.ticket(uow, ev.ticket_id).unlink(ev.incident_id, ev.unlinked_at):
                 self.notify(uow, brief, ev.ticket_id, "incident_unlinked", ev.unlinked_at, ev.unlinked_at)
         elif isinstance(ev, wire.IncidentAcknowledged):
             self.tell_all(uow, brief, "incident_in_progress", ev.acknowledged_at)
