@@ -270,3 +270,23 @@ def test_a_chunk_of_linked_tickets_holds_each_work_order_once_across_redelivery_
     assert sum(kinds(app, work_order_id(t)).count("Resolved") for t in tickets) == 4
     feed(accepted("early"))
     assert app.load(work_order_id("early")).status == "resolved"
+
+
+def test_a_chunk_of_the_held_work_orders_is_the_first_in_id_order() -> None:
+    """``held_by`` with a limit picks a chunk (the first work orders in id order, as the whole sorted list would give
+    them) without sorting every held one; the early holds likewise."""
+    app, _ = new_app()
+    inc = Incidents(IncidentHolds(app.app))
+    feed = Feed(app)
+    tickets = [f"t{i}" for i in range(40)]
+    for t in tickets:
+        feed(accepted(t))
+    for t in [*tickets, *(f"early{i}" for i in range(7))]:
+        inc(linked(t))
+    app.app.board.refresh()
+    held, pending = app.app.board.held_by("inc1")
+    assert sorted(held) == held and len(held) == 40 and sorted(pending) == pending and len(pending) == 7
+    assert set(held) == {work_order_id(t) for t in tickets}
+    assert app.app.board.held_by("inc1", 6) == (held[:6], pending[:6])
+    assert app.app.board.held_by("inc1", 100) == (held, pending)
+    assert app.app.board.held_by("other", 6) == ([], [])

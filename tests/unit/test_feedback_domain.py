@@ -190,3 +190,26 @@ def test_a_rating_given_long_before_the_resolution_is_not_recorded_by_it() -> No
     raced.rate(4, None, resolved + timedelta(seconds=1))  # just after the resolve, before feedback heard of it
     raced.note_resolution("fixed", "done", None, resolved, timedelta(hours=24), "r2")
     assert raced.score == 4 and raced.closed_reason == "rated"
+
+
+def test_a_resolution_without_callback_settles_its_notification_in_the_same_save() -> None:
+    """Nowhere to deliver: FeedbackSent (channel "none", at the resolution's time) follows the resolution in the
+    case's own save, so the webhook deliverer never reads nor saves the case; a case with a callback awaits it."""
+    app, clock = make_app()
+    t, u = str(uuid4()), str(uuid4())
+    case = FeedbackCase(id=case_id(t), ticket_id=t, callback_url=None, opened_at=NOW)
+    clock.advance(timedelta(minutes=5))
+    case.note_resolution("fixed", "done", None, NOW + timedelta(minutes=1), DAY, "resolved-event")
+    wire = [o.event for o in (WIRE(e) for e in case.pending_events) if o is not None]
+    assert [type(w).__name__ for w in wire] == ["FeedbackSent"]
+    assert wire[0].channel == "none" and wire[0].sent_at == NOW + timedelta(minutes=1)
+    app.save(case)
+    other = FeedbackCase(id=case_id(u), ticket_id=u, callback_url="https://example.test/cb", opened_at=NOW)
+    other.note_resolution("fixed", "done", None, NOW, DAY, "resolved-event-2")
+    app.save(other)
+    app.follow_ups.refresh()
+    assert case_id(t) not in app.follow_ups.to_notify and case_id(u) in app.follow_ups.to_notify
+    case.note_resolution("fixed", "done", None, NOW, DAY, "resolved-event")  # redelivered: nothing again
+    assert list(case.pending_events) == []
+    app.rate(t, 4, None)
+    assert wire_types(app, t) == ["feedback-sent", "rated", "closed"]

@@ -16,6 +16,7 @@ from tsop_events.envelope import Envelope
 from tsop_feedback import commands
 from tsop_feedback.commands import FeedbackApp
 from tsop_feedback.domain import FeedbackCase, Notification
+from tsop_feedback.incidents.domain import ticket_incident_id
 from tsop_feedback.incidents.policies import IncidentNotices
 
 INC = "inc-1"
@@ -160,3 +161,27 @@ def test_a_chunk_of_linked_tickets_tells_each_customer_once_as_if_linked_alone()
     bus(submitted("t5", "https://ok.example/t5"))
     inc(wire.IncidentTicketLinked(incident_id=INC, ticket_id="t5", linked_by="auto", linked_at=at(3)))
     assert [n.step for n in queued(app) if n.ticket_id == "t5"] == ["incident_linked"]
+
+
+def test_a_chunk_records_nothing_for_tickets_known_to_have_no_callback() -> None:
+    """A ticket whose case has no callback is never told anything, so a link (and an unlink) of it records nothing
+    in feedback: no TicketIncident, no event per ticket of a bulk link; the others are recorded and told as before,
+    and the silent one unlinked and linked again changes nothing either."""
+    app, _ = make_app()
+    bus = Bus(app)
+    bus(submitted("t1", "https://ok.example/t1"))
+    for t in ("s1", "s2"):
+        bus(submitted(t, "https://ok.example/x").model_copy(update={"callback_url": None}))
+    inc = Incidents(app)
+    inc(declared())
+    before = app.recorder.max_notification_id()
+    inc(wire.IncidentTicketsLinked(incident_id=INC, ticket_ids=["t1", "s1", "s2"], linked_by="auto",
+                                   linked_at=at(1)), redeliver=True)
+    inc(wire.IncidentTicketUnlinked(incident_id=INC, ticket_id="s1", reason="unrelated", unlinked_by="m",
+                                    unlinked_at=at(2)))
+    inc(linked("s1", 3))
+    new = list(app.recorder.select_notifications(before + 1, 1000))
+    records = {n.originator_id for n in new if n.topic.endswith("TicketIncident.Started")}
+    assert records == {ticket_incident_id("t1")}
+    assert list(app.repository.event_store.get(ticket_incident_id("s1"))) == []
+    assert [(n.ticket_id, n.step) for n in queued(app)] == [("t1", "incident_linked")]

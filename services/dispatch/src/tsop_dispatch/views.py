@@ -9,6 +9,7 @@ where another left off, and records each effect once.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from bisect import insort
 from collections import Counter
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
+from operator import attrgetter
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from tsop_dispatch.commands import DispatchApp
 
 log = logging.getLogger(__name__)
+_int = attrgetter("int")  # a UUID's order, compared as integers (UUID objects compare in Python, much slower)
 
 
 @dataclass
@@ -266,10 +269,15 @@ class Board(LogFollower):
             if not held:
                 self.by_incident.pop(incident, None)
 
-    def held_by(self, incident_id: str) -> tuple[list[UUID], list[UUID]]:
-        """(work orders, pending IncidentHold records) the incident holds."""
+    def held_by(self, incident_id: str, limit: int | None = None) -> tuple[list[UUID], list[UUID]]:
+        """(work orders, pending IncidentHold records) the incident holds, in id order; ``limit``: the first that
+        many of each (a chunk), picked in one pass on the ids' integers instead of sorting every held one (at
+        100,000 held, sorting UUID objects per chunk was ~0.5 s of CPU, ~100 times over a resolution)."""
         with self.lock:
-            return sorted(self.by_incident.get(incident_id, set())), sorted(self.pending_holds.get(incident_id, set()))
+            held, pending = self.by_incident.get(incident_id, set()), self.pending_holds.get(incident_id, set())
+            if limit is None:
+                return sorted(held, key=_int), sorted(pending, key=_int)
+            return heapq.nsmallest(limit, held, key=_int), heapq.nsmallest(limit, pending, key=_int)
 
     def _enqueue(self, oid: UUID, w: Waiting) -> None:
         if oid not in self.waiting:
@@ -493,7 +501,7 @@ async def resolve_held(svc: Service[DispatchApp], chunk: int = RESOLVE_CHUNK, bu
         step = f"resolve_held:{incident_id}"
         chunks = 0
         while True:
-            held, pending = await asyncio.to_thread(board.held_by, incident_id)
+            held, pending = await asyncio.to_thread(board.held_by, incident_id, chunk)
             work_orders = held[:chunk]
             early = pending[: max(0, chunk - len(work_orders))]
             if (work_orders or early) and chunks and budget is not None and loop.time() - started >= budget:

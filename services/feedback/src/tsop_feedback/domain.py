@@ -250,7 +250,12 @@ class FeedbackCase(Aggregate):
     ) -> None:
         """Note the resolution and open the rating window. ``surveyed`` False (sampling, or the customer's fatigue
         cap): the customer is not asked (no reminder; the webhook says ``rating_requested: false``), though a
-        rating they give in the window still counts."""
+        rating they give in the window still counts.
+
+        A case with no callback has nowhere to deliver the result: its notification is settled here, at the
+        resolution's time (``Notified`` channel "none", i.e. FeedbackSent), in the same save, instead of by the
+        webhook deliverer reading the case again and saving it once more (a bulk resolution: one read and one
+        event fewer per ticket, none in the deliverer)."""
         if self.resolution is not None or resolved_event_id in self.resolutions_seen:
             return  # a redelivered Resolved
         self._resolution_noted(
@@ -264,6 +269,8 @@ class FeedbackCase(Aggregate):
             text=text,
             surveyed=surveyed,
         )
+        if not self.callback_url:
+            self.mark_notified("none", 1, None, resolved_at)  # before any kept answer: FeedbackSent never after Closed
         self._apply_kept(resolved_at, rules or DEFAULT_RULES)
 
     def _apply_kept(self, resolved_at: datetime, rules: RatingRules) -> None:

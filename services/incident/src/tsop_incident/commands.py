@@ -83,6 +83,9 @@ class IncidentApp(EventStoreApp):
         self.rules = rules or Rules(())
         self.plans = plans or Plans({})
         self.board = views.Board(self)
+        # one sweep at a time in this process: the declaration's and the timer's would otherwise both link the same
+        # open tickets (the second reading every link the first had just made, or conflicting on it)
+        self.sweeping = asyncio.Lock()
 
 
 IncidentSvc = Service[IncidentApp]
@@ -369,7 +372,16 @@ async def escalate_overdue(svc: IncidentSvc) -> int:
 
 
 async def link_open_tickets(svc: IncidentSvc, incident_id: UUID) -> int:
-    """Link the tickets open in the incident's scope (the read model of the ticket stream says which)."""
+    """Link the tickets open in the incident's scope (the read model of the ticket stream says which).
+
+    One sweep at a time per process (``IncidentApp.sweeping``): a sweep that waited for another sees its links on
+    the board and has nothing left to do. Another instance's concurrent sweep is safe as before (a chunk saved by
+    both conflicts and is decided again on fresh state)."""
+    async with svc.app.sweeping:
+        return await _link_open_tickets(svc, incident_id)
+
+
+async def _link_open_tickets(svc: IncidentSvc, incident_id: UUID) -> int:
     app = svc.app
     board = app.board
     scope, linked = await board.read(lambda: (
@@ -390,7 +402,8 @@ async def link_open_tickets(svc: IncidentSvc, incident_id: UUID) -> int:
             inc = get_incident(uow, incident_id)
             if not inc.open:
                 return 0
-            uow.prefetch(link_id(t) for t in chunk)  # most were never linked: one query, not one each
+            # the chunk's links in one query (most were never linked; the others are loaded by it too, not one each)
+            uow.preload(link_id(t) for t in chunk)
             links = []
             for t in chunk:
                 tl = ticket_link(uow, t)

@@ -9,8 +9,11 @@ steps the channel subscribed to (like the result: a held ticket has no other ste
 
 Idempotent: each notice's id follows from (incident, ticket, step[, the link's time]); a replayed link or unlink
 is refused by the ticket's ``TicketIncident``, a replayed status by the incident's ``IncidentBrief``, and nothing
-of an incident applies once it is resolved. A status notice fans out, in the same transaction as its tracking
-row, to the tickets linked at that point of the incident's stream (``LinkedTickets`` plus this batch).
+of an incident applies once it is resolved. A ticket known to have no callback (``LinkedTickets.unreachable``: a
+case's callback is set when it opens, never after) is never told anything, so its links and unlinks record nothing
+(no ``TicketIncident``: a bulk link of 100,000 such tickets writes no event per ticket, reads no record). A status
+notice fans out, in the same transaction as its tracking row, to the tickets linked at that point of the incident's
+stream (``LinkedTickets`` plus this batch).
 """
 
 from __future__ import annotations
@@ -62,16 +65,17 @@ class IncidentNotices(EventStoreSink):
             r.event.ticket_ids if isinstance(r.event, wire.IncidentTicketsLinked)
             else [r.event.ticket_id] if isinstance(r.event, wire.IncidentTicketLinked | wire.IncidentTicketUnlinked)
             else [])]
-        self.silent = self.linked.unreachable(tickets)  # their cases are not read
+        self.silent = self.linked.unreachable(tickets)  # their cases and records are not read
         told = [t for t in tickets if t not in self.silent]
-        uow.preload([*(ticket_incident_id(t) for t in tickets), *(case_id(t) for t in told),
+        uow.preload([*(ticket_incident_id(t) for t in told), *(case_id(t) for t in told),
                      *{brief_id(r.event.incident_id) for r in records if isinstance(r.event, wire.IncidentEvent)}])
         self.preload_channels(uow, told)
         notices = []  # the notices a link or unlink would queue: nearly always absent, learnt in one query
         for r in records:
             ev = r.event
             if isinstance(ev, wire.IncidentTicketsLinked):
-                notices += [notice_id(ev.incident_id, t, "incident_linked", ev.linked_at) for t in ev.ticket_ids]
+                notices += [notice_id(ev.incident_id, t, "incident_linked", ev.linked_at) for t in ev.ticket_ids
+                            if t not in self.silent]
             elif isinstance(ev, wire.IncidentTicketLinked):
                 notices.append(notice_id(ev.incident_id, ev.ticket_id, "incident_linked", ev.linked_at))
             elif isinstance(ev, wire.IncidentTicketUnlinked):
@@ -99,10 +103,13 @@ class IncidentNotices(EventStoreSink):
         elif isinstance(ev, wire.IncidentTicketLinked | wire.IncidentTicketsLinked):
             # a chunk's tickets each told as if linked alone
             for ticket_id in [ev.ticket_id] if isinstance(ev, wire.IncidentTicketLinked) else ev.ticket_ids:
+                if ticket_id in self.silent:
+                    continue  # no callback (never set after the case opens): nobody to tell, nothing to record
                 if self.ticket(uow, ticket_id).link(ev.incident_id, ev.linked_at):
                     self.notify(uow, brief, ticket_id, "incident_linked", ev.linked_at, ev.linked_at)
         elif isinstance(ev, wire.IncidentTicketUnlinked):
-            if self.ticket(uow, ev.ticket_id).unlink(ev.incident_id, ev.unlinked_at):
+            silent = ev.ticket_id in self.silent  # nothing recorded, nobody to tell (as when linked)
+            if not silent and self.ticket(uow, ev.ticket_id).unlink(ev.incident_id, ev.unlinked_at):
                 self.notify(uow, brief, ev.ticket_id, "incident_unlinked", ev.unlinked_at, ev.unlinked_at)
         elif isinstance(ev, wire.IncidentAcknowledged):
             self.tell_all(uow, brief, "incident_in_progress", ev.acknowledged_at)
