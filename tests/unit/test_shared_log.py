@@ -61,7 +61,7 @@ class Counting(EventStoreApp):
             return decode(stored)
 
         self.recorder.select_notifications = counted_select  # type: ignore[method-assign]
-        self.mapper.to_domain_event = counted_decode  # type: ignore[method-assign]
+        self.mapper.to_domain_event = counted_decode  # type: ignore[method-assign, assignment]
 
 
 def write(app: EventStoreApp, n: int, kind: type[Aggregate] = Note) -> list[tuple[UUID, int]]:
