@@ -468,7 +468,7 @@ def test_batches_that_need_nothing_wait_for_the_next_save_and_after_a_crash_come
     after ``idle_tracking_seconds``, saves the position past them. Redelivered after a crash, they again do nothing;
     a step someone is told of is never held back."""
     app, _, bus = subscribed_app()  # ch-1: "accepted" (and the result) only
-    bus.tickets.idle_tracking_seconds = 3600.0
+    monkeypatch.setattr(FollowTickets, "idle_tracking_seconds", 3600.0)
     now = [1000.0]
     monkeypatch.setattr("tsop_feedback.policies.time", SimpleNamespace(monotonic=lambda: now[0]), raising=False)
     bus(submitted("t1", "https://ok.example/cb"))
