@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from uuid import UUID
 
 import httpx
@@ -457,3 +458,51 @@ def test_a_step_nobody_is_told_of_reads_no_case_and_a_subscribed_one_is_still_qu
 def assigned(ticket: str) -> wire.Assigned:
     return wire.Assigned(ticket_id=ticket, work_order_id=f"wo-{ticket}", technician_id="tech-1", reason="skills",
                          candidates=[], assigned_at=NOW)
+
+
+def test_batches_that_need_nothing_wait_for_the_next_save_and_after_a_crash_come_again_to_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every rating's own Closed comes back on ``tickets`` with its Rated (a type not followed here): such batches
+    save no tracking row of their own while a save is recent; the next batch that does something, or the next one
+    after ``idle_tracking_seconds``, saves the position past them. Redelivered after a crash, they again do nothing;
+    a step someone is told of is never held back."""
+    app, _, bus = subscribed_app()  # ch-1: "accepted" (and the result) only
+    monkeypatch.setattr(FollowTickets, "idle_tracking_seconds", 3600.0)
+    now = [1000.0]
+    monkeypatch.setattr("tsop_feedback.policies.time", SimpleNamespace(monotonic=lambda: now[0]), raising=False)
+    bus(submitted("t1", "https://ok.example/cb"))
+    bus(submitted("t2", "https://ok.example/cb").model_copy(update={"callback_url": None}))  # nobody to tell
+    name = "t|0|tickets|0"
+    saved = app.tracked_position(name)
+    saves: list[object] = []
+    save_tracked = app.save_tracked
+
+    def counted(aggregates: object, tracking: object) -> None:
+        saves.append(tracking)
+        save_tracked(aggregates, tracking)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app, "save_tracked", counted)
+    held = [bus(closed("t1")), bus(closed("t2")), bus(assigned("t2"))]
+    bus.offset += 1
+    bus.tickets._process(name, [], bus.offset)  # a batch of Rated only: nothing of it is decoded here
+    assert saves == [] and app.tracked_position(name) == saved
+    # after a crash: a new consumer starts from the saved position, the held batches come again, again to nothing
+    again = Bus(app)
+    again.offset = saved or 0
+    for ev in (closed("t1"), closed("t2"), assigned("t2")):
+        again(ev)
+    for cause in held:
+        assert list(app.repository.event_store.get(notification_id(cause))) == []
+    assert not app.follow_ups.notifications  # nothing queued, in either pass
+    # a batch that does something is tracked at once and covers the held ones
+    saves.clear()
+    cause = bus(accepted("t1"))
+    assert app.repository.get(notification_id(cause)).step == "accepted"
+    assert len(saves) == 1 and app.tracked_position(name) == bus.offset
+    # and a held position waits at most idle_tracking_seconds
+    bus(closed("t2"))
+    assert app.tracked_position(name) == bus.offset - 1
+    now[0] += 3600.0
+    bus(closed("t2"))
+    assert app.tracked_position(name) == bus.offset

@@ -9,12 +9,14 @@ record, in one transaction, which is what makes the reaction happen once.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import contextvars
 import functools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, ParamSpec, TypeVar
 from uuid import UUID
@@ -88,6 +90,9 @@ class EventStoreApp(Application[UUID]):
                 cache.full = False
         elif cache is not None:
             cache.cache.clear()
+        shared: SharedLog | None = getattr(self, "_tsop_shared_log", None)
+        if shared is not None:
+            shared.forget()
 
     def forget_erased(self, customer_ids: Iterable[str]) -> None:
         """These customers' personal data was erased (``CustomerDataErased``): drop what this process holds opened or
@@ -252,32 +257,163 @@ async def schema_lock(settings: ServiceSettings) -> AsyncIterator[None]:
 V = TypeVar("V")
 
 
+class Read:
+    """One notification of the log, as read once for every follower of the app: decoded when a follower first
+    wants it (a follower may want only some topics), and again after ``forget`` (an erasure drops what was opened)."""
+
+    __slots__ = ("event", "id", "stored", "topic")
+
+    def __init__(self, stored: Any) -> None:
+        self.id: int = stored.id
+        self.topic: str = stored.topic
+        self.stored = stored
+        self.event: Any = None
+
+    def decoded(self, mapper: Mapper[UUID]) -> Any:
+        event = self.event
+        if event is None:
+            event = self.event = mapper.to_domain_event(self.stored)
+        return event
+
+
+class SharedLog:
+    """The reader of an app's notification log that its log followers share (``LogFollower.refresh``).
+
+    Every follower used to read and decode each new notification itself, one query per follower per refresh;
+    a service with several followers read each event several times. Here each notification is read and decoded
+    once, kept until every follower of the app has applied it (at most ``keep`` of them), and a refresh that
+    waited for another's read uses it when that read began after the refresh was called: it then saw everything
+    committed before the call, which is all a refresh promises. A follower that did not refresh for ``idle``
+    seconds holds nothing back (one refreshed only on rare events), and at most twice ``keep`` are kept: a follower
+    behind what is kept (it started late on a long log, or was idle meanwhile) reads the gap from the database
+    itself, as before.
+    """
+
+    def __init__(self, app: EventStoreApp, keep: int = 10_000, idle: float = 10.0) -> None:
+        self.app, self.keep, self.idle = app, keep, idle
+        self.lock = threading.Lock()
+        self.kept: list[Read] = []  # every notification with id above ``floor`` up to ``position``, in order
+        self.floor = 0  # ids up to this one may have been dropped
+        self.position = 0  # the last id read
+        self.started = 0  # reads begun
+        self.completed = 0  # the number of the last read that reached the end of the log
+        self.followers: weakref.WeakSet[LogFollower] = weakref.WeakSet()
+        self.queries = 0  # notification selects made (for tests and profiles)
+
+    @staticmethod
+    def of(app: EventStoreApp) -> SharedLog:
+        shared: SharedLog | None = getattr(app, "_tsop_shared_log", None)
+        if shared is None:
+            shared = SharedLog(app)
+            app._tsop_shared_log = shared  # type: ignore[attr-defined]
+        return shared
+
+    def after(self, position: int, called: int) -> tuple[list[Read], bool] | None:
+        """The notifications after ``position`` as of a refresh called when ``started`` was ``called``, and whether
+        that is all of them (False: about ``keep`` were read, ask again); None when the caller is behind what is
+        kept (it reads the gap itself)."""
+        with self.lock:
+            if position < self.floor:
+                return None
+            done = True
+            if self.completed <= called:  # no read that began after the call has finished: read now
+                self.started += 1
+                number = self.started
+                done = self._read()
+                if done:
+                    self.completed = number
+            self._trim()
+            if position < self.floor:
+                return None
+            start = bisect.bisect_right(self.kept, position, key=lambda r: r.id)
+            return self.kept[start:], done
+
+    def _read(self) -> bool:
+        """Read what is new, one batch at least, stopping once ``keep`` are held; whether the end was reached."""
+        recorder, mapper = self.app.recorder, self.app.mapper
+        while True:
+            self.queries += 1
+            batch = recorder.select_notifications(self.position + 1, 1000)
+            if not batch:
+                return True
+            if isinstance(mapper, SealingMapper):
+                mapper.prefetch(batch)  # the batch's data keys in one round trip, not one each
+            self.kept.extend(Read(n) for n in batch)
+            self.position = batch[-1].id
+            if len(self.kept) >= self.keep:
+                return False
+
+    def _trim(self) -> None:
+        """Drop what every follower applied, and the oldest beyond ``keep``."""
+        if not self.kept:
+            return
+        since = time.monotonic() - self.idle
+        behind = min((f.position for f in list(self.followers) if f.refreshed > since), default=self.position)
+        cut = bisect.bisect_right(self.kept, behind, key=lambda r: r.id)
+        cut = max(cut, len(self.kept) - 2 * self.keep)  # a read stops at ``keep``: the reader keeps what it read
+        if cut > 0:
+            self.floor = max(self.floor, self.kept[cut - 1].id)
+            del self.kept[:cut]
+
+    def forget(self) -> None:
+        """Drop every decoded event kept (they may hold opened personal data)."""
+        with self.lock:
+            for r in self.kept:
+                r.event = None
+
+
 class LogFollower:
     """An in-process view built by following the app's own notification log.
 
     Every instance of a service converges on the same view, because it reads
-    the same log; ``refresh`` is cheap when nothing is new.
+    the same log; ``refresh`` is cheap when nothing is new. The followers of one app share one reader of the
+    log (``SharedLog``); ``topics`` (prefixes of stored topics) limits which events a follower decodes and applies.
     """
+
+    topics: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, app: EventStoreApp) -> None:
         self.app = app
         self.lock = threading.RLock()
         self.position = 0
+        self.refreshed = float("-inf")  # when it last refreshed (monotonic)
+        self.shared = SharedLog.of(app)
+        self.shared.followers.add(self)
 
     def apply(self, event: Any) -> None:
         raise NotImplementedError
 
     def refresh(self) -> None:
+        called = self.shared.started  # a read begun after this (by any follower) sees all this refresh must see
         with self.lock:
+            self.refreshed = time.monotonic()
             while True:
-                batch = self.app.recorder.select_notifications(self.position + 1, 1000)
-                if batch and isinstance(self.app.mapper, SealingMapper):
-                    self.app.mapper.prefetch(batch)  # the batch's data keys in one round trip, not one each
-                for n in batch:
-                    self.apply(self.app.mapper.to_domain_event(n))
-                if not batch:
+                found = self.shared.after(self.position, called)
+                if found is None:
+                    self._read_gap()
+                    continue
+                reads, done = found
+                mapper, topics = self.app.mapper, self.topics
+                for r in reads:
+                    if topics is None or r.topic.startswith(topics):
+                        self.apply(r.decoded(mapper))
+                    self.position = r.id
+                if done:
                     return
-                self.position = batch[-1].id
+
+    def _read_gap(self) -> None:
+        """Read from the database, up to what the shared reader keeps (this follower is behind it)."""
+        mapper, topics = self.app.mapper, self.topics
+        while self.position < self.shared.floor:
+            batch = self.app.recorder.select_notifications(self.position + 1, 1000, stop=self.shared.floor)
+            if not batch:
+                return
+            if isinstance(mapper, SealingMapper):
+                mapper.prefetch(batch)
+            for n in batch:
+                if topics is None or n.topic.startswith(topics):
+                    self.apply(mapper.to_domain_event(n))
+                self.position = n.id
 
     async def read(self, view: Callable[[], V], refresh: bool = True) -> V:
         """``view()`` under the lock (after a refresh), in a worker thread: the event loop never waits for the lock,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import ClassVar
@@ -38,14 +39,38 @@ class FollowTickets(EventStoreSink):
          wire.ResolutionConfirmed.event_type}
     )
 
+    #: how long the position of batches that need nothing (no record of a type followed here, or only steps nobody
+    #: is told of: feedback's own ``Closed`` of every rating) may go unsaved; after a crash they come again and again
+    #: need nothing, so each is not worth a transaction of its own (one a batch, all through the rating phase)
+    idle_tracking_seconds: ClassVar[float] = 1.0
+
     def __init__(self, app: FeedbackApp) -> None:
         super().__init__(app)
         self.feedback = app
         self.asked_now: dict[str, list[datetime]] = {}
+        self.saved_at: dict[str, float] = {}  # tracking name → when its position was last saved (monotonic)
 
     @classmethod
     def of(cls, svc: Service[FeedbackApp]) -> FollowTickets:
         return cls(svc.app)
+
+    def _process(self, tracking_name: str, records: Sequence[Incoming], last_offset: int) -> None:
+        """A batch that needs nothing is not tracked at once (its position waits, at most ``idle_tracking_seconds``,
+        for the next batch's save to cover it); any other batch is applied and tracked as before."""
+        if self.needs_nothing(records) and \
+                time.monotonic() - self.saved_at.get(tracking_name, float("-inf")) < self.idle_tracking_seconds:
+            return
+        super()._process(tracking_name, records, last_offset)
+        self.saved_at[tracking_name] = time.monotonic()
+
+    def needs_nothing(self, records: Sequence[Incoming]) -> bool:
+        """No record (all of types not followed here), or only steps nobody is told of, as the board says now."""
+        if not records:
+            return True
+        if any(type(r.event) not in TELL_ONLY for r in records):
+            return False
+        self.feedback.follow_ups.refresh()  # as before a batch: a case opened or a channel subscribed meanwhile
+        return all(self.untold(r) for r in records)
 
     def before_batch(self) -> None:
         self.feedback.follow_ups.refresh()  # who was asked to rate lately (the fatigue cap)

@@ -72,22 +72,12 @@ class ActionSummary:
 class ComplaintBoard(LogFollower):
     """Every complaint and improvement action, by id, as feedback's log tells them."""
 
+    topics = OWN_TOPICS  # decodes only this context's events (feedback's cases are most of the log)
+
     def __init__(self, app: EventStoreApp) -> None:
         super().__init__(app)
         self.by_id: dict[UUID, ComplaintSummary] = {}
         self.action_by_id: dict[UUID, ActionSummary] = {}
-
-    def refresh(self) -> None:
-        """Read the log's new notifications, decoding only this context's (feedback's cases are most of it)."""
-        with self.lock:
-            while True:
-                batch = self.app.recorder.select_notifications(self.position + 1, 1000)
-                for n in batch:
-                    if n.topic.startswith(OWN_TOPICS):
-                        self.apply(self.app.mapper.to_domain_event(n))
-                if not batch:
-                    return
-                self.position = batch[-1].id
 
     def apply(self, e: Any) -> None:
         if isinstance(e, Complaint.Received):
