@@ -506,3 +506,20 @@ def test_batches_that_need_nothing_wait_for_the_next_save_and_after_a_crash_come
     now[0] += 3600.0
     bus(closed("t2"))
     assert app.tracked_position(name) == bus.offset
+
+
+def test_a_dead_letters_position_is_kept_at_once_even_while_batches_needing_nothing_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The consumer keeps the position past a dead-lettered record at once (``keep_position``): left to wait like a
+    batch that needs nothing, a crash would have the record dead-lettered a second time."""
+    app, _, bus = subscribed_app()
+    monkeypatch.setattr(FollowTickets, "idle_tracking_seconds", 3600.0)
+    bus(submitted("t1", "https://ok.example/cb"))
+    name = bus.tickets._tracking_name("0", "tickets", 0)
+    bus.tickets._process(name, [], bus.offset)  # a save, just now
+    saved = app.tracked_position(name)
+    bus.tickets._process(name, [], bus.offset + 1)  # a batch needing nothing waits
+    assert app.tracked_position(name) == saved
+    asyncio.run(bus.tickets.keep_position("0", "tickets", 0, bus.offset + 2))  # a record dead-lettered
+    assert app.tracked_position(name) == bus.offset + 2

@@ -83,3 +83,33 @@ def test_links_freed_by_a_resolved_incident_are_linked_again_by_the_next_sweep(
         assert s.app.repository.get(link_id(t)).incident_id == str(second)
         assert isinstance(s.app.repository.get(link_id(t)), TicketLink)
     assert set(s.app.repository.get(second).linked) == set(tickets)
+
+
+def test_another_incidents_long_sweep_does_not_hold_up_a_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 100,000-ticket sweep takes minutes: a declaration's sweep of another incident (its HTTP answer waits for
+    it) and the timer's go on meanwhile."""
+    s, _ = sync_app()
+    slow, quick = declare(s, "south"), declare(s, "north")
+    mine = [str(uuid4()) for _ in range(3)]
+
+    async def both() -> int:
+        gate = asyncio.Event()
+
+        async def open_in(pool: object, scope: Any) -> list[str]:
+            if "south" in scope[0]:  # (regions, service types)
+                await gate.wait()  # the long sweep, still reading its tickets
+                return []
+            return list(mine)
+
+        monkeypatch.setattr(commands, "open_tickets_in", open_in)
+        long_sweep = asyncio.create_task(commands.link_open_tickets(s.svc, slow))
+        await asyncio.sleep(0.05)
+        try:
+            return await asyncio.wait_for(commands.link_open_tickets(s.svc, quick), 10)
+        finally:
+            gate.set()
+            await long_sweep
+
+    monkeypatch.setattr(s.svc, "pool", None, raising=False)
+    assert asyncio.run(both()) == len(mine)
+    assert set(s.app.repository.get(quick).linked) == set(mine)

@@ -109,6 +109,12 @@ class Sink(ABC):
     ) -> None:
         """Apply the records not yet applied and record ``last_offset`` as done, atomically."""
 
+    async def keep_position(self, epoch: str, topic: str, partition: int, last_offset: int) -> None:
+        """Record ``last_offset`` as done now, nothing to apply: after a dead letter, so that after a crash the
+        record is not dead-lettered a second time. A sink that lets the positions of batches needing nothing wait
+        for its next save must not let this one wait."""
+        await self.process(epoch, topic, partition, [], last_offset)
+
 
 class ProjectionSink(Sink):
     """Effects are rows in the service's own schema, written with asyncpg."""
@@ -377,6 +383,7 @@ class ConsumerRunner:
             if not records:
                 return
         decoded: list[Incoming] = []
+        dead = False
         for r in records:
             if wanted is not None and header_value(r.headers, "ce_type") not in wanted:
                 CONSUMED.labels(self.sink.name, "ignored").inc()
@@ -385,10 +392,13 @@ class ConsumerRunner:
                 decoded.append(self._decode(r))
             except (ValueError, ValidationError) as exc:
                 await self._dead_letter(r, exc)
+                dead = True
         last = records[-1].offset
         try:
             await self.sink.process(epoch, tp.topic, tp.partition, decoded, last)
             CONSUMED.labels(self.sink.name, "applied").inc(len(decoded))
+            if dead:
+                await self.sink.keep_position(epoch, tp.topic, tp.partition, last)
         except RETRYABLE as exc:
             await self._back_off(tp, records[0].offset, exc)
             return
@@ -413,7 +423,7 @@ class ConsumerRunner:
             except Exception as exc:
                 log.exception("consumer %s: record %s:%s:%s failed", self.sink.name, tp.topic, tp.partition, rec.offset)
                 await self._dead_letter(rec, exc)
-                await self.sink.process(epoch, tp.topic, tp.partition, [], rec.offset)
+                await self.sink.keep_position(epoch, tp.topic, tp.partition, rec.offset)
         await self.sink.process(epoch, tp.topic, tp.partition, [], last)
         return True
 

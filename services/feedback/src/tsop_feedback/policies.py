@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -55,13 +56,22 @@ class FollowTickets(EventStoreSink):
         return cls(svc.app)
 
     def _process(self, tracking_name: str, records: Sequence[Incoming], last_offset: int) -> None:
-        """A batch that needs nothing is not tracked at once (its position waits, at most ``idle_tracking_seconds``,
-        for the next batch's save to cover it); any other batch is applied and tracked as before."""
+        """A batch that needs nothing, within ``idle_tracking_seconds`` of this partition's last save, is not tracked:
+        its position waits for the next saved batch of the partition to cover it (after a crash it comes again and
+        again needs nothing). Any other batch is applied and tracked as before; a dead letter's position is kept
+        at once (``keep_position``)."""
         if self.needs_nothing(records) and \
                 time.monotonic() - self.saved_at.get(tracking_name, float("-inf")) < self.idle_tracking_seconds:
             return
         super()._process(tracking_name, records, last_offset)
         self.saved_at[tracking_name] = time.monotonic()
+
+    async def keep_position(self, epoch: str, topic: str, partition: int, last_offset: int) -> None:
+        """After a dead letter: saved now, never left to wait (redelivered after a crash, the record would be
+        dead-lettered a second time)."""
+        name = self._tracking_name(epoch, topic, partition)
+        await asyncio.to_thread(super()._process, name, [], last_offset)
+        self.saved_at[name] = time.monotonic()
 
     def needs_nothing(self, records: Sequence[Incoming]) -> bool:
         """No record (all of types not followed here), or only steps nobody is told of, as the board says now."""

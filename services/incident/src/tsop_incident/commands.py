@@ -83,9 +83,10 @@ class IncidentApp(EventStoreApp):
         self.rules = rules or Rules(())
         self.plans = plans or Plans({})
         self.board = views.Board(self)
-        # one sweep at a time in this process: the declaration's and the timer's would otherwise both link the same
-        # open tickets (the second reading every link the first had just made, or conflicting on it)
-        self.sweeping = asyncio.Lock()
+        # one sweep at a time per incident in this process: the declaration's and the timer's would otherwise both
+        # link the same open tickets (the second reading every link the first had just made, or conflicting on it);
+        # another incident's sweep (minutes for 100,000 tickets) does not hold up a declaration or the timer
+        self.sweeping: dict[UUID, asyncio.Lock] = {}
 
 
 IncidentSvc = Service[IncidentApp]
@@ -374,10 +375,11 @@ async def escalate_overdue(svc: IncidentSvc) -> int:
 async def link_open_tickets(svc: IncidentSvc, incident_id: UUID) -> int:
     """Link the tickets open in the incident's scope (the read model of the ticket stream says which).
 
-    One sweep at a time per process (``IncidentApp.sweeping``): a sweep that waited for another sees its links on
-    the board and has nothing left to do. Another instance's concurrent sweep is safe as before (a chunk saved by
-    both conflicts and is decided again on fresh state)."""
-    async with svc.app.sweeping:
+    One sweep at a time per incident and process (``IncidentApp.sweeping``): a sweep that waited for another of the
+    same incident sees its links on the board and has nothing left to do; other incidents' sweeps go on meanwhile.
+    Another instance's concurrent sweep is safe as before (a chunk saved by both conflicts and is decided again on
+    fresh state)."""
+    async with svc.app.sweeping.setdefault(incident_id, asyncio.Lock()):
         return await _link_open_tickets(svc, incident_id)
 
 

@@ -141,6 +141,9 @@ ROLLUP_DDL = (
          PERFORM pg_advisory_xact_lock(7453504, 1);
          IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'stats_daily'::regclass AND attname = 'assign'
                     AND NOT attisdropped) THEN
+           -- no write between the copy and the drop (an older instance's, stopped late): it would be lost with
+           -- the arrays while its counters and position stay
+           LOCK TABLE stats_daily IN SHARE MODE;
            INSERT INTO stats_daily_values
            SELECT day, channel, service_type, region, priority, k.kind, k.v, count(*)
            FROM stats_daily,
