@@ -100,7 +100,7 @@ def test_a_refresh_that_waited_for_a_read_begun_after_it_was_called_makes_no_que
     queries = app.queries
     found = shared.after(b.position, called)
     assert found is not None and app.queries == queries
-    assert [(r.decoded(app.mapper).originator_id, 1) for r in found[0]] == written
+    assert [(r.decoded(app.mapper, shared).originator_id, 1) for r in found[0]] == written
     # a read that began before the call does not do: a refresh called now reads the log again
     later = write(app, 1)
     b.refresh()
@@ -216,3 +216,25 @@ def test_followers_refreshed_from_many_threads_while_events_are_written_each_app
     others = {i for i, _ in written if isinstance(app.repository.get(i), Other)}
     assert [f.seen for f in followers[:3]] == [written] * 3
     assert followers[3].seen == [w for w in written if w[0] in others]
+
+
+def test_a_decode_that_straddles_an_erasure_keeps_nothing(monkeypatch: Any) -> None:
+    """An erasure drops what was opened; an event decoded while it ran (the key still known when the decode began)
+    is applied, as if it had come a moment earlier, but not kept for the followers still to come."""
+    app = EventStoreApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    f = Seen(app)
+    written = write(app, 2)
+    decode = app.mapper.to_domain_event
+    calls: list[object] = []
+
+    def erased_meanwhile(stored: Any) -> Any:
+        calls.append(stored)
+        if len(calls) == 1:
+            app.forget_opened()
+        return decode(stored)
+
+    monkeypatch.setattr(app.mapper, "to_domain_event", erased_meanwhile)
+    f.refresh()
+    assert f.seen == written
+    kept = SharedLog.of(app).kept
+    assert kept[0].event is None and kept[1].event is not None

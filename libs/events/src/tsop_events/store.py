@@ -269,10 +269,14 @@ class Read:
         self.stored = stored
         self.event: Any = None
 
-    def decoded(self, mapper: Mapper[UUID]) -> Any:
+    def decoded(self, mapper: Mapper[UUID], log: SharedLog) -> Any:
         event = self.event
         if event is None:
-            event = self.event = mapper.to_domain_event(self.stored)
+            erasures = log.erasures
+            event = mapper.to_domain_event(self.stored)
+            with log.lock:  # not kept if an erasure came meanwhile: it may hold data opened before the erasure
+                if log.erasures == erasures:
+                    self.event = event
         return event
 
 
@@ -281,7 +285,7 @@ class SharedLog:
 
     Every follower used to read and decode each new notification itself, one query per follower per refresh;
     a service with several followers read each event several times. Here each notification is read and decoded
-    once, kept until every follower of the app has applied it (at most ``keep`` of them), and a refresh that
+    once, kept until every follower of the app has applied it (up to twice ``keep`` of them), and a refresh that
     waited for another's read uses it when that read began after the refresh was called: it then saw everything
     committed before the call, which is all a refresh promises. A follower that did not refresh for ``idle``
     seconds holds nothing back (one refreshed only on rare events), and at most twice ``keep`` are kept: a follower
@@ -299,6 +303,7 @@ class SharedLog:
         self.completed = 0  # the number of the last read that reached the end of the log
         self.followers: weakref.WeakSet[LogFollower] = weakref.WeakSet()
         self.queries = 0  # notification selects made (for tests and profiles)
+        self.erasures = 0  # ``forget`` calls: a decode that straddles one keeps nothing
 
     @staticmethod
     def of(app: EventStoreApp) -> SharedLog:
@@ -358,6 +363,7 @@ class SharedLog:
     def forget(self) -> None:
         """Drop every decoded event kept (they may hold opened personal data)."""
         with self.lock:
+            self.erasures += 1
             for r in self.kept:
                 r.event = None
 
@@ -396,7 +402,7 @@ class LogFollower:
                 mapper, topics = self.app.mapper, self.topics
                 for r in reads:
                     if topics is None or r.topic.startswith(topics):
-                        self.apply(r.decoded(mapper))
+                        self.apply(r.decoded(mapper, self.shared))
                     self.position = r.id
                 if done:
                     return
