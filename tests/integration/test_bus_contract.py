@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import UnknownTopicOrPartitionError
 
 from tests.integration.conftest import eventually
 from tsop_dispatch import commands as dispatch
@@ -52,17 +53,26 @@ def request_fields(i: int) -> dict[str, object]:
 
 
 async def read_topic(settings: ServiceSettings, topic: Topic, expect: int, timeout: float = 60.0) -> list[object]:
-    consumer = AIOKafkaConsumer(
-        topic.qualified(settings.topic_prefix),
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        consumer = AIOKafkaConsumer(
+            topic.qualified(settings.topic_prefix),
+            bootstrap_servers=settings.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        try:
+            await consumer.start()
+            break
+        except UnknownTopicOrPartitionError:
+            # a topic created a moment ago may not be in the metadata of the broker asked yet (3-broker cluster)
+            await consumer.stop()
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
     records: list[object] = []
     try:
-        deadline = asyncio.get_running_loop().time() + timeout
         while len(records) < expect and asyncio.get_running_loop().time() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for rs in batch.values():
