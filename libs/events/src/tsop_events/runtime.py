@@ -23,7 +23,7 @@ from typing_extensions import TypeVar
 
 from tsop_events.auth import Principal, TokenResolver, load_token_table
 from tsop_events.commands import Commands
-from tsop_events.consumer import OFFSETS_DDL, ConsumerRunner, Incoming, Sink
+from tsop_events.consumer import OFFSETS_DDL, ConsumerGroup, ConsumerRunner, Incoming, Sink
 from tsop_events.epoch import EpochWatcher
 from tsop_events.faults import Faults
 from tsop_events.personal import PostgresKeyring, keyring_of
@@ -141,12 +141,27 @@ class Runtime(Generic[A, S]):
         async with schema_lock(s):  # the sinks' tables, one instance at a time (their runners skip their setup)
             for sink in sinks:
                 await sink.setup()
+        # the grouped sinks share one Kafka consumer (see ConsumerGroup); broadcasts (no group) keep one each
+        grouped: list[ConsumerRunner] = []
         for sink in sinks:
-            runner = ConsumerRunner(sink, s, self.epoch, self.producer, on_stored=self.stored.ring)
+            runner = ConsumerRunner(
+                sink, s, self.epoch, self.producer, on_stored=self.stored.ring, own_consumer=not sink.grouped
+            )
             runner.set_up = True
-            runner.news = Waiter([])
             self.runners.append(runner)
-            self._spawn(f"consumer {runner.sink.name}", runner.run)
+            if sink.grouped:
+                grouped.append(runner)
+            else:
+                runner.news = Waiter([])
+                self._spawn(f"consumer {runner.sink.name}", runner.run)
+        # one group for all (TSOP_CONSUMER_SHARED: fetched once, but the sinks move together), or one per sink (its
+        # own consumer and pace: a lagging or failing sink holds back no other; its group id as before)
+        for members in ([grouped] if s.consumer_shared else [[r] for r in grouped]) if grouped else []:
+            group = ConsumerGroup(members, s, self.epoch)
+            group.news = Waiter([])
+            for runner in members:
+                runner.news = group.news  # rung by _heard for any of the group's topics
+            self._spawn(f"consumer {group.group_id}", group.run)
         self._spawn("publish news", self._publish_news)
         for task in self.tasks:
             self._spawn(getattr(task, "__name__", "task"), lambda t=task: t(self))  # type: ignore[misc]

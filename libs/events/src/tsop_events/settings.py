@@ -39,6 +39,14 @@ class ServiceSettings(BaseSettings):
     """Most records a consumer applies in one transaction."""
     fetch_max_wait_ms: int = 50
     """How long a consumer's fetch waits for records."""
+    consumer_safety_net_seconds: Annotated[float, Field(gt=0)] = 1.0
+    """Longest a quiet consumer stays paused without news: relays announce what they publish, so this bounds only
+    the delay of records nobody announces (another producer's)."""
+    consumer_shared: bool = False
+    """One Kafka consumer for all of a process's sinks (each record fetched and decoded once per process) instead of
+    one per sink. Cheaper, but the sinks then move together: a sink that lags (a new or rebuilt read model) or
+    keeps failing transiently holds back its siblings, and one sink's crash restarts them all. Off: each sink has
+    its own consumer and its own pace (the default)."""
     epoch_check_seconds: float = 2.0
     """How often the broker epoch is checked (see the README's design section)."""
 
