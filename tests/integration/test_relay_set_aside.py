@@ -86,6 +86,8 @@ async def test_a_poisoned_notification_is_set_aside_and_republished_after_a_fix(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.INFO, logger="tsop_events.relay")
+    # no safety-net round within the test: the idle relay acts only on news (saves, the republish request)
+    settings = settings.model_copy(update={"relay_idle_seconds": 120.0})
     name = settings.service_name
     poison = {"c3": "raise", "c6": "huge"}
     runtime = Runtime(settings, app_factory=lambda s: IntakeApp(s), mapper=poisoning_mapper(poison))

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic
 
@@ -383,3 +383,14 @@ def erasure_listener(runtime: Runtime[Any, Any]) -> ErasureListener:
     cls = type("ErasureListener", (ErasureListener,), {"name": f"{settings.service_name}-erasure"})
     listener: ErasureListener = cls(forget)
     return listener
+
+
+async def announce(settings: ServiceSettings, topics: Iterable[str]) -> None:
+    """Tell every paused consumer of the platform that records were published to ``topics`` (qualified names), as
+    relays do after each batch. For tests and tools that publish directly: without it their records wait for the
+    consumers' safety net (``TSOP_CONSUMER_ANNOUNCED_SAFETY_NET_SECONDS``)."""
+    conn = await asyncpg.connect(settings.pg_dsn("postgres"))
+    try:
+        await conn.execute("SELECT pg_notify($1, $2)", NEWS_CHANNEL, ",".join(sorted(set(topics))))
+    finally:
+        await conn.close()

@@ -40,8 +40,13 @@ class ServiceSettings(BaseSettings):
     fetch_max_wait_ms: int = 50
     """How long a consumer's fetch waits for records."""
     consumer_safety_net_seconds: Annotated[float, Field(gt=0)] = 1.0
-    """Longest a quiet consumer stays paused without news: relays announce what they publish, so this bounds only
-    the delay of records nobody announces (another producer's)."""
+    """Longest a quiet consumer of a topic that relays do not publish to (the dead letters, which consumers and
+    deliverers publish without announcing) stays paused without news."""
+    consumer_announced_safety_net_seconds: Annotated[float, Field(gt=0)] = 10.0
+    """Longest a quiet consumer of announced topics only (every domain topic: relays announce each publish) stays
+    paused without news. It bounds the delay of a lost announcement (a relay's process killed between the broker's
+    acknowledgement and its announcement) and of records published to those topics by anything but a relay
+    (tests, tools: they may announce with `tsop_events.runtime.announce`)."""
     consumer_shared: bool = False
     """One Kafka consumer for all of a process's sinks (each record fetched and decoded once per process) instead of
     one per sink. Cheaper, but the sinks then move together: a sink that lags (a new or rebuilt read model) or
@@ -65,9 +70,10 @@ class ServiceSettings(BaseSettings):
 
     relay_batch: int = 500
     """Most outbox notifications the relay publishes in one batch."""
-    relay_idle_seconds: float = 1.0
-    """Longest an idle relay waits before reading its outbox again: a save by any instance of the service wakes
-    it at once (the event store NOTIFYs on insert), so this is only a safety net."""
+    relay_idle_seconds: Annotated[float, Field(gt=0)] = 10.0
+    """Longest an idle relay waits before reading its outbox (and its backlog and set-aside count) again: a save by
+    any instance of the service, an operator's republish request and the loss of its leadership connection wake it
+    at once (NOTIFYs on the connection it leads with), so this is only a safety net."""
     aggregate_cache_size: int = 10000
     """Aggregates cached in memory (always brought up to date from the store on read)."""
     max_body_bytes: int = 64 * 1024
