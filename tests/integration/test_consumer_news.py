@@ -3,8 +3,8 @@
 Tansu answers a waiting fetch only when its wait expires, so an idle consumer fetching with a 50 ms wait sends
 20 fetches a second. A consumer without records for a second pauses its partitions; it resumes when a relay
 announces a publish to one of its topics (NOTIFY on the shared ``postgres`` database) and, for records no relay
-announces, once per safety net: a second for a topic published to without announcements (the dead letters), longer
-(TSOP_CONSUMER_ANNOUNCED_SAFETY_NET_SECONDS) for the domain topics, whose relays announce every publish.
+announces (a lost announcement, a tool publishing directly), once per safety net (TSOP_CONSUMER_SAFETY_NET_SECONDS,
+10 s: every publisher of the platform announces).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ async def test_a_quiet_consumer_pauses_and_still_applies_announced_and_unannounc
     settings: ServiceSettings,
 ) -> None:
     Recorder.fail_once_at = set()
-    settings = settings.model_copy(update={"consumer_announced_safety_net_seconds": 4.0})
+    settings = settings.model_copy(update={"consumer_safety_net_seconds": 4.0})
     runtime = Runtime(settings, sinks=[lambda rt: Recorder(rt.pool)])
     await runtime.start()
     try:
@@ -37,11 +37,10 @@ async def test_a_quiet_consumer_pauses_and_still_applies_announced_and_unannounc
                 runner.consumer.paused())
 
         await eventually(paused, 30, "the quiet consumer paused its partitions")
-        # a record no relay announces: the safety net finds it, not within a second (the tickets topic is announced
-        # by its relays: its quiet consumer sleeps the longer net) but within that net
+        # a record nobody announces: the safety net finds it, not within a second (the net was 1 s) but within it
         await publish(settings, [("u1", rejected(1))])
         await asyncio.sleep(1.5)
-        assert not await _applied(runtime, {"u1"}), "a consumer of announced topics only sleeps the longer net"
+        assert not await _applied(runtime, {"u1"}), "a quiet consumer sleeps the whole safety net"
         await eventually(lambda: _applied(runtime, {"u1"}), 15, "the unannounced record applied")
         await eventually(paused, 30, "paused again")
         # an announced record: the consumer resumes on the news

@@ -1,5 +1,5 @@
-"""What an idle service still wakes for: uvicorn's tick (once a second, not ten times) and its quiet consumers'
-safety net (short only for topics published to without an announcement)."""
+"""What an idle service wakes for: uvicorn's tick, once a second (not ten times), and an exit signal; its quiet
+consumers are woken by announcements, dead letters included, so their safety net can be long."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import signal
 import uvicorn
 from fastapi import FastAPI
 
-from tsop_events.consumer import safety_net
+from tests.unit.test_consumer_partitions import Conn, Epoch, Plain, record
+from tsop_events.consumer import ConsumerRunner
 from tsop_events.http import Server
 from tsop_events.settings import ServiceSettings
-from tsop_events.topics import Topic
 
 
 class Counting(Server):
@@ -38,7 +38,20 @@ async def test_the_server_ticks_once_a_second_and_exits_at_once_on_a_signal() ->
     assert loop.time() - started < 0.5, "an exit signal does not wait for the next tick"
 
 
-def test_only_consumers_of_unannounced_topics_keep_the_short_safety_net() -> None:
-    settings = ServiceSettings(consumer_safety_net_seconds=1.0, consumer_announced_safety_net_seconds=10.0)
-    assert safety_net(settings, [Topic.tickets, Topic.customers]) == 10.0
-    assert safety_net(settings, [Topic.tickets, Topic.deadletter]) == 1.0
+
+class Producer:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send_and_wait(self, topic: str, **_: object) -> None:
+        self.sent.append(topic)
+
+
+async def test_a_consumer_s_dead_letter_is_announced_so_its_readers_need_no_short_safety_net() -> None:
+    producer = Producer()
+    runner = ConsumerRunner(Plain(Conn()), ServiceSettings(topic_prefix="t."), Epoch(), producer,  # type: ignore[arg-type]
+                            own_consumer=False)
+    heard: list[set[str]] = []
+    runner.on_published = heard.append
+    await runner._dead_letter(record(0, 7), ValueError("not for this sink"))
+    assert producer.sent == ["t.deadletter"] and heard == [{"t.deadletter"}]

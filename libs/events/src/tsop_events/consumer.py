@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -40,9 +40,6 @@ from tsop_events.wake import Waiter
 log = logging.getLogger(__name__)
 
 QUIET_SECONDS = 1.0  # a consumer without records this long pauses its fetches until news (if it has a news waiter)
-# topics published to without an announcement (consumers' and deliverers' dead letters): their quiet consumers keep the
-# short safety net (TSOP_CONSUMER_SAFETY_NET_SECONDS); every other topic is published to by relays, which announce
-UNANNOUNCED_TOPICS = frozenset({Topic.deadletter})
 RESUMED_SECONDS = 0.25  # how long a consumer woken without records fetches before pausing again
 BACK_OFF_SECONDS = 0.2  # the pause before a batch that failed transiently is fetched again
 METADATA_REFRESH_SECONDS = 10.0  # the longest an epoch change waits for a consumer's metadata refresh
@@ -321,6 +318,8 @@ class ConsumerRunner:
     ) -> None:
         self.sink = sink
         self.on_stored = on_stored  # told after each batch that stored something (wakes loops waiting for it)
+        # told the topic of each dead letter it published (the runtime announces it, as relays announce theirs)
+        self.on_published: Callable[[set[str]], None] | None = None
         # rung when a relay announced a publish to one of this sink's topics; with it, a consumer without records
         # for QUIET_SECONDS pauses its partitions (no fetches) until news or the safety net (see tsop_events.wake)
         self.news: Waiter | None = None
@@ -389,7 +388,7 @@ class ConsumerRunner:
         await self.consumer.start()
         self.running = True
         try:
-            await _poll(self.consumer, self.settings, self.news, self.sink.topics, self._handle_batch)
+            await _poll(self.consumer, self.settings, self.news, self._handle_batch)
         finally:
             self.running = False
             await _stop(self.consumer)
@@ -590,6 +589,8 @@ class ConsumerRunner:
             headers=env.headers(),
         )
         DEAD_LETTERED.labels(self.sink.name).inc()
+        if self.on_published is not None:
+            self.on_published({Topic.deadletter.qualified(self.settings.topic_prefix)})
         log.error("consumer %s: dead-lettered %s:%s:%s: %s", self.sink.name, topic, partition, offset, error_text(exc))
 
 
@@ -662,19 +663,10 @@ def _incoming(record: Any, decode: Callable[[Envelope], WireEvent]) -> Incoming:
     )
 
 
-def safety_net(settings: ServiceSettings, topics: Iterable[Topic]) -> float:
-    """The longest a quiet consumer of ``topics`` stays paused without news: short if any of them is published to
-    without an announcement, else the announced topics' (longer: a paused consumer's look costs the broker a fetch)."""
-    if UNANNOUNCED_TOPICS.intersection(topics):
-        return settings.consumer_safety_net_seconds
-    return settings.consumer_announced_safety_net_seconds
-
-
 async def _poll(
     consumer: AIOKafkaConsumer,
     settings: ServiceSettings,
     news: Waiter | None,
-    topics: Iterable[Topic],
     handle: Callable[[dict[TopicPartition, list[Any]]], Awaitable[None]],
 ) -> None:
     """Fetch and hand each batch to ``handle``; without records for QUIET_SECONDS and with a news waiter, pause.
@@ -683,7 +675,6 @@ async def _poll(
     it looks once (one fetch wait) and pauses again at once if nothing came: an idle consumer costs the broker about
     one fetch per safety net, not one per fetch wait."""
     loop = asyncio.get_running_loop()
-    net = safety_net(settings, topics)
     quiet_since = loop.time()
     wait_ms = 200
     while True:
@@ -701,7 +692,7 @@ async def _poll(
             await _watched(handle(batch), consumer)
             quiet_since = loop.time()
         elif news is not None and loop.time() - quiet_since >= QUIET_SECONDS:
-            if await _pause_until_news(consumer, news, net):
+            if await _pause_until_news(consumer, news, settings.consumer_safety_net_seconds):
                 quiet_since = loop.time() - QUIET_SECONDS + RESUMED_SECONDS
             else:
                 quiet_since = loop.time() - QUIET_SECONDS  # pause again after one look
@@ -852,8 +843,7 @@ class ConsumerGroup:
         for runner in self.runners:
             runner.running = True
         try:
-            await _poll(consumer, self.settings, self.news, [t for r in self.runners for t in r.sink.topics],
-                        self._handle_batch)
+            await _poll(consumer, self.settings, self.news, self._handle_batch)
         finally:
             for runner in self.runners:
                 runner.running = False

@@ -529,6 +529,8 @@ class Relay:
             await self.producer.send_and_wait(
                 Topic.deadletter.qualified(self.settings.topic_prefix), value=env.data, key=key, headers=env.headers()
             )
+            if self.on_published is not None:  # announced as the batch's records are
+                self.on_published({Topic.deadletter.qualified(self.settings.topic_prefix)})
         except PERMANENT as exc:  # the table still holds it; the metric and the log say so
             log.error("relay %s: the dead letter of notification %s was refused too: %s", self.name, n.id, exc)
 

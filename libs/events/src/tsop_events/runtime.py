@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic
 
@@ -26,6 +26,8 @@ from tsop_events.commands import Commands
 from tsop_events.consumer import OFFSETS_DDL, ConsumerGroup, ConsumerRunner, Incoming, Sink
 from tsop_events.epoch import EpochWatcher
 from tsop_events.faults import Faults
+from tsop_events.news import NEWS_CHANNEL as NEWS_CHANNEL  # re-exported
+from tsop_events.news import announce as announce  # re-exported: tests and tools publishing directly
 from tsop_events.personal import PostgresKeyring, keyring_of
 from tsop_events.relay import RELAY_DDL, SET_ASIDE_DDL, Mapper, Relay
 from tsop_events.schemas import CustomerDataErased
@@ -38,7 +40,6 @@ from tsop_events.wake import SAFETY_NET_SECONDS, Bell, Waiter, wait_event
 log = logging.getLogger(__name__)
 
 HEALTHY_SECONDS = 10.0  # a restarted background loop that ran this long without raising has recovered
-NEWS_CHANNEL = "tsop_published"  # relays' announcements: the topics of each batch the broker acknowledged
 
 A = TypeVar("A", bound=EventStoreApp, default=EventStoreApp, covariant=True)
 S = TypeVar("S", bound=ServiceSettings, default=ServiceSettings, covariant=True)
@@ -148,6 +149,7 @@ class Runtime(Generic[A, S]):
                 sink, s, self.epoch, self.producer, on_stored=self.stored.ring, own_consumer=not sink.grouped
             )
             runner.set_up = True
+            runner.on_published = self._announce  # its dead letters
             self.runners.append(runner)
             if sink.grouped:
                 grouped.append(runner)
@@ -384,13 +386,3 @@ def erasure_listener(runtime: Runtime[Any, Any]) -> ErasureListener:
     listener: ErasureListener = cls(forget)
     return listener
 
-
-async def announce(settings: ServiceSettings, topics: Iterable[str]) -> None:
-    """Tell every paused consumer of the platform that records were published to ``topics`` (qualified names), as
-    relays do after each batch. For tests and tools that publish directly: without it their records wait for the
-    consumers' safety net (``TSOP_CONSUMER_ANNOUNCED_SAFETY_NET_SECONDS``)."""
-    conn = await asyncpg.connect(settings.pg_dsn("postgres"))
-    try:
-        await conn.execute("SELECT pg_notify($1, $2)", NEWS_CHANNEL, ",".join(sorted(set(topics))))
-    finally:
-        await conn.close()

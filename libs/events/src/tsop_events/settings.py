@@ -39,14 +39,11 @@ class ServiceSettings(BaseSettings):
     """Most records a consumer applies in one transaction."""
     fetch_max_wait_ms: int = 50
     """How long a consumer's fetch waits for records."""
-    consumer_safety_net_seconds: Annotated[float, Field(gt=0)] = 1.0
-    """Longest a quiet consumer of a topic that relays do not publish to (the dead letters, which consumers and
-    deliverers publish without announcing) stays paused without news."""
-    consumer_announced_safety_net_seconds: Annotated[float, Field(gt=0)] = 10.0
-    """Longest a quiet consumer of announced topics only (every domain topic: relays announce each publish) stays
-    paused without news. It bounds the delay of a lost announcement (a relay's process killed between the broker's
-    acknowledgement and its announcement) and of records published to those topics by anything but a relay
-    (tests, tools: they may announce with `tsop_events.runtime.announce`)."""
+    consumer_safety_net_seconds: Annotated[float, Field(gt=0)] = 10.0
+    """Longest a quiet consumer stays paused without news. Every publisher of the platform announces what it
+    published (relays after each batch, dead letters as they go), so this bounds only the delay of a lost
+    announcement (a process killed between the broker's acknowledgement and its announcement) and of records
+    published by anything else (tests, tools: they may announce with `tsop_events.runtime.announce`)."""
     consumer_shared: bool = False
     """One Kafka consumer for all of a process's sinks (each record fetched and decoded once per process) instead of
     one per sink. Cheaper, but the sinks then move together: a sink that lags (a new or rebuilt read model) or
