@@ -141,6 +141,7 @@ async def test_a_poisoned_notification_is_set_aside_and_republished_after_a_fix(
         # a new broker epoch: everything is published again, the set-aside ones are not logged again
         assert runtime.relay is not None
         runtime.relay.epoch = "an older incarnation"
+        await runtime.relay.on_epoch("an older incarnation")  # as the epoch watcher tells it of a change
         again = await read_topic(settings, Topic.tickets, 36, timeout=30)
         assert len(again) == 36
         assert Counter(dict(r.headers)["ce_id"] for r in again).most_common(1)[0][1] == 2  # type: ignore[attr-defined]

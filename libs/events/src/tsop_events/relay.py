@@ -220,6 +220,11 @@ class Relay:
         """Called after a local save so the relay need not wait for its next poll."""
         self._wake.set()
 
+    async def on_epoch(self, epoch: str) -> None:
+        """Told of a new broker epoch (the runtime subscribes it): an idle relay republishes at once, not at its
+        safety net."""
+        self._wake.set()
+
     async def _load(self) -> None:
         row = await self.pool.fetchrow("SELECT epoch, position FROM tsop_relay WHERE name = $1", self.name)
         if row is not None:

@@ -120,6 +120,7 @@ class Runtime(Generic[A, S]):
         if self.app_factory is not None and self.mapper is not None:
             relay = Relay(s.service_name, self.app, self.mapper, self.producer, self.pool, s, self.epoch)
             self.relay = relay
+            self.epoch.subscribe(relay.on_epoch)  # a new epoch: republish from the start at once
             loop = asyncio.get_running_loop()
 
             def wake_relay() -> None:
