@@ -38,13 +38,13 @@ async def test_a_quiet_consumer_pauses_and_still_applies_announced_and_unannounc
 
         await eventually(paused, 30, "the quiet consumer paused its partitions")
         # a record nobody announces: the safety net finds it, not within a second (the net was 1 s) but within it
-        await publish(settings, [("u1", rejected(1))])
+        await publish(settings, [("u1", rejected(1))], announced=False)
         await asyncio.sleep(1.5)
         assert not await _applied(runtime, {"u1"}), "a quiet consumer sleeps the whole safety net"
         await eventually(lambda: _applied(runtime, {"u1"}), 15, "the unannounced record applied")
         await eventually(paused, 30, "paused again")
         # an announced record: the consumer resumes on the news
-        await publish(settings, [("a1", rejected(2))])
+        await publish(settings, [("a1", rejected(2))], announced=False)
         await announce(settings, {Topic.tickets.qualified(settings.topic_prefix)})  # as a tool publishing directly
         await eventually(lambda: _applied(runtime, {"u1", "a1"}), 15, "the announced record applied")
         await asyncio.sleep(1.0)
