@@ -23,7 +23,7 @@ from tsop_dispatch.wire import WIRE as dispatch_wire
 from tsop_events.auth import Principal, Role
 from tsop_events.consumer import Incoming, ProjectionSink
 from tsop_events.envelope import stable_event_id, wrap
-from tsop_events.runtime import Runtime
+from tsop_events.runtime import Runtime, announce
 from tsop_events.schemas import DeadLettered, RequestAccepted, RequestRejected, parse_event
 from tsop_events.settings import ServiceSettings
 from tsop_events.topics import Topic
@@ -136,8 +136,10 @@ def rejected(i: int) -> RequestRejected:
 async def publish(
     settings: ServiceSettings,
     events: list[tuple[str, object]],
-    raw: list[tuple[bytes, list[tuple[str, bytes]], bytes]] = (),
-) -> None:  # type: ignore[assignment]
+    raw: list[tuple[bytes, list[tuple[str, bytes]], bytes]] = (),  # type: ignore[assignment]
+    announced: bool = True,
+) -> None:
+    """Publish directly to the tickets topic and, as relays do, announce it (quiet consumers resume at once)."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     await producer.start()
     topic = Topic.tickets.qualified(settings.topic_prefix)
@@ -149,6 +151,8 @@ async def publish(
             await producer.send_and_wait(topic, value, key=key, headers=headers)
     finally:
         await producer.stop()
+    if announced:
+        await announce(settings, {topic})
 
 
 async def count_applied(runtime: Runtime) -> list[str]:

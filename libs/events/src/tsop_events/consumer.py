@@ -318,6 +318,8 @@ class ConsumerRunner:
     ) -> None:
         self.sink = sink
         self.on_stored = on_stored  # told after each batch that stored something (wakes loops waiting for it)
+        # told the topic of each dead letter it published (the runtime announces it, as relays announce theirs)
+        self.on_published: Callable[[set[str]], None] | None = None
         # rung when a relay announced a publish to one of this sink's topics; with it, a consumer without records
         # for QUIET_SECONDS pauses its partitions (no fetches) until news or the safety net (see tsop_events.wake)
         self.news: Waiter | None = None
@@ -587,6 +589,8 @@ class ConsumerRunner:
             headers=env.headers(),
         )
         DEAD_LETTERED.labels(self.sink.name).inc()
+        if self.on_published is not None:
+            self.on_published({Topic.deadletter.qualified(self.settings.topic_prefix)})
         log.error("consumer %s: dead-lettered %s:%s:%s: %s", self.sink.name, topic, partition, offset, error_text(exc))
 
 

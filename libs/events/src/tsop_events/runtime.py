@@ -26,6 +26,8 @@ from tsop_events.commands import Commands
 from tsop_events.consumer import OFFSETS_DDL, ConsumerGroup, ConsumerRunner, Incoming, Sink
 from tsop_events.epoch import EpochWatcher
 from tsop_events.faults import Faults
+from tsop_events.news import NEWS_CHANNEL as NEWS_CHANNEL  # re-exported
+from tsop_events.news import announce as announce  # re-exported: tests and tools publishing directly
 from tsop_events.personal import PostgresKeyring, keyring_of
 from tsop_events.relay import RELAY_DDL, SET_ASIDE_DDL, Mapper, Relay
 from tsop_events.schemas import CustomerDataErased
@@ -38,7 +40,6 @@ from tsop_events.wake import SAFETY_NET_SECONDS, Bell, Waiter, wait_event
 log = logging.getLogger(__name__)
 
 HEALTHY_SECONDS = 10.0  # a restarted background loop that ran this long without raising has recovered
-NEWS_CHANNEL = "tsop_published"  # relays' announcements: the topics of each batch the broker acknowledged
 
 A = TypeVar("A", bound=EventStoreApp, default=EventStoreApp, covariant=True)
 S = TypeVar("S", bound=ServiceSettings, default=ServiceSettings, covariant=True)
@@ -119,6 +120,7 @@ class Runtime(Generic[A, S]):
         if self.app_factory is not None and self.mapper is not None:
             relay = Relay(s.service_name, self.app, self.mapper, self.producer, self.pool, s, self.epoch)
             self.relay = relay
+            self.epoch.subscribe(relay.on_epoch)  # a new epoch: republish from the start at once
             loop = asyncio.get_running_loop()
 
             def wake_relay() -> None:
@@ -148,6 +150,7 @@ class Runtime(Generic[A, S]):
                 sink, s, self.epoch, self.producer, on_stored=self.stored.ring, own_consumer=not sink.grouped
             )
             runner.set_up = True
+            runner.on_published = self._announce  # its dead letters
             self.runners.append(runner)
             if sink.grouped:
                 grouped.append(runner)
@@ -383,3 +386,4 @@ def erasure_listener(runtime: Runtime[Any, Any]) -> ErasureListener:
     cls = type("ErasureListener", (ErasureListener,), {"name": f"{settings.service_name}-erasure"})
     listener: ErasureListener = cls(forget)
     return listener
+
