@@ -25,6 +25,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from eventsourcing.persistence import InterfaceError, OperationalError
 from pydantic import ValidationError
 
+from tsop_events import kafka_fixes  # noqa: F401 - aiokafka under uvloop put right (see it)
 from tsop_events.commands import UnitOfWork as UnitOfWork  # re-exported: sinks decide through it
 from tsop_events.envelope import Envelope, derived_id, header_map, header_value, unwrap, wrap
 from tsop_events.epoch import EpochWatcher

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from tsop_events import kafka_fixes  # noqa: F401 - aiokafka under uvloop put right (see it)
 from tsop_events.settings import ServiceSettings
 from tsop_events.topics import Topic, ensure_topics
 
