@@ -11,8 +11,11 @@ import asyncio
 import inspect
 
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.client import AIOKafkaClient
 from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.consumer.subscription_state import SubscriptionState
 
 from tsop_events import consumer as consumer_mod
 from tsop_events.consumer import _stop
@@ -73,3 +76,12 @@ def test_aiokafka_keeps_those_tasks_where_the_stop_looks_for_them() -> None:
     assert "self._heartbeat_task = " in inspect.getsource(GroupCoordinator)
     assert "self._commit_refresh_task = " in inspect.getsource(GroupCoordinator)
     assert "self._fetch_task = " in inspect.getsource(Fetcher)
+
+
+def test_aiokafka_keeps_what_the_consumer_watch_looks_at() -> None:
+    # tsop_events.consumer._dead_work, _abort_fetch_if_client_dies and _finding_coordinator: private as well
+    assert "self._sync_task = " in inspect.getsource(AIOKafkaClient)
+    assert "def abort_waiters(self, exc)" in inspect.getsource(SubscriptionState)
+    assert "self.coordinator_id = None" in inspect.getsource(GroupCoordinator)
+    consumer_source = inspect.getsource(AIOKafkaConsumer)
+    assert "self._client = " in consumer_source and "self._subscription = " in consumer_source

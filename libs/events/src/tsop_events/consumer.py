@@ -29,7 +29,7 @@ from tsop_events import kafka_fixes  # noqa: F401 - aiokafka under uvloop put ri
 from tsop_events.commands import UnitOfWork as UnitOfWork  # re-exported: sinks decide through it
 from tsop_events.envelope import Envelope, derived_id, header_map, header_value, unwrap, wrap
 from tsop_events.epoch import EpochWatcher
-from tsop_events.metrics import CONSUMED, CONSUMER_LAG, DEAD_LETTERED
+from tsop_events.metrics import CONSUMED, CONSUMER_LAG, CONSUMER_RESTARTS, DEAD_LETTERED
 from tsop_events.personal import error_text
 from tsop_events.schemas import DeadLettered, WireEvent
 from tsop_events.settings import ServiceSettings
@@ -44,9 +44,13 @@ QUIET_SECONDS = 1.0  # a consumer without records this long pauses its fetches u
 RESUMED_SECONDS = 0.25  # how long a consumer woken without records fetches before pausing again
 BACK_OFF_SECONDS = 0.2  # the pause before a batch that failed transiently is fetched again
 METADATA_REFRESH_SECONDS = 10.0  # the longest an epoch change waits for a consumer's metadata refresh
-# a fetch asks for at most ~1 s of waiting, and a group's rejoin lasts at most its session timeout (10 s): one not
-# back after this long is wedged (aiokafka waits for a new assignment without any timeout) and the consumer restarts
-STUCK_FETCH_SECONDS = 30.0
+# A fetch asks for at most ~1 s of waiting, but aiokafka waits for a group's new assignment without any timeout of its
+# own. A rejoin's every request is bounded by the request timeout (40 s: a JoinGroup a broker holds and never
+# answers), the broker holds a join for at most the rebalance timeout (10 s), and each failure is retried: a fetch
+# not back after this long, while the group's coordinator is known, is wedged and the consumer restarts. While the
+# coordinator is being looked for (the broker unreachable) it waits on: a fresh consumer could do no better.
+STUCK_FETCH_SECONDS = 60.0
+RESTART_PAUSE_SECONDS = 1.0  # between a stuck consumer's stop and its fresh start
 SLOW_BATCH_SECONDS = 60.0  # a batch still being applied after this long has the process's stacks logged (once)
 STOP_SECONDS = 10.0  # the longest a consumer's stop may take (a wedged one may never finish leaving its group)
 
@@ -75,7 +79,8 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 
 
 class ConsumerStuck(RuntimeError):
-    """A fetch that never returned: the consumer is stopped and started again (a fresh Kafka consumer)."""
+    """A fetch that never returned, or a Kafka consumer whose own background work died: it is stopped and started
+    again as a fresh Kafka consumer (``_restarting``)."""
 
 
 class Retry(Exception):
@@ -329,6 +334,8 @@ class ConsumerRunner:
         self.producer = producer
         self.consumer: AIOKafkaConsumer | None = None
         self.running = False
+        # set while a consumer found stuck was restarted and has no fetch back yet (see _restarting): /readyz degraded
+        self.restarted: str | None = None
         # the sink's tables exist: set by the runtime, which ran every sink's setup under the schema lock. A setup
         # run here as well would race another instance's start (two ``CREATE OR REPLACE FUNCTION`` at once fail
         # with "tuple concurrently updated")
@@ -382,6 +389,9 @@ class ConsumerRunner:
         if not self.set_up:
             await self.sink.setup()
             self.set_up = True
+        await _restarting(self.sink.name, [self], self._run_consumer)
+
+    async def _run_consumer(self) -> None:
         await self.epoch_watcher.wait_known()
         group_id = f"{self.settings.topic_prefix}{self.sink.name}" if self.sink.grouped else None
         self.consumer = _consumer(self.settings, group_id)
@@ -389,10 +399,16 @@ class ConsumerRunner:
         await self.consumer.start()
         self.running = True
         try:
-            await _poll(self.consumer, self.settings, self.news, self._handle_batch)
+            await _poll(self.consumer, self.settings, self.news, self._handle_batch, self.fetched)
         finally:
             self.running = False
             await _stop(self.consumer)
+
+    def fetched(self) -> None:
+        """A fetch is back: the consumer flows (after a restart: recovered, see _restarting)."""
+        if self.restarted is not None:
+            self.restarted = None
+            log.warning("consumer %s flows again after its restart", self.sink.name)
 
     def _handle_batch(self, batch: dict[TopicPartition, list[Any]]) -> Awaitable[None]:
         return self._handle_all(batch, dict(self.sought))  # as the batch is handed over, right after its fetch
@@ -669,25 +685,22 @@ async def _poll(
     settings: ServiceSettings,
     news: Waiter | None,
     handle: Callable[[dict[TopicPartition, list[Any]]], Awaitable[None]],
+    fetched: Callable[[], None] | None = None,
 ) -> None:
     """Fetch and hand each batch to ``handle``; without records for QUIET_SECONDS and with a news waiter, pause.
 
     Woken by news, a paused consumer fetches for RESUMED_SECONDS; woken by the safety net only (nothing announced),
     it looks once (one fetch wait) and pauses again at once if nothing came: an idle consumer costs the broker about
-    one fetch per safety net, not one per fetch wait."""
+    one fetch per safety net, not one per fetch wait. ``fetched`` is told each time a fetch is back (records or
+    not): the consumer flows."""
     loop = asyncio.get_running_loop()
     quiet_since = loop.time()
     wait_ms = 200
+    _abort_fetch_if_client_dies(consumer)
     while True:
-        # the stacks are logged while the fetch still hangs (they show what it awaits), then it is given up
-        watch = loop.call_later(STUCK_FETCH_SECONDS, lambda: dump_stacks(_stuck(consumer)))
-        try:
-            async with asyncio.timeout(STUCK_FETCH_SECONDS + 0.1):
-                batch = await consumer.getmany(timeout_ms=wait_ms, max_records=settings.consumer_batch)
-        except TimeoutError:
-            raise ConsumerStuck(f"{_stuck(consumer)}; restarting it") from None
-        finally:
-            watch.cancel()
+        batch = await _fetch(consumer, wait_ms, settings.consumer_batch)
+        if fetched is not None:
+            fetched()
         wait_ms = 200
         if batch:
             await _watched(handle(batch), consumer)
@@ -700,8 +713,94 @@ async def _poll(
                 wait_ms = settings.fetch_max_wait_ms + 50
 
 
+async def _fetch(consumer: AIOKafkaConsumer, wait_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
+    """One fetch, watched: ConsumerStuck if the consumer's client lost its background work (it would wait for ever)
+    or if the fetch is not back after STUCK_FETCH_SECONDS while its group's coordinator is known."""
+    loop = asyncio.get_running_loop()
+    while True:
+        if dead := _dead_work(consumer):
+            raise ConsumerStuck(f"consumer {sorted(consumer.subscription())}: {dead}")
+        # the stacks are logged while the fetch still hangs (they show what it awaits), then it is given up
+        watch = loop.call_later(STUCK_FETCH_SECONDS, _log_stacks_if_stuck, consumer)
+        try:
+            async with asyncio.timeout(STUCK_FETCH_SECONDS + 0.1):
+                batch: dict[TopicPartition, list[Any]] = await consumer.getmany(
+                    timeout_ms=wait_ms, max_records=max_records
+                )
+                return batch
+        except TimeoutError:
+            if _finding_coordinator(consumer):
+                log.warning("consumer %s: a fetch waiting %g s for its group's coordinator (the broker unreachable); "
+                            "waiting on", sorted(consumer.subscription()), STUCK_FETCH_SECONDS)
+                continue
+            raise ConsumerStuck(_stuck(consumer)) from None
+        finally:
+            watch.cancel()
+
+
+def _finding_coordinator(consumer: AIOKafkaConsumer) -> bool:
+    """The consumer's group coordinator is being looked for: a legitimate wait (no broker answers), which a fresh
+    consumer would only begin again. Private attribute (tests/unit/test_consumer_stop.py checks aiokafka has it)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    return coordinator is not None and hasattr(coordinator, "coordinator_id") and coordinator.coordinator_id is None
+
+
+def _log_stacks_if_stuck(consumer: AIOKafkaConsumer) -> None:
+    if not _finding_coordinator(consumer):
+        dump_stacks(_stuck(consumer))
+
+
+def _dead_work(consumer: AIOKafkaConsumer) -> str | None:
+    """What of the consumer's own background work ended by an error, if any: aiokafka reports the end of its group
+    coordination routine to ``getmany`` itself, not that of its client's metadata synchronizer, without which every
+    wait for metadata (a refresh, the group leader's assignment) waits for ever. Private attributes
+    (tests/unit/test_consumer_stop.py checks aiokafka still has them)."""
+    task = getattr(getattr(consumer, "_client", None), "_sync_task", None)
+    if task is None or not task.done() or task.cancelled() or task.exception() is None:
+        return None
+    exc = task.exception()
+    return f"its client's metadata synchronizer died ({type(exc).__name__}: {exc})"
+
+
+def _abort_fetch_if_client_dies(consumer: AIOKafkaConsumer) -> None:
+    """A fetch waiting when the client's metadata synchronizer dies raises ConsumerStuck at once, as aiokafka makes
+    it raise when its coordination routine dies (``abort_waiters``), instead of waiting for STUCK_FETCH_SECONDS."""
+    task = getattr(getattr(consumer, "_client", None), "_sync_task", None)
+    subscription = getattr(consumer, "_subscription", None)
+    if task is None or subscription is None:
+        return
+
+    def ended(_: asyncio.Future[Any]) -> None:
+        if dead := _dead_work(consumer):
+            subscription.abort_waiters(ConsumerStuck(f"consumer {sorted(consumer.subscription())}: {dead}"))
+
+    task.add_done_callback(ended)
+
+
 def _stuck(consumer: AIOKafkaConsumer) -> str:
     return f"consumer {sorted(consumer.subscription())}: a fetch not back after {STUCK_FETCH_SECONDS:g} s"
+
+
+async def _restarting(
+    name: str, runners: Sequence[ConsumerRunner], run_consumer: Callable[[], Awaitable[None]]
+) -> None:
+    """Run a Kafka consumer (``run_consumer``: start, poll, stop) and, when it is found stuck, start a fresh one.
+
+    A restart is an operator's concern but not a failure of the service: it is logged (ERROR, after the stacks of
+    where it hung), counted in ``tsop_consumer_restarts_total``, and named in ``/readyz`` under
+    ``degraded.consumers_restarted`` only until the fresh consumer's first fetch is back (``ConsumerRunner.fetched``):
+    a consumer that flows again leaves its service ready and not degraded. Any other error is raised (the runtime's
+    supervision restarts it and reports it as failing)."""
+    while True:
+        try:
+            await run_consumer()
+            return
+        except ConsumerStuck as exc:
+            CONSUMER_RESTARTS.labels(name).inc()
+            for runner in runners:
+                runner.restarted = f"{exc}; restarted, its first fetch not back yet"
+            log.error("%s; restarting it as a fresh Kafka consumer", exc)
+            await asyncio.sleep(RESTART_PAUSE_SECONDS)
 
 
 async def _watched(work: Awaitable[None], consumer: AIOKafkaConsumer) -> None:
@@ -835,6 +934,13 @@ class ConsumerGroup:
             if not runner.set_up:
                 await runner.sink.setup()
                 runner.set_up = True
+        await _restarting(self.group_id, self.runners, self._run_consumer)
+
+    def _fetched(self) -> None:
+        for runner in self.runners:
+            runner.fetched()
+
+    async def _run_consumer(self) -> None:
         await self.epoch_watcher.wait_known()
         self.consumer = consumer = _consumer(self.settings, self.group_id)
         for runner in self.runners:
@@ -844,7 +950,7 @@ class ConsumerGroup:
         for runner in self.runners:
             runner.running = True
         try:
-            await _poll(consumer, self.settings, self.news, self._handle_batch)
+            await _poll(consumer, self.settings, self.news, self._handle_batch, self._fetched)
         finally:
             for runner in self.runners:
                 runner.running = False

@@ -43,7 +43,7 @@ def install() -> None:
             raise KafkaConnectionError(f"Connection at {self._host}:{self._port} broken: {exc}") from exc
 
     setattr(send, _PATCHED, True)
-    AIOKafkaConnection.send = send  # type: ignore[method-assign]
+    AIOKafkaConnection.send = send
 
 
 install()

@@ -283,6 +283,10 @@ class Runtime(Generic[A, S]):
         out: dict[str, Any] = {}
         if self.faults.current:
             out["failing"] = dict(self.faults.current)  # background steps; the others go on (tsop_events.faults)
+        # a consumer found stuck and started again, until its first fetch is back: once it flows, nothing here
+        # (the restart stays in the log and in tsop_consumer_restarts_total; see tsop_events.consumer._restarting)
+        if restarted := {r.sink.name: r.restarted for r in self.runners if r.restarted is not None}:
+            out["consumers_restarted"] = restarted
         if self.relay is not None and self.relay.set_aside:
             out["relay_set_aside"] = {
                 "count": self.relay.set_aside,
