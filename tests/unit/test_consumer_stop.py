@@ -29,6 +29,7 @@ class Coordinator:
     def __init__(self) -> None:
         self._heartbeat_task = asyncio.ensure_future(forever())
         self._commit_refresh_task = None
+        self._coordination_task = asyncio.ensure_future(forever())  # waiting for a join, or for metadata
 
 
 class FetcherLike:
@@ -68,13 +69,47 @@ async def test_a_stop_cut_short_stops_the_heartbeats_and_fetches_and_closes_the_
     await asyncio.sleep(0)  # the cancellations delivered
     assert consumer._coordinator._heartbeat_task.cancelled(), "still a member of its group, heartbeating"
     assert consumer._fetcher._fetch_task.cancelled(), "still fetching"
+    assert consumer._coordinator._coordination_task.cancelled(), "left waiting for ever"
     assert consumer._client.closed
+
+
+class DeadClient(Client):
+    """aiokafka's client whose metadata synchronizer died: its close re-raises that error before closing anything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        async def died() -> None:
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+
+        self._sync_task: asyncio.Future[None] | None = asyncio.ensure_future(died())
+
+    async def close(self) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            await self._sync_task
+        self.closed = True
+
+
+async def test_a_consumer_whose_client_died_is_stopped_at_once_and_its_connections_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(consumer_mod, "STOP_SECONDS", 30.0)
+    consumer = WedgedConsumer()
+    consumer._client = DeadClient()
+    await asyncio.sleep(0)  # the synchronizer dies
+    await asyncio.wait_for(_stop(consumer), 2.0)  # type: ignore[arg-type]  # not after STOP_SECONDS
+    await asyncio.sleep(0)
+    assert consumer._coordinator._heartbeat_task.cancelled()
+    assert consumer._fetcher._fetch_task.cancelled()
+    assert consumer._client.closed, "its connections left open"
 
 
 def test_aiokafka_keeps_those_tasks_where_the_stop_looks_for_them() -> None:
     # private attributes: a newer aiokafka that renames them must fail here, not leave zombies unnoticed
     assert "self._heartbeat_task = " in inspect.getsource(GroupCoordinator)
     assert "self._commit_refresh_task = " in inspect.getsource(GroupCoordinator)
+    assert "self._coordination_task = " in inspect.getsource(GroupCoordinator)
     assert "self._fetch_task = " in inspect.getsource(Fetcher)
 
 

@@ -820,6 +820,11 @@ async def _watched(work: Awaitable[None], consumer: AIOKafkaConsumer) -> None:
 
 
 async def _stop(consumer: AIOKafkaConsumer) -> None:
+    if dead := _dead_work(consumer):
+        # its stop would wait for its coordination task, itself waiting for metadata that can no longer come
+        log.warning("consumer %s: %s; its tasks cancelled", sorted(consumer.subscription()), dead)
+        await _abandon(consumer)
+        return
     try:
         async with asyncio.timeout(STOP_SECONDS):
             await consumer.stop()
@@ -833,17 +838,22 @@ async def _abandon(consumer: AIOKafkaConsumer) -> None:
     """What a stop cut short left running. aiokafka's stop waits for the group coordinator's coordination task (a
     wedged consumer's may wait long for a join or a coordinator) before it stops the heartbeats and the fetches and
     closes the connections: a member still heartbeating would hold up its group's next rebalance, so the join of the
-    consumer started in its place, until its rebalance timeout (5 minutes), and its fetches would go on. Private
-    attributes (tests/unit/test_consumer_stop.py checks aiokafka still has them)."""
+    consumer started in its place, until its rebalance timeout (5 minutes), and its fetches would go on; the
+    coordination task itself would wait on for ever. Private attributes (tests/unit/test_consumer_stop.py checks
+    aiokafka still has them)."""
     coordinator = getattr(consumer, "_coordinator", None)
     fetcher = getattr(consumer, "_fetcher", None)
     for task in (
         getattr(coordinator, "_heartbeat_task", None),
         getattr(coordinator, "_commit_refresh_task", None),
+        getattr(coordinator, "_coordination_task", None),
         getattr(fetcher, "_fetch_task", None),
     ):
         if task is not None and not task.done():
             task.cancel()
+    sync = getattr(consumer._client, "_sync_task", None)
+    if sync is not None and sync.done():
+        consumer._client._sync_task = None  # died: the client's close would raise its error before closing anything
     try:
         async with asyncio.timeout(1.0):
             await consumer._client.close()
