@@ -310,6 +310,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self.runner.seek_stored(list(assigned))
+        if self.runner.news is not None:
+            self.runner.news.ring()  # see _GroupRebalance
 
 
 class ConsumerRunner:
@@ -886,6 +888,10 @@ class _GroupRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self.group.seek_stored(list(assigned))
+        if self.group.news is not None:
+            # a paused consumer looks at once: partitions taken over (from a member gone) may hold records announced
+            # while another member had them, which would otherwise wait for the safety net
+            self.group.news.ring()
 
 
 class ConsumerGroup:
