@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import UnknownTopicOrPartitionError
 
 from tests.integration.conftest import eventually
 from tsop_dispatch import commands as dispatch
@@ -52,14 +53,7 @@ def request_fields(i: int) -> dict[str, object]:
 
 
 async def read_topic(settings: ServiceSettings, topic: Topic, expect: int, timeout: float = 60.0) -> list[object]:
-    consumer = AIOKafkaConsumer(
-        topic.qualified(settings.topic_prefix),
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
+    consumer = await _started_reader(settings, topic)
     records: list[object] = []
     try:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -74,6 +68,29 @@ async def read_topic(settings: ServiceSettings, topic: Topic, expect: int, timeo
     finally:
         await consumer.stop()
     return records
+
+
+async def _started_reader(settings: ServiceSettings, topic: Topic, timeout: float = 30.0) -> AIOKafkaConsumer:
+    """A consumer of the whole topic, started. On a cluster, a topic just created may not be in the metadata of the
+    broker asked yet (its creation reaches the other brokers a moment later): aiokafka's start then refuses it
+    (UnknownTopicOrPartitionError, seen on the three-broker cluster under load); asked again a moment later."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        consumer = AIOKafkaConsumer(
+            topic.qualified(settings.topic_prefix),
+            bootstrap_servers=settings.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        try:
+            await consumer.start()
+            return consumer
+        except UnknownTopicOrPartitionError:
+            await consumer.stop()
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 async def test_relay_publishes_every_event_in_order_with_stable_ids_and_resumes(settings: ServiceSettings) -> None:
