@@ -26,6 +26,7 @@ from tsop_devstack.stack import Stack, die_with_parent
 
 from bench.__main__ import free_port
 from bench.lifecycle import commit
+from bench.news import News
 from tsop_events import schemas as wire
 from tsop_events.envelope import wrap
 
@@ -88,22 +89,28 @@ def write(name: str, measured: dict[str, Any], **settings: Any) -> None:
 class Events:
     """Publishes wire events as the other services would (keyed, CloudEvents headers)."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, pg_dsn: str) -> None:
+        """``pg_dsn``: the stack's ``postgres`` database, where what the broker acknowledged is announced (as the
+        services' relays do, see bench.news)."""
         self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
                                          max_batch_size=256 * 1024)
+        self.news = News(pg_dsn)
 
     async def start(self) -> None:
         await self.producer.start()
+        await self.news.start()
 
     async def stop(self) -> None:
         await self.producer.stop()
+        await self.news.stop()
 
     async def publish(self, events: Sequence[wire.WireEvent], at: datetime | None = None) -> None:
         """Queue ``events`` in order (one key keeps them on one partition, in order); ``flush`` waits."""
         for e in events:
             env = wrap(e, event_id=str(uuid.uuid4()), source="bench", time=at or datetime.now(UTC))
-            await self.producer.send(e.topic.qualified(PREFIX), env.data, key=e.key().encode(),
-                                     headers=env.headers())
+            sent = await self.producer.send(e.topic.qualified(PREFIX), env.data, key=e.key().encode(),
+                                            headers=env.headers())
+            sent.add_done_callback(self.news.on_ack(e.topic.qualified(PREFIX)))
 
     async def flush(self) -> None:
         await self.producer.flush()

@@ -39,6 +39,7 @@ from tsop_devstack.postgres import EmbeddedPostgres
 from tsop_devstack.stack import SERVICES, Stack
 
 from bench.__main__ import free_port, on_stack
+from bench.news import News
 from tsop_events import schemas as wire
 from tsop_events.consumer import Incoming
 from tsop_events.envelope import Envelope, stable_event_id, wrap
@@ -109,10 +110,13 @@ def correlation_phase(pg: EmbeddedPostgres, n: int, batch: int) -> dict[str, Any
 # --------------------------------------------------------------------------------------------- 2. bulk
 
 
-async def publish_tickets(bootstrap: str, tickets: list[str]) -> float:
-    """Each ticket's RequestSubmitted and RequestAccepted on the tickets topic (as intake's relay publishes them)."""
+async def publish_tickets(bootstrap: str, pg_dsn: str, tickets: list[str]) -> float:
+    """Each ticket's RequestSubmitted and RequestAccepted on the tickets topic (as intake's relay publishes them,
+    announcing what the broker acknowledged: bench.news)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=256 * 1024)
+    news = News(pg_dsn)
     await producer.start()
+    await news.start()
     t0 = time.perf_counter()
     try:
         pending = []
@@ -125,14 +129,17 @@ async def publish_tickets(bootstrap: str, tickets: list[str]) -> float:
                                        customer_tier=STANDARD, resolve_by=NOW + timedelta(days=2), accepted_at=NOW)
             for n, ev in ((1, sub), (2, acc)):
                 env = wrap(ev, event_id=stable_event_id(t, n), source="bench", correlation_id=t)
-                pending.append(await producer.send(ev.topic.qualified("tsop."), env.data, key=t.encode(),
-                                                   headers=env.headers()))
+                sent = await producer.send(ev.topic.qualified("tsop."), env.data, key=t.encode(),
+                                           headers=env.headers())
+                sent.add_done_callback(news.on_ack(ev.topic.qualified("tsop.")))
+                pending.append(sent)
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
                 pending = []
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
+        await news.stop()
     return time.perf_counter() - t0
 
 
@@ -198,7 +205,7 @@ async def bulk(stack: Stack, n: int, stall: float) -> dict[str, Any]:
     out: dict[str, Any] = {"tickets": n}
     try:
         say(f"bulk: publishing {n} submitted + accepted tickets")
-        out["publish_seconds"] = round(await publish_tickets(stack.bootstrap, tickets), 1)
+        out["publish_seconds"] = round(await publish_tickets(stack.bootstrap, stack.postgres.dsn(), tickets), 1)
         t0 = time.perf_counter()
         say("bulk: waiting for dispatch to open every work order and incident to see every open ticket")
         await wait_count(pools["dispatch"], "SELECT count(*) FROM dispatchapp_events WHERE topic = $1", n,

@@ -277,7 +277,7 @@ def measure(published: dict[str, float], expected: int, started: float, delivere
 
 
 async def run(args: argparse.Namespace, stack: Stack, receivers: Receivers) -> dict[str, Any]:
-    events = Events(stack.bootstrap)
+    events = Events(stack.bootstrap, stack.postgres.dsn())
     await events.start()
     async with httpx.AsyncClient(timeout=30) as http:
         try:

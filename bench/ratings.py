@@ -106,7 +106,7 @@ async def recorded(http: httpx.AsyncClient, stack: Stack, token: str, tickets: l
 
 
 async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
-    events = Events(stack.bootstrap)
+    events = Events(stack.bootstrap, stack.postgres.dsn())
     await events.start()
     try:
         async with httpx.AsyncClient(timeout=30) as http:

@@ -20,6 +20,8 @@ from tests import infra
 from tests.e2e.client import Platform, WebhookReceiver, wait_for
 from tsop_events import schemas as wire
 from tsop_events.envelope import wrap
+from tsop_events.news import announce
+from tsop_events.settings import ServiceSettings
 from tsop_events.topics import Topic
 
 ACKNOWLEDGE_SECONDS = 8  # the service-quality complaints' deadline in this stack
@@ -163,8 +165,8 @@ def test_bad_complaints_are_refused_naming_the_field_and_roles_are_checked(
     assert missing.status_code == 404
 
 
-async def _publish(bootstrap: str, event: wire.TicketEvent) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+async def _publish(stack: Stack, event: wire.TicketEvent) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
     await producer.start()
     try:
         env = wrap(event, event_id=str(uuid.uuid4()), source="feedback")
@@ -172,6 +174,8 @@ async def _publish(bootstrap: str, event: wire.TicketEvent) -> None:
                                      headers=env.headers())
     finally:
         await producer.stop()
+    # as relays do: the services' quiet consumers resume at once, not at their safety net
+    await announce(ServiceSettings(pg_port=stack.pg_port), {Topic.tickets.qualified("tsop.")})
 
 
 def test_a_low_rating_the_customer_called_solved_opens_a_complaint(short_deadlines: tuple[Stack, Platform]) -> None:
@@ -182,7 +186,7 @@ def test_a_low_rating_the_customer_called_solved_opens_a_complaint(short_deadlin
     # the Rated feedback publishes once the rating asks whether the problem was solved (score 1, solved)
     rated = wire.Rated(ticket_id=ticket, score=1, comment="rude and late", tags=["attitude", "on_time"],
                        solved=True, rated_at=datetime.now(UTC))
-    asyncio.run(_publish(stack.bootstrap, rated))
+    asyncio.run(_publish(stack, rated))
 
     def opened() -> dict[str, Any] | None:
         r = platform.http.get(platform.url("feedback", "/v1/complaints?complaint_type=service_quality"),

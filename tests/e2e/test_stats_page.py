@@ -26,6 +26,8 @@ from tests import infra
 from tests.browser import chromium_path
 from tests.stats_data import envelopes, many
 from tsop_events.auth import token_table_json
+from tsop_events.news import announce
+from tsop_events.settings import ServiceSettings
 from tsop_events.topics import Topic
 
 TOKENS = [("auditor-page", "aud", ["auditor"]), ("technician-page", "tec", ["technician"])]
@@ -59,7 +61,8 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     pytest.fail(f"the archive did not start: {(tmp / 'archive.log').read_text()[-2000:]}")
                 time.sleep(0.3)
             lifecycles = many(11, 400, START, timedelta(days=DAYS))
-            asyncio.run(publish(broker.bootstrap, [e for lc in lifecycles for e in lc]))
+            asyncio.run(publish(broker.bootstrap, [e for lc in lifecycles for e in lc],
+                                ServiceSettings(pg_host=pg_host, pg_port=pg_port)))
             deadline = time.monotonic() + 90
             auditor = {"authorization": "Bearer auditor-page"}
             params = {"from": START.isoformat(), "to": (START + timedelta(days=DAYS)).isoformat()}
@@ -76,7 +79,8 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(timeout=30)
 
 
-async def publish(bootstrap: str, raw: list[tuple[str, str, str, dict[str, object], datetime]]) -> None:
+async def publish(bootstrap: str, raw: list[tuple[str, str, str, dict[str, object], datetime]],
+                  settings: ServiceSettings) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
@@ -85,6 +89,7 @@ async def publish(bootstrap: str, raw: list[tuple[str, str, str, dict[str, objec
         await producer.flush()
     finally:
         await producer.stop()
+    await announce(settings, {Topic.tickets.qualified("page.")})  # as relays do: the archive resumes at once
 
 
 def drawn(shot: Path, box: Mapping[str, float], scale: float = 1.0) -> float:

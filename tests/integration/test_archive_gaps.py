@@ -21,6 +21,7 @@ from tsop_archive.main import ArchiveSettings, build
 from tsop_events import schemas as wire
 from tsop_events.auth import token_table_json
 from tsop_events.envelope import Envelope, wrap
+from tsop_events.news import announce
 from tsop_events.runtime import Runtime
 from tsop_events.settings import ServiceSettings
 from tsop_events.topics import Topic
@@ -74,6 +75,7 @@ class Bus:
             topic.qualified(self.settings.topic_prefix), env.data, key=key.encode(), headers=env.headers(),
             partition=0,
         )
+        await announce(self.settings, {topic.qualified(self.settings.topic_prefix)})  # as relays do
 
 
 async def started(settings: ServiceSettings) -> tuple[Runtime, httpx.AsyncClient, Bus]:

@@ -31,6 +31,7 @@ from tsop_events import schemas as wire
 from tsop_events.auth import token_table_json
 from tsop_events.consumer import Incoming
 from tsop_events.envelope import Envelope, wrap
+from tsop_events.news import announce
 from tsop_events.runtime import Runtime
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import ensure_database
@@ -94,6 +95,7 @@ async def test_the_figures_streamed_into_postgresql_equal_the_reference(settings
         for key, env in published[:half]:
             await producer.send(tickets, env.data, key=key.encode(), headers=env.headers())
         await producer.flush()
+        await announce(settings, {tickets, Topic.workforce.qualified(settings.topic_prefix)})  # as relays do
 
         async def count(n: int) -> bool:
             folded = await runtime.pool.fetchval("SELECT coalesce(sum(cardinality(seen)), 0) FROM stats_tickets")
@@ -106,6 +108,7 @@ async def test_the_figures_streamed_into_postgresql_equal_the_reference(settings
         for key, env in published[half - 40:]:
             await producer.send(tickets, env.data, key=key.encode(), headers=env.headers())
         await producer.flush()
+        await announce(settings, {tickets, Topic.workforce.qualified(settings.topic_prefix)})  # as relays do
         await eventually(lambda: count(len(published)), what="every event folded")
         assert int(await runtime.pool.fetchval("SELECT sum(cardinality(seen)) FROM stats_tickets")) == len(raw)
 
@@ -239,6 +242,7 @@ async def test_the_figures_streamed_into_postgresql_equal_the_reference(settings
         for key, env in envelopes([e for lc in extra for e in lc]):
             await producer.send(tickets, env.data, key=key.encode(), headers=env.headers())
         await producer.flush()
+        await announce(settings, {tickets, Topic.workforce.qualified(settings.topic_prefix)})  # as relays do
         n_extra = sum(len(lc) for lc in extra)
         await eventually(lambda: count(consumed + n_extra), what="the new ticket's events folded")
         folded_now = await runtime.pool.fetchval("SELECT sum(cardinality(seen)) FROM stats_tickets")

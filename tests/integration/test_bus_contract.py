@@ -24,7 +24,7 @@ from tsop_dispatch.wire import WIRE as dispatch_wire
 from tsop_events.auth import Principal, Role
 from tsop_events.consumer import Incoming, ProjectionSink
 from tsop_events.envelope import stable_event_id, wrap
-from tsop_events.runtime import Runtime
+from tsop_events.runtime import Runtime, announce
 from tsop_events.schemas import DeadLettered, RequestAccepted, RequestRejected, parse_event
 from tsop_events.settings import ServiceSettings
 from tsop_events.topics import Topic
@@ -53,26 +53,10 @@ def request_fields(i: int) -> dict[str, object]:
 
 
 async def read_topic(settings: ServiceSettings, topic: Topic, expect: int, timeout: float = 60.0) -> list[object]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        consumer = AIOKafkaConsumer(
-            topic.qualified(settings.topic_prefix),
-            bootstrap_servers=settings.kafka_bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            group_id=None,
-        )
-        try:
-            await consumer.start()
-            break
-        except UnknownTopicOrPartitionError:
-            # a topic created a moment ago may not be in the metadata of the broker asked yet (3-broker cluster)
-            await consumer.stop()
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.5)
+    consumer = await _started_reader(settings, topic)
     records: list[object] = []
     try:
+        deadline = asyncio.get_running_loop().time() + timeout
         while len(records) < expect and asyncio.get_running_loop().time() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for rs in batch.values():
@@ -84,6 +68,29 @@ async def read_topic(settings: ServiceSettings, topic: Topic, expect: int, timeo
     finally:
         await consumer.stop()
     return records
+
+
+async def _started_reader(settings: ServiceSettings, topic: Topic, timeout: float = 30.0) -> AIOKafkaConsumer:
+    """A consumer of the whole topic, started. On a cluster, a topic just created may not be in the metadata of the
+    broker asked yet (its creation reaches the other brokers a moment later): aiokafka's start then refuses it
+    (UnknownTopicOrPartitionError, seen on the three-broker cluster under load); asked again a moment later."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        consumer = AIOKafkaConsumer(
+            topic.qualified(settings.topic_prefix),
+            bootstrap_servers=settings.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        try:
+            await consumer.start()
+            return consumer
+        except UnknownTopicOrPartitionError:
+            await consumer.stop()
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 async def test_relay_publishes_every_event_in_order_with_stable_ids_and_resumes(settings: ServiceSettings) -> None:
@@ -146,8 +153,10 @@ def rejected(i: int) -> RequestRejected:
 async def publish(
     settings: ServiceSettings,
     events: list[tuple[str, object]],
-    raw: list[tuple[bytes, list[tuple[str, bytes]], bytes]] = (),
-) -> None:  # type: ignore[assignment]
+    raw: list[tuple[bytes, list[tuple[str, bytes]], bytes]] = (),  # type: ignore[assignment]
+    announced: bool = True,
+) -> None:
+    """Publish directly to the tickets topic and, as relays do, announce it (quiet consumers resume at once)."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     await producer.start()
     topic = Topic.tickets.qualified(settings.topic_prefix)
@@ -159,6 +168,8 @@ async def publish(
             await producer.send_and_wait(topic, value, key=key, headers=headers)
     finally:
         await producer.stop()
+    if announced:
+        await announce(settings, {topic})
 
 
 async def count_applied(runtime: Runtime) -> list[str]:

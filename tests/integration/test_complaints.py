@@ -21,6 +21,7 @@ from tsop_events import schemas as wire
 from tsop_events.auth import Principal, Role
 from tsop_events.clock import ManualClock
 from tsop_events.envelope import Envelope, stable_event_id, wrap
+from tsop_events.news import announce
 from tsop_events.settings import ServiceSettings
 from tsop_events.topics import Topic
 from tsop_feedback.complaints import commands, projection
@@ -64,6 +65,9 @@ async def publish(settings: ServiceSettings, events: list[wire.WireEvent], raw: 
                                          key=(env.subject or "").encode(), headers=env.headers())
     finally:
         await producer.stop()
+    # as relays do: quiet consumers resume at once, not at their safety net
+    await announce(settings, {ev.topic.qualified(settings.topic_prefix) for ev in events}
+                   | {topic.qualified(settings.topic_prefix) for topic, _ in raw})
 
 
 def review_record(incident: str) -> Envelope:

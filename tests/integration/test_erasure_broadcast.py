@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.integration.conftest import eventually
 from tsop_events.envelope import wrap
+from tsop_events.news import announce
 from tsop_events.runtime import ErasureListener, Runtime
 from tsop_events.schemas import CustomerDataErased
 from tsop_events.settings import ServiceSettings
@@ -38,6 +39,7 @@ async def _erase(settings: ServiceSettings, customers: list[str]) -> None:
             )
     finally:
         await producer.stop()
+    await announce(settings, {Topic.customers.qualified(settings.topic_prefix)})  # as relays do
 
 
 def _listen(runtime: Runtime) -> list[str]:
@@ -57,7 +59,6 @@ async def test_every_instance_forgets_on_every_erasure_and_a_late_one_catches_up
         heard_one, heard_two = _listen(one), _listen(two)
         # several customers: their keys spread over the topic's partitions
         await _erase(settings, [f"cust-{i}" for i in range(6)])
-        one._announce({Topic.customers.qualified(settings.topic_prefix)})
 
         async def both() -> bool:
             return bool(heard_one) and bool(heard_two)
@@ -124,7 +125,6 @@ async def test_an_instance_that_did_not_serve_the_erasure_stops_serving_opened_d
         assert await asyncio.to_thread(one.app.keyring.erase, customer) == 1
         one.app.forget_opened()
         await _erase(settings, [customer])
-        one._announce({Topic.customers.qualified(settings.topic_prefix)})
 
         async def erased_on_two() -> bool:
             return (await asyncio.to_thread(two.app.repository.get, r.id)).description == ERASED

@@ -21,6 +21,7 @@ from tsop_dispatch.policies import IncidentHolds, OpenWorkOrders
 from tsop_dispatch.views import timers as dispatch_timers
 from tsop_dispatch.wire import WIRE as dispatch_wire
 from tsop_events.envelope import stable_event_id, wrap
+from tsop_events.news import announce
 from tsop_events.runtime import Runtime
 from tsop_events.schemas import IncidentTicketLinked, RequestAccepted, WireEvent
 from tsop_events.settings import ServiceSettings
@@ -48,6 +49,8 @@ async def publish(settings: ServiceSettings, events: list[tuple[str, WireEvent]]
                                          headers=env.headers())
     finally:
         await producer.stop()
+    # as relays do: quiet consumers resume at once, not at their safety net
+    await announce(settings, {ev.topic.qualified(settings.topic_prefix) for _, ev in events})
 
 
 def accepted(ticket: str, region: str, at: datetime) -> tuple[str, RequestAccepted]:

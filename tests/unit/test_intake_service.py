@@ -11,14 +11,14 @@ from uuid import UUID, uuid4
 import pytest
 
 from tsop_events.auth import Principal, Role, hash_token
-from tsop_events.clock import ManualClock
+from tsop_events.clock import ManualClock, SystemClock
 from tsop_events.commands import Commands
 from tsop_events.errors import TooMany
 from tsop_events.schemas import parse_event
 from tsop_events.store import GroupCommit
 from tsop_intake import commands as service
 from tsop_intake.commands import IntakeApp
-from tsop_intake.views import expire_pending
+from tsop_intake.views import DEADLINE_SAFETY_SECONDS, expire_pending, until_next_deadline
 from tsop_intake.wire import WIRE as to_wire
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
@@ -192,6 +192,34 @@ def test_the_completion_deadline_cancels_with_the_reason() -> None:
                                       "reason": f"still missing at {(NOW + timedelta(hours=72)).isoformat()}: "
                                                 "location.address", "cancelled_by": "rules"}
         assert await expire_pending(env.runtime) == 0
+
+    run(go())
+
+
+class _At(SystemClock):
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
+
+def test_the_completion_timer_sleeps_until_the_earliest_deadline_not_a_second() -> None:
+    async def go() -> None:
+        env = Env()
+        web = await env.channel()
+        assert until_next_deadline(env.app) == 1.0, "an injected clock is looked at each second"
+        env.app.clock = _At(NOW)
+        assert until_next_deadline(env.app) == DEADLINE_SAFETY_SECONDS, "nothing pending: the safety net"
+        env.app.clock = env.clock
+        await service.submit(env.runtime, fields(location=None), web, None)  # due at NOW + 72 h
+        env.app.index.refresh()
+        env.app.clock = _At(NOW + timedelta(hours=72) - timedelta(seconds=5))
+        assert 5.0 < until_next_deadline(env.app) < 5.1
+        env.app.clock = _At(NOW + timedelta(hours=72, seconds=3))
+        assert 0.0 < until_next_deadline(env.app) < 0.1, "past due: at once"
+        env.app.clock = _At(NOW)
+        assert until_next_deadline(env.app) == DEADLINE_SAFETY_SECONDS, "far off: the safety net, then again"
 
     run(go())
 

@@ -5,6 +5,10 @@ skipping those applied before. A ``BatchedSink`` receives, instead, the records 
 call at the last of them (``apply_batch``), inside that same transaction: the position handling is
 ``ProjectionSink``'s, unchanged (the records applied are always a suffix of the batch, so its last record is the
 last one applied). A record handed to ``apply`` outside ``process`` (a test, a caller of its own) is a batch of one.
+A consumer therefore applies a ``BatchedSink``'s fetched partitions each in its own ``process`` (own transaction,
+one ``apply_batch`` per partition), never through ``ProjectionSink.process_partitions``: that one calls ``apply``
+record by record outside ``process`` and would make every record a batch of one (``ConsumerRunner._apply_partitions``
+leaves out any sink that overrides ``process``).
 
 ``Statements`` runs a batch's statements in order, each consecutive run of one SQL text as one pipelined
 ``executemany`` / ``fetchmany``: each row is still its own statement (same effect, same order, each sees the ones

@@ -18,12 +18,14 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from tsop_events import kafka_fixes  # noqa: F401 - aiokafka under uvloop put right (see it)
 from tsop_events.settings import ServiceSettings
 from tsop_events.topics import Topic, ensure_topics
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[str], Awaitable[None]]
+REFRESH_SECONDS = 10.0  # the longest an epoch change waits for the producer's metadata refresh
 
 
 class EpochWatcher:
@@ -51,12 +53,19 @@ class EpochWatcher:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 request_timeout_ms=10000,
+                consumer_timeout_ms=1000,
             )
             await self._consumer.start()
             self._consumer.assign([TopicPartition(self.topic, 0)])
         tp = TopicPartition(self.topic, 0)
         self._consumer.seek(tp, 0)
-        batch = await self._consumer.getmany(tp, timeout_ms=1500, max_records=1)
+        # fetched only while reading: between checks the partition is paused, or aiokafka would keep a fetch
+        # waiting on the broker (answered, on Tansu, each time its wait expires: twice a second per process)
+        self._consumer.resume(tp)
+        try:
+            batch = await self._consumer.getmany(tp, timeout_ms=1500, max_records=1)
+        finally:
+            self._consumer.pause(tp)
         for records in batch.values():
             for r in records:
                 if r.offset == 0 and r.value:
@@ -94,12 +103,27 @@ class EpochWatcher:
     async def check(self) -> None:
         epoch = await self.read()
         if epoch != self.epoch:
-            previous, self.epoch = self.epoch, epoch
+            previous = self.epoch
+            if previous is not None:
+                # the relays republish as soon as they see the new epoch, with the partitions their producer
+                # knows: learn the new incarnation's first (its count may differ, see consumer.refresh_metadata)
+                await self._refresh_producer()
+            self.epoch = epoch
             self._known.set()
             if previous is not None:
                 log.warning("broker epoch changed from %s to %s", previous, epoch)
             for listener in self._listeners:
-                await listener(epoch)
+                try:
+                    await listener(epoch)
+                except Exception:  # one consumer's failure must not keep the others on the old epoch
+                    log.exception("epoch change: a listener failed")
+
+    async def _refresh_producer(self) -> None:
+        try:
+            async with asyncio.timeout(REFRESH_SECONDS):
+                await self.producer.client.force_metadata_update()
+        except TimeoutError:
+            log.warning("producer metadata not refreshed within %s s after an epoch change", REFRESH_SECONDS)
 
     async def run(self) -> None:
         while True:

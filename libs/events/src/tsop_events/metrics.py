@@ -16,5 +16,11 @@ RELAY_LEADER = Gauge("tsop_relay_leader", "1 while this instance leads its servi
 CONSUMED = Counter("tsop_consumer_records_total", "Records consumed", ["consumer", "outcome"])
 CONSUMER_LAG = Gauge("tsop_consumer_lag", "Records behind the end of the partition", ["consumer", "topic", "partition"])
 DEAD_LETTERED = Counter("tsop_deadlettered_total", "Records sent to the dead-letter topic", ["consumer"])
+CONSUMER_RESTARTS = Counter(
+    "tsop_consumer_restarts_total",
+    "Kafka consumers found stuck (a fetch not back, its client's background work dead) and started again; the log says"
+    " where each hung",
+    ["consumer"],
+)
 HTTP_REQUESTS = Counter("tsop_http_requests_total", "HTTP requests", ["method", "route", "status"])
 HTTP_LATENCY = Histogram("tsop_http_request_seconds", "HTTP request latency", ["method", "route"])

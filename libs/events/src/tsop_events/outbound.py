@@ -61,10 +61,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import httpx
 from prometheus_client import Counter
 
 from tsop_events.envelope import derived_id, wrap
+from tsop_events.news import announce
 from tsop_events.schemas import DeadLettered
 from tsop_events.settings import ServiceSettings
 from tsop_events.topics import Topic
@@ -805,3 +807,8 @@ async def dead_letter(
                                      key=key.encode(), headers=env.headers())
     except Exception:  # the row/event and the metric already say it; the topic record is extra
         log.exception("outbound %s %s: the dead-letter record could not be published", purpose, key)
+        return
+    try:  # rare (a delivery given up): a connection of its own; unannounced, the archive finds it at its safety net
+        await announce(settings, {Topic.deadletter.qualified(settings.topic_prefix)})
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        log.warning("outbound %s %s: the dead letter was not announced: %s", purpose, key, exc)

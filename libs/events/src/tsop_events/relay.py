@@ -220,6 +220,11 @@ class Relay:
         """Called after a local save so the relay need not wait for its next poll."""
         self._wake.set()
 
+    async def on_epoch(self, epoch: str) -> None:
+        """Told of a new broker epoch (the runtime subscribes it): an idle relay republishes at once, not at its
+        safety net."""
+        self._wake.set()
+
     async def _load(self) -> None:
         row = await self.pool.fetchrow("SELECT epoch, position FROM tsop_relay WHERE name = $1", self.name)
         if row is not None:
@@ -306,6 +311,10 @@ class Relay:
         if not channel:
             return False
         await lock.add_listener(channel, self._notified)
+        # an operator's republish request (``python -m tsop_events.relay republish`` NOTIFYs it) and the loss of
+        # this connection (so of the lead) wake the relay too: an idle relay needs no round each second
+        await lock.add_listener(request_channel(self.name), self._notified)
+        lock.add_termination_listener(self._notified)
         return True
 
     def _notified(self, *_: object) -> None:
@@ -328,7 +337,9 @@ class Relay:
                 backoff = 0.1
                 if not published:
                     idle = self.settings.relay_idle_seconds if listening else RELAY_POLL_SECONDS
-                    await wait_event(self._wake, min(idle, MAINTENANCE_SECONDS))
+                    # listening: woken by a save, a republish request or the lead's connection lost; the backlog
+                    # and set-aside count are read again then, or at the safety net
+                    await wait_event(self._wake, idle if listening else min(idle, MAINTENANCE_SECONDS))
             except TRANSIENT as exc:
                 log.warning("relay %s: %s; retrying in %.1fs", self.name, exc, backoff)
                 await asyncio.sleep(backoff)
@@ -523,6 +534,8 @@ class Relay:
             await self.producer.send_and_wait(
                 Topic.deadletter.qualified(self.settings.topic_prefix), value=env.data, key=key, headers=env.headers()
             )
+            if self.on_published is not None:  # announced as the batch's records are
+                self.on_published({Topic.deadletter.qualified(self.settings.topic_prefix)})
         except PERMANENT as exc:  # the table still holds it; the metric and the log say so
             log.error("relay %s: the dead letter of notification %s was refused too: %s", self.name, n.id, exc)
 
@@ -619,6 +632,11 @@ class Relay:
 # --- the operator's command line ---------------------------------------------------------------------
 
 
+def request_channel(name: str) -> str:
+    """The channel a relay's leader listens on for republish requests (on its service's database)."""
+    return f"tsop_relay_{name}"[:63]
+
+
 async def _request_republish(settings: ServiceSettings, name: str, wait: float) -> int:
     conn = await asyncpg.connect(settings.pg_dsn())
     try:
@@ -629,6 +647,7 @@ async def _request_republish(settings: ServiceSettings, name: str, wait: float) 
             name,
         )
         ids = [int(r["notification_id"]) for r in asked]
+        await conn.execute("SELECT pg_notify($1, '')", request_channel(name))  # wakes the leading relay at once
         print(f"relay {name}: republish asked for {len(ids)} set-aside notification(s) {ids}")
         if not ids or wait <= 0:
             return 0

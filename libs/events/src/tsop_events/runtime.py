@@ -23,9 +23,11 @@ from typing_extensions import TypeVar
 
 from tsop_events.auth import Principal, TokenResolver, load_token_table
 from tsop_events.commands import Commands
-from tsop_events.consumer import OFFSETS_DDL, ConsumerRunner, Incoming, Sink
+from tsop_events.consumer import OFFSETS_DDL, ConsumerGroup, ConsumerRunner, Incoming, Sink
 from tsop_events.epoch import EpochWatcher
 from tsop_events.faults import Faults
+from tsop_events.news import NEWS_CHANNEL as NEWS_CHANNEL  # re-exported
+from tsop_events.news import announce as announce  # re-exported: tests and tools publishing directly
 from tsop_events.personal import PostgresKeyring, keyring_of
 from tsop_events.relay import RELAY_DDL, SET_ASIDE_DDL, Mapper, Relay
 from tsop_events.schemas import CustomerDataErased
@@ -38,7 +40,6 @@ from tsop_events.wake import SAFETY_NET_SECONDS, Bell, Waiter, wait_event
 log = logging.getLogger(__name__)
 
 HEALTHY_SECONDS = 10.0  # a restarted background loop that ran this long without raising has recovered
-NEWS_CHANNEL = "tsop_published"  # relays' announcements: the topics of each batch the broker acknowledged
 
 A = TypeVar("A", bound=EventStoreApp, default=EventStoreApp, covariant=True)
 S = TypeVar("S", bound=ServiceSettings, default=ServiceSettings, covariant=True)
@@ -119,6 +120,7 @@ class Runtime(Generic[A, S]):
         if self.app_factory is not None and self.mapper is not None:
             relay = Relay(s.service_name, self.app, self.mapper, self.producer, self.pool, s, self.epoch)
             self.relay = relay
+            self.epoch.subscribe(relay.on_epoch)  # a new epoch: republish from the start at once
             loop = asyncio.get_running_loop()
 
             def wake_relay() -> None:
@@ -141,12 +143,28 @@ class Runtime(Generic[A, S]):
         async with schema_lock(s):  # the sinks' tables, one instance at a time (their runners skip their setup)
             for sink in sinks:
                 await sink.setup()
+        # the grouped sinks share one Kafka consumer (see ConsumerGroup); broadcasts (no group) keep one each
+        grouped: list[ConsumerRunner] = []
         for sink in sinks:
-            runner = ConsumerRunner(sink, s, self.epoch, self.producer, on_stored=self.stored.ring)
+            runner = ConsumerRunner(
+                sink, s, self.epoch, self.producer, on_stored=self.stored.ring, own_consumer=not sink.grouped
+            )
             runner.set_up = True
-            runner.news = Waiter([])
+            runner.on_published = self._announce  # its dead letters
             self.runners.append(runner)
-            self._spawn(f"consumer {runner.sink.name}", runner.run)
+            if sink.grouped:
+                grouped.append(runner)
+            else:
+                runner.news = Waiter([])
+                self._spawn(f"consumer {runner.sink.name}", runner.run)
+        # one group for all (TSOP_CONSUMER_SHARED: fetched once, but the sinks move together), or one per sink (its
+        # own consumer and pace: a lagging or failing sink holds back no other; its group id as before)
+        for members in ([grouped] if s.consumer_shared else [[r] for r in grouped]) if grouped else []:
+            group = ConsumerGroup(members, s, self.epoch)
+            group.news = Waiter([])
+            for runner in members:
+                runner.news = group.news  # rung by _heard for any of the group's topics
+            self._spawn(f"consumer {group.group_id}", group.run)
         self._spawn("publish news", self._publish_news)
         for task in self.tasks:
             self._spawn(getattr(task, "__name__", "task"), lambda t=task: t(self))  # type: ignore[misc]
@@ -265,6 +283,10 @@ class Runtime(Generic[A, S]):
         out: dict[str, Any] = {}
         if self.faults.current:
             out["failing"] = dict(self.faults.current)  # background steps; the others go on (tsop_events.faults)
+        # a consumer found stuck and started again, until its first fetch is back: once it flows, nothing here
+        # (the restart stays in the log and in tsop_consumer_restarts_total; see tsop_events.consumer._restarting)
+        if restarted := {r.sink.name: r.restarted for r in self.runners if r.restarted is not None}:
+            out["consumers_restarted"] = restarted
         if self.relay is not None and self.relay.set_aside:
             out["relay_set_aside"] = {
                 "count": self.relay.set_aside,
@@ -368,3 +390,4 @@ def erasure_listener(runtime: Runtime[Any, Any]) -> ErasureListener:
     cls = type("ErasureListener", (ErasureListener,), {"name": f"{settings.service_name}-erasure"})
     listener: ErasureListener = cls(forget)
     return listener
+

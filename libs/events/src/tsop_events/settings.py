@@ -39,6 +39,16 @@ class ServiceSettings(BaseSettings):
     """Most records a consumer applies in one transaction."""
     fetch_max_wait_ms: int = 50
     """How long a consumer's fetch waits for records."""
+    consumer_safety_net_seconds: Annotated[float, Field(gt=0)] = 10.0
+    """Longest a quiet consumer stays paused without news. Every publisher of the platform announces what it
+    published (relays after each batch, dead letters as they go), so this bounds only the delay of a lost
+    announcement (a process killed between the broker's acknowledgement and its announcement) and of records
+    published by anything else (tests, tools: they may announce with `tsop_events.runtime.announce`)."""
+    consumer_shared: bool = False
+    """One Kafka consumer for all of a process's sinks (each record fetched and decoded once per process) instead of
+    one per sink. Cheaper, but the sinks then move together: a sink that lags (a new or rebuilt read model) or
+    keeps failing transiently holds back its siblings, and one sink's crash restarts them all. Off: each sink has
+    its own consumer and its own pace (the default)."""
     epoch_check_seconds: float = 2.0
     """How often the broker epoch is checked (see the README's design section)."""
 
@@ -57,9 +67,10 @@ class ServiceSettings(BaseSettings):
 
     relay_batch: int = 500
     """Most outbox notifications the relay publishes in one batch."""
-    relay_idle_seconds: float = 1.0
-    """Longest an idle relay waits before reading its outbox again: a save by any instance of the service wakes
-    it at once (the event store NOTIFYs on insert), so this is only a safety net."""
+    relay_idle_seconds: Annotated[float, Field(gt=0)] = 10.0
+    """Longest an idle relay waits before reading its outbox (and its backlog and set-aside count) again: a save by
+    any instance of the service, an operator's republish request and the loss of its leadership connection wake it
+    at once (NOTIFYs on the connection it leads with), so this is only a safety net."""
     aggregate_cache_size: int = 10000
     """Aggregates cached in memory (always brought up to date from the store on read)."""
     max_body_bytes: int = 64 * 1024

@@ -1,6 +1,7 @@
 """Where a process's asyncio tasks and threads are: for a loop that hangs without raising.
 
-``kill -USR1 <pid>`` logs them (every service installs the handler at start, see ``runtime``).
+``kill -USR1 <pid>`` logs them (every service installs the handler at start, see ``runtime``); a consumer whose
+fetch or batch takes far longer than it can logs them by itself (see ``consumer``).
 """
 
 from __future__ import annotations

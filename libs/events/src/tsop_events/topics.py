@@ -13,6 +13,8 @@ from enum import StrEnum
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from tsop_events import kafka_fixes  # noqa: F401 - aiokafka under uvloop put right (see it)
+
 log = logging.getLogger(__name__)
 
 

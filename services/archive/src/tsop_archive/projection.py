@@ -213,6 +213,8 @@ class ArchiveStore(BatchedSink):
     name: ClassVar[str] = "archive-store"
     topics: ClassVar[tuple[Topic, ...]] = (*DOMAIN_TOPICS, Topic.deadletter)
     ddl: ClassVar[tuple[str, ...]] = DDL
+    # short transactions: the chainer and retention take a SHARE lock on archive_events with a 200 ms lock_timeout
+    batch_partitions: ClassVar[bool] = False
 
     def __init__(self, pool: asyncpg.Pool, prefix: str = "tsop.") -> None:
         super().__init__(pool)

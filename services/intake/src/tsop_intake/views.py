@@ -21,6 +21,7 @@ from uuid import UUID
 from eventsourcing.persistence import Notification
 
 from tsop_events.auth import Principal, Role, TokenResolver, followed_resolver
+from tsop_events.clock import SystemClock
 from tsop_events.commands import UnitOfWork
 from tsop_events.personal import ERASED, erase_tree
 from tsop_events.runtime import Service
@@ -327,6 +328,11 @@ class IntakeIndex(LogFollower):
         with self.lock:
             return [tid for tid, at in self.pending.items() if at < now]
 
+    def next_deadline(self) -> datetime | None:
+        """The earliest completion deadline of a pending application (None: none pending)."""
+        with self.lock:
+            return min(self.pending.values(), default=None)
+
     def shares(self) -> dict[str, int | float | dict[str, int] | None]:
         with self.lock:
             by_kind = dict(self.submitted_by_kind)
@@ -372,11 +378,29 @@ async def expire_pending(svc: Service[IntakeApp]) -> int:
     return cancelled
 
 
+DEADLINE_SAFETY_SECONDS = 60.0  # the longest the completion timer sleeps without a save or a deadline falling due
+
+
 async def completion_deadlines(svc: Service[IntakeApp]) -> None:
-    """The durable timer: pending applications past their completion deadline are cancelled with the reason."""
+    """The durable timer: pending applications past their completion deadline are cancelled with the reason.
+
+    Not a round each second: the timer sleeps until the earliest deadline the index knows, or until any instance
+    saves (a save may add a deadline or settle one; at most one round a second under load)."""
+    wake = svc.waiter(saved=True, pace=1.0)
     while True:
         await expire_pending(svc)
-        await asyncio.sleep(1.0)
+        await wake.wait(until_next_deadline(svc.app))
+
+
+def until_next_deadline(app: IntakeApp) -> float:
+    """Seconds until the earliest pending deadline has passed, at most DEADLINE_SAFETY_SECONDS. An injected clock
+    (tests move it by hand) is looked at each second, as real time cannot say when it reaches a deadline."""
+    if not isinstance(app.clock, SystemClock):
+        return 1.0
+    deadline = app.index.next_deadline()
+    if deadline is None:
+        return DEADLINE_SAFETY_SECONDS
+    return min(DEADLINE_SAFETY_SECONDS, max(0.0, (deadline - app.clock.now()).total_seconds()) + 0.01)
 
 
 def channel_tokens(svc: Service[IntakeApp]) -> TokenResolver:
