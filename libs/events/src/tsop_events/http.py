@@ -24,7 +24,7 @@ from tsop_events.errors import DomainError
 from tsop_events.inbound import EdgeError, check_json, check_query
 from tsop_events.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from tsop_events.personal import Keyring, keyring_of
-from tsop_events.runtime import Runtime, Service
+from tsop_events.runtime import Parts, Runtime, Service
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp, IntegrityError, recorded_in_this_request, watch_recording
 
@@ -485,7 +485,7 @@ def create_app(
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    if runtime.parts.routes:
+    if Parts.of(runtime.settings.role).routes:
         for router in routers:
             app.include_router(router)
     else:
