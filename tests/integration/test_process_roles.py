@@ -193,3 +193,40 @@ async def test_an_api_process_s_saves_wake_the_worker_s_relay(
     finally:
         await api.stop()
         await worker.stop()
+
+
+SERVICES = ("intake", "dispatch", "feedback", "incident", "archive")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_every_service_starts_as_an_api_and_a_worker_process(
+    settings: ServiceSettings, service: str, tmp_path: Path,
+) -> None:
+    """Each of the five services, from its own ``bootstrap``, as an api and a worker runtime on one database:
+    both become ready, the api runtime with no relay and no consumer but the erasure listener, the worker with its
+    relay and every consumer."""
+    import importlib
+
+    main = importlib.import_module(f"tsop_{service}.main")
+    cls = next(v for k, v in vars(main).items() if k.endswith("Settings") and k != "ServiceSettings")
+    extra = {"archive_signing_key_file": tmp_path / "signing.pem"} if service == "archive" else {}
+    base = {**settings.model_dump(), "service_name": f"{settings.service_name}_{service}", **extra}
+    runtimes = {role: main.bootstrap(cls(**{**base, "role": role})) for role in ("api", "worker")}
+    for rt in runtimes.values():
+        await rt.start()
+    try:
+        for role, rt in runtimes.items():
+
+            async def ready(rt: Runtime = rt) -> bool:
+                return all(rt.readiness().values())
+
+            await eventually(ready, 60, f"{service} {role} ready")
+        api, worker = runtimes["api"], runtimes["worker"]
+        assert api.relay is None and worker.relay is not None
+        assert [type(r.sink).__name__ for r in api.runners] == ["ErasureListener"]
+        assert len(worker.runners) == len(worker.sinks) + 1
+        assert set(api.readiness()) == {"database"}
+        assert {"broker_epoch", "relay"} <= set(worker.readiness())
+    finally:
+        for rt in runtimes.values():
+            await rt.stop()
