@@ -49,25 +49,42 @@ def feedback_stack(prefix: str, env: dict[str, str] | None = None, instances: in
     )
 
 
-def more_instances(stack: Stack, instances: int) -> list[str]:
+def more_instances(stack: Stack, instances: int, api: int = 0, workers: int = 0) -> list[str]:
     """Start feedback instances 1 … ``instances`` - 1 beside the stack's own (same database and broker, a port
     each, one share of the deliveries each: ``TSOP_SHARD_INDEX`` of ``TSOP_SHARD_COUNT``), wait until they are
-    ready; the names of all instances (``feedback``, ``feedback-1`` …). They are stopped with the stack and
-    their CPU is counted like the others'."""
+    ready; the names of the instances that serve the routes (``feedback``, ``feedback-1`` …). They are stopped with
+    the stack and their CPU is counted like the others'.
+
+    With process roles (``api`` or ``workers`` > 0; the stack's own ``feedback`` then has ``TSOP_ROLE=api``, see
+    ``feedback_stack``): ``api`` - 1 more api processes (``feedback-api-1`` …) and ``workers`` worker processes
+    (``feedback-worker-0`` …), the deliveries shared among the workers; the names returned are the api processes'
+    only (the workers answer routes 421)."""
     names = ["feedback"]
-    for i in range(1, instances):
-        name = f"feedback-{i}"
+    started: list[str] = []
+
+    def start(name: str, more: dict[str, str]) -> None:
         stack.ports[name] = free_port()
-        env = {**stack.service_env("feedback"), "TSOP_HTTP_PORT": str(stack.ports[name]),
-               "TSOP_SHARD_INDEX": str(i), "TSOP_SHARD_COUNT": str(instances)}
+        env = {**stack.service_env("feedback"), "TSOP_HTTP_PORT": str(stack.ports[name]), **more}
         with (stack.logs / f"{name}.log").open("ab") as log:
             stack.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "tsop_feedback.main"], env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM),
             )
-        names.append(name)
-    if len(names) > 1:
-        stack.wait_ready(180, services=tuple(names[1:]))
+        started.append(name)
+
+    if api or workers:
+        for i in range(1, api):
+            start(f"feedback-api-{i}", {"TSOP_ROLE": "api"})
+            names.append(f"feedback-api-{i}")
+        for i in range(workers):
+            start(f"feedback-worker-{i}", {"TSOP_ROLE": "worker", "TSOP_SHARD_INDEX": str(i),
+                                           "TSOP_SHARD_COUNT": str(workers)})
+    else:
+        for i in range(1, instances):
+            start(f"feedback-{i}", {"TSOP_SHARD_INDEX": str(i), "TSOP_SHARD_COUNT": str(instances)})
+            names.append(f"feedback-{i}")
+    if started:
+        stack.wait_ready(180, services=tuple(started))
     return names
 
 

@@ -7,9 +7,13 @@ Resolved), waits until feedback has opened every rating window, and rates them: 
 /v1/tickets/{id}/rating`` with the channel's own bearer token over ``--connections`` keep-alive connections
 (closed loop), each ticket once.
 
+With ``--api-instances N --workers M`` feedback runs as process roles (``TSOP_ROLE``, docs/operations.md): N
+api processes, which the driver sends every rating to, and M worker processes (consumers, relay, timers and
+delivery workers); ``--instances`` (full processes) is then ignored.
+
 It reports accepted ratings/s (201), the answer's p50/p95/p99, every other answer by status, and CPU per
-rating per process; then checks on a sample that the ratings were recorded (closed, basis rated). Target
-(issue 11): ≥ 1,000 ratings/s accepted. Results: bench/results/ratings-*.json.
+rating per process and for all feedback processes together; then checks on a sample that the ratings were
+recorded (closed, basis rated). Target (issue 11): ≥ 1,000 ratings/s accepted. Results: bench/results/ratings-*.json.
 """
 
 from __future__ import annotations
@@ -61,8 +65,12 @@ async def windows_open(http: httpx.AsyncClient, stack: Stack, token: str, ticket
     return time.monotonic() - t0
 
 
-async def rate_all(stack: Stack, token: str, tickets: list[str], connections: int) -> dict[str, Any]:
-    ports = [port for name, port in stack.ports.items() if name == "feedback" or name.startswith("feedback-")]
+async def rate_all(stack: Stack, token: str, tickets: list[str], connections: int,
+                   targets: list[str] | None = None) -> dict[str, Any]:
+    """Rate every ticket over ``connections`` connections spread over the ``targets`` processes (default: every
+    feedback process)."""
+    ports = [port for name, port in stack.ports.items()
+             if (name in targets if targets is not None else name == "feedback" or name.startswith("feedback-"))]
     todo = list(tickets)
     statuses: Counter[int] = Counter()
     times: list[float] = []
@@ -110,18 +118,20 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     await events.start()
     try:
         async with httpx.AsyncClient(timeout=30) as http:
-            await asyncio.to_thread(more_instances, stack, args.instances)
+            targets = await asyncio.to_thread(more_instances, stack, args.instances, args.api_instances,
+                                              args.workers)
             channel_id, token = await events.channel()
             warm = await publish(events, channel_id, 200)
             await windows_open(http, stack, token, warm, args.timeout)
-            await rate_all(stack, token, warm, args.connections)  # warm-up: pools, caches, code paths
+            await rate_all(stack, token, warm, args.connections, targets)  # warm-up: pools, caches, code paths
             print(f"bench.ratings: publishing {args.tickets} resolved tickets", flush=True)
             tickets = await publish(events, channel_id, args.tickets)
             settled = await windows_open(http, stack, token, tickets, args.timeout)
             await asyncio.sleep(3.0)  # the result webhooks ("none": no callback) and the relay settle
             print(f"bench.ratings: rating {args.tickets} tickets over {args.connections} connections", flush=True)
             cpu0, load0 = cpu_seconds(stack), psutil.getloadavg()
-            result = await rate_all(stack, token, tickets, args.connections)
+            result = await rate_all(stack, token, tickets, args.connections, targets)
+            result["rated_by"] = targets
             cpu1 = cpu_seconds(stack)
             result["cpu_per_rating_ms"] = cpu_per(cpu0, cpu1, result["accepted"])
             result["cpu_per_rating_ms"]["feedback_all_instances"] = feedback_total(result["cpu_per_rating_ms"])
@@ -140,12 +150,23 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds feedback may take to open the windows")
     parser.add_argument("--instances", type=int, default=1,
-                        help="feedback processes; the connections are spread over them")
+                        help="feedback processes (role all); the connections are spread over them")
+    parser.add_argument("--api-instances", type=int, default=0,
+                        help="feedback processes with TSOP_ROLE=api; the connections are spread over them")
+    parser.add_argument("--workers", type=int, default=0, help="feedback processes with TSOP_ROLE=worker")
     args = parser.parse_args()
-    stack = feedback_stack("tsop-bench-ratings-", instances=args.instances)
+    roles = args.api_instances > 0 or args.workers > 0
+    if roles and (args.api_instances < 1 or args.workers < 1):
+        parser.error("process roles need at least one api process and one worker")
+    if roles:
+        args.instances = 1
+        stack = feedback_stack("tsop-bench-ratings-", env={"TSOP_ROLE": "api"})
+    else:
+        stack = feedback_stack("tsop-bench-ratings-", instances=args.instances)
     result = on_stack(stack, lambda: run(args, stack))
+    layout = {"api_instances": args.api_instances, "workers": args.workers} if roles else {}
     write("ratings", {**result, "targets": {"accepted_per_s": 1000}}, connections=args.connections,
-          instances=args.instances)
+          instances=args.instances, **layout)
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,8 @@ solved?" and reopening, closure bases, channel ownership, the policy file, sampl
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -198,6 +200,47 @@ def test_channel_credentials_from_the_bus_resolve_until_revoked() -> None:
     sink._process("x|0|channels|0", [Incoming("channels", 0, 3, "ch-1", env, revoked)], 3)
     view.refresh()
     assert view.principal(digest) is None
+
+
+def test_the_channel_view_never_holds_up_a_request_and_decodes_only_channel_events() -> None:
+    """Every request's credential is looked up on the event loop: it must not wait while a refresh (in a worker
+    thread) holds the view's lock through a read of the log. And the view decodes only the channel copies' events:
+    in an api process (``TSOP_ROLE=api``) it is the one follower refreshed on every save of a log of ratings."""
+    app, _ = make_app()
+    sink = FollowChannels(app.app)
+    digest = hash_token("tsop_ch_secret")
+    events: list[wire.ChannelEvent] = [
+        wire.ChannelRegistered(channel_id="ch-1", name="portal", kind="app", registered_at=NOW),
+        wire.ChannelCredentialIssued(channel_id="ch-1", credential_id="k1", token_sha256=digest, issued_at=NOW),
+    ]
+    for i, ev in enumerate(events, 1):
+        env = Envelope(f"e{i}", ev.event_type, "intake", NOW, None, None, None, b"{}")
+        sink._process("x|0|channels|0", [Incoming("channels", 0, i, ev.channel_id, env, ev)], i)
+    resolved(app, "t")
+    app.rate("t", 5, "quick")  # a rating's events in the log, after the channel's
+    view = app.app.channels
+    view.refresh()
+    kept = view.shared.kept
+    assert any(r.topic.startswith("tsop_feedback.domain:FeedbackCase.") for r in kept)
+    assert {r.topic.split(":")[1].split(".")[0] for r in kept if r.event is not None} == {"ChannelAccess"}
+
+    held, release = threading.Event(), threading.Event()
+
+    def refreshing() -> None:  # as a refresh reading the log in a worker thread
+        with view.lock:
+            held.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=refreshing)
+    thread.start()
+    held.wait(5)
+    started = time.monotonic()
+    who = view.principal(digest)
+    waited = time.monotonic() - started
+    release.set()
+    thread.join()
+    assert who is not None and who.channel_id == "ch-1" and who.subject == "channel:portal"
+    assert waited < 1.0
 
 
 @pytest.mark.parametrize(("data", "key"), [

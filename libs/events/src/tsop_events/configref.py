@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic.fields import FieldInfo
 
@@ -30,6 +30,8 @@ def _default(info: FieldInfo) -> str:
 
 
 def _kind(info: FieldInfo) -> str:
+    if get_origin(info.annotation) is Literal:
+        return "one of " + ", ".join(f"`{v}`" for v in get_args(info.annotation))
     text = getattr(info.annotation, "__name__", None) or str(info.annotation)
     return text.replace("typing.", "").replace("pathlib.", "").replace("NoneType", "None").replace(" | ", " or ")
 

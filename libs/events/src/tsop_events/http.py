@@ -28,7 +28,7 @@ from tsop_events.errors import DomainError
 from tsop_events.inbound import EdgeError, check_json, check_query
 from tsop_events.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from tsop_events.personal import Keyring, keyring_of
-from tsop_events.runtime import Runtime, Service
+from tsop_events.runtime import Parts, Runtime, Service
 from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp, IntegrityError, recorded_in_this_request, watch_recording
 from tsop_events.wake import wait_event
@@ -475,13 +475,13 @@ def create_app(
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
-        return {"status": "ok", "service": runtime.settings.service_name}
+        return {"status": "ok", "service": runtime.settings.service_name, "role": runtime.settings.role}
 
     @app.get("/readyz", tags=["operations"])
     async def readyz() -> Response:
         checks = runtime.readiness()
         ok = all(checks.values())
-        body: dict[str, Any] = {"ready": ok, "checks": checks}
+        body: dict[str, Any] = {"ready": ok, "role": runtime.settings.role, "checks": checks}
         if degraded := runtime.degraded():  # ready, but an operator is needed (see Runtime.degraded)
             body["degraded"] = degraded
         return JSONResponse(body, status_code=200 if ok else 503)
@@ -490,8 +490,11 @@ def create_app(
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    for router in routers:
-        app.include_router(router)
+    if Parts.of(runtime.settings.role).routes:
+        for router in routers:
+            app.include_router(router)
+    else:
+        worker_only(app, runtime.settings)
     foreign = tuple(prefix for prefix, _ in error_renderers)
 
     def openapi() -> dict[str, Any]:
@@ -503,6 +506,22 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def worker_only(app: FastAPI, settings: ServiceSettings) -> None:
+    """A ``worker`` process (``TSOP_ROLE=worker``) serves the operations endpoints only: any other path is answered
+    421 Misdirected Request (problem+json, or the path's own error format), which says where to send it. A worker
+    is never put behind the load balancer of the service's routes; its /readyz says whether its relay and
+    consumers run."""
+    detail = (f"this {settings.service_name} process has the worker role (TSOP_ROLE=worker): it serves /healthz, "
+              "/readyz and /metrics only; send requests to a process with the api or all role")
+
+    @app.api_route("/{path:path}", methods=ALL_METHODS, include_in_schema=False)
+    async def not_here(request: Request) -> Response:
+        return _render(request, 421, "Misdirected request", detail, role=settings.role)
 
 
 PROBLEM_SCHEMA: dict[str, Any] = {

@@ -4,6 +4,10 @@ Every service's ``bootstrap()`` builds one ``Service[App, Settings]`` and hands
 it to ``http.create_app``; the plumbing here is the same for all five. The two
 type parameters make ``svc.app``, ``svc.settings`` and ``svc.commands`` typed
 for the service's own code: no service locator, no ``isinstance`` checks.
+
+Process roles (``TSOP_ROLE``, ``Parts``): one process may do everything (``all``), only serve the routes
+(``api``) or only do the background work (``worker``). The service declares its parts once (sinks, tasks,
+followers, token resolvers); which of them a process starts is decided here, for all five services alike.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from tsop_events.news import announce as announce  # re-exported: tests and tool
 from tsop_events.personal import PostgresKeyring, keyring_of
 from tsop_events.relay import RELAY_DDL, SET_ASIDE_DDL, Mapper, Relay
 from tsop_events.schemas import CustomerDataErased
-from tsop_events.settings import ServiceSettings
+from tsop_events.settings import ProcessRole, ServiceSettings
 from tsop_events.stacks import dump_stacks
 from tsop_events.store import EventStoreApp, GroupCommit, ensure_database, schema_lock
 from tsop_events.topics import Topic
@@ -40,6 +44,24 @@ from tsop_events.wake import SAFETY_NET_SECONDS, Bell, Waiter, wait_event
 log = logging.getLogger(__name__)
 
 HEALTHY_SECONDS = 10.0  # a restarted background loop that ran this long without raising has recovered
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What a process of a given role starts (``Parts.of(role)``).
+
+    Every role opens the database and the event store (routes and consumers both save through it), listens for
+    the saves of the service's other processes, creates the sinks' tables (an ``api`` process's routes read the
+    projections, whether or not a worker has started yet) and runs the erasure listener (a broadcast: *every*
+    process must forget an erased customer's opened data, docs/erasure.md).
+    """
+
+    routes: bool  # the service's HTTP routes, the token resolvers and the followers (views the routes read)
+    work: bool  # the relay, the consumers (sinks) and the tasks (timers, delivery workers)
+
+    @staticmethod
+    def of(role: ProcessRole) -> Parts:
+        return Parts(routes=role != "worker", work=role != "api")
+
 
 A = TypeVar("A", bound=EventStoreApp, default=EventStoreApp, covariant=True)
 S = TypeVar("S", bound=ServiceSettings, default=ServiceSettings, covariant=True)
@@ -52,6 +74,9 @@ class Runtime(Generic[A, S]):
     mapper: Mapper | None = None
     sinks: list[Callable[[Runtime[A, S]], Sink]] = field(default_factory=list)
     tasks: list[Callable[[Runtime[A, S]], Awaitable[None]]] = field(default_factory=list)
+    # loops that keep the in-memory views the routes read current (credentials revoked by another instance):
+    # run by every process that serves the routes (``all``, ``api``), not by a ``worker``
+    followers: list[Callable[[Runtime[A, S]], Awaitable[None]]] = field(default_factory=list)
     ddl: list[str] = field(default_factory=list)
     token_resolvers: list[Callable[[Runtime[A, S]], TokenResolver]] = field(default_factory=list)
     commit_writers: int = 1  # group-commit batches written at once (see store.GroupCommit)
@@ -73,12 +98,20 @@ class Runtime(Generic[A, S]):
     _announced: set[str] = field(init=False, default_factory=set)
     _announcing: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     _resolvers: list[TokenResolver] = field(init=False, default_factory=list)
+    # the connection that hears other processes' saves: None where nothing is to be heard (no event store, or one
+    # that cannot NOTIFY), else whether it is open now (an ``api`` process's readiness)
+    saves_heard: bool | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         # what the service's background steps fail with now (timers, sweeps): /readyz degraded.failing
         self.faults = Faults(self.settings.service_name, logging.getLogger(f"tsop.{self.settings.service_name}"))
         # a malformed token table stops the service at start, not at the first request
         self.staff = load_token_table(self.settings.auth_tokens, self.settings.auth_tokens_file)
+        self.parts = Parts.of(self.settings.role)
+
+    @property
+    def role(self) -> ProcessRole:
+        return self.settings.role
 
     async def authenticate(self, token_hash: str) -> Principal | None:
         """The principal a token (by its SHA-256 hex) belongs to: configured staff, then the service's own."""
@@ -117,7 +150,7 @@ class Runtime(Generic[A, S]):
         await _retry(self.producer.start, "Kafka")
         self.epoch = EpochWatcher(s, self.producer)
         self._spawn("epoch", lambda: self.epoch.run())
-        if self.app_factory is not None and self.mapper is not None:
+        if self.app_factory is not None and self.mapper is not None and self.parts.work:
             relay = Relay(s.service_name, self.app, self.mapper, self.producer, self.pool, s, self.epoch)
             self.relay = relay
             self.epoch.subscribe(relay.on_epoch)  # a new epoch: republish from the start at once
@@ -136,13 +169,17 @@ class Runtime(Generic[A, S]):
                 loop.call_soon_threadsafe(self.saved.ring)
 
             self.app.on_saved(ring_saved)
+            self.saves_heard = False
             self._spawn("saves listener", self._listen_for_saves)
-        self._resolvers = [make(self) for make in self.token_resolvers]
+        if self.parts.routes:
+            self._resolvers = [make(self) for make in self.token_resolvers]
         sinks = [make_sink(self) for make_sink in self.sinks]
-        sinks.append(erasure_listener(self))  # every service forgets erased customers' keys and opened data
         async with schema_lock(s):  # the sinks' tables, one instance at a time (their runners skip their setup)
             for sink in sinks:
                 await sink.setup()
+        if not self.parts.work:
+            sinks = []  # an api process reads the sinks' tables; a worker fills them
+        sinks.append(erasure_listener(self))  # every process forgets erased customers' keys and opened data
         # the grouped sinks share one Kafka consumer (see ConsumerGroup); broadcasts (no group) keep one each
         grouped: list[ConsumerRunner] = []
         for sink in sinks:
@@ -166,8 +203,11 @@ class Runtime(Generic[A, S]):
                 runner.news = group.news  # rung by _heard for any of the group's topics
             self._spawn(f"consumer {group.group_id}", group.run)
         self._spawn("publish news", self._publish_news)
-        for task in self.tasks:
+        background = [*(self.followers if self.parts.routes else []), *(self.tasks if self.parts.work else [])]
+        for task in background:
             self._spawn(getattr(task, "__name__", "task"), lambda t=task: t(self))  # type: ignore[misc]
+        log.info("%s: role %s (routes %s, relay/consumers/tasks %s)", s.service_name, s.role,
+                 "yes" if self.parts.routes else "no", "yes" if self.parts.work else "no")
 
     def _spawn(self, name: str, make: Callable[[], Awaitable[None]]) -> None:
         """Run a background loop for the process's life: one that raises is restarted a second later, and what it
@@ -204,6 +244,7 @@ class Runtime(Generic[A, S]):
         """
         channel = getattr(self.app.recorder, "channel_name", None)
         if not channel:  # a store that cannot NOTIFY: the loops' safety net is their only wake-up
+            self.saves_heard = None
             return
         while True:
             try:
@@ -214,12 +255,14 @@ class Runtime(Generic[A, S]):
                 continue
             try:
                 await conn.add_listener(channel, lambda *_: self.saved.ring())
+                self.saves_heard = True
                 self.saved.ring()
                 while not conn.is_closed():
                     await asyncio.sleep(SAFETY_NET_SECONDS * 5)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("saves listener: %s; listening again", exc)
             finally:
+                self.saves_heard = False
                 with contextlib.suppress(Exception):
                     await conn.close()
 
@@ -265,6 +308,12 @@ class Runtime(Generic[A, S]):
                     await conn.close()
 
     def readiness(self) -> dict[str, bool]:
+        """What must work for this process to do its part. An ``api`` process needs its database (the connection
+        that hears the other processes' saves is open), not the broker: what it accepts is kept in the event store
+        and published by a worker's relay, so a broker outage takes no api process out of service. The others
+        need the broker's epoch, the relay and every consumer."""
+        if not self.parts.work:
+            return {} if self.saves_heard is None else {"database": self.saves_heard}
         checks = {"broker_epoch": self.epoch.epoch is not None}
         if self.relay is not None:
             checks["relay"] = self.relay.running

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ProcessRole = Literal["all", "api", "worker"]
+"""What one process of a service does (``TSOP_ROLE``, see docs/operations.md, "Process roles")."""
 
 
 class ServiceSettings(BaseSettings):
@@ -16,6 +19,12 @@ class ServiceSettings(BaseSettings):
 
     service_name: str = "tsop"
     """Names the service in events (`ce_source`) and its database `tsop_<name>` unless `TSOP_PG_DATABASE` is set."""
+    role: ProcessRole = "all"
+    """What this process does: `all` (the default) everything; `api` serves the HTTP routes (with the views and
+    credentials they read) and runs no consumers, no relay and no timers or delivery workers; `worker` runs the
+    consumers, the relay and the timers and delivery workers, and serves only `/healthz`, `/readyz` and
+    `/metrics` (every other path: 421). Any mix of processes of one service works together through its database
+    (see docs/operations.md, "Process roles")."""
     http_host: str = "127.0.0.1"
     """Where the service listens."""
     http_port: int = 8000

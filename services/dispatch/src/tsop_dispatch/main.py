@@ -12,7 +12,7 @@ from tsop_dispatch.api import router
 from tsop_dispatch.commands import DispatchApp
 from tsop_dispatch.policies import IncidentHolds, OpenWorkOrders
 from tsop_dispatch.sla import Policy
-from tsop_dispatch.views import timers
+from tsop_dispatch.views import follow_board, timers
 from tsop_dispatch.wire import WIRE
 from tsop_events.auth import Principal, Role, TokenResolver, followed_resolver
 from tsop_events.http import create_app, serve
@@ -88,6 +88,7 @@ def bootstrap(settings: DispatchSettings | None = None) -> DispatchService:
         mapper=WIRE,
         sinks=[OpenWorkOrders.of, IncidentHolds.of],
         tasks=[dispatch_timers],
+        followers=[follow_board],  # the board the routes read, technicians' credentials included
         token_resolvers=[technician_credentials],
     )
 

@@ -549,6 +549,15 @@ async def tick(svc: Service[DispatchApp], faults: Faults | None = None) -> dict[
     return {k: v or 0 for k, v in out.items()}
 
 
+async def follow_board(svc: Service[DispatchApp], every: float = 0.5) -> None:
+    """Keep the board current in a process that serves the routes (an ``api`` process runs no timers): a
+    technician's credential replaced through another instance is refused here within ``every`` seconds."""
+    wake = svc.waiter(saved=True, pace=every)  # any instance saved (NOTIFY), or the safety net
+    while True:
+        await asyncio.to_thread(svc.app.board.refresh)
+        await wake.wait()
+
+
 async def timers(svc: Service[DispatchApp], every: float) -> None:
     """The durable timers: a round when any instance saved (at most one per ``every`` seconds), and at least
     one a second for the due times (SLA thresholds, acceptance deadlines)."""

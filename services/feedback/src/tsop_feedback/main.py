@@ -82,7 +82,8 @@ def bootstrap(settings: FeedbackSettings | None = None) -> FeedbackService:
         app_factory=make_app,
         mapper=complaints.mapper(WIRE),
         sinks=[FollowTickets.of, FollowChannels.of, *complaints.SINKS, *incidents.SINKS],
-        tasks=[webhooks, notifications, rating_windows, follow_channels, *complaints.TASKS],
+        tasks=[webhooks, notifications, rating_windows, *complaints.TASKS],
+        followers=[follow_channels],  # the channel credentials the routes check
         token_resolvers=[channel_tokens],
         ddl=list(complaints.DDL),
     )

@@ -210,7 +210,13 @@ class Pending:
 
 
 class ChannelTokens(LogFollower):
-    """Channel systems' live credentials by token hash, from feedback's copies of intake's channel events."""
+    """Channel systems' live credentials by token hash, from feedback's copies of intake's channel events.
+
+    It decodes only the channel copies' events (``topics``): in a process that serves the routes and runs no
+    consumer (``TSOP_ROLE=api``) it is the one follower refreshed on every save, and the log is mostly ratings.
+    """
+
+    topics = (f"{ChannelAccess.__module__}:{ChannelAccess.__qualname__}.",)
 
     def __init__(self, app: commands.FeedbackApp) -> None:
         super().__init__(app)
@@ -230,14 +236,16 @@ class ChannelTokens(LogFollower):
             self.tokens.pop(e.token_hash, None)
 
     def principal(self, token_hash: str) -> Principal | None:
-        with self.lock:
-            found = self.tokens.get(token_hash)
-            if found is None:
-                return None
-            channel_id, credential_id = found
-            return Principal(f"channel:{self.names.get(channel_id) or channel_id}", frozenset({Role.channel}),
-                             channel_id=channel_id,
-                             attributes={"kind": self.kinds.get(channel_id), "credential_id": credential_id})
+        """Without the lock: called on the event loop for every request, it must not wait while a refresh holds the
+        lock through a read of the log. Each lookup is one dict read (atomic); a credential is known only after its
+        channel's name and kind, which ``apply`` sets first."""
+        found = self.tokens.get(token_hash)
+        if found is None:
+            return None
+        channel_id, credential_id = found
+        return Principal(f"channel:{self.names.get(channel_id) or channel_id}", frozenset({Role.channel}),
+                         channel_id=channel_id,
+                         attributes={"kind": self.kinds.get(channel_id), "credential_id": credential_id})
 
 
 async def follow_channels(svc: Service[commands.FeedbackApp], every: float = 0.5) -> None:
