@@ -70,6 +70,9 @@ class FakeEpoch:
     async def close(self) -> None:
         pass
 
+    def subscribe(self, listener: Any) -> None:
+        pass
+
 
 class FakeRelay:
     def __init__(self, name: str, *_: Any) -> None:
@@ -77,6 +80,9 @@ class FakeRelay:
         self.on_published: Any = None
 
     def wake(self) -> None:
+        pass
+
+    def on_epoch(self, *_: Any) -> None:
         pass
 
     async def run(self) -> None:
@@ -92,6 +98,19 @@ class FakeRunner:
 
     async def run(self) -> None:
         self.running = True
+        await asyncio.sleep(3600)
+
+
+class FakeGroup:
+    """The Kafka consumer grouped sinks share (``ConsumerGroup``): runs its runners."""
+
+    def __init__(self, runners: list[FakeRunner], *_: Any) -> None:
+        self.runners, self.news = runners, None
+        self.group_id = "+".join(sorted(r.sink.name for r in runners))
+
+    async def run(self) -> None:
+        for r in self.runners:
+            r.running = True
         await asyncio.sleep(3600)
 
 
@@ -136,6 +155,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(runtime_module, "EpochWatcher", FakeEpoch)
     monkeypatch.setattr(runtime_module, "Relay", FakeRelay)
     monkeypatch.setattr(runtime_module, "ConsumerRunner", FakeRunner)
+    monkeypatch.setattr(runtime_module, "ConsumerGroup", FakeGroup)
     monkeypatch.setattr(runtime_module, "GroupCommit", lambda *a, **k: object())
     monkeypatch.setattr(runtime_module, "Commands", lambda *a, **k: object())
     monkeypatch.setattr(runtime_module.asyncpg, "connect", unreachable)  # the news channel: retried, quietly
