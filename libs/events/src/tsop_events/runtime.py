@@ -239,8 +239,8 @@ class Runtime(Generic[A, S]):
     async def _listen_for_saves(self) -> None:
         """Ring ``saved`` on every save of any instance: the event store NOTIFYs its table's channel on insert.
 
-        One connection per process, LISTENing; checked (no round trip) every safety-net interval and opened
-        again if it dropped, with a ring then, as saves may have been missed meanwhile.
+        One connection per process, LISTENing; checked with a ``SELECT 1`` every five safety-net intervals and
+        opened again if it dropped or did not answer, with a ring then, as saves may have been missed meanwhile.
         """
         channel = getattr(self.app.recorder, "channel_name", None)
         if not channel:  # a store that cannot NOTIFY: the loops' safety net is their only wake-up
@@ -259,7 +259,10 @@ class Runtime(Generic[A, S]):
                 self.saved.ring()
                 while not conn.is_closed():
                     await asyncio.sleep(SAFETY_NET_SECONDS * 5)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    # one round trip: a server gone silently (no reset) leaves the connection looking open, and an
+                    # api process's readiness is this listener
+                    await asyncio.wait_for(conn.execute("SELECT 1"), SAFETY_NET_SECONDS)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("saves listener: %s; listening again", exc)
             finally:
                 self.saves_heard = False

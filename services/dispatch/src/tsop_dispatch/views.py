@@ -379,8 +379,9 @@ class Board(LogFollower):
             return out
 
     def technician_of(self, credential_hash: str) -> UUID | None:
-        with self.lock:
-            return self.credentials.get(credential_hash)
+        # one dict look-up (atomic under the GIL), not the board's lock: a refresh holds that lock through its read
+        # of the log in a thread, and this runs on the event loop for every technician's request
+        return self.credentials.get(credential_hash)
 
 
 # --- the timers ------------------------------------------------------------------------------------
@@ -551,7 +552,11 @@ async def tick(svc: Service[DispatchApp], faults: Faults | None = None) -> dict[
 
 async def follow_board(svc: Service[DispatchApp], every: float = 0.5) -> None:
     """Keep the board current in a process that serves the routes (an ``api`` process runs no timers): a
-    technician's credential replaced through another instance is refused here within ``every`` seconds."""
+    technician's credential replaced through another instance is refused here within ``every`` seconds. A process
+    that runs the timers needs nothing more (they refresh the board at every save; a second loop refreshing it
+    would only double the reads, and clear a timer round's reservations midway)."""
+    if svc.parts.work:
+        return
     wake = svc.waiter(saved=True, pace=every)  # any instance saved (NOTIFY), or the safety net
     while True:
         await asyncio.to_thread(svc.app.board.refresh)
