@@ -362,6 +362,8 @@ class ConsumerRunner:
         if self.consumer is not None:
             await refresh_metadata(self.consumer)
             await self.seek_stored(list(self.consumer.assignment()))
+            if self.news is not None:
+                self.news.ring()  # moved back in the new incarnation: read it now, paused or not
 
     def forget(self, partitions: list[TopicPartition]) -> None:
         """Drop what this runner knows of the partitions' positions (revoked, or a batch not applied)."""
@@ -411,7 +413,8 @@ class ConsumerRunner:
             await _poll(self.consumer, self.settings, self.news, self._handle_batch, self.fetched)
         finally:
             self.running = False
-            await _stop(self.consumer)
+            consumer, self.consumer = self.consumer, None  # an epoch change meanwhile skips a stopped client
+            await _stop(consumer)
 
     def fetched(self) -> None:
         """A fetch is back: the consumer flows (after a restart: recovered, see _restarting)."""
@@ -935,6 +938,8 @@ class ConsumerGroup:
         if self.consumer is not None:
             await refresh_metadata(self.consumer)
             await self.seek_stored(list(self.consumer.assignment()))
+            if self.news is not None:
+                self.news.ring()  # moved back in the new incarnation: read it now, paused or not
 
     async def seek_stored(self, partitions: list[TopicPartition]) -> None:
         """Seek each partition to the lowest position stored by the sinks that follow its topic."""
@@ -979,8 +984,10 @@ class ConsumerGroup:
         try:
             await _poll(consumer, self.settings, self.news, self._handle_batch, self._fetched)
         finally:
+            self.consumer = None  # an epoch change meanwhile skips a stopped client
             for runner in self.runners:
                 runner.running = False
+                runner.consumer = None
             await _stop(consumer)
 
     def _handle_batch(self, batch: dict[TopicPartition, list[Any]]) -> Awaitable[None]:

@@ -61,7 +61,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import httpx
 from prometheus_client import Counter
 
@@ -810,5 +809,5 @@ async def dead_letter(
         return
     try:  # rare (a delivery given up): a connection of its own; unannounced, the archive finds it at its safety net
         await announce(settings, {Topic.deadletter.qualified(settings.topic_prefix)})
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+    except Exception as exc:  # noqa: BLE001 - an announcement only hastens a consumer: never the delivery's failure
         log.warning("outbound %s %s: the dead letter was not announced: %s", purpose, key, exc)

@@ -313,11 +313,21 @@ class Relay:
         await lock.add_listener(channel, self._notified)
         # an operator's republish request (``python -m tsop_events.relay republish`` NOTIFYs it) and the loss of
         # this connection (so of the lead) wake the relay too: an idle relay needs no round each second
-        await lock.add_listener(request_channel(self.name), self._notified)
-        lock.add_termination_listener(self._notified)
+        await lock.add_listener(request_channel(self.name), self._requested)
+        lock.add_termination_listener(self._lost)
         return True
 
     def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    def _requested(self, *_: object) -> None:
+        """An operator's republish request: the next round maintains (republishes), however recent the last one."""
+        self._next_maintenance = 0.0
+        self._wake.set()
+
+    def _lost(self, *_: object) -> None:
+        """The leadership connection is gone: the next round checks the lead, however recent the last check."""
+        self._next_leader_check = 0.0
         self._wake.set()
 
     async def _publish_while_leading(self, lock: asyncpg.Connection) -> None:
@@ -582,6 +592,7 @@ class Relay:
         await self.epoch_watcher.wait_known()
         done, failed = 0, 0
         first_error = ""
+        topics: set[str] = set()
         for row in rows:
             nid = int(row["notification_id"])
             found = await asyncio.to_thread(self.app.recorder.select_notifications, nid, 1, nid)
@@ -596,6 +607,7 @@ class Relay:
                 elif prepared is not None:
                     try:
                         await (await self._send(prepared))
+                        topics.add(prepared.topic)
                     except PERMANENT as exc:
                         error = _error_text(exc)
             if error is None:
@@ -618,6 +630,8 @@ class Relay:
                 )
         if done:
             RELAY_PUBLISHED.labels(self.name).inc(done)
+        if topics and self.on_published is not None:
+            self.on_published(topics)  # paused consumers of those topics read them now, not at their safety net
         log.log(
             logging.ERROR if failed else logging.INFO,
             "relay %s: republished %d set-aside notification(s); %d still refused%s",

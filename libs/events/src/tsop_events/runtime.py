@@ -293,22 +293,32 @@ class Runtime(Generic[A, S]):
                 log.warning("publish news: %s; retrying", exc)
                 await asyncio.sleep(SAFETY_NET_SECONDS)
                 continue
+            topics: set[str] = set()
             try:
                 await conn.add_listener(NEWS_CHANNEL, lambda *args: self._heard(args[-1]))
+                conn.add_termination_listener(lambda *_: self._announcing.set())  # a lost connection: at once
+                self._ring_all()  # what was announced while no one of us listened: read now
                 while not conn.is_closed():
                     await wait_event(self._announcing, SAFETY_NET_SECONDS * 5)
                     self._announcing.clear()
                     topics, self._announced = self._announced, set()
                     if topics:
                         await conn.execute("SELECT pg_notify($1, $2)", NEWS_CHANNEL, ",".join(sorted(topics)))
+                        topics = set()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("publish news: %s; listening again", exc)
             finally:
-                for runner in self.runners:
-                    if runner.news is not None:
-                        runner.news.ring()
+                if topics:  # not sent: sent on the next connection
+                    self._announced |= topics
+                    self._announcing.set()
+                self._ring_all()
                 with contextlib.suppress(Exception):
                     await conn.close()
+
+    def _ring_all(self) -> None:
+        for runner in self.runners:
+            if runner.news is not None:
+                runner.news.ring()
 
     def readiness(self) -> dict[str, bool]:
         """What must work for this process to do its part. An ``api`` process needs its database (the connection

@@ -389,7 +389,9 @@ async def completion_deadlines(svc: Service[IntakeApp]) -> None:
     wake = svc.waiter(saved=True, pace=1.0)
     while True:
         await expire_pending(svc)
-        await wake.wait(until_next_deadline(svc.app))
+        # at least the pace: a deadline already past that the round could not settle (the index and the aggregate
+        # out of step a moment) is tried again a second later, not a hundred times a second
+        await wake.wait(max(wake.pace, until_next_deadline(svc.app)))
 
 
 def until_next_deadline(app: IntakeApp) -> float:
