@@ -407,9 +407,9 @@ class ConsumerRunner:
         group_id = f"{self.settings.topic_prefix}{self.sink.name}" if self.sink.grouped else None
         self.consumer = _consumer(self.settings, group_id)
         self.consumer.subscribe(sorted(self.topic_names), listener=_Rebalance(self))
-        await self.consumer.start()
-        self.running = True
         try:
+            await self.consumer.start()  # (a start that fails is stopped and dropped too)
+            self.running = True
             await _poll(self.consumer, self.settings, self.news, self._handle_batch, self.fetched)
         finally:
             self.running = False
@@ -978,10 +978,10 @@ class ConsumerGroup:
         for runner in self.runners:
             runner.consumer = consumer
         consumer.subscribe(sorted(self.topic_names), listener=_GroupRebalance(self))
-        await consumer.start()
-        for runner in self.runners:
-            runner.running = True
         try:
+            await consumer.start()  # (a start that fails is stopped and dropped too)
+            for runner in self.runners:
+                runner.running = True
             await _poll(consumer, self.settings, self.news, self._handle_batch, self._fetched)
         finally:
             self.consumer = None  # an epoch change meanwhile skips a stopped client
