@@ -3,6 +3,7 @@ notification is read and decoded once for all of them, and every follower still 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -238,3 +239,38 @@ def test_a_decode_that_straddles_an_erasure_keeps_nothing(monkeypatch: Any) -> N
     assert f.seen == written
     kept = SharedLog.of(app).kept
     assert kept[0].event is None and kept[1].event is not None
+
+
+def test_a_read_does_not_deadlock_with_a_refresh_that_takes_a_lock_of_its_own_first() -> None:
+    """Intake's index refreshes under a lock of its own, then takes ``lock`` to apply what it read; a ``read`` that
+    held ``lock`` while refreshing waited for that other lock while the refresh waited for ``lock``: for ever (an
+    intake in CI answered no request again)."""
+
+    class OwnLock(LogFollower):
+        def __init__(self, app: EventStoreApp) -> None:
+            super().__init__(app)
+            self.refreshing = threading.Lock()
+            self.inside, self.go = threading.Event(), threading.Event()
+
+        def apply(self, e: Any) -> None:
+            pass
+
+        def refresh(self) -> None:
+            with self.refreshing:
+                self.inside.set()
+                self.go.wait(5)
+                with self.lock:
+                    pass
+
+    f = OwnLock(EventStoreApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}))
+    refresher = threading.Thread(target=f.refresh, daemon=True)
+    refresher.start()
+    assert f.inside.wait(5)
+    answers: list[int] = []
+    reader = threading.Thread(target=lambda: answers.append(asyncio.run(f.read(lambda: 7))), daemon=True)
+    reader.start()
+    time.sleep(0.3)  # the read waits for the refresh under way
+    f.go.set()
+    refresher.join(10)
+    reader.join(10)
+    assert not refresher.is_alive() and not reader.is_alive() and answers == [7]

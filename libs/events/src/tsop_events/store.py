@@ -423,12 +423,17 @@ class LogFollower:
 
     async def read(self, view: Callable[[], V], refresh: bool = True) -> V:
         """``view()`` under the lock (after a refresh), in a worker thread: the event loop never waits for the lock,
-        which a refresh in another thread may hold for long (database reads, a replay of the log at start-up)."""
+        which a refresh in another thread may hold for long (database reads, a replay of the log at start-up).
+
+        The refresh runs before the lock is taken, not under it: a follower whose ``refresh`` takes a lock of its own
+        before this one (intake's index reads the log outside ``lock``) would otherwise deadlock with a refresh
+        called directly in another thread (each holding the lock the other waits for). The view sees at least what
+        the refresh read."""
 
         def run() -> V:
+            if refresh:
+                self.refresh()
             with self.lock:
-                if refresh:
-                    self.refresh()
                 return view()
 
         return await asyncio.to_thread(run)
