@@ -338,3 +338,16 @@ def test_the_erasure_listener_runs_in_every_role(offline: None) -> None:
 
     for role in ("all", "api", "worker"):
         assert any(asyncio.run(listeners(role))), role
+
+
+@pytest.mark.parametrize("role", ["all", "api", "worker"])
+def test_the_operations_endpoints_answer_head_and_a_trailing_slash_alike_in_every_role(role: ProcessRole) -> None:
+    """A load balancer's or an orchestrator's probe may use HEAD, or the path with a slash: the answer must not
+    depend on the process's role (before: 421 from a worker, 405 elsewhere for HEAD)."""
+    client, rt = http_app(role)
+    rt.saves_heard = True
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert client.head(path).status_code == 200, (role, path)
+        slashed = client.get(path + "/", follow_redirects=False)
+        assert slashed.status_code == 307 and slashed.headers["location"].endswith(path), (role, path, slashed)
+        assert client.get(path + "/").status_code == 200, (role, path)

@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -473,10 +473,13 @@ def create_app(
     app.add_middleware(Edge, limit=runtime.settings.max_body_bytes, renderers=tuple(error_renderers),
                        settings=runtime.settings, measure=True)
 
+    # probes may use HEAD: the operations endpoints answer it in every role (a worker's catch-all would say 421)
+    @app.head("/healthz", include_in_schema=False)
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": runtime.settings.service_name, "role": runtime.settings.role}
 
+    @app.head("/readyz", include_in_schema=False)
     @app.get("/readyz", tags=["operations"])
     async def readyz() -> Response:
         checks = runtime.readiness()
@@ -486,6 +489,7 @@ def create_app(
             body["degraded"] = degraded
         return JSONResponse(body, status_code=200 if ok else 503)
 
+    @app.head("/metrics", include_in_schema=False)
     @app.get("/metrics", tags=["operations"])
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -509,6 +513,8 @@ def create_app(
 
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+PROBE_METHODS = ["GET", "HEAD"]
+OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def worker_only(app: FastAPI, settings: ServiceSettings) -> None:
@@ -520,7 +526,11 @@ def worker_only(app: FastAPI, settings: ServiceSettings) -> None:
               "/readyz and /metrics only; send requests to a process with the api or all role")
 
     @app.api_route("/{path:path}", methods=ALL_METHODS, include_in_schema=False)
-    async def not_here(request: Request) -> Response:
+    async def not_here(request: Request, path: str) -> Response:
+        # an operations path with a trailing slash is redirected as in every other role (Starlette's
+        # redirect_slashes never sees it here: this catch-all matches first)
+        if (canonical := "/" + path.rstrip("/")) in OPERATIONS_PATHS and request.method in PROBE_METHODS:
+            return RedirectResponse(request.url.replace(path=canonical), status_code=307)
         return _render(request, 421, "Misdirected request", detail, role=settings.role)
 
 
