@@ -182,6 +182,42 @@ class NewEvents:
         return self.seen
 
 
+async def wait_archived(pool: asyncpg.Pool, ce_type: str, tickets: list[str], want: int, what: str,
+                        timeout: float) -> float:
+    """Until the archive holds ``want`` events of ``ce_type`` about ``tickets``. Polled from the last ``seq`` seen
+    (``seq > last``: what was stored since), and only the exact count (every event of the type about one of the
+    tickets: at 100,000 tickets a lookup of 100,000 keys, once ~800,000 index tuples) once that says all are there,
+    or after 2 s without news (an insert whose lower ``seq`` committed after a higher one is then counted too)."""
+    exact = "SELECT count(*) FROM archive_events WHERE ce_type = $2 AND key = ANY($1::text[])"
+    since = "SELECT count(*) FILTER (WHERE ce_type = $2), max(seq) FROM archive_events WHERE seq > $1"
+    top = "SELECT coalesce(max(seq), 0) FROM archive_events"
+
+    async def exactly() -> tuple[int, int]:  # the count, and a seq it counted everything up to (or more)
+        last = await count(pool, top)
+        return await count(pool, exact, tickets, ce_type), last
+
+    seen, last = await exactly()
+    progress = checked = time.perf_counter()
+    while True:
+        now = time.perf_counter()
+        if seen >= want or now - checked > 2.0:
+            got, at = await exactly()
+            checked = now = time.perf_counter()
+            if got >= want:
+                return now
+            if got != seen:
+                progress = now
+            seen, last = got, at
+        row = await pool.fetchrow(since, last, ce_type)
+        if row[1] is not None:
+            last = int(row[1])
+            if row[0]:
+                seen, progress = seen + int(row[0]), time.perf_counter()
+        if time.perf_counter() - progress > timeout:
+            raise TimeoutError(f"{what}: {seen} of {want}, no progress for {timeout:.0f} s")
+        await asyncio.sleep(0.5)
+
+
 async def wait_events(pool: asyncpg.Pool, counter: NewEvents, want: int, what: str, timeout: float) -> float:
     t0 = time.perf_counter()
     last, last_t = -1, t0
@@ -261,16 +297,14 @@ async def bulk(stack: Stack, n: int, stall: float, statements: bool = False) -> 
         resolved = await wait_events(pools["dispatch"], NewEvents("dispatchapp_events",
                                                                  "tsop_dispatch.domain:WorkOrder.Resolved"),
                                      n, "work orders resolved", stall)
-        dossier_sql = ("SELECT count(*) FROM archive_events WHERE ce_type = 'tsop.ticket.resolved.v1' "
-                       "AND key = ANY($1::text[])")
-        archived = await wait_count(pools["archive"], dossier_sql, n, "resolutions archived", stall, tickets)
+        archived = await wait_archived(pools["archive"], "tsop.ticket.resolved.v1", tickets, n, "resolutions archived",
+                                       stall)
         end = time.perf_counter()
         cpu1 = cpu_seconds(stack, own)
         # feedback's work on each Resolved (the result webhook settled: FeedbackSent) may finish after the figure's
         # end: wait for it too, so that the CPU per ticket counts everything the resolutions caused
-        sent_sql = ("SELECT count(*) FROM archive_events WHERE ce_type = 'tsop.ticket.feedback-sent.v1' "
-                    "AND key = ANY($1::text[])")
-        settled = await wait_count(pools["archive"], sent_sql, n, "feedback sent archived", stall, tickets)
+        settled = await wait_archived(pools["archive"], "tsop.ticket.feedback-sent.v1", tickets, n,
+                                      "feedback sent archived", stall)
         cpu2, own2 = cpu_seconds(stack, own), own_cpu(own)
         # intake's read models (request status, TMF621) follow the same events; nothing above waits for them, so
         # its share at "settled" may miss part of its work: the figures once intake holds every ticket as resolved
