@@ -70,3 +70,36 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, top: int = 25)
             for r in sorted(rows, key=lambda r: -r["ms"])[:top]
         ]
     return out
+
+
+_TABLES = """
+SELECT relname, seq_scan, seq_tup_read, coalesce(idx_scan, 0) AS idx_scan, coalesce(idx_tup_fetch, 0) AS idx_tup_fetch,
+       n_tup_ins, n_tup_upd, n_tup_del
+  FROM pg_stat_user_tables"""
+
+
+async def tables(dsn_of: dict[str, str]) -> dict[str, dict[str, dict[str, int]]]:
+    """Each database's tables' counters now (``pg_stat_user_tables`` is per database: one connection each)."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for db, dsn in dsn_of.items():
+        conn = await asyncpg.connect(dsn)
+        try:
+            out[db] = {r["relname"]: {k: int(v) for k, v in r.items() if k != "relname"}
+                       for r in await conn.fetch(_TABLES)}
+        finally:
+            await conn.close()
+    return out
+
+
+def tables_report(before: dict[str, Any], after: dict[str, Any], n: int, least: float = 0.5) -> dict[str, Any]:
+    """Per unit of work, per database and table: scans and the rows they read (sequential, by index) and wrote;
+    tables with less than ``least`` of every figure per unit left out."""
+    per = max(n, 1)
+    out: dict[str, Any] = {}
+    for db, tabs in after.items():
+        for name, row in tabs.items():
+            old = before.get(db, {}).get(name, {})
+            figs = {k: round((v - old.get(k, 0)) / per, 2) for k, v in row.items()}
+            if any(v >= least for v in figs.values()):
+                out.setdefault(db, {})[name] = figs
+    return out

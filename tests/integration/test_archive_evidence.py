@@ -24,6 +24,7 @@ from tsop_archive.main import ArchiveSettings
 from tsop_archive.projection import DDL, ArchiveStore, ticket_record
 from tsop_archive.records import projection as rp
 from tsop_archive.records.commands import (
+    HeadSeen,
     Signer,
     chain_and_checkpoint,
     expire_due,
@@ -246,6 +247,54 @@ async def test_the_chain_order_is_deterministic_under_concurrent_writers(archive
     assert await archive.pool.fetchval("SELECT count(*) FROM archive_chain") == 200
     v = await verify(archive.pool)
     assert v.ok and v.checked == 200 and v.checkpoints >= 2, v
+
+
+async def test_the_chainer_counts_from_the_head_it_read_and_every_checkpoint_counts_the_whole_chain(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each round of a chainer counts the chain's records from the head its round before read (``HeadSeen``), not
+    from the last checkpoint (up to ``archive_checkpoint_every`` links read again every round), or from a later
+    checkpoint another instance signed meanwhile; the count each checkpoint signs is still every link up to it."""
+    counted_from: list[int] = []
+    head = rp.chain_head
+
+    async def spied(pool: asyncpg.Pool, known_seq: int = 0, known_count: int = 0) -> rp.ChainHead | None:
+        counted_from.append(known_seq)
+        return await head(pool, known_seq, known_count)
+
+    monkeypatch.setattr(rp, "chain_head", spied)
+    seen = HeadSeen()
+
+    async def round_(mine: bool = True) -> None:
+        await chain_and_checkpoint(archive.pool, archive.signer, archive.clock.now(), 12, 3600, seen if mine else None)
+
+    async def top() -> int:
+        return int(await archive.pool.fetchval("SELECT max(seq) FROM archive_chain"))
+
+    await archive.deliver(lifecycle(str(uuid.uuid4()), "c1", T0))
+    await round_()  # the first checkpoint (5 records)
+    first = await top()
+    for _ in range(2):
+        await archive.deliver(lifecycle(str(uuid.uuid4()), "c1", T0))
+        await round_()
+    assert counted_from == [0, first, await top() - 5]  # the second round from the checkpoint, the third from its head
+    assert seen.head is not None and seen.head.count == 15 and seen.head.seq == await top()
+    await archive.deliver(lifecycle(str(uuid.uuid4()), "c1", T0))
+    await round_(mine=False)  # another instance: 15 records since the first checkpoint, so it signs one at 20
+    signed_at = await top()
+    await archive.deliver(lifecycle(str(uuid.uuid4()), "c1", T0))
+    await round_()  # from that checkpoint (later than this chainer's head)
+    assert counted_from[-1] == signed_at and seen.head.count == 25
+    for _ in range(2):
+        await archive.deliver(lifecycle(str(uuid.uuid4()), "c1", T0))
+        await round_()  # 30, then 35: 15 since the checkpoint at 20, signed
+    rows = await archive.pool.fetch("SELECT upto_seq, count FROM archive_checkpoints ORDER BY number")
+    assert [r["count"] for r in rows] == [5, 20, 35]
+    for r in rows:
+        assert r["count"] == await archive.pool.fetchval("SELECT count(*) FROM archive_chain WHERE seq <= $1",
+                                                         r["upto_seq"])
+    v = await verify(archive.pool)
+    assert v.ok and v.checked == 35 and v.checkpoints == 3, v
 
 
 async def test_expiry_keeps_the_chain_and_the_sealed_dossier_verifiable_and_a_hold_stops_it(

@@ -261,3 +261,42 @@ async def test_concurrent_batches_moving_the_same_values_neither_deadlock_nor_lo
         assert any(r[-1] > 1 for r in kept)  # values shared by several tickets
     finally:
         await pool.close()
+
+
+async def test_a_batch_of_tickets_is_written_with_one_statement_and_reads_back_as_it_was_folded(
+    pg: tuple[str, int],
+) -> None:
+    """``save_facts`` writes a batch's tickets (each once) with one statement per table: every column, the events
+    folded in (``seen``, in order) and the assignments read back as folded, over two batches (inserted, then
+    updated), and the same as a statement per ticket (a ticket twice in one call, which one statement cannot do)."""
+    rng = random.Random(5)
+    events = [e for _ in range(40) for e in lifecycle(rng, D0, timedelta(days=3), reopen=True)]
+    written: list[dict[str, TicketFacts]] = []
+    for twice in (False, True):
+        s = ServiceSettings(service_name=f"cells_{uuid.uuid4().hex[:8]}", pg_host=pg[0], pg_port=pg[1])
+        await ensure_database(s, list(DDL))
+        pool = await asyncpg.create_pool(s.pg_dsn(), min_size=1, max_size=2)
+        try:
+            facts: dict[str, TicketFacts] = {}
+            for half in (events[: len(events) // 2], events[len(events) // 2:]):
+                before = dict(facts)
+                for ticket, event_id, event_type, body, at in half:
+                    facts[ticket] = fold_once(facts.get(ticket) or TicketFacts(ticket), event_id, event_type, body,
+                                              at)
+                dirty = sorted({t for t, *_ in half})
+                batch = [facts[t] for t in dirty] + ([facts[dirty[0]]] if twice else [])
+                async with pool.acquire() as conn, conn.transaction():
+                    await save_facts(conn, batch, [before[t] for t in dirty if t in before])
+            rows = {r["ticket_id"]: r for r in await pool.fetch("SELECT * FROM stats_tickets")}
+            held: dict[str, list[Any]] = {}
+            for a in await pool.fetch("SELECT * FROM stats_assignments"):
+                held.setdefault(a["ticket_id"], []).append(a)
+            back = {t: facts_of(r, held.get(t, [])) for t, r in rows.items()}
+            assert back == facts
+            assert all(tuple(rows[t][c] for c in FACT_COLUMNS) == row_of(f)[: len(FACT_COLUMNS)]
+                       for t, f in facts.items())
+            assert any(len(f.seen) > 3 for f in facts.values()) and any(f.assignments for f in facts.values())
+            written.append(back)
+        finally:
+            await pool.close()
+    assert written[0] == written[1]

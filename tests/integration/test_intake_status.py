@@ -7,8 +7,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 
 from tsop_events import schemas as wire
+from tsop_events.batched import Statements
 from tsop_events.consumer import OFFSETS_DDL, Incoming
 from tsop_events.envelope import wrap
 from tsop_events.settings import ServiceSettings
@@ -164,3 +166,92 @@ async def test_a_batch_moves_the_status_and_calls_back_as_its_records_one_by_one
                              "t-late": "reopened", "u-assigned": "assigned"}
     tid = uuid.UUID(t)
     assert calls == [("finished", tid), ("finished", tid), ("finished", tid), ("reopened", tid)]
+
+
+async def test_a_batch_of_many_tickets_is_one_statement_with_the_effect_of_its_records_one_by_one(
+    pg: tuple[str, int], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tickets that appear once in a batch are moved with one statement for them all (``projection.MANY``); a
+    ticket that appears twice still with a statement per record. The status, ``since``, history and callbacks are
+    those of the records applied one at a time: a move forward, a late outcome that moves nothing (its history
+    keeps the status it leaves), a redelivery of an event applied in an earlier batch (no entry, no callback), a
+    newer reopening, a first event."""
+    topic = "tsop.tickets"
+    s = NOW
+    a, b, c, d, e, f = (str(uuid.uuid4()) for _ in range(6))
+
+    def resolved(t: str, at: datetime) -> wire.Resolved:
+        return wire.Resolved(ticket_id=t, work_order_id="wo", technician_id="x", resolution_code="ok", summary="ok",
+                             resolved_at=at)
+
+    def sent(t: str, at: datetime) -> wire.FeedbackSent:
+        return wire.FeedbackSent(ticket_id=t, channel="webhook", attempts=1, status_code=204,
+                                 rating_due_at=at + timedelta(days=1), sent_at=at)
+
+    before: list[tuple[wire.TicketEvent, str, int]] = [
+        (resolved(a, s), "a-res", 0),
+        (resolved(b, s), "b-res", 0), (wire.Closed(ticket_id=b, reason="rated", closed_at=s), "b-closed", 1),
+        (resolved(c, s), "c-res", 0),
+        (resolved(d, s), "d-res", 0), (wire.Closed(ticket_id=d, reason="rated", closed_at=s), "d-closed", 2),
+    ]
+    batch: list[tuple[wire.TicketEvent, str, int]] = [
+        (sent(a, s), "a-sent", 3),  # moves on
+        (sent(b, s), "b-sent", 3),  # late: b stays closed
+        (resolved(c, s), "c-res", 0),  # applied in an earlier batch
+        (wire.Reopened(ticket_id=d, reason_code="not_solved", reason="down", requested_by="customer",
+                       reopen_count=1, reopened_at=s + timedelta(seconds=10)), "d-reopened", 10),
+        (wire.Assigned(ticket_id=e, work_order_id="wo", technician_id="y", reason="best", candidates=[],
+                       assigned_at=s), "e-assigned", 0),  # a first event
+        (wire.Assigned(ticket_id=f, work_order_id="wo", technician_id="y", reason="best", candidates=[],
+                       assigned_at=s), "f-assigned", 0),  # f twice: a statement each
+        (resolved(f, s), "f-res", 5),
+    ]
+    records = [Incoming(topic, 0, i, ev.ticket_id, wrap(ev, event_id=eid, source="test",
+                                                       time=s + timedelta(seconds=sec)), ev)
+               for i, (ev, eid, sec) in enumerate([*before, *batch])]
+    first, rest = records[:len(before)], records[len(before):]
+    one_by_one: list[str] = []
+    original = RequestStatusProjection._status
+
+    def counted(self: RequestStatusProjection, statements: Statements, incoming: Incoming) -> None:
+        one_by_one.append(incoming.envelope.id)
+        original(self, statements, incoming)
+
+    monkeypatch.setattr(RequestStatusProjection, "_status", counted)
+    seen = []
+    for batched in (False, True):
+        settings = ServiceSettings(service_name=f"status_it_{uuid.uuid4().hex[:8]}", pg_host=pg[0], pg_port=pg[1])
+        await ensure_database(settings, (*RequestStatusProjection.ddl, OFFSETS_DDL))
+        pool = await asyncpg.create_pool(settings.pg_dsn(), min_size=1, max_size=2)
+        calls: list[tuple[str, uuid.UUID]] = []
+
+        def note(what: str, into: list[tuple[str, uuid.UUID]] = calls) -> Callable[[uuid.UUID], None]:
+            return lambda x: into.append((what, x))
+
+        projection = RequestStatusProjection(pool, on_finished=note("finished"), on_reopened=note("reopened"))
+        try:
+            for r in first:
+                await projection.process("ep", topic, 0, [r], r.offset)
+            calls.clear()
+            one_by_one.clear()
+            if batched:
+                await projection.process("ep", topic, 0, rest, rest[-1].offset)
+            else:
+                for r in rest:
+                    await projection.process("ep", topic, 0, [r], r.offset)
+            status = await pool.fetch("SELECT ticket_id, status, rank, updated_at, since FROM request_status "
+                                      "ORDER BY ticket_id")
+            history = await pool.fetch("SELECT * FROM request_history ORDER BY event_id")
+            seen.append(([tuple(r) for r in status], [tuple(r) for r in history], sorted(calls)))
+        finally:
+            await pool.close()
+    assert one_by_one == ["f-assigned", "f-res"]  # the batched run's: every other record in the one statement
+    assert seen[1] == seen[0]
+    status, history, calls = seen[1]
+    assert {str(r[0]): r[1] for r in status} == {a: "feedback_sent", b: "closed", c: "resolved", d: "reopened",
+                                                 e: "assigned", f: "resolved"}
+    assert {r[0]: r[3] for r in history if r[0] in ("b-sent", "d-reopened")} == {"b-sent": "closed",
+                                                                               "d-reopened": "reopened"}
+    ids = {x: uuid.UUID(x) for x in (a, b, c, d, e, f)}
+    assert calls == sorted([("finished", ids[a]), ("finished", ids[b]), ("reopened", ids[d]),
+                            ("finished", ids[f])])

@@ -3,6 +3,7 @@ archive announced, with the incidents tickets were linked to (an erasure a hold 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 from uuid import UUID
@@ -42,6 +43,37 @@ REOPENED = wire.Reopened.event_type
 FINISHED = frozenset({"resolved", "feedback_sent", "rated", "closed", "archived", "cancelled"})
 
 
+# forward only within a round: a late or re-delivered event never moves a request back, except a newer reopening,
+# which starts a round (its time is ``since``; events from before it leave the status as is)
+_MOVES = """ON CONFLICT (ticket_id) DO UPDATE SET status = EXCLUDED.status, rank = EXCLUDED.rank,
+                 updated_at = EXCLUDED.updated_at, since = COALESCE(EXCLUDED.since, request_status.since)
+                 WHERE CASE WHEN EXCLUDED.since IS NOT NULL
+                       THEN request_status.since IS NULL OR request_status.since < EXCLUDED.since
+                       ELSE request_status.rank < EXCLUDED.rank
+                            AND (request_status.since IS NULL OR request_status.since <= EXCLUDED.updated_at) END"""
+
+# ``_status``'s statement for many records, each of another ticket: one row per record, its ordinal ``n`` and
+# ``after`` (its history entry's status; NULL for a redelivery). As there, every subquery reads the rows as they
+# were before the statement: a ticket the statement did not move keeps its status
+MANY = f"""WITH u AS (
+             SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::int[],
+                                  $7::timestamptz[]) WITH ORDINALITY AS u(event_id, ticket_id, event_type, status, at,
+                                                                         rank, since, n)),
+           moved AS (
+             INSERT INTO request_status (ticket_id, status, rank, updated_at, since)
+             SELECT ticket_id, status, rank, at, since FROM u ORDER BY ticket_id
+             {_MOVES}
+             RETURNING ticket_id, status),
+           recorded AS (
+             INSERT INTO request_history
+             SELECT u.event_id, u.ticket_id, u.event_type,
+                    COALESCE(m.status, (SELECT s.status FROM request_status s WHERE s.ticket_id = u.ticket_id),
+                             u.status), u.at
+             FROM u LEFT JOIN moved m ON m.ticket_id = u.ticket_id
+             ON CONFLICT DO NOTHING RETURNING event_id, status)
+         SELECT u.n, r.status AS after FROM u LEFT JOIN recorded r ON r.event_id = u.event_id"""
+
+
 class RequestStatusProjection(BatchedSink):
     name: ClassVar[str] = "intake-status"
     event_types: ClassVar[frozenset[str] | None] = frozenset(STATUS_OF)
@@ -67,12 +99,32 @@ class RequestStatusProjection(BatchedSink):
         self.on_reopened = on_reopened  # e.g. put it back there
 
     async def apply_batch(self, conn: asyncpg.Connection, records: Sequence[Incoming]) -> None:
-        """A batch's statements as one pipelined run (``tsop_events.batched``), in order; then the callbacks."""
+        """The records of tickets that appear once in the batch with one statement for them all (``MANY``); a
+        ticket's several records with a statement each, pipelined in order (``tsop_events.batched``): one
+        statement cannot update a row twice. The tickets' rows are disjoint, so the effect is the records' one by
+        one. Then the callbacks, in the batch's order."""
+        tickets = Counter(r.key for r in records)
+        single = [i for i, r in enumerate(records) if tickets[r.key] == 1]
+        afters: list[str | None] = [None] * len(records)
+        if len(single) > 1:
+            envs = [records[i].envelope for i in single]
+            statuses = [STATUS_OF[e.type] for e in envs]
+            for row in await conn.fetch(
+                MANY, [e.id for e in envs], [records[i].key for i in single], [e.type for e in envs], statuses,
+                [e.time for e in envs], [RANK[s] for s in statuses],
+                [e.time if e.type == REOPENED else None for e in envs],
+            ):
+                afters[single[row["n"] - 1]] = row["after"]
+            rest = [i for i in range(len(records)) if tickets[records[i].key] != 1]
+        else:
+            rest = list(range(len(records)))
         statements = Statements()
-        for incoming in records:
-            self._status(statements, incoming)
-        for incoming, row in zip(records, await statements.run(conn), strict=True):
-            after = None if row is None else row["after"]  # the status after it (None: a redelivery)
+        for i in rest:
+            self._status(statements, records[i])
+        for i, row in zip(rest, await statements.run(conn), strict=True):
+            afters[i] = None if row is None else row["after"]
+        for incoming, after in zip(records, afters, strict=True):
+            # after: the status after it (None: a redelivery)
             reopening = incoming.envelope.type == REOPENED
             if after in FINISHED and self.on_finished is not None and incoming.key:
                 self.on_finished(UUID(incoming.key))
@@ -88,14 +140,9 @@ class RequestStatusProjection(BatchedSink):
         # Its history entry records the status the request has after it (a FeedbackSent after Closed leaves it
         # closed). One row, always: its ``after`` is NULL for a redelivery, recorded before.
         statements.add(
-            """WITH moved AS (
+            f"""WITH moved AS (
                  INSERT INTO request_status (ticket_id, status, rank, updated_at, since) VALUES ($2, $4, $6, $5, $7)
-                 ON CONFLICT (ticket_id) DO UPDATE SET status = EXCLUDED.status, rank = EXCLUDED.rank,
-                 updated_at = EXCLUDED.updated_at, since = COALESCE(EXCLUDED.since, request_status.since)
-                 WHERE CASE WHEN EXCLUDED.since IS NOT NULL
-                       THEN request_status.since IS NULL OR request_status.since < EXCLUDED.since
-                       ELSE request_status.rank < EXCLUDED.rank
-                            AND (request_status.since IS NULL OR request_status.since <= EXCLUDED.updated_at) END
+                 {_MOVES}
                  RETURNING status)
                , recorded AS (INSERT INTO request_history VALUES ($1, $2, $3,
                  COALESCE((SELECT status FROM moved), (SELECT status FROM request_status WHERE ticket_id = $2), $4),

@@ -173,16 +173,30 @@ def raw_public(pem: bytes) -> bytes:
 # --------------------------------------------------------------------------- chain, checkpoints, verify
 
 
+@dataclass
+class HeadSeen:
+    """The chain's head as a round of the chainer last read it (``chain_and_checkpoint``): the next round counts
+    the links from there, not from the last checkpoint (up to ``archive_checkpoint_every`` links, each round)."""
+
+    head: rp.ChainHead | None = None
+
+
 async def chain_and_checkpoint(
-    pool: asyncpg.Pool, signer: Signer, now: datetime, every: int, seconds: float
+    pool: asyncpg.Pool, signer: Signer, now: datetime, every: int, seconds: float, seen: HeadSeen | None = None
 ) -> int:
     """Link what is new; sign the head when ``every`` records or ``seconds`` have passed since the last
-    checkpoint (and something is new). Returns how many records were linked."""
+    checkpoint (and something is new). Returns how many records were linked. ``seen``: the head an earlier round
+    of this chainer read (updated here), to count the chain's records from."""
     linked = await rp.chain_pending(pool)
     last = await rp.last_checkpoint(pool)
-    head = await rp.chain_head(pool, *((last.upto_seq, last.count) if last is not None else (0, 0)))
+    known = (last.upto_seq, last.count) if last is not None else (0, 0)
+    if seen is not None and seen.head is not None and seen.head.seq > known[0]:
+        known = (seen.head.seq, seen.head.count)
+    head = await rp.chain_head(pool, *known)
     if head is None:
         return linked
+    if seen is not None:
+        seen.head = head
     if last is not None and last.upto_seq >= head.seq:
         return linked
     since = head.count - (last.count if last is not None else 0)

@@ -220,7 +220,9 @@ class ChainHead:
 
 async def chain_head(pool: asyncpg.Pool, known_seq: int = 0, known_count: int = 0) -> ChainHead | None:
     """The last link, and how many records the chain holds up to it: counted from a known point (the last
-    checkpoint's), so a round reads only what is new."""
+    checkpoint's, or the head an earlier round read: links are only ever appended above the last one, by one
+    writer at a time, and never changed or removed, so the count up to a link read once stays true), so a round
+    reads only what is new."""
     row = await pool.fetchrow(
         "SELECT seq, link, (SELECT count(*) FROM archive_chain WHERE seq > $1) AS n FROM archive_chain "
         "ORDER BY seq DESC LIMIT 1",

@@ -279,6 +279,27 @@ UPSERT_TICKET = (
 )
 UPSERT_ASSIGNMENT = """INSERT INTO stats_assignments VALUES ($1, $2, $3, $4, $5, $6, $7)
     ON CONFLICT (ticket_id, n) DO UPDATE SET ended_at = EXCLUDED.ended_at, outcome = EXCLUDED.outcome"""
+# the same for many tickets (each once) in one statement: one array per column; ``seen`` (an array per ticket, which
+# unnest cannot take as a column) as the JSON text of each ticket's list
+_TICKET_TYPES = {"ticket_id": "text", "channel": "text", "service_type": "text", "region": "text", "priority": "int",
+                 **dict.fromkeys(TIMES, "timestamptz"), "reject_reason": "text", "resolutions": "int",
+                 "reopens": "int", "respond_breached": "boolean", "resolve_breached": "boolean", "score": "int",
+                 "first_fix": "boolean", "resolved_by": "text", "seen": "text", "assign_seconds": "float8",
+                 "resolve_seconds": "float8"}
+_TICKET_ROW = (*FACT_COLUMNS, "assign_seconds", "resolve_seconds")
+UPSERT_TICKETS = (
+    f"INSERT INTO stats_tickets ({', '.join(_TICKET_ROW)}) "
+    "SELECT " + ", ".join(
+        "ARRAY(SELECT e FROM jsonb_array_elements_text(u.seen::jsonb) WITH ORDINALITY AS s(e, i) ORDER BY i)"
+        if c == "seen" else f"u.{c}" for c in _TICKET_ROW)
+    + f" FROM unnest({', '.join(f'${i + 1}::{_TICKET_TYPES[c]}[]' for i, c in enumerate(_TICKET_ROW))})"
+    f" AS u({', '.join(_TICKET_ROW)}) ON CONFLICT (ticket_id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _TICKET_ROW[1:])
+)
+UPSERT_ASSIGNMENTS = """INSERT INTO stats_assignments
+    SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
+                         $7::text[])
+    ON CONFLICT (ticket_id, n) DO UPDATE SET ended_at = EXCLUDED.ended_at, outcome = EXCLUDED.outcome"""
 
 
 @dataclass
@@ -386,11 +407,20 @@ async def save_facts(
 ) -> None:
     """Write the tickets' facts, and move their contributions in the per-day cells from what they were
     (``before``: the same tickets as they were read) to what they are, in the same transaction."""
-    await conn.executemany(UPSERT_TICKET, [row_of(f) for f in facts])
-    await conn.executemany(UPSERT_ASSIGNMENT, [
-        (f.ticket_id, a.n, a.work_order_id, a.technician_id, a.assigned_at, a.ended_at, a.outcome)
-        for f in facts for a in f.assignments
-    ])
+    assignments = [(f.ticket_id, a.n, a.work_order_id, a.technician_id, a.assigned_at, a.ended_at, a.outcome)
+                   for f in facts for a in f.assignments]
+    if len({f.ticket_id for f in facts}) == len(facts):  # one statement each for all (a row is updated once)
+        rows = [row_of(f) for f in facts]
+        seen = _TICKET_ROW.index("seen")
+        await conn.execute(UPSERT_TICKETS, *(
+            [orjson.dumps(r[i]).decode() for r in rows] if i == seen else [r[i] for r in rows]
+            for i in range(len(_TICKET_ROW))
+        ))
+        if assignments:
+            await conn.execute(UPSERT_ASSIGNMENTS, *([a[i] for a in assignments] for i in range(7)))
+    else:  # a ticket twice: in order, a statement per row
+        await conn.executemany(UPSERT_TICKET, [row_of(f) for f in facts])
+        await conn.executemany(UPSERT_ASSIGNMENT, assignments)
     deltas = cell_deltas(before, facts)
     if not deltas:
         return

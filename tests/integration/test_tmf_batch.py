@@ -1,0 +1,147 @@
+"""TMF621's read model applied a batch at a time (real PostgreSQL): one statement per table for the whole batch,
+and the same rows as record by record — the tickets, their status history, the X-Total-Count rows, the ids applied.
+While a listener is registered, a batch goes record by record: each notification shows the ticket as its own event
+left it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tsop_events import schemas as wire
+from tsop_events.consumer import OFFSETS_DDL, Incoming
+from tsop_events.envelope import wrap
+from tsop_events.settings import ServiceSettings
+from tsop_events.store import ensure_database
+from tsop_intake.tmf import hub
+from tsop_intake.tmf.projection import DDL, TmfTicketProjection
+
+NOW = datetime(2026, 6, 1, 9, tzinfo=UTC)
+TOPIC = "tsop.tickets"
+
+
+def submitted(t: str, severity: str | None = None) -> wire.RequestSubmitted:
+    return wire.RequestSubmitted(
+        ticket_id=t, channel=wire.Channel("web"), channel_id="portal", customer_id="c1",
+        customer_tier=wire.CustomerTier.gold, region="north", service_type="broadband.fault_repair",
+        description="no line", time_requirement=wire.TimeRequirement(),
+        submitted_at=NOW, attributes={"severity": severity} if severity else {},
+    )
+
+
+def accepted(t: str, minutes: int) -> wire.RequestAccepted:
+    return wire.RequestAccepted(ticket_id=t, service_type="broadband.fault_repair", region="north", priority=2,
+                                customer_tier=wire.CustomerTier.gold, accepted_at=NOW + timedelta(minutes=minutes))
+
+
+def resolved(t: str, minutes: int) -> wire.Resolved:
+    return wire.Resolved(ticket_id=t, work_order_id="wo", technician_id="x", resolution_code="fixed",
+                         summary="line up", resolved_at=NOW + timedelta(minutes=minutes))
+
+
+def record(offset: int, ev: wire.TicketEvent, event_id: str, minutes: int) -> Incoming:
+    env = wrap(ev, event_id=event_id, source="test", time=NOW + timedelta(minutes=minutes))
+    return Incoming(TOPIC, 0, offset, ev.ticket_id, env, ev)
+
+
+def scenario() -> tuple[list[tuple[wire.TicketEvent, str, int]], list[tuple[wire.TicketEvent, str, int]]]:
+    """(applied before the batch, the batch): one ticket's whole working life in the batch, a reopening and a
+    closure of a ticket resolved before, a ticket never seen submitted, a redelivery of an event applied before
+    and an event twice in the batch, tickets submitted in the batch (one with a severity)."""
+    t1, t3, t4, t5, t6, t7 = (str(uuid.uuid4()) for _ in range(6))
+    before = [
+        (submitted(t1), "t1-sub", 0),
+        (submitted(t3), "t3-sub", 0), (accepted(t3, 1), "t3-acc", 1), (resolved(t3, 5), "t3-res", 5),
+        (submitted(t5), "t5-sub", 0),
+    ]
+    batch: list[tuple[wire.TicketEvent, str, int]] = [
+        (accepted(t1, 1), "t1-acc", 1),
+        (wire.AssignmentAccepted(ticket_id=t1, work_order_id="wo", technician_id="x",
+                                 accepted_at=NOW + timedelta(minutes=2)), "t1-aa", 2),
+        (submitted(t6, "High"), "t6-sub", 2),
+        (wire.WorkStarted(ticket_id=t1, work_order_id="wo", technician_id="x", mode="on_site",
+                          started_at=NOW + timedelta(minutes=3)), "t1-ws", 3),
+        (wire.Reopened(ticket_id=t3, reason_code="not_solved", reason="still down", requested_by="portal",
+                       reopen_count=1, reopened_at=NOW + timedelta(minutes=6)), "t3-reo", 6),
+        (wire.WorkPaused(ticket_id=t1, work_order_id="wo", technician_id="x", kind="held", reason="outage",
+                         paused_at=NOW + timedelta(minutes=4)), "t1-wp", 4),
+        (accepted(t4, 1), "t4-acc", 1),  # never seen submitted: nothing to show
+        (submitted(t5), "t5-sub", 0),  # applied before
+        (accepted(t5, 1), "t5-acc", 1),
+        (accepted(t5, 1), "t5-acc", 1),  # twice in the batch: applied at its first
+        (resolved(t1, 7), "t1-res", 7),
+        (submitted(t7), "t7-sub", 7),
+        (resolved(t3, 8), "t3-res2", 8),
+        (wire.Closed(ticket_id=t3, reason="rated", closed_at=NOW + timedelta(minutes=9)), "t3-closed", 9),
+    ]
+    return before, batch
+
+
+async def read_model(pool: asyncpg.Pool) -> dict[str, Any]:
+    return {
+        "tickets": [tuple(r) for r in await pool.fetch(
+            "SELECT ticket_id, status, status_change_date, status_change_reason, severity, ticket_type, priority_name, "
+            "channel_id, customer_id, external_id, creation_date, last_update, deleted, doc::text FROM tmf_ticket "
+            "ORDER BY ticket_id")],
+        "history": [tuple(r) for r in await pool.fetch("SELECT * FROM tmf_status_change ORDER BY ticket_id, seq")],
+        "counts": [tuple(r) for r in await pool.fetch("SELECT * FROM tmf_ticket_counts ORDER BY 1, 2, 3, 4, 5, 6")],
+        "applied": [r[0] for r in await pool.fetch("SELECT event_id FROM tmf_applied ORDER BY 1")],
+        "deliveries": [tuple(r) for r in await pool.fetch(
+            "SELECT event_id, ticket_id, event_name, payload::text FROM tmf_hub_delivery ORDER BY event_id")],
+    }
+
+
+async def run(pg: tuple[str, int], batched: bool, listener: bool, between: Callable[[], None]) -> dict[str, Any]:
+    before, batch = scenario.cache  # type: ignore[attr-defined]
+    settings = ServiceSettings(service_name=f"tmf_it_{uuid.uuid4().hex[:8]}", pg_host=pg[0], pg_port=pg[1])
+    await ensure_database(settings, (OFFSETS_DDL, *DDL, *hub.DDL))
+    pool = await asyncpg.create_pool(settings.pg_dsn(), min_size=1, max_size=2)
+    try:
+        if listener:
+            await pool.execute("INSERT INTO tmf_hub (id, callback, owner, created_at) VALUES ($1, $2, $3, $4)",
+                               uuid.uuid4(), "http://127.0.0.1:9/hub", "portal", NOW)
+        projection = TmfTicketProjection(pool, hub.Outbox())
+        records = [record(i, ev, eid, m) for i, (ev, eid, m) in enumerate([*before, *batch])]
+        first, rest = records[:len(before)], records[len(before):]
+        for r in first:
+            await projection.process("ep", TOPIC, 0, [r], r.offset)
+        between()
+        if batched:
+            await projection.process("ep", TOPIC, 0, rest, rest[-1].offset)
+        else:
+            for r in rest:
+                await projection.process("ep", TOPIC, 0, [r], r.offset)
+        return await read_model(pool)
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("listener", [False, True], ids=["no-listener", "listener"])
+async def test_a_batch_leaves_the_read_model_as_its_records_one_by_one_do(
+    pg: tuple[str, int], monkeypatch: pytest.MonkeyPatch, listener: bool,
+) -> None:
+    scenario.cache = scenario()  # type: ignore[attr-defined]  # the same tickets in both databases
+    one_by_one: list[str] = []
+    original = TmfTicketProjection._apply_one
+
+    async def counted(self: TmfTicketProjection, conn: asyncpg.Connection, incoming: Incoming) -> None:
+        one_by_one.append(incoming.envelope.id)
+        await original(self, conn, incoming)
+
+    monkeypatch.setattr(TmfTicketProjection, "_apply_one", counted)
+    alone = await run(pg, batched=False, listener=listener, between=one_by_one.clear)
+    together = await run(pg, batched=True, listener=listener, between=one_by_one.clear)
+    batch = scenario.cache[1]  # type: ignore[attr-defined]
+    # without a listener the batch's statements are one per table; with one, record by record
+    assert one_by_one == ([eid for _, eid, _ in batch] if listener else [])
+    assert together == alone
+    # what the scenario is about, so that equal is not equally empty
+    statuses = {str(t[0]): t[1] for t in together["tickets"]}
+    assert len(statuses) == 5 and "resolved" in statuses.values() and "closed" in statuses.values()
+    assert len(together["history"]) >= 8 and any(n == 0 for *_, n in together["counts"])
+    assert bool(together["deliveries"]) == listener
