@@ -668,3 +668,31 @@ async def test_an_anonymised_raw_body_keeps_none_of_its_bytes(archive: Archive) 
     d = await svc.commands.run(lambda uow: uow.find(Dossier, dossier_id(t)))
     events, _ = await ticket_record(svc.pool, TICKETS, t)
     assert d is not None and d.verified(events, await rp.witnesses(svc.pool, d.event_ids))
+
+
+async def test_a_chainer_whose_remembered_head_is_gone_counts_from_the_checkpoint_again(archive: Archive) -> None:
+    """The database went back under a running chainer (a failover to a standby that lacked the last commits, a
+    restore to a point in time): the head it remembers is no longer in the chain. It must not count from that head
+    (signing counts of links that no longer exist, which ``verify`` would not catch), but from the last checkpoint."""
+    seen = HeadSeen()
+
+    async def round_() -> None:
+        await chain_and_checkpoint(archive.pool, archive.signer, archive.clock.now(), 12, 3600, seen)
+
+    await archive.deliver(lifecycle(str(uuid.uuid4()), "c1", T0))
+    await round_()  # the first checkpoint (5 records)
+    first = int(await archive.pool.fetchval("SELECT max(seq) FROM archive_chain"))
+    await archive.deliver(lifecycle(str(uuid.uuid4()), "c1", T0))
+    await round_()  # remembers the head at 10 records
+    assert seen.head is not None and seen.head.count == 10
+    # the last lifecycle's records and links are gone, as after the database went back in time
+    await tamper(archive.pool, "archive_chain", "DELETE FROM archive_chain WHERE seq > $1", first)
+    await tamper(archive.pool, "archive_events", "DELETE FROM archive_events WHERE seq > $1", first)
+    for _ in range(3):  # 15 records since the checkpoint: the next is signed
+        await archive.deliver(lifecycle(str(uuid.uuid4()), "c1", T0))
+        await round_()
+    rows = await archive.pool.fetch("SELECT upto_seq, count FROM archive_checkpoints ORDER BY number")
+    assert len(rows) == 2
+    for r in rows:
+        assert r["count"] == await archive.pool.fetchval("SELECT count(*) FROM archive_chain WHERE seq <= $1",
+                                                         r["upto_seq"]), [tuple(x) for x in rows]

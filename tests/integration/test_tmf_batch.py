@@ -145,3 +145,29 @@ async def test_a_batch_leaves_the_read_model_as_its_records_one_by_one_do(
     assert len(statuses) == 5 and "resolved" in statuses.values() and "closed" in statuses.values()
     assert len(together["history"]) >= 8 and any(n == 0 for *_, n in together["counts"])
     assert bool(together["deliveries"]) == listener
+
+
+async def test_a_listener_registered_while_a_batch_is_applied_waits_for_it_to_commit(pg: tuple[str, int]) -> None:
+    """The batch decides once whether a listener exists; one registered after that decision and committed before
+    the batch would be told of none of the batch's changes. So a registration waits until the batch commits (and
+    is then told of what follows), never slipping in between the check and the commit."""
+    before, batch = scenario()
+    settings = ServiceSettings(service_name=f"tmf_it_{uuid.uuid4().hex[:8]}", pg_host=pg[0], pg_port=pg[1])
+    await ensure_database(settings, (OFFSETS_DDL, *DDL, *hub.DDL))
+    pool = await asyncpg.create_pool(settings.pg_dsn(), min_size=2, max_size=2)
+    try:
+        projection = TmfTicketProjection(pool, hub.Outbox())
+        records = [record(i, ev, eid, m) for i, (ev, eid, m) in enumerate([*before, *batch])]
+        async with pool.acquire() as applying, pool.acquire() as registering:
+            async with applying.transaction():
+                await projection.apply_batch(applying, records)
+                await registering.execute("SET lock_timeout = '300ms'")
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    await registering.execute(
+                        "INSERT INTO tmf_hub (id, callback, owner, created_at) VALUES ($1, $2, $3, $4)",
+                        uuid.uuid4(), "http://127.0.0.1:9/hub", "portal", NOW)
+            await registering.execute("INSERT INTO tmf_hub (id, callback, owner, created_at) VALUES ($1, $2, $3, $4)",
+                                      uuid.uuid4(), "http://127.0.0.1:9/hub", "portal", NOW)
+        assert await pool.fetchval("SELECT count(*) FROM tmf_ticket") > 0
+    finally:
+        await pool.close()

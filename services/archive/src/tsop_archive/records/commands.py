@@ -190,7 +190,12 @@ async def chain_and_checkpoint(
     linked = await rp.chain_pending(pool)
     last = await rp.last_checkpoint(pool)
     known = (last.upto_seq, last.count) if last is not None else (0, 0)
-    if seen is not None and seen.head is not None and seen.head.seq > known[0]:
+    if seen is not None and seen.head is not None and seen.head.seq > known[0] \
+            and await rp.link_at(pool, seen.head.seq) == seen.head.link:
+        # the head read before is still there with its link, so every link below it is too (they commit in
+        # order): its count holds. A head gone or changed (the database went back under this process: a failover
+        # to a standby that lacked the last commits, a restore) is forgotten, and the count starts again from the
+        # last checkpoint
         known = (seen.head.seq, seen.head.count)
     head = await rp.chain_head(pool, *known)
     if head is None:

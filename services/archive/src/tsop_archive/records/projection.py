@@ -231,6 +231,11 @@ async def chain_head(pool: asyncpg.Pool, known_seq: int = 0, known_count: int = 
     return None if row is None else ChainHead(int(row["seq"]), known_count + int(row["n"]), bytes(row["link"]))
 
 
+async def link_at(pool: asyncpg.Pool, seq: int) -> bytes | None:
+    link = await pool.fetchval("SELECT link FROM archive_chain WHERE seq = $1", seq)
+    return None if link is None else bytes(link)
+
+
 async def chained_since(pool: asyncpg.Pool, seq: int) -> int:
     return int(await pool.fetchval("SELECT count(*) FROM archive_chain WHERE seq > $1", seq))
 

@@ -122,11 +122,20 @@ class TmfTicketProjection(BatchedSink):
         super().__init__(pool)
         self.outbox = outbox  # notifications written with the change
 
+    @staticmethod
+    async def _listened(conn: asyncpg.Connection) -> bool:
+        """Whether a listener is registered, decided once for the batch: the listeners are locked against new ones
+        until the batch commits (``SHARE``: batches of other partitions read them alike), so a registration never
+        lands between this answer and the batch's commit, told of none of its changes; it waits and hears what
+        follows."""
+        await conn.execute("LOCK TABLE tmf_hub IN SHARE MODE")
+        return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM tmf_hub)"))
+
     async def apply_batch(self, conn: asyncpg.Connection, records: Sequence[Incoming]) -> None:
         todo = [r for r in records if isinstance(r.event, wire.TicketEvent)]
         if not todo:
             return
-        if len(todo) == 1 or (self.outbox is not None and await conn.fetchval("SELECT EXISTS (SELECT 1 FROM tmf_hub)")):
+        if len(todo) == 1 or (self.outbox is not None and await self._listened(conn)):
             for incoming in todo:
                 await self._apply_one(conn, incoming)
             return
