@@ -25,6 +25,21 @@ def incoming(event: wire.TicketEvent, at: datetime, offset: int) -> Incoming:
     return Incoming("tsop.tickets", 0, offset, event.ticket_id, env, event)
 
 
+async def status_projection(
+    pg: tuple[str, int],
+) -> tuple[asyncpg.Pool, RequestStatusProjection, list[tuple[str, uuid.UUID]]]:
+    """A status projection on a database of its own, and the callbacks it made (finished, reopened)."""
+    settings = ServiceSettings(service_name=f"status_it_{uuid.uuid4().hex[:8]}", pg_host=pg[0], pg_port=pg[1])
+    await ensure_database(settings, (*RequestStatusProjection.ddl, OFFSETS_DDL))
+    pool = await asyncpg.create_pool(settings.pg_dsn(), min_size=1, max_size=2)
+    calls: list[tuple[str, uuid.UUID]] = []
+
+    def note(what: str) -> Callable[[uuid.UUID], None]:
+        return lambda x: calls.append((what, x))
+
+    return pool, RequestStatusProjection(pool, on_finished=note("finished"), on_reopened=note("reopened")), calls
+
+
 async def test_a_late_feedback_sent_never_moves_a_closed_or_archived_request_back(pg: tuple[str, int]) -> None:
     settings = ServiceSettings(service_name=f"status_it_{uuid.uuid4().hex[:8]}", pg_host=pg[0], pg_port=pg[1])
     await ensure_database(settings, RequestStatusProjection.ddl)
@@ -139,15 +154,7 @@ async def test_a_batch_moves_the_status_and_calls_back_as_its_records_one_by_one
                for i, (e, eid) in enumerate(events)]
     seen = []
     for batched in (False, True):
-        settings = ServiceSettings(service_name=f"status_it_{uuid.uuid4().hex[:8]}", pg_host=pg[0], pg_port=pg[1])
-        await ensure_database(settings, (*RequestStatusProjection.ddl, OFFSETS_DDL))
-        pool = await asyncpg.create_pool(settings.pg_dsn(), min_size=1, max_size=2)
-        calls: list[tuple[str, uuid.UUID]] = []
-
-        def note(what: str, into: list[tuple[str, uuid.UUID]] = calls) -> Callable[[uuid.UUID], None]:
-            return lambda x: into.append((what, x))
-
-        projection = RequestStatusProjection(pool, on_finished=note("finished"), on_reopened=note("reopened"))
+        pool, projection, calls = await status_projection(pg)
         try:
             if batched:
                 await projection.process("ep", topic, 0, records, records[-1].offset)
@@ -220,15 +227,7 @@ async def test_a_batch_of_many_tickets_is_one_statement_with_the_effect_of_its_r
     monkeypatch.setattr(RequestStatusProjection, "_status", counted)
     seen = []
     for batched in (False, True):
-        settings = ServiceSettings(service_name=f"status_it_{uuid.uuid4().hex[:8]}", pg_host=pg[0], pg_port=pg[1])
-        await ensure_database(settings, (*RequestStatusProjection.ddl, OFFSETS_DDL))
-        pool = await asyncpg.create_pool(settings.pg_dsn(), min_size=1, max_size=2)
-        calls: list[tuple[str, uuid.UUID]] = []
-
-        def note(what: str, into: list[tuple[str, uuid.UUID]] = calls) -> Callable[[uuid.UUID], None]:
-            return lambda x: into.append((what, x))
-
-        projection = RequestStatusProjection(pool, on_finished=note("finished"), on_reopened=note("reopened"))
+        pool, projection, calls = await status_projection(pg)
         try:
             for r in first:
                 await projection.process("ep", topic, 0, [r], r.offset)
