@@ -6,18 +6,21 @@ topic from the start (in-memory store)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import partial
 
 from tests.feedback_sync import service
 from tests.unit.test_feedback_notifications import NOW, Bus, make_app, submitted
 from tsop_events import schemas as wire
-from tsop_events.consumer import Incoming
+from tsop_events.consumer import Incoming, UnitOfWork
 from tsop_events.envelope import Envelope
 from tsop_feedback import commands
 from tsop_feedback.commands import FeedbackApp
 from tsop_feedback.domain import FeedbackCase, Notification
-from tsop_feedback.incidents.domain import ticket_incident_id
-from tsop_feedback.incidents.policies import IncidentNotices
+from tsop_feedback.incidents.domain import notice_id, ticket_incident_id
+from tsop_feedback.incidents.policies import IncidentNotices, tell_waiting
+from tsop_feedback.incidents.views import LinkedTickets
 
 INC = "inc-1"
 
@@ -185,3 +188,86 @@ def test_a_chunk_records_nothing_for_tickets_known_to_have_no_callback() -> None
     assert records == {ticket_incident_id("t1")}
     assert list(app.repository.event_store.get(ticket_incident_id("s1"))) == []
     assert [(n.ticket_id, n.step) for n in queued(app)] == [("t1", "incident_linked")]
+
+
+def waiting(app: FeedbackApp) -> list[str]:
+    board = LinkedTickets.of(app)
+    board.refresh()
+    return board.waiting_tickets()
+
+
+def tell_waiting_now(app: FeedbackApp) -> int:
+    """One round of the waiting notices' timer (``incidents.main.waiting_notices``)."""
+    board = LinkedTickets.of(app)
+    board.refresh()
+    return asyncio.run(service(app).commands.run(partial(tell_waiting, app=app, tickets=board.waiting_tickets())))
+
+
+def test_a_link_that_comes_before_the_tickets_submission_is_told_once_the_case_opens() -> None:
+    """The incidents topic and the tickets topic are not ordered with each other: a ticket's link (and a status
+    fanned out to it) can reach feedback before its submission. The notices wait on the ticket's record and are
+    queued, in order and once, when the case opens; before that, a round of the timer keeps them waiting."""
+    app, _ = make_app()
+    bus = Bus(app)
+    inc = Incidents(app)
+    inc(declared(), linked("t1", 1), redeliver=True)
+    inc(wire.IncidentAcknowledged(incident_id=INC, acknowledged_by="m", acknowledged_at=at(2)))
+    assert queued(app) == []
+    record = app.repository.get(ticket_incident_id("t1"))
+    assert [(w.step, w.stamp) for w in record.waiting] == [("incident_linked", at(1)), ("incident_in_progress", None)]
+    assert tell_waiting_now(app) == 0  # the case is not open yet: they keep waiting
+    assert waiting(app) == ["t1"]
+    bus(submitted("t1", "https://ok.example/t1"))
+    assert tell_waiting_now(app) == 1
+    got = queued(app)
+    assert [(n.ticket_id, n.step) for n in got] == [("t1", "incident_linked"), ("t1", "incident_in_progress")]
+    assert {n.id for n in got} == {notice_id(INC, "t1", "incident_linked", at(1)),
+                                   notice_id(INC, "t1", "incident_in_progress")}
+    assert "broadband outage in north" in got[0].text and got[0].url == "https://ok.example/t1"
+    assert waiting(app) == []
+    assert tell_waiting_now(app) == 0
+    inc(linked("t1", 1))  # redelivered after all that: nothing again
+    inc.replay()
+    assert len(queued(app)) == 2
+    # later notices go at once, as for any ticket
+    inc(wire.ServiceRestored(incident_id=INC, note="ok", restored_by="m", restored_at=at(3)))
+    assert [n.step for n in queued(app)][-1] == "incident_restored"
+
+
+def test_a_case_opened_while_the_links_batch_was_being_decided_is_told() -> None:
+    """The race seen in the e2e run: the link batch read the cases (the case absent), then the submission's batch
+    committed the case, then the link batch saved. The notice waits and is queued by the next round."""
+    app, _ = make_app()
+    bus = Bus(app)
+    inc = Incidents(app)
+    inc(declared())
+
+    class Racing(IncidentNotices):
+        def prefetch(self, uow: UnitOfWork, records: Sequence[Incoming]) -> None:
+            super().prefetch(uow, records)
+            bus(submitted("t1", "https://ok.example/t1"))  # committed after this batch read the cases
+
+    inc.sink = Racing(app)
+    inc(linked("t1", 1))
+    assert queued(app) == []
+    assert tell_waiting_now(app) == 1
+    assert [(n.ticket_id, n.step) for n in queued(app)] == [("t1", "incident_linked")]
+
+
+def test_waiting_notices_are_dropped_when_nobody_can_be_told() -> None:
+    """A case that opens with no callback, or an incident resolved before the case opens (the ticket's own
+    resolution tells its customer): the wait ends with nothing queued."""
+    app, _ = make_app()
+    bus = Bus(app)
+    inc = Incidents(app)
+    inc(declared(), linked("t-silent", 1), linked("t-late", 1))
+    bus(submitted("t-silent", "https://ok.example/x").model_copy(update={"callback_url": None}))
+    assert tell_waiting_now(app) == 1
+    assert waiting(app) == ["t-late"]
+    inc(wire.IncidentResolved(incident_id=INC, resolution_code="restored", summary="ok", advice=None,
+                              tickets_linked=2, resolved_by="m", resolved_at=at(2)))
+    assert tell_waiting_now(app) == 1
+    bus(submitted("t-late", "https://ok.example/t-late"))
+    assert tell_waiting_now(app) == 0
+    assert queued(app) == []
+    assert waiting(app) == []

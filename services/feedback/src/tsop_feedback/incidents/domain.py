@@ -1,12 +1,15 @@
 """What feedback keeps of the incidents, to tell the customers of linked tickets how their incident goes (§5.3).
 
 ``IncidentBrief`` (one per incident): its title, which status notices were sent (in progress, restored) and whether
-it is resolved. ``TicketIncident`` (one per ticket): the incident it is linked to now, and per incident the latest
-link or unlink applied (its time), so a redelivered or replayed link or unlink changes nothing. No I/O.
+it is resolved. ``TicketIncident`` (one per ticket): the incident it is linked to now, per incident the latest
+link or unlink applied (its time), so a redelivered or replayed link or unlink changes nothing, and the notices that
+wait for the ticket's case (an incident's link can reach feedback before the ticket's submission does: the two come
+on different topics). No I/O.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
@@ -98,11 +101,25 @@ class TicketIncident(Aggregate):
         incident_id: str
         at: datetime
 
+    class NoticeWaiting(Aggregate.Event):
+        """A notice that could not be queued: feedback had not opened the ticket's case yet."""
+
+        incident_id: str
+        step: str
+        at: datetime
+        stamp: datetime | None
+
+    class WaitOver(Aggregate.Event):
+        """The waiting notices were queued (the case opened) or dropped (nobody to tell, or the incident ended)."""
+
+        told: int
+
     @event(Started)
     def __init__(self, id: UUID, ticket_id: str) -> None:  # noqa: A002
         self.ticket_id = ticket_id
         self.incident_id: str | None = None
         self.latest: dict[str, tuple[datetime, str]] = {}  # incident → (time, linked | unlinked) last applied
+        self.waiting: list[Waiting] = []  # notices to queue when the case opens, in the order they came
 
     def _news(self, incident_id: str, at: datetime, kind: str) -> bool:
         last = self.latest.get(incident_id)
@@ -131,3 +148,36 @@ class TicketIncident(Aggregate):
     def _unlinked(self, incident_id: str, at: datetime) -> None:
         self.incident_id = None
         self.latest[incident_id] = (at, "unlinked")
+
+    def wait(self, incident_id: str, step: str, at: datetime, stamp: datetime | None) -> bool:
+        """Keep a notice until the ticket's case opens; False if it waits already (a redelivered cause)."""
+        if any(w.key() == (incident_id, step, stamp) for w in self.waiting):
+            return False
+        self._notice_waiting(incident_id=incident_id, step=step, at=at, stamp=stamp)
+        return True
+
+    @event(NoticeWaiting)
+    def _notice_waiting(self, incident_id: str, step: str, at: datetime, stamp: datetime | None) -> None:
+        self.waiting.append(Waiting(incident_id, step, at, stamp))
+
+    def end_wait(self, told: int) -> bool:
+        """The notices that waited are queued or dropped (``told`` of them queued); none waiting: nothing recorded."""
+        if not self.waiting:
+            return False
+        self._wait_over(told=told)
+        return True
+
+    @event(WaitOver)
+    def _wait_over(self, told: int) -> None:
+        self.waiting = []
+
+
+@dataclass(frozen=True)
+class Waiting:
+    incident_id: str
+    step: str
+    at: datetime
+    stamp: datetime | None  # the link's or unlink's time, part of the notice's id (None for a status notice)
+
+    def key(self) -> tuple[str, str, datetime | None]:
+        return self.incident_id, self.step, self.stamp

@@ -49,7 +49,7 @@ class IncidentNotices(EventStoreSink):
     def __init__(self, app: FeedbackApp) -> None:
         super().__init__(app)
         self.feedback = app
-        self.linked = LinkedTickets(app)
+        self.linked = LinkedTickets.of(app)
         self.silent: set[str] = set()  # tickets of this batch known to have no callback: nobody to tell
 
     @classmethod
@@ -142,16 +142,50 @@ class IncidentNotices(EventStoreSink):
         if ticket_id in self.silent:
             return  # its case has no callback: nobody to tell
         case = uow.find(FeedbackCase, case_id(ticket_id))
-        if case is None or not case.callback_url:
-            return  # a ticket feedback never followed, or with nowhere to post: nobody to tell
-        nid = notice_id(brief.incident_id, ticket_id, step, stamp)
-        if uow.find(Notification, nid) is not None:
+        if case is None:
+            # not opened yet as far as this batch knows: the ticket's submission comes on another topic and may
+            # not have been applied (or was committed after this batch read the cases); the notice waits for it
+            self.ticket(uow, ticket_id).wait(brief.incident_id, step, at, stamp)
             return
-        access = uow.find(ChannelAccess, access_id(case.channel_id)) if case.channel_id else None
-        kind, language = (access.template, access.language) if access else (default_template(""), "zh")
-        payload: dict[str, str | None] = {
-            "ticket_id": ticket_id, "incident_id": brief.incident_id, "incident_title": brief.title, "at": when(at)}
-        uow.add(Notification(
-            id=nid, ticket_id=ticket_id, step=step, url=case.callback_url, template=kind, language=language,
-            text=self.feedback.templates.render(kind, language, step, payload), payload=payload, queued_at=at,
-        ))
+        queue_notice(uow, self.feedback, brief, case, step, at, stamp)
+
+
+def queue_notice(uow: UnitOfWork, app: FeedbackApp, brief: IncidentBrief, case: FeedbackCase, step: str,
+                 at: datetime, stamp: datetime | None) -> bool:
+    """Queue one notice to the customer of ``case`` through its channel's template; False if it has nowhere to post
+    (no callback) or was queued already (its id follows from the cause)."""
+    if not case.callback_url:
+        return False
+    ticket_id = case.ticket_id
+    nid = notice_id(brief.incident_id, ticket_id, step, stamp)
+    if uow.find(Notification, nid) is not None:
+        return False
+    access = uow.find(ChannelAccess, access_id(case.channel_id)) if case.channel_id else None
+    kind, language = (access.template, access.language) if access else (default_template(""), "zh")
+    payload: dict[str, str | None] = {
+        "ticket_id": ticket_id, "incident_id": brief.incident_id, "incident_title": brief.title, "at": when(at)}
+    uow.add(Notification(
+        id=nid, ticket_id=ticket_id, step=step, url=case.callback_url, template=kind, language=language,
+        text=app.templates.render(kind, language, step, payload), payload=payload, queued_at=at,
+    ))
+    return True
+
+
+def tell_waiting(uow: UnitOfWork, app: FeedbackApp, tickets: Sequence[str]) -> int:
+    """The notices of ``tickets`` that waited for their cases: queued, in the order they came, once the case is
+    open; dropped when it opened with no callback or their incident is resolved (its tickets' own resolutions tell
+    the customers); kept while the case is still not open. How many tickets' waits ended."""
+    uow.preload([*(ticket_incident_id(t) for t in tickets), *(case_id(t) for t in tickets)])
+    records = [r for t in tickets if (r := uow.find(TicketIncident, ticket_incident_id(t))) is not None and r.waiting]
+    uow.preload({brief_id(w.incident_id) for r in records for w in r.waiting})
+    IncidentNotices.preload_channels(uow, (r.ticket_id for r in records))
+    ended = 0
+    for record in records:
+        case = uow.find(FeedbackCase, case_id(record.ticket_id))
+        briefs = [(w, uow.find(IncidentBrief, brief_id(w.incident_id))) for w in record.waiting]
+        live = [(w, b) for w, b in briefs if b is not None and not b.resolved]
+        if case is None and live:
+            continue  # still not open: the notices keep waiting
+        told = sum(queue_notice(uow, app, b, case, w.step, w.at, w.stamp) for w, b in live) if case else 0
+        ended += record.end_wait(told)
+    return ended

@@ -22,6 +22,16 @@ class LinkedTickets(LogFollower):
         # so a notice skips reading their cases (an incident's fan-out over all its tickets). Forgotten when the case
         # closes, so it holds open cases only; a ticket not in it has its case read, as before.
         self.no_callback: set[str] = set()
+        self.waiting: set[str] = set()  # tickets with notices waiting for their case (``TicketIncident.waiting``)
+
+    @staticmethod
+    def of(app: EventStoreApp) -> LinkedTickets:
+        """The app's one board (the incident notices' consumer and the waiting notices' timer share it)."""
+        board: LinkedTickets | None = getattr(app, "_tsop_linked_tickets", None)
+        if board is None:
+            board = LinkedTickets(app)
+            app._tsop_linked_tickets = board  # type: ignore[attr-defined]
+        return board
 
     def apply(self, event: Any) -> None:
         if isinstance(event, FeedbackCase.Opened):
@@ -31,6 +41,12 @@ class LinkedTickets(LogFollower):
             self.no_callback.discard(event.ticket_id)
         elif isinstance(event, TicketIncident.Started):
             self.tickets[event.originator_id] = event.ticket_id
+        elif isinstance(event, TicketIncident.NoticeWaiting | TicketIncident.WaitOver):
+            ticket = self.tickets.get(event.originator_id)
+            if ticket is not None and isinstance(event, TicketIncident.NoticeWaiting):
+                self.waiting.add(ticket)
+            elif ticket is not None:
+                self.waiting.discard(ticket)
         elif isinstance(event, TicketIncident.Linked | TicketIncident.Unlinked):
             ticket = self.tickets.get(event.originator_id)
             if ticket is None:
@@ -47,6 +63,11 @@ class LinkedTickets(LogFollower):
         case closed, is not among them: its case is read)."""
         with self.lock:
             return {t for t in tickets if t in self.no_callback}
+
+    def waiting_tickets(self) -> list[str]:
+        """The tickets with incident notices waiting for their cases to open."""
+        with self.lock:
+            return sorted(self.waiting)
 
     def tickets_of(self, incident_id: str) -> set[str]:
         with self.lock:
