@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -175,11 +176,11 @@ class Commands(Generic[A]):
 
     def __init__(
         self, app: A, committer: GroupCommit | None = None, lane_attempts: int = 8, lanes: int = 64,
-        lane_wait: float = 2.0,
+        lane_wait: float = 2.0, retry_for: float = 5.0,
     ) -> None:
         self.app = app
         self.committer = committer or GroupCommit(app)
-        self.lane_attempts, self.lane_wait = lane_attempts, lane_wait
+        self.lane_attempts, self.lane_wait, self.retry_for = lane_attempts, lane_wait, retry_for
         self.observers: list[Observer] = []
         # commands that lost a race go again one at a time per aggregate: see ``run``
         self._lanes = [asyncio.Lock() for _ in range(lanes)]
@@ -199,14 +200,19 @@ class Commands(Generic[A]):
         one's commit, so commands of this process on one hot aggregate (a technician's many work orders, say) no
         longer lose to each other again and again, while commands on other aggregates are not held up. A retry can
         still lose to a first attempt, to this process's consumers (they save on their own) or to another instance:
-        up to ``lane_attempts`` tries, backing off outside the lane. A lane not free within ``lane_wait`` seconds
-        gives up with the conflict (409) rather than queue without bound.
+        at least ``lane_attempts`` tries, and more while ``retry_for`` seconds have not passed since the first (a
+        consumer's batches may change a hot aggregate, a technician say, several times a second for a while under
+        load: a caller waits a little longer rather than get a 409 for a race it did not cause), backing off outside
+        the lane (2 ms doubling up to 50 ms). A lane not free within ``lane_wait`` seconds gives up with the conflict
+        (409) rather than queue without bound.
         """
         try:
             return await self._attempt(decide, inline=inline)
         except _Lost as lost:
             last = lost
-        for attempt in range(self.lane_attempts):
+        deadline = time.monotonic() + self.retry_for
+        attempt = 0
+        while True:
             held = await self._enter(last)
             try:
                 return await self._attempt(decide, inline=False)
@@ -215,9 +221,10 @@ class Commands(Generic[A]):
             finally:
                 for lock in held:
                     lock.release()
-            if attempt < self.lane_attempts - 1:
-                await asyncio.sleep(0.002 * min(2**attempt, 8))
-        raise last.error
+            attempt += 1
+            if attempt >= self.lane_attempts and time.monotonic() >= deadline:
+                raise last.error
+            await asyncio.sleep(0.002 * min(2 ** (attempt - 1), 25))
 
     async def _enter(self, lost: _Lost) -> list[asyncio.Lock]:
         """The lanes of the aggregates ``lost`` would have changed, taken in order (no two commands deadlock)."""
