@@ -6,9 +6,12 @@ topic from the start (in-memory store)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
+from uuid import UUID
 
 from tests.feedback_sync import service
 from tests.unit.test_feedback_notifications import NOW, Bus, make_app, submitted
@@ -18,7 +21,8 @@ from tsop_events.envelope import Envelope
 from tsop_feedback import commands
 from tsop_feedback.commands import FeedbackApp
 from tsop_feedback.domain import FeedbackCase, Notification
-from tsop_feedback.incidents.domain import notice_id, ticket_incident_id
+from tsop_feedback.incidents.domain import TicketIncident, notice_id, ticket_incident_id
+from tsop_feedback.incidents.main import ready_tickets, waiting_notices
 from tsop_feedback.incidents.policies import IncidentNotices, tell_waiting
 from tsop_feedback.incidents.views import LinkedTickets
 
@@ -156,7 +160,7 @@ def test_a_chunk_of_linked_tickets_tells_each_customer_once_as_if_linked_alone()
     everyone = ["t1", "t2", "t3", "t-unknown", "t-silent"]
     assert inc.sink.linked.unreachable(everyone) == {"t-silent"}
     # ... while its case is open: a closed case is forgotten (the set holds open cases only) and read again if asked
-    inc.sink.linked.apply(FeedbackCase.Closed(
+    inc.sink.linked.apply(FeedbackCase.Closed(  # type: ignore[call-arg]
         originator_id=commands.case_id("t-silent"), originator_version=9, timestamp=NOW, ticket_id="t-silent",
         reason="rating_expired", closed_at=NOW))
     assert inc.sink.linked.unreachable(everyone) == set()
@@ -183,7 +187,7 @@ def test_a_chunk_records_nothing_for_tickets_known_to_have_no_callback() -> None
     inc(wire.IncidentTicketUnlinked(incident_id=INC, ticket_id="s1", reason="unrelated", unlinked_by="m",
                                     unlinked_at=at(2)))
     inc(linked("s1", 3))
-    new = list(app.recorder.select_notifications(before + 1, 1000))
+    new = list(app.recorder.select_notifications((before or 0) + 1, 1000))
     records = {n.originator_id for n in new if n.topic.endswith("TicketIncident.Started")}
     assert records == {ticket_incident_id("t1")}
     assert list(app.repository.event_store.get(ticket_incident_id("s1"))) == []
@@ -197,10 +201,8 @@ def waiting(app: FeedbackApp) -> list[str]:
 
 
 def tell_waiting_now(app: FeedbackApp) -> int:
-    """One round of the waiting notices' timer (``incidents.main.waiting_notices``)."""
-    board = LinkedTickets.of(app)
-    board.refresh()
-    return asyncio.run(service(app).commands.run(partial(tell_waiting, app=app, tickets=board.waiting_tickets())))
+    """One round of the waiting notices' timer (``incidents.main.waiting_notices``): the tickets it picks, told."""
+    return asyncio.run(service(app).commands.run(partial(tell_waiting, app=app, tickets=ready_tickets(app))))
 
 
 def test_a_link_that_comes_before_the_tickets_submission_is_told_once_the_case_opens() -> None:
@@ -213,7 +215,7 @@ def test_a_link_that_comes_before_the_tickets_submission_is_told_once_the_case_o
     inc(declared(), linked("t1", 1), redeliver=True)
     inc(wire.IncidentAcknowledged(incident_id=INC, acknowledged_by="m", acknowledged_at=at(2)))
     assert queued(app) == []
-    record = app.repository.get(ticket_incident_id("t1"))
+    record: TicketIncident = app.repository.get(ticket_incident_id("t1"))
     assert [(w.step, w.stamp) for w in record.waiting] == [("incident_linked", at(1)), ("incident_in_progress", None)]
     assert tell_waiting_now(app) == 0  # the case is not open yet: they keep waiting
     assert waiting(app) == ["t1"]
@@ -271,3 +273,75 @@ def test_waiting_notices_are_dropped_when_nobody_can_be_told() -> None:
     assert tell_waiting_now(app) == 0
     assert queued(app) == []
     assert waiting(app) == []
+
+
+class RoundOver(Exception):
+    pass
+
+
+class OneRound:
+    """The timer's waiter: the timer stops where it would wait for the next round."""
+
+    async def wait(self, timeout: float = 1.0) -> bool:
+        raise RoundOver
+
+
+def timer_round(app: FeedbackApp) -> None:
+    """The waiting notices' timer itself (``incidents.main.waiting_notices``), stopped after its first round."""
+    svc = service(app)
+    svc.waiter = lambda *a, **k: OneRound()  # type: ignore[method-assign,assignment,return-value]
+
+    async def one_round() -> None:
+        with contextlib.suppress(RoundOver):
+            await waiting_notices(svc)
+            # (before the waiter: a round, then a sleep of a second, never over)
+
+    asyncio.run(asyncio.wait_for(one_round(), 5))
+
+
+def test_a_notice_after_the_case_opened_does_not_overtake_the_ones_still_waiting() -> None:
+    """The case opened, the timer has not run yet, and the next notice comes: it waits behind the ones already
+    waiting, so the customer is told in the order the incident went (linked, then restored), not the reverse."""
+    app, _ = make_app()
+    bus = Bus(app)
+    inc = Incidents(app)
+    inc(declared(), linked("t1", 1))
+    bus(submitted("t1", "https://ok.example/t1"))
+    inc(wire.ServiceRestored(incident_id=INC, note="ok", restored_by="m", restored_at=at(3)))
+    timer_round(app)
+    assert [n.step for n in queued(app)] == ["incident_linked", "incident_restored"]
+    assert waiting(app) == []
+
+
+def test_a_round_of_the_timer_reads_no_record_while_the_cases_have_not_opened() -> None:
+    """A bulk link whose tickets' cases lag (or never open: tickets submitted before feedback followed them): each
+    round of the timer reads the records and cases only of the tickets whose case opened (or whose incidents are all
+    resolved), not of every waiting ticket again and again, each second."""
+    app, _ = make_app()
+    bus = Bus(app)
+    inc = Incidents(app)
+    tickets = [f"t{i}" for i in range(200)]
+    inc(declared(), wire.IncidentTicketsLinked(incident_id=INC, ticket_ids=tickets, linked_by="auto",
+                                               linked_at=at(1)))
+    assert len(waiting(app)) == 200
+    asked: list[UUID] = []
+    find_many = app.find_many
+
+    def counting(aggregate_ids: Iterable[UUID]) -> dict[UUID, Any]:
+        ids = list(aggregate_ids)
+        asked.extend(ids)
+        return find_many(ids)
+
+    app.find_many = counting  # type: ignore[method-assign]
+    timer_round(app)
+    assert asked == []  # no case opened: nothing to read
+    bus(submitted("t7", "https://ok.example/t7"))
+    asked.clear()
+    timer_round(app)
+    assert len(set(asked)) <= 4  # t7's record and case (and its brief, its channel)
+    assert [(n.ticket_id, n.step) for n in queued(app)] == [("t7", "incident_linked")]
+    assert len(waiting(app)) == 199
+    inc(wire.IncidentResolved(incident_id=INC, resolution_code="restored", summary="ok", advice=None,
+                              tickets_linked=200, resolved_by="m", resolved_at=at(2)))
+    timer_round(app)
+    assert waiting(app) == []  # the incident resolved: the waits end (nobody is told of it now)

@@ -131,7 +131,8 @@ class IncidentNotices(EventStoreSink):
         silent = self.linked.unreachable(tickets)
         self.silent |= silent
         tickets -= silent  # no callback: nobody to tell, no case to read
-        uow.preload(case_id(t) for t in tickets)
+        uow.preload([*(case_id(t) for t in tickets),
+                     *(ticket_incident_id(t) for t in tickets if self.linked.is_waiting(t))])
         self.preload_channels(uow, tickets)
         uow.prefetch(notice_id(brief.incident_id, t, step) for t in tickets)
         for t in sorted(tickets):
@@ -142,12 +143,23 @@ class IncidentNotices(EventStoreSink):
         if ticket_id in self.silent:
             return  # its case has no callback: nobody to tell
         case = uow.find(FeedbackCase, case_id(ticket_id))
-        if case is None:
+        if case is None or self.waits(uow, ticket_id):
             # not opened yet as far as this batch knows: the ticket's submission comes on another topic and may
-            # not have been applied (or was committed after this batch read the cases); the notice waits for it
+            # not have been applied (or was committed after this batch read the cases); the notice waits for it.
+            # Or opened, with notices still waiting (the timer has not queued them yet): this one waits behind
+            # them, so the customer is told in the order the incident went
             self.ticket(uow, ticket_id).wait(brief.incident_id, step, at, stamp)
             return
         queue_notice(uow, self.feedback, brief, case, step, at, stamp)
+
+    def waits(self, uow: UnitOfWork, ticket_id: str) -> bool:
+        """Whether notices of the ticket wait for the timer: its record in this batch, or (not read yet) the board
+        says so; the others' records are not read."""
+        tid = ticket_incident_id(ticket_id)
+        if not uow.holds(tid) and not self.linked.is_waiting(ticket_id):
+            return False
+        record = uow.find(TicketIncident, tid)
+        return record is not None and bool(record.waiting)
 
 
 def queue_notice(uow: UnitOfWork, app: FeedbackApp, brief: IncidentBrief, case: FeedbackCase, step: str,
