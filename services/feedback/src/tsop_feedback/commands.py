@@ -45,6 +45,11 @@ def case_id(ticket_id: str) -> UUID:
     return derived_id("feedback-case", ticket_id)
 
 
+def early_steps_id(ticket_id: str) -> UUID:
+    """The ticket's ``EarlySteps``: its steps that came before its submission."""
+    return derived_id("feedback-early-steps", ticket_id)
+
+
 def access_id(channel_id: str) -> UUID:
     """Feedback's copy of a channel system's credentials and subscription."""
     return derived_id("feedback-channel", channel_id)

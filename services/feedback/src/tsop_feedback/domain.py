@@ -866,6 +866,55 @@ class Notification(Aggregate):
         self.dead = True
 
 
+class EarlySteps(Aggregate):
+    """A ticket's steps that reached feedback before its submission, kept until the case opens.
+
+    Within one broker epoch a ticket's steps come after its submission (one partition; each was published by a
+    service that had read the earlier ones). After a broker change each service's relay publishes its outbox again
+    from the start, on its own, so another service's step (dispatch's Assigned or Resolved) can come before intake's
+    RequestSubmitted of a ticket whose case feedback had not opened yet. Each step is kept as the wire carried it
+    (its personal fields stay sealed as they came) with its event id, time and type, once per event id."""
+
+    class Started(Aggregate.Created):
+        ticket_id: str
+
+    class Kept(Aggregate.Event):
+        event_id: str
+        event_type: str
+        time: datetime
+        data: str
+
+    class Taken(Aggregate.Event):
+        """The case opened: the kept steps were applied."""
+
+    @event(Started)
+    def __init__(self, id: UUID, ticket_id: str) -> None:  # noqa: A002
+        self.ticket_id = ticket_id
+        self.steps: list[tuple[str, str, datetime, str]] = []  # (event id, type, time, wire JSON), in order
+
+    def keep(self, event_id: str, event_type: str, time: datetime, data: str) -> bool:
+        """False if this event waits already (a redelivery)."""
+        if any(s[0] == event_id for s in self.steps):
+            return False
+        self._kept(event_id=event_id, event_type=event_type, time=time, data=data)
+        return True
+
+    @event(Kept)
+    def _kept(self, event_id: str, event_type: str, time: datetime, data: str) -> None:
+        self.steps.append((event_id, event_type, time, data))
+
+    def take(self) -> list[tuple[str, str, datetime, str]]:
+        """The kept steps, in the order they came; none kept afterwards."""
+        steps = list(self.steps)
+        if steps:
+            self._taken()
+        return steps
+
+    @event(Taken)
+    def _taken(self) -> None:
+        self.steps = []
+
+
 @dataclass(frozen=True)
 class Templates:
     """Per-channel message templates (operator data): kind (sms, email, app) → language → step → text.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import ClassVar
 
@@ -12,8 +13,15 @@ from tsop_events import schemas as wire
 from tsop_events.consumer import EventStoreSink, Incoming, UnitOfWork
 from tsop_events.runtime import Service
 from tsop_events.topics import Topic
-from tsop_feedback.commands import FeedbackApp, access_id, case_id, channel_template, queue_notification
-from tsop_feedback.domain import ChannelAccess, FeedbackCase, FeedbackError
+from tsop_feedback.commands import (
+    FeedbackApp,
+    access_id,
+    case_id,
+    channel_template,
+    early_steps_id,
+    queue_notification,
+)
+from tsop_feedback.domain import ChannelAccess, EarlySteps, FeedbackCase, FeedbackError
 
 # steps that only tell the applicant (nothing else changes on the case): skipped without reading the case when the
 # follow-up board says nobody is told of them (no callback, or the channel did not subscribe to the step)
@@ -90,14 +98,16 @@ class FollowTickets(EventStoreSink):
         """The cases the batch's steps need, in one query (not a read per event): every record but the submission
         of a ticket the board has not seen (a new case, nothing to read); then their channels' records, in one."""
         follow_ups = self.feedback.follow_ups
-        wanted = []
+        wanted, early = [], []
         for rec in records:
             cid = case_id(rec.key or "")
             if self.untold(rec):
                 continue  # e.g. feedback's own Closed of every rating, back on ``tickets``: no read
             if not isinstance(rec.event, wire.RequestSubmitted) or follow_ups.opened(cid):
                 wanted.append(cid)
-        uow.preload(wanted)
+            elif follow_ups.has_early(eid := early_steps_id(rec.key or "")):
+                early.append(eid)  # steps that came before this submission, applied with it
+        uow.preload([*wanted, *early])
         # and their channels' subscriptions (most channels have none: one query learns it, not a read per event)
         channels = {case.channel_id for cid in wanted
                     if (case := uow.find(FeedbackCase, cid)) is not None and case.channel_id}
@@ -140,11 +150,14 @@ class FollowTickets(EventStoreSink):
                         channel_id=ev.channel_id, service_type=ev.service_type, customer_id=ev.customer_id or None,
                     )
                 )
+                self.take_early_steps(uow, incoming)
             return
         if case is None:
-            if isinstance(ev, wire.Resolved):
-                raise ValueError(f"Resolved for unknown ticket {ev.ticket_id}")
-            return  # a step of a ticket submitted before feedback followed it: nobody to tell
+            # a step before the ticket's submission: within a broker epoch never (one partition, each step
+            # published by a service that read the earlier ones), but after a broker change each service's relay
+            # publishes its outbox again on its own, so another service's step can come first. Kept for the case
+            self.keep_early_step(uow, incoming)
+            return
         cause = incoming.envelope.id
         if isinstance(ev, wire.Resolved):
             policy = self.feedback.policy
@@ -188,6 +201,25 @@ class FollowTickets(EventStoreSink):
                 # a confirmation with other words): the customer's first answer stands; one record never stops
                 # the consumer
                 pass
+
+    @staticmethod
+    def keep_early_step(uow: UnitOfWork, incoming: Incoming) -> None:
+        ev = incoming.event
+        assert isinstance(ev, wire.TicketEvent)
+        eid = early_steps_id(ev.ticket_id)
+        early = uow.find_or_add(EarlySteps, eid, lambda: EarlySteps(id=eid, ticket_id=ev.ticket_id))
+        early.keep(incoming.envelope.id, ev.event_type, incoming.envelope.time, ev.model_dump_json())
+
+    def take_early_steps(self, uow: UnitOfWork, submission: Incoming) -> None:
+        """The case just opened: the steps that came before its submission, applied now in the order they came
+        (read only when the board or this batch says there are some)."""
+        eid = early_steps_id(submission.key or "")
+        if not uow.holds(eid) and not self.feedback.follow_ups.has_early(eid):
+            return
+        early = uow.find(EarlySteps, eid)
+        for event_id, event_type, at, data in early.take() if early is not None else []:
+            env = replace(submission.envelope, id=event_id, type=event_type, time=at, data=data.encode())
+            self.react(uow, replace(submission, envelope=env, event=wire.parse_event(event_type, data)))
 
     def subscription(self, uow: UnitOfWork, case: FeedbackCase) -> tuple[str, str, list[str]]:
         """(template kind, language, steps) of the ticket's channel; SMS in Chinese, the result only, by default."""

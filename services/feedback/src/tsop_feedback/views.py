@@ -49,7 +49,7 @@ from tsop_events.runtime import Service
 from tsop_events.store import LogFollower
 from tsop_events.wake import SAFETY_NET_SECONDS, Waiter
 from tsop_feedback import commands
-from tsop_feedback.domain import DEFAULT_STEPS, ChannelAccess, FeedbackCase, Notification
+from tsop_feedback.domain import DEFAULT_STEPS, ChannelAccess, EarlySteps, FeedbackCase, Notification
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,9 @@ class FollowUps(LogFollower):
         self.callback_channel: dict[UUID, str | None] = {}  # case with a callback → its channel
         self.access_channel: dict[UUID, str] = {}  # ChannelAccess id → channel id
         self.channel_steps: dict[str, frozenset[str]] = {}  # channel → the steps it subscribed to
+        # the ``EarlySteps`` holding steps that came before their ticket's submission: a submission reads its
+        # ticket's only when it is here (or in its own batch), not for every new ticket
+        self.early: set[UUID] = set()
 
     def apply(self, e: Aggregate.Event) -> None:
         cid = e.originator_id
@@ -92,6 +95,10 @@ class FollowUps(LogFollower):
                 self.customers[cid] = e.customer_id
             if e.callback_url:
                 self.callback_channel[cid] = e.channel_id
+        elif isinstance(e, EarlySteps.Kept):
+            self.early.add(cid)
+        elif isinstance(e, EarlySteps.Taken):
+            self.early.discard(cid)
         elif isinstance(e, ChannelAccess.Known):
             self.access_channel[cid] = e.channel_id
         elif isinstance(e, ChannelAccess.Subscribed):
@@ -152,6 +159,10 @@ class FollowUps(LogFollower):
     def opened(self, cid: UUID) -> bool:
         """Whether the log (as read so far) holds this case."""
         return cid in self.service_types
+
+    def has_early(self, eid: UUID) -> bool:
+        """Whether the log (as read so far) holds steps kept for a ticket's submission (``EarlySteps``)."""
+        return eid in self.early
 
     def may_tell(self, cid: UUID, step: str) -> bool:
         """Whether a step of this case may be told to the applicant: False only when the log (as read so far) holds
