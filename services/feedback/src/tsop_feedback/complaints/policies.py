@@ -203,6 +203,11 @@ class QualitySignals(ProjectionSink):
             ev.ticket_id, ev.score, ev.solved, ev.rated_at)
         if ev.score > self.policy.low_score:
             return
+        # the pattern counts other tickets' low scores, applied by other partitions' transactions (another instance
+        # of feedback, at the same time): one low score's check at a time, to its commit, so the later of two
+        # concurrent ones sees the earlier's score (read before it committed, neither saw the other's and a pattern
+        # went unnoticed). A low score is rare: they wait on each other, nothing else does
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tsop-feedback-low-score-pattern'))")
         row = await projection.ticket_fact(conn, ev.ticket_id) or {}
         if ev.solved is True:
             await projection.note(conn, f"rating:{ev.ticket_id}", "rating", {
