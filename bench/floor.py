@@ -90,6 +90,14 @@ UNITS: dict[str, dict[str, dict[str, float]]] = {
             "http_raw": 1.1,  # the least a Python client can do (it signs each body: hmac_sign is in it)
             "receiver_raw": 1.1,  # the least a Python receiver can do (parse, verify the HMAC, answer)
         },
+        "floor, this architecture with a COPY recorder": {
+            "kafka_produce": 1.5,
+            "kafka_consume_decode": 1.5,
+            "lean_store_insert_b500": 2.0,
+            "lean_store_read": 2.0,
+            "http_raw": 1.1,
+            "receiver_raw": 1.1,
+        },
         "floor, no event store on the path": {
             "kafka_produce": 1.5,
             "kafka_consume_decode": 1.5,
@@ -113,6 +121,13 @@ UNITS: dict[str, dict[str, dict[str, float]]] = {
             "store_insert_b500": 3.0,  # dispatch Held, Resolved; feedback's rating window
             "asyncpg_copy_b500": 3.0,  # archive's copies of Held and Resolved (chained), intake's status row
             "store_read": 4.0,  # dispatch's relay reads what it publishes; its work order read to hold, to resolve
+        },
+        "floor, this architecture with a COPY recorder": {
+            "kafka_produce": 2.0,
+            "kafka_consume_decode": 4.0,
+            "lean_store_insert_b500": 3.0,
+            "asyncpg_copy_b500": 3.0,
+            "lean_store_read": 4.0,
         },
         "floor, no event store on the path": {
             "kafka_produce": 2.0,
@@ -362,6 +377,55 @@ async def layer_asyncpg(dsn: str, n: int, others: Others) -> list[Sample]:
                         columns=["originator_id", "originator_version", "topic", "state"])
 
         return [await timed("asyncpg_copy_b500", n, others, copy)]
+    finally:
+        await conn.close()
+
+
+async def layer_lean_store(dsn: str, n: int, others: Others) -> list[Sample]:
+    """What a recorder of the project's own could cost (not the project's code): the same ``Notification`` events,
+    collected from their aggregates, their state encoded by orjson and written by asyncpg ``COPY`` under the
+    notification log's table lock with a tracking row, 500 a transaction; then read back (state decoded by orjson)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS floor_es (notification_id bigserial PRIMARY KEY, originator_id uuid NOT NULL, "
+            "originator_version int NOT NULL, topic text NOT NULL, state bytea NOT NULL, "
+            "UNIQUE (originator_id, originator_version));"
+            "CREATE TABLE IF NOT EXISTS floor_tracking (application_name text, notification_id bigint, "
+            "PRIMARY KEY (application_name, notification_id))")
+        first = await conn.fetchval("SELECT coalesce(max(notification_id), 0) FROM floor_es")
+        at = datetime.now(UTC)
+        aggregates = [notification(at) for _ in range(n)]
+        skip = {"originator_id", "originator_version"}
+
+        async def write() -> None:
+            for i in range(0, n, 500):
+                rows = []
+                for a in aggregates[i:i + 500]:
+                    for e in a.collect_events():
+                        rows.append((e.originator_id, e.originator_version,
+                                     f"{type(e).__module__}:{type(e).__qualname__}",
+                                     orjson.dumps({k: v for k, v in e.__dict__.items() if k not in skip})))
+                async with conn.transaction():
+                    await conn.execute("LOCK TABLE floor_es IN EXCLUSIVE MODE")
+                    await conn.copy_records_to_table(
+                        "floor_es", records=rows, columns=["originator_id", "originator_version", "topic", "state"])
+                    await conn.execute("INSERT INTO floor_tracking VALUES ($1, $2)", "floor", first + i + 1)
+
+        async def read() -> None:
+            start = first
+            while True:
+                got = await conn.fetch("SELECT notification_id, originator_id, originator_version, topic, state "
+                                       "FROM floor_es WHERE notification_id > $1 ORDER BY notification_id LIMIT 1000",
+                                       start)
+                if not got:
+                    return
+                for row in got:
+                    orjson.loads(row["state"])
+                start = got[-1]["notification_id"]
+
+        return [await timed("lean_store_insert_b500", n, others, write),
+                await timed("lean_store_read", n, others, read)]
     finally:
         await conn.close()
 
@@ -619,6 +683,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 batches = {1: args.n // 40, 10: args.n // 4, 100: args.n, 500: args.n}
                 samples += await layer_store(app, batches, others, run)
                 samples += await layer_asyncpg(pg.dsn(settings.database), args.n, others)
+                samples += await layer_lean_store(pg.dsn(settings.database), args.n, others)
             if "http" in args.layers:
                 samples += await layer_http(args.http, args.concurrency, others.pids, others.idle,
                                             ("raw", "lean"), "raw")
