@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from tsop_devstack.ports import free_port
 from tsop_devstack.stack import SERVICES, Stack
 
 from bench import lifecycle, pgstats, units
@@ -54,13 +55,6 @@ from bench.lifecycle import (
 
 RESULTS = Path(__file__).parent / "results"
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def processes(stack: Stack) -> dict[str, psutil.Process]:

@@ -40,7 +40,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,6 +58,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from tsop_devstack.apache_kafka import KafkaCluster
+from tsop_devstack.ports import free_port, free_port_block
 from tsop_devstack.postgres import EmbeddedPostgres
 from tsop_devstack.stack import SERVICES, dev_tokens
 
@@ -100,29 +100,6 @@ class Config:
     seed: int | None = None
     out: Path | None = RESULTS / "chaos.json"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_block(n: int) -> int:
-    """A base port with base..base+n-1 and base+100..base+100+n-1 free (a Kafka cluster's ports)."""
-    for base in range(31000 + random.randrange(0, 4000), 60000, 211):
-        ports = [base + i for i in range(n)] + [base + 100 + i for i in range(n)]
-        if all(_port_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port block")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 # --------------------------------------------------------------------------------- processes

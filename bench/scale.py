@@ -46,10 +46,11 @@ from typing import Any
 
 import psutil
 from tsop_devstack.apache_kafka import KafkaCluster
+from tsop_devstack.ports import free_port, free_port_block
 from tsop_devstack.postgres import EmbeddedPostgres
 from tsop_devstack.stack import SERVICES, Stack, dev_tokens
 
-from bench.chaos import Recorded, free_port, free_port_block, read_tickets
+from bench.chaos import Recorded, read_tickets
 from bench.lifecycle import (
     Driver,
     commit,

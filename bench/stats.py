@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaProducer
+from tsop_devstack.ports import free_port
 from tsop_devstack.postgres import EmbeddedPostgres
 from tsop_devstack.tansu import EmbeddedBroker
 
@@ -53,11 +53,6 @@ TYPES = ["broadband.fault_repair", "broadband.installation", "mobile.fault_repai
 REGIONS = ["north", "south", "east", "west"]
 PREFIX = "bench."
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def quantiles(values: list[float]) -> dict[str, Any]:

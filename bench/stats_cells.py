@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from tsop_devstack.ports import free_port
 from tsop_devstack.postgres import EmbeddedPostgres
 
-from bench.stats import RESULTS, free_port
+from bench.stats import RESULTS
 from tsop_archive.stats.domain import TicketFacts
 from tsop_archive.stats.projection import DDL, FACT_COLUMNS, row_of, save_facts
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from tsop_devstack.ports import free_port, free_port_block
 from tsop_devstack.postgres import EmbeddedPostgres
 from tsop_devstack.tansu import EmbeddedBroker
 
@@ -26,12 +26,6 @@ def unavailable(why: str) -> None:
     if CI:
         pytest.fail(f"CI=true and a required server is unavailable: {why}", pytrace=False)
     pytest.skip(why)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -90,16 +84,3 @@ def apache_kafka(tmp: Path, brokers: int = 3) -> Iterator[str]:
         cluster.stop()
 
 
-def free_port_block(n: int) -> int:
-    """A base port with base..base+n and base+100..base+100+n free."""
-    for base in range(21000, 60000, 211):
-        ports = [base + i for i in range(n)] + [base + 100 + i for i in range(n)]
-        ok = True
-        for p in ports:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", p)) == 0:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port block")
