@@ -214,8 +214,8 @@ def lives() -> tuple[list[tuple[wire.TicketEvent, str, int]], list[tuple[wire.Ti
         return [(ev[i][0], i, ev[i][1]) for i in ids]
 
     in_order = of("a-sub", "a-acc", "a-aa", "a-ws", "a-res", "a-closed", "b-sub", "b-acc", "b-aa", "b-wp", "b-res")
-    before = of("a-closed", "a-aa", "a-ws", "b-aa")
-    batch = of("a-res", "a-sub", "a-acc", "b-sub", "b-wp", "b-acc", "b-res")
+    before = of("a-closed", "a-aa", "a-ws", "b-aa", "a-aa")  # (a redelivery of a kept step: kept once)
+    batch = of("a-res", "a-sub", "b-aa", "a-acc", "b-sub", "b-wp", "b-acc", "b-res")
     return in_order, before, batch
 
 

@@ -52,7 +52,7 @@ DDL: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS tmf_early (
         seq bigserial PRIMARY KEY, ticket_id uuid NOT NULL, event_id text NOT NULL, event_type text NOT NULL,
         source text NOT NULL, at timestamptz NOT NULL, subject text, correlation_id text, causation_id text,
-        data text NOT NULL)""",
+        data bytea NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS tmf_early_ticket ON tmf_early (ticket_id)",
     # tickets per combination of the categorical filters: X-Total-Count without counting a million rows. One
     # row per combination *and partition* of the tickets topic: a ticket's records all come in one partition,
@@ -106,7 +106,7 @@ KEEP = """INSERT INTO tmf_early
         (ticket_id, event_id, event_type, source, at, subject, correlation_id, causation_id, data)
     SELECT t, i, ty, so, a, su, co, ca, d
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[],
-                $9::text[]) WITH ORDINALITY AS u(t, i, ty, so, a, su, co, ca, d, n)
+                $9::bytea[]) WITH ORDINALITY AS u(t, i, ty, so, a, su, co, ca, d, n)
     ORDER BY n"""
 TAKE = "DELETE FROM tmf_early WHERE ticket_id = ANY($1::uuid[]) RETURNING *"
 
@@ -121,7 +121,7 @@ async def keep(conn: asyncpg.Connection, steps: Sequence[Incoming]) -> None:
     await conn.execute(
         KEEP, [UUID(cast(wire.TicketEvent, s.event).ticket_id) for s in steps], [e.id for e in envs],
         [e.type for e in envs], [e.source for e in envs], [e.time for e in envs], [e.subject for e in envs],
-        [e.correlation_id for e in envs], [e.causation_id for e in envs], [e.data.decode() for e in envs],
+        [e.correlation_id for e in envs], [e.causation_id for e in envs], [e.data for e in envs],
     )
 
 
@@ -132,8 +132,8 @@ async def take(conn: asyncpg.Connection, ids: Sequence[UUID], partition: int, to
     for row in sorted(await conn.fetch(TAKE, ids), key=lambda r: (r["at"], r["seq"])):
         env = Envelope(id=row["event_id"], type=row["event_type"], source=row["source"], time=row["at"],
                        subject=row["subject"], correlation_id=row["correlation_id"],
-                       causation_id=row["causation_id"], data=row["data"].encode())
-        event = wire.parse_event(env.type, row["data"])
+                       causation_id=row["causation_id"], data=row["data"])
+        event = wire.parse_event(env.type, env.data)
         out.setdefault(row["ticket_id"], []).append(Incoming(topic, partition, -1, row["subject"], env, event))
     return out
 
@@ -236,9 +236,11 @@ class TmfTicketProjection(BatchedSink):
         deltas: dict[tuple[Any, ...], int] = {}  # (*count key, partition) -> n
         changes: list[tuple[UUID, int, str, str, datetime]] = []  # (ticket, n-th of the batch, status, reason, at)
         changed: dict[UUID, int] = {}
+        unread: set[UUID] = set()  # written since last read
 
         def current(ticket_id: UUID) -> dict[str, Any] | None:
-            if ticket_id in written:  # as it would read back from the table
+            if ticket_id in unread:  # as it would read back from the table
+                unread.discard(ticket_id)
                 states[ticket_id] = as_stored(written[ticket_id])
             return states.get(ticket_id)
 
@@ -255,7 +257,8 @@ class TmfTicketProjection(BatchedSink):
                 for key, n in ((old, -1), (new, 1)):
                     if key is not None:
                         deltas[(*key, incoming.partition)] = deltas.get((*key, incoming.partition), 0) + n
-            written[ticket_id] = states[ticket_id] = state
+            written[ticket_id] = state
+            unread.add(ticket_id)
             if (change := evolution.change) is not None:
                 changed[ticket_id] = k = changed.get(ticket_id, 0) + 1
                 changes.append((ticket_id, k, change.status, change.reason, change.at))
@@ -278,7 +281,7 @@ class TmfTicketProjection(BatchedSink):
                 fold(queue.pop(0))
         for ticket_id, queue in queues.items():
             if (state := current(ticket_id)) is not None and (mark := marked(state, bool(queue))) is not None:
-                written[ticket_id] = states[ticket_id] = mark
+                written[ticket_id] = mark
         if waiting := [*kept, *(step for t in sorted(queues) for step in queues[t])]:
             await keep(conn, waiting)
         if deltas:  # one lock order; a net change of 0 still creates its row, as the -1 and +1 would
