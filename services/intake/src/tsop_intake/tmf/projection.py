@@ -47,8 +47,8 @@ DDL: tuple[str, ...] = (
         ticket_id uuid NOT NULL, seq int NOT NULL, status text NOT NULL, reason text NOT NULL,
         at timestamptz NOT NULL, PRIMARY KEY (ticket_id, seq))""",
     "CREATE TABLE IF NOT EXISTS tmf_applied (event_id text PRIMARY KEY)",
-    # a ticket's steps kept until their turn: a step of a ticket not submitted yet, or one whose ticket has steps of
-    # the kind waiting before it (see TmfTicketProjection); its id is in tmf_applied (a redelivery keeps it once)
+    # a ticket's steps kept until their turn: a step of a ticket not submitted yet, or one that happened after a step
+    # of its ticket still waiting (see TmfTicketProjection); its id is in tmf_applied (a redelivery keeps it once)
     """CREATE TABLE IF NOT EXISTS tmf_early (
         seq bigserial PRIMARY KEY, ticket_id uuid NOT NULL, event_id text NOT NULL, event_type text NOT NULL,
         source text NOT NULL, at timestamptz NOT NULL, subject text, correlation_id text, causation_id text,
