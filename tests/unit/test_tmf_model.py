@@ -69,6 +69,26 @@ def test_an_out_of_lifecycle_event_moves_nothing() -> None:
     assert model.evolve(state, late, T0).change is None  # closed is terminal
 
 
+def test_a_step_kept_before_its_turn_is_ready_once_its_move_is_valid() -> None:
+    """After a broker change another service's step can come before the ticket's own steps it followed: it waits
+    (see projection.py) until the ticket is submitted and its move is valid there, or the ticket has ended."""
+    sub, acc, _, aa, wp, wr, res, closed = lifecycle()
+    reopened = wire.Reopened(ticket_id=TICKET, reason_code="not_solved", reason="down", requested_by="portal",
+                             reopen_count=1, reopened_at=T0)
+    assert not model.ready(None, aa)
+    new, _ = model.fold([(sub, T0)])
+    assert not any(model.ready(new, step) for step in (aa, wp, wr, res, closed, reopened))  # not acknowledged yet
+    acknowledged, _ = model.fold([(sub, T0), (acc, T0)])
+    assert model.ready(acknowledged, aa) and model.ready(acknowledged, res) and not model.ready(acknowledged, reopened)
+    resolved, _ = model.fold([(sub, T0), (acc, T0), (aa, T0), (res, T0)])
+    assert model.ready(resolved, closed) and model.ready(resolved, reopened) and not model.ready(resolved, wp)
+    cancelled, _ = model.fold([(sub, T0), (wire.RequestCancelled(ticket_id=TICKET, reason_code="withdrawn",
+                                                                  reason="r", cancelled_by="portal",
+                                                                  cancelled_at=T0), T0)])
+    assert cancelled is not None and cancelled["status"] == "cancelled"
+    assert model.ready(cancelled, aa)  # ended: nothing would move it any more, nothing waits for ever
+
+
 def test_a_redelivered_submission_changes_nothing() -> None:
     state, _ = model.fold([(submitted(), T0)])
     assert model.evolve(state, submitted(), T0).state is None

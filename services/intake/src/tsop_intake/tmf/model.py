@@ -96,6 +96,32 @@ RELEVANT: frozenset[str] = frozenset(
 
 def status_change(event: wire.WireEvent, current: str | None) -> StatusChange | None:
     """The TMF status an event moves a ticket to, with the reason; None when it moves nothing."""
+    new = _wanted(event, current)
+    if isinstance(event, wire.Reopened):
+        return new  # (from closed too: not a move TRANSITIONS allows otherwise)
+    if new is None or new.status == current or not can_move(current, new.status):
+        return None
+    return new
+
+
+def ready(state: dict[str, Any] | None, event: wire.WireEvent) -> bool:
+    """Whether a step kept because it came before its turn (see projection.py) is applied now: its ticket was
+    submitted, and the move it makes is valid from where the ticket is, or it makes none (or the ticket has ended:
+    nothing would move it any more). Another service's step waits so for the ticket's own steps that came before
+    it: dispatch's AssignmentAccepted for intake's RequestAccepted."""
+    if state is None:
+        return False
+    current = state["status"]
+    if current in TERMINAL:
+        return True
+    if isinstance(event, wire.Reopened):
+        return current in ("resolved", "closed")
+    new = _wanted(event, current)
+    return new is None or new.status == current or can_move(current, new.status)
+
+
+def _wanted(event: wire.WireEvent, current: str | None) -> StatusChange | None:
+    """The status an event asks for, valid from ``current`` or not."""
     new: tuple[str, str, datetime] | None = None
     match event:
         case wire.RequestAccepted():
@@ -130,9 +156,7 @@ def status_change(event: wire.WireEvent, current: str | None) -> StatusChange | 
                                     event.reopened_at)
         case wire.Closed():
             new = ("closed", event.reason.replace("_", " "), event.closed_at)
-    if new is None or new[0] == current or not can_move(current, new[0]):
-        return None
-    return StatusChange(*new)
+    return None if new is None else StatusChange(*new)
 
 
 # --- the read model's evolution: a ticket's TMF state after each event ------------------------------
@@ -217,7 +241,7 @@ def evolve(state: dict[str, Any] | None, ev: wire.TicketEvent, at: datetime) -> 
             return Evolution(None, None, [])
         return Evolution(created(ev), None, ["TroubleTicketCreateEvent"])
     if state is None:
-        return Evolution(None, None, [])  # never seen submitted (another deployment's ticket): nothing to show
+        return Evolution(None, None, [])  # not submitted (yet): nothing to show (the projection keeps the step)
     new = {**state, "doc": dict(state["doc"])}
     doc = new["doc"]
     notices: list[str] = []
