@@ -2,9 +2,11 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 import pytest
+from eventsourcing.persistence import StoredEvent
 
 from tests.feedback_sync import SyncFeedback
 from tsop_events.clock import ManualClock
+from tsop_events.envelope import stable_event_id
 from tsop_events.errors import Conflict, NotFound
 from tsop_feedback.commands import FeedbackApp, case_id
 from tsop_feedback.domain import AlreadyClosed, AlreadyRated, FeedbackCase
@@ -166,8 +168,114 @@ def test_the_event_classes_keep_the_names_stored_history_carries() -> None:
         cls = getattr(FeedbackCase, name)
         assert (cls.__module__, cls.__qualname__) == ("tsop_feedback.domain", f"FeedbackCase.{name}")
     assert {c.__qualname__ for c in WIRE.mapped()} == {
-        "FeedbackCase.Notified", "FeedbackCase.Rated", "FeedbackCase.RatingReminded", "FeedbackCase.RatingExpired",
-        "FeedbackCase.Reopened", "FeedbackCase.Closed"}
+        "FeedbackCase.Notified", "FeedbackCase.ResolutionNoted", "FeedbackCase.Rated", "FeedbackCase.RatingReminded",
+        "FeedbackCase.RatingExpired", "FeedbackCase.Reopened", "FeedbackCase.Closed"}
+
+
+def published(app: SyncFeedback, ticket: str) -> list[tuple[str, str, dict[str, object], str | None]]:
+    """What the relay publishes for the case, in order: (ce_id, type, body, cause)."""
+    out = []
+    for e in app.repository.event_store.get(case_id(ticket)):
+        o = WIRE(e)
+        if o is not None:
+            out.append((stable_event_id(e.originator_id, e.originator_version),
+                        o.event.event_type.removeprefix("tsop.ticket.").removesuffix(".v1"), o.event.model_dump(),
+                        o.causation_id))
+    return out
+
+
+def test_a_resolution_with_nobody_to_tell_is_one_event_and_the_same_feedback_sent_on_the_wire() -> None:
+    """Issue 12: a case with no callback notes its resolution and settles its notification in one event
+    (``ResolutionNoted`` with ``notified``), published as the FeedbackSent the ``Notified`` event gave: channel
+    "none", one attempt, at the resolution's time, caused by the Resolved; its ce_id is the stored event's (the same
+    when published again), and the case's next event (Rated) names it as its cause."""
+    app, _ = make_app()
+    t = str(uuid4())
+    case = FeedbackCase(id=case_id(t), ticket_id=t, callback_url=None, opened_at=NOW)
+    case.note_resolution("fixed", "done", None, NOW + timedelta(minutes=1), DAY, "resolved-event")
+    noted = [e for e in case.pending_events if not isinstance(e, FeedbackCase.Opened)]
+    assert [type(e) for e in noted] == [FeedbackCase.ResolutionNoted]
+    assert noted[0].notified and noted[0].ticket_id == t and case.notified
+    app.save(case)
+    app.rate(t, 5, None)
+    (sent_id, sent, body, cause), (rated_id, rated, _, rated_cause), (_, closed, _, closed_cause) = published(app, t)
+    assert (sent, rated, closed) == ("feedback-sent", "rated", "closed")
+    assert body == {"ticket_id": t, "channel": "none", "attempts": 1, "status_code": None,
+                    "rating_due_at": NOW + timedelta(minutes=1) + DAY, "sent_at": NOW + timedelta(minutes=1)}
+    assert cause == "resolved-event" and rated_cause == sent_id and closed_cause == rated_id
+    assert sent_id == stable_event_id(case_id(t), 2)  # Opened 1, ResolutionNoted 2
+    assert published(app, t)[0][0] == sent_id  # published again (a new broker epoch): the same id
+    app.follow_ups.refresh()
+    assert case_id(t) not in app.follow_ups.to_notify  # nothing for the deliverer
+    # a case with a callback notes its resolution alone, published as nothing; the delivery is its Notified
+    u = str(uuid4())
+    other = FeedbackCase(id=case_id(u), ticket_id=u, callback_url="https://example.test/cb", opened_at=NOW)
+    other.note_resolution("fixed", "done", None, NOW, DAY, "resolved-event-2")
+    assert [type(e) for e in other.pending_events][1:] == [FeedbackCase.ResolutionNoted] and not other.notified
+    app.save(other)
+    assert published(app, u) == []
+    app.follow_ups.refresh()
+    assert case_id(u) in app.follow_ups.to_notify
+
+
+def store_old_form_resolution(app: SyncFeedback, ticket: str, resolved_at: datetime, resolved_event_id: str) -> None:
+    """A case with no callback resolved as stores written before session 9 hold it: ``ResolutionNoted`` (its stored
+    state without ``ticket_id`` or ``notified``) and then ``Notified`` (channel "none"), in one save."""
+    cid = case_id(ticket)
+    app.save(FeedbackCase(id=cid, ticket_id=ticket, callback_url=None, opened_at=NOW))
+    noted = FeedbackCase.ResolutionNoted(
+        originator_id=cid, originator_version=2, timestamp=NOW, resolution_code="fixed", summary="done", advice=None,
+        resolved_at=resolved_at, rating_due_at=resolved_at + DAY, resolved_event_id=resolved_event_id,
+        technician_id=None, text="done", surveyed=True)
+    notified = FeedbackCase.Notified(
+        originator_id=cid, originator_version=3, timestamp=NOW, ticket_id=ticket, channel="none", attempts=1,
+        status_code=None, rating_due_at=resolved_at + DAY, sent_at=resolved_at, causation_id=resolved_event_id)
+    first, second = (app.mapper.to_stored_event(e) for e in (noted, notified))
+    state = app.mapper.transcoder.decode(first.state)
+    del state["ticket_id"], state["notified"]
+    first = StoredEvent(first.originator_id, first.originator_version, first.topic, app.mapper.transcoder.encode(state))
+    app.recorder.insert_events([first, second])
+
+
+def test_a_resolution_stored_in_the_old_two_event_form_loads_and_behaves_the_same() -> None:
+    app, clock = make_app()
+    old, new = str(uuid4()), str(uuid4())
+    at = NOW + timedelta(minutes=1)
+    store_old_form_resolution(app, old, at, "resolved-old")
+    case = app.load(case_id(old))
+    assert case.notified and case.resolution is not None and case.rating_due_at == at + DAY and case.version == 3
+    app.follow_ups.refresh()
+    assert case_id(old) not in app.follow_ups.to_notify and case_id(old) in app.follow_ups.windows
+    # the same case resolved in the new form: the wire carries the same FeedbackSent (only its id differs: it comes
+    # from another stored event), and what follows names it as its cause either way
+    app.save(FeedbackCase(id=case_id(new), ticket_id=new, callback_url=None, opened_at=NOW))
+    c = app.load(case_id(new))
+    c.note_resolution("fixed", "done", None, at, DAY, "resolved-old")
+    app.save(c)
+    for t in (old, new):
+        app.rate(t, 2, "meh", solved=True)
+    (old_sent_id, *old_sent), *old_rest = published(app, old)
+    (new_sent_id, *new_sent), *new_rest = published(app, new)
+    assert old_sent_id == stable_event_id(case_id(old), 3) and new_sent_id == stable_event_id(case_id(new), 2)
+    assert old_sent[0] == "feedback-sent" and old_sent[1] == {**new_sent[1], "ticket_id": old}
+    assert old_sent[2] == new_sent[2] == "resolved-old"
+    assert [r[1] for r in old_rest] == [r[1] for r in new_rest] == ["rated", "closed"]
+    assert old_rest[0][3] == old_sent_id and new_rest[0][3] == new_sent_id
+    assert [r[2] for r in old_rest] == [{**r[2], "ticket_id": old} for r in new_rest]
+    # the webhook deliverer, late, changes neither
+    app.mark_notified([(case_id(old), "none", 1, None, None), (case_id(new), "none", 1, None, None)])
+    assert len(published(app, old)) == len(published(app, new)) == 3
+    # reopened later (an old-form case too), the next resolution is the new form
+    clock.advance(timedelta(minutes=5))
+    third = str(uuid4())
+    store_old_form_resolution(app, third, at, "resolved-3")
+    app.rate(third, 1, "still down", solved=False)  # reopens
+    c = app.load(case_id(third))
+    assert not c.notified and c.resolution is None
+    c.note_resolution("fixed", "done again", None, clock.now(), DAY, "resolved-4")
+    assert c.notified and type(list(c.pending_events)[-1]) is FeedbackCase.ResolutionNoted
+    app.save(c)
+    assert [p[1] for p in published(app, third)] == ["feedback-sent", "rated", "reopened", "feedback-sent"]
 
 
 def test_a_rating_given_long_before_the_resolution_is_not_recorded_by_it() -> None:

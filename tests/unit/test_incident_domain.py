@@ -9,6 +9,8 @@ from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.utils import get_topic
 
 from tests.sync import SyncService
 from tests.unit.test_dispatch_domain import tech
@@ -179,6 +181,77 @@ def test_a_ticket_is_linked_to_at_most_one_open_incident_and_linking_is_idempote
     assert n == 1
 
 
+def test_a_tickets_first_link_is_one_event_of_its_new_record() -> None:
+    """Issue 12: a ticket's first link is one ``TicketLink.Started`` carrying the incident (was Started, then
+    Linked); a later link of the same record (another incident, after an unlink) is ``Linked`` as before."""
+    s, _ = sync_app()
+    a, b = uuid4(), uuid4()
+    run(s.app, lambda uow: commands.declare_in(
+        uow, s.app, a, commands.Declaration("A", "III", "outage", [FAULT], ["south"], 1, []), "im"))
+    run(s.app, lambda uow: commands.declare_in(
+        uow, s.app, b, commands.Declaration("B", "III", "outage", ["mobile.fault_repair"], ["south"], 1, []), "im"))
+    t = str(uuid4())
+    assert s.link(a, [t], "im")[1] == 1
+    events = list(s.app.repository.event_store.get(link_id(t)))
+    assert [type(e) for e in events] == [TicketLink.Started]
+    assert events[0].incident_id == str(a) and s.app.repository.get(link_id(t)).incident_id == str(a)
+    s.unlink(a, t, "unrelated", "im")
+    assert s.link(b, [t], "im")[1] == 1
+    assert [type(e) for e in s.app.repository.event_store.get(link_id(t))] == [
+        TicketLink.Started, TicketLink.Cleared, TicketLink.Linked]
+    assert s.app.repository.get(link_id(t)).incident_id == str(b)
+    # a declaration's burst links its tickets the same way
+    c, burst = uuid4(), [str(uuid4()) for _ in range(2)]
+    run(s.app, lambda uow: commands.declare_in(
+        uow, s.app, c, commands.Declaration("C", "III", "outage", [FAULT], ["west"], 1, burst), "auto"))
+    for x in burst:
+        assert [(type(e), e.incident_id) for e in s.app.repository.event_store.get(link_id(x))] == [
+            (TicketLink.Started, str(c))]
+
+
+def store_old_form_link(app: IncidentApp, ticket_id: str, incident_id: UUID) -> None:
+    """A ticket's first link as stores written before session 9 hold it: ``Started`` without an incident (its stored
+    state has no ``incident_id`` at all), then ``Linked``."""
+    tid = link_id(ticket_id)
+    started = TicketLink.Started(originator_id=tid, originator_version=1, timestamp=NOW,
+                                 originator_topic=get_topic(TicketLink), ticket_id=ticket_id)
+    linked = TicketLink.Linked(originator_id=tid, originator_version=2, timestamp=NOW, incident_id=str(incident_id))
+    first, second = (app.mapper.to_stored_event(e) for e in (started, linked))
+    state = app.mapper.transcoder.decode(first.state)
+    del state["incident_id"]
+    first = StoredEvent(first.originator_id, first.originator_version, first.topic, app.mapper.transcoder.encode(state))
+    app.recorder.insert_events([first, second])
+
+
+def test_a_first_link_stored_in_the_old_two_event_form_loads_and_behaves_the_same() -> None:
+    s, _ = sync_app()
+    a, b = uuid4(), uuid4()
+    run(s.app, lambda uow: commands.declare_in(
+        uow, s.app, a, commands.Declaration("A", "III", "outage", [FAULT], ["south"], 1, []), "im"))
+    run(s.app, lambda uow: commands.declare_in(
+        uow, s.app, b, commands.Declaration("B", "III", "outage", ["mobile.fault_repair"], ["south"], 1, []), "im"))
+    t = str(uuid4())
+    inc = s.app.repository.get(a)
+    inc.link(TicketLink(id=uuid4(), ticket_id=t), "auto", NOW)  # the incident's own TicketLinked, as it was saved
+    s.app.save(inc)
+    store_old_form_link(s.app, t, a)
+    tl = s.app.repository.get(link_id(t))
+    assert isinstance(tl, TicketLink) and (tl.ticket_id, tl.incident_id, tl.version) == (t, str(a), 2)
+    assert s.incident_of_ticket(t).id == a
+    with pytest.raises(AlreadyLinked):
+        s.link(b, [t], "im")
+    # correlation knows it was linked: a redelivered acceptance links and counts nothing
+    before = s.app.repository.get(a).version
+    run(s.app, lambda uow: commands.correlate(uow, s.app, t, "south", FAULT, NOW))
+    assert s.app.repository.get(a).version == before
+    s.unlink(a, t, "unrelated", "im")
+    assert s.app.repository.get(link_id(t)).incident_id is None
+    assert s.link(b, [t], "im")[1] == 1
+    assert [type(e) for e in s.app.repository.event_store.get(link_id(t))] == [
+        TicketLink.Started, TicketLink.Linked, TicketLink.Cleared, TicketLink.Linked]
+    assert s.app.repository.get(link_id(t)).incident_id == str(b)
+
+
 def test_overlapping_scope_is_refused_while_an_incident_covers_it() -> None:
     s, _ = sync_app()
     d = commands.Declaration("A", "III", "outage", [FAULT], ["south"], 1, [])
@@ -336,8 +409,9 @@ def test_the_sweep_s_chunk_links_many_tickets_in_one_event_each_as_if_linked_alo
     assert inc.link(links["t2"], "auto", NOW)
     at = NOW + timedelta(minutes=2)
     # t1 unrelated (not again automatically), t2 linked already, t3 twice in the chunk
-    assert inc.link_many([links["t1"], links["t2"], links["t3"], links["t3"], links["t4"]], "auto", at) == 2
-    assert inc.link_many([links["t3"], links["t4"]], "auto", at) == 0  # a chunk again: nothing new
+    assert inc.link_many([links["t1"], links["t2"], links["t3"], links["t3"], links["t4"]], "auto", at) == [
+        links["t3"], links["t4"]]
+    assert inc.link_many([links["t3"], links["t4"]], "auto", at) == []  # a chunk again: nothing new
     assert set(inc.linked) == {"t2", "t3", "t4"} and "t1" not in inc.linked
     assert links["t3"].incident_id == links["t4"].incident_id == str(inc.id) and links["t1"].incident_id is None
     events = inc.collect_events()
@@ -347,7 +421,7 @@ def test_the_sweep_s_chunk_links_many_tickets_in_one_event_each_as_if_linked_alo
     assert out is not None and isinstance(out.event, wire.IncidentTicketsLinked)
     assert (out.event.key(), out.event.ticket_ids, out.event.linked_at) == (str(inc.id), ["t3", "t4"], at)
     # by hand, an unrelated ticket may be linked again in a chunk
-    assert inc.link_many([links["t1"]], "im", at) == 1 and "t1" in inc.linked
+    assert inc.link_many([links["t1"]], "im", at) == [links["t1"]] and "t1" in inc.linked
     inc.restore("spliced", "im", NOW + timedelta(hours=1))
     inc.verify("green", "im", NOW + timedelta(hours=1))
     inc.resolve("restored", "fibre spliced", None, "im", NOW + timedelta(hours=2))

@@ -97,6 +97,11 @@ class FeedbackCase(Aggregate):
         expected_by: datetime | None
 
     class ResolutionNoted(Aggregate.Event):
+        """The resolution noted, the rating window open. ``notified``: the case has no callback (nobody to tell), so
+        its notification is settled in this very event, at the resolution's time (on the wire: FeedbackSent,
+        channel "none"). Stored before session 9, a case's settlement was a ``Notified`` event of its own right
+        after this one; such events carry neither field (``notified`` False, ``ticket_id`` None)."""
+
         resolution_code: str
         summary: str
         advice: str | None
@@ -106,6 +111,8 @@ class FeedbackCase(Aggregate):
         technician_id: str | None = None
         text: str | None = None
         surveyed: bool = True
+        ticket_id: str | None = None
+        notified: bool = False
 
     class NotificationAbandoned(Aggregate.Event):
         ticket_id: str
@@ -252,10 +259,11 @@ class FeedbackCase(Aggregate):
         cap): the customer is not asked (no reminder; the webhook says ``rating_requested: false``), though a
         rating they give in the window still counts.
 
-        A case with no callback has nowhere to deliver the result: its notification is settled here, at the
-        resolution's time (``Notified`` channel "none", i.e. FeedbackSent), in the same save, instead of by the
-        webhook deliverer reading the case again and saving it once more (a bulk resolution: one read and one
-        event fewer per ticket, none in the deliverer)."""
+        A case with no callback has nowhere to deliver the result: its notification is settled in the very event
+        that notes the resolution, at the resolution's time (``ResolutionNoted`` with ``notified``: FeedbackSent
+        channel "none" on the wire), instead of by the webhook deliverer reading the case again and saving it once
+        more, and instead of a ``Notified`` event of its own (a bulk resolution: one event per ticket, no work in
+        the deliverer)."""
         if self.resolution is not None or resolved_event_id in self.resolutions_seen:
             return  # a redelivered Resolved
         self._resolution_noted(
@@ -268,9 +276,14 @@ class FeedbackCase(Aggregate):
             technician_id=technician_id,
             text=text,
             surveyed=surveyed,
+            ticket_id=self.ticket_id,
+            # before any kept answer is applied: FeedbackSent never after Closed
+            notified=not self.callback_url and self.closed_reason is None,
         )
         if not self.callback_url:
-            self.mark_notified("none", 1, None, resolved_at)  # before any kept answer: FeedbackSent never after Closed
+            # settled above; only a case closed before its resolution (a complaint's ticket) records the delivery
+            # inside, as ``mark_notified`` always did (never a FeedbackSent after Closed)
+            self.mark_notified("none", 1, None, resolved_at)
         self._apply_kept(resolved_at, rules or DEFAULT_RULES)
 
     def _apply_kept(self, resolved_at: datetime, rules: RatingRules) -> None:
@@ -314,8 +327,12 @@ class FeedbackCase(Aggregate):
         technician_id: str | None = None,
         text: str | None = None,
         surveyed: bool = True,
+        ticket_id: str | None = None,
+        notified: bool = False,
     ) -> None:
         self.resolution = {"resolution_code": resolution_code, "summary": summary, "advice": advice}
+        if notified:
+            self.notified = True  # settled in this event (no callback)
         self.resolution_text = text
         self.surveyed = surveyed
         self.rating_due_at = rating_due_at

@@ -9,7 +9,9 @@ feedback keeps of intake's ``channels`` events (SHA-256 only).
 
 Delivery is at-least-once: a case stays on the board until its Notified event
 is saved, so a crash between the POST and the save repeats the POST (receivers
-de-duplicate on ``X-TSOP-Delivery``).
+de-duplicate on ``X-TSOP-Delivery``). A case with no callback never joins it: its
+ResolutionNoted settles the notification (stores written before session 9: a
+Notified in the same save).
 
 Every delivery goes through ``tsop_events.outbound``: the callback URL is
 resolved and checked again (the platform never posts to loopback, private,
@@ -105,7 +107,8 @@ class FollowUps(LogFollower):
             if cid in self.access_channel:
                 self.channel_steps[self.access_channel[cid]] = frozenset(e.steps)
         elif isinstance(e, FeedbackCase.ResolutionNoted):
-            self.to_notify.add(cid)
+            if not e.notified:  # settled in this event (no callback): nothing to deliver
+                self.to_notify.add(cid)
             self.windows[cid] = e.rating_due_at
             if e.surveyed:
                 self.unreminded[cid] = (e.resolved_at, e.rating_due_at)

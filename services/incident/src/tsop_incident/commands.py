@@ -22,8 +22,10 @@ from tsop_events.settings import ServiceSettings
 from tsop_events.store import EventStoreApp, IntegrityError
 from tsop_incident import views
 from tsop_incident.domain import (
+    AnyLink,
     ImprovementActionRecord,
     Incident,
+    NeverLinked,
     Plans,
     Rule,
     Rules,
@@ -104,9 +106,11 @@ def watch_of(uow: UnitOfWork, region: str, service_type: str) -> Watch:
     return uow.find_or_add(Watch, wid, lambda: Watch(id=wid, region=region, service_type=service_type))
 
 
-def ticket_link(uow: UnitOfWork, ticket_id: str) -> TicketLink:
+def ticket_link(uow: UnitOfWork, ticket_id: str) -> AnyLink:
+    """The ticket's link record, or ``NeverLinked`` (its first link creates the record, in one event)."""
     tid = link_id(ticket_id)
-    return uow.find_or_add(TicketLink, tid, lambda: TicketLink(id=tid, ticket_id=ticket_id))
+    found = uow.find(TicketLink, tid)
+    return found if found is not None else NeverLinked(tid, ticket_id)
 
 
 def link_in(uow: UnitOfWork, inc: Incident, ticket_id: str, by: str, app: IncidentApp) -> bool:
@@ -115,7 +119,11 @@ def link_in(uow: UnitOfWork, inc: Incident, ticket_id: str, by: str, app: Incide
     other = None
     if tl.incident_id is not None and tl.incident_id != str(inc.id):
         other = uow.find(Incident, UUID(tl.incident_id))
-    return inc.link(tl, by, app.clock.now(), other)
+    record = inc.link(tl, by, app.clock.now(), other)
+    if record is None:
+        return False
+    uow.add(record)  # a new record (a first link) is saved with the rest; a loaded one is held already
+    return True
 
 
 # --- declaration ----------------------------------------------------------------------------------------
@@ -406,7 +414,7 @@ async def _link_open_tickets(svc: IncidentSvc, incident_id: UUID) -> int:
                 return 0
             # the chunk's links in one query (most were never linked; the others are loaded by it too, not one each)
             uow.preload(link_id(t) for t in chunk)
-            links = []
+            links: list[AnyLink] = []
             for t in chunk:
                 tl = ticket_link(uow, t)
                 if tl.incident_id is not None and tl.incident_id != str(inc.id):
@@ -414,8 +422,12 @@ async def _link_open_tickets(svc: IncidentSvc, incident_id: UUID) -> int:
                     if other is not None and other.open and t in other.linked:
                         continue  # the other open incident keeps it
                 links.append(tl)
-            # one TicketsLinked for the chunk (one event on the incidents topic, not one per ticket)
-            return inc.link_many(links, "auto", app.clock.now())
+            # one TicketsLinked for the chunk (one event on the incidents topic, not one per ticket); a ticket's
+            # first link is one event of its new record
+            records = inc.link_many(links, "auto", app.clock.now())
+            for record in records:
+                uow.add(record)
+            return len(records)
 
         count += await svc.commands.run(decide)
     if count:

@@ -248,10 +248,15 @@ class Watch(Aggregate):
 
 
 class TicketLink(Aggregate):
-    """Which incident a ticket is linked to (at most one open incident at a time)."""
+    """Which incident a ticket is linked to (at most one open incident at a time).
+
+    A ticket's first link is one event: ``Started`` with the incident (``NeverLinked.link``). Stores written before
+    (session 9) hold the first link as two: ``Started`` without an incident, then ``Linked``; both forms load alike.
+    A later link (another incident, once this one is resolved or the ticket unlinked) is ``Linked``."""
 
     class Started(Aggregate.Created):
         ticket_id: str
+        incident_id: str | None = None  # the first link's incident; None in the old two-event form
 
     class Linked(Aggregate.Event):
         incident_id: str
@@ -260,13 +265,14 @@ class TicketLink(Aggregate):
         incident_id: str
 
     @event(Started)
-    def __init__(self, id: UUID, ticket_id: str) -> None:  # noqa: A002
+    def __init__(self, id: UUID, ticket_id: str, incident_id: str | None = None) -> None:  # noqa: A002
         self.ticket_id = ticket_id
-        self.incident_id: str | None = None
+        self.incident_id: str | None = incident_id
 
-    def link(self, incident_id: UUID) -> None:
+    def link(self, incident_id: UUID) -> TicketLink:
         if self.incident_id != str(incident_id):
             self._linked(incident_id=str(incident_id))
+        return self
 
     @event(Linked)
     def _linked(self, incident_id: str) -> None:
@@ -279,6 +285,26 @@ class TicketLink(Aggregate):
     @event(Cleared)
     def _cleared(self, incident_id: str) -> None:
         self.incident_id = None
+
+
+@dataclass(frozen=True)
+class NeverLinked:
+    """A ticket with no ``TicketLink`` yet (never linked): its first link creates one, in one event."""
+
+    id: UUID  # the TicketLink's id, should it be linked
+    ticket_id: str
+    incident_id: None = None  # linked to no incident, as a ``TicketLink`` that was cleared
+
+    def link(self, incident_id: UUID) -> TicketLink:
+        """The ticket's new link record, linked to ``incident_id`` (one ``Started``): for the caller to save."""
+        return TicketLink(id=self.id, ticket_id=self.ticket_id, incident_id=str(incident_id))
+
+    def clear(self, incident_id: UUID) -> None:
+        """Nothing to clear: it was never linked."""
+
+
+AnyLink = TicketLink | NeverLinked
+"""A ticket's link record, or its absence (``NeverLinked``): what linking and unlinking take."""
 
 
 # --- the incident ----------------------------------------------------------------------------------
@@ -551,41 +577,43 @@ class Incident(Aggregate):
 
     # --- linked tickets -------------------------------------------------------------------------
 
-    def link(self, ticket: TicketLink, by: str, at: datetime, other: Incident | None = None) -> bool:
-        """Link a ticket (idempotent); refused if it is linked to another incident that is still open.
+    def link(self, ticket: AnyLink, by: str, at: datetime, other: Incident | None = None) -> TicketLink | None:
+        """Link a ticket (idempotent); refused if it is linked to another incident that is still open. The ticket's
+        link record, now linked here (a new one for a ticket ``NeverLinked``: the caller saves it), or None when
+        nothing changed.
 
         A ticket unlinked as unrelated is never linked again automatically ("auto"); only by hand.
         """
         self._check_open()
         if ticket.ticket_id in self.linked or (by == "auto" and ticket.ticket_id in self.unlinked):
-            return False
+            return None
         if other is not None and other.id != self.id and other.open and ticket.ticket_id in other.linked:
             raise AlreadyLinked(f"ticket {ticket.ticket_id} is linked to open incident {other.id}")
-        ticket.link(self.id)
+        record = ticket.link(self.id)
         self._ticket_linked(ticket_id=ticket.ticket_id, linked_by=by, linked_at=at)
-        return True
+        return record
 
     @event(TicketLinked)
     def _ticket_linked(self, ticket_id: str, linked_by: str, linked_at: datetime) -> None:
         self.linked[ticket_id] = linked_at
         self.unlinked.pop(ticket_id, None)
 
-    def link_many(self, tickets: list[TicketLink], by: str, at: datetime) -> int:
+    def link_many(self, tickets: list[AnyLink], by: str, at: datetime) -> list[TicketLink]:
         """Link several tickets in one event (the sweep's chunk), each as ``link`` would (idempotent; one auto-
         unlinked is never linked again automatically). The caller has left out those linked to another open
-        incident. How many were linked."""
+        incident. The link records of those linked now (new ones for tickets ``NeverLinked``: the caller saves
+        them)."""
         self._check_open()
-        todo: dict[str, TicketLink] = {}
+        todo: dict[str, AnyLink] = {}
         for t in tickets:
             if t.ticket_id in self.linked or t.ticket_id in todo or (by == "auto" and t.ticket_id in self.unlinked):
                 continue
             todo[t.ticket_id] = t
         if not todo:
-            return 0
-        for t in todo.values():
-            t.link(self.id)
+            return []
+        records = [t.link(self.id) for t in todo.values()]
         self._tickets_linked(ticket_ids=list(todo), linked_by=by, linked_at=at)
-        return len(todo)
+        return records
 
     @event(TicketsLinked)
     def _tickets_linked(self, ticket_ids: list[str], linked_by: str, linked_at: datetime) -> None:
@@ -593,7 +621,7 @@ class Incident(Aggregate):
             self.linked[t] = linked_at
             self.unlinked.pop(t, None)
 
-    def unlink(self, ticket: TicketLink, reason: str, by: str, at: datetime) -> bool:
+    def unlink(self, ticket: AnyLink, reason: str, by: str, at: datetime) -> bool:
         """The ticket proved unrelated: back to normal dispatch. False if it was not linked."""
         self._check_open()
         if ticket.ticket_id not in self.linked:
