@@ -162,10 +162,12 @@ class FollowTickets(EventStoreSink):
         if isinstance(ev, wire.Resolved):
             policy = self.feedback.policy
             window = policy.window_for(case.service_type)
-            kind, language, _ = self.subscription(uow, case)
-            text = self.feedback.templates.render(kind, language, "resolved", {
-                "ticket_id": case.ticket_id, "result": ev.summary, "advice": ev.advice,
-                "rating_due_at": when(ev.resolved_at + window)})
+            text = None  # the result as the customer reads it: only for a case with somewhere to send it
+            if case.callback_url:
+                kind, language, _ = self.subscription(uow, case)
+                text = self.feedback.templates.render(kind, language, "resolved", {
+                    "ticket_id": case.ticket_id, "result": ev.summary, "advice": ev.advice,
+                    "rating_due_at": when(ev.resolved_at + window)})
             case.note_resolution(
                 ev.resolution_code,
                 ev.summary,
