@@ -86,3 +86,35 @@ async def test_two_low_scores_rated_at_once_in_two_partitions_make_the_pattern(p
         assert len(noted) == 1 and noted[0]["key"].startswith("pattern:technician:tech-9:")
     finally:
         await pool.close()
+
+
+async def test_a_low_score_takes_the_pattern_lock_before_any_row_lock(pg: tuple[str, int]) -> None:
+    """The pattern lock is the first lock a batch with a low score takes. Taken after the rating's row (as it was),
+    a batch holding the ticket's row waited for the lock while the lock's holder waited for that row: the holder
+    here stands for another partition's low score whose batch then waits on a row held by a third transaction (the
+    complaints topic's TicketAssessed of a ticket of each partition) that waits on this batch's row. PostgreSQL
+    broke the cycle by aborting one of them after its deadlock timeout."""
+    settings = ServiceSettings(service_name=f"fb_it_{uuid.uuid4().hex[:8]}", pg_host=pg[0], pg_port=pg[1])
+    await ensure_database(settings, (OFFSETS_DDL, *projection.DDL))
+    pool = await asyncpg.create_pool(settings.pg_dsn(), min_size=2, max_size=4)
+    holder = await asyncpg.connect(settings.pg_dsn())
+    try:
+        sink = policies.QualitySignals(pool, DEFAULT_POLICY)
+        t1 = str(uuid.uuid4())
+        await sink.process("e", TOPIC, 0, [record(0, i, ev) for i, ev in enumerate(worked(t1))], 1)
+        async with holder.transaction():
+            await holder.execute("SELECT pg_advisory_xact_lock(hashtext('tsop-feedback-low-score-pattern'))")
+            batch = asyncio.create_task(sink.process("e", TOPIC, 0, [record(0, 2, low(t1, 40))], 2))
+            for _ in range(500):  # until the batch waits for the lock
+                if await pool.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the batch never waited for the pattern lock")
+            await asyncio.wait_for(holder.execute(
+                "UPDATE quality_tickets SET internal_score = 50 WHERE ticket_id = $1", t1), 10)
+        await asyncio.wait_for(batch, 10)
+        assert await pool.fetchval("SELECT score FROM quality_tickets WHERE ticket_id = $1", t1) == 1
+    finally:
+        await holder.close()
+        await pool.close()

@@ -234,3 +234,25 @@ async def test_steps_that_came_before_their_submission_end_as_if_they_had_come_i
     assert got["early"] == [] and got == expected
     assert sorted(t[1] for t in got["tickets"]) == ["closed", "resolved"]
     assert len(got["history"]) == 8 and bool(got["deliveries"]) == listener
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["one-by-one", "batched"])
+@pytest.mark.parametrize("listener", [False, True], ids=["no-listener", "listener"])
+async def test_a_closure_after_a_rating_that_came_first_waits_for_the_resolution(
+    pg: tuple[str, int], batched: bool, listener: bool,
+) -> None:
+    """After a broker change feedback's relay (the smallest outbox) republishes first, then intake's, then
+    dispatch's: the ticket's Closed (rated) is kept, then its submission and acceptance come, then dispatch's steps.
+    A closure after a rating follows the ticket's resolution: it waits for it, though acknowledged → closed is a
+    valid move (a complaint ticket's). Before, it was applied right after the acceptance: dispatch's assignment and
+    resolution then found the ticket closed, and its status history lacked inProgress and resolved."""
+    in_order, _, _ = lives()
+    a = [(ev, eid, m) for ev, eid, m in in_order if eid.startswith("a-")]
+    of = {eid: (ev, eid, m) for ev, eid, m in a}
+    scenario.cache = (a, [])  # type: ignore[attr-defined]
+    expected = await run(pg, batched=False, listener=listener, between=lambda: None)
+    scenario.cache = ([of["a-closed"]], [of[e] for e in ("a-sub", "a-acc", "a-aa", "a-ws", "a-res")])  # type: ignore[attr-defined]
+    got = await run(pg, batched=batched, listener=listener, between=lambda: None)
+    assert [h[2] for h in got["history"]] == [h[2] for h in expected["history"]]
+    assert got["early"] == [] and got == expected
+    assert [t[1] for t in got["tickets"]] == ["closed"] and len(got["history"]) == 4

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
@@ -345,3 +346,41 @@ def test_a_round_of_the_timer_reads_no_record_while_the_cases_have_not_opened() 
                               tickets_linked=200, resolved_by="m", resolved_at=at(2)))
     timer_round(app)
     assert waiting(app) == []  # the incident resolved: the waits end (nobody is told of it now)
+
+
+def test_a_round_of_the_timer_learns_in_one_query_that_the_notices_it_queues_are_new() -> None:
+    """The tickets of a bulk link whose cases opened since: the round reads their records, cases, briefs and
+    channels in one query each, and learns the notices it queues were never queued in one more, not one read per
+    notice (as the consumer's ``prefetch`` does for a link)."""
+    app, _ = make_app()
+    bus = Bus(app)
+    inc = Incidents(app)
+    tickets = [f"t{i}" for i in range(30)]
+    inc(declared(), wire.IncidentTicketsLinked(incident_id=INC, ticket_ids=tickets, linked_by="auto",
+                                               linked_at=at(1)))
+    for t in tickets:
+        bus(submitted(t, f"https://ok.example/{t}"))
+    one_by_one: list[UUID] = []
+    find, find_many, existing = app.find, app.find_many, app.existing
+    batched = False  # (the in-memory store's find_many and existing find one by one: those are one query each)
+
+    def counting(aggregate_id: UUID) -> Any:
+        if not batched:
+            one_by_one.append(aggregate_id)
+        return find(aggregate_id)
+
+    def in_one(of: Any) -> Any:
+        def query(ids: Iterable[UUID]) -> Any:
+            nonlocal batched
+            batched = True
+            try:
+                return of(ids)
+            finally:
+                batched = False
+        return query
+
+    app.find, app.find_many, app.existing = counting, in_one(find_many), in_one(existing)  # type: ignore[method-assign]
+    timer_round(app)
+    app.find, app.find_many, app.existing = find, find_many, existing  # type: ignore[method-assign]
+    assert len(queued(app)) == 30 and waiting(app) == []
+    assert Counter(type(find(i)).__name__ for i in one_by_one) == {}  # (before: a Notification read each)

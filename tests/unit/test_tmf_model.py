@@ -80,6 +80,9 @@ def test_a_step_kept_before_its_turn_is_ready_once_its_move_is_valid() -> None:
     assert not any(model.ready(new, step) for step in (aa, wp, wr, res, closed, reopened))  # not acknowledged yet
     acknowledged, _ = model.fold([(sub, T0), (acc, T0)])
     assert model.ready(acknowledged, aa) and model.ready(acknowledged, res) and not model.ready(acknowledged, reopened)
+    # a closure after a rating waits for the resolution (acknowledged -> closed is a complaint ticket's move)
+    complaint_closed = wire.Closed(ticket_id=TICKET, reason="complaint_closed", basis="complaint_closed", closed_at=T0)
+    assert not model.ready(acknowledged, closed) and model.ready(acknowledged, complaint_closed)
     resolved, _ = model.fold([(sub, T0), (acc, T0), (aa, T0), (res, T0)])
     assert model.ready(resolved, closed) and model.ready(resolved, reopened) and not model.ready(resolved, wp)
     cancelled, _ = model.fold([(sub, T0), (wire.RequestCancelled(ticket_id=TICKET, reason_code="withdrawn",

@@ -67,6 +67,8 @@ class ReviewPublished(WireEvent):
         return self.incident_id
 
 
+PATTERN_LOCK = "SELECT pg_advisory_xact_lock(hashtext('tsop-feedback-low-score-pattern'))"
+
 # the batch's plain ratings (above the low score), written together at the first of them (``QualitySignals``)
 _PLAIN_RATINGS: ContextVar[PlainRatings | None] = ContextVar("plain_ratings", default=None)
 
@@ -75,6 +77,8 @@ _PLAIN_RATINGS: ContextVar[PlainRatings | None] = ContextVar("plain_ratings", de
 class PlainRatings:
     ratings: dict[str, wire.Rated]
     written: bool = False
+    low: bool = False  # the batch holds a low score: it takes the pattern lock before anything else
+    serialised: bool = False  # the pattern lock is held (to the commit)
 
 
 def plain_ratings(records: Sequence[Incoming], low_score: int) -> dict[str, wire.Rated]:
@@ -114,7 +118,8 @@ class QualitySignals(ProjectionSink):
     ) -> None:
         """As every projection, in one transaction with the offset; the batch's plain ratings (a customer's score
         above the low one: one row each, nothing else read or noted) in one statement, not one each."""
-        token = _PLAIN_RATINGS.set(PlainRatings(plain_ratings(records, self.policy.low_score)))
+        low = any(isinstance(r.event, wire.Rated) and r.event.score <= self.policy.low_score for r in records)
+        token = _PLAIN_RATINGS.set(PlainRatings(plain_ratings(records, self.policy.low_score), low=low))
         try:
             await super().process(epoch, topic, partition, records, last_offset)
         finally:
@@ -126,6 +131,9 @@ class QualitySignals(ProjectionSink):
         return envelope.event()
 
     async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
+        plain = _PLAIN_RATINGS.get()
+        if plain is not None and plain.low:  # the first lock of the batch's transaction (see ``_serialise``)
+            await self._serialise(conn, plain)
         ev = incoming.event
         if isinstance(ev, wire.RequestSubmitted):
             await self._submitted(conn, ev)
@@ -177,6 +185,23 @@ class QualitySignals(ProjectionSink):
                     "incident_id": ev.incident_id, "index": i, "title": planned.title, "kind": planned.kind,
                     "owner": planned.owner, "due": planned.due.isoformat()})
 
+    @staticmethod
+    async def _serialise(conn: asyncpg.Connection, plain: PlainRatings | None) -> None:
+        """The pattern counts other tickets' low scores, applied by other partitions' transactions (another instance
+        of feedback, at the same time): one low score's check at a time, to its commit, so the later of two
+        concurrent ones sees the earlier's score (read before it committed, neither saw the other's and a pattern
+        went unnoticed). A low score is rare: they wait on each other, nothing else does.
+
+        Taken before the batch locks any row (``process`` says whether the batch holds a low score; its first
+        record takes it): a batch that held a ticket's row while it waited for the lock could wait on its holder
+        while the holder waited, through a complaints-topic batch (TicketAssessed of tickets of both partitions),
+        on that row, a deadlock."""
+        if plain is not None and plain.serialised:
+            return
+        await conn.execute(PATTERN_LOCK)
+        if plain is not None:
+            plain.serialised = True
+
     async def _submitted(self, conn: asyncpg.Connection, ev: wire.RequestSubmitted) -> None:
         ticket_type = str(ev.attributes.get("ticketType") or ev.service_type)
         await conn.execute(
@@ -203,11 +228,7 @@ class QualitySignals(ProjectionSink):
             ev.ticket_id, ev.score, ev.solved, ev.rated_at)
         if ev.score > self.policy.low_score:
             return
-        # the pattern counts other tickets' low scores, applied by other partitions' transactions (another instance
-        # of feedback, at the same time): one low score's check at a time, to its commit, so the later of two
-        # concurrent ones sees the earlier's score (read before it committed, neither saw the other's and a pattern
-        # went unnoticed). A low score is rare: they wait on each other, nothing else does
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tsop-feedback-low-score-pattern'))")
+        await self._serialise(conn, _PLAIN_RATINGS.get())
         row = await projection.ticket_fact(conn, ev.ticket_id) or {}
         if ev.solved is True:
             await projection.note(conn, f"rating:{ev.ticket_id}", "rating", {

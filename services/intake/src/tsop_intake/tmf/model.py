@@ -108,13 +108,17 @@ def ready(state: dict[str, Any] | None, event: wire.WireEvent) -> bool:
     """Whether a step kept because it came before its turn (see projection.py) is applied now: its ticket was
     submitted, and the move it makes is valid from where the ticket is, or it makes none (or the ticket has ended:
     nothing would move it any more). Another service's step waits so for the ticket's own steps that came before
-    it: dispatch's AssignmentAccepted for intake's RequestAccepted."""
+    it: dispatch's AssignmentAccepted for intake's RequestAccepted. A closure after a rating, a confirmation or a
+    lapsed window (feedback's, whose relay may republish before dispatch's) follows the ticket's resolution: it
+    waits for ``resolved``, though acknowledged → closed is a valid move (a complaint ticket's closure)."""
     if state is None:
         return False
     current = state["status"]
     if current in TERMINAL:
         return True
     if isinstance(event, wire.Reopened):
+        return current in ("resolved", "closed")
+    if isinstance(event, wire.Closed) and event.reason != "complaint_closed":
         return current in ("resolved", "closed")
     new = _wanted(event, current)
     return new is None or new.status == current or can_move(current, new.status)
