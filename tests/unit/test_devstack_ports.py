@@ -23,3 +23,10 @@ def test_a_bound_port_is_not_free() -> None:
         s.bind(("127.0.0.1", ports.free_port()))
         s.listen()
         assert not ports.port_free(s.getsockname()[1])
+
+
+def test_a_range_reaching_down_to_the_usual_ports_is_avoided_from_above(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(ports, "ephemeral_range", lambda: (10000, 40000))
+    for _ in range(20):
+        base = ports.free_port_block(3)
+        assert base > 40000 and base + 103 <= 65535

@@ -18,12 +18,17 @@ LOWEST = 20000
 RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
-def ephemeral_low() -> int:
-    """The lowest port the kernel hands to outgoing connections (32768 when it cannot be read)."""
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands to outgoing connections (32768-60999 when it cannot be read)."""
     try:
-        return int(RANGE.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+        low, high = (int(p) for p in RANGE.read_text().split()[:2])
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def ephemeral_low() -> int:
+    return ephemeral_range()[0]
 
 
 def port_free(port: int) -> bool:
@@ -40,13 +45,18 @@ def port_free(port: int) -> bool:
 def free_port_block(n: int, gap: int = 100) -> int:
     """A base port with ``base .. base+n-1`` and ``base+gap .. base+gap+n-1`` free, all below the ephemeral range
     (a Kafka cluster's client and controller ports; ``n=1, gap=0`` is one port)."""
-    top = max(LOWEST + 1, ephemeral_low() - gap - n)
+    low, high = ephemeral_range()
+    bottom, top = LOWEST, low - gap - n
+    if top - bottom < 1000:  # a range reaching down near LOWEST: above it instead
+        bottom, top = high + 1, 65535 - gap - n
+    if top <= bottom:
+        raise RuntimeError(f"no room for {n} ports (and {n} at +{gap}) outside the ephemeral range {low}-{high}")
     draw = random.Random()  # not the global generator: a seeded test or benchmark must not draw the same ports
     for _ in range(2000):
-        base = draw.randrange(LOWEST, top)
+        base = draw.randrange(bottom, top)
         if all(port_free(p) for p in {*range(base, base + n), *range(base + gap, base + gap + n)}):
             return base
-    raise RuntimeError(f"no free block of {n} ports (and {n} at +{gap}) between {LOWEST} and {top}")
+    raise RuntimeError(f"no free block of {n} ports (and {n} at +{gap}) between {bottom} and {top}")
 
 
 def free_port() -> int:

@@ -203,8 +203,8 @@ class Commands(Generic[A]):
         at least ``lane_attempts`` tries, and more while ``retry_for`` seconds have not passed since the first (a
         consumer's batches may change a hot aggregate, a technician say, several times a second for a while under
         load: a caller waits a little longer rather than get a 409 for a race it did not cause), backing off outside
-        the lane (2 ms doubling up to 50 ms). A lane not free within ``lane_wait`` seconds gives up with the conflict
-        (409) rather than queue without bound.
+        the lane (2 ms doubling up to 200 ms: some 30 tries in the 5 s, not a hundred). A lane not free within
+        ``lane_wait`` seconds gives up with the conflict (409) rather than queue without bound.
         """
         try:
             return await self._attempt(decide, inline=inline)
@@ -224,7 +224,7 @@ class Commands(Generic[A]):
             attempt += 1
             if attempt >= self.lane_attempts and time.monotonic() >= deadline:
                 raise last.error
-            await asyncio.sleep(0.002 * min(2 ** (attempt - 1), 25))
+            await asyncio.sleep(0.002 * min(2 ** (attempt - 1), 100))
 
     async def _enter(self, lost: _Lost) -> list[asyncio.Lock]:
         """The lanes of the aggregates ``lost`` would have changed, taken in order (no two commands deadlock)."""
