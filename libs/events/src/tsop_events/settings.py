@@ -124,6 +124,7 @@ class ServiceSettings(BaseSettings):
         """The eventsourcing library's own configuration, derived from ours."""
         return {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "PROCESS_RECORDER_TOPIC": "tsop_events.store:ArrayInsertRecorder",  # binary arrays, not a composite
             "POSTGRES_DBNAME": self.database,
             "POSTGRES_HOST": self.pg_host,
             "POSTGRES_PORT": str(self.pg_port),
