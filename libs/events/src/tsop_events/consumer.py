@@ -100,6 +100,60 @@ class Incoming:
     event: WireEvent
 
 
+Decoder = Callable[[Envelope], WireEvent]
+
+
+class DecodedRecords:
+    """The records this process decoded lately, for every sink that reads them (``DECODED``).
+
+    Each sink of a process has its own Kafka consumer (unless ``TSOP_CONSUMER_SHARED``), and several follow the same
+    topic: each used to parse every record's envelope and wire event itself. A record is kept under its topic,
+    partition, offset, timestamp and the decoding that read it (a sink's own ``decode`` is kept apart from the
+    catalogue's), and used only if its headers and body are the same bytes: after a broker reset the same position
+    holds another record (a dead letter produced again in a new epoch was once served with its old body when the
+    key had no timestamp). At most ``size`` are kept, the oldest dropped first; failures are not kept (each sink
+    dead-letters its own). ``forget`` drops them all (an erasure: a sink's own decoding may open personal data), and
+    a decode that straddles a ``forget`` is not kept.
+    """
+
+    def __init__(self, size: int = 2048) -> None:
+        self.size = size
+        self._kept: dict[tuple[Any, ...], tuple[Any, Any, Incoming]] = {}
+        self.erasures = 0
+        self.parsed = 0  # decodes made (for tests and profiles)
+
+    def get(self, record: Any, decode: Decoder, decoding: object) -> Incoming:
+        """The record decoded by ``decode``, parsed once per process for every decode of the same ``decoding`` (the
+        function a sink's class decodes with: a sink's ``decode`` reads the envelope alone, as the catalogue's)."""
+        key = (record.topic, record.partition, record.offset, getattr(record, "timestamp", None),
+               getattr(record, "timestamp_type", None), decoding)
+        known = self._kept.get(key)
+        headers, value = record.headers, record.value
+        if known is not None and known[0] == headers and known[1] == value:
+            return known[2]
+        erasures = self.erasures
+        self.parsed += 1
+        incoming = _incoming(record, decode)
+        if self.erasures == erasures:
+            kept = self._kept
+            kept.pop(key, None)
+            kept[key] = (headers, value, incoming)
+            while len(kept) > self.size:
+                try:
+                    del kept[next(iter(kept))]
+                except (StopIteration, KeyError, RuntimeError):  # emptied by ``forget`` meanwhile
+                    break
+        return incoming
+
+    def forget(self) -> None:
+        """Drop every decoded record (called on an erasure, from any thread)."""
+        self.erasures += 1
+        self._kept = {}
+
+
+DECODED = DecodedRecords()
+
+
 class Sink(ABC):
     """Where a consumer's effects go; also keeps its positions."""
 
@@ -433,12 +487,13 @@ class ConsumerRunner:
         """The record as the sink reads it. ``shared``: the records of this partition already decoded (by offset)
         for the other sinks of a ``ConsumerGroup``; a sink that reads with the catalogue's own decoding (wire
         models are frozen) takes the same ``Incoming``, so a record is parsed once per process, not once per sink."""
-        if shared is None or type(self.sink).decode is not Sink.decode:
-            return _incoming(record, self.sink.decode)
+        decoder = type(self.sink).decode
+        if shared is None or decoder is not Sink.decode:
+            return DECODED.get(record, self.sink.decode, decoder)  # parsed once per process (``DecodedRecords``)
         known = shared.get(record.offset)
         if known is None:
             try:
-                known = _incoming(record, Envelope.event)
+                known = DECODED.get(record, Envelope.event, decoder)
             except (ValueError, ValidationError) as exc:
                 known = exc
             shared[record.offset] = known
