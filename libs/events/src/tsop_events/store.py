@@ -23,7 +23,7 @@ from uuid import UUID
 
 import asyncpg
 from eventsourcing.application import AggregateNotFoundError, Application, LRUCache, ProcessingEvent
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, BaseAggregate, DomainEvent
 from eventsourcing.persistence import IntegrityError, Mapper, ProcessRecorder, StoredEvent, Tracking
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresDatastore, PostgresProcessRecorder
 from psycopg import Cursor
@@ -62,8 +62,9 @@ class _ArrayInsert(PostgresAggregateRecorder):
 
     eventsourcing inserts them from one array of its composite type ``stored_event_uuid``, which psycopg can only
     send as text: every event's state escaped to hex and every row quoted, on the service's CPU (about a quarter of
-    the client's CPU per inserted event, bench/RESULTS.md "Notifications, round 3 again"). Only that statement changes: the table lock, the NOTIFY, the
-    tracking row and the pipeline around it stay the library's (``PostgresApplicationRecorder.insert_events``), and
+    the client's CPU per inserted event: bench/RESULTS.md, "Notifications, round 3 again"). Only that statement
+    changes: the table lock, the NOTIFY, the tracking row and the pipeline around it stay the library's
+    (``PostgresApplicationRecorder.insert_events``), and
     the notification ids come back from ``RETURNING`` in the order of the events, as before.
     """
 
@@ -176,7 +177,7 @@ class EventStoreApp(Application[UUID]):
         first) or when the tracking position was already recorded.
         """
         processing = ProcessingEvent[UUID](tracking=tracking)
-        processing.collect_events(*aggregates)
+        _collect(processing, aggregates)
         self._prepare_keys(processing.events)
         recordings = self._record(processing)
         self._notify(recordings)
@@ -188,7 +189,7 @@ class EventStoreApp(Application[UUID]):
         command at a time); naming the aggregates keeps their snapshots, which a plain save of events skips.
         """
         processing = ProcessingEvent[UUID]()
-        processing.collect_events(*events)
+        _collect(processing, events)
         self._prepare_keys(processing.events)
         for aggregate in aggregates:
             processing.aggregates[aggregate.id] = aggregate
@@ -255,6 +256,24 @@ class EventStoreApp(Application[UUID]):
             return self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
+
+
+def _collect(processing: ProcessingEvent[UUID], objs: Iterable[Any]) -> None:
+    """``processing.collect_events(*objs)`` without its runtime-protocol checks for the library's own classes.
+
+    eventsourcing asks of each object ``isinstance(obj, DomainEventProtocol)``, then ``CollectEventsProtocol``:
+    checks against ``typing`` protocols, which look up every attribute of the protocol (a sink's batch of a few
+    hundred events spent about as long in them as in the rest of collecting). Aggregates and events of the library's
+    base classes are known to be what those checks would find; anything else is handed to the library as before."""
+    events, aggregates = processing.events, processing.aggregates
+    for obj in objs:
+        if isinstance(obj, BaseAggregate):
+            events.extend(obj.collect_events())
+            aggregates[obj.id] = obj
+        elif isinstance(obj, DomainEvent):
+            events.append(obj)  # type: ignore[arg-type]
+        else:
+            processing.collect_events(obj)
 
 
 async def ensure_database(settings: ServiceSettings, extra_sql: Sequence[str] = ()) -> None:
