@@ -75,6 +75,55 @@ _PLAIN_RATINGS: ContextVar[PlainRatings | None] = ContextVar("plain_ratings", de
 class PlainRatings:
     ratings: dict[str, wire.Rated]
     written: bool = False
+    records: Sequence[Incoming] = ()
+    upserted: set[int] | None = None  # offsets of the records the batch's upserts wrote (``upserts``), once known
+
+
+# the kinds of record whose row write is an upsert of columns no other kind writes or reads (``upserts``)
+_UPSERTED = (wire.RequestSubmitted, wire.Assigned, wire.TicketAssessed)
+
+
+@dataclass
+class Upserts:
+    """What ``upserts`` found may be written together, by kind, and the offsets of those records."""
+
+    submitted: list[wire.RequestSubmitted]
+    assigned: list[wire.Assigned]
+    assessed: list[wire.TicketAssessed]
+    offsets: set[int]
+
+
+def upserts(records: Sequence[Incoming], low_score: int) -> Upserts:
+    """The records of ``records`` that may be written together, one statement per kind: a ticket's submission,
+    assignment and assessment each set their own columns, so a ticket whose records in the batch are only those, at
+    most one of each kind, ends as record by record whatever the order. A ticket with anything else in the batch (an
+    update, a resolution, a low rating: they write or read the columns of the others) or twice the same kind stays
+    on the record-by-record path, all of its records; a plain rating (its own columns) does not hold it back."""
+    kinds: dict[str, list[Incoming]] = {}
+    mixed: set[str] = set()
+    for rec in records:
+        ev = rec.event
+        ticket = getattr(ev, "ticket_id", None)
+        if not isinstance(ticket, str):
+            continue
+        if isinstance(ev, _UPSERTED):
+            kinds.setdefault(ticket, []).append(rec)
+        elif not (isinstance(ev, wire.Rated) and ev.score > low_score):
+            mixed.add(ticket)
+    out = Upserts([], [], [], set())
+    for ticket, recs in kinds.items():
+        if ticket in mixed or len({type(r.event) for r in recs}) < len(recs):
+            continue
+        for rec in recs:
+            ev = rec.event
+            if isinstance(ev, wire.RequestSubmitted):
+                out.submitted.append(ev)
+            elif isinstance(ev, wire.Assigned):
+                out.assigned.append(ev)
+            elif isinstance(ev, wire.TicketAssessed):
+                out.assessed.append(ev)
+            out.offsets.add(rec.offset)
+    return out
 
 
 def plain_ratings(records: Sequence[Incoming], low_score: int) -> dict[str, wire.Rated]:
@@ -114,7 +163,7 @@ class QualitySignals(ProjectionSink):
     ) -> None:
         """As every projection, in one transaction with the offset; the batch's plain ratings (a customer's score
         above the low one: one row each, nothing else read or noted) in one statement, not one each."""
-        token = _PLAIN_RATINGS.set(PlainRatings(plain_ratings(records, self.policy.low_score)))
+        token = _PLAIN_RATINGS.set(PlainRatings(plain_ratings(records, self.policy.low_score), records=records))
         try:
             await super().process(epoch, topic, partition, records, last_offset)
         finally:
@@ -127,6 +176,14 @@ class QualitySignals(ProjectionSink):
 
     async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
         ev = incoming.event
+        batch = _PLAIN_RATINGS.get()
+        if batch is not None and isinstance(ev, _UPSERTED):
+            if batch.upserted is None:  # the first applied: it and those after it (a batch may begin with some done)
+                batch.upserted = await self._upsert(conn, [r for r in batch.records if r.offset >= incoming.offset])
+            if incoming.offset in batch.upserted:
+                if isinstance(ev, wire.RequestSubmitted):
+                    await self._note_complaint_ticket(conn, ev)
+                return
         if isinstance(ev, wire.RequestSubmitted):
             await self._submitted(conn, ev)
         elif isinstance(ev, wire.RequestUpdated):
@@ -177,8 +234,37 @@ class QualitySignals(ProjectionSink):
                     "incident_id": ev.incident_id, "index": i, "title": planned.title, "kind": planned.kind,
                     "owner": planned.owner, "due": planned.due.isoformat()})
 
+    async def _upsert(self, conn: asyncpg.Connection, records: Sequence[Incoming]) -> set[int]:
+        """Write the submissions, assignments and assessments ``upserts`` allows in one statement per kind, as their
+        records one by one would; the offsets written."""
+        found = upserts(records, self.policy.low_score)
+        if submitted := found.submitted:
+            await conn.execute(
+                """INSERT INTO quality_tickets (ticket_id, customer_id, channel_id, service_type, region, ticket_type)
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+                   ON CONFLICT (ticket_id) DO UPDATE SET customer_id = EXCLUDED.customer_id,
+                     channel_id = EXCLUDED.channel_id, service_type = EXCLUDED.service_type,
+                     region = EXCLUDED.region, ticket_type = EXCLUDED.ticket_type""",
+                [e.ticket_id for e in submitted], [e.customer_id for e in submitted],
+                [e.channel_id for e in submitted], [e.service_type for e in submitted],
+                [e.region for e in submitted], [_ticket_type(e) for e in submitted])
+        if assigned := found.assigned:
+            await conn.execute(
+                "INSERT INTO quality_tickets (ticket_id, technician_id) "
+                "SELECT * FROM unnest($1::text[], $2::text[]) "
+                "ON CONFLICT (ticket_id) DO UPDATE SET technician_id = EXCLUDED.technician_id",
+                [e.ticket_id for e in assigned], [e.technician_id for e in assigned])
+        if assessed := found.assessed:
+            await conn.execute(
+                "INSERT INTO quality_tickets (ticket_id, internal_score, assessed_at) "
+                "SELECT * FROM unnest($1::text[], $2::float8[], $3::timestamptz[]) "
+                "ON CONFLICT (ticket_id) DO UPDATE SET internal_score = EXCLUDED.internal_score, "
+                "assessed_at = EXCLUDED.assessed_at",
+                [e.ticket_id for e in assessed], [e.score for e in assessed], [e.assessed_at for e in assessed])
+        return found.offsets
+
     async def _submitted(self, conn: asyncpg.Connection, ev: wire.RequestSubmitted) -> None:
-        ticket_type = str(ev.attributes.get("ticketType") or ev.service_type)
+        ticket_type = _ticket_type(ev)
         await conn.execute(
             """INSERT INTO quality_tickets (ticket_id, customer_id, channel_id, service_type, region, ticket_type)
                VALUES ($1, $2, $3, $4, $5, $6)
@@ -186,6 +272,11 @@ class QualitySignals(ProjectionSink):
                  channel_id = EXCLUDED.channel_id, service_type = EXCLUDED.service_type, region = EXCLUDED.region,
                  ticket_type = EXCLUDED.ticket_type""",
             ev.ticket_id, ev.customer_id, ev.channel_id, ev.service_type, ev.region, ticket_type)
+        await self._note_complaint_ticket(conn, ev)
+
+    async def _note_complaint_ticket(self, conn: asyncpg.Connection, ev: wire.RequestSubmitted) -> None:
+        """A ticket of a type the policy maps to a complaint: note the complaint to open."""
+        ticket_type = _ticket_type(ev)
         complaint_type = self.policy.complaint_type_for_ticket(ticket_type)
         if complaint_type is None:
             complaint_type = self.policy.complaint_type_for_ticket(ev.service_type)
@@ -222,6 +313,10 @@ class QualitySignals(ProjectionSink):
             if count >= pattern.count:
                 await projection.note(conn, f"pattern:{kind}:{subject}:{ev.ticket_id}", "pattern", {
                     "subject_kind": kind, "subject": subject, "count": count, "at": last.isoformat()})
+
+
+def _ticket_type(ev: wire.RequestSubmitted) -> str:
+    return str(ev.attributes.get("ticketType") or ev.service_type)
 
 
 def _due(day: str) -> datetime:
