@@ -142,3 +142,21 @@ def test_an_erasure_drops_what_was_decoded_and_a_decode_across_it_is_not_kept(
     other = record(2, "T-2")
     runner(Straddling())._decode(other)
     assert len(decoded._kept) == 0
+
+
+def test_a_sink_with_models_of_its_own_shares_the_catalogues_decoding_of_every_other_type(
+    decoded: DecodedRecords,
+) -> None:
+    from tsop_feedback.complaints.domain import DEFAULT_POLICY
+    from tsop_feedback.complaints.policies import REVIEW_PUBLISHED, QualitySignals, ReviewPublished
+
+    signals = runner(QualitySignals(None, DEFAULT_POLICY))  # type: ignore[arg-type]
+    rated = record(7, "T-7")
+    assert signals._decode(rated) is runner(Plain())._decode(rated) and decoded.parsed == 1
+    body = b'{"incident_id": "INC-1", "improvement_actions": [], "added_later": 1}'  # read tolerantly: its own model
+    headers = [("ce_specversion", b"1.0"), ("ce_id", b"r-1"), ("ce_type", REVIEW_PUBLISHED.encode()),
+               ("ce_source", b"incident"), ("ce_time", b"2026-06-01T09:00:00+00:00")]
+    rec = Record("tsop.incidents", 0, 3, 1_000, 0, b"INC-1", body, headers)
+    own = signals._decode(rec)
+    assert isinstance(own.event, ReviewPublished) and own.event.incident_id == "INC-1"
+    assert signals._decode(rec) is own and decoded.parsed == 2

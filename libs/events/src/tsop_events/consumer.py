@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -167,9 +167,15 @@ class Sink(ABC):
     async def setup(self) -> None:  # noqa: B027 - optional hook
         """Create what the sink needs (tables); called once at start."""
 
+    # event types this sink reads with a wire model of its own (a type the catalogue does not hold yet, or read more
+    # tolerantly); every other type is read with the catalogue's, decoded once per process for every sink reading it
+    own_models: ClassVar[Mapping[str, type[WireEvent]]] = {}
+
     def decode(self, envelope: Envelope) -> WireEvent:
-        """The event a record carries; a sink may read a type the catalogue does not hold (yet) itself."""
-        return envelope.event()
+        """The event a record carries: ``own_models``' model for its type, else the catalogue's. A sink overriding
+        this has every record it reads decoded for it alone (kept apart in ``DECODED``); ``own_models`` does not."""
+        model = self.own_models.get(envelope.type)
+        return envelope.event() if model is None else model.model_validate_json(envelope.data)
 
     @abstractmethod
     async def position(self, epoch: str, topic: str, partition: int) -> int | None:
@@ -487,7 +493,10 @@ class ConsumerRunner:
         """The record as the sink reads it. ``shared``: the records of this partition already decoded (by offset)
         for the other sinks of a ``ConsumerGroup``; a sink that reads with the catalogue's own decoding (wire
         models are frozen) takes the same ``Incoming``, so a record is parsed once per process, not once per sink."""
-        decoder = type(self.sink).decode
+        decoder: object = type(self.sink).decode
+        own = self.sink.own_models
+        if own and decoder is Sink.decode:  # decoded as the catalogue does, but for its own types
+            decoder = own.get(header_value(record.headers, "ce_type") or "", Sink.decode)
         if shared is None or decoder is not Sink.decode:
             return DECODED.get(record, self.sink.decode, decoder)  # parsed once per process (``DecodedRecords``)
         known = shared.get(record.offset)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -31,7 +31,6 @@ from pydantic import BaseModel, ConfigDict
 
 from tsop_events import schemas as wire
 from tsop_events.consumer import Incoming, ProjectionSink
-from tsop_events.envelope import Envelope
 from tsop_events.errors import DomainError
 from tsop_events.runtime import Service
 from tsop_events.schemas import WireEvent
@@ -149,6 +148,8 @@ class QualitySignals(ProjectionSink):
         wire.Resolved.event_type, wire.Rated.event_type, wire.TicketAssessed.event_type, REVIEW_PUBLISHED,
     })
     ddl: ClassVar[tuple[str, ...]] = projection.DDL
+    # the review read tolerantly; every other type as the catalogue reads it (decoded once for the process's sinks)
+    own_models: ClassVar[Mapping[str, type[WireEvent]]] = {REVIEW_PUBLISHED: ReviewPublished}
 
     def __init__(self, pool: asyncpg.Pool, policy: Policy) -> None:
         super().__init__(pool)
@@ -168,11 +169,6 @@ class QualitySignals(ProjectionSink):
             await super().process(epoch, topic, partition, records, last_offset)
         finally:
             _PLAIN_RATINGS.reset(token)
-
-    def decode(self, envelope: Envelope) -> WireEvent:
-        if envelope.type == REVIEW_PUBLISHED:
-            return ReviewPublished.model_validate_json(envelope.data)
-        return envelope.event()
 
     async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
         ev = incoming.event
