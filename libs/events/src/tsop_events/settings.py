@@ -55,9 +55,9 @@ class ServiceSettings(BaseSettings):
     published by anything else (tests, tools: they may announce with `tsop_events.runtime.announce`)."""
     consumer_shared: bool = False
     """One Kafka consumer for all of a process's sinks (each record fetched once per process; it is decoded once per
-    process either way) instead of one per sink. Cheaper, but the sinks then move together: a sink that lags (a new or rebuilt read model) or
-    keeps failing transiently holds back its siblings, and one sink's crash restarts them all. Off: each sink has
-    its own consumer and its own pace (the default)."""
+    process either way) instead of one per sink. Cheaper, but the sinks then move together: a sink that lags (a new
+    or rebuilt read model) or keeps failing transiently holds back its siblings, and one sink's crash restarts them
+    all. Off: each sink has its own consumer and its own pace (the default)."""
     epoch_check_seconds: float = 2.0
     """How often the broker epoch is checked (see the README's design section)."""
 
