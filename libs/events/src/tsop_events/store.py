@@ -25,7 +25,12 @@ import asyncpg
 from eventsourcing.application import AggregateNotFoundError, Application, LRUCache, ProcessingEvent
 from eventsourcing.domain import Aggregate, BaseAggregate, DomainEvent
 from eventsourcing.persistence import IntegrityError, Mapper, ProcessRecorder, StoredEvent, Tracking
-from eventsourcing.postgres import PostgresAggregateRecorder, PostgresDatastore, PostgresProcessRecorder
+from eventsourcing.postgres import (
+    PostgresAggregateRecorder,
+    PostgresApplicationRecorder,
+    PostgresDatastore,
+    PostgresProcessRecorder,
+)
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
@@ -77,7 +82,7 @@ class _ArrayInsert(PostgresAggregateRecorder):
             schema=Identifier(datastore.schema), table=Identifier(self.events_table_name),
             id_type=Identifier(datastore.originator_id_type),
         )
-        if isinstance(self, PostgresProcessRecorder):  # an application's log: the notification ids are returned
+        if isinstance(self, PostgresApplicationRecorder):  # an application's log: the notification ids are returned
             self.array_insert_statement += SQL(" RETURNING notification_id")
         self._uuid_ids = datastore.originator_id_type == "uuid"
 
