@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -111,33 +112,63 @@ class DecodedRecords:
     partition, offset, timestamp and the decoding that read it (a sink's own ``decode`` is kept apart from the
     catalogue's), and used only if its headers and body are the same bytes: after a broker reset the same position
     holds another record (a dead letter produced again in a new epoch was once served with its old body when the
-    key had no timestamp). At most ``size`` are kept, the oldest dropped first; failures are not kept (each sink
-    dead-letters its own). ``forget`` drops them all (an erasure: a sink's own decoding may open personal data), and
-    a decode that straddles a ``forget`` is not kept.
+    key had no timestamp).
+
+    A record is kept until every other reader the process has for it (the consumer runners following its topic and
+    type with the same decoding, ``readers_of``) has taken it: sinks of one process run at their own pace, 10,000
+    records apart in feedback's notification bench, so a plain bound would drop most before their second reader
+    came. At most ``size`` are kept all the same (a reader stopped or restarting would otherwise hold them), the
+    oldest dropped first. Failures are not kept (each sink dead-letters its own). ``forget`` drops them all (an
+    erasure: a sink's own decoding may open personal data), and a decode that straddles a ``forget`` is not kept.
     """
 
-    def __init__(self, size: int = 2048) -> None:
+    def __init__(self, size: int = 20_000) -> None:
         self.size = size
-        self._kept: dict[tuple[Any, ...], tuple[Any, Any, Incoming]] = {}
+        # key -> (headers, body, decoded, readers still to take it (None: not known, kept until dropped as oldest))
+        self._kept: dict[tuple[Any, ...], tuple[Any, Any, Incoming, list[int] | None]] = {}
+        self._runners: weakref.WeakSet[ConsumerRunner] = weakref.WeakSet()
+        self._readers: dict[tuple[str, str | None, object], int] = {}
         self.erasures = 0
         self.parsed = 0  # decodes made (for tests and profiles)
 
-    def get(self, record: Any, decode: Decoder, decoding: object) -> Incoming:
+    def join(self, runner: ConsumerRunner) -> None:
+        """A consumer runner of this process: it reads the records of its sink's topics and types."""
+        self._runners.add(runner)
+        self._readers = {}
+
+    def readers_of(self, topic: str, event_type: str | None, decoding: object) -> int:
+        """How many runners of this process read records of ``topic`` and ``event_type`` with ``decoding``."""
+        key = (topic, event_type, decoding)
+        count = self._readers.get(key)
+        if count is None:
+            count = self._readers[key] = sum(
+                1 for r in list(self._runners)
+                if topic in r.topic_names and (r.sink.event_types is None or event_type in r.sink.event_types)
+                and r.decoding(event_type) == decoding)
+        return count
+
+    def get(self, record: Any, decode: Decoder, decoding: object, event_type: str | None = None) -> Incoming:
         """The record decoded by ``decode``, parsed once per process for every decode of the same ``decoding`` (the
         function a sink's class decodes with: a sink's ``decode`` reads the envelope alone, as the catalogue's)."""
         key = (record.topic, record.partition, record.offset, getattr(record, "timestamp", None),
                getattr(record, "timestamp_type", None), decoding)
-        known = self._kept.get(key)
+        kept = self._kept
+        known = kept.get(key)
         headers, value = record.headers, record.value
         if known is not None and known[0] == headers and known[1] == value:
+            left = known[3]
+            if left is not None:
+                left[0] -= 1
+                if left[0] <= 0:
+                    kept.pop(key, None)  # every reader took it
             return known[2]
         erasures = self.erasures
         self.parsed += 1
         incoming = _incoming(record, decode)
-        if self.erasures == erasures:
-            kept = self._kept
+        readers = self.readers_of(record.topic, event_type, decoding)
+        if self.erasures == erasures and readers != 1:  # 0: read by a runner this process does not know of
             kept.pop(key, None)
-            kept[key] = (headers, value, incoming)
+            kept[key] = (headers, value, incoming, [readers - 1] if readers > 1 else None)
             while len(kept) > self.size:
                 try:
                     del kept[next(iter(kept))]
@@ -417,6 +448,15 @@ class ConsumerRunner:
         self.sought: dict[TopicPartition, int] = {}
         if own_consumer:  # in a ConsumerGroup, the group seeks on an epoch change
             self.epoch_watcher.subscribe(self._on_epoch)
+        DECODED.join(self)
+
+    def decoding(self, event_type: str | None) -> object:
+        """How this runner's sink decodes records of ``event_type``: the key its decoded records are shared under."""
+        decoder: object = type(self.sink).decode
+        own = self.sink.own_models
+        if own and decoder is Sink.decode:  # decoded as the catalogue does, but for its own types
+            decoder = own.get(event_type or "", Sink.decode)
+        return decoder
 
     async def _on_epoch(self, epoch: str) -> None:
         if self.consumer is not None:
@@ -493,16 +533,15 @@ class ConsumerRunner:
         """The record as the sink reads it. ``shared``: the records of this partition already decoded (by offset)
         for the other sinks of a ``ConsumerGroup``; a sink that reads with the catalogue's own decoding (wire
         models are frozen) takes the same ``Incoming``, so a record is parsed once per process, not once per sink."""
-        decoder: object = type(self.sink).decode
-        own = self.sink.own_models
-        if own and decoder is Sink.decode:  # decoded as the catalogue does, but for its own types
-            decoder = own.get(header_value(record.headers, "ce_type") or "", Sink.decode)
+        event_type = header_value(record.headers, "ce_type")
+        decoder = self.decoding(event_type)
         if shared is None or decoder is not Sink.decode:
-            return DECODED.get(record, self.sink.decode, decoder)  # parsed once per process (``DecodedRecords``)
+            # parsed once per process (``DecodedRecords``)
+            return DECODED.get(record, self.sink.decode, decoder, event_type)
         known = shared.get(record.offset)
         if known is None:
             try:
-                known = DECODED.get(record, Envelope.event, decoder)
+                known = DECODED.get(record, Envelope.event, decoder, event_type)
             except (ValueError, ValidationError) as exc:
                 known = exc
             shared[record.offset] = known
