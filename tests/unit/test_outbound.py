@@ -293,3 +293,21 @@ def test_a_receiver_is_its_scheme_host_and_port_and_the_lean_client_keeps_the_re
         assert conns._take(key["c"], 1.5) is None and c[1].transport.aborted
 
     asyncio.run(go())
+
+
+def test_a_receiver_is_parsed_once_per_origin_and_the_same_as_parsing_each_url() -> None:
+    from tsop_events import outbound
+
+    urls = [
+        "http://A.example/x", "http://a.example:80/y?z=1", "https://a.example/x#f", "https://a.example:8443",
+        "http://127.0.0.10:8080/cb/1", "http://127.0.0.10:8080/cb/2?x=/y", "http://[::1]:9000/p", "http://u:p@h.example/",
+        "HTTP://H.example?q", "http://h.example#frag", "not a url", "http://bad port:x/", "http://a.example:99999/",
+        "ftp://f.example/file", "http://h.example\\\\@evil.example/", "",
+    ]
+    for url in urls:
+        assert outbound.receiver_of(url) == (outbound.parse_receiver(url) or url), url
+    outbound._receiver_of_origin.cache_clear()
+    for n in range(200):
+        assert outbound.receiver_of(f"http://127.0.0.11:8080/cb/{n}?ticket=T-{n}") == "http://127.0.0.11:8080"
+    info = outbound._receiver_of_origin.cache_info()
+    assert (info.misses, info.hits) == (1, 199)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -100,6 +101,90 @@ class Incoming:
     event: WireEvent
 
 
+Decoder = Callable[[Envelope], WireEvent]
+
+
+class DecodedRecords:
+    """The records this process decoded lately, for every sink that reads them (``DECODED``).
+
+    Each sink of a process has its own Kafka consumer (unless ``TSOP_CONSUMER_SHARED``), and several follow the same
+    topic: each used to parse every record's envelope and wire event itself. A record is kept under its topic,
+    partition, offset, timestamp and the decoding that read it (a sink's own ``decode`` is kept apart from the
+    catalogue's), and used only if its headers and body are the same bytes: after a broker reset the same position
+    holds another record (a dead letter produced again in a new epoch was once served with its old body when the
+    key had no timestamp).
+
+    A record is kept until every other reader the process has for it (the consumer runners following its topic and
+    type with the same decoding, ``readers_of``) has taken it: sinks of one process run at their own pace, 10,000
+    records apart in feedback's notification bench, so a plain bound would drop most before their second reader
+    came. At most ``size`` are kept all the same (a reader stopped or restarting would otherwise hold them), the
+    oldest dropped first. Failures are not kept (each sink dead-letters its own). ``forget`` drops them all (an
+    erasure: a sink's own decoding may open personal data), and a decode that straddles a ``forget`` is not kept.
+    """
+
+    def __init__(self, size: int = 20_000) -> None:
+        self.size = size
+        # key -> (headers, body, decoded, readers still to take it (None: not known, kept until dropped as oldest))
+        self._kept: dict[tuple[Any, ...], tuple[Any, Any, Incoming, list[int] | None]] = {}
+        self._runners: weakref.WeakSet[ConsumerRunner] = weakref.WeakSet()
+        self._readers: dict[tuple[str, str | None, object], int] = {}
+        self.erasures = 0
+        self.parsed = 0  # decodes made (for tests and profiles)
+
+    def join(self, runner: ConsumerRunner) -> None:
+        """A consumer runner of this process: it reads the records of its sink's topics and types."""
+        self._runners.add(runner)
+        self._readers = {}
+
+    def readers_of(self, topic: str, event_type: str | None, decoding: object) -> int:
+        """How many runners of this process read records of ``topic`` and ``event_type`` with ``decoding``."""
+        key = (topic, event_type, decoding)
+        count = self._readers.get(key)
+        if count is None:
+            count = self._readers[key] = sum(
+                1 for r in list(self._runners)
+                if topic in r.topic_names and (r.sink.event_types is None or event_type in r.sink.event_types)
+                and r.decoding(event_type) == decoding)
+        return count
+
+    def get(self, record: Any, decode: Decoder, decoding: object, event_type: str | None = None) -> Incoming:
+        """The record decoded by ``decode``, parsed once per process for every decode of the same ``decoding`` (the
+        function a sink's class decodes with: a sink's ``decode`` reads the envelope alone, as the catalogue's)."""
+        key = (record.topic, record.partition, record.offset, getattr(record, "timestamp", None),
+               getattr(record, "timestamp_type", None), decoding)
+        kept = self._kept
+        known = kept.get(key)
+        headers, value = record.headers, record.value
+        if known is not None and known[0] == headers and known[1] == value:
+            left = known[3]
+            if left is not None:
+                left[0] -= 1
+                if left[0] <= 0:
+                    kept.pop(key, None)  # every reader took it
+            return known[2]
+        erasures = self.erasures
+        self.parsed += 1
+        incoming = _incoming(record, decode)
+        readers = self.readers_of(record.topic, event_type, decoding)
+        if self.erasures == erasures and readers != 1:  # 0: read by a runner this process does not know of
+            kept.pop(key, None)
+            kept[key] = (headers, value, incoming, [readers - 1] if readers > 1 else None)
+            while len(kept) > self.size:
+                try:
+                    del kept[next(iter(kept))]
+                except (StopIteration, KeyError, RuntimeError):  # emptied by ``forget`` meanwhile
+                    break
+        return incoming
+
+    def forget(self) -> None:
+        """Drop every decoded record (called on an erasure, from any thread)."""
+        self.erasures += 1
+        self._kept = {}
+
+
+DECODED = DecodedRecords()
+
+
 class Sink(ABC):
     """Where a consumer's effects go; also keeps its positions."""
 
@@ -113,9 +198,15 @@ class Sink(ABC):
     async def setup(self) -> None:  # noqa: B027 - optional hook
         """Create what the sink needs (tables); called once at start."""
 
+    # event types this sink reads with a wire model of its own (a type the catalogue does not hold yet, or read more
+    # tolerantly); every other type is read with the catalogue's, decoded once per process for every sink reading it
+    own_models: ClassVar[Mapping[str, type[WireEvent]]] = {}
+
     def decode(self, envelope: Envelope) -> WireEvent:
-        """The event a record carries; a sink may read a type the catalogue does not hold (yet) itself."""
-        return envelope.event()
+        """The event a record carries: ``own_models``' model for its type, else the catalogue's. A sink overriding
+        this has every record it reads decoded for it alone (kept apart in ``DECODED``); ``own_models`` does not."""
+        model = self.own_models.get(envelope.type)
+        return envelope.event() if model is None else model.model_validate_json(envelope.data)
 
     @abstractmethod
     async def position(self, epoch: str, topic: str, partition: int) -> int | None:
@@ -357,6 +448,15 @@ class ConsumerRunner:
         self.sought: dict[TopicPartition, int] = {}
         if own_consumer:  # in a ConsumerGroup, the group seeks on an epoch change
             self.epoch_watcher.subscribe(self._on_epoch)
+        DECODED.join(self)
+
+    def decoding(self, event_type: str | None) -> object:
+        """How this runner's sink decodes records of ``event_type``: the key its decoded records are shared under."""
+        decoder: object = type(self.sink).decode
+        own = self.sink.own_models
+        if own and decoder is Sink.decode:  # decoded as the catalogue does, but for its own types
+            decoder = own.get(event_type or "", Sink.decode)
+        return decoder
 
     async def _on_epoch(self, epoch: str) -> None:
         if self.consumer is not None:
@@ -433,12 +533,15 @@ class ConsumerRunner:
         """The record as the sink reads it. ``shared``: the records of this partition already decoded (by offset)
         for the other sinks of a ``ConsumerGroup``; a sink that reads with the catalogue's own decoding (wire
         models are frozen) takes the same ``Incoming``, so a record is parsed once per process, not once per sink."""
-        if shared is None or type(self.sink).decode is not Sink.decode:
-            return _incoming(record, self.sink.decode)
+        event_type = header_value(record.headers, "ce_type")
+        decoder = self.decoding(event_type)
+        if shared is None or decoder is not Sink.decode:
+            # parsed once per process (``DecodedRecords``)
+            return DECODED.get(record, self.sink.decode, decoder, event_type)
         known = shared.get(record.offset)
         if known is None:
             try:
-                known = _incoming(record, Envelope.event)
+                known = DECODED.get(record, Envelope.event, decoder, event_type)
             except (ValueError, ValidationError) as exc:
                 known = exc
             shared[record.offset] = known

@@ -441,13 +441,33 @@ async def send(
 
 
 def receiver_of(url: str) -> str:
-    """The receiver a URL names, for per-receiver concurrency: scheme, host and port (``http://a.example:8080``)."""
+    """The receiver a URL names, for per-receiver concurrency: scheme, host and port (``http://a.example:8080``).
+
+    Parsed once per origin (the URL up to its path, query or fragment), not once per URL: every callback URL of a
+    receiver differs in its path, and a ``httpx.URL`` costs more than the rest of queueing a notification."""
+    start = url.find("://")
+    origin = url
+    if start > 0:
+        ends = [i for i in (url.find(c, start + 3) for c in "/?#") if i != -1]
+        if ends:
+            origin = url[: min(ends)]
+    return _receiver_of_origin(origin) or url
+
+
+@functools.lru_cache(maxsize=4096)
+def _receiver_of_origin(origin: str) -> str | None:
+    """``receiver_of`` an origin, None if it does not parse (the URL itself is then its receiver, as before)."""
+    return parse_receiver(origin)
+
+
+def parse_receiver(url: str) -> str | None:
+    """A URL's receiver, parsed (``receiver_of`` keeps them per origin); None if the URL does not parse."""
     try:
         u = httpx.URL(url)
         port = u.port or (443 if u.scheme == "https" else 80)
         return f"{u.scheme}://{u.host.lower()}:{port}"
     except (httpx.InvalidURL, TypeError, ValueError):
-        return url
+        return None
 
 
 class ProtocolError(ValueError):

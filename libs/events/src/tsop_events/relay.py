@@ -198,6 +198,7 @@ class Relay:
         self.name = name
         self.app = app
         self.mapper = mapper
+        self._publishes: Callable[[str], bool] | None = getattr(mapper, "publishes", None)
         self.producer = producer
         self.pool = pool
         self.settings = settings
@@ -358,7 +359,11 @@ class Relay:
     # --- the log, in order ---------------------------------------------------------------------------
 
     def _prepare(self, n: Notification) -> _Ready | _Refused | None:
-        """Map one notification to its record; anything raised here is about the record, not the world."""
+        """Map one notification to its record; anything raised here is about the record, not the world. A mapper
+        that tells from the stored topic that it never publishes the event's class (``WireMap.publishes``) has it
+        skipped without decoding its state."""
+        if self._publishes is not None and not self._publishes(n.topic):
+            return None
         domain_event: Any = None
         topic: str | None = None
         try:

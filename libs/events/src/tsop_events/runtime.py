@@ -27,7 +27,7 @@ from typing_extensions import TypeVar
 
 from tsop_events.auth import Principal, TokenResolver, load_token_table
 from tsop_events.commands import Commands
-from tsop_events.consumer import OFFSETS_DDL, ConsumerGroup, ConsumerRunner, Incoming, Sink
+from tsop_events.consumer import DECODED, OFFSETS_DDL, ConsumerGroup, ConsumerRunner, Incoming, Sink
 from tsop_events.epoch import EpochWatcher
 from tsop_events.faults import Faults
 from tsop_events.news import NEWS_CHANNEL as NEWS_CHANNEL  # re-exported
@@ -443,6 +443,7 @@ def erasure_listener(runtime: Runtime[Any, Any]) -> ErasureListener:
     settings, app = runtime.settings, (runtime.app if runtime.app_factory is not None else None)
 
     def forget(customers: set[str]) -> None:
+        DECODED.forget()  # records decoded for the consumers (a sink's own decoding may open personal data)
         keyring = keyring_of(settings)
         if isinstance(keyring, PostgresKeyring):
             keyring.forget()

@@ -54,10 +54,10 @@ class ServiceSettings(BaseSettings):
     announcement (a process killed between the broker's acknowledgement and its announcement) and of records
     published by anything else (tests, tools: they may announce with `tsop_events.runtime.announce`)."""
     consumer_shared: bool = False
-    """One Kafka consumer for all of a process's sinks (each record fetched and decoded once per process) instead of
-    one per sink. Cheaper, but the sinks then move together: a sink that lags (a new or rebuilt read model) or
-    keeps failing transiently holds back its siblings, and one sink's crash restarts them all. Off: each sink has
-    its own consumer and its own pace (the default)."""
+    """One Kafka consumer for all of a process's sinks (each record fetched once per process; it is decoded once per
+    process either way) instead of one per sink. Cheaper, but the sinks then move together: a sink that lags (a new
+    or rebuilt read model) or keeps failing transiently holds back its siblings, and one sink's crash restarts them
+    all. Off: each sink has its own consumer and its own pace (the default)."""
     epoch_check_seconds: float = 2.0
     """How often the broker epoch is checked (see the README's design section)."""
 
@@ -124,6 +124,7 @@ class ServiceSettings(BaseSettings):
         """The eventsourcing library's own configuration, derived from ours."""
         return {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "PROCESS_RECORDER_TOPIC": "tsop_events.store:ArrayInsertRecorder",  # binary arrays, not a composite
             "POSTGRES_DBNAME": self.database,
             "POSTGRES_HOST": self.pg_host,
             "POSTGRES_PORT": str(self.pg_port),

@@ -5,7 +5,8 @@ class that crosses the boundary, naming its wire model. A wire field takes the
 domain event's attribute of the same name; only real differences are written
 out, as ``fields`` (a wire field from another attribute, or computed). The map
 is the relay's mapper: ``wire_map(domain_event)`` gives the ``Outgoing``
-record, or None for events that stay inside the service.
+record, or None for events that stay inside the service. ``publishes`` tells from a stored event's topic
+alone whether the map can publish it: the relay skips the others without decoding them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+from eventsourcing.utils import resolve_topic
 
 from tsop_events.envelope import stable_event_id
 from tsop_events.relay import Outgoing
@@ -59,6 +62,7 @@ class WireMap:
 
     def __init__(self) -> None:
         self._rows: dict[type, _Row[Any]] = {}
+        self._topics: dict[str, bool] = {}  # stored topic -> whether its class has a row (``publishes``)
 
     def add(
         self,
@@ -81,7 +85,31 @@ class WireMap:
         if domain in self._rows:
             raise ValueError(f"{domain.__qualname__} is mapped twice")
         self._rows[domain] = _Row(wire, fields, causation, correlation, when, tuple(wire.model_fields))
+        self._topics.clear()
         return self
+
+    def including(self, other: WireMap) -> WireMap:
+        """A map with this one's rows and ``other``'s (one relay for two contexts); a class in both is an error."""
+        both = WireMap()
+        for rows in (self._rows, other._rows):
+            for domain, row in rows.items():
+                if domain in both._rows:
+                    raise ValueError(f"{domain.__qualname__} is mapped twice")
+                both._rows[domain] = row
+        return both
+
+    def publishes(self, topic: str) -> bool:
+        """Whether an event stored under ``topic`` (eventsourcing's ``module:Class``) may be published: False only
+        when the topic names a class this map has no row for, so the relay skips it without decoding its state. A
+        topic that does not resolve answers True: decoding it then fails as before (the record is set aside)."""
+        known = self._topics.get(topic)
+        if known is None:
+            try:
+                known = resolve_topic(topic) in self._rows
+            except Exception:  # noqa: BLE001 - not ours to judge here: the decode reports it
+                return True
+            self._topics[topic] = known
+        return known
 
     def __call__(self, e: Any) -> Outgoing | None:
         row = self._rows.get(type(e))

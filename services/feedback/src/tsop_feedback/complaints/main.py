@@ -23,7 +23,7 @@ SINKS = [policies.QualitySignals.of]
 TASKS = [views.complaint_deadlines, policies.drain]
 
 
-def mapper(service: WireMap) -> Any:
+def mapper(service: WireMap) -> WireMap:
     return wire.with_service(service)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -31,7 +31,6 @@ from pydantic import BaseModel, ConfigDict
 
 from tsop_events import schemas as wire
 from tsop_events.consumer import Incoming, ProjectionSink
-from tsop_events.envelope import Envelope
 from tsop_events.errors import DomainError
 from tsop_events.runtime import Service
 from tsop_events.schemas import WireEvent
@@ -79,6 +78,55 @@ class PlainRatings:
     written: bool = False
     low: bool = False  # the batch holds a low score: it takes the pattern lock before anything else
     serialised: bool = False  # the pattern lock is held (to the commit)
+    records: Sequence[Incoming] = ()
+    upserted: set[int] | None = None  # offsets of the records the batch's upserts wrote (``upserts``), once known
+
+
+# the kinds of record whose row write is an upsert of columns no other kind writes or reads (``upserts``)
+_UPSERTED = (wire.RequestSubmitted, wire.Assigned, wire.TicketAssessed)
+
+
+@dataclass
+class Upserts:
+    """What ``upserts`` found may be written together, by kind, and the offsets of those records."""
+
+    submitted: list[wire.RequestSubmitted]
+    assigned: list[wire.Assigned]
+    assessed: list[wire.TicketAssessed]
+    offsets: set[int]
+
+
+def upserts(records: Sequence[Incoming], low_score: int) -> Upserts:
+    """The records of ``records`` that may be written together, one statement per kind: a ticket's submission,
+    assignment and assessment each set their own columns, so a ticket whose records in the batch are only those, at
+    most one of each kind, ends as record by record whatever the order. A ticket with anything else in the batch (an
+    update, a resolution, a low rating: they write or read the columns of the others) or twice the same kind stays
+    on the record-by-record path, all of its records; a plain rating (its own columns) does not hold it back."""
+    kinds: dict[str, list[Incoming]] = {}
+    mixed: set[str] = set()
+    for rec in records:
+        ev = rec.event
+        ticket = getattr(ev, "ticket_id", None)
+        if not isinstance(ticket, str):
+            continue
+        if isinstance(ev, _UPSERTED):
+            kinds.setdefault(ticket, []).append(rec)
+        elif not (isinstance(ev, wire.Rated) and ev.score > low_score):
+            mixed.add(ticket)
+    out = Upserts([], [], [], set())
+    for ticket, recs in kinds.items():
+        if ticket in mixed or len({type(r.event) for r in recs}) < len(recs):
+            continue
+        for rec in recs:
+            ev = rec.event
+            if isinstance(ev, wire.RequestSubmitted):
+                out.submitted.append(ev)
+            elif isinstance(ev, wire.Assigned):
+                out.assigned.append(ev)
+            elif isinstance(ev, wire.TicketAssessed):
+                out.assessed.append(ev)
+            out.offsets.add(rec.offset)
+    return out
 
 
 def plain_ratings(records: Sequence[Incoming], low_score: int) -> dict[str, wire.Rated]:
@@ -104,6 +152,8 @@ class QualitySignals(ProjectionSink):
         wire.Resolved.event_type, wire.Rated.event_type, wire.TicketAssessed.event_type, REVIEW_PUBLISHED,
     })
     ddl: ClassVar[tuple[str, ...]] = projection.DDL
+    # the review read tolerantly; every other type as the catalogue reads it (decoded once for the process's sinks)
+    own_models: ClassVar[Mapping[str, type[WireEvent]]] = {REVIEW_PUBLISHED: ReviewPublished}
 
     def __init__(self, pool: asyncpg.Pool, policy: Policy) -> None:
         super().__init__(pool)
@@ -119,22 +169,25 @@ class QualitySignals(ProjectionSink):
         """As every projection, in one transaction with the offset; the batch's plain ratings (a customer's score
         above the low one: one row each, nothing else read or noted) in one statement, not one each."""
         low = any(isinstance(r.event, wire.Rated) and r.event.score <= self.policy.low_score for r in records)
-        token = _PLAIN_RATINGS.set(PlainRatings(plain_ratings(records, self.policy.low_score), low=low))
+        token = _PLAIN_RATINGS.set(PlainRatings(plain_ratings(records, self.policy.low_score), low=low,
+                                                records=records))
         try:
             await super().process(epoch, topic, partition, records, last_offset)
         finally:
             _PLAIN_RATINGS.reset(token)
-
-    def decode(self, envelope: Envelope) -> WireEvent:
-        if envelope.type == REVIEW_PUBLISHED:
-            return ReviewPublished.model_validate_json(envelope.data)
-        return envelope.event()
 
     async def apply(self, conn: asyncpg.Connection, incoming: Incoming) -> None:
         plain = _PLAIN_RATINGS.get()
         if plain is not None and plain.low:  # the first lock of the batch's transaction (see ``_serialise``)
             await self._serialise(conn, plain)
         ev = incoming.event
+        if plain is not None and isinstance(ev, _UPSERTED):
+            if plain.upserted is None:  # the first applied: it and those after it (a batch may begin with some done)
+                plain.upserted = await self._upsert(conn, [r for r in plain.records if r.offset >= incoming.offset])
+            if incoming.offset in plain.upserted:
+                if isinstance(ev, wire.RequestSubmitted):
+                    await self._note_complaint_ticket(conn, ev)
+                return
         if isinstance(ev, wire.RequestSubmitted):
             await self._submitted(conn, ev)
         elif isinstance(ev, wire.RequestUpdated):
@@ -202,8 +255,37 @@ class QualitySignals(ProjectionSink):
         if plain is not None:
             plain.serialised = True
 
+    async def _upsert(self, conn: asyncpg.Connection, records: Sequence[Incoming]) -> set[int]:
+        """Write the submissions, assignments and assessments ``upserts`` allows in one statement per kind, as their
+        records one by one would; the offsets written."""
+        found = upserts(records, self.policy.low_score)
+        if submitted := found.submitted:
+            await conn.execute(
+                """INSERT INTO quality_tickets (ticket_id, customer_id, channel_id, service_type, region, ticket_type)
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+                   ON CONFLICT (ticket_id) DO UPDATE SET customer_id = EXCLUDED.customer_id,
+                     channel_id = EXCLUDED.channel_id, service_type = EXCLUDED.service_type,
+                     region = EXCLUDED.region, ticket_type = EXCLUDED.ticket_type""",
+                [e.ticket_id for e in submitted], [e.customer_id for e in submitted],
+                [e.channel_id for e in submitted], [e.service_type for e in submitted],
+                [e.region for e in submitted], [_ticket_type(e) for e in submitted])
+        if assigned := found.assigned:
+            await conn.execute(
+                "INSERT INTO quality_tickets (ticket_id, technician_id) "
+                "SELECT * FROM unnest($1::text[], $2::text[]) "
+                "ON CONFLICT (ticket_id) DO UPDATE SET technician_id = EXCLUDED.technician_id",
+                [e.ticket_id for e in assigned], [e.technician_id for e in assigned])
+        if assessed := found.assessed:
+            await conn.execute(
+                "INSERT INTO quality_tickets (ticket_id, internal_score, assessed_at) "
+                "SELECT * FROM unnest($1::text[], $2::float8[], $3::timestamptz[]) "
+                "ON CONFLICT (ticket_id) DO UPDATE SET internal_score = EXCLUDED.internal_score, "
+                "assessed_at = EXCLUDED.assessed_at",
+                [e.ticket_id for e in assessed], [e.score for e in assessed], [e.assessed_at for e in assessed])
+        return found.offsets
+
     async def _submitted(self, conn: asyncpg.Connection, ev: wire.RequestSubmitted) -> None:
-        ticket_type = str(ev.attributes.get("ticketType") or ev.service_type)
+        ticket_type = _ticket_type(ev)
         await conn.execute(
             """INSERT INTO quality_tickets (ticket_id, customer_id, channel_id, service_type, region, ticket_type)
                VALUES ($1, $2, $3, $4, $5, $6)
@@ -211,6 +293,11 @@ class QualitySignals(ProjectionSink):
                  channel_id = EXCLUDED.channel_id, service_type = EXCLUDED.service_type, region = EXCLUDED.region,
                  ticket_type = EXCLUDED.ticket_type""",
             ev.ticket_id, ev.customer_id, ev.channel_id, ev.service_type, ev.region, ticket_type)
+        await self._note_complaint_ticket(conn, ev)
+
+    async def _note_complaint_ticket(self, conn: asyncpg.Connection, ev: wire.RequestSubmitted) -> None:
+        """A ticket of a type the policy maps to a complaint: note the complaint to open."""
+        ticket_type = _ticket_type(ev)
         complaint_type = self.policy.complaint_type_for_ticket(ticket_type)
         if complaint_type is None:
             complaint_type = self.policy.complaint_type_for_ticket(ev.service_type)
@@ -248,6 +335,10 @@ class QualitySignals(ProjectionSink):
             if count >= pattern.count:
                 await projection.note(conn, f"pattern:{kind}:{subject}:{ev.ticket_id}", "pattern", {
                     "subject_kind": kind, "subject": subject, "count": count, "at": last.isoformat()})
+
+
+def _ticket_type(ev: wire.RequestSubmitted) -> str:
+    return str(ev.attributes.get("ticketType") or ev.service_type)
 
 
 def _due(day: str) -> datetime:

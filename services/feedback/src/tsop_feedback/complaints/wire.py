@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from tsop_events import schemas as wire
-from tsop_events.relay import Outgoing
 from tsop_events.wiremap import Source, WireMap, previous_event
 from tsop_feedback.complaints.domain import Assessment, Complaint, ImprovementAction
 
@@ -43,10 +42,6 @@ WIRE = (
 )
 
 
-def with_service(service: WireMap) -> Any:
-    """The service's mapper: its own table first, then this context's (one relay, one event store)."""
-
-    def mapper(e: Any) -> Outgoing | None:
-        return service(e) or WIRE(e)
-
-    return mapper
+def with_service(service: WireMap) -> WireMap:
+    """The service's mapper: its own table and this context's (one relay, one event store; no class is in both)."""
+    return service.including(WIRE)
