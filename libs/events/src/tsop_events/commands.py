@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ R = TypeVar("R")
 A = TypeVar("A", bound=EventStoreApp)
 
 Observer = Callable[[list[Any]], None]
+
+log = logging.getLogger(__name__)
 
 
 class IdempotencyRecord(Aggregate):
@@ -166,9 +169,9 @@ class UnitOfWork:
 class _Lost(Exception):
     """An attempt that lost a race: the conflict, and the aggregates the attempt would have changed."""
 
-    def __init__(self, error: IntegrityError, ids: frozenset[UUID]) -> None:
+    def __init__(self, error: IntegrityError, ids: frozenset[UUID], kinds: str = "") -> None:
         super().__init__(str(error))
-        self.error, self.ids = error, ids
+        self.error, self.ids, self.kinds = error, ids, kinds
 
 
 class Commands(Generic[A]):
@@ -223,6 +226,8 @@ class Commands(Generic[A]):
                     lock.release()
             attempt += 1
             if attempt >= self.lane_attempts and time.monotonic() >= deadline:
+                log.warning("a command gave up after %d attempts in %.1f s, losing each to another writer of %s: %s",
+                            attempt + 1, self.retry_for + time.monotonic() - deadline, last.kinds, last.error)
                 raise last.error
             await asyncio.sleep(0.002 * min(2 ** (attempt - 1), 100))
 
@@ -254,7 +259,8 @@ class Commands(Generic[A]):
         try:
             await self.committer.save(*changed)
         except IntegrityError as exc:
-            raise _Lost(exc, frozenset(a.id for a in changed)) from exc
+            kinds = ", ".join(sorted(f"{type(a).__name__} {a.id}" for a in changed))
+            raise _Lost(exc, frozenset(a.id for a in changed), kinds) from exc
         for observer in self.observers:
             observer(events)
         return result
