@@ -4,7 +4,7 @@ position, timestamp and decoding, checked against the record's bytes, bounded, a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -16,7 +16,7 @@ from tsop_events import consumer, runtime
 from tsop_events import schemas as wire
 from tsop_events.consumer import ConsumerRunner, DecodedRecords, Incoming, Sink
 from tsop_events.envelope import Envelope, Headers, wrap
-from tsop_events.personal import MemoryKeyring
+from tsop_events.personal import MemoryKeyring, PostgresKeyring
 from tsop_events.schemas import WireEvent
 from tsop_events.settings import ServiceSettings
 from tsop_events.topics import Topic
@@ -201,3 +201,28 @@ def test_a_sink_with_models_of_its_own_shares_the_catalogues_decoding_of_every_o
     own = signals._decode(rec)
     assert isinstance(own.event, ReviewPublished) and own.event.incident_id == "INC-1"
     assert signals_too._decode(rec) is own and decoded.parsed == 2
+
+
+def test_a_decode_made_while_the_keyring_forgets_its_keys_is_not_kept(
+    decoded: DecodedRecords, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener forgets in a thread (``asyncio.to_thread``) while the consumers keep decoding: a record decoded
+    after ``DECODED`` was emptied but before the keyring dropped its cached keys could be read with a key the
+    erasure destroys, and must not stay in ``DECODED`` once the listener is done."""
+    plain, other = runner(Plain()), runner(Other())  # two readers: a record is kept for the second
+    rec = record(3, "T-3")
+
+    class Keys(PostgresKeyring):
+        def __init__(self) -> None:  # no database: only ``forget`` is called
+            pass
+
+        def forget(self, key_ids: Iterable[str] = (), subjects: Iterable[str] = ()) -> None:
+            plain._decode(rec)  # the event loop decodes a record while the keys are still cached
+
+    monkeypatch.setattr(runtime, "keyring_of", lambda _settings: Keys())
+    listener = runtime.erasure_listener(SimpleNamespace(  # type: ignore[arg-type]
+        settings=ServiceSettings(service_name="svc"), app=None, app_factory=None))
+    listener.forget({"c1"})
+    assert decoded._kept == {}
+    other._decode(rec)
+    assert decoded.parsed == 2
