@@ -226,3 +226,14 @@ def test_a_decode_made_while_the_keyring_forgets_its_keys_is_not_kept(
     assert decoded._kept == {}
     other._decode(rec)
     assert decoded.parsed == 2
+
+
+def test_a_record_at_a_known_position_with_another_key_is_decoded_again(decoded: DecodedRecords) -> None:
+    """The key is part of what a sink reads (``Incoming.key``): a record with the same bytes but another key (produced
+    again at a reset position, keyed otherwise) is not served the kept one's."""
+    plain, other = runner(Plain()), runner(Other())  # two readers: a record is kept for the second
+    first = record(4, "T-4")
+    assert plain._decode(first).key == "T-4"
+    rekeyed = Record(first.topic, first.partition, first.offset, first.timestamp, first.timestamp_type, b"K-other",
+                     first.value, first.headers)
+    assert other._decode(rekeyed).key == "K-other"
