@@ -4,6 +4,7 @@ position, timestamp and decoding, checked against the record's bytes, bounded, a
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,7 +72,9 @@ def runner(sink: Sink) -> ConsumerRunner:
 
 @pytest.fixture
 def decoded(monkeypatch: pytest.MonkeyPatch) -> DecodedRecords:
-    """The process's own (the erasure listener forgets it), emptied and kept to 3 records."""
+    """The process's own (the erasure listener forgets it), emptied and kept to 3 records; the runners of other
+    tests collected (they would count as readers)."""
+    gc.collect()
     consumer.DECODED.forget()
     monkeypatch.setattr(consumer.DECODED, "size", 3)
     monkeypatch.setattr(consumer.DECODED, "parsed", 0)
@@ -237,3 +240,17 @@ def test_a_record_at_a_known_position_with_another_key_is_decoded_again(decoded:
     rekeyed = Record(first.topic, first.partition, first.offset, first.timestamp, first.timestamp_type, b"K-other",
                      first.value, first.headers)
     assert other._decode(rekeyed).key == "K-other"
+
+
+def test_the_sinks_of_a_shared_consumer_leave_nothing_kept_once_each_took_a_record(decoded: DecodedRecords) -> None:
+    """With ``TSOP_CONSUMER_SHARED`` the sinks of a ``ConsumerGroup`` take a record decoded for a sibling from the
+    partition's ``shared`` decodes; each must count as its reader all the same, or every record stays kept (to the
+    20,000 bound, about 2 KB each for a small rating) for readers that never ask ``DECODED`` for it."""
+    members = [runner(Plain()), runner(Other())]
+    shared: dict[int, Incoming | Exception] = {}
+    for n in range(3):
+        rec = record(n, f"T-{n}")
+        first = members[0]._decode(rec, shared)
+        assert members[1]._decode(rec, shared) is first
+    assert decoded.parsed == 3
+    assert decoded._kept == {}

@@ -177,6 +177,17 @@ class DecodedRecords:
                     break
         return incoming
 
+    def took(self, record: Any, decoding: object) -> None:
+        """A reader took the record decoded with ``decoding`` elsewhere (a ``ConsumerGroup``'s ``shared`` decodes):
+        one reader fewer to keep it for; nothing is decoded."""
+        key = (record.topic, record.partition, record.offset, getattr(record, "timestamp", None),
+               getattr(record, "timestamp_type", None), decoding)
+        known = self._kept.get(key)
+        if known is not None and known[4] is not None:
+            known[4][0] -= 1
+            if known[4][0] <= 0:
+                self._kept.pop(key, None)
+
     def forget(self) -> None:
         """Drop every decoded record (called on an erasure, from any thread)."""
         self.erasures += 1
@@ -546,6 +557,8 @@ class ConsumerRunner:
             except (ValueError, ValidationError) as exc:
                 known = exc
             shared[record.offset] = known
+        elif isinstance(known, Incoming):
+            DECODED.took(record, decoder)  # a sibling's decode: this reader took it too (else kept for it)
         if isinstance(known, Exception):
             raise known
         return known
