@@ -4,7 +4,8 @@ position, timestamp and decoding, checked against the record's bytes, bounded, a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import gc
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -16,7 +17,7 @@ from tsop_events import consumer, runtime
 from tsop_events import schemas as wire
 from tsop_events.consumer import ConsumerRunner, DecodedRecords, Incoming, Sink
 from tsop_events.envelope import Envelope, Headers, wrap
-from tsop_events.personal import MemoryKeyring
+from tsop_events.personal import MemoryKeyring, PostgresKeyring
 from tsop_events.schemas import WireEvent
 from tsop_events.settings import ServiceSettings
 from tsop_events.topics import Topic
@@ -71,7 +72,9 @@ def runner(sink: Sink) -> ConsumerRunner:
 
 @pytest.fixture
 def decoded(monkeypatch: pytest.MonkeyPatch) -> DecodedRecords:
-    """The process's own (the erasure listener forgets it), emptied and kept to 3 records."""
+    """The process's own (the erasure listener forgets it), emptied and kept to 3 records; the runners of other
+    tests collected (they would count as readers)."""
+    gc.collect()
     consumer.DECODED.forget()
     monkeypatch.setattr(consumer.DECODED, "size", 3)
     monkeypatch.setattr(consumer.DECODED, "parsed", 0)
@@ -201,3 +204,53 @@ def test_a_sink_with_models_of_its_own_shares_the_catalogues_decoding_of_every_o
     own = signals._decode(rec)
     assert isinstance(own.event, ReviewPublished) and own.event.incident_id == "INC-1"
     assert signals_too._decode(rec) is own and decoded.parsed == 2
+
+
+def test_a_decode_made_while_the_keyring_forgets_its_keys_is_not_kept(
+    decoded: DecodedRecords, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener forgets in a thread (``asyncio.to_thread``) while the consumers keep decoding: a record decoded
+    after ``DECODED`` was emptied but before the keyring dropped its cached keys could be read with a key the
+    erasure destroys, and must not stay in ``DECODED`` once the listener is done."""
+    plain, other = runner(Plain()), runner(Other())  # two readers: a record is kept for the second
+    rec = record(3, "T-3")
+
+    class Keys(PostgresKeyring):
+        def __init__(self) -> None:  # no database: only ``forget`` is called
+            pass
+
+        def forget(self, key_ids: Iterable[str] = (), subjects: Iterable[str] = ()) -> None:
+            plain._decode(rec)  # the event loop decodes a record while the keys are still cached
+
+    monkeypatch.setattr(runtime, "keyring_of", lambda _settings: Keys())
+    listener = runtime.erasure_listener(SimpleNamespace(  # type: ignore[arg-type]
+        settings=ServiceSettings(service_name="svc"), app=None, app_factory=None))
+    listener.forget({"c1"})
+    assert decoded._kept == {}
+    other._decode(rec)
+    assert decoded.parsed == 2
+
+
+def test_a_record_at_a_known_position_with_another_key_is_decoded_again(decoded: DecodedRecords) -> None:
+    """The key is part of what a sink reads (``Incoming.key``): a record with the same bytes but another key (produced
+    again at a reset position, keyed otherwise) is not served the kept one's."""
+    plain, other = runner(Plain()), runner(Other())  # two readers: a record is kept for the second
+    first = record(4, "T-4")
+    assert plain._decode(first).key == "T-4"
+    rekeyed = Record(first.topic, first.partition, first.offset, first.timestamp, first.timestamp_type, b"K-other",
+                     first.value, first.headers)
+    assert other._decode(rekeyed).key == "K-other"
+
+
+def test_the_sinks_of_a_shared_consumer_leave_nothing_kept_once_each_took_a_record(decoded: DecodedRecords) -> None:
+    """With ``TSOP_CONSUMER_SHARED`` the sinks of a ``ConsumerGroup`` take a record decoded for a sibling from the
+    partition's ``shared`` decodes; each must count as its reader all the same, or every record stays kept (to the
+    20,000 bound, about 2 KB each for a small rating) for readers that never ask ``DECODED`` for it."""
+    members = [runner(Plain()), runner(Other())]
+    shared: dict[int, Incoming | Exception] = {}
+    for n in range(3):
+        rec = record(n, f"T-{n}")
+        first = members[0]._decode(rec, shared)
+        assert members[1]._decode(rec, shared) is first
+    assert decoded.parsed == 3
+    assert decoded._kept == {}

@@ -110,7 +110,7 @@ class DecodedRecords:
     Each sink of a process has its own Kafka consumer (unless ``TSOP_CONSUMER_SHARED``), and several follow the same
     topic: each used to parse every record's envelope and wire event itself. A record is kept under its topic,
     partition, offset, timestamp and the decoding that read it (a sink's own ``decode`` is kept apart from the
-    catalogue's), and used only if its headers and body are the same bytes: after a broker reset the same position
+    catalogue's), and used only if its headers, body and key are the same bytes: after a broker reset the same position
     holds another record (a dead letter produced again in a new epoch was once served with its old body when the
     key had no timestamp).
 
@@ -124,8 +124,9 @@ class DecodedRecords:
 
     def __init__(self, size: int = 20_000) -> None:
         self.size = size
-        # key -> (headers, body, decoded, readers still to take it (None: not known, kept until dropped as oldest))
-        self._kept: dict[tuple[Any, ...], tuple[Any, Any, Incoming, list[int] | None]] = {}
+        # key -> (headers, body, Kafka key, decoded, readers still to take it (None: not known, kept until dropped as
+        # oldest))
+        self._kept: dict[tuple[Any, ...], tuple[Any, Any, Any, Incoming, list[int] | None]] = {}
         self._runners: weakref.WeakSet[ConsumerRunner] = weakref.WeakSet()
         self._readers: dict[tuple[str, str | None, object], int] = {}
         self.erasures = 0
@@ -154,27 +155,38 @@ class DecodedRecords:
                getattr(record, "timestamp_type", None), decoding)
         kept = self._kept
         known = kept.get(key)
-        headers, value = record.headers, record.value
-        if known is not None and known[0] == headers and known[1] == value:
-            left = known[3]
+        headers, value, record_key = record.headers, record.value, record.key
+        if known is not None and known[0] == headers and known[1] == value and known[2] == record_key:
+            left = known[4]
             if left is not None:
                 left[0] -= 1
                 if left[0] <= 0:
                     kept.pop(key, None)  # every reader took it
-            return known[2]
+            return known[3]
         erasures = self.erasures
         self.parsed += 1
         incoming = _incoming(record, decode)
         readers = self.readers_of(record.topic, event_type, decoding)
         if self.erasures == erasures and readers != 1:  # 0: read by a runner this process does not know of
             kept.pop(key, None)
-            kept[key] = (headers, value, incoming, [readers - 1] if readers > 1 else None)
+            kept[key] = (headers, value, record_key, incoming, [readers - 1] if readers > 1 else None)
             while len(kept) > self.size:
                 try:
                     del kept[next(iter(kept))]
                 except (StopIteration, KeyError, RuntimeError):  # emptied by ``forget`` meanwhile
                     break
         return incoming
+
+    def took(self, record: Any, decoding: object) -> None:
+        """A reader took the record decoded with ``decoding`` elsewhere (a ``ConsumerGroup``'s ``shared`` decodes):
+        one reader fewer to keep it for; nothing is decoded."""
+        key = (record.topic, record.partition, record.offset, getattr(record, "timestamp", None),
+               getattr(record, "timestamp_type", None), decoding)
+        known = self._kept.get(key)
+        if known is not None and known[4] is not None:
+            known[4][0] -= 1
+            if known[4][0] <= 0:
+                self._kept.pop(key, None)
 
     def forget(self) -> None:
         """Drop every decoded record (called on an erasure, from any thread)."""
@@ -545,6 +557,8 @@ class ConsumerRunner:
             except (ValueError, ValidationError) as exc:
                 known = exc
             shared[record.offset] = known
+        elif isinstance(known, Incoming):
+            DECODED.took(record, decoder)  # a sibling's decode: this reader took it too (else kept for it)
         if isinstance(known, Exception):
             raise known
         return known

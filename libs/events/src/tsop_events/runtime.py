@@ -443,12 +443,17 @@ def erasure_listener(runtime: Runtime[Any, Any]) -> ErasureListener:
     settings, app = runtime.settings, (runtime.app if runtime.app_factory is not None else None)
 
     def forget(customers: set[str]) -> None:
-        DECODED.forget()  # records decoded for the consumers (a sink's own decoding may open personal data)
-        keyring = keyring_of(settings)
-        if isinstance(keyring, PostgresKeyring):
-            keyring.forget()
-        if app is not None:
-            app.forget_erased(customers)
+        try:
+            keyring = keyring_of(settings)
+            if isinstance(keyring, PostgresKeyring):
+                keyring.forget()
+            if app is not None:
+                app.forget_erased(customers)
+        finally:
+            # last: records decoded for the consumers (a sink's own decoding may open personal data). This runs in
+            # a thread while the consumers decode: emptied first, a record decoded before the keys above were
+            # dropped (with a key the erasure destroys) would stay kept
+            DECODED.forget()
 
     cls = type("ErasureListener", (ErasureListener,), {"name": f"{settings.service_name}-erasure"})
     listener: ErasureListener = cls(forget)
