@@ -336,6 +336,50 @@ def test_a_command_losing_for_a_while_to_another_writer_goes_on_until_it_wins() 
     assert len(tries) == 1 + 8
 
 
+def test_a_command_waits_for_its_lane_as_long_as_its_retry_time_allows() -> None:
+    """A command that lost waits its turn behind one deciding slowly in the lane: longer than ``lane_wait`` while its
+    ``retry_for`` lasts (it answered 409 after the lane wait before, though nothing was wrong)."""
+    import time
+
+    store = app()
+    counter = Counter()
+    store.save(counter)
+    commands = Commands(store, lane_wait=0.1, retry_for=3.0)
+    slow_tries: list[int] = []
+    quick_tries: list[int] = []
+
+    def rival_bump() -> None:
+        rival: Counter = store.repository.get(counter.id)
+        rival.bump()
+        store.save(rival)
+
+    def slow_in_its_lane(uow: UnitOfWork) -> None:
+        c = uow.load(Counter, counter.id)
+        slow_tries.append(c.version)
+        if len(slow_tries) == 1:
+            rival_bump()  # loses its first try: goes to the lane
+        else:
+            time.sleep(0.5)  # decides slowly there
+        c.bump()
+
+    def quick(uow: UnitOfWork) -> None:
+        c = uow.load(Counter, counter.id)
+        quick_tries.append(c.version)
+        if len(quick_tries) == 1:
+            rival_bump()  # loses its first try too, then waits ~0.4 s for the lane
+        c.bump()
+
+    async def race() -> None:
+        slow = asyncio.create_task(commands.run(slow_in_its_lane))
+        await asyncio.sleep(0.15)
+        await commands.run(quick)
+        await slow
+
+    asyncio.run(race())
+    assert store.repository.get(counter.id).count == 4  # two rivals' bumps and both commands'
+    assert len(quick_tries) == 2
+
+
 def test_a_command_retrying_on_one_aggregate_does_not_hold_up_a_retry_on_another() -> None:
     import time
 
