@@ -54,6 +54,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from tsop_devstack.ports import port_free
+
 __all__ = [
     "KAFKA_VERSION",
     "KafkaCluster",
@@ -316,16 +318,6 @@ def _java() -> str:
     return java
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -508,7 +500,7 @@ class KafkaCluster:
         if self._procs:
             raise RuntimeError("cluster already started")
         busy = [
-            p for i in range(self.brokers) for p in (self.client_port(i), self.controller_port(i)) if not _port_free(p)
+            p for i in range(self.brokers) for p in (self.client_port(i), self.controller_port(i)) if not port_free(p)
         ]
         for node in range(self.brokers):
             stale = self._stale_pid(node)
