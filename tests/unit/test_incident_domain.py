@@ -158,13 +158,19 @@ def test_a_burst_of_fault_tickets_declares_an_incident_and_later_tickets_in_scop
     assert s.app.repository.get(inc.id).version == before
 
 
-def test_a_ticket_is_linked_to_at_most_one_open_incident_and_linking_is_idempotent() -> None:
+def two_incidents() -> tuple[SyncService[IncidentApp], UUID, UUID]:
+    """A stack with two open incidents in the south: A of fault repairs, B of mobile fault repairs."""
     s, _ = sync_app()
     a, b = uuid4(), uuid4()
     run(s.app, lambda uow: commands.declare_in(
         uow, s.app, a, commands.Declaration("A", "III", "outage", [FAULT], ["south"], 1, []), "im"))
     run(s.app, lambda uow: commands.declare_in(
         uow, s.app, b, commands.Declaration("B", "III", "outage", ["mobile.fault_repair"], ["south"], 1, []), "im"))
+    return s, a, b
+
+
+def test_a_ticket_is_linked_to_at_most_one_open_incident_and_linking_is_idempotent() -> None:
+    s, a, b = two_incidents()
     t = str(uuid4())
     _, n = s.link(a, [t], "im")
     assert n == 1
@@ -184,12 +190,7 @@ def test_a_ticket_is_linked_to_at_most_one_open_incident_and_linking_is_idempote
 def test_a_tickets_first_link_is_one_event_of_its_new_record() -> None:
     """Issue 12: a ticket's first link is one ``TicketLink.Started`` carrying the incident (was Started, then
     Linked); a later link of the same record (another incident, after an unlink) is ``Linked`` as before."""
-    s, _ = sync_app()
-    a, b = uuid4(), uuid4()
-    run(s.app, lambda uow: commands.declare_in(
-        uow, s.app, a, commands.Declaration("A", "III", "outage", [FAULT], ["south"], 1, []), "im"))
-    run(s.app, lambda uow: commands.declare_in(
-        uow, s.app, b, commands.Declaration("B", "III", "outage", ["mobile.fault_repair"], ["south"], 1, []), "im"))
+    s, a, b = two_incidents()
     t = str(uuid4())
     assert s.link(a, [t], "im")[1] == 1
     events = list(s.app.repository.event_store.get(link_id(t)))
@@ -224,12 +225,7 @@ def store_old_form_link(app: IncidentApp, ticket_id: str, incident_id: UUID) -> 
 
 
 def test_a_first_link_stored_in_the_old_two_event_form_loads_and_behaves_the_same() -> None:
-    s, _ = sync_app()
-    a, b = uuid4(), uuid4()
-    run(s.app, lambda uow: commands.declare_in(
-        uow, s.app, a, commands.Declaration("A", "III", "outage", [FAULT], ["south"], 1, []), "im"))
-    run(s.app, lambda uow: commands.declare_in(
-        uow, s.app, b, commands.Declaration("B", "III", "outage", ["mobile.fault_repair"], ["south"], 1, []), "im"))
+    s, a, b = two_incidents()
     t = str(uuid4())
     inc = s.app.repository.get(a)
     inc.link(TicketLink(id=uuid4(), ticket_id=t), "auto", NOW)  # the incident's own TicketLinked, as it was saved
